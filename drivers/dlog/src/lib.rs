@@ -1,0 +1,271 @@
+//! The `dlog` driver: writes exactly the debug lines Dovecot 2.3's dlog driver writes,
+//! in Dovecot's order, to the log (debug level) and optionally to a file
+//! (`dlog:file=/path`, one line each, no timestamps or prefixes; `file=-` or
+//! `file=/dev/stdout` is mailpush's standard output) so an operator can diff
+//! mailpush's output against Dovecot's.
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use mailpush_core::{
+    Begin, Driver, DriverFactory, DriverInit, DriverTxn, Event, EventSet, Failure, InitError,
+    Initialised, MailboxRecord, MessageRecord, Transaction,
+};
+
+/// Registers `dlog`.
+#[derive(Debug, Default)]
+pub struct DlogFactory;
+
+#[async_trait]
+impl DriverFactory for DlogFactory {
+    fn name(&self) -> &'static str {
+        "dlog"
+    }
+
+    async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError> {
+        let sink = match init.args.get("file") {
+            None => None,
+            Some("") => {
+                return Err(InitError(
+                    "file= needs a path, e.g. dlog:file=/var/log/mailpush/dlog.log".into(),
+                ))
+            }
+            // The process's own standard output (not a re-opened /dev/stdout, which
+            // would write at its own offset when stdout is a file).
+            Some(path @ ("-" | "/dev/stdout")) => {
+                let out: Box<dyn Write + Send> = Box::new(std::io::stdout());
+                Some((PathBuf::from(path), Mutex::new(out)))
+            }
+            Some(path) => {
+                let path = init.resolve_path(path);
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        InitError(format!("cannot open {} for appending: {e}", path.display()))
+                    })?;
+                let out: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
+                Some((path, Mutex::new(out)))
+            }
+        };
+        let output = Arc::new(DlogOutput {
+            number: init.number,
+            sink: sink.map(|(path, file)| DlogFile { path, file }),
+        });
+        let mut lines = vec!["Called init push_notification plugin hook.".to_string()];
+        if let Some(raw) = &init.raw {
+            lines.push(format!(
+                "Config string for dlog push_notification driver: {raw}"
+            ));
+        }
+        output.write(&lines).map_err(|f| InitError(f.reason))?;
+        let mut out = Initialised::new(Arc::new(DlogDriver(output.clone())));
+        if let Some(f) = &output.sink {
+            out.details.push(format!("file: {}", f.path.display()));
+        }
+        Ok(out)
+    }
+}
+
+struct DlogFile {
+    path: PathBuf,
+    file: Mutex<Box<dyn Write + Send>>,
+}
+
+/// Where a dlog driver's lines go: the log, and the file if configured.
+struct DlogOutput {
+    number: u32,
+    sink: Option<DlogFile>,
+}
+
+/// The dlog driver.
+pub struct DlogDriver(Arc<DlogOutput>);
+
+impl DlogOutput {
+    fn write(&self, lines: &[String]) -> Result<(), Failure> {
+        for line in lines {
+            tracing::debug!(target: "mailpush::dlog", driver = self.number, "{line}");
+        }
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let mut file = sink
+            .file
+            .lock()
+            .map_err(|_| Failure::permanent("dlog file lock poisoned"))?;
+        let result = lines
+            .iter()
+            .try_for_each(|l| writeln!(file, "{l}"))
+            .and_then(|_| file.flush());
+        result.map_err(|e| Failure::retryable(format!("writing {}: {e}", sink.path.display())))
+    }
+}
+
+#[async_trait]
+impl Driver for DlogDriver {
+    async fn begin_txn(&self, _txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        Ok(Begin::Join {
+            events: EventSet::all(),
+            txn: Box::new(DlogTxn {
+                output: self.0.clone(),
+                lines: vec!["Called begin_txn push_notification plugin hook.".to_string()],
+            }),
+        })
+    }
+
+    async fn deinit(&self) {
+        // Shutdown-time lines; a write error here has nobody left to report to but the log.
+        if let Err(e) = self.0.write(&[
+            "Called deinit push_notification plugin hook.".to_string(),
+            "Called cleanup push_notification plugin hook.".to_string(),
+        ]) {
+            tracing::warn!(driver = self.0.number, "dlog: {e}");
+        }
+    }
+}
+
+/// One transaction's lines, written together at end_txn.
+struct DlogTxn {
+    output: Arc<DlogOutput>,
+    lines: Vec<String>,
+}
+
+#[async_trait]
+impl DriverTxn for DlogTxn {
+    async fn process_mbox(&mut self, record: &MailboxRecord<'_>) -> Result<(), Failure> {
+        self.lines
+            .push("Called process_mbox push_notification plugin hook.".to_string());
+        self.lines
+            .push(format!("Mailbox data: Mailbox [{}]", record.mailbox));
+        for event in &record.events {
+            event_lines(event, &mut self.lines);
+        }
+        Ok(())
+    }
+
+    async fn process_msg(&mut self, record: &MessageRecord<'_>) -> Result<(), Failure> {
+        self.lines
+            .push("Called process_msg push_notification plugin hook.".to_string());
+        self.lines.push(format!(
+            "Message data: Mailbox [{}], UID [{}], UIDVALIDITY [{}]",
+            record.mailbox, record.uid, record.uid_validity
+        ));
+        for event in &record.events {
+            event_lines(event, &mut self.lines);
+        }
+        Ok(())
+    }
+
+    async fn end_txn(mut self: Box<Self>, _success: bool) -> Result<(), Failure> {
+        self.lines
+            .push("Called end_txn push_notification plugin hook.".to_string());
+        self.output.write(&self.lines)
+    }
+}
+
+/// Flags in the order Dovecot's FlagsSet/FlagsClear debug functions test their bits.
+const DEBUG_FLAG_ORDER: [(&str, &str); 5] = [
+    ("\\Answered", "Answered"),
+    ("\\Flagged", "Flagged"),
+    ("\\Deleted", "Deleted"),
+    ("\\Seen", "Seen"),
+    ("\\Draft", "Draft"),
+];
+
+/// Appends the debug lines Dovecot prints for one event's data (§4 and §9).
+pub fn event_lines(event: &Event, out: &mut Vec<String>) {
+    let name = event.name();
+    match event {
+        Event::MessageNew(m) | Event::MessageAppend(m) => {
+            if let Some(date) = m.date {
+                out.push(format!(
+                    "{name}: Date [{}]",
+                    dovecot_date(date, m.tz.unwrap_or(0))
+                ));
+            }
+            if let Some(v) = &m.from {
+                out.push(format!("{name}: From [{v}]"));
+            }
+            if let Some(v) = &m.snippet {
+                out.push(format!("{name}: Snippet [{v}]"));
+            }
+            if let Some(v) = &m.subject {
+                out.push(format!("{name}: Subject [{v}]"));
+            }
+            if let Some(v) = &m.to {
+                out.push(format!("{name}: To [{v}]"));
+            }
+        }
+        Event::MessageExpunge(_) => out.push(format!("{name}: Message was expunged")),
+        Event::MessageRead(_) => out.push(format!("{name}: Message was flagged as seen")),
+        Event::MessageTrash(_) => out.push(format!("{name}: Message was marked as deleted")),
+        Event::FlagsSet(f) => {
+            for (flag, word) in DEBUG_FLAG_ORDER {
+                if f.flags.iter().any(|x| x == flag) {
+                    out.push(format!("{name}: {word} flag set"));
+                }
+            }
+            for k in &f.keywords {
+                out.push(format!("{name}: Keyword set [{k}]"));
+            }
+        }
+        Event::FlagsClear(f) => {
+            for (flag, word) in DEBUG_FLAG_ORDER {
+                if f.flags.iter().any(|x| x == flag) {
+                    out.push(format!("{name}: {word} flag cleared"));
+                }
+            }
+            for k in &f.keywords {
+                out.push(format!("{name}: Keyword clear [{k}]"));
+            }
+        }
+        Event::MailboxCreate(_) => out.push(format!("{name}: Mailbox was created")),
+        Event::MailboxDelete(_) => out.push(format!("{name}: Mailbox was deleted")),
+        Event::MailboxRename(r) => out.push(format!(
+            "{name}: Mailbox was renamed (old name: {})",
+            r.mailbox_old
+        )),
+        // Dovecot prints the same text for both (a copy-paste bug we reproduce).
+        Event::MailboxSubscribe(_) | Event::MailboxUnsubscribe(_) => {
+            out.push(format!("{name}: Mailbox was subscribed to"))
+        }
+    }
+}
+
+/// Dovecot's Date debug format: the UTC wall clock (gmtime) followed by the message's
+/// original zone offset — `2019-01-01T10:00:00+02:00` for `12:00:00 +0200`. The
+/// mismatch is Dovecot's bug, preserved so the lines diff clean.
+pub fn dovecot_date(unix: i64, tz_minutes: i32) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let sign = if tz_minutes < 0 { '-' } else { '+' };
+    let tz = tz_minutes.unsigned_abs();
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        tz / 60,
+        tz % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}

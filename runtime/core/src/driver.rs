@@ -1,0 +1,216 @@
+//! The `Driver` trait, modelled on Dovecot's push-driver hooks, and the grouping of a
+//! transaction's events into the records Dovecot hands to `process_mbox`/`process_msg`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::args::DriverArgs;
+use crate::event::{Event, EventSet};
+use crate::metadata::MetadataLookup;
+use crate::transaction::Transaction;
+
+/// Why a driver could not handle a transaction, and whether trying again may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Failure {
+    /// Human-readable reason (never containing secrets).
+    pub reason: String,
+    /// Whether a later retry may succeed (timeouts, 5xx, …).
+    pub retryable: bool,
+    /// A server-requested delay before retrying (`Retry-After`), if any.
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure that a retry may fix.
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+    /// A failure that no retry will fix.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// An error from a driver's `init`: the message is reported with the driver's number
+/// and name by the registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InitError(pub String);
+
+/// Everything a driver is given at init.
+#[derive(Clone)]
+pub struct DriverInit {
+    /// The driver's number: 1 for `push_notification_driver`, then 2, 3, …
+    pub number: u32,
+    /// The driver name as typed in the config (`OX`, `dlog`, …).
+    pub name: String,
+    /// The arguments after `name:`.
+    pub args: DriverArgs,
+    /// The unparsed arguments; `None` when the setting had no `:` (Dovecot's NULL
+    /// `raw_config`), `Some("")` for `name:`.
+    pub raw: Option<String>,
+    /// Folder of the config file that configured the driver (relative paths resolve here).
+    pub config_dir: PathBuf,
+    /// mailpush's state dir.
+    pub state_dir: PathBuf,
+    /// Read-only METADATA for users (the transaction's own `metadata` is consulted first
+    /// by [`crate::metadata::lookup`]).
+    pub metadata: Arc<dyn MetadataLookup>,
+}
+
+impl DriverInit {
+    /// Resolves a path argument against the config file's folder.
+    pub fn resolve_path(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.config_dir.join(p)
+        }
+    }
+}
+
+/// A successfully initialised driver plus anything `mailpush check` should warn about.
+pub struct Initialised {
+    pub driver: Arc<dyn Driver>,
+    /// Non-fatal problems (e.g. an invalid value that fell back to its default).
+    pub warnings: Vec<String>,
+    /// Extra lines for `mailpush check`'s driver table (file, hash, limits, …).
+    pub details: Vec<String>,
+}
+
+impl Initialised {
+    /// A driver with nothing to warn about.
+    pub fn new(driver: Arc<dyn Driver>) -> Self {
+        Initialised {
+            driver,
+            warnings: Vec::new(),
+            details: Vec::new(),
+        }
+    }
+}
+
+/// Creates drivers of one kind (`dlog`, `ox`, `wasm`) from config lines.
+#[async_trait]
+pub trait DriverFactory: Send + Sync {
+    /// The registered name, lower case; config lines match it case-insensitively.
+    fn name(&self) -> &'static str;
+    /// Short description for `check`'s driver table (`native`, `wasm`).
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+    /// Dovecot's `init` hook: validate arguments and build the driver.
+    async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError>;
+}
+
+/// What a driver answers at begin_txn.
+pub enum Begin {
+    /// The driver takes no part in this transaction (no process or end_txn calls).
+    Skip,
+    /// The driver takes part and wants these events; `txn` receives the calls.
+    Join {
+        events: EventSet,
+        txn: Box<dyn DriverTxn>,
+    },
+}
+
+/// One driver — Dovecot's driver vfuncs. Called by the dispatcher for one transaction
+/// at a time per driver, in arrival order per user.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// Dovecot's begin_txn: decide whether to take part and which events to receive.
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure>;
+    /// Dovecot's deinit (and cleanup): called once when the runtime shuts down.
+    async fn deinit(&self) {}
+}
+
+/// A driver's state for one transaction (Dovecot's driver txn).
+#[async_trait]
+pub trait DriverTxn: Send {
+    /// Dovecot's process_mbox: one call per mailbox with mailbox-level events.
+    async fn process_mbox(&mut self, _record: &MailboxRecord<'_>) -> Result<(), Failure> {
+        Ok(())
+    }
+    /// Dovecot's process_msg: one call per message, with all its events together.
+    async fn process_msg(&mut self, _record: &MessageRecord<'_>) -> Result<(), Failure> {
+        Ok(())
+    }
+    /// Dovecot's end_txn; `success` is false when an earlier call of this transaction
+    /// failed. The transaction counts as delivered only if every call returned `Ok`.
+    async fn end_txn(self: Box<Self>, _success: bool) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+/// The mailbox-level events of one mailbox (Dovecot's mbox record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxRecord<'a> {
+    /// The mailbox (for a rename, the new name).
+    pub mailbox: &'a str,
+    pub events: Vec<&'a Event>,
+}
+
+/// The events of one message (Dovecot's message record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord<'a> {
+    pub mailbox: &'a str,
+    pub uid: u32,
+    pub uid_validity: u32,
+    pub events: Vec<&'a Event>,
+}
+
+/// One call's worth of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Mailbox(MailboxRecord<'a>),
+    Message(MessageRecord<'a>),
+}
+
+/// Groups a transaction's events the way Dovecot does before calling drivers:
+/// mailbox-level events per mailbox, message events per message (mailbox, uid) — all
+/// events of one message together — keeping only events in `wanted`. Records appear in
+/// the order of their first event; events within a record keep transaction order.
+/// Records with no wanted event are omitted.
+pub fn group(txn: &Transaction, wanted: EventSet) -> Vec<Record<'_>> {
+    let mut records: Vec<Record<'_>> = Vec::new();
+    // (mailbox, uid) → index in `records`; uid is None for mailbox-level records.
+    let mut index: HashMap<(&str, Option<u32>), usize> = HashMap::new();
+    for event in txn.events.iter().filter(|e| wanted.contains(e.name())) {
+        let mailbox = event.mailbox();
+        let key = (mailbox, event.message().map(|(uid, _)| uid));
+        if let Some(&i) = index.get(&key) {
+            match &mut records[i] {
+                Record::Message(m) => m.events.push(event),
+                Record::Mailbox(m) => m.events.push(event),
+            }
+            continue;
+        }
+        index.insert(key, records.len());
+        records.push(match event.message() {
+            Some((uid, uid_validity)) => Record::Message(MessageRecord {
+                mailbox,
+                uid,
+                uid_validity,
+                events: vec![event],
+            }),
+            None => Record::Mailbox(MailboxRecord {
+                mailbox,
+                events: vec![event],
+            }),
+        });
+    }
+    records
+}

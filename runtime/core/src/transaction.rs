@@ -1,0 +1,364 @@
+//! Transactions in canonical JSON: parsing with precise errors (JSON path, NDJSON line),
+//! and serialisation back to the same form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::{Event, EventName, SYSTEM_FLAGS};
+
+/// What a Dovecot driver sees between begin_txn and end_txn: one user, an ordered
+/// list of events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Unique id; assigned by mailpush (a UUIDv7) when the source sends none. Receivers
+    /// use it to deduplicate at-least-once deliveries.
+    pub id: String,
+    /// The login user name, e.g. `alice@example.com`.
+    pub user: String,
+    /// The events, in the order the source reported them.
+    pub events: Vec<Event>,
+    /// METADATA entries (key → value) the source already knows for this user; they
+    /// take precedence over mailpush's own METADATA store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A rejected transaction: where (JSON path) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ParseError {
+    /// JSON path of the offending value, `$` for the whole document.
+    pub path: String,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+/// A rejected line of an NDJSON stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {error}")]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    pub error: ParseError,
+}
+
+fn err(path: impl fmt::Display, message: impl Into<String>) -> ParseError {
+    ParseError {
+        path: path.to_string(),
+        message: message.into(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string_field(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<String>, ParseError> {
+    match obj.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(err(
+            format!("{path}.{key}"),
+            format!("expected a string, found {}", type_name(other)),
+        )),
+    }
+}
+
+impl Transaction {
+    /// A new transaction with a fresh id.
+    pub fn new(user: impl Into<String>, events: Vec<Event>) -> Self {
+        Transaction {
+            id: new_id(),
+            user: user.into(),
+            events,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Parses one transaction from canonical JSON.
+    pub fn from_json(text: &str) -> Result<Transaction, ParseError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| {
+            err(
+                "$",
+                format!(
+                    "invalid JSON at line {} column {}: {}",
+                    e.line(),
+                    e.column(),
+                    strip_position(&e.to_string())
+                ),
+            )
+        })?;
+        Transaction::from_value(value)
+    }
+
+    /// Validates and converts an already-parsed JSON value.
+    pub fn from_value(value: Value) -> Result<Transaction, ParseError> {
+        let Value::Object(obj) = value else {
+            return Err(err(
+                "$",
+                format!(
+                    "expected a transaction object {{\"user\": …, \"events\": […]}}, found {}",
+                    type_name(&value)
+                ),
+            ));
+        };
+        for key in obj.keys() {
+            if !["id", "user", "events", "metadata"].contains(&key.as_str()) {
+                return Err(err(
+                    format!("$.{key}"),
+                    "unknown field; a transaction has: id, user, events, metadata",
+                ));
+            }
+        }
+        let user = string_field(&obj, "user", "$")?
+            .ok_or_else(|| err("$", "missing field `user` (the login user name)"))?;
+        if user.is_empty() {
+            return Err(err("$.user", "must not be empty"));
+        }
+        let id = match string_field(&obj, "id", "$")? {
+            Some(id) if id.is_empty() => return Err(err("$.id", "must not be empty")),
+            Some(id) => id,
+            None => new_id(),
+        };
+        let metadata = match obj.get("metadata") {
+            None => BTreeMap::new(),
+            Some(Value::Object(m)) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in m {
+                    match v {
+                        Value::String(s) => {
+                            out.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            return Err(err(
+                                format!("$.metadata[{}]", quote(k)),
+                                format!("expected a string value, found {}", type_name(other)),
+                            ))
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                return Err(err(
+                    "$.metadata",
+                    format!(
+                        "expected an object of METADATA key → value, found {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        };
+        let events = match obj.get("events") {
+            None => return Err(err("$", "missing field `events` (a list of events)")),
+            Some(Value::Array(a)) if a.is_empty() => {
+                return Err(err("$.events", "a transaction needs at least one event"))
+            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| parse_event(v, &format!("$.events[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(err(
+                    "$.events",
+                    format!("expected an array of events, found {}", type_name(other)),
+                ))
+            }
+        };
+        Ok(Transaction {
+            id,
+            user,
+            events,
+            metadata,
+        })
+    }
+
+    /// Canonical JSON of the whole transaction, on one line.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A fresh, time-ordered unique transaction id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// serde_json appends " at line X column Y" to messages; we report the position ourselves.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn parse_event(value: &Value, path: &str) -> Result<Event, ParseError> {
+    let Value::Object(obj) = value else {
+        return Err(err(
+            path,
+            format!("expected an event object, found {}", type_name(value)),
+        ));
+    };
+    let name = match obj.get("name") {
+        None => {
+            return Err(err(
+                path,
+                format!(
+                    "missing field `name`; expected one of: {}",
+                    crate::event::allowed_names()
+                ),
+            ))
+        }
+        Some(Value::String(s)) => s
+            .parse::<EventName>()
+            .map_err(|e| err(format!("{path}.name"), e.to_string()))?,
+        Some(other) => {
+            return Err(err(
+                format!("{path}.name"),
+                format!("expected a string, found {}", type_name(other)),
+            ))
+        }
+    };
+    let allowed = name.fields();
+    for key in obj.keys() {
+        if key != "name" && !allowed.contains(&key.as_str()) {
+            return Err(err(
+                format!("{path}.{key}"),
+                format!(
+                    "unknown field for {name}; allowed: name, {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    for required in ["mailbox", "uid", "uid_validity"] {
+        if allowed.contains(&required) && !obj.contains_key(required) {
+            return Err(err(
+                path,
+                format!("missing field `{required}` (required for {name})"),
+            ));
+        }
+    }
+    if name == EventName::MailboxRename && !obj.contains_key("mailbox_old") {
+        return Err(err(
+            path,
+            "missing field `mailbox_old` (required for MailboxRename)",
+        ));
+    }
+    let event: Event = serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let at = if inner == "." || inner.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        err(at, e.into_inner().to_string())
+    })?;
+    for key in ["flags", "flags_old"] {
+        if let Some(Value::Array(flags)) = obj.get(key) {
+            for (i, f) in flags.iter().enumerate() {
+                let f = f.as_str().unwrap_or_default();
+                if !SYSTEM_FLAGS.contains(&f) {
+                    return Err(err(
+                        format!("{path}.{key}[{i}]"),
+                        format!(
+                            "{} is not an IMAP system flag; expected one of: {} (keywords go in `keywords`)",
+                            quote(f),
+                            SYSTEM_FLAGS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    for key in ["keywords", "keywords_old"] {
+        if let Some(Value::Array(kws)) = obj.get(key) {
+            for (i, k) in kws.iter().enumerate() {
+                let k = k.as_str().unwrap_or_default();
+                if k.is_empty() || k.starts_with('\\') || k.contains(char::is_whitespace) {
+                    return Err(err(
+                        format!("{path}.{key}[{i}]"),
+                        format!(
+                            "{} is not an IMAP keyword (non-empty, no spaces, no leading backslash)",
+                            quote(k)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(event)
+}
+
+/// Parses a stream of transactions: NDJSON (one per line) or any whitespace-separated
+/// sequence of JSON objects, so a pretty-printed transaction works too. Each item is a
+/// transaction or the error for the one starting on that line; after a JSON syntax
+/// error parsing resumes on the next line.
+pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let line_of = |offset: usize| line_starts.partition_point(|&s| s <= offset);
+    let mut out = Vec::new();
+    let mut base = 0;
+    'outer: while base < text.len() {
+        let mut stream = serde_json::Deserializer::from_str(&text[base..]).into_iter::<Value>();
+        loop {
+            let rest = &text[base + stream.byte_offset()..];
+            let start = base + stream.byte_offset() + (rest.len() - rest.trim_start().len());
+            match stream.next() {
+                None => break 'outer,
+                Some(Ok(value)) => {
+                    out.push(Transaction::from_value(value).map_err(|error| LineError {
+                        line: line_of(start),
+                        error,
+                    }))
+                }
+                Some(Err(e)) => {
+                    // The error's own line, counted from the start of the text.
+                    let err_line = line_of(base) + e.line().max(1) - 1;
+                    out.push(Err(LineError {
+                        line: line_of(start).min(err_line),
+                        error: err(
+                            "$",
+                            format!(
+                                "invalid JSON at line {err_line} column {}: {}",
+                                e.column(),
+                                strip_position(&e.to_string())
+                            ),
+                        ),
+                    }));
+                    // Resume on the line after the error.
+                    base = line_starts.get(err_line).copied().unwrap_or(text.len());
+                    continue 'outer;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Parses a whole batch, all or nothing: the first bad transaction rejects the batch,
+/// naming the line it starts on.
+pub fn parse_ndjson(text: &str) -> Result<Vec<Transaction>, LineError> {
+    parse_stream(text).into_iter().collect()
+}

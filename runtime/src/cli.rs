@@ -1,0 +1,284 @@
+//! The `mailpush` command line: argument parsing and wiring only; the work is done by
+//! the library modules.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mailpush_core::NoMetadata;
+
+use crate::config::Config;
+use crate::dispatch::{Delivery, DeliveryObserver, Dispatcher, DriverReport};
+use crate::logging::{self, LogFormat};
+use crate::registry::DriverRegistry;
+
+/// mailpush — run Dovecot-style push-notification drivers (dlog, ox, sandboxed
+/// WebAssembly components) on mail-store events.
+#[derive(Debug, Parser)]
+#[command(name = "mailpush", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  mailpush send -c examples/mailpush.conf examples/events.ndjson"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file (Dovecot syntax: `plugin { push_notification_driver = … }` plus a
+    /// `mailpush { }` block).
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "MAILPUSH_CONFIG",
+        default_value = "/etc/mailpush/mailpush.conf"
+    )]
+    pub config: PathBuf,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
+    /// `mailpush=debug`. RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log format: `human` or `json` (one JSON object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse the config, initialise every driver, print the driver table and warnings.
+    ///
+    /// Exits non-zero, listing every error with file:line, when the config is unusable.
+    #[command(after_help = "Example:\n  mailpush check -c /etc/mailpush/mailpush.conf")]
+    Check,
+    /// Read canonical transactions (NDJSON, or JSON objects one after another) and
+    /// dispatch them through every driver in-process; print per-driver counts.
+    ///
+    /// Exits non-zero if any transaction was rejected (its line number is printed) or
+    /// any delivery failed.
+    #[command(
+        after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  echo '{\"user\":\"a@example.com\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Work\"}]}' | mailpush send -c examples/mailpush.conf -"
+    )]
+    Send(SendArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// File of transactions; `-` (the default) reads standard input.
+    #[arg(default_value = "-")]
+    pub events: PathBuf,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(&cli.global.log_level, cli.global.log_format) {
+        eprintln!("mailpush: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailpush: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Check => check(&cli.global).await,
+            Command::Send(args) => send(&cli.global, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailpush: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{}: configuration is invalid:", path.display());
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+async fn check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let registry = DriverRegistry::default();
+    let (loaded, errors) = match registry.init_all(&config, Arc::new(NoMetadata)).await {
+        Ok(loaded) => (loaded, Vec::new()),
+        Err((loaded, errors)) => (loaded, errors),
+    };
+    println!("config: {}", config.path.display());
+    println!("state_dir: {}", config.settings.state_dir.display());
+    println!("listen: {}", config.settings.listen);
+    println!();
+    println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
+    for d in &loaded {
+        println!(
+            "{:<4} {:<12} {:<7} {}",
+            d.number, d.name, d.kind, d.args_display
+        );
+        for line in &d.details {
+            println!("{:<4} {:<12} {:<7}   {line}", "", "", "");
+        }
+    }
+    if config.drivers.is_empty() {
+        println!(
+            "(no drivers: set push_notification_driver = NAME[:ARGS] in a plugin {{ }} block)"
+        );
+    }
+    let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    for d in &loaded {
+        warnings.extend(
+            d.warnings
+                .iter()
+                .map(|w| format!("{}: driver {} ({}): {w}", d.location, d.number, d.name)),
+        );
+    }
+    if !warnings.is_empty() {
+        println!();
+        for w in &warnings {
+            println!("warning: {w}");
+        }
+    }
+    if errors.is_empty() {
+        println!();
+        println!("OK: {} driver(s) ready", loaded.len());
+        shutdown_drivers(loaded).await;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!();
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!(
+            "{} error(s); mailpush refuses to start with this config (Dovecot would silently drop the failing driver and every later-numbered one)",
+            errors.len()
+        );
+        shutdown_drivers(loaded).await;
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+async fn shutdown_drivers(loaded: Vec<crate::registry::LoadedDriver>) {
+    for d in loaded {
+        d.driver.deinit().await;
+    }
+}
+
+/// Progress display for `send`.
+struct Progress(indicatif::ProgressBar);
+
+impl DeliveryObserver for Progress {
+    fn delivered(&self, _delivery: &Delivery) {
+        self.0.inc(1);
+    }
+}
+
+async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let mut text = String::new();
+    if args.events.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading transactions from standard input")?;
+    } else {
+        text = std::fs::read_to_string(&args.events)
+            .with_context(|| format!("reading {}", args.events.display()))?;
+    }
+    let source = if args.events.as_os_str() == "-" {
+        "<stdin>".to_string()
+    } else {
+        args.events.display().to_string()
+    };
+    let items = mailpush_core::parse_stream(&text);
+    let registry = DriverRegistry::default();
+    let loaded = match registry.init_all(&config, Arc::new(NoMetadata)).await {
+        Ok(l) => l,
+        Err((loaded, errors)) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            shutdown_drivers(loaded).await;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let total = items.iter().filter(|i| i.is_ok()).count() as u64 * loaded.len() as u64;
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} deliveries {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(Arc::new(Progress(bar)))
+    } else {
+        None
+    };
+    let observer = progress.clone().map(|p| p as Arc<dyn DeliveryObserver>);
+    let dispatcher = Dispatcher::start(loaded, config.settings.queue_capacity, observer);
+    let mut rejected = 0;
+    let mut accepted = 0;
+    for item in items {
+        match item {
+            Ok(txn) => {
+                accepted += 1;
+                dispatcher
+                    .dispatch(Arc::new(txn))
+                    .await
+                    .context("dispatching")?;
+            }
+            Err(e) => {
+                rejected += 1;
+                eprintln!("{source}:{e}");
+            }
+        }
+    }
+    let reports = dispatcher.shutdown().await;
+    if let Some(p) = progress {
+        p.0.finish_and_clear();
+    }
+    print_reports(&reports, accepted, rejected);
+    let failed: u64 = reports.iter().map(|r| r.failed).sum();
+    Ok(if rejected > 0 || failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_reports(reports: &[DriverReport], accepted: usize, rejected: usize) {
+    eprintln!("{accepted} transaction(s) accepted, {rejected} rejected");
+    eprintln!(
+        "{:<4} {:<12} {:>9} {:>8} {:>7}",
+        "#", "DRIVER", "DELIVERED", "SKIPPED", "FAILED"
+    );
+    for r in reports {
+        eprintln!(
+            "{:<4} {:<12} {:>9} {:>8} {:>7}",
+            r.number, r.name, r.delivered, r.skipped, r.failed
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! mailpush: a runtime for Dovecot-style mail push notifications.
+//!
+//! One transaction's path: canonical JSON ([`mailpush_core::transaction`]) →
+//! [`dispatch::Dispatcher`] (a bounded queue and task per driver) → a driver (built-in
+//! native drivers, or sandboxed WebAssembly components). [`config`] reads Dovecot's
+//! syntax, [`registry`] turns numbered driver settings into running drivers, [`cli`] is
+//! the `mailpush` binary.
+
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod logging;
+pub mod registry;
+pub mod settings;
+
+pub use mailpush_core as core;

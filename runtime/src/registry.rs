@@ -1,0 +1,168 @@
+//! `DriverRegistry`: the known driver kinds (`dlog`, `ox`, `wasm`, …) and the
+//! initialisation of a config's numbered drivers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mailpush_core::{Driver, DriverFactory, DriverInit, MetadataLookup};
+
+use crate::config::{Config, ConfigError, DriverSetting, Location};
+
+/// An initialised, numbered driver.
+pub struct LoadedDriver {
+    pub number: u32,
+    /// Name as typed in the config.
+    pub name: String,
+    /// `native` or `wasm`.
+    pub kind: &'static str,
+    /// Arguments with secrets redacted, for display.
+    pub args_display: String,
+    pub location: Location,
+    pub driver: Arc<dyn Driver>,
+    pub warnings: Vec<String>,
+    /// Extra lines for `check` (file, sha256, limits, grants, …).
+    pub details: Vec<String>,
+}
+
+/// The registered driver factories, looked up case-insensitively by name.
+pub struct DriverRegistry {
+    factories: Vec<Arc<dyn DriverFactory>>,
+}
+
+impl Default for DriverRegistry {
+    /// The built-in drivers.
+    fn default() -> Self {
+        let mut r = DriverRegistry::empty();
+        r.register(Arc::new(mailpush_dlog::DlogFactory));
+        r
+    }
+}
+
+impl DriverRegistry {
+    /// A registry with no drivers.
+    pub fn empty() -> Self {
+        DriverRegistry {
+            factories: Vec::new(),
+        }
+    }
+
+    /// Adds a driver kind. A later registration of the same name replaces the earlier.
+    pub fn register(&mut self, factory: Arc<dyn DriverFactory>) {
+        self.factories
+            .retain(|f| !f.name().eq_ignore_ascii_case(factory.name()));
+        self.factories.push(factory);
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.factories.iter().map(|f| f.name()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The factory for a driver name (case-insensitive).
+    pub fn factory(&self, name: &str) -> Option<&Arc<dyn DriverFactory>> {
+        self.factories
+            .iter()
+            .find(|f| f.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Initialises one driver setting.
+    pub async fn init_one(
+        &self,
+        setting: &DriverSetting,
+        config: &Config,
+        metadata: Arc<dyn MetadataLookup>,
+    ) -> Result<LoadedDriver, ConfigError> {
+        let fail = |message: String| ConfigError {
+            location: Some(setting.location.clone()),
+            text: format!("{} = {}", setting.setting, display_value(setting)),
+            message,
+        };
+        let factory = self.factory(&setting.name).ok_or_else(|| {
+            fail(format!(
+                "driver {} ({}): unknown push notification driver `{}`; known drivers: {}",
+                setting.number,
+                setting.setting,
+                setting.name,
+                self.names().join(", ")
+            ))
+        })?;
+        let init = DriverInit {
+            number: setting.number,
+            name: setting.name.clone(),
+            args: setting.args.clone(),
+            raw: setting.raw.clone(),
+            config_dir: setting
+                .location
+                .file
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_default(),
+            state_dir: config.settings.state_dir.clone(),
+            metadata,
+        };
+        // A panicking init must not take the process down: report it like a failed init.
+        let result =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(factory.init(&init)))
+                .await;
+        let initialised = match result {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => {
+                return Err(fail(format!(
+                    "driver {} ({}) failed to initialise: {e}",
+                    setting.number, setting.name
+                )))
+            }
+            Err(panic) => {
+                return Err(fail(format!(
+                    "driver {} ({}) panicked during init: {}",
+                    setting.number,
+                    setting.name,
+                    crate::dispatch::panic_message(&panic)
+                )))
+            }
+        };
+        Ok(LoadedDriver {
+            number: setting.number,
+            name: setting.name.clone(),
+            kind: factory.kind(),
+            args_display: setting.args.redacted(),
+            location: setting.location.clone(),
+            driver: initialised.driver,
+            warnings: initialised.warnings,
+            details: initialised.details,
+        })
+    }
+
+    /// Initialises every driver of a config, in number order. Unlike Dovecot — which
+    /// silently drops a failing driver and every later-numbered one — all failures are
+    /// collected and returned, so the caller can refuse to start and say why.
+    pub async fn init_all(
+        &self,
+        config: &Config,
+        metadata: Arc<dyn MetadataLookup>,
+    ) -> Result<Vec<LoadedDriver>, (Vec<LoadedDriver>, Vec<ConfigError>)> {
+        let mut loaded = Vec::new();
+        let mut errors = Vec::new();
+        for setting in &config.drivers {
+            match self.init_one(setting, config, metadata.clone()).await {
+                Ok(d) => loaded.push(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(loaded)
+        } else {
+            Err((loaded, errors))
+        }
+    }
+}
+
+fn display_value(setting: &DriverSetting) -> String {
+    match &setting.raw {
+        Some(_) if setting.args.is_empty() => format!("{}:", setting.name),
+        Some(_) => format!("{}:{}", setting.name, setting.args.redacted()),
+        None => setting.name.clone(),
+    }
+}

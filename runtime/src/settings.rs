@@ -1,0 +1,98 @@
+//! mailpush's own settings: the `mailpush { }` block of the config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::{ConfigError, Location};
+
+/// Every key of the `mailpush { }` block with its default and meaning (also printed by
+/// `mailpush check` and documented in README.md).
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    (
+        "state_dir",
+        "/var/lib/mailpush",
+        "where mailpush keeps its data (METADATA store, compiled wasm cache, spool); relative paths resolve against the config file's folder",
+    ),
+    (
+        "listen",
+        "127.0.0.1:8025",
+        "ingest address of `mailpush run` (HTTP)",
+    ),
+    (
+        "queue_capacity",
+        "1024",
+        "transactions each driver may have waiting; a full queue makes ingest wait (send) or answer 503 (run)",
+    ),
+];
+
+/// The `mailpush { }` block, typed, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub queue_capacity: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            state_dir: PathBuf::from("/var/lib/mailpush"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl RuntimeSettings {
+    /// Builds the settings from the block's `key = value` lines.
+    pub fn from_block(
+        entries: Vec<(String, String, Location)>,
+        config_dir: &Path,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut s = RuntimeSettings::default();
+        let mut errors = Vec::new();
+        for (key, value, location) in entries {
+            let mut fail = |message: String| {
+                errors.push(ConfigError {
+                    location: Some(location.clone()),
+                    text: format!("{key} = {value}"),
+                    message,
+                })
+            };
+            match key.as_str() {
+                "state_dir" if value.is_empty() => fail("state_dir needs a path".into()),
+                "state_dir" => {
+                    let p = PathBuf::from(&value);
+                    s.state_dir = if p.is_absolute() {
+                        p
+                    } else {
+                        config_dir.join(p)
+                    };
+                }
+                "listen" => match value.parse::<SocketAddr>() {
+                    Ok(a) => s.listen = a,
+                    Err(_) => {
+                        fail("expected IP:PORT, e.g. `127.0.0.1:8025` or `[::1]:8025`".into())
+                    }
+                },
+                "queue_capacity" => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => s.queue_capacity = n,
+                    _ => fail("expected a positive number of transactions, e.g. `1024`".into()),
+                },
+                _ => fail(format!(
+                    "unknown mailpush setting `{key}`; known settings: {}",
+                    SETTINGS
+                        .iter()
+                        .map(|(k, _, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+}
