@@ -12,5 +12,6 @@ pub mod dispatch;
 pub mod logging;
 pub mod registry;
 pub mod settings;
+pub mod wasm;
 
 pub use mailpush_core as core;

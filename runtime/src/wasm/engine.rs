@@ -1,0 +1,285 @@
+//! The wasmtime engine mailpush runs components on, and the AOT cache of compiled
+//! components in the state dir.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::sandbox::MAX_MEMORY;
+
+/// How often the epoch advances; per-call deadlines are measured in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Concurrent instances the pooling allocator has slots for (per engine).
+const POOL_INSTANCES: u32 = 1000;
+
+/// Errors loading a component.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)")]
+    CoreModule { path: PathBuf },
+    #[error("{path} is not a WebAssembly component (bad magic number)")]
+    NotWasm { path: PathBuf },
+    #[error("{path} failed to compile: {message}")]
+    Compile { path: PathBuf, message: String },
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// Where a compiled component came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded from a valid artifact in the cache.
+    Hit,
+    /// Compiled (no artifact yet); the artifact was written.
+    Miss,
+    /// An artifact existed but failed verification (tampered, truncated or from
+    /// another engine); it was ignored, the component recompiled and the artifact
+    /// replaced.
+    Rejected,
+    /// No cache dir configured.
+    Disabled,
+}
+
+/// A compiled component.
+pub struct LoadedComponent {
+    pub component: Component,
+    /// Hex sha256 of the `.wasm` file.
+    pub sha256: String,
+    pub cache: CacheOutcome,
+}
+
+/// One engine flavour: with or without fuel metering (fuel costs speed, so only drivers
+/// that ask for it pay).
+pub struct WasmEngine {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+    /// Serialises compile-and-store of the same artifact.
+    cache_lock: Mutex<()>,
+}
+
+impl WasmEngine {
+    /// Builds an engine and starts its epoch ticker (a thread that ends with the engine).
+    pub fn new(fuel: bool, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        config.max_wasm_stack(512 << 10);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(MAX_MEMORY);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // Keep reservations modest: 1000 slots × (1 GiB + guard) of address space.
+        config.memory_reservation(MAX_MEMORY as u64);
+        config.memory_guard_size(64 << 10);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("mailpush-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
+                }
+            })
+            .map_err(|e| LoadError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(WasmEngine {
+            engine,
+            cache_dir,
+            cache_lock: Mutex::new(()),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads and compiles a component, through the AOT cache when one is configured.
+    pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        check_header(path, &bytes)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let compile = || {
+            Component::new(&self.engine, &bytes).map_err(|e| LoadError::Compile {
+                path: path.to_path_buf(),
+                message: format!("{e:#}"),
+            })
+        };
+        let Some(dir) = &self.cache_dir else {
+            return Ok(LoadedComponent {
+                component: compile()?,
+                sha256,
+                cache: CacheOutcome::Disabled,
+            });
+        };
+        let _guard = self.cache_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
+        let key = cache_key(dir);
+        let mut outcome = CacheOutcome::Miss;
+        if let (Ok(stored), Some(key)) = (std::fs::read(&artifact), &key) {
+            match verify(key, &stored) {
+                // SAFETY: the artifact was written by this host (its HMAC under the
+                // state dir's private key verifies) for this engine configuration
+                // (part of the file name); wasmtime checks compatibility again.
+                Some(body) => match unsafe { Component::deserialize(&self.engine, body) } {
+                    Ok(component) => {
+                        return Ok(LoadedComponent {
+                            component,
+                            sha256,
+                            cache: CacheOutcome::Hit,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {e}");
+                        outcome = CacheOutcome::Rejected;
+                    }
+                },
+                None => {
+                    tracing::warn!(artifact = %artifact.display(), "cached artifact failed verification (tampered or corrupt), recompiling");
+                    outcome = CacheOutcome::Rejected;
+                }
+            }
+        }
+        let component = compile()?;
+        if let (Some(key), Ok(serialized)) = (&key, component.serialize()) {
+            let mut out = sign(key, &serialized);
+            out.extend_from_slice(&serialized);
+            let tmp = artifact.with_extension("tmp");
+            let written = std::fs::write(&tmp, &out).and_then(|_| std::fs::rename(&tmp, &artifact));
+            if let Err(e) = written {
+                tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
+            }
+        }
+        Ok(LoadedComponent {
+            component,
+            sha256,
+            cache: outcome,
+        })
+    }
+
+    /// A short hash of everything that makes compiled code compatible with this engine.
+    fn engine_key(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm {
+            path: path.to_path_buf(),
+        });
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The cache's private signing key (created on first use, mode 0600). `None` if the
+/// cache dir cannot be written; then the cache is not used.
+fn cache_key(dir: &Path) -> Option<Vec<u8>> {
+    static KEYS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Vec<u8>>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(Default::default);
+    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(k) = keys.get(dir) {
+        return Some(k.clone());
+    }
+    let file = dir.join("cache.key");
+    let key = match std::fs::read(&file) {
+        Ok(k) if k.len() == 32 => k,
+        _ => {
+            std::fs::create_dir_all(dir).ok()?;
+            let mut k = Vec::with_capacity(32);
+            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+            write_private(&file, &k).ok()?;
+            k
+        }
+    };
+    keys.insert(dir.to_path_buf(), key.clone());
+    Some(key)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(data)
+}
+
+fn sign(key: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(body);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The artifact body if its tag verifies.
+fn verify<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    if stored.len() < 32 {
+        return None;
+    }
+    let (tag, body) = stored.split_at(32);
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
+    mac.update(body);
+    mac.verify_slice(tag).ok().map(|_| body)
+}
+
+/// Engines shared by all wasm drivers of a process, created on first use.
+#[derive(Default)]
+pub struct Engines {
+    cache_dir: Option<PathBuf>,
+    plain: OnceLock<Arc<WasmEngine>>,
+    fuel: OnceLock<Arc<WasmEngine>>,
+}
+
+impl Engines {
+    /// Engines whose AOT cache lives in `cache_dir`.
+    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+        Engines {
+            cache_dir,
+            ..Default::default()
+        }
+    }
+
+    /// The engine for drivers with (`fuel = true`) or without fuel metering.
+    pub fn get(&self, fuel: bool) -> Result<Arc<WasmEngine>, LoadError> {
+        let cell = if fuel { &self.fuel } else { &self.plain };
+        if let Some(e) = cell.get() {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(WasmEngine::new(fuel, self.cache_dir.clone())?);
+        Ok(cell.get_or_init(|| e).clone())
+    }
+}

@@ -1,0 +1,18 @@
+//! The WebAssembly host: components as sandboxed numbered drivers.
+//!
+//! - [`engine`]: the wasmtime engine (pooling allocator, epoch interruption) and the
+//!   AOT cache of compiled components in the state dir;
+//! - [`sandbox`]: per-driver limits and grants parsed from the driver line;
+//! - [`host`]: the per-instance state and the `mailpush:driver/host` imports;
+//! - [`outbound_http`]: the `wasi:http` policy (allowed hosts, private addresses);
+//! - [`driver`]: `WasmDriver`, the component as a `Driver`.
+
+pub mod bindings;
+mod convert;
+pub mod driver;
+pub mod engine;
+pub mod host;
+pub mod outbound_http;
+pub mod sandbox;
+
+pub use driver::{WasmDriver, WasmFactory};

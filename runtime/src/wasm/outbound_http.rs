@@ -1,0 +1,203 @@
+//! Outbound HTTP for components: the standard `wasi:http/outgoing-handler`, with
+//! mailpush's policy in front — only http/https, only hosts matching `allow_hosts`,
+//! no loopback/private/link-local/metadata addresses after DNS resolution unless
+//! `allow_private`, a per-driver connection limit, connect and first-byte timeouts.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use tokio::sync::Semaphore;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::host::DriverTag;
+use super::sandbox::Sandbox;
+
+/// The outbound HTTP policy of one driver (shared by its instances).
+#[derive(Clone)]
+pub struct HttpPolicy {
+    pub tag: Arc<DriverTag>,
+    pub sandbox: Arc<Sandbox>,
+    pub connections: Arc<Semaphore>,
+}
+
+/// Per-instance hooks: the policy plus what was refused (added to failure reasons).
+pub struct OutboundHttp {
+    policy: HttpPolicy,
+    /// Requests refused during the current transaction, with why.
+    pub refused: Vec<String>,
+}
+
+impl OutboundHttp {
+    pub fn new(policy: HttpPolicy) -> Self {
+        OutboundHttp {
+            policy,
+            refused: Vec::new(),
+        }
+    }
+}
+
+/// Whether an address is loopback, private, link-local, a cloud metadata service or
+/// otherwise not a public unicast address.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
+                || (seg0 & 0xffc0) == 0xfe80 // link-local
+                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe) // NAT64 of 169.254.169.254
+        }
+    }
+}
+
+fn is_private_v4(v4: Ipv4Addr) -> bool {
+    let o = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local() // 169.254/16, includes the metadata service 169.254.169.254
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
+}
+
+/// Completion of a response's I/O.
+type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+type SendResult = Result<(http::Response<WasiBody>, IoFuture), Error>;
+type SendFuture = Box<dyn Future<Output = SendResult> + Send>;
+
+impl OutboundHttp {
+    fn refuse(&mut self, why: String, error: Error) -> SendFuture {
+        tracing::warn!(driver = self.policy.tag.number, name = %self.policy.tag.name, "outbound HTTP refused: {why}");
+        self.refused.push(why);
+        Box::new(async move { Err(error) })
+    }
+}
+
+impl WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: IoFuture,
+    ) -> SendFuture {
+        drop(fut);
+        let uri = request.uri().clone();
+        let scheme = uri.scheme().cloned();
+        if scheme != Some(Scheme::HTTP) && scheme != Some(Scheme::HTTPS) {
+            return self.refuse(format!("{uri}: only http and https are allowed"), Error::HttpProtocolError);
+        }
+        let Some(host) = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()) else {
+            return self.refuse(format!("{uri}: no host"), Error::HttpRequestUriInvalid);
+        };
+        let sandbox = self.policy.sandbox.clone();
+        if !sandbox.host_allowed(&host) {
+            return self.refuse(
+                format!("{host} is not in allow_hosts ({})", if sandbox.allow_hosts.is_empty() { "no hosts granted".to_string() } else { sandbox.allow_hosts.join(",") }),
+                Error::HttpRequestDenied,
+            );
+        }
+        let tls = scheme == Some(Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let policy = self.policy.clone();
+        // Literal IPs can be checked now, so the refusal is recorded for the failure reason.
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            if is_private(ip) && !sandbox.allow_private {
+                return self.refuse(
+                    format!("{host}: loopback, private, link-local and metadata addresses are refused (grant allow_private to permit)"),
+                    Error::DestinationIpProhibited,
+                );
+            }
+        }
+        let options = RequestOptions {
+            connect_timeout: Some(clamp(options.and_then(|o| o.connect_timeout), sandbox.connect_timeout)),
+            first_byte_timeout: Some(clamp(options.and_then(|o| o.first_byte_timeout), sandbox.first_byte_timeout)),
+            between_bytes_timeout: Some(clamp(options.and_then(|o| o.between_bytes_timeout), sandbox.first_byte_timeout)),
+        };
+        Box::new(async move {
+            let result: SendResult = async {
+                let addrs: Vec<SocketAddr> = match tokio::time::timeout(
+                    sandbox.connect_timeout,
+                    tokio::net::lookup_host((host.as_str(), port)),
+                )
+                .await
+                {
+                    Err(_) => return Err(Error::DnsTimeout),
+                    Ok(Err(_)) => {
+                        return Err(Error::DnsError {
+                            rcode: Some("address not available".into()),
+                            info_code: None,
+                        })
+                    }
+                    Ok(Ok(a)) => a.collect(),
+                };
+                if !sandbox.allow_private {
+                    if let Some(bad) = addrs.iter().find(|a| is_private(a.ip())) {
+                        tracing::warn!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP refused: {host} resolves to {} (private address; grant allow_private to permit)", bad.ip());
+                        return Err(Error::DestinationIpProhibited);
+                    }
+                }
+                let Some(addr) = addrs.first().copied() else {
+                    return Err(Error::DestinationNotFound);
+                };
+                // Plain HTTP connects to the address just checked (no second lookup that
+                // could resolve elsewhere); the Host header keeps the name.
+                if !tls {
+                    let mut parts = request.uri().clone().into_parts();
+                    parts.authority = Authority::try_from(addr.to_string().as_str()).ok();
+                    if let Ok(u) = http::Uri::from_parts(parts) {
+                        *request.uri_mut() = u;
+                    }
+                }
+                let permit = match tokio::time::timeout(
+                    sandbox.connect_timeout,
+                    policy.connections.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(Error::ConnectionLimitReached),
+                };
+                let (resp, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+                let io: IoFuture = Box::new(async move {
+                    let r = io.await;
+                    drop(permit);
+                    r
+                });
+                Ok((resp.map(http_body_util::BodyExt::boxed_unsync), io))
+            }
+            .await;
+            result
+        })
+    }
+}
+
+fn clamp(requested: Option<Duration>, max: Duration) -> Duration {
+    requested.map(|r| r.min(max)).unwrap_or(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses() {
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1"] {
+            assert!(is_private(a.parse().unwrap()), "{a}");
+        }
+        for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(!is_private(a.parse().unwrap()), "{a}");
+        }
+    }
+}
