@@ -1,1 +1,398 @@
+//! Shared helpers for mailpush's end-to-end tests: paths of the guest components built
+//! by `build.rs`, a real HTTP/1.1 server on 127.0.0.1 that records every request, and
+//! small native drivers (recording, panicking, slow) for dispatch tests.
 
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailpush::config::Config;
+use mailpush::registry::{DriverRegistry, LoadedDriver};
+use mailpush_core::{
+    Begin, Driver, DriverFactory, DriverInit, DriverTxn, EventSet, Failure, InitError, Initialised,
+    MailboxRecord, MessageRecord, NoMetadata, Transaction,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Path of a guest component built by build.rs (`hostile`, `webhook`, `ox-wasm`,
+/// `tenant-filter`, `bench-handler`).
+pub fn guest(name: &str) -> PathBuf {
+    let p = match name {
+        "hostile" => option_env!("GUEST_HOSTILE"),
+        "webhook" => option_env!("GUEST_WEBHOOK"),
+        "ox-wasm" => option_env!("GUEST_OX_WASM"),
+        "tenant-filter" => option_env!("GUEST_TENANT_FILTER"),
+        "bench-handler" => option_env!("GUEST_BENCH_HANDLER"),
+        _ => None,
+    };
+    PathBuf::from(p.unwrap_or_else(|| panic!("guest component {name} was not built by tests/build.rs")))
+}
+
+/// Path of the `mailpush` binary (built by the workspace build before tests run).
+pub fn mailpush_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-xxxx → target/debug/mailpush
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("mailpush")
+}
+
+// ---------------------------------------------------------------- HTTP server
+
+/// One recorded request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Request target (path and query).
+    pub target: String,
+    /// Headers in wire order, names as sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The request head and body exactly as received.
+    pub raw: Vec<u8>,
+}
+
+impl Recorded {
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// The body as UTF-8.
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// How the server answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Status with extra headers, after an optional delay.
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+        delay: Duration,
+    },
+    /// Never answer (the connection stays open until the client gives up).
+    Hang,
+    /// Close the connection without answering.
+    Close,
+}
+
+impl Reply {
+    /// A plain status.
+    pub fn status(status: u16) -> Self {
+        Reply::Status {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    /// A status with one header.
+    pub fn with_header(status: u16, name: &str, value: &str) -> Self {
+        Reply::Status {
+            status,
+            headers: vec![(name.to_string(), value.to_string())],
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+struct ServerState {
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Reply>,
+    notify: Notify,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that records each request and answers from a
+/// script (then with a default reply). Supports keep-alive and Content-Length bodies.
+#[derive(Clone)]
+pub struct RecordingServer {
+    pub addr: std::net::SocketAddr,
+    state: Arc<ServerState>,
+}
+
+impl RecordingServer {
+    /// Starts a server answering 200 by default.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(ServerState {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            default: Mutex::new(Reply::status(200)),
+            notify: Notify::new(),
+        });
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = serve(sock, st).await;
+                });
+            }
+        });
+        RecordingServer { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Queues replies for the next requests.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Sets the reply used when the script is empty.
+    pub fn set_default(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = reply;
+    }
+
+    /// Requests so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (fails after `limit`).
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Recorded> {
+        let wait = async {
+            loop {
+                let notified = self.state.notify.notified();
+                if self.state.requests.lock().unwrap().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            panic!(
+                "expected {n} requests within {limit:?}, got {}",
+                self.state.requests.lock().unwrap().len()
+            );
+        }
+        self.requests()
+    }
+}
+
+async fn serve(sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let mut raw = Vec::new();
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(line.as_bytes());
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            raw.extend_from_slice(h.as_bytes());
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.to_string(), v.trim().to_string()));
+            }
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).await?;
+        raw.extend_from_slice(&body);
+        let reply = {
+            let next = st.script.lock().unwrap().pop_front();
+            next.unwrap_or_else(|| st.default.lock().unwrap().clone())
+        };
+        st.requests.lock().unwrap().push(Recorded {
+            method,
+            target,
+            headers,
+            body,
+            raw,
+        });
+        st.notify.notify_waiters();
+        match reply {
+            Reply::Hang => {
+                // Hold the connection until the client closes it.
+                let mut sink = [0u8; 1024];
+                while r.read(&mut sink).await? > 0 {}
+                return Ok(());
+            }
+            Reply::Close => return Ok(()),
+            Reply::Status {
+                status,
+                headers,
+                delay,
+            } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let mut resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n");
+                for (k, v) in headers {
+                    resp.push_str(&format!("{k}: {v}\r\n"));
+                }
+                resp.push_str("\r\nok");
+                w.write_all(resp.as_bytes()).await?;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- native test drivers
+
+/// What a recording driver saw: (driver label, transaction id, user).
+pub type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// Test driver kinds registered as `record`, `panic` and `slow`:
+/// - `record:label=X` records every transaction;
+/// - `panic` panics in begin_txn for every transaction (`every=N`: every Nth);
+/// - `slow:msecs=N` sleeps N ms per transaction, then records.
+pub struct TestDrivers {
+    pub seen: Seen,
+}
+
+impl TestDrivers {
+    pub fn new() -> Self {
+        TestDrivers {
+            seen: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The default registry plus the test kinds.
+    pub fn registry(&self) -> DriverRegistry {
+        let mut r = DriverRegistry::default();
+        for kind in ["record", "panic", "slow"] {
+            r.register(Arc::new(TestFactory {
+                kind,
+                seen: self.seen.clone(),
+            }));
+        }
+        r
+    }
+}
+
+impl Default for TestDrivers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+struct TestFactory {
+    kind: &'static str,
+    seen: Seen,
+}
+
+#[async_trait::async_trait]
+impl DriverFactory for TestFactory {
+    fn name(&self) -> &'static str {
+        self.kind
+    }
+    async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError> {
+        let label = init
+            .args
+            .get("label")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{}{}", self.kind, init.number));
+        let msecs = init.args.get("msecs").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let every = init.args.get("every").and_then(|v| v.parse().ok()).unwrap_or(1);
+        Ok(Initialised::new(Arc::new(TestDriver {
+            kind: self.kind,
+            label,
+            seen: self.seen.clone(),
+            delay: Duration::from_millis(msecs),
+            every,
+            count: Mutex::new(0),
+        })))
+    }
+}
+
+struct TestDriver {
+    kind: &'static str,
+    label: String,
+    seen: Seen,
+    delay: Duration,
+    every: u64,
+    count: Mutex<u64>,
+}
+
+struct NoopTxn;
+
+#[async_trait::async_trait]
+impl DriverTxn for NoopTxn {
+    async fn process_mbox(&mut self, _r: &MailboxRecord<'_>) -> Result<(), Failure> {
+        Ok(())
+    }
+    async fn process_msg(&mut self, _r: &MessageRecord<'_>) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for TestDriver {
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        let n = {
+            let mut c = self.count.lock().unwrap();
+            *c += 1;
+            *c
+        };
+        match self.kind {
+            "panic" if n % self.every == 0 => panic!("test driver panics on purpose"),
+            "slow" => tokio::time::sleep(self.delay).await,
+            _ => {}
+        }
+        self.seen
+            .lock()
+            .unwrap()
+            .push((self.label.clone(), txn.id.clone(), txn.user.clone()));
+        Ok(Begin::Join {
+            events: EventSet::all(),
+            txn: Box::new(NoopTxn),
+        })
+    }
+}
+
+// ---------------------------------------------------------------- config helpers
+
+/// Writes `text` as `mailpush.conf` in `dir` and parses it.
+pub fn write_config(dir: &Path, text: &str) -> Config {
+    let path = dir.join("mailpush.conf");
+    std::fs::write(&path, text).expect("write config");
+    Config::load(&path).unwrap_or_else(|e| panic!("config should parse:\n{e}"))
+}
+
+/// Initialises every driver of `config` with `registry`, panicking with the errors.
+pub async fn load_drivers(registry: &DriverRegistry, config: &Config) -> Vec<LoadedDriver> {
+    match registry.init_all(config, Arc::new(NoMetadata)).await {
+        Ok(l) => l,
+        Err((_, errors)) => panic!(
+            "drivers should initialise:\n{}",
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        ),
+    }
+}
+
+/// A transaction with one MailboxCreate event.
+pub fn mailbox_txn(user: &str, id: &str) -> Transaction {
+    Transaction::from_json(&format!(
+        r#"{{"id":"{id}","user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"INBOX"}}]}}"#
+    ))
+    .expect("valid transaction")
+}

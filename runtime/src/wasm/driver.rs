@@ -357,6 +357,12 @@ impl WasmInner {
             ))
         } else if trap == Some(Trap::StackOverflow) {
             Failure::permanent("stack overflow (unbounded recursion?)".to_string())
+        } else if trap == Some(Trap::MemoryOutOfBounds) {
+            // Rust and C guests keep their stack in linear memory: overflowing it shows up
+            // as an out-of-bounds access rather than a native stack overflow.
+            Failure::permanent(
+                "out-of-bounds memory access, typically a stack overflow (unbounded recursion) in the driver".to_string(),
+            )
         } else if let Some(t) = trap {
             Failure::permanent(truncate(format!("trap: {t}: {err:#}")))
         } else {
