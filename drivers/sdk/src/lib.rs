@@ -52,16 +52,18 @@ pub use bindings::mailpush::driver::types::{
 pub struct Failure {
     pub reason: String,
     pub retryable: bool,
+    /// A server-requested delay before retrying (HTTP `Retry-After`), in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Failure {
     /// A failure that a retry may fix (timeouts, 5xx, …).
     pub fn retryable(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), retryable: true }
+        Failure { reason: reason.into(), retryable: true, retry_after_ms: None }
     }
     /// A failure no retry will fix (bad request, bad data, …).
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), retryable: false }
+        Failure { reason: reason.into(), retryable: false, retry_after_ms: None }
     }
 }
 
@@ -221,7 +223,11 @@ pub fn __begin_txn<D: Driver>(id: String, user: String) -> bindings::mailpush::d
 pub fn __deliver<D: Driver>(txn: Transaction) -> Result<(), bindings::mailpush::driver::types::Failure> {
     let r = with_driver::<D, _>(|d| d.on_transaction(&txn))
         .unwrap_or_else(|| Err(Failure::permanent("driver not initialised")));
-    r.map_err(|f| bindings::mailpush::driver::types::Failure { reason: f.reason, retryable: f.retryable })
+    r.map_err(|f| bindings::mailpush::driver::types::Failure {
+        reason: f.reason,
+        retryable: f.retryable,
+        retry_after_ms: f.retry_after_ms,
+    })
 }
 
 /// Every event name.

@@ -641,7 +641,10 @@ impl DriverTxn for WasmTxn {
                 let failure = Failure {
                     reason: truncate(f.reason),
                     retryable: f.retryable,
-                    retry_after: None,
+                    // Bounded: a driver cannot park a transaction for more than an hour.
+                    retry_after: f
+                        .retry_after_ms
+                        .map(|ms| Duration::from_millis(ms.min(3_600_000))),
                 };
                 let failure = inner.explain(&mut inst.store, failure);
                 inner.finish_log(&mut inst.store, &self.txn);

@@ -1,0 +1,94 @@
+//! The `webhook` example driver: POSTs each transaction's canonical JSON to `url=`,
+//! signed per Standard Webhooks (https://www.standardwebhooks.com):
+//!
+//! - `webhook-id`: the transaction id (stable across retries: receivers deduplicate on it)
+//! - `webhook-timestamp`: unix seconds
+//! - `webhook-signature`: `v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`
+//!
+//! Args: `url=` (required), `secret=whsec_<base64>` (optional: unsigned without it),
+//! `timeout_msecs=` (default 5000). 5xx, 408, 429, timeouts and connection errors are
+//! retryable (honouring `Retry-After`); other statuses are permanent failures.
+//!
+//! ```text
+//! push_notification_driver2 = wasm:file=webhook_driver.wasm url=https://hooks.example.com/mail secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw allow_hosts=hooks.example.com
+//! ```
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use mailpush_driver_sdk::{export_driver, http, log, Args, Driver, Failure, Transaction};
+use sha2::Sha256;
+
+struct Webhook {
+    url: String,
+    secret: Option<Vec<u8>>,
+    timeout_ms: u64,
+}
+
+impl Driver for Webhook {
+    fn init(args: &Args) -> Result<Self, String> {
+        let url = args.require("url")?.to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("url must be http:// or https://, got {url}"));
+        }
+        let secret = match args.get("secret") {
+            None => None,
+            Some(s) => {
+                let b64 = s.strip_prefix("whsec_").ok_or("secret must look like whsec_<base64>")?;
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .map_err(|_| "secret: the part after whsec_ is not valid base64".to_string())?,
+                )
+            }
+        };
+        let timeout_ms = match args.get("timeout_msecs") {
+            None => 5000,
+            Some(v) => v.parse().map_err(|_| format!("timeout_msecs={v}: expected milliseconds"))?,
+        };
+        Ok(Webhook { url, secret, timeout_ms })
+    }
+
+    fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            .to_string();
+        let body = txn.json.as_bytes();
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("webhook-id", txn.id.clone()),
+            ("webhook-timestamp", timestamp.clone()),
+        ];
+        if let Some(key) = &self.secret {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| Failure::permanent("bad key"))?;
+            mac.update(txn.id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            headers.push(("webhook-signature", format!("v1,{sig}")));
+        }
+        let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match http::send("POST", &self.url, &hdrs, body, Some(self.timeout_ms)) {
+            Ok(r) if (200..300).contains(&r.status) => {
+                log::debug(&format!("delivered {} ({} events): {}", txn.id, txn.events.len(), r.status));
+                Ok(())
+            }
+            Ok(r) => {
+                let retry_after_ms = r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s * 1000);
+                let reason = format!("webhook answered {}", r.status);
+                if r.status >= 500 || r.status == 408 || r.status == 429 {
+                    Err(Failure { reason, retryable: true, retry_after_ms })
+                } else {
+                    Err(Failure::permanent(reason))
+                }
+            }
+            Err(e) if e.retryable() => Err(Failure::retryable(e.to_string())),
+            Err(e) => Err(Failure::permanent(e.to_string())),
+        }
+    }
+}
+
+export_driver!(Webhook);

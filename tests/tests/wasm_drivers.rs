@@ -1,0 +1,196 @@
+//! Example wasm drivers end to end, the AOT cache, instance models and pausing.
+
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use mailpush::dispatch::{deliver, Delivery, DeliveryObserver, Dispatcher, Outcome};
+use mailpush::wasm::engine::{CacheOutcome, Engines};
+use mailpush::wasm::host::DriverTag;
+use mailpush::wasm::sandbox::Sandbox;
+use mailpush::wasm::WasmDriver;
+use mailpush_core::{DriverArgs, NoMetadata, Transaction};
+use mailpush_e2e::*;
+use sha2::{Digest, Sha256};
+
+/// HMAC-SHA256 written out from RFC 2104 on top of SHA-256 — independent of the
+/// `hmac` crate the webhook driver uses.
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_posts_signed_canonical_json() {
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} secret={SECRET} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        guest("webhook").display(),
+        server.url("/hooks/mail")
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let d = Dispatcher::start(loaded, 16, None);
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/events.ndjson")).unwrap();
+    let txns = mailpush_core::parse_ndjson(&text).unwrap();
+    for t in &txns {
+        d.dispatch(Arc::new(t.clone())).await.unwrap();
+    }
+    let reports = d.shutdown().await;
+    assert_eq!(reports[0].delivered as usize, txns.len(), "{reports:?}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), txns.len());
+    let key = base64::engine::general_purpose::STANDARD.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    for (req, txn) in reqs.iter().zip(&txns) {
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.target, "/hooks/mail");
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        let id = req.header("webhook-id").unwrap();
+        assert_eq!(id, txn.id);
+        let ts = req.header("webhook-timestamp").unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
+        let signed = format!("{id}.{ts}.{}", req.body_text());
+        let expected = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
+        assert_eq!(req.header("webhook-signature").unwrap(), format!("v1,{expected}"));
+        // The body is the transaction's canonical JSON.
+        assert_eq!(Transaction::from_json(&req.body_text()).unwrap(), *txn);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::with_header(503, "retry-after", "7"), Reply::status(400)]);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        guest("webhook").display(),
+        server.url("/h")
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let txn = Arc::new(mailbox_txn("a@example.com", "x1"));
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else { panic!() };
+    assert!(f.retryable && f.reason.contains("503"), "{f:?}");
+    assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(7)));
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else { panic!() };
+    assert!(!f.retryable && f.reason.contains("400"), "{f:?}");
+}
+
+async fn load(path: &std::path::Path, engines: &Arc<Engines>, args: &str) -> Result<WasmDriver, String> {
+    let mut args = DriverArgs::parse(args);
+    let sandbox = Sandbox::from_args(&mut args).unwrap();
+    let tag = Arc::new(DriverTag { number: 1, name: "wasm".into() });
+    WasmDriver::load(tag, path, sandbox, args, engines, Arc::new(NoMetadata)).await.map_err(|e| e.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aot_cache_hits_on_second_start_and_rejects_tampering() {
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = guest("hostile");
+    let first = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let d = load(&wasm, &first, "mode=ok").await.unwrap();
+    assert_eq!(d.cache_outcome(), CacheOutcome::Miss);
+    // A new process: fresh engines over the same state dir.
+    let second = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let d = load(&wasm, &second, "mode=ok").await.unwrap();
+    assert_eq!(d.cache_outcome(), CacheOutcome::Hit);
+    // Tamper with the artifact: it must be rejected, recompiled, and still work.
+    let artifact = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("artifact written");
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&artifact, &bytes).unwrap();
+    let third = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let d = load(&wasm, &third, "mode=ok").await.unwrap();
+    assert_eq!(d.cache_outcome(), CacheOutcome::Rejected);
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+    // And the rewritten artifact is good again.
+    let fourth = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    assert_eq!(load(&wasm, &fourth, "mode=ok").await.unwrap().cache_outcome(), CacheOutcome::Hit);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refuses_non_components_and_wrong_worlds() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines = Arc::new(Engines::new(None));
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let e = load(&core, &engines, "").await.err().unwrap();
+    assert!(e.contains("core WebAssembly module, not a component"), "{e}");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"hello").unwrap();
+    let e = load(&junk, &engines, "").await.err().unwrap();
+    assert!(e.contains("not a WebAssembly component"), "{e}");
+    // An empty component exports nothing of the mailpush world.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").unwrap();
+    let e = load(&empty, &engines, "").await.err().unwrap();
+    assert!(e.contains("does not export mailpush:driver/driver"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_refusal_is_reported() {
+    let engines = Arc::new(Engines::new(None));
+    let e = load(&guest("webhook"), &engines, "").await.err().unwrap();
+    assert!(e.contains("missing required argument url"), "{e}");
+}
+
+#[derive(Default)]
+struct Count(Mutex<Vec<Outcome>>);
+impl DeliveryObserver for Count {
+    fn delivered(&self, d: &Delivery) {
+        self.0.lock().unwrap().push(d.outcome.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consecutive_failures_pause_the_driver_then_it_resumes() {
+    let engines = Arc::new(Engines::new(None));
+    let d = load(&guest("hostile"), &engines, "mode=trap pause_after=2 pause_msecs=50").await.unwrap();
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    for _ in 0..2 {
+        assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
+    }
+    // The third delivery waits out the pause first.
+    let start = std::time::Instant::now();
+    assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
+    assert!(start.elapsed() >= std::time::Duration::from_millis(50), "{:?}", start.elapsed());
+    assert!(d.stats().traps.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fresh_instance_per_transaction_vs_reuse() {
+    let engines = Arc::new(Engines::new(None));
+    let fresh = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
+    let reuse = load(&guest("hostile"), &engines, "mode=ok instance=reuse recycle_after=3").await.unwrap();
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    for _ in 0..6 {
+        assert_eq!(deliver(&fresh, &txn).await, Outcome::Delivered);
+        assert_eq!(deliver(&reuse, &txn).await, Outcome::Delivered);
+    }
+    let n = |d: &WasmDriver| d.stats().instances.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(n(&fresh), 1 + 6, "probe + one per transaction");
+    assert_eq!(n(&reuse), 2, "the probe serves 3 transactions, then one new instance the next 3");
+    // After a trap a reused instance is discarded.
+    let trap = load(&guest("hostile"), &engines, "mode=trap instance=reuse").await.unwrap();
+    let _ = deliver(&trap, &txn).await;
+    let _ = deliver(&trap, &txn).await;
+    assert_eq!(n(&trap), 2, "the warm probe trapped and was discarded; a fresh one followed");
+}
