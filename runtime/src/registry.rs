@@ -152,11 +152,37 @@ impl DriverRegistry {
                 Err(e) => errors.push(e),
             }
         }
+        if let Some(dir) = &config.settings.tenant_drivers {
+            loaded.push(tenant_lane(config, dir, metadata).await);
+        }
         if errors.is_empty() {
             Ok(loaded)
         } else {
             Err((loaded, errors))
         }
+    }
+}
+
+/// The tenant-drivers lane, numbered after the numbered drivers.
+async fn tenant_lane(config: &Config, dir: &std::path::Path, metadata: Arc<dyn MetadataLookup>) -> LoadedDriver {
+    let number = config.drivers.last().map(|d| d.number + 1).unwrap_or(1);
+    let engines = Arc::new(crate::wasm::engine::Engines::new(Some(
+        config.settings.state_dir.join("wasm-cache"),
+    )));
+    let lane = crate::wasm::tenants::TenantDrivers::new(dir.to_path_buf(), number, engines, metadata);
+    let (details, warnings) = lane.scan().await;
+    LoadedDriver {
+        number,
+        name: "tenant_drivers".to_string(),
+        kind: "wasm",
+        args_display: format!("dir={}", dir.display()),
+        location: Location {
+            file: config.path.clone(),
+            line: 0,
+        },
+        driver: Arc::new(lane),
+        warnings,
+        details,
     }
 }
 

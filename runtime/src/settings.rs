@@ -19,6 +19,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "ingest address of `mailpush run` (HTTP)",
     ),
     (
+        "tenant_drivers",
+        "(none)",
+        "folder of tenant handlers: DIR/<domain>.wasm receives only transactions of users *@<domain>, with args and limits from DIR/<domain>.conf; files may be added, replaced (atomically) or removed while running",
+    ),
+    (
         "queue_capacity",
         "1024",
         "transactions each driver may have waiting; a full queue makes ingest wait (send) or answer 503 (run)",
@@ -31,6 +36,7 @@ pub struct RuntimeSettings {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     pub queue_capacity: usize,
+    pub tenant_drivers: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -39,6 +45,7 @@ impl Default for RuntimeSettings {
             state_dir: PathBuf::from("/var/lib/mailpush"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             queue_capacity: 1024,
+            tenant_drivers: None,
         }
     }
 }
@@ -68,6 +75,11 @@ impl RuntimeSettings {
                     } else {
                         config_dir.join(p)
                     };
+                }
+                "tenant_drivers" if value.is_empty() => fail("tenant_drivers needs a folder".into()),
+                "tenant_drivers" => {
+                    let p = PathBuf::from(&value);
+                    s.tenant_drivers = Some(if p.is_absolute() { p } else { config_dir.join(p) });
                 }
                 "listen" => match value.parse::<SocketAddr>() {
                     Ok(a) => s.listen = a,

@@ -5,7 +5,8 @@
 //! - [`sandbox`]: per-driver limits and grants parsed from the driver line;
 //! - [`host`]: the per-instance state and the `mailpush:driver/host` imports;
 //! - [`outbound_http`]: the `wasi:http` policy (allowed hosts, private addresses);
-//! - [`driver`]: `WasmDriver`, the component as a `Driver`.
+//! - [`driver`]: `WasmDriver`, the component as a `Driver`;
+//! - [`tenants`]: per-domain tenant handlers from `tenant_drivers = DIR`.
 
 pub mod bindings;
 mod convert;
@@ -14,5 +15,6 @@ pub mod engine;
 pub mod host;
 pub mod outbound_http;
 pub mod sandbox;
+pub mod tenants;
 
 pub use driver::{WasmDriver, WasmFactory};

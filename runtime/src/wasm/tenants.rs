@@ -1,0 +1,197 @@
+//! Tenant handlers: `mailpush { tenant_drivers = DIR }`. Each `DIR/<domain>.wasm` is a
+//! wasm driver that only ever receives transactions of users `*@<domain>`; an optional
+//! `DIR/<domain>.conf` holds its arguments and sandbox limits (`key=value` separated by
+//! spaces or newlines, `#` comments).
+//!
+//! The directory is consulted for every transaction (one `stat` per file), so adding,
+//! replacing or removing a file takes effect at the next transaction of that domain;
+//! the swap happens between two transactions, so none is lost or delivered twice.
+//! Replace files atomically (write elsewhere, then `mv`): a half-written file fails to
+//! load and that domain's transactions fail (retryably) until it is complete.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use mailpush_core::{Begin, Driver, DriverArgs, Failure, MetadataLookup, Transaction};
+use tokio::sync::Mutex;
+
+use super::engine::Engines;
+use super::host::DriverTag;
+use super::sandbox::Sandbox;
+use super::WasmDriver;
+
+/// What identifies a version of a tenant's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    wasm: (u64, Option<SystemTime>),
+    conf: Option<(u64, Option<SystemTime>, String)>,
+}
+
+struct Tenant {
+    fingerprint: Fingerprint,
+    driver: Arc<WasmDriver>,
+}
+
+/// The tenant-drivers lane: routes each transaction to its domain's component.
+pub struct TenantDrivers {
+    dir: PathBuf,
+    number: u32,
+    engines: Arc<Engines>,
+    metadata: Arc<dyn MetadataLookup>,
+    tenants: Mutex<HashMap<String, Tenant>>,
+}
+
+/// The domain part of a user name, if it is a safe file name.
+pub fn user_domain(user: &str) -> Option<String> {
+    let (_, domain) = user.rsplit_once('@')?;
+    let domain = domain.to_ascii_lowercase();
+    let safe = !domain.is_empty()
+        && !domain.starts_with('.')
+        && !domain.contains("..")
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    safe.then_some(domain)
+}
+
+fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let m = std::fs::metadata(path).ok()?;
+    m.is_file().then(|| (m.len(), m.modified().ok()))
+}
+
+impl TenantDrivers {
+    /// A router over `dir`; `number` is the lane's driver number in logs.
+    pub fn new(dir: PathBuf, number: u32, engines: Arc<Engines>, metadata: Arc<dyn MetadataLookup>) -> Self {
+        TenantDrivers {
+            dir,
+            number,
+            engines,
+            metadata,
+            tenants: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Loads every tenant currently in the directory; returns one line per tenant for
+    /// `mailpush check` and the problems found (as warnings: one tenant's broken file
+    /// must not stop the others).
+    pub async fn scan(&self) -> (Vec<String>, Vec<String>) {
+        let mut details = vec![format!("dir: {}", self.dir.display())];
+        let mut warnings = Vec::new();
+        let mut domains: Vec<String> = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".wasm").map(str::to_string)
+                })
+                .collect(),
+            Err(e) => {
+                warnings.push(format!("tenant_drivers: cannot read {}: {e}", self.dir.display()));
+                Vec::new()
+            }
+        };
+        domains.sort();
+        for domain in domains {
+            match self.tenant(&domain).await {
+                Ok(Some(d)) => {
+                    details.push(format!("tenant {domain}:"));
+                    details.extend(d.details().into_iter().map(|l| format!("  {l}")));
+                }
+                Ok(None) => {}
+                Err(f) => warnings.push(format!("tenant {domain}: {}", f.reason)),
+            }
+        }
+        (details, warnings)
+    }
+
+    fn fingerprint(&self, domain: &str) -> Option<Fingerprint> {
+        let wasm = stat(&self.dir.join(format!("{domain}.wasm")))?;
+        let conf_path = self.dir.join(format!("{domain}.conf"));
+        let conf = stat(&conf_path).map(|(len, mtime)| {
+            let text = std::fs::read_to_string(&conf_path).unwrap_or_default();
+            (len, mtime, text)
+        });
+        Some(Fingerprint { wasm, conf })
+    }
+
+    /// The current driver of a domain, (re)loading it when its files changed.
+    async fn tenant(&self, domain: &str) -> Result<Option<Arc<WasmDriver>>, Failure> {
+        let mut tenants = self.tenants.lock().await;
+        let Some(fp) = self.fingerprint(domain) else {
+            if tenants.remove(domain).is_some() {
+                tracing::info!(driver = self.number, tenant = domain, "tenant driver removed");
+            }
+            return Ok(None);
+        };
+        if let Some(t) = tenants.get(domain) {
+            if t.fingerprint == fp {
+                return Ok(Some(t.driver.clone()));
+            }
+        }
+        let conf = fp.conf.as_ref().map(|c| c.2.as_str()).unwrap_or("");
+        let joined: Vec<&str> = conf
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut args = DriverArgs::parse(&joined.join(" "));
+        args.take("file");
+        let sandbox = Sandbox::from_args(&mut args)
+            .map_err(|e| Failure::permanent(format!("tenant {domain}: {domain}.conf: {}", e.0)))?;
+        let tag = Arc::new(DriverTag {
+            number: self.number,
+            name: format!("tenant:{domain}"),
+        });
+        let path = self.dir.join(format!("{domain}.wasm"));
+        let driver = WasmDriver::load(tag, &path, sandbox, args, &self.engines, self.metadata.clone())
+            .await
+            .map_err(|e| Failure::retryable(format!("tenant {domain}: cannot load {}: {}", path.display(), e.0)))?;
+        let driver = Arc::new(driver);
+        let replaced = tenants
+            .insert(
+                domain.to_string(),
+                Tenant {
+                    fingerprint: fp,
+                    driver: driver.clone(),
+                },
+            )
+            .is_some();
+        tracing::info!(
+            driver = self.number,
+            tenant = domain,
+            "tenant driver {}",
+            if replaced { "replaced" } else { "loaded" }
+        );
+        Ok(Some(driver))
+    }
+}
+
+#[async_trait]
+impl Driver for TenantDrivers {
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        let Some(domain) = user_domain(&txn.user) else {
+            return Ok(Begin::Skip);
+        };
+        match self.tenant(&domain).await? {
+            Some(driver) => driver.begin_txn(txn).await,
+            None => Ok(Begin::Skip),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_are_safe_file_names() {
+        assert_eq!(user_domain("a@Example.COM"), Some("example.com".into()));
+        assert_eq!(user_domain("a@b@example.net"), Some("example.net".into()));
+        for bad in ["nodomain", "a@", "a@../etc", "a@x/y", "a@.hidden", "a@x..y"] {
+            assert_eq!(user_domain(bad), None, "{bad}");
+        }
+    }
+}
