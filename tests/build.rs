@@ -7,16 +7,39 @@ use std::process::Command;
 
 /// (env name, manifest relative to the repository root, artifact file name)
 const GUESTS: &[(&str, &str, &str)] = &[
-    ("HOSTILE", "tests/guests/hostile/Cargo.toml", "hostile_driver.wasm"),
-    ("WEBHOOK", "examples/webhook/Cargo.toml", "webhook_driver.wasm"),
-    ("OX_WASM", "examples/ox-wasm/Cargo.toml", "ox_wasm_driver.wasm"),
-    ("TENANT_FILTER", "examples/tenant-filter/Cargo.toml", "tenant_filter_driver.wasm"),
-    ("BENCH_HANDLER", "tests/guests/bench-handler/Cargo.toml", "bench_handler_driver.wasm"),
+    (
+        "HOSTILE",
+        "tests/guests/hostile/Cargo.toml",
+        "hostile_driver.wasm",
+    ),
+    (
+        "WEBHOOK",
+        "examples/webhook/Cargo.toml",
+        "webhook_driver.wasm",
+    ),
+    (
+        "OX_WASM",
+        "examples/ox-wasm/Cargo.toml",
+        "ox_wasm_driver.wasm",
+    ),
+    (
+        "TENANT_FILTER",
+        "examples/tenant-filter/Cargo.toml",
+        "tenant_filter_driver.wasm",
+    ),
+    (
+        "BENCH_HANDLER",
+        "tests/guests/bench-handler/Cargo.toml",
+        "bench_handler_driver.wasm",
+    ),
 ];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("tests/ is inside the repository").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf();
     let target = root.join("target").join("guest");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for dir in ["drivers/sdk", "wit", "examples", "tests/guests"] {
@@ -29,7 +52,13 @@ fn main() {
         }
         let status = Command::new(&cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
@@ -39,7 +68,11 @@ fn main() {
             .env_remove("CARGO_PRIMARY_PACKAGE")
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", manifest.display()));
-        assert!(status.success(), "building guest {} failed", manifest.display());
+        assert!(
+            status.success(),
+            "building guest {} failed",
+            manifest.display()
+        );
         let path: PathBuf = target.join("wasm32-wasip2").join("release").join(artifact);
         assert!(Path::new(&path).exists(), "missing {}", path.display());
         println!("cargo:rustc-env=GUEST_{env}={}", path.display());

@@ -164,12 +164,17 @@ impl DriverRegistry {
 }
 
 /// The tenant-drivers lane, numbered after the numbered drivers.
-async fn tenant_lane(config: &Config, dir: &std::path::Path, metadata: Arc<dyn MetadataLookup>) -> LoadedDriver {
+async fn tenant_lane(
+    config: &Config,
+    dir: &std::path::Path,
+    metadata: Arc<dyn MetadataLookup>,
+) -> LoadedDriver {
     let number = config.drivers.last().map(|d| d.number + 1).unwrap_or(1);
     let engines = Arc::new(crate::wasm::engine::Engines::new(Some(
         config.settings.state_dir.join("wasm-cache"),
     )));
-    let lane = crate::wasm::tenants::TenantDrivers::new(dir.to_path_buf(), number, engines, metadata);
+    let lane =
+        crate::wasm::tenants::TenantDrivers::new(dir.to_path_buf(), number, engines, metadata);
     let (details, warnings) = lane.scan().await;
     LoadedDriver {
         number,

@@ -76,10 +76,16 @@ impl RuntimeSettings {
                         config_dir.join(p)
                     };
                 }
-                "tenant_drivers" if value.is_empty() => fail("tenant_drivers needs a folder".into()),
+                "tenant_drivers" if value.is_empty() => {
+                    fail("tenant_drivers needs a folder".into())
+                }
                 "tenant_drivers" => {
                     let p = PathBuf::from(&value);
-                    s.tenant_drivers = Some(if p.is_absolute() { p } else { config_dir.join(p) });
+                    s.tenant_drivers = Some(if p.is_absolute() {
+                        p
+                    } else {
+                        config_dir.join(p)
+                    });
                 }
                 "listen" => match value.parse::<SocketAddr>() {
                     Ok(a) => s.listen = a,

@@ -28,7 +28,9 @@ pub fn guest(name: &str) -> PathBuf {
         "bench-handler" => option_env!("GUEST_BENCH_HANDLER"),
         _ => None,
     };
-    PathBuf::from(p.unwrap_or_else(|| panic!("guest component {name} was not built by tests/build.rs")))
+    PathBuf::from(
+        p.unwrap_or_else(|| panic!("guest component {name} was not built by tests/build.rs")),
+    )
 }
 
 /// Path of the `mailpush` binary (built by the workspace build before tests run).
@@ -120,7 +122,9 @@ pub struct RecordingServer {
 impl RecordingServer {
     /// Starts a server answering 200 by default.
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(ServerState {
             requests: Mutex::new(Vec::new()),
@@ -311,8 +315,16 @@ impl DriverFactory for TestFactory {
             .get("label")
             .map(str::to_string)
             .unwrap_or_else(|| format!("{}{}", self.kind, init.number));
-        let msecs = init.args.get("msecs").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let every = init.args.get("every").and_then(|v| v.parse().ok()).unwrap_or(1);
+        let msecs = init
+            .args
+            .get("msecs")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let every = init
+            .args
+            .get("every")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         Ok(Initialised::new(Arc::new(TestDriver {
             kind: self.kind,
             label,
@@ -384,7 +396,11 @@ pub async fn load_drivers(registry: &DriverRegistry, config: &Config) -> Vec<Loa
         Ok(l) => l,
         Err((_, errors)) => panic!(
             "drivers should initialise:\n{}",
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     }
 }

@@ -11,7 +11,10 @@ struct Outcomes(Mutex<Vec<(u32, String, Outcome)>>);
 
 impl DeliveryObserver for Outcomes {
     fn delivered(&self, d: &Delivery) {
-        self.0.lock().unwrap().push((d.driver, d.txn.id.clone(), d.outcome.clone()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.driver, d.txn.id.clone(), d.outcome.clone()));
     }
 }
 
@@ -29,14 +32,29 @@ async fn run_hostile(args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
     let outcomes = Arc::new(Outcomes::default());
     let d = Dispatcher::start(loaded, 64, Some(outcomes.clone()));
     for i in 0..n {
-        d.dispatch(Arc::new(mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")))).await.unwrap();
+        d.dispatch(Arc::new(mailbox_txn(
+            &format!("u{i}@example.com"),
+            &format!("t{i}"),
+        )))
+        .await
+        .unwrap();
     }
     d.shutdown().await;
     let seen = drivers.seen.lock().unwrap().clone();
     let ids: Vec<_> = seen.iter().map(|(_, id, _)| id.clone()).collect();
     let expected: Vec<_> = (0..n).map(|i| format!("t{i}")).collect();
-    assert_eq!(ids, expected, "the good driver must receive every transaction, in order");
-    let hostile = outcomes.0.lock().unwrap().iter().filter(|(d, _, _)| *d == 1).map(|(_, _, o)| o.clone()).collect();
+    assert_eq!(
+        ids, expected,
+        "the good driver must receive every transaction, in order"
+    );
+    let hostile = outcomes
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _, _)| *d == 1)
+        .map(|(_, _, o)| o.clone())
+        .collect();
     (hostile, drivers)
 }
 
@@ -55,7 +73,10 @@ async fn infinite_loop_hits_the_deadline() {
     let (out, _) = run_hostile("mode=loop timeout_msecs=50", 3).await;
     assert_eq!(out.len(), 3);
     for r in reasons(&out) {
-        assert!(r.contains("deadline exceeded") && r.contains("timeout_msecs=50"), "{r}");
+        assert!(
+            r.contains("deadline exceeded") && r.contains("timeout_msecs=50"),
+            "{r}"
+        );
     }
 }
 
@@ -63,7 +84,10 @@ async fn infinite_loop_hits_the_deadline() {
 async fn memory_bomb_hits_the_memory_cap() {
     let (out, _) = run_hostile("mode=memory memory=8M", 2).await;
     for r in reasons(&out) {
-        assert!(r.contains("memory limit reached") && r.contains("memory=8M"), "{r}");
+        assert!(
+            r.contains("memory limit reached") && r.contains("memory=8M"),
+            "{r}"
+        );
     }
 }
 
@@ -91,7 +115,11 @@ async fn log_flood_is_capped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_to_a_host_not_allowed_is_refused() {
-    let (out, _) = run_hostile("mode=http url=http://hooks.example.com/x allow_hosts=other.example.com", 1).await;
+    let (out, _) = run_hostile(
+        "mode=http url=http://hooks.example.com/x allow_hosts=other.example.com",
+        1,
+    )
+    .await;
     let r = &reasons(&out)[0];
     assert!(r.contains("not in allow_hosts"), "{r}");
     assert!(r.contains("refused"), "{r}");
@@ -111,12 +139,26 @@ async fn http_to_loopback_and_metadata_service_refused_without_allow_private() {
     let (out, _) = run_hostile(&format!("mode=http url={url} allow_hosts=127.0.0.1"), 1).await;
     let r = &reasons(&out)[0];
     assert!(r.contains("private") && r.contains("allow_private"), "{r}");
-    let (out, _) = run_hostile("mode=http url=http://169.254.169.254/latest/meta-data allow_hosts=*", 1).await;
+    let (out, _) = run_hostile(
+        "mode=http url=http://169.254.169.254/latest/meta-data allow_hosts=*",
+        1,
+    )
+    .await;
     let r = &reasons(&out)[0];
-    assert!(r.contains("private") && r.contains("169.254.169.254"), "{r}");
-    assert!(server.requests().is_empty(), "no request may reach the server");
+    assert!(
+        r.contains("private") && r.contains("169.254.169.254"),
+        "{r}"
+    );
+    assert!(
+        server.requests().is_empty(),
+        "no request may reach the server"
+    );
     // With the grant, the same request goes through (the driver then reports it was not refused).
-    let (out, _) = run_hostile(&format!("mode=http url={url} allow_hosts=127.0.0.1 allow_private"), 1).await;
+    let (out, _) = run_hostile(
+        &format!("mode=http url={url} allow_hosts=127.0.0.1 allow_private"),
+        1,
+    )
+    .await;
     let r = &reasons(&out)[0];
     assert!(r.contains("NOT refused: status 200"), "{r}");
     assert_eq!(server.requests().len(), 1);
@@ -133,7 +175,11 @@ async fn opening_a_file_is_denied() {
 async fn huge_returned_string_is_truncated() {
     let (out, _) = run_hostile("mode=huge", 1).await;
     let r = &reasons(&out)[0];
-    assert!(r.len() < 2048 && r.ends_with("[truncated]"), "{} bytes", r.len());
+    assert!(
+        r.len() < 2048 && r.ends_with("[truncated]"),
+        "{} bytes",
+        r.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,12 +191,19 @@ async fn panic_in_init_is_reported_with_number_and_name() {
     );
     let config = write_config(dir.path(), &conf);
     let drivers = TestDrivers::new();
-    let Err((loaded, errors)) = drivers.registry().init_all(&config, Arc::new(mailpush_core::NoMetadata)).await else {
+    let Err((loaded, errors)) = drivers
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    else {
         panic!("init must fail");
     };
     assert_eq!(loaded.len(), 1, "the good driver still initialised");
     let e = errors[0].to_string();
-    assert!(e.contains("driver 2 (wasm)") && e.contains("init failed"), "{e}");
+    assert!(
+        e.contains("driver 2 (wasm)") && e.contains("init failed"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,8 +23,15 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     }
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
-    Sha256::new().chain_update(&opad).chain_update(inner).finalize().into()
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -41,7 +48,11 @@ async fn webhook_posts_signed_canonical_json() {
     let config = write_config(dir.path(), &conf);
     let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
     let d = Dispatcher::start(loaded, 16, None);
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/events.ndjson")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/events.ndjson"
+    ))
+    .unwrap();
     let txns = mailpush_core::parse_ndjson(&text).unwrap();
     for t in &txns {
         d.dispatch(Arc::new(t.clone())).await.unwrap();
@@ -50,7 +61,9 @@ async fn webhook_posts_signed_canonical_json() {
     assert_eq!(reports[0].delivered as usize, txns.len(), "{reports:?}");
     let reqs = server.requests();
     assert_eq!(reqs.len(), txns.len());
-    let key = base64::engine::general_purpose::STANDARD.decode(SECRET.trim_start_matches("whsec_")).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
     for (req, txn) in reqs.iter().zip(&txns) {
         assert_eq!(req.method, "POST");
         assert_eq!(req.target, "/hooks/mail");
@@ -58,11 +71,18 @@ async fn webhook_posts_signed_canonical_json() {
         let id = req.header("webhook-id").unwrap();
         assert_eq!(id, txn.id);
         let ts = req.header("webhook-timestamp").unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
         let signed = format!("{id}.{ts}.{}", req.body_text());
-        let expected = base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
-        assert_eq!(req.header("webhook-signature").unwrap(), format!("v1,{expected}"));
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
+        assert_eq!(
+            req.header("webhook-signature").unwrap(),
+            format!("v1,{expected}")
+        );
         // The body is the transaction's canonical JSON.
         assert_eq!(Transaction::from_json(&req.body_text()).unwrap(), *txn);
     }
@@ -71,7 +91,10 @@ async fn webhook_posts_signed_canonical_json() {
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
     let server = RecordingServer::start().await;
-    server.script([Reply::with_header(503, "retry-after", "7"), Reply::status(400)]);
+    server.script([
+        Reply::with_header(503, "retry-after", "7"),
+        Reply::status(400),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
         "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private\n}}\n",
@@ -81,18 +104,31 @@ async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
     let config = write_config(dir.path(), &conf);
     let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
     let txn = Arc::new(mailbox_txn("a@example.com", "x1"));
-    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else { panic!() };
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
+        panic!()
+    };
     assert!(f.retryable && f.reason.contains("503"), "{f:?}");
     assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(7)));
-    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else { panic!() };
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
+        panic!()
+    };
     assert!(!f.retryable && f.reason.contains("400"), "{f:?}");
 }
 
-async fn load(path: &std::path::Path, engines: &Arc<Engines>, args: &str) -> Result<WasmDriver, String> {
+async fn load(
+    path: &std::path::Path,
+    engines: &Arc<Engines>,
+    args: &str,
+) -> Result<WasmDriver, String> {
     let mut args = DriverArgs::parse(args);
     let sandbox = Sandbox::from_args(&mut args).unwrap();
-    let tag = Arc::new(DriverTag { number: 1, name: "wasm".into() });
-    WasmDriver::load(tag, path, sandbox, args, engines, Arc::new(NoMetadata)).await.map_err(|e| e.0)
+    let tag = Arc::new(DriverTag {
+        number: 1,
+        name: "wasm".into(),
+    });
+    WasmDriver::load(tag, path, sandbox, args, engines, Arc::new(NoMetadata))
+        .await
+        .map_err(|e| e.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -123,7 +159,13 @@ async fn aot_cache_hits_on_second_start_and_rejects_tampering() {
     assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
     // And the rewritten artifact is good again.
     let fourth = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
-    assert_eq!(load(&wasm, &fourth, "mode=ok").await.unwrap().cache_outcome(), CacheOutcome::Hit);
+    assert_eq!(
+        load(&wasm, &fourth, "mode=ok")
+            .await
+            .unwrap()
+            .cache_outcome(),
+        CacheOutcome::Hit
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,7 +175,10 @@ async fn refuses_non_components_and_wrong_worlds() {
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let e = load(&core, &engines, "").await.err().unwrap();
-    assert!(e.contains("core WebAssembly module, not a component"), "{e}");
+    assert!(
+        e.contains("core WebAssembly module, not a component"),
+        "{e}"
+    );
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"hello").unwrap();
     let e = load(&junk, &engines, "").await.err().unwrap();
@@ -163,7 +208,13 @@ impl DeliveryObserver for Count {
 #[tokio::test(flavor = "multi_thread")]
 async fn consecutive_failures_pause_the_driver_then_it_resumes() {
     let engines = Arc::new(Engines::new(None));
-    let d = load(&guest("hostile"), &engines, "mode=trap pause_after=2 pause_msecs=50").await.unwrap();
+    let d = load(
+        &guest("hostile"),
+        &engines,
+        "mode=trap pause_after=2 pause_msecs=50",
+    )
+    .await
+    .unwrap();
     let txn = Arc::new(mailbox_txn("a@example.com", "t"));
     for _ in 0..2 {
         assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
@@ -171,7 +222,11 @@ async fn consecutive_failures_pause_the_driver_then_it_resumes() {
     // The third delivery waits out the pause first.
     let start = std::time::Instant::now();
     assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
-    assert!(start.elapsed() >= std::time::Duration::from_millis(50), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(d.stats().traps.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 }
 
@@ -179,18 +234,38 @@ async fn consecutive_failures_pause_the_driver_then_it_resumes() {
 async fn fresh_instance_per_transaction_vs_reuse() {
     let engines = Arc::new(Engines::new(None));
     let fresh = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
-    let reuse = load(&guest("hostile"), &engines, "mode=ok instance=reuse recycle_after=3").await.unwrap();
+    let reuse = load(
+        &guest("hostile"),
+        &engines,
+        "mode=ok instance=reuse recycle_after=3",
+    )
+    .await
+    .unwrap();
     let txn = Arc::new(mailbox_txn("a@example.com", "t"));
     for _ in 0..6 {
         assert_eq!(deliver(&fresh, &txn).await, Outcome::Delivered);
         assert_eq!(deliver(&reuse, &txn).await, Outcome::Delivered);
     }
-    let n = |d: &WasmDriver| d.stats().instances.load(std::sync::atomic::Ordering::Relaxed);
+    let n = |d: &WasmDriver| {
+        d.stats()
+            .instances
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     assert_eq!(n(&fresh), 1 + 6, "probe + one per transaction");
-    assert_eq!(n(&reuse), 2, "the probe serves 3 transactions, then one new instance the next 3");
+    assert_eq!(
+        n(&reuse),
+        2,
+        "the probe serves 3 transactions, then one new instance the next 3"
+    );
     // After a trap a reused instance is discarded.
-    let trap = load(&guest("hostile"), &engines, "mode=trap instance=reuse").await.unwrap();
+    let trap = load(&guest("hostile"), &engines, "mode=trap instance=reuse")
+        .await
+        .unwrap();
     let _ = deliver(&trap, &txn).await;
     let _ = deliver(&trap, &txn).await;
-    assert_eq!(n(&trap), 2, "the warm probe trapped and was discarded; a fresh one followed");
+    assert_eq!(
+        n(&trap),
+        2,
+        "the warm probe trapped and was discarded; a fresh one followed"
+    );
 }

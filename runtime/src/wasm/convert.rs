@@ -57,9 +57,15 @@ pub fn event(e: &Event) -> wit::Event {
     match e {
         Event::MessageNew(m) => wit::Event::MessageNew(new_message(m)),
         Event::MessageAppend(m) => wit::Event::MessageAppend(new_message(m)),
-        Event::MessageExpunge(m) => wit::Event::MessageExpunge(msg_ref(&m.mailbox, m.uid, m.uid_validity)),
-        Event::MessageRead(m) => wit::Event::MessageRead(msg_ref(&m.mailbox, m.uid, m.uid_validity)),
-        Event::MessageTrash(m) => wit::Event::MessageTrash(msg_ref(&m.mailbox, m.uid, m.uid_validity)),
+        Event::MessageExpunge(m) => {
+            wit::Event::MessageExpunge(msg_ref(&m.mailbox, m.uid, m.uid_validity))
+        }
+        Event::MessageRead(m) => {
+            wit::Event::MessageRead(msg_ref(&m.mailbox, m.uid, m.uid_validity))
+        }
+        Event::MessageTrash(m) => {
+            wit::Event::MessageTrash(msg_ref(&m.mailbox, m.uid, m.uid_validity))
+        }
         Event::FlagsSet(f) => wit::Event::FlagsSet(wit::FlagsSet {
             message: msg_ref(&f.mailbox, f.uid, f.uid_validity),
             flags: f.flags.clone(),

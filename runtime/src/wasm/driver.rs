@@ -68,7 +68,8 @@ impl DriverFactory for WasmFactory {
             number: init.number,
             name: init.name.clone(),
         });
-        let driver = WasmDriver::load(tag, &path, sandbox, args, &engines, init.metadata.clone()).await?;
+        let driver =
+            WasmDriver::load(tag, &path, sandbox, args, &engines, init.metadata.clone()).await?;
         let details = driver.details();
         let mut out = Initialised::new(Arc::new(driver));
         out.details = details;
@@ -174,7 +175,10 @@ impl WasmDriver {
             wit_version,
             cache: loaded.cache,
             sandbox,
-            args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             pre,
             policy,
             metadata,
@@ -206,7 +210,8 @@ impl WasmDriver {
                 match i.cache {
                     CacheOutcome::Hit => "AOT cache hit",
                     CacheOutcome::Miss => "compiled, AOT cache written",
-                    CacheOutcome::Rejected => "cached artifact rejected (failed verification), recompiled",
+                    CacheOutcome::Rejected =>
+                        "cached artifact rejected (failed verification), recompiled",
                     CacheOutcome::Disabled => "compiled (no cache)",
                 }
             ),
@@ -228,7 +233,11 @@ impl WasmDriver {
 
 /// Checks that the component exports `mailpush:driver/driver` of a compatible version
 /// and imports only `mailpush:driver/host` of a compatible version; returns its version.
-fn check_world(component: &Component, engine: &wasmtime::Engine, path: &Path) -> Result<String, InitError> {
+fn check_world(
+    component: &Component,
+    engine: &wasmtime::Engine,
+    path: &Path,
+) -> Result<String, InitError> {
     let ty = component.component_type();
     let mut found = None;
     let mut exports = Vec::new();
@@ -379,7 +388,10 @@ impl WasmInner {
         self.arm(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
-            Err(e) if e.to_string().contains("pooling") || e.to_string().contains("maximum concurrent") => {
+            Err(e)
+                if e.to_string().contains("pooling")
+                    || e.to_string().contains("maximum concurrent") =>
+            {
                 return Err(Failure::retryable(format!("no free instance slot: {e}")))
             }
             Err(e) => return Err(self.classify(&store, e)),
@@ -429,14 +441,21 @@ impl WasmInner {
     }
 
     async fn wait_if_paused(&self) {
-        let until = self.pause.lock().unwrap_or_else(|p| p.into_inner()).paused_until;
+        let until = self
+            .pause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paused_until;
         if let Some(until) = until {
             let now = Instant::now();
             if until > now {
                 tokio::time::sleep(until - now).await;
             }
             tracing::info!(driver = self.tag.number, name = %self.tag.name, "driver resumed after pause");
-            self.pause.lock().unwrap_or_else(|p| p.into_inner()).paused_until = None;
+            self.pause
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .paused_until = None;
         }
     }
 
@@ -466,7 +485,11 @@ impl WasmInner {
     fn explain(&self, store: &mut Store<HostState>, mut f: Failure) -> Failure {
         let refused = std::mem::take(&mut store.data_mut().outbound.refused);
         if !refused.is_empty() {
-            f.reason = truncate(format!("{} (outbound HTTP refused: {})", f.reason, refused.join("; ")));
+            f.reason = truncate(format!(
+                "{} (outbound HTTP refused: {})",
+                f.reason,
+                refused.join("; ")
+            ));
         }
         f
     }
@@ -502,10 +525,11 @@ impl Driver for WasmDriver {
         };
         inst.store.data_mut().txn = Some(txn.clone());
         inner.arm(&mut inst.store);
-        let call = inst
-            .bindings
-            .mailpush_driver_driver()
-            .call_begin_txn(&mut inst.store, &txn.id, &txn.user);
+        let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
+            &mut inst.store,
+            &txn.id,
+            &txn.user,
+        );
         let result = match tokio::time::timeout(inner.sandbox.max_txn, call).await {
             Ok(r) => r,
             Err(_) => {
@@ -525,7 +549,10 @@ impl Driver for WasmDriver {
                 Ok(Begin::Skip)
             }
             Ok(wit_driver::Begin::Events(names)) => Ok(Begin::Join {
-                events: names.into_iter().map(convert::event_name).collect::<EventSet>(),
+                events: names
+                    .into_iter()
+                    .map(convert::event_name)
+                    .collect::<EventSet>(),
                 txn: Box::new(WasmTxn {
                     inner: inner.clone(),
                     inst: Some(inst),
@@ -561,12 +588,14 @@ struct WasmTxn {
 #[async_trait]
 impl DriverTxn for WasmTxn {
     async fn process_mbox(&mut self, record: &MailboxRecord<'_>) -> Result<(), Failure> {
-        self.events.extend(record.events.iter().map(|e| (*e).clone()));
+        self.events
+            .extend(record.events.iter().map(|e| (*e).clone()));
         Ok(())
     }
 
     async fn process_msg(&mut self, record: &MessageRecord<'_>) -> Result<(), Failure> {
-        self.events.extend(record.events.iter().map(|e| (*e).clone()));
+        self.events
+            .extend(record.events.iter().map(|e| (*e).clone()));
         Ok(())
     }
 

@@ -212,11 +212,21 @@ impl host::Host for HostState {
         let txn = self.txn.as_ref().map(|t| t.id.as_str()).unwrap_or("-");
         let (n, name) = (self.tag.number, self.tag.name.as_str());
         match level {
-            Level::Trace => tracing::trace!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}"),
-            Level::Debug => tracing::debug!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}"),
-            Level::Info => tracing::info!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}"),
-            Level::Warn => tracing::warn!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}"),
-            Level::Error => tracing::error!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "mailpush::wasm::guest", driver = n, name, txn, "{message}")
+            }
         }
         Ok(())
     }

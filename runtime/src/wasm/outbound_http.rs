@@ -54,7 +54,8 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (seg0 & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
                 || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe) // NAT64 of 169.254.169.254
+                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe)
+            // NAT64 of 169.254.169.254
         }
     }
 }
@@ -96,15 +97,28 @@ impl WasiHttpHooks for OutboundHttp {
         let uri = request.uri().clone();
         let scheme = uri.scheme().cloned();
         if scheme != Some(Scheme::HTTP) && scheme != Some(Scheme::HTTPS) {
-            return self.refuse(format!("{uri}: only http and https are allowed"), Error::HttpProtocolError);
+            return self.refuse(
+                format!("{uri}: only http and https are allowed"),
+                Error::HttpProtocolError,
+            );
         }
-        let Some(host) = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()) else {
+        let Some(host) = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        else {
             return self.refuse(format!("{uri}: no host"), Error::HttpRequestUriInvalid);
         };
         let sandbox = self.policy.sandbox.clone();
         if !sandbox.host_allowed(&host) {
             return self.refuse(
-                format!("{host} is not in allow_hosts ({})", if sandbox.allow_hosts.is_empty() { "no hosts granted".to_string() } else { sandbox.allow_hosts.join(",") }),
+                format!(
+                    "{host} is not in allow_hosts ({})",
+                    if sandbox.allow_hosts.is_empty() {
+                        "no hosts granted".to_string()
+                    } else {
+                        sandbox.allow_hosts.join(",")
+                    }
+                ),
                 Error::HttpRequestDenied,
             );
         }
@@ -121,9 +135,18 @@ impl WasiHttpHooks for OutboundHttp {
             }
         }
         let options = RequestOptions {
-            connect_timeout: Some(clamp(options.and_then(|o| o.connect_timeout), sandbox.connect_timeout)),
-            first_byte_timeout: Some(clamp(options.and_then(|o| o.first_byte_timeout), sandbox.first_byte_timeout)),
-            between_bytes_timeout: Some(clamp(options.and_then(|o| o.between_bytes_timeout), sandbox.first_byte_timeout)),
+            connect_timeout: Some(clamp(
+                options.and_then(|o| o.connect_timeout),
+                sandbox.connect_timeout,
+            )),
+            first_byte_timeout: Some(clamp(
+                options.and_then(|o| o.first_byte_timeout),
+                sandbox.first_byte_timeout,
+            )),
+            between_bytes_timeout: Some(clamp(
+                options.and_then(|o| o.between_bytes_timeout),
+                sandbox.first_byte_timeout,
+            )),
         };
         Box::new(async move {
             let result: SendResult = async {
@@ -193,7 +216,19 @@ mod tests {
 
     #[test]
     fn private_addresses() {
-        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_private(a.parse().unwrap()), "{a}");
         }
         for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {

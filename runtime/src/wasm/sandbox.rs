@@ -103,17 +103,27 @@ pub const SANDBOX_KEYS: &[&str] = &[
 ];
 
 fn number<T: std::str::FromStr>(key: &str, v: &str, example: &str) -> Result<T, InitError> {
-    v.parse()
-        .map_err(|_| InitError(format!("{key}={v}: expected a number, e.g. {key}={example}")))
+    v.parse().map_err(|_| {
+        InitError(format!(
+            "{key}={v}: expected a number, e.g. {key}={example}"
+        ))
+    })
 }
 
 /// Parses a size: bytes, or with a `K`/`M`/`G` (or `KiB`/`MiB`/`GiB`) suffix.
 pub fn parse_size(v: &str) -> Option<usize> {
     let lower = v.to_ascii_lowercase();
-    let (num, mult) = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)]
-        .into_iter()
-        .find_map(|(s, m)| lower.strip_suffix(s).map(|n| (n.to_string(), m)))
-        .unwrap_or((lower, 1));
+    let (num, mult) = [
+        ("kib", 1 << 10),
+        ("mib", 1 << 20),
+        ("gib", 1 << 30),
+        ("k", 1 << 10),
+        ("m", 1 << 20),
+        ("g", 1 << 30),
+    ]
+    .into_iter()
+    .find_map(|(s, m)| lower.strip_suffix(s).map(|n| (n.to_string(), m)))
+    .unwrap_or((lower, 1));
     num.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
@@ -131,7 +141,11 @@ impl Sandbox {
         if let Some(v) = args.take("memory") {
             s.memory = parse_size(&v)
                 .filter(|m| *m >= 64 << 10 && *m <= MAX_MEMORY)
-                .ok_or_else(|| InitError(format!("memory={v}: expected a size between 64K and 1G, e.g. memory=32M")))?;
+                .ok_or_else(|| {
+                    InitError(format!(
+                        "memory={v}: expected a size between 64K and 1G, e.g. memory=32M"
+                    ))
+                })?;
         }
         if let Some(v) = args.take("fuel") {
             s.fuel = Some(number("fuel", &v, "10000000")?);
@@ -140,7 +154,11 @@ impl Sandbox {
             s.instance = match v.as_str() {
                 "fresh" => InstanceModel::Fresh,
                 "reuse" => InstanceModel::Reuse,
-                _ => return Err(InitError(format!("instance={v}: expected `fresh` (default) or `reuse`"))),
+                _ => {
+                    return Err(InitError(format!(
+                        "instance={v}: expected `fresh` (default) or `reuse`"
+                    )))
+                }
             };
         }
         if let Some(v) = args.take("recycle_after") {
@@ -150,8 +168,9 @@ impl Sandbox {
             s.max_log_lines = number("max_log_lines", &v, "100")?;
         }
         if let Some(v) = args.take("max_event_bytes") {
-            s.max_event_bytes = parse_size(&v)
-                .ok_or_else(|| InitError(format!("max_event_bytes={v}: expected a size, e.g. 1M")))?;
+            s.max_event_bytes = parse_size(&v).ok_or_else(|| {
+                InitError(format!("max_event_bytes={v}: expected a size, e.g. 1M"))
+            })?;
         }
         if let Some(v) = args.take("max_txn_msecs") {
             s.max_txn = Duration::from_millis(number("max_txn_msecs", &v, "30000")?);
@@ -170,7 +189,8 @@ impl Sandbox {
             s.connect_timeout = Duration::from_millis(number("connect_timeout_msecs", &v, "5000")?);
         }
         if let Some(v) = args.take("first_byte_timeout_msecs") {
-            s.first_byte_timeout = Duration::from_millis(number("first_byte_timeout_msecs", &v, "10000")?);
+            s.first_byte_timeout =
+                Duration::from_millis(number("first_byte_timeout_msecs", &v, "10000")?);
         }
         if let Some(v) = args.take("pause_after") {
             s.pause_after = number::<u32>("pause_after", &v, "5")?.max(1);
@@ -219,7 +239,9 @@ impl Sandbox {
             if p == "*" {
                 true
             } else if let Some(suffix) = p.strip_prefix("*.") {
-                host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host[..host.len() - suffix.len()].ends_with('.')
             } else {
                 *p == host
             }
@@ -278,7 +300,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        for bad in ["memory=lots", "memory=1G5", "timeout_msecs=0", "instance=shared", "allow_hosts=a/b", "fuel=-1"] {
+        for bad in [
+            "memory=lots",
+            "memory=1G5",
+            "timeout_msecs=0",
+            "instance=shared",
+            "allow_hosts=a/b",
+            "fuel=-1",
+        ] {
             let mut args = DriverArgs::parse(bad);
             assert!(Sandbox::from_args(&mut args).is_err(), "{bad}");
         }

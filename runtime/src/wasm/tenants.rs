@@ -64,7 +64,12 @@ fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
 
 impl TenantDrivers {
     /// A router over `dir`; `number` is the lane's driver number in logs.
-    pub fn new(dir: PathBuf, number: u32, engines: Arc<Engines>, metadata: Arc<dyn MetadataLookup>) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        number: u32,
+        engines: Arc<Engines>,
+        metadata: Arc<dyn MetadataLookup>,
+    ) -> Self {
         TenantDrivers {
             dir,
             number,
@@ -89,7 +94,10 @@ impl TenantDrivers {
                 })
                 .collect(),
             Err(e) => {
-                warnings.push(format!("tenant_drivers: cannot read {}: {e}", self.dir.display()));
+                warnings.push(format!(
+                    "tenant_drivers: cannot read {}: {e}",
+                    self.dir.display()
+                ));
                 Vec::new()
             }
         };
@@ -122,7 +130,11 @@ impl TenantDrivers {
         let mut tenants = self.tenants.lock().await;
         let Some(fp) = self.fingerprint(domain) else {
             if tenants.remove(domain).is_some() {
-                tracing::info!(driver = self.number, tenant = domain, "tenant driver removed");
+                tracing::info!(
+                    driver = self.number,
+                    tenant = domain,
+                    "tenant driver removed"
+                );
             }
             return Ok(None);
         };
@@ -146,9 +158,22 @@ impl TenantDrivers {
             name: format!("tenant:{domain}"),
         });
         let path = self.dir.join(format!("{domain}.wasm"));
-        let driver = WasmDriver::load(tag, &path, sandbox, args, &self.engines, self.metadata.clone())
-            .await
-            .map_err(|e| Failure::retryable(format!("tenant {domain}: cannot load {}: {}", path.display(), e.0)))?;
+        let driver = WasmDriver::load(
+            tag,
+            &path,
+            sandbox,
+            args,
+            &self.engines,
+            self.metadata.clone(),
+        )
+        .await
+        .map_err(|e| {
+            Failure::retryable(format!(
+                "tenant {domain}: cannot load {}: {}",
+                path.display(),
+                e.0
+            ))
+        })?;
         let driver = Arc::new(driver);
         let replaced = tenants
             .insert(
