@@ -40,16 +40,39 @@ pub trait DeliveryObserver: Send + Sync {
     fn delivered(&self, delivery: &Delivery);
 }
 
+/// Upper bounds (seconds) of the processing-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Counters of one driver.
 #[derive(Debug, Default)]
 pub struct DriverStats {
     pub delivered: AtomicU64,
     pub skipped: AtomicU64,
     pub failed: AtomicU64,
+    /// Cumulative counts per [`LATENCY_BUCKETS`] bound (plus +Inf last).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of processing latencies in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl DriverStats {
+    fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_buckets[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of one driver's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DriverReport {
     pub number: u32,
     pub name: String,
@@ -58,15 +81,72 @@ pub struct DriverReport {
     pub failed: u64,
     /// Transactions waiting in the driver's queue.
     pub queued: usize,
+    /// The queue's capacity.
+    pub capacity: usize,
+    /// Driver-specific counters ([`Driver::counters`]).
+    pub counters: Vec<(&'static str, u64)>,
+    pub stats: Arc<DriverStats>,
 }
 
 struct Lane {
     number: u32,
     name: String,
+    fingerprint: String,
     driver: Arc<dyn Driver>,
     tx: mpsc::Sender<Arc<Transaction>>,
     stats: Arc<DriverStats>,
     task: JoinHandle<()>,
+}
+
+impl Lane {
+    fn report(&self) -> DriverReport {
+        DriverReport {
+            number: self.number,
+            name: self.name.clone(),
+            delivered: self.stats.delivered.load(Ordering::Relaxed),
+            skipped: self.stats.skipped.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            queued: self.tx.max_capacity() - self.tx.capacity(),
+            capacity: self.tx.max_capacity(),
+            counters: self.driver.counters(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Closes the queue, waits for the task to finish what was queued, calls deinit.
+    async fn finish(self) -> DriverReport {
+        let Lane {
+            number,
+            name,
+            driver,
+            tx,
+            stats,
+            task,
+            ..
+        } = self;
+        let capacity = tx.max_capacity();
+        drop(tx);
+        if let Err(e) = task.await {
+            tracing::error!(driver = number, "driver task ended abnormally: {e}");
+        }
+        if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
+            .catch_unwind()
+            .await
+        {
+            tracing::error!(driver = number, "driver panicked in deinit: {}", panic_message(&p));
+        }
+        DriverReport {
+            number,
+            name,
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            skipped: stats.skipped.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            queued: 0,
+            capacity,
+            counters: driver.counters(),
+            stats,
+        }
+    }
 }
 
 /// A full queue: the transaction was not accepted by any driver.
@@ -84,7 +164,46 @@ pub struct ShutDown;
 
 /// Per-driver queues and tasks.
 pub struct Dispatcher {
-    lanes: Vec<Lane>,
+    lanes: std::sync::RwLock<Vec<Arc<Lane>>>,
+    capacity: usize,
+    observer: Option<Arc<dyn DeliveryObserver>>,
+}
+
+fn start_lane(
+    d: LoadedDriver,
+    capacity: usize,
+    observer: Option<Arc<dyn DeliveryObserver>>,
+) -> Lane {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let stats = Arc::new(DriverStats::default());
+    let task = tokio::spawn(run_lane(
+        d.number,
+        d.name.clone(),
+        d.driver.clone(),
+        rx,
+        stats.clone(),
+        observer,
+    ));
+    Lane {
+        number: d.number,
+        name: d.name,
+        fingerprint: d.fingerprint,
+        driver: d.driver,
+        tx,
+        stats,
+        task,
+    }
+}
+
+/// What a [`Dispatcher::reconfigure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Drivers whose running lane (and queue) was kept.
+    pub kept: Vec<u32>,
+    /// Drivers started anew.
+    pub started: Vec<u32>,
+    /// Drivers whose old lane was drained and stopped.
+    pub stopped: Vec<u32>,
 }
 
 impl Dispatcher {
@@ -97,33 +216,25 @@ impl Dispatcher {
     ) -> Self {
         let lanes = drivers
             .into_iter()
-            .map(|d| {
-                let (tx, rx) = mpsc::channel(capacity.max(1));
-                let stats = Arc::new(DriverStats::default());
-                let task = tokio::spawn(run_lane(
-                    d.number,
-                    d.name.clone(),
-                    d.driver.clone(),
-                    rx,
-                    stats.clone(),
-                    observer.clone(),
-                ));
-                Lane {
-                    number: d.number,
-                    name: d.name,
-                    driver: d.driver,
-                    tx,
-                    stats,
-                    task,
-                }
-            })
+            .map(|d| Arc::new(start_lane(d, capacity, observer.clone())))
             .collect();
-        Dispatcher { lanes }
+        Dispatcher {
+            lanes: std::sync::RwLock::new(lanes),
+            capacity,
+            observer,
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Lane>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Queues a transaction for every driver, waiting while a queue is full.
     pub async fn dispatch(&self, txn: Arc<Transaction>) -> Result<(), ShutDown> {
-        for lane in &self.lanes {
+        for lane in self.snapshot() {
             lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
         }
         Ok(())
@@ -131,9 +242,16 @@ impl Dispatcher {
 
     /// Queues a transaction for every driver, or for none when any queue is full.
     pub fn try_dispatch(&self, txn: Arc<Transaction>) -> Result<(), QueueFull> {
-        let mut permits = Vec::with_capacity(self.lanes.len());
-        for lane in &self.lanes {
-            match lane.tx.try_reserve() {
+        self.try_dispatch_all(std::slice::from_ref(&txn))
+    }
+
+    /// Queues a batch for every driver, all or nothing: when any driver lacks room for
+    /// the whole batch, nothing is queued.
+    pub fn try_dispatch_all(&self, txns: &[Arc<Transaction>]) -> Result<(), QueueFull> {
+        let lanes = self.snapshot();
+        let mut permits = Vec::with_capacity(lanes.len());
+        for lane in &lanes {
+            match lane.tx.try_reserve_many(txns.len()) {
                 Ok(p) => permits.push(p),
                 Err(_) => {
                     return Err(QueueFull {
@@ -144,59 +262,83 @@ impl Dispatcher {
             }
         }
         for p in permits {
-            p.send(txn.clone());
+            for (permit, txn) in p.zip(txns) {
+                permit.send(txn.clone());
+            }
         }
         Ok(())
     }
 
     /// Current counters of every driver.
     pub fn reports(&self) -> Vec<DriverReport> {
-        self.lanes
-            .iter()
-            .map(|l| DriverReport {
-                number: l.number,
-                name: l.name.clone(),
-                delivered: l.stats.delivered.load(Ordering::Relaxed),
-                skipped: l.stats.skipped.load(Ordering::Relaxed),
-                failed: l.stats.failed.load(Ordering::Relaxed),
-                queued: l.tx.max_capacity() - l.tx.capacity(),
-            })
-            .collect()
+        self.snapshot().iter().map(|l| l.report()).collect()
+    }
+
+    /// Whether any queue is full.
+    pub fn saturated(&self) -> bool {
+        self.snapshot().iter().any(|l| l.tx.capacity() == 0)
+    }
+
+    /// Swaps in a new driver list: drivers whose fingerprint is unchanged keep their
+    /// running lane and queue (the newly initialised duplicate is dropped after its
+    /// deinit); other old lanes stop taking new transactions, finish what they have
+    /// queued and are deinitialised; new drivers start. Nothing queued is lost.
+    pub async fn reconfigure(&self, drivers: Vec<LoadedDriver>) -> Reconfigured {
+        let mut result = Reconfigured::default();
+        let mut retired = Vec::new();
+        let mut duplicates = Vec::new();
+        {
+            let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+            let mut old: Vec<Arc<Lane>> = std::mem::take(&mut *lanes);
+            for d in drivers {
+                if let Some(i) = old.iter().position(|l| l.fingerprint == d.fingerprint) {
+                    result.kept.push(d.number);
+                    lanes.push(old.remove(i));
+                    duplicates.push(d.driver);
+                } else {
+                    result.started.push(d.number);
+                    lanes.push(Arc::new(start_lane(d, self.capacity, self.observer.clone())));
+                }
+            }
+            for l in old {
+                result.stopped.push(l.number);
+                retired.push(l);
+            }
+        }
+        for d in duplicates {
+            d.deinit().await;
+        }
+        for lane in retired {
+            finish_shared(lane).await;
+        }
+        result
     }
 
     /// Stops accepting, lets every driver finish its queue, calls each driver's deinit
     /// (in number order) and returns the final counters.
     pub async fn shutdown(self) -> Vec<DriverReport> {
+        let lanes = std::mem::take(&mut *self.lanes.write().unwrap_or_else(|p| p.into_inner()));
         let mut reports = Vec::new();
-        let mut finishing = Vec::new();
-        for lane in self.lanes {
-            drop(lane.tx);
-            finishing.push((lane.number, lane.name, lane.driver, lane.stats, lane.task));
-        }
-        for (number, name, driver, stats, task) in finishing {
-            if let Err(e) = task.await {
-                tracing::error!(driver = number, "driver task ended abnormally: {e}");
+        for lane in lanes {
+            if let Some(r) = finish_shared(lane).await {
+                reports.push(r);
             }
-            if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
-                .catch_unwind()
-                .await
-            {
-                tracing::error!(
-                    driver = number,
-                    "driver panicked in deinit: {}",
-                    panic_message(&p)
-                );
-            }
-            reports.push(DriverReport {
-                number,
-                name,
-                delivered: stats.delivered.load(Ordering::Relaxed),
-                skipped: stats.skipped.load(Ordering::Relaxed),
-                failed: stats.failed.load(Ordering::Relaxed),
-                queued: 0,
-            });
         }
         reports
+    }
+}
+
+/// Finishes a lane once no in-flight dispatch holds it any more.
+async fn finish_shared(mut lane: Arc<Lane>) -> Option<DriverReport> {
+    loop {
+        match Arc::try_unwrap(lane) {
+            Ok(l) => return Some(l.finish().await),
+            Err(shared) => {
+                // A dispatch call still holds a snapshot; it finishes quickly.
+                lane = shared;
+                tokio::task::yield_now().await;
+            }
+        }
     }
 }
 
@@ -210,9 +352,11 @@ async fn run_lane(
 ) {
     while let Some(txn) = rx.recv().await {
         let span = tracing::info_span!("deliver", txn = %txn.id, driver = number, name = %name);
+        let started = std::time::Instant::now();
         let outcome = deliver(driver.as_ref(), &txn)
             .instrument(span.clone())
             .await;
+        stats.observe(started.elapsed());
         let _entered = span.enter();
         match &outcome {
             Outcome::Delivered => {

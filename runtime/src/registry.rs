@@ -22,6 +22,10 @@ pub struct LoadedDriver {
     pub warnings: Vec<String>,
     /// Extra lines for `check` (file, sha256, limits, grants, …).
     pub details: Vec<String>,
+    /// Identity for reloads: the config line plus the content hash of driver files. A
+    /// reload keeps the running lane (and its queue) of a driver whose fingerprint did
+    /// not change.
+    pub fingerprint: String,
 }
 
 /// The registered driver factories, looked up case-insensitively by name.
@@ -124,12 +128,25 @@ impl DriverRegistry {
                 )))
             }
         };
+        let hashes: Vec<&str> = initialised
+            .details
+            .iter()
+            .filter(|l| l.starts_with("sha256:"))
+            .map(String::as_str)
+            .collect();
         Ok(LoadedDriver {
             number: setting.number,
             name: setting.name.clone(),
             kind: factory.kind(),
             args_display: setting.args.redacted(),
             location: setting.location.clone(),
+            fingerprint: format!(
+                "{}|{}|{:?}|{}",
+                setting.number,
+                setting.name.to_ascii_lowercase(),
+                setting.raw,
+                hashes.join(",")
+            ),
             driver: initialised.driver,
             warnings: initialised.warnings,
             details: initialised.details,
@@ -181,6 +198,7 @@ async fn tenant_lane(
         name: "tenant_drivers".to_string(),
         kind: "wasm",
         args_display: format!("dir={}", dir.display()),
+        fingerprint: format!("{number}|tenant_drivers|{}", dir.display()),
         location: Location {
             file: config.path.clone(),
             line: 0,

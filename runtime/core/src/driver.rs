@@ -135,6 +135,11 @@ pub trait Driver: Send + Sync {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure>;
     /// Dovecot's deinit (and cleanup): called once when the runtime shuts down.
     async fn deinit(&self) {}
+    /// Driver-specific counters for metrics and `mailpush status`, as
+    /// `(name, value)` pairs, e.g. `("wasm_traps", 3)`. Names are snake_case.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A driver's state for one transaction (Dovecot's driver txn).

@@ -574,6 +574,18 @@ impl Driver for WasmDriver {
     async fn deinit(&self) {
         self.0.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.0.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("wasm_traps", get(&s.traps)),
+            ("wasm_timeouts", get(&s.timeouts)),
+            ("wasm_memory_limit_hits", get(&s.memory_limit_hits)),
+            ("wasm_fuel_used", get(&s.fuel_used)),
+            ("wasm_instances", get(&s.instances)),
+        ]
+    }
 }
 
 /// One transaction in one instance: collects the wanted events, delivers at end_txn.
