@@ -67,6 +67,23 @@ pub enum Command {
         after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  echo '{\"user\":\"a@example.com\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Work\"}]}' | mailpush send -c examples/mailpush.conf -"
     )]
     Send(SendArgs),
+    /// Run the service: HTTP ingest at `listen` (see the `mailpush { }` block), every
+    /// driver on its own queue, /metrics, /healthz, /readyz.
+    ///
+    /// SIGHUP reloads the config (a config that fails `check` is refused and the running
+    /// one kept); SIGTERM stops accepting, drains queued work and exits.
+    #[command(after_help = "Examples:
+  mailpush run -c /etc/mailpush/mailpush.conf
+  curl -sS -H 'Content-Type: application/x-ndjson' --data-binary @examples/events.ndjson http://127.0.0.1:8025/v1/transactions")]
+    Run,
+    /// Show per-driver state and queue depth of the running instance.
+    #[command(after_help = "Example:
+  mailpush status -c /etc/mailpush/mailpush.conf")]
+    Status,
+    /// Ask the running instance to re-read its config and driver files (like SIGHUP).
+    #[command(after_help = "Example:
+  mailpush reload -c /etc/mailpush/mailpush.conf")]
+    Reload,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +114,14 @@ pub fn main() -> ExitCode {
         match &cli.command {
             Command::Check => check(&cli.global).await,
             Command::Send(args) => send(&cli.global, args).await,
+            Command::Run => {
+                let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
+                crate::daemon::run(&cli.global.config, registry, Arc::new(NoMetadata))
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
+            Command::Status => control(&cli.global, reqwest::Method::GET, "/v1/status").await,
+            Command::Reload => control(&cli.global, reqwest::Method::POST, "/v1/reload").await,
         }
     });
     match result {
@@ -267,6 +292,70 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Talks to the running instance's control API at `listen`.
+async fn control(
+    global: &GlobalArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let url = format!("http://{}{path}", config.settings.listen);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let mut req = client.request(method, &url);
+    if let Some(p) = &config.settings.ingest_token_file {
+        let token = crate::daemon::read_token(p)?;
+        req = req.bearer_auth(String::from_utf8_lossy(&token));
+    }
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach mailpush at {url}: is `mailpush run` running with this config?")
+    })?;
+    let status = resp.status();
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.context("reading the answer")?)
+            .unwrap_or_default();
+    if !status.is_success() {
+        eprintln!(
+            "mailpush answered {status}: {}",
+            body["error"].as_str().unwrap_or("")
+        );
+        if let Some(errors) = body["errors"].as_array() {
+            for e in errors {
+                eprintln!("error: {}", e.as_str().unwrap_or_default());
+            }
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if path == "/v1/status" {
+        println!(
+            "{:<4} {:<16} {:<10} {:>7} {:>9} {:>7} {:>8}",
+            "#", "DRIVER", "STATE", "QUEUED", "DELIVERED", "FAILED", "SKIPPED"
+        );
+        for d in body["drivers"].as_array().into_iter().flatten() {
+            println!(
+                "{:<4} {:<16} {:<10} {:>7} {:>9} {:>7} {:>8}",
+                d["number"],
+                d["name"].as_str().unwrap_or(""),
+                d["state"].as_str().unwrap_or(""),
+                d["queued"],
+                d["delivered"],
+                d["failed"],
+                d["skipped"]
+            );
+        }
+    } else {
+        println!(
+            "reloaded: kept {} started {} stopped {}",
+            body["kept"], body["started"], body["stopped"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_reports(reports: &[DriverReport], accepted: usize, rejected: usize) {

@@ -133,7 +133,11 @@ impl Lane {
             .catch_unwind()
             .await
         {
-            tracing::error!(driver = number, "driver panicked in deinit: {}", panic_message(&p));
+            tracing::error!(
+                driver = number,
+                "driver panicked in deinit: {}",
+                panic_message(&p)
+            );
         }
         DriverReport {
             number,
@@ -226,10 +230,7 @@ impl Dispatcher {
     }
 
     fn snapshot(&self) -> Vec<Arc<Lane>> {
-        self.lanes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Queues a transaction for every driver, waiting while a queue is full.
@@ -297,7 +298,11 @@ impl Dispatcher {
                     duplicates.push(d.driver);
                 } else {
                     result.started.push(d.number);
-                    lanes.push(Arc::new(start_lane(d, self.capacity, self.observer.clone())));
+                    lanes.push(Arc::new(start_lane(
+                        d,
+                        self.capacity,
+                        self.observer.clone(),
+                    )));
                 }
             }
             for l in old {
@@ -317,6 +322,12 @@ impl Dispatcher {
     /// Stops accepting, lets every driver finish its queue, calls each driver's deinit
     /// (in number order) and returns the final counters.
     pub async fn shutdown(self) -> Vec<DriverReport> {
+        self.shutdown_shared().await
+    }
+
+    /// [`Dispatcher::shutdown`] through a shared reference: afterwards the dispatcher
+    /// has no drivers.
+    pub async fn shutdown_shared(&self) -> Vec<DriverReport> {
         let lanes = std::mem::take(&mut *self.lanes.write().unwrap_or_else(|p| p.into_inner()));
         let mut reports = Vec::new();
         for lane in lanes {

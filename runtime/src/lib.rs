@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dispatch;
 pub mod logging;
 pub mod registry;

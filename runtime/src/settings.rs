@@ -24,6 +24,26 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "folder of tenant handlers: DIR/<domain>.wasm receives only transactions of users *@<domain>, with args and limits from DIR/<domain>.conf; files may be added, replaced (atomically) or removed while running",
     ),
     (
+        "listen_unix",
+        "(none)",
+        "also accept ingest on this unix socket path",
+    ),
+    (
+        "ingest_token_file",
+        "(none)",
+        "file holding a bearer token; when set, ingest and control requests must send `Authorization: Bearer TOKEN` (or HTTP Basic with the token as password, for Dovecot's ox driver)",
+    ),
+    (
+        "max_body",
+        "10M",
+        "largest ingest request body; larger ones get 413",
+    ),
+    (
+        "shutdown_timeout_msecs",
+        "30000",
+        "on SIGTERM, how long queued work may take to drain before mailpush exits",
+    ),
+    (
         "queue_capacity",
         "1024",
         "transactions each driver may have waiting; a full queue makes ingest wait (send) or answer 503 (run)",
@@ -37,6 +57,10 @@ pub struct RuntimeSettings {
     pub listen: SocketAddr,
     pub queue_capacity: usize,
     pub tenant_drivers: Option<PathBuf>,
+    pub listen_unix: Option<PathBuf>,
+    pub ingest_token_file: Option<PathBuf>,
+    pub max_body: usize,
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -46,6 +70,10 @@ impl Default for RuntimeSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             queue_capacity: 1024,
             tenant_drivers: None,
+            listen_unix: None,
+            ingest_token_file: None,
+            max_body: 10 << 20,
+            shutdown_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -57,6 +85,14 @@ impl RuntimeSettings {
         config_dir: &Path,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut s = RuntimeSettings::default();
+        let resolve = |v: &str| {
+            let p = PathBuf::from(v);
+            if p.is_absolute() {
+                p
+            } else {
+                config_dir.join(p)
+            }
+        };
         let mut errors = Vec::new();
         for (key, value, location) in entries {
             let mut fail = |message: String| {
@@ -87,6 +123,19 @@ impl RuntimeSettings {
                         config_dir.join(p)
                     });
                 }
+                "listen_unix" | "ingest_token_file" if value.is_empty() => {
+                    fail(format!("{key} needs a path"))
+                }
+                "listen_unix" => s.listen_unix = Some(resolve(&value)),
+                "ingest_token_file" => s.ingest_token_file = Some(resolve(&value)),
+                "max_body" => match crate::wasm::sandbox::parse_size(&value) {
+                    Some(n) if n > 0 => s.max_body = n,
+                    _ => fail("expected a size, e.g. `10M`".into()),
+                },
+                "shutdown_timeout_msecs" => match value.parse::<u64>() {
+                    Ok(n) => s.shutdown_timeout = std::time::Duration::from_millis(n),
+                    _ => fail("expected milliseconds, e.g. `30000`".into()),
+                },
                 "listen" => match value.parse::<SocketAddr>() {
                     Ok(a) => s.listen = a,
                     Err(_) => {

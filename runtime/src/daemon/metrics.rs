@@ -1,0 +1,183 @@
+//! Prometheus text exposition of mailpush's counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::dispatch::{DriverReport, LATENCY_BUCKETS};
+
+/// Ingest-side counters.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub received: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl IngestMetrics {
+    /// Counts rejected transactions (or requests, when nothing was parsed) by reason.
+    pub fn reject(&self, reason: &'static str, n: u64) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += n;
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders every metric in the Prometheus text format (version 0.0.4).
+pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "mailpush_transactions_received_total",
+        "counter",
+        "Transactions accepted by ingest.",
+    );
+    let _ = writeln!(
+        out,
+        "mailpush_transactions_received_total {}",
+        ingest.received.load(Ordering::Relaxed)
+    );
+    header(
+        &mut out,
+        "mailpush_transactions_rejected_total",
+        "counter",
+        "Transactions (or requests) rejected by ingest, by reason.",
+    );
+    for reason in [
+        "invalid",
+        "unauthorized",
+        "too_large",
+        "overloaded",
+        "shutting_down",
+    ] {
+        let n = ingest
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reason)
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "mailpush_transactions_rejected_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
+    let per_driver: [(&str, &str, &str, fn(&DriverReport) -> u64); 5] = [
+        (
+            "mailpush_driver_delivered_total",
+            "counter",
+            "Transactions a driver handled successfully.",
+            |d| d.delivered,
+        ),
+        (
+            "mailpush_driver_failed_total",
+            "counter",
+            "Transactions that failed at a driver.",
+            |d| d.failed,
+        ),
+        (
+            "mailpush_driver_skipped_total",
+            "counter",
+            "Transactions a driver chose not to take part in.",
+            |d| d.skipped,
+        ),
+        (
+            "mailpush_driver_queue_depth",
+            "gauge",
+            "Transactions waiting in a driver's queue.",
+            |d| d.queued as u64,
+        ),
+        (
+            "mailpush_driver_queue_capacity",
+            "gauge",
+            "Capacity of a driver's queue.",
+            |d| d.capacity as u64,
+        ),
+    ];
+    for (name, kind, help, get) in per_driver {
+        header(&mut out, name, kind, help);
+        for d in drivers {
+            let _ = writeln!(out, "{name}{{{}}} {}", labels(d), get(d));
+        }
+    }
+    // Placeholders until the durable spool (retries, dead letters) lands: always 0.
+    for (name, help) in [
+        ("mailpush_driver_retried_total", "Delivery retries."),
+        (
+            "mailpush_driver_dropped_total",
+            "Transactions dropped for a driver.",
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        for d in drivers {
+            let _ = writeln!(out, "{name}{{{}}} 0", labels(d));
+        }
+    }
+    header(
+        &mut out,
+        "mailpush_driver_processing_seconds",
+        "histogram",
+        "Time a driver took per transaction.",
+    );
+    for d in drivers {
+        let l = labels(d);
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "mailpush_driver_processing_seconds_bucket{{{l},le=\"{bound}\"}} {}",
+                d.stats.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = d.stats.latency_buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "mailpush_driver_processing_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "mailpush_driver_processing_seconds_sum{{{l}}} {}",
+            d.stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "mailpush_driver_processing_seconds_count{{{l}}} {count}"
+        );
+    }
+    // Driver-specific counters (wasm traps, timeouts, memory-limit hits, fuel, …).
+    let mut names: Vec<&'static str> = drivers
+        .iter()
+        .flat_map(|d| d.counters.iter().map(|(n, _)| *n))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for counter in names {
+        let name = format!("mailpush_{counter}_total");
+        header(
+            &mut out,
+            &name,
+            "counter",
+            &format!("Driver counter {counter}."),
+        );
+        for d in drivers {
+            if let Some((_, v)) = d.counters.iter().find(|(n, _)| *n == counter) {
+                let _ = writeln!(out, "{name}{{{}}} {v}", labels(d));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,208 @@
+//! `mailpush run`: the long-running service. Ingest over HTTP (TCP and optionally a
+//! unix socket) → the dispatcher → drivers. `SIGHUP` (or `POST /v1/reload`) re-reads the
+//! config; `SIGTERM`/`SIGINT` stop accepting, drain queued work up to
+//! `shutdown_timeout_msecs`, and exit.
+
+pub mod ingest;
+pub mod metrics;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use mailpush_core::MetadataLookup;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Reconfigured};
+use crate::registry::DriverRegistry;
+use metrics::IngestMetrics;
+
+/// Builds the driver registry (built-ins by default; tests add their own kinds).
+pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
+
+/// Shared state of a running instance.
+pub struct Daemon {
+    pub config_path: PathBuf,
+    dispatcher: Dispatcher,
+    pub token: Option<Vec<u8>>,
+    pub max_body: usize,
+    pub ingest: IngestMetrics,
+    pub shutting_down: AtomicBool,
+    registry: RegistryFn,
+    metadata: Arc<dyn MetadataLookup>,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Reads the bearer token file (trimmed); errors never include its content.
+pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading ingest_token_file {}", path.display()))?;
+    let t = t.trim();
+    anyhow::ensure!(
+        !t.is_empty(),
+        "ingest_token_file {} is empty",
+        path.display()
+    );
+    Ok(t.as_bytes().to_vec())
+}
+
+impl Daemon {
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Re-reads the config and driver files. A config that fails `check` is refused
+    /// (the running one is kept); drivers that did not change keep their queues.
+    pub async fn reload(&self) -> Result<Reconfigured, Vec<String>> {
+        let _guard = self.reload_lock.lock().await;
+        let config = Config::load(&self.config_path)
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let registry = (self.registry)();
+        match registry.init_all(&config, self.metadata.clone()).await {
+            Ok(loaded) => {
+                let r = self.dispatcher.reconfigure(loaded).await;
+                tracing::info!(kept = ?r.kept, started = ?r.started, stopped = ?r.stopped, "configuration reloaded");
+                Ok(r)
+            }
+            Err((loaded, errors)) => {
+                for d in loaded {
+                    d.driver.deinit().await;
+                }
+                let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                tracing::error!(
+                    "reload refused, keeping the running configuration: {}",
+                    errors.join("; ")
+                );
+                Err(errors)
+            }
+        }
+    }
+}
+
+/// Runs the service until SIGTERM/SIGINT.
+pub async fn run(
+    config_path: &Path,
+    registry: RegistryFn,
+    metadata: Arc<dyn MetadataLookup>,
+) -> anyhow::Result<()> {
+    let config =
+        Config::load(config_path).map_err(|e| anyhow::anyhow!("configuration is invalid:\n{e}"))?;
+    let token = match &config.settings.ingest_token_file {
+        Some(p) => Some(read_token(p)?),
+        None => None,
+    };
+    let loaded = match registry().init_all(&config, metadata.clone()).await {
+        Ok(l) => l,
+        Err((_, errors)) => anyhow::bail!(
+            "refusing to start:\n{}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    };
+    for d in &loaded {
+        for w in &d.warnings {
+            tracing::warn!(driver = d.number, name = %d.name, "{w}");
+        }
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let daemon = Arc::new(Daemon {
+        config_path: config_path.to_path_buf(),
+        dispatcher: Dispatcher::start(loaded, config.settings.queue_capacity, None),
+        token,
+        max_body: config.settings.max_body,
+        ingest: IngestMetrics::default(),
+        shutting_down: AtomicBool::new(false),
+        registry,
+        metadata,
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+    let app = ingest::router(daemon.clone());
+    let listener = tokio::net::TcpListener::bind(config.settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.settings.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "listening on a non-loopback address {addr}: protect it (ingest_token_file, firewall)"
+        );
+    }
+    let stop = Arc::new(Notify::new());
+    let mut servers = Vec::new();
+    {
+        let stop = stop.clone();
+        let app = app.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }));
+    }
+    if let Some(path) = &config.settings.listen_unix {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
+        tracing::info!("listening on unix:{}", path.display());
+        let stop = stop.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }));
+    }
+    tracing::info!("listening on {addr}");
+    wait_for_signals(daemon.clone()).await?;
+
+    tracing::info!("shutting down: no new transactions; draining queued work");
+    daemon.shutting_down.store(true, Ordering::Relaxed);
+    stop.notify_waiters();
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            tracing::warn!("listener ended with an error: {e}");
+        }
+    }
+    let timeout = config.settings.shutdown_timeout;
+    match tokio::time::timeout(timeout, daemon.dispatcher.shutdown_shared()).await {
+        Ok(reports) => {
+            for r in reports {
+                tracing::info!(driver = r.number, name = %r.name, delivered = r.delivered, failed = r.failed, "driver stopped");
+            }
+            tracing::info!("shutdown complete");
+        }
+        Err(_) => {
+            let left: usize = daemon.dispatcher.reports().iter().map(|r| r.queued).sum();
+            tracing::error!(
+                "shutdown timeout ({timeout:?}) reached with {left} transaction(s) still queued"
+            );
+        }
+    }
+    if let Some(path) = &config.settings.listen_unix {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = daemon.reload().await;
+            }
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The `mailpush` binary as a user runs it.
+
+use std::process::Command;
+
+fn mailpush() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailpush"))
+}
+
+fn repo(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_explains_unknown_driver_bad_line_and_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n  state_dir = state\n}\nplugin {\n  push_notification_driver = dlog\n  push_notification_driver2 = nosuch:x=1\n  this line is wrong\n  push_notification_driver4 = dlog\n}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // The bad line is a config error: reported with file:line and the offending text.
+    assert!(stderr.contains("mailpush.conf:7"), "{stderr}");
+    assert!(stderr.contains("this line is wrong"), "{stderr}");
+    assert!(stderr.contains("expected `key = value`"), "{stderr}");
+
+    // Without the bad line: unknown driver and gap.
+    std::fs::write(
+        &conf,
+        "mailpush {\n  state_dir = state\n}\nplugin {\n  push_notification_driver = dlog\n  push_notification_driver2 = nosuch:x=1\n  push_notification_driver4 = dlog   # ignored: 3 is missing\n}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("mailpush.conf:6"), "{stderr}");
+    assert!(stderr.contains("driver 2 (push_notification_driver2): unknown push notification driver `nosuch`; known drivers: dlog"), "{stderr}");
+    assert!(
+        stdout.contains("warning:")
+            && stdout.contains(
+                "push_notification_driver4 is ignored: push_notification_driver3 is missing"
+            ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("mailpush.conf:7"), "{stdout}");
+}
+
+#[test]
+fn check_redacts_secrets_in_the_driver_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:file=out.log password=hunter2\n}\n").unwrap();
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("password=***") && !stdout.contains("hunter2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn send_runs_the_example_and_prints_dlog_lines() {
+    let out = mailpush()
+        .args([
+            "send",
+            "-c",
+            &repo("examples/mailpush.conf"),
+            &repo("examples/events.ndjson"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("MailboxRename: Mailbox was renamed (old name: Old)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("9 transaction(s) accepted, 0 rejected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn send_rejects_bad_lines_with_their_number_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"user\":\"a@b\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"X\"}]}\n\n{\"user\":\"a@b\",\"events\":[{\"name\":\"MessageRead\",\"mailbox\":\"X\"}]}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["send", "-c"])
+        .arg(&conf)
+        .arg(&events)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("events.ndjson:line 3: $.events[0]: missing field `uid`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 transaction(s) accepted, 1 rejected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version() {
+    let out = mailpush().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("mailpush "));
+    for cmd in ["check", "send", "run", "status", "reload"] {
+        let out = mailpush().args(["help", cmd]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Example"),
+            "{cmd}: {text}"
+        );
+    }
+}
