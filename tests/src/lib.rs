@@ -33,12 +33,14 @@ pub fn guest(name: &str) -> PathBuf {
     )
 }
 
-/// Path of the `mailpush` binary (built by the workspace build before tests run).
+/// Path of the `mailpush` command line under test: the same `mailpush::cli::main` as the
+/// shipped binary, built by cargo for this package so it is never stale.
 pub fn mailpush_bin() -> PathBuf {
+    // Integration tests run from target/<profile>/deps/; cargo builds this package's
+    // binaries into target/<profile>/ before running them.
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/e2e-xxxx → target/debug/mailpush
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("mailpush")
+    dir.join("mailpush-under-test")
 }
 
 // ---------------------------------------------------------------- HTTP server
@@ -411,4 +413,122 @@ pub fn mailbox_txn(user: &str, id: &str) -> Transaction {
         r#"{{"id":"{id}","user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"INBOX"}}]}}"#
     ))
     .expect("valid transaction")
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// A `mailpush run` child process.
+pub struct RunningDaemon {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub config: PathBuf,
+    /// Everything the process wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl RunningDaemon {
+    /// Starts `mailpush run -c CONFIG` and waits for its "listening on" log line.
+    pub fn start(config: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(mailpush_bin())
+            .args(["run", "--log-level", "info", "-c"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mailpush run");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(i) = line.find("listening on ") {
+                    let rest = &line[i + "listening on ".len()..];
+                    if let Ok(a) = rest.trim().parse::<std::net::SocketAddr>() {
+                        let _ = tx.send(a);
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("mailpush run did not start:\n{}", log.lock().unwrap()));
+        RunningDaemon {
+            child,
+            addr,
+            config: config.to_path_buf(),
+            log,
+        }
+    }
+
+    /// `http://ADDR` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client request (one request per connection) to 127.0.0.1:
+/// returns (status, headers, body).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    sock.write_all(req.as_bytes()).await.expect("write");
+    sock.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
 }

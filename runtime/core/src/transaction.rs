@@ -264,15 +264,36 @@ fn parse_event(value: &Value, path: &str) -> Result<Event, ParseError> {
             "missing field `mailbox_old` (required for MailboxRename)",
         ));
     }
-    let event: Event = serde_path_to_error::deserialize(value).map_err(|e| {
-        let inner = e.path().to_string();
-        let at = if inner == "." || inner.is_empty() {
-            path.to_string()
-        } else {
-            format!("{path}.{inner}")
-        };
-        err(at, e.into_inner().to_string())
-    })?;
+    // Deserialise the fields (without `name`) into the variant's own struct, so type
+    // errors keep their full path.
+    let mut fields = obj.clone();
+    fields.remove("name");
+    let fields = Value::Object(fields);
+    fn de<T: serde::de::DeserializeOwned>(v: &Value, path: &str) -> Result<T, ParseError> {
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            let inner = e.path().to_string();
+            let at = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}.{inner}")
+            };
+            err(at, e.into_inner().to_string())
+        })
+    }
+    let event = match name {
+        EventName::MessageNew => Event::MessageNew(de(&fields, path)?),
+        EventName::MessageAppend => Event::MessageAppend(de(&fields, path)?),
+        EventName::MessageExpunge => Event::MessageExpunge(de(&fields, path)?),
+        EventName::MessageRead => Event::MessageRead(de(&fields, path)?),
+        EventName::MessageTrash => Event::MessageTrash(de(&fields, path)?),
+        EventName::FlagsSet => Event::FlagsSet(de(&fields, path)?),
+        EventName::FlagsClear => Event::FlagsClear(de(&fields, path)?),
+        EventName::MailboxCreate => Event::MailboxCreate(de(&fields, path)?),
+        EventName::MailboxDelete => Event::MailboxDelete(de(&fields, path)?),
+        EventName::MailboxRename => Event::MailboxRename(de(&fields, path)?),
+        EventName::MailboxSubscribe => Event::MailboxSubscribe(de(&fields, path)?),
+        EventName::MailboxUnsubscribe => Event::MailboxUnsubscribe(de(&fields, path)?),
+    };
     for key in ["flags", "flags_old"] {
         if let Some(Value::Array(flags)) = obj.get(key) {
             for (i, f) in flags.iter().enumerate() {

@@ -147,6 +147,13 @@ fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
         return r;
     }
     let ids: Vec<String> = txns.iter().map(|t| t.id.clone()).collect();
+    if txns.len() > daemon.queue_capacity {
+        daemon.ingest.reject("too_large", txns.len() as u64);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!("a batch of {} transactions can never fit a driver queue (queue_capacity = {}); send smaller batches", txns.len(), daemon.queue_capacity)}),
+        );
+    }
     let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
     let dispatcher = daemon.dispatcher();
     match dispatcher.try_dispatch_all(&txns) {

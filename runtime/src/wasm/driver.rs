@@ -19,7 +19,7 @@ use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, PushDriver, PushDriverPre, WIT_PACKAGE, WIT_VERSION};
 use super::convert;
 use super::engine::{CacheOutcome, Engines};
-use super::host::{on_deadline, ticks, DriverTag, HostState};
+use super::host::{on_deadline, slice, DriverTag, HostState};
 use super::outbound_http::{HttpPolicy, OutboundHttp};
 use super::sandbox::{InstanceModel, Sandbox};
 
@@ -325,7 +325,7 @@ impl WasmInner {
     /// Re-arms the per-call deadline (and fuel) before a call into the guest.
     fn arm(&self, store: &mut Store<HostState>) {
         store.data_mut().clock.arm(self.sandbox.timeout);
-        store.set_epoch_deadline(ticks(self.sandbox.timeout));
+        store.set_epoch_deadline(slice(self.sandbox.timeout));
         if let Some(fuel) = self.sandbox.fuel {
             // set_fuel only fails on an engine without fuel, which fuel drivers never use.
             let _ = store.set_fuel(fuel);

@@ -172,8 +172,17 @@ pub fn ticks(d: Duration) -> u64 {
     (d.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
 }
 
+/// How long a guest may run before it yields to the async executor, so a busy guest
+/// never holds a runtime thread away from ingest and other drivers.
+pub const YIELD_EVERY: Duration = Duration::from_millis(5);
+
+/// Ticks until the next deadline check: the remaining budget, at most [`YIELD_EVERY`].
+pub fn slice(remaining: Duration) -> u64 {
+    ticks(remaining.min(YIELD_EVERY))
+}
+
 /// The epoch-deadline callback: interrupt once guest time reaches the budget, otherwise
-/// extend the deadline by the remaining budget.
+/// yield to the executor and check again after the next slice.
 pub fn on_deadline(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
     let clock = &mut store.data_mut().clock;
     let used = clock.guest_time();
@@ -181,7 +190,7 @@ pub fn on_deadline(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Resul
         clock.expired = true;
         return Ok(UpdateDeadline::Interrupt);
     }
-    Ok(UpdateDeadline::Continue(ticks(clock.budget - used)))
+    Ok(UpdateDeadline::Yield(slice(clock.budget - used)))
 }
 
 /// Log lines one transaction may write.
