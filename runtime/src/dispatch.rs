@@ -12,9 +12,9 @@ use futures::FutureExt;
 use mailpush_core::{group, Begin, Driver, Failure, Record, Transaction};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::registry::LoadedDriver;
+use crate::spool::Spool;
 
 /// What happened to one transaction at one driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +55,36 @@ pub struct DriverStats {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of processing latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retried: AtomicU64,
+    /// Transactions given up on (dead letters).
+    pub dead_lettered: AtomicU64,
+    /// Circuit state: 0 closed, 1 open, 2 half-open.
+    pub circuit: std::sync::atomic::AtomicU8,
 }
 
 impl DriverStats {
-    fn observe(&self, d: std::time::Duration) {
+    /// Records the circuit breaker's state.
+    pub fn set_circuit(&self, state: crate::delivery::CircuitState) {
+        use crate::delivery::CircuitState::*;
+        let v = match state {
+            Closed => 0,
+            Open => 1,
+            HalfOpen => 2,
+        };
+        self.circuit.store(v, Ordering::Relaxed);
+    }
+
+    /// The circuit breaker's state name.
+    pub fn circuit_name(&self) -> &'static str {
+        match self.circuit.load(Ordering::Relaxed) {
+            1 => "open",
+            2 => "half-open",
+            _ => "closed",
+        }
+    }
+
+    pub(crate) fn observe(&self, d: std::time::Duration) {
         let secs = d.as_secs_f64();
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -85,6 +111,12 @@ pub struct DriverReport {
     pub capacity: usize,
     /// Driver-specific counters ([`Driver::counters`]).
     pub counters: Vec<(&'static str, u64)>,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Dead letters.
+    pub dead_lettered: u64,
+    /// Circuit breaker state: closed, open or half-open.
+    pub circuit: &'static str,
     pub stats: Arc<DriverStats>,
 }
 
@@ -109,6 +141,9 @@ impl Lane {
             queued: self.tx.max_capacity() - self.tx.capacity(),
             capacity: self.tx.max_capacity(),
             counters: self.driver.counters(),
+            retried: self.stats.retried.load(Ordering::Relaxed),
+            dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
+            circuit: self.stats.circuit_name(),
             stats: self.stats.clone(),
         }
     }
@@ -148,6 +183,9 @@ impl Lane {
             queued: 0,
             capacity,
             counters: driver.counters(),
+            retried: stats.retried.load(Ordering::Relaxed),
+            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+            circuit: stats.circuit_name(),
             stats,
         }
     }
@@ -161,6 +199,15 @@ pub struct QueueFull {
     pub name: String,
 }
 
+/// Why ingest could not take a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    QueueFull(QueueFull),
+    #[error(transparent)]
+    Spool(crate::spool::SpoolError),
+}
+
 /// The dispatcher was shut down.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the dispatcher has shut down")]
@@ -171,23 +218,28 @@ pub struct Dispatcher {
     lanes: std::sync::RwLock<Vec<Arc<Lane>>>,
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    spool: Option<Arc<dyn Spool>>,
 }
 
 fn start_lane(
     d: LoadedDriver,
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
+    spool: Option<Arc<dyn Spool>>,
 ) -> Lane {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(DriverStats::default());
-    let task = tokio::spawn(run_lane(
-        d.number,
-        d.name.clone(),
-        d.driver.clone(),
-        rx,
-        stats.clone(),
+    let ctx = crate::lane::LaneContext {
+        number: d.number,
+        name: d.name.clone(),
+        driver: d.driver.clone(),
+        stats: stats.clone(),
         observer,
-    ));
+        spool,
+        policy: d.policy.clone(),
+        capacity,
+    };
+    let task = tokio::spawn(crate::lane::run(ctx, rx));
     Lane {
         number: d.number,
         name: d.name,
@@ -218,15 +270,90 @@ impl Dispatcher {
         capacity: usize,
         observer: Option<Arc<dyn DeliveryObserver>>,
     ) -> Self {
+        Dispatcher::start_with_spool(drivers, capacity, observer, None)
+    }
+
+    /// Like [`Dispatcher::start`], with at-least-once delivery through `spool` (retries,
+    /// dead letters, circuit breakers) when one is given.
+    pub fn start_with_spool(
+        drivers: Vec<LoadedDriver>,
+        capacity: usize,
+        observer: Option<Arc<dyn DeliveryObserver>>,
+        spool: Option<Arc<dyn Spool>>,
+    ) -> Self {
         let lanes = drivers
             .into_iter()
-            .map(|d| Arc::new(start_lane(d, capacity, observer.clone())))
+            .map(|d| Arc::new(start_lane(d, capacity, observer.clone(), spool.clone())))
             .collect();
         Dispatcher {
             lanes: std::sync::RwLock::new(lanes),
             capacity,
             observer,
+            spool,
         }
+    }
+
+    /// The spool, when delivery is durable.
+    pub fn spool(&self) -> Option<&Arc<dyn Spool>> {
+        self.spool.as_ref()
+    }
+
+    /// The numbers of the running drivers.
+    pub fn driver_numbers(&self) -> Vec<u32> {
+        self.snapshot().iter().map(|l| l.number).collect()
+    }
+
+    /// Queues a transaction for the listed drivers only (recovery and replay), waiting
+    /// while a queue is full. Drivers no longer configured are skipped.
+    pub async fn dispatch_to(
+        &self,
+        txn: Arc<Transaction>,
+        drivers: &[u32],
+    ) -> Result<(), ShutDown> {
+        for lane in self
+            .snapshot()
+            .iter()
+            .filter(|l| drivers.contains(&l.number))
+        {
+            lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+        }
+        Ok(())
+    }
+
+    /// Ingest with durability: reserves room in every driver's queue, persists the batch
+    /// in the spool (when there is one; one group commit), then queues it. Nothing is
+    /// queued or persisted when either step fails.
+    pub async fn accept(&self, txns: Vec<Transaction>) -> Result<(), Refused> {
+        let lanes = self.snapshot();
+        let mut permits = Vec::with_capacity(lanes.len());
+        for lane in &lanes {
+            match lane.tx.try_reserve_many(txns.len()) {
+                Ok(p) => permits.push(p),
+                Err(_) => {
+                    return Err(Refused::QueueFull(QueueFull {
+                        driver: lane.number,
+                        name: lane.name.clone(),
+                    }))
+                }
+            }
+        }
+        let txns = if let Some(spool) = &self.spool {
+            let spool = spool.clone();
+            let numbers: Vec<u32> = lanes.iter().map(|l| l.number).collect();
+            tokio::task::spawn_blocking(move || spool.append(&txns, &numbers).map(|_| txns))
+                .await
+                .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?
+                .map_err(Refused::Spool)?
+        } else {
+            txns
+        };
+        let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
+        for p in permits {
+            for (permit, txn) in p.zip(&txns) {
+                permit.send(txn.clone());
+            }
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Vec<Arc<Lane>> {
@@ -302,6 +429,7 @@ impl Dispatcher {
                         d,
                         self.capacity,
                         self.observer.clone(),
+                        self.spool.clone(),
                     )));
                 }
             }
@@ -349,46 +477,6 @@ async fn finish_shared(mut lane: Arc<Lane>) -> Option<DriverReport> {
                 lane = shared;
                 tokio::task::yield_now().await;
             }
-        }
-    }
-}
-
-async fn run_lane(
-    number: u32,
-    name: String,
-    driver: Arc<dyn Driver>,
-    mut rx: mpsc::Receiver<Arc<Transaction>>,
-    stats: Arc<DriverStats>,
-    observer: Option<Arc<dyn DeliveryObserver>>,
-) {
-    while let Some(txn) = rx.recv().await {
-        let span = tracing::info_span!("deliver", txn = %txn.id, driver = number, name = %name);
-        let started = std::time::Instant::now();
-        let outcome = deliver(driver.as_ref(), &txn)
-            .instrument(span.clone())
-            .await;
-        stats.observe(started.elapsed());
-        let _entered = span.enter();
-        match &outcome {
-            Outcome::Delivered => {
-                stats.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(user = %txn.user, "delivered");
-            }
-            Outcome::Skipped => {
-                stats.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(user = %txn.user, "skipped by driver");
-            }
-            Outcome::Failed(f) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(user = %txn.user, retryable = f.retryable, "delivery failed: {}", f.reason);
-            }
-        }
-        if let Some(o) = &observer {
-            o.delivered(&Delivery {
-                driver: number,
-                txn,
-                outcome,
-            });
         }
     }
 }

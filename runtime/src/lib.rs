@@ -9,10 +9,13 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod dispatch;
+pub mod lane;
 pub mod logging;
 pub mod registry;
 pub mod settings;
+pub mod spool;
 pub mod wasm;
 
 pub use mailpush_core as core;

@@ -26,6 +26,8 @@ pub struct LoadedDriver {
     /// reload keeps the running lane (and its queue) of a driver whose fingerprint did
     /// not change.
     pub fingerprint: String,
+    /// Retry schedule and circuit breaker (generic keys taken from the driver line).
+    pub policy: crate::delivery::DeliveryPolicy,
 }
 
 /// The registered driver factories, looked up case-insensitively by name.
@@ -93,10 +95,17 @@ impl DriverRegistry {
                 self.names().join(", ")
             ))
         })?;
+        let mut args = setting.args.clone();
+        let policy = crate::delivery::DeliveryPolicy::from_args(&mut args).map_err(|e| {
+            fail(format!(
+                "driver {} ({}): {}",
+                setting.number, setting.name, e.0
+            ))
+        })?;
         let init = DriverInit {
             number: setting.number,
             name: setting.name.clone(),
-            args: setting.args.clone(),
+            args,
             raw: setting.raw.clone(),
             config_dir: setting
                 .location
@@ -150,6 +159,7 @@ impl DriverRegistry {
             driver: initialised.driver,
             warnings: initialised.warnings,
             details: initialised.details,
+            policy,
         })
     }
 
@@ -206,6 +216,7 @@ async fn tenant_lane(
         driver: Arc::new(lane),
         warnings,
         details,
+        policy: crate::delivery::DeliveryPolicy::default(),
     }
 }
 

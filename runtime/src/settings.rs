@@ -44,6 +44,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "on SIGTERM, how long queued work may take to drain before mailpush exits",
     ),
     (
+        "delivery",
+        "spool",
+        "`spool`: at-least-once — a transaction is acknowledged only once persisted in state_dir/spool.db, retried, dead-lettered; `memory`: fire-and-forget like Dovecot (faster, lost on crash, no retries)",
+    ),
+    (
+        "spool_quota",
+        "1G",
+        "most bytes of transactions the spool holds; when full, ingest answers 503 with Retry-After",
+    ),
+    (
         "queue_capacity",
         "1024",
         "transactions each driver may have waiting; a full queue makes ingest wait (send) or answer 503 (run)",
@@ -61,6 +71,9 @@ pub struct RuntimeSettings {
     pub ingest_token_file: Option<PathBuf>,
     pub max_body: usize,
     pub shutdown_timeout: std::time::Duration,
+    /// Durable spool (true, default) or memory-only delivery.
+    pub durable: bool,
+    pub spool_quota: u64,
 }
 
 impl Default for RuntimeSettings {
@@ -74,11 +87,29 @@ impl Default for RuntimeSettings {
             ingest_token_file: None,
             max_body: 10 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            durable: true,
+            spool_quota: 1 << 30,
         }
     }
 }
 
 impl RuntimeSettings {
+    /// The spool database path.
+    pub fn spool_path(&self) -> PathBuf {
+        self.state_dir.join("spool.db")
+    }
+
+    /// Opens the spool when delivery is durable.
+    pub fn open_spool(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::spool::Spool>>, crate::spool::SpoolError> {
+        if !self.durable {
+            return Ok(None);
+        }
+        let s = crate::spool::sqlite::SqliteSpool::open(&self.spool_path(), self.spool_quota)?;
+        Ok(Some(s))
+    }
+
     /// Builds the settings from the block's `key = value` lines.
     pub fn from_block(
         entries: Vec<(String, String, Location)>,
@@ -135,6 +166,18 @@ impl RuntimeSettings {
                 "shutdown_timeout_msecs" => match value.parse::<u64>() {
                     Ok(n) => s.shutdown_timeout = std::time::Duration::from_millis(n),
                     _ => fail("expected milliseconds, e.g. `30000`".into()),
+                },
+                "delivery" => match value.as_str() {
+                    "spool" => s.durable = true,
+                    "memory" => s.durable = false,
+                    _ => fail(
+                        "expected `spool` (at-least-once, default) or `memory` (fire-and-forget)"
+                            .into(),
+                    ),
+                },
+                "spool_quota" => match crate::wasm::sandbox::parse_size(&value) {
+                    Some(n) if n > 0 => s.spool_quota = n as u64,
+                    _ => fail("expected a size, e.g. `1G`".into()),
                 },
                 "listen" => match value.parse::<SocketAddr>() {
                     Ok(a) => s.listen = a,

@@ -218,7 +218,8 @@ async fn graceful_shutdown_drains_work_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
     // Driver 1 is slow (each transaction spins to its 50 ms deadline); driver 2 records.
-    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=50 pause_after=1000\n push_notification_driver2 = dlog:file=dlog.log\n}}\n", guest("hostile").display())).unwrap();
+    // Memory mode: a failure is final, so draining means delivering (or failing) all 20.
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=50 pause_after=1000\n push_notification_driver2 = dlog:file=dlog.log\n}}\n", guest("hostile").display())).unwrap();
     let d = RunningDaemon::start(&conf);
     let batch: String = (0..20).map(|i| txn_line("a@b", &format!("g{i}"))).collect();
     let (s, _, _) = http_request(

@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use super::Daemon;
+use crate::dispatch::Refused;
+use crate::spool::SpoolError;
 
 /// Builds the router.
 pub fn router(daemon: Arc<Daemon>) -> Router {
@@ -135,7 +137,7 @@ async fn read_body(daemon: &Daemon, body: Body) -> Result<axum::body::Bytes, Res
 }
 
 /// Queues parsed transactions: 202 with ids, or 503 when queues are full.
-fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
+async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
     if daemon.shutting_down.load(Ordering::Relaxed) {
         daemon.ingest.reject("shutting_down", txns.len() as u64);
         let mut r = error(
@@ -154,17 +156,13 @@ fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             json!({"error": format!("a batch of {} transactions can never fit a driver queue (queue_capacity = {}); send smaller batches", txns.len(), daemon.queue_capacity)}),
         );
     }
-    let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
-    let dispatcher = daemon.dispatcher();
-    match dispatcher.try_dispatch_all(&txns) {
+    match daemon.dispatcher().accept(txns).await {
         Ok(()) => {
             daemon
                 .ingest
                 .received
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            for t in &txns {
-                tracing::debug!(txn = %t.id, user = %t.user, events = t.events.len(), "accepted");
-            }
+            tracing::debug!(count = ids.len(), "accepted");
             (
                 StatusCode::ACCEPTED,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -172,19 +170,22 @@ fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             )
                 .into_response()
         }
-        Err(full) => {
-            daemon.ingest.reject("overloaded", ids.len() as u64);
-            tracing::warn!(
-                driver = full.driver,
-                "ingest refused {} transaction(s): {full}",
-                ids.len()
-            );
+        Err(refused) => {
+            let (reason, retry_after) = match &refused {
+                Refused::QueueFull(_) => ("overloaded", "1"),
+                Refused::Spool(SpoolError::Full { .. }) => ("spool_full", "30"),
+                Refused::Spool(_) => ("spool_error", "5"),
+            };
+            daemon.ingest.reject(reason, ids.len() as u64);
+            tracing::warn!("ingest refused {} transaction(s): {refused}", ids.len());
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": format!("{full}; retry later")}),
+                json!({"error": format!("{refused}; retry later")}),
             );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(retry_after),
+            );
             r
         }
     }
@@ -231,7 +232,7 @@ async fn transactions(
                 json!({"error": "no transactions in the body"}),
             )
         }
-        Ok(txns) => accept(&daemon, txns),
+        Ok(txns) => accept(&daemon, txns).await,
         Err(body) => {
             daemon.ingest.reject("invalid", 1);
             error(StatusCode::BAD_REQUEST, body)
@@ -284,7 +285,7 @@ async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: 
         .map_err(|e| format!("invalid JSON: {e}"))
         .and_then(|v| ox_transaction(&v));
     match parsed {
-        Ok(txn) => accept(&daemon, vec![txn]),
+        Ok(txn) => accept(&daemon, vec![txn]).await,
         Err(e) => {
             daemon.ingest.reject("invalid", 1);
             error(StatusCode::BAD_REQUEST, json!({"error": e}))
@@ -323,6 +324,7 @@ async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
         .map(|r| {
             json!({
                 "number": r.number, "name": r.name, "state": if r.queued >= r.capacity { "saturated" } else { "running" },
+                "circuit": r.circuit, "retried": r.retried, "dead_lettered": r.dead_lettered,
                 "queued": r.queued, "capacity": r.capacity, "delivered": r.delivered,
                 "failed": r.failed, "skipped": r.skipped,
                 "counters": r.counters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),

@@ -62,6 +62,8 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         "unauthorized",
         "too_large",
         "overloaded",
+        "spool_full",
+        "spool_error",
         "shutting_down",
     ] {
         let n = ingest
@@ -77,7 +79,29 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [(&str, &str, &str, fn(&DriverReport) -> u64); 5] = [
+    let per_driver: [(&str, &str, &str, fn(&DriverReport) -> u64); 8] = [
+        (
+            "mailpush_driver_retried_total",
+            "counter",
+            "Failed attempts scheduled for a retry.",
+            |d| d.retried,
+        ),
+        (
+            "mailpush_driver_dropped_total",
+            "counter",
+            "Transactions given up on (dead-lettered, or failed in memory mode).",
+            |d| d.failed,
+        ),
+        (
+            "mailpush_driver_circuit_open",
+            "gauge",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            |d| match d.circuit {
+                "open" => 1,
+                "half-open" => 2,
+                _ => 0,
+            },
+        ),
         (
             "mailpush_driver_delivered_total",
             "counter",
@@ -113,19 +137,6 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         header(&mut out, name, kind, help);
         for d in drivers {
             let _ = writeln!(out, "{name}{{{}}} {}", labels(d), get(d));
-        }
-    }
-    // Placeholders until the durable spool (retries, dead letters) lands: always 0.
-    for (name, help) in [
-        ("mailpush_driver_retried_total", "Delivery retries."),
-        (
-            "mailpush_driver_dropped_total",
-            "Transactions dropped for a driver.",
-        ),
-    ] {
-        header(&mut out, name, "counter", help);
-        for d in drivers {
-            let _ = writeln!(out, "{name}{{{}}} 0", labels(d));
         }
     }
     header(

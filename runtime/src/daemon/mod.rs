@@ -114,9 +114,20 @@ pub async fn run(
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let spool = config.settings.open_spool().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the spool {}: {e}",
+            config.settings.spool_path().display()
+        )
+    })?;
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
-        dispatcher: Dispatcher::start(loaded, config.settings.queue_capacity, None),
+        dispatcher: Dispatcher::start_with_spool(
+            loaded,
+            config.settings.queue_capacity,
+            None,
+            spool.clone(),
+        ),
         token,
         max_body: config.settings.max_body,
         queue_capacity: config.settings.queue_capacity,
@@ -159,6 +170,9 @@ pub async fn run(
                 .await
         }));
     }
+    if let Some(spool) = spool {
+        tokio::spawn(recover(daemon.clone(), spool));
+    }
     tracing::info!("listening on {addr}");
     wait_for_signals(daemon.clone()).await?;
 
@@ -189,6 +203,58 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Re-queues what the spool still owes (after a restart), then keeps picking up dead
+/// letters replayed by `mailpush dlq replay`.
+async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
+    let owed = {
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || spool.pending()).await
+    };
+    match owed {
+        Ok(Ok(pending)) => {
+            if !pending.is_empty() {
+                tracing::info!(
+                    "redelivering {} unfinished transaction(s) from the spool",
+                    pending.len()
+                );
+            }
+            for p in pending {
+                if daemon
+                    .dispatcher
+                    .dispatch_to(Arc::new(p.txn), &p.drivers)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::error!("cannot read the spool: {e}"),
+        Err(e) => tracing::error!("spool recovery failed: {e}"),
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if daemon.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let spool2 = spool.clone();
+        let replayed = tokio::task::spawn_blocking(move || spool2.take_replayed()).await;
+        if let Ok(Ok(items)) = replayed {
+            for p in items {
+                tracing::info!(txn = %p.txn.id, "replaying dead letter");
+                if daemon
+                    .dispatcher
+                    .dispatch_to(Arc::new(p.txn), &p.drivers)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.

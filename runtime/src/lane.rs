@@ -1,0 +1,258 @@
+//! One driver's lane: takes transactions from the driver's bounded queue and delivers
+//! them, one at a time.
+//!
+//! Ordering: per user, transactions are delivered in arrival order; only the oldest
+//! transaction of each user is eligible, so a transaction waiting for a retry holds back
+//! that user's later ones for this driver — other users flow on (round robin).
+//!
+//! With a spool (at-least-once): a retryable failure is retried on the driver's schedule
+//! (honouring `Retry-After` within bounds); non-retryable failures and exhausted retries
+//! become dead letters; success and dead letters complete the (transaction, driver) pair
+//! in the spool; an open circuit breaker makes the lane wait. Without a spool
+//! (`delivery = memory`) a failure is final, like Dovecot.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mailpush_core::{Driver, Transaction};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::delivery::{CircuitBreaker, CircuitState, DeliveryPolicy};
+use crate::dispatch::{deliver, Delivery, DeliveryObserver, DriverStats, Outcome};
+use crate::spool::{now, Attempt, Spool};
+
+/// What a lane needs besides its queue.
+pub struct LaneContext {
+    pub number: u32,
+    pub name: String,
+    pub driver: Arc<dyn Driver>,
+    pub stats: Arc<DriverStats>,
+    pub observer: Option<Arc<dyn DeliveryObserver>>,
+    pub spool: Option<Arc<dyn Spool>>,
+    pub policy: DeliveryPolicy,
+    /// Most transactions held (queued in the lane plus waiting for retries).
+    pub capacity: usize,
+}
+
+struct Item {
+    txn: Arc<Transaction>,
+    attempts: Vec<Attempt>,
+    not_before: Option<Instant>,
+    arrived: Instant,
+}
+
+#[derive(Default)]
+struct Held {
+    users: HashMap<String, VecDeque<Item>>,
+    /// Users with items, in round-robin order.
+    ring: VecDeque<String>,
+    count: usize,
+}
+
+impl Held {
+    fn push(&mut self, txn: Arc<Transaction>) {
+        let q = self.users.entry(txn.user.clone()).or_default();
+        if q.is_empty() {
+            self.ring.push_back(txn.user.clone());
+        }
+        q.push_back(Item {
+            txn,
+            attempts: Vec::new(),
+            not_before: None,
+            arrived: Instant::now(),
+        });
+        self.count += 1;
+    }
+
+    /// The position in the ring of the first user whose oldest item is due.
+    fn ready(&self, now: Instant) -> Option<usize> {
+        self.ring.iter().position(|u| {
+            self.users
+                .get(u)
+                .and_then(|q| q.front())
+                .is_some_and(|i| i.not_before.is_none_or(|t| t <= now))
+        })
+    }
+
+    fn earliest(&self) -> Option<Instant> {
+        self.users
+            .values()
+            .filter_map(|q| q.front().and_then(|i| i.not_before))
+            .min()
+    }
+}
+
+/// Runs the lane until its queue is closed and everything due is delivered.
+pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
+    let mut held = Held::default();
+    let mut closed = false;
+    let mut breaker = CircuitBreaker::new(ctx.policy.breaker.clone());
+    let capacity = ctx.capacity.max(1);
+    loop {
+        while held.count < capacity && !closed {
+            match rx.try_recv() {
+                Ok(t) => held.push(t),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        if held.count == 0 {
+            if closed {
+                return;
+            }
+            match rx.recv().await {
+                Some(t) => held.push(t),
+                None => closed = true,
+            }
+            continue;
+        }
+        let now = Instant::now();
+        // An open circuit: wait (new transactions keep arriving into the lane).
+        if ctx.spool.is_some() && breaker.state(now) == CircuitState::Open {
+            if closed {
+                return; // the spool keeps them for the next start
+            }
+            let until = breaker.reopens_at().unwrap_or(now);
+            wait(&mut rx, &mut held, &mut closed, capacity, until).await;
+            continue;
+        }
+        let Some(pos) = held.ready(now) else {
+            if closed {
+                // Only retries in the future remain; the spool keeps them.
+                return;
+            }
+            let until = held.earliest().unwrap_or(now);
+            wait(&mut rx, &mut held, &mut closed, capacity, until).await;
+            continue;
+        };
+        let Some(user) = held.ring.remove(pos) else {
+            continue;
+        };
+        let Some(queue) = held.users.get_mut(&user) else {
+            continue;
+        };
+        let Some(item) = queue.front_mut() else {
+            continue;
+        };
+        let txn = item.txn.clone();
+        let span =
+            tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, name = %ctx.name);
+        let started = Instant::now();
+        let outcome = deliver(ctx.driver.as_ref(), &txn)
+            .instrument(span.clone())
+            .await;
+        ctx.stats.observe(started.elapsed());
+        let _entered = span.enter();
+        let ok = !matches!(outcome, Outcome::Failed(_));
+        if ctx.spool.is_some() {
+            if let Some(state) = breaker.record(ok, Instant::now()) {
+                ctx.stats.set_circuit(state);
+                tracing::warn!(user = %txn.user, "circuit {}", state.as_str());
+            }
+        }
+        let finished = match &outcome {
+            Outcome::Delivered => {
+                ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(user = %txn.user, "delivered");
+                true
+            }
+            Outcome::Skipped => {
+                ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(user = %txn.user, "skipped by driver");
+                true
+            }
+            Outcome::Failed(f) => {
+                item.attempts.push(Attempt {
+                    at: now_secs(),
+                    error: f.reason.clone(),
+                });
+                let attempt = item.attempts.len();
+                let retry = match &ctx.spool {
+                    Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => {
+                        ctx.policy
+                            .backoff(attempt, f.retry_after, seed(&txn.id, attempt))
+                    }
+                    _ => None,
+                };
+                match retry {
+                    Some(delay) => {
+                        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(user = %txn.user, attempt, retry_in = ?delay, "delivery failed, will retry: {}", f.reason);
+                        item.not_before = Some(Instant::now() + delay);
+                        false
+                    }
+                    None => {
+                        ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(spool) = &ctx.spool {
+                            ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(user = %txn.user, attempts = attempt, retryable = f.retryable, "delivery failed, dead-lettered: {}", f.reason);
+                            if let Err(e) = spool.dead_letter(&txn, ctx.number, &item.attempts) {
+                                tracing::error!("cannot record the dead letter: {e}");
+                            }
+                        } else {
+                            tracing::warn!(user = %txn.user, retryable = f.retryable, "delivery failed: {}", f.reason);
+                        }
+                        true
+                    }
+                }
+            }
+        };
+        if finished {
+            let item = queue.pop_front();
+            held.count -= 1;
+            if let (Some(spool), Outcome::Delivered | Outcome::Skipped) = (&ctx.spool, &outcome) {
+                if let Err(e) = spool.complete(&txn.id, ctx.number) {
+                    tracing::error!("cannot record progress in the spool: {e}");
+                }
+            }
+            if let (Some(o), Some(item)) = (&ctx.observer, item) {
+                o.delivered(&Delivery {
+                    driver: ctx.number,
+                    txn: item.txn,
+                    outcome,
+                });
+            }
+        }
+        if queue.is_empty() {
+            held.users.remove(&user);
+        } else {
+            held.ring.push_back(user);
+        }
+    }
+}
+
+/// Waits until `until` or a new transaction arrives (when there is room).
+async fn wait(
+    rx: &mut mpsc::Receiver<Arc<Transaction>>,
+    held: &mut Held,
+    closed: &mut bool,
+    capacity: usize,
+    until: Instant,
+) {
+    let sleep = tokio::time::sleep_until(until.into());
+    if held.count < capacity && !*closed {
+        tokio::select! {
+            _ = sleep => {}
+            t = rx.recv() => match t {
+                Some(t) => held.push(t),
+                None => *closed = true,
+            },
+        }
+    } else {
+        sleep.await;
+    }
+}
+
+fn now_secs() -> u64 {
+    now()
+}
+
+fn seed(id: &str, attempt: usize) -> u64 {
+    id.bytes()
+        .fold(attempt as u64 ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        })
+}

@@ -1,0 +1,83 @@
+//! The durable spool: what makes delivery at-least-once. Ingest acknowledges a
+//! transaction only after it is persisted here; each driver's progress is recorded per
+//! (transaction, driver); on restart every unfinished pair is delivered again.
+//!
+//! [`Spool`] is a small trait so a distributed log can replace the embedded default,
+//! [`sqlite::SqliteSpool`] (see `docs/design.md` for the choice).
+
+pub mod sqlite;
+
+use std::time::SystemTime;
+
+use mailpush_core::Transaction;
+
+/// A spool operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpoolError {
+    /// The disk quota is reached; ingest answers 503 until space frees.
+    #[error("the spool is full ({used} of {quota} bytes); retry later")]
+    Full { used: u64, quota: u64 },
+    #[error("spool storage error: {0}")]
+    Storage(String),
+}
+
+/// One delivery attempt of a dead-lettered transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    /// Unix seconds.
+    pub at: u64,
+    pub error: String,
+}
+
+/// A dead letter: a transaction a driver gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Dead-letter id (for `mailpush dlq show|replay|purge`).
+    pub id: i64,
+    pub driver: u32,
+    pub txn: Transaction,
+    pub attempts: Vec<Attempt>,
+    /// Unix seconds.
+    pub at: u64,
+}
+
+/// A transaction still owed to some drivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub txn: Transaction,
+    pub drivers: Vec<u32>,
+}
+
+/// Durable storage of transactions and per-driver progress.
+pub trait Spool: Send + Sync {
+    /// Persists transactions owed to `drivers`; returns once durable. Concurrent callers
+    /// share one commit (group commit).
+    fn append(&self, txns: &[Transaction], drivers: &[u32]) -> Result<(), SpoolError>;
+    /// The driver is done with the transaction (delivered, skipped, or dead-lettered).
+    fn complete(&self, txn_id: &str, driver: u32) -> Result<(), SpoolError>;
+    /// Records a dead letter and completes the pair.
+    fn dead_letter(
+        &self,
+        txn: &Transaction,
+        driver: u32,
+        attempts: &[Attempt],
+    ) -> Result<(), SpoolError>;
+    /// Everything unfinished, in ingest order.
+    fn pending(&self) -> Result<Vec<Pending>, SpoolError>;
+    /// Dead letters, optionally of one driver.
+    fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
+    /// Makes dead letters pending again (all of one driver, or one id); returns how many.
+    fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
+    /// Pairs made pending by `replay` since the last call (for a running instance).
+    fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError>;
+    /// Deletes dead letters (all, of one driver, or one id); returns how many.
+    fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

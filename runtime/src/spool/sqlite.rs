@@ -1,0 +1,480 @@
+//! The embedded spool on SQLite (WAL mode, `synchronous=FULL`). One writer thread does
+//! group commit: every append waiting when a commit starts shares that commit's sync.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use mailpush_core::Transaction;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now, Attempt, DeadLetter, Pending, Spool, SpoolError};
+
+fn storage(e: impl std::fmt::Display) -> SpoolError {
+    SpoolError::Storage(e.to_string())
+}
+
+enum Write {
+    Append {
+        rows: Vec<(String, String, String)>,
+        drivers: Vec<u32>,
+        reply: mpsc::Sender<Result<(), SpoolError>>,
+    },
+    Complete {
+        id: String,
+        driver: u32,
+    },
+    Dead {
+        id: String,
+        driver: u32,
+        attempts: String,
+    },
+}
+
+/// The SQLite spool. Cheap to share (`Arc`).
+pub struct SqliteSpool {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<Write>>,
+    reader: Mutex<Connection>,
+    used: Arc<AtomicU64>,
+    quota: u64,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS txns (
+    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
+    id   TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    json TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owed (
+    seq      INTEGER NOT NULL,
+    driver   INTEGER NOT NULL,
+    replayed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (seq, driver)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq      INTEGER NOT NULL,
+    driver   INTEGER NOT NULL,
+    attempts TEXT NOT NULL,
+    at       INTEGER NOT NULL
+);
+";
+
+fn open_conn(path: &Path) -> Result<Connection, SpoolError> {
+    let c = Connection::open(path).map_err(storage)?;
+    c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;")
+        .map_err(storage)?;
+    Ok(c)
+}
+
+impl SqliteSpool {
+    /// Opens (creating) the spool at `path` with a disk quota in bytes of stored
+    /// transaction JSON.
+    pub fn open(path: &Path, quota: u64) -> Result<Arc<Self>, SpoolError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(storage)?;
+        }
+        let writer_conn = open_conn(path)?;
+        writer_conn.execute_batch(SCHEMA).map_err(storage)?;
+        let used: u64 = writer_conn
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM txns", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(storage)? as u64;
+        let used = Arc::new(AtomicU64::new(used));
+        let (tx, rx) = mpsc::channel();
+        let used2 = used.clone();
+        std::thread::Builder::new()
+            .name("mailpush-spool".into())
+            .spawn(move || writer(writer_conn, rx, used2))
+            .map_err(storage)?;
+        Ok(Arc::new(SqliteSpool {
+            path: path.to_path_buf(),
+            writer: Mutex::new(tx),
+            reader: Mutex::new(open_conn(path)?),
+            used,
+            quota,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of transaction JSON stored.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, w: Write) -> Result<(), SpoolError> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(w)
+            .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
+    }
+
+    fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> Result<Vec<Pending>, SpoolError> {
+        let mut out: Vec<Pending> = Vec::new();
+        let mut last_seq = None;
+        for (seq, json, driver) in rows {
+            if last_seq == Some(seq) {
+                if let Some(p) = out.last_mut() {
+                    p.drivers.push(driver);
+                }
+                continue;
+            }
+            last_seq = Some(seq);
+            let txn = Transaction::from_json(&json).map_err(storage)?;
+            out.push(Pending {
+                txn,
+                drivers: vec![driver],
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let result = (|| -> rusqlite::Result<u64> {
+            let tx = conn.transaction()?;
+            let mut added = 0u64;
+            for w in &batch {
+                match w {
+                    Write::Append { rows, drivers, .. } => {
+                        for (id, user, json) in rows {
+                            let inserted = tx.execute(
+                                "INSERT OR IGNORE INTO txns (id, user, json, size) VALUES (?1, ?2, ?3, ?4)",
+                                params![id, user, json, json.len() as i64],
+                            )?;
+                            // A repeated id (a client retrying) is accepted once.
+                            if inserted == 0 {
+                                continue;
+                            }
+                            added += json.len() as u64;
+                            let seq = tx.last_insert_rowid();
+                            for d in drivers {
+                                tx.execute(
+                                    "INSERT OR IGNORE INTO owed (seq, driver) VALUES (?1, ?2)",
+                                    params![seq, d],
+                                )?;
+                            }
+                        }
+                    }
+                    Write::Complete { id, driver } => {
+                        tx.execute(
+                            "DELETE FROM owed WHERE driver = ?2 AND seq = (SELECT seq FROM txns WHERE id = ?1)",
+                            params![id, driver],
+                        )?;
+                    }
+                    Write::Dead {
+                        id,
+                        driver,
+                        attempts,
+                    } => {
+                        tx.execute(
+                            "INSERT INTO dead (seq, driver, attempts, at) SELECT seq, ?2, ?3, ?4 FROM txns WHERE id = ?1",
+                            params![id, driver, attempts, now() as i64],
+                        )?;
+                        tx.execute(
+                            "DELETE FROM owed WHERE driver = ?2 AND seq = (SELECT seq FROM txns WHERE id = ?1)",
+                            params![id, driver],
+                        )?;
+                    }
+                }
+            }
+            // Transactions nobody owes anything and nothing dead-lettered: gone.
+            let freed: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
+                [],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
+                [],
+            )?;
+            tx.commit()?;
+            used.fetch_sub(
+                (freed as u64).min(used.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+            Ok(added)
+        })();
+        match &result {
+            Ok(added) => {
+                used.fetch_add(*added, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!("spool commit failed: {e}"),
+        }
+        for w in batch {
+            if let Write::Append { reply, .. } = w {
+                replies.push(reply);
+            }
+        }
+        for r in replies {
+            let _ = r.send(result.as_ref().map(|_| ()).map_err(storage));
+        }
+    }
+}
+
+impl Spool for SqliteSpool {
+    fn append(&self, txns: &[Transaction], drivers: &[u32]) -> Result<(), SpoolError> {
+        let rows: Vec<(String, String, String)> = txns
+            .iter()
+            .map(|t| (t.id.clone(), t.user.clone(), t.to_json()))
+            .collect();
+        let size: u64 = rows.iter().map(|r| r.2.len() as u64).sum();
+        let used = self.used();
+        if used + size > self.quota {
+            return Err(SpoolError::Full {
+                used,
+                quota: self.quota,
+            });
+        }
+        let (reply, wait) = mpsc::channel();
+        self.send(Write::Append {
+            rows,
+            drivers: drivers.to_vec(),
+            reply,
+        })?;
+        wait.recv()
+            .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))?
+    }
+
+    fn complete(&self, txn_id: &str, driver: u32) -> Result<(), SpoolError> {
+        self.send(Write::Complete {
+            id: txn_id.to_string(),
+            driver,
+        })
+    }
+
+    fn dead_letter(
+        &self,
+        txn: &Transaction,
+        driver: u32,
+        attempts: &[Attempt],
+    ) -> Result<(), SpoolError> {
+        self.send(Write::Dead {
+            id: txn.id.clone(),
+            driver,
+            attempts: serde_json::to_string(attempts).unwrap_or_default(),
+        })
+    }
+
+    fn pending(&self) -> Result<Vec<Pending>, SpoolError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare("SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq ORDER BY t.seq, o.driver")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        conn.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
+            .map_err(storage)?;
+        Self::rows_to_pending(rows)
+    }
+
+    fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare("SELECT d.id, d.driver, t.json, d.attempts, d.at FROM dead d JOIN txns t ON t.seq = d.seq WHERE ?1 IS NULL OR d.driver = ?1 ORDER BY d.id")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map(params![driver], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|(id, driver, json, attempts, at)| {
+                Ok(DeadLetter {
+                    id,
+                    driver,
+                    txn: Transaction::from_json(&json).map_err(storage)?,
+                    attempts: serde_json::from_str(&attempts).unwrap_or_default(),
+                    at: at as u64,
+                })
+            })
+            .collect()
+    }
+
+    fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(storage)?;
+        let filter = "(?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)";
+        tx.execute(
+            &format!("INSERT OR IGNORE INTO owed (seq, driver, replayed) SELECT seq, driver, 1 FROM dead WHERE {filter}"),
+            params![id, driver],
+        )
+        .map_err(storage)?;
+        let n = tx
+            .execute(
+                &format!("DELETE FROM dead WHERE {filter}"),
+                params![id, driver],
+            )
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Ok(n)
+    }
+
+    fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(storage)?;
+        let rows = {
+            let mut stmt = tx
+                .prepare("SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq WHERE o.replayed = 1 ORDER BY t.seq, o.driver")
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
+                })
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            rows
+        };
+        tx.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Self::rows_to_pending(rows)
+    }
+
+    fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conn
+            .execute(
+                "DELETE FROM dead WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",
+                params![id, driver],
+            )
+            .map_err(storage)?;
+        let freed: i64 = conn
+            .query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(storage)?
+            .unwrap_or(0);
+        conn.execute(
+            "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
+            [],
+        )
+        .map_err(storage)?;
+        self.used
+            .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(id: &str, user: &str) -> Transaction {
+        Transaction::from_json(&format!(
+            r#"{{"id":"{id}","user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"X"}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn settle(s: &SqliteSpool) {
+        // An append is a full round trip through the writer: earlier writes are committed.
+        s.append(&[], &[]).unwrap();
+    }
+
+    #[test]
+    fn progress_survives_reopen_and_is_per_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        {
+            let s = SqliteSpool::open(&path, 1 << 30).unwrap();
+            s.append(&[txn("a", "u1"), txn("b", "u2")], &[1, 2])
+                .unwrap();
+            s.complete("a", 1).unwrap();
+            s.complete("b", 1).unwrap();
+            s.complete("b", 2).unwrap();
+            settle(&s);
+        }
+        let s = SqliteSpool::open(&path, 1 << 30).unwrap();
+        let p = s.pending().unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].txn.id.as_str(), p[0].drivers.clone()), ("a", vec![2]));
+        // a repeated id is accepted once
+        s.append(&[txn("a", "u1")], &[1, 2]).unwrap();
+        assert_eq!(s.pending().unwrap()[0].drivers, vec![2]);
+    }
+
+    #[test]
+    fn dead_letters_replay_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+        s.append(&[txn("a", "u"), txn("b", "u")], &[3]).unwrap();
+        let att = [Attempt {
+            at: 1,
+            error: "boom".into(),
+        }];
+        s.dead_letter(&txn("a", "u"), 3, &att).unwrap();
+        s.dead_letter(&txn("b", "u"), 3, &att).unwrap();
+        settle(&s);
+        let d = s.dead_letters(Some(3)).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].attempts, att);
+        assert!(s.pending().unwrap().is_empty());
+        assert_eq!(s.replay(Some(d[0].id), None).unwrap(), 1);
+        let r = s.take_replayed().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].txn.id, "a");
+        assert!(s.take_replayed().unwrap().is_empty());
+        assert_eq!(s.purge(None, Some(3)).unwrap(), 1);
+        assert!(s.dead_letters(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn quota_refuses_when_full_and_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 200).unwrap();
+        s.append(&[txn("a", "u")], &[1]).unwrap();
+        s.append(&[txn("b", "u")], &[1]).unwrap();
+        assert!(matches!(
+            s.append(&[txn("c", "u")], &[1]),
+            Err(SpoolError::Full { .. })
+        ));
+        s.complete("a", 1).unwrap();
+        settle(&s);
+        s.append(&[txn("c", "u")], &[1]).unwrap();
+    }
+}
