@@ -84,6 +84,53 @@ pub enum Command {
     #[command(after_help = "Example:
   mailpush reload -c /etc/mailpush/mailpush.conf")]
     Reload,
+    /// Inspect, replay or purge dead letters (transactions a driver gave up on). Works on
+    /// the state dir of a stopped or running instance; a running one picks up replays
+    /// within a second.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, driver, user, transaction id, attempts, last error.
+    #[command(
+        after_help = "Examples:\n  mailpush dlq list -c /etc/mailpush/mailpush.conf\n  mailpush dlq list --driver 2"
+    )]
+    List {
+        /// Only this driver's.
+        #[arg(long)]
+        driver: Option<u32>,
+    },
+    /// Show one dead letter: the transaction and every attempt's time and error.
+    #[command(after_help = "Example:\n  mailpush dlq show 17")]
+    Show { id: i64 },
+    /// Deliver dead letters again (to the driver that gave up on them).
+    #[command(
+        after_help = "Examples:\n  mailpush dlq replay 17\n  mailpush dlq replay --all --driver 2"
+    )]
+    Replay {
+        /// The dead letter's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every dead letter (of `--driver`, if given).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        driver: Option<u32>,
+    },
+    /// Delete dead letters for good.
+    #[command(
+        after_help = "Examples:\n  mailpush dlq purge 17\n  mailpush dlq purge --all --driver 2"
+    )]
+    Purge {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        driver: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +169,7 @@ pub fn main() -> ExitCode {
             }
             Command::Status => control(&cli.global, reqwest::Method::GET, "/v1/status").await,
             Command::Reload => control(&cli.global, reqwest::Method::POST, "/v1/reload").await,
+            Command::Dlq(cmd) => dlq(&cli.global, cmd),
         }
     });
     match result {
@@ -263,6 +311,11 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
         None
     };
     let observer = progress.clone().map(|p| p as Arc<dyn DeliveryObserver>);
+    let spool = config
+        .settings
+        .open_spool()
+        .map_err(|e| anyhow::anyhow!("cannot open the spool: {e}"))?;
+    let drivers: Vec<u32> = loaded.iter().map(|d| d.number).collect();
     let dispatcher = Dispatcher::start(loaded, config.settings.queue_capacity, observer);
     let mut rejected = 0;
     let mut accepted = 0;
@@ -270,6 +323,12 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
         match item {
             Ok(txn) => {
                 accepted += 1;
+                // Durable first: if this process dies, `mailpush run` delivers the rest.
+                if let Some(spool) = &spool {
+                    spool
+                        .append(std::slice::from_ref(&txn), &drivers)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
                 dispatcher
                     .dispatch(Arc::new(txn))
                     .await
@@ -292,6 +351,78 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
+    use crate::spool::Spool;
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let path = config.settings.spool_path();
+    anyhow::ensure!(
+        path.exists(),
+        "no spool at {} (nothing was ever spooled with this config)",
+        path.display()
+    );
+    let spool = crate::spool::sqlite::SqliteSpool::open(&path, config.settings.spool_quota)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let err = |e: crate::spool::SpoolError| anyhow::anyhow!("{e}");
+    match cmd {
+        DlqCommand::List { driver } => {
+            let letters = spool.dead_letters(*driver).map_err(err)?;
+            println!(
+                "{:<6} {:<6} {:<28} {:<38} {:>8}  LAST ERROR",
+                "ID", "DRIVER", "USER", "TRANSACTION", "ATTEMPTS"
+            );
+            for d in &letters {
+                println!(
+                    "{:<6} {:<6} {:<28} {:<38} {:>8}  {}",
+                    d.id,
+                    d.driver,
+                    d.txn.user,
+                    d.txn.id,
+                    d.attempts.len(),
+                    d.attempts.last().map(|a| a.error.as_str()).unwrap_or("")
+                );
+            }
+            eprintln!("{} dead letter(s)", letters.len());
+        }
+        DlqCommand::Show { id } => {
+            let Some(d) = spool
+                .dead_letters(None)
+                .map_err(err)?
+                .into_iter()
+                .find(|d| d.id == *id)
+            else {
+                eprintln!("no dead letter {id} (see `mailpush dlq list`)");
+                return Ok(ExitCode::FAILURE);
+            };
+            println!(
+                "id: {}\ndriver: {}\nuser: {}\ntransaction: {}",
+                d.id, d.driver, d.txn.user, d.txn.id
+            );
+            for (i, a) in d.attempts.iter().enumerate() {
+                println!("attempt {}: at {} (unix): {}", i + 1, a.at, a.error);
+            }
+            println!("{}", d.txn.to_json());
+        }
+        DlqCommand::Replay { id, driver, .. } => {
+            let n = spool.replay(*id, *driver).map_err(err)?;
+            println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
+            if n == 0 && id.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DlqCommand::Purge { id, driver, .. } => {
+            let n = spool.purge(*id, *driver).map_err(err)?;
+            println!("{n} dead letter(s) purged");
+            if n == 0 && id.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Talks to the running instance's control API at `listen`.

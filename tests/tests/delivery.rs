@@ -1,0 +1,411 @@
+//! At-least-once delivery: endpoint faults and retries, dead letters, replay and purge,
+//! per-user ordering, the circuit breaker, the spool quota, and SIGKILL crash tests.
+//! Retry schedules are compressed (milliseconds) to keep the tests fast.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailpush::dispatch::Dispatcher;
+use mailpush::spool::sqlite::SqliteSpool;
+use mailpush::spool::Spool;
+use mailpush_core::Transaction;
+use mailpush_e2e::*;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    spool: Arc<SqliteSpool>,
+    dispatcher: Dispatcher,
+}
+
+/// An in-process dispatcher with a spool and the webhook driver(s) given as
+/// `(url, extra args)`.
+async fn setup(drivers: &[(String, &str)]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = String::from("mailpush {\n state_dir = state\n}\nplugin {\n");
+    for (i, (url, extra)) in drivers.iter().enumerate() {
+        let key = if i == 0 {
+            "push_notification_driver".to_string()
+        } else {
+            format!("push_notification_driver{}", i + 1)
+        };
+        conf.push_str(&format!(
+            " {key} = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private timeout_msecs=1000 {extra}\n",
+            guest("webhook").display()
+        ));
+    }
+    conf.push_str("}\n");
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let spool = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+    let dispatcher =
+        Dispatcher::start_with_spool(loaded, 64, None, Some(spool.clone() as Arc<dyn Spool>));
+    Setup {
+        _dir: dir,
+        spool,
+        dispatcher,
+    }
+}
+
+fn txn(user: &str, id: &str) -> Transaction {
+    mailbox_txn(user, id)
+}
+
+fn ids(reqs: &[Recorded]) -> Vec<String> {
+    reqs.iter()
+        .map(|r| r.header("webhook-id").unwrap_or("").to_string())
+        .collect()
+}
+
+/// Waits until the dispatcher's driver `n` has finished (delivered or failed) `count`.
+async fn finished(d: &Dispatcher, n: usize, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = &d.reports()[n];
+        if r.delivered + r.failed >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out: {r:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_is_retried_until_the_endpoint_recovers() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::status(500), Reply::status(502)]);
+    let s = setup(&[(server.url("/h"), "retry=20ms,20ms,20ms")]).await;
+    s.dispatcher.accept(vec![txn("a@x", "t1")]).await.unwrap();
+    finished(&s.dispatcher, 0, 1).await;
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!((r.delivered, r.retried, r.failed), (1, 2, 0));
+    assert_eq!(
+        ids(&server.requests()),
+        ["t1", "t1", "t1"],
+        "the same webhook-id on every attempt"
+    );
+    assert!(s.spool.pending().unwrap().is_empty(), "done in the spool");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_slow_responses_and_refused_connections() {
+    // Hanging twice (past the 300 ms timeout), then slow but in time.
+    let server = RecordingServer::start().await;
+    server.script([
+        Reply::Hang,
+        Reply::Hang,
+        Reply::Status {
+            status: 200,
+            headers: vec![],
+            delay: Duration::from_millis(150),
+        },
+    ]);
+    // The sandbox bounds the wait for the first response byte at 300 ms.
+    let s = setup(&[(
+        server.url("/h"),
+        "first_byte_timeout_msecs=300 retry=10ms,10ms,10ms",
+    )])
+    .await;
+    s.dispatcher.accept(vec![txn("a@x", "slow")]).await.unwrap();
+    finished(&s.dispatcher, 0, 1).await;
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!((r.delivered, r.retried), (1, 2), "{r:?}");
+
+    // Connection refused: a port with nobody listening. Retried, then dead-lettered.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup(&[(format!("http://127.0.0.1:{port}/h"), "retry=10ms,10ms")]).await;
+    s.dispatcher
+        .accept(vec![txn("a@x", "refused")])
+        .await
+        .unwrap();
+    finished(&s.dispatcher, 0, 1).await;
+    let dead = s.spool.dead_letters(None).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts.len(), 3, "{:?}", dead[0].attempts);
+    assert!(
+        dead[0]
+            .attempts
+            .iter()
+            .all(|a| a.error.contains("connection")),
+        "{:?}",
+        dead[0].attempts
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_delays_the_next_attempt() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::with_header(503, "retry-after", "1")]);
+    let s = setup(&[(server.url("/h"), "retry=10ms")]).await;
+    let start = Instant::now();
+    s.dispatcher.accept(vec![txn("a@x", "ra2")]).await.unwrap();
+    server.wait_for(2, Duration::from_secs(10)).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        start.elapsed()
+    );
+    finished(&s.dispatcher, 0, 1).await;
+    assert_eq!(s.dispatcher.reports()[0].delivered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_replay_and_purge() {
+    let server = RecordingServer::start().await;
+    // A 400 is not retryable: straight to the dead letters; 500s exhaust the schedule.
+    server.script([Reply::status(400), Reply::status(500), Reply::status(500)]);
+    let s = setup(&[(server.url("/h"), "retry=10ms")]).await;
+    s.dispatcher
+        .accept(vec![txn("a@x", "bad-request")])
+        .await
+        .unwrap();
+    finished(&s.dispatcher, 0, 1).await;
+    s.dispatcher
+        .accept(vec![txn("b@x", "exhausted")])
+        .await
+        .unwrap();
+    finished(&s.dispatcher, 0, 2).await;
+    let dead = s.spool.dead_letters(Some(1)).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].txn.id, "bad-request");
+    assert_eq!(dead[0].attempts.len(), 1);
+    assert!(dead[0].attempts[0].error.contains("400"));
+    assert_eq!(dead[1].attempts.len(), 2);
+    assert!(dead[1]
+        .attempts
+        .iter()
+        .all(|a| a.error.contains("500") && a.at > 0));
+    // Replay one: the endpoint is fine now.
+    assert_eq!(s.spool.replay(Some(dead[0].id), None).unwrap(), 1);
+    for p in s.spool.take_replayed().unwrap() {
+        s.dispatcher
+            .dispatch_to(Arc::new(p.txn), &p.drivers)
+            .await
+            .unwrap();
+    }
+    finished(&s.dispatcher, 0, 3).await;
+    assert_eq!(ids(&server.requests()).last().unwrap(), "bad-request");
+    // Purge the other.
+    assert_eq!(s.spool.purge(None, Some(1)).unwrap(), 1);
+    assert!(s.spool.dead_letters(None).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_transaction_holds_back_only_its_user() {
+    let server = RecordingServer::start().await;
+    // a1 fails once; everything else succeeds.
+    server.script([Reply::status(500)]);
+    let s = setup(&[(server.url("/h"), "retry=200ms")]).await;
+    s.dispatcher
+        .accept(vec![
+            txn("a@x", "a1"),
+            txn("b@x", "b1"),
+            txn("a@x", "a2"),
+            txn("b@x", "b2"),
+        ])
+        .await
+        .unwrap();
+    finished(&s.dispatcher, 0, 4).await;
+    let order = ids(&server.requests());
+    assert_eq!(
+        order,
+        ["a1", "b1", "b2", "a1", "a2"],
+        "b flows on while a waits; a stays in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn circuit_breaker_opens_probes_and_closes_beside_a_healthy_driver() {
+    let bad = RecordingServer::start().await;
+    bad.set_default(Reply::status(500));
+    let good = RecordingServer::start().await;
+    let s = setup(&[
+        (bad.url("/bad"), "retry=10ms,10ms,10ms,10ms,10ms,10ms,10ms,10ms breaker_window=4 breaker_min=3 breaker_ratio=0.5 breaker_open=400ms"),
+        (good.url("/good"), ""),
+    ])
+    .await;
+    let batch: Vec<_> = (0..10)
+        .map(|i| txn(&format!("u{i}@x"), &format!("c{i}")))
+        .collect();
+    s.dispatcher.accept(batch).await.unwrap();
+    // The healthy driver is unaffected.
+    good.wait_for(10, Duration::from_secs(10)).await;
+    // The bad one opens after 3 failures and stops hammering the endpoint.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.dispatcher.reports()[0].circuit != "open" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let while_open = bad.requests().len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        bad.requests().len(),
+        while_open,
+        "no requests while the circuit is open"
+    );
+    // Recovery: the half-open probe succeeds and the circuit closes; everything arrives.
+    bad.set_default(Reply::status(200));
+    finished(&s.dispatcher, 0, 10).await;
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!((r.delivered, r.circuit), (10, "closed"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spool_full_answers_503_and_acceptance_resumes() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n spool_quota = 1K\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private retry=50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms breaker_min=1000\n}}\n",
+            guest("webhook").display(),
+            server.url("/h")
+        ),
+    )
+    .unwrap();
+    let d = RunningDaemon::start(&conf);
+    let line = |i: usize| {
+        format!("{{\"id\":\"q{i}\",\"user\":\"u{i}@x\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"INBOX\"}}]}}")
+    };
+    let mut i = 0;
+    let retry_after = loop {
+        let (s, h, _) =
+            http_request(d.addr, "POST", "/v1/transactions", &[], line(i).as_bytes()).await;
+        i += 1;
+        if s == 503 {
+            break h
+                .iter()
+                .find(|(k, _)| k == "retry-after")
+                .map(|(_, v)| v.clone());
+        }
+        assert_eq!(s, 202);
+        assert!(i < 100, "the quota never filled");
+    };
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    // The endpoint recovers; retries drain the spool; ingest accepts again.
+    server.set_default(Reply::status(200));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, _, _) = http_request(
+            d.addr,
+            "POST",
+            "/v1/transactions",
+            &[],
+            line(1000).as_bytes(),
+        )
+        .await;
+        if s == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "acceptance did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_points_loses_nothing_acknowledged() {
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private retry=20ms\n}}\n",
+            guest("webhook").display(),
+            server.url("/h")
+        ),
+    )
+    .unwrap();
+    let users = 25;
+    let total = 400;
+    let mut acked: Vec<Transaction> = Vec::new();
+    let mut next = 0;
+    // Kill points: after a pseudo-random number of batches, three times.
+    let mut seed: u64 = std::process::id() as u64 ^ 0x5eed;
+    for round in 0..4 {
+        let d = RunningDaemon::start(&conf);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let batches = if round == 3 {
+            usize::MAX
+        } else {
+            3 + (seed >> 33) as usize % 8
+        };
+        let mut sent = 0;
+        while next < total && sent < batches {
+            let batch: Vec<Transaction> = (next..(next + 10).min(total))
+                .map(|i| mailbox_txn(&format!("user{}@x", i % users), &format!("k{i:04}")))
+                .collect();
+            let body: String = batch.iter().map(|t| t.to_json() + "\n").collect();
+            let (s, _, _) = http_request(
+                d.addr,
+                "POST",
+                "/v1/transactions",
+                &[("content-type", "application/x-ndjson")],
+                body.as_bytes(),
+            )
+            .await;
+            if s == 202 {
+                acked.extend(batch);
+                next += 10;
+            }
+            sent += 1;
+        }
+        if round < 3 {
+            d.signal("KILL");
+        } else {
+            // Last life: wait until every acknowledged transaction arrived.
+            let want: HashSet<String> = acked.iter().map(|t| t.id.clone()).collect();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let got: HashSet<String> = ids(&server.requests()).into_iter().collect();
+                if want.is_subset(&got) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} acknowledged transactions never arrived",
+                    want.difference(&got).count()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        drop(d);
+    }
+    assert_eq!(acked.len(), total);
+    // Per user, first deliveries are in ingest order.
+    let mut first_seen: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    for id in ids(&server.requests()) {
+        if seen.insert(id.clone()) {
+            first_seen.push(id);
+        }
+    }
+    let user_of: HashMap<String, String> = acked
+        .iter()
+        .map(|t| (t.id.clone(), t.user.clone()))
+        .collect();
+    let mut per_user: HashMap<String, Vec<String>> = HashMap::new();
+    for id in first_seen {
+        if let Some(u) = user_of.get(&id) {
+            per_user.entry(u.clone()).or_default().push(id);
+        }
+    }
+    for (user, got) in per_user {
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted, "{user}: out of order");
+    }
+}
