@@ -211,7 +211,8 @@ fn strip_comment(line: &str) -> &str {
 
 fn unquote(value: &str) -> String {
     let v = value.trim();
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
+    let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
+    if quoted('"') || quoted('\'') {
         let inner = &v[1..v.len() - 1];
         let mut out = String::with_capacity(inner.len());
         let mut chars = inner.chars();
@@ -264,10 +265,16 @@ fn read_text(
                         continue;
                     }
                     let target = path.parent().unwrap_or(Path::new(".")).join(&arg);
-                    match std::fs::read_to_string(&target) {
-                        Ok(t) => read_text(&target, &t, raw, stack, depth + 1),
-                        Err(_) if directive == "include_try" => {}
-                        Err(e) => error(raw, format!("cannot include {}: {e}", target.display())),
+                    let targets = match expand_glob(&target) {
+                        Some(matches) => matches,
+                        None => vec![target.clone()],
+                    };
+                    for target in targets {
+                        match std::fs::read_to_string(&target) {
+                            Ok(t) => read_text(&target, &t, raw, stack, depth + 1),
+                            Err(_) if directive == "include_try" => {}
+                            Err(e) => error(raw, format!("cannot include {}: {e}", target.display())),
+                        }
                     }
                 }
                 "include" | "include_try" => error(raw, format!("!{directive} needs a file name: !{directive} FILE")),
@@ -371,6 +378,29 @@ fn read_text(
             });
         }
     }
+}
+
+/// Expands a `*` in the file-name part of an include (`conf.d/*.conf`, as Dovecot
+/// does), sorted; `None` when the path has no `*`.
+fn expand_glob(path: &Path) -> Option<Vec<PathBuf>> {
+    let name = path.file_name()?.to_str()?;
+    let (prefix, suffix) = name.split_once('*')?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let n = e.file_name().to_str()?.to_string();
+                    (n.len() >= prefix.len() + suffix.len()
+                        && n.starts_with(prefix)
+                        && n.ends_with(suffix))
+                    .then(|| e.path())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    Some(out)
 }
 
 /// The setting name for driver number `n` under `base` (`push_notification_driver`).

@@ -55,6 +55,9 @@ pub struct Sandbox {
     pub pause_after: u32,
     /// First pause; doubles per further failure up to 5 minutes. Key `pause_msecs`.
     pub pause: Duration,
+    /// Answer every outbound request with an empty 200 without touching the network.
+    /// Not settable from config: benchmarks use it to measure the host alone.
+    pub http_stub: bool,
 }
 
 impl Default for Sandbox {
@@ -75,6 +78,7 @@ impl Default for Sandbox {
             first_byte_timeout: Duration::from_secs(10),
             pause_after: 5,
             pause: Duration::from_secs(1),
+            http_stub: false,
         }
     }
 }
