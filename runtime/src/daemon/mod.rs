@@ -89,6 +89,25 @@ pub async fn run(
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
 ) -> anyhow::Result<()> {
+    serve(config_path, registry, metadata, |daemon| {
+        Box::pin(wait_for_signals(daemon))
+    })
+    .await
+}
+
+/// A future that ends the service when it completes.
+pub type StopFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Runs the service until `stop_when` (given the running daemon) completes, then drains
+/// and returns. [`run`] is this with signal handling; benchmarks and embedders pass their
+/// own.
+pub async fn serve(
+    config_path: &Path,
+    registry: RegistryFn,
+    metadata: Arc<dyn MetadataLookup>,
+    stop_when: impl FnOnce(Arc<Daemon>) -> StopFuture,
+) -> anyhow::Result<()> {
     let config =
         Config::load(config_path).map_err(|e| anyhow::anyhow!("configuration is invalid:\n{e}"))?;
     let token = match &config.settings.ingest_token_file {
@@ -174,7 +193,7 @@ pub async fn run(
         tokio::spawn(recover(daemon.clone(), spool));
     }
     tracing::info!("listening on {addr}");
-    wait_for_signals(daemon.clone()).await?;
+    stop_when(daemon.clone()).await?;
 
     tracing::info!("shutting down: no new transactions; draining queued work");
     daemon.shutting_down.store(true, Ordering::Relaxed);

@@ -100,7 +100,10 @@ impl WasiHttpHooks for OutboundHttp {
                 .map_err(|never| match never {})
                 .boxed_unsync();
             let resp = http::Response::builder().status(200).body(body);
+            // Read the request body like a server would, then answer.
+            let request_body = request.into_body();
             return Box::new(async move {
+                let _ = request_body.collect().await;
                 let resp = resp.map_err(|e| Error::InternalError(Some(e.to_string())))?;
                 let io: IoFuture = Box::new(async { Ok(()) });
                 Ok((resp, io))
