@@ -1,9 +1,9 @@
 //! Example wasm drivers end to end, the AOT cache, instance models and pausing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine as _;
-use mailpush::dispatch::{deliver, Delivery, DeliveryObserver, Dispatcher, Outcome};
+use mailpush::dispatch::{deliver, Dispatcher, Outcome};
 use mailpush::wasm::engine::{CacheOutcome, Engines};
 use mailpush::wasm::host::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
@@ -195,14 +195,6 @@ async fn init_refusal_is_reported() {
     let engines = Arc::new(Engines::new(None));
     let e = load(&guest("webhook"), &engines, "").await.err().unwrap();
     assert!(e.contains("missing required argument url"), "{e}");
-}
-
-#[derive(Default)]
-struct Count(Mutex<Vec<Outcome>>);
-impl DeliveryObserver for Count {
-    fn delivered(&self, d: &Delivery) {
-        self.0.lock().unwrap().push(d.outcome.clone());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

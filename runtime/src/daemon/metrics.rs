@@ -26,6 +26,9 @@ impl IngestMetrics {
     }
 }
 
+/// A per-driver metric: name, type, help, value.
+type PerDriver = (&'static str, &'static str, &'static str, fn(&DriverReport) -> u64);
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -79,7 +82,7 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [(&str, &str, &str, fn(&DriverReport) -> u64); 8] = [
+    let per_driver: [PerDriver; 8] = [
         (
             "mailpush_driver_retried_total",
             "counter",
