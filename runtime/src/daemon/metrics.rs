@@ -27,7 +27,12 @@ impl IngestMetrics {
 }
 
 /// A per-driver metric: name, type, help, value.
-type PerDriver = (&'static str, &'static str, &'static str, fn(&DriverReport) -> u64);
+type PerDriver = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&DriverReport) -> u64,
+);
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
