@@ -360,3 +360,46 @@ async fn ox_compatible_endpoint_makes_a_message_new() {
     assert!(log.contains("Message data: Mailbox [INBOX], UID [42], UIDVALIDITY [1700000000]\nMessageNew: From [Alice <a@example.com>]\nMessageNew: Snippet [Hello there]\nMessageNew: Subject [Hi]\n"), "{log}");
     let _ = Duration::ZERO;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unix_socket_ingest_and_basic_auth_for_dovecots_ox_driver() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok\n").unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n listen_unix = ingest.sock\n ingest_token_file = token\n}\nplugin {\n push_notification_driver = dlog:file=dlog.log\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let sock = dir.path().join("ingest.sock");
+    while !sock.exists() {
+        tokio::task::yield_now().await;
+    }
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let body = txn_line("a@b", "unix1");
+    s.write_all(format!("POST /v1/transactions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
+    // Dovecot's ox driver sends HTTP Basic from `login:password@` in its url: the token as password.
+    let ox =
+        r#"{"user":"u","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":2}"#;
+    let (s, _, _) = http_request(
+        d.addr,
+        "PUT",
+        "/preliminary/http-notify/v1/notify",
+        &[("authorization", "Basic bG9naW46dG9r")],
+        ox.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let (s, _, _) = http_request(
+        d.addr,
+        "PUT",
+        "/preliminary/http-notify/v1/notify",
+        &[("authorization", "Basic bG9naW46bm9wZQ==")],
+        ox.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(d.stop().success());
+    assert_eq!(count(&dir.path().join("dlog.log"), "Called end_txn"), 2);
+}

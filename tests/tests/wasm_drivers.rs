@@ -261,3 +261,58 @@ async fn fresh_instance_per_transaction_vs_reuse() {
         "the warm probe trapped and was discarded; a fresh one followed"
     );
 }
+
+/// ox-wasm sends the request Dovecot's ox driver sends (dovecot-push.md §7.3): PUT, the
+/// JSON body byte for byte in Dovecot's key order and escaping, Content-Type, Basic auth.
+#[tokio::test(flavor = "multi_thread")]
+async fn ox_wasm_sends_dovecots_request() {
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = server
+        .url("/preliminary/http-notify/v1/notify")
+        .replace("http://", "http://login:pass@");
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        guest("ox-wasm").display()
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let meta = r#""metadata":{"/private/vendor/vendor.dovecot/http-notify":"user=11@3"}"#;
+    let txn = |events: &str, with_meta: bool| {
+        Arc::new(
+            Transaction::from_json(&format!(
+                r#"{{"id":"x","user":"alice@example.com","events":[{events}]{}}}"#,
+                if with_meta {
+                    format!(",{meta}")
+                } else {
+                    String::new()
+                }
+            ))
+            .unwrap(),
+        )
+    };
+    let new = r#"{"name":"MessageNew","mailbox":"INBOX","uid":42,"uid_validity":1700000000,"from":"=?utf-8?q?=C3=84?= <alice@barfoo.org>","subject":"Test \"q\" \\ x","snippet":"Hey\tguys\nÄ\u0001","unseen":2}"#;
+    let d = loaded[0].driver.as_ref();
+    // Not active without METADATA; nothing for other folders or events.
+    assert_eq!(deliver(d, &txn(new, false)).await, Outcome::Skipped);
+    let other = r#"{"name":"MessageNew","mailbox":"Work","uid":1,"uid_validity":1}"#;
+    assert_eq!(deliver(d, &txn(other, true)).await, Outcome::Delivered);
+    let read = r#"{"name":"MessageRead","mailbox":"INBOX","uid":1,"uid_validity":1}"#;
+    assert_eq!(deliver(d, &txn(read, true)).await, Outcome::Delivered);
+    assert!(server.requests().is_empty());
+    assert_eq!(deliver(d, &txn(new, true)).await, Outcome::Delivered);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "PUT");
+    assert_eq!(r.target, "/preliminary/http-notify/v1/notify");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r.header("authorization"), Some("Basic bG9naW46cGFzcw=="));
+    assert_eq!(
+        r.body_text(),
+        "{\"user\":\"alice@example.com\",\"event\":\"messageNew\",\"folder\":\"INBOX\",\"imap-uidvalidity\":1700000000,\"imap-uid\":42,\"from\":\"=?utf-8?q?=C3=84?= <alice@barfoo.org>\",\"subject\":\"Test \\\"q\\\" \\\\ x\",\"snippet\":\"Hey\\tguys\\nÄ\\u0001\",\"unseen\":2}"
+    );
+}
