@@ -119,6 +119,37 @@ impl SqliteSpool {
             .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
     }
 
+    /// Everything owed (or only the pairs replayed since the last call), in ingest order;
+    /// either way the replayed marks are cleared: what is returned is being delivered.
+    fn owed(&self, only_replayed: bool) -> Result<Vec<Pending>, SpoolError> {
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(storage)?;
+        let rows = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq \
+                     WHERE ?1 = 0 OR o.replayed = 1 ORDER BY t.seq, o.driver",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map([only_replayed as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u32>(2)?,
+                    ))
+                })
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            rows
+        };
+        tx.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        Self::rows_to_pending(rows)
+    }
+
     fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> Result<Vec<Pending>, SpoolError> {
         let mut out: Vec<Pending> = Vec::new();
         let mut last_seq = None;
@@ -276,24 +307,7 @@ impl Spool for SqliteSpool {
     }
 
     fn pending(&self) -> Result<Vec<Pending>, SpoolError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = conn
-            .prepare("SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq ORDER BY t.seq, o.driver")
-            .map_err(storage)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, u32>(2)?,
-                ))
-            })
-            .map_err(storage)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(storage)?;
-        conn.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
-            .map_err(storage)?;
-        Self::rows_to_pending(rows)
+        self.owed(false)
     }
 
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
@@ -347,29 +361,7 @@ impl Spool for SqliteSpool {
     }
 
     fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError> {
-        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction().map_err(storage)?;
-        let rows = {
-            let mut stmt = tx
-                .prepare("SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq WHERE o.replayed = 1 ORDER BY t.seq, o.driver")
-                .map_err(storage)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, u32>(2)?,
-                    ))
-                })
-                .map_err(storage)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(storage)?;
-            rows
-        };
-        tx.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
-            .map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        Self::rows_to_pending(rows)
+        self.owed(true)
     }
 
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
