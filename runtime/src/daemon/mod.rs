@@ -227,50 +227,47 @@ pub async fn serve(
 /// Re-queues what the spool still owes (after a restart), then keeps picking up dead
 /// letters replayed by `mailpush dlq replay`.
 async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
-    let owed = {
-        let spool = spool.clone();
-        tokio::task::spawn_blocking(move || spool.pending()).await
-    };
-    match owed {
-        Ok(Ok(pending)) => {
-            if !pending.is_empty() {
-                tracing::info!(
-                    "redelivering {} unfinished transaction(s) from the spool",
-                    pending.len()
-                );
-            }
-            for p in pending {
-                if daemon
-                    .dispatcher
-                    .dispatch_to(Arc::new(p.txn), &p.drivers)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        Ok(Err(e)) => tracing::error!("cannot read the spool: {e}"),
-        Err(e) => tracing::error!("spool recovery failed: {e}"),
-    }
+    let mut first = true;
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         if daemon.shutting_down.load(Ordering::Relaxed) {
             return;
         }
+        // First everything unfinished (after a restart), then only replayed dead letters.
         let spool2 = spool.clone();
-        let replayed = tokio::task::spawn_blocking(move || spool2.take_replayed()).await;
-        if let Ok(Ok(items)) = replayed {
-            for p in items {
-                tracing::info!(txn = %p.txn.id, "replaying dead letter");
-                if daemon
-                    .dispatcher
-                    .dispatch_to(Arc::new(p.txn), &p.drivers)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        let owed = tokio::task::spawn_blocking(move || {
+            if first {
+                spool2.pending()
+            } else {
+                spool2.take_replayed()
+            }
+        })
+        .await;
+        let items = match owed {
+            Ok(Ok(items)) => items,
+            Ok(Err(e)) => {
+                tracing::error!("cannot read the spool: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!("spool read failed: {e}");
+                Vec::new()
+            }
+        };
+        if !items.is_empty() {
+            tracing::info!(
+                "{} {} transaction(s) from the spool",
+                if first { "redelivering" } else { "replaying" },
+                items.len()
+            );
+        }
+        first = false;
+        for p in items {
+            let to = Arc::new(p.txn);
+            if daemon.dispatcher.dispatch_to(to, &p.drivers).await.is_err() {
+                return;
             }
         }
     }
