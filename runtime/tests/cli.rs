@@ -145,3 +145,80 @@ fn help_and_version() {
         );
     }
 }
+
+#[test]
+fn dlq_list_show_replay_purge_and_argument_errors() {
+    use mailpush::spool::{sqlite::SqliteSpool, Attempt, Spool};
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["dlq", "list", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no spool yet");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no spool at"));
+    {
+        let spool = SqliteSpool::open(&dir.path().join("state/spool.db"), 1 << 30).unwrap();
+        let t = mailpush_core::Transaction::from_json(
+            r#"{"id":"d1","user":"a@b","events":[{"name":"MailboxCreate","mailbox":"X"}]}"#,
+        )
+        .unwrap();
+        spool.append(std::slice::from_ref(&t), &[2]).unwrap();
+        spool
+            .dead_letter(
+                &t,
+                2,
+                &[Attempt {
+                    at: 1,
+                    error: "webhook answered 400".into(),
+                }],
+            )
+            .unwrap();
+        spool.append(&[], &[]).unwrap(); // round trip: the dead letter is committed
+    }
+    let run = |args: &[&str]| {
+        let out = mailpush().args(args).arg("-c").arg(&conf).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, _) = run(&["dlq", "list", "--driver", "2"]);
+    assert!(
+        ok && stdout.contains("d1") && stdout.contains("webhook answered 400"),
+        "{stdout}"
+    );
+    let id = stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, stdout, _) = run(&["dlq", "show", &id]);
+    assert!(
+        ok && stdout.contains("attempt 1: at 1 (unix): webhook answered 400")
+            && stdout.contains("\"id\":\"d1\""),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = run(&["dlq", "replay"]);
+    assert!(
+        !ok && stderr.contains("required") && stderr.contains("<ID>"),
+        "an id or --all is required: {stderr}"
+    );
+    let (ok, stdout, _) = run(&["dlq", "replay", &id]);
+    assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
+    let (ok, stdout, _) = run(&["dlq", "purge", "--all"]);
+    assert!(
+        ok && stdout.contains("0 dead letter(s) purged"),
+        "replayed letters are no longer dead: {stdout}"
+    );
+}
