@@ -89,6 +89,66 @@ pub enum Command {
     /// within a second.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Per-user METADATA (what the ox driver activates on), shaped like
+    /// `doveadm mailbox metadata` so existing runbooks work.
+    #[command(subcommand)]
+    Metadata(MetadataCommand),
+}
+
+/// `-u USER [-s] [MAILBOX] KEY …`: like doveadm, the mailbox of server METADATA is `""`
+/// (with `-s`); it may also be left out.
+#[derive(Debug, Args)]
+pub struct MetadataTarget {
+    /// The user.
+    #[arg(short = 'u', long = "user", required = true)]
+    pub user: String,
+    /// Server METADATA (the only kind mailpush keeps; give the mailbox as "").
+    #[arg(short = 's')]
+    pub server: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetadataCommand {
+    /// Set a value: `set -u USER [-s] [""] KEY VALUE`.
+    #[command(
+        after_help = "Example (as with doveadm):\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3"
+    )]
+    Set {
+        #[command(flatten)]
+        target: MetadataTarget,
+        /// [MAILBOX] KEY VALUE
+        #[arg(num_args = 2..=3, required = true, value_names = ["MAILBOX", "KEY", "VALUE"])]
+        args: Vec<String>,
+    },
+    /// Print a value: `get -u USER [-s] [""] KEY`.
+    #[command(
+        after_help = "Example:\n  mailpush metadata get -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+    )]
+    Get {
+        #[command(flatten)]
+        target: MetadataTarget,
+        /// [MAILBOX] KEY
+        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        args: Vec<String>,
+    },
+    /// Remove a value: `unset -u USER [-s] [""] KEY`.
+    #[command(
+        after_help = "Example:\n  mailpush metadata unset -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+    )]
+    Unset {
+        #[command(flatten)]
+        target: MetadataTarget,
+        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        args: Vec<String>,
+    },
+    /// List values, of every user or of one.
+    #[command(
+        after_help = "Examples:\n  mailpush metadata list\n  mailpush metadata list -u user@example.com"
+    )]
+    List {
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,13 +223,22 @@ pub fn main() -> ExitCode {
             Command::Send(args) => send(&cli.global, args).await,
             Command::Run => {
                 let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
-                crate::daemon::run(&cli.global.config, registry, Arc::new(NoMetadata))
+                let metadata: Arc<dyn mailpush_core::MetadataLookup> =
+                    match Config::load(&cli.global.config) {
+                        Ok(c) => c
+                            .settings
+                            .open_metadata()
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                        Err(_) => Arc::new(NoMetadata), // run reports the config errors itself
+                    };
+                crate::daemon::run(&cli.global.config, registry, metadata)
                     .await
                     .map(|_| ExitCode::SUCCESS)
             }
             Command::Status => control(&cli.global, reqwest::Method::GET, "/v1/status").await,
             Command::Reload => control(&cli.global, reqwest::Method::POST, "/v1/reload").await,
             Command::Dlq(cmd) => dlq(&cli.global, cmd),
+            Command::Metadata(cmd) => metadata(&cli.global, cmd),
         }
     });
     match result {
@@ -197,7 +266,17 @@ async fn check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let registry = DriverRegistry::default();
-    let (loaded, errors) = match registry.init_all(&config, Arc::new(NoMetadata)).await {
+    // check creates nothing: the METADATA store is read only when it already exists.
+    let metadata: Arc<dyn mailpush_core::MetadataLookup> =
+        if config.settings.state_dir.join("metadata.db").exists() {
+            config
+                .settings
+                .open_metadata()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        } else {
+            Arc::new(NoMetadata)
+        };
+    let (loaded, errors) = match registry.init_all(&config, metadata).await {
         Ok(loaded) => (loaded, Vec::new()),
         Err((loaded, errors)) => (loaded, errors),
     };
@@ -289,7 +368,11 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     };
     let items = mailpush_core::parse_stream(&text);
     let registry = DriverRegistry::default();
-    let loaded = match registry.init_all(&config, Arc::new(NoMetadata)).await {
+    let metadata = config
+        .settings
+        .open_metadata()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let loaded = match registry.init_all(&config, metadata).await {
         Ok(l) => l,
         Err((loaded, errors)) => {
             for e in &errors {
@@ -351,6 +434,66 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Splits `[MAILBOX] KEY [VALUE]`: a mailbox, when given, must be "" (server METADATA).
+fn metadata_args(args: &[String], with_value: bool) -> anyhow::Result<(String, Option<String>)> {
+    let n = if with_value { 2 } else { 1 };
+    let (mailbox, rest) = if args.len() > n {
+        (Some(&args[0]), &args[1..])
+    } else {
+        (None, args)
+    };
+    if let Some(m) = mailbox {
+        anyhow::ensure!(
+            m.is_empty(),
+            "mailbox `{m}`: mailpush keeps server METADATA only; give the mailbox as \"\" (with -s), as in `doveadm mailbox metadata set -u USER -s \"\" KEY VALUE`"
+        );
+    }
+    let key = rest.first().cloned().unwrap_or_default();
+    Ok((key, rest.get(1).cloned()))
+}
+
+fn metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCode> {
+    use mailpush_core::MetadataLookup;
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = config
+        .settings
+        .open_metadata()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e = |e: mailpush_core::MetadataError| anyhow::anyhow!("{}", e.0);
+    match cmd {
+        MetadataCommand::Set { target, args } => {
+            let (key, value) = metadata_args(args, true)?;
+            store
+                .set(&target.user, &key, value.as_deref().unwrap_or(""))
+                .map_err(e)?;
+        }
+        MetadataCommand::Get { target, args } => {
+            let (key, _) = metadata_args(args, false)?;
+            crate::metadata_store::validate_key(&key).map_err(e)?;
+            match store.get(&target.user, &key).map_err(e)? {
+                Some(v) => println!("{v}"),
+                None => {
+                    eprintln!("{key} is not set for {}", target.user);
+                    return Ok(ExitCode::from(68)); // doveadm's EX_NOUSER-style "not found"
+                }
+            }
+        }
+        MetadataCommand::Unset { target, args } => {
+            let (key, _) = metadata_args(args, false)?;
+            store.unset(&target.user, &key).map_err(e)?;
+        }
+        MetadataCommand::List { user } => {
+            for (u, k, v) in store.list(user.as_deref()).map_err(e)? {
+                println!("{u}\t{k}\t{v}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod lane;
 pub mod logging;
+pub mod metadata_store;
 pub mod registry;
 pub mod settings;
 pub mod spool;

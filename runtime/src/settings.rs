@@ -99,6 +99,15 @@ impl RuntimeSettings {
         self.state_dir.join("spool.db")
     }
 
+    /// The METADATA store (`state_dir/metadata.db`).
+    pub fn open_metadata(
+        &self,
+    ) -> Result<std::sync::Arc<crate::metadata_store::MetadataStore>, mailpush_core::MetadataError>
+    {
+        crate::metadata_store::MetadataStore::open(&self.state_dir.join("metadata.db"))
+            .map(std::sync::Arc::new)
+    }
+
     /// Opens the spool when delivery is durable.
     pub fn open_spool(
         &self,

@@ -222,3 +222,85 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
         "replayed letters are no longer dead: {stdout}"
     );
 }
+
+#[test]
+fn metadata_cli_round_trip_persistence_and_doveadm_style_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n}\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = mailpush().args(args).arg("-c").arg(&conf).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let key = "/private/vendor/vendor.dovecot/http-notify";
+    // Exactly as written in doveadm runbooks.
+    assert_eq!(
+        run(&[
+            "metadata",
+            "set",
+            "-u",
+            "user@example.com",
+            "-s",
+            "",
+            key,
+            "user=11@3"
+        ])
+        .0,
+        Some(0)
+    );
+    // Each command is its own process: the value persisted.
+    assert_eq!(
+        run(&["metadata", "get", "-u", "user@example.com", "-s", "", key]).1,
+        "user=11@3\n"
+    );
+    assert_eq!(
+        run(&["metadata", "get", "-u", "user@example.com", key]).1,
+        "user=11@3\n"
+    );
+    assert_eq!(
+        run(&[
+            "metadata",
+            "set",
+            "-u",
+            "other@example.com",
+            key,
+            "user=12@3"
+        ])
+        .0,
+        Some(0)
+    );
+    assert_eq!(run(&["metadata", "list"]).1.lines().count(), 2);
+    assert_eq!(
+        run(&["metadata", "list", "-u", "other@example.com"]).1,
+        format!("other@example.com\t{key}\tuser=12@3\n")
+    );
+    assert_eq!(
+        run(&["metadata", "unset", "-u", "user@example.com", "-s", "", key]).0,
+        Some(0)
+    );
+    let (code, _, stderr) = run(&["metadata", "get", "-u", "user@example.com", key]);
+    assert_eq!(code, Some(68));
+    assert!(stderr.contains("is not set"), "{stderr}");
+    // Errors: missing -u, a mailbox other than "", a bad key, missing arguments.
+    let (code, _, stderr) = run(&["metadata", "set", key, "v"]);
+    assert!(
+        code != Some(0) && stderr.contains("--user <USER>"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "INBOX", key, "v"]);
+    assert!(
+        code != Some(0) && stderr.contains("server METADATA only"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "vendor/x", "v"]);
+    assert!(
+        code != Some(0) && stderr.contains("must start with /private/ or /shared/"),
+        "{stderr}"
+    );
+    let (code, _, _) = run(&["metadata", "set", "-u", "u"]);
+    assert!(code != Some(0));
+}
