@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS dead (
     attempts TEXT NOT NULL,
     at       INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS dead_seq ON dead (seq);
 ";
 
 fn open_conn(path: &Path) -> Result<Connection, SpoolError> {
@@ -181,9 +182,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
             }
         }
         let mut replies = Vec::new();
+        // Only acknowledgements wait for the sync: a batch of progress records alone
+        // commits without one (losing it in a crash means a redelivery, which
+        // at-least-once allows).
+        let durable = batch.iter().any(|w| matches!(w, Write::Append { .. }));
         let result = (|| -> rusqlite::Result<u64> {
+            conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
             let tx = conn.transaction()?;
             let mut added = 0u64;
+            // Transactions whose progress changed in this batch.
+            let mut touched: Vec<&str> = Vec::new();
             for w in &batch {
                 match w {
                     Write::Append { rows, drivers, .. } => {
@@ -207,6 +215,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                         }
                     }
                     Write::Complete { id, driver } => {
+                        touched.push(id);
                         tx.execute(
                             "DELETE FROM owed WHERE driver = ?2 AND seq = (SELECT seq FROM txns WHERE id = ?1)",
                             params![id, driver],
@@ -217,6 +226,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                         driver,
                         attempts,
                     } => {
+                        touched.push(id);
                         tx.execute(
                             "INSERT INTO dead (seq, driver, attempts, at) SELECT seq, ?2, ?3, ?4 FROM txns WHERE id = ?1",
                             params![id, driver, attempts, now() as i64],
@@ -228,16 +238,23 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                     }
                 }
             }
-            // Transactions nobody owes anything and nothing dead-lettered: gone.
-            let freed: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
-                [],
-                |r| r.get(0),
-            )?;
-            tx.execute(
-                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
-                [],
-            )?;
+            // Touched transactions nobody owes anything any more, and not dead-lettered: gone.
+            let mut freed: i64 = 0;
+            {
+                let mut gc = tx.prepare_cached(
+                    "DELETE FROM txns WHERE id = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM owed WHERE owed.seq = txns.seq) \
+                     AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.seq = txns.seq) RETURNING size",
+                )?;
+                for id in touched {
+                    if let Some(size) = gc
+                        .query_row(params![id], |r| r.get::<_, i64>(0))
+                        .optional()?
+                    {
+                        freed += size;
+                    }
+                }
+            }
             tx.commit()?;
             used.fetch_sub(
                 (freed as u64).min(used.load(Ordering::Relaxed)),
