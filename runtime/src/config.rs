@@ -470,26 +470,38 @@ fn select_numbered(raw: &mut RawConfig, base: &str) -> Vec<DriverSetting> {
         n += 1;
     }
     let stop = n;
+    let stop_key = numbered(base, stop);
+    // The scan stopped at `stop_key`: absent, or present with an empty value.
+    let stop_reason = if raw.plugin.contains_key(&stop_key) {
+        "is empty"
+    } else {
+        "is missing"
+    };
     // Warn about every numbered setting the scan never reached, and about names Dovecot
     // never probes.
     for (key, setting) in &raw.plugin {
         let Some(suffix) = key.strip_prefix(base) else {
             continue;
         };
-        let message = match suffix.parse::<u32>() {
-            Ok(num) if num >= 2 && num > stop => format!(
-                "{key} is ignored: {} is missing, and numbering stops at the first gap (as in Dovecot)",
-                numbered(base, stop)
+        // Dovecot probes exactly `{base}{n}` with `n` in decimal, so `02` or `+2` is a
+        // different (never read) name, not driver 2.
+        let number = suffix
+            .parse::<u32>()
+            .ok()
+            .filter(|num| num.to_string() == suffix);
+        let message = match number {
+            Some(num) if num >= 2 && num > stop => format!(
+                "{key} is ignored: {stop_key} {stop_reason}, and numbering stops at the first missing or empty one (as in Dovecot)"
             ),
-            Ok(num) if num >= 2 && num == stop => {
+            Some(num) if num >= 2 && num == stop => {
                 format!("{key} is empty: numbering stops here (as in Dovecot)")
             }
-            Ok(1) => format!(
+            Some(0 | 1) => format!(
                 "{key} is never read: the first driver is `{base}` (no number), then `{base}2`"
             ),
-            Ok(_) => continue,
-            Err(_) if suffix.is_empty() => continue,
-            Err(_) => format!("{key} is not a driver setting and is ignored"),
+            Some(_) => continue,
+            None if suffix.is_empty() => continue,
+            None => format!("{key} is not a driver setting and is ignored"),
         };
         raw.warnings.push(ConfigWarning {
             location: Some(setting.location.clone()),

@@ -1,13 +1,27 @@
-//! The native ox driver against a real HTTP server on 127.0.0.1 that records each
-//! request. Expected requests come from Dovecot 2.3's ox driver (dovecot-push.md §7.3):
+//! The native ox driver against a real HTTP/1.1 server on 127.0.0.1 that records each
+//! request (`RecordingServer`), driven through `mailpush::dispatch::deliver`.
+//!
+//! The expected requests are Dovecot 2.3's ox driver's (`dovecot-push.md` §7.3–7.4). For a
+//! delivery to INBOX of a user whose METADATA `/private/vendor/vendor.dovecot/http-notify`
+//! is `user=11@3`, with `push_notification_driver = ox:url=http://login:pass@host:8009/preliminary/http-notify/v1/notify`:
 //!
 //! ```text
 //! PUT /preliminary/http-notify/v1/notify HTTP/1.1
+//! Host: host:8009
+//! Date: Sat, 28 Nov 2026 12:00:00 GMT
 //! Authorization: Basic bG9naW46cGFzcw==        (only with login:password@ in the url)
+//! Content-Length: 205
+//! Connection: Keep-Alive
 //! Content-Type: application/json; charset=utf-8
 //!
-//! {"user":"…","event":"messageNew","folder":"INBOX","imap-uidvalidity":N,"imap-uid":N[,"from":"…"][,"subject":"…"][,"snippet":"…"][,"unseen":N]}
+//! {"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3}
 //! ```
+//!
+//! `from`, `subject`, `snippet` and `unseen` only when known; `user` is the login name, or
+//! `11@3` with `user_from_metadata`. 2xx is success; retried (attempts = max_retries + 1)
+//! only on a per-attempt timeout, a lost connection, 408, and 503 with a Retry-After
+//! within the attempt timeout; never on other statuses or a refused connection; redirects
+//! are refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,13 +29,16 @@ use std::time::{Duration, Instant};
 
 use mailpush::config::Config;
 use mailpush::dispatch::{deliver, Outcome};
+use mailpush::metadata_store::MetadataStore;
 use mailpush::registry::DriverRegistry;
-use mailpush_core::{Driver, MetadataError, MetadataLookup, Transaction};
+use mailpush_core::{Driver, Failure, MetadataError, MetadataLookup, Transaction};
 use mailpush_e2e::*;
 use mailpush_ox::activation::ManualClock;
 
 const KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
+const USER: &str = "alice@example.com";
 
+/// METADATA kept by the test (`user → value` of KEY).
 #[derive(Default)]
 struct Meta(Mutex<HashMap<String, String>>);
 
@@ -31,6 +48,9 @@ impl Meta {
             .lock()
             .unwrap()
             .insert(user.to_string(), v.to_string());
+    }
+    fn clear(&self) {
+        self.0.lock().unwrap().clear();
     }
 }
 
@@ -46,21 +66,37 @@ struct Ox {
     meta: Arc<Meta>,
     clock: Arc<ManualClock>,
     warnings: Vec<String>,
+    details: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
-async fn ox(args: &str) -> Ox {
+fn config_with(args: &str) -> (tempfile::TempDir, Config) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.conf");
-    std::fs::write(&path, format!("mailpush {{\n state_dir = st\n}}\nplugin {{\n push_notification_driver = ox:{args}\n}}\n")).unwrap();
-    let config = Config::load(&path).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "mailpush {{\n state_dir = st\n}}\nplugin {{\n push_notification_driver = ox:{args}\n}}\n"
+        ),
+    );
+    (dir, config)
+}
+
+/// An ox driver from a config line, METADATA from a `Meta` (alice → `user=11@3`), time
+/// from a manual clock.
+async fn ox(args: &str) -> Ox {
+    ox_with_meta(args, Arc::new(Meta::default()), true).await
+}
+
+async fn ox_with_meta(args: &str, meta: Arc<Meta>, active: bool) -> Ox {
+    let (dir, config) = config_with(args);
     let clock = Arc::new(ManualClock::default());
     let mut registry = DriverRegistry::default();
     registry.register(Arc::new(mailpush_ox::OxFactory::with_clock(clock.clone())));
-    let meta = Arc::new(Meta::default());
-    meta.set("alice@example.com", "user=11@3");
+    if active {
+        meta.set(USER, "user=11@3");
+    }
     let Ok(mut loaded) = registry.init_all(&config, meta.clone()).await else {
-        panic!("ox init")
+        panic!("ox init failed for {args}")
     };
     let d = loaded.remove(0);
     Ox {
@@ -68,16 +104,14 @@ async fn ox(args: &str) -> Ox {
         meta,
         clock,
         warnings: d.warnings,
+        details: d.details,
         _dir: dir,
     }
 }
 
 fn txn(events: &str) -> Arc<Transaction> {
     Arc::new(
-        Transaction::from_json(&format!(
-            r#"{{"user":"alice@example.com","events":[{events}]}}"#
-        ))
-        .unwrap(),
+        Transaction::from_json(&format!(r#"{{"user":"{USER}","events":[{events}]}}"#)).unwrap(),
     )
 }
 
@@ -87,67 +121,174 @@ fn new_msg(extra: &str) -> String {
     )
 }
 
+const PREFIX: &str = r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42"#;
+
+fn failure(out: Outcome) -> Failure {
+    match out {
+        Outcome::Failed(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn body_user(r: &Recorded) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    v["user"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn exact_bodies_and_headers() {
+async fn ascii_message_exact_request() {
     let server = RecordingServer::start().await;
     let url = server
-        .url("/preliminary/http-notify/v1/notify")
+        .url("/preliminary/http-notify/v1/notify?a=b")
         .replace("http://", "http://login:pass@");
     let o = ox(&format!("url={url}")).await;
-    let cases = [
-        (new_msg(r#","from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3"#),
-         r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3}"#.to_string()),
-        (new_msg(r#","from":"=?utf-8?q?=C3=84?= <a@b.org>","subject":"Test =?utf-8?q?p=C3=A4iv=C3=A4=C3=A4?=""#),
-         r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"=?utf-8?q?=C3=84?= <a@b.org>","subject":"Test =?utf-8?q?p=C3=A4iv=C3=A4=C3=A4?="}"#.to_string()),
-        (new_msg(r#","snippet":"q\"b\\n\nt\tc\u0001\u001f/ä€\u2028""#),
-         "{\"user\":\"alice@example.com\",\"event\":\"messageNew\",\"folder\":\"INBOX\",\"imap-uidvalidity\":1700000000,\"imap-uid\":42,\"snippet\":\"q\\\"b\\\\n\\nt\\tc\\u0001\\u001f/ä€\\u2028\"}".to_string()),
-        (new_msg(r#","subject_utf8":"Only decoded""#),
-         r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"subject":"Only decoded"}"#.to_string()),
-    ];
-    for (i, (event, expected)) in cases.iter().enumerate() {
-        assert_eq!(
-            deliver(o.driver.as_ref(), &txn(event)).await,
-            Outcome::Delivered
-        );
-        let r = &server.requests()[i];
-        assert_eq!(r.method, "PUT");
-        assert_eq!(r.target, "/preliminary/http-notify/v1/notify");
-        assert_eq!(
-            r.header("content-type"),
-            Some("application/json; charset=utf-8")
-        );
-        assert_eq!(r.header("authorization"), Some("Basic bG9naW46cGFzcw=="));
-        assert_eq!(&r.body_text(), expected, "case {i}");
-    }
-    // user@ without a password: no Authorization.
-    let o = ox(&format!(
-        "url={}",
-        server.url("/x").replace("http://", "http://login@")
-    ))
-    .await;
-    deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
+    let event = new_msg(
+        r#","from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3"#,
+    );
     assert_eq!(
-        server.requests().last().unwrap().header("authorization"),
-        None
+        deliver(o.driver.as_ref(), &txn(&event)).await,
+        Outcome::Delivered
+    );
+    let r = &server.requests()[0];
+    let expected = format!(
+        r#"{PREFIX},"from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3}}"#
+    );
+    assert_eq!(r.body, expected.as_bytes());
+    assert_eq!(r.method, "PUT");
+    assert_eq!(r.target, "/preliminary/http-notify/v1/notify?a=b");
+    assert_eq!(r.header("host"), Some(server.addr.to_string().as_str()));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r.header("authorization"), Some("Basic bG9naW46cGFzcw=="));
+    assert_eq!(
+        r.header("content-length"),
+        Some(expected.len().to_string().as_str())
+    );
+    assert!(r
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("keep-alive")));
+    let date = r.header("date").expect("Date header, as Dovecot sends");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+    // Like Dovecot: no User-Agent, no chunking, no Expect.
+    for absent in ["user-agent", "transfer-encoding", "expect"] {
+        assert_eq!(r.header(absent), None, "{absent}");
+    }
+    assert!(o.driver.counters().contains(&("ox_sent", 1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mime_encoded_from_and_subject_are_sent_raw() {
+    let server = RecordingServer::start().await;
+    let o = ox(&format!("url={}", server.url("/n"))).await;
+    // Raw header values: encoded words stay encoded; a folded header keeps "\n\t".
+    let event = new_msg(
+        r#","from":"=?utf-8?q?J=C3=B6rg?= <j@example.org>","subject":"=?UTF-8?B?SMOkbGxv?=\n\t=?UTF-8?Q?W=C3=B6rld?=","subject_utf8":"Hällo Wörld""#,
+    );
+    deliver(o.driver.as_ref(), &txn(&event)).await;
+    assert_eq!(
+        server.requests()[0].body_text(),
+        format!(
+            r#"{PREFIX},"from":"=?utf-8?q?J=C3=B6rg?= <j@example.org>","subject":"=?UTF-8?B?SMOkbGxv?=\n\t=?UTF-8?Q?W=C3=B6rld?="}}"#
+        )
+        .replace("\n\t", "\\n\\t")
+    );
+    // Only the decoded subject known: it is sent.
+    deliver(
+        o.driver.as_ref(),
+        &txn(&new_msg(r#","subject_utf8":"Hällo""#)),
+    )
+    .await;
+    assert_eq!(
+        server.requests()[1].body_text(),
+        format!(r#"{PREFIX},"subject":"Hällo"}}"#)
     );
 }
 
-/// (reply, max_retries) → attempts, as Dovecot: retries only on timeout, 408 and 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread")]
+async fn snippet_escaping_is_dovecots_byte_for_byte() {
+    let server = RecordingServer::start().await;
+    let o = ox(&format!("url={}", server.url("/n"))).await;
+    // quotes, backslash, \n \t \r \b \f, other controls, DEL, '/', non-ASCII, U+2028/9.
+    let snippet_json =
+        r#""say \"hi\" C:\\dir\nline2\ttab\r\b\f\u0001\u001f\u007f/ä€😀\u2028\u2029""#;
+    deliver(
+        o.driver.as_ref(),
+        &txn(&new_msg(&format!(r#","snippet":{snippet_json}"#))),
+    )
+    .await;
+    let expected = format!(
+        "{PREFIX},\"snippet\":\"say \\\"hi\\\" C:\\\\dir\\nline2\\ttab\\r\\b\\f\\u0001\\u001f\u{7f}/ä€😀\\u2028\\u2029\"}}"
+    );
+    assert_eq!(server.requests()[0].body, expected.as_bytes());
+    // An empty snippet (no text part) is still sent.
+    deliver(o.driver.as_ref(), &txn(&new_msg(r#","snippet":"""#))).await;
+    assert_eq!(
+        server.requests()[1].body_text(),
+        format!(r#"{PREFIX},"snippet":""}}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unseen_only_when_known() {
+    let server = RecordingServer::start().await;
+    let o = ox(&format!("url={}", server.url("/n"))).await;
+    deliver(o.driver.as_ref(), &txn(&new_msg(r#","unseen":0"#))).await;
+    deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
+    let r = server.requests();
+    assert_eq!(r[0].body_text(), format!(r#"{PREFIX},"unseen":0}}"#));
+    assert_eq!(r[1].body_text(), format!("{PREFIX}}}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_from_the_url() {
+    let server = RecordingServer::start().await;
+    let with = |userinfo: &str| {
+        server
+            .url("/n")
+            .replace("http://", &format!("http://{userinfo}@"))
+    };
+    for (userinfo, expected) in [
+        ("login:pass", Some("Basic bG9naW46cGFzcw==")),
+        // Percent-decoded: "a@b:p:s".
+        ("a%40b:p%3As", Some("Basic YUBiOnA6cw==")),
+        // An empty password is a password.
+        ("login:", Some("Basic bG9naW46")),
+        // user@ without a password: no Authorization.
+        ("login", None),
+    ] {
+        let o = ox(&format!("url={}", with(userinfo))).await;
+        assert_eq!(
+            deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+            Outcome::Delivered
+        );
+        assert_eq!(
+            server.requests().last().unwrap().header("authorization"),
+            expected,
+            "{userinfo}"
+        );
+        // The password is masked in what `check` shows.
+        assert!(o.details[0].starts_with("url: http://"), "{:?}", o.details);
+        assert!(!o.details[0].contains(":pass@"), "{:?}", o.details);
+    }
+}
+
+/// (reply, max_retries) → attempts, as Dovecot: retries only on a timeout, a lost
+/// connection, 408 and 503 with Retry-After; the timeout is per attempt.
 #[tokio::test(flavor = "multi_thread")]
 async fn attempts_follow_dovecots_retry_rules() {
-    for (reply, retries, expected) in [
-        (Reply::Hang, 0, 1),
-        (Reply::Hang, 1, 2),
-        (Reply::Hang, 3, 4),
-        (Reply::status(408), 0, 1),
-        (Reply::status(408), 1, 2),
-        (Reply::status(408), 3, 4),
-        (Reply::with_header(503, "Retry-After", "0"), 0, 1),
-        (Reply::with_header(503, "Retry-After", "0"), 1, 2),
-        (Reply::with_header(503, "Retry-After", "0"), 3, 4),
-        (Reply::status(503), 3, 1),
-        (Reply::status(500), 3, 1),
-    ] {
+    let ra0 = Reply::with_header(503, "Retry-After", "0");
+    let mut cases = Vec::new();
+    for retries in [0u32, 1, 3] {
+        for reply in [Reply::Hang, Reply::status(408), ra0.clone(), Reply::Close] {
+            cases.push((reply, retries, retries as usize + 1));
+        }
+        for reply in [Reply::status(503), Reply::status(500), Reply::status(404)] {
+            cases.push((reply, retries, 1));
+        }
+    }
+    for (reply, retries, expected) in cases {
         let server = RecordingServer::start().await;
         server.set_default(reply.clone());
         let o = ox(&format!(
@@ -156,43 +297,155 @@ async fn attempts_follow_dovecots_retry_rules() {
         ))
         .await;
         let start = Instant::now();
-        let out = deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
-        assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
-        assert_eq!(
-            server.requests().len(),
-            expected,
-            "{reply:?} with max_retries={retries}"
+        let f = failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+        let elapsed = start.elapsed();
+        let what = format!("{reply:?} with max_retries={retries}: {}", f.reason);
+        assert_eq!(server.requests().len(), expected, "{what}");
+        assert!(
+            o.driver
+                .counters()
+                .contains(&("ox_retried", expected as u64 - 1)),
+            "{what}"
         );
-        if matches!(reply, Reply::Hang) {
-            // The timeout is per attempt.
-            let e = start.elapsed();
-            assert!(
-                e >= Duration::from_millis(200 * expected as u64)
-                    && e < Duration::from_millis(200 * expected as u64 + 1500),
-                "{e:?}"
-            );
-            let Outcome::Failed(f) = out else {
-                unreachable!()
-            };
-            assert!(f.reason.contains("Request timed out"), "{}", f.reason);
+        if expected > 1 {
+            let suffix = format!(" ({} retries in ", expected - 1);
+            assert!(f.reason.contains(&suffix), "{what}");
+        } else {
+            assert!(!f.reason.contains("retries in"), "{what}");
+        }
+        match reply {
+            Reply::Hang => {
+                // 200 ms per attempt (plus a short backoff), not 200 ms in total.
+                let floor = Duration::from_millis(200 * expected as u64);
+                assert!(
+                    elapsed >= floor && elapsed < floor + Duration::from_millis(3000),
+                    "{what}: {elapsed:?}"
+                );
+                assert!(
+                    f.reason
+                        .starts_with("Error when sending notification: Request timed out"),
+                    "{what}"
+                );
+                assert!(f.retryable, "{what}");
+            }
+            Reply::Close => {
+                assert!(f.reason.contains("Connection lost"), "{what}");
+                assert!(f.retryable, "{what}");
+            }
+            Reply::Status { status, .. } => {
+                // The server's reason phrase (RecordingServer sends "X").
+                assert!(
+                    f.reason
+                        .starts_with(&format!("Error when sending notification: {status} X")),
+                    "{what}"
+                );
+                assert_eq!(f.retryable, status == 408 || status == 503, "{what}");
+            }
         }
     }
-    // A refused connection: one attempt, no retry.
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_must_fit_in_the_attempt_timeout() {
+    // Dovecot retries a 503 only when Retry-After is at most timeout_msecs/1000 s ahead.
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::with_header(503, "Retry-After", "1"));
+    let o = ox(&format!(
+        "url={} max_retries=3 timeout_msecs=200",
+        server.url("/n")
+    ))
+    .await;
+    let f = failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+    assert_eq!(server.requests().len(), 1);
+    assert!(f.retryable);
+    assert_eq!(f.retry_after, Some(Duration::from_secs(1)));
+
+    // Within the attempt timeout: waited for, then retried.
+    let server = RecordingServer::start().await;
+    server.script([Reply::with_header(503, "Retry-After", "1")]);
+    let o = ox(&format!(
+        "url={} max_retries=1 timeout_msecs=1000",
+        server.url("/n")
+    ))
+    .await;
+    let start = Instant::now();
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Delivered
+    );
+    assert_eq!(server.requests().len(), 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // An HTTP-date in the past: not retried.
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::with_header(
+        503,
+        "Retry-After",
+        "Sun, 06 Nov 1994 08:49:37 GMT",
+    ));
+    let o = ox(&format!("url={} max_retries=3", server.url("/n"))).await;
+    failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_connection_is_tried_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let o = ox(&format!("url=http://127.0.0.1:{port}/n max_retries=3")).await;
-    let Outcome::Failed(f) = deliver(o.driver.as_ref(), &txn(&new_msg(""))).await else {
-        panic!()
-    };
-    assert!(
-        f.reason.contains("Connection failed") && !f.reason.contains("retries"),
-        "{}",
-        f.reason
+    let o = ox(&format!(
+        "url=http://127.0.0.1:{port}/n max_retries=3 timeout_msecs=200"
+    ))
+    .await;
+    let f = failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+    assert_eq!(
+        f.reason,
+        format!(
+            "Error when sending notification: connect(127.0.0.1:{port}) failed: Connection refused"
+        )
     );
-    assert!(o.driver.counters().contains(&("ox_retried", 0)));
+    assert!(!f.retryable);
+    let counters = o.driver.counters();
+    assert!(counters.contains(&("ox_attempts", 1)), "{counters:?}");
+    assert!(counters.contains(&("ox_retried", 0)), "{counters:?}");
+    assert!(counters.contains(&("ox_failed", 1)), "{counters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_are_refused_not_followed() {
+    let server = RecordingServer::start().await;
+    let target = server.url("/elsewhere");
+    server.set_default(Reply::with_header(302, "Location", &target));
+    let o = ox(&format!("url={} max_retries=3", server.url("/n"))).await;
+    let f = failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+    assert_eq!(
+        f.reason,
+        "Error when sending notification: Redirect refused"
+    );
+    assert!(!f.retryable);
+    let r = server.requests();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].target, "/n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_2xx_is_success() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::status(204), Reply::status(202)]);
+    let o = ox(&format!("url={}", server.url("/n"))).await;
+    for _ in 0..2 {
+        assert_eq!(
+            deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+            Outcome::Delivered
+        );
+    }
+    assert!(o.driver.counters().contains(&("ox_sent", 2)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,29 +454,71 @@ async fn no_request_unless_active_inbox_message_new() {
     // cache_lifetime=0: every transaction reads METADATA.
     let o = ox(&format!("url={} cache_lifetime=0", server.url("/n"))).await;
     // Not active: METADATA unset.
-    o.meta.0.lock().unwrap().clear();
+    o.meta.clear();
     assert_eq!(
         deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
         Outcome::Skipped
     );
-    // Active, but another folder; another event.
-    o.meta.set("alice@example.com", "user=11@3");
-    let work = r#"{"name":"MessageNew","mailbox":"Work","uid":1,"uid_validity":1}"#;
-    let append = r#"{"name":"MessageAppend","mailbox":"INBOX","uid":1,"uid_validity":1}"#;
-    let read = r#"{"name":"MessageRead","mailbox":"INBOX","uid":1,"uid_validity":1}"#;
-    for e in [work, append, read] {
+    o.meta.set(USER, "user=11@3");
+    // Another folder (the name is case-sensitive): skipped.
+    for mailbox in ["Work", "inbox", "INBOX/sub"] {
+        let e =
+            format!(r#"{{"name":"MessageNew","mailbox":"{mailbox}","uid":1,"uid_validity":1}}"#);
+        assert_eq!(
+            deliver(o.driver.as_ref(), &txn(&e)).await,
+            Outcome::Skipped,
+            "{mailbox}"
+        );
+    }
+    // INBOX, but not MessageNew.
+    for e in [
+        r#"{"name":"MessageAppend","mailbox":"INBOX","uid":1,"uid_validity":1,"subject":"s"}"#,
+        r#"{"name":"MessageRead","mailbox":"INBOX","uid":1,"uid_validity":1}"#,
+        r#"{"name":"MessageExpunge","mailbox":"INBOX","uid":1,"uid_validity":1}"#,
+        r#"{"name":"FlagsSet","mailbox":"INBOX","uid":1,"uid_validity":1,"flags":["\\Seen"]}"#,
+        r#"{"name":"MailboxSubscribe","mailbox":"INBOX"}"#,
+    ] {
         assert_eq!(
             deliver(o.driver.as_ref(), &txn(e)).await,
-            Outcome::Delivered
+            Outcome::Delivered,
+            "{e}"
         );
     }
     // No user= in the value: Dovecot's error, no request.
-    o.meta.set("alice@example.com", "foo=bar");
-    assert_eq!(
-        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
-        Outcome::Skipped
-    );
+    for value in ["foo=bar", "", "user"] {
+        o.meta.set(USER, value);
+        assert_eq!(
+            deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+            Outcome::Skipped,
+            "{value:?}"
+        );
+    }
     assert!(server.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_put_per_message_new_in_inbox() {
+    let server = RecordingServer::start().await;
+    let o = ox(&format!("url={}", server.url("/n"))).await;
+    let events = [
+        r#"{"name":"MessageNew","mailbox":"INBOX","uid":7,"uid_validity":1}"#,
+        r#"{"name":"MessageNew","mailbox":"Work","uid":8,"uid_validity":1}"#,
+        r#"{"name":"MessageRead","mailbox":"INBOX","uid":7,"uid_validity":1}"#,
+        r#"{"name":"MessageNew","mailbox":"INBOX","uid":9,"uid_validity":1,"unseen":2}"#,
+    ]
+    .join(",");
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&events)).await,
+        Outcome::Delivered
+    );
+    let bodies: Vec<String> = server.requests().iter().map(Recorded::body_text).collect();
+    assert_eq!(
+        bodies,
+        [
+            r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":7}"#,
+            r#"{"user":"alice@example.com","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":9,"unseen":2}"#,
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,13 +526,22 @@ async fn user_or_user_from_metadata() {
     let server = RecordingServer::start().await;
     let plain = ox(&format!("url={}", server.url("/n"))).await;
     let from_meta = ox(&format!("url={} user_from_metadata", server.url("/n"))).await;
-    deliver(plain.driver.as_ref(), &txn(&new_msg(""))).await;
+    // Presence-only, as in Dovecot.
+    let from_meta_no = ox(&format!("url={} user_from_metadata=no", server.url("/n"))).await;
+    for o in [&plain, &from_meta, &from_meta_no] {
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
+    }
+    // The last user= wins; tab-escaped values are unescaped; an empty user is a user.
+    from_meta
+        .meta
+        .set(USER, "user=first\tother=x\tuser=a\u{1}tb");
+    from_meta.clock.advance(Duration::from_secs(61));
     deliver(from_meta.driver.as_ref(), &txn(&new_msg(""))).await;
-    let r = server.requests();
-    assert!(r[0]
-        .body_text()
-        .starts_with(r#"{"user":"alice@example.com","#));
-    assert!(r[1].body_text().starts_with(r#"{"user":"11@3","#));
+    from_meta.meta.set(USER, "user=");
+    from_meta.clock.advance(Duration::from_secs(61));
+    deliver(from_meta.driver.as_ref(), &txn(&new_msg(""))).await;
+    let users: Vec<String> = server.requests().iter().map(body_user).collect();
+    assert_eq!(users, [USER, "11@3", "11@3", "a\tb", ""]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,56 +553,138 @@ async fn metadata_is_cached_for_cache_lifetime() {
     ))
     .await;
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
-    o.meta.set("alice@example.com", "user=22@3");
+    o.meta.set(USER, "user=22@3");
     o.clock.advance(Duration::from_secs(59));
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
-    o.clock.advance(Duration::from_secs(2));
+    o.clock.advance(Duration::from_secs(1));
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
-    let users: Vec<String> = server
-        .requests()
-        .iter()
-        .map(|r| r.body_text()[9..13].to_string())
-        .collect();
+    let users: Vec<String> = server.requests().iter().map(body_user).collect();
     assert_eq!(users, ["11@3", "11@3", "22@3"]);
+
     // A transaction's own metadata wins over store and cache.
-    let t = Arc::new(
+    let own = Arc::new(
         Transaction::from_json(&format!(
-            r#"{{"user":"alice@example.com","events":[{}],"metadata":{{"{KEY}":"user=33@3"}}}}"#,
+            r#"{{"user":"{USER}","events":[{}],"metadata":{{"{KEY}":"user=33@3"}}}}"#,
             new_msg("")
         ))
         .unwrap(),
     );
-    deliver(o.driver.as_ref(), &t).await;
-    assert!(server
-        .requests()
-        .last()
-        .unwrap()
-        .body_text()
-        .starts_with(r#"{"user":"33@3""#));
+    deliver(o.driver.as_ref(), &own).await;
+    assert_eq!(body_user(server.requests().last().unwrap()), "33@3");
+
+    // "Not set" is not cached: setting it takes effect at once.
+    let meta = Arc::new(Meta::default());
+    let o = ox_with_meta(
+        &format!("url={} cache_lifetime=1h", server.url("/n")),
+        meta.clone(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Skipped
+    );
+    meta.set(USER, "user=1");
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Delivered
+    );
+    // …while a set value stays cached after it is unset, until the lifetime ends.
+    meta.clear();
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Delivered
+    );
+    o.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Skipped
+    );
+}
+
+/// Activation through mailpush's own METADATA store, written as `mailpush metadata set`
+/// writes it (any key case).
+#[tokio::test(flavor = "multi_thread")]
+async fn activation_through_the_metadata_store() {
+    let server = RecordingServer::start().await;
+    let (dir, config) = config_with(&format!("url={} cache_lifetime=0", server.url("/n")));
+    let store = Arc::new(MetadataStore::open(&dir.path().join("metadata.db")).unwrap());
+    let Ok(loaded) = DriverRegistry::default()
+        .init_all(&config, store.clone())
+        .await
+    else {
+        panic!("init")
+    };
+    let driver = loaded[0].driver.clone();
+    assert_eq!(
+        deliver(driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Skipped
+    );
+    store
+        .set(
+            USER,
+            "/private/vendor/vendor.dovecot/HTTP-NOTIFY",
+            "user=11@3",
+        )
+        .unwrap();
+    assert_eq!(
+        deliver(driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Delivered
+    );
+    store.unset(USER, KEY).unwrap();
+    assert_eq!(
+        deliver(driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Skipped
+    );
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_errors_and_fallback_warnings() {
     let o = ox("url=http://h/ max_retries=x timeout_msecs=y").await;
     assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+    assert!(
+        o.warnings[0].starts_with(
+            "max_retries=x is not an unsigned number; using the default max_retries=1"
+        ),
+        "{:?}",
+        o.warnings
+    );
+    assert!(
+        o.warnings[1].starts_with(
+            "timeout_msecs=y is not an unsigned number; using the default timeout_msecs=2000"
+        ),
+        "{:?}",
+        o.warnings
+    );
+    assert_eq!(
+        o.details,
+        [
+            "url: http://h/",
+            "cache_lifetime: 60s, max_retries: 1 (2 attempts), timeout: 2000 ms per attempt, user_from_metadata: no",
+        ]
+    );
     for (args, expected) in [
-        ("cache_lifetime=60s", "Driver requires the url parameter"),
+        ("cache_lifetime=60s", "Driver requires the url parameter".to_string()),
         (
             "url=http://h/ cache_lifetime=60",
-            "Time interval '60' is missing units",
+            "Failed to parse OX cache_lifetime 60: Time interval '60' is missing units (add e.g. 's' for seconds); use e.g. cache_lifetime=60s".to_string(),
+        ),
+        (
+            "url=http://login:s3cret@h/#x",
+            "Failed to parse OX REST URL http://login:***@h/#x: URL fragment not allowed for HTTP URL in this context".to_string(),
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.conf");
-        std::fs::write(&path, format!("mailpush {{\n state_dir = st\n}}\nplugin {{\n push_notification_driver = ox:{args}\n}}\n")).unwrap();
-        let config = Config::load(&path).unwrap();
+        let (_dir, config) = config_with(args);
         let Err((_, errors)) = DriverRegistry::default()
             .init_all(&config, Arc::new(mailpush_core::NoMetadata))
             .await
         else {
-            panic!()
+            panic!("{args} should fail")
         };
-        assert!(errors[0].to_string().contains(expected), "{}", errors[0]);
+        let text = errors[0].to_string();
+        assert!(text.contains(&expected), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }
 
@@ -320,7 +706,12 @@ async fn ox_wasm_matches_the_native_driver_byte_for_byte() {
     let event = new_msg(
         r#","from":"=?utf-8?q?=C3=84?= <a@b>","subject":"S \"q\"","snippet":"x\ny\u0002ä","unseen":5"#,
     );
-    let t = Arc::new(Transaction::from_json(&format!(r#"{{"user":"alice@example.com","events":[{event}],"metadata":{{"{KEY}":"user=11@3"}}}}"#)).unwrap());
+    let t = Arc::new(
+        Transaction::from_json(&format!(
+            r#"{{"user":"{USER}","events":[{event}],"metadata":{{"{KEY}":"user=11@3"}}}}"#
+        ))
+        .unwrap(),
+    );
     assert_eq!(
         deliver(native.driver.as_ref(), &t).await,
         Outcome::Delivered

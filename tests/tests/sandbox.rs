@@ -212,3 +212,11 @@ async fn fuel_limit_stops_a_loop() {
     let r = &reasons(&out)[0];
     assert!(r.contains("fuel exhausted"), "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_data_beyond_max_event_bytes_is_refused() {
+    let (out, _) = run_hostile("mode=ok max_event_bytes=64", 2).await;
+    for r in reasons(&out) {
+        assert!(r.contains("max_event_bytes=64"), "{r}");
+    }
+}

@@ -176,12 +176,17 @@ const DEBUG_FLAG_ORDER: [(&str, &str); 5] = [
     ("\\Draft", "Draft"),
 ];
 
+/// Dovecot's `date` value for "no date": it prints no Date line for it.
+pub const NO_DATE: i64 = -1;
+
 /// Appends the debug lines Dovecot prints for one event's data (§4 and §9).
 pub fn event_lines(event: &Event, out: &mut Vec<String>) {
     let name = event.name();
     match event {
         Event::MessageNew(m) | Event::MessageAppend(m) => {
-            if let Some(date) = m.date {
+            // Dovecot's "no date" is -1 (the data's initial value; a missing or invalid
+            // Date header gives 0 instead): no Date line, as for an absent `date`.
+            if let Some(date) = m.date.filter(|&d| d != NO_DATE) {
                 out.push(format!(
                     "{name}: Date [{}]",
                     dovecot_date(date, m.tz.unwrap_or(0))

@@ -398,6 +398,37 @@ async fn missing_or_invalid_date_prints_epoch() {
 }
 
 #[tokio::test]
+async fn date_minus_one_means_no_date_and_prints_no_date_line() {
+    // Dovecot initialises the date to -1 and prints `Date [...]` only if date != -1;
+    // the other fields are printed as usual.
+    let event = |date| {
+        Event::MessageNew(NewMessage {
+            from: Some("alice@example.com".into()),
+            ..new_message(date, Some(120))
+        })
+    };
+    let expected = [
+        BEGIN,
+        MSG,
+        "Message data: Mailbox [INBOX], UID [42], UIDVALIDITY [1700000000]",
+        "MessageNew: From [alice@example.com]",
+        END,
+    ];
+    assert_eq!(lines_for(vec![event(Some(-1))]).await, expected);
+    assert_eq!(lines_for(vec![event(None)]).await, expected);
+    assert_eq!(mailpush_dlog::NO_DATE, -1);
+    // Any other negative date is a real (pre-1970) date and is printed.
+    assert_eq!(
+        date_line(-2, Some(0)).await,
+        "MessageNew: Date [1969-12-31T23:59:58+00:00]"
+    );
+    // The public event_lines agrees.
+    let mut lines = Vec::new();
+    mailpush_dlog::event_lines(&event(Some(-1)), &mut lines);
+    assert_eq!(lines, ["MessageNew: From [alice@example.com]"]);
+}
+
+#[tokio::test]
 async fn negative_zone_offsets() {
     // Date: Mon, 31 Dec 2018 19:30:00 -0430 (= 2019-01-01T00:00:00Z)
     assert_eq!(

@@ -1,6 +1,7 @@
-//! Activation through METADATA: the driver is active for a user only while
-//! `/private/vendor/vendor.dovecot/http-notify` is set; values read from the store are
-//! cached per user for `cache_lifetime` (successful reads only, like Dovecot).
+//! Activation through METADATA (`dovecot-push.md` §7.2): the driver is active for a user
+//! only while `/private/vendor/vendor.dovecot/http-notify` is set. Values read from the
+//! store are cached per user for `cache_lifetime` — successful reads only, as in Dovecot;
+//! "not set" is read again every time. Time comes from a [`Clock`] so tests can move it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,13 +12,17 @@ use mailpush_core::{MetadataError, MetadataLookup, Transaction};
 /// The METADATA key (server metadata, as clients set it).
 pub const METADATA_KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
 
-/// Time source, so tests can move time without sleeping.
+/// Dovecot's internal name for the key, used in its log lines.
+pub const INTERNAL_KEY: &str =
+    "/private/vendor/vendor.dovecot/pvt/server/vendor/vendor.dovecot/http-notify";
+
+/// Time source.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
 }
 
 /// The real clock.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -26,7 +31,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told to.
+/// A clock that moves only when told to (for tests).
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Instant>);
 
@@ -37,6 +42,11 @@ impl Default for ManualClock {
 }
 
 impl ManualClock {
+    /// A clock standing at the current instant.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Moves time forward.
     pub fn advance(&self, d: Duration) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) += d;
@@ -49,7 +59,11 @@ impl Clock for ManualClock {
     }
 }
 
-/// Per-user cache of successful METADATA reads.
+/// Above this many cached users, expired entries are dropped on insert.
+const PRUNE_ABOVE: usize = 4096;
+
+/// Per-user cache of successful METADATA reads (Dovecot keeps one per user's driver
+/// instance; mailpush has one driver for all users, hence the map).
 pub struct MetadataCache {
     lifetime: Duration,
     entries: Mutex<HashMap<String, (String, Instant)>>,
@@ -63,9 +77,9 @@ impl MetadataCache {
         }
     }
 
-    /// The value for the transaction's user: the transaction's own `metadata` first (not
-    /// cached: it is fresh), then the cache while `cached_at + lifetime > now`, then the
-    /// store.
+    /// The value for the transaction's user: the transaction's own `metadata` first (it
+    /// is fresh: never cached), then the cache while `cached_at + lifetime > now`
+    /// (strict, so lifetime 0 never caches), then the store.
     pub fn lookup(
         &self,
         txn: &Transaction,
@@ -76,15 +90,21 @@ impl MetadataCache {
             return Ok(Some(v.clone()));
         }
         let now = clock.now();
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((v, at)) = entries.get(&txn.user) {
+        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((v, at)) = lock().get(&txn.user) {
             if *at + self.lifetime > now {
                 return Ok(Some(v.clone()));
             }
         }
+        // Read the store without holding the cache lock.
         let value = store.get(&txn.user, METADATA_KEY)?;
+        let mut entries = lock();
         match &value {
             Some(v) if !self.lifetime.is_zero() => {
+                if entries.len() >= PRUNE_ABOVE {
+                    let lifetime = self.lifetime;
+                    entries.retain(|_, (_, at)| *at + lifetime > now);
+                }
                 entries.insert(txn.user.clone(), (v.clone(), now));
             }
             _ => {
@@ -93,9 +113,20 @@ impl MetadataCache {
         }
         Ok(value)
     }
+
+    /// Number of cached users (for tests and status).
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-/// Dovecot's tab-unescape (escape character \x01).
+/// Dovecot's `str_tabunescape` (escape character \x01): `\x01` followed by `0`, `1`, `t`,
+/// `r`, `n` gives NUL, \x01, TAB, CR, LF; followed by any other character, that character.
 pub fn tab_unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
@@ -117,22 +148,26 @@ pub fn tab_unescape(s: &str) -> String {
     out
 }
 
-/// The `user=` of a METADATA value (tab-separated `key=value`, last one wins).
+/// The `user=` of a METADATA value: split on TAB, tab-unescape each element, split each at
+/// its first `=`; the last `user` wins; elements without `=` are ignored; an empty value
+/// counts. `None` when there is no `user` key (Dovecot: "No user provided in config").
 pub fn metadata_user(value: &str) -> Option<String> {
     value
         .split('\t')
         .map(tab_unescape)
         .filter_map(|kv| {
             kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .filter(|(k, _)| *k == "user")
+                .map(|(_, v)| v.to_string())
         })
-        .filter(|(k, _)| k == "user")
-        .map(|(_, v)| v)
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     #[test]
@@ -140,7 +175,93 @@ mod tests {
         assert_eq!(metadata_user("user=11@3"), Some("11@3".into()));
         assert_eq!(metadata_user("a=b\tuser=x\tuser=y"), Some("y".into()));
         assert_eq!(metadata_user("user="), Some("".into()));
-        assert_eq!(metadata_user("nouser\ta=b"), None);
+        assert_eq!(metadata_user("user=a=b"), Some("a=b".into()));
+        assert_eq!(metadata_user("nouser\ta=b\tuser"), None);
+        assert_eq!(metadata_user("USER=x"), None, "keys are case-sensitive");
         assert_eq!(metadata_user("user=a\u{1}tb"), Some("a\tb".into()));
+        assert_eq!(metadata_user("us\u{1}er=z"), Some("z".into()));
+        assert_eq!(
+            tab_unescape("\u{1}0\u{1}1\u{1}r\u{1}n\u{1}x\u{1}"),
+            "\0\u{1}\r\nx"
+        );
+    }
+
+    struct Counting(AtomicUsize, Mutex<Option<String>>);
+
+    impl MetadataLookup for Counting {
+        fn get(&self, _user: &str, key: &str) -> Result<Option<String>, MetadataError> {
+            assert_eq!(key, METADATA_KEY);
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(self.1.lock().unwrap().clone())
+        }
+    }
+
+    fn txn(metadata: &[(&str, &str)]) -> Transaction {
+        Transaction {
+            id: "t".into(),
+            user: "u@x".into(),
+            events: Vec::new(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn cache_keeps_successful_reads_for_the_lifetime_only() {
+        let store = Counting(AtomicUsize::new(0), Mutex::new(None));
+        let clock = ManualClock::new();
+        let cache = MetadataCache::new(Duration::from_secs(60));
+        let t = txn(&[]);
+        // "Not set" is never cached.
+        assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
+        assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
+        assert_eq!(store.0.load(Ordering::SeqCst), 2);
+        *store.1.lock().unwrap() = Some("user=1".into());
+        assert_eq!(
+            cache.lookup(&t, &store, &clock).unwrap().as_deref(),
+            Some("user=1")
+        );
+        *store.1.lock().unwrap() = Some("user=2".into());
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(
+            cache.lookup(&t, &store, &clock).unwrap().as_deref(),
+            Some("user=1")
+        );
+        assert_eq!(store.0.load(Ordering::SeqCst), 3);
+        // Strict: at exactly cached_at + lifetime the entry is stale.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            cache.lookup(&t, &store, &clock).unwrap().as_deref(),
+            Some("user=2")
+        );
+        // The transaction's own metadata wins and is not cached.
+        let own = txn(&[(METADATA_KEY, "user=own")]);
+        assert_eq!(
+            cache.lookup(&own, &store, &clock).unwrap().as_deref(),
+            Some("user=own")
+        );
+        assert_eq!(
+            cache.lookup(&t, &store, &clock).unwrap().as_deref(),
+            Some("user=2")
+        );
+        // Unset in the store after expiry: the entry goes.
+        *store.1.lock().unwrap() = None;
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn lifetime_zero_never_caches() {
+        let store = Counting(AtomicUsize::new(0), Mutex::new(Some("user=1".into())));
+        let cache = MetadataCache::new(Duration::ZERO);
+        let clock = ManualClock::new();
+        for _ in 0..3 {
+            cache.lookup(&txn(&[]), &store, &clock).unwrap();
+        }
+        assert_eq!(store.0.load(Ordering::SeqCst), 3);
+        assert!(cache.is_empty());
     }
 }

@@ -1,158 +1,519 @@
-//! The HTTP side: one keep-alive connection pool per driver, shared by all users;
-//! Dovecot's retry rules; Dovecot's log wording.
+//! The HTTP side (`dovecot-push.md` §7.3–7.4): one keep-alive connection pool per driver,
+//! shared by all users; Dovecot's retry rules; Dovecot's log wording.
+//!
+//! Retry policy, as Dovecot 2.3's HTTP client applies it with `max_attempts =
+//! max_retries + 1` (the decision is [`judge`], a pure function):
+//! - retried: a per-attempt timeout, a connection lost while the request was pending,
+//!   408, and 503 whose `Retry-After` lies between now and `timeout_msecs / 1000` seconds
+//!   ahead (Dovecot waits until then; a later or past Retry-After, or none, is not
+//!   retried);
+//! - not retried: any other status, a failed connect (refused, unreachable, TLS, connect
+//!   timeout — Dovecot's `max_connect_attempts` is unset), a redirect (refused).
+//!
+//! Beyond Dovecot: a short exponential backoff between attempts, a `Failure` that tells
+//! the spool whether a later retry may help, counters, and the password never logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mailpush_core::Failure;
 
 use crate::config::OxConfig;
 
-/// Counters (exposed as driver metrics).
+/// Counters (exposed as driver metrics by [`crate::OxDriver`]).
 #[derive(Debug, Default)]
 pub struct OxStats {
+    /// Notifications answered with 2xx.
     pub sent: AtomicU64,
+    /// Notifications given up on (after any retries).
     pub failed: AtomicU64,
+    /// Retries (attempts beyond the first).
     pub retried: AtomicU64,
+    /// HTTP attempts made.
+    pub attempts: AtomicU64,
 }
 
-/// The pooled client.
+impl OxStats {
+    /// `(name, value)` pairs, as [`mailpush_core::Driver::counters`] reports them.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("ox_sent", self.sent.load(Ordering::Relaxed)),
+            ("ox_failed", self.failed.load(Ordering::Relaxed)),
+            ("ox_retried", self.retried.load(Ordering::Relaxed)),
+            ("ox_attempts", self.attempts.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// A `Retry-After` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    Seconds(u64),
+    Date(SystemTime),
+}
+
+impl RetryAfter {
+    /// Parses delta-seconds or an HTTP-date; `None` for anything else (ignored, like
+    /// Dovecot does).
+    pub fn parse(v: &str) -> Option<RetryAfter> {
+        let v = v.trim();
+        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            return v.parse().ok().map(RetryAfter::Seconds);
+        }
+        httpdate::parse_http_date(v).ok().map(RetryAfter::Date)
+    }
+
+    /// Seconds from `now` (negative when in the past), counted in whole seconds as
+    /// Dovecot does with `time_t`.
+    pub fn delay_secs(self, now: SystemTime) -> i64 {
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        };
+        match self {
+            RetryAfter::Seconds(d) => i64::try_from(d).unwrap_or(i64::MAX),
+            RetryAfter::Date(t) => secs(t).saturating_sub(secs(now)),
+        }
+    }
+}
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// An HTTP response.
+    Response {
+        status: u16,
+        /// The reason phrase as the server sent it.
+        reason: String,
+        /// Whether a `Location` header came with it.
+        location: bool,
+        retry_after: Option<RetryAfter>,
+    },
+    /// No response within the per-attempt timeout.
+    TimedOut,
+    /// The connection could not be set up (refused, unreachable, TLS).
+    ConnectFailed { cause: String },
+    /// The connect itself timed out (`target` is `host:port`).
+    ConnectTimedOut { target: String, after: Duration },
+    /// The connection broke while the request was pending.
+    ConnectionLost { cause: String },
+}
+
+/// The decision about one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Dovecot's `<msg>`: `200 OK`, `500 Internal Server Error`, `Request timed out`, …
+    pub message: String,
+    /// 2xx.
+    pub success: bool,
+    /// Retry within this delivery (attempts permitting), no earlier than after this delay.
+    pub retry_in: Option<Duration>,
+    /// Whether a later delivery attempt may succeed (the spool's decision input).
+    pub retryable: bool,
+    /// The server's Retry-After, as a delay.
+    pub retry_after: Option<Duration>,
+}
+
+/// Dovecot's `http_client_request_delay_from_response`: -1 delay too long, 0 none or
+/// expired, 1 a valid delay (until `retry_after`); the maximum is the per-attempt
+/// timeout in whole seconds (`max_auto_retry_delay` is unset for ox).
+fn delay_from_response(retry_after: Option<RetryAfter>, timeout_msecs: u32, now: SystemTime) -> i8 {
+    match retry_after {
+        None => 0,
+        Some(ra) => {
+            let d = ra.delay_secs(now);
+            if d < 0 {
+                0
+            } else if d > i64::from(timeout_msecs / 1000) {
+                -1
+            } else {
+                1
+            }
+        }
+    }
+}
+
+/// Dovecot 2.3's decision for one attempt (see the module docs).
+pub fn judge(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verdict {
+    let failed = |message: String, retry_in: Option<Duration>, retryable: bool| Verdict {
+        message,
+        success: false,
+        retry_in,
+        retryable,
+        retry_after: None,
+    };
+    match attempt {
+        Attempt::Response {
+            status,
+            reason,
+            location,
+            retry_after,
+        } => {
+            let status = *status;
+            let message = format!("{status} {reason}");
+            let delay = retry_after.map(|ra| ra.delay_secs(now));
+            let mut v = if (200..300).contains(&status) {
+                Verdict {
+                    message,
+                    success: true,
+                    retry_in: None,
+                    retryable: false,
+                    retry_after: None,
+                }
+            } else if (300..400).contains(&status)
+                && status != 304
+                && *location
+                && delay_from_response(*retry_after, timeout_msecs, now) >= 0
+            {
+                // max_redirects = 0.
+                failed("Redirect refused".into(), None, false)
+            } else if status == 503 {
+                let retry_in = (delay_from_response(*retry_after, timeout_msecs, now) > 0)
+                    .then(|| Duration::from_secs(delay.unwrap_or(0).max(0) as u64));
+                failed(message, retry_in, true)
+            } else if status == 408 {
+                failed(message, Some(Duration::ZERO), true)
+            } else {
+                failed(message, None, false)
+            };
+            v.retry_after = delay.map(|d| Duration::from_secs(d.max(0) as u64));
+            v
+        }
+        Attempt::TimedOut => failed("Request timed out".into(), Some(Duration::ZERO), true),
+        Attempt::ConnectionLost { cause } => failed(
+            format!("Connection lost: {cause}"),
+            Some(Duration::ZERO),
+            true,
+        ),
+        Attempt::ConnectFailed { cause } => failed(cause.clone(), None, false),
+        Attempt::ConnectTimedOut { target, after } => failed(
+            format!(
+                "connect({target}) failed: Connection timed out in {}.{:03} secs",
+                after.as_secs(),
+                after.subsec_millis()
+            ),
+            None,
+            true,
+        ),
+    }
+}
+
+/// Backoff before retry `n` (1-based): 50 ms, 100 ms, 200 ms, … up to 1 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1u64 << n.saturating_sub(1).min(10)))
+        .min(Duration::from_secs(1))
+}
+
+/// Largest response body read (and discarded) to keep a connection reusable.
+const MAX_DRAIN: usize = 64 * 1024;
+
+/// The pooled client of one driver.
 pub struct OxClient {
     http: reqwest::Client,
     config: OxConfig,
-}
-
-/// Why one attempt failed, and whether Dovecot would retry it.
-struct AttemptError {
-    message: String,
-    retry: bool,
-    retry_after: Option<Duration>,
+    number: u32,
+    stats: OxStats,
 }
 
 impl OxClient {
-    pub fn new(config: OxConfig) -> Result<Self, String> {
+    /// Builds the pool. `ca_pem` is the content of `ssl_ca_file`, if any.
+    pub fn new(config: OxConfig, number: u32, ca_pem: Option<&[u8]>) -> Result<Self, String> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout)
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(path) = &config.ssl_ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("ssl_ca_file {path}: {e}"))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("ssl_ca_file {path}: {e}"))?;
-            b = b.add_root_certificate(cert);
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32);
+        if let Some(t) = config.timeout {
+            // Slightly shorter than the request timeout so a connect that hangs reports
+            // as a connect failure (not retried, as in Dovecot) rather than as a request
+            // timeout.
+            b = b.connect_timeout(t.saturating_sub((t / 10).min(Duration::from_millis(10))));
+        }
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("ssl_ca_file: not a PEM certificate: {e}"))?;
+            if certs.is_empty() {
+                return Err("ssl_ca_file: no PEM certificate in the file".into());
+            }
+            for cert in certs {
+                b = b.add_root_certificate(cert);
+            }
         }
         let http = b
             .build()
             .map_err(|e| format!("Unable to initialize the HTTP client: {e}"))?;
-        Ok(OxClient { http, config })
+        Ok(OxClient {
+            http,
+            config,
+            number,
+            stats: OxStats::default(),
+        })
     }
 
-    async fn attempt(&self, body: &str) -> Result<(), AttemptError> {
+    /// The counters.
+    pub fn stats(&self) -> &OxStats {
+        &self.stats
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &OxConfig {
+        &self.config
+    }
+
+    async fn attempt(&self, body: &str) -> Attempt {
+        let started = Instant::now();
         let mut req = self
             .http
             .put(&self.config.url)
-            .timeout(self.config.timeout)
-            .header("Content-Type", "application/json; charset=utf-8")
+            .header(
+                reqwest::header::DATE,
+                httpdate::fmt_http_date(SystemTime::now()),
+            )
+            .header(reqwest::header::CONNECTION, "Keep-Alive")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/json; charset=utf-8",
+            )
             .body(body.to_string());
+        if let Some(t) = self.config.timeout {
+            req = req.timeout(t);
+        }
         if let Some((user, pass)) = &self.config.basic_auth {
             req = req.basic_auth(user, Some(pass));
         }
         match req.send().await {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status();
-                if status.is_success() {
-                    return Ok(());
+                let reason = resp
+                    .extensions()
+                    .get::<hyper::ext::ReasonPhrase>()
+                    .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+                    .or_else(|| status.canonical_reason().map(str::to_string))
+                    .unwrap_or_default();
+                let headers = resp.headers();
+                let attempt = Attempt::Response {
+                    status: status.as_u16(),
+                    reason,
+                    location: headers.contains_key(reqwest::header::LOCATION),
+                    retry_after: headers
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(RetryAfter::parse),
+                };
+                // Read the (ignored) body so the connection can be reused.
+                let mut drained = 0;
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    drained += chunk.len();
+                    if drained > MAX_DRAIN {
+                        break;
+                    }
                 }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let has_retry_after = resp.headers().contains_key("retry-after");
-                let message = if status.is_redirection() {
-                    "Redirect refused".to_string()
-                } else {
-                    format!(
-                        "{} {}",
-                        status.as_u16(),
-                        status.canonical_reason().unwrap_or("")
-                    )
-                };
-                Err(AttemptError {
-                    message,
-                    retry: status.as_u16() == 408 || (status.as_u16() == 503 && has_retry_after),
-                    retry_after,
-                })
+                attempt
             }
-            Err(e) => {
-                let (message, retry) = if e.is_timeout() {
-                    ("Request timed out".to_string(), true)
-                } else if e.is_connect() {
-                    // Dovecot does not retry failed connects (max_connect_attempts unset).
-                    (format!("Connection failed: {}", root_cause(&e)), false)
+            Err(e) if e.is_connect() => {
+                if e.is_timeout() {
+                    Attempt::ConnectTimedOut {
+                        target: self.config.authority.clone(),
+                        after: started.elapsed(),
+                    }
                 } else {
-                    // The connection was lost or closed while the request was pending.
-                    (format!("Connection lost: {}", root_cause(&e)), true)
-                };
-                Err(AttemptError {
-                    message,
-                    retry,
-                    retry_after: None,
-                })
+                    Attempt::ConnectFailed {
+                        cause: format!(
+                            "connect({}) failed: {}",
+                            self.config.authority,
+                            root_cause(&e)
+                        ),
+                    }
+                }
             }
+            Err(e) if e.is_timeout() => Attempt::TimedOut,
+            Err(e) => Attempt::ConnectionLost {
+                cause: root_cause(&e),
+            },
         }
     }
 
     /// Sends one notification: attempts = max_retries + 1, retrying only where Dovecot
-    /// does, with a short backoff.
-    pub async fn send(&self, body: &str, stats: &OxStats) -> Result<(), Failure> {
+    /// does; logs with Dovecot's wording (`push-notification-ox: `), the URL's password
+    /// masked.
+    pub async fn send(&self, body: &str) -> Result<(), Failure> {
         let started = Instant::now();
+        let timeout_msecs = u32::try_from(self.config.timeout_msecs()).unwrap_or(u32::MAX);
         let mut retries = 0u32;
         loop {
-            match self.attempt(body).await {
-                Ok(()) => {
-                    stats.sent.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(target: "push-notification-ox", "Notification sent successfully");
-                    return Ok(());
-                }
-                Err(e) if e.retry && retries < self.config.max_retries => {
-                    retries += 1;
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
-                    // A short backoff, or the server's Retry-After up to one second.
-                    let pause = e
-                        .retry_after
-                        .map(|ra| ra.min(Duration::from_secs(1)))
-                        .unwrap_or(Duration::from_millis(50 * retries as u64));
-                    tokio::time::sleep(pause).await;
-                }
-                Err(e) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    let mut msg = e.message;
-                    if retries > 0 {
-                        let t = started.elapsed();
-                        msg.push_str(&format!(
-                            " ({retries} retries in {}.{:03} secs)",
-                            t.as_secs(),
-                            t.subsec_millis()
-                        ));
-                    }
-                    tracing::error!(target: "push-notification-ox", url = %self.config.url_display, "Error when sending notification: {msg}");
-                    return Err(Failure {
-                        reason: format!("Error when sending notification: {msg}"),
-                        retryable: e.retry,
-                        retry_after: e.retry_after,
-                    });
-                }
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt = self.attempt(body).await;
+            let v = judge(&attempt, timeout_msecs, SystemTime::now());
+            if let Some(delay) = v.retry_in.filter(|_| retries < self.config.max_retries) {
+                retries += 1;
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    target: "mailpush::ox",
+                    driver = self.number,
+                    url = %self.config.url_display,
+                    "push-notification-ox: Retrying notification ({}, retry {retries} of {})",
+                    v.message,
+                    self.config.max_retries
+                );
+                tokio::time::sleep(delay.max(backoff(retries))).await;
+                continue;
             }
+            let mut msg = v.message;
+            if retries > 0 {
+                let t = started.elapsed();
+                msg.push_str(&format!(
+                    " ({retries} retries in {}.{:03} secs)",
+                    t.as_secs(),
+                    t.subsec_millis()
+                ));
+            }
+            if v.success {
+                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    target: "mailpush::ox",
+                    driver = self.number,
+                    "push-notification-ox: Notification sent successfully: {msg}"
+                );
+                return Ok(());
+            }
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                target: "mailpush::ox",
+                driver = self.number,
+                url = %self.config.url_display,
+                "push-notification-ox: Error when sending notification: {msg}"
+            );
+            return Err(Failure {
+                reason: format!("Error when sending notification: {msg}"),
+                retryable: v.retryable,
+                retry_after: v.retry_after,
+            });
         }
     }
 }
 
+/// The innermost error's text, without the ` (os error N)` suffix (Dovecot's `%m`).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    let text = cur.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, retry_after: Option<RetryAfter>) -> Attempt {
+        Attempt::Response {
+            status,
+            reason: "R".into(),
+            location: false,
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn dovecots_retry_rules() {
+        let now = SystemTime::now();
+        let j = |a: &Attempt| judge(a, 2000, now);
+        let ok = j(&resp(204, None));
+        assert!(ok.success && ok.retry_in.is_none());
+        assert_eq!(ok.message, "204 R");
+        for (status, retry, retryable) in [
+            (500, false, false),
+            (502, false, false),
+            (404, false, false),
+            (429, false, false),
+            (408, true, true),
+            (503, false, true),
+        ] {
+            let v = j(&resp(status, None));
+            assert_eq!(
+                (v.success, v.retry_in.is_some(), v.retryable),
+                (false, retry, retryable),
+                "{status}"
+            );
+        }
+        // 503 with Retry-After: retried when 0 <= delay <= timeout_msecs/1000 s.
+        let s = |n| Some(RetryAfter::Seconds(n));
+        assert_eq!(j(&resp(503, s(0))).retry_in, Some(Duration::ZERO));
+        assert_eq!(j(&resp(503, s(2))).retry_in, Some(Duration::from_secs(2)));
+        assert_eq!(j(&resp(503, s(3))).retry_in, None);
+        assert_eq!(
+            j(&resp(503, s(3))).retry_after,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(judge(&resp(503, s(1)), 200, now).retry_in, None);
+        let past = Some(RetryAfter::Date(now - Duration::from_secs(10)));
+        assert_eq!(j(&resp(503, past)).retry_in, None);
+        // Redirects are refused, not followed.
+        let redirect = Attempt::Response {
+            status: 302,
+            reason: "Found".into(),
+            location: true,
+            retry_after: None,
+        };
+        let v = j(&redirect);
+        assert_eq!(
+            (v.message.as_str(), v.retry_in, v.retryable),
+            ("Redirect refused", None, false)
+        );
+        assert_eq!(j(&resp(304, None)).message, "304 R");
+        // Transport.
+        assert_eq!(j(&Attempt::TimedOut).message, "Request timed out");
+        assert!(j(&Attempt::TimedOut).retry_in.is_some());
+        let lost = j(&Attempt::ConnectionLost {
+            cause: "reset".into(),
+        });
+        assert_eq!(
+            (lost.message.as_str(), lost.retryable),
+            ("Connection lost: reset", true)
+        );
+        assert!(lost.retry_in.is_some());
+        let refused = j(&Attempt::ConnectFailed {
+            cause: "connect(h:1) failed: Connection refused".into(),
+        });
+        assert_eq!((refused.retry_in, refused.retryable), (None, false));
+        let ct = j(&Attempt::ConnectTimedOut {
+            target: "h:1".into(),
+            after: Duration::from_millis(1990),
+        });
+        assert_eq!(
+            ct.message,
+            "connect(h:1) failed: Connection timed out in 1.990 secs"
+        );
+        assert_eq!((ct.retry_in, ct.retryable), (None, true));
+    }
+
+    #[test]
+    fn retry_after_values() {
+        assert_eq!(RetryAfter::parse(" 120 "), Some(RetryAfter::Seconds(120)));
+        assert_eq!(RetryAfter::parse("-1"), None);
+        assert_eq!(RetryAfter::parse("soon"), None);
+        let t = RetryAfter::parse("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert!(t.delay_secs(SystemTime::now()) < 0);
+        let now = SystemTime::now();
+        let later =
+            RetryAfter::parse(&httpdate::fmt_http_date(now + Duration::from_secs(5))).unwrap();
+        assert!((4..=5).contains(&later.delay_secs(now)));
+    }
+
+    #[test]
+    fn backoff_is_short_and_bounded() {
+        assert_eq!(backoff(1), Duration::from_millis(50));
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(5), Duration::from_millis(800));
+        assert_eq!(backoff(60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn root_cause_drops_os_error() {
+        let e = std::io::Error::from_raw_os_error(111);
+        assert_eq!(root_cause(&e), "Connection refused");
+    }
 }

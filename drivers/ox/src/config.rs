@@ -1,129 +1,258 @@
-//! The ox driver's arguments, parsed exactly as Dovecot 2.3 parses them.
+//! The ox driver's arguments, parsed as Dovecot 2.3 parses them
+//! (`dovecot-push.md` §7.1): `url` and `cache_lifetime` fail init when invalid;
+//! `max_retries` and `timeout_msecs` fall back to their defaults (silently in Dovecot;
+//! here with a warning for `mailpush check`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mailpush_core::args::redact_url;
 use mailpush_core::DriverArgs;
 
+/// Dovecot's defaults.
+pub const DEFAULT_CACHE_LIFETIME: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_RETRIES: u32 = 1;
+pub const DEFAULT_TIMEOUT_MSECS: u32 = 2000;
+
+/// The arguments the driver reads; any other key is ignored (as in Dovecot) with a warning.
+pub const KNOWN_KEYS: [&str; 6] = [
+    "url",
+    "cache_lifetime",
+    "max_retries",
+    "timeout_msecs",
+    "user_from_metadata",
+    "ssl_ca_file",
+];
+
 /// Parsed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OxConfig {
-    /// The URL without userinfo.
+    /// The URL without userinfo: what requests are sent to.
     pub url: String,
     /// For logs and `check`: the URL as configured, password masked.
     pub url_display: String,
-    /// `login:password` from the URL's userinfo (Basic auth), only when both exist.
+    /// `host:port` of the URL, for Dovecot's `connect(host:port) failed` wording.
+    pub authority: String,
+    /// `login:password` from the URL's userinfo (percent-decoded), used for HTTP Basic
+    /// auth; only when the user is non-empty **and** a password is present.
     pub basic_auth: Option<(String, String)>,
+    /// How long a METADATA value read from the store is trusted.
     pub cache_lifetime: Duration,
     /// Total attempts = max_retries + 1.
     pub max_retries: u32,
-    /// Per attempt.
-    pub timeout: Duration,
+    /// Per attempt (Dovecot's `request_timeout_msecs`); `None` for `timeout_msecs=0`,
+    /// which Dovecot's HTTP client takes as "no timeout".
+    pub timeout: Option<Duration>,
+    /// `user` in the body is the METADATA `user=` value instead of the login name.
     pub user_from_metadata: bool,
-    /// Extra PEM CA file for https.
-    pub ssl_ca_file: Option<String>,
-}
-
-/// Parses a Dovecot time interval: `60s`, `2mins`, `1h`, `0`; a bare non-zero number is
-/// an error (Dovecot: "missing units").
-pub fn parse_interval(v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("Invalid time interval: {v}"))?;
-    let unit = unit.trim();
-    if unit.is_empty() {
-        if n == 0 {
-            return Ok(Duration::ZERO);
-        }
-        return Err(format!(
-            "Time interval '{v}' is missing units (add e.g. 's' for seconds)"
-        ));
-    }
-    let secs = |m: u64| Ok(Duration::from_secs(n * m));
-    match unit {
-        "s" | "sec" | "secs" | "second" | "seconds" => secs(1),
-        "m" | "min" | "mins" | "minute" | "minutes" => secs(60),
-        "h" | "hour" | "hours" => secs(3600),
-        "d" | "day" | "days" => secs(86400),
-        "w" | "week" | "weeks" => secs(7 * 86400),
-        "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" if n % 1000 == 0 => {
-            Ok(Duration::from_millis(n))
-        }
-        "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => Err(format!(
-            "Time interval '{v}' uses milliseconds, which this setting does not support"
-        )),
-        _ => Err(format!("Unknown time interval unit: {unit}")),
-    }
+    /// Extra PEM CA file for https (as configured; the driver resolves relative paths
+    /// against the config file's folder).
+    pub ssl_ca_file: Option<PathBuf>,
 }
 
 impl OxConfig {
-    /// Parses the args; returns the config and warnings (Dovecot's silent fallbacks).
+    /// `timeout_msecs` as configured (0 = no timeout).
+    pub fn timeout_msecs(&self) -> u128 {
+        self.timeout.map_or(0, |t| t.as_millis())
+    }
+}
+
+/// Dovecot 2.3's `settings_get_time()` (seconds): `60s`, `2mins`, `1h`, `3 weeks`, `5000ms`;
+/// units are case-insensitive prefixes of `secs`/`seconds`, `mins`/`minutes`, `hours`,
+/// `days`, `weeks`, `msecs`/`mseconds`/`millisecs`/`milliseconds` (milliseconds only when
+/// divisible by 1000); `0` needs no unit; a bare non-zero number is an error. The error
+/// texts are Dovecot's.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let num: u64 = match s[..digits].parse() {
+        Ok(n) => n,
+        Err(_) => return Err(format!("Invalid time interval: {s}")),
+    };
+    let unit = s[digits..].trim_start_matches(' ');
+    if unit.is_empty() && num != 0 {
+        return Err(format!(
+            "Time interval '{s}' is missing units (add e.g. 's' for seconds)"
+        ));
+    }
+    // A non-empty `unit` is accepted when it is a case-insensitive prefix of `word`.
+    let prefix_of =
+        |word: &str| unit.len() <= word.len() && word[..unit.len()].eq_ignore_ascii_case(unit);
+    let (num, multiply) = match unit.as_bytes().first().map(u8::to_ascii_uppercase) {
+        None => (num, 1),
+        Some(b'S') if prefix_of("secs") || prefix_of("seconds") => (num, 1),
+        Some(b'M') if prefix_of("mins") || prefix_of("minutes") => (num, 60),
+        Some(b'M')
+            if prefix_of("msecs")
+                || prefix_of("mseconds")
+                || prefix_of("millisecs")
+                || prefix_of("milliseconds") =>
+        {
+            if !num.is_multiple_of(1000) {
+                return Err(format!("Milliseconds not supported for this setting: {s}"));
+            }
+            (num / 1000, 1)
+        }
+        Some(b'H') if prefix_of("hours") => (num, 3600),
+        Some(b'D') if prefix_of("days") => (num, 86_400),
+        Some(b'W') if prefix_of("weeks") => (num, 7 * 86_400),
+        _ => return Err(format!("Invalid time interval: {s}")),
+    };
+    if num > u64::from(u32::MAX) / multiply {
+        return Err(format!("Time interval is too large: {s}"));
+    }
+    Ok(Duration::from_secs(num * multiply))
+}
+
+/// Dovecot's `str_to_uint`: decimal digits only (no sign, no spaces), within u32.
+fn str_to_uint(v: &str) -> Option<u32> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// Decodes `%XX` escapes (userinfo of the URL).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The URL for logs: the userinfo password masked, also when the scheme is missing.
+pub fn mask_password(raw: &str) -> String {
+    if raw.contains("://") {
+        redact_url(raw)
+    } else {
+        redact_url(&format!("x://{raw}"))["x://".len()..].to_string()
+    }
+}
+
+/// The parts of the `url` argument.
+struct ParsedUrl {
+    url: String,
+    authority: String,
+    basic_auth: Option<(String, String)>,
+}
+
+/// Parses the URL like Dovecot's `http_url_parse(…, HTTP_URL_ALLOW_USERINFO_PART)`:
+/// http or https, a host, optional userinfo, no fragment.
+fn parse_url(raw: &str) -> Result<ParsedUrl, String> {
+    let (scheme, rest) = raw
+        .split_once("://")
+        .ok_or("Relative HTTP URL not allowed")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("Not an HTTP URL (scheme `{scheme}`)"));
+    }
+    if rest.contains('#') {
+        return Err("URL fragment not allowed for HTTP URL in this context".into());
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if host.is_empty() {
+        return Err("HTTP URL does not allow empty host".into());
+    }
+    let basic_auth = match userinfo.and_then(|u| u.split_once(':')) {
+        Some((user, pass)) => {
+            let user = percent_decode(user).ok_or("Invalid %-encoding in userinfo")?;
+            let pass = percent_decode(pass).ok_or("Invalid %-encoding in userinfo")?;
+            (!user.is_empty()).then_some((user, pass))
+        }
+        None => None,
+    };
+    let url = format!(
+        "{scheme}://{host}{}",
+        if tail.is_empty() { "/" } else { tail }
+    );
+    let parsed = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let authority = match parsed.host_str() {
+        Some(h) => format!("{h}:{port}"),
+        None => return Err("HTTP URL does not allow empty host".into()),
+    };
+    Ok(ParsedUrl {
+        url,
+        authority,
+        basic_auth,
+    })
+}
+
+impl OxConfig {
+    /// Parses the args; returns the config and the warnings `mailpush check` shows
+    /// (Dovecot's silent fallbacks, ignored keys). Errors are Dovecot's texts; the URL's
+    /// password never appears in them.
     pub fn parse(args: &DriverArgs) -> Result<(OxConfig, Vec<String>), String> {
         let mut warnings = Vec::new();
         let raw = args
             .get("url")
             .filter(|u| !u.is_empty())
             .ok_or("Driver requires the url parameter")?;
-        let display = redact_url(raw);
-        let (scheme, rest) = raw
-            .split_once("://")
-            .ok_or_else(|| format!("Failed to parse OX REST URL {display}: missing scheme"))?;
-        if scheme != "http" && scheme != "https" {
-            return Err(format!(
-                "Failed to parse OX REST URL {display}: only http and https are supported"
-            ));
-        }
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        let (userinfo, host) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        if host.is_empty() {
-            return Err(format!(
-                "Failed to parse OX REST URL {display}: missing host"
-            ));
-        }
-        let basic_auth = userinfo
-            .and_then(|u| u.split_once(':'))
-            .filter(|(u, _)| !u.is_empty())
-            .map(|(u, p)| (u.to_string(), p.to_string()));
-        let url = format!(
-            "{scheme}://{host}{}",
-            if tail.is_empty() { "/" } else { tail }
-        );
-        reqwest::Url::parse(&url)
-            .map_err(|e| format!("Failed to parse OX REST URL {display}: {e}"))?;
+        let url_display = mask_password(raw);
+        let parsed = parse_url(raw)
+            .map_err(|e| format!("Failed to parse OX REST URL {url_display}: {e}"))?;
+
         let cache_lifetime = match args.get("cache_lifetime") {
-            None => Duration::from_secs(60),
+            None => DEFAULT_CACHE_LIFETIME,
             Some(v) => parse_interval(v).map_err(|e| {
                 let hint = if e.contains("missing units") {
-                    format!(" (write e.g. cache_lifetime={v}s)")
+                    format!("; use e.g. cache_lifetime={v}s")
                 } else {
                     String::new()
                 };
                 format!("Failed to parse OX cache_lifetime {v}: {e}{hint}")
             })?,
         };
-        let mut number = |key: &str, default: u32| {
-            match args.get(key) {
+
+        let mut number = |key: &str, default: u32| match args.get(key) {
             None => default,
-            Some(v) => v.parse::<u32>().unwrap_or_else(|_| {
-                warnings.push(format!("{key}={v} is not a number; using the default {default} (as Dovecot does, silently)"));
+            Some(v) => str_to_uint(v).unwrap_or_else(|| {
+                warnings.push(format!(
+                    "{key}={v} is not an unsigned number; using the default {key}={default} \
+                     (Dovecot falls back silently)"
+                ));
                 default
             }),
-        }
         };
-        let max_retries = number("max_retries", 1);
-        let timeout = Duration::from_millis(number("timeout_msecs", 2000) as u64);
+        let max_retries = number("max_retries", DEFAULT_MAX_RETRIES);
+        let timeout_msecs = number("timeout_msecs", DEFAULT_TIMEOUT_MSECS);
+        let timeout = (timeout_msecs > 0).then(|| Duration::from_millis(timeout_msecs.into()));
+        if timeout.is_none() {
+            warnings.push(
+                "timeout_msecs=0: requests never time out (as in Dovecot); a hung endpoint \
+                 stalls this driver's deliveries"
+                    .into(),
+            );
+        }
+        for (key, _) in args.iter() {
+            if !KNOWN_KEYS.contains(&key) {
+                warnings.push(format!(
+                    "unknown argument `{key}` is ignored (known: {})",
+                    KNOWN_KEYS.join(", ")
+                ));
+            }
+        }
+
         Ok((
             OxConfig {
-                url,
-                url_display: display,
-                basic_auth,
+                url: parsed.url,
+                url_display,
+                authority: parsed.authority,
+                basic_auth: parsed.basic_auth,
                 cache_lifetime,
                 max_retries,
                 timeout,
@@ -131,7 +260,7 @@ impl OxConfig {
                 ssl_ca_file: args
                     .get("ssl_ca_file")
                     .filter(|v| !v.is_empty())
-                    .map(str::to_string),
+                    .map(PathBuf::from),
             },
             warnings,
         ))
@@ -142,50 +271,175 @@ impl OxConfig {
 mod tests {
     use super::*;
 
+    fn secs(n: u64) -> Result<Duration, String> {
+        Ok(Duration::from_secs(n))
+    }
+
     #[test]
     fn intervals_like_dovecot() {
-        assert_eq!(parse_interval("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_interval("2mins"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_interval("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_interval("2000ms"), Ok(Duration::from_secs(2)));
-        assert!(parse_interval("60").unwrap_err().contains("missing units"));
-        assert!(parse_interval("5x").is_err());
+        // From Dovecot's test-settings-parser.c (with the spaces our args cannot hold).
+        for (input, expected) in [
+            ("0", 0),
+            ("59s", 59),
+            ("59 s", 59),
+            ("59se", 59),
+            ("59secs", 59),
+            ("59seconds", 59),
+            ("123m", 123 * 60),
+            ("123mi", 123 * 60),
+            ("123minutes", 123 * 60),
+            ("2mins", 120),
+            ("1h", 3600),
+            ("123hou", 123 * 3600),
+            ("12d", 12 * 86_400),
+            ("12days", 12 * 86_400),
+            ("3w", 3 * 7 * 86_400),
+            ("3weeks", 3 * 7 * 86_400),
+            ("1000ms", 1),
+            ("50000ms", 50),
+            ("2000msecs", 2),
+            ("5000mil", 5),
+            ("5000milliseconds", 5),
+            ("60S", 60),
+            ("0ms", 0),
+        ] {
+            assert_eq!(parse_interval(input), secs(expected), "{input}");
+        }
+        for bad in [
+            "-1",
+            "1ss",
+            "1secss",
+            "1ma",
+            "1minsa",
+            "1hu",
+            "1hoursa",
+            "1dd",
+            "1days?",
+            "1wa",
+            "1weeksb",
+            "1ms",
+            "999ms",
+            "1001ms",
+            "7102 w",
+            "4294967296 s",
+            "",
+            "s",
+            " 5s",
+        ] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_interval("60"),
+            Err("Time interval '60' is missing units (add e.g. 's' for seconds)".into())
+        );
+        assert_eq!(
+            parse_interval("1001ms"),
+            Err("Milliseconds not supported for this setting: 1001ms".into())
+        );
+        assert_eq!(
+            parse_interval("5x"),
+            Err("Invalid time interval: 5x".into())
+        );
+        assert_eq!(
+            parse_interval("7102w"),
+            Err("Time interval is too large: 7102w".into())
+        );
     }
 
     #[test]
     fn url_userinfo_and_fallbacks() {
-        let (c, w) = OxConfig::parse(&DriverArgs::parse("url=http://login:pass@node1.domain.tld:8009/preliminary/http-notify/v1/notify user_from_metadata timeout_msecs=10000 max_retries=x")).unwrap();
+        let (c, w) = OxConfig::parse(&DriverArgs::parse(
+            "url=http://login:pass@node1.domain.tld:8009/preliminary/http-notify/v1/notify user_from_metadata timeout_msecs=10000 max_retries=x",
+        ))
+        .unwrap();
         assert_eq!(
             c.url,
             "http://node1.domain.tld:8009/preliminary/http-notify/v1/notify"
         );
+        assert_eq!(c.authority, "node1.domain.tld:8009");
         assert_eq!(c.basic_auth, Some(("login".into(), "pass".into())));
         assert_eq!(
             c.url_display,
             "http://login:***@node1.domain.tld:8009/preliminary/http-notify/v1/notify"
         );
         assert!(c.user_from_metadata);
-        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.timeout, Some(Duration::from_secs(10)));
         assert_eq!(c.max_retries, 1);
-        assert_eq!(w.len(), 1);
-        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://user@h/")).unwrap();
-        assert_eq!(c.basic_auth, None, "user@ without :password sends no auth");
+        assert_eq!(c.cache_lifetime, Duration::from_secs(60));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("max_retries=x is not"), "{w:?}");
+
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=https://h")).unwrap();
         assert_eq!(
-            OxConfig::parse(&DriverArgs::parse("")).unwrap_err(),
-            "Driver requires the url parameter"
+            (c.url.as_str(), c.authority.as_str()),
+            ("https://h/", "h:443")
         );
-        let e = OxConfig::parse(&DriverArgs::parse("url=http://h/ cache_lifetime=60")).unwrap_err();
-        assert!(
-            e.starts_with(
-                "Failed to parse OX cache_lifetime 60: Time interval '60' is missing units"
-            ) && e.contains("cache_lifetime=60s"),
-            "{e}"
+
+        // user@ without :password sends no auth; an empty password is still a password.
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://user@h/")).unwrap();
+        assert_eq!(c.basic_auth, None);
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://user:@h/")).unwrap();
+        assert_eq!(c.basic_auth, Some(("user".into(), "".into())));
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://:pw@h/")).unwrap();
+        assert_eq!(c.basic_auth, None);
+        // Userinfo is percent-decoded.
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://a%40b:p%3As%25@h/")).unwrap();
+        assert_eq!(c.basic_auth, Some(("a@b".into(), "p:s%".into())));
+
+        // user_from_metadata is presence-only.
+        let (c, _) =
+            OxConfig::parse(&DriverArgs::parse("url=http://h/ user_from_metadata=no")).unwrap();
+        assert!(c.user_from_metadata);
+    }
+
+    #[test]
+    fn numbers_fall_back_with_warnings() {
+        let (c, w) = OxConfig::parse(&DriverArgs::parse(
+            "url=http://h/ max_retries=+3 timeout_msecs=-1 foo=bar",
+        ))
+        .unwrap();
+        assert_eq!(c.max_retries, DEFAULT_MAX_RETRIES);
+        assert_eq!(c.timeout, Some(Duration::from_millis(2000)));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[2].contains("unknown argument `foo`"), "{w:?}");
+        let (c, w) = OxConfig::parse(&DriverArgs::parse(
+            "url=http://h/ max_retries=0 timeout_msecs=0 cache_lifetime=0",
+        ))
+        .unwrap();
+        assert_eq!(
+            (c.max_retries, c.timeout, c.cache_lifetime),
+            (0, None, Duration::ZERO)
         );
-        let e = OxConfig::parse(&DriverArgs::parse("url=ftp://u:secret@h/")).unwrap_err();
-        assert!(
-            e.contains("Failed to parse OX REST URL") && !e.contains("secret"),
-            "{e}"
+        assert_eq!(w.len(), 1, "{w:?}");
+    }
+
+    #[test]
+    fn init_errors_are_dovecots_and_never_show_the_password() {
+        let err = |a: &str| OxConfig::parse(&DriverArgs::parse(a)).unwrap_err();
+        assert_eq!(err(""), "Driver requires the url parameter");
+        assert_eq!(err("url="), "Driver requires the url parameter");
+        assert_eq!(
+            err("url=http://h/ cache_lifetime=60"),
+            "Failed to parse OX cache_lifetime 60: Time interval '60' is missing units \
+             (add e.g. 's' for seconds); use e.g. cache_lifetime=60s"
         );
+        assert_eq!(
+            err("url=http://h/ cache_lifetime=1x"),
+            "Failed to parse OX cache_lifetime 1x: Invalid time interval: 1x"
+        );
+        for bad in [
+            "url=ftp://u:secret@h/",
+            "url=u:secret@h/",
+            "url=http://u:secret@/x",
+            "url=http://u:secret@h/#frag",
+            "url=http://u:secret%zz@h/",
+            "url=http://u:secret@h:99999/",
+        ] {
+            let e = err(bad);
+            assert!(
+                e.starts_with("Failed to parse OX REST URL ") && !e.contains("secret"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

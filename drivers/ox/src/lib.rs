@@ -1,20 +1,20 @@
-//! The `ox` driver: OX App Suite HTTP push, request for request as Dovecot 2.3 sends it
-//! (`../shared/dovecot-push.md` §7), and better where Dovecot is weak: requests never block
-//! the caller (each driver runs on its own lane), one keep-alive pool is shared by all
-//! users, retries back off, the password never reaches a log.
+//! The `ox` driver: OX App Suite HTTP push, request for request as Dovecot 2.3's ox driver
+//! sends it (`dovecot-push.md` §7), and better where Dovecot is weak: a request never
+//! blocks anything but this driver's own lane, one keep-alive pool serves all users,
+//! retries back off briefly, failures tell the spool whether to try again, counters are
+//! exposed, and the URL's password never reaches a log.
 //!
-//! - [`config`]: arguments (`url`, `cache_lifetime`, `max_retries`, `timeout_msecs`,
+//! - [`config`]: the arguments (`url`, `cache_lifetime`, `max_retries`, `timeout_msecs`,
 //!   `user_from_metadata`, `ssl_ca_file`);
 //! - [`activation`]: METADATA `/private/vendor/vendor.dovecot/http-notify` and its cache;
 //! - [`body`]: the JSON body, byte for byte;
-//! - [`client`]: HTTP, retries, Dovecot's log wording.
+//! - [`client`]: HTTP, Dovecot's retry rules and log wording, counters.
 
 pub mod activation;
 pub mod body;
 pub mod client;
 pub mod config;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,11 +23,17 @@ use mailpush_core::{
     InitError, Initialised, MessageRecord, MetadataLookup, Transaction,
 };
 
-use activation::{metadata_user, Clock, MetadataCache, SystemClock, METADATA_KEY};
-use client::{OxClient, OxStats};
-use config::OxConfig;
+pub use activation::{Clock, ManualClock, SystemClock, METADATA_KEY};
+pub use client::OxStats;
+pub use config::OxConfig;
 
-/// Registers `ox`.
+use activation::{metadata_user, MetadataCache, INTERNAL_KEY};
+use client::OxClient;
+
+/// The only mailbox ox watches (exact, case-sensitive vname).
+pub const WATCHED_MAILBOX: &str = "INBOX";
+
+/// Creates `ox` drivers.
 pub struct OxFactory {
     clock: Arc<dyn Clock>,
 }
@@ -41,7 +47,8 @@ impl Default for OxFactory {
 }
 
 impl OxFactory {
-    /// A factory whose drivers read time from `clock` (tests move it by hand).
+    /// A factory whose drivers read time (for the METADATA cache) from `clock`; tests pass
+    /// a [`ManualClock`] and move it by hand.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         OxFactory { clock }
     }
@@ -55,37 +62,59 @@ impl DriverFactory for OxFactory {
 
     async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError> {
         let (config, warnings) = OxConfig::parse(&init.args).map_err(InitError)?;
+        let ca_pem = match &config.ssl_ca_file {
+            Some(path) => {
+                let path = init.resolve_path(&path.to_string_lossy());
+                Some(
+                    std::fs::read(&path)
+                        .map_err(|e| InitError(format!("ssl_ca_file {}: {e}", path.display())))?,
+                )
+            }
+            None => None,
+        };
         tracing::debug!(
+            target: "mailpush::ox",
             driver = init.number,
             "push-notification-ox: Using URL {}",
             config.url_display
         );
         tracing::debug!(
+            target: "mailpush::ox",
             driver = init.number,
             "push-notification-ox: Using cache lifetime: {}",
             config.cache_lifetime.as_secs()
         );
-        let details = vec![
+        let timeout = match config.timeout {
+            Some(t) => format!("{} ms per attempt", t.as_millis()),
+            None => "none".to_string(),
+        };
+        let mut details = vec![
             format!("url: {}", config.url_display),
             format!(
-                "cache_lifetime: {}s, max_retries: {} ({} attempts), timeout_msecs: {} per attempt, user_from_metadata: {}",
+                "cache_lifetime: {}s, max_retries: {} ({} attempts), timeout: {timeout}, \
+                 user_from_metadata: {}",
                 config.cache_lifetime.as_secs(),
                 config.max_retries,
-                config.max_retries + 1,
-                config.timeout.as_millis(),
-                if config.user_from_metadata { "yes" } else { "no" }
+                u64::from(config.max_retries) + 1,
+                if config.user_from_metadata {
+                    "yes"
+                } else {
+                    "no"
+                }
             ),
         ];
-        let driver = OxDriver(Arc::new(OxInner {
+        if let Some(ca) = &config.ssl_ca_file {
+            details.push(format!("ssl_ca_file: {}", ca.display()));
+        }
+        let inner = OxInner {
             number: init.number,
             cache: MetadataCache::new(config.cache_lifetime),
             user_from_metadata: config.user_from_metadata,
-            client: OxClient::new(config).map_err(InitError)?,
+            client: OxClient::new(config, init.number, ca_pem.as_deref()).map_err(InitError)?,
             metadata: init.metadata.clone(),
             clock: self.clock.clone(),
-            stats: OxStats::default(),
-        }));
-        let mut out = Initialised::new(Arc::new(driver));
+        };
+        let mut out = Initialised::new(Arc::new(OxDriver(Arc::new(inner))));
         out.warnings = warnings;
         out.details = details;
         Ok(out)
@@ -99,28 +128,50 @@ struct OxInner {
     client: OxClient,
     metadata: Arc<dyn MetadataLookup>,
     clock: Arc<dyn Clock>,
-    stats: OxStats,
 }
 
-/// The ox driver.
+/// The ox driver (one per config line, shared by all users).
 pub struct OxDriver(Arc<OxInner>);
+
+impl OxDriver {
+    /// The counters (also reported through [`Driver::counters`]).
+    pub fn stats(&self) -> &OxStats {
+        self.0.client.stats()
+    }
+
+    /// The parsed arguments.
+    pub fn config(&self) -> &OxConfig {
+        self.0.client.config()
+    }
+}
 
 #[async_trait]
 impl Driver for OxDriver {
+    /// Dovecot's `push_notification_driver_ox_begin_txn`, in its order: METADATA (cached),
+    /// then the mailbox, then the `user=` in the value.
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let inner = &self.0;
+        let n = inner.number;
         let value = match inner
             .cache
             .lookup(txn, inner.metadata.as_ref(), inner.clock.as_ref())
         {
             Ok(Some(v)) => v,
             Ok(None) => {
-                tracing::debug!(driver = inner.number, "push-notification-ox: Skipped because not active (/private/vendor/vendor.dovecot/pvt/server/vendor/vendor.dovecot/http-notify METADATA not set)");
+                tracing::debug!(
+                    target: "mailpush::ox",
+                    driver = n,
+                    user = %txn.user,
+                    "push-notification-ox: Skipped because not active ({INTERNAL_KEY} METADATA not set)"
+                );
                 return Ok(Begin::Skip);
             }
             Err(e) => {
+                // Dovecot skips the transaction; mailpush lets the spool try again.
                 tracing::error!(
-                    driver = inner.number,
+                    target: "mailpush::ox",
+                    driver = n,
+                    user = %txn.user,
                     "push-notification-ox: Skipped because unable to get attribute: {e}"
                 );
                 return Err(Failure::retryable(format!(
@@ -128,14 +179,27 @@ impl Driver for OxDriver {
                 )));
             }
         };
+        if !txn.events.iter().any(|e| e.mailbox() == WATCHED_MAILBOX) {
+            let vname = txn.events.first().map_or("", |e| e.mailbox());
+            tracing::debug!(
+                target: "mailpush::ox",
+                driver = n,
+                user = %txn.user,
+                "push-notification-ox: Skipped because {vname} is not a watched mailbox"
+            );
+            return Ok(Begin::Skip);
+        }
         let Some(meta_user) = metadata_user(&value) else {
-            tracing::error!(driver = inner.number, user = %txn.user, "push-notification-ox: No user provided in config");
+            tracing::error!(
+                target: "mailpush::ox",
+                driver = n,
+                user = %txn.user,
+                "push-notification-ox: No user provided in config"
+            );
             return Ok(Begin::Skip);
         };
-        tracing::debug!(
-            driver = inner.number,
-            "push-notification-ox: User ({meta_user})"
-        );
+        tracing::debug!(target: "mailpush::ox", driver = n, "push-notification-ox: User ({meta_user})");
+        tracing::debug!(target: "mailpush::ox", driver = n, "push-notification-ox: Handling MessageNew event");
         let user = if inner.user_from_metadata {
             meta_user
         } else {
@@ -151,12 +215,7 @@ impl Driver for OxDriver {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        let s = &self.0.stats;
-        vec![
-            ("ox_sent", s.sent.load(Ordering::Relaxed)),
-            ("ox_failed", s.failed.load(Ordering::Relaxed)),
-            ("ox_retried", s.retried.load(Ordering::Relaxed)),
-        ]
+        self.stats().snapshot()
     }
 }
 
@@ -167,14 +226,9 @@ struct OxTxn {
 
 #[async_trait]
 impl DriverTxn for OxTxn {
+    /// One PUT per MessageNew message in INBOX.
     async fn process_msg(&mut self, record: &MessageRecord<'_>) -> Result<(), Failure> {
-        // Only INBOX (exact, case-sensitive), only MessageNew; one PUT per message.
-        if record.mailbox != "INBOX" {
-            tracing::debug!(
-                driver = self.inner.number,
-                "push-notification-ox: Skipped because {} is not a watched mailbox",
-                record.mailbox
-            );
+        if record.mailbox != WATCHED_MAILBOX {
             return Ok(());
         }
         let mut result = Ok(());
@@ -182,14 +236,162 @@ impl DriverTxn for OxTxn {
             if let Event::MessageNew(m) = event {
                 let body = body::request_body(&self.user, m);
                 tracing::debug!(
+                    target: "mailpush::ox",
                     driver = self.inner.number,
                     "push-notification-ox: Sending notification: {body}"
                 );
-                if let Err(f) = self.inner.client.send(&body, &self.inner.stats).await {
+                if let Err(f) = self.inner.client.send(&body).await {
                     result = Err(f);
                 }
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    use mailpush_core::{group, DriverArgs, NoMetadata, Record};
+
+    use super::*;
+
+    fn init(args: &str) -> DriverInit {
+        DriverInit {
+            number: 1,
+            name: "ox".into(),
+            args: DriverArgs::parse(args),
+            raw: Some(args.into()),
+            config_dir: PathBuf::from("/nonexistent"),
+            state_dir: PathBuf::from("/nonexistent"),
+            metadata: Arc::new(NoMetadata),
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Init, a refused connection and its error: the password appears nowhere.
+    #[test]
+    fn the_password_is_never_logged() {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let failure = rt.block_on(async {
+            let url = format!("http://login:s3cret@127.0.0.1:{port}/notify");
+            let i = OxFactory::default()
+                .init(&init(&format!("url={url} max_retries=2")))
+                .await
+                .unwrap();
+            assert!(i.details.iter().all(|d| !d.contains("s3cret")));
+            assert!(i.details[0].contains("login:***@127.0.0.1"));
+            let txn = Arc::new(
+                Transaction::from_json(
+                    r#"{"user":"a@b","events":[{"name":"MessageNew","mailbox":"INBOX","uid":1,"uid_validity":2}],
+                        "metadata":{"/private/vendor/vendor.dovecot/http-notify":"user=1@2"}}"#,
+                )
+                .unwrap(),
+            );
+            let Begin::Join { events, txn: mut dtxn } = i.driver.begin_txn(&txn).await.unwrap()
+            else {
+                panic!("ox should join")
+            };
+            let mut failure = None;
+            for r in group(&txn, events) {
+                if let Record::Message(m) = r {
+                    failure = dtxn.process_msg(&m).await.err();
+                }
+            }
+            assert!(i.driver.counters().contains(&("ox_attempts", 1)));
+            failure.expect("a refused connection fails")
+        });
+        let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("Using URL http://login:***@127.0.0.1"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains("Error when sending notification: connect(127.0.0.1:"),
+            "{logs}"
+        );
+        assert!(!logs.contains("s3cret"), "{logs}");
+        assert!(!failure.reason.contains("s3cret"));
+        assert!(!failure.retryable, "{failure:?}");
+        assert!(
+            failure.reason.ends_with("failed: Connection refused"),
+            "{}",
+            failure.reason
+        );
+    }
+
+    #[tokio::test]
+    async fn init_errors_and_details() {
+        let err = |a: &'static str| async move {
+            OxFactory::default().init(&init(a)).await.err().unwrap().0
+        };
+        assert_eq!(err("").await, "Driver requires the url parameter");
+        assert!(err("url=http://h/ ssl_ca_file=missing.pem")
+            .await
+            .starts_with("ssl_ca_file /nonexistent/missing.pem: "));
+        // ssl_ca_file: a PEM bundle is added to the system roots; anything else fails.
+        let dir = std::env::temp_dir().join(format!("mailpush-ox-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let e = OxFactory::default()
+            .init(&init(&format!(
+                "url=https://h/ ssl_ca_file={}",
+                garbage.display()
+            )))
+            .await
+            .err()
+            .unwrap()
+            .0;
+        assert!(e.starts_with("ssl_ca_file: "), "{e}");
+        let bundle = "/etc/ssl/certs/ca-certificates.crt";
+        if std::path::Path::new(bundle).exists() {
+            let i = OxFactory::default()
+                .init(&init(&format!("url=https://h/ ssl_ca_file={bundle}")))
+                .await
+                .unwrap();
+            assert_eq!(i.details[2], format!("ssl_ca_file: {bundle}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let i = OxFactory::default()
+            .init(&init("url=http://h/ max_retries=3 timeout_msecs=x"))
+            .await
+            .unwrap();
+        assert_eq!(i.warnings.len(), 1);
+        assert_eq!(
+            i.details[1],
+            "cache_lifetime: 60s, max_retries: 3 (4 attempts), timeout: 2000 ms per attempt, \
+             user_from_metadata: no"
+        );
     }
 }

@@ -333,7 +333,8 @@ fn parse_event(value: &Value, path: &str) -> Result<Event, ParseError> {
 /// Parses a stream of transactions: NDJSON (one per line) or any whitespace-separated
 /// sequence of JSON objects, so a pretty-printed transaction works too. Each item is a
 /// transaction or the error for the one starting on that line; after a JSON syntax
-/// error parsing resumes on the next line.
+/// error parsing resumes after the end of the broken object when it can be found, so a
+/// broken pretty-printed transaction yields one error, not one per leftover line.
 pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
     let line_starts: Vec<usize> = std::iter::once(0)
         .chain(text.match_indices('\n').map(|(i, _)| i + 1))
@@ -368,8 +369,7 @@ pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
                             ),
                         ),
                     }));
-                    // Resume on the line after the error.
-                    base = line_starts.get(err_line).copied().unwrap_or(text.len());
+                    base = resume_after_syntax_error(text, &line_starts, start, err_line);
                     continue 'outer;
                 }
             }
@@ -382,4 +382,78 @@ pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
 /// naming the line it starts on.
 pub fn parse_ndjson(text: &str) -> Result<Vec<Transaction>, LineError> {
     parse_stream(text).into_iter().collect()
+}
+
+/// Where to resume parsing after a JSON syntax error in the value that starts at byte
+/// `start`, reported on (1-based) line `err_line`. Returns a line start (or the end).
+///
+/// A syntax error leaves serde's position somewhere inside the broken value, so the
+/// value's remaining lines must be skipped without a parser. The value is scanned from
+/// its opening `{`/`[`, counting brackets outside strings (a string ends at its closing
+/// quote or, since JSON strings cannot span lines, at the end of the line):
+/// - if the brackets balance, the value ends there and parsing resumes on the next line
+///   (not before the line after the error's line). This covers most mistakes (a missing
+///   or extra comma, an unquoted key, a bad literal), however the object is laid out;
+/// - if a line at or after the error's line opens a new object (its first non-blank is
+///   `{`) no further right than the broken value's own `{` while the brackets are still
+///   open, the broken value was truncated (a missing `}` or `]`) and that line is the
+///   next transaction: parsing resumes there. In NDJSON every line qualifies, so a line
+///   missing its closing brace no longer takes the following line down with it;
+/// - otherwise the rest of the text belongs to the broken value.
+///
+/// A value that does not start with a bracket (a stray word) is skipped to the end of
+/// the error's line, as is every error in NDJSON whose line is balanced.
+fn resume_after_syntax_error(
+    text: &str,
+    line_starts: &[usize],
+    start: usize,
+    err_line: usize,
+) -> usize {
+    let after_line = |line: usize| line_starts.get(line).copied().unwrap_or(text.len());
+    let bytes = text.as_bytes();
+    if !matches!(bytes.get(start), Some(b'{' | b'[')) {
+        return after_line(err_line);
+    }
+    let start_line = line_starts.partition_point(|&s| s <= start);
+    let start_col = start - line_starts[start_line - 1];
+    let mut line = start_line;
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
+        if b == b'\n' {
+            line += 1;
+            in_string = false;
+            escaped = false;
+            let next = &bytes[i + 1..];
+            let indent = next
+                .iter()
+                .take_while(|&&c| c == b' ' || c == b'\t')
+                .count();
+            if line >= err_line && indent <= start_col && next.get(indent) == Some(&b'{') {
+                return i + 1;
+            }
+        } else if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return after_line(line.max(err_line));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    text.len()
 }

@@ -707,12 +707,11 @@ fn stream_resumes_after_syntax_error() {
 #[test]
 fn stream_syntax_error_inside_a_pretty_printed_transaction() {
     // The error is reported on the line the transaction starts on (2), not the line
-    // of the bad token (4); parsing resumes after line 4 and still finds GOOD_B.
+    // of the bad token (4); parsing resumes after the object's closing `}` (line 5),
+    // so its leftover lines produce no second error, and still finds GOOD_B.
     let text = format!("{GOOD_A}\n{{\n  \"user\": \"u\",\n  \"events\": [,]\n}}\n{GOOD_B}\n");
     let results = lines_of(&parse_stream(&text));
-    assert_eq!(results.first(), Some(&Ok("a".into())));
-    assert_eq!(results.get(1), Some(&Err(2)));
-    assert_eq!(results.last(), Some(&Ok("b".into())));
+    assert_eq!(results, vec![Ok("a".into()), Err(2), Ok("b".into())]);
     let Err(e) = &parse_stream(&text)[1] else {
         unreachable!()
     };
@@ -721,6 +720,80 @@ fn stream_syntax_error_inside_a_pretty_printed_transaction() {
             .message
             .starts_with("invalid JSON at line 4 column "),
         "{e}"
+    );
+}
+
+#[test]
+fn stream_resumes_after_the_end_of_a_broken_multi_line_object() {
+    // A comma missing after line 3 (found on line 4); the strings hold brackets,
+    // quotes and escapes that must not count. One error, for the object's first line.
+    let text = format!(
+        "{GOOD_A}\n\
+         {{\n\
+         \x20 \"user\": \"u\"\n\
+         \x20 \"events\": [\n\
+         \x20   {{\"name\": \"MailboxCreate\", \"mailbox\": \"a }} ] {{ \\\" [\\\\\"}}\n\
+         \x20 ]\n\
+         }}\n\
+         {GOOD_B}\n"
+    );
+    assert_eq!(
+        text.lines().nth(4),
+        Some(r#"    {"name": "MailboxCreate", "mailbox": "a } ] { \" [\\"}"#)
+    );
+    let results = parse_stream(&text);
+    assert_eq!(
+        lines_of(&results),
+        vec![Ok("a".into()), Err(2), Ok("b".into())]
+    );
+    let Err(e) = &results[1] else { unreachable!() };
+    assert!(
+        e.error
+            .message
+            .starts_with("invalid JSON at line 4 column "),
+        "{e}"
+    );
+
+    // Truncated (the closing `}` is missing): the next object opening at the same
+    // indentation is the next transaction, pretty-printed or not.
+    let text = format!(
+        "{GOOD_A}\n\
+         {{\n\
+         \x20 \"user\": \"u\",\n\
+         \x20 \"events\": [{{\"name\": \"MailboxCreate\", \"mailbox\": \"A\"}}]\n\
+         {{\n\
+         \x20 \"id\": \"c\",\n\
+         \x20 \"user\": \"u\",\n\
+         \x20 \"events\": [{{\"name\": \"MailboxDelete\", \"mailbox\": \"C\"}}]\n\
+         }}\n\
+         {GOOD_B}\n"
+    );
+    assert_eq!(
+        lines_of(&parse_stream(&text)),
+        vec![Ok("a".into()), Err(2), Ok("c".into()), Ok("b".into())]
+    );
+
+    // Indented objects (e.g. cut from a larger document) resume the same way.
+    let text = format!("  {{\n    \"user\": \"u\",\n    \"events\": [,]\n  }}\n  {GOOD_A}\n");
+    assert_eq!(lines_of(&parse_stream(&text)), vec![Err(1), Ok("a".into())]);
+
+    // NDJSON stays one transaction per line: a broken line is one error and the next
+    // line is parsed, also when the broken line lacks its closing brace.
+    let missing_brace = r#"{"user":"u","events":[{"name":"MailboxCreate","mailbox":"A"}]"#;
+    let text = format!(
+        "{GOOD_A}\n{missing_brace}\n{GOOD_B}\n{{\"user\":\"u\",,}}\n{{]\nnot json\n{GOOD_A}\n"
+    );
+    assert_eq!(
+        lines_of(&parse_stream(&text)),
+        vec![
+            Ok("a".into()),
+            Err(2),
+            Ok("b".into()),
+            Err(4),
+            Err(5),
+            Err(6),
+            Ok("a".into())
+        ]
     );
 }
 

@@ -205,6 +205,114 @@ fn an_empty_value_stops_the_numbering() {
 }
 
 #[test]
+fn settings_after_an_empty_one_say_it_is_empty() {
+    // driver2 exists but is empty: driver3 and driver4 are ignored *because it is
+    // empty*, not because it is missing.
+    let c = parse(&plugin(
+        "push_notification_driver = dlog\n\
+         push_notification_driver2 =\n\
+         push_notification_driver3 = dlog\n\
+         push_notification_driver4 = dlog",
+    ));
+    assert_eq!(numbers(&c), [1]);
+    let w = warnings(&c);
+    assert_eq!(w.len(), 3, "{w:?}");
+    for later in ["push_notification_driver3", "push_notification_driver4"] {
+        let w = c
+            .warnings
+            .iter()
+            .find(|w| w.message.starts_with(later))
+            .unwrap_or_else(|| panic!("warning for {later}"));
+        assert!(
+            w.message.contains(&format!(
+                "{later} is ignored: push_notification_driver2 is empty"
+            )),
+            "{w}"
+        );
+        assert!(!w.message.contains("missing,"), "{w}");
+    }
+
+    // The unnumbered first setting empty (whitespace only): driver2 is ignored because
+    // it is empty.
+    let c = parse(&plugin(
+        "push_notification_driver = \"  \"\npush_notification_driver2 = dlog",
+    ));
+    assert!(c.drivers.is_empty());
+    assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    assert!(
+        c.warnings[0]
+            .message
+            .contains("push_notification_driver2 is ignored: push_notification_driver is empty"),
+        "{}",
+        c.warnings[0]
+    );
+
+    // An absent setting is still reported as missing.
+    let c = parse(&plugin(
+        "push_notification_driver = dlog\npush_notification_driver3 = dlog",
+    ));
+    assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    assert!(
+        c.warnings[0]
+            .message
+            .contains("push_notification_driver3 is ignored: push_notification_driver2 is missing"),
+        "{}",
+        c.warnings[0]
+    );
+}
+
+#[test]
+fn non_canonical_numbers_are_not_driver_settings() {
+    // `02` is not the name Dovecot probes for driver 2: with driver2 absent it must not
+    // be called the empty stopping setting, and with driver2 present it must not pass
+    // silently as if it were driver 2.
+    for body in [
+        "push_notification_driver = dlog\npush_notification_driver02 = dlog",
+        "push_notification_driver = dlog\npush_notification_driver2 = dlog\n\
+         push_notification_driver02 = dlog",
+    ] {
+        let c = parse(&plugin(body));
+        assert_eq!(
+            names(&c).len(),
+            body.lines().count() - 1,
+            "driver02 must not load: {body}"
+        );
+        let w = warnings(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("push_notification_driver02 is not a driver setting"),
+            "{w:?}"
+        );
+        assert!(!w[0].contains("is empty"), "{w:?}");
+    }
+    for key in ["push_notification_driver+2", "push_notification_driver003"] {
+        let c = parse(&plugin(&format!(
+            "push_notification_driver = dlog\n{key} = dlog"
+        )));
+        assert_eq!(numbers(&c), [1]);
+        assert_eq!(
+            warnings(&c),
+            [format!(
+                "{CONF}:3: {key} is not a driver setting and is ignored"
+            )]
+        );
+    }
+    // driver0 is never probed either.
+    let c = parse(&plugin(
+        "push_notification_driver = dlog\npush_notification_driver0 = dlog",
+    ));
+    assert_eq!(numbers(&c), [1]);
+    assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    assert!(
+        c.warnings[0]
+            .message
+            .contains("push_notification_driver0 is never read"),
+        "{}",
+        c.warnings[0]
+    );
+}
+
+#[test]
 fn driver1_is_never_read() {
     let c = parse(&plugin(
         "push_notification_driver = dlog\npush_notification_driver1 = ox:url=http://x/",

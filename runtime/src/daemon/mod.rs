@@ -31,6 +31,9 @@ pub struct Daemon {
     pub queue_capacity: usize,
     pub ingest: IngestMetrics,
     pub shutting_down: AtomicBool,
+    /// Set until what the spool still owes from before a restart is queued again: new
+    /// transactions must queue behind it, or one user's order would break.
+    pub recovering: AtomicBool,
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -139,6 +142,14 @@ pub async fn serve(
             config.settings.spool_path().display()
         )
     })?;
+    let owed_at_start = match &spool {
+        Some(s) => {
+            let s = s.clone();
+            let owed = tokio::task::spawn_blocking(move || s.pending()).await;
+            !matches!(owed, Ok(Ok(ref p)) if p.is_empty())
+        }
+        None => false,
+    };
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
         dispatcher: Dispatcher::start_with_spool(
@@ -152,6 +163,8 @@ pub async fn serve(
         queue_capacity: config.settings.queue_capacity,
         ingest: IngestMetrics::default(),
         shutting_down: AtomicBool::new(false),
+        // Only when the spool still owes something (checked below) does ingest wait.
+        recovering: AtomicBool::new(owed_at_start),
         registry,
         metadata,
         reload_lock: tokio::sync::Mutex::new(()),
@@ -263,13 +276,16 @@ async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
                 items.len()
             );
         }
-        first = false;
         for p in items {
             let to = Arc::new(p.txn);
             if daemon.dispatcher.dispatch_to(to, &p.drivers).await.is_err() {
                 return;
             }
         }
+        if first {
+            daemon.recovering.store(false, Ordering::Relaxed);
+        }
+        first = false;
     }
 }
 

@@ -710,3 +710,16 @@ impl WasmInner {
         store.data_mut().outbound.refused.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::same_minor;
+
+    #[test]
+    fn wit_versions_compatible_within_a_minor() {
+        assert!(same_minor("0.1.0", "0.1.0"));
+        assert!(same_minor("0.1.3", "0.1.0"));
+        assert!(!same_minor("0.2.0", "0.1.0"));
+        assert!(!same_minor("1.1.0", "0.1.0"));
+    }
+}
