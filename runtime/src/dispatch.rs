@@ -130,22 +130,43 @@ struct Lane {
     task: JoinHandle<()>,
 }
 
+impl DriverReport {
+    fn new(
+        number: u32,
+        name: String,
+        queued: usize,
+        capacity: usize,
+        driver: &dyn Driver,
+        stats: &Arc<DriverStats>,
+    ) -> Self {
+        DriverReport {
+            number,
+            name,
+            delivered: stats.delivered.load(Ordering::Relaxed),
+            skipped: stats.skipped.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            queued,
+            capacity,
+            counters: driver.counters(),
+            retried: stats.retried.load(Ordering::Relaxed),
+            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
+            circuit: stats.circuit_name(),
+            stats: stats.clone(),
+        }
+    }
+}
+
 impl Lane {
     fn report(&self) -> DriverReport {
-        DriverReport {
-            number: self.number,
-            name: self.name.clone(),
-            delivered: self.stats.delivered.load(Ordering::Relaxed),
-            skipped: self.stats.skipped.load(Ordering::Relaxed),
-            failed: self.stats.failed.load(Ordering::Relaxed),
-            queued: self.tx.max_capacity() - self.tx.capacity(),
-            capacity: self.tx.max_capacity(),
-            counters: self.driver.counters(),
-            retried: self.stats.retried.load(Ordering::Relaxed),
-            dead_lettered: self.stats.dead_lettered.load(Ordering::Relaxed),
-            circuit: self.stats.circuit_name(),
-            stats: self.stats.clone(),
-        }
+        let queued = self.tx.max_capacity() - self.tx.capacity();
+        DriverReport::new(
+            self.number,
+            self.name.clone(),
+            queued,
+            self.tx.max_capacity(),
+            self.driver.as_ref(),
+            &self.stats,
+        )
     }
 
     /// Closes the queue, waits for the task to finish what was queued, calls deinit.
@@ -174,20 +195,7 @@ impl Lane {
                 panic_message(&p)
             );
         }
-        DriverReport {
-            number,
-            name,
-            delivered: stats.delivered.load(Ordering::Relaxed),
-            skipped: stats.skipped.load(Ordering::Relaxed),
-            failed: stats.failed.load(Ordering::Relaxed),
-            queued: 0,
-            capacity,
-            counters: driver.counters(),
-            retried: stats.retried.load(Ordering::Relaxed),
-            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
-            circuit: stats.circuit_name(),
-            stats,
-        }
+        DriverReport::new(number, name, 0, capacity, driver.as_ref(), &stats)
     }
 }
 
@@ -298,11 +306,6 @@ impl Dispatcher {
         self.spool.as_ref()
     }
 
-    /// The numbers of the running drivers.
-    pub fn driver_numbers(&self) -> Vec<u32> {
-        self.snapshot().iter().map(|l| l.number).collect()
-    }
-
     /// Queues a transaction for the listed drivers only (recovery and replay), waiting
     /// while a queue is full. Drivers no longer configured are skipped.
     pub async fn dispatch_to(
@@ -310,14 +313,9 @@ impl Dispatcher {
         txn: Arc<Transaction>,
         drivers: &[u32],
     ) -> Result<(), ShutDown> {
-        for lane in self
-            .snapshot()
-            .iter()
-            .filter(|l| drivers.contains(&l.number))
-        {
-            lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
-        }
-        Ok(())
+        let mut lanes = self.snapshot();
+        lanes.retain(|l| drivers.contains(&l.number));
+        send_to(&lanes, txn).await
     }
 
     /// Ingest with durability: reserves room in every driver's queue, persists the batch
@@ -362,39 +360,7 @@ impl Dispatcher {
 
     /// Queues a transaction for every driver, waiting while a queue is full.
     pub async fn dispatch(&self, txn: Arc<Transaction>) -> Result<(), ShutDown> {
-        for lane in self.snapshot() {
-            lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
-        }
-        Ok(())
-    }
-
-    /// Queues a transaction for every driver, or for none when any queue is full.
-    pub fn try_dispatch(&self, txn: Arc<Transaction>) -> Result<(), QueueFull> {
-        self.try_dispatch_all(std::slice::from_ref(&txn))
-    }
-
-    /// Queues a batch for every driver, all or nothing: when any driver lacks room for
-    /// the whole batch, nothing is queued.
-    pub fn try_dispatch_all(&self, txns: &[Arc<Transaction>]) -> Result<(), QueueFull> {
-        let lanes = self.snapshot();
-        let mut permits = Vec::with_capacity(lanes.len());
-        for lane in &lanes {
-            match lane.tx.try_reserve_many(txns.len()) {
-                Ok(p) => permits.push(p),
-                Err(_) => {
-                    return Err(QueueFull {
-                        driver: lane.number,
-                        name: lane.name.clone(),
-                    })
-                }
-            }
-        }
-        for p in permits {
-            for (permit, txn) in p.zip(txns) {
-                permit.send(txn.clone());
-            }
-        }
-        Ok(())
+        send_to(&self.snapshot(), txn).await
     }
 
     /// Current counters of every driver.
@@ -465,6 +431,14 @@ impl Dispatcher {
         }
         reports
     }
+}
+
+/// Queues `txn` on each lane, waiting while a queue is full.
+async fn send_to(lanes: &[Arc<Lane>], txn: Arc<Transaction>) -> Result<(), ShutDown> {
+    for lane in lanes {
+        lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+    }
+    Ok(())
 }
 
 /// Finishes a lane once no in-flight dispatch holds it any more.

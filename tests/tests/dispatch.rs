@@ -13,7 +13,7 @@ async fn panicking_and_slow_drivers_never_disturb_a_good_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
-        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = panic:every=2\n push_notification_driver2 = slow:msecs=200 label=slow\n push_notification_driver3 = record:label=good\n}\n",
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = panic:every=2\n push_notification_driver2 = slow:msecs=50 label=slow\n push_notification_driver3 = record:label=good\n}\n",
     );
     let drivers = TestDrivers::new();
     let loaded = load_drivers(&drivers.registry(), &config).await;
@@ -34,7 +34,7 @@ async fn panicking_and_slow_drivers_never_disturb_a_good_one() {
         "the caller waited: {:?}",
         start.elapsed()
     );
-    // The good driver has everything long before the slow one (40 × 200 ms) is done.
+    // The good driver has everything long before the slow one (40 × 50 ms) is done.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let good = drivers
