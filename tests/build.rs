@@ -32,6 +32,11 @@ const GUESTS: &[(&str, &str, &str)] = &[
         "tests/guests/bench-handler/Cargo.toml",
         "bench_handler_driver.wasm",
     ),
+    (
+        "FUTURE_VERSION",
+        "tests/guests/future-version/Cargo.toml",
+        "future_version_driver.wasm",
+    ),
 ];
 
 fn main() {

@@ -26,6 +26,7 @@ pub fn guest(name: &str) -> PathBuf {
         "ox-wasm" => option_env!("GUEST_OX_WASM"),
         "tenant-filter" => option_env!("GUEST_TENANT_FILTER"),
         "bench-handler" => option_env!("GUEST_BENCH_HANDLER"),
+        "future-version" => option_env!("GUEST_FUTURE_VERSION"),
         _ => None,
     };
     PathBuf::from(

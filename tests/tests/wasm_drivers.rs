@@ -196,6 +196,20 @@ async fn refuses_non_components_and_wrong_worlds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wit_version_mismatch_names_both_versions() {
+    let engines = Arc::new(Engines::new(None));
+    let e = load(&guest("future-version"), &engines, "")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("built against mailpush:driver@0.2.0")
+            && e.contains("provides mailpush:driver@0.1.0"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn init_refusal_is_reported() {
     let engines = Arc::new(Engines::new(None));
     let e = load(&guest("webhook"), &engines, "").await.err().unwrap();
