@@ -250,4 +250,68 @@ mod tests {
             assert!(!is_private(a.parse().unwrap()), "{a}");
         }
     }
+
+    fn request(url: &str) -> http::Request<WasiBody> {
+        use http_body_util::BodyExt;
+        let body = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        http::Request::builder()
+            .method("GET")
+            .uri(url)
+            .body(body)
+            .unwrap()
+    }
+
+    /// `max_connections` bounds concurrent outbound requests of one driver: with 1, a
+    /// second request waits for the first, and gives up with ConnectionLimitReached after
+    /// the connect timeout.
+    #[tokio::test]
+    async fn connection_limit_per_driver() {
+        // A server that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let sandbox = Sandbox {
+            allow_hosts: vec!["127.0.0.1".into()],
+            allow_private: true,
+            max_connections: 1,
+            connect_timeout: Duration::from_millis(200),
+            first_byte_timeout: Duration::from_secs(5),
+            ..Sandbox::default()
+        };
+        let policy = HttpPolicy {
+            tag: Arc::new(DriverTag {
+                number: 1,
+                name: "t".into(),
+            }),
+            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            sandbox: Arc::new(sandbox),
+        };
+        let url = format!("http://{addr}/x");
+        let mut a = OutboundHttp::new(policy.clone());
+        let mut b = OutboundHttp::new(policy.clone());
+        let first = tokio::spawn(Box::into_pin(a.send_request(
+            request(&url),
+            None,
+            Box::new(async { Ok(()) }),
+        )));
+        // Wait until the first request holds the only permit.
+        while policy.connections.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let second =
+            Box::into_pin(b.send_request(request(&url), None, Box::new(async { Ok(()) }))).await;
+        assert!(
+            matches!(second, Err(Error::ConnectionLimitReached)),
+            "{:?}",
+            second.err()
+        );
+        first.abort();
+    }
 }
