@@ -71,6 +71,10 @@ fn main() {
             .env_remove("CARGO_BUILD_RUSTFLAGS")
             .env_remove("CARGO_BUILD_TARGET")
             .env_remove("CARGO_PRIMARY_PACKAGE")
+            // Under `cargo clippy` the outer build wraps rustc; guests are built plainly.
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
             .status()
             .unwrap_or_else(|e| panic!("cannot run cargo to build {}: {e}", manifest.display()));
         assert!(

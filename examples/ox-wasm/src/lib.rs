@@ -71,7 +71,7 @@ impl Driver for OxWasm {
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .filter(|(k, _)| k == "user")
             .map(|(_, v)| v)
-            .last();
+            .next_back();
         let Some(user) = user else {
             log::error("No user provided in config");
             return Wants::Skip;
