@@ -25,7 +25,7 @@ fn list(args: &Args, key: &str) -> Vec<String> {
 
 impl TenantFilter {
     fn matches(&self, m: &NewMessage) -> bool {
-        if !self.folders.is_empty() && !self.folders.iter().any(|f| *f == m.message.mailbox) {
+        if !self.folders.is_empty() && !self.folders.contains(&m.message.mailbox) {
             return false;
         }
         if !self.from_domains.is_empty() {
