@@ -23,7 +23,10 @@ impl Response {
     /// The first value of a header (name case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -64,9 +67,20 @@ impl std::fmt::Display for HttpError {
 fn classify(e: ErrorCode) -> HttpError {
     let text = format!("{e:?}");
     match e {
-        ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited | ErrorCode::HttpProtocolError => HttpError::Refused(text),
-        ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout | ErrorCode::ConnectionWriteTimeout | ErrorCode::HttpResponseTimeout | ErrorCode::DnsTimeout => HttpError::Timeout(text),
-        ErrorCode::ConnectionRefused | ErrorCode::ConnectionTerminated | ErrorCode::ConnectionLimitReached | ErrorCode::DestinationUnavailable | ErrorCode::DestinationNotFound | ErrorCode::HttpResponseIncomplete => HttpError::Connection(text),
+        ErrorCode::HttpRequestDenied
+        | ErrorCode::DestinationIpProhibited
+        | ErrorCode::HttpProtocolError => HttpError::Refused(text),
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::ConnectionWriteTimeout
+        | ErrorCode::HttpResponseTimeout
+        | ErrorCode::DnsTimeout => HttpError::Timeout(text),
+        ErrorCode::ConnectionRefused
+        | ErrorCode::ConnectionTerminated
+        | ErrorCode::ConnectionLimitReached
+        | ErrorCode::DestinationUnavailable
+        | ErrorCode::DestinationNotFound
+        | ErrorCode::HttpResponseIncomplete => HttpError::Connection(text),
         _ => HttpError::Other(text),
     }
 }
@@ -88,7 +102,9 @@ pub fn send(
     } else if let Some(r) = url.strip_prefix("http://") {
         (Scheme::Http, r)
     } else {
-        return Err(HttpError::InvalidUrl(format!("{url}: only http:// and https:// URLs")));
+        return Err(HttpError::InvalidUrl(format!(
+            "{url}: only http:// and https:// URLs"
+        )));
     };
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
@@ -97,14 +113,33 @@ pub fn send(
     if authority.is_empty() {
         return Err(HttpError::InvalidUrl(format!("{url}: no host")));
     }
-    let path = if path.is_empty() { "/".to_string() } else if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    let path = if path.is_empty() {
+        "/".to_string()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
 
-    let mut list: Vec<(String, Vec<u8>)> = headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect();
+    let mut list: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
     // A known length (no chunked encoding): what most webhook receivers expect.
-    if !list.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) && (!body.is_empty() || method.eq_ignore_ascii_case("POST") || method.eq_ignore_ascii_case("PUT")) {
-        list.push(("content-length".to_string(), body.len().to_string().into_bytes()));
+    if !list
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        && (!body.is_empty()
+            || method.eq_ignore_ascii_case("POST")
+            || method.eq_ignore_ascii_case("PUT"))
+    {
+        list.push((
+            "content-length".to_string(),
+            body.len().to_string().into_bytes(),
+        ));
     }
-    let fields = Fields::from_list(&list).map_err(|e| HttpError::Other(format!("bad header: {e:?}")))?;
+    let fields =
+        Fields::from_list(&list).map_err(|e| HttpError::Other(format!("bad header: {e:?}")))?;
     let req = OutgoingRequest::new(fields);
     let m = match method.to_ascii_uppercase().as_str() {
         "GET" => Method::Get,
@@ -118,9 +153,13 @@ pub fn send(
     let bad = |what: &str| HttpError::InvalidUrl(format!("{url}: invalid {what}"));
     req.set_method(&m).map_err(|_| bad("method"))?;
     req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    req.set_authority(Some(authority)).map_err(|_| bad("host"))?;
-    req.set_path_with_query(Some(&path)).map_err(|_| bad("path"))?;
-    let out_body = req.body().map_err(|_| HttpError::Other("request body unavailable".into()))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("host"))?;
+    req.set_path_with_query(Some(&path))
+        .map_err(|_| bad("path"))?;
+    let out_body = req
+        .body()
+        .map_err(|_| HttpError::Other("request body unavailable".into()))?;
 
     let options = RequestOptions::new();
     if let Some(ms) = timeout_ms {
@@ -131,9 +170,13 @@ pub fn send(
     }
     let future = outgoing_handler::handle(req, Some(options)).map_err(classify)?;
     {
-        let stream = out_body.write().map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
+        let stream = out_body
+            .write()
+            .map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
         for chunk in body.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| HttpError::Connection(format!("writing body: {e:?}")))?;
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| HttpError::Connection(format!("writing body: {e:?}")))?;
         }
     }
     OutgoingBody::finish(out_body, None).map_err(classify)?;
@@ -151,7 +194,12 @@ pub fn send(
         .headers()
         .entries()
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
     let mut data = Vec::new();
     if let Ok(body) = incoming.consume() {
@@ -167,12 +215,19 @@ pub fn send(
                     }
                     Err(StreamError::Closed) => break,
                     Err(StreamError::LastOperationFailed(e)) => {
-                        return Err(HttpError::Connection(format!("reading response: {}", e.to_debug_string())))
+                        return Err(HttpError::Connection(format!(
+                            "reading response: {}",
+                            e.to_debug_string()
+                        )))
                     }
                 }
             }
         }
         let _ = IncomingBody::finish(body);
     }
-    Ok(Response { status, headers, body: data })
+    Ok(Response {
+        status,
+        headers,
+        body: data,
+    })
 }

@@ -59,11 +59,19 @@ pub struct Failure {
 impl Failure {
     /// A failure that a retry may fix (timeouts, 5xx, …).
     pub fn retryable(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), retryable: true, retry_after_ms: None }
+        Failure {
+            reason: reason.into(),
+            retryable: true,
+            retry_after_ms: None,
+        }
     }
     /// A failure no retry will fix (bad request, bad data, …).
     pub fn permanent(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), retryable: false, retry_after_ms: None }
+        Failure {
+            reason: reason.into(),
+            retryable: false,
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -74,7 +82,11 @@ pub struct Args(pub Vec<(String, String)>);
 impl Args {
     /// The value of `key` (`Some("")` for a bare flag).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     /// Whether `key` is present, with or without a value.
     pub fn has(&self, key: &str) -> bool {
@@ -123,7 +135,10 @@ pub trait Driver: Sized + 'static {
     /// The whole transaction (only wanted events). The default calls the `on_*`
     /// method of each event in order, stopping at the first failure.
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
-        let info = TxnInfo { id: txn.id.clone(), user: txn.user.clone() };
+        let info = TxnInfo {
+            id: txn.id.clone(),
+            user: txn.user.clone(),
+        };
         for rec in &txn.events {
             let j = rec.json.as_str();
             match &rec.event {
@@ -145,42 +160,129 @@ pub trait Driver: Sized + 'static {
     }
 
     /// A delivered message (`json` is the event's canonical JSON).
-    fn on_message_new(&mut self, _txn: &TxnInfo, _m: &NewMessage, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_message_new(
+        &mut self,
+        _txn: &TxnInfo,
+        _m: &NewMessage,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A message added by a client (APPEND, COPY, MOVE).
-    fn on_message_append(&mut self, _txn: &TxnInfo, _m: &NewMessage, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_message_append(
+        &mut self,
+        _txn: &TxnInfo,
+        _m: &NewMessage,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A message was expunged.
-    fn on_message_expunge(&mut self, _txn: &TxnInfo, _m: &MessageRef, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_message_expunge(
+        &mut self,
+        _txn: &TxnInfo,
+        _m: &MessageRef,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A message got \Seen.
-    fn on_message_read(&mut self, _txn: &TxnInfo, _m: &MessageRef, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_message_read(
+        &mut self,
+        _txn: &TxnInfo,
+        _m: &MessageRef,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A message got \Deleted.
-    fn on_message_trash(&mut self, _txn: &TxnInfo, _m: &MessageRef, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_message_trash(
+        &mut self,
+        _txn: &TxnInfo,
+        _m: &MessageRef,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// Flags or keywords were set.
-    fn on_flags_set(&mut self, _txn: &TxnInfo, _f: &FlagsSet, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_flags_set(&mut self, _txn: &TxnInfo, _f: &FlagsSet, _json: &str) -> Result<(), Failure> {
+        Ok(())
+    }
     /// Flags or keywords were cleared.
-    fn on_flags_clear(&mut self, _txn: &TxnInfo, _f: &FlagsClear, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_flags_clear(
+        &mut self,
+        _txn: &TxnInfo,
+        _f: &FlagsClear,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A mailbox was created.
-    fn on_mailbox_create(&mut self, _txn: &TxnInfo, _mailbox: &str, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_mailbox_create(
+        &mut self,
+        _txn: &TxnInfo,
+        _mailbox: &str,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A mailbox was deleted.
-    fn on_mailbox_delete(&mut self, _txn: &TxnInfo, _mailbox: &str, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_mailbox_delete(
+        &mut self,
+        _txn: &TxnInfo,
+        _mailbox: &str,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A mailbox was renamed.
-    fn on_mailbox_rename(&mut self, _txn: &TxnInfo, _r: &MailboxRename, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_mailbox_rename(
+        &mut self,
+        _txn: &TxnInfo,
+        _r: &MailboxRename,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A mailbox was subscribed to.
-    fn on_mailbox_subscribe(&mut self, _txn: &TxnInfo, _mailbox: &str, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_mailbox_subscribe(
+        &mut self,
+        _txn: &TxnInfo,
+        _mailbox: &str,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
     /// A mailbox was unsubscribed from.
-    fn on_mailbox_unsubscribe(&mut self, _txn: &TxnInfo, _mailbox: &str, _json: &str) -> Result<(), Failure> { Ok(()) }
+    fn on_mailbox_unsubscribe(
+        &mut self,
+        _txn: &TxnInfo,
+        _mailbox: &str,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// Logging through the host (tagged with driver number, name and transaction id).
 pub mod log {
     use crate::bindings::mailpush::driver::host::{self, Level};
     /// Debug line.
-    pub fn debug(msg: &str) { host::log(Level::Debug, msg) }
+    pub fn debug(msg: &str) {
+        host::log(Level::Debug, msg)
+    }
     /// Info line.
-    pub fn info(msg: &str) { host::log(Level::Info, msg) }
+    pub fn info(msg: &str) {
+        host::log(Level::Info, msg)
+    }
     /// Warning line.
-    pub fn warn(msg: &str) { host::log(Level::Warn, msg) }
+    pub fn warn(msg: &str) {
+        host::log(Level::Warn, msg)
+    }
     /// Error line.
-    pub fn error(msg: &str) { host::log(Level::Error, msg) }
+    pub fn error(msg: &str) {
+        host::log(Level::Error, msg)
+    }
 }
 
 /// Reads a METADATA entry of the current transaction's user (read-only).
@@ -209,7 +311,10 @@ fn with_driver<D: Driver, R>(f: impl FnOnce(&mut D) -> R) -> Option<R> {
 }
 
 #[doc(hidden)]
-pub fn __begin_txn<D: Driver>(id: String, user: String) -> bindings::mailpush::driver::types::Begin {
+pub fn __begin_txn<D: Driver>(
+    id: String,
+    user: String,
+) -> bindings::mailpush::driver::types::Begin {
     use bindings::mailpush::driver::types::Begin;
     let info = TxnInfo { id, user };
     match with_driver::<D, _>(|d| d.wants(&info)) {
@@ -220,7 +325,9 @@ pub fn __begin_txn<D: Driver>(id: String, user: String) -> bindings::mailpush::d
 }
 
 #[doc(hidden)]
-pub fn __deliver<D: Driver>(txn: Transaction) -> Result<(), bindings::mailpush::driver::types::Failure> {
+pub fn __deliver<D: Driver>(
+    txn: Transaction,
+) -> Result<(), bindings::mailpush::driver::types::Failure> {
     let r = with_driver::<D, _>(|d| d.on_transaction(&txn))
         .unwrap_or_else(|| Err(Failure::permanent("driver not initialised")));
     r.map_err(|f| bindings::mailpush::driver::types::Failure {

@@ -16,7 +16,8 @@
 
 use base64::Engine as _;
 use mailpush_driver_sdk::{
-    export_driver, http, log, metadata, Args, Driver, EventName, Failure, NewMessage, TxnInfo, Wants,
+    export_driver, http, log, metadata, Args, Driver, EventName, Failure, NewMessage, TxnInfo,
+    Wants,
 };
 
 const METADATA_KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
@@ -33,17 +34,25 @@ struct OxWasm {
 
 impl Driver for OxWasm {
     fn init(args: &Args) -> Result<Self, String> {
-        let raw = args.get("url").filter(|u| !u.is_empty()).ok_or("Driver requires the url parameter")?;
+        let raw = args
+            .get("url")
+            .filter(|u| !u.is_empty())
+            .ok_or("Driver requires the url parameter")?;
         let (scheme, rest) = raw
             .split_once("://")
             .filter(|(s, _)| *s == "http" || *s == "https")
-            .ok_or_else(|| "Failed to parse OX REST URL: expected http:// or https://".to_string())?;
+            .ok_or_else(|| {
+                "Failed to parse OX REST URL: expected http:// or https://".to_string()
+            })?;
         let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(auth_end);
         let (auth, host) = match authority.rsplit_once('@') {
             Some((userinfo, host)) => match userinfo.split_once(':') {
                 Some((u, p)) if !u.is_empty() => (
-                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))),
+                    Some(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                    )),
                     host,
                 ),
                 _ => (None, host),
@@ -53,8 +62,14 @@ impl Driver for OxWasm {
         Ok(OxWasm {
             url: format!("{scheme}://{host}{path}"),
             auth,
-            max_retries: args.get("max_retries").and_then(|v| v.parse().ok()).unwrap_or(1),
-            timeout_ms: args.get("timeout_msecs").and_then(|v| v.parse().ok()).unwrap_or(2000),
+            max_retries: args
+                .get("max_retries")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            timeout_ms: args
+                .get("timeout_msecs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2000),
             user_from_metadata: args.has("user_from_metadata"),
             metadata_user: None,
         })
@@ -62,13 +77,18 @@ impl Driver for OxWasm {
 
     fn wants(&mut self, _txn: &TxnInfo) -> Wants {
         let Some(value) = metadata(METADATA_KEY) else {
-            log::debug(&format!("Skipped because not active ({METADATA_KEY} METADATA not set)"));
+            log::debug(&format!(
+                "Skipped because not active ({METADATA_KEY} METADATA not set)"
+            ));
             return Wants::Skip;
         };
         let user = value
             .split('\t')
             .map(tab_unescape)
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .filter(|(k, _)| k == "user")
             .map(|(_, v)| v)
             .next_back();
@@ -81,9 +101,17 @@ impl Driver for OxWasm {
         Wants::Events(vec![EventName::MessageNew])
     }
 
-    fn on_message_new(&mut self, txn: &TxnInfo, m: &NewMessage, _json: &str) -> Result<(), Failure> {
+    fn on_message_new(
+        &mut self,
+        txn: &TxnInfo,
+        m: &NewMessage,
+        _json: &str,
+    ) -> Result<(), Failure> {
         if m.message.mailbox != "INBOX" {
-            log::debug(&format!("Skipped because {} is not a watched mailbox", m.message.mailbox));
+            log::debug(&format!(
+                "Skipped because {} is not a watched mailbox",
+                m.message.mailbox
+            ));
             return Ok(());
         }
         let user = if self.user_from_metadata {
@@ -99,14 +127,23 @@ impl Driver for OxWasm {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = http::send("PUT", &self.url, &headers, body.as_bytes(), Some(self.timeout_ms));
+            let result = http::send(
+                "PUT",
+                &self.url,
+                &headers,
+                body.as_bytes(),
+                Some(self.timeout_ms),
+            );
             let retry = match &result {
                 Ok(r) if (200..300).contains(&r.status) => {
                     log::debug(&format!("Notification sent successfully: {}", r.status));
                     return Ok(());
                 }
                 Ok(r) => r.status == 408 || (r.status == 503 && r.header("retry-after").is_some()),
-                Err(e) => matches!(e, http::HttpError::Timeout(_)) || matches!(e, http::HttpError::Connection(s) if !s.contains("Refused")),
+                Err(e) => {
+                    matches!(e, http::HttpError::Timeout(_))
+                        || matches!(e, http::HttpError::Connection(s) if !s.contains("Refused"))
+                }
             };
             if !retry || attempt > self.max_retries {
                 let msg = match result {
@@ -114,7 +151,11 @@ impl Driver for OxWasm {
                     Err(e) => e.to_string(),
                 };
                 log::error(&format!("Error when sending notification: {msg}"));
-                return Err(if retry { Failure::retryable(msg) } else { Failure::permanent(msg) });
+                return Err(if retry {
+                    Failure::retryable(msg)
+                } else {
+                    Failure::permanent(msg)
+                });
             }
         }
     }
@@ -148,9 +189,16 @@ fn request_body(user: &str, m: &NewMessage) -> String {
     escape(user, &mut s);
     s.push_str("\",\"event\":\"messageNew\",\"folder\":\"");
     escape(&m.message.mailbox, &mut s);
-    s.push_str(&format!("\",\"imap-uidvalidity\":{},\"imap-uid\":{}", m.message.uid_validity, m.message.uid));
+    s.push_str(&format!(
+        "\",\"imap-uidvalidity\":{},\"imap-uid\":{}",
+        m.message.uid_validity, m.message.uid
+    ));
     let subject = m.subject.as_deref().or(m.subject_utf8.as_deref());
-    for (k, v) in [("from", m.from.as_deref()), ("subject", subject), ("snippet", m.snippet.as_deref())] {
+    for (k, v) in [
+        ("from", m.from.as_deref()),
+        ("subject", subject),
+        ("snippet", m.snippet.as_deref()),
+    ] {
         if let Some(v) = v {
             s.push_str(&format!(",\"{k}\":\""));
             escape(v, &mut s);

@@ -8,7 +8,9 @@
 //! - `url=` — where matching events are POSTed (each event's canonical JSON); without
 //!   it, matches are only logged.
 
-use mailpush_driver_sdk::{export_driver, http, log, Args, Driver, EventName, Failure, NewMessage, TxnInfo, Wants};
+use mailpush_driver_sdk::{
+    export_driver, http, log, Args, Driver, EventName, Failure, NewMessage, TxnInfo, Wants,
+};
 
 struct TenantFilter {
     folders: Vec<String>,
@@ -19,7 +21,13 @@ struct TenantFilter {
 
 fn list(args: &Args, key: &str) -> Vec<String> {
     args.get(key)
-        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -48,13 +56,31 @@ impl TenantFilter {
             return Ok(());
         }
         let Some(url) = &self.url else {
-            log::info(&format!("match for {}: {} uid {}", txn.user, m.message.mailbox, m.message.uid));
+            log::info(&format!(
+                "match for {}: {} uid {}",
+                txn.user, m.message.mailbox, m.message.uid
+            ));
             return Ok(());
         };
-        match http::send("POST", url, &[("content-type", "application/json"), ("webhook-id", &txn.id)], json.as_bytes(), Some(5000)) {
+        match http::send(
+            "POST",
+            url,
+            &[
+                ("content-type", "application/json"),
+                ("webhook-id", &txn.id),
+            ],
+            json.as_bytes(),
+            Some(5000),
+        ) {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
-            Ok(r) if r.status >= 500 => Err(Failure::retryable(format!("endpoint answered {}", r.status))),
-            Ok(r) => Err(Failure::permanent(format!("endpoint answered {}", r.status))),
+            Ok(r) if r.status >= 500 => Err(Failure::retryable(format!(
+                "endpoint answered {}",
+                r.status
+            ))),
+            Ok(r) => Err(Failure::permanent(format!(
+                "endpoint answered {}",
+                r.status
+            ))),
             Err(e) if e.retryable() => Err(Failure::retryable(e.to_string())),
             Err(e) => Err(Failure::permanent(e.to_string())),
         }
@@ -67,7 +93,10 @@ impl Driver for TenantFilter {
             folders: list(args, "folders"),
             from_domains: list(args, "from_domains"),
             flags: list(args, "flags"),
-            url: args.get("url").filter(|u| !u.is_empty()).map(str::to_string),
+            url: args
+                .get("url")
+                .filter(|u| !u.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -79,7 +108,12 @@ impl Driver for TenantFilter {
         self.forward(txn, m, json)
     }
 
-    fn on_message_append(&mut self, txn: &TxnInfo, m: &NewMessage, json: &str) -> Result<(), Failure> {
+    fn on_message_append(
+        &mut self,
+        txn: &TxnInfo,
+        m: &NewMessage,
+        json: &str,
+    ) -> Result<(), Failure> {
         self.forward(txn, m, json)
     }
 }

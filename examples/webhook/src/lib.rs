@@ -33,19 +33,29 @@ impl Driver for Webhook {
         let secret = match args.get("secret") {
             None => None,
             Some(s) => {
-                let b64 = s.strip_prefix("whsec_").ok_or("secret must look like whsec_<base64>")?;
+                let b64 = s
+                    .strip_prefix("whsec_")
+                    .ok_or("secret must look like whsec_<base64>")?;
                 Some(
                     base64::engine::general_purpose::STANDARD
                         .decode(b64)
-                        .map_err(|_| "secret: the part after whsec_ is not valid base64".to_string())?,
+                        .map_err(|_| {
+                            "secret: the part after whsec_ is not valid base64".to_string()
+                        })?,
                 )
             }
         };
         let timeout_ms = match args.get("timeout_msecs") {
             None => 5000,
-            Some(v) => v.parse().map_err(|_| format!("timeout_msecs={v}: expected milliseconds"))?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("timeout_msecs={v}: expected milliseconds"))?,
         };
-        Ok(Webhook { url, secret, timeout_ms })
+        Ok(Webhook {
+            url,
+            secret,
+            timeout_ms,
+        })
     }
 
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
@@ -61,7 +71,8 @@ impl Driver for Webhook {
             ("webhook-timestamp", timestamp.clone()),
         ];
         if let Some(key) = &self.secret {
-            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| Failure::permanent("bad key"))?;
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+                .map_err(|_| Failure::permanent("bad key"))?;
             mac.update(txn.id.as_bytes());
             mac.update(b".");
             mac.update(timestamp.as_bytes());
@@ -73,14 +84,26 @@ impl Driver for Webhook {
         let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         match http::send("POST", &self.url, &hdrs, body, Some(self.timeout_ms)) {
             Ok(r) if (200..300).contains(&r.status) => {
-                log::debug(&format!("delivered {} ({} events): {}", txn.id, txn.events.len(), r.status));
+                log::debug(&format!(
+                    "delivered {} ({} events): {}",
+                    txn.id,
+                    txn.events.len(),
+                    r.status
+                ));
                 Ok(())
             }
             Ok(r) => {
-                let retry_after_ms = r.header("retry-after").and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s * 1000);
+                let retry_after_ms = r
+                    .header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|s| s * 1000);
                 let reason = format!("webhook answered {}", r.status);
                 if r.status >= 500 || r.status == 408 || r.status == 429 {
-                    Err(Failure { reason, retryable: true, retry_after_ms })
+                    Err(Failure {
+                        reason,
+                        retryable: true,
+                        retry_after_ms,
+                    })
                 } else {
                     Err(Failure::permanent(reason))
                 }

@@ -24,11 +24,23 @@ fn escape(s: &str, out: &mut String) {
 
 impl Driver for Bench {
     fn init(args: &Args) -> Result<Self, String> {
-        Ok(Bench { key: args.get("key").unwrap_or("secret").as_bytes().to_vec(), signed: 0 })
+        Ok(Bench {
+            key: args.get("key").unwrap_or("secret").as_bytes().to_vec(),
+            signed: 0,
+        })
     }
 
-    fn on_message_new(&mut self, txn: &TxnInfo, m: &NewMessage, _json: &str) -> Result<(), Failure> {
-        if m.message.mailbox != "INBOX" || m.flags.as_ref().is_some_and(|f| f.iter().any(|x| x == "\\Seen")) {
+    fn on_message_new(
+        &mut self,
+        txn: &TxnInfo,
+        m: &NewMessage,
+        _json: &str,
+    ) -> Result<(), Failure> {
+        if m.message.mailbox != "INBOX"
+            || m.flags
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|x| x == "\\Seen"))
+        {
             return Ok(());
         }
         let mut p = String::with_capacity(256);
@@ -41,7 +53,8 @@ impl Driver for Bench {
         p.push_str("\",\"subject\":\"");
         escape(m.subject.as_deref().unwrap_or(""), &mut p);
         p.push_str("\"}");
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).map_err(|_| Failure::permanent("key"))?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .map_err(|_| Failure::permanent("key"))?;
         mac.update(p.as_bytes());
         let sig = hex::encode(mac.finalize().into_bytes());
         self.signed += std::hint::black_box(sig.len() as u64);

@@ -16,7 +16,10 @@ impl Driver for Hostile {
         if mode == "panic-init" {
             panic!("hostile driver panics in init on purpose");
         }
-        Ok(Hostile { mode, url: args.get("url").unwrap_or("").to_string() })
+        Ok(Hostile {
+            mode,
+            url: args.get("url").unwrap_or("").to_string(),
+        })
     }
 
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
@@ -50,16 +53,31 @@ impl Driver for Hostile {
                 }
                 Ok(())
             }
-            "http" => match http::send("POST", &self.url, &[("content-type", "application/json")], b"{}", Some(2000)) {
-                Ok(r) => Err(Failure::permanent(format!("request to {} was NOT refused: status {}", self.url, r.status))),
+            "http" => match http::send(
+                "POST",
+                &self.url,
+                &[("content-type", "application/json")],
+                b"{}",
+                Some(2000),
+            ) {
+                Ok(r) => Err(Failure::permanent(format!(
+                    "request to {} was NOT refused: status {}",
+                    self.url, r.status
+                ))),
                 Err(e) => Err(Failure::permanent(format!("http failed as expected: {e}"))),
             },
             "file" => match std::fs::read_to_string("/etc/passwd") {
-                Ok(s) => Err(Failure::permanent(format!("read a file it should not see: {} bytes", s.len()))),
+                Ok(s) => Err(Failure::permanent(format!(
+                    "read a file it should not see: {} bytes",
+                    s.len()
+                ))),
                 Err(e) => Err(Failure::permanent(format!("file access denied: {e}"))),
             },
             "huge" => Err(Failure::permanent("x".repeat(8 << 20))),
-            "fail-retryable" => Err(Failure::retryable(format!("failing on purpose for {}", txn.user))),
+            "fail-retryable" => Err(Failure::retryable(format!(
+                "failing on purpose for {}",
+                txn.user
+            ))),
             "ok" => Ok(()),
             other => Err(Failure::permanent(format!("unknown mode {other}"))),
         }
