@@ -424,6 +424,13 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
         }
     }
     let reports = dispatcher.shutdown().await;
+    if let Some(spool) = &spool {
+        // A round trip through the spool's writer: every progress record is committed
+        // before we exit, so a later `mailpush run` does not deliver these again.
+        spool
+            .append(&[], &[])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     if let Some(p) = progress {
         p.0.finish_and_clear();
     }
