@@ -339,11 +339,36 @@ async fn shutdown_drivers(loaded: Vec<crate::registry::LoadedDriver>) {
 }
 
 /// Progress display for `send`.
-struct Progress(indicatif::ProgressBar);
+/// What `send` does with each final delivery result: advance the progress bar, and record
+/// the driver's progress in the spool (done, or a dead letter: `send` does not wait for
+/// retries), so a later `mailpush run` does not deliver it again.
+struct SendObserver {
+    progress: Option<indicatif::ProgressBar>,
+    spool: Option<Arc<dyn crate::spool::Spool>>,
+}
 
-impl DeliveryObserver for Progress {
-    fn delivered(&self, _delivery: &Delivery) {
-        self.0.inc(1);
+impl DeliveryObserver for SendObserver {
+    fn delivered(&self, d: &Delivery) {
+        if let Some(p) = &self.progress {
+            p.inc(1);
+        }
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let recorded = match &d.outcome {
+            crate::dispatch::Outcome::Failed(f) => spool.dead_letter(
+                &d.txn,
+                d.driver,
+                &[crate::spool::Attempt {
+                    at: crate::spool::now(),
+                    error: f.reason.clone(),
+                }],
+            ),
+            _ => spool.complete(&d.txn.id, d.driver),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(driver = d.driver, txn = %d.txn.id, "cannot record progress: {e}");
+        }
     }
 }
 
@@ -389,17 +414,20 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} deliveries {elapsed}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        Some(Arc::new(Progress(bar)))
+        Some(bar)
     } else {
         None
     };
-    let observer = progress.clone().map(|p| p as Arc<dyn DeliveryObserver>);
     let spool = config
         .settings
         .open_spool()
         .map_err(|e| anyhow::anyhow!("cannot open the spool: {e}"))?;
+    let observer: Arc<dyn DeliveryObserver> = Arc::new(SendObserver {
+        progress: progress.clone(),
+        spool: spool.clone(),
+    });
     let drivers: Vec<u32> = loaded.iter().map(|d| d.number).collect();
-    let dispatcher = Dispatcher::start(loaded, config.settings.queue_capacity, observer);
+    let dispatcher = Dispatcher::start(loaded, config.settings.queue_capacity, Some(observer));
     let mut rejected = 0;
     let mut accepted = 0;
     for item in items {
@@ -427,12 +455,10 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     if let Some(spool) = &spool {
         // A round trip through the spool's writer: every progress record is committed
         // before we exit, so a later `mailpush run` does not deliver these again.
-        spool
-            .append(&[], &[])
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        spool.append(&[], &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if let Some(p) = progress {
-        p.0.finish_and_clear();
+        p.finish_and_clear();
     }
     print_reports(&reports, accepted, rejected);
     let failed: u64 = reports.iter().map(|r| r.failed).sum();

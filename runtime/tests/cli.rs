@@ -304,3 +304,43 @@ fn metadata_cli_round_trip_persistence_and_doveadm_style_errors() {
     let (code, _, _) = run(&["metadata", "set", "-u", "u"]);
     assert!(code != Some(0));
 }
+
+#[test]
+fn send_records_progress_so_run_does_not_deliver_again() {
+    use mailpush::spool::{sqlite::SqliteSpool, Spool};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!("mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = dlog\n push_notification_driver2 = ox:url=http://127.0.0.1:{port}/n\n}}\n"),
+    )
+    .unwrap();
+    let events = dir.path().join("e.ndjson");
+    std::fs::write(
+        &events,
+        "{\"id\":\"s1\",\"user\":\"a@b\",\"events\":[{\"name\":\"MessageNew\",\"mailbox\":\"INBOX\",\"uid\":1,\"uid_validity\":1}],\"metadata\":{\"/private/vendor/vendor.dovecot/http-notify\":\"user=1@1\"}}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["send", "-c"])
+        .arg(&conf)
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the ox delivery fails (nobody listens)"
+    );
+    let spool = SqliteSpool::open(&dir.path().join("state/spool.db"), 1 << 30).unwrap();
+    assert!(spool.pending().unwrap().is_empty(), "nothing left owed");
+    let dead = spool.dead_letters(None).unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].driver, dead[0].txn.id.as_str()),
+        (1, 2, "s1")
+    );
+}
