@@ -1,0 +1,77 @@
+//! Criterion micro-benchmarks of the driver logic, three ways: the same handler (filter,
+//! JSON payload, HMAC-SHA256) as native Rust (alone and as a driver via dispatch), as a
+//! wasm component driver via dispatch, and as a Lua 5.4 function through mlua.
+//! `cargo bench -p mailpush-bench`; the one-run report with ratios is `mailpush-bench`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use mailpush::dispatch::deliver;
+use mailpush::wasm::engine::Engines;
+use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
+use mailpush_bench::{load, message, native_handler, txn, NativeBench, LUA_HANDLER};
+use mailpush_e2e::guest;
+
+fn driver_logic(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = message();
+    let t = txn();
+    let mut g = c.benchmark_group("driver_logic");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("native_fn", |b| {
+        b.iter(|| {
+            native_handler(
+                std::hint::black_box("alice@example.com"),
+                std::hint::black_box(&m),
+                b"secret",
+            )
+        })
+    });
+    g.bench_function("native_driver_via_dispatch", |b| {
+        b.to_async(&rt).iter(|| deliver(&NativeBench, &t))
+    });
+    let engines = Arc::new(Engines::new(None));
+    let sandbox = Sandbox {
+        instance: InstanceModel::Reuse,
+        recycle_after: u64::MAX,
+        timeout: Duration::from_secs(10),
+        ..Sandbox::default()
+    };
+    let wasm = rt.block_on(load(
+        &guest("bench-handler"),
+        sandbox,
+        "key=secret",
+        &engines,
+    ));
+    g.bench_function("wasm_driver_via_dispatch", |b| {
+        b.to_async(&rt).iter(|| deliver(&wasm, &t))
+    });
+    let vm = mlua::Lua::new();
+    vm.load(LUA_HANDLER).exec().unwrap();
+    let handle: mlua::Function = vm.globals().get("handle").unwrap();
+    g.bench_function("lua_fn", |b| {
+        b.iter(|| {
+            let ev = vm.create_table().unwrap();
+            ev.set("mailbox", m.mailbox.as_str()).unwrap();
+            ev.set("uid", m.uid as f64).unwrap();
+            ev.set("from", m.from.as_deref()).unwrap();
+            ev.set("subject", m.subject.as_deref()).unwrap();
+            ev.set(
+                "flags",
+                vm.create_sequence_from(m.flags.clone().unwrap_or_default())
+                    .unwrap(),
+            )
+            .unwrap();
+            let sig: Option<String> = handle.call(("alice@example.com", ev)).unwrap();
+            sig
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, driver_logic);
+criterion_main!(benches);
