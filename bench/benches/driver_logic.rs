@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use mailpush::dispatch::deliver;
 use mailpush::wasm::engine::Engines;
 use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
-use mailpush_bench::{load, message, native_handler, txn, NativeBench, LUA_HANDLER};
+use mailpush_bench::{load, lua_event, message, native_handler, txn, NativeBench, LUA_HANDLER};
 use mailpush_e2e::guest;
 
 fn driver_logic(c: &mut Criterion) {
@@ -55,17 +55,7 @@ fn driver_logic(c: &mut Criterion) {
     let handle: mlua::Function = vm.globals().get("handle").unwrap();
     g.bench_function("lua_fn", |b| {
         b.iter(|| {
-            let ev = vm.create_table().unwrap();
-            ev.set("mailbox", m.mailbox.as_str()).unwrap();
-            ev.set("uid", m.uid as f64).unwrap();
-            ev.set("from", m.from.as_deref()).unwrap();
-            ev.set("subject", m.subject.as_deref()).unwrap();
-            ev.set(
-                "flags",
-                vm.create_sequence_from(m.flags.clone().unwrap_or_default())
-                    .unwrap(),
-            )
-            .unwrap();
+            let ev = lua_event(&vm, &m).unwrap();
             let sig: Option<String> = handle.call(("alice@example.com", ev)).unwrap();
             sig
         })

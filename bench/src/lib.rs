@@ -16,6 +16,22 @@ use sha2::Sha256;
 /// The Lua handler (pure Lua 5.4).
 pub const LUA_HANDLER: &str = include_str!("handler.lua");
 
+/// The event as the table Dovecot's Lua driver builds (numbers as floats).
+pub fn lua_event(vm: &mlua::Lua, m: &NewMessage) -> mlua::Result<mlua::Table> {
+    let ev = vm.create_table()?;
+    ev.set("name", "MessageNew")?;
+    ev.set("mailbox", m.mailbox.as_str())?;
+    ev.set("uid", m.uid as f64)?;
+    ev.set("uid_validity", m.uid_validity as f64)?;
+    ev.set("from", m.from.as_deref())?;
+    ev.set("subject", m.subject.as_deref())?;
+    ev.set(
+        "flags",
+        vm.create_sequence_from(m.flags.clone().unwrap_or_default())?,
+    )?;
+    Ok(ev)
+}
+
 pub fn message() -> NewMessage {
     NewMessage {
         mailbox: "INBOX".into(),

@@ -14,7 +14,7 @@ use mailpush::wasm::engine::Engines;
 
 use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
 use mailpush::wasm::WasmDriver;
-use mailpush_bench::{load, message, native_handler, txn, NativeBench};
+use mailpush_bench::{load, lua_event, message, native_handler, txn, NativeBench};
 
 use mailpush_core::{Event, NoMetadata, Transaction};
 use mailpush_e2e::guest;
@@ -93,17 +93,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     for _ in 0..o.runs {
         let t = Instant::now();
         for _ in 0..ln {
-            let ev = vm.create_table().unwrap();
-            ev.set("name", "MessageNew").unwrap();
-            ev.set("mailbox", m.mailbox.as_str()).unwrap();
-            ev.set("uid", m.uid as f64).unwrap();
-            ev.set("uid_validity", m.uid_validity as f64).unwrap();
-            ev.set("from", m.from.as_deref()).unwrap();
-            ev.set("subject", m.subject.as_deref()).unwrap();
-            let flags = vm
-                .create_sequence_from(m.flags.clone().unwrap_or_default())
-                .unwrap();
-            ev.set("flags", flags).unwrap();
+            let ev = lua_event(&vm, &m).unwrap();
             let sig: Option<String> = handle.call(("alice@example.com", ev)).unwrap();
             std::hint::black_box(sig);
         }
@@ -111,13 +101,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     }
     // Same result three ways.
     let expected = native_handler("alice@example.com", &m, b"secret").unwrap();
-    let ev = vm.create_table().unwrap();
-    ev.set("mailbox", "INBOX").unwrap();
-    ev.set("uid", 42.0).unwrap();
-    ev.set("from", m.from.as_deref()).unwrap();
-    ev.set("subject", m.subject.as_deref()).unwrap();
-    ev.set("flags", vm.create_sequence_from(vec!["\\Recent"]).unwrap())
-        .unwrap();
+    let ev = lua_event(&vm, &m).unwrap();
     let lua_sig: String = handle.call(("alice@example.com", ev)).unwrap();
     assert_eq!(
         lua_sig, expected,
