@@ -641,20 +641,40 @@ async fn control(
     }
     if path == "/v1/status" {
         println!(
-            "{:<4} {:<16} {:<10} {:>7} {:>9} {:>7} {:>8}",
-            "#", "DRIVER", "STATE", "QUEUED", "DELIVERED", "FAILED", "SKIPPED"
+            "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
+            "#", "DRIVER", "STATE", "CIRCUIT", "QUEUED", "DELIVERED", "FAILED", "SKIPPED"
         );
+        let mut endpoints = Vec::new();
         for d in body["drivers"].as_array().into_iter().flatten() {
             println!(
-                "{:<4} {:<16} {:<10} {:>7} {:>9} {:>7} {:>8}",
+                "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
                 d["number"],
                 d["name"].as_str().unwrap_or(""),
                 d["state"].as_str().unwrap_or(""),
+                d["circuit"].as_str().unwrap_or(""),
                 d["queued"],
                 d["delivered"],
                 d["failed"],
                 d["skipped"]
             );
+            for e in d["endpoints"].as_array().into_iter().flatten() {
+                endpoints.push(format!(
+                    "{:<4} {}{} {}",
+                    d["number"],
+                    e["scope"]
+                        .as_str()
+                        .map(|s| format!("{s}: "))
+                        .unwrap_or_default(),
+                    e["endpoint"].as_str().unwrap_or(""),
+                    e["circuit"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if !endpoints.is_empty() {
+            println!("\nendpoint circuits (endpoints seen failing):");
+            for line in endpoints {
+                println!("{line}");
+            }
         }
     } else {
         println!(

@@ -6,10 +6,12 @@
 //! - `breaker_ratio=0.5 breaker_window=20 breaker_min=5 breaker_open=30s` — open the
 //!   circuit when at least `breaker_min` of the last `breaker_window` outcomes exist and
 //!   the failure ratio reaches `breaker_ratio`; probe again after `breaker_open`.
+//!   The same thresholds apply to the driver's per-endpoint breakers (wasm drivers:
+//!   one per `scheme://host:port` they call; see `mailpush_core::breaker`).
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use mailpush_core::breaker::{BreakerConfig, CircuitBreaker, CircuitState};
 use mailpush_core::{DriverArgs, InitError};
 
 /// Keys this module takes from driver lines.
@@ -60,24 +62,41 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Circuit-breaker thresholds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    pub window: usize,
-    pub min: usize,
-    pub ratio: f64,
-    pub open: Duration,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            window: 20,
-            min: 5,
-            ratio: 0.5,
-            open: Duration::from_secs(30),
-        }
+/// Takes the `breaker_*` keys out of args (tenant handlers' `.conf` files use them for
+/// their endpoint breakers).
+pub fn breaker_from_args(args: &mut DriverArgs) -> Result<BreakerConfig, InitError> {
+    let mut b = BreakerConfig::default();
+    let dur = |k: &str, v: &str| {
+        parse_duration(v)
+            .ok_or_else(|| InitError(format!("{k}={v}: expected a duration such as 30s, 2m, 1h")))
+    };
+    if let Some(v) = args.take("breaker_ratio") {
+        b.ratio = v
+            .parse::<f64>()
+            .ok()
+            .filter(|r| *r > 0.0 && *r <= 1.0)
+            .ok_or_else(|| {
+                InitError(format!(
+                    "breaker_ratio={v}: expected a ratio in (0, 1], e.g. 0.5"
+                ))
+            })?;
     }
+    if let Some(v) = args.take("breaker_window") {
+        b.window = v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| InitError(format!("breaker_window={v}: expected a count")))?;
+    }
+    if let Some(v) = args.take("breaker_min") {
+        b.min = v
+            .parse()
+            .map_err(|_| InitError(format!("breaker_min={v}: expected a count")))?;
+    }
+    if let Some(v) = args.take("breaker_open") {
+        b.open = dur("breaker_open", &v)?;
+    }
+    Ok(b)
 }
 
 /// Both, for one driver.
@@ -108,32 +127,7 @@ impl DeliveryPolicy {
         if let Some(v) = args.take("retry_max_age") {
             p.retry.max_age = dur("retry_max_age", &v)?;
         }
-        if let Some(v) = args.take("breaker_ratio") {
-            p.breaker.ratio = v
-                .parse::<f64>()
-                .ok()
-                .filter(|r| *r > 0.0 && *r <= 1.0)
-                .ok_or_else(|| {
-                    InitError(format!(
-                        "breaker_ratio={v}: expected a ratio in (0, 1], e.g. 0.5"
-                    ))
-                })?;
-        }
-        if let Some(v) = args.take("breaker_window") {
-            p.breaker.window = v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| InitError(format!("breaker_window={v}: expected a count")))?;
-        }
-        if let Some(v) = args.take("breaker_min") {
-            p.breaker.min = v
-                .parse()
-                .map_err(|_| InitError(format!("breaker_min={v}: expected a count")))?;
-        }
-        if let Some(v) = args.take("breaker_open") {
-            p.breaker.open = dur("breaker_open", &v)?;
-        }
+        p.breaker = breaker_from_args(args)?;
         Ok(p)
     }
 
@@ -153,94 +147,6 @@ impl DeliveryPolicy {
         let x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
         let frac = (x % 4001) as f64 / 10_000.0 - 0.2; // -0.2 ..= +0.2
         Some(base.mul_f64(1.0 + frac))
-    }
-}
-
-/// Circuit state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl CircuitState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half-open",
-        }
-    }
-}
-
-/// A circuit breaker over the last outcomes of one driver.
-#[derive(Debug)]
-pub struct CircuitBreaker {
-    config: BreakerConfig,
-    outcomes: VecDeque<bool>,
-    state: CircuitState,
-    opened_at: Option<Instant>,
-}
-
-impl CircuitBreaker {
-    pub fn new(config: BreakerConfig) -> Self {
-        CircuitBreaker {
-            config,
-            outcomes: VecDeque::new(),
-            state: CircuitState::Closed,
-            opened_at: None,
-        }
-    }
-
-    /// The state now (an open circuit turns half-open when its time is up).
-    pub fn state(&mut self, now: Instant) -> CircuitState {
-        if self.state == CircuitState::Open
-            && self
-                .opened_at
-                .is_some_and(|t| now.duration_since(t) >= self.config.open)
-        {
-            self.state = CircuitState::HalfOpen;
-        }
-        self.state
-    }
-
-    /// When an open circuit turns half-open.
-    pub fn reopens_at(&self) -> Option<Instant> {
-        match self.state {
-            CircuitState::Open => self.opened_at.map(|t| t + self.config.open),
-            _ => None,
-        }
-    }
-
-    /// Records an outcome; returns the new state if it changed.
-    pub fn record(&mut self, ok: bool, now: Instant) -> Option<CircuitState> {
-        let before = self.state(now);
-        match before {
-            CircuitState::HalfOpen => {
-                if ok {
-                    self.state = CircuitState::Closed;
-                    self.outcomes.clear();
-                } else {
-                    self.state = CircuitState::Open;
-                    self.opened_at = Some(now);
-                }
-            }
-            _ => {
-                self.outcomes.push_back(ok);
-                while self.outcomes.len() > self.config.window {
-                    self.outcomes.pop_front();
-                }
-                let failures = self.outcomes.iter().filter(|o| !**o).count();
-                if self.outcomes.len() >= self.config.min
-                    && failures as f64 / self.outcomes.len() as f64 >= self.config.ratio
-                {
-                    self.state = CircuitState::Open;
-                    self.opened_at = Some(now);
-                }
-            }
-        }
-        (self.state != before).then_some(self.state)
     }
 }
 
@@ -271,29 +177,5 @@ mod tests {
             Some(Duration::from_secs(3600))
         );
         assert!(DeliveryPolicy::from_args(&mut DriverArgs::parse("retry=5x")).is_err());
-    }
-
-    #[test]
-    fn breaker_opens_probes_and_closes() {
-        let cfg = BreakerConfig {
-            window: 4,
-            min: 3,
-            ratio: 0.5,
-            open: Duration::from_secs(10),
-        };
-        let mut b = CircuitBreaker::new(cfg);
-        let t = Instant::now();
-        assert_eq!(b.record(false, t), None);
-        assert_eq!(b.record(true, t), None);
-        assert_eq!(b.record(false, t), Some(CircuitState::Open));
-        assert_eq!(b.state(t + Duration::from_secs(5)), CircuitState::Open);
-        assert_eq!(b.state(t + Duration::from_secs(10)), CircuitState::HalfOpen);
-        assert_eq!(
-            b.record(false, t + Duration::from_secs(10)),
-            Some(CircuitState::Open)
-        );
-        let t2 = t + Duration::from_secs(20);
-        assert_eq!(b.state(t2), CircuitState::HalfOpen);
-        assert_eq!(b.record(true, t2), Some(CircuitState::Closed));
     }
 }

@@ -117,6 +117,8 @@ pub struct DriverReport {
     pub dead_lettered: u64,
     /// Circuit breaker state: closed, open or half-open.
     pub circuit: &'static str,
+    /// Per-endpoint circuits of endpoints seen failing ([`Driver::endpoint_circuits`]).
+    pub endpoints: Vec<mailpush_core::EndpointCircuit>,
     pub stats: Arc<DriverStats>,
 }
 
@@ -151,6 +153,7 @@ impl DriverReport {
             retried: stats.retried.load(Ordering::Relaxed),
             dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
             circuit: stats.circuit_name(),
+            endpoints: driver.endpoint_circuits(),
             stats: stats.clone(),
         }
     }

@@ -116,6 +116,7 @@ impl DriverRegistry {
                 .unwrap_or_default(),
             state_dir: config.settings.state_dir.clone(),
             metadata,
+            breaker: policy.breaker.clone(),
         };
         // A panicking init must not take the process down: report it like a failed init.
         let result =
@@ -217,7 +218,15 @@ async fn tenant_lane(
         driver: Arc::new(lane),
         warnings,
         details,
-        policy: crate::delivery::DeliveryPolicy::default(),
+        // No driver-wide breaker: it would hold back every tenant for one tenant's dead
+        // endpoint. Each tenant's endpoints have their own breakers (see tenants.rs).
+        policy: crate::delivery::DeliveryPolicy {
+            breaker: mailpush_core::BreakerConfig {
+                min: usize::MAX,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     }
 }
 

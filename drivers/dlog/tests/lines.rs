@@ -38,6 +38,7 @@ fn driver_init(dir: &Path, args: &str, raw: Option<&str>) -> DriverInit {
         config_dir: dir.to_path_buf(),
         state_dir: dir.join("state"),
         metadata: Arc::new(NoMetadata),
+        breaker: Default::default(),
     }
 }
 

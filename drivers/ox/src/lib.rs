@@ -268,6 +268,7 @@ mod tests {
             config_dir: PathBuf::from("/nonexistent"),
             state_dir: PathBuf::from("/nonexistent"),
             metadata: Arc::new(NoMetadata),
+            breaker: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::args::DriverArgs;
+use crate::breaker::{BreakerConfig, CircuitState};
 use crate::event::{Event, EventSet};
 use crate::metadata::MetadataLookup;
 use crate::transaction::Transaction;
@@ -69,6 +70,11 @@ pub struct DriverInit {
     /// Read-only METADATA for users (the transaction's own `metadata` is consulted first
     /// by [`crate::metadata::lookup`]).
     pub metadata: Arc<dyn MetadataLookup>,
+    /// The driver's circuit-breaker thresholds (its `breaker_*` keys, taken off the line
+    /// by the runtime). The runtime keeps one breaker over the driver's transactions;
+    /// a driver that calls several endpoints uses these for one breaker per endpoint
+    /// ([`crate::breaker::EndpointBreakers`]).
+    pub breaker: BreakerConfig,
 }
 
 impl DriverInit {
@@ -140,6 +146,22 @@ pub trait Driver: Send + Sync {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The circuits of the endpoints this driver calls, for metrics and
+    /// `mailpush status` (drivers with per-endpoint breakers).
+    fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
+        Vec::new()
+    }
+}
+
+/// The circuit of one endpoint of a driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointCircuit {
+    /// `scheme://host:port`.
+    pub endpoint: String,
+    /// The part of the driver that calls it, when a driver has parts (a tenant handler's
+    /// domain).
+    pub scope: Option<String>,
+    pub state: CircuitState,
 }
 
 /// A driver's state for one transaction (Dovecot's driver txn).

@@ -3,15 +3,17 @@
 //! implement.
 
 pub mod args;
+pub mod breaker;
 pub mod driver;
 pub mod event;
 pub mod metadata;
 pub mod transaction;
 
 pub use args::DriverArgs;
+pub use breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, EndpointBreakers};
 pub use driver::{
-    group, Begin, Driver, DriverFactory, DriverInit, DriverTxn, Failure, InitError, Initialised,
-    MailboxRecord, MessageRecord, Record,
+    group, Begin, Driver, DriverFactory, DriverInit, DriverTxn, EndpointCircuit, Failure,
+    InitError, Initialised, MailboxRecord, MessageRecord, Record,
 };
 pub use event::{Event, EventName, EventSet};
 pub use metadata::{MetadataError, MetadataLookup, NoMetadata};

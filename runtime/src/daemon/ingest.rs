@@ -341,6 +341,9 @@ async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
                 "queued": r.queued, "capacity": r.capacity, "delivered": r.delivered,
                 "failed": r.failed, "skipped": r.skipped,
                 "counters": r.counters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "endpoints": r.endpoints.iter().map(|e| json!({
+                    "endpoint": e.endpoint, "scope": e.scope, "circuit": e.state.as_str(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

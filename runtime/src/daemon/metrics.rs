@@ -150,6 +150,28 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
     }
     header(
         &mut out,
+        "mailpush_endpoint_circuit_state",
+        "gauge",
+        "Circuit breaker state per endpoint a driver calls (endpoints seen failing): 0 closed, 1 open, 2 half-open.",
+    );
+    for d in drivers {
+        for e in &d.endpoints {
+            let scope = e
+                .scope
+                .as_deref()
+                .map(|s| format!(",scope=\"{}\"", label(s)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "mailpush_endpoint_circuit_state{{{},endpoint=\"{}\"{scope}}} {}",
+                labels(d),
+                label(&e.endpoint),
+                e.state.as_gauge()
+            );
+        }
+    }
+    header(
+        &mut out,
         "mailpush_driver_processing_seconds",
         "histogram",
         "Time a driver took per transaction.",

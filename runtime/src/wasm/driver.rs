@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use mailpush_core::{
-    Begin, Driver, DriverArgs, DriverFactory, DriverInit, DriverTxn, Event, EventSet, Failure,
-    InitError, Initialised, MailboxRecord, MessageRecord, MetadataLookup, Transaction,
+    Begin, Driver, DriverArgs, DriverFactory, DriverInit, DriverTxn, EndpointBreakers,
+    EndpointCircuit, Event, EventSet, Failure, InitError, Initialised, MailboxRecord,
+    MessageRecord, MetadataLookup, Transaction,
 };
 use tokio::sync::Semaphore;
 use wasmtime::component::{types::ComponentItem, Component, HasSelf, Linker};
@@ -59,7 +60,8 @@ impl DriverFactory for WasmFactory {
             }
         };
         let path = init.resolve_path(&file);
-        let sandbox = Sandbox::from_args(&mut args)?;
+        let mut sandbox = Sandbox::from_args(&mut args)?;
+        sandbox.endpoint_breaker = init.breaker.clone();
         let engines = self
             .engines
             .get_or_init(|| Arc::new(Engines::new(Some(init.state_dir.join("wasm-cache")))))
@@ -167,6 +169,7 @@ impl WasmDriver {
             tag: tag.clone(),
             sandbox: sandbox.clone(),
             connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
         };
         let inner = Arc::new(WasmInner {
             tag,
@@ -228,6 +231,11 @@ impl WasmDriver {
     /// The driver's counters.
     pub fn stats(&self) -> &WasmStats {
         &self.0.stats
+    }
+
+    /// The circuits of the endpoints this driver has seen failing.
+    pub fn endpoint_breakers(&self) -> &Arc<EndpointBreakers> {
+        &self.0.policy.breakers
     }
 }
 
@@ -481,8 +489,14 @@ impl WasmInner {
         }
     }
 
-    /// Adds what the sandbox refused during the call to a failure's reason.
+    /// Adds what the sandbox refused during the call to a failure's reason. A request
+    /// refused by an open endpoint circuit makes the failure retryable, after the
+    /// circuit's probe time at the earliest.
     fn explain(&self, store: &mut Store<HostState>, mut f: Failure) -> Failure {
+        if let Some(wait) = store.data_mut().outbound.circuit_wait.take() {
+            f.retryable = true;
+            f.retry_after = Some(f.retry_after.map_or(wait, |r| r.max(wait)));
+        }
         let refused = std::mem::take(&mut store.data_mut().outbound.refused);
         if !refused.is_empty() {
             f.reason = truncate(format!(
@@ -586,6 +600,20 @@ impl Driver for WasmDriver {
             ("wasm_instances", get(&s.instances)),
         ]
     }
+
+    fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
+        self.0
+            .policy
+            .breakers
+            .states(Instant::now())
+            .into_iter()
+            .map(|(endpoint, state)| EndpointCircuit {
+                endpoint,
+                scope: None,
+                state,
+            })
+            .collect()
+    }
 }
 
 /// One transaction in one instance: collects the wanted events, delivers at end_txn.
@@ -687,9 +715,14 @@ impl DriverTxn for WasmTxn {
                         .retry_after_ms
                         .map(|ms| Duration::from_millis(ms.min(3_600_000))),
                 };
+                // A failure because an endpoint's circuit is open is the breaker's
+                // business: it does not count towards pausing the whole driver.
+                let circuit = inst.store.data().outbound.circuit_wait.is_some();
                 let failure = inner.explain(&mut inst.store, failure);
                 inner.finish_log(&mut inst.store, &self.txn);
-                inner.record(false);
+                if !circuit {
+                    inner.record(false);
+                }
                 inner.give_back(inst);
                 Err(failure)
             }
@@ -708,6 +741,7 @@ impl DriverTxn for WasmTxn {
 impl WasmInner {
     fn store_refusals_cleared(&self, store: &mut Store<HostState>) {
         store.data_mut().outbound.refused.clear();
+        store.data_mut().outbound.circuit_wait = None;
     }
 }
 

@@ -1,14 +1,17 @@
 //! Outbound HTTP for components: the standard `wasi:http/outgoing-handler`, with
 //! mailpush's policy in front — only http/https, only hosts matching `allow_hosts`,
 //! no loopback/private/link-local/metadata addresses after DNS resolution unless
-//! `allow_private`, a per-driver connection limit, connect and first-byte timeouts.
+//! `allow_private`, a per-driver connection limit, connect and first-byte timeouts,
+//! and a circuit breaker per endpoint (`scheme://host:port`): while an endpoint's
+//! circuit is open its requests fail at once, without touching the network.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
+use mailpush_core::{Admission, EndpointBreakers};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -21,6 +24,8 @@ pub struct HttpPolicy {
     pub tag: Arc<DriverTag>,
     pub sandbox: Arc<Sandbox>,
     pub connections: Arc<Semaphore>,
+    /// One circuit breaker per endpoint, with the driver's `breaker_*` thresholds.
+    pub breakers: Arc<EndpointBreakers>,
 }
 
 /// Per-instance hooks: the policy plus what was refused (added to failure reasons).
@@ -28,6 +33,9 @@ pub struct OutboundHttp {
     policy: HttpPolicy,
     /// Requests refused during the current transaction, with why.
     pub refused: Vec<String>,
+    /// Set when a request was refused by an open endpoint circuit: how long until that
+    /// circuit lets a probe through (the longest, if several).
+    pub circuit_wait: Option<Duration>,
 }
 
 impl OutboundHttp {
@@ -35,8 +43,17 @@ impl OutboundHttp {
         OutboundHttp {
             policy,
             refused: Vec::new(),
+            circuit_wait: None,
         }
     }
+}
+
+/// Whether a response status counts against the endpoint's circuit: server errors,
+/// request timeouts and rate limiting — the endpoint is unwell or asks for less.
+fn status_is_failure(status: http::StatusCode) -> bool {
+    status.is_server_error()
+        || status == http::StatusCode::REQUEST_TIMEOUT
+        || status == http::StatusCode::TOO_MANY_REQUESTS
 }
 
 /// Whether an address is loopback, private, link-local, a cloud metadata service or
@@ -149,6 +166,20 @@ impl WasiHttpHooks for OutboundHttp {
                 );
             }
         }
+        let endpoint = format!(
+            "{}://{}:{port}",
+            if tls { "https" } else { "http" },
+            uri.host().unwrap_or_default().to_ascii_lowercase()
+        );
+        if let Admission::Refuse { retry_in } = policy.breakers.admit(&endpoint, Instant::now()) {
+            tracing::debug!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP to {endpoint} refused: circuit open");
+            self.refused.push(format!(
+                "circuit open for {endpoint}, next probe in {} ms",
+                retry_in.as_millis()
+            ));
+            self.circuit_wait = Some(self.circuit_wait.map_or(retry_in, |w| w.max(retry_in)));
+            return Box::new(async move { Err(Error::ConnectionRefused) });
+        }
         let options = RequestOptions {
             connect_timeout: Some(clamp(
                 options.and_then(|o| o.connect_timeout),
@@ -164,6 +195,8 @@ impl WasiHttpHooks for OutboundHttp {
             )),
         };
         Box::new(async move {
+            let breakers = policy.breakers.clone();
+            let tag = policy.tag.clone();
             let result: SendResult = async {
                 let addrs: Vec<SocketAddr> = match tokio::time::timeout(
                     sandbox.connect_timeout,
@@ -216,6 +249,17 @@ impl WasiHttpHooks for OutboundHttp {
                 Ok((resp.map(http_body_util::BodyExt::boxed_unsync), io))
             }
             .await;
+            // Policy refusals never reached the endpoint; everything else is its outcome.
+            let ok = match &result {
+                Ok((resp, _)) => Some(!status_is_failure(resp.status())),
+                Err(Error::DestinationIpProhibited | Error::ConnectionLimitReached) => None,
+                Err(_) => Some(false),
+            };
+            if let Some(ok) = ok {
+                if let Some(state) = breakers.record(&endpoint, ok, Instant::now()) {
+                    tracing::warn!(driver = tag.number, name = %tag.name, endpoint = %endpoint, "endpoint circuit {}", state.as_str());
+                }
+            }
             result
         })
     }
@@ -291,6 +335,7 @@ mod tests {
                 name: "t".into(),
             }),
             connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
             sandbox: Arc::new(sandbox),
         };
         let url = format!("http://{addr}/x");
@@ -313,5 +358,126 @@ mod tests {
             second.err()
         );
         first.abort();
+    }
+
+    /// A server answering every request with `status` (settable), counting requests.
+    async fn status_server(
+        status: u16,
+    ) -> (
+        SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicU16>,
+    ) {
+        use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(status));
+        let (h, st) = (hits.clone(), status.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (h, st) = (h.clone(), st.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let reply = format!(
+                        "HTTP/1.1 {} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        st.load(Ordering::SeqCst)
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (addr, hits, status)
+    }
+
+    /// Two endpoints of one driver: the failing one's circuit opens after `breaker_min`
+    /// failures and its requests then fail without reaching it (the failure carries the
+    /// time to the probe), while the healthy endpoint is unaffected; after the open time
+    /// one probe goes through and, succeeding, closes the circuit.
+    #[tokio::test]
+    async fn circuit_per_endpoint() {
+        use std::sync::atomic::Ordering;
+        let (bad, bad_hits, bad_status) = status_server(500).await;
+        let (good, good_hits, _) = status_server(200).await;
+        let sandbox = Sandbox {
+            allow_hosts: vec!["127.0.0.1".into()],
+            allow_private: true,
+            endpoint_breaker: mailpush_core::BreakerConfig {
+                window: 4,
+                min: 2,
+                ratio: 0.5,
+                open: Duration::from_millis(200),
+            },
+            ..Sandbox::default()
+        };
+        let policy = HttpPolicy {
+            tag: Arc::new(DriverTag {
+                number: 1,
+                name: "t".into(),
+            }),
+            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            sandbox: Arc::new(sandbox),
+        };
+        let mut http = OutboundHttp::new(policy.clone());
+        let mut send = |url: String| {
+            Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) })))
+        };
+        for _ in 0..2 {
+            let (resp, _) = send(format!("http://{bad}/x")).await.unwrap();
+            assert_eq!(resp.status(), 500);
+        }
+        let refused = send(format!("http://{bad}/x")).await;
+        assert!(matches!(refused, Err(Error::ConnectionRefused)));
+        assert_eq!(
+            bad_hits.load(Ordering::SeqCst),
+            2,
+            "not contacted while open"
+        );
+        for _ in 0..3 {
+            let (resp, _) = send(format!("http://{good}/y")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(good_hits.load(Ordering::SeqCst), 3);
+        let wait = http
+            .circuit_wait
+            .take()
+            .expect("the refusal says when to probe");
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        assert!(
+            http.refused[0].starts_with(&format!("circuit open for http://{bad}")),
+            "{:?}",
+            http.refused
+        );
+        let states = policy.breakers.states(Instant::now());
+        assert_eq!(
+            states,
+            vec![(format!("http://{bad}"), mailpush_core::CircuitState::Open)]
+        );
+        // The endpoint recovers; after the open time the probe closes the circuit.
+        bad_status.store(200, Ordering::SeqCst);
+        tokio::time::sleep(wait).await;
+        let mut http = OutboundHttp::new(policy.clone());
+        let (resp, _) = Box::into_pin(http.send_request(
+            request(&format!("http://{bad}/x")),
+            None,
+            Box::new(async { Ok(()) }),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            policy.breakers.states(Instant::now())[0].1,
+            mailpush_core::CircuitState::Closed
+        );
     }
 }

@@ -18,7 +18,7 @@ pub enum InstanceModel {
 }
 
 /// Limits and grants of one wasm driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
     /// Guest CPU time per call (host-call time excluded). Key `timeout_msecs`.
     pub timeout: Duration,
@@ -58,6 +58,9 @@ pub struct Sandbox {
     /// Answer every outbound request with an empty 200 without touching the network.
     /// Not settable from config: benchmarks use it to measure the host alone.
     pub http_stub: bool,
+    /// Thresholds of the per-endpoint circuit breakers: the driver's `breaker_*` keys
+    /// (taken by the runtime's delivery policy, then handed over through `DriverInit`).
+    pub endpoint_breaker: mailpush_core::BreakerConfig,
 }
 
 impl Default for Sandbox {
@@ -79,6 +82,7 @@ impl Default for Sandbox {
             pause_after: 5,
             pause: Duration::from_secs(1),
             http_stub: false,
+            endpoint_breaker: mailpush_core::BreakerConfig::default(),
         }
     }
 }

@@ -8,6 +8,10 @@
 //! the swap happens between two transactions, so none is lost or delivered twice.
 //! Replace files atomically (write elsewhere, then `mv`): a half-written file fails to
 //! load and that domain's transactions fail (retryably) until it is complete.
+//!
+//! Circuit breaking is per tenant and endpoint: the lane has no driver-wide breaker
+//! (one tenant's dead endpoint must not hold back the others); each tenant's endpoints
+//! have their own breakers, with the `breaker_*` keys of its `.conf` as thresholds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use mailpush_core::{Begin, Driver, DriverArgs, Failure, MetadataLookup, Transaction};
+use mailpush_core::{
+    Begin, Driver, DriverArgs, EndpointBreakers, EndpointCircuit, Failure, MetadataLookup,
+    Transaction,
+};
 use tokio::sync::Mutex;
 
 use super::engine::Engines;
@@ -42,6 +49,9 @@ pub struct TenantDrivers {
     engines: Arc<Engines>,
     metadata: Arc<dyn MetadataLookup>,
     tenants: Mutex<HashMap<String, Tenant>>,
+    /// Each loaded tenant's endpoint breakers, readable without the async lock (for
+    /// metrics and status).
+    circuits: std::sync::Mutex<HashMap<String, Arc<EndpointBreakers>>>,
 }
 
 /// The domain part of a user name, if it is a safe file name.
@@ -76,6 +86,7 @@ impl TenantDrivers {
             engines,
             metadata,
             tenants: Mutex::new(HashMap::new()),
+            circuits: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,6 +141,10 @@ impl TenantDrivers {
         let mut tenants = self.tenants.lock().await;
         let Some(fp) = self.fingerprint(domain) else {
             if tenants.remove(domain).is_some() {
+                self.circuits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(domain);
                 tracing::info!(
                     driver = self.number,
                     tenant = domain,
@@ -151,8 +166,12 @@ impl TenantDrivers {
             .collect();
         let mut args = DriverArgs::parse(&joined.join(" "));
         args.take("file");
-        let sandbox = Sandbox::from_args(&mut args)
-            .map_err(|e| Failure::permanent(format!("tenant {domain}: {domain}.conf: {}", e.0)))?;
+        let conf_error = |e: mailpush_core::InitError| {
+            Failure::permanent(format!("tenant {domain}: {domain}.conf: {}", e.0))
+        };
+        let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
+        sandbox.endpoint_breaker =
+            crate::delivery::breaker_from_args(&mut args).map_err(conf_error)?;
         let tag = Arc::new(DriverTag {
             number: self.number,
             name: format!("tenant:{domain}"),
@@ -175,6 +194,10 @@ impl TenantDrivers {
             ))
         })?;
         let driver = Arc::new(driver);
+        self.circuits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_string(), driver.endpoint_breakers().clone());
         let replaced = tenants
             .insert(
                 domain.to_string(),
@@ -204,6 +227,26 @@ impl Driver for TenantDrivers {
             Some(driver) => driver.begin_txn(txn).await,
             None => Ok(Begin::Skip),
         }
+    }
+
+    fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
+        let now = std::time::Instant::now();
+        let circuits = self.circuits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<EndpointCircuit> = circuits
+            .iter()
+            .flat_map(|(domain, breakers)| {
+                breakers
+                    .states(now)
+                    .into_iter()
+                    .map(|(endpoint, state)| EndpointCircuit {
+                        endpoint,
+                        scope: Some(domain.clone()),
+                        state,
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.scope, &a.endpoint).cmp(&(&b.scope, &b.endpoint)));
+        out
     }
 }
 

@@ -1,0 +1,320 @@
+//! Circuit breakers: one over a driver's transaction outcomes (kept by the runtime's
+//! delivery lane) and, for drivers that call HTTP endpoints, one per endpoint
+//! ([`EndpointBreakers`]) so that one dead endpoint is not hammered while the driver's
+//! other endpoints keep working.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Circuit-breaker thresholds (the `breaker_*` keys of a driver line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// How many of the latest outcomes are considered.
+    pub window: usize,
+    /// The circuit cannot open before this many outcomes are in the window.
+    pub min: usize,
+    /// Failure ratio (0, 1] at which the circuit opens.
+    pub ratio: f64,
+    /// How long an open circuit waits before a half-open probe.
+    pub open: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            window: 20,
+            min: 5,
+            ratio: 0.5,
+            open: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Circuit state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half-open",
+        }
+    }
+
+    /// The metrics encoding: 0 closed, 1 open, 2 half-open.
+    pub fn as_gauge(self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::Open => 1,
+            CircuitState::HalfOpen => 2,
+        }
+    }
+}
+
+/// A circuit breaker over the latest outcomes of one driver or endpoint.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    outcomes: VecDeque<bool>,
+    state: CircuitState,
+    opened_at: Option<Instant>,
+}
+
+impl CircuitBreaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        CircuitBreaker {
+            config,
+            outcomes: VecDeque::new(),
+            state: CircuitState::Closed,
+            opened_at: None,
+        }
+    }
+
+    /// The state now (an open circuit turns half-open when its time is up).
+    pub fn state(&mut self, now: Instant) -> CircuitState {
+        if self.state == CircuitState::Open
+            && self
+                .opened_at
+                .is_some_and(|t| now.duration_since(t) >= self.config.open)
+        {
+            self.state = CircuitState::HalfOpen;
+        }
+        self.state
+    }
+
+    /// When an open circuit turns half-open.
+    pub fn reopens_at(&self) -> Option<Instant> {
+        match self.state {
+            CircuitState::Open => self.opened_at.map(|t| t + self.config.open),
+            _ => None,
+        }
+    }
+
+    /// Records an outcome; returns the new state if it changed.
+    pub fn record(&mut self, ok: bool, now: Instant) -> Option<CircuitState> {
+        let before = self.state(now);
+        match before {
+            CircuitState::HalfOpen => {
+                if ok {
+                    self.state = CircuitState::Closed;
+                    self.outcomes.clear();
+                } else {
+                    self.state = CircuitState::Open;
+                    self.opened_at = Some(now);
+                }
+            }
+            _ => {
+                self.outcomes.push_back(ok);
+                while self.outcomes.len() > self.config.window {
+                    self.outcomes.pop_front();
+                }
+                let failures = self.outcomes.iter().filter(|o| !**o).count();
+                if self.outcomes.len() >= self.config.min
+                    && failures as f64 / self.outcomes.len() as f64 >= self.config.ratio
+                {
+                    self.state = CircuitState::Open;
+                    self.opened_at = Some(now);
+                }
+            }
+        }
+        (self.state != before).then_some(self.state)
+    }
+}
+
+/// Most endpoints tracked per driver; beyond it, closed circuits are forgotten first.
+const MAX_ENDPOINTS: usize = 1024;
+
+struct Endpoint {
+    breaker: CircuitBreaker,
+    /// When the single half-open probe was let through (a probe whose outcome never
+    /// arrives, because its caller was cancelled, is abandoned after the open time).
+    probe_started: Option<Instant>,
+}
+
+/// Whether a request to an endpoint may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Send it (for a half-open circuit this request is the probe).
+    Send,
+    /// The circuit is open: do not contact the endpoint; try again after this long.
+    Refuse { retry_in: Duration },
+}
+
+/// One circuit breaker per endpoint (`scheme://host:port`) of one driver, all with the
+/// driver's thresholds. While an endpoint's circuit is open its requests fail at once
+/// without touching the network; when the open time is up, one request is let through
+/// as the probe and its outcome closes or re-opens the circuit.
+pub struct EndpointBreakers {
+    config: BreakerConfig,
+    endpoints: Mutex<HashMap<String, Endpoint>>,
+}
+
+impl EndpointBreakers {
+    pub fn new(config: BreakerConfig) -> Self {
+        EndpointBreakers {
+            config,
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks to send a request to `endpoint`.
+    pub fn admit(&self, endpoint: &str, now: Instant) -> Admission {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(endpoint) else {
+            return Admission::Send;
+        };
+        match e.breaker.state(now) {
+            CircuitState::Closed => Admission::Send,
+            CircuitState::Open => Admission::Refuse {
+                retry_in: e
+                    .breaker
+                    .reopens_at()
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or_default(),
+            },
+            CircuitState::HalfOpen => match e.probe_started {
+                Some(t) if now.duration_since(t) < self.config.open => Admission::Refuse {
+                    retry_in: (t + self.config.open).saturating_duration_since(now),
+                },
+                _ => {
+                    e.probe_started = Some(now);
+                    Admission::Send
+                }
+            },
+        }
+    }
+
+    /// Records the outcome of a request to `endpoint`; returns the new state when it
+    /// changed.
+    pub fn record(&self, endpoint: &str, ok: bool, now: Instant) -> Option<CircuitState> {
+        let mut map = self.lock();
+        if !map.contains_key(endpoint) {
+            if ok {
+                return None; // nothing to remember about a healthy endpoint
+            }
+            if map.len() >= MAX_ENDPOINTS {
+                map.retain(|_, e| e.breaker.state(now) != CircuitState::Closed);
+                if map.len() >= MAX_ENDPOINTS {
+                    return None;
+                }
+            }
+            map.insert(
+                endpoint.to_string(),
+                Endpoint {
+                    breaker: CircuitBreaker::new(self.config.clone()),
+                    probe_started: None,
+                },
+            );
+        }
+        let e = map.get_mut(endpoint)?;
+        e.probe_started = None;
+        e.breaker.record(ok, now)
+    }
+
+    /// Every endpoint seen failing, with its state now, sorted by endpoint.
+    pub fn states(&self, now: Instant) -> Vec<(String, CircuitState)> {
+        let mut out: Vec<_> = self
+            .lock()
+            .iter_mut()
+            .map(|(k, e)| (k.clone(), e.breaker.state(now)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+impl std::fmt::Debug for EndpointBreakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointBreakers")
+            .field("config", &self.config)
+            .field("endpoints", &self.lock().len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            window: 4,
+            min: 3,
+            ratio: 0.5,
+            open: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn breaker_opens_probes_and_closes() {
+        let mut b = CircuitBreaker::new(config());
+        let t = Instant::now();
+        assert_eq!(b.record(false, t), None);
+        assert_eq!(b.record(true, t), None);
+        assert_eq!(b.record(false, t), Some(CircuitState::Open));
+        assert_eq!(b.state(t + Duration::from_secs(5)), CircuitState::Open);
+        assert_eq!(b.state(t + Duration::from_secs(10)), CircuitState::HalfOpen);
+        assert_eq!(
+            b.record(false, t + Duration::from_secs(10)),
+            Some(CircuitState::Open)
+        );
+        let t2 = t + Duration::from_secs(20);
+        assert_eq!(b.state(t2), CircuitState::HalfOpen);
+        assert_eq!(b.record(true, t2), Some(CircuitState::Closed));
+    }
+
+    #[test]
+    fn endpoints_have_their_own_circuits_and_one_probe() {
+        let b = EndpointBreakers::new(config());
+        let t = Instant::now();
+        let (bad, good) = ("http://127.0.0.1:1", "http://localhost:2");
+        for _ in 0..2 {
+            assert_eq!(b.admit(bad, t), Admission::Send);
+            assert_eq!(b.record(bad, false, t), None);
+        }
+        assert_eq!(b.record(bad, false, t), Some(CircuitState::Open));
+        assert_eq!(
+            b.admit(bad, t + Duration::from_secs(4)),
+            Admission::Refuse {
+                retry_in: Duration::from_secs(6)
+            }
+        );
+        // The other endpoint of the same driver is unaffected.
+        assert_eq!(b.admit(good, t), Admission::Send);
+        assert_eq!(b.record(good, true, t), None);
+        assert_eq!(b.states(t), vec![(bad.to_string(), CircuitState::Open)]);
+        // Half-open: exactly one probe goes; the others wait for its outcome.
+        let t1 = t + Duration::from_secs(10);
+        assert_eq!(b.admit(bad, t1), Admission::Send);
+        assert!(matches!(b.admit(bad, t1), Admission::Refuse { .. }));
+        assert_eq!(b.record(bad, true, t1), Some(CircuitState::Closed));
+        assert_eq!(b.admit(bad, t1), Admission::Send);
+    }
+
+    #[test]
+    fn an_abandoned_probe_does_not_block_forever() {
+        let b = EndpointBreakers::new(config());
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.record("e", false, t);
+        }
+        let t1 = t + Duration::from_secs(10);
+        assert_eq!(b.admit("e", t1), Admission::Send); // probe, never recorded
+        assert!(matches!(
+            b.admit("e", t1 + Duration::from_secs(9)),
+            Admission::Refuse { .. }
+        ));
+        assert_eq!(b.admit("e", t1 + Duration::from_secs(10)), Admission::Send);
+    }
+}
