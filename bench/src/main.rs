@@ -4,6 +4,8 @@
 //! ```text
 //! cargo run --release -p mailpush-bench            # full run (about a minute), markdown on stdout
 //! cargo run --release -p mailpush-bench -- --smoke # seconds; no timing claims (CI)
+//! cargo run --release -p mailpush-bench -- --only fresh,http   # some sections
+//!   (logic, fresh, http, ingest, startup, memory)
 //! ```
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
 use mailpush::wasm::WasmDriver;
 use mailpush_bench::{load, lua_event, message, native_handler, txn, NativeBench};
 
-use mailpush_core::{Event, NoMetadata, Transaction};
+use mailpush_core::{Driver, Event, NoMetadata, Transaction};
 use mailpush_e2e::guest;
 
 struct Opts {
@@ -138,18 +140,25 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
 // ------------------------------------------------------------ 2. fresh instance
 
 /// Latencies (µs) of `n` fresh-instance deliveries through `d`, after a warm-up.
-async fn latencies(d: &WasmDriver, n: usize) -> Vec<f64> {
-    let t1 = txn();
-    for _ in 0..(n / 10).max(1) {
-        deliver(d, &t1).await;
-    }
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        assert_eq!(deliver(d, &t1).await, Outcome::Delivered);
-        lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
-    }
-    lat
+/// Latencies of `n` sequential transactions, measured inside a spawned task on a runtime
+/// worker — where the dispatcher's lanes run them (a `block_on` future on the main
+/// thread would make every task wasi-http spawns wake another thread).
+async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
+    tokio::spawn(async move {
+        let t1 = txn();
+        for _ in 0..(n / 10).max(1) {
+            deliver(d.as_ref(), &t1).await;
+        }
+        let mut lat = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            assert_eq!(deliver(d.as_ref(), &t1).await, Outcome::Delivered);
+            lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
+        }
+        lat
+    })
+    .await
+    .expect("latency task")
 }
 
 async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
@@ -160,25 +169,27 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         allow_hosts: vec!["*".into()],
         ..Sandbox::default()
     };
-    let webhook = load(
-        &guest("webhook"),
-        sandbox,
-        "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        &engines,
-    )
-    .await;
+    let webhook = Arc::new(
+        load(
+            &guest("webhook"),
+            sandbox,
+            "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            &engines,
+        )
+        .await,
+    );
     // The floor: a driver that does nothing (instantiate, init, begin-txn, deliver).
-    let trivial = load(&guest("hostile"), Sandbox::default(), "mode=ok", &engines).await;
+    let trivial = Arc::new(load(&guest("hostile"), Sandbox::default(), "mode=ok", &engines).await);
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
     out.push("| driver | min | **median** | p99 | max |\n|---|---|---|---|---|".into());
     for (name, d) in [
         (
             "webhook (init parses the secret, sign, POST to the stub)",
-            &webhook,
+            webhook.clone(),
         ),
         (
             "trivial driver (the floor: instantiate + init + begin-txn + deliver)",
-            &trivial,
+            trivial.clone(),
         ),
     ] {
         let lat = latencies(d, n).await;
@@ -236,36 +247,57 @@ async fn http_server() -> std::net::SocketAddr {
     addr
 }
 
+/// Transactions per second of `n` sequential deliveries, in a spawned task.
+async fn sequential(d: Arc<dyn Driver>, t: Arc<Transaction>, n: usize) -> f64 {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        for _ in 0..n {
+            assert_eq!(deliver(d.as_ref(), &t).await, Outcome::Delivered);
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .await
+    .expect("delivery task")
+}
+
 async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 20 } else { 2000 };
     let addr = http_server().await;
     let body = txn().to_json();
     // Raw hyper client, one keep-alive connection, sequential (a driver lane is sequential).
+    // Every client runs in a spawned task on a runtime worker, as the dispatcher's lanes do.
     let mut raw = Vec::new();
     for _ in 0..o.runs {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Full<bytes::Bytes>,
-        >(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let t = Instant::now();
-        for _ in 0..n {
-            let req = hyper::Request::post(format!("http://{addr}/h"))
-                .header("content-type", "application/json")
-                .header("host", addr.to_string())
-                .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
-                .unwrap();
-            sender.ready().await.unwrap();
-            let resp = sender.send_request(req).await.unwrap();
-            assert_eq!(resp.status(), 200);
-            http_body_util::BodyExt::collect(resp.into_body())
+        let body = body.clone();
+        raw.push(
+            tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+                    _,
+                    http_body_util::Full<bytes::Bytes>,
+                >(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .unwrap();
-        }
-        raw.push(n as f64 / t.elapsed().as_secs_f64());
+                tokio::spawn(conn);
+                let t = Instant::now();
+                for _ in 0..n {
+                    let req = hyper::Request::post(format!("http://{addr}/h"))
+                        .header("content-type", "application/json")
+                        .header("host", addr.to_string())
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+                        .unwrap();
+                    sender.ready().await.unwrap();
+                    let resp = sender.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .unwrap();
+                }
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .await
+            .unwrap(),
+        );
     }
     // The webhook component: fresh instance per transaction, real HTTP through wasi:http.
     let engines = Arc::new(Engines::new(None));
@@ -281,14 +313,10 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
         &engines,
     )
     .await;
-    let t1 = txn();
+    let d: Arc<dyn Driver> = Arc::new(d);
     let mut wasm = Vec::new();
     for _ in 0..o.runs {
-        let t = Instant::now();
-        for _ in 0..n {
-            assert_eq!(deliver(&d, &t1).await, Outcome::Delivered);
-        }
-        wasm.push(n as f64 / t.elapsed().as_secs_f64());
+        wasm.push(sequential(d.clone(), txn(), n).await);
     }
     // The native ox driver: same server, one PUT per transaction (METADATA in the
     // transaction activates it), its keep-alive pool.
@@ -314,14 +342,7 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let ox_txn = Arc::new(ox_txn);
     let mut ox = Vec::new();
     for _ in 0..o.runs {
-        let t = Instant::now();
-        for _ in 0..n {
-            assert_eq!(
-                deliver(loaded[0].driver.as_ref(), &ox_txn).await,
-                Outcome::Delivered
-            );
-        }
-        ox.push(n as f64 / t.elapsed().as_secs_f64());
+        ox.push(sequential(loaded[0].driver.clone(), ox_txn.clone(), n).await);
     }
     let (r, w, x) = (stats(raw), stats(wasm), stats(ox));
     out.push("## 3. HTTP push to a minimal server on 127.0.0.1 (sequential, one request per transaction)\n".into());
@@ -585,13 +606,31 @@ fn main() {
         mem.replace("MemTotal:", "memory").trim(),
         o.runs
     ));
+    // `--only NAME[,NAME]` runs some sections (for profiling one of them).
+    let only: Option<Vec<String>> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|v| v.split(',').map(str::to_string).collect());
+    let run = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == name));
     rt.block_on(async {
-        driver_logic(&o, &mut out).await;
-        fresh_instance(&o, &mut out).await;
-        http_push(&o, &mut out).await;
-        ingest(&o, &mut out).await;
-        startup(&o, &mut out).await;
-        memory(&o, &mut out).await;
+        if run("logic") {
+            driver_logic(&o, &mut out).await;
+        }
+        if run("fresh") {
+            fresh_instance(&o, &mut out).await;
+        }
+        if run("http") {
+            http_push(&o, &mut out).await;
+        }
+        if run("ingest") {
+            ingest(&o, &mut out).await;
+        }
+        if run("startup") {
+            startup(&o, &mut out).await;
+        }
+        if run("memory") {
+            memory(&o, &mut out).await;
+        }
     });
     println!("{}", out.join("\n"));
 }

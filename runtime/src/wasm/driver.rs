@@ -18,6 +18,7 @@ use wasmtime::{CallHook, Store, Trap};
 
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, PushDriver, PushDriverPre, WIT_PACKAGE, WIT_VERSION};
+use super::connection_pool::ConnectionPool;
 use super::convert;
 use super::engine::{CacheOutcome, Engines};
 use super::host::{on_deadline, slice, DriverTag, HostState};
@@ -170,6 +171,7 @@ impl WasmDriver {
             sandbox: sandbox.clone(),
             connections: Arc::new(Semaphore::new(sandbox.max_connections)),
             breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
         };
         let inner = Arc::new(WasmInner {
             tag,

@@ -9,6 +9,7 @@
 //! - [`tenants`]: per-domain tenant handlers from `tenant_drivers = DIR`.
 
 pub mod bindings;
+pub mod connection_pool;
 mod convert;
 pub mod driver;
 pub mod engine;

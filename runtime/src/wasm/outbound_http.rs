@@ -3,18 +3,20 @@
 //! no loopback/private/link-local/metadata addresses after DNS resolution unless
 //! `allow_private`, a per-driver connection limit, connect and first-byte timeouts,
 //! and a circuit breaker per endpoint (`scheme://host:port`): while an endpoint's
-//! circuit is open its requests fail at once, without touching the network.
+//! circuit is open its requests fail at once, without touching the network. Requests go
+//! to the checked address over kept-alive connections (`connection_pool.rs`).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 use mailpush_core::{Admission, EndpointBreakers};
 use tokio::sync::Semaphore;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use super::connection_pool::{ConnectionPool, PoolKey, Timeouts};
 use super::host::DriverTag;
 use super::sandbox::Sandbox;
 
@@ -26,6 +28,8 @@ pub struct HttpPolicy {
     pub connections: Arc<Semaphore>,
     /// One circuit breaker per endpoint, with the driver's `breaker_*` thresholds.
     pub breakers: Arc<EndpointBreakers>,
+    /// Kept-alive connections to checked addresses.
+    pub pool: Arc<ConnectionPool>,
 }
 
 /// Per-instance hooks: the policy plus what was refused (added to failure reasons).
@@ -222,15 +226,9 @@ impl WasiHttpHooks for OutboundHttp {
                 let Some(addr) = addrs.first().copied() else {
                     return Err(Error::DestinationNotFound);
                 };
-                // Plain HTTP connects to the address just checked (no second lookup that
-                // could resolve elsewhere); the Host header keeps the name.
-                if !tls {
-                    let mut parts = request.uri().clone().into_parts();
-                    parts.authority = Authority::try_from(addr.to_string().as_str()).ok();
-                    if let Ok(u) = http::Uri::from_parts(parts) {
-                        *request.uri_mut() = u;
-                    }
-                }
+                // Connect to the address just checked (no second lookup that could
+                // resolve elsewhere; for https the TLS server name stays the host), over
+                // a kept-alive connection when there is one.
                 let permit = match tokio::time::timeout(
                     sandbox.connect_timeout,
                     policy.connections.clone().acquire_owned(),
@@ -240,13 +238,31 @@ impl WasiHttpHooks for OutboundHttp {
                     Ok(Ok(p)) => p,
                     _ => return Err(Error::ConnectionLimitReached),
                 };
-                let (resp, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
-                let io: IoFuture = Box::new(async move {
-                    let r = io.await;
-                    drop(permit);
-                    r
-                });
-                Ok((resp.map(http_body_util::BodyExt::boxed_unsync), io))
+                if !request.headers().contains_key(http::header::HOST) {
+                    if let Some(a) = request.uri().authority() {
+                        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
+                            request.headers_mut().insert(http::header::HOST, v);
+                        }
+                    }
+                }
+                // Origin form on the wire (the authority is in the Host header).
+                let origin = request
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+                    .parse::<http::Uri>()
+                    .map_err(|_| Error::HttpRequestUriInvalid)?;
+                *request.uri_mut() = origin;
+                let key = PoolKey { tls, addr, host: host.clone() };
+                let timeouts = Timeouts {
+                    connect: options.connect_timeout.unwrap_or(sandbox.connect_timeout),
+                    first_byte: options.first_byte_timeout.unwrap_or(sandbox.first_byte_timeout),
+                    between_bytes: options.between_bytes_timeout.unwrap_or(sandbox.first_byte_timeout),
+                };
+                let resp = policy.pool.send(key, request, timeouts, permit).await?;
+                let io: IoFuture = Box::new(async { Ok(()) });
+                Ok((resp, io))
             }
             .await;
             // Policy refusals never reached the endpoint; everything else is its outcome.
@@ -336,6 +352,7 @@ mod tests {
             }),
             connections: Arc::new(Semaphore::new(sandbox.max_connections)),
             breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
             sandbox: Arc::new(sandbox),
         };
         let url = format!("http://{addr}/x");
@@ -426,6 +443,7 @@ mod tests {
             }),
             connections: Arc::new(Semaphore::new(sandbox.max_connections)),
             breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
             sandbox: Arc::new(sandbox),
         };
         let mut http = OutboundHttp::new(policy.clone());
@@ -479,5 +497,152 @@ mod tests {
             policy.breakers.states(Instant::now())[0].1,
             mailpush_core::CircuitState::Closed
         );
+    }
+
+    /// A keep-alive server counting connections and requests; with `close_after_each`
+    /// it closes every connection after its response without saying so (as servers
+    /// dropping idle connections do).
+    async fn keepalive_server(
+        close_after_each: bool,
+    ) -> (
+        SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let reqs = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (conns.clone(), reqs.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            r.fetch_add(1, Ordering::SeqCst);
+                            let body = "ok";
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if s.write_all(reply.as_bytes()).await.is_err() || close_after_each {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns, reqs)
+    }
+
+    /// Sequential requests of one driver (each from a new instance's hooks, as with
+    /// fresh instances) reuse one kept-alive connection; a server that closes
+    /// connections behind the pool's back costs a reconnect, never a failed request.
+    #[tokio::test]
+    async fn keep_alive_connections_are_reused() {
+        use std::sync::atomic::Ordering;
+        for close_after_each in [false, true] {
+            let (addr, conns, reqs) = keepalive_server(close_after_each).await;
+            let sandbox = Sandbox {
+                allow_hosts: vec!["127.0.0.1".into()],
+                allow_private: true,
+                ..Sandbox::default()
+            };
+            let policy = HttpPolicy {
+                tag: Arc::new(DriverTag {
+                    number: 1,
+                    name: "t".into(),
+                }),
+                connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+                breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+                pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
+                sandbox: Arc::new(sandbox),
+            };
+            for _ in 0..5 {
+                let mut http = OutboundHttp::new(policy.clone());
+                let (resp, _) = Box::into_pin(http.send_request(
+                    request(&format!("http://{addr}/x")),
+                    None,
+                    Box::new(async { Ok(()) }),
+                ))
+                .await
+                .unwrap();
+                assert_eq!(resp.status(), 200);
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(&body[..], b"ok");
+            }
+            assert_eq!(reqs.load(Ordering::SeqCst), 5);
+            let expected = if close_after_each { 5 } else { 1 };
+            assert_eq!(
+                conns.load(Ordering::SeqCst),
+                expected,
+                "close_after_each={close_after_each}"
+            );
+            assert_eq!(policy.pool.opened(), expected as u64);
+            // Every permit is back once the bodies are read.
+            assert_eq!(
+                policy.connections.available_permits(),
+                policy.sandbox.max_connections
+            );
+        }
+    }
+
+    /// https goes through the same pool: TCP to the checked address, then TLS with the
+    /// host as server name. A peer that is not a TLS server fails the request with a
+    /// TLS error (after the connection reached the checked address).
+    #[tokio::test]
+    async fn https_connects_to_the_checked_address() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.1 400 not TLS\r\n\r\n").await;
+            }
+        });
+        let sandbox = Sandbox {
+            allow_hosts: vec!["127.0.0.1".into()],
+            allow_private: true,
+            ..Sandbox::default()
+        };
+        let policy = HttpPolicy {
+            tag: Arc::new(DriverTag {
+                number: 1,
+                name: "t".into(),
+            }),
+            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
+            sandbox: Arc::new(sandbox),
+        };
+        let mut http = OutboundHttp::new(policy.clone());
+        let r = Box::into_pin(http.send_request(
+            request(&format!("https://{addr}/x")),
+            None,
+            Box::new(async { Ok(()) }),
+        ))
+        .await;
+        assert!(matches!(r, Err(Error::Tls(_))), "{:?}", r.err());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(policy.pool.opened(), 1);
     }
 }
