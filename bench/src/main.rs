@@ -140,11 +140,20 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
 // ------------------------------------------------------------ 2. fresh instance
 
 /// Latencies (µs) of `n` fresh-instance deliveries through `d`, after a warm-up.
-/// Latencies of `n` sequential transactions, measured inside a spawned task on a runtime
-/// worker — where the dispatcher's lanes run them (a `block_on` future on the main
-/// thread would make every task wasi-http spawns wake another thread).
+/// Runs `fut` where the dispatcher runs a driver: on a lane thread of its own
+/// (`mailpush::lane_thread`), so the figures are the product's.
+async fn on_lane<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let Ok(t) = mailpush::lane_thread::spawn("bench-lane".into(), fut) else {
+        panic!("cannot start a lane thread")
+    };
+    t.join().await.expect("bench lane")
+}
+
+/// Latencies of `n` sequential transactions, measured on a lane thread.
 async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
-    tokio::spawn(async move {
+    on_lane(async move {
         let t1 = txn();
         for _ in 0..(n / 10).max(1) {
             deliver(d.as_ref(), &t1).await;
@@ -158,7 +167,6 @@ async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
         lat
     })
     .await
-    .expect("latency task")
 }
 
 async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
@@ -247,9 +255,9 @@ async fn http_server() -> std::net::SocketAddr {
     addr
 }
 
-/// Transactions per second of `n` sequential deliveries, in a spawned task.
+/// Transactions per second of `n` sequential deliveries, on a lane thread.
 async fn sequential(d: Arc<dyn Driver>, t: Arc<Transaction>, n: usize) -> f64 {
-    tokio::spawn(async move {
+    on_lane(async move {
         let start = Instant::now();
         for _ in 0..n {
             assert_eq!(deliver(d.as_ref(), &t).await, Outcome::Delivered);
@@ -257,7 +265,6 @@ async fn sequential(d: Arc<dyn Driver>, t: Arc<Transaction>, n: usize) -> f64 {
         n as f64 / start.elapsed().as_secs_f64()
     })
     .await
-    .expect("delivery task")
 }
 
 async fn http_push(o: &Opts, out: &mut Vec<String>) {
@@ -265,12 +272,12 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let addr = http_server().await;
     let body = txn().to_json();
     // Raw hyper client, one keep-alive connection, sequential (a driver lane is sequential).
-    // Every client runs in a spawned task on a runtime worker, as the dispatcher's lanes do.
+    // Every client runs on a lane thread, as the dispatcher runs drivers.
     let mut raw = Vec::new();
     for _ in 0..o.runs {
         let body = body.clone();
         raw.push(
-            tokio::spawn(async move {
+            on_lane(async move {
                 let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
                 let (mut sender, conn) = hyper::client::conn::http1::handshake::<
                     _,
@@ -295,8 +302,7 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
                 }
                 n as f64 / t.elapsed().as_secs_f64()
             })
-            .await
-            .unwrap(),
+            .await,
         );
     }
     // The webhook component: fresh instance per transaction, real HTTP through wasi:http.

@@ -129,7 +129,23 @@ struct Lane {
     driver: Arc<dyn Driver>,
     tx: mpsc::Sender<Arc<Transaction>>,
     stats: Arc<DriverStats>,
-    task: JoinHandle<()>,
+    task: LaneTask,
+}
+
+/// A lane runs on its own thread ([`crate::lane_thread`]), or as a task of the caller's
+/// runtime if no thread could be started.
+enum LaneTask {
+    Thread(crate::lane_thread::LaneThread<()>),
+    Task(JoinHandle<()>),
+}
+
+impl LaneTask {
+    async fn join(self) -> Result<(), String> {
+        match self {
+            LaneTask::Thread(t) => t.join().await,
+            LaneTask::Task(t) => t.await.map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl DriverReport {
@@ -185,7 +201,7 @@ impl Lane {
         } = self;
         let capacity = tx.max_capacity();
         drop(tx);
-        if let Err(e) = task.await {
+        if let Err(e) = task.join().await {
             tracing::error!(driver = number, "driver task ended abnormally: {e}");
         }
         if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
@@ -250,7 +266,20 @@ fn start_lane(
         policy: d.policy.clone(),
         capacity,
     };
-    let task = tokio::spawn(crate::lane::run(ctx, rx));
+    let number = d.number;
+    let task = match crate::lane_thread::spawn(
+        format!("mailpush-lane-{number}"),
+        crate::lane::run(ctx, rx),
+    ) {
+        Ok(t) => LaneTask::Thread(t),
+        Err((e, lane)) => {
+            tracing::warn!(
+                driver = number,
+                "cannot start a thread for the driver's lane ({e}); running it on the shared runtime"
+            );
+            LaneTask::Task(tokio::spawn(lane))
+        }
+    };
     Lane {
         number: d.number,
         name: d.name,

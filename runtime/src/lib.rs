@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod dispatch;
 pub mod lane;
+pub mod lane_thread;
 pub mod logging;
 pub mod metadata_store;
 pub mod registry;
