@@ -196,10 +196,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                 match w {
                     Write::Append { rows, drivers, .. } => {
                         for (id, user, json) in rows {
-                            let inserted = tx.execute(
-                                "INSERT OR IGNORE INTO txns (id, user, json, size) VALUES (?1, ?2, ?3, ?4)",
-                                params![id, user, json, json.len() as i64],
-                            )?;
+                            let inserted = tx
+                                .prepare_cached(
+                                    "INSERT OR IGNORE INTO txns (id, user, json, size) VALUES (?1, ?2, ?3, ?4)",
+                                )?
+                                .execute(params![id, user, json, json.len() as i64])?;
                             // A repeated id (a client retrying) is accepted once.
                             if inserted == 0 {
                                 continue;
@@ -207,19 +208,19 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                             added += json.len() as u64;
                             let seq = tx.last_insert_rowid();
                             for d in drivers {
-                                tx.execute(
+                                tx.prepare_cached(
                                     "INSERT OR IGNORE INTO owed (seq, driver) VALUES (?1, ?2)",
-                                    params![seq, d],
-                                )?;
+                                )?
+                                .execute(params![seq, d])?;
                             }
                         }
                     }
                     Write::Complete { id, driver } => {
                         touched.push(id);
-                        tx.execute(
+                        tx.prepare_cached(
                             "DELETE FROM owed WHERE driver = ?2 AND seq = (SELECT seq FROM txns WHERE id = ?1)",
-                            params![id, driver],
-                        )?;
+                        )?
+                        .execute(params![id, driver])?;
                     }
                     Write::Dead {
                         id,
