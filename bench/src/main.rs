@@ -214,43 +214,56 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
 
 // ------------------------------------------------------------ 3. HTTP push
 
+/// A minimal HTTP/1.1 server answering 200 to every request, on a thread of its own
+/// (a single-threaded runtime), so it stands apart from the clients measured like a
+/// separate process would.
 async fn http_server() -> std::net::SocketAddr {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                loop {
-                    let mut len = 0usize;
-                    let mut line = String::new();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
                     loop {
-                        line.clear();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        let mut len = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        if r.read_exact(&mut body).await.is_err() {
                             return;
                         }
-                        if line == "\r\n" {
-                            break;
+                        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
                     }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
+                });
+            }
+        })
     });
     addr
 }
@@ -324,6 +337,25 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     for _ in 0..o.runs {
         wasm.push(sequential(d.clone(), txn(), n).await);
     }
+    // The same component with `instance=reuse` (one warm instance, recycled).
+    let warm: Arc<dyn Driver> = Arc::new(
+        load(
+            &guest("webhook"),
+            Sandbox {
+                allow_hosts: vec!["127.0.0.1".into()],
+                allow_private: true,
+                instance: InstanceModel::Reuse,
+                ..Sandbox::default()
+            },
+            &format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            &engines,
+        )
+        .await,
+    );
+    let mut wasm_warm = Vec::new();
+    for _ in 0..o.runs {
+        wasm_warm.push(sequential(warm.clone(), txn(), n).await);
+    }
     // The native ox driver: same server, one PUT per transaction (METADATA in the
     // transaction activates it), its keep-alive pool.
     let dir = tempfile::tempdir().unwrap();
@@ -350,7 +382,7 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     for _ in 0..o.runs {
         ox.push(sequential(loaded[0].driver.clone(), ox_txn.clone(), n).await);
     }
-    let (r, w, x) = (stats(raw), stats(wasm), stats(ox));
+    let (r, w, x, ww) = (stats(raw), stats(wasm), stats(ox), stats(wasm_warm));
     out.push("## 3. HTTP push to a minimal server on 127.0.0.1 (sequential, one request per transaction)\n".into());
     out.push("| client | requests/s (min / median / max) |\n|---|---|".into());
     out.push(format!(
@@ -362,13 +394,18 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
         fmt3(w, "req/s")
     ));
     out.push(format!(
+        "| webhook wasm driver, `instance=reuse` (warm instance) | {} |",
+        fmt3(ww, "req/s")
+    ));
+    out.push(format!(
         "| native ox driver (keep-alive pool) | {} |",
         fmt3(x, "req/s")
     ));
     out.push(format!(
-        "\nRatios (median, target ≥ 0.8×): ox/raw = **{:.2}×**; webhook/raw = **{:.2}×**.\n",
+        "\nRatios (median, target ≥ 0.8×): ox/raw = **{:.2}×**; webhook/raw = **{:.2}×** (with `instance=reuse`: {:.2}×).\n",
         x.1 / r.1,
-        w.1 / r.1
+        w.1 / r.1,
+        ww.1 / r.1
     ));
 }
 
