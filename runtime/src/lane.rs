@@ -147,6 +147,28 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
         ctx.stats.observe(started.elapsed());
         let _entered = span.enter();
         let ok = !matches!(outcome, Outcome::Failed(_));
+        // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome.
+        let deferred = match &outcome {
+            Outcome::Failed(f) if f.deferred && ctx.spool.is_some() => {
+                (item.arrived.elapsed() < ctx.policy.retry.max_age).then(|| {
+                    let wait = f
+                        .retry_after
+                        .unwrap_or_default()
+                        .min(ctx.policy.retry.retry_after_cap);
+                    // Up to +10 % so that the transactions held back by one circuit do
+                    // not all come back in the same instant.
+                    let x = seed(&txn.id, item.attempts.len() + 1) % 1001;
+                    wait + wait.mul_f64(x as f64 / 10_000.0)
+                })
+            }
+            _ => None,
+        };
+        if let Some(wait) = deferred {
+            tracing::debug!(user = %txn.user, retry_in = ?wait, "delivery deferred by an open endpoint circuit");
+            item.not_before = Some(Instant::now() + wait);
+            held.ring.push_back(user);
+            continue;
+        }
         if ctx.spool.is_some() {
             if let Some(state) = breaker.record(ok, Instant::now()) {
                 ctx.stats.set_circuit(state);

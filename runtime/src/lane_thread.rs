@@ -30,33 +30,41 @@ impl<T> LaneThread<T> {
 }
 
 /// Runs `fut` to completion on a new thread named `name` with its own single-threaded
-/// runtime (timers and I/O enabled). When the future finishes, the runtime is dropped,
-/// and with it every task the future left behind (idle kept-alive connections). If no
-/// thread or runtime can be made, the future is handed back with the error.
+/// runtime (timers and I/O enabled). When the future has finished, the runtime is
+/// dropped — and with it every task the future left behind (idle kept-alive
+/// connections) — before [`LaneThread::join`] returns. If no thread or runtime can be
+/// made, the future is handed back with the error.
 pub fn spawn<T, F>(name: String, fut: F) -> Result<LaneThread<T>, (std::io::Error, F)>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name(name.clone())
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return Err((e, fut)),
-    };
     let (tx, done) = oneshot::channel();
-    // The thread takes the future out of the slot; if the thread cannot start, it is
-    // still there to give back.
+    // The thread takes the future out of the slot once its runtime is built; until
+    // then it can be given back.
     let slot = Arc::new(Mutex::new(Some(fut)));
     let theirs = slot.clone();
-    let started = std::thread::Builder::new().name(name).spawn(move || {
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+    let thread_name = name.clone();
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(thread_name)
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = started_tx.send(Err(e));
+                return;
+            }
+        };
         let Some(fut) = theirs.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        let _ = started_tx.send(Ok(()));
         let task = runtime.spawn(fut);
         let result = runtime.block_on(task);
+        drop(runtime);
         let _ = tx.send(result.map_err(|e| {
             if e.is_panic() {
                 crate::dispatch::panic_message(&e.into_panic())
@@ -65,13 +73,21 @@ where
             }
         }));
     });
-    match started {
-        Ok(_) => Ok(LaneThread { done }),
-        Err(e) => match slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(fut) => Err((e, fut)),
-            // Unreachable in practice: the thread started far enough to take it.
-            None => Ok(LaneThread { done }),
-        },
+    let give_back = |e: std::io::Error| match slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    {
+        Some(fut) => Err((e, fut)),
+        None => Ok(LaneThread {
+            done: oneshot::channel().1,
+        }),
+    };
+    if let Err(e) = spawned {
+        return give_back(e);
+    }
+    // A thread start and a runtime build take well under a millisecond.
+    match started_rx.recv() {
+        Ok(Ok(())) => Ok(LaneThread { done }),
+        Ok(Err(e)) => give_back(e),
+        Err(_) => give_back(std::io::Error::other("the lane thread ended at start")),
     }
 }
 

@@ -268,10 +268,12 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io::Re
 /// What a recording driver saw: (driver label, transaction id, user).
 pub type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
-/// Test driver kinds registered as `record`, `panic` and `slow`:
+/// Test driver kinds registered as `record`, `panic`, `slow` and `defer`:
 /// - `record:label=X` records every transaction;
 /// - `panic` panics in begin_txn for every transaction (`every=N`: every Nth);
-/// - `slow:msecs=N` sleeps N ms per transaction, then records.
+/// - `slow:msecs=N` sleeps N ms per transaction, then records;
+/// - `defer:times=N msecs=M` answers its first N calls with a deferred failure (as a
+///   driver whose endpoint circuit is open: retry after M ms), then records.
 pub struct TestDrivers {
     pub seen: Seen,
 }
@@ -286,7 +288,7 @@ impl TestDrivers {
     /// The default registry plus the test kinds.
     pub fn registry(&self) -> DriverRegistry {
         let mut r = DriverRegistry::default();
-        for kind in ["record", "panic", "slow"] {
+        for kind in ["record", "panic", "slow", "defer"] {
             r.register(Arc::new(TestFactory {
                 kind,
                 seen: self.seen.clone(),
@@ -328,12 +330,18 @@ impl DriverFactory for TestFactory {
             .get("every")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
+        let times = init
+            .args
+            .get("times")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Ok(Initialised::new(Arc::new(TestDriver {
             kind: self.kind,
             label,
             seen: self.seen.clone(),
             delay: Duration::from_millis(msecs),
             every,
+            times,
             count: Mutex::new(0),
         })))
     }
@@ -345,6 +353,7 @@ struct TestDriver {
     seen: Seen,
     delay: Duration,
     every: u64,
+    times: u64,
     count: Mutex<u64>,
 }
 
@@ -371,6 +380,14 @@ impl Driver for TestDriver {
         match self.kind {
             "panic" if n % self.every == 0 => panic!("test driver panics on purpose"),
             "slow" => tokio::time::sleep(self.delay).await,
+            "defer" if n <= self.times => {
+                return Err(Failure {
+                    reason: "circuit open for http://127.0.0.1:9 (test)".into(),
+                    retryable: true,
+                    retry_after: Some(self.delay),
+                    deferred: true,
+                })
+            }
             _ => {}
         }
         self.seen

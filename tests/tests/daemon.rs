@@ -403,3 +403,72 @@ async fn unix_socket_ingest_and_basic_auth_for_dovecots_ox_driver() {
     assert!(d.stop().success());
     assert_eq!(count(&dir.path().join("dlog.log"), "Called end_txn"), 2);
 }
+
+/// A dead endpoint's circuit shows in `mailpush status` (the driver's CIRCUIT column and
+/// the endpoint list) and in /metrics (`mailpush_endpoint_circuit_state`, valid
+/// Prometheus text).
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_circuits_show_in_status_and_metrics() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    let config = |listen: &str| {
+        format!(
+            "mailpush {{\n state_dir = state\n listen = {listen}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private retry=10ms,10ms,10ms,10ms breaker_min=2 breaker_window=4 breaker_open=60s\n}}\n",
+            guest("webhook").display(),
+            server.url("/h")
+        )
+    };
+    std::fs::write(&conf, config("127.0.0.1:0")).unwrap();
+    let d = RunningDaemon::start(&conf);
+    // `status` finds the daemon through the config's listen address.
+    std::fs::write(&conf, config(&d.addr.to_string())).unwrap();
+    let (s, _, _) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[],
+        txn_line("a@b", "c1").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let endpoint = server.url("");
+    let sample = format!(
+        "mailpush_endpoint_circuit_state{{driver=\"1\",name=\"wasm\",endpoint=\"{endpoint}\"}} 1"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let (_, _, text) = http_request(d.addr, "GET", "/metrics", &[], b"").await;
+        // Both circuits: the endpoint's, and the driver's (its lane counts transactions).
+        if text.contains(&sample)
+            && text.contains("mailpush_driver_circuit_open{driver=\"1\",name=\"wasm\"} 1")
+        {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "not contacted once the circuit opened"
+    );
+    let status = std::process::Command::new(mailpush_bin())
+        .args(["status", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{out}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("wasm") && row.contains(" open "),
+        "the driver's circuit:\n{out}"
+    );
+    assert!(out.contains("endpoint circuits"), "{out}");
+    assert!(out.contains(&format!("{endpoint} open")), "{out}");
+    assert!(d.stop().success());
+}

@@ -418,3 +418,39 @@ async fn sigkill_at_random_points_loses_nothing_acknowledged() {
         assert_eq!(got, sorted, "{user}: out of order");
     }
 }
+
+/// A failure deferred by an open endpoint circuit costs no attempt and no outcome for
+/// the driver's breaker: twelve deferrals of a driver with one retry (and a breaker
+/// that opens after two failures) still end in delivery, in order, with nothing
+/// retried or dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_failures_cost_no_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = defer:times=12 msecs=2 retry=10ms breaker_min=2 breaker_window=4 breaker_open=1h\n}\n",
+    );
+    let drivers = TestDrivers::new();
+    let loaded = load_drivers(&drivers.registry(), &config).await;
+    let spool = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+    let d = Dispatcher::start_with_spool(loaded, 64, None, Some(spool.clone() as Arc<dyn Spool>));
+    d.accept(vec![txn("u@x", "d1"), txn("u@x", "d2")])
+        .await
+        .unwrap();
+    finished(&d, 0, 2).await;
+    let r = &d.reports()[0];
+    assert_eq!(
+        (r.delivered, r.retried, r.dead_lettered, r.circuit),
+        (2, 0, 0, "closed"),
+        "{r:?}"
+    );
+    let seen: Vec<String> = drivers
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.1.clone())
+        .collect();
+    assert_eq!(seen, ["d1", "d2"]);
+    d.shutdown().await;
+}

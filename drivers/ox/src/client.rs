@@ -386,6 +386,7 @@ impl OxClient {
                 reason: format!("Error when sending notification: {msg}"),
                 retryable: v.retryable,
                 retry_after: v.retry_after,
+                deferred: false,
             });
         }
     }

@@ -141,16 +141,24 @@ struct Endpoint {
 /// Whether a request to an endpoint may go out now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Send it (for a half-open circuit this request is the probe).
-    Send,
+    /// Send it. `probe`: the circuit is half-open and this request is its one probe —
+    /// record its outcome with `probe = true`, or [`EndpointBreakers::abandon_probe`] if
+    /// it never reaches the endpoint.
+    Send { probe: bool },
     /// The circuit is open: do not contact the endpoint; try again after this long.
     Refuse { retry_in: Duration },
 }
 
+/// While a probe is out, other requests are told to come back after at most this long
+/// (the probe's outcome decides for them).
+const PROBE_POLL: Duration = Duration::from_secs(1);
+
 /// One circuit breaker per endpoint (`scheme://host:port`) of one driver, all with the
 /// driver's thresholds. While an endpoint's circuit is open its requests fail at once
 /// without touching the network; when the open time is up, one request is let through
-/// as the probe and its outcome closes or re-opens the circuit.
+/// as the probe and its outcome closes or re-opens the circuit. Outcomes of requests
+/// that were already out when the circuit opened are ignored, as are outcomes other
+/// than the probe's while it is half-open.
 pub struct EndpointBreakers {
     config: BreakerConfig,
     endpoints: Mutex<HashMap<String, Endpoint>>,
@@ -172,10 +180,10 @@ impl EndpointBreakers {
     pub fn admit(&self, endpoint: &str, now: Instant) -> Admission {
         let mut map = self.lock();
         let Some(e) = map.get_mut(endpoint) else {
-            return Admission::Send;
+            return Admission::Send { probe: false };
         };
         match e.breaker.state(now) {
-            CircuitState::Closed => Admission::Send,
+            CircuitState::Closed => Admission::Send { probe: false },
             CircuitState::Open => Admission::Refuse {
                 retry_in: e
                     .breaker
@@ -185,19 +193,27 @@ impl EndpointBreakers {
             },
             CircuitState::HalfOpen => match e.probe_started {
                 Some(t) if now.duration_since(t) < self.config.open => Admission::Refuse {
-                    retry_in: (t + self.config.open).saturating_duration_since(now),
+                    retry_in: (t + self.config.open)
+                        .saturating_duration_since(now)
+                        .min(PROBE_POLL),
                 },
                 _ => {
                     e.probe_started = Some(now);
-                    Admission::Send
+                    Admission::Send { probe: true }
                 }
             },
         }
     }
 
-    /// Records the outcome of a request to `endpoint`; returns the new state when it
-    /// changed.
-    pub fn record(&self, endpoint: &str, ok: bool, now: Instant) -> Option<CircuitState> {
+    /// Records the outcome of a request to `endpoint` (`probe` as [`Admission::Send`]
+    /// said); returns the new state when it changed.
+    pub fn record(
+        &self,
+        endpoint: &str,
+        ok: bool,
+        now: Instant,
+        probe: bool,
+    ) -> Option<CircuitState> {
         let mut map = self.lock();
         if !map.contains_key(endpoint) {
             if ok {
@@ -218,8 +234,24 @@ impl EndpointBreakers {
             );
         }
         let e = map.get_mut(endpoint)?;
-        e.probe_started = None;
-        e.breaker.record(ok, now)
+        match e.breaker.state(now) {
+            // A request that was out before the circuit opened: no news.
+            CircuitState::Open => None,
+            CircuitState::HalfOpen if !probe => None,
+            CircuitState::HalfOpen => {
+                e.probe_started = None;
+                e.breaker.record(ok, now)
+            }
+            CircuitState::Closed => e.breaker.record(ok, now),
+        }
+    }
+
+    /// The probe let through by [`Self::admit`] never reached the endpoint (refused by
+    /// policy, cancelled): the next request may probe.
+    pub fn abandon_probe(&self, endpoint: &str) {
+        if let Some(e) = self.lock().get_mut(endpoint) {
+            e.probe_started = None;
+        }
     }
 
     /// Every endpoint seen failing, with its state now, sorted by endpoint.
@@ -279,42 +311,62 @@ mod tests {
         let b = EndpointBreakers::new(config());
         let t = Instant::now();
         let (bad, good) = ("http://127.0.0.1:1", "http://localhost:2");
+        let send = Admission::Send { probe: false };
         for _ in 0..2 {
-            assert_eq!(b.admit(bad, t), Admission::Send);
-            assert_eq!(b.record(bad, false, t), None);
+            assert_eq!(b.admit(bad, t), send);
+            assert_eq!(b.record(bad, false, t, false), None);
         }
-        assert_eq!(b.record(bad, false, t), Some(CircuitState::Open));
+        assert_eq!(b.record(bad, false, t, false), Some(CircuitState::Open));
         assert_eq!(
             b.admit(bad, t + Duration::from_secs(4)),
             Admission::Refuse {
                 retry_in: Duration::from_secs(6)
             }
         );
+        // A late success of a request sent before the circuit opened changes nothing.
+        assert_eq!(b.record(bad, true, t + Duration::from_secs(4), false), None);
         // The other endpoint of the same driver is unaffected.
-        assert_eq!(b.admit(good, t), Admission::Send);
-        assert_eq!(b.record(good, true, t), None);
+        assert_eq!(b.admit(good, t), send);
+        assert_eq!(b.record(good, true, t, false), None);
         assert_eq!(b.states(t), vec![(bad.to_string(), CircuitState::Open)]);
-        // Half-open: exactly one probe goes; the others wait for its outcome.
+        // Half-open: exactly one probe goes; the others come back soon (≤ 1 s) and only
+        // the probe's outcome counts.
         let t1 = t + Duration::from_secs(10);
-        assert_eq!(b.admit(bad, t1), Admission::Send);
-        assert!(matches!(b.admit(bad, t1), Admission::Refuse { .. }));
-        assert_eq!(b.record(bad, true, t1), Some(CircuitState::Closed));
-        assert_eq!(b.admit(bad, t1), Admission::Send);
+        assert_eq!(b.admit(bad, t1), Admission::Send { probe: true });
+        assert_eq!(
+            b.admit(bad, t1),
+            Admission::Refuse {
+                retry_in: PROBE_POLL
+            }
+        );
+        assert_eq!(b.record(bad, false, t1, false), None);
+        assert_eq!(b.record(bad, true, t1, true), Some(CircuitState::Closed));
+        assert_eq!(b.admit(bad, t1), send);
     }
 
     #[test]
-    fn an_abandoned_probe_does_not_block_forever() {
+    fn an_abandoned_probe_does_not_block() {
         let b = EndpointBreakers::new(config());
         let t = Instant::now();
         for _ in 0..3 {
-            b.record("e", false, t);
+            b.record("e", false, t, false);
         }
         let t1 = t + Duration::from_secs(10);
-        assert_eq!(b.admit("e", t1), Admission::Send); // probe, never recorded
+        // A probe whose outcome never arrives is given up after the open time…
+        assert_eq!(b.admit("e", t1), Admission::Send { probe: true });
         assert!(matches!(
             b.admit("e", t1 + Duration::from_secs(9)),
             Admission::Refuse { .. }
         ));
-        assert_eq!(b.admit("e", t1 + Duration::from_secs(10)), Admission::Send);
+        assert_eq!(
+            b.admit("e", t1 + Duration::from_secs(10)),
+            Admission::Send { probe: true }
+        );
+        // …and one known never to have reached the endpoint frees the slot at once.
+        b.abandon_probe("e");
+        assert_eq!(
+            b.admit("e", t1 + Duration::from_secs(10)),
+            Admission::Send { probe: true }
+        );
     }
 }

@@ -24,6 +24,10 @@ pub struct Failure {
     pub retryable: bool,
     /// A server-requested delay before retrying (`Retry-After`), if any.
     pub retry_after: Option<Duration>,
+    /// The driver did not really try: a circuit breaker it keeps (one per endpoint) is
+    /// open. The runtime retries after `retry_after` without counting an attempt or an
+    /// outcome for the driver's own breaker; `retry_max_age` still applies.
+    pub deferred: bool,
 }
 
 impl Failure {
@@ -33,6 +37,7 @@ impl Failure {
             reason: reason.into(),
             retryable: true,
             retry_after: None,
+            deferred: false,
         }
     }
     /// A failure that no retry will fix.
@@ -41,6 +46,7 @@ impl Failure {
             reason: reason.into(),
             retryable: false,
             retry_after: None,
+            deferred: false,
         }
     }
 }

@@ -3,16 +3,16 @@
 //! wasmtime's default outgoing handler opens a TCP (and TLS) connection for every
 //! request. A driver that posts each transaction to the same webhook would pay a
 //! connect — and for https a full handshake — per transaction. The pool keeps idle
-//! HTTP/1.1 connections per (scheme, checked address, host name), so it only ever
-//! reuses a connection to an address the sandbox policy already approved: the policy
-//! checks run before every request, pooled or not.
+//! HTTP/1.1 connections per (scheme, host, port). The policy checks (allowed host,
+//! private addresses after DNS resolution) run before every request, pooled or not.
 //!
-//! Connections are made to the address that passed the policy (also for https: the
-//! TLS server name is the host, the TCP peer the checked address, so a second DNS
-//! answer cannot redirect it). Idle connections are dropped after [`IDLE_TIMEOUT`], and
-//! at most `max_idle` are kept per key. A request sent on a pooled connection that the
-//! server had closed in the meantime is sent again on a new connection (hyper hands the
-//! unsent request back).
+//! New connections go to the addresses that passed the policy, tried in turn within
+//! the connect timeout (also for https: the TLS server name is the host, the TCP peer a
+//! checked address, so a second DNS answer cannot redirect it). Idle connections are
+//! dropped after [`IDLE_TIMEOUT`]; at most `max_idle` are kept per key and
+//! [`MAX_IDLE_FACTOR`] × `max_idle` in all. A request sent on a pooled connection that
+//! the server had closed in the meantime is sent again on a new connection (hyper hands
+//! the unsent request back).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,8 +29,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, WasiBody};
 
-/// Idle connections older than this are closed instead of reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections older than this are closed instead of reused (below the idle
+/// timeouts of common servers, so a reused connection is rarely closed under a request).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Idle connections kept in all, as a multiple of the per-key limit.
+pub const MAX_IDLE_FACTOR: usize = 4;
 
 /// How long a pooled connection may take to become ready before a new one is opened.
 const READY_WAIT: Duration = Duration::from_millis(50);
@@ -39,10 +43,9 @@ const READY_WAIT: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub tls: bool,
-    /// The address the policy checked.
-    pub addr: SocketAddr,
     /// The host name (TLS server name).
     pub host: String,
+    pub port: u16,
 }
 
 /// Request timeouts (already clamped to the sandbox's limits).
@@ -98,15 +101,20 @@ impl ConnectionPool {
         None
     }
 
-    /// Keeps a connection whose response has been read in full.
+    /// Keeps a connection whose response has been read in full; drops expired and
+    /// closed ones everywhere.
     fn give_back(&self, key: PoolKey, sender: SendRequest<WasiBody>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
+        idle.retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            !list.is_empty()
+        });
+        let total: usize = idle.values().map(Vec::len).sum();
         let list = idle.entry(key).or_default();
-        list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
-        if list.len() < self.max_idle {
+        if list.len() < self.max_idle && total < self.max_idle * MAX_IDLE_FACTOR {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
@@ -126,53 +134,70 @@ impl ConnectionPool {
         })
     }
 
-    async fn connect(&self, key: &PoolKey, t: Timeouts) -> Result<SendRequest<WasiBody>, Error> {
-        let stream =
-            match tokio::time::timeout(t.connect, tokio::net::TcpStream::connect(key.addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(Error::ConnectionRefused)
+    /// A new connection to the first of `addrs` (all checked by the policy) that
+    /// answers, TLS and HTTP handshakes included, within the connect timeout.
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        addrs: &[SocketAddr],
+        t: Timeouts,
+    ) -> Result<SendRequest<WasiBody>, Error> {
+        let attempt = async {
+            let mut last = Error::DestinationNotFound;
+            for addr in addrs {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Ok(s) => return self.handshake(key, s).await,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        last = Error::ConnectionRefused
+                    }
+                    Err(e) => last = Error::Connect(e),
                 }
-                Ok(Err(e)) => return Err(Error::Connect(e)),
-                Err(_) => return Err(Error::ConnectionTimeout),
-            };
-        // Requests are written in pieces (head, then body frames); without this, Nagle's
-        // algorithm holds the body until the server's delayed ACK.
-        let _ = stream.set_nodelay(true);
-        self.opened
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let handshake = async {
-            if key.tls {
-                let name = rustls::pki_types::ServerName::try_from(key.host.clone())
-                    .map_err(Error::InvalidDnsNameError)?;
-                let tls = self.tls().connect(name, stream).await.map_err(Error::Tls)?;
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok::<_, Error>(sender)
-            } else {
-                let (sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(sender)
             }
+            Err(last)
         };
-        match tokio::time::timeout(t.connect, handshake).await {
+        match tokio::time::timeout(t.connect, attempt).await {
             Ok(r) => r,
             Err(_) => Err(Error::ConnectionTimeout),
         }
     }
 
+    async fn handshake(
+        &self,
+        key: &PoolKey,
+        stream: tokio::net::TcpStream,
+    ) -> Result<SendRequest<WasiBody>, Error> {
+        // Requests are written in pieces (head, then body frames); without this, Nagle's
+        // algorithm holds the body until the server's delayed ACK.
+        let _ = stream.set_nodelay(true);
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if key.tls {
+            let name = rustls::pki_types::ServerName::try_from(key.host.clone())
+                .map_err(Error::InvalidDnsNameError)?;
+            let tls = self.tls().connect(name, stream).await.map_err(Error::Tls)?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(sender)
+        } else {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(sender)
+        }
+    }
+
     /// Sends `request` (its URI already in origin form, its Host header set) over a
-    /// pooled or new connection to `key`. `permit` (the driver's connection limit) is
-    /// held until the response body has been read or dropped.
+    /// pooled connection to `key`, or a new one to one of `addrs` (the addresses the
+    /// policy checked). `permit` (the driver's connection limit) is held until the
+    /// response body has been read or dropped.
     pub async fn send(
         self: &Arc<Self>,
         key: PoolKey,
+        addrs: &[SocketAddr],
         mut request: http::Request<WasiBody>,
         timeouts: Timeouts,
         permit: OwnedSemaphorePermit,
@@ -195,7 +220,7 @@ impl ConnectionPool {
                 },
             }
         }
-        let mut sender = self.connect(&key, timeouts).await?;
+        let mut sender = self.connect(&key, addrs, timeouts).await?;
         let resp = tokio::time::timeout(timeouts.first_byte, sender.send_request(request))
             .await
             .map_err(|_| Error::ConnectionReadTimeout)??;

@@ -491,14 +491,8 @@ impl WasmInner {
         }
     }
 
-    /// Adds what the sandbox refused during the call to a failure's reason. A request
-    /// refused by an open endpoint circuit makes the failure retryable, after the
-    /// circuit's probe time at the earliest.
+    /// Adds what the sandbox refused during the call to a failure's reason.
     fn explain(&self, store: &mut Store<HostState>, mut f: Failure) -> Failure {
-        if let Some(wait) = store.data_mut().outbound.circuit_wait.take() {
-            f.retryable = true;
-            f.retry_after = Some(f.retry_after.map_or(wait, |r| r.max(wait)));
-        }
         let refused = std::mem::take(&mut store.data_mut().outbound.refused);
         if !refused.is_empty() {
             f.reason = truncate(format!(
@@ -716,13 +710,21 @@ impl DriverTxn for WasmTxn {
                     retry_after: f
                         .retry_after_ms
                         .map(|ms| Duration::from_millis(ms.min(3_600_000))),
+                    deferred: false,
                 };
-                // A failure because an endpoint's circuit is open is the breaker's
-                // business: it does not count towards pausing the whole driver.
-                let circuit = inst.store.data().outbound.circuit_wait.is_some();
-                let failure = inner.explain(&mut inst.store, failure);
+                // Deferred: the guest gave up because an endpoint's circuit is open and no
+                // request it really sent failed. That is the breaker's business: retry
+                // when the circuit lets a probe through, without counting an attempt or
+                // a failure towards pausing the driver.
+                let deferral = inst.store.data_mut().outbound.deferral();
+                let mut failure = inner.explain(&mut inst.store, failure);
+                if let Some(wait) = deferral {
+                    failure.deferred = true;
+                    failure.retryable = true;
+                    failure.retry_after = Some(wait);
+                }
                 inner.finish_log(&mut inst.store, &self.txn);
-                if !circuit {
+                if deferral.is_none() {
                     inner.record(false);
                 }
                 inner.give_back(inst);
@@ -743,7 +745,7 @@ impl DriverTxn for WasmTxn {
 impl WasmInner {
     fn store_refusals_cleared(&self, store: &mut Store<HostState>) {
         store.data_mut().outbound.refused.clear();
-        store.data_mut().outbound.circuit_wait = None;
+        store.data_mut().outbound.deferral();
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,9 @@ pub struct OutboundHttp {
     /// Set when a request was refused by an open endpoint circuit: how long until that
     /// circuit lets a probe through (the longest, if several).
     pub circuit_wait: Option<Duration>,
+    /// Requests of the current transaction that went out and failed (they decide that a
+    /// failure is real, not deferred by a circuit).
+    failed: Arc<AtomicU32>,
 }
 
 impl OutboundHttp {
@@ -48,7 +52,17 @@ impl OutboundHttp {
             policy,
             refused: Vec::new(),
             circuit_wait: None,
+            failed: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// Ends a transaction's bookkeeping: `Some(wait)` when one of its requests was
+    /// refused by an open circuit and none that went out failed — the transaction's
+    /// failure is then the circuit's doing, to retry after `wait`.
+    pub fn deferral(&mut self) -> Option<Duration> {
+        let failed = self.failed.swap(0, Ordering::Relaxed);
+        let wait = self.circuit_wait.take();
+        wait.filter(|_| failed == 0)
     }
 }
 
@@ -175,15 +189,22 @@ impl WasiHttpHooks for OutboundHttp {
             if tls { "https" } else { "http" },
             uri.host().unwrap_or_default().to_ascii_lowercase()
         );
-        if let Admission::Refuse { retry_in } = policy.breakers.admit(&endpoint, Instant::now()) {
-            tracing::debug!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP to {endpoint} refused: circuit open");
-            self.refused.push(format!(
-                "circuit open for {endpoint}, next probe in {} ms",
-                retry_in.as_millis()
-            ));
-            self.circuit_wait = Some(self.circuit_wait.map_or(retry_in, |w| w.max(retry_in)));
-            return Box::new(async move { Err(Error::ConnectionRefused) });
-        }
+        let probe = match policy.breakers.admit(&endpoint, Instant::now()) {
+            Admission::Send { probe } => probe.then(|| ProbeGuard {
+                breakers: Some(policy.breakers.clone()),
+                endpoint: endpoint.clone(),
+            }),
+            Admission::Refuse { retry_in } => {
+                tracing::debug!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP to {endpoint} refused: circuit open");
+                self.refused.push(format!(
+                    "circuit open for {endpoint}, next probe in {} ms",
+                    retry_in.as_millis()
+                ));
+                self.circuit_wait = Some(self.circuit_wait.map_or(retry_in, |w| w.max(retry_in)));
+                return Box::new(async move { Err(Error::ConnectionRefused) });
+            }
+        };
+        let failed = self.failed.clone();
         let options = RequestOptions {
             connect_timeout: Some(clamp(
                 options.and_then(|o| o.connect_timeout),
@@ -223,10 +244,10 @@ impl WasiHttpHooks for OutboundHttp {
                         return Err(Error::DestinationIpProhibited);
                     }
                 }
-                let Some(addr) = addrs.first().copied() else {
+                if addrs.is_empty() {
                     return Err(Error::DestinationNotFound);
-                };
-                // Connect to the address just checked (no second lookup that could
+                }
+                // Connect to an address just checked (no second lookup that could
                 // resolve elsewhere; for https the TLS server name stays the host), over
                 // a kept-alive connection when there is one.
                 let permit = match tokio::time::timeout(
@@ -254,13 +275,13 @@ impl WasiHttpHooks for OutboundHttp {
                     .parse::<http::Uri>()
                     .map_err(|_| Error::HttpRequestUriInvalid)?;
                 *request.uri_mut() = origin;
-                let key = PoolKey { tls, addr, host: host.clone() };
+                let key = PoolKey { tls, host: host.clone(), port };
                 let timeouts = Timeouts {
                     connect: options.connect_timeout.unwrap_or(sandbox.connect_timeout),
                     first_byte: options.first_byte_timeout.unwrap_or(sandbox.first_byte_timeout),
                     between_bytes: options.between_bytes_timeout.unwrap_or(sandbox.first_byte_timeout),
                 };
-                let resp = policy.pool.send(key, request, timeouts, permit).await?;
+                let resp = policy.pool.send(key, &addrs, request, timeouts, permit).await?;
                 let io: IoFuture = Box::new(async { Ok(()) });
                 Ok((resp, io))
             }
@@ -272,12 +293,38 @@ impl WasiHttpHooks for OutboundHttp {
                 Err(_) => Some(false),
             };
             if let Some(ok) = ok {
-                if let Some(state) = breakers.record(&endpoint, ok, Instant::now()) {
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                let was_probe = probe.map(ProbeGuard::recorded).is_some();
+                if let Some(state) = breakers.record(&endpoint, ok, Instant::now(), was_probe) {
                     tracing::warn!(driver = tag.number, name = %tag.name, endpoint = %endpoint, "endpoint circuit {}", state.as_str());
                 }
             }
             result
         })
+    }
+}
+
+/// The half-open probe of an endpoint, in flight: if it ends without an outcome
+/// (refused by policy, cancelled with its instance), the next request may probe.
+struct ProbeGuard {
+    breakers: Option<Arc<EndpointBreakers>>,
+    endpoint: String,
+}
+
+impl ProbeGuard {
+    /// Its outcome is being recorded: nothing to abandon.
+    fn recorded(mut self) {
+        self.breakers = None;
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.breakers.take() {
+            b.abandon_probe(&self.endpoint);
+        }
     }
 }
 
