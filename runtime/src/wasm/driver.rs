@@ -12,13 +12,11 @@ use mailpush_core::{
     EndpointCircuit, Event, EventSet, Failure, InitError, Initialised, MailboxRecord,
     MessageRecord, MetadataLookup, Transaction,
 };
-use tokio::sync::Semaphore;
 use wasmtime::component::{types::ComponentItem, Component, HasSelf, Linker};
 use wasmtime::{CallHook, Store, Trap};
 
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, PushDriver, PushDriverPre, WIT_PACKAGE, WIT_VERSION};
-use super::connection_pool::ConnectionPool;
 use super::convert;
 use super::engine::{CacheOutcome, Engines};
 use super::host::{on_deadline, slice, DriverTag, HostState};
@@ -166,13 +164,7 @@ impl WasmDriver {
             ))
         })?;
         let sandbox = Arc::new(sandbox);
-        let policy = HttpPolicy {
-            tag: tag.clone(),
-            sandbox: sandbox.clone(),
-            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-        };
+        let policy = HttpPolicy::new(tag.clone(), sandbox.clone());
         let inner = Arc::new(WasmInner {
             tag,
             path: path.to_path_buf(),

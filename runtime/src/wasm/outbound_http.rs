@@ -33,6 +33,20 @@ pub struct HttpPolicy {
     pub pool: Arc<ConnectionPool>,
 }
 
+impl HttpPolicy {
+    /// A driver's policy: its sandbox's grants and limits, a connection limit, endpoint
+    /// breakers with the sandbox's thresholds and an empty keep-alive pool.
+    pub fn new(tag: Arc<DriverTag>, sandbox: Arc<Sandbox>) -> Self {
+        HttpPolicy {
+            tag,
+            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
+            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
+            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
+            sandbox,
+        }
+    }
+}
+
 /// Per-instance hooks: the policy plus what was refused (added to failure reasons).
 pub struct OutboundHttp {
     policy: HttpPolicy,
@@ -358,6 +372,14 @@ mod tests {
         }
     }
 
+    fn test_policy(sandbox: Sandbox) -> HttpPolicy {
+        let tag = Arc::new(DriverTag {
+            number: 1,
+            name: "t".into(),
+        });
+        HttpPolicy::new(tag, Arc::new(sandbox))
+    }
+
     fn request(url: &str) -> http::Request<WasiBody> {
         use http_body_util::BodyExt;
         let body = http_body_util::Empty::<bytes::Bytes>::new()
@@ -392,16 +414,7 @@ mod tests {
             first_byte_timeout: Duration::from_secs(5),
             ..Sandbox::default()
         };
-        let policy = HttpPolicy {
-            tag: Arc::new(DriverTag {
-                number: 1,
-                name: "t".into(),
-            }),
-            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-            sandbox: Arc::new(sandbox),
-        };
+        let policy = test_policy(sandbox);
         let url = format!("http://{addr}/x");
         let mut a = OutboundHttp::new(policy.clone());
         let mut b = OutboundHttp::new(policy.clone());
@@ -483,16 +496,7 @@ mod tests {
             },
             ..Sandbox::default()
         };
-        let policy = HttpPolicy {
-            tag: Arc::new(DriverTag {
-                number: 1,
-                name: "t".into(),
-            }),
-            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-            sandbox: Arc::new(sandbox),
-        };
+        let policy = test_policy(sandbox);
         let mut http = OutboundHttp::new(policy.clone());
         let mut send = |url: String| {
             Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) })))
@@ -607,16 +611,7 @@ mod tests {
                 allow_private: true,
                 ..Sandbox::default()
             };
-            let policy = HttpPolicy {
-                tag: Arc::new(DriverTag {
-                    number: 1,
-                    name: "t".into(),
-                }),
-                connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-                breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-                pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-                sandbox: Arc::new(sandbox),
-            };
+            let policy = test_policy(sandbox);
             for _ in 0..5 {
                 let mut http = OutboundHttp::new(policy.clone());
                 let (resp, _) = Box::into_pin(http.send_request(
@@ -671,16 +666,7 @@ mod tests {
             allow_private: true,
             ..Sandbox::default()
         };
-        let policy = HttpPolicy {
-            tag: Arc::new(DriverTag {
-                number: 1,
-                name: "t".into(),
-            }),
-            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-            sandbox: Arc::new(sandbox),
-        };
+        let policy = test_policy(sandbox);
         let mut http = OutboundHttp::new(policy.clone());
         let r = Box::into_pin(http.send_request(
             request(&format!("https://{addr}/x")),
