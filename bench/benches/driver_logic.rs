@@ -9,9 +9,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use mailpush::dispatch::deliver;
 use mailpush::wasm::engine::Engines;
-use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
-use mailpush_bench::{load, lua_event, message, native_handler, txn, NativeBench, LUA_HANDLER};
-use mailpush_e2e::guest;
+use mailpush_bench::{
+    lua_event, message, native_handler, txn, warm_bench_handler, NativeBench, LUA_HANDLER,
+};
 
 fn driver_logic(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -35,18 +35,7 @@ fn driver_logic(c: &mut Criterion) {
         b.to_async(&rt).iter(|| deliver(&NativeBench, &t))
     });
     let engines = Arc::new(Engines::new(None));
-    let sandbox = Sandbox {
-        instance: InstanceModel::Reuse,
-        recycle_after: u64::MAX,
-        timeout: Duration::from_secs(10),
-        ..Sandbox::default()
-    };
-    let wasm = rt.block_on(load(
-        &guest("bench-handler"),
-        sandbox,
-        "key=secret",
-        &engines,
-    ));
+    let wasm = rt.block_on(warm_bench_handler(&engines));
     g.bench_function("wasm_driver_via_dispatch", |b| {
         b.to_async(&rt).iter(|| deliver(&wasm, &t))
     });

@@ -146,3 +146,21 @@ pub async fn load(
     .await
     .unwrap_or_else(|e| panic!("loading {}: {}", path.display(), e.0))
 }
+
+/// The bench handler as a component driver with a warm instance (`instance=reuse`,
+/// never recycled), as §1 of the report and the criterion bench measure it.
+pub async fn warm_bench_handler(engines: &Arc<Engines>) -> WasmDriver {
+    let sandbox = Sandbox {
+        instance: mailpush::wasm::sandbox::InstanceModel::Reuse,
+        recycle_after: u64::MAX,
+        timeout: std::time::Duration::from_secs(10),
+        ..Sandbox::default()
+    };
+    load(
+        &mailpush_e2e::guest("bench-handler"),
+        sandbox,
+        "key=secret",
+        engines,
+    )
+    .await
+}

@@ -16,7 +16,9 @@ use mailpush::wasm::engine::Engines;
 
 use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
 use mailpush::wasm::WasmDriver;
-use mailpush_bench::{load, lua_event, message, native_handler, txn, NativeBench};
+use mailpush_bench::{
+    load, lua_event, message, native_handler, txn, warm_bench_handler, NativeBench,
+};
 
 use mailpush_core::{Driver, Event, NoMetadata, Transaction};
 use mailpush_e2e::guest;
@@ -70,13 +72,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     // Wasm: the same handler as a component, a warm instance, one transaction per event
     // (begin-txn + deliver: two calls, event marshalling included).
     let engines = Arc::new(Engines::new(None));
-    let sandbox = Sandbox {
-        instance: InstanceModel::Reuse,
-        recycle_after: u64::MAX,
-        timeout: Duration::from_secs(10),
-        ..Sandbox::default()
-    };
-    let d = load(&guest("bench-handler"), sandbox, "key=secret", &engines).await;
+    let d = warm_bench_handler(&engines).await;
     let t1 = txn();
     for _ in 0..o.runs {
         let t = Instant::now();
@@ -318,40 +314,26 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
             .await,
         );
     }
-    // The webhook component: fresh instance per transaction, real HTTP through wasi:http.
+    // The webhook component: fresh instance per transaction, real HTTP through wasi:http;
+    // then the same component with `instance=reuse` (one warm instance, recycled).
     let engines = Arc::new(Engines::new(None));
-    let sandbox = Sandbox {
-        allow_hosts: vec!["127.0.0.1".into()],
-        allow_private: true,
-        ..Sandbox::default()
+    let webhook_args = format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    let webhook_wasm = guest("webhook");
+    let webhook = |instance: InstanceModel| {
+        let sandbox = Sandbox {
+            allow_hosts: vec!["127.0.0.1".into()],
+            allow_private: true,
+            instance,
+            ..Sandbox::default()
+        };
+        load(&webhook_wasm, sandbox, &webhook_args, &engines)
     };
-    let d = load(
-        &guest("webhook"),
-        sandbox,
-        &format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-        &engines,
-    )
-    .await;
-    let d: Arc<dyn Driver> = Arc::new(d);
+    let d: Arc<dyn Driver> = Arc::new(webhook(InstanceModel::Fresh).await);
     let mut wasm = Vec::new();
     for _ in 0..o.runs {
         wasm.push(sequential(d.clone(), txn(), n).await);
     }
-    // The same component with `instance=reuse` (one warm instance, recycled).
-    let warm: Arc<dyn Driver> = Arc::new(
-        load(
-            &guest("webhook"),
-            Sandbox {
-                allow_hosts: vec!["127.0.0.1".into()],
-                allow_private: true,
-                instance: InstanceModel::Reuse,
-                ..Sandbox::default()
-            },
-            &format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-            &engines,
-        )
-        .await,
-    );
+    let warm: Arc<dyn Driver> = Arc::new(webhook(InstanceModel::Reuse).await);
     let mut wasm_warm = Vec::new();
     for _ in 0..o.runs {
         wasm_warm.push(sequential(warm.clone(), txn(), n).await);

@@ -737,7 +737,8 @@ impl DriverTxn for WasmTxn {
 impl WasmInner {
     fn store_refusals_cleared(&self, store: &mut Store<HostState>) {
         store.data_mut().outbound.refused.clear();
-        store.data_mut().outbound.deferral();
+        // A delivered transaction defers nothing; this only resets the bookkeeping.
+        let _ = store.data_mut().outbound.deferral();
     }
 }
 
