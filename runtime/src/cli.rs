@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use mailpush_core::NoMetadata;
+use mailpush_core::{NoMetadata, Transaction};
 
 use crate::config::Config;
 use crate::dispatch::{Delivery, DeliveryObserver, Dispatcher, DriverReport};
@@ -62,7 +62,8 @@ pub enum Command {
     /// dispatch them through every driver in-process; print per-driver counts.
     ///
     /// Exits non-zero if any transaction was rejected (its line number is printed) or
-    /// any delivery failed.
+    /// any delivery failed. Shows a progress bar when standard error is a terminal and
+    /// standard output is not (where drivers such as `dlog:file=/dev/stdout` write).
     #[command(
         after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  echo '{\"user\":\"a@example.com\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Work\"}]}' | mailpush send -c examples/mailpush.conf -"
     )]
@@ -87,11 +88,17 @@ pub enum Command {
     /// Inspect, replay or purge dead letters (transactions a driver gave up on). Works on
     /// the state dir of a stopped or running instance; a running one picks up replays
     /// within a second.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mailpush dlq list -c /etc/mailpush/mailpush.conf\n  mailpush dlq replay --all --driver 2"
+    )]
     Dlq(DlqCommand),
     /// Per-user METADATA (what the ox driver activates on), shaped like
     /// `doveadm mailbox metadata` so existing runbooks work.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3\n  mailpush metadata list -u user@example.com"
+    )]
     Metadata(MetadataCommand),
 }
 
@@ -203,6 +210,15 @@ pub struct SendArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // Like other Unix tools, a command whose output pipe closes (`mailpush check |
+        // head`) just ends, rather than panicking in println!. The service keeps Rust's
+        // default (SIGPIPE ignored): a closed log pipe must not kill it.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = logging::init(&cli.global.log_level, cli.global.log_format) {
         eprintln!("mailpush: {e:#}");
         return ExitCode::from(2);
@@ -261,11 +277,34 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&global.config) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
     let registry = DriverRegistry::default();
+    let config = match Config::load_for_check(&global.config) {
+        Ok(c) => c,
+        Err(invalid) => {
+            // Report everything found, not only the first kind of problem: the bad
+            // lines, then the numbering warnings and unknown driver names.
+            let mut errors = invalid.errors;
+            errors.extend(
+                invalid
+                    .drivers
+                    .iter()
+                    .filter_map(|d| registry.factory_for(d).err()),
+            );
+            let path = global.config.display();
+            eprintln!("{path}: configuration is invalid:");
+            for w in &invalid.warnings {
+                eprintln!("warning: {w}");
+            }
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} error(s); fix them and run `mailpush check` again",
+                errors.len()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     // check creates nothing: the METADATA store is read only when it already exists.
     let metadata: Arc<dyn mailpush_core::MetadataLookup> =
         if config.settings.state_dir.join("metadata.db").exists() {
@@ -408,7 +447,9 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
         }
     };
     let total = items.iter().filter(|i| i.is_ok()).count() as u64 * loaded.len() as u64;
-    let progress = if std::io::stderr().is_terminal() {
+    // A progress bar on a terminal, unless the output shares it: drivers such as
+    // `dlog:file=/dev/stdout` write there, and their lines would cut through the bar.
+    let progress = if std::io::stderr().is_terminal() && !std::io::stdout().is_terminal() {
         let bar = indicatif::ProgressBar::new(total);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} deliveries {elapsed}")
@@ -429,28 +470,29 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
     let drivers: Vec<u32> = loaded.iter().map(|d| d.number).collect();
     let dispatcher = Dispatcher::start(loaded, config.settings.queue_capacity, Some(observer));
     let mut rejected = 0;
-    let mut accepted = 0;
+    let mut txns = Vec::new();
     for item in items {
         match item {
-            Ok(txn) => {
-                accepted += 1;
-                // Durable first: if this process dies, `mailpush run` delivers the rest.
-                if let Some(spool) = &spool {
-                    spool
-                        .append(std::slice::from_ref(&txn), &drivers)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                }
-                dispatcher
-                    .dispatch(Arc::new(txn))
-                    .await
-                    .context("dispatching")?;
-            }
+            Ok(txn) => txns.push(txn),
             Err(e) => {
                 rejected += 1;
                 eprintln!("{source}:{e}");
             }
         }
     }
+    let accepted = txns.len();
+    // Durable first (one commit): if this process dies, `mailpush run` delivers the rest.
+    if let Some(spool) = &spool {
+        spool
+            .append(&txns, &drivers)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Every driver is fed on its own: a slow one does not hold back the others.
+    let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
+    dispatcher
+        .dispatch_all(&txns)
+        .await
+        .context("dispatching")?;
     let reports = dispatcher.shutdown().await;
     if let Some(spool) = &spool {
         // A round trip through the spool's writer: every progress record is committed
@@ -646,16 +688,19 @@ async fn control(
         );
         let mut endpoints = Vec::new();
         for d in body["drivers"].as_array().into_iter().flatten() {
+            // QUEUED: waiting in the queue plus held by the lane (being delivered or
+            // waiting for a retry).
+            let n = |k: &str| d[k].as_u64().unwrap_or(0);
             println!(
                 "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
-                d["number"],
+                n("number"),
                 d["name"].as_str().unwrap_or(""),
                 d["state"].as_str().unwrap_or(""),
                 d["circuit"].as_str().unwrap_or(""),
-                d["queued"],
-                d["delivered"],
-                d["failed"],
-                d["skipped"]
+                n("queued") + n("held"),
+                n("delivered"),
+                n("failed"),
+                n("skipped")
             );
             for e in d["endpoints"].as_array().into_iter().flatten() {
                 endpoints.push(format!(

@@ -65,6 +65,16 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// A config that does not load: its errors, with the warnings and the driver settings
+/// found despite them ([`Config::load_for_check`]).
+#[derive(Debug, Clone)]
+pub struct InvalidConfig {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+    /// The drivers the numbering selects (their names not yet checked).
+    pub drivers: Vec<DriverSetting>,
+}
+
 /// A non-fatal finding (`mailpush check` prints these).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigWarning {
@@ -146,6 +156,24 @@ impl Config {
 
     /// Interprets config text as if read from `path` (used for includes and tests).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        Config::interpret(path, text).map_err(|invalid| ConfigErrors(invalid.errors))
+    }
+
+    /// Like [`Config::load`], but an invalid config also returns the warnings and the
+    /// driver settings found despite its errors, so `mailpush check` can report every
+    /// problem of a file at once (a bad line, a numbering gap, an unknown driver).
+    pub fn load_for_check(path: &Path) -> Result<Config, InvalidConfig> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::interpret(path, &text),
+            Err(_) => Config::load(path).map_err(|e| InvalidConfig {
+                errors: e.0,
+                warnings: Vec::new(),
+                drivers: Vec::new(),
+            }),
+        }
+    }
+
+    fn interpret(path: &Path, text: &str) -> Result<Config, InvalidConfig> {
         let mut raw = RawConfig::default();
         let mut stack = Vec::new();
         read_text(path, text, &mut raw, &mut stack, 0);
@@ -172,7 +200,11 @@ impl Config {
                 settings,
                 warnings: raw.warnings,
             }),
-            _ => Err(ConfigErrors(raw.errors)),
+            _ => Err(InvalidConfig {
+                errors: raw.errors,
+                warnings: raw.warnings,
+                drivers,
+            }),
         }
     }
 

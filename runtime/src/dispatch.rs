@@ -1,8 +1,9 @@
 //! `Dispatcher`: hands every transaction to every driver independently. Each driver has
 //! its own bounded queue and task, so a driver that fails, panics or is slow never
-//! delays or breaks another driver or the caller (beyond back-pressure on its own full
-//! queue). Each driver processes its queue in order, so one user's transactions reach
-//! it in arrival order.
+//! delays or breaks another driver or the caller: with the spool, a driver whose queue
+//! is full reads its backlog from the spool ([`crate::overflow`]); without one, ingest
+//! refuses what does not fit (503). Each driver processes its queue in order, so one
+//! user's transactions reach it in arrival order.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,8 @@ pub struct DriverStats {
     pub dead_lettered: AtomicU64,
     /// Circuit state: 0 closed, 1 open, 2 half-open.
     pub circuit: std::sync::atomic::AtomicU8,
+    /// Transactions the lane holds: being delivered or waiting for a retry.
+    pub held: std::sync::atomic::AtomicUsize,
 }
 
 impl DriverStats {
@@ -107,6 +110,10 @@ pub struct DriverReport {
     pub failed: u64,
     /// Transactions waiting in the driver's queue.
     pub queued: usize,
+    /// Transactions the driver's lane holds (being delivered or waiting for a retry).
+    pub held: usize,
+    /// The driver reads a backlog from the spool ([`crate::overflow`]).
+    pub overflowing: bool,
     /// The queue's capacity.
     pub capacity: usize,
     /// Driver-specific counters ([`Driver::counters`]).
@@ -129,6 +136,7 @@ struct Lane {
     driver: Arc<dyn Driver>,
     tx: mpsc::Sender<Arc<Transaction>>,
     stats: Arc<DriverStats>,
+    overflow: Arc<crate::overflow::Overflow>,
     task: LaneTask,
 }
 
@@ -152,7 +160,7 @@ impl DriverReport {
     fn new(
         number: u32,
         name: String,
-        queued: usize,
+        (queued, overflowing): (usize, bool),
         capacity: usize,
         driver: &dyn Driver,
         stats: &Arc<DriverStats>,
@@ -160,6 +168,8 @@ impl DriverReport {
         DriverReport {
             number,
             name,
+            held: stats.held.load(Ordering::Relaxed),
+            overflowing,
             delivered: stats.delivered.load(Ordering::Relaxed),
             skipped: stats.skipped.load(Ordering::Relaxed),
             failed: stats.failed.load(Ordering::Relaxed),
@@ -181,7 +191,7 @@ impl Lane {
         DriverReport::new(
             self.number,
             self.name.clone(),
-            queued,
+            (queued, self.overflow.active()),
             self.tx.max_capacity(),
             self.driver.as_ref(),
             &self.stats,
@@ -214,7 +224,7 @@ impl Lane {
                 panic_message(&p)
             );
         }
-        DriverReport::new(number, name, 0, capacity, driver.as_ref(), &stats)
+        DriverReport::new(number, name, (0, false), capacity, driver.as_ref(), &stats)
     }
 }
 
@@ -248,14 +258,18 @@ pub struct Dispatcher {
     spool: Option<Arc<dyn Spool>>,
 }
 
+/// Starts a lane; `overflow` is the backlog state of the lane it replaces, if any (the
+/// new lane reads what the old one left in the spool).
 fn start_lane(
     d: LoadedDriver,
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
     spool: Option<Arc<dyn Spool>>,
+    overflow: Option<Arc<crate::overflow::Overflow>>,
 ) -> Lane {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(DriverStats::default());
+    let overflow = overflow.unwrap_or_default();
     let ctx = crate::lane::LaneContext {
         number: d.number,
         name: d.name.clone(),
@@ -265,6 +279,7 @@ fn start_lane(
         spool,
         policy: d.policy.clone(),
         capacity,
+        overflow: overflow.clone(),
     };
     let number = d.number;
     let task = match crate::lane_thread::spawn(
@@ -287,6 +302,7 @@ fn start_lane(
         driver: d.driver,
         tx,
         stats,
+        overflow,
         task,
     }
 }
@@ -323,7 +339,15 @@ impl Dispatcher {
     ) -> Self {
         let lanes = drivers
             .into_iter()
-            .map(|d| Arc::new(start_lane(d, capacity, observer.clone(), spool.clone())))
+            .map(|d| {
+                Arc::new(start_lane(
+                    d,
+                    capacity,
+                    observer.clone(),
+                    spool.clone(),
+                    None,
+                ))
+            })
             .collect();
         Dispatcher {
             lanes: std::sync::RwLock::new(lanes),
@@ -350,11 +374,29 @@ impl Dispatcher {
         send_to(&lanes, txn).await
     }
 
-    /// Ingest with durability: reserves room in every driver's queue, persists the batch
-    /// in the spool (when there is one; one group commit), then queues it. Nothing is
-    /// queued or persisted when either step fails.
+    /// Ingest. With the spool: persists the batch (one group commit), then queues it for
+    /// every driver; a driver whose queue is full reads the rest from the spool
+    /// ([`crate::overflow`]), so only a full spool refuses. Without a spool: reserves
+    /// room in every driver's queue first and refuses the whole batch if one is full.
+    /// Nothing is queued or persisted when the batch is refused.
     pub async fn accept(&self, txns: Vec<Transaction>) -> Result<(), Refused> {
         let lanes = self.snapshot();
+        if let Some(spool) = &self.spool {
+            let spool = spool.clone();
+            let numbers: Vec<u32> = lanes.iter().map(|l| l.number).collect();
+            let txns = tokio::task::spawn_blocking(move || {
+                spool.append(&txns, &numbers).map(|_| (txns, spool))
+            })
+            .await
+            .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?;
+            let (txns, spool) = txns.map_err(Refused::Spool)?;
+            let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
+            for lane in &lanes {
+                lane.overflow
+                    .offer(&lane.tx, &txns, spool.as_ref(), lane.number);
+            }
+            return Ok(());
+        }
         let mut permits = Vec::with_capacity(lanes.len());
         for lane in &lanes {
             match lane.tx.try_reserve_many(txns.len()) {
@@ -367,16 +409,6 @@ impl Dispatcher {
                 }
             }
         }
-        let txns = if let Some(spool) = &self.spool {
-            let spool = spool.clone();
-            let numbers: Vec<u32> = lanes.iter().map(|l| l.number).collect();
-            tokio::task::spawn_blocking(move || spool.append(&txns, &numbers).map(|_| txns))
-                .await
-                .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?
-                .map_err(Refused::Spool)?
-        } else {
-            txns
-        };
         let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
         for p in permits {
             for (permit, txn) in p.zip(&txns) {
@@ -395,14 +427,32 @@ impl Dispatcher {
         send_to(&self.snapshot(), txn).await
     }
 
+    /// Queues all of `txns`, in order, for every driver, each driver's queue fed on its
+    /// own: a driver whose queue is full holds back only its own feeding.
+    pub async fn dispatch_all(&self, txns: &[Arc<Transaction>]) -> Result<(), ShutDown> {
+        let lanes = self.snapshot();
+        let feeds = lanes.iter().map(|lane| async move {
+            for txn in txns {
+                lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+            }
+            Ok::<(), ShutDown>(())
+        });
+        futures::future::join_all(feeds)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, ShutDown>>()
+            .map(|_| ())
+    }
+
     /// Current counters of every driver.
     pub fn reports(&self) -> Vec<DriverReport> {
         self.snapshot().iter().map(|l| l.report()).collect()
     }
 
-    /// Whether any queue is full.
+    /// Whether ingest would refuse for lack of room: without a spool, a full queue (with
+    /// the spool a full queue overflows into it; only a full spool refuses).
     pub fn saturated(&self) -> bool {
-        self.snapshot().iter().any(|l| l.tx.capacity() == 0)
+        self.spool.is_none() && self.snapshot().iter().any(|l| l.tx.capacity() == 0)
     }
 
     /// Swaps in a new driver list: drivers whose fingerprint is unchanged keep their
@@ -423,11 +473,18 @@ impl Dispatcher {
                     duplicates.push(d.driver);
                 } else {
                     result.started.push(d.number);
+                    // A replaced driver's backlog in the spool is owed to its number: the
+                    // new lane reads it on.
+                    let overflow = old
+                        .iter()
+                        .find(|l| l.number == d.number)
+                        .map(|l| l.overflow.clone());
                     lanes.push(Arc::new(start_lane(
                         d,
                         self.capacity,
                         self.observer.clone(),
                         self.spool.clone(),
+                        overflow,
                     )));
                 }
             }
@@ -439,8 +496,19 @@ impl Dispatcher {
         for d in duplicates {
             d.deinit().await;
         }
+        let replaced: Vec<u32> = retired.iter().map(|l| l.number).collect();
         for lane in retired {
             finish_shared(lane).await;
+        }
+        // What an old lane left in the spool (waiting for a retry, or behind an open
+        // circuit) is owed to its number: the lane that replaced it delivers it now rather
+        // than at the next start.
+        if self.spool.is_some() {
+            for lane in self.snapshot() {
+                if replaced.contains(&lane.number) && result.started.contains(&lane.number) {
+                    lane.overflow.read_all_owed();
+                }
+            }
         }
         result
     }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::delivery::{CircuitBreaker, CircuitState, DeliveryPolicy};
 use crate::dispatch::{deliver, Delivery, DeliveryObserver, DriverStats, Outcome};
+use crate::overflow::{Overflow, RecentIds};
 use crate::spool::{now, Attempt, Spool};
 
 /// What a lane needs besides its queue.
@@ -35,6 +36,8 @@ pub struct LaneContext {
     pub policy: DeliveryPolicy,
     /// Most transactions held (queued in the lane plus waiting for retries).
     pub capacity: usize,
+    /// Where the lane reads its backlog when its queue overflowed (with a spool).
+    pub overflow: Arc<Overflow>,
 }
 
 struct Item {
@@ -50,10 +53,15 @@ struct Held {
     /// Users with items, in round-robin order.
     ring: VecDeque<String>,
     count: usize,
+    /// Ids taken lately (with a spool: a backlog read skips them, see `overflow`).
+    recent: Option<RecentIds>,
 }
 
 impl Held {
     fn push(&mut self, txn: Arc<Transaction>) {
+        if let Some(recent) = &mut self.recent {
+            recent.insert(&txn.id);
+        }
         let q = self.users.entry(txn.user.clone()).or_default();
         if q.is_empty() {
             self.ring.push_back(txn.user.clone());
@@ -87,45 +95,102 @@ impl Held {
 
 /// Runs the lane until its queue is closed and everything due is delivered.
 pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
-    let mut held = Held::default();
+    let capacity = ctx.capacity.max(1);
+    let mut held = Held {
+        // Covers every transaction that can be queued or held when an overflow starts.
+        recent: ctx.spool.is_some().then(|| RecentIds::new(capacity * 4)),
+        ..Held::default()
+    };
     let mut closed = false;
     let mut breaker = CircuitBreaker::new(ctx.policy.breaker.clone());
-    let capacity = ctx.capacity.max(1);
     loop {
+        ctx.stats.held.store(held.count, Ordering::Relaxed);
+        let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
                 Ok(t) => held.push(t),
-                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    drained = true;
+                    break;
+                }
                 Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+            }
+        }
+        // The queue is drained: read the backlog the spool keeps, if the queue overflowed
+        // (in batches, once at least half the room is free).
+        if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
+            let recent = held.recent.take().unwrap_or_default();
+            for t in ctx
+                .overflow
+                .take(spool.as_ref(), ctx.number, capacity - held.count, &recent)
+            {
+                held.push(t);
+            }
+            held.recent = Some(recent);
+            if held.count == 0 && ctx.overflow.active() {
+                // The backlog could not be read: try again shortly.
+                let until = Instant::now() + std::time::Duration::from_secs(1);
+                wait(
+                    &mut rx,
+                    &ctx.overflow,
+                    &mut held,
+                    &mut closed,
+                    capacity,
+                    until,
+                )
+                .await;
+                continue;
             }
         }
         if held.count == 0 {
             if closed {
                 return;
             }
-            match rx.recv().await {
-                Some(t) => held.push(t),
-                None => closed = true,
+            tokio::select! {
+                t = rx.recv() => match t {
+                    Some(t) => held.push(t),
+                    None => closed = true,
+                },
+                // The backlog is in the spool now (see `overflow`).
+                _ = ctx.overflow.started() => {}
             }
             continue;
         }
         let now = Instant::now();
         // An open circuit: wait (new transactions keep arriving into the lane).
         if ctx.spool.is_some() && breaker.state(now) == CircuitState::Open {
-            if closed {
+            if closed || rx.is_closed() {
                 return; // the spool keeps them for the next start
             }
             let until = breaker.reopens_at().unwrap_or(now);
-            wait(&mut rx, &mut held, &mut closed, capacity, until).await;
+            wait(
+                &mut rx,
+                &ctx.overflow,
+                &mut held,
+                &mut closed,
+                capacity,
+                until,
+            )
+            .await;
             continue;
         }
         let Some(pos) = held.ready(now) else {
-            if closed {
-                // Only retries in the future remain; the spool keeps them.
+            // (Retries exist only with the spool.)
+            if closed || rx.is_closed() {
+                // Stopping, and only retries in the future remain: the spool keeps them
+                // (and what is still queued) for the next start.
                 return;
             }
             let until = held.earliest().unwrap_or(now);
-            wait(&mut rx, &mut held, &mut closed, capacity, until).await;
+            wait(
+                &mut rx,
+                &ctx.overflow,
+                &mut held,
+                &mut closed,
+                capacity,
+                until,
+            )
+            .await;
             continue;
         };
         let Some(user) = held.ring.remove(pos) else {
@@ -138,8 +203,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
             continue;
         };
         let txn = item.txn.clone();
-        let span =
-            tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, name = %ctx.name);
+        let span = tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, driver_name = %ctx.name);
         let started = Instant::now();
         let outcome = deliver(ctx.driver.as_ref(), &txn)
             .instrument(span.clone())
@@ -249,6 +313,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
 /// Waits until `until` or a new transaction arrives (when there is room).
 async fn wait(
     rx: &mut mpsc::Receiver<Arc<Transaction>>,
+    overflow: &Overflow,
     held: &mut Held,
     closed: &mut bool,
     capacity: usize,
@@ -262,9 +327,18 @@ async fn wait(
                 Some(t) => held.push(t),
                 None => *closed = true,
             },
+            _ = overflow.started() => {}
         }
     } else {
-        sleep.await;
+        // No room to take more: wait, but notice a stop (the queue closed) promptly
+        // rather than at the end of a long retry delay.
+        tokio::pin!(sleep);
+        while !rx.is_closed() {
+            tokio::select! {
+                _ = &mut sleep => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod lane;
 pub mod lane_thread;
 pub mod logging;
 pub mod metadata_store;
+pub mod overflow;
 pub mod registry;
 pub mod settings;
 pub mod spool;

@@ -75,6 +75,24 @@ impl DriverRegistry {
             .find(|f| f.name().eq_ignore_ascii_case(name))
     }
 
+    /// The factory of a driver setting, or the error naming the known drivers.
+    pub fn factory_for(
+        &self,
+        setting: &DriverSetting,
+    ) -> Result<&Arc<dyn DriverFactory>, ConfigError> {
+        self.factory(&setting.name).ok_or_else(|| ConfigError {
+            location: Some(setting.location.clone()),
+            text: format!("{} = {}", setting.setting, display_value(setting)),
+            message: format!(
+                "driver {} ({}): unknown push notification driver `{}`; known drivers: {}",
+                setting.number,
+                setting.setting,
+                setting.name,
+                self.names().join(", ")
+            ),
+        })
+    }
+
     /// Initialises one driver setting.
     pub async fn init_one(
         &self,
@@ -87,15 +105,7 @@ impl DriverRegistry {
             text: format!("{} = {}", setting.setting, display_value(setting)),
             message,
         };
-        let factory = self.factory(&setting.name).ok_or_else(|| {
-            fail(format!(
-                "driver {} ({}): unknown push notification driver `{}`; known drivers: {}",
-                setting.number,
-                setting.setting,
-                setting.name,
-                self.names().join(", ")
-            ))
-        })?;
+        let factory = self.factory_for(setting)?;
         let mut args = setting.args.clone();
         let policy = crate::delivery::DeliveryPolicy::from_args(&mut args).map_err(|e| {
             fail(format!(

@@ -39,6 +39,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "largest ingest request body; larger ones get 413",
     ),
     (
+        "max_inflight",
+        "64M",
+        "most bytes of request bodies ingest reads at once (by Content-Length, else max_body each); beyond it, requests get 503 with Retry-After: 1",
+    ),
+    (
         "shutdown_timeout_msecs",
         "30000",
         "on SIGTERM, how long queued work may take to drain before mailpush exits",
@@ -56,7 +61,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "queue_capacity",
         "1024",
-        "transactions each driver may have waiting; a full queue makes ingest wait (send) or answer 503 (run)",
+        "transactions each driver may have waiting in memory; with the spool, a driver whose queue is full reads its backlog from the spool; with `delivery = memory`, a full queue makes ingest answer 503 (run)",
     ),
 ];
 
@@ -70,6 +75,8 @@ pub struct RuntimeSettings {
     pub listen_unix: Option<PathBuf>,
     pub ingest_token_file: Option<PathBuf>,
     pub max_body: usize,
+    /// Most bytes of request bodies being read at once.
+    pub max_inflight: usize,
     pub shutdown_timeout: std::time::Duration,
     /// Durable spool (true, default) or memory-only delivery.
     pub durable: bool,
@@ -86,6 +93,7 @@ impl Default for RuntimeSettings {
             listen_unix: None,
             ingest_token_file: None,
             max_body: 10 << 20,
+            max_inflight: 64 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
             durable: true,
             spool_quota: 1 << 30,
@@ -171,6 +179,10 @@ impl RuntimeSettings {
                 "max_body" => match crate::wasm::sandbox::parse_size(&value) {
                     Some(n) if n > 0 => s.max_body = n,
                     _ => fail("expected a size, e.g. `10M`".into()),
+                },
+                "max_inflight" => match crate::wasm::sandbox::parse_size(&value) {
+                    Some(n) if n > 0 => s.max_inflight = n,
+                    _ => fail("expected a size, e.g. `64M`".into()),
                 },
                 "shutdown_timeout_msecs" => match value.parse::<u64>() {
                     Ok(n) => s.shutdown_timeout = std::time::Duration::from_millis(n),

@@ -30,6 +30,16 @@ fn check_explains_unknown_driver_bad_line_and_gap() {
     assert!(stderr.contains("mailpush.conf:7"), "{stderr}");
     assert!(stderr.contains("this line is wrong"), "{stderr}");
     assert!(stderr.contains("expected `key = value`"), "{stderr}");
+    // ... and, in the same run, the unknown driver and the numbering gap.
+    assert!(stderr.contains("mailpush.conf:6"), "{stderr}");
+    assert!(stderr.contains("driver 2 (push_notification_driver2): unknown push notification driver `nosuch`; known drivers: dlog"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "mailpush.conf:8: push_notification_driver4 is ignored: push_notification_driver3 is missing"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 error(s)"), "{stderr}");
 
     // Without the bad line: unknown driver and gap.
     std::fs::write(
@@ -89,6 +99,12 @@ fn send_runs_the_example_and_prints_dlog_lines() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
+    // Every dlog line of the sample, as shipped in examples/events.dlog (checked against
+    // Dovecot's reference lines by the dlog tests). Transactions of different users may
+    // interleave differently from run to run (order is kept per user): compare each
+    // transaction's lines as a block.
+    let expected = std::fs::read_to_string(repo("examples/events.dlog")).unwrap();
+    assert_eq!(blocks(&stdout), blocks(&expected));
     assert!(
         stdout.contains("MailboxRename: Mailbox was renamed (old name: Old)"),
         "{stdout}"
@@ -96,6 +112,96 @@ fn send_runs_the_example_and_prints_dlog_lines() {
     assert!(
         stderr.contains("9 transaction(s) accepted, 0 rejected"),
         "{stderr}"
+    );
+    // The per-driver counts.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "dlog", "9", "0", "0"]),
+        "{stderr}"
+    );
+    // The same from standard input (`-`).
+    let mut child = mailpush()
+        .args(["send", "-c", &repo("examples/mailpush.conf"), "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &std::fs::read(repo("examples/events.ndjson")).unwrap(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        blocks(&String::from_utf8_lossy(&out.stdout)),
+        blocks(&expected)
+    );
+}
+
+/// dlog output as (lines before the first transaction, each transaction's lines sorted
+/// by their text, lines after the last).
+fn blocks(out: &str) -> (Vec<&str>, Vec<Vec<&str>>, Vec<&str>) {
+    let lines: Vec<&str> = out.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("Called begin_txn"))
+        .unwrap_or(lines.len());
+    let last = lines
+        .iter()
+        .rposition(|l| l.starts_with("Called end_txn"))
+        .map_or(first, |i| i + 1);
+    let mut txns: Vec<Vec<&str>> = Vec::new();
+    for l in &lines[first..last] {
+        if l.starts_with("Called begin_txn") {
+            txns.push(Vec::new());
+        }
+        if let Some(t) = txns.last_mut() {
+            t.push(l);
+        }
+    }
+    txns.sort();
+    (lines[..first].to_vec(), txns, lines[last..].to_vec())
+}
+
+/// The progress bar: drawn on a terminal's stderr while stdout goes elsewhere; not drawn
+/// when stdout shares the terminal (dlog lines would cut through it). `script` gives the
+/// command a terminal.
+#[test]
+fn send_shows_progress_only_when_stdout_is_elsewhere() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("`script` (util-linux) is needed for this test");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.txt");
+    let send = format!(
+        "{} send -c {} {}",
+        env!("CARGO_BIN_EXE_mailpush"),
+        repo("examples/mailpush.conf"),
+        repo("examples/events.ndjson")
+    );
+    let on_terminal = |cmd: &str| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let both = on_terminal(&send);
+    assert!(!both.contains("deliveries"), "{both}");
+    assert!(both.contains("Called end_txn"));
+    let redirected = on_terminal(&format!("{send} > {}", out_file.display()));
+    assert!(redirected.contains("9/9 deliveries"), "{redirected}");
+    assert_eq!(
+        blocks(&std::fs::read_to_string(&out_file).unwrap()),
+        blocks(&std::fs::read_to_string(repo("examples/events.dlog")).unwrap())
     );
 }
 
@@ -136,8 +242,28 @@ fn send_rejects_bad_lines_with_their_number_and_exits_non_zero() {
 fn help_and_version() {
     let out = mailpush().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("mailpush "));
-    for cmd in ["check", "send", "run", "status", "reload"] {
-        let out = mailpush().args(["help", cmd]).output().unwrap();
+    for cmd in [
+        "check",
+        "send",
+        "run",
+        "status",
+        "reload",
+        "dlq",
+        "dlq list",
+        "dlq show",
+        "dlq replay",
+        "dlq purge",
+        "metadata",
+        "metadata set",
+        "metadata get",
+        "metadata unset",
+        "metadata list",
+    ] {
+        let out = mailpush()
+            .arg("help")
+            .args(cmd.split(' '))
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && text.contains("Example"),
@@ -343,4 +469,34 @@ fn send_records_progress_so_run_does_not_deliver_again() {
         (dead.len(), dead[0].driver, dead[0].txn.id.as_str()),
         (1, 2, "s1")
     );
+}
+
+/// `mailpush check | head`: a closed output pipe ends the command quietly (SIGPIPE, as
+/// with other Unix tools), not with a panic.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: a plain pipe(2) call with a valid two-element array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe(2) and are owned here only.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }

@@ -119,12 +119,74 @@ struct ServerState {
 #[derive(Clone)]
 pub struct RecordingServer {
     pub addr: std::net::SocketAddr,
+    scheme: &'static str,
     state: Arc<ServerState>,
+}
+
+/// A private certificate authority and a server certificate it signed for `localhost`
+/// and `127.0.0.1`, made fresh for a test (an operator's internal CA).
+pub struct TestCa {
+    /// The CA certificate, PEM: what an operator puts in `ssl_ca_file`.
+    pub ca_pem: String,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "mailpush test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let key = KeyPair::generate().expect("server key");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+        let cert = params
+            .signed_by(&key, &ca, &ca_key)
+            .expect("server certificate");
+        TestCa {
+            ca_pem: ca.pem(),
+            server_chain: vec![cert.der().clone(), ca.der().clone()],
+            server_key: key.serialize_der(),
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.server_key.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(self.server_chain.clone(), key)
+            .expect("server TLS config");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RecordingServer {
     /// Starts a server answering 200 by default.
     pub async fn start() -> Self {
+        Self::listen(None).await
+    }
+
+    /// Starts an https server whose certificate `ca` signed (HTTP/1.1 over TLS).
+    /// Connections whose TLS handshake fails are not recorded.
+    pub async fn start_tls(ca: &TestCa) -> Self {
+        Self::listen(Some(ca.acceptor())).await
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1");
@@ -136,20 +198,32 @@ impl RecordingServer {
             notify: Notify::new(),
         });
         let st = state.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve(sock, st).await;
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(stream) => serve(stream, st).await,
+                            Err(_) => Ok(()),
+                        },
+                        None => serve(sock, st).await,
+                    };
                 });
             }
         });
-        RecordingServer { addr, state }
+        RecordingServer {
+            addr,
+            scheme,
+            state,
+        }
     }
 
-    /// `http://127.0.0.1:PORT` + path.
+    /// `http://127.0.0.1:PORT` + path (`https://` for a TLS server).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Queues replies for the next requests.
@@ -188,8 +262,11 @@ impl RecordingServer {
     }
 }
 
-async fn serve(sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
+async fn serve<S>(sock: S, st: Arc<ServerState>) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (r, mut w) = tokio::io::split(sock);
     let mut r = BufReader::new(r);
     loop {
         let mut raw = Vec::new();
@@ -258,6 +335,7 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<ServerState>) -> std::io::Re
                 }
                 resp.push_str("\r\nok");
                 w.write_all(resp.as_bytes()).await?;
+                w.flush().await?;
             }
         }
     }
@@ -447,9 +525,16 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     /// Starts `mailpush run -c CONFIG` and waits for its "listening on" log line.
     pub fn start(config: &Path) -> Self {
+        Self::start_with(config, &["--log-level", "info"])
+    }
+
+    /// `mailpush run ARGS -c CONFIG` (e.g. `--log-format json`).
+    pub fn start_with(config: &Path, args: &[&str]) -> Self {
         use std::io::BufRead;
         let mut child = std::process::Command::new(mailpush_bin())
-            .args(["run", "--log-level", "info", "-c"])
+            .arg("run")
+            .args(args)
+            .arg("-c")
             .arg(config)
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -465,8 +550,11 @@ impl RunningDaemon {
                 .map_while(Result::ok)
             {
                 if let Some(i) = line.find("listening on ") {
-                    let rest = &line[i + "listening on ".len()..];
-                    if let Ok(a) = rest.trim().parse::<std::net::SocketAddr>() {
+                    let rest: String = line[i + "listening on ".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                        .collect();
+                    if let Ok(a) = rest.parse::<std::net::SocketAddr>() {
                         let _ = tx.send(a);
                     }
                 }

@@ -1,7 +1,7 @@
 //! `mailpush run` end to end: ingest error paths, overload, reload while transactions
 //! flow, graceful shutdown, /metrics, the OX-compatible endpoint, status and reload.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mailpush_e2e::*;
 
@@ -119,8 +119,9 @@ async fn ingest_error_paths() {
 async fn overload_answers_503_and_queues_stay_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
-    // A driver that takes 3 s per transaction behind a queue of 2.
-    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n queue_capacity = 2\n shutdown_timeout_msecs = 0\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=3000 pause_after=1000\n}}\n", guest("hostile").display())).unwrap();
+    // A driver that takes 3 s per transaction behind a queue of 2, without a spool (with
+    // one, a full queue overflows into the spool: `a_slow_driver_overflows_into_the_spool`).
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n queue_capacity = 2\n shutdown_timeout_msecs = 0\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=3000 pause_after=1000\n}}\n", guest("hostile").display())).unwrap();
     let d = RunningDaemon::start(&conf);
     // A batch larger than a whole queue can never fit: 413, not an endless 503.
     let batch: String = (0..3).map(|i| txn_line("a@b", &format!("b{i}"))).collect();
@@ -168,6 +169,113 @@ async fn overload_answers_503_and_queues_stay_bounded() {
     assert!(!rejected.ends_with(" 0"), "{rejected}");
 }
 
+/// Request bodies being read are bounded by `max_inflight`: clients that announce big
+/// bodies and send them slowly make further requests get 503 (not memory); once they are
+/// gone, ingest accepts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_in_flight_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n max_body = 1M\n max_inflight = 2M\n}\nplugin {\n push_notification_driver = dlog:file=dlog.log\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+        c.write_all(b"POST /v1/transactions HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n{\"user\":")
+            .await
+            .unwrap();
+        slow.push(c);
+    }
+    let line = txn_line("a@b", "small");
+    // The two slow bodies hold the whole budget (their handlers run once the headers are
+    // in, so poll until they do).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (s, h, b) = loop {
+        let (s, h, b) =
+            http_request(d.addr, "POST", "/v1/transactions", &[], line.as_bytes()).await;
+        if s != 202 || Instant::now() > deadline {
+            break (s, h, b);
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(s, 503, "{b}");
+    assert!(b.contains("max_inflight"), "{b}");
+    assert_eq!(header(&h, "retry-after"), Some("1"));
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _, _) =
+            http_request(d.addr, "POST", "/v1/transactions", &[], line.as_bytes()).await;
+        if s == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest did not recover");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// `--log-format json`: every line is a JSON object, and every line logged while a driver
+/// handles a transaction carries the transaction id and the driver's number and name.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_transaction_and_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=trap\n push_notification_driver2 = dlog\n}}\n", guest("hostile").display())).unwrap();
+    let d = RunningDaemon::start_with(&conf, &["--log-format", "json", "--log-level", "debug"]);
+    let (s, _, _) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[],
+        txn_line("a@b", "J-1").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let log = d.log.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(log.lock().unwrap().contains("delivery failed")
+        && log.lock().unwrap().contains("Called end_txn"))
+    {
+        assert!(Instant::now() < deadline, "{}", log.lock().unwrap());
+        tokio::task::yield_now().await;
+    }
+    assert!(d.stop().success());
+    let log = log.lock().unwrap().clone();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let in_delivery: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["span"]["name"] == "deliver")
+        .collect();
+    for l in &in_delivery {
+        assert_eq!(l["span"]["txn"], "J-1", "{l}");
+        assert!(l["span"]["driver"].is_u64(), "{l}");
+        assert!(l["span"]["driver_name"].is_string(), "{l}");
+    }
+    let failed = in_delivery
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("delivery failed"))
+        })
+        .unwrap_or_else(|| panic!("no failure line:\n{log}"));
+    assert_eq!(failed["span"]["driver"], 1);
+    assert_eq!(failed["span"]["driver_name"], "wasm");
+    let dlog = in_delivery
+        .iter()
+        .find(|l| l["message"] == "Called end_txn push_notification plugin hook.")
+        .unwrap_or_else(|| panic!("no dlog line:\n{log}"));
+    assert_eq!(dlog["span"]["driver"], 2);
+    // Ingest lines name the transactions they are about.
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "accepted" && l["txns"].as_str() == Some("[\"J-1\"]")));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_prometheus_text() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,6 +307,52 @@ async fn metrics_parse_as_prometheus_text() {
     assert!(find("mailpush_transactions_received_total") == 1);
     assert!(find("mailpush_wasm_traps_total") == 1);
     assert!(find("mailpush_driver_processing_seconds_count") == 2);
+    // Every family the issue lists: per driver (both drivers) ...
+    for family in [
+        "mailpush_driver_delivered_total",
+        "mailpush_driver_failed_total",
+        "mailpush_driver_retried_total",
+        "mailpush_driver_dropped_total",
+        "mailpush_driver_skipped_total",
+        "mailpush_driver_queue_depth",
+        "mailpush_driver_held",
+        "mailpush_driver_overflowing",
+        "mailpush_driver_queue_capacity",
+        "mailpush_driver_circuit_open",
+        "mailpush_driver_processing_seconds_sum",
+    ] {
+        assert_eq!(find(family), 2, "{family}");
+    }
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("mailpush_driver_processing_seconds_bucket{"))
+            .count(),
+        2 * 13
+    );
+    // ... and the wasm driver's own counters.
+    for family in [
+        "mailpush_wasm_traps_total",
+        "mailpush_wasm_timeouts_total",
+        "mailpush_wasm_memory_limit_hits_total",
+        "mailpush_wasm_fuel_used_total",
+    ] {
+        assert_eq!(find(family), 1, "{family}");
+    }
+    // Rejections by reason.
+    let (s, _, _) = http_request(d.addr, "POST", "/v1/transactions", &[], b"{").await;
+    assert_eq!(s, 400);
+    let (_, _, text) = http_request(d.addr, "GET", "/metrics", &[], b"").await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text");
+    let invalid = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "mailpush_transactions_rejected_total"
+                && s.labels.get("reason") == Some("invalid")
+        })
+        .expect("rejected{reason=invalid}");
+    assert!(matches!(invalid.value, prometheus_parse::Value::Counter(v) if v == 1.0));
     let received = scrape
         .samples
         .iter()
@@ -219,7 +373,7 @@ async fn graceful_shutdown_drains_work_in_flight() {
     let conf = dir.path().join("mailpush.conf");
     // Driver 1 is slow (each transaction spins to its 50 ms deadline); driver 2 records.
     // Memory mode: a failure is final, so draining means delivering (or failing) all 20.
-    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=50 pause_after=1000\n push_notification_driver2 = dlog:file=dlog.log\n}}\n", guest("hostile").display())).unwrap();
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n shutdown_timeout_msecs = 5000\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=loop timeout_msecs=50 pause_after=1000\n push_notification_driver2 = dlog:file=dlog.log\n}}\n", guest("hostile").display())).unwrap();
     let d = RunningDaemon::start(&conf);
     let batch: String = (0..20).map(|i| txn_line("a@b", &format!("g{i}"))).collect();
     let (s, _, _) = http_request(
@@ -231,10 +385,21 @@ async fn graceful_shutdown_drains_work_in_flight() {
     )
     .await;
     assert_eq!(s, 202);
+    // A client that stalls in the middle of its request does not hold the shutdown: the
+    // connection is cut at the shutdown deadline (5 s here; the drain takes about 1 s
+    // meanwhile), where it would otherwise keep the process forever.
+    let mut stalled = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stalled,
+        b"POST /v1/transactions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user\"",
+    )
+    .await
+    .unwrap();
     let log = d.log.clone();
     let status = d.stop();
     assert!(status.success(), "{}", log.lock().unwrap());
     let log = log.lock().unwrap().clone();
+    assert!(log.contains("closing connections still open"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
     assert!(
         log.contains("driver=1") && log.contains("failed=20"),
@@ -314,6 +479,18 @@ async fn reload_swaps_drivers_while_transactions_flow() {
         "still two drivers after the refused reload:\n{table}"
     );
     sender.await.unwrap();
+    // Driver 2 is running: what arrives now reaches both.
+    for i in 0..5 {
+        let (s, _, _) = http_request(
+            d.addr,
+            "POST",
+            "/v1/transactions",
+            &[],
+            txn_line("a@b", &format!("s{i}")).as_bytes(),
+        )
+        .await;
+        assert_eq!(s, 202);
+    }
     std::fs::write(&conf, with_port("")).unwrap();
     d.signal("HUP");
     let log = d.log.clone();
@@ -323,11 +500,64 @@ async fn reload_swaps_drivers_while_transactions_flow() {
     }
     assert!(d.stop().success());
     // Driver 1 was kept throughout: it saw every transaction exactly once.
-    assert_eq!(count(&dir.path().join("one.log"), "Called begin_txn"), 200);
-    // Driver 2 saw a suffix, and finished everything it had queued before it stopped.
+    assert_eq!(count(&dir.path().join("one.log"), "Called begin_txn"), 205);
+    // Driver 2 saw a suffix (at least the last 5), and finished everything it had queued
+    // before it stopped.
     let two = count(&dir.path().join("two.log"), "Called begin_txn");
+    assert!(two >= 5, "driver 2 saw {two}");
     assert_eq!(two, count(&dir.path().join("two.log"), "Called end_txn"));
     assert!(count(&dir.path().join("two.log"), "Called deinit") == 1);
+}
+
+/// A driver changed by a reload while a transaction waits for its retry: the new driver
+/// delivers it at once (not only after a restart), once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_delivers_what_the_replaced_driver_left_waiting() {
+    let bad = RecordingServer::start().await;
+    bad.set_default(Reply::status(500));
+    let good = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    let config = |url: &str, listen: &str| {
+        format!("mailpush {{\n state_dir = state\n listen = {listen}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private retry=1h breaker_min=1000\n}}\n", guest("webhook").display())
+    };
+    std::fs::write(&conf, config(&bad.url("/h"), "127.0.0.1:0")).unwrap();
+    let d = RunningDaemon::start(&conf);
+    let post = |id: &'static str| {
+        let addr = d.addr;
+        async move {
+            let (s, _, b) = http_request(
+                addr,
+                "POST",
+                "/v1/transactions",
+                &[],
+                txn_line("a@b", id).as_bytes(),
+            )
+            .await;
+            assert_eq!(s, 202, "{b}");
+        }
+    };
+    post("R-1").await;
+    // R-1 failed once and waits an hour for its retry.
+    bad.wait_for(1, Duration::from_secs(20)).await;
+    std::fs::write(&conf, config(&good.url("/h"), &d.addr.to_string())).unwrap();
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["reload", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    post("R-2").await;
+    let got = good.wait_for(2, Duration::from_secs(20)).await;
+    let mut ids: Vec<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["R-1", "R-2"]);
+    assert_eq!(bad.requests().len(), 1);
+    assert!(d.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -79,3 +79,77 @@ async fn panicking_and_slow_drivers_never_disturb_a_good_one() {
     assert_eq!(reports[1].delivered, n as u64);
     assert_eq!(reports[2].delivered, n as u64);
 }
+
+/// With the spool and queues of 2: the slow driver's queue overflows into the spool, so
+/// ingest refuses nothing and the good driver gets every transaction at once; the slow
+/// one reads its backlog from the spool and gets every transaction too, in order, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_driver_overflows_into_the_spool_and_holds_back_nothing() {
+    use mailpush::spool::{sqlite::SqliteSpool, Spool};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = slow:msecs=20 label=slow\n push_notification_driver2 = panic:every=2\n push_notification_driver3 = record:label=good\n}\n",
+    );
+    let drivers = TestDrivers::new();
+    let loaded = load_drivers(&drivers.registry(), &config).await;
+    let spool = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+    let d = Dispatcher::start_with_spool(loaded, 2, None, Some(spool.clone() as Arc<dyn Spool>));
+    let n = 40;
+    let seen = |label: &str| -> Vec<String> {
+        drivers
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, _, _)| l == label)
+            .map(|(_, id, _)| id.clone())
+            .collect()
+    };
+    for i in 0..n {
+        let txn = mailbox_txn(&format!("u{}@example.com", i % 3), &format!("t{i:02}"));
+        d.accept(vec![txn]).await.expect("nothing is refused");
+        // The queues never hold more than their capacity.
+        assert!(
+            d.reports().iter().all(|r| r.queued <= 2),
+            "{:?}",
+            d.reports()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen("good").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "good driver got {:?}",
+            seen("good")
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        seen("slow").len() < n,
+        "the slow driver (40 × 20 ms) is still working"
+    );
+    while seen("slow").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "slow driver got {:?}",
+            seen("slow")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reports = d.shutdown().await;
+    let expected: Vec<String> = (0..n).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(seen("good"), expected);
+    // Every transaction once, in ingest order (so in order per user).
+    assert_eq!(seen("slow"), expected);
+    assert_eq!(reports[0].delivered, n as u64);
+    assert_eq!(reports[2].delivered, n as u64);
+    spool.append(&[], &[]).unwrap();
+    // Only the panicking driver's failures are still owed (memory of the lane: retried
+    // until dead-lettered); the slow and good drivers owe nothing.
+    assert!(spool
+        .pending()
+        .unwrap()
+        .iter()
+        .all(|p| p.drivers == vec![2]));
+}

@@ -417,6 +417,55 @@ async fn a_refused_connection_is_tried_once() {
     assert!(counters.contains(&("ox_failed", 1)), "{counters:?}");
 }
 
+/// https to an endpoint whose certificate an internal CA signed: trusted through
+/// `ssl_ca_file` (added to the system roots), refused without it — one attempt, nothing
+/// reaches the server, and the request over TLS is byte for byte the http one.
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_an_internal_ca_from_ssl_ca_file() {
+    let ca = TestCa::new();
+    let server = RecordingServer::start_tls(&ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("internal-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let url = server.url("/n").replace("https://", "https://login:pass@");
+    assert!(url.starts_with("https://login:pass@127.0.0.1:"), "{url}");
+
+    // Without the CA the certificate is unknown: a failure, not retried, no request.
+    let o = ox(&format!("url={url} max_retries=3")).await;
+    let f = failure(deliver(o.driver.as_ref(), &txn(&new_msg(""))).await);
+    assert!(
+        f.reason.starts_with("Error when sending notification: "),
+        "{}",
+        f.reason
+    );
+    assert!(!f.reason.contains("pass"), "{}", f.reason);
+    assert!(f.reason.contains("UnknownIssuer"), "{}", f.reason);
+    assert!(!f.retryable, "{}", f.reason);
+    assert!(o.driver.counters().contains(&("ox_attempts", 1)));
+    assert!(server.requests().is_empty());
+
+    // With ssl_ca_file: delivered, same request as over http.
+    let o = ox(&format!(
+        "url={url} ssl_ca_file={} max_retries=3",
+        ca_file.display()
+    ))
+    .await;
+    assert_eq!(
+        deliver(o.driver.as_ref(), &txn(&new_msg(r#","unseen":3"#))).await,
+        Outcome::Delivered
+    );
+    let r = server.requests();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].method, "PUT");
+    assert_eq!(r[0].target, "/n");
+    assert_eq!(r[0].header("authorization"), Some("Basic bG9naW46cGFzcw=="));
+    assert_eq!(
+        r[0].header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r[0].body_text(), format!(r#"{PREFIX},"unseen":3}}"#));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn redirects_are_refused_not_followed() {
     let server = RecordingServer::start().await;

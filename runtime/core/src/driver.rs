@@ -214,9 +214,11 @@ pub enum Record<'a> {
 
 /// Groups a transaction's events the way Dovecot does before calling drivers:
 /// mailbox-level events per mailbox, message events per message (mailbox, uid) — all
-/// events of one message together — keeping only events in `wanted`. Records appear in
-/// the order of their first event; events within a record keep transaction order.
-/// Records with no wanted event are omitted.
+/// events of one message together — keeping only events in `wanted`. Mailbox records
+/// appear in the order of their first event; message records of a mailbox in ascending
+/// uid (Dovecot visits them by ascending sequence number), after the mailbox's place in
+/// the order of first events. Events within a record keep transaction order. Records
+/// with no wanted event are omitted.
 pub fn group(txn: &Transaction, wanted: EventSet) -> Vec<Record<'_>> {
     let mut records: Vec<Record<'_>> = Vec::new();
     // (mailbox, uid) → index in `records`; uid is None for mailbox-level records.
@@ -244,6 +246,36 @@ pub fn group(txn: &Transaction, wanted: EventSet) -> Vec<Record<'_>> {
                 events: vec![event],
             }),
         });
+    }
+    // Message records, in the slots they hold, sorted by (mailbox in order of first
+    // appearance, uid).
+    let slots: Vec<usize> = (0..records.len())
+        .filter(|&i| matches!(records[i], Record::Message(_)))
+        .collect();
+    if slots.len() > 1 {
+        let mut mailboxes: Vec<&str> = Vec::new();
+        let mut messages: Vec<(usize, u32, Record<'_>)> = Vec::with_capacity(slots.len());
+        for &i in slots.iter().rev() {
+            if let Record::Message(m) = records.remove(i) {
+                messages.push((0, m.uid, Record::Message(m)));
+            }
+        }
+        messages.reverse();
+        for m in &mut messages {
+            if let Record::Message(r) = &m.2 {
+                m.0 = match mailboxes.iter().position(|b| *b == r.mailbox) {
+                    Some(p) => p,
+                    None => {
+                        mailboxes.push(r.mailbox);
+                        mailboxes.len() - 1
+                    }
+                };
+            }
+        }
+        messages.sort_by_key(|m| (m.0, m.1));
+        for (&i, m) in slots.iter().zip(messages) {
+            records.insert(i, m.2);
+        }
     }
     records
 }

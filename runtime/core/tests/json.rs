@@ -289,6 +289,60 @@ fn unknown_event_field() {
     assert_rejected(&text, "$.events[1].foo", &["MailboxDelete"]);
 }
 
+/// Every event kind, every field: an unknown field, a value of the wrong type and a
+/// missing required field are each rejected naming the event and the JSON path.
+#[test]
+fn every_event_rejects_unknown_fields_wrong_types_and_missing_required_fields() {
+    for name in EventName::ALL {
+        let sample: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&sample_event(name)).unwrap();
+        let with = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+            let mut e = sample.clone();
+            f(&mut e);
+            txn_with(&serde_json::Value::Object(e).to_string())
+        };
+        assert_rejected(
+            &with(&|e| {
+                e.insert("bogus".into(), 1.into());
+            }),
+            "$.events[0].bogus",
+            &["unknown field", name.as_str()],
+        );
+        for field in sample.keys().filter(|k| *k != "name") {
+            // An object is the wrong type for every field (strings, numbers, lists).
+            let text = with(&|e| {
+                e.insert(field.clone(), serde_json::json!({"x": 1}));
+            });
+            let err = reject(&text);
+            assert_eq!(
+                err.path,
+                format!("$.events[0].{field}"),
+                "{name} {field}: {err}"
+            );
+            let required = matches!(field.as_str(), "mailbox" | "uid" | "uid_validity")
+                || (name == EventName::MailboxRename && field == "mailbox_old");
+            if required {
+                assert_rejected(
+                    &with(&|e| {
+                        e.remove(field);
+                    }),
+                    "$.events[0]",
+                    &[&format!("missing field `{field}`"), name.as_str()],
+                );
+            } else {
+                // Optional fields may be left out.
+                let text = with(&|e| {
+                    e.remove(field);
+                });
+                assert!(
+                    Transaction::from_json(&text).is_ok(),
+                    "{name} without {field}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn unknown_transaction_field() {
     assert_rejected(
@@ -1018,7 +1072,7 @@ fn group_filters_unwanted_events_and_drops_empty_records() {
 }
 
 #[test]
-fn group_record_order_follows_first_wanted_event() {
+fn group_orders_message_records_by_uid_per_mailbox() {
     use EventName::*;
     let txn = Transaction::new(
         "u",
@@ -1028,15 +1082,38 @@ fn group_record_order_follows_first_wanted_event() {
             flags_set("INBOX", 9, &["\\Seen"]),
         ],
     );
-    // All events: uid 9 first (its FlagsClear comes first).
+    // Message records come in ascending uid, as Dovecot visits them (by ascending
+    // sequence number), whatever the order of their events.
     assert_eq!(
         shape(&group(&txn, EventSet::all()))
             .iter()
             .map(|r| r.1)
             .collect::<Vec<_>>(),
-        [Some(9), Some(3)]
+        [Some(3), Some(9)]
     );
-    // Without FlagsClear, uid 3 appears first. Not sorted by uid either way.
+    // Mailboxes keep the order of their first message event; uids ascend within each.
+    let mixed = Transaction::new(
+        "u",
+        vec![
+            flags_set("Sent", 7, &["\\Seen"]),
+            flags_set("INBOX", 9, &["\\Seen"]),
+            flags_set("Sent", 2, &["\\Seen"]),
+            flags_set("INBOX", 4, &["\\Seen"]),
+        ],
+    );
+    assert_eq!(
+        shape(&group(&mixed, EventSet::all()))
+            .iter()
+            .map(|r| (r.0.as_str(), r.1))
+            .collect::<Vec<_>>(),
+        [
+            ("Sent", Some(2)),
+            ("Sent", Some(7)),
+            ("INBOX", Some(4)),
+            ("INBOX", Some(9))
+        ]
+    );
+    // Without FlagsClear, the same order.
     assert_eq!(
         shape(&group(&txn, EventSet::empty().with(FlagsSet))),
         vec![

@@ -3,8 +3,10 @@
 //! - `POST /v1/transactions` — one canonical transaction (JSON) or many
 //!   (`Content-Type: application/x-ndjson`). A batch is all or nothing: one bad line
 //!   rejects the whole request (400 naming the line and JSON path) and nothing of it is
-//!   queued; a batch that does not fit every driver's queue gets 503 with `Retry-After`.
-//!   202 with the transaction ids once queued.
+//!   queued; 202 with the transaction ids once persisted (with the spool) or queued.
+//!   503 with `Retry-After` when the spool is full, or (`delivery = memory`) when a batch
+//!   does not fit every driver's queue; a driver whose queue is full reads its backlog
+//!   from the spool ([`crate::overflow`]).
 //! - `PUT /preliminary/http-notify/v1/notify` — what Dovecot's own ox driver sends,
 //!   turned into a MessageNew transaction.
 //! - `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
@@ -126,14 +128,40 @@ fn unauthorised(daemon: &Daemon) -> Response {
     r
 }
 
-async fn read_body(daemon: &Daemon, body: Body) -> Result<axum::body::Bytes, Response> {
-    axum::body::to_bytes(body, daemon.max_body).await.map_err(|_| {
+/// Reads a request body within `max_body`, holding its share of the `max_inflight`
+/// budget (what the Content-Length announces, else `max_body`) until the request is
+/// answered: overload gets 503, never unbounded memory.
+async fn read_body<'a>(
+    daemon: &'a Daemon,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(axum::body::Bytes, tokio::sync::SemaphorePermit<'a>), Response> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(daemon.max_body)
+        .min(daemon.max_body);
+    let units = announced.div_ceil(1024).max(1);
+    let units = u32::try_from(units).unwrap_or(u32::MAX);
+    let Ok(permit) = daemon.body_budget.try_acquire_many(units) else {
+        daemon.ingest.reject("overloaded", 1);
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return Err(r);
+    };
+    let bytes = axum::body::to_bytes(body, daemon.max_body).await.map_err(|_| {
         daemon.ingest.reject("too_large", 1);
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             json!({"error": format!("request body larger than max_body ({} bytes)", daemon.max_body)}),
         )
-    })
+    })?;
+    Ok((bytes, permit))
 }
 
 /// Queues parsed transactions: 202 with ids, or 503 when queues are full.
@@ -159,7 +187,9 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
         return r;
     }
     let ids: Vec<String> = txns.iter().map(|t| t.id.clone()).collect();
-    if txns.len() > daemon.queue_capacity {
+    // Without a spool a batch must fit every queue at once (with one, a full queue
+    // overflows into the spool).
+    if daemon.dispatcher().spool().is_none() && txns.len() > daemon.queue_capacity {
         daemon.ingest.reject("too_large", txns.len() as u64);
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -172,7 +202,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
                 .ingest
                 .received
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            tracing::debug!(count = ids.len(), "accepted");
+            tracing::debug!(txns = ?ids, "accepted");
             (
                 StatusCode::ACCEPTED,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -187,7 +217,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
                 Refused::Spool(_) => ("spool_error", "5"),
             };
             daemon.ingest.reject(reason, ids.len() as u64);
-            tracing::warn!("ingest refused {} transaction(s): {refused}", ids.len());
+            tracing::warn!(txns = ?ids, "ingest refused {} transaction(s): {refused}", ids.len());
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": format!("{refused}; retry later")}),
@@ -209,7 +239,7 @@ async fn transactions(
     if !authorised(&daemon, &headers) {
         return unauthorised(&daemon);
     }
-    let bytes = match read_body(&daemon, body).await {
+    let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -287,7 +317,7 @@ async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: 
     if !authorised(&daemon, &headers) {
         return unauthorised(&daemon);
     }
-    let bytes = match read_body(&daemon, body).await {
+    let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -336,9 +366,9 @@ async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
         .iter()
         .map(|r| {
             json!({
-                "number": r.number, "name": r.name, "state": if r.queued >= r.capacity { "saturated" } else { "running" },
+                "number": r.number, "name": r.name, "state": if r.overflowing { "overflowing" } else if r.queued >= r.capacity { "saturated" } else { "running" },
                 "circuit": r.circuit, "retried": r.retried, "dead_lettered": r.dead_lettered,
-                "queued": r.queued, "capacity": r.capacity, "delivered": r.delivered,
+                "queued": r.queued, "held": r.held, "capacity": r.capacity, "delivered": r.delivered,
                 "failed": r.failed, "skipped": r.skipped,
                 "counters": r.counters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "endpoints": r.endpoints.iter().map(|e| json!({

@@ -88,7 +88,7 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 8] = [
+    let per_driver: [PerDriver; 10] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -134,6 +134,18 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
             "gauge",
             "Transactions waiting in a driver's queue.",
             |d| d.queued as u64,
+        ),
+        (
+            "mailpush_driver_held",
+            "gauge",
+            "Transactions a driver's lane holds: being delivered or waiting for a retry.",
+            |d| d.held as u64,
+        ),
+        (
+            "mailpush_driver_overflowing",
+            "gauge",
+            "1 while a driver reads a backlog from the spool (its queue overflowed).",
+            |d| d.overflowing as u64,
         ),
         (
             "mailpush_driver_queue_capacity",

@@ -28,6 +28,8 @@ pub struct Daemon {
     dispatcher: Dispatcher,
     pub token: Option<Vec<u8>>,
     pub max_body: usize,
+    /// Request-body bytes being read, in KiB units (`max_inflight`).
+    pub body_budget: tokio::sync::Semaphore,
     pub queue_capacity: usize,
     pub ingest: IngestMetrics,
     pub shutting_down: AtomicBool,
@@ -37,6 +39,8 @@ pub struct Daemon {
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// The `mailpush { }` block the service started with (a reload applies drivers only).
+    settings: crate::settings::RuntimeSettings,
 }
 
 /// Reads the bearer token file (trimmed); errors never include its content.
@@ -67,6 +71,11 @@ impl Daemon {
         let registry = (self.registry)();
         match registry.init_all(&config, self.metadata.clone()).await {
             Ok(loaded) => {
+                if config.settings != self.settings {
+                    tracing::warn!(
+                        "the mailpush {{ }} block changed: reload applies the driver list only; restart mailpush for its settings (listen, state_dir, queue_capacity, max_body, …) to take effect"
+                    );
+                }
                 let r = self.dispatcher.reconfigure(loaded).await;
                 tracing::info!(kept = ?r.kept, started = ?r.started, stopped = ?r.stopped, "configuration reloaded");
                 Ok(r)
@@ -160,6 +169,11 @@ pub async fn serve(
         ),
         token,
         max_body: config.settings.max_body,
+        body_budget: tokio::sync::Semaphore::new(
+            // At least one request of max_body always fits.
+            (config.settings.max_inflight.max(config.settings.max_body) / 1024)
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ),
         queue_capacity: config.settings.queue_capacity,
         ingest: IngestMetrics::default(),
         shutting_down: AtomicBool::new(false),
@@ -168,6 +182,7 @@ pub async fn serve(
         registry,
         metadata,
         reload_lock: tokio::sync::Mutex::new(()),
+        settings: config.settings.clone(),
     });
     let app = ingest::router(daemon.clone());
     let listener = tokio::net::TcpListener::bind(config.settings.listen)
@@ -211,13 +226,28 @@ pub async fn serve(
     tracing::info!("shutting down: no new transactions; draining queued work");
     daemon.shutting_down.store(true, Ordering::Relaxed);
     stop.notify_waiters();
-    for s in servers {
-        if let Ok(Err(e)) = s.await {
-            tracing::warn!("listener ended with an error: {e}");
-        }
-    }
+    // One deadline for everything: the drivers drain while open connections finish (new
+    // requests get 503); connections still open at the deadline (a client that stalls in
+    // the middle of its request) are cut.
     let timeout = config.settings.shutdown_timeout;
-    match tokio::time::timeout(timeout, daemon.dispatcher.shutdown_shared()).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let connections_closed = async {
+        for mut s in servers {
+            match tokio::time::timeout_at(deadline, &mut s).await {
+                Ok(Ok(Err(e))) => tracing::warn!("listener ended with an error: {e}"),
+                Ok(_) => {}
+                Err(_) => {
+                    s.abort();
+                    tracing::warn!(
+                        "shutdown timeout ({timeout:?}): closing connections still open"
+                    );
+                }
+            }
+        }
+    };
+    let drained = tokio::time::timeout_at(deadline, daemon.dispatcher.shutdown_shared());
+    let ((), drained) = tokio::join!(connections_closed, drained);
+    match drained {
         Ok(reports) => {
             for r in reports {
                 tracing::info!(driver = r.number, name = %r.name, delivered = r.delivered, failed = r.failed, "driver stopped");
@@ -277,6 +307,7 @@ async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
             );
         }
         for p in items {
+            tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "re-queued from the spool");
             let to = Arc::new(p.txn);
             if daemon.dispatcher.dispatch_to(to, &p.drivers).await.is_err() {
                 return;

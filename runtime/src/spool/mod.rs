@@ -64,6 +64,17 @@ pub trait Spool: Send + Sync {
     ) -> Result<(), SpoolError>;
     /// Everything unfinished, in ingest order.
     fn pending(&self) -> Result<Vec<Pending>, SpoolError>;
+    /// The spool position of a stored transaction (positions grow in ingest order).
+    fn position(&self, txn_id: &str) -> Result<Option<i64>, SpoolError>;
+    /// Up to `limit` transactions still owed to `driver` at position `from` or later, in
+    /// ingest order, each with its position (how an overflowing lane reads its backlog,
+    /// see [`crate::overflow`]).
+    fn owed_from(
+        &self,
+        driver: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Transaction)>, SpoolError>;
     /// Dead letters, optionally of one driver.
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.

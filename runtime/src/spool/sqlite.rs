@@ -328,6 +328,42 @@ impl Spool for SqliteSpool {
         self.owed(false)
     }
 
+    fn position(&self, txn_id: &str) -> Result<Option<i64>, SpoolError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let position = conn
+            .prepare_cached("SELECT seq FROM txns WHERE id = ?1")
+            .map_err(storage)?
+            .query_row([txn_id], |r| r.get(0))
+            .optional()
+            .map_err(storage)?;
+        Ok(position)
+    }
+
+    fn owed_from(
+        &self,
+        driver: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Transaction)>, SpoolError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT t.seq, t.json FROM owed o JOIN txns t ON t.seq = o.seq \
+                 WHERE o.driver = ?1 AND o.seq >= ?2 ORDER BY o.seq LIMIT ?3",
+            )
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map(params![driver, from, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        rows.into_iter()
+            .map(|(seq, json)| Ok((seq, Transaction::from_json(&json).map_err(storage)?)))
+            .collect()
+    }
+
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn
