@@ -148,13 +148,19 @@ pub enum MetadataCommand {
         #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
         args: Vec<String>,
     },
-    /// List values, of every user or of one.
+    /// List values, of every user or of one: `list [-u USER] [-s] [""]`.
     #[command(
-        after_help = "Examples:\n  mailpush metadata list\n  mailpush metadata list -u user@example.com"
+        after_help = "Examples:\n  mailpush metadata list\n  mailpush metadata list -u user@example.com -s \"\""
     )]
     List {
         #[arg(short = 'u', long = "user")]
         user: Option<String>,
+        /// Server METADATA (the only kind mailpush keeps).
+        #[arg(short = 's')]
+        server: bool,
+        /// The mailbox: "" (server METADATA), as with doveadm.
+        #[arg(value_name = "MAILBOX")]
+        mailbox: Option<String>,
     },
 }
 
@@ -209,7 +215,15 @@ pub struct SendArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `mailpush metadata` is shaped like doveadm's, down to its usage exit code.
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "metadata") => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
     if !matches!(cli.command, Command::Run) {
         // Like other Unix tools, a command whose output pipe closes (`mailpush check |
         // head`) just ends, rather than panicking in println!. The service keeps Rust's
@@ -512,21 +526,38 @@ async fn send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// Splits `[MAILBOX] KEY [VALUE]`: a mailbox, when given, must be "" (server METADATA).
-fn metadata_args(args: &[String], with_value: bool) -> anyhow::Result<(String, Option<String>)> {
+/// doveadm's exit code for a usage error (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// `[MAILBOX] KEY [VALUE]` as doveadm takes them; a usage error is the message.
+fn metadata_args(args: &[String], with_value: bool) -> Result<(String, Option<String>), String> {
     let n = if with_value { 2 } else { 1 };
+    // `set -u U -s "" KEY` (the mailbox given, the value forgotten).
+    if with_value && args.len() == 2 && args[0].is_empty() {
+        return Err(format!(
+            "missing VALUE after the key {}: usage: mailpush metadata set -u USER [-s] [\"\"] KEY VALUE",
+            args[1]
+        ));
+    }
     let (mailbox, rest) = if args.len() > n {
         (Some(&args[0]), &args[1..])
     } else {
         (None, args)
     };
     if let Some(m) = mailbox {
-        anyhow::ensure!(
-            m.is_empty(),
-            "mailbox `{m}`: mailpush keeps server METADATA only; give the mailbox as \"\" (with -s), as in `doveadm mailbox metadata set -u USER -s \"\" KEY VALUE`"
-        );
+        server_mailbox(m)?;
     }
     let key = rest.first().cloned().unwrap_or_default();
+    crate::metadata_store::validate_key(&key).map_err(|e| e.0)?;
     Ok((key, rest.get(1).cloned()))
+}
+
+fn server_mailbox(m: &str) -> Result<(), String> {
+    if m.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("mailbox `{m}`: mailpush keeps server METADATA only; give the mailbox as \"\" (with -s), as in `doveadm mailbox metadata set -u USER -s \"\" KEY VALUE`"))
+    }
 }
 
 fn metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCode> {
@@ -540,29 +571,45 @@ fn metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCo
         .open_metadata()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let e = |e: mailpush_core::MetadataError| anyhow::anyhow!("{}", e.0);
+    let usage = |msg: String| {
+        eprintln!("mailpush metadata: {msg}");
+        Ok(ExitCode::from(EX_USAGE))
+    };
     match cmd {
         MetadataCommand::Set { target, args } => {
-            let (key, value) = metadata_args(args, true)?;
+            let (key, value) = match metadata_args(args, true) {
+                Ok(a) => a,
+                Err(msg) => return usage(msg),
+            };
             store
                 .set(&target.user, &key, value.as_deref().unwrap_or(""))
                 .map_err(e)?;
         }
         MetadataCommand::Get { target, args } => {
-            let (key, _) = metadata_args(args, false)?;
-            crate::metadata_store::validate_key(&key).map_err(e)?;
-            match store.get(&target.user, &key).map_err(e)? {
-                Some(v) => println!("{v}"),
-                None => {
-                    eprintln!("{key} is not set for {}", target.user);
-                    return Ok(ExitCode::from(68)); // doveadm's EX_NOUSER-style "not found"
-                }
-            }
+            let (key, _) = match metadata_args(args, false) {
+                Ok(a) => a,
+                Err(msg) => return usage(msg),
+            };
+            // As doveadm: an unset key prints as an empty value, and is no error.
+            println!(
+                "{}",
+                store
+                    .get(&target.user, &key)
+                    .map_err(e)?
+                    .unwrap_or_default()
+            );
         }
         MetadataCommand::Unset { target, args } => {
-            let (key, _) = metadata_args(args, false)?;
+            let (key, _) = match metadata_args(args, false) {
+                Ok(a) => a,
+                Err(msg) => return usage(msg),
+            };
             store.unset(&target.user, &key).map_err(e)?;
         }
-        MetadataCommand::List { user } => {
+        MetadataCommand::List { user, mailbox, .. } => {
+            if let Err(msg) = server_mailbox(mailbox.as_deref().unwrap_or("")) {
+                return usage(msg);
+            }
             for (u, k, v) in store.list(user.as_deref()).map_err(e)? {
                 println!("{u}\t{k}\t{v}");
             }

@@ -408,27 +408,39 @@ fn metadata_cli_round_trip_persistence_and_doveadm_style_errors() {
         run(&["metadata", "unset", "-u", "user@example.com", "-s", "", key]).0,
         Some(0)
     );
-    let (code, _, stderr) = run(&["metadata", "get", "-u", "user@example.com", key]);
-    assert_eq!(code, Some(68));
-    assert!(stderr.contains("is not set"), "{stderr}");
-    // Errors: missing -u, a mailbox other than "", a bad key, missing arguments.
+    // As doveadm: an unset key prints as an empty value, exit 0.
+    assert_eq!(
+        run(&["metadata", "get", "-u", "user@example.com", key]),
+        (Some(0), "\n".to_string(), String::new())
+    );
+    // `list` takes doveadm's `-s ""` too.
+    assert_eq!(
+        run(&["metadata", "list", "-u", "other@example.com", "-s", ""]).1,
+        format!("other@example.com\t{key}\tuser=12@3\n")
+    );
+    // Usage errors exit 64 (EX_USAGE), as doveadm's: missing -u, a mailbox other than "",
+    // a bad key, a missing value, missing arguments.
     let (code, _, stderr) = run(&["metadata", "set", key, "v"]);
-    assert!(
-        code != Some(0) && stderr.contains("--user <USER>"),
-        "{stderr}"
-    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--user <USER>"), "{stderr}");
     let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "INBOX", key, "v"]);
-    assert!(
-        code != Some(0) && stderr.contains("server METADATA only"),
-        "{stderr}"
-    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("server METADATA only"), "{stderr}");
     let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "vendor/x", "v"]);
+    assert_eq!(code, Some(64), "{stderr}");
     assert!(
-        code != Some(0) && stderr.contains("must start with /private/ or /shared/"),
+        stderr.contains("must start with /private/ or /shared/"),
         "{stderr}"
     );
+    let (code, _, stderr) = run(&["metadata", "get", "-u", "u", "vendor/x"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "-s", "", key]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("missing VALUE"), "{stderr}");
     let (code, _, _) = run(&["metadata", "set", "-u", "u"]);
-    assert!(code != Some(0));
+    assert_eq!(code, Some(64));
+    let (code, _, stderr) = run(&["metadata", "list", "INBOX"]);
+    assert_eq!(code, Some(64), "{stderr}");
 }
 
 #[test]
@@ -499,4 +511,31 @@ fn a_closed_output_pipe_is_not_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
+
+/// `mailpush check` on an ox line with values Dovecot would silently replace: it starts,
+/// and says which defaults it uses instead.
+#[test]
+fn check_warns_about_ox_fallbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = ox:url=http://login:secret@127.0.0.1:9/n max_retries=x timeout_msecs=0\n}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: ")
+            && stdout.contains("driver 1 (ox): max_retries=x is not an unsigned number; using the default max_retries=1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("timeout_msecs=0: Dovecot's HTTP client then uses its default request timeout of 60000 ms"), "{stdout}");
+    assert!(!stdout.contains("secret"), "{stdout}");
 }

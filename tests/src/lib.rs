@@ -49,6 +49,9 @@ pub fn mailpush_bin() -> PathBuf {
 /// One recorded request.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// Which connection carried the request (1, 2, … in accept order): equal numbers
+    /// mean a kept-alive connection was reused.
+    pub conn: usize,
     pub method: String,
     /// Request target (path and query).
     pub target: String,
@@ -108,6 +111,7 @@ impl Reply {
 }
 
 struct ServerState {
+    connections: std::sync::atomic::AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
@@ -192,6 +196,7 @@ impl RecordingServer {
             .expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(ServerState {
+            connections: Default::default(),
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(Reply::status(200)),
@@ -266,6 +271,10 @@ async fn serve<S>(sock: S, st: Arc<ServerState>) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let conn = st
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
     let (r, mut w) = tokio::io::split(sock);
     let mut r = BufReader::new(r);
     loop {
@@ -306,6 +315,7 @@ where
             next.unwrap_or_else(|| st.default.lock().unwrap().clone())
         };
         st.requests.lock().unwrap().push(Recorded {
+            conn,
             method,
             target,
             headers,

@@ -135,6 +135,49 @@ fn body_user(r: &Recorded) -> String {
     v["user"].as_str().unwrap().to_string()
 }
 
+/// The request is exactly what Dovecot's ox driver sends: PUT, these headers and no
+/// others (plus `Accept: */*`, which the HTTP client adds and OX ignores), the body byte
+/// for byte.
+fn assert_exact_request(r: &Recorded, server: &RecordingServer, auth: Option<&str>, body: &str) {
+    assert_eq!(r.method, "PUT");
+    assert_eq!(r.body, body.as_bytes(), "{}", r.body_text());
+    let mut names: Vec<String> = r
+        .headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        "accept",
+        "connection",
+        "content-length",
+        "content-type",
+        "date",
+        "host",
+    ];
+    if auth.is_some() {
+        expected.push("authorization");
+        expected.sort();
+    }
+    assert_eq!(names, expected, "{:?}", r.headers);
+    assert_eq!(r.header("host"), Some(server.addr.to_string().as_str()));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(r.header("authorization"), auth);
+    assert_eq!(
+        r.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert!(r
+        .header("connection")
+        .is_some_and(|c| c.eq_ignore_ascii_case("keep-alive")));
+    assert_eq!(r.header("accept"), Some("*/*"));
+    let date = r.header("date").expect("Date header, as Dovecot sends");
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ascii_message_exact_request() {
     let server = RecordingServer::start().await;
@@ -153,6 +196,7 @@ async fn ascii_message_exact_request() {
     let expected = format!(
         r#"{PREFIX},"from":"Bob <bob@example.com>","subject":"Hello","snippet":"Hi there","unseen":3}}"#
     );
+    assert_exact_request(r, &server, Some("Basic bG9naW46cGFzcw=="), &expected);
     assert_eq!(r.body, expected.as_bytes());
     assert_eq!(r.method, "PUT");
     assert_eq!(r.target, "/preliminary/http-notify/v1/notify?a=b");
@@ -187,12 +231,14 @@ async fn mime_encoded_from_and_subject_are_sent_raw() {
         r#","from":"=?utf-8?q?J=C3=B6rg?= <j@example.org>","subject":"=?UTF-8?B?SMOkbGxv?=\n\t=?UTF-8?Q?W=C3=B6rld?=","subject_utf8":"Hällo Wörld""#,
     );
     deliver(o.driver.as_ref(), &txn(&event)).await;
-    assert_eq!(
-        server.requests()[0].body_text(),
-        format!(
+    assert_exact_request(
+        &server.requests()[0],
+        &server,
+        None,
+        &format!(
             r#"{PREFIX},"from":"=?utf-8?q?J=C3=B6rg?= <j@example.org>","subject":"=?UTF-8?B?SMOkbGxv?=\n\t=?UTF-8?Q?W=C3=B6rld?="}}"#
         )
-        .replace("\n\t", "\\n\\t")
+        .replace("\n\t", "\\n\\t"),
     );
     // Only the decoded subject known: it is sent.
     deliver(
@@ -200,9 +246,11 @@ async fn mime_encoded_from_and_subject_are_sent_raw() {
         &txn(&new_msg(r#","subject_utf8":"Hällo""#)),
     )
     .await;
-    assert_eq!(
-        server.requests()[1].body_text(),
-        format!(r#"{PREFIX},"subject":"Hällo"}}"#)
+    assert_exact_request(
+        &server.requests()[1],
+        &server,
+        None,
+        &format!(r#"{PREFIX},"subject":"Hällo"}}"#),
     );
 }
 
@@ -221,12 +269,14 @@ async fn snippet_escaping_is_dovecots_byte_for_byte() {
     let expected = format!(
         "{PREFIX},\"snippet\":\"say \\\"hi\\\" C:\\\\dir\\nline2\\ttab\\r\\b\\f\\u0001\\u001f\u{7f}/ä€😀\\u2028\\u2029\"}}"
     );
-    assert_eq!(server.requests()[0].body, expected.as_bytes());
+    assert_exact_request(&server.requests()[0], &server, None, &expected);
     // An empty snippet (no text part) is still sent.
     deliver(o.driver.as_ref(), &txn(&new_msg(r#","snippet":"""#))).await;
-    assert_eq!(
-        server.requests()[1].body_text(),
-        format!(r#"{PREFIX},"snippet":""}}"#)
+    assert_exact_request(
+        &server.requests()[1],
+        &server,
+        None,
+        &format!(r#"{PREFIX},"snippet":""}}"#),
     );
 }
 
@@ -237,8 +287,39 @@ async fn unseen_only_when_known() {
     deliver(o.driver.as_ref(), &txn(&new_msg(r#","unseen":0"#))).await;
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
     let r = server.requests();
-    assert_eq!(r[0].body_text(), format!(r#"{PREFIX},"unseen":0}}"#));
-    assert_eq!(r[1].body_text(), format!("{PREFIX}}}"));
+    assert_exact_request(&r[0], &server, None, &format!(r#"{PREFIX},"unseen":0}}"#));
+    assert_exact_request(&r[1], &server, None, &format!("{PREFIX}}}"));
+    // One kept-alive connection carried both (the pool is shared by all users: see
+    // `one_connection_serves_every_user`).
+    assert_eq!(r[0].conn, r[1].conn);
+}
+
+/// The keep-alive pool is the driver's, shared by all users: their PUTs reuse one
+/// connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_serves_every_user() {
+    let server = RecordingServer::start().await;
+    let meta = Arc::new(Meta::default());
+    meta.set("bob@example.com", "user=12@3");
+    let o = ox_with_meta(&format!("url={}", server.url("/n")), meta, true).await;
+    for user in [USER, "bob@example.com", USER] {
+        let t = Arc::new(
+            Transaction::from_json(&format!(
+                r#"{{"user":"{user}","events":[{}]}}"#,
+                new_msg("")
+            ))
+            .unwrap(),
+        );
+        assert_eq!(deliver(o.driver.as_ref(), &t).await, Outcome::Delivered);
+    }
+    let r = server.requests();
+    assert_eq!(r.len(), 3);
+    assert_eq!(body_user(&r[1]), "bob@example.com");
+    assert!(
+        r.iter().all(|x| x.conn == r[0].conn),
+        "{:?}",
+        r.iter().map(|x| x.conn).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -686,6 +767,43 @@ async fn activation_through_the_metadata_store() {
         Outcome::Skipped
     );
     assert_eq!(server.requests().len(), 1);
+}
+
+/// Wasm drivers read the same store through the host import: ox-wasm activates from the
+/// store (the transaction carries no `metadata`), for the transaction's user only.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasm_drivers_read_the_same_metadata_store() {
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private user_from_metadata\n}}\n",
+        guest("ox-wasm").display(),
+        server.url("/n")
+    );
+    let config = write_config(dir.path(), &conf);
+    let store = config.settings.open_metadata().unwrap();
+    let Ok(loaded) = TestDrivers::new()
+        .registry()
+        .init_all(&config, store.clone())
+        .await
+    else {
+        panic!("init")
+    };
+    let driver = loaded[0].driver.clone();
+    // Not set for alice (only for someone else): no request.
+    store.set("bob@example.com", KEY, "user=12@3").unwrap();
+    assert_eq!(
+        deliver(driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Skipped
+    );
+    store.set(USER, KEY, "user=11@3").unwrap();
+    assert_eq!(
+        deliver(driver.as_ref(), &txn(&new_msg(""))).await,
+        Outcome::Delivered
+    );
+    let r = server.requests();
+    assert_eq!(r.len(), 1);
+    assert_eq!(body_user(&r[0]), "11@3");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,8 +40,8 @@ pub struct OxConfig {
     pub cache_lifetime: Duration,
     /// Total attempts = max_retries + 1.
     pub max_retries: u32,
-    /// Per attempt (Dovecot's `request_timeout_msecs`); `None` for `timeout_msecs=0`,
-    /// which Dovecot's HTTP client takes as "no timeout".
+    /// Per attempt (Dovecot's `request_timeout_msecs`); `timeout_msecs=0` is Dovecot's
+    /// HTTP client default, 60 s. (`None` only for a client built without a timeout.)
     pub timeout: Option<Duration>,
     /// `user` in the body is the METADATA `user=` value instead of the login name.
     pub user_from_metadata: bool,
@@ -50,8 +50,12 @@ pub struct OxConfig {
     pub ssl_ca_file: Option<PathBuf>,
 }
 
+/// What Dovecot 2.3's HTTP client uses for a request timeout of 0
+/// (`HTTP_CLIENT_DEFAULT_REQUEST_TIMEOUT_MSECS`).
+pub const DOVECOT_HTTP_DEFAULT_TIMEOUT_MSECS: u64 = 60_000;
+
 impl OxConfig {
-    /// `timeout_msecs` as configured (0 = no timeout).
+    /// The per-attempt timeout in milliseconds (0 = none).
     pub fn timeout_msecs(&self) -> u128 {
         self.timeout.map_or(0, |t| t.as_millis())
     }
@@ -230,14 +234,17 @@ impl OxConfig {
         };
         let max_retries = number("max_retries", DEFAULT_MAX_RETRIES);
         let timeout_msecs = number("timeout_msecs", DEFAULT_TIMEOUT_MSECS);
-        let timeout = (timeout_msecs > 0).then(|| Duration::from_millis(timeout_msecs.into()));
-        if timeout.is_none() {
-            warnings.push(
-                "timeout_msecs=0: requests never time out (as in Dovecot); a hung endpoint \
-                 stalls this driver's deliveries"
-                    .into(),
-            );
-        }
+        // Dovecot 2.3's HTTP client takes a request timeout of 0 as its default,
+        // HTTP_CLIENT_DEFAULT_REQUEST_TIMEOUT_MSECS (1 minute).
+        let timeout = Some(Duration::from_millis(if timeout_msecs == 0 {
+            warnings.push(format!(
+                "timeout_msecs=0: Dovecot's HTTP client then uses its default request timeout \
+                 of {DOVECOT_HTTP_DEFAULT_TIMEOUT_MSECS} ms; so does mailpush"
+            ));
+            DOVECOT_HTTP_DEFAULT_TIMEOUT_MSECS
+        } else {
+            timeout_msecs.into()
+        }));
         for (key, _) in args.iter() {
             if !KNOWN_KEYS.contains(&key) {
                 warnings.push(format!(
@@ -406,11 +413,13 @@ mod tests {
             "url=http://h/ max_retries=0 timeout_msecs=0 cache_lifetime=0",
         ))
         .unwrap();
+        // timeout_msecs=0 is Dovecot's HTTP client default of one minute, not "never".
         assert_eq!(
             (c.max_retries, c.timeout, c.cache_lifetime),
-            (0, None, Duration::ZERO)
+            (0, Some(Duration::from_secs(60)), Duration::ZERO)
         );
         assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("60000 ms"), "{w:?}");
     }
 
     #[test]
