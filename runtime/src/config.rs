@@ -293,7 +293,7 @@ fn read_text(
             match directive {
                 "include" | "include_try" if !arg.is_empty() => {
                     if depth >= MAX_INCLUDE_DEPTH {
-                        error(raw, format!("includes nested deeper than {MAX_INCLUDE_DEPTH} levels (an include loop?)"));
+                        error(raw, format!("includes nested deeper than {MAX_INCLUDE_DEPTH} levels (an include loop?); expected each file to be included at most once along a chain — remove the `!include` that leads back"));
                         continue;
                     }
                     let target = path.parent().unwrap_or(Path::new(".")).join(&arg);

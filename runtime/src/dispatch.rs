@@ -427,6 +427,16 @@ impl Dispatcher {
         send_to(&self.snapshot(), txn).await
     }
 
+    /// With the spool: every driver reads everything the spool owes it, in ingest order,
+    /// before what arrives from now on (after a restart; see [`crate::overflow`]).
+    pub fn read_all_owed(&self) {
+        if self.spool.is_some() {
+            for lane in self.snapshot() {
+                lane.overflow.read_all_owed();
+            }
+        }
+    }
+
     /// Queues all of `txns`, in order, for every driver, each driver's queue fed on its
     /// own: a driver whose queue is full holds back only its own feeding.
     pub async fn dispatch_all(&self, txns: &[Arc<Transaction>]) -> Result<(), ShutDown> {

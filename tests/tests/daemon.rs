@@ -85,6 +85,24 @@ async fn ingest_error_paths() {
         "{b}"
     );
 
+    // 400 for a body that is not UTF-8, and for an NDJSON body without transactions.
+    let (s, _, b) = http_request(d.addr, "POST", "/v1/transactions", &[auth], b"\xff\xfe{").await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("not UTF-8"), "{b}");
+    let (s, _, b) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[auth, NDJSON],
+        b"\n  \n",
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("no transactions"), "{b}");
+    // /readyz: ready (drivers initialised, queues not saturated).
+    let (s, _, _) = http_request(d.addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(s, 200);
+
     // 413 above max_body.
     let big = "x".repeat(4096);
     let (s, _, _) = http_request(d.addr, "POST", "/v1/transactions", &[auth], big.as_bytes()).await;
@@ -557,6 +575,45 @@ async fn reload_delivers_what_the_replaced_driver_left_waiting() {
     ids.sort_unstable();
     assert_eq!(ids, ["R-1", "R-2"]);
     assert_eq!(bad.requests().len(), 1);
+    assert!(d.stop().success());
+}
+
+/// After a restart, ingest accepts at once, and each driver delivers what the spool still
+/// owes before what arrived after the restart (one user's order holds).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_backlog_goes_first_and_ingest_accepts_at_once() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n shutdown_timeout_msecs = 0\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private retry=1h breaker_min=1000\n}}\n", guest("webhook").display(), server.url("/h"))).unwrap();
+    let post = |addr, id: &'static str| async move {
+        let (s, _, b) = http_request(
+            addr,
+            "POST",
+            "/v1/transactions",
+            &[],
+            txn_line("u@x", id).as_bytes(),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+    };
+    let d = RunningDaemon::start(&conf);
+    for id in ["A-1", "A-2"] {
+        post(d.addr, id).await;
+    }
+    // A-1 failed and waits an hour; A-2 waits behind it (same user).
+    server.wait_for(1, Duration::from_secs(20)).await;
+    assert!(d.stop().success());
+    server.set_default(Reply::status(200));
+    let d = RunningDaemon::start(&conf);
+    post(d.addr, "A-3").await;
+    let got = server.wait_for(4, Duration::from_secs(20)).await;
+    let ids: Vec<&str> = got[1..]
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids, ["A-1", "A-2", "A-3"]);
     assert!(d.stop().success());
 }
 

@@ -805,7 +805,9 @@ fn an_include_loop_is_reported() {
         panic!("accepted an include loop");
     };
     assert!(
-        errs.iter().any(|e| e.message.contains("include loop")),
+        errs.iter().any(|e| e.message.contains("include loop")
+            && e.message.contains("remove the `!include` that leads back")
+            && e.text == "!include mailpush.conf"),
         "{errs:#?}"
     );
 }
@@ -1048,6 +1050,43 @@ fn bad_queue_capacity() {
             &["expected a positive number of transactions"],
         );
     }
+}
+
+/// Every other `mailpush { }` value that can be wrong: file:line, the text, what is
+/// expected.
+#[test]
+fn bad_mailpush_block_values() {
+    for (line, needle) in [
+        (
+            "delivery = durable",
+            "expected `spool` (at-least-once, default) or `memory`",
+        ),
+        ("max_body = lots", "expected a size, e.g. `10M`"),
+        ("max_body = 0", "expected a size, e.g. `10M`"),
+        ("max_inflight = -1", "expected a size, e.g. `64M`"),
+        ("spool_quota = huge", "expected a size, e.g. `1G`"),
+        (
+            "shutdown_timeout_msecs = 30s",
+            "expected milliseconds, e.g. `30000`",
+        ),
+        ("tenant_drivers = ", "tenant_drivers needs"),
+        ("listen_unix = ", "listen_unix needs a path"),
+        ("ingest_token_file = ", "ingest_token_file needs a path"),
+    ] {
+        let e = error(&format!("mailpush {{\n  {line}\n}}\n"));
+        assert_error(&e, 2, line, &[needle]);
+    }
+}
+
+#[test]
+fn a_block_needs_a_name() {
+    let e = error("{\n}\n");
+    assert_error(
+        &e,
+        1,
+        "{",
+        &["a block needs a name: `plugin {`, `mailpush {`, `protocol NAME {`"],
+    );
 }
 
 #[test]

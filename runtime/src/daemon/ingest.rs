@@ -176,16 +176,6 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         return r;
     }
-    if daemon.recovering.load(Ordering::Relaxed) {
-        daemon.ingest.reject("recovering", txns.len() as u64);
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "mailpush is re-queueing unfinished transactions from its spool; retry shortly"}),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return r;
-    }
     let ids: Vec<String> = txns.iter().map(|t| t.id.clone()).collect();
     // Without a spool a batch must fit every queue at once (with one, a full queue
     // overflows into the spool).
@@ -346,9 +336,6 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
 async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if daemon.shutting_down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    if daemon.recovering.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "re-queueing the spool\n").into_response();
     }
     if daemon.dispatcher().saturated() {
         return (StatusCode::SERVICE_UNAVAILABLE, "a driver queue is full\n").into_response();

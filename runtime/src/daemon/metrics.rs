@@ -72,7 +72,6 @@ pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
         "overloaded",
         "spool_full",
         "spool_error",
-        "recovering",
         "shutting_down",
     ] {
         let n = ingest

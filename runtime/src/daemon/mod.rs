@@ -33,9 +33,6 @@ pub struct Daemon {
     pub queue_capacity: usize,
     pub ingest: IngestMetrics,
     pub shutting_down: AtomicBool,
-    /// Set until what the spool still owes from before a restart is queued again: new
-    /// transactions must queue behind it, or one user's order would break.
-    pub recovering: AtomicBool,
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -151,14 +148,6 @@ pub async fn serve(
             config.settings.spool_path().display()
         )
     })?;
-    let owed_at_start = match &spool {
-        Some(s) => {
-            let s = s.clone();
-            let owed = tokio::task::spawn_blocking(move || s.pending()).await;
-            !matches!(owed, Ok(Ok(ref p)) if p.is_empty())
-        }
-        None => false,
-    };
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
         dispatcher: Dispatcher::start_with_spool(
@@ -177,8 +166,6 @@ pub async fn serve(
         queue_capacity: config.settings.queue_capacity,
         ingest: IngestMetrics::default(),
         shutting_down: AtomicBool::new(false),
-        // Only when the spool still owes something (checked below) does ingest wait.
-        recovering: AtomicBool::new(owed_at_start),
         registry,
         metadata,
         reload_lock: tokio::sync::Mutex::new(()),
@@ -218,7 +205,14 @@ pub async fn serve(
         }));
     }
     if let Some(spool) = spool {
-        tokio::spawn(recover(daemon.clone(), spool));
+        // What the spool still owes from before a restart: each driver reads its share
+        // itself, in ingest order, before anything newer (see `crate::overflow`), so one
+        // user's order holds across the restart and ingest need not wait. Replay marks
+        // left from before are covered by that.
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.take_replayed()).await;
+        daemon.dispatcher.read_all_owed();
+        tokio::spawn(replay_dead_letters(daemon.clone(), spool));
     }
     tracing::info!("listening on {addr}");
     stop_when(daemon.clone()).await?;
@@ -267,28 +261,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Re-queues what the spool still owes (after a restart), then keeps picking up dead
-/// letters replayed by `mailpush dlq replay`.
-async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
-    let mut first = true;
+/// Picks up dead letters replayed by `mailpush dlq replay` (each second).
+async fn replay_dead_letters(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
     loop {
-        if !first {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         if daemon.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        // First everything unfinished (after a restart), then only replayed dead letters.
-        let spool2 = spool.clone();
-        let owed = tokio::task::spawn_blocking(move || {
-            if first {
-                spool2.pending()
-            } else {
-                spool2.take_replayed()
-            }
-        })
-        .await;
-        let items = match owed {
+        let s = spool.clone();
+        let items = match tokio::task::spawn_blocking(move || s.take_replayed()).await {
             Ok(Ok(items)) => items,
             Ok(Err(e)) => {
                 tracing::error!("cannot read the spool: {e}");
@@ -300,23 +281,15 @@ async fn recover(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
             }
         };
         if !items.is_empty() {
-            tracing::info!(
-                "{} {} transaction(s) from the spool",
-                if first { "redelivering" } else { "replaying" },
-                items.len()
-            );
+            tracing::info!("replaying {} transaction(s) from the spool", items.len());
         }
         for p in items {
-            tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "re-queued from the spool");
+            tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "replayed from the spool");
             let to = Arc::new(p.txn);
             if daemon.dispatcher.dispatch_to(to, &p.drivers).await.is_err() {
                 return;
             }
         }
-        if first {
-            daemon.recovering.store(false, Ordering::Relaxed);
-        }
-        first = false;
     }
 }
 
