@@ -179,18 +179,38 @@ function dovecot_lua_notify_end_txn(ctx, success)
 
   local url = ctx.user:plugin_getenv("mailpush_url")
   if url == nil or url == "" then url = "http://127.0.0.1:8025/v1/transactions" end
-  local timeout = tonumber(ctx.user:plugin_getenv("mailpush_timeout_msecs")) or 500
+  -- Milliseconds, whole (the HTTP client refuses fractions); never 0, which would mean
+  -- Dovecot's default request timeout of a minute.
+  local timeout = math.floor(tonumber(ctx.user:plugin_getenv("mailpush_timeout_msecs")) or 500)
+  if timeout < 1 then timeout = 500 end
   local token = ctx.user:plugin_getenv("mailpush_token")
   local ok, err = pcall(function()
-    local client = dovecot.http.client({ timeout = timeout, max_attempts = 1, debug = false })
+    -- submit() blocks the mail process (delivery, IMAP command) until the request ends,
+    -- so every way of waiting is bounded by `timeout`: connecting, waiting for the
+    -- response, and the request as a whole. One attempt, no retry: a refused
+    -- connection fails at once, a stalled mailpush after `timeout`. (Dovecot 2.3's Lua HTTP client silently ignores unknown
+    -- keys such as `timeout`: only these names take effect.)
+    local client = dovecot.http.client({
+      request_timeout_msecs = timeout,
+      request_absolute_timeout_msecs = timeout,
+      connect_timeout_msecs = timeout,
+      max_attempts = 1,
+      no_auto_retry = true,
+      user_agent = "dovecot-mailpush",
+      debug = false,
+    })
     local req = client:request({ url = url, method = "POST" })
     req:add_header("Content-Type", "application/json")
     if token ~= nil and token ~= "" then req:add_header("Authorization", "Bearer " .. token) end
     req:set_payload(body)
     local resp = req:submit()
     local status = resp:status()
-    if status ~= 202 then
-      log_error(string.format("POST %s answered %d: %s", url, status, tostring(resp:payload())))
+    if status >= 9000 then
+      -- Dovecot's internal errors (connection refused, timed out, …): no HTTP answer.
+      log_error(string.format("POST %s failed: %s", url, tostring(resp:reason())))
+    elseif status ~= 202 then
+      log_error(string.format("POST %s answered %d %s: %s", url, status,
+        tostring(resp:reason()), tostring(resp:payload())))
     end
   end)
   if not ok then log_error("POST " .. url .. " failed: " .. tostring(err)) end

@@ -1,7 +1,10 @@
 //! A real Dovecot 2.3 (Debian's packages) feeding mailpush: the Lua forwarder
 //! (examples/dovecot/mailpush.lua) and Dovecot's own ox driver pointed at mailpush's
 //! OX-compatible endpoint. Mail is delivered over LMTP, then changed over IMAP; every one
-//! of the 12 event kinds must reach mailpush's drivers with the right fields.
+//! of the 12 event kinds must reach mailpush's drivers with the right fields, as many as
+//! Dovecot 2.3 gives. More users (one Dovecot, to keep the run short) check that the
+//! script forwards the user's METADATA, and that a stalled or down mailpush neither fails
+//! nor holds up delivery (the script logs the error and the mail goes on).
 //!
 //! Needs root and `dovecot`; `.ci/run` installs it. Outside CI the test is skipped (with
 //! a message) when Dovecot is missing; under CI (`CI=true`) a missing Dovecot fails.
@@ -10,11 +13,12 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mailpush_core::{Event, Transaction};
 use mailpush_e2e::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 fn free_port() -> u16 {
@@ -129,6 +133,158 @@ async fn smtp_line(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String 
     }
 }
 
+/// A TCP listener on 127.0.0.1 that accepts connections and reads them, but never
+/// answers: a stalled mailpush. Keeps what it received.
+struct Stalled {
+    addr: SocketAddr,
+    received: Arc<Mutex<String>>,
+}
+
+impl Stalled {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(String::new()));
+        let rec = received.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = sock.read(&mut buf).await {
+                        rec.lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                });
+            }
+        });
+        Stalled { addr, received }
+    }
+}
+
+/// One request as the Lua script sent it.
+#[derive(Debug, Clone)]
+struct Posted {
+    /// Request line and headers, CRLF-separated.
+    head: String,
+    body: String,
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 standing in for mailpush's ingest: records
+/// each request and answers 202. Unlike `RecordingServer` it answers `Expect:
+/// 100-continue`, which Dovecot's HTTP client sends for every request with a payload.
+async fn start_tap() -> (SocketAddr, Arc<Mutex<Vec<Posted>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let rec = posted.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let mut r = BufReader::new(r);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                    };
+                    if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+                        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+                    }
+                    let len = header("content-length").map_or(0, |v| v.parse().unwrap());
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    rec.lock().unwrap().push(Posted {
+                        head,
+                        body: String::from_utf8(body).unwrap(),
+                    });
+                    let reply = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                    w.write_all(reply.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, posted)
+}
+
+/// Connects to a Dovecot listener, waiting for it to come up.
+async fn connect(port: u16) -> TcpStream {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return s,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "cannot connect to Dovecot on {addr}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Delivers `mail` to `rcpt` over LMTP; returns the reply to the final `.` and how long
+/// Dovecot took to give it (delivery, push-notification drivers included). Fails after
+/// `limit` instead of hanging.
+async fn lmtp_deliver(port: u16, rcpt: &str, mail: &str, limit: Duration) -> (String, Duration) {
+    let (r, mut w) = connect(port).await.into_split();
+    let mut r = BufReader::new(r);
+    assert!(smtp_line(&mut r).await.starts_with("220"));
+    for (cmd, code) in [
+        ("LHLO test".to_string(), "250"),
+        ("MAIL FROM:<alice@barfoo.org>".to_string(), "250"),
+        (format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA".to_string(), "354"),
+    ] {
+        w.write_all(format!("{cmd}\r\n").as_bytes()).await.unwrap();
+        let resp = smtp_line(&mut r).await;
+        assert!(resp.starts_with(code), "{cmd}: {resp}");
+    }
+    w.write_all(format!("{mail}.\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let resp = tokio::time::timeout(limit, smtp_line(&mut r))
+        .await
+        .unwrap_or_else(|_| panic!("LMTP delivery to {rcpt}: no reply within {limit:?}"));
+    let took = started.elapsed();
+    w.write_all(b"QUIT\r\n").await.unwrap();
+    (resp, took)
+}
+
+/// Waits until Dovecot's log has a line containing every one of `needles`; returns it.
+async fn wait_for_log_line(log: &Path, needles: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {needles:?} in Dovecot's log within {limit:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 const MAIL: &str = "From: =?utf-8?q?=C3=84lice?= <alice@barfoo.org>\r\nTo: bob@example.com\r\nSubject: Test =?utf-8?q?p=C3=A4iv=C3=A4=C3=A4?=\r\nMessage-ID: <1@barfoo.org>\r\nDate: Tue, 1 Jan 2019 12:00:00 +0200\r\n\r\nHey guys\r\nThis is only a test...\r\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,10 +323,20 @@ async fn dovecot_events_reach_mailpush() {
     .unwrap();
     let mp = RunningDaemon::start(&mp_conf);
 
+    // Stand-ins for mailpush in trouble, each the mailpush_url of one more user (userdb
+    // extra fields are plugin settings): one that accepts and never answers, one whose
+    // port refuses connections, and one that records what the Lua script POSTs.
+    let stalled = Stalled::start().await;
+    let stall_url = format!("http://{}/v1/transactions", stalled.addr);
+    let down_url = format!("http://127.0.0.1:{}/v1/transactions", free_port());
+    let (tap_addr, tap) = start_tap().await;
+
     // Dovecot: private instance on high ports.
     let (imap_port, lmtp_port) = (free_port(), free_port());
-    let home = root_path.join("home/alice");
-    std::fs::create_dir_all(&home).unwrap();
+    let home = |user: &str| root_path.join("home").join(user);
+    for user in ["alice", "stall", "down", "tap"] {
+        std::fs::create_dir_all(home(user)).unwrap();
+    }
     Command::new("chown")
         .args(["-R", &format!("{uid}:{gid}")])
         .arg(root_path.join("home"))
@@ -186,10 +352,26 @@ async fn dovecot_events_reach_mailpush() {
     .unwrap();
     std::fs::write(
         root_path.join("users"),
-        format!(
-            "alice@example.com:{{PLAIN}}secret:{uid}:{gid}::{}\n",
-            home.display()
-        ),
+        [
+            ("alice", String::new()),
+            (
+                "stall",
+                format!("userdb_mailpush_url={stall_url} userdb_mailpush_timeout_msecs=500"),
+            ),
+            ("down", format!("userdb_mailpush_url={down_url}")),
+            (
+                "tap",
+                format!("userdb_mailpush_url=http://{tap_addr}/v1/transactions"),
+            ),
+        ]
+        .iter()
+        .map(|(user, extra)| {
+            format!(
+                "{user}@example.com:{{PLAIN}}secret:{uid}:{gid}::{}::{extra}\n",
+                home(user).display()
+            )
+        })
+        .collect::<String>(),
     )
     .unwrap();
     let conf = root_path.join("dovecot.conf");
@@ -273,50 +455,123 @@ plugin {{
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    // Activate the ox driver for alice (Dovecot's METADATA).
-    doveadm(&[
-        "mailbox",
-        "metadata",
-        "set",
-        "-u",
-        "alice@example.com",
-        "-s",
-        "",
-        "/private/vendor/vendor.dovecot/http-notify",
-        "user=11@3",
-    ]);
-
-    let connect = |port: u16| async move {
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        for _ in 0..100 {
-            if let Ok(s) = TcpStream::connect(addr).await {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("cannot connect to Dovecot on {addr}");
-    };
+    // Activate the ox driver for alice (Dovecot's METADATA); tap has it too, for the Lua
+    // script to forward.
+    for (user, value) in [
+        ("alice@example.com", "user=11@3"),
+        ("tap@example.com", "user=22@3"),
+    ] {
+        doveadm(&[
+            "mailbox",
+            "metadata",
+            "set",
+            "-u",
+            user,
+            "-s",
+            "",
+            "/private/vendor/vendor.dovecot/http-notify",
+            value,
+        ]);
+    }
+    let dovecot_log = root_path.join("dovecot.log");
 
     // LMTP delivery → MessageNew.
-    let (r, mut w) = connect(lmtp_port).await.into_split();
-    let mut r = BufReader::new(r);
-    assert!(smtp_line(&mut r).await.starts_with("220"));
-    for (cmd, code) in [
-        ("LHLO test", "250"),
-        ("MAIL FROM:<alice@barfoo.org>", "250"),
-        ("RCPT TO:<alice@example.com>", "250"),
-        ("DATA", "354"),
-    ] {
-        w.write_all(format!("{cmd}\r\n").as_bytes()).await.unwrap();
-        let resp = smtp_line(&mut r).await;
-        assert!(resp.starts_with(code), "{cmd}: {resp}");
-    }
-    w.write_all(format!("{MAIL}.\r\n").as_bytes())
-        .await
-        .unwrap();
-    let resp = smtp_line(&mut r).await;
+    let limit = Duration::from_secs(30);
+    let (resp, _) = lmtp_deliver(lmtp_port, "alice@example.com", MAIL, limit).await;
     assert!(resp.starts_with("250"), "DATA: {resp}");
-    w.write_all(b"QUIT\r\n").await.unwrap();
+
+    // mailpush stalled (accepts, never answers) or down (connection refused): the mail
+    // is still delivered, promptly, and the script logs why the POST failed. The Lua
+    // HTTP client's submit() blocks delivery, so only its timeouts bound the wait (the
+    // stalled user has mailpush_timeout_msecs=500, for two transactions: autocreating
+    // INBOX and the delivery; without a working timeout it is a minute each).
+    let bound = Duration::from_secs(10);
+    let (resp, took) = lmtp_deliver(lmtp_port, "stall@example.com", MAIL, bound).await;
+    assert!(resp.starts_with("250"), "stalled mailpush: {resp}");
+    assert!(
+        took < bound,
+        "stalled mailpush delayed delivery by {took:?}"
+    );
+    let deadline = Instant::now() + limit;
+    while !stalled
+        .received
+        .lock()
+        .unwrap()
+        .starts_with("POST /v1/transactions HTTP/1.1\r\n")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the script never reached the stalled mailpush: {:?}",
+            stalled.received.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Dovecot: "… failed: Absolute request timeout expired (Request queued 0.501 secs ago, …)"
+    wait_for_log_line(
+        &dovecot_log,
+        &[
+            "lmtp(stall@example.com)",
+            "Error: ",
+            &format!("mailpush: POST {stall_url} failed: "),
+            "timeout",
+        ],
+        limit,
+    )
+    .await;
+    let (resp, took) = lmtp_deliver(lmtp_port, "down@example.com", MAIL, bound).await;
+    assert!(resp.starts_with("250"), "mailpush down: {resp}");
+    assert!(took < bound, "mailpush down delayed delivery by {took:?}");
+    wait_for_log_line(
+        &dovecot_log,
+        &[
+            "lmtp(down@example.com)",
+            "Error: ",
+            &format!("mailpush: POST {down_url} failed: "),
+            "Connection refused",
+        ],
+        limit,
+    )
+    .await;
+
+    // What the script POSTs: canonical JSON with the user's METADATA.
+    let (resp, _) = lmtp_deliver(lmtp_port, "tap@example.com", MAIL, limit).await;
+    assert!(resp.starts_with("250"), "DATA: {resp}");
+    let deadline = Instant::now() + limit;
+    let (head, txn) = loop {
+        let found = tap.lock().unwrap().iter().find_map(|p| {
+            let txn = Transaction::from_json(&p.body).expect("canonical JSON");
+            let new = txn
+                .events
+                .iter()
+                .any(|e| e.name().to_string() == "MessageNew");
+            new.then(|| (p.head.clone(), txn))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no MessageNew POSTed for tap: {:?}",
+            tap.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        head.starts_with("POST /v1/transactions HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nContent-Type: application/json\r\n"),
+        "{head}"
+    );
+    assert_eq!(txn.user, "tap@example.com");
+    assert_eq!(
+        txn.metadata,
+        BTreeMap::from([(
+            "/private/vendor/vendor.dovecot/http-notify".to_string(),
+            "user=22@3".to_string()
+        )])
+    );
 
     // IMAP: every other event kind.
     let (r, mut w) = connect(imap_port).await.into_split();
@@ -325,10 +580,16 @@ plugin {{
     r.read_line(&mut greeting).await.unwrap();
     imap(&mut r, &mut w, "a1", "LOGIN alice@example.com secret").await;
     imap(&mut r, &mut w, "a2", "SELECT INBOX").await;
-    let appended = "From: bob@example.com\r\nSubject: appended\r\n\r\nhello\r\n";
-    w.write_all(format!("a3 APPEND INBOX {{{}}}\r\n", appended.len()).as_bytes())
-        .await
-        .unwrap();
+    let appended = "From: bob@example.com\r\nTo: Carol <carol@example.com>\r\nSubject: appended\r\n\r\nhello\r\n";
+    w.write_all(
+        format!(
+            "a3 APPEND INBOX (\\Flagged $Label2) {{{}}}\r\n",
+            appended.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut cont = String::new();
     r.read_line(&mut cont).await.unwrap();
     assert!(cont.starts_with('+'), "{cont}");
@@ -345,6 +606,14 @@ plugin {{
     )
     .await;
     imap(&mut r, &mut w, "a6", "UID STORE 1 -FLAGS (\\Seen)").await;
+    imap(
+        &mut r,
+        &mut w,
+        "a61",
+        "UID STORE 1 -FLAGS (\\Deleted $Label1)",
+    )
+    .await;
+    imap(&mut r, &mut w, "a62", "UID STORE 1 +FLAGS (\\Deleted)").await;
     imap(&mut r, &mut w, "a7", "EXPUNGE").await;
     imap(&mut r, &mut w, "a8", "CREATE Foo").await;
     imap(&mut r, &mut w, "a9", "RENAME Foo Bar").await;
@@ -353,7 +622,36 @@ plugin {{
     imap(&mut r, &mut w, "b3", "DELETE Bar").await;
     imap(&mut r, &mut w, "b4", "LOGOUT").await;
 
-    // Wait until mailpush's webhook driver has seen every kind (and the ox MessageNew).
+    // Wait until mailpush's webhook driver has seen every event of alice's (and the ox
+    // MessageNew). What Dovecot 2.3 gives for the operations above, kind by kind:
+    // FlagsClear on every STORE (possibly all empty), FlagsSet on every STORE that set a
+    // flag or changed a keyword (a -FLAGS of flags only gives none), MessageTrash on
+    // each setting of \Deleted; MailboxCreate INBOX comes from `doveadm mailbox
+    // metadata set` creating alice's INBOX.
+    let expected: BTreeMap<&str, usize> = BTreeMap::from([
+        ("FlagsClear", 5),
+        ("FlagsSet", 4),
+        ("MailboxCreate", 2),
+        ("MailboxDelete", 1),
+        ("MailboxRename", 1),
+        ("MailboxSubscribe", 1),
+        ("MailboxUnsubscribe", 1),
+        ("MessageAppend", 1),
+        ("MessageExpunge", 1),
+        ("MessageNew", 1),
+        ("MessageRead", 1),
+        ("MessageTrash", 2),
+    ]);
+    let alice_counts = |by_name: &BTreeMap<String, Vec<(String, Event)>>| {
+        by_name
+            .iter()
+            .map(|(k, v)| {
+                let n = v.iter().filter(|(u, _)| u == "alice@example.com").count();
+                (k.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect::<BTreeMap<_, _>>()
+    };
     let mut by_name: BTreeMap<String, Vec<(String, Event)>> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -370,18 +668,31 @@ plugin {{
         let ox_seen = by_name
             .get("MessageNew")
             .is_some_and(|v| v.iter().any(|(u, _)| u == "11@3"));
-        if by_name.len() == 12 && ox_seen {
+        let counts = alice_counts(&by_name);
+        let all_in = expected
+            .iter()
+            .all(|(k, n)| counts.get(*k).is_some_and(|c| c >= n));
+        if all_in && ox_seen {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "missing events; got {:?}\nmailpush log:\n{}\ndovecot log:\n{}",
-            by_name.keys().collect::<Vec<_>>(),
+            "missing events; got {counts:?}, ox: {ox_seen}\nmailpush log:\n{}\ndovecot log:\n{}",
             mp.log.lock().unwrap(),
             std::fs::read_to_string(root_path.join("dovecot.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    let counts = alice_counts(&by_name);
+    assert_eq!(
+        counts
+            .iter()
+            .map(|(k, n)| (k.as_str(), *n))
+            .collect::<BTreeMap<_, _>>(),
+        expected,
+        "alice's events by kind"
+    );
 
     // Fields, kind by kind.
     let alice = |name: &str| -> Vec<Event> {
@@ -415,23 +726,82 @@ plugin {{
         m.snippet
     );
     assert_eq!(m.unseen, Some(1));
+    assert_eq!(m.to.as_deref(), Some("bob@example.com"));
+    assert_eq!(m.to_address.as_deref(), Some("bob@example.com"));
+    assert_eq!(m.to_display_name, None);
+    // Delivery sets no flags (\Recent is not among them).
+    assert_eq!(m.flags.as_deref(), Some(&[][..]));
+    assert_eq!(m.keywords.as_deref(), Some(&[][..]));
     let Event::MessageAppend(a) = &alice("MessageAppend")[0] else {
         panic!()
     };
+    assert_eq!(
+        (a.mailbox.as_str(), a.uid, a.uid_validity),
+        ("INBOX", m.uid + 1, m.uid_validity)
+    );
+    assert_eq!(a.from.as_deref(), Some("bob@example.com"));
+    assert_eq!(a.from_address.as_deref(), Some("bob@example.com"));
+    assert_eq!(a.from_display_name, None);
+    assert_eq!(a.to.as_deref(), Some("Carol <carol@example.com>"));
+    assert_eq!(a.to_address.as_deref(), Some("carol@example.com"));
+    assert_eq!(a.to_display_name.as_deref(), Some("Carol"));
     assert_eq!(a.subject_utf8.as_deref(), Some("appended"));
+    assert_eq!(a.message_id, None);
+    // No Date header: Dovecot gives 0/0.
+    assert_eq!((a.date, a.tz), (Some(0), Some(0)));
+    assert_eq!(a.snippet.as_deref(), Some("hello"));
+    // The flags given to APPEND (they produce no FlagsSet).
+    assert_eq!(a.flags, Some(vec!["\\Flagged".to_string()]));
+    assert_eq!(a.keywords, Some(vec!["$Label2".to_string()]));
+    // Both INBOX messages are unseen when the APPEND commits.
+    assert_eq!(a.unseen, Some(2));
     assert!(alice("FlagsSet")
         .iter()
         .any(|e| matches!(e, Event::FlagsSet(f) if f.flags == ["\\Seen"])));
     assert!(alice("FlagsSet")
         .iter()
         .any(|e| matches!(e, Event::FlagsSet(f) if f.keywords == ["$Label1"])));
+    assert!(alice("FlagsSet")
+        .iter()
+        .any(|e| matches!(e, Event::FlagsSet(f) if f.flags.is_empty() && f.keywords.is_empty())));
     assert!(alice("FlagsClear")
         .iter()
         .any(|e| matches!(e, Event::FlagsClear(f) if f.flags == ["\\Seen"])));
+    // -FLAGS (\Deleted $Label1): what was cleared and, as the Lua driver asks Dovecot to
+    // store them, the flags and keywords before (\Recent included: this IMAP session is
+    // the first to see the delivered mail).
+    let cleared: Vec<_> = alice("FlagsClear")
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::FlagsClear(f) if !f.keywords.is_empty() => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cleared.len(), 1, "{cleared:?}");
+    let c = &cleared[0];
+    assert_eq!((c.uid, c.uid_validity), (m.uid, m.uid_validity));
+    assert_eq!(c.flags, ["\\Deleted"]);
+    assert_eq!(c.keywords, ["$Label1"]);
+    assert_eq!(
+        c.flags_old,
+        Some(vec!["\\Deleted".to_string(), "\\Recent".to_string()])
+    );
+    assert_eq!(c.keywords_old, Some(vec!["$Label1".to_string()]));
+    // Every FlagsClear carries flags_old/keywords_old (the first STORE: just \Recent).
+    assert!(alice("FlagsClear").iter().all(|e| matches!(e,
+        Event::FlagsClear(f) if f.flags_old.is_some() && f.keywords_old.is_some())));
     assert!(alice("MessageRead")
         .iter()
         .all(|e| e.message() == Some((1, m.uid_validity))));
-    assert!(!alice("MessageTrash").is_empty() && !alice("MessageExpunge").is_empty());
+    for kind in ["MessageRead", "MessageTrash", "MessageExpunge"] {
+        for e in alice(kind) {
+            assert_eq!(e.message(), Some((m.uid, m.uid_validity)), "{kind}");
+            assert_eq!(e.mailbox(), "INBOX", "{kind}");
+        }
+    }
+    assert!(alice("MailboxCreate")
+        .iter()
+        .any(|e| e.mailbox() == "INBOX"));
     assert!(alice("MailboxCreate").iter().any(|e| e.mailbox() == "Foo"));
     assert!(alice("MailboxRename").iter().any(
         |e| matches!(e, Event::MailboxRename(r) if r.mailbox == "Bar" && r.mailbox_old == "Foo")

@@ -198,7 +198,9 @@ pub fn event_lines(event: &Event, out: &mut Vec<String>) {
             if let Some(v) = &m.snippet {
                 out.push(format!("{name}: Snippet [{v}]"));
             }
-            if let Some(v) = &m.subject {
+            // The raw header, as Dovecot prints it; when a source knows only the decoded
+            // subject (Dovecot's Lua driver gives no raw one), that one — as ox does.
+            if let Some(v) = m.subject.as_ref().or(m.subject_utf8.as_ref()) {
                 out.push(format!("{name}: Subject [{v}]"));
             }
             if let Some(v) = &m.to {

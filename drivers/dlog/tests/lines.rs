@@ -272,6 +272,36 @@ async fn init_fails_for_missing_directory_or_empty_file() {
 // §9.1 delivery
 // ---------------------------------------------------------------------------------
 
+/// A source that knows only the decoded subject (Dovecot's Lua driver): that one is
+/// printed, as ox sends it.
+#[tokio::test]
+async fn only_the_decoded_subject_is_printed_when_the_raw_one_is_unknown() {
+    let event = Event::MessageNew(NewMessage {
+        mailbox: "INBOX".into(),
+        uid: 42,
+        uid_validity: 1_700_000_000,
+        subject_utf8: Some("Test päivää".into()),
+        ..Default::default()
+    });
+    let d = dlog(None).await;
+    d.run(Transaction::new("alice@example.com", vec![event]), true)
+        .await;
+    d.driver.deinit().await;
+    assert_eq!(
+        d.lines(),
+        [
+            INIT,
+            BEGIN,
+            MSG,
+            "Message data: Mailbox [INBOX], UID [42], UIDVALIDITY [1700000000]",
+            "MessageNew: Subject [Test päivää]",
+            END,
+            DEINIT,
+            CLEANUP,
+        ]
+    );
+}
+
 #[tokio::test]
 async fn delivery_with_from_snippet_subject_as_with_dlog_plus_ox() {
     // What ox requests (From, Subject, Snippet) plus fields dlog never prints.
