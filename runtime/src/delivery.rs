@@ -104,6 +104,9 @@ pub fn breaker_from_args(args: &mut DriverArgs) -> Result<BreakerConfig, InitErr
 pub struct DeliveryPolicy {
     pub retry: RetryPolicy,
     pub breaker: BreakerConfig,
+    /// `concurrency=N`: most transactions (of different users) delivered at once; `None`
+    /// for the driver's own default ([`mailpush_core::Driver::concurrency`]).
+    pub concurrency: Option<usize>,
 }
 
 impl DeliveryPolicy {
@@ -128,6 +131,16 @@ impl DeliveryPolicy {
             p.retry.max_age = dur("retry_max_age", &v)?;
         }
         p.breaker = breaker_from_args(args)?;
+        if let Some(v) = args.take("concurrency") {
+            p.concurrency = Some(match v.parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => {
+                    return Err(InitError(format!(
+                        "concurrency={v}: expected a number of transactions from 1 to 1024"
+                    )))
+                }
+            });
+        }
         Ok(p)
     }
 

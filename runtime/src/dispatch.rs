@@ -280,6 +280,10 @@ fn start_lane(
         policy: d.policy.clone(),
         capacity,
         overflow: overflow.clone(),
+        concurrency: d
+            .policy
+            .concurrency
+            .unwrap_or_else(|| d.driver.concurrency()),
     };
     let number = d.number;
     let task = match crate::lane_thread::spawn(

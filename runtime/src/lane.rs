@@ -1,5 +1,5 @@
 //! One driver's lane: takes transactions from the driver's bounded queue and delivers
-//! them, one at a time.
+//! them, up to the driver's concurrency at once (never two of one user).
 //!
 //! Ordering: per user, transactions are delivered in arrival order; only the oldest
 //! transaction of each user is eligible, so a transaction waiting for a retry holds back
@@ -16,6 +16,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use mailpush_core::{Driver, Transaction};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -38,6 +40,8 @@ pub struct LaneContext {
     pub capacity: usize,
     /// Where the lane reads its backlog when its queue overflowed (with a spool).
     pub overflow: Arc<Overflow>,
+    /// Most transactions (of different users) delivered at once.
+    pub concurrency: usize,
 }
 
 struct Item {
@@ -85,17 +89,26 @@ impl Held {
         })
     }
 
+    /// When the first user not being delivered to becomes due.
     fn earliest(&self) -> Option<Instant> {
-        self.users
-            .values()
+        self.ring
+            .iter()
+            .filter_map(|u| self.users.get(u))
             .filter_map(|q| q.front().and_then(|i| i.not_before))
             .min()
     }
 }
 
+/// One delivery in flight: its user, what happened, how long it took, its log span.
+type Finished = (String, Outcome, std::time::Duration, tracing::Span);
+
 /// Runs the lane until its queue is closed and everything due is delivered.
+///
+/// Up to `concurrency` transactions are delivered at once, never two of one user: a user
+/// with a delivery in flight is out of the round-robin ring until it finishes.
 pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
     let capacity = ctx.capacity.max(1);
+    let concurrency = ctx.concurrency.max(1);
     let mut held = Held {
         // Covers every transaction that can be queued or held when an overflow starts.
         recent: ctx.spool.is_some().then(|| RecentIds::new(capacity * 4)),
@@ -103,6 +116,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
     };
     let mut closed = false;
     let mut breaker = CircuitBreaker::new(ctx.policy.breaker.clone());
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     loop {
         ctx.stats.held.store(held.count, Ordering::Relaxed);
         let mut drained = false;
@@ -157,31 +171,48 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
             continue;
         }
         let now = Instant::now();
-        // An open circuit: wait (new transactions keep arriving into the lane).
-        if ctx.spool.is_some() && breaker.state(now) == CircuitState::Open {
-            if closed || rx.is_closed() {
-                return; // the spool keeps them for the next start
-            }
-            let until = breaker.reopens_at().unwrap_or(now);
-            wait(
-                &mut rx,
-                &ctx.overflow,
-                &mut held,
-                &mut closed,
-                capacity,
-                until,
-            )
-            .await;
-            continue;
+        // Start deliveries: with the spool, none while the circuit is open and one probe
+        // while it is half-open.
+        let state = if ctx.spool.is_some() {
+            breaker.state(now)
+        } else {
+            CircuitState::Closed
+        };
+        let limit = match state {
+            CircuitState::Open => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Closed => concurrency,
+        };
+        while in_flight.len() < limit {
+            let Some(pos) = held.ready(now) else {
+                break;
+            };
+            let Some(user) = held.ring.remove(pos) else {
+                break;
+            };
+            let Some(txn) = held
+                .users
+                .get(&user)
+                .and_then(|q| q.front())
+                .map(|i| i.txn.clone())
+            else {
+                continue;
+            };
+            in_flight.push(start(&ctx, user, txn));
         }
-        let Some(pos) = held.ready(now) else {
-            // (Retries exist only with the spool.)
+        if in_flight.is_empty() {
+            // Nothing can start now: (retries and circuits exist only with the spool)
             if closed || rx.is_closed() {
-                // Stopping, and only retries in the future remain: the spool keeps them
-                // (and what is still queued) for the next start.
+                // Stopping, and only retries in the future (or behind an open circuit)
+                // remain: the spool keeps them, and what is still queued, for the next
+                // start.
                 return;
             }
-            let until = held.earliest().unwrap_or(now);
+            let until = if state == CircuitState::Open {
+                breaker.reopens_at().unwrap_or(now)
+            } else {
+                held.earliest().unwrap_or(now)
+            };
             wait(
                 &mut rx,
                 &ctx.overflow,
@@ -192,121 +223,161 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
             )
             .await;
             continue;
+        }
+        // Wait for a delivery to finish; meanwhile take new transactions while there is
+        // room, and start one that becomes due while there is a free slot.
+        let room = held.count < capacity && !closed;
+        let next_due = (in_flight.len() < limit)
+            .then(|| held.earliest())
+            .flatten()
+            .unwrap_or(now + std::time::Duration::from_secs(3600));
+        let finished = tokio::select! {
+            f = in_flight.next() => f,
+            t = rx.recv(), if room => {
+                match t {
+                    Some(t) => held.push(t),
+                    None => closed = true,
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(next_due.into()) => continue,
+            _ = ctx.overflow.started(), if room => continue,
         };
-        let Some(user) = held.ring.remove(pos) else {
+        let Some((user, outcome, took, span)) = finished else {
             continue;
         };
-        let Some(queue) = held.users.get_mut(&user) else {
-            continue;
-        };
-        let Some(item) = queue.front_mut() else {
-            continue;
-        };
-        let txn = item.txn.clone();
-        let span = tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, driver_name = %ctx.name);
+        ctx.stats.observe(took);
+        let _entered = span.enter();
+        finish(&ctx, &mut held, &mut breaker, user, outcome);
+    }
+}
+
+/// Starts delivering `txn` (the oldest of `user`'s) on its own span.
+fn start(ctx: &LaneContext, user: String, txn: Arc<Transaction>) -> BoxFuture<'static, Finished> {
+    let driver = ctx.driver.clone();
+    let span =
+        tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, driver_name = %ctx.name);
+    Box::pin(async move {
         let started = Instant::now();
-        let outcome = deliver(ctx.driver.as_ref(), &txn)
+        let outcome = deliver(driver.as_ref(), &txn)
             .instrument(span.clone())
             .await;
-        ctx.stats.observe(started.elapsed());
-        let _entered = span.enter();
-        let ok = !matches!(outcome, Outcome::Failed(_));
-        // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome.
-        let deferred = match &outcome {
-            Outcome::Failed(f) if f.deferred && ctx.spool.is_some() => {
-                (item.arrived.elapsed() < ctx.policy.retry.max_age).then(|| {
-                    let wait = f
-                        .retry_after
-                        .unwrap_or_default()
-                        .min(ctx.policy.retry.retry_after_cap);
-                    // Up to +10 % so that the transactions held back by one circuit do
-                    // not all come back in the same instant.
-                    let x = seed(&txn.id, item.attempts.len() + 1) % 1001;
-                    wait + wait.mul_f64(x as f64 / 10_000.0)
-                })
-            }
-            _ => None,
-        };
-        if let Some(wait) = deferred {
-            tracing::debug!(user = %txn.user, retry_in = ?wait, "delivery deferred by an open endpoint circuit");
-            item.not_before = Some(Instant::now() + wait);
-            held.ring.push_back(user);
-            continue;
+        (user, outcome, started.elapsed(), span)
+    })
+}
+
+/// Records what became of the oldest transaction of `user` and puts the user back in
+/// the ring if more of theirs wait.
+fn finish(
+    ctx: &LaneContext,
+    held: &mut Held,
+    breaker: &mut CircuitBreaker,
+    user: String,
+    outcome: Outcome,
+) {
+    let Some(queue) = held.users.get_mut(&user) else {
+        return;
+    };
+    let Some(item) = queue.front_mut() else {
+        held.users.remove(&user);
+        return;
+    };
+    let txn = item.txn.clone();
+    // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome.
+    let deferred = match &outcome {
+        Outcome::Failed(f) if f.deferred && ctx.spool.is_some() => {
+            (item.arrived.elapsed() < ctx.policy.retry.max_age).then(|| {
+                let wait = f
+                    .retry_after
+                    .unwrap_or_default()
+                    .min(ctx.policy.retry.retry_after_cap);
+                // Up to +10 % so that the transactions held back by one circuit do
+                // not all come back in the same instant.
+                let x = seed(&txn.id, item.attempts.len() + 1) % 1001;
+                wait + wait.mul_f64(x as f64 / 10_000.0)
+            })
         }
-        if ctx.spool.is_some() {
-            if let Some(state) = breaker.record(ok, Instant::now()) {
-                ctx.stats.set_circuit(state);
-                tracing::warn!(user = %txn.user, "circuit {}", state.as_str());
-            }
+        _ => None,
+    };
+    if let Some(wait) = deferred {
+        tracing::debug!(user = %txn.user, retry_in = ?wait, "delivery deferred by an open endpoint circuit");
+        item.not_before = Some(Instant::now() + wait);
+        held.ring.push_back(user);
+        return;
+    }
+    let ok = !matches!(outcome, Outcome::Failed(_));
+    if ctx.spool.is_some() {
+        if let Some(state) = breaker.record(ok, Instant::now()) {
+            ctx.stats.set_circuit(state);
+            tracing::warn!(user = %txn.user, "circuit {}", state.as_str());
         }
-        let finished = match &outcome {
-            Outcome::Delivered => {
-                ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(user = %txn.user, "delivered");
-                true
-            }
-            Outcome::Skipped => {
-                ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(user = %txn.user, "skipped by driver");
-                true
-            }
-            Outcome::Failed(f) => {
-                item.attempts.push(Attempt {
-                    at: now_secs(),
-                    error: f.reason.clone(),
-                });
-                let attempt = item.attempts.len();
-                let retry = match &ctx.spool {
-                    Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => {
-                        ctx.policy
-                            .backoff(attempt, f.retry_after, seed(&txn.id, attempt))
-                    }
-                    _ => None,
-                };
-                match retry {
-                    Some(delay) => {
-                        ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(user = %txn.user, attempt, retry_in = ?delay, "delivery failed, will retry: {}", f.reason);
-                        item.not_before = Some(Instant::now() + delay);
-                        false
-                    }
-                    None => {
-                        ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
-                        if let Some(spool) = &ctx.spool {
-                            ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(user = %txn.user, attempts = attempt, retryable = f.retryable, "delivery failed, dead-lettered: {}", f.reason);
-                            if let Err(e) = spool.dead_letter(&txn, ctx.number, &item.attempts) {
-                                tracing::error!("cannot record the dead letter: {e}");
-                            }
-                        } else {
-                            tracing::warn!(user = %txn.user, retryable = f.retryable, "delivery failed: {}", f.reason);
+    }
+    let finished = match &outcome {
+        Outcome::Delivered => {
+            ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(user = %txn.user, "delivered");
+            true
+        }
+        Outcome::Skipped => {
+            ctx.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(user = %txn.user, "skipped by driver");
+            true
+        }
+        Outcome::Failed(f) => {
+            item.attempts.push(Attempt {
+                at: now_secs(),
+                error: f.reason.clone(),
+            });
+            let attempt = item.attempts.len();
+            let retry = match &ctx.spool {
+                Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => ctx
+                    .policy
+                    .backoff(attempt, f.retry_after, seed(&txn.id, attempt)),
+                _ => None,
+            };
+            match retry {
+                Some(delay) => {
+                    ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(user = %txn.user, attempt, retry_in = ?delay, "delivery failed, will retry: {}", f.reason);
+                    item.not_before = Some(Instant::now() + delay);
+                    false
+                }
+                None => {
+                    ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(spool) = &ctx.spool {
+                        ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(user = %txn.user, attempts = attempt, retryable = f.retryable, "delivery failed, dead-lettered: {}", f.reason);
+                        if let Err(e) = spool.dead_letter(&txn, ctx.number, &item.attempts) {
+                            tracing::error!("cannot record the dead letter: {e}");
                         }
-                        true
+                    } else {
+                        tracing::warn!(user = %txn.user, retryable = f.retryable, "delivery failed: {}", f.reason);
                     }
+                    true
                 }
             }
-        };
-        if finished {
-            let item = queue.pop_front();
-            held.count -= 1;
-            if let (Some(spool), Outcome::Delivered | Outcome::Skipped) = (&ctx.spool, &outcome) {
-                if let Err(e) = spool.complete(&txn.id, ctx.number) {
-                    tracing::error!("cannot record progress in the spool: {e}");
-                }
-            }
-            if let (Some(o), Some(item)) = (&ctx.observer, item) {
-                o.delivered(&Delivery {
-                    driver: ctx.number,
-                    txn: item.txn,
-                    outcome,
-                });
+        }
+    };
+    if finished {
+        let item = queue.pop_front();
+        held.count -= 1;
+        if let (Some(spool), Outcome::Delivered | Outcome::Skipped) = (&ctx.spool, &outcome) {
+            if let Err(e) = spool.complete(&txn.id, ctx.number) {
+                tracing::error!("cannot record progress in the spool: {e}");
             }
         }
-        if queue.is_empty() {
-            held.users.remove(&user);
-        } else {
-            held.ring.push_back(user);
+        if let (Some(o), Some(item)) = (&ctx.observer, item) {
+            o.delivered(&Delivery {
+                driver: ctx.number,
+                txn: item.txn,
+                outcome,
+            });
         }
+    }
+    if queue.is_empty() {
+        held.users.remove(&user);
+    } else {
+        held.ring.push_back(user);
     }
 }
 

@@ -359,7 +359,8 @@ pub type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 /// Test driver kinds registered as `record`, `panic`, `slow` and `defer`:
 /// - `record:label=X` records every transaction;
 /// - `panic` panics in begin_txn for every transaction (`every=N`: every Nth);
-/// - `slow:msecs=N` sleeps N ms per transaction, then records;
+/// - `slow:msecs=N` sleeps N ms per transaction, then records (its counters say how many
+///   it handled at once, and whether two of one user ever overlapped);
 /// - `defer:times=N msecs=M` answers its first N calls with a deferred failure (as a
 ///   driver whose endpoint circuit is open: retry after M ms), then records.
 pub struct TestDrivers {
@@ -431,6 +432,9 @@ impl DriverFactory for TestFactory {
             every,
             times,
             count: Mutex::new(0),
+            active: Mutex::new(Vec::new()),
+            max_at_once: Default::default(),
+            same_user_at_once: Default::default(),
         })))
     }
 }
@@ -443,6 +447,11 @@ struct TestDriver {
     every: u64,
     times: u64,
     count: Mutex<u64>,
+    /// Users being handled now (`slow`), and the most transactions handled at once.
+    active: Mutex<Vec<String>>,
+    max_at_once: std::sync::atomic::AtomicU64,
+    /// Times two transactions of one user were handled at once (must stay 0).
+    same_user_at_once: std::sync::atomic::AtomicU64,
 }
 
 struct NoopTxn;
@@ -459,6 +468,14 @@ impl DriverTxn for NoopTxn {
 
 #[async_trait::async_trait]
 impl Driver for TestDriver {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::SeqCst;
+        vec![
+            ("max_at_once", self.max_at_once.load(SeqCst)),
+            ("same_user_at_once", self.same_user_at_once.load(SeqCst)),
+        ]
+    }
+
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let n = {
             let mut c = self.count.lock().unwrap();
@@ -467,7 +484,22 @@ impl Driver for TestDriver {
         };
         match self.kind {
             "panic" if n % self.every == 0 => panic!("test driver panics on purpose"),
-            "slow" => tokio::time::sleep(self.delay).await,
+            "slow" => {
+                use std::sync::atomic::Ordering::SeqCst;
+                {
+                    let mut active = self.active.lock().unwrap();
+                    if active.contains(&txn.user) {
+                        self.same_user_at_once.fetch_add(1, SeqCst);
+                    }
+                    active.push(txn.user.clone());
+                    self.max_at_once.fetch_max(active.len() as u64, SeqCst);
+                }
+                tokio::time::sleep(self.delay).await;
+                let mut active = self.active.lock().unwrap();
+                if let Some(i) = active.iter().position(|u| *u == txn.user) {
+                    active.remove(i);
+                }
+            }
             "defer" if n <= self.times => {
                 return Err(Failure {
                     reason: "circuit open for http://127.0.0.1:9 (test)".into(),

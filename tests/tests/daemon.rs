@@ -206,17 +206,18 @@ async fn bodies_in_flight_are_bounded() {
         slow.push(c);
     }
     let line = txn_line("a@b", "small");
-    // The two slow bodies hold the whole budget (their handlers run once the headers are
-    // in, so poll until they do).
+    // The two slow bodies hold the whole budget once their handlers run (after their
+    // headers are in): wait until /metrics shows it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (s, h, b) = loop {
-        let (s, h, b) =
-            http_request(d.addr, "POST", "/v1/transactions", &[], line.as_bytes()).await;
-        if s != 202 || Instant::now() > deadline {
-            break (s, h, b);
+    loop {
+        let (_, _, m) = http_request(d.addr, "GET", "/metrics", &[], b"").await;
+        if m.contains("mailpush_ingest_body_bytes_in_flight 2097152") {
+            break;
         }
+        assert!(Instant::now() < deadline, "{m}");
         tokio::task::yield_now().await;
-    };
+    }
+    let (s, h, b) = http_request(d.addr, "POST", "/v1/transactions", &[], line.as_bytes()).await;
     assert_eq!(s, 503, "{b}");
     assert!(b.contains("max_inflight"), "{b}");
     assert_eq!(header(&h, "retry-after"), Some("1"));
@@ -323,6 +324,7 @@ async fn metrics_parse_as_prometheus_text() {
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
     let find = |name: &str| scrape.samples.iter().filter(|s| s.metric == name).count();
     assert!(find("mailpush_transactions_received_total") == 1);
+    assert!(find("mailpush_ingest_body_bytes_in_flight") == 1);
     assert!(find("mailpush_wasm_traps_total") == 1);
     assert!(find("mailpush_driver_processing_seconds_count") == 2);
     // Every family the issue lists: per driver (both drivers) ...

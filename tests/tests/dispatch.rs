@@ -153,3 +153,74 @@ async fn a_slow_driver_overflows_into_the_spool_and_holds_back_nothing() {
         .iter()
         .all(|p| p.drivers == vec![2]));
 }
+
+/// `concurrency=N`: up to N transactions at once, never two of one user, each user's in
+/// order; the default is one at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrency_runs_different_users_at_once_and_one_user_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = slow:msecs=30 label=four concurrency=4\n push_notification_driver2 = slow:msecs=5 label=one\n}\n",
+    );
+    let drivers = TestDrivers::new();
+    let loaded = load_drivers(&drivers.registry(), &config).await;
+    let d = Dispatcher::start(loaded, 64, None);
+    // 6 users, 4 transactions each.
+    let txns: Vec<Arc<mailpush_core::Transaction>> = (0..24)
+        .map(|i| Arc::new(mailbox_txn(&format!("u{}@x", i % 6), &format!("t{i:02}"))))
+        .collect();
+    d.dispatch_all(&txns).await.unwrap();
+    let reports = d.shutdown().await;
+    let counter = |r: &mailpush::dispatch::DriverReport, name: &str| {
+        r.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    };
+    assert_eq!(reports[0].delivered, 24);
+    assert_eq!(counter(&reports[0], "max_at_once"), Some(4));
+    assert_eq!(counter(&reports[0], "same_user_at_once"), Some(0));
+    assert_eq!(counter(&reports[1], "max_at_once"), Some(1));
+    // Each user's transactions in order at both drivers.
+    let seen = drivers.seen.lock().unwrap().clone();
+    for label in ["four", "one"] {
+        for u in 0..6 {
+            let ids: Vec<&str> = seen
+                .iter()
+                .filter(|(l, _, user)| l == label && *user == format!("u{u}@x"))
+                .map(|(_, id, _)| id.as_str())
+                .collect();
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            assert_eq!(ids.len(), 4, "{label} u{u}");
+            assert_eq!(ids, sorted, "{label} u{u}");
+        }
+    }
+}
+
+/// The ox driver sends for several users at once (16 by default): with an OX that never
+/// answers, every user's request is still out.
+#[tokio::test(flavor = "multi_thread")]
+async fn ox_sends_for_several_users_at_once() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("mailpush {{\n state_dir = state\n delivery = memory\n}}\nplugin {{\n push_notification_driver = ox:url={} timeout_msecs=20000 max_retries=0\n}}\n", server.url("/n")),
+    );
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let d = Dispatcher::start(loaded, 64, None);
+    let txns: Vec<Arc<mailpush_core::Transaction>> = (0..5)
+        .map(|i| {
+            Arc::new(
+                mailpush_core::Transaction::from_json(&format!(
+                    r#"{{"id":"o{i}","user":"u{i}@x","events":[{{"name":"MessageNew","mailbox":"INBOX","uid":1,"uid_validity":1}}],"metadata":{{"/private/vendor/vendor.dovecot/http-notify":"user=u{i}"}}}}"#
+                ))
+                .unwrap(),
+            )
+        })
+        .collect();
+    d.dispatch_all(&txns).await.unwrap();
+    // One at a time, the second request would come only after the first timed out (20 s).
+    let got = server.wait_for(5, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 5);
+}

@@ -107,10 +107,76 @@ async fn immediate_trap_is_contained() {
     }
 }
 
+/// Runs `mailpush send` (the real binary, real log output) over `n` transactions with
+/// the hostile driver and `args`; returns its stderr.
+fn send_logged(args: &str, n: usize) -> String {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n}}\n",
+            guest("hostile").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(mailpush_bin())
+        .args(["send", "--log-level", "info", "-c"])
+        .arg(&conf)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")).to_json());
+        input.push('\n');
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    log
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A driver logging 100000 lines per transaction: `max_log_lines` of them reach the log
+/// per transaction, and one note per transaction counts the rest.
 #[tokio::test(flavor = "multi_thread")]
 async fn log_flood_is_capped() {
     let (out, _) = run_hostile("mode=logflood max_log_lines=10 timeout_msecs=5000", 2).await;
     assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
+    let log = send_logged("mode=logflood max_log_lines=10 timeout_msecs=5000", 2);
+    assert_eq!(count(&log, "flood line"), 20, "{log}");
+    assert_eq!(
+        count(&log, "99990 log lines dropped (max_log_lines=10"),
+        2,
+        "{log}"
+    );
+}
+
+/// Across transactions the driver's log rate applies: with `log_burst=15` and no
+/// refill, two transactions of at most 10 lines each write 15 lines in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_rate_is_limited_per_driver() {
+    let log = send_logged(
+        "mode=logflood max_log_lines=10 log_burst=15 log_lines_per_sec=0 timeout_msecs=5000",
+        2,
+    );
+    assert_eq!(count(&log, "flood line"), 15, "{log}");
+    assert_eq!(count(&log, "99990 log lines dropped"), 1, "{log}");
+    assert_eq!(count(&log, "99995 log lines dropped"), 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,6 +230,23 @@ async fn http_to_loopback_and_metadata_service_refused_without_allow_private() {
     assert_eq!(server.requests().len(), 1);
 }
 
+/// A name that resolves only to loopback is refused without `allow_private`, and the
+/// refusal is in the failure reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_to_a_name_resolving_to_loopback_is_refused() {
+    let server = RecordingServer::start().await;
+    let url = format!("http://localhost:{}/hook", server.addr.port());
+    let (out, _) = run_hostile(&format!("mode=http url={url} allow_hosts=localhost"), 1).await;
+    let r = &reasons(&out)[0];
+    assert!(
+        r.contains("request refused by the sandbox")
+            && r.contains("outbound HTTP refused: localhost resolves to")
+            && r.contains("allow_private"),
+        "{r}"
+    );
+    assert!(server.requests().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn opening_a_file_is_denied() {
     let (out, _) = run_hostile("mode=file", 1).await;
@@ -204,6 +287,77 @@ async fn panic_in_init_is_reported_with_number_and_name() {
         e.contains("driver 2 (wasm)") && e.contains("init failed"),
         "{e}"
     );
+    // The reason is the guest's own panic message (the SDK's panic hook logs it before the
+    // trap), not a wasm backtrace.
+    assert!(
+        e.contains("the driver panicked: panicked at")
+            && e.contains("hostile driver panics in init on purpose"),
+        "{e}"
+    );
+    assert!(!e.contains("0x"), "{e}");
+}
+
+/// A numbered driver that panics in init keeps mailpush from starting (its config is
+/// refused, see above); a tenant handler is loaded while running, so one that panics in
+/// init fails only its own tenant's transactions, with the panic as the reason, and every
+/// other tenant gets every transaction.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_that_panics_in_init_fails_only_its_own_transactions() {
+    let server = RecordingServer::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path().join("tenants");
+    std::fs::create_dir(&tenants).unwrap();
+    std::fs::copy(guest("hostile"), tenants.join("bad.example.wasm")).unwrap();
+    std::fs::write(tenants.join("bad.example.conf"), "mode=panic-init\n").unwrap();
+    std::fs::copy(guest("webhook"), tenants.join("good.example.wasm")).unwrap();
+    std::fs::write(
+        tenants.join("good.example.conf"),
+        format!(
+            "url={}\nallow_hosts=127.0.0.1 allow_private\n",
+            server.url("/good")
+        ),
+    )
+    .unwrap();
+    let config = write_config(
+        root.path(),
+        "mailpush {\n state_dir = state\n delivery = memory\n tenant_drivers = tenants\n}\n",
+    );
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let driver = loaded[0].driver.clone();
+    let mut good = 0;
+    for i in 0..6 {
+        let (user, id) = if i % 2 == 0 {
+            ("u@bad.example", format!("b{i}"))
+        } else {
+            ("u@good.example", format!("g{i}"))
+        };
+        let out =
+            mailpush::dispatch::deliver(driver.as_ref(), &Arc::new(mailbox_txn(user, &id))).await;
+        match out {
+            mailpush::dispatch::Outcome::Failed(f) => {
+                assert!(user.ends_with("bad.example"), "{f:?}");
+                assert!(
+                    f.reason.contains("the driver panicked")
+                        && f.reason
+                            .contains("hostile driver panics in init on purpose"),
+                    "{}",
+                    f.reason
+                );
+            }
+            other => {
+                assert!(user.ends_with("good.example"), "{other:?}");
+                assert_eq!(other, mailpush::dispatch::Outcome::Delivered);
+                good += 1;
+            }
+        }
+    }
+    assert_eq!(good, 3);
+    let got: Vec<String> = server
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    assert_eq!(got, ["g1", "g3", "g5"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@ use mailpush::wasm::engine::{CacheOutcome, Engines};
 use mailpush::wasm::host::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
-use mailpush_core::{DriverArgs, NoMetadata, Transaction};
+use mailpush_core::{Driver, DriverArgs, NoMetadata, Transaction};
 use mailpush_e2e::*;
 use sha2::{Digest, Sha256};
 
@@ -333,5 +333,325 @@ async fn ox_wasm_sends_dovecots_request() {
     assert_eq!(
         r.body_text(),
         "{\"user\":\"alice@example.com\",\"event\":\"messageNew\",\"folder\":\"INBOX\",\"imap-uidvalidity\":1700000000,\"imap-uid\":42,\"from\":\"=?utf-8?q?=C3=84?= <alice@barfoo.org>\",\"subject\":\"Test \\\"q\\\" \\\\ x\",\"snippet\":\"Hey\\tguys\\nÄ\\u0001\",\"unseen\":2}"
+    );
+}
+
+/// Seconds of the day of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn time_of_day(date: &str) -> i64 {
+    let hms = date.split(' ').nth(4).expect("hh:mm:ss");
+    hms.split(':')
+        .map(|p| p.parse::<i64>().expect("a number"))
+        .fold(0, |acc, n| acc * 60 + n)
+}
+
+/// ox-wasm and the native ox driver (one config, both drivers) put the same request on
+/// the wire: method, target, body bytes, and every header in the same order with the
+/// same value — only the Date value may differ by the second or so between the two
+/// requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn ox_wasm_and_native_ox_send_identical_requests() {
+    let server = RecordingServer::start().await;
+    let url = server
+        .url("/preliminary/http-notify/v1/notify?a=b")
+        .replace("http://", "http://login:pass@");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = ox:url={url}\n push_notification_driver2 = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        guest("ox-wasm").display()
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    assert_eq!(loaded[0].name, "ox");
+    let t = Arc::new(
+        Transaction::from_json(
+            r#"{"id":"x","user":"alice@example.com","events":[{"name":"MessageNew","mailbox":"INBOX","uid":42,"uid_validity":1700000000,"from":"=?utf-8?q?=C3=84?= <a@b>","subject":"S \"q\"","snippet":"x\ny\u0002ä","unseen":5}],"metadata":{"/private/vendor/vendor.dovecot/http-notify":"user=11@3"}}"#,
+        )
+        .unwrap(),
+    );
+    for d in &loaded {
+        assert_eq!(deliver(d.driver.as_ref(), &t).await, Outcome::Delivered);
+    }
+    let r = server.requests();
+    assert_eq!(r.len(), 2);
+    let (native, wasm) = (&r[0], &r[1]);
+    assert_eq!(wasm.method, native.method);
+    assert_eq!(wasm.target, native.target);
+    assert_eq!(wasm.body, native.body);
+    let (nd, wd) = (native.header("date").unwrap(), wasm.header("date").unwrap());
+    let apart = (time_of_day(nd) - time_of_day(wd)).rem_euclid(86_400);
+    assert!(
+        nd == wd || apart.min(86_400 - apart) <= 2,
+        "native {nd}, wasm {wd}"
+    );
+    let comparable = |req: &Recorded| -> Vec<(String, String)> {
+        req.headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("date") {
+                    // Same format (IMF-fixdate), value not compared.
+                    assert!(v.ends_with(" GMT") && v.len() == 29, "{v}");
+                    "<date>".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    };
+    assert_eq!(
+        comparable(wasm),
+        comparable(native),
+        "\nnative:\n{}\nwasm:\n{}",
+        String::from_utf8_lossy(&native.raw),
+        String::from_utf8_lossy(&wasm.raw)
+    );
+}
+
+fn failed(out: Outcome) -> mailpush_core::Failure {
+    match out {
+        Outcome::Failed(f) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// A POST the sandbox refuses (host not granted; a private address without
+/// `allow_private`, literal or resolved from a name) is a permanent failure of the
+/// webhook with the refusal in the reason — not a retryable broken body stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_policy_refusals_are_permanent() {
+    let server = RecordingServer::start().await;
+    let engines = Arc::new(Engines::new(None));
+    let txn = Arc::new(mailbox_txn("a@example.com", "t1"));
+    let port = server.addr.port();
+    for (args, why) in [
+        (
+            "url=http://hooks.example.com/x allow_hosts=other.example.com".to_string(),
+            "not in allow_hosts".to_string(),
+        ),
+        (
+            format!("url=http://127.0.0.1:{port}/x allow_hosts=127.0.0.1"),
+            "127.0.0.1: loopback, private".to_string(),
+        ),
+        (
+            format!("url=http://localhost:{port}/x allow_hosts=localhost"),
+            "localhost resolves to".to_string(),
+        ),
+    ] {
+        let d = load(&guest("webhook"), &engines, &args).await.unwrap();
+        let f = failed(deliver(&d, &txn).await);
+        assert!(!f.retryable, "{args}: {f:?}");
+        assert!(
+            f.reason.contains("refused by the sandbox") && f.reason.contains(&why),
+            "{args}: {}",
+            f.reason
+        );
+    }
+    assert!(server.requests().is_empty(), "nothing reached the server");
+}
+
+/// The webhook's HTTP timeout is `http_timeout_msecs` (the sandbox takes
+/// `timeout_msecs`): 100 ms against a server answering after 500 ms times out
+/// (retryably); the default waits long enough.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_http_timeout_msecs_bounds_the_wait() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::Status {
+        status: 200,
+        headers: Vec::new(),
+        delay: std::time::Duration::from_millis(500),
+    });
+    let engines = Arc::new(Engines::new(None));
+    let txn = Arc::new(mailbox_txn("a@example.com", "t1"));
+    let base = format!(
+        "url={} allow_hosts=127.0.0.1 allow_private",
+        server.url("/h")
+    );
+    let d = load(
+        &guest("webhook"),
+        &engines,
+        &format!("{base} http_timeout_msecs=100"),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let f = failed(deliver(&d, &txn).await);
+    assert!(f.retryable && f.reason.contains("timeout"), "{f:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    let d = load(&guest("webhook"), &engines, &base).await.unwrap();
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+}
+
+/// Waiting for an HTTP response is not guest CPU time: a 20 ms `timeout_msecs` does
+/// not fail a webhook whose server takes 300 ms to answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_wait_is_not_charged_to_the_cpu_deadline() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::Status {
+        status: 200,
+        headers: Vec::new(),
+        delay: std::time::Duration::from_millis(300),
+    });
+    let engines = Arc::new(Engines::new(None));
+    let d = load(
+        &guest("webhook"),
+        &engines,
+        &format!(
+            "url={} allow_hosts=127.0.0.1 allow_private timeout_msecs=20",
+            server.url("/h")
+        ),
+    )
+    .await
+    .unwrap();
+    let txn = Arc::new(mailbox_txn("a@example.com", "t1"));
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+    assert_eq!(server.requests().len(), 1);
+}
+
+/// With `instance=reuse`, an instance whose transaction failed — an error result from
+/// the guest, or a transaction refused for `max_event_bytes` — is discarded: the next
+/// transaction gets a fresh instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_discards_the_instance_after_a_failed_transaction() {
+    let engines = Arc::new(Engines::new(None));
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    let n = |d: &WasmDriver| {
+        d.stats()
+            .instances
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for args in [
+        "mode=fail-retryable instance=reuse",
+        "mode=ok instance=reuse max_event_bytes=64",
+    ] {
+        let d = load(&guest("hostile"), &engines, args).await.unwrap();
+        assert_eq!(n(&d), 1, "the probe, kept warm");
+        for _ in 0..3 {
+            assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
+        }
+        assert_eq!(
+            n(&d),
+            3,
+            "{args}: the probe served the first transaction, a new instance each later one"
+        );
+    }
+}
+
+/// `fuel=` drivers report the fuel they burn.
+#[tokio::test(flavor = "multi_thread")]
+async fn fuel_used_is_reported() {
+    let engines = Arc::new(Engines::new(None));
+    let d = load(&guest("hostile"), &engines, "mode=ok fuel=100000000")
+        .await
+        .unwrap();
+    let fuel = |d: &WasmDriver| {
+        d.counters()
+            .into_iter()
+            .find(|(k, _)| *k == "wasm_fuel_used")
+            .map(|(_, v)| v)
+            .expect("wasm_fuel_used counter")
+    };
+    let after_init = fuel(&d);
+    assert!(after_init > 0, "init burnt fuel");
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+    assert!(fuel(&d) > after_init, "{} <= {after_init}", fuel(&d));
+    // Without fuel, nothing is counted.
+    let d = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+    assert_eq!(fuel(&d), 0);
+}
+
+/// After `pause_after` consecutive failures the driver pauses, and each further failure
+/// doubles the pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn pauses_grow_exponentially() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let engines = Arc::new(Engines::new(None));
+    let d = load(
+        &guest("hostile"),
+        &engines,
+        "mode=fail-retryable pause_after=2 pause_msecs=20",
+    )
+    .await
+    .unwrap();
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    let mut pauses = Vec::new();
+    for _ in 0..4 {
+        assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
+        pauses.push((
+            d.stats().pauses.load(Relaxed),
+            d.stats().last_pause_ms.load(Relaxed),
+        ));
+    }
+    assert_eq!(pauses, [(0, 0), (1, 20), (2, 40), (3, 80)]);
+}
+
+/// METADATA as the guest sees it: its own user's only (the transaction's embedded
+/// METADATA or the store's entry for that user), never another user's, and nothing
+/// during init.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_is_limited_to_the_transactions_user() {
+    use mailpush_core::{MetadataError, MetadataLookup};
+    const KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
+    #[derive(Default)]
+    struct Store(std::sync::Mutex<Vec<String>>);
+    impl MetadataLookup for Store {
+        fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError> {
+            self.0.lock().unwrap().push(user.to_string());
+            Ok((user == "bob@example.com" && key == KEY).then(|| "bob-secret".to_string()))
+        }
+    }
+    let store = Arc::new(Store::default());
+    let engines = Arc::new(Engines::new(None));
+    let mut args = DriverArgs::parse(&format!("mode=metadata key={KEY} instance=reuse"));
+    let sandbox = Sandbox::from_args(&mut args).unwrap();
+    let tag = Arc::new(DriverTag {
+        number: 1,
+        name: "wasm".into(),
+    });
+    let d = WasmDriver::load(
+        tag,
+        &guest("hostile"),
+        sandbox,
+        args,
+        &engines,
+        store.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = |txn: &str| {
+        let t = Arc::new(Transaction::from_json(txn).unwrap());
+        let d = &d;
+        async move { failed(deliver(d, &t).await).reason }
+    };
+    let alice = seen(&format!(
+        r#"{{"id":"1","user":"alice@example.com","events":[{{"name":"MailboxCreate","mailbox":"X"}}],"metadata":{{"{KEY}":"alice-own"}}}}"#
+    ))
+    .await;
+    assert_eq!(
+        alice,
+        r#"metadata for alice@example.com: init=None deliver=Some("alice-own")"#
+    );
+    let carol = seen(r#"{"id":"2","user":"carol@example.com","events":[{"name":"MailboxCreate","mailbox":"X"}]}"#).await;
+    assert_eq!(
+        carol, "metadata for carol@example.com: init=None deliver=None",
+        "neither bob's entry nor alice's transaction METADATA"
+    );
+    let bob = seen(
+        r#"{"id":"3","user":"bob@example.com","events":[{"name":"MailboxCreate","mailbox":"X"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        bob,
+        r#"metadata for bob@example.com: init=None deliver=Some("bob-secret")"#
+    );
+    assert_eq!(
+        *store.0.lock().unwrap(),
+        ["carol@example.com", "bob@example.com"],
+        "the store is asked only for the transaction's own user"
     );
 }

@@ -145,8 +145,17 @@ impl OxDriver {
     }
 }
 
+/// Transactions the ox driver has in flight at once by default (of different users; one
+/// user's go in order). Dovecot sends from every mail process at once; a slow OX must not
+/// make each user wait for all the others.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
 #[async_trait]
 impl Driver for OxDriver {
+    fn concurrency(&self) -> usize {
+        DEFAULT_CONCURRENCY
+    }
+
     /// Dovecot's `push_notification_driver_ox_begin_txn`, in its order: METADATA (cached),
     /// then the mailbox, then the `user=` in the value.
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {

@@ -6,7 +6,8 @@
 
 use crate::bindings::wasi::http::outgoing_handler;
 use crate::bindings::wasi::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method,
+    OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
 
@@ -82,6 +83,34 @@ fn classify(e: ErrorCode) -> HttpError {
         | ErrorCode::DestinationNotFound
         | ErrorCode::HttpResponseIncomplete => HttpError::Connection(text),
         _ => HttpError::Other(text),
+    }
+}
+
+/// Writes and finishes a request body. On failure the body is dropped unfinished, which
+/// abandons the request.
+fn write_body(out_body: OutgoingBody, body: &[u8]) -> Result<(), HttpError> {
+    {
+        let stream = out_body
+            .write()
+            .map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
+        for chunk in body.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| HttpError::Connection(format!("writing body: {e:?}")))?;
+        }
+    }
+    OutgoingBody::finish(out_body, None).map_err(classify)
+}
+
+/// Blocks until the response (or the reason there is none) arrives.
+fn wait(future: &FutureIncomingResponse) -> Result<IncomingResponse, HttpError> {
+    loop {
+        match future.get() {
+            Some(Ok(Ok(r))) => return Ok(r),
+            Some(Ok(Err(e))) => return Err(classify(e)),
+            Some(Err(())) => return Err(HttpError::Other("response already taken".into())),
+            None => future.subscribe().block(),
+        }
     }
 }
 
@@ -169,26 +198,16 @@ pub fn send(
         let _ = options.set_between_bytes_timeout(Some(ns));
     }
     let future = outgoing_handler::handle(req, Some(options)).map_err(classify)?;
-    {
-        let stream = out_body
-            .write()
-            .map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
-        for chunk in body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Connection(format!("writing body: {e:?}")))?;
-        }
+    if let Err(e) = write_body(out_body, body) {
+        // The host stops reading the body when it refuses the request (sandbox policy)
+        // or the connection fails; the response future says which. A refusal must
+        // surface as `Refused`, not as a (retryable) broken body stream.
+        return Err(match wait(&future) {
+            Err(why) => why,
+            Ok(_) => e,
+        });
     }
-    OutgoingBody::finish(out_body, None).map_err(classify)?;
-
-    let incoming = loop {
-        match future.get() {
-            Some(Ok(Ok(r))) => break r,
-            Some(Ok(Err(e))) => return Err(classify(e)),
-            Some(Err(())) => return Err(HttpError::Other("response already taken".into())),
-            None => future.subscribe().block(),
-        }
-    };
+    let incoming = wait(&future)?;
     let status = incoming.status();
     let headers = incoming
         .headers()

@@ -298,6 +298,11 @@ thread_local! {
 
 #[doc(hidden)]
 pub fn __init<D: Driver>(args: Vec<(String, String)>) -> Result<(), String> {
+    // A panic ends the call with a trap; first its message goes to the host's log, which
+    // gives it as the reason ("the driver panicked: …").
+    std::panic::set_hook(Box::new(|info| {
+        log::error(&info.to_string());
+    }));
     let d = D::init(&Args(args))?;
     INSTANCE.with(|i| *i.borrow_mut() = Some(Box::new(d)));
     Ok(())

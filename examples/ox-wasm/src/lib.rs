@@ -5,11 +5,15 @@
 //! - active for a user only while METADATA `/private/vendor/vendor.dovecot/http-notify`
 //!   is set (tab-separated `key=value`, `user=` required);
 //! - only MessageNew in `INBOX`;
-//! - `PUT url`, `Content-Type: application/json; charset=utf-8`, Basic auth from the
-//!   URL's `login:password@`, body
+//! - `PUT url` with the native driver's headers in its order — `Date`,
+//!   `Connection: Keep-Alive`, `Content-Type: application/json; charset=utf-8`,
+//!   `Authorization` (Basic, from the URL's `login:password@`), `Accept: */*`, then
+//!   `Host` and `Content-Length` (added by mailpush) — and the body
 //!   `{"user":…,"event":"messageNew","folder":…,"imap-uidvalidity":N,"imap-uid":N[,"from":…][,"subject":…][,"snippet":…][,"unseen":N]}`;
 //! - retries (`max_retries`, default 1) only on timeout, lost connection, 408 and 503
-//!   with Retry-After; `timeout_msecs` per attempt (default 2000).
+//!   with Retry-After; `http_timeout_msecs` per attempt (default 2000). (The native
+//!   driver's `timeout_msecs` cannot be used here: on a wasm driver line that key is
+//!   the sandbox's CPU deadline per call and never reaches the component.)
 //!
 //! The host needs the grant: `allow_hosts=<the url's host>` (plus `allow_private` for
 //! an internal address).
@@ -67,7 +71,7 @@ impl Driver for OxWasm {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1),
             timeout_ms: args
-                .get("timeout_msecs")
+                .get("http_timeout_msecs")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2000),
             user_from_metadata: args.has("user_from_metadata"),
@@ -120,13 +124,25 @@ impl Driver for OxWasm {
             txn.user.clone()
         };
         let body = request_body(&user, m);
-        let mut headers = vec![("Content-Type", "application/json; charset=utf-8")];
-        if let Some(a) = &self.auth {
-            headers.push(("Authorization", a.as_str()));
-        }
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A fresh Date per attempt, as the native driver sends.
+            let date = http_date(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            );
+            let mut headers = vec![
+                ("Date", date.as_str()),
+                ("Connection", "Keep-Alive"),
+                ("Content-Type", "application/json; charset=utf-8"),
+            ];
+            if let Some(a) = &self.auth {
+                headers.push(("Authorization", a.as_str()));
+            }
+            headers.push(("Accept", "*/*"));
             let result = http::send(
                 "PUT",
                 &self.url,
@@ -159,6 +175,35 @@ impl Driver for OxWasm {
             }
         }
     }
+}
+
+/// An HTTP date (RFC 9110 IMF-fixdate) of unix time `secs`:
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Dovecot's tab-unescape (escape char \x01).
@@ -232,3 +277,17 @@ fn escape(v: &str, out: &mut String) {
 }
 
 export_driver!(OxWasm);
+
+#[cfg(test)]
+mod tests {
+    use super::http_date;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(http_date(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
+    }
+}

@@ -6,8 +6,12 @@
 //! - `webhook-signature`: `v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`
 //!
 //! Args: `url=` (required), `secret=whsec_<base64>` (optional: unsigned without it),
-//! `timeout_msecs=` (default 5000). 5xx, 408, 429, timeouts and connection errors are
-//! retryable (honouring `Retry-After`); other statuses are permanent failures.
+//! `http_timeout_msecs=` (default 5000: connect and wait for the response; the sandbox's
+//! `connect_timeout_msecs`/`first_byte_timeout_msecs` cap it). Not `timeout_msecs`: that
+//! key is the sandbox's CPU deadline per call and never reaches the driver. 5xx, 408,
+//! 429, timeouts and connection errors are retryable (honouring `Retry-After`); other
+//! statuses and requests refused by the sandbox (`allow_hosts`, `allow_private`) are
+//! permanent failures.
 //!
 //! ```text
 //! push_notification_driver2 = wasm:file=webhook_driver.wasm url=https://hooks.example.com/mail secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw allow_hosts=hooks.example.com
@@ -45,11 +49,11 @@ impl Driver for Webhook {
                 )
             }
         };
-        let timeout_ms = match args.get("timeout_msecs") {
+        let timeout_ms = match args.get("http_timeout_msecs") {
             None => 5000,
             Some(v) => v
                 .parse()
-                .map_err(|_| format!("timeout_msecs={v}: expected milliseconds"))?,
+                .map_err(|_| format!("http_timeout_msecs={v}: expected milliseconds"))?,
         };
         Ok(Webhook {
             url,

@@ -157,6 +157,13 @@ pub trait Driver: Send + Sync {
     fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
         Vec::new()
     }
+    /// How many transactions the runtime may hand this driver at once, each of a
+    /// different user (one user's transactions always go one after another, in order).
+    /// 1 (the default) for drivers whose output must not interleave, such as dlog's
+    /// lines; the generic config key `concurrency=N` overrides it.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// The circuit of one endpoint of a driver.

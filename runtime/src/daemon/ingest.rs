@@ -324,7 +324,11 @@ async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: 
 }
 
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
-    let text = super::metrics::render(&daemon.ingest, &daemon.dispatcher().reports());
+    let in_flight = daemon
+        .body_budget_units
+        .saturating_sub(daemon.body_budget.available_permits()) as u64
+        * 1024;
+    let text = super::metrics::render(&daemon.ingest, in_flight, &daemon.dispatcher().reports());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -46,8 +46,23 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
-pub fn render(ingest: &IngestMetrics, drivers: &[DriverReport]) -> String {
+/// `body_bytes_in_flight`: request-body bytes ingest has reserved (of `max_inflight`).
+pub fn render(
+    ingest: &IngestMetrics,
+    body_bytes_in_flight: u64,
+    drivers: &[DriverReport],
+) -> String {
     let mut out = String::new();
+    header(
+        &mut out,
+        "mailpush_ingest_body_bytes_in_flight",
+        "gauge",
+        "Request-body bytes being read by ingest (reserved by Content-Length, of max_inflight).",
+    );
+    let _ = writeln!(
+        out,
+        "mailpush_ingest_body_bytes_in_flight {body_bytes_in_flight}"
+    );
     header(
         &mut out,
         "mailpush_transactions_received_total",

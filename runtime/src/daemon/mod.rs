@@ -30,6 +30,8 @@ pub struct Daemon {
     pub max_body: usize,
     /// Request-body bytes being read, in KiB units (`max_inflight`).
     pub body_budget: tokio::sync::Semaphore,
+    /// The budget's size, in KiB units.
+    pub body_budget_units: usize,
     pub queue_capacity: usize,
     pub ingest: IngestMetrics,
     pub shutting_down: AtomicBool,
@@ -148,6 +150,9 @@ pub async fn serve(
             config.settings.spool_path().display()
         )
     })?;
+    // At least one request of max_body always fits.
+    let body_budget_units = (config.settings.max_inflight.max(config.settings.max_body) / 1024)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
         dispatcher: Dispatcher::start_with_spool(
@@ -158,11 +163,8 @@ pub async fn serve(
         ),
         token,
         max_body: config.settings.max_body,
-        body_budget: tokio::sync::Semaphore::new(
-            // At least one request of max_body always fits.
-            (config.settings.max_inflight.max(config.settings.max_body) / 1024)
-                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-        ),
+        body_budget: tokio::sync::Semaphore::new(body_budget_units),
+        body_budget_units,
         queue_capacity: config.settings.queue_capacity,
         ingest: IngestMetrics::default(),
         shutting_down: AtomicBool::new(false),

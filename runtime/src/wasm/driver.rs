@@ -19,7 +19,7 @@ use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, PushDriver, PushDriverPre, WIT_PACKAGE, WIT_VERSION};
 use super::convert;
 use super::engine::{CacheOutcome, Engines};
-use super::host::{on_deadline, slice, DriverTag, HostState};
+use super::host::{on_deadline, slice, DriverTag, HostState, LogBudget, LogRate};
 use super::outbound_http::{HttpPolicy, OutboundHttp};
 use super::sandbox::{InstanceModel, Sandbox};
 
@@ -86,6 +86,12 @@ pub struct WasmStats {
     pub memory_limit_hits: AtomicU64,
     pub fuel_used: AtomicU64,
     pub instances: AtomicU64,
+    /// Times the driver was paused after consecutive failures.
+    pub pauses: AtomicU64,
+    /// Length of the latest pause, in milliseconds.
+    pub last_pause_ms: AtomicU64,
+    /// Log lines dropped (over `max_log_lines` or the driver's log rate).
+    pub log_lines_dropped: AtomicU64,
 }
 
 struct PauseState {
@@ -104,6 +110,8 @@ struct WasmInner {
     pre: PushDriverPre<HostState>,
     policy: HttpPolicy,
     metadata: Arc<dyn MetadataLookup>,
+    /// The driver-wide log rate limit.
+    log_rate: Arc<LogRate>,
     /// With `instance=reuse`: the warm instance between transactions.
     warm: Mutex<Option<Instance>>,
     pause: Mutex<PauseState>,
@@ -165,6 +173,7 @@ impl WasmDriver {
         })?;
         let sandbox = Arc::new(sandbox);
         let policy = HttpPolicy::new(tag.clone(), sandbox.clone());
+        let log_rate = Arc::new(LogRate::new(sandbox.log_burst, sandbox.log_lines_per_sec));
         let inner = Arc::new(WasmInner {
             tag,
             path: path.to_path_buf(),
@@ -179,6 +188,7 @@ impl WasmDriver {
             pre,
             policy,
             metadata,
+            log_rate,
             warm: Mutex::new(None),
             pause: Mutex::new(PauseState {
                 consecutive: 0,
@@ -303,12 +313,13 @@ fn truncate(mut s: String) -> String {
 
 impl WasmInner {
     fn new_store(&self) -> Store<HostState> {
+        let log = LogBudget::shared(self.sandbox.max_log_lines, self.log_rate.clone());
         let state = HostState::new(
             self.tag.clone(),
             self.sandbox.memory,
-            OutboundHttp::new(self.policy.clone()),
+            OutboundHttp::new(self.policy.clone(), log.clone()),
             self.metadata.clone(),
-            self.sandbox.max_log_lines,
+            log,
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -327,6 +338,7 @@ impl WasmInner {
     /// Re-arms the per-call deadline (and fuel) before a call into the guest.
     fn arm(&self, store: &mut Store<HostState>) {
         store.data_mut().clock.arm(self.sandbox.timeout);
+        store.data_mut().panic = None;
         store.set_epoch_deadline(slice(self.sandbox.timeout));
         if let Some(fuel) = self.sandbox.fuel {
             // set_fuel only fails on an engine without fuel, which fuel drivers never use.
@@ -374,8 +386,12 @@ impl WasmInner {
             Failure::permanent(
                 "out-of-bounds memory access, typically a stack overflow (unbounded recursion) in the driver".to_string(),
             )
+        } else if let (Some(Trap::UnreachableCodeReached), Some(panic)) = (trap, &state.panic) {
+            // A Rust guest's panic ends in `unreachable` after its hook logged the message.
+            Failure::permanent(truncate(format!("the driver panicked: {panic}")))
         } else if let Some(t) = trap {
-            Failure::permanent(truncate(format!("trap: {t}: {err:#}")))
+            // The trap, without the wasm backtrace wasmtime attaches (addresses only).
+            Failure::permanent(truncate(format!("trap: {t}")))
         } else {
             Failure::permanent(truncate(format!("driver error: {err:#}")))
         };
@@ -433,7 +449,10 @@ impl WasmInner {
         self.instantiate().await
     }
 
-    /// Returns a healthy instance after a transaction (kept only with `instance=reuse`).
+    /// Returns a healthy instance after a transaction that succeeded or was skipped
+    /// (kept only with `instance=reuse`). An instance whose transaction failed in any way
+    /// — a trap, an error result, a refused transaction — is dropped instead, so the next
+    /// transaction never inherits state from a failed one.
     fn give_back(&self, mut inst: Instance) {
         inst.txns += 1;
         if self.sandbox.instance == InstanceModel::Reuse && inst.txns < self.sandbox.recycle_after {
@@ -473,6 +492,10 @@ impl WasmInner {
             let exp = (p.consecutive - k).min(16);
             let pause = (self.sandbox.pause * 2u32.pow(exp)).min(Duration::from_secs(300));
             p.paused_until = Some(Instant::now() + pause);
+            self.stats.pauses.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .last_pause_ms
+                .store(pause.as_millis() as u64, Ordering::Relaxed);
             tracing::warn!(
                 driver = self.tag.number,
                 name = %self.tag.name,
@@ -485,7 +508,7 @@ impl WasmInner {
 
     /// Adds what the sandbox refused during the call to a failure's reason.
     fn explain(&self, store: &mut Store<HostState>, mut f: Failure) -> Failure {
-        let refused = std::mem::take(&mut store.data_mut().outbound.refused);
+        let refused = store.data_mut().outbound.take_refused();
         if !refused.is_empty() {
             f.reason = truncate(format!(
                 "{} (outbound HTTP refused: {})",
@@ -497,15 +520,20 @@ impl WasmInner {
     }
 
     fn finish_log(&self, store: &mut Store<HostState>, txn: &Transaction) {
-        let log = &mut store.data_mut().log;
+        let mut log = store.data().log.lock().unwrap_or_else(|p| p.into_inner());
         if log.dropped > 0 {
+            self.stats
+                .log_lines_dropped
+                .fetch_add(u64::from(log.dropped), Ordering::Relaxed);
             tracing::warn!(
                 driver = self.tag.number,
                 name = %self.tag.name,
                 txn = %txn.id,
-                "{} log lines dropped (max_log_lines={})",
+                "{} log lines dropped (max_log_lines={} per transaction; log_lines_per_sec={} log_burst={} per driver)",
                 log.dropped,
-                log.max
+                log.max,
+                self.sandbox.log_lines_per_sec,
+                self.sandbox.log_burst
             );
         }
         log.written = 0;
@@ -586,6 +614,8 @@ impl Driver for WasmDriver {
             ("wasm_memory_limit_hits", get(&s.memory_limit_hits)),
             ("wasm_fuel_used", get(&s.fuel_used)),
             ("wasm_instances", get(&s.instances)),
+            ("wasm_pauses", get(&s.pauses)),
+            ("wasm_log_lines_dropped", get(&s.log_lines_dropped)),
         ]
     }
 
@@ -654,7 +684,8 @@ impl DriverTxn for WasmTxn {
         let size = json.len() + events.iter().map(|e| e.json.len()).sum::<usize>();
         if size > inner.sandbox.max_event_bytes {
             inner.finish_log(&mut inst.store, &self.txn);
-            inner.give_back(inst);
+            // The instance ran begin-txn for a transaction it never finished: discarded.
+            drop(inst);
             return Err(Failure::permanent(format!(
                 "transaction too large for this driver: {size} bytes of event data > max_event_bytes={}",
                 inner.sandbox.max_event_bytes
@@ -719,7 +750,9 @@ impl DriverTxn for WasmTxn {
                 if deferral.is_none() {
                     inner.record(false);
                 }
-                inner.give_back(inst);
+                // Whatever state led the guest to fail stays with it: the instance is
+                // discarded, the next transaction gets a fresh one.
+                drop(inst);
                 Err(failure)
             }
             Err(e) => {
@@ -736,7 +769,7 @@ impl DriverTxn for WasmTxn {
 
 impl WasmInner {
     fn store_refusals_cleared(&self, store: &mut Store<HostState>) {
-        store.data_mut().outbound.refused.clear();
+        store.data_mut().outbound.take_refused();
         // A delivered transaction defers nothing; this only resets the bookkeeping.
         let _ = store.data_mut().outbound.deferral();
     }

@@ -1,7 +1,7 @@
 //! The state a component's store holds — everything one instance may touch lives here —
 //! and the `mailpush:driver/host` imports (log, METADATA).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mailpush_core::{MetadataLookup, Transaction};
@@ -33,18 +33,24 @@ pub struct HostState {
     /// The transaction being handled (METADATA reads are confined to its user).
     pub txn: Option<Arc<Transaction>>,
     pub clock: CallClock,
-    pub log: LogBudget,
+    /// The current transaction's log budget, shared with [`OutboundHttp`] (whose
+    /// refusal warnings count against it).
+    pub log: SharedLog,
+    /// A Rust panic message the guest logged during the current call ("panicked at …",
+    /// as the SDK's panic hook writes it): the reason given when the call then traps.
+    pub panic: Option<String>,
 }
 
 impl HostState {
     /// State with no WASI grants at all: no preopened directories, no environment, no
-    /// arguments, stdio closed, sockets denied. Random and clocks work.
+    /// arguments, stdio closed, sockets denied. Random and clocks work. `log` is the
+    /// budget `outbound` was made with.
     pub fn new(
         tag: Arc<DriverTag>,
         memory: usize,
         outbound: OutboundHttp,
         metadata: Arc<dyn MetadataLookup>,
-        max_log_lines: u32,
+        log: SharedLog,
     ) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -64,11 +70,8 @@ impl HostState {
             metadata,
             txn: None,
             clock: CallClock::default(),
-            log: LogBudget {
-                max: max_log_lines,
-                written: 0,
-                dropped: 0,
-            },
+            log,
+            panic: None,
         }
     }
 }
@@ -193,21 +196,98 @@ pub fn on_deadline(mut store: StoreContextMut<'_, HostState>) -> wasmtime::Resul
     Ok(UpdateDeadline::Yield(slice(clock.budget - used)))
 }
 
-/// Log lines one transaction may write.
+/// The driver-wide rate limit of log lines (all its instances and transactions): a
+/// token bucket holding up to `burst` lines, refilled at `per_sec` lines per second.
+#[derive(Debug)]
+pub struct LogRate {
+    burst: f64,
+    per_sec: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl LogRate {
+    /// A full bucket.
+    pub fn new(burst: u32, per_sec: u32) -> Self {
+        LogRate {
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            state: Mutex::new((f64::from(burst), Instant::now())),
+        }
+    }
+
+    /// Takes one line's token at `now`; false when the bucket is empty.
+    pub fn take_at(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *state;
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.per_sec).min(self.burst);
+        *last = now.max(*last);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Takes one line's token now.
+    pub fn take(&self) -> bool {
+        self.take_at(Instant::now())
+    }
+}
+
+/// Log lines one transaction may write: at most `max`, and only while the driver's
+/// [`LogRate`] has tokens. Guest lines and the host's warnings about the transaction
+/// (refused requests) both count; the rest are counted and dropped.
 #[derive(Debug)]
 pub struct LogBudget {
     pub max: u32,
     pub written: u32,
     pub dropped: u32,
+    pub rate: Arc<LogRate>,
+}
+
+/// A log budget shared by an instance's host state and its outbound HTTP hooks.
+pub type SharedLog = Arc<Mutex<LogBudget>>;
+
+impl LogBudget {
+    /// A fresh budget of `max` lines per transaction under the driver's `rate`.
+    pub fn shared(max: u32, rate: Arc<LogRate>) -> SharedLog {
+        Arc::new(Mutex::new(LogBudget {
+            max,
+            written: 0,
+            dropped: 0,
+            rate,
+        }))
+    }
+
+    /// Whether one more line may be written (counting it either way).
+    pub fn admit(&mut self) -> bool {
+        if self.written >= self.max || !self.rate.take() {
+            self.dropped += 1;
+            return false;
+        }
+        self.written += 1;
+        true
+    }
+}
+
+/// Whether one more line may be written under `log` (counting it either way).
+pub fn admit(log: &SharedLog) -> bool {
+    log.lock().unwrap_or_else(|p| p.into_inner()).admit()
 }
 
 impl host::Host for HostState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        if self.log.written >= self.log.max {
-            self.log.dropped += 1;
+        if matches!(level, Level::Error) && message.starts_with("panicked at ") {
+            // Kept even when the log budget is spent: it explains the trap that follows.
+            let mut m: String = message.chars().take(1024).collect();
+            m = m.replace('\n', " ");
+            self.panic = Some(m);
+        }
+        if !admit(&self.log) {
             return Ok(());
         }
-        self.log.written += 1;
         // Cap one line's size; a driver must not be able to flood the log with one call.
         let mut message = message;
         if message.len() > 4096 {
@@ -253,5 +333,33 @@ impl host::Host for HostState {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_rate_is_a_token_bucket() {
+        let rate = LogRate::new(3, 10);
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| rate.take_at(t0)), "the burst");
+        assert!(!rate.take_at(t0), "then empty");
+        // 10 lines per second: one token back after 100 ms, never more than the burst.
+        assert!(!rate.take_at(t0 + Duration::from_millis(50)));
+        assert!(rate.take_at(t0 + Duration::from_millis(100)));
+        assert!(!rate.take_at(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| rate.take_at(later)).count(), 3);
+    }
+
+    #[test]
+    fn budget_counts_what_it_drops() {
+        let log = LogBudget::shared(2, Arc::new(LogRate::new(100, 0)));
+        let kept = (0..5).filter(|_| admit(&log)).count();
+        assert_eq!(kept, 2);
+        let b = log.lock().unwrap();
+        assert_eq!((b.written, b.dropped), (2, 3));
     }
 }

@@ -9,16 +9,19 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::Scheme;
 use mailpush_core::{Admission, EndpointBreakers};
 use tokio::sync::Semaphore;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{
+    Error, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
+    DEFAULT_FORBIDDEN_HEADERS,
+};
 
 use super::connection_pool::{ConnectionPool, PoolKey, Timeouts};
-use super::host::DriverTag;
+use super::host::{self, DriverTag, SharedLog};
 use super::sandbox::Sandbox;
 
 /// The outbound HTTP policy of one driver (shared by its instances).
@@ -47,11 +50,52 @@ impl HttpPolicy {
     }
 }
 
+/// The most refusals of one transaction kept for its failure reason; further ones are
+/// only counted.
+pub const MAX_REFUSALS: usize = 8;
+
+/// Requests refused during one transaction, with why (at most [`MAX_REFUSALS`] kept).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    kept: Vec<String>,
+    more: usize,
+}
+
+impl Refusals {
+    /// Records one refusal.
+    pub fn push(&mut self, why: String) {
+        if self.kept.len() < MAX_REFUSALS {
+            self.kept.push(why);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    /// The refusals kept, plus a line counting the others; empties the list.
+    pub fn take(&mut self) -> Vec<String> {
+        let mut out = std::mem::take(&mut self.kept);
+        if self.more > 0 {
+            out.push(format!("and {} more", self.more));
+        }
+        self.more = 0;
+        out
+    }
+}
+
+/// Refusals shared between an instance's hooks and the requests they started.
+pub type SharedRefusals = Arc<Mutex<Refusals>>;
+
+fn record_refusal(refused: &SharedRefusals, why: String) {
+    refused.lock().unwrap_or_else(|p| p.into_inner()).push(why);
+}
+
 /// Per-instance hooks: the policy plus what was refused (added to failure reasons).
 pub struct OutboundHttp {
     policy: HttpPolicy,
     /// Requests refused during the current transaction, with why.
-    pub refused: Vec<String>,
+    refused: SharedRefusals,
+    /// The transaction's log budget: warnings about refusals count against it.
+    log: SharedLog,
     /// Set when a request was refused by an open endpoint circuit: how long until that
     /// circuit lets a probe through (the longest, if several).
     pub circuit_wait: Option<Duration>,
@@ -61,10 +105,12 @@ pub struct OutboundHttp {
 }
 
 impl OutboundHttp {
-    pub fn new(policy: HttpPolicy) -> Self {
+    /// Hooks for one instance; their warnings count against `log`.
+    pub fn new(policy: HttpPolicy, log: SharedLog) -> Self {
         OutboundHttp {
             policy,
-            refused: Vec::new(),
+            refused: SharedRefusals::default(),
+            log,
             circuit_wait: None,
             failed: Arc::new(AtomicU32::new(0)),
         }
@@ -73,6 +119,14 @@ impl OutboundHttp {
     /// Ends a transaction's bookkeeping: `Some(wait)` when one of its requests was
     /// refused by an open circuit and none that went out failed — the transaction's
     /// failure is then the circuit's doing, to retry after `wait`.
+    /// The refusals of the current transaction (emptying the list).
+    pub fn take_refused(&mut self) -> Vec<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     pub fn deferral(&mut self) -> Option<Duration> {
         let failed = self.failed.swap(0, Ordering::Relaxed);
         let wait = self.circuit_wait.take();
@@ -129,13 +183,69 @@ type SendFuture = Box<dyn Future<Output = SendResult> + Send>;
 
 impl OutboundHttp {
     fn refuse(&mut self, why: String, error: Error) -> SendFuture {
-        tracing::warn!(driver = self.policy.tag.number, name = %self.policy.tag.name, "outbound HTTP refused: {why}");
-        self.refused.push(why);
+        refuse_logged(&self.policy.tag, &self.log, &self.refused, why);
         Box::new(async move { Err(error) })
     }
 }
 
+/// Records a policy refusal for the failure reason and warns about it, within the
+/// transaction's log budget.
+fn refuse_logged(tag: &DriverTag, log: &SharedLog, refused: &SharedRefusals, why: String) {
+    if host::admit(log) {
+        tracing::warn!(driver = tag.number, name = %tag.name, "outbound HTTP refused: {why}");
+    }
+    record_refusal(refused, why);
+}
+
+/// Puts a request's headers in wire order: the guest's own headers in its order, then
+/// `Host` and `Content-Length` last, as a standard HTTP client (hyper, reqwest) writes
+/// them — so a component can reproduce a native client's request exactly. A guest's
+/// `Connection` header survives only as `keep-alive` (the pool manages connections).
+fn wire_headers(request: &mut http::Request<WasiBody>) {
+    use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
+    let authority = request
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    let old = std::mem::take(request.headers_mut());
+    let keep_alive = old
+        .get_all(CONNECTION)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"keep-alive"));
+    let headers = request.headers_mut();
+    let mut lengths = Vec::new();
+    let mut host = None;
+    for (name, value) in old.iter() {
+        if name == CONTENT_LENGTH {
+            lengths.push(value.clone());
+        } else if name == HOST {
+            host.get_or_insert_with(|| value.clone());
+        } else if name != CONNECTION || keep_alive {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(h) = host.or(authority) {
+        headers.append(HOST, h);
+    }
+    for v in lengths {
+        headers.append(CONTENT_LENGTH, v);
+    }
+}
+
 impl WasiHttpHooks for OutboundHttp {
+    /// wasmtime's defaults, except `Connection` (only `keep-alive` is sent on; see
+    /// [`wire_headers`]).
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(|name| {
+            *name != http::header::CONNECTION && DEFAULT_FORBIDDEN_HEADERS.contains(name)
+        })
+    }
+
+    /// The host adds `Host` itself, after the guest's headers ([`wire_headers`]).
+    fn set_host_header(&mut self) -> bool {
+        false
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -210,15 +320,19 @@ impl WasiHttpHooks for OutboundHttp {
             }),
             Admission::Refuse { retry_in } => {
                 tracing::debug!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP to {endpoint} refused: circuit open");
-                self.refused.push(format!(
-                    "circuit open for {endpoint}, next probe in {} ms",
-                    retry_in.as_millis()
-                ));
+                record_refusal(
+                    &self.refused,
+                    format!(
+                        "circuit open for {endpoint}, next probe in {} ms",
+                        retry_in.as_millis()
+                    ),
+                );
                 self.circuit_wait = Some(self.circuit_wait.map_or(retry_in, |w| w.max(retry_in)));
                 return Box::new(async move { Err(Error::ConnectionRefused) });
             }
         };
         let failed = self.failed.clone();
+        let (log, refused) = (self.log.clone(), self.refused.clone());
         let options = RequestOptions {
             connect_timeout: Some(clamp(
                 options.and_then(|o| o.connect_timeout),
@@ -254,7 +368,12 @@ impl WasiHttpHooks for OutboundHttp {
                 };
                 if !sandbox.allow_private {
                     if let Some(bad) = addrs.iter().find(|a| is_private(a.ip())) {
-                        tracing::warn!(driver = policy.tag.number, name = %policy.tag.name, "outbound HTTP refused: {host} resolves to {} (private address; grant allow_private to permit)", bad.ip());
+                        refuse_logged(
+                            &policy.tag,
+                            &log,
+                            &refused,
+                            format!("{host} resolves to {}: loopback, private, link-local and metadata addresses are refused (grant allow_private to permit)", bad.ip()),
+                        );
                         return Err(Error::DestinationIpProhibited);
                     }
                 }
@@ -273,13 +392,7 @@ impl WasiHttpHooks for OutboundHttp {
                     Ok(Ok(p)) => p,
                     _ => return Err(Error::ConnectionLimitReached),
                 };
-                if !request.headers().contains_key(http::header::HOST) {
-                    if let Some(a) = request.uri().authority() {
-                        if let Ok(v) = http::HeaderValue::from_str(a.as_str()) {
-                            request.headers_mut().insert(http::header::HOST, v);
-                        }
-                    }
-                }
+                wire_headers(&mut request);
                 // Origin form on the wire (the authority is in the Host header).
                 let origin = request
                     .uri()
@@ -380,6 +493,14 @@ mod tests {
         HttpPolicy::new(tag, Arc::new(sandbox))
     }
 
+    fn budget(max: u32) -> SharedLog {
+        host::LogBudget::shared(max, Arc::new(host::LogRate::new(1000, 100)))
+    }
+
+    fn hooks(policy: &HttpPolicy) -> OutboundHttp {
+        OutboundHttp::new(policy.clone(), budget(100))
+    }
+
     fn request(url: &str) -> http::Request<WasiBody> {
         use http_body_util::BodyExt;
         let body = http_body_util::Empty::<bytes::Bytes>::new()
@@ -416,8 +537,8 @@ mod tests {
         };
         let policy = test_policy(sandbox);
         let url = format!("http://{addr}/x");
-        let mut a = OutboundHttp::new(policy.clone());
-        let mut b = OutboundHttp::new(policy.clone());
+        let mut a = hooks(&policy);
+        let mut b = hooks(&policy);
         let first = tokio::spawn(Box::into_pin(a.send_request(
             request(&url),
             None,
@@ -497,7 +618,7 @@ mod tests {
             ..Sandbox::default()
         };
         let policy = test_policy(sandbox);
-        let mut http = OutboundHttp::new(policy.clone());
+        let mut http = hooks(&policy);
         let mut send = |url: String| {
             Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) })))
         };
@@ -522,10 +643,10 @@ mod tests {
             .take()
             .expect("the refusal says when to probe");
         assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        let refused = http.take_refused();
         assert!(
-            http.refused[0].starts_with(&format!("circuit open for http://{bad}")),
-            "{:?}",
-            http.refused
+            refused[0].starts_with(&format!("circuit open for http://{bad}")),
+            "{refused:?}"
         );
         let states = policy.breakers.states(Instant::now());
         assert_eq!(
@@ -535,7 +656,7 @@ mod tests {
         // The endpoint recovers; after the open time the probe closes the circuit.
         bad_status.store(200, Ordering::SeqCst);
         tokio::time::sleep(wait).await;
-        let mut http = OutboundHttp::new(policy.clone());
+        let mut http = hooks(&policy);
         let (resp, _) = Box::into_pin(http.send_request(
             request(&format!("http://{bad}/x")),
             None,
@@ -613,7 +734,7 @@ mod tests {
             };
             let policy = test_policy(sandbox);
             for _ in 0..5 {
-                let mut http = OutboundHttp::new(policy.clone());
+                let mut http = hooks(&policy);
                 let (resp, _) = Box::into_pin(http.send_request(
                     request(&format!("http://{addr}/x")),
                     None,
@@ -667,7 +788,7 @@ mod tests {
             ..Sandbox::default()
         };
         let policy = test_policy(sandbox);
-        let mut http = OutboundHttp::new(policy.clone());
+        let mut http = hooks(&policy);
         let r = Box::into_pin(http.send_request(
             request(&format!("https://{addr}/x")),
             None,
@@ -677,5 +798,107 @@ mod tests {
         assert!(matches!(r, Err(Error::Tls(_))), "{:?}", r.err());
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(policy.pool.opened(), 1);
+    }
+
+    /// A host name that resolves only to loopback (`localhost`) is refused without
+    /// `allow_private` like a literal private address, and the refusal is recorded for
+    /// the failure reason.
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_and_recorded() {
+        let (addr, hits, _) = status_server(200).await;
+        let policy = test_policy(Sandbox {
+            allow_hosts: vec!["localhost".into()],
+            ..Sandbox::default()
+        });
+        let mut http = hooks(&policy);
+        let url = format!("http://localhost:{}/x", addr.port());
+        let r =
+            Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) }))).await;
+        assert!(
+            matches!(r, Err(Error::DestinationIpProhibited)),
+            "{:?}",
+            r.err()
+        );
+        let refused = http.take_refused();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with("localhost resolves to ")
+                && refused[0].contains("allow_private"),
+            "{refused:?}"
+        );
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// A driver hammering refused hosts neither floods the log (the warnings count
+    /// against the transaction's log budget) nor grows the refusal list without bound.
+    #[tokio::test]
+    async fn refusals_are_capped_and_their_warnings_budgeted() {
+        let policy = test_policy(Sandbox::default());
+        let log = budget(3);
+        let mut http = OutboundHttp::new(policy, log.clone());
+        for i in 0..20 {
+            let r = Box::into_pin(http.send_request(
+                request(&format!("http://h{i}.example.com/x")),
+                None,
+                Box::new(async { Ok(()) }),
+            ))
+            .await;
+            assert!(matches!(r, Err(Error::HttpRequestDenied)));
+        }
+        let refused = http.take_refused();
+        assert_eq!(refused.len(), MAX_REFUSALS + 1, "{refused:?}");
+        assert!(refused[0].starts_with("h0.example.com is not in allow_hosts"));
+        assert_eq!(
+            refused[MAX_REFUSALS],
+            format!("and {} more", 20 - MAX_REFUSALS)
+        );
+        let b = log.lock().unwrap();
+        assert_eq!((b.written, b.dropped), (3, 17));
+        drop(b);
+        assert!(http.take_refused().is_empty(), "taken once");
+    }
+
+    /// The guest's headers keep their order; Host and Content-Length go last; a
+    /// Connection header other than keep-alive is dropped.
+    #[test]
+    fn wire_header_order() {
+        let order = |connection: &str| {
+            let mut r = request("http://h.example:8080/x");
+            let h = r.headers_mut();
+            h.append("content-length", "2".parse().unwrap());
+            h.append("date", "d".parse().unwrap());
+            h.append("connection", connection.parse().unwrap());
+            h.append("x-b", "1".parse().unwrap());
+            h.append("x-a", "2".parse().unwrap());
+            h.append("x-b", "3".parse().unwrap());
+            wire_headers(&mut r);
+            r.headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            order("Keep-Alive"),
+            [
+                "date: d",
+                "connection: Keep-Alive",
+                "x-b: 1",
+                "x-b: 3",
+                "x-a: 2",
+                "host: h.example:8080",
+                "content-length: 2"
+            ]
+        );
+        assert_eq!(
+            order("close"),
+            [
+                "date: d",
+                "x-b: 1",
+                "x-b: 3",
+                "x-a: 2",
+                "host: h.example:8080",
+                "content-length: 2"
+            ]
+        );
     }
 }

@@ -34,6 +34,11 @@ pub struct Sandbox {
     /// Log lines a transaction may write; the rest are counted and dropped. Key
     /// `max_log_lines`.
     pub max_log_lines: u32,
+    /// Driver-wide rate of log lines (all instances and transactions together): a
+    /// token bucket refilled at this many lines per second. Key `log_lines_per_sec`.
+    pub log_lines_per_sec: u32,
+    /// The most log lines the driver may write in a burst. Key `log_burst`.
+    pub log_burst: u32,
     /// Bytes of event JSON handed to one `deliver` call. Key `max_event_bytes`.
     pub max_event_bytes: usize,
     /// Wall-clock bound of a whole transaction, host calls included. Key
@@ -72,6 +77,8 @@ impl Default for Sandbox {
             instance: InstanceModel::Fresh,
             recycle_after: 1000,
             max_log_lines: 100,
+            log_lines_per_sec: 100,
+            log_burst: 1000,
             max_event_bytes: 1 << 20,
             max_txn: Duration::from_secs(30),
             allow_hosts: Vec::new(),
@@ -99,6 +106,8 @@ pub const SANDBOX_KEYS: &[&str] = &[
     "instance",
     "recycle_after",
     "max_log_lines",
+    "log_lines_per_sec",
+    "log_burst",
     "max_event_bytes",
     "max_txn_msecs",
     "allow_hosts",
@@ -175,6 +184,12 @@ impl Sandbox {
         if let Some(v) = args.take("max_log_lines") {
             s.max_log_lines = number("max_log_lines", &v, "100")?;
         }
+        if let Some(v) = args.take("log_lines_per_sec") {
+            s.log_lines_per_sec = number("log_lines_per_sec", &v, "100")?;
+        }
+        if let Some(v) = args.take("log_burst") {
+            s.log_burst = number("log_burst", &v, "1000")?;
+        }
         if let Some(v) = args.take("max_event_bytes") {
             s.max_event_bytes = parse_size(&v).ok_or_else(|| {
                 InitError(format!("max_event_bytes={v}: expected a size, e.g. 1M"))
@@ -213,11 +228,13 @@ impl Sandbox {
     pub fn describe(&self) -> Vec<String> {
         vec![
             format!(
-                "limits: timeout_msecs={} memory={}M fuel={} max_log_lines={} max_event_bytes={} max_txn_msecs={}",
+                "limits: timeout_msecs={} memory={}M fuel={} max_log_lines={} log_lines_per_sec={} log_burst={} max_event_bytes={} max_txn_msecs={}",
                 self.timeout.as_millis(),
                 self.memory >> 20,
                 self.fuel.map(|f| f.to_string()).unwrap_or_else(|| "off".into()),
                 self.max_log_lines,
+                self.log_lines_per_sec,
+                self.log_burst,
                 self.max_event_bytes,
                 self.max_txn.as_millis()
             ),
@@ -315,6 +332,8 @@ mod tests {
             "instance=shared",
             "allow_hosts=a/b",
             "fuel=-1",
+            "log_lines_per_sec=fast",
+            "log_burst=-5",
         ] {
             let mut args = DriverArgs::parse(bad);
             assert!(Sandbox::from_args(&mut args).is_err(), "{bad}");

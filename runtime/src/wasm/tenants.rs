@@ -6,8 +6,10 @@
 //! The directory is consulted for every transaction (one `stat` per file), so adding,
 //! replacing or removing a file takes effect at the next transaction of that domain;
 //! the swap happens between two transactions, so none is lost or delivered twice.
-//! Replace files atomically (write elsewhere, then `mv`): a half-written file fails to
-//! load and that domain's transactions fail (retryably) until it is complete.
+//! A file's version is its size, mtime, inode and ctime, so a replacement is seen even
+//! when it keeps size and mtime (`cp -p`, `rsync -t`). Replace files atomically (write
+//! elsewhere, then `mv`): a half-written `.wasm` or `.conf` fails to load and that
+//! domain's transactions fail retryably until it is complete.
 //!
 //! Circuit breaking is per tenant and endpoint: the lane has no driver-wide breaker
 //! (one tenant's dead endpoint must not hold back the others); each tenant's endpoints
@@ -30,11 +32,24 @@ use super::host::DriverTag;
 use super::sandbox::Sandbox;
 use super::WasmDriver;
 
+/// What identifies a version of one file: size, mtime, and (on unix) device, inode and
+/// ctime — a replacement by rename changes the inode, an in-place rewrite the ctime,
+/// even when size and mtime are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileVersion {
+    len: u64,
+    mtime: Option<SystemTime>,
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
 /// What identifies a version of a tenant's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fingerprint {
-    wasm: (u64, Option<SystemTime>),
-    conf: Option<(u64, Option<SystemTime>, String)>,
+    wasm: FileVersion,
+    /// The `.conf`'s version and text (or why it cannot be read).
+    conf: Option<(FileVersion, Result<String, String>)>,
 }
 
 struct Tenant {
@@ -67,9 +82,25 @@ pub fn user_domain(user: &str) -> Option<String> {
     safe.then_some(domain)
 }
 
-fn stat(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+fn stat(path: &Path) -> Option<FileVersion> {
     let m = std::fs::metadata(path).ok()?;
-    m.is_file().then(|| (m.len(), m.modified().ok()))
+    if !m.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    let (dev, ino, ctime) = {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino(), (m.ctime(), m.ctime_nsec()))
+    };
+    #[cfg(not(unix))]
+    let (dev, ino, ctime) = (0, 0, (0, 0));
+    Some(FileVersion {
+        len: m.len(),
+        mtime: m.modified().ok(),
+        dev,
+        ino,
+        ctime,
+    })
 }
 
 impl TenantDrivers {
@@ -129,9 +160,9 @@ impl TenantDrivers {
     fn fingerprint(&self, domain: &str) -> Option<Fingerprint> {
         let wasm = stat(&self.dir.join(format!("{domain}.wasm")))?;
         let conf_path = self.dir.join(format!("{domain}.conf"));
-        let conf = stat(&conf_path).map(|(len, mtime)| {
-            let text = std::fs::read_to_string(&conf_path).unwrap_or_default();
-            (len, mtime, text)
+        let conf = stat(&conf_path).map(|version| {
+            let text = std::fs::read_to_string(&conf_path).map_err(|e| e.to_string());
+            (version, text)
         });
         Some(Fingerprint { wasm, conf })
     }
@@ -158,7 +189,15 @@ impl TenantDrivers {
                 return Ok(Some(t.driver.clone()));
             }
         }
-        let conf = fp.conf.as_ref().map(|c| c.2.as_str()).unwrap_or("");
+        let conf = match fp.conf.as_ref().map(|c| &c.1) {
+            None => "",
+            Some(Ok(text)) => text.as_str(),
+            Some(Err(e)) => {
+                return Err(Failure::retryable(format!(
+                    "tenant {domain}: cannot read {domain}.conf: {e}"
+                )))
+            }
+        };
         let joined: Vec<&str> = conf
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
@@ -166,8 +205,10 @@ impl TenantDrivers {
             .collect();
         let mut args = DriverArgs::parse(&joined.join(" "));
         args.take("file");
+        // Retryable, like a bad .wasm: the file may be half-written or about to be
+        // fixed, and the transactions must wait for it rather than be dropped.
         let conf_error = |e: mailpush_core::InitError| {
-            Failure::permanent(format!("tenant {domain}: {domain}.conf: {}", e.0))
+            Failure::retryable(format!("tenant {domain}: {domain}.conf: {}", e.0))
         };
         let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
         sandbox.endpoint_breaker =
@@ -219,6 +260,13 @@ impl TenantDrivers {
 
 #[async_trait]
 impl Driver for TenantDrivers {
+    /// Tenants share one lane: up to this many transactions (of different users, so
+    /// often of different tenants) at once, so that one tenant's slow endpoint does not
+    /// hold back the others.
+    fn concurrency(&self) -> usize {
+        16
+    }
+
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let Some(domain) = user_domain(&txn.user) else {
             return Ok(Begin::Skip);

@@ -1,13 +1,17 @@
 //! A push driver that misbehaves on purpose, for mailpush's sandbox tests. `mode=`
 //! selects the misbehaviour, performed in `deliver`:
 //! loop, memory, recursion, trap, logflood, http (to `url=`), file, huge, panic-init,
-//! fail-retryable, ok.
+//! fail-retryable, metadata (reads METADATA `key=` in init and in deliver, and fails
+//! with what it saw), ok.
 
-use mailpush_driver_sdk::{export_driver, http, log, Args, Driver, Failure, Transaction};
+use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
 
 struct Hostile {
     mode: String,
     url: String,
+    key: String,
+    /// What `metadata(key)` returned during init.
+    at_init: Option<String>,
 }
 
 impl Driver for Hostile {
@@ -16,9 +20,17 @@ impl Driver for Hostile {
         if mode == "panic-init" {
             panic!("hostile driver panics in init on purpose");
         }
+        let key = args.get("key").unwrap_or("").to_string();
+        let at_init = if mode == "metadata" {
+            metadata(&key)
+        } else {
+            None
+        };
         Ok(Hostile {
             mode,
             url: args.get("url").unwrap_or("").to_string(),
+            key,
+            at_init,
         })
     }
 
@@ -77,6 +89,12 @@ impl Driver for Hostile {
             "fail-retryable" => Err(Failure::retryable(format!(
                 "failing on purpose for {}",
                 txn.user
+            ))),
+            "metadata" => Err(Failure::permanent(format!(
+                "metadata for {}: init={:?} deliver={:?}",
+                txn.user,
+                self.at_init,
+                metadata(&self.key)
             ))),
             "ok" => Ok(()),
             other => Err(Failure::permanent(format!("unknown mode {other}"))),
