@@ -319,7 +319,8 @@ async fn check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    // check creates nothing: the METADATA store is read only when it already exists.
+    // check creates no METADATA store (it is read only when it already exists); it does
+    // compile wasm drivers into the AOT cache, so a later start finds them compiled.
     let metadata: Arc<dyn mailpush_core::MetadataLookup> =
         if config.settings.state_dir.join("metadata.db").exists() {
             config
@@ -347,7 +348,7 @@ async fn check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             println!("{:<4} {:<12} {:<7}   {line}", "", "", "");
         }
     }
-    if config.drivers.is_empty() {
+    if loaded.is_empty() && errors.is_empty() {
         println!(
             "(no drivers: set push_notification_driver = NAME[:ARGS] in a plugin {{ }} block)"
         );

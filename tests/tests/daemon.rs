@@ -240,7 +240,7 @@ async fn bodies_in_flight_are_bounded() {
 async fn json_logs_carry_transaction_and_driver() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
-    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=trap\n push_notification_driver2 = dlog\n}}\n", guest("hostile").display())).unwrap();
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=trap\n push_notification_driver2 = dlog\n push_notification_driver3 = wasm:file={} mode=logflood max_log_lines=2\n}}\n", guest("hostile").display(), guest("hostile").display())).unwrap();
     let d = RunningDaemon::start_with(&conf, &["--log-format", "json", "--log-level", "debug"]);
     let (s, _, _) = http_request(
         d.addr,
@@ -289,6 +289,21 @@ async fn json_logs_carry_transaction_and_driver() {
         .find(|l| l["message"] == "Called end_txn push_notification plugin hook.")
         .unwrap_or_else(|| panic!("no dlog line:\n{log}"));
     assert_eq!(dlog["span"]["driver"], 2);
+    // A wasm driver's own log lines are tagged with its number, name and the transaction.
+    let guest_lines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "mailpush::wasm::guest")
+        .collect();
+    assert_eq!(guest_lines.len(), 2, "max_log_lines=2:\n{log}");
+    for l in guest_lines {
+        assert_eq!(l["driver"], 3, "{l}");
+        assert_eq!(l["name"], "wasm", "{l}");
+        assert_eq!(l["txn"], "J-1", "{l}");
+        assert!(
+            l["message"].as_str().unwrap().starts_with("flood line"),
+            "{l}"
+        );
+    }
     // Ingest lines name the transactions they are about.
     assert!(lines
         .iter()
