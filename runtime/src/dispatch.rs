@@ -143,12 +143,13 @@ struct Lane {
 /// A lane runs on its own thread ([`crate::lane_thread`]), or as a task of the caller's
 /// runtime if no thread could be started.
 enum LaneTask {
-    Thread(crate::lane_thread::LaneThread<()>),
-    Task(JoinHandle<()>),
+    Thread(crate::lane_thread::LaneThread<Vec<Arc<Transaction>>>),
+    Task(JoinHandle<Vec<Arc<Transaction>>>),
 }
 
 impl LaneTask {
-    async fn join(self) -> Result<(), String> {
+    /// What the lane still had when it stopped ([`crate::lane::run`]).
+    async fn join(self) -> Result<Vec<Arc<Transaction>>, String> {
         match self {
             LaneTask::Thread(t) => t.join().await,
             LaneTask::Task(t) => t.await.map_err(|e| e.to_string()),
@@ -198,8 +199,9 @@ impl Lane {
         )
     }
 
-    /// Closes the queue, waits for the task to finish what was queued, calls deinit.
-    async fn finish(self) -> DriverReport {
+    /// Closes the queue, waits for the task to finish what was due, calls deinit;
+    /// returns the counters and what the lane still had.
+    async fn finish(self) -> (DriverReport, Vec<Arc<Transaction>>) {
         let Lane {
             number,
             name,
@@ -211,9 +213,13 @@ impl Lane {
         } = self;
         let capacity = tx.max_capacity();
         drop(tx);
-        if let Err(e) = task.join().await {
-            tracing::error!(driver = number, "driver task ended abnormally: {e}");
-        }
+        let left = match task.join().await {
+            Ok(left) => left,
+            Err(e) => {
+                tracing::error!(driver = number, "driver task ended abnormally: {e}");
+                Vec::new()
+            }
+        };
         if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
             .catch_unwind()
             .await
@@ -224,7 +230,10 @@ impl Lane {
                 panic_message(&p)
             );
         }
-        DriverReport::new(number, name, (0, false), capacity, driver.as_ref(), &stats)
+        (
+            DriverReport::new(number, name, (0, false), capacity, driver.as_ref(), &stats),
+            left,
+        )
     }
 }
 
@@ -388,18 +397,24 @@ impl Dispatcher {
         if let Some(spool) = &self.spool {
             let spool = spool.clone();
             let numbers: Vec<u32> = lanes.iter().map(|l| l.number).collect();
-            let txns = tokio::task::spawn_blocking(move || {
-                spool.append(&txns, &numbers).map(|_| (txns, spool))
+            // Persist, then queue, in one blocking task: it runs to the end even when
+            // the request that brought the batch goes away in between.
+            return tokio::task::spawn_blocking(move || {
+                let positions = spool.append(&txns, &numbers)?;
+                // A repeated id (a client's retry) was stored, and is delivered, once.
+                let stored: Vec<(Arc<Transaction>, i64)> = txns
+                    .into_iter()
+                    .zip(positions)
+                    .filter_map(|(t, p)| p.map(|p| (Arc::new(t), p)))
+                    .collect();
+                for lane in &lanes {
+                    lane.overflow.offer(&lane.tx, &stored, lane.number);
+                }
+                Ok(())
             })
             .await
-            .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?;
-            let (txns, spool) = txns.map_err(Refused::Spool)?;
-            let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
-            for lane in &lanes {
-                lane.overflow
-                    .offer(&lane.tx, &txns, spool.as_ref(), lane.number);
-            }
-            return Ok(());
+            .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?
+            .map_err(Refused::Spool);
         }
         let mut permits = Vec::with_capacity(lanes.len());
         for lane in &lanes {
@@ -510,21 +525,37 @@ impl Dispatcher {
         for d in duplicates {
             d.deinit().await;
         }
-        let replaced: Vec<u32> = retired.iter().map(|l| l.number).collect();
         for lane in retired {
-            finish_shared(lane).await;
-        }
-        // What an old lane left in the spool (waiting for a retry, or behind an open
-        // circuit) is owed to its number: the lane that replaced it delivers it now rather
-        // than at the next start.
-        if self.spool.is_some() {
-            for lane in self.snapshot() {
-                if replaced.contains(&lane.number) && result.started.contains(&lane.number) {
-                    lane.overflow.read_all_owed();
-                }
+            let number = lane.number;
+            let Some((_, left)) = finish_shared(lane).await else {
+                continue;
+            };
+            // What the old lane still had (waiting for a retry or behind an open circuit,
+            // or still queued) is owed to its number: with the spool, the lane that
+            // replaced it delivers it now rather than at the next start. (After that
+            // user's newer transactions, which the new lane may already have sent.)
+            if self.spool.is_some() && result.started.contains(&number) && !left.is_empty() {
+                tracing::info!(
+                    driver = number,
+                    "{} transaction(s) handed to the reloaded driver",
+                    left.len()
+                );
+                let _ = self.dispatch_to_all(left, number).await;
             }
         }
         result
+    }
+
+    /// Queues `txns` for driver `number` (waiting while its queue is full).
+    async fn dispatch_to_all(
+        &self,
+        txns: Vec<Arc<Transaction>>,
+        number: u32,
+    ) -> Result<(), ShutDown> {
+        for t in txns {
+            self.dispatch_to(t, &[number]).await?;
+        }
+        Ok(())
     }
 
     /// Stops accepting, lets every driver finish its queue, calls each driver's deinit
@@ -539,7 +570,8 @@ impl Dispatcher {
         let lanes = std::mem::take(&mut *self.lanes.write().unwrap_or_else(|p| p.into_inner()));
         let mut reports = Vec::new();
         for lane in lanes {
-            if let Some(r) = finish_shared(lane).await {
+            // What a lane still had stays in the spool for the next start.
+            if let Some((r, _)) = finish_shared(lane).await {
                 reports.push(r);
             }
         }
@@ -556,7 +588,7 @@ async fn send_to(lanes: &[Arc<Lane>], txn: Arc<Transaction>) -> Result<(), ShutD
 }
 
 /// Finishes a lane once no in-flight dispatch holds it any more.
-async fn finish_shared(mut lane: Arc<Lane>) -> Option<DriverReport> {
+async fn finish_shared(mut lane: Arc<Lane>) -> Option<(DriverReport, Vec<Arc<Transaction>>)> {
     loop {
         match Arc::try_unwrap(lane) {
             Ok(l) => return Some(l.finish().await),

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::delivery::{CircuitBreaker, CircuitState, DeliveryPolicy};
 use crate::dispatch::{deliver, Delivery, DeliveryObserver, DriverStats, Outcome};
-use crate::overflow::{Overflow, RecentIds};
+use crate::overflow::Overflow;
 use crate::spool::{now, Attempt, Spool};
 
 /// What a lane needs besides its queue.
@@ -57,15 +57,10 @@ struct Held {
     /// Users with items, in round-robin order.
     ring: VecDeque<String>,
     count: usize,
-    /// Ids taken lately (with a spool: a backlog read skips them, see `overflow`).
-    recent: Option<RecentIds>,
 }
 
 impl Held {
     fn push(&mut self, txn: Arc<Transaction>) {
-        if let Some(recent) = &mut self.recent {
-            recent.insert(&txn.id);
-        }
         let q = self.users.entry(txn.user.clone()).or_default();
         if q.is_empty() {
             self.ring.push_back(txn.user.clone());
@@ -100,21 +95,26 @@ impl Held {
 }
 
 /// One delivery in flight: its user, what happened, how long it took, its log span.
-type Finished = (String, Outcome, std::time::Duration, tracing::Span);
+/// (its user, what happened, how long it took, its span, the breaker epoch it started in)
+type Finished = (String, Outcome, std::time::Duration, tracing::Span, u64);
 
-/// Runs the lane until its queue is closed and everything due is delivered.
+/// Runs the lane until its queue is closed and everything due is delivered; returns what
+/// it still had (waiting for a retry or behind an open circuit, or still queued) — with
+/// the spool, for the lane that replaces it after a reload.
 ///
 /// Up to `concurrency` transactions are delivered at once, never two of one user: a user
 /// with a delivery in flight is out of the round-robin ring until it finishes.
-pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
+pub async fn run(
+    ctx: LaneContext,
+    mut rx: mpsc::Receiver<Arc<Transaction>>,
+) -> Vec<Arc<Transaction>> {
     let capacity = ctx.capacity.max(1);
     let concurrency = ctx.concurrency.max(1);
-    let mut held = Held {
-        // Covers every transaction that can be queued or held when an overflow starts.
-        recent: ctx.spool.is_some().then(|| RecentIds::new(capacity * 4)),
-        ..Held::default()
-    };
+    let mut held = Held::default();
     let mut closed = false;
+    // Deliveries carry the breaker epoch they started in: an outcome that arrives after
+    // the breaker changed state (a delivery that was already out) does not count.
+    let mut epoch: u64 = 0;
     let mut breaker = CircuitBreaker::new(ctx.policy.breaker.clone());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     loop {
@@ -133,14 +133,14 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
         // The queue is drained: read the backlog the spool keeps, if the queue overflowed
         // (in batches, once at least half the room is free).
         if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
-            let recent = held.recent.take().unwrap_or_default();
             for t in ctx
                 .overflow
-                .take(spool.as_ref(), ctx.number, capacity - held.count, &recent)
+                .take(spool.as_ref(), ctx.number, capacity - held.count, || {
+                    rx.is_empty()
+                })
             {
                 held.push(t);
             }
-            held.recent = Some(recent);
             if held.count == 0 && ctx.overflow.active() {
                 // The backlog could not be read: try again shortly.
                 let until = Instant::now() + std::time::Duration::from_secs(1);
@@ -158,7 +158,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
         }
         if held.count == 0 {
             if closed {
-                return;
+                return Vec::new();
             }
             tokio::select! {
                 t = rx.recv() => match t {
@@ -198,15 +198,15 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
             else {
                 continue;
             };
-            in_flight.push(start(&ctx, user, txn));
+            in_flight.push(start(&ctx, user, txn, epoch));
         }
         if in_flight.is_empty() {
             // Nothing can start now: (retries and circuits exist only with the spool)
             if closed || rx.is_closed() {
                 // Stopping, and only retries in the future (or behind an open circuit)
-                // remain: the spool keeps them, and what is still queued, for the next
-                // start.
-                return;
+                // remain: the spool keeps them, and what is still queued; they go to the
+                // lane that replaces this one (a reload), or wait for the next start.
+                return leftovers(held, rx);
             }
             let until = if state == CircuitState::Open {
                 breaker.reopens_at().unwrap_or(now)
@@ -243,17 +243,38 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Arc<Transaction>>) {
             _ = tokio::time::sleep_until(next_due.into()) => continue,
             _ = ctx.overflow.started(), if room => continue,
         };
-        let Some((user, outcome, took, span)) = finished else {
+        let Some((user, outcome, took, span, started_in)) = finished else {
             continue;
         };
         ctx.stats.observe(took);
         let _entered = span.enter();
-        finish(&ctx, &mut held, &mut breaker, user, outcome);
+        let breaker = (started_in == epoch).then_some(&mut breaker);
+        if finish(&ctx, &mut held, breaker, user, outcome) {
+            epoch += 1;
+        }
     }
 }
 
+/// What a stopping lane still has: held (oldest first per user), then still queued.
+fn leftovers(held: Held, mut rx: mpsc::Receiver<Arc<Transaction>>) -> Vec<Arc<Transaction>> {
+    let mut out: Vec<Arc<Transaction>> = held
+        .users
+        .into_values()
+        .flat_map(|q| q.into_iter().map(|i| i.txn))
+        .collect();
+    while let Ok(t) = rx.try_recv() {
+        out.push(t);
+    }
+    out
+}
+
 /// Starts delivering `txn` (the oldest of `user`'s) on its own span.
-fn start(ctx: &LaneContext, user: String, txn: Arc<Transaction>) -> BoxFuture<'static, Finished> {
+fn start(
+    ctx: &LaneContext,
+    user: String,
+    txn: Arc<Transaction>,
+    epoch: u64,
+) -> BoxFuture<'static, Finished> {
     let driver = ctx.driver.clone();
     let span =
         tracing::info_span!("deliver", txn = %txn.id, driver = ctx.number, driver_name = %ctx.name);
@@ -262,25 +283,28 @@ fn start(ctx: &LaneContext, user: String, txn: Arc<Transaction>) -> BoxFuture<'s
         let outcome = deliver(driver.as_ref(), &txn)
             .instrument(span.clone())
             .await;
-        (user, outcome, started.elapsed(), span)
+        (user, outcome, started.elapsed(), span, epoch)
     })
 }
 
 /// Records what became of the oldest transaction of `user` and puts the user back in
-/// the ring if more of theirs wait.
+/// the ring if more of theirs wait. The outcome counts for the circuit `breaker` when one
+/// is given (the delivery started in its current state); returns whether the breaker
+/// changed state.
 fn finish(
     ctx: &LaneContext,
     held: &mut Held,
-    breaker: &mut CircuitBreaker,
+    breaker: Option<&mut CircuitBreaker>,
     user: String,
     outcome: Outcome,
-) {
+) -> bool {
+    let mut changed = false;
     let Some(queue) = held.users.get_mut(&user) else {
-        return;
+        return changed;
     };
     let Some(item) = queue.front_mut() else {
         held.users.remove(&user);
-        return;
+        return changed;
     };
     let txn = item.txn.clone();
     // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome.
@@ -303,11 +327,12 @@ fn finish(
         tracing::debug!(user = %txn.user, retry_in = ?wait, "delivery deferred by an open endpoint circuit");
         item.not_before = Some(Instant::now() + wait);
         held.ring.push_back(user);
-        return;
+        return changed;
     }
     let ok = !matches!(outcome, Outcome::Failed(_));
-    if ctx.spool.is_some() {
+    if let (Some(_), Some(breaker)) = (&ctx.spool, breaker) {
         if let Some(state) = breaker.record(ok, Instant::now()) {
+            changed = true;
             ctx.stats.set_circuit(state);
             tracing::warn!(user = %txn.user, "circuit {}", state.as_str());
         }
@@ -379,6 +404,7 @@ fn finish(
     } else {
         held.ring.push_back(user);
     }
+    changed
 }
 
 /// Waits until `until` or a new transaction arrives (when there is room).

@@ -1,30 +1,33 @@
 //! `Overflow`: how a slow driver is kept from holding back ingest and the other drivers.
 //!
-//! With the spool, a batch is persisted before it is queued. Each driver's in-memory
+//! With the spool, a batch is persisted before it is queued, and the spool gives each
+//! transaction its position (positions grow in commit order). Each driver's in-memory
 //! queue is bounded; when a batch does not fit a driver's queue, what does not fit stays
 //! in the spool only and that driver's lane becomes *overflowing*: ingest stops queueing
-//! for it and the lane reads its backlog from the spool itself, in ingest order, as it
-//! gets room. When the lane has read everything owed to it, the overflow ends and ingest
-//! queues for it again. Memory stays bounded (the spool has its own quota, the only
-//! reason ingest answers 503 with a spool), nothing is lost, and the other drivers never
-//! wait for the slow one.
+//! for it and the lane reads its backlog from the spool itself, in position order, as it
+//! gets room — and only once its queue is empty, so nothing queued earlier is passed.
+//! When the lane has read everything owed to it, the overflow ends and ingest queues for
+//! it again. Memory stays bounded (the spool has its own quota, the only reason ingest
+//! answers 503 with a spool), nothing is lost, and the other drivers never wait for the
+//! slow one. A restart reads the same way: everything owed, from position 0, before
+//! anything new.
 //!
-//! Without a spool (`delivery = memory`) there is nowhere to put the backlog: a full
-//! queue refuses the batch (503).
-//!
-//! Races: a batch being distributed while the lane turns overflowing can have some of its
-//! transactions queued in memory *and* stored at a position after the overflow cursor.
-//! The lane skips those when it reads the spool: it remembers the ids it took from its
-//! queue lately (the queue is bounded, so a window of twice its capacity covers every
-//! transaction that could be in that situation).
+//! Concurrent batches reach [`Overflow::offer`] in any order, so each offer is judged by
+//! its positions: a transaction the lane already read from the spool (inside a range it
+//! read) is not queued again; one committed before the range the lane is reading is
+//! remembered and read first.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use mailpush_core::Transaction;
 use tokio::sync::mpsc;
 
 use crate::spool::Spool;
+
+/// How many past read ranges are kept to recognise a late offer of a transaction the
+/// lane already read (an offer is late by the time between its commit and its offer).
+const READ_RANGES: usize = 16;
 
 /// The overflow state of one driver's lane (shared by ingest and the lane).
 #[derive(Debug, Default)]
@@ -38,8 +41,35 @@ pub struct Overflow {
 struct State {
     /// The lane reads its backlog from the spool; ingest does not queue for it.
     active: bool,
+    /// Where the current (or last) reading started.
+    start: i64,
     /// The spool position the lane reads next.
     cursor: i64,
+    /// Positions before `start` offered while overflowing: read before the cursor's.
+    missed: BTreeSet<i64>,
+    /// Earlier read ranges `[start, end)`, newest last.
+    read: VecDeque<(i64, i64)>,
+}
+
+impl State {
+    /// Whether the lane read `position` from the spool already.
+    fn was_read(&self, position: i64) -> bool {
+        (self.start..self.cursor).contains(&position)
+            || self.read.iter().any(|(a, b)| (*a..*b).contains(&position))
+    }
+
+    fn begin(&mut self, at: i64) {
+        if self.cursor > self.start {
+            self.read.push_back((self.start, self.cursor));
+            if self.read.len() > READ_RANGES {
+                self.read.pop_front();
+            }
+        }
+        self.active = true;
+        self.start = at;
+        self.cursor = at;
+        self.missed.clear();
+    }
 }
 
 impl Overflow {
@@ -48,59 +78,46 @@ impl Overflow {
         self.lock().active
     }
 
-    /// Ingest side: queues `txns` (already in the spool) while the queue has room; from
-    /// the first one that does not fit, leaves them to the lane to read from the spool.
-    /// A closed queue (a driver being replaced by a reload) is treated like a full one:
-    /// the lane that replaces it shares this state and reads them.
+    /// Ingest side: queues `txns` (stored in the spool at the given positions) while the
+    /// queue has room; from the first one that does not fit, leaves them to the lane to
+    /// read from the spool. A closed queue (a driver being replaced by a reload) is
+    /// treated like a full one: the lane that replaces it shares this state.
     pub fn offer(
         &self,
         tx: &mpsc::Sender<Arc<Transaction>>,
-        txns: &[Arc<Transaction>],
-        spool: &dyn Spool,
+        txns: &[(Arc<Transaction>, i64)],
         driver: u32,
     ) {
         let mut state = self.lock();
-        if state.active {
-            return;
-        }
-        for txn in txns {
-            match tx.try_send(txn.clone()) {
-                Ok(()) => {}
-                Err(_) => {
-                    // Everything from here on is read from the spool by the lane. If the
-                    // position cannot be read, the lane reads all it is owed (a
-                    // redelivery rather than a loss).
-                    let cursor = match spool.position(&txn.id) {
-                        Ok(Some(p)) => p,
-                        Ok(None) => 0,
-                        Err(e) => {
-                            tracing::error!(driver, "cannot read the spool position: {e}");
-                            0
-                        }
-                    };
-                    tracing::info!(
-                        driver,
-                        txn = %txn.id,
-                        "queue full: the driver reads its backlog from the spool"
-                    );
-                    *state = State {
-                        active: true,
-                        cursor,
-                    };
-                    self.wake.notify_one();
-                    return;
+        for (txn, position) in txns {
+            let position = *position;
+            if state.was_read(position) {
+                continue;
+            }
+            if state.active {
+                if position < state.start {
+                    // Committed before the reading started, offered only now.
+                    state.missed.insert(position);
                 }
+                // At or after the cursor: the lane reads it in turn.
+                continue;
+            }
+            if tx.try_send(txn.clone()).is_err() {
+                tracing::info!(
+                    driver,
+                    txn = %txn.id,
+                    "queue full: the driver reads its backlog from the spool"
+                );
+                state.begin(position);
+                self.wake.notify_one();
             }
         }
     }
 
     /// Makes the lane read everything the spool owes its driver number, from the start
-    /// (after a reload replaced the driver: what the old lane left waiting for a retry).
+    /// (at start-up, before ingest opens).
     pub fn read_all_owed(&self) {
-        *self.lock() = State {
-            active: true,
-            cursor: 0,
-        };
+        self.lock().begin(0);
         self.wake.notify_one();
     }
 
@@ -109,40 +126,58 @@ impl Overflow {
         self.wake.notified().await
     }
 
-    /// Lane side: up to `limit` transactions of the backlog, in ingest order, skipping the
-    /// ones the lane already took from its queue. Ends the overflow when nothing is left.
+    /// Lane side: up to `limit` transactions of the backlog, in position order. Reads
+    /// nothing while `queue_empty` says the queue still holds transactions (checked under
+    /// the lock ingest queues under, so those are never passed). Ends the overflow when
+    /// nothing is left.
     pub fn take(
         &self,
         spool: &dyn Spool,
         driver: u32,
         limit: usize,
-        seen: &RecentIds,
+        queue_empty: impl Fn() -> bool,
     ) -> Vec<Arc<Transaction>> {
         let mut state = self.lock();
-        if !state.active || limit == 0 {
+        if !state.active || limit == 0 || !queue_empty() {
             return Vec::new();
         }
-        match spool.owed_from(driver, state.cursor, limit) {
-            Ok(rows) if rows.is_empty() => {
+        let mut out = Vec::new();
+        // First what was committed before the reading started but offered only later.
+        while out.len() < limit {
+            let Some(position) = state.missed.pop_first() else {
+                break;
+            };
+            match spool.owed_from(driver, position, 1) {
+                Ok(rows) => out.extend(
+                    rows.into_iter()
+                        .filter(|(p, _)| *p == position)
+                        .map(|(_, t)| Arc::new(t)),
+                ),
+                Err(e) => {
+                    state.missed.insert(position);
+                    tracing::error!(driver, "cannot read the backlog from the spool: {e}");
+                    return out;
+                }
+            }
+        }
+        if out.len() >= limit {
+            return out;
+        }
+        match spool.owed_from(driver, state.cursor, limit - out.len()) {
+            Ok(rows) if rows.is_empty() && out.is_empty() => {
                 state.active = false;
                 tracing::info!(driver, "backlog read from the spool; queueing again");
-                Vec::new()
             }
             Ok(rows) => {
                 if let Some((last, _)) = rows.last() {
                     state.cursor = last + 1;
                 }
-                rows.into_iter()
-                    .filter(|(_, t)| !seen.contains(&t.id))
-                    .map(|(_, t)| Arc::new(t))
-                    .collect()
+                out.extend(rows.into_iter().map(|(_, t)| Arc::new(t)));
             }
-            Err(e) => {
-                // Stay overflowing: the lane tries again on its next round.
-                tracing::error!(driver, "cannot read the backlog from the spool: {e}");
-                Vec::new()
-            }
+            // Stay overflowing: the lane tries again on its next round.
+            Err(e) => tracing::error!(driver, "cannot read the backlog from the spool: {e}"),
         }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -150,34 +185,68 @@ impl Overflow {
     }
 }
 
-/// The ids a lane took from its queue lately (a bounded window).
-#[derive(Debug, Default)]
-pub struct RecentIds {
-    order: VecDeque<String>,
-    ids: HashSet<String>,
-    window: usize,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::sqlite::SqliteSpool;
 
-impl RecentIds {
-    pub fn new(window: usize) -> Self {
-        RecentIds {
-            window: window.max(1),
-            ..RecentIds::default()
-        }
+    fn txn(id: &str) -> Transaction {
+        Transaction::from_json(&format!(
+            r#"{{"id":"{id}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"A"}}]}}"#
+        ))
+        .unwrap()
     }
 
-    pub fn insert(&mut self, id: &str) {
-        if self.ids.insert(id.to_string()) {
-            self.order.push_back(id.to_string());
-            if self.order.len() > self.window {
-                if let Some(old) = self.order.pop_front() {
-                    self.ids.remove(&old);
-                }
-            }
-        }
+    fn ids(v: &[Arc<Transaction>]) -> Vec<&str> {
+        v.iter().map(|t| t.id.as_str()).collect()
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+    /// Offers in any order: nothing is read twice, nothing committed earlier is skipped,
+    /// a late offer of something already read is not queued again.
+    #[test]
+    fn late_offers_are_neither_lost_nor_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SqliteSpool::open(&dir.path().join("s.db"), 1 << 30).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let o = Overflow::default();
+        let stored = |id: &str| {
+            let t = txn(id);
+            let p = spool.append(std::slice::from_ref(&t), &[1]).unwrap()[0].unwrap();
+            (Arc::new(t), p)
+        };
+        let a = stored("a"); // committed first, offered last
+        let b = stored("b");
+        let c = stored("c");
+        // b fits the queue; c does not: the lane reads from c on.
+        o.offer(&tx, &[b.clone(), c.clone()], 1);
+        assert!(o.active());
+        assert_eq!(rx.try_recv().unwrap().id, "b");
+        // a arrives late, while overflowing: remembered, read before the cursor's.
+        o.offer(&tx, std::slice::from_ref(&a), 1);
+        let got = o.take(&*spool, 1, 10, || true);
+        assert_eq!(ids(&got), ["a", "c"]);
+        // Nothing left: the overflow ends.
+        assert!(o.take(&*spool, 1, 10, || true).is_empty());
+        assert!(!o.active());
+        // c offered again late (e.g. a slow request): already read, not queued.
+        o.offer(&tx, std::slice::from_ref(&c), 1);
+        assert!(rx.try_recv().is_err());
+        // A new one is queued again.
+        let d = stored("d");
+        o.offer(&tx, &[d], 1);
+        assert_eq!(rx.try_recv().unwrap().id, "d");
+    }
+
+    /// The lane reads nothing while its queue still holds transactions.
+    #[test]
+    fn nothing_is_read_past_a_non_empty_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SqliteSpool::open(&dir.path().join("s.db"), 1 << 30).unwrap();
+        let o = Overflow::default();
+        spool.append(&[txn("x")], &[1]).unwrap();
+        o.read_all_owed();
+        assert!(o.take(&*spool, 1, 10, || false).is_empty());
+        assert!(o.active());
+        assert_eq!(ids(&o.take(&*spool, 1, 10, || true)), ["x"]);
     }
 }

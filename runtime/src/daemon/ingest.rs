@@ -192,7 +192,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
                 .ingest
                 .received
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
-            tracing::debug!(txns = ?ids, "accepted");
+            tracing::debug!(txns = ?&ids[..ids.len().min(10)], count = ids.len(), "accepted");
             (
                 StatusCode::ACCEPTED,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -207,7 +207,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
                 Refused::Spool(_) => ("spool_error", "5"),
             };
             daemon.ingest.reject(reason, ids.len() as u64);
-            tracing::warn!(txns = ?ids, "ingest refused {} transaction(s): {refused}", ids.len());
+            tracing::warn!(txns = ?&ids[..ids.len().min(10)], "ingest refused {} transaction(s): {refused}", ids.len());
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": format!("{refused}; retry later")}),

@@ -151,7 +151,11 @@ pub async fn serve(
         )
     })?;
     // At least one request of max_body always fits.
-    let body_budget_units = (config.settings.max_inflight.max(config.settings.max_body) / 1024)
+    let body_budget_units = config
+        .settings
+        .max_inflight
+        .max(config.settings.max_body)
+        .div_ceil(1024)
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
@@ -173,6 +177,15 @@ pub async fn serve(
         reload_lock: tokio::sync::Mutex::new(()),
         settings: config.settings.clone(),
     });
+    if let Some(spool) = &spool {
+        // What the spool still owes from before a restart: each driver reads its share
+        // itself, in ingest order, before anything that arrives once ingest is open (see
+        // `crate::overflow`), so one user's order holds across the restart and ingest
+        // need not wait. Replay marks left from before are covered by that.
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.take_replayed()).await;
+        daemon.dispatcher.read_all_owed();
+    }
     let app = ingest::router(daemon.clone());
     let listener = tokio::net::TcpListener::bind(config.settings.listen)
         .await
@@ -207,13 +220,6 @@ pub async fn serve(
         }));
     }
     if let Some(spool) = spool {
-        // What the spool still owes from before a restart: each driver reads its share
-        // itself, in ingest order, before anything newer (see `crate::overflow`), so one
-        // user's order holds across the restart and ingest need not wait. Replay marks
-        // left from before are covered by that.
-        let s = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || s.take_replayed()).await;
-        daemon.dispatcher.read_all_owed();
         tokio::spawn(replay_dead_letters(daemon.clone(), spool));
     }
     tracing::info!("listening on {addr}");

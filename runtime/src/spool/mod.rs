@@ -50,9 +50,12 @@ pub struct Pending {
 
 /// Durable storage of transactions and per-driver progress.
 pub trait Spool: Send + Sync {
-    /// Persists transactions owed to `drivers`; returns once durable. Concurrent callers
+    /// Persists transactions owed to `drivers`; returns once durable, with each
+    /// transaction's position (`None` for an id already stored: a client's retry is
+    /// stored, and delivered, once). Positions grow in commit order. Concurrent callers
     /// share one commit (group commit).
-    fn append(&self, txns: &[Transaction], drivers: &[u32]) -> Result<(), SpoolError>;
+    fn append(&self, txns: &[Transaction], drivers: &[u32])
+        -> Result<Vec<Option<i64>>, SpoolError>;
     /// The driver is done with the transaction (delivered, skipped, or dead-lettered).
     fn complete(&self, txn_id: &str, driver: u32) -> Result<(), SpoolError>;
     /// Records a dead letter and completes the pair.

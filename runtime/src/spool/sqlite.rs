@@ -18,7 +18,7 @@ enum Write {
     Append {
         rows: Vec<(String, String, String)>,
         drivers: Vec<u32>,
-        reply: mpsc::Sender<Result<(), SpoolError>>,
+        reply: mpsc::Sender<Result<Vec<Option<i64>>, SpoolError>>,
     },
     Complete {
         id: String,
@@ -186,6 +186,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
         // commits without one (losing it in a crash means a redelivery, which
         // at-least-once allows).
         let durable = batch.iter().any(|w| matches!(w, Write::Append { .. }));
+        // Per append of the batch, in order: each transaction's position (None for a
+        // repeated id).
+        let mut positions: Vec<Vec<Option<i64>>> = Vec::new();
         let result = (|| -> rusqlite::Result<u64> {
             conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
             let tx = conn.transaction()?;
@@ -195,6 +198,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
             for w in &batch {
                 match w {
                     Write::Append { rows, drivers, .. } => {
+                        let mut these = Vec::with_capacity(rows.len());
                         for (id, user, json) in rows {
                             let inserted = tx
                                 .prepare_cached(
@@ -203,10 +207,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                                 .execute(params![id, user, json, json.len() as i64])?;
                             // A repeated id (a client retrying) is accepted once.
                             if inserted == 0 {
+                                these.push(None);
                                 continue;
                             }
                             added += json.len() as u64;
                             let seq = tx.last_insert_rowid();
+                            these.push(Some(seq));
                             for d in drivers {
                                 tx.prepare_cached(
                                     "INSERT OR IGNORE INTO owed (seq, driver) VALUES (?1, ?2)",
@@ -214,6 +220,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                                 .execute(params![seq, d])?;
                             }
                         }
+                        positions.push(these);
                     }
                     Write::Complete { id, driver } => {
                         touched.push(id);
@@ -274,14 +281,22 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                 replies.push(reply);
             }
         }
+        let mut positions = positions.into_iter();
         for r in replies {
-            let _ = r.send(result.as_ref().map(|_| ()).map_err(storage));
+            let _ = r.send(match &result {
+                Ok(_) => Ok(positions.next().unwrap_or_default()),
+                Err(e) => Err(storage(e)),
+            });
         }
     }
 }
 
 impl Spool for SqliteSpool {
-    fn append(&self, txns: &[Transaction], drivers: &[u32]) -> Result<(), SpoolError> {
+    fn append(
+        &self,
+        txns: &[Transaction],
+        drivers: &[u32],
+    ) -> Result<Vec<Option<i64>>, SpoolError> {
         let rows: Vec<(String, String, String)> = txns
             .iter()
             .map(|t| (t.id.clone(), t.user.clone(), t.to_json()))
