@@ -527,9 +527,13 @@ impl Dispatcher {
         }
         for lane in retired {
             let number = lane.number;
+            let overflow = lane.overflow.clone();
             let Some((_, left)) = finish_shared(lane).await else {
                 continue;
             };
+            // The old lane may have taken the wake-up of an overflow it then left: the
+            // new one (sharing the overflow) looks again.
+            overflow.wake_lane();
             // What the old lane still had (waiting for a retry or behind an open circuit,
             // or still queued) is owed to its number: with the spool, the lane that
             // replaced it delivers it now rather than at the next start. (After that
@@ -544,6 +548,19 @@ impl Dispatcher {
             }
         }
         result
+    }
+
+    /// Queues a replayed dead letter (stored at `position`) for the listed drivers,
+    /// except those that will read it from the spool anyway (overflowing).
+    pub async fn dispatch_replay(
+        &self,
+        txn: Arc<Transaction>,
+        drivers: &[u32],
+        position: i64,
+    ) -> Result<(), ShutDown> {
+        let mut lanes = self.snapshot();
+        lanes.retain(|l| drivers.contains(&l.number) && !l.overflow.will_read(position));
+        send_to(&lanes, txn).await
     }
 
     /// Queues `txns` for driver `number` (waiting while its queue is full).

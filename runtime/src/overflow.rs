@@ -49,6 +49,9 @@ struct State {
     missed: BTreeSet<i64>,
     /// Earlier read ranges `[start, end)`, newest last.
     read: VecDeque<(i64, i64)>,
+    /// The highest position handed to the lane (queued, or read from the spool): a new
+    /// reading starts above it, so nothing the lane has is read again.
+    hi: i64,
 }
 
 impl State {
@@ -102,15 +105,23 @@ impl Overflow {
                 // At or after the cursor: the lane reads it in turn.
                 continue;
             }
-            if tx.try_send(txn.clone()).is_err() {
-                tracing::info!(
-                    driver,
-                    txn = %txn.id,
-                    "queue full: the driver reads its backlog from the spool"
-                );
-                state.begin(position);
-                self.wake.notify_one();
+            if tx.try_send(txn.clone()).is_ok() {
+                state.hi = state.hi.max(position);
+                continue;
             }
+            tracing::info!(
+                driver,
+                txn = %txn.id,
+                "queue full: the driver reads its backlog from the spool"
+            );
+            // Read from above what the lane already has; this one (committed earlier
+            // than something already queued) is read on its own.
+            let from = position.max(state.hi + 1);
+            state.begin(from);
+            if position < from {
+                state.missed.insert(position);
+            }
+            self.wake.notify_one();
         }
     }
 
@@ -124,6 +135,19 @@ impl Overflow {
     /// Completes when an overflow starts (or started since the last call).
     pub async fn started(&self) {
         self.wake.notified().await
+    }
+
+    /// Wakes the lane (a reload's new lane, whose predecessor may have taken the wake-up
+    /// of an overflow it then left unfinished).
+    pub fn wake_lane(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether the lane will read `position` from the spool (a replayed dead letter
+    /// need not be queued as well).
+    pub fn will_read(&self, position: i64) -> bool {
+        let state = self.lock();
+        state.active && (position >= state.cursor || state.missed.contains(&position))
     }
 
     /// Lane side: up to `limit` transactions of the backlog, in position order. Reads
@@ -148,11 +172,14 @@ impl Overflow {
                 break;
             };
             match spool.owed_from(driver, position, 1) {
-                Ok(rows) => out.extend(
-                    rows.into_iter()
-                        .filter(|(p, _)| *p == position)
-                        .map(|(_, t)| Arc::new(t)),
-                ),
+                Ok(rows) => {
+                    state.hi = state.hi.max(position);
+                    out.extend(
+                        rows.into_iter()
+                            .filter(|(p, _)| *p == position)
+                            .map(|(_, t)| Arc::new(t)),
+                    )
+                }
                 Err(e) => {
                     state.missed.insert(position);
                     tracing::error!(driver, "cannot read the backlog from the spool: {e}");
@@ -171,6 +198,7 @@ impl Overflow {
             Ok(rows) => {
                 if let Some((last, _)) = rows.last() {
                     state.cursor = last + 1;
+                    state.hi = state.hi.max(*last);
                 }
                 out.extend(rows.into_iter().map(|(_, t)| Arc::new(t)));
             }
@@ -235,6 +263,33 @@ mod tests {
         let d = stored("d");
         o.offer(&tx, &[d], 1);
         assert_eq!(rx.try_recv().unwrap().id, "d");
+    }
+
+    /// A batch committed earlier but offered after a later one took the last free slot:
+    /// the reading starts above what is queued, the earlier one is read on its own —
+    /// nothing is read twice.
+    #[test]
+    fn an_overflow_never_starts_below_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = SqliteSpool::open(&dir.path().join("s.db"), 1 << 30).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let o = Overflow::default();
+        let stored = |id: &str| {
+            let t = txn(id);
+            let p = spool.append(std::slice::from_ref(&t), &[1]).unwrap()[0].unwrap();
+            (Arc::new(t), p)
+        };
+        let a = stored("a");
+        let b = stored("b");
+        let c = stored("c");
+        o.offer(&tx, std::slice::from_ref(&b), 1); // takes the only slot
+        o.offer(&tx, std::slice::from_ref(&a), 1); // full: a is read from the spool
+        assert!(o.active());
+        assert_eq!(rx.try_recv().unwrap().id, "b");
+        o.offer(&tx, std::slice::from_ref(&c), 1);
+        // b is still owed (not delivered yet) but never read again.
+        assert_eq!(ids(&o.take(&*spool, 1, 10, || true)), ["a", "c"]);
+        assert!(o.take(&*spool, 1, 10, || true).is_empty());
     }
 
     /// The lane reads nothing while its queue still holds transactions.

@@ -294,7 +294,12 @@ async fn replay_dead_letters(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::S
         for p in items {
             tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "replayed from the spool");
             let to = Arc::new(p.txn);
-            if daemon.dispatcher.dispatch_to(to, &p.drivers).await.is_err() {
+            if daemon
+                .dispatcher
+                .dispatch_replay(to, &p.drivers, p.position)
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -46,6 +46,8 @@ pub struct DeadLetter {
 pub struct Pending {
     pub txn: Transaction,
     pub drivers: Vec<u32>,
+    /// The transaction's spool position.
+    pub position: i64,
 }
 
 /// Durable storage of transactions and per-driver progress.

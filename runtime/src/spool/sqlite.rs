@@ -166,6 +166,7 @@ impl SqliteSpool {
             out.push(Pending {
                 txn,
                 drivers: vec![driver],
+                position: seq,
             });
         }
         Ok(out)
