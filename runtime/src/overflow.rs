@@ -225,6 +225,13 @@ mod tests {
         .unwrap()
     }
 
+    /// Stores a transaction owed to driver 1: it and its position.
+    fn store(spool: &SqliteSpool, id: &str) -> (Arc<Transaction>, i64) {
+        let t = txn(id);
+        let p = spool.append(std::slice::from_ref(&t), &[1]).unwrap()[0].unwrap();
+        (Arc::new(t), p)
+    }
+
     fn ids(v: &[Arc<Transaction>]) -> Vec<&str> {
         v.iter().map(|t| t.id.as_str()).collect()
     }
@@ -237,11 +244,7 @@ mod tests {
         let spool = SqliteSpool::open(&dir.path().join("s.db"), 1 << 30).unwrap();
         let (tx, mut rx) = mpsc::channel(1);
         let o = Overflow::default();
-        let stored = |id: &str| {
-            let t = txn(id);
-            let p = spool.append(std::slice::from_ref(&t), &[1]).unwrap()[0].unwrap();
-            (Arc::new(t), p)
-        };
+        let stored = |id: &str| store(&spool, id);
         let a = stored("a"); // committed first, offered last
         let b = stored("b");
         let c = stored("c");
@@ -274,11 +277,7 @@ mod tests {
         let spool = SqliteSpool::open(&dir.path().join("s.db"), 1 << 30).unwrap();
         let (tx, mut rx) = mpsc::channel(1);
         let o = Overflow::default();
-        let stored = |id: &str| {
-            let t = txn(id);
-            let p = spool.append(std::slice::from_ref(&t), &[1]).unwrap()[0].unwrap();
-            (Arc::new(t), p)
-        };
+        let stored = |id: &str| store(&spool, id);
         let a = stored("a");
         let b = stored("b");
         let c = stored("c");

@@ -39,17 +39,26 @@ impl Write for Buf {
     }
 }
 
-/// Init, a refused connection and its error: the password appears nowhere.
-#[test]
-fn the_password_is_never_logged() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+/// Captures this thread's debug logs (one test at a time): the buffer and the guards.
+fn capture() -> (
+    Buf,
+    std::sync::MutexGuard<'static, ()>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let buf = Buf::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (buf, serial, tracing::subscriber::set_default(subscriber))
+}
+
+/// Init, a refused connection and its error: the password appears nowhere.
+#[test]
+fn the_password_is_never_logged() {
+    let (buf, _serial, _guard) = capture();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -109,14 +118,7 @@ fn the_password_is_never_logged() {
 /// A METADATA value without `user=`: the transaction is skipped with Dovecot's error.
 #[test]
 fn a_missing_user_is_dovecots_error() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _serial, _guard) = capture();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
