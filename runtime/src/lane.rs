@@ -94,8 +94,8 @@ impl Held {
     }
 }
 
-/// One delivery in flight: its user, what happened, how long it took, its log span.
-/// (its user, what happened, how long it took, its span, the breaker epoch it started in)
+/// A finished delivery: its user, what happened, how long it took, its log span, the
+/// breaker epoch it started in.
 type Finished = (String, Outcome, std::time::Duration, tracing::Span, u64);
 
 /// Runs the lane until its queue is closed and everything due is delivered; returns what
