@@ -138,19 +138,22 @@ struct RawConfig {
 
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+/// The text of the config file, or the error saying how to pass another.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: None,
+        text: String::new(),
+        message: format!(
+            "cannot read config file {}: {e} (pass another with -c FILE or MAILPUSH_CONFIG)",
+            path.display()
+        ),
+    })
+}
+
 impl Config {
     /// Reads and interprets a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                location: None,
-                text: String::new(),
-                message: format!(
-                    "cannot read config file {}: {e} (pass another with -c FILE or MAILPUSH_CONFIG)",
-                    path.display()
-                ),
-            }])
-        })?;
+        let text = read_config(path).map_err(|e| ConfigErrors(vec![e]))?;
         Config::parse(path, &text)
     }
 
@@ -163,14 +166,12 @@ impl Config {
     /// driver settings found despite its errors, so `mailpush check` can report every
     /// problem of a file at once (a bad line, a numbering gap, an unknown driver).
     pub fn load_for_check(path: &Path) -> Result<Config, InvalidConfig> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::interpret(path, &text),
-            Err(_) => Config::load(path).map_err(|e| InvalidConfig {
-                errors: e.0,
-                warnings: Vec::new(),
-                drivers: Vec::new(),
-            }),
-        }
+        let text = read_config(path).map_err(|e| InvalidConfig {
+            errors: vec![e],
+            warnings: Vec::new(),
+            drivers: Vec::new(),
+        })?;
+        Config::interpret(path, &text)
     }
 
     fn interpret(path: &Path, text: &str) -> Result<Config, InvalidConfig> {

@@ -544,7 +544,11 @@ impl Dispatcher {
                     "{} transaction(s) handed to the reloaded driver",
                     left.len()
                 );
-                let _ = self.dispatch_to_all(left, number).await;
+                for t in left {
+                    if self.dispatch_to(t, &[number]).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         result
@@ -561,18 +565,6 @@ impl Dispatcher {
         let mut lanes = self.snapshot();
         lanes.retain(|l| drivers.contains(&l.number) && !l.overflow.will_read(position));
         send_to(&lanes, txn).await
-    }
-
-    /// Queues `txns` for driver `number` (waiting while its queue is full).
-    async fn dispatch_to_all(
-        &self,
-        txns: Vec<Arc<Transaction>>,
-        number: u32,
-    ) -> Result<(), ShutDown> {
-        for t in txns {
-            self.dispatch_to(t, &[number]).await?;
-        }
-        Ok(())
     }
 
     /// Stops accepting, lets every driver finish its queue, calls each driver's deinit
