@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mailpush::dispatch::deliver;
+use mailpush::pipeline::deliver;
 use mailpush::wasm::engine::Engines;
 use mailpush_bench::{
     lua_event, message, native_handler, txn, warm_bench_handler, NativeBench, LUA_HANDLER,

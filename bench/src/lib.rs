@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
 use mailpush::wasm::engine::Engines;
-use mailpush::wasm::host::DriverTag;
+use mailpush::wasm::instance::InstanceModel;
+use mailpush::wasm::log::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_core::event::NewMessage;
@@ -150,12 +151,10 @@ pub async fn load(
 /// The bench handler as a component driver with a warm instance (`instance=reuse`,
 /// never recycled), as §1 of the report and the criterion bench measure it.
 pub async fn warm_bench_handler(engines: &Arc<Engines>) -> WasmDriver {
-    let sandbox = Sandbox {
-        instance: mailpush::wasm::sandbox::InstanceModel::Reuse,
-        recycle_after: u64::MAX,
-        timeout: std::time::Duration::from_secs(10),
-        ..Sandbox::default()
-    };
+    let mut sandbox = Sandbox::default();
+    sandbox.instance.model = InstanceModel::Reuse;
+    sandbox.instance.recycle_after = u64::MAX;
+    sandbox.limits.timeout = std::time::Duration::from_secs(10);
     load(
         &mailpush_e2e::guest("bench-handler"),
         sandbox,

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpush::dispatch::{deliver, Outcome};
+use mailpush::pipeline::{deliver, Outcome};
 use mailpush::wasm::engine::Engines;
 
-use mailpush::wasm::sandbox::{InstanceModel, Sandbox};
+use mailpush::wasm::instance::InstanceModel;
+use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_bench::{
     load, lua_event, message, native_handler, txn, warm_bench_handler, NativeBench,
@@ -141,7 +142,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
 async fn on_lane<T: Send + 'static>(
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> T {
-    let Ok(t) = mailpush::lane_thread::spawn("bench-lane".into(), fut) else {
+    let Ok(t) = mailpush::pipeline::lane_thread::spawn("bench-lane".into(), fut) else {
         panic!("cannot start a lane thread")
     };
     t.join().await.expect("bench lane")
@@ -168,11 +169,9 @@ async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
 async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 20 } else { 3000 };
     let engines = Arc::new(Engines::new(None));
-    let sandbox = Sandbox {
-        http_stub: true,
-        allow_hosts: vec!["*".into()],
-        ..Sandbox::default()
-    };
+    let mut sandbox = Sandbox::default();
+    sandbox.http.http_stub = true;
+    sandbox.http.allow_hosts = vec!["*".into()];
     let webhook = Arc::new(
         load(
             &guest("webhook"),
@@ -320,12 +319,10 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let webhook_args = format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     let webhook_wasm = guest("webhook");
     let webhook = |instance: InstanceModel| {
-        let sandbox = Sandbox {
-            allow_hosts: vec!["127.0.0.1".into()],
-            allow_private: true,
-            instance,
-            ..Sandbox::default()
-        };
+        let mut sandbox = Sandbox::default();
+        sandbox.http.allow_hosts = vec!["127.0.0.1".into()];
+        sandbox.http.allow_private = true;
+        sandbox.instance.model = instance;
         load(&webhook_wasm, sandbox, &webhook_args, &engines)
     };
     let d: Arc<dyn Driver> = Arc::new(webhook(InstanceModel::Fresh).await);

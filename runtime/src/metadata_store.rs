@@ -14,16 +14,29 @@
 //! `vendor/vendor.dovecot/pvt/` tree is off limits).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use mailpush_core::{MetadataError, MetadataLookup};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::schema::Schema;
+
 /// The store's file name inside the state dir.
 pub const FILE_NAME: &str = "metadata.db";
 
-/// Schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+/// The store's schema ([`crate::schema`]).
+const SCHEMA: Schema = Schema {
+    what: "METADATA store",
+    version: 1,
+    create: "CREATE TABLE IF NOT EXISTS metadata (
+                 user  TEXT NOT NULL,
+                 key   TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 PRIMARY KEY (user, key)
+             ) WITHOUT ROWID;",
+    migrations: &[],
+};
 
 /// Dovecot's internal attribute tree, which IMAP and doveadm refuse to touch.
 const DOVECOT_PVT: &str = "vendor/vendor.dovecot/pvt/";
@@ -99,7 +112,7 @@ impl MetadataStore {
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         }
         let ctx = |e: rusqlite::Error| err(format!("METADATA store {}: {e}", path.display()));
-        let conn = Connection::open(path).map_err(ctx)?;
+        let mut conn = Connection::open(path).map_err(ctx)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(ctx)?;
         let mode: String = conn
@@ -111,32 +124,11 @@ impl MetadataStore {
                 path.display()
             )));
         }
-        conn.execute_batch(
-            "PRAGMA synchronous = FULL;
-             CREATE TABLE IF NOT EXISTS metadata (
-                 user  TEXT NOT NULL,
-                 key   TEXT NOT NULL,
-                 value TEXT NOT NULL,
-                 PRIMARY KEY (user, key)
-             ) WITHOUT ROWID;",
-        )
-        .map_err(ctx)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        conn.execute_batch("PRAGMA synchronous = FULL;")
             .map_err(ctx)?;
-        match version {
-            0 => conn
-                .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-                .map_err(ctx)?,
-            SCHEMA_VERSION => {}
-            v => {
-                return Err(err(format!(
-                    "METADATA store {}: schema version {v} is newer than this mailpush \
-                     understands ({SCHEMA_VERSION})",
-                    path.display()
-                )))
-            }
-        }
+        SCHEMA
+            .apply(&mut conn)
+            .map_err(|e| err(format!("METADATA store {}: {e}", path.display())))?;
         Ok(MetadataStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -154,7 +146,7 @@ impl MetadataStore {
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        self.conn.lock()
     }
 
     /// Sets `key` for `user` (replacing any value). The key is validated and stored

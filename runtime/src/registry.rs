@@ -4,31 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mailpush_core::{Driver, DriverFactory, DriverInit, MetadataLookup};
+use mailpush_core::{BreakerConfig, DriverFactory, DriverInit, MetadataLookup};
 
 use crate::config::{Config, ConfigError, DriverSetting, Location};
-
-/// An initialised, numbered driver.
-pub struct LoadedDriver {
-    pub number: u32,
-    /// Name as typed in the config.
-    pub name: String,
-    /// `native` or `wasm`.
-    pub kind: &'static str,
-    /// Arguments with secrets redacted, for display.
-    pub args_display: String,
-    pub location: Location,
-    pub driver: Arc<dyn Driver>,
-    pub warnings: Vec<String>,
-    /// Extra lines for `check` (file, sha256, limits, grants, …).
-    pub details: Vec<String>,
-    /// Identity for reloads: the config line plus the content hash of driver files. A
-    /// reload keeps the running lane (and its queue) of a driver whose fingerprint did
-    /// not change.
-    pub fingerprint: String,
-    /// Retry schedule and circuit breaker (generic keys taken from the driver line).
-    pub policy: crate::delivery::DeliveryPolicy,
-}
+pub use crate::pipeline::LoadedDriver;
+use crate::pipeline::{panic_message, DeliveryPolicy};
+use crate::wasm::{Engines, TenantDrivers, WasmFactory};
 
 /// The registered driver factories, looked up case-insensitively by name.
 pub struct DriverRegistry {
@@ -41,7 +22,7 @@ impl Default for DriverRegistry {
         let mut r = DriverRegistry::empty();
         r.register(Arc::new(mailpush_dlog::DlogFactory));
         r.register(Arc::new(mailpush_ox::OxFactory::default()));
-        r.register(Arc::new(crate::wasm::WasmFactory::default()));
+        r.register(Arc::new(WasmFactory::default()));
         r
     }
 }
@@ -107,7 +88,7 @@ impl DriverRegistry {
         };
         let factory = self.factory_for(setting)?;
         let mut args = setting.args.clone();
-        let policy = crate::delivery::DeliveryPolicy::from_args(&mut args).map_err(|e| {
+        let policy = DeliveryPolicy::from_args(&mut args).map_err(|e| {
             fail(format!(
                 "driver {} ({}): {}",
                 setting.number, setting.name, e.0
@@ -145,7 +126,7 @@ impl DriverRegistry {
                     "driver {} ({}) panicked during init: {}",
                     setting.number,
                     setting.name,
-                    crate::dispatch::panic_message(&panic)
+                    panic_message(&panic)
                 )))
             }
         };
@@ -209,11 +190,10 @@ async fn tenant_lane(
     metadata: Arc<dyn MetadataLookup>,
 ) -> LoadedDriver {
     let number = config.drivers.last().map(|d| d.number + 1).unwrap_or(1);
-    let engines = Arc::new(crate::wasm::engine::Engines::new(Some(
-        config.settings.state_dir.join("wasm-cache"),
-    )));
-    let lane =
-        crate::wasm::tenants::TenantDrivers::new(dir.to_path_buf(), number, engines, metadata);
+    // The same engines as the numbered wasm drivers (one pooling allocator, one epoch
+    // thread per process and cache dir).
+    let engines = Engines::shared(Some(config.settings.state_dir.join("wasm-cache")));
+    let lane = TenantDrivers::new(dir.to_path_buf(), number, engines, metadata);
     let (details, warnings) = lane.scan().await;
     LoadedDriver {
         number,
@@ -230,13 +210,20 @@ async fn tenant_lane(
         details,
         // No driver-wide breaker: it would hold back every tenant for one tenant's dead
         // endpoint. Each tenant's endpoints have their own breakers (see tenants.rs).
-        policy: crate::delivery::DeliveryPolicy {
-            breaker: mailpush_core::BreakerConfig {
+        policy: DeliveryPolicy {
+            breaker: BreakerConfig {
                 min: usize::MAX,
                 ..Default::default()
             },
             ..Default::default()
         },
+    }
+}
+
+/// Deinitialises drivers that were loaded but will not run (`check`, a refused start).
+pub async fn shutdown_drivers(loaded: Vec<LoadedDriver>) {
+    for d in loaded {
+        d.driver.deinit().await;
     }
 }
 

@@ -6,6 +6,9 @@ fn mailpush() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailpush"))
 }
 
+/// The tests that run the example config share its state dir: one at a time.
+static EXAMPLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -87,6 +90,7 @@ fn check_redacts_secrets_in_the_driver_table() {
 
 #[test]
 fn send_runs_the_example_and_prints_dlog_lines() {
+    let _example = EXAMPLE.lock().unwrap_or_else(|p| p.into_inner());
     let out = mailpush()
         .args([
             "send",
@@ -178,6 +182,7 @@ fn send_shows_progress_only_when_stdout_is_elsewhere() {
     {
         panic!("`script` (util-linux) is needed for this test");
     }
+    let _example = EXAMPLE.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("out.txt");
     let send = format!(

@@ -6,9 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpush::dispatch::Dispatcher;
+use mailpush::pipeline::Backpressure;
+use mailpush::pipeline::Dispatcher;
 use mailpush::spool::sqlite::SqliteSpool;
 use mailpush::spool::Spool;
+use mailpush_core::CircuitState;
 use mailpush_core::Transaction;
 use mailpush_e2e::*;
 
@@ -81,7 +83,10 @@ async fn a_500_is_retried_until_the_endpoint_recovers() {
     let server = RecordingServer::start().await;
     server.script([Reply::status(500), Reply::status(502)]);
     let s = setup(&[(server.url("/h"), "retry=20ms,20ms,20ms")]).await;
-    s.dispatcher.accept(vec![txn("a@x", "t1")]).await.unwrap();
+    s.dispatcher
+        .accept(vec![txn("a@x", "t1")], Backpressure::Refuse)
+        .await
+        .unwrap();
     finished(&s.dispatcher, 0, 1).await;
     let r = &s.dispatcher.reports()[0];
     assert_eq!((r.delivered, r.retried, r.failed), (1, 2, 0));
@@ -113,7 +118,10 @@ async fn timeouts_slow_responses_and_refused_connections() {
         "first_byte_timeout_msecs=300 retry=10ms,10ms,10ms",
     )])
     .await;
-    s.dispatcher.accept(vec![txn("a@x", "slow")]).await.unwrap();
+    s.dispatcher
+        .accept(vec![txn("a@x", "slow")], Backpressure::Refuse)
+        .await
+        .unwrap();
     finished(&s.dispatcher, 0, 1).await;
     let r = &s.dispatcher.reports()[0];
     assert_eq!((r.delivered, r.retried), (1, 2), "{r:?}");
@@ -126,7 +134,7 @@ async fn timeouts_slow_responses_and_refused_connections() {
         .port();
     let s = setup(&[(format!("http://127.0.0.1:{port}/h"), "retry=10ms,10ms")]).await;
     s.dispatcher
-        .accept(vec![txn("a@x", "refused")])
+        .accept(vec![txn("a@x", "refused")], Backpressure::Refuse)
         .await
         .unwrap();
     finished(&s.dispatcher, 0, 1).await;
@@ -150,7 +158,10 @@ async fn retry_after_delays_the_next_attempt() {
     server.script([Reply::with_header(503, "retry-after", "1")]);
     let s = setup(&[(server.url("/h"), "retry=10ms")]).await;
     let start = Instant::now();
-    s.dispatcher.accept(vec![txn("a@x", "ra2")]).await.unwrap();
+    s.dispatcher
+        .accept(vec![txn("a@x", "ra2")], Backpressure::Refuse)
+        .await
+        .unwrap();
     server.wait_for(2, Duration::from_secs(10)).await;
     assert!(
         start.elapsed() >= Duration::from_millis(950),
@@ -168,12 +179,12 @@ async fn dead_letters_replay_and_purge() {
     server.script([Reply::status(400), Reply::status(500), Reply::status(500)]);
     let s = setup(&[(server.url("/h"), "retry=10ms")]).await;
     s.dispatcher
-        .accept(vec![txn("a@x", "bad-request")])
+        .accept(vec![txn("a@x", "bad-request")], Backpressure::Refuse)
         .await
         .unwrap();
     finished(&s.dispatcher, 0, 1).await;
     s.dispatcher
-        .accept(vec![txn("b@x", "exhausted")])
+        .accept(vec![txn("b@x", "exhausted")], Backpressure::Refuse)
         .await
         .unwrap();
     finished(&s.dispatcher, 0, 2).await;
@@ -190,12 +201,7 @@ async fn dead_letters_replay_and_purge() {
         .all(|a| a.error.contains("500") && a.at > 0));
     // Replay one: the endpoint is fine now.
     assert_eq!(s.spool.replay(Some(dead[0].id), None).unwrap(), 1);
-    for p in s.spool.take_replayed().unwrap() {
-        s.dispatcher
-            .dispatch_to(Arc::new(p.txn), &p.drivers)
-            .await
-            .unwrap();
-    }
+    assert_eq!(s.dispatcher.take_replays().await.unwrap(), 1);
     finished(&s.dispatcher, 0, 3).await;
     assert_eq!(ids(&server.requests()).last().unwrap(), "bad-request");
     // Purge the other.
@@ -210,12 +216,15 @@ async fn a_failing_transaction_holds_back_only_its_user() {
     server.script([Reply::status(500)]);
     let s = setup(&[(server.url("/h"), "retry=200ms")]).await;
     s.dispatcher
-        .accept(vec![
-            txn("a@x", "a1"),
-            txn("b@x", "b1"),
-            txn("a@x", "a2"),
-            txn("b@x", "b2"),
-        ])
+        .accept(
+            vec![
+                txn("a@x", "a1"),
+                txn("b@x", "b1"),
+                txn("a@x", "a2"),
+                txn("b@x", "b2"),
+            ],
+            Backpressure::Refuse,
+        )
         .await
         .unwrap();
     finished(&s.dispatcher, 0, 4).await;
@@ -240,12 +249,15 @@ async fn circuit_breaker_opens_probes_and_closes_beside_a_healthy_driver() {
     let batch: Vec<_> = (0..10)
         .map(|i| txn(&format!("u{i}@x"), &format!("c{i}")))
         .collect();
-    s.dispatcher.accept(batch).await.unwrap();
+    s.dispatcher
+        .accept(batch, Backpressure::Refuse)
+        .await
+        .unwrap();
     // The healthy driver is unaffected.
     good.wait_for(10, Duration::from_secs(10)).await;
     // The bad one opens after 3 failures and stops hammering the endpoint.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.dispatcher.reports()[0].circuit != "open" {
+    while s.dispatcher.reports()[0].circuit != CircuitState::Open {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -260,7 +272,11 @@ async fn circuit_breaker_opens_probes_and_closes_beside_a_healthy_driver() {
     bad.set_default(Reply::status(200));
     finished(&s.dispatcher, 0, 10).await;
     let r = &s.dispatcher.reports()[0];
-    assert_eq!((r.delivered, r.circuit), (10, "closed"), "{r:?}");
+    assert_eq!(
+        (r.delivered, r.circuit),
+        (10, CircuitState::Closed),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,14 +450,17 @@ async fn deferred_failures_cost_no_attempt() {
     let loaded = load_drivers(&drivers.registry(), &config).await;
     let spool = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
     let d = Dispatcher::start_with_spool(loaded, 64, None, Some(spool.clone() as Arc<dyn Spool>));
-    d.accept(vec![txn("u@x", "d1"), txn("u@x", "d2")])
-        .await
-        .unwrap();
+    d.accept(
+        vec![txn("u@x", "d1"), txn("u@x", "d2")],
+        Backpressure::Refuse,
+    )
+    .await
+    .unwrap();
     finished(&d, 0, 2).await;
     let r = &d.reports()[0];
     assert_eq!(
         (r.delivered, r.retried, r.dead_lettered, r.circuit),
-        (2, 0, 0, "closed"),
+        (2, 0, 0, CircuitState::Closed),
         "{r:?}"
     );
     let seen: Vec<String> = drivers

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpush::dispatch::Dispatcher;
+use mailpush::pipeline::Backpressure;
+use mailpush::pipeline::Dispatcher;
 use mailpush_e2e::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,10 +23,13 @@ async fn panicking_and_slow_drivers_never_disturb_a_good_one() {
     let n = 40;
     let start = Instant::now();
     for i in 0..n {
-        d.dispatch(Arc::new(mailbox_txn(
-            &format!("u{}@example.com", i % 3),
-            &format!("t{i:02}"),
-        )))
+        d.accept(
+            vec![mailbox_txn(
+                &format!("u{}@example.com", i % 3),
+                &format!("t{i:02}"),
+            )],
+            Backpressure::Wait,
+        )
         .await
         .unwrap();
     }
@@ -108,7 +112,9 @@ async fn a_slow_driver_overflows_into_the_spool_and_holds_back_nothing() {
     };
     for i in 0..n {
         let txn = mailbox_txn(&format!("u{}@example.com", i % 3), &format!("t{i:02}"));
-        d.accept(vec![txn]).await.expect("nothing is refused");
+        d.accept(vec![txn], Backpressure::Refuse)
+            .await
+            .expect("nothing is refused");
         // The queues never hold more than their capacity.
         assert!(
             d.reports().iter().all(|r| r.queued <= 2),
@@ -167,12 +173,12 @@ async fn concurrency_runs_different_users_at_once_and_one_user_in_order() {
     let loaded = load_drivers(&drivers.registry(), &config).await;
     let d = Dispatcher::start(loaded, 64, None);
     // 6 users, 4 transactions each.
-    let txns: Vec<Arc<mailpush_core::Transaction>> = (0..24)
-        .map(|i| Arc::new(mailbox_txn(&format!("u{}@x", i % 6), &format!("t{i:02}"))))
+    let txns: Vec<mailpush_core::Transaction> = (0..24)
+        .map(|i| mailbox_txn(&format!("u{}@x", i % 6), &format!("t{i:02}")))
         .collect();
-    d.dispatch_all(&txns).await.unwrap();
+    d.accept(txns, Backpressure::Wait).await.unwrap();
     let reports = d.shutdown().await;
-    let counter = |r: &mailpush::dispatch::DriverReport, name: &str| {
+    let counter = |r: &mailpush::pipeline::DriverReport, name: &str| {
         r.counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
     };
     assert_eq!(reports[0].delivered, 24);
@@ -209,17 +215,15 @@ async fn ox_sends_for_several_users_at_once() {
     );
     let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
     let d = Dispatcher::start(loaded, 64, None);
-    let txns: Vec<Arc<mailpush_core::Transaction>> = (0..5)
+    let txns: Vec<mailpush_core::Transaction> = (0..5)
         .map(|i| {
-            Arc::new(
-                mailpush_core::Transaction::from_json(&format!(
-                    r#"{{"id":"o{i}","user":"u{i}@x","events":[{{"name":"MessageNew","mailbox":"INBOX","uid":1,"uid_validity":1}}],"metadata":{{"/private/vendor/vendor.dovecot/http-notify":"user=u{i}"}}}}"#
-                ))
-                .unwrap(),
-            )
+            mailpush_core::Transaction::from_json(&format!(
+                r#"{{"id":"o{i}","user":"u{i}@x","events":[{{"name":"MessageNew","mailbox":"INBOX","uid":1,"uid_validity":1}}],"metadata":{{"/private/vendor/vendor.dovecot/http-notify":"user=u{i}"}}}}"#
+            ))
+            .unwrap()
         })
         .collect();
-    d.dispatch_all(&txns).await.unwrap();
+    d.accept(txns, Backpressure::Wait).await.unwrap();
     // One at a time, the second request would come only after the first timed out (20 s).
     let got = server.wait_for(5, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 5);

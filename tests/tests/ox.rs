@@ -1,5 +1,5 @@
 //! The native ox driver against a real HTTP/1.1 server on 127.0.0.1 that records each
-//! request (`RecordingServer`), driven through `mailpush::dispatch::deliver`.
+//! request (`RecordingServer`), driven through `mailpush::pipeline::deliver`.
 //!
 //! The expected requests are Dovecot 2.3's ox driver's (`dovecot-push.md` §7.3–7.4). For a
 //! delivery to INBOX of a user whose METADATA `/private/vendor/vendor.dovecot/http-notify`
@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mailpush::config::Config;
-use mailpush::dispatch::{deliver, Outcome};
 use mailpush::metadata_store::MetadataStore;
+use mailpush::pipeline::{deliver, Outcome};
 use mailpush::registry::DriverRegistry;
 use mailpush_core::{Driver, Failure, MetadataError, MetadataLookup, Transaction};
 use mailpush_e2e::*;

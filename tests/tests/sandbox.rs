@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use mailpush::dispatch::{Delivery, DeliveryObserver, Dispatcher, Outcome};
+use mailpush::pipeline::Backpressure;
+use mailpush::pipeline::{Delivery, DeliveryObserver, Dispatcher, Outcome};
 use mailpush_e2e::*;
 
 #[derive(Default)]
@@ -32,10 +33,10 @@ async fn run_hostile(args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
     let outcomes = Arc::new(Outcomes::default());
     let d = Dispatcher::start(loaded, 64, Some(outcomes.clone()));
     for i in 0..n {
-        d.dispatch(Arc::new(mailbox_txn(
-            &format!("u{i}@example.com"),
-            &format!("t{i}"),
-        )))
+        d.accept(
+            vec![mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}"))],
+            Backpressure::Wait,
+        )
         .await
         .unwrap();
     }
@@ -332,9 +333,9 @@ async fn a_tenant_that_panics_in_init_fails_only_its_own_transactions() {
             ("u@good.example", format!("g{i}"))
         };
         let out =
-            mailpush::dispatch::deliver(driver.as_ref(), &Arc::new(mailbox_txn(user, &id))).await;
+            mailpush::pipeline::deliver(driver.as_ref(), &Arc::new(mailbox_txn(user, &id))).await;
         match out {
-            mailpush::dispatch::Outcome::Failed(f) => {
+            mailpush::pipeline::Outcome::Failed(f) => {
                 assert!(user.ends_with("bad.example"), "{f:?}");
                 assert!(
                     f.reason.contains("the driver panicked")
@@ -346,7 +347,7 @@ async fn a_tenant_that_panics_in_init_fails_only_its_own_transactions() {
             }
             other => {
                 assert!(user.ends_with("good.example"), "{other:?}");
-                assert_eq!(other, mailpush::dispatch::Outcome::Delivered);
+                assert_eq!(other, mailpush::pipeline::Outcome::Delivered);
                 good += 1;
             }
         }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mailpush::dispatch::{deliver, Dispatcher, Outcome};
+use mailpush::pipeline::Backpressure;
+use mailpush::pipeline::{deliver, Dispatcher, Outcome};
 use mailpush::spool::sqlite::SqliteSpool;
 use mailpush::spool::Spool;
 use mailpush_core::CircuitState;
@@ -80,7 +81,7 @@ async fn tenant_directory_changes_while_transactions_flow() {
     };
     let mut sent = batch(0);
     for t in &sent {
-        d.dispatch(Arc::new(t.clone())).await.unwrap();
+        d.accept(vec![t.clone()], Backpressure::Wait).await.unwrap();
     }
     // While those flow (a.example's first version has answered at least once): remove
     // b, add c, re-point a.
@@ -99,7 +100,7 @@ async fn tenant_directory_changes_while_transactions_flow() {
     put_tenant(&tenants, "a.example", &server.url("/a.example/v2"));
     let second = batch(1);
     for t in &second {
-        d.dispatch(Arc::new(t.clone())).await.unwrap();
+        d.accept(vec![t.clone()], Backpressure::Wait).await.unwrap();
     }
     sent.extend(second);
     let reports = d.shutdown().await;
@@ -214,7 +215,7 @@ async fn one_tenants_dead_endpoint_does_not_hold_back_the_others() {
     let a: Vec<Transaction> = (0..6)
         .map(|i| mailbox_txn(&format!("u{}@a.example", i % 3), &format!("a{i}")))
         .collect();
-    d.accept(a.clone()).await.unwrap();
+    d.accept(a.clone(), Backpressure::Refuse).await.unwrap();
     // a.example's endpoint circuit opens; the lane's own circuit stays closed.
     let deadline = Instant::now() + Duration::from_secs(10);
     let endpoint = bad.url("").trim_end_matches('/').to_string();
@@ -224,7 +225,7 @@ async fn one_tenants_dead_endpoint_does_not_hold_back_the_others() {
             assert_eq!(r.endpoints.len(), 1, "{:?}", r.endpoints);
             assert_eq!(r.endpoints[0].endpoint, endpoint);
             assert_eq!(r.endpoints[0].scope.as_deref(), Some("a.example"));
-            assert_eq!(r.circuit, "closed");
+            assert_eq!(r.circuit, CircuitState::Closed);
             break;
         }
         assert!(
@@ -242,7 +243,7 @@ async fn one_tenants_dead_endpoint_does_not_hold_back_the_others() {
     let b: Vec<Transaction> = (0..6)
         .map(|i| mailbox_txn(&format!("u{i}@b.example"), &format!("b{i}")))
         .collect();
-    d.accept(b).await.unwrap();
+    d.accept(b, Backpressure::Refuse).await.unwrap();
     good.wait_for(6, Duration::from_secs(10)).await;
     assert_eq!(
         bad.requests().len(),

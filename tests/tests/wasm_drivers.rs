@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mailpush::dispatch::{deliver, Dispatcher, Outcome};
+use mailpush::pipeline::Backpressure;
+use mailpush::pipeline::{deliver, Dispatcher, Outcome};
 use mailpush::wasm::engine::{CacheOutcome, Engines};
-use mailpush::wasm::host::DriverTag;
+use mailpush::wasm::log::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_core::{Driver, DriverArgs, NoMetadata, Transaction};
@@ -55,7 +56,7 @@ async fn webhook_posts_signed_canonical_json() {
     .unwrap();
     let txns = mailpush_core::parse_ndjson(&text).unwrap();
     for t in &txns {
-        d.dispatch(Arc::new(t.clone())).await.unwrap();
+        d.accept(vec![t.clone()], Backpressure::Wait).await.unwrap();
     }
     let reports = d.shutdown().await;
     assert_eq!(reports[0].delivered as usize, txns.len(), "{reports:?}");

@@ -3,14 +3,14 @@
 //! store are cached per user for `cache_lifetime` — successful reads only, as in Dovecot;
 //! "not set" is read again every time. Time comes from a [`Clock`] so tests can move it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mailpush_core::{MetadataError, MetadataLookup, Transaction};
 
 /// The METADATA key (server metadata, as clients set it).
-pub const METADATA_KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
+pub use mailpush_ox_wire::METADATA_KEY;
 
 /// Dovecot's internal name for the key, used in its log lines.
 pub const INTERNAL_KEY: &str =
@@ -49,13 +49,13 @@ impl ManualClock {
 
     /// Moves time forward.
     pub fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += d;
+        *self.0.lock() += d;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.0.lock()
     }
 }
 
@@ -90,7 +90,7 @@ impl MetadataCache {
             return Ok(Some(v.clone()));
         }
         let now = clock.now();
-        let lock = || self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || self.entries.lock();
         if let Some((v, at)) = lock().get(&txn.user) {
             if *at + self.lifetime > now {
                 return Ok(Some(v.clone()));
@@ -116,51 +116,13 @@ impl MetadataCache {
 
     /// Number of cached users (for tests and status).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.lock().len()
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Dovecot's `str_tabunescape` (escape character \x01): `\x01` followed by `0`, `1`, `t`,
-/// `r`, `n` gives NUL, \x01, TAB, CR, LF; followed by any other character, that character.
-pub fn tab_unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '\u{1}' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('0') => out.push('\0'),
-            Some('1') => out.push('\u{1}'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('n') => out.push('\n'),
-            Some(x) => out.push(x),
-            None => {}
-        }
-    }
-    out
-}
-
-/// The `user=` of a METADATA value: split on TAB, tab-unescape each element, split each at
-/// its first `=`; the last `user` wins; elements without `=` are ignored; an empty value
-/// counts. `None` when there is no `user` key (Dovecot: "No user provided in config").
-pub fn metadata_user(value: &str) -> Option<String> {
-    value
-        .split('\t')
-        .map(tab_unescape)
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .filter(|(k, _)| *k == "user")
-                .map(|(_, v)| v.to_string())
-        })
-        .next_back()
 }
 
 #[cfg(test)]
@@ -170,29 +132,13 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn user_from_value() {
-        assert_eq!(metadata_user("user=11@3"), Some("11@3".into()));
-        assert_eq!(metadata_user("a=b\tuser=x\tuser=y"), Some("y".into()));
-        assert_eq!(metadata_user("user="), Some("".into()));
-        assert_eq!(metadata_user("user=a=b"), Some("a=b".into()));
-        assert_eq!(metadata_user("nouser\ta=b\tuser"), None);
-        assert_eq!(metadata_user("USER=x"), None, "keys are case-sensitive");
-        assert_eq!(metadata_user("user=a\u{1}tb"), Some("a\tb".into()));
-        assert_eq!(metadata_user("us\u{1}er=z"), Some("z".into()));
-        assert_eq!(
-            tab_unescape("\u{1}0\u{1}1\u{1}r\u{1}n\u{1}x\u{1}"),
-            "\0\u{1}\r\nx"
-        );
-    }
-
     struct Counting(AtomicUsize, Mutex<Option<String>>);
 
     impl MetadataLookup for Counting {
         fn get(&self, _user: &str, key: &str) -> Result<Option<String>, MetadataError> {
             assert_eq!(key, METADATA_KEY);
             self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(self.1.lock().unwrap().clone())
+            Ok(self.1.lock().clone())
         }
     }
 
@@ -218,12 +164,12 @@ mod tests {
         assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
         assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
         assert_eq!(store.0.load(Ordering::SeqCst), 2);
-        *store.1.lock().unwrap() = Some("user=1".into());
+        *store.1.lock() = Some("user=1".into());
         assert_eq!(
             cache.lookup(&t, &store, &clock).unwrap().as_deref(),
             Some("user=1")
         );
-        *store.1.lock().unwrap() = Some("user=2".into());
+        *store.1.lock() = Some("user=2".into());
         clock.advance(Duration::from_secs(59));
         assert_eq!(
             cache.lookup(&t, &store, &clock).unwrap().as_deref(),
@@ -247,7 +193,7 @@ mod tests {
             Some("user=2")
         );
         // Unset in the store after expiry: the entry goes.
-        *store.1.lock().unwrap() = None;
+        *store.1.lock() = None;
         clock.advance(Duration::from_secs(61));
         assert_eq!(cache.lookup(&t, &store, &clock).unwrap(), None);
         assert!(cache.is_empty());

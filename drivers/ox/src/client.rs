@@ -16,6 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mailpush_core::backoff::Exponential;
 use mailpush_core::Failure;
 
 use crate::config::OxConfig;
@@ -200,8 +201,11 @@ pub fn judge(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verdict 
 
 /// Backoff before retry `n` (1-based): 50 ms, 100 ms, 200 ms, … up to 1 s.
 pub fn backoff(n: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1u64 << n.saturating_sub(1).min(10)))
-        .min(Duration::from_secs(1))
+    Exponential {
+        first: Duration::from_millis(50),
+        max: Duration::from_secs(1),
+    }
+    .delay(n.saturating_sub(1))
 }
 
 /// Largest response body read (and discarded) to keep a connection reusable.

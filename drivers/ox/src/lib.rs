@@ -27,8 +27,9 @@ pub use activation::{Clock, ManualClock, SystemClock, METADATA_KEY};
 pub use client::OxStats;
 pub use config::OxConfig;
 
-use activation::{metadata_user, MetadataCache, INTERNAL_KEY};
+use activation::{MetadataCache, INTERNAL_KEY};
 use client::OxClient;
+use mailpush_ox_wire::metadata_user;
 
 /// The only mailbox ox watches (exact, case-sensitive vname).
 pub const WATCHED_MAILBOX: &str = "INBOX";

@@ -19,12 +19,11 @@
 //! an internal address).
 
 use base64::Engine as _;
+use mailpush_ox_wire::{metadata_user, request_body, Notification, METADATA_KEY};
 use mailpush_driver_sdk::{
     export_driver, http, log, metadata, Args, Driver, EventName, Failure, NewMessage, TxnInfo,
     Wants,
 };
-
-const METADATA_KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
 
 struct OxWasm {
     url: String,
@@ -86,17 +85,7 @@ impl Driver for OxWasm {
             ));
             return Wants::Skip;
         };
-        let user = value
-            .split('\t')
-            .map(tab_unescape)
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .filter(|(k, _)| k == "user")
-            .map(|(_, v)| v)
-            .next_back();
-        let Some(user) = user else {
+        let Some(user) = metadata_user(&value) else {
             log::error("No user provided in config");
             return Wants::Skip;
         };
@@ -123,17 +112,21 @@ impl Driver for OxWasm {
         } else {
             txn.user.clone()
         };
-        let body = request_body(&user, m);
+        let body = request_body(&Notification {
+            user: &user,
+            folder: &m.message.mailbox,
+            uid_validity: m.message.uid_validity,
+            uid: m.message.uid,
+            from: m.from.as_deref(),
+            subject: m.subject.as_deref().or(m.subject_utf8.as_deref()),
+            snippet: m.snippet.as_deref(),
+            unseen: m.unseen,
+        });
         let mut attempt = 0;
         loop {
             attempt += 1;
             // A fresh Date per attempt, as the native driver sends.
-            let date = http_date(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            );
+            let date = httpdate::fmt_http_date(std::time::SystemTime::now());
             let mut headers = vec![
                 ("Date", date.as_str()),
                 ("Connection", "Keep-Alive"),
@@ -177,117 +170,4 @@ impl Driver for OxWasm {
     }
 }
 
-/// An HTTP date (RFC 9110 IMF-fixdate) of unix time `secs`:
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Dovecot's tab-unescape (escape char \x01).
-fn tab_unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '\u{1}' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('0') => out.push('\0'),
-            Some('1') => out.push('\u{1}'),
-            Some('t') => out.push('\t'),
-            Some('r') => out.push('\r'),
-            Some('n') => out.push('\n'),
-            Some(x) => out.push(x),
-            None => {}
-        }
-    }
-    out
-}
-
-/// The body Dovecot's ox driver builds, byte for byte.
-fn request_body(user: &str, m: &NewMessage) -> String {
-    let mut s = String::from("{\"user\":\"");
-    escape(user, &mut s);
-    s.push_str("\",\"event\":\"messageNew\",\"folder\":\"");
-    escape(&m.message.mailbox, &mut s);
-    s.push_str(&format!(
-        "\",\"imap-uidvalidity\":{},\"imap-uid\":{}",
-        m.message.uid_validity, m.message.uid
-    ));
-    let subject = m.subject.as_deref().or(m.subject_utf8.as_deref());
-    for (k, v) in [
-        ("from", m.from.as_deref()),
-        ("subject", subject),
-        ("snippet", m.snippet.as_deref()),
-    ] {
-        if let Some(v) = v {
-            s.push_str(&format!(",\"{k}\":\""));
-            escape(v, &mut s);
-            s.push('"');
-        }
-    }
-    if let Some(u) = m.unseen {
-        s.push_str(&format!(",\"unseen\":{u}"));
-    }
-    s.push('}');
-    s
-}
-
-/// Dovecot 2.3's json_append_escaped.
-fn escape(v: &str, out: &mut String) {
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-}
-
 export_driver!(OxWasm);
-
-#[cfg(test)]
-mod tests {
-    use super::http_date;
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
-        assert_eq!(http_date(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
-    }
-}

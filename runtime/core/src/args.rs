@@ -1,4 +1,12 @@
-//! Driver arguments in Dovecot's syntax (`key=value flag …`) and their redaction.
+//! Driver arguments in Dovecot's syntax (`key=value flag …`), the typed reading of one
+//! key ([`DriverArgs::take_msecs`], [`DriverArgs::take_size`], …: one duration and one
+//! size syntax, [`crate::units`]) and their redaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::driver::InitError;
+use crate::units;
 
 /// A driver's arguments: the config line's args split the way Dovecot splits them —
 /// on the space character only, empty tokens dropped, each token split at its first
@@ -56,6 +64,66 @@ impl DriverArgs {
     pub fn take(&mut self, key: &str) -> Option<String> {
         let i = self.pairs.iter().position(|(k, _)| k == key)?;
         Some(self.pairs.remove(i).1)
+    }
+
+    /// Takes `key` and reads its value with `parse`; `Ok(None)` when the key is absent.
+    /// A value `parse` refuses is an error naming the key and value and saying what was
+    /// `expected` (`"a number, e.g. fuel=10000000"`).
+    pub fn take_with<T>(
+        &mut self,
+        key: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, InitError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(v) => parse(&v)
+                .map(Some)
+                .ok_or_else(|| InitError(format!("{key}={v}: expected {expected}"))),
+        }
+    }
+
+    /// Takes a number (`fuel=10000000`); `example` is a valid value.
+    pub fn take_number<T: FromStr>(
+        &mut self,
+        key: &str,
+        example: &str,
+    ) -> Result<Option<T>, InitError> {
+        self.take_with(key, &format!("a number, e.g. {key}={example}"), |v| {
+            v.parse().ok()
+        })
+    }
+
+    /// Takes a `*_msecs` duration: milliseconds ([`units::parse_msecs`]).
+    pub fn take_msecs(&mut self, key: &str, example: &str) -> Result<Option<Duration>, InitError> {
+        self.take_with(
+            key,
+            &format!("milliseconds, e.g. {key}={example}"),
+            units::parse_msecs,
+        )
+    }
+
+    /// Takes a duration with a unit ([`units::parse_duration`]).
+    pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>, InitError> {
+        self.take_with(key, "a duration such as 30s, 2m, 1h", units::parse_duration)
+    }
+
+    /// Takes a size ([`units::parse_size`]) within `range` bytes; `expected` describes
+    /// it (`"a size between 64K and 1G, e.g. memory=32M"`).
+    pub fn take_size(
+        &mut self,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        expected: &str,
+    ) -> Result<Option<u64>, InitError> {
+        self.take_with(key, expected, |v| {
+            units::parse_size(v).filter(|n| range.contains(n))
+        })
+    }
+
+    /// Takes a flag: present (bare or with any value) or not.
+    pub fn take_flag(&mut self, key: &str) -> bool {
+        self.take(key).is_some()
     }
 
     /// The pairs in first-appearance order.
@@ -138,6 +206,36 @@ mod tests {
         assert_eq!(a.get("timeout_msecs"), Some("2"));
         assert_eq!(a.iter().count(), 3);
         assert!(!a.has("URL"), "keys are case-sensitive");
+    }
+
+    #[test]
+    fn typed_keys_name_the_key_and_what_was_expected() {
+        let mut a = DriverArgs::parse("t_msecs=250 d=2m n=7 s=10M f bad_n=x bad_t=soon");
+        assert_eq!(
+            a.take_msecs("t_msecs", "100").unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            a.take_duration("d").unwrap(),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(a.take_number::<u32>("n", "5").unwrap(), Some(7));
+        assert_eq!(
+            a.take_size("s", 1..=u64::MAX, "a size").unwrap(),
+            Some(10 << 20)
+        );
+        assert!(a.take_flag("f"));
+        assert!(!a.take_flag("f"), "taken");
+        assert_eq!(a.take_number::<u32>("absent", "5").unwrap(), None);
+        assert_eq!(
+            a.take_number::<u32>("bad_n", "5").unwrap_err().0,
+            "bad_n=x: expected a number, e.g. bad_n=5"
+        );
+        assert_eq!(
+            a.take_msecs("bad_t", "100").unwrap_err().0,
+            "bad_t=soon: expected milliseconds, e.g. bad_t=100"
+        );
+        assert!(a.is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::args::DriverArgs;
-use crate::breaker::{BreakerConfig, CircuitState};
+use crate::circuit::{BreakerConfig, CircuitState};
 use crate::event::{Event, EventSet};
 use crate::metadata::MetadataLookup;
 use crate::transaction::Transaction;
@@ -79,7 +79,7 @@ pub struct DriverInit {
     /// The driver's circuit-breaker thresholds (its `breaker_*` keys, taken off the line
     /// by the runtime). The runtime keeps one breaker over the driver's transactions;
     /// a driver that calls several endpoints uses these for one breaker per endpoint
-    /// ([`crate::breaker::EndpointBreakers`]).
+    /// ((the runtime keeps those)).
     pub breaker: BreakerConfig,
 }
 
@@ -167,7 +167,7 @@ pub trait Driver: Send + Sync {
 }
 
 /// The circuit of one endpoint of a driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointCircuit {
     /// `scheme://host:port`.
     pub endpoint: String,

@@ -1,16 +1,18 @@
 //! The contracts every part of mailpush shares: the event model and its canonical JSON,
-//! driver arguments, METADATA lookup, and the [`Driver`] trait built-in and wasm drivers
-//! implement.
+//! driver arguments and their one duration/size syntax, METADATA lookup, the [`Driver`]
+//! trait built-in and wasm drivers implement, and the backoff every retry uses.
 
 pub mod args;
-pub mod breaker;
+pub mod backoff;
+pub mod circuit;
 pub mod driver;
 pub mod event;
 pub mod metadata;
 pub mod transaction;
+pub mod units;
 
 pub use args::DriverArgs;
-pub use breaker::{Admission, BreakerConfig, CircuitBreaker, CircuitState, EndpointBreakers};
+pub use circuit::{BreakerConfig, CircuitState};
 pub use driver::{
     group, Begin, Driver, DriverFactory, DriverInit, DriverTxn, EndpointCircuit, Failure,
     InitError, Initialised, MailboxRecord, MessageRecord, Record,

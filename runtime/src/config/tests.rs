@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use mailpush_core::NoMetadata;
 
+use super::settings::SETTINGS;
 use crate::registry::DriverRegistry;
-use crate::settings::SETTINGS;
 
 const CONF: &str = "/etc/mailpush/mailpush.conf";
 

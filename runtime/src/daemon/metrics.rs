@@ -1,11 +1,13 @@
-//! Prometheus text exposition of mailpush's counters.
+//! Prometheus text exposition of a running instance's [`Status`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
-use crate::dispatch::{DriverReport, LATENCY_BUCKETS};
+use parking_lot::Mutex;
+
+use crate::pipeline::{DriverReport, LATENCY_BUCKETS};
+use crate::status::{IngestReport, Status, REJECT_REASONS};
 
 /// Ingest-side counters.
 #[derive(Debug, Default)]
@@ -17,12 +19,21 @@ pub struct IngestMetrics {
 impl IngestMetrics {
     /// Counts rejected transactions (or requests, when nothing was parsed) by reason.
     pub fn reject(&self, reason: &'static str, n: u64) {
-        *self
-            .rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_default() += n;
+        *self.rejected.lock().entry(reason).or_default() += n;
+    }
+
+    /// The counters now, with the request-body bytes in flight.
+    pub fn report(&self, body_bytes_in_flight: u64) -> IngestReport {
+        IngestReport {
+            received: self.received.load(Ordering::Relaxed),
+            rejected: self
+                .rejected
+                .lock()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            body_bytes_in_flight,
+        }
     }
 }
 
@@ -46,12 +57,8 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every metric in the Prometheus text format (version 0.0.4).
-/// `body_bytes_in_flight`: request-body bytes ingest has reserved (of `max_inflight`).
-pub fn render(
-    ingest: &IngestMetrics,
-    body_bytes_in_flight: u64,
-    drivers: &[DriverReport],
-) -> String {
+pub fn render(status: &Status) -> String {
+    let (ingest, drivers) = (&status.ingest, &status.drivers);
     let mut out = String::new();
     header(
         &mut out,
@@ -61,7 +68,8 @@ pub fn render(
     );
     let _ = writeln!(
         out,
-        "mailpush_ingest_body_bytes_in_flight {body_bytes_in_flight}"
+        "mailpush_ingest_body_bytes_in_flight {}",
+        ingest.body_bytes_in_flight
     );
     header(
         &mut out,
@@ -72,7 +80,7 @@ pub fn render(
     let _ = writeln!(
         out,
         "mailpush_transactions_received_total {}",
-        ingest.received.load(Ordering::Relaxed)
+        ingest.received
     );
     header(
         &mut out,
@@ -80,22 +88,8 @@ pub fn render(
         "counter",
         "Transactions (or requests) rejected by ingest, by reason.",
     );
-    for reason in [
-        "invalid",
-        "unauthorized",
-        "too_large",
-        "overloaded",
-        "spool_full",
-        "spool_error",
-        "shutting_down",
-    ] {
-        let n = ingest
-            .rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(reason)
-            .copied()
-            .unwrap_or(0);
+    for reason in REJECT_REASONS {
+        let n = ingest.rejected.get(*reason).copied().unwrap_or(0);
         let _ = writeln!(
             out,
             "mailpush_transactions_rejected_total{{reason=\"{reason}\"}} {n}"
@@ -119,11 +113,7 @@ pub fn render(
             "mailpush_driver_circuit_open",
             "gauge",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            |d| match d.circuit {
-                "open" => 1,
-                "half-open" => 2,
-                _ => 0,
-            },
+            |d| u64::from(d.circuit.as_gauge()),
         ),
         (
             "mailpush_driver_delivered_total",
@@ -204,14 +194,15 @@ pub fn render(
     );
     for d in drivers {
         let l = labels(d);
+        let bucket = |i: usize| d.latency_buckets.get(i).copied().unwrap_or(0);
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "mailpush_driver_processing_seconds_bucket{{{l},le=\"{bound}\"}} {}",
-                d.stats.latency_buckets[i].load(Ordering::Relaxed)
+                bucket(i)
             );
         }
-        let count = d.stats.latency_buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        let count = bucket(LATENCY_BUCKETS.len());
         let _ = writeln!(
             out,
             "mailpush_driver_processing_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
@@ -219,7 +210,7 @@ pub fn render(
         let _ = writeln!(
             out,
             "mailpush_driver_processing_seconds_sum{{{l}}} {}",
-            d.stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            d.latency_sum_us as f64 / 1e6
         );
         let _ = writeln!(
             out,
@@ -227,9 +218,9 @@ pub fn render(
         );
     }
     // Driver-specific counters (wasm traps, timeouts, memory-limit hits, fuel, …).
-    let mut names: Vec<&'static str> = drivers
+    let mut names: Vec<&str> = drivers
         .iter()
-        .flat_map(|d| d.counters.iter().map(|(n, _)| *n))
+        .flat_map(|d| d.counters.iter().map(|(n, _)| n.as_str()))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -242,7 +233,7 @@ pub fn render(
             &format!("Driver counter {counter}."),
         );
         for d in drivers {
-            if let Some((_, v)) = d.counters.iter().find(|(n, _)| *n == counter) {
+            if let Some((_, v)) = d.counters.iter().find(|(n, _)| n == counter) {
                 let _ = writeln!(out, "{name}{{{}}} {v}", labels(d));
             }
         }

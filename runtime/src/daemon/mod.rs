@@ -3,8 +3,10 @@
 //! config; `SIGTERM`/`SIGINT` stop accepting, drain queued work up to
 //! `shutdown_timeout_msecs`, and exit.
 
-pub mod ingest;
+pub mod auth;
+pub mod http;
 pub mod metrics;
+pub mod ox_body;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,13 @@ use anyhow::Context;
 use mailpush_core::MetadataLookup;
 use tokio::sync::Notify;
 
-use crate::config::Config;
-use crate::dispatch::{Dispatcher, Reconfigured};
-use crate::registry::DriverRegistry;
+pub use auth::read_token;
 use metrics::IngestMetrics;
+
+use crate::config::{Config, RuntimeSettings};
+use crate::pipeline::{Dispatcher, Reconfigured};
+use crate::registry::DriverRegistry;
+use crate::status::Status;
 
 /// Builds the driver registry (built-ins by default; tests add their own kinds).
 pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
@@ -39,26 +44,27 @@ pub struct Daemon {
     metadata: Arc<dyn MetadataLookup>,
     reload_lock: tokio::sync::Mutex<()>,
     /// The `mailpush { }` block the service started with (a reload applies drivers only).
-    settings: crate::settings::RuntimeSettings,
-}
-
-/// Reads the bearer token file (trimmed); errors never include its content.
-pub fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("reading ingest_token_file {}", path.display()))?;
-    let t = t.trim();
-    anyhow::ensure!(
-        !t.is_empty(),
-        "ingest_token_file {} is empty",
-        path.display()
-    );
-    Ok(t.as_bytes().to_vec())
+    settings: RuntimeSettings,
 }
 
 impl Daemon {
     /// The dispatcher.
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+
+    /// The instance's state: ingest counters and every driver's report.
+    pub fn status(&self) -> Status {
+        let in_flight = self
+            .body_budget_units
+            .saturating_sub(self.body_budget.available_permits()) as u64
+            * 1024;
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config_path.display().to_string(),
+            ingest: self.ingest.report(in_flight),
+            drivers: self.dispatcher.reports(),
+        }
     }
 
     /// Re-reads the config and driver files. A config that fails `check` is refused
@@ -177,16 +183,16 @@ pub async fn serve(
         reload_lock: tokio::sync::Mutex::new(()),
         settings: config.settings.clone(),
     });
-    if let Some(spool) = &spool {
-        // What the spool still owes from before a restart: each driver reads its share
-        // itself, in ingest order, before anything that arrives once ingest is open (see
-        // `crate::overflow`), so one user's order holds across the restart and ingest
-        // need not wait. Replay marks left from before are covered by that.
-        let s = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || s.take_replayed()).await;
-        daemon.dispatcher.read_all_owed();
-    }
-    let app = ingest::router(daemon.clone());
+    // What the spool still owes from before a restart: each driver reads its share
+    // itself, in ingest order, before anything that arrives once ingest is open (see
+    // `crate::pipeline::overflow`), so one user's order holds across the restart and
+    // ingest need not wait.
+    daemon
+        .dispatcher
+        .recover()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the spool: {e}"))?;
+    let app = http::router(daemon.clone());
     let listener = tokio::net::TcpListener::bind(config.settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.settings.listen))?;
@@ -219,8 +225,8 @@ pub async fn serve(
                 .await
         }));
     }
-    if let Some(spool) = spool {
-        tokio::spawn(replay_dead_letters(daemon.clone(), spool));
+    if spool.is_some() {
+        tokio::spawn(replay_dead_letters(daemon.clone()));
     }
     tracing::info!("listening on {addr}");
     stop_when(daemon.clone()).await?;
@@ -270,38 +276,14 @@ pub async fn serve(
 }
 
 /// Picks up dead letters replayed by `mailpush dlq replay` (each second).
-async fn replay_dead_letters(daemon: Arc<Daemon>, spool: Arc<dyn crate::spool::Spool>) {
+async fn replay_dead_letters(daemon: Arc<Daemon>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         if daemon.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        let s = spool.clone();
-        let items = match tokio::task::spawn_blocking(move || s.take_replayed()).await {
-            Ok(Ok(items)) => items,
-            Ok(Err(e)) => {
-                tracing::error!("cannot read the spool: {e}");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::error!("spool read failed: {e}");
-                Vec::new()
-            }
-        };
-        if !items.is_empty() {
-            tracing::info!("replaying {} transaction(s) from the spool", items.len());
-        }
-        for p in items {
-            tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "replayed from the spool");
-            let to = Arc::new(p.txn);
-            if daemon
-                .dispatcher
-                .dispatch_replay(to, &p.drivers, p.position)
-                .await
-                .is_err()
-            {
-                return;
-            }
+        if let Err(e) = daemon.dispatcher.take_replays().await {
+            tracing::error!("cannot read the spool: {e}");
         }
     }
 }

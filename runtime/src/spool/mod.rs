@@ -73,7 +73,7 @@ pub trait Spool: Send + Sync {
     fn position(&self, txn_id: &str) -> Result<Option<i64>, SpoolError>;
     /// Up to `limit` transactions still owed to `driver` at position `from` or later, in
     /// ingest order, each with its position (how an overflowing lane reads its backlog,
-    /// see [`crate::overflow`]).
+    /// see [`crate::pipeline::overflow`]).
     fn owed_from(
         &self,
         driver: u32,
@@ -88,6 +88,10 @@ pub trait Spool: Send + Sync {
     fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError>;
     /// Deletes dead letters (all, of one driver, or one id); returns how many.
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
+    /// Returns once every progress record written so far is committed.
+    fn flush(&self) -> Result<(), SpoolError> {
+        self.append(&[], &[]).map(|_| ())
+    }
 }
 
 /// Unix seconds now.

@@ -3,12 +3,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
+
+use parking_lot::Mutex;
 
 use mailpush_core::Transaction;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, Attempt, DeadLetter, Pending, Spool, SpoolError};
+use crate::schema::Schema;
 
 fn storage(e: impl std::fmt::Display) -> SpoolError {
     SpoolError::Storage(e.to_string())
@@ -40,8 +43,11 @@ pub struct SqliteSpool {
     quota: u64,
 }
 
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
+/// The spool's schema ([`crate::schema`]); WAL mode is set on open.
+const SCHEMA: Schema = Schema {
+    what: "spool",
+    version: 1,
+    create: "
 CREATE TABLE IF NOT EXISTS txns (
     seq  INTEGER PRIMARY KEY AUTOINCREMENT,
     id   TEXT NOT NULL UNIQUE,
@@ -63,7 +69,9 @@ CREATE TABLE IF NOT EXISTS dead (
     at       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_seq ON dead (seq);
-";
+",
+    migrations: &[],
+};
 
 fn open_conn(path: &Path) -> Result<Connection, SpoolError> {
     let c = Connection::open(path).map_err(storage)?;
@@ -79,8 +87,13 @@ impl SqliteSpool {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(storage)?;
         }
-        let writer_conn = open_conn(path)?;
-        writer_conn.execute_batch(SCHEMA).map_err(storage)?;
+        let mut writer_conn = open_conn(path)?;
+        writer_conn
+            .execute_batch("PRAGMA journal_mode = WAL;")
+            .map_err(storage)?;
+        SCHEMA
+            .apply(&mut writer_conn)
+            .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
         let used: u64 = writer_conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM txns", [], |r| {
                 r.get::<_, i64>(0)
@@ -115,7 +128,6 @@ impl SqliteSpool {
     fn send(&self, w: Write) -> Result<(), SpoolError> {
         self.writer
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .send(w)
             .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
     }
@@ -123,7 +135,7 @@ impl SqliteSpool {
     /// Everything owed (or only the pairs replayed since the last call), in ingest order;
     /// either way the replayed marks are cleared: what is returned is being delivered.
     fn owed(&self, only_replayed: bool) -> Result<Vec<Pending>, SpoolError> {
-        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.reader.lock();
         let tx = conn.transaction().map_err(storage)?;
         let rows = {
             let mut stmt = tx
@@ -345,7 +357,7 @@ impl Spool for SqliteSpool {
     }
 
     fn position(&self, txn_id: &str) -> Result<Option<i64>, SpoolError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock();
         let position = conn
             .prepare_cached("SELECT seq FROM txns WHERE id = ?1")
             .map_err(storage)?
@@ -361,7 +373,7 @@ impl Spool for SqliteSpool {
         from: i64,
         limit: usize,
     ) -> Result<Vec<(i64, Transaction)>, SpoolError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT t.seq, t.json FROM owed o JOIN txns t ON t.seq = o.seq \
@@ -381,7 +393,7 @@ impl Spool for SqliteSpool {
     }
 
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock();
         let mut stmt = conn
             .prepare("SELECT d.id, d.driver, t.json, d.attempts, d.at FROM dead d JOIN txns t ON t.seq = d.seq WHERE ?1 IS NULL OR d.driver = ?1 ORDER BY d.id")
             .map_err(storage)?;
@@ -412,7 +424,7 @@ impl Spool for SqliteSpool {
     }
 
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
-        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.reader.lock();
         let tx = conn.transaction().map_err(storage)?;
         let filter = "(?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)";
         tx.execute(
@@ -435,7 +447,7 @@ impl Spool for SqliteSpool {
     }
 
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = self.reader.lock();
         let n = conn
             .execute(
                 "DELETE FROM dead WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",

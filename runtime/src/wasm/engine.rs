@@ -1,20 +1,18 @@
 //! The wasmtime engine mailpush runs components on, and the AOT cache of compiled
 //! components in the state dir.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
 
-use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::sandbox::MAX_MEMORY;
-
-/// How often the epoch advances; per-call deadlines are measured in these ticks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+use super::cache::{cache_key, sign, verify};
+use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
 /// Concurrent instances the pooling allocator has slots for (per engine).
 const POOL_INSTANCES: u32 = 1000;
@@ -148,7 +146,7 @@ impl WasmEngine {
                 cache: CacheOutcome::Disabled,
             });
         };
-        let _guard = self.cache_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.cache_lock.lock();
         let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
         let key = cache_key(dir);
         let mut outcome = CacheOutcome::Miss;
@@ -216,63 +214,10 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The cache's private signing key (created on first use, mode 0600). `None` if the
-/// cache dir cannot be written; then the cache is not used.
-fn cache_key(dir: &Path) -> Option<Vec<u8>> {
-    static KEYS: OnceLock<Mutex<std::collections::HashMap<PathBuf, Vec<u8>>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(Default::default);
-    let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(k) = keys.get(dir) {
-        return Some(k.clone());
-    }
-    let file = dir.join("cache.key");
-    let key = match std::fs::read(&file) {
-        Ok(k) if k.len() == 32 => k,
-        _ => {
-            std::fs::create_dir_all(dir).ok()?;
-            let mut k = Vec::with_capacity(32);
-            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            write_private(&file, &k).ok()?;
-            k
-        }
-    };
-    keys.insert(dir.to_path_buf(), key.clone());
-    Some(key)
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(data)
-}
-
-fn sign(key: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(body);
-    mac.finalize().into_bytes().to_vec()
-}
-
-/// The artifact body if its tag verifies.
-fn verify<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
-    if stored.len() < 32 {
-        return None;
-    }
-    let (tag, body) = stored.split_at(32);
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
-    mac.update(body);
-    mac.verify_slice(tag).ok().map(|_| body)
-}
-
-/// Engines shared by all wasm drivers of a process, created on first use.
+/// The engines of a process: one with fuel metering, one without, each created on
+/// first use. Every wasm driver of a process with the same cache dir — numbered and
+/// tenant handlers alike — shares one [`Engines`] ([`Engines::shared`]): one pooling
+/// allocator and one epoch thread per flavour.
 #[derive(Default)]
 pub struct Engines {
     cache_dir: Option<PathBuf>,
@@ -287,6 +232,20 @@ impl Engines {
             cache_dir,
             ..Default::default()
         }
+    }
+
+    /// The process's engines for `cache_dir`, made on first use and shared while any
+    /// driver holds them.
+    pub fn shared(cache_dir: Option<PathBuf>) -> Arc<Engines> {
+        static SHARED: OnceLock<Mutex<HashMap<Option<PathBuf>, Weak<Engines>>>> = OnceLock::new();
+        let mut shared = SHARED.get_or_init(Default::default).lock();
+        shared.retain(|_, w| w.strong_count() > 0);
+        if let Some(e) = shared.get(&cache_dir).and_then(Weak::upgrade) {
+            return e;
+        }
+        let e = Arc::new(Engines::new(cache_dir.clone()));
+        shared.insert(cache_dir, Arc::downgrade(&e));
+        e
     }
 
     /// The engine for drivers with (`fuel = true`) or without fuel metering.

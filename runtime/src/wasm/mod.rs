@@ -1,21 +1,42 @@
 //! The WebAssembly host: components as sandboxed numbered drivers.
 //!
-//! - [`engine`]: the wasmtime engine (pooling allocator, epoch interruption) and the
-//!   AOT cache of compiled components in the state dir;
-//! - [`sandbox`]: per-driver limits and grants parsed from the driver line;
-//! - [`host`]: the per-instance state and the `mailpush:driver/host` imports;
-//! - [`outbound_http`]: the `wasi:http` policy (allowed hosts, private addresses);
-//! - [`driver`]: `WasmDriver`, the component as a `Driver`;
-//! - [`tenants`]: per-domain tenant handlers from `tenant_drivers = DIR`.
+//! Loading: [`factory`] reads `wasm:file=…`, [`sandbox`] takes mailpush's keys off the
+//! line (each capability reads its own), [`engine`] compiles through the signed AOT
+//! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
+//! version, [`instance`] links it and makes instances. Running: [`driver`] maps
+//! Dovecot's hooks onto the component's exports, [`trap`] explains failed calls,
+//! [`pause`] rests a driver that keeps failing. [`tenants`] routes per-domain handlers.
+//!
+//! What a component is granted, one module per capability, each with its keys, its
+//! imports and its per-instance state (gathered in [`state::HostState`]):
+//! - [`limits`]: CPU time per call, memory, fuel, event size, transaction wall time;
+//! - [`log`]: `host.log`, budgeted per transaction and rate-limited per driver;
+//! - [`metadata`]: `host.metadata-get`, read-only, the transaction's user only;
+//! - [`http`]: `wasi:http`, behind the outbound policy, over a keep-alive pool;
+//! - [`wasi`]: clocks and random; no filesystem, environment, sockets or stdio.
 
 pub mod bindings;
-pub mod connection_pool;
+pub mod cache;
 mod convert;
 pub mod driver;
 pub mod engine;
-pub mod host;
-pub mod outbound_http;
+pub mod factory;
+pub mod http;
+pub mod instance;
+pub mod limits;
+pub mod log;
+pub mod metadata;
+pub mod pause;
 pub mod sandbox;
+pub mod state;
+pub mod stats;
 pub mod tenants;
+pub mod trap;
+pub mod wasi;
+pub mod world;
 
-pub use driver::{WasmDriver, WasmFactory};
+pub use driver::WasmDriver;
+pub use engine::Engines;
+pub use factory::WasmFactory;
+pub use sandbox::Sandbox;
+pub use tenants::TenantDrivers;

@@ -22,15 +22,15 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use mailpush_core::{
-    Begin, Driver, DriverArgs, EndpointBreakers, EndpointCircuit, Failure, MetadataLookup,
-    Transaction,
+    Begin, Driver, DriverArgs, EndpointCircuit, Failure, MetadataLookup, Transaction,
 };
 use tokio::sync::Mutex;
 
+use super::driver::WasmDriver;
 use super::engine::Engines;
-use super::host::DriverTag;
+use super::log::DriverTag;
 use super::sandbox::Sandbox;
-use super::WasmDriver;
+use crate::breaker::{self, EndpointBreakers};
 
 /// What identifies a version of one file: size, mtime, and (on unix) device, inode and
 /// ctime — a replacement by rename changes the inode, an in-place rewrite the ctime,
@@ -66,7 +66,7 @@ pub struct TenantDrivers {
     tenants: Mutex<HashMap<String, Tenant>>,
     /// Each loaded tenant's endpoint breakers, readable without the async lock (for
     /// metrics and status).
-    circuits: std::sync::Mutex<HashMap<String, Arc<EndpointBreakers>>>,
+    circuits: parking_lot::Mutex<HashMap<String, Arc<EndpointBreakers>>>,
 }
 
 /// The domain part of a user name, if it is a safe file name.
@@ -117,7 +117,7 @@ impl TenantDrivers {
             engines,
             metadata,
             tenants: Mutex::new(HashMap::new()),
-            circuits: std::sync::Mutex::new(HashMap::new()),
+            circuits: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,10 +172,7 @@ impl TenantDrivers {
         let mut tenants = self.tenants.lock().await;
         let Some(fp) = self.fingerprint(domain) else {
             if tenants.remove(domain).is_some() {
-                self.circuits
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(domain);
+                self.circuits.lock().remove(domain);
                 tracing::info!(
                     driver = self.number,
                     tenant = domain,
@@ -211,8 +208,7 @@ impl TenantDrivers {
             Failure::retryable(format!("tenant {domain}: {domain}.conf: {}", e.0))
         };
         let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
-        sandbox.endpoint_breaker =
-            crate::delivery::breaker_from_args(&mut args).map_err(conf_error)?;
+        sandbox.http.endpoint_breaker = breaker::from_args(&mut args).map_err(conf_error)?;
         let tag = Arc::new(DriverTag {
             number: self.number,
             name: format!("tenant:{domain}"),
@@ -237,7 +233,6 @@ impl TenantDrivers {
         let driver = Arc::new(driver);
         self.circuits
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(domain.to_string(), driver.endpoint_breakers().clone());
         let replaced = tenants
             .insert(
@@ -279,7 +274,7 @@ impl Driver for TenantDrivers {
 
     fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
         let now = std::time::Instant::now();
-        let circuits = self.circuits.lock().unwrap_or_else(|p| p.into_inner());
+        let circuits = self.circuits.lock();
         let mut out: Vec<EndpointCircuit> = circuits
             .iter()
             .flat_map(|(domain, breakers)| {

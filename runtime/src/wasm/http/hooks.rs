@@ -1,54 +1,28 @@
-//! Outbound HTTP for components: the standard `wasi:http/outgoing-handler`, with
-//! mailpush's policy in front — only http/https, only hosts matching `allow_hosts`,
-//! no loopback/private/link-local/metadata addresses after DNS resolution unless
-//! `allow_private`, a per-driver connection limit, connect and first-byte timeouts,
-//! and a circuit breaker per endpoint (`scheme://host:port`): while an endpoint's
-//! circuit is open its requests fail at once, without touching the network. Requests go
-//! to the checked address over kept-alive connections (`connection_pool.rs`).
+//! The per-instance `wasi:http` hooks: every outgoing request passes the driver's
+//! policy here — only http/https, only hosts matching `allow_hosts`, no
+//! loopback/private/link-local/metadata addresses after DNS resolution unless
+//! `allow_private`, the connection limit, connect and first-byte timeouts, and the
+//! endpoint's circuit breaker — and goes to the checked address over the pool's
+//! kept-alive connections. Refusals are recorded for the transaction's failure reason.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Scheme;
-use mailpush_core::{Admission, EndpointBreakers};
-use tokio::sync::Semaphore;
+use parking_lot::Mutex;
 use wasmtime_wasi_http::{
     Error, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
     DEFAULT_FORBIDDEN_HEADERS,
 };
 
-use super::connection_pool::{ConnectionPool, PoolKey, Timeouts};
-use super::host::{self, DriverTag, SharedLog};
-use super::sandbox::Sandbox;
-
-/// The outbound HTTP policy of one driver (shared by its instances).
-#[derive(Clone)]
-pub struct HttpPolicy {
-    pub tag: Arc<DriverTag>,
-    pub sandbox: Arc<Sandbox>,
-    pub connections: Arc<Semaphore>,
-    /// One circuit breaker per endpoint, with the driver's `breaker_*` thresholds.
-    pub breakers: Arc<EndpointBreakers>,
-    /// Kept-alive connections to checked addresses.
-    pub pool: Arc<ConnectionPool>,
-}
-
-impl HttpPolicy {
-    /// A driver's policy: its sandbox's grants and limits, a connection limit, endpoint
-    /// breakers with the sandbox's thresholds and an empty keep-alive pool.
-    pub fn new(tag: Arc<DriverTag>, sandbox: Arc<Sandbox>) -> Self {
-        HttpPolicy {
-            tag,
-            connections: Arc::new(Semaphore::new(sandbox.max_connections)),
-            breakers: Arc::new(EndpointBreakers::new(sandbox.endpoint_breaker.clone())),
-            pool: Arc::new(ConnectionPool::new(sandbox.max_connections)),
-            sandbox,
-        }
-    }
-}
+use super::address::is_private;
+use super::policy::HttpPolicy;
+use super::pool::{PoolKey, Timeouts};
+use crate::breaker::{Admission, EndpointBreakers};
+use crate::wasm::log::{self, DriverTag, SharedLog};
 
 /// The most refusals of one transaction kept for its failure reason; further ones are
 /// only counted.
@@ -86,7 +60,7 @@ impl Refusals {
 pub type SharedRefusals = Arc<Mutex<Refusals>>;
 
 fn record_refusal(refused: &SharedRefusals, why: String) {
-    refused.lock().unwrap_or_else(|p| p.into_inner()).push(why);
+    refused.lock().push(why);
 }
 
 /// Per-instance hooks: the policy plus what was refused (added to failure reasons).
@@ -116,17 +90,14 @@ impl OutboundHttp {
         }
     }
 
+    /// The refusals of the current transaction (emptying the list).
+    pub fn take_refused(&mut self) -> Vec<String> {
+        self.refused.lock().take()
+    }
+
     /// Ends a transaction's bookkeeping: `Some(wait)` when one of its requests was
     /// refused by an open circuit and none that went out failed — the transaction's
     /// failure is then the circuit's doing, to retry after `wait`.
-    /// The refusals of the current transaction (emptying the list).
-    pub fn take_refused(&mut self) -> Vec<String> {
-        self.refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
     pub fn deferral(&mut self) -> Option<Duration> {
         let failed = self.failed.swap(0, Ordering::Relaxed);
         let wait = self.circuit_wait.take();
@@ -140,40 +111,6 @@ fn status_is_failure(status: http::StatusCode) -> bool {
     status.is_server_error()
         || status == http::StatusCode::REQUEST_TIMEOUT
         || status == http::StatusCode::TOO_MANY_REQUESTS
-}
-
-/// Whether an address is loopback, private, link-local, a cloud metadata service or
-/// otherwise not a public unicast address.
-pub fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_v4(v4);
-            }
-            let seg0 = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local (incl. fd00:ec2::254)
-                || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0xa9fe, 0xa9fe)
-            // NAT64 of 169.254.169.254
-        }
-    }
-}
-
-fn is_private_v4(v4: Ipv4Addr) -> bool {
-    let o = v4.octets();
-    v4.is_loopback()
-        || v4.is_private()
-        || v4.is_link_local() // 169.254/16, includes the metadata service 169.254.169.254
-        || v4.is_unspecified()
-        || v4.is_broadcast()
-        || v4.is_multicast()
-        || o[0] == 0
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64/10 carrier-grade NAT
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0/24 protocol assignments
 }
 
 /// Completion of a response's I/O.
@@ -191,7 +128,7 @@ impl OutboundHttp {
 /// Records a policy refusal for the failure reason and warns about it, within the
 /// transaction's log budget.
 fn refuse_logged(tag: &DriverTag, log: &SharedLog, refused: &SharedRefusals, why: String) {
-    if host::admit(log) {
+    if log::admit(log) {
         tracing::warn!(driver = tag.number, name = %tag.name, "outbound HTTP refused: {why}");
     }
     record_refusal(refused, why);
@@ -253,7 +190,7 @@ impl WasiHttpHooks for OutboundHttp {
         fut: IoFuture,
     ) -> SendFuture {
         drop(fut);
-        if self.policy.sandbox.http_stub {
+        if self.policy.settings.http_stub {
             use http_body_util::BodyExt;
             let body = http_body_util::Empty::<bytes::Bytes>::new()
                 .map_err(|never| match never {})
@@ -282,15 +219,15 @@ impl WasiHttpHooks for OutboundHttp {
         else {
             return self.refuse(format!("{uri}: no host"), Error::HttpRequestUriInvalid);
         };
-        let sandbox = self.policy.sandbox.clone();
-        if !sandbox.host_allowed(&host) {
+        let settings = self.policy.settings.clone();
+        if !settings.host_allowed(&host) {
             return self.refuse(
                 format!(
                     "{host} is not in allow_hosts ({})",
-                    if sandbox.allow_hosts.is_empty() {
+                    if settings.allow_hosts.is_empty() {
                         "no hosts granted".to_string()
                     } else {
-                        sandbox.allow_hosts.join(",")
+                        settings.allow_hosts.join(",")
                     }
                 ),
                 Error::HttpRequestDenied,
@@ -301,7 +238,7 @@ impl WasiHttpHooks for OutboundHttp {
         let policy = self.policy.clone();
         // Literal IPs can be checked now, so the refusal is recorded for the failure reason.
         if let Ok(ip) = host.parse::<IpAddr>() {
-            if is_private(ip) && !sandbox.allow_private {
+            if is_private(ip) && !settings.allow_private {
                 return self.refuse(
                     format!("{host}: loopback, private, link-local and metadata addresses are refused (grant allow_private to permit)"),
                     Error::DestinationIpProhibited,
@@ -336,15 +273,15 @@ impl WasiHttpHooks for OutboundHttp {
         let options = RequestOptions {
             connect_timeout: Some(clamp(
                 options.and_then(|o| o.connect_timeout),
-                sandbox.connect_timeout,
+                settings.connect_timeout,
             )),
             first_byte_timeout: Some(clamp(
                 options.and_then(|o| o.first_byte_timeout),
-                sandbox.first_byte_timeout,
+                settings.first_byte_timeout,
             )),
             between_bytes_timeout: Some(clamp(
                 options.and_then(|o| o.between_bytes_timeout),
-                sandbox.first_byte_timeout,
+                settings.first_byte_timeout,
             )),
         };
         Box::new(async move {
@@ -352,7 +289,7 @@ impl WasiHttpHooks for OutboundHttp {
             let tag = policy.tag.clone();
             let result: SendResult = async {
                 let addrs: Vec<SocketAddr> = match tokio::time::timeout(
-                    sandbox.connect_timeout,
+                    settings.connect_timeout,
                     tokio::net::lookup_host((host.as_str(), port)),
                 )
                 .await
@@ -366,7 +303,7 @@ impl WasiHttpHooks for OutboundHttp {
                     }
                     Ok(Ok(a)) => a.collect(),
                 };
-                if !sandbox.allow_private {
+                if !settings.allow_private {
                     if let Some(bad) = addrs.iter().find(|a| is_private(a.ip())) {
                         refuse_logged(
                             &policy.tag,
@@ -384,7 +321,7 @@ impl WasiHttpHooks for OutboundHttp {
                 // resolve elsewhere; for https the TLS server name stays the host), over
                 // a kept-alive connection when there is one.
                 let permit = match tokio::time::timeout(
-                    sandbox.connect_timeout,
+                    settings.connect_timeout,
                     policy.connections.clone().acquire_owned(),
                 )
                 .await
@@ -404,9 +341,9 @@ impl WasiHttpHooks for OutboundHttp {
                 *request.uri_mut() = origin;
                 let key = PoolKey { tls, host: host.clone(), port };
                 let timeouts = Timeouts {
-                    connect: options.connect_timeout.unwrap_or(sandbox.connect_timeout),
-                    first_byte: options.first_byte_timeout.unwrap_or(sandbox.first_byte_timeout),
-                    between_bytes: options.between_bytes_timeout.unwrap_or(sandbox.first_byte_timeout),
+                    connect: options.connect_timeout.unwrap_or(settings.connect_timeout),
+                    first_byte: options.first_byte_timeout.unwrap_or(settings.first_byte_timeout),
+                    between_bytes: options.between_bytes_timeout.unwrap_or(settings.first_byte_timeout),
                 };
                 let resp = policy.pool.send(key, &addrs, request, timeouts, permit).await?;
                 let io: IoFuture = Box::new(async { Ok(()) });
@@ -462,39 +399,18 @@ fn clamp(requested: Option<Duration>, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wasm::http::settings::HttpSettings;
 
-    #[test]
-    fn private_addresses() {
-        for a in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fd00:ec2::254",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_private(a.parse().unwrap()), "{a}");
-        }
-        for a in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
-            assert!(!is_private(a.parse().unwrap()), "{a}");
-        }
-    }
-
-    fn test_policy(sandbox: Sandbox) -> HttpPolicy {
+    fn test_policy(settings: HttpSettings) -> HttpPolicy {
         let tag = Arc::new(DriverTag {
             number: 1,
             name: "t".into(),
         });
-        HttpPolicy::new(tag, Arc::new(sandbox))
+        HttpPolicy::new(tag, Arc::new(settings))
     }
 
     fn budget(max: u32) -> SharedLog {
-        host::LogBudget::shared(max, Arc::new(host::LogRate::new(1000, 100)))
+        log::LogBudget::shared(max, Arc::new(log::LogRate::new(1000, 100)))
     }
 
     fn hooks(policy: &HttpPolicy) -> OutboundHttp {
@@ -527,13 +443,13 @@ mod tests {
                 held.push(s);
             }
         });
-        let sandbox = Sandbox {
+        let sandbox = HttpSettings {
             allow_hosts: vec!["127.0.0.1".into()],
             allow_private: true,
             max_connections: 1,
             connect_timeout: Duration::from_millis(200),
             first_byte_timeout: Duration::from_secs(5),
-            ..Sandbox::default()
+            ..HttpSettings::default()
         };
         let policy = test_policy(sandbox);
         let url = format!("http://{addr}/x");
@@ -606,7 +522,7 @@ mod tests {
         use std::sync::atomic::Ordering;
         let (bad, bad_hits, bad_status) = status_server(500).await;
         let (good, good_hits, _) = status_server(200).await;
-        let sandbox = Sandbox {
+        let sandbox = HttpSettings {
             allow_hosts: vec!["127.0.0.1".into()],
             allow_private: true,
             endpoint_breaker: mailpush_core::BreakerConfig {
@@ -615,7 +531,7 @@ mod tests {
                 ratio: 0.5,
                 open: Duration::from_millis(200),
             },
-            ..Sandbox::default()
+            ..HttpSettings::default()
         };
         let policy = test_policy(sandbox);
         let mut http = hooks(&policy);
@@ -727,10 +643,10 @@ mod tests {
         use std::sync::atomic::Ordering;
         for close_after_each in [false, true] {
             let (addr, conns, reqs) = keepalive_server(close_after_each).await;
-            let sandbox = Sandbox {
+            let sandbox = HttpSettings {
                 allow_hosts: vec!["127.0.0.1".into()],
                 allow_private: true,
-                ..Sandbox::default()
+                ..HttpSettings::default()
             };
             let policy = test_policy(sandbox);
             for _ in 0..5 {
@@ -760,7 +676,7 @@ mod tests {
             // Every permit is back once the bodies are read.
             assert_eq!(
                 policy.connections.available_permits(),
-                policy.sandbox.max_connections
+                policy.settings.max_connections
             );
         }
     }
@@ -782,10 +698,10 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.1 400 not TLS\r\n\r\n").await;
             }
         });
-        let sandbox = Sandbox {
+        let sandbox = HttpSettings {
             allow_hosts: vec!["127.0.0.1".into()],
             allow_private: true,
-            ..Sandbox::default()
+            ..HttpSettings::default()
         };
         let policy = test_policy(sandbox);
         let mut http = hooks(&policy);
@@ -806,9 +722,9 @@ mod tests {
     #[tokio::test]
     async fn a_name_resolving_to_loopback_is_refused_and_recorded() {
         let (addr, hits, _) = status_server(200).await;
-        let policy = test_policy(Sandbox {
+        let policy = test_policy(HttpSettings {
             allow_hosts: vec!["localhost".into()],
-            ..Sandbox::default()
+            ..HttpSettings::default()
         });
         let mut http = hooks(&policy);
         let url = format!("http://localhost:{}/x", addr.port());
@@ -833,7 +749,7 @@ mod tests {
     /// against the transaction's log budget) nor grows the refusal list without bound.
     #[tokio::test]
     async fn refusals_are_capped_and_their_warnings_budgeted() {
-        let policy = test_policy(Sandbox::default());
+        let policy = test_policy(HttpSettings::default());
         let log = budget(3);
         let mut http = OutboundHttp::new(policy, log.clone());
         for i in 0..20 {
@@ -852,7 +768,7 @@ mod tests {
             refused[MAX_REFUSALS],
             format!("and {} more", 20 - MAX_REFUSALS)
         );
-        let b = log.lock().unwrap();
+        let b = log.lock();
         assert_eq!((b.written, b.dropped), (3, 17));
         drop(b);
         assert!(http.take_refused().is_empty(), "taken once");

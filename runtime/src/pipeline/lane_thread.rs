@@ -10,7 +10,9 @@
 //! parallel with each other and with ingest.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -58,7 +60,7 @@ where
                 return;
             }
         };
-        let Some(fut) = theirs.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(fut) = theirs.lock().take() else {
             return;
         };
         let _ = started_tx.send(Ok(()));
@@ -67,14 +69,13 @@ where
         drop(runtime);
         let _ = tx.send(result.map_err(|e| {
             if e.is_panic() {
-                crate::dispatch::panic_message(&e.into_panic())
+                super::hooks::panic_message(&e.into_panic())
             } else {
                 e.to_string()
             }
         }));
     });
-    let give_back = |e: std::io::Error| match slot.lock().unwrap_or_else(|p| p.into_inner()).take()
-    {
+    let give_back = |e: std::io::Error| match slot.lock().take() {
         Some(fut) => Err((e, fut)),
         None => Ok(LaneThread {
             done: oneshot::channel().1,

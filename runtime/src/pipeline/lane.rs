@@ -11,20 +11,24 @@
 //! in the spool; an open circuit breaker makes the lane wait. Without a spool
 //! (`delivery = memory`) a failure is final, like Dovecot.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use mailpush_core::{Driver, Transaction};
+use mailpush_core::{CircuitState, Driver, Transaction};
 use tokio::sync::mpsc;
+// tokio's clock (the same as std's, but pausable in tests).
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::delivery::{CircuitBreaker, CircuitState, DeliveryPolicy};
-use crate::dispatch::{deliver, Delivery, DeliveryObserver, DriverStats, Outcome};
-use crate::overflow::Overflow;
+use super::held::Held;
+use super::hooks::{deliver, Outcome};
+use super::observer::{Delivery, DeliveryObserver};
+use super::overflow::Overflow;
+use super::policy::DeliveryPolicy;
+use super::stats::DriverStats;
+use crate::breaker::CircuitBreaker;
 use crate::spool::{now, Attempt, Spool};
 
 /// What a lane needs besides its queue.
@@ -42,56 +46,6 @@ pub struct LaneContext {
     pub overflow: Arc<Overflow>,
     /// Most transactions (of different users) delivered at once.
     pub concurrency: usize,
-}
-
-struct Item {
-    txn: Arc<Transaction>,
-    attempts: Vec<Attempt>,
-    not_before: Option<Instant>,
-    arrived: Instant,
-}
-
-#[derive(Default)]
-struct Held {
-    users: HashMap<String, VecDeque<Item>>,
-    /// Users with items, in round-robin order.
-    ring: VecDeque<String>,
-    count: usize,
-}
-
-impl Held {
-    fn push(&mut self, txn: Arc<Transaction>) {
-        let q = self.users.entry(txn.user.clone()).or_default();
-        if q.is_empty() {
-            self.ring.push_back(txn.user.clone());
-        }
-        q.push_back(Item {
-            txn,
-            attempts: Vec::new(),
-            not_before: None,
-            arrived: Instant::now(),
-        });
-        self.count += 1;
-    }
-
-    /// The position in the ring of the first user whose oldest item is due.
-    fn ready(&self, now: Instant) -> Option<usize> {
-        self.ring.iter().position(|u| {
-            self.users
-                .get(u)
-                .and_then(|q| q.front())
-                .is_some_and(|i| i.not_before.is_none_or(|t| t <= now))
-        })
-    }
-
-    /// When the first user not being delivered to becomes due.
-    fn earliest(&self) -> Option<Instant> {
-        self.ring
-            .iter()
-            .filter_map(|u| self.users.get(u))
-            .filter_map(|q| q.front().and_then(|i| i.not_before))
-            .min()
-    }
 }
 
 /// A finished delivery: its user, what happened, how long it took, its log span, the
@@ -174,7 +128,7 @@ pub async fn run(
         // Start deliveries: with the spool, none while the circuit is open and one probe
         // while it is half-open.
         let state = if ctx.spool.is_some() {
-            breaker.state(now)
+            breaker.state(now.into_std())
         } else {
             CircuitState::Closed
         };
@@ -184,19 +138,8 @@ pub async fn run(
             CircuitState::Closed => concurrency,
         };
         while in_flight.len() < limit {
-            let Some(pos) = held.ready(now) else {
+            let Some((user, txn)) = held.next_due(now) else {
                 break;
-            };
-            let Some(user) = held.ring.remove(pos) else {
-                break;
-            };
-            let Some(txn) = held
-                .users
-                .get(&user)
-                .and_then(|q| q.front())
-                .map(|i| i.txn.clone())
-            else {
-                continue;
             };
             in_flight.push(start(&ctx, user, txn, epoch));
         }
@@ -209,7 +152,7 @@ pub async fn run(
                 return leftovers(held, rx);
             }
             let until = if state == CircuitState::Open {
-                breaker.reopens_at().unwrap_or(now)
+                breaker.reopens_at().map(Instant::from_std).unwrap_or(now)
             } else {
                 held.earliest().unwrap_or(now)
             };
@@ -240,7 +183,7 @@ pub async fn run(
                 }
                 continue;
             }
-            _ = tokio::time::sleep_until(next_due.into()) => continue,
+            _ = tokio::time::sleep_until(next_due) => continue,
             _ = ctx.overflow.started(), if room => continue,
         };
         let Some((user, outcome, took, span, started_in)) = finished else {
@@ -257,11 +200,7 @@ pub async fn run(
 
 /// What a stopping lane still has: held (oldest first per user), then still queued.
 fn leftovers(held: Held, mut rx: mpsc::Receiver<Arc<Transaction>>) -> Vec<Arc<Transaction>> {
-    let mut out: Vec<Arc<Transaction>> = held
-        .users
-        .into_values()
-        .flat_map(|q| q.into_iter().map(|i| i.txn))
-        .collect();
+    let mut out: Vec<Arc<Transaction>> = held.into_transactions().collect();
     while let Ok(t) = rx.try_recv() {
         out.push(t);
     }
@@ -299,11 +238,8 @@ fn finish(
     outcome: Outcome,
 ) -> bool {
     let mut changed = false;
-    let Some(queue) = held.users.get_mut(&user) else {
-        return changed;
-    };
-    let Some(item) = queue.front_mut() else {
-        held.users.remove(&user);
+    let Some(item) = held.front_mut(&user) else {
+        held.requeue(user);
         return changed;
     };
     let txn = item.txn.clone();
@@ -311,14 +247,8 @@ fn finish(
     let deferred = match &outcome {
         Outcome::Failed(f) if f.deferred && ctx.spool.is_some() => {
             (item.arrived.elapsed() < ctx.policy.retry.max_age).then(|| {
-                let wait = f
-                    .retry_after
-                    .unwrap_or_default()
-                    .min(ctx.policy.retry.retry_after_cap);
-                // Up to +10 % so that the transactions held back by one circuit do
-                // not all come back in the same instant.
-                let x = seed(&txn.id, item.attempts.len() + 1) % 1001;
-                wait + wait.mul_f64(x as f64 / 10_000.0)
+                ctx.policy
+                    .deferral(f.retry_after, &txn.id, item.attempts.len() + 1)
             })
         }
         _ => None,
@@ -326,12 +256,12 @@ fn finish(
     if let Some(wait) = deferred {
         tracing::debug!(user = %txn.user, retry_in = ?wait, "delivery deferred by an open endpoint circuit");
         item.not_before = Some(Instant::now() + wait);
-        held.ring.push_back(user);
+        held.requeue(user);
         return changed;
     }
     let ok = !matches!(outcome, Outcome::Failed(_));
     if let (Some(_), Some(breaker)) = (&ctx.spool, breaker) {
-        if let Some(state) = breaker.record(ok, Instant::now()) {
+        if let Some(state) = breaker.record(ok, Instant::now().into_std()) {
             changed = true;
             ctx.stats.set_circuit(state);
             tracing::warn!(user = %txn.user, "circuit {}", state.as_str());
@@ -350,14 +280,14 @@ fn finish(
         }
         Outcome::Failed(f) => {
             item.attempts.push(Attempt {
-                at: now_secs(),
+                at: now(),
                 error: f.reason.clone(),
             });
             let attempt = item.attempts.len();
             let retry = match &ctx.spool {
-                Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => ctx
-                    .policy
-                    .backoff(attempt, f.retry_after, seed(&txn.id, attempt)),
+                Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => {
+                    ctx.policy.backoff(attempt, f.retry_after, &txn.id)
+                }
                 _ => None,
             };
             match retry {
@@ -384,8 +314,7 @@ fn finish(
         }
     };
     if finished {
-        let item = queue.pop_front();
-        held.count -= 1;
+        let item = held.pop(&user);
         if let (Some(spool), Outcome::Delivered | Outcome::Skipped) = (&ctx.spool, &outcome) {
             if let Err(e) = spool.complete(&txn.id, ctx.number) {
                 tracing::error!("cannot record progress in the spool: {e}");
@@ -399,11 +328,7 @@ fn finish(
             });
         }
     }
-    if queue.is_empty() {
-        held.users.remove(&user);
-    } else {
-        held.ring.push_back(user);
-    }
+    held.requeue(user);
     changed
 }
 
@@ -416,7 +341,7 @@ async fn wait(
     capacity: usize,
     until: Instant,
 ) {
-    let sleep = tokio::time::sleep_until(until.into());
+    let sleep = tokio::time::sleep_until(until);
     if held.count < capacity && !*closed {
         tokio::select! {
             _ = sleep => {}
@@ -437,15 +362,4 @@ async fn wait(
             }
         }
     }
-}
-
-fn now_secs() -> u64 {
-    now()
-}
-
-fn seed(id: &str, attempt: usize) -> u64 {
-    id.bytes()
-        .fold(attempt as u64 ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        })
 }

@@ -1,132 +1,64 @@
-//! `Dispatcher`: hands every transaction to every driver independently. Each driver has
-//! its own bounded queue and task, so a driver that fails, panics or is slow never
-//! delays or breaks another driver or the caller: with the spool, a driver whose queue
-//! is full reads its backlog from the spool ([`crate::overflow`]); without one, ingest
-//! refuses what does not fit (503). Each driver processes its queue in order, so one
-//! user's transactions reach it in arrival order.
+//! `Dispatcher`: the topology's one way in and its fan-out. [`Dispatcher::accept`] is
+//! the accept path every source uses (HTTP ingest, the OX-compatible endpoint,
+//! `mailpush send`): with the spool it persists the batch, then offers it to every
+//! driver's lane. Each driver has its own bounded queue and lane, so a driver that fails,
+//! panics or is slow never delays or breaks another driver or the caller: with the
+//! spool, a driver whose queue is full reads its backlog from the spool
+//! ([`super::overflow`]); without one, ingest refuses what does not fit (503) or, for
+//! `send`, waits. Start-up recovery ([`Dispatcher::recover`]) and replayed dead letters
+//! ([`Dispatcher::replay`]) enter the lanes here too. Each lane processes its queue in
+//! order, so one user's transactions reach its driver in arrival order.
 
-use std::any::Any;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use mailpush_core::{group, Begin, Driver, Failure, Record, Transaction};
+use mailpush_core::{Driver, Transaction};
+use parking_lot::RwLock;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::registry::LoadedDriver;
-use crate::spool::Spool;
+use super::hooks::panic_message;
+use super::lane::{self, LaneContext};
+use super::lane_thread::{self, LaneThread};
+use super::observer::DeliveryObserver;
+use super::overflow::Overflow;
+use super::policy::DeliveryPolicy;
+use super::stats::{DriverReport, DriverStats};
+use crate::config::Location;
+use crate::spool::{Spool, SpoolError};
 
-/// What happened to one transaction at one driver.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every hook call succeeded.
-    Delivered,
-    /// The driver's begin_txn chose not to take part.
-    Skipped,
-    /// A hook failed (or panicked).
-    Failed(Failure),
-}
-
-/// One delivery result, as reported to a [`DeliveryObserver`].
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub driver: u32,
-    pub txn: Arc<Transaction>,
-    pub outcome: Outcome,
-}
-
-/// Receives every delivery result (progress display, spool bookkeeping, tests).
-pub trait DeliveryObserver: Send + Sync {
-    fn delivered(&self, delivery: &Delivery);
-}
-
-/// Upper bounds (seconds) of the processing-latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// Counters of one driver.
-#[derive(Debug, Default)]
-pub struct DriverStats {
-    pub delivered: AtomicU64,
-    pub skipped: AtomicU64,
-    pub failed: AtomicU64,
-    /// Cumulative counts per [`LATENCY_BUCKETS`] bound (plus +Inf last).
-    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    /// Sum of processing latencies in microseconds.
-    pub latency_sum_us: AtomicU64,
-    /// Failed attempts that were scheduled for a retry.
-    pub retried: AtomicU64,
-    /// Transactions given up on (dead letters).
-    pub dead_lettered: AtomicU64,
-    /// Circuit state: 0 closed, 1 open, 2 half-open.
-    pub circuit: std::sync::atomic::AtomicU8,
-    /// Transactions the lane holds: being delivered or waiting for a retry.
-    pub held: std::sync::atomic::AtomicUsize,
-}
-
-impl DriverStats {
-    /// Records the circuit breaker's state.
-    pub fn set_circuit(&self, state: crate::delivery::CircuitState) {
-        use crate::delivery::CircuitState::*;
-        let v = match state {
-            Closed => 0,
-            Open => 1,
-            HalfOpen => 2,
-        };
-        self.circuit.store(v, Ordering::Relaxed);
-    }
-
-    /// The circuit breaker's state name.
-    pub fn circuit_name(&self) -> &'static str {
-        match self.circuit.load(Ordering::Relaxed) {
-            1 => "open",
-            2 => "half-open",
-            _ => "closed",
-        }
-    }
-
-    pub(crate) fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_buckets[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-/// A snapshot of one driver's counters.
-#[derive(Debug, Clone)]
-pub struct DriverReport {
+/// An initialised, numbered driver: what the registry builds from a config line and the
+/// dispatcher runs.
+pub struct LoadedDriver {
     pub number: u32,
+    /// Name as typed in the config.
     pub name: String,
-    pub delivered: u64,
-    pub skipped: u64,
-    pub failed: u64,
-    /// Transactions waiting in the driver's queue.
-    pub queued: usize,
-    /// Transactions the driver's lane holds (being delivered or waiting for a retry).
-    pub held: usize,
-    /// The driver reads a backlog from the spool ([`crate::overflow`]).
-    pub overflowing: bool,
-    /// The queue's capacity.
-    pub capacity: usize,
-    /// Driver-specific counters ([`Driver::counters`]).
-    pub counters: Vec<(&'static str, u64)>,
-    /// Retries scheduled.
-    pub retried: u64,
-    /// Dead letters.
-    pub dead_lettered: u64,
-    /// Circuit breaker state: closed, open or half-open.
-    pub circuit: &'static str,
-    /// Per-endpoint circuits of endpoints seen failing ([`Driver::endpoint_circuits`]).
-    pub endpoints: Vec<mailpush_core::EndpointCircuit>,
-    pub stats: Arc<DriverStats>,
+    /// `native` or `wasm`.
+    pub kind: &'static str,
+    /// Arguments with secrets redacted, for display.
+    pub args_display: String,
+    pub location: Location,
+    pub driver: Arc<dyn Driver>,
+    pub warnings: Vec<String>,
+    /// Extra lines for `check` (file, sha256, limits, grants, …).
+    pub details: Vec<String>,
+    /// Identity for reloads: the config line plus the content hash of driver files. A
+    /// reload keeps the running lane (and its queue) of a driver whose fingerprint did
+    /// not change.
+    pub fingerprint: String,
+    /// Retry schedule, circuit breaker, concurrency (generic keys of the driver line).
+    pub policy: DeliveryPolicy,
+}
+
+/// What [`Dispatcher::accept`] does when a driver's queue is full and there is no spool
+/// to overflow into (`delivery = memory`). With the spool a full queue never refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Refuse the whole batch ([`Refused::QueueFull`]): ingest answers 503.
+    Refuse,
+    /// Wait for room, each driver's queue fed on its own, so a slow driver holds back
+    /// only its own feeding (`mailpush send`).
+    Wait,
 }
 
 struct Lane {
@@ -136,52 +68,23 @@ struct Lane {
     driver: Arc<dyn Driver>,
     tx: mpsc::Sender<Arc<Transaction>>,
     stats: Arc<DriverStats>,
-    overflow: Arc<crate::overflow::Overflow>,
+    overflow: Arc<Overflow>,
     task: LaneTask,
 }
 
-/// A lane runs on its own thread ([`crate::lane_thread`]), or as a task of the caller's
+/// A lane runs on its own thread ([`super::lane_thread`]), or as a task of the caller's
 /// runtime if no thread could be started.
 enum LaneTask {
-    Thread(crate::lane_thread::LaneThread<Vec<Arc<Transaction>>>),
+    Thread(LaneThread<Vec<Arc<Transaction>>>),
     Task(JoinHandle<Vec<Arc<Transaction>>>),
 }
 
 impl LaneTask {
-    /// What the lane still had when it stopped ([`crate::lane::run`]).
+    /// What the lane still had when it stopped ([`super::lane::run`]).
     async fn join(self) -> Result<Vec<Arc<Transaction>>, String> {
         match self {
             LaneTask::Thread(t) => t.join().await,
             LaneTask::Task(t) => t.await.map_err(|e| e.to_string()),
-        }
-    }
-}
-
-impl DriverReport {
-    fn new(
-        number: u32,
-        name: String,
-        (queued, overflowing): (usize, bool),
-        capacity: usize,
-        driver: &dyn Driver,
-        stats: &Arc<DriverStats>,
-    ) -> Self {
-        DriverReport {
-            number,
-            name,
-            held: stats.held.load(Ordering::Relaxed),
-            overflowing,
-            delivered: stats.delivered.load(Ordering::Relaxed),
-            skipped: stats.skipped.load(Ordering::Relaxed),
-            failed: stats.failed.load(Ordering::Relaxed),
-            queued,
-            capacity,
-            counters: driver.counters(),
-            retried: stats.retried.load(Ordering::Relaxed),
-            dead_lettered: stats.dead_lettered.load(Ordering::Relaxed),
-            circuit: stats.circuit_name(),
-            endpoints: driver.endpoint_circuits(),
-            stats: stats.clone(),
         }
     }
 }
@@ -250,8 +153,10 @@ pub struct QueueFull {
 pub enum Refused {
     #[error(transparent)]
     QueueFull(QueueFull),
+    #[error("the dispatcher has shut down")]
+    ShutDown,
     #[error(transparent)]
-    Spool(crate::spool::SpoolError),
+    Spool(SpoolError),
 }
 
 /// The dispatcher was shut down.
@@ -261,7 +166,7 @@ pub struct ShutDown;
 
 /// Per-driver queues and tasks.
 pub struct Dispatcher {
-    lanes: std::sync::RwLock<Vec<Arc<Lane>>>,
+    lanes: RwLock<Vec<Arc<Lane>>>,
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
     spool: Option<Arc<dyn Spool>>,
@@ -274,12 +179,12 @@ fn start_lane(
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
     spool: Option<Arc<dyn Spool>>,
-    overflow: Option<Arc<crate::overflow::Overflow>>,
+    overflow: Option<Arc<Overflow>>,
 ) -> Lane {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(DriverStats::default());
     let overflow = overflow.unwrap_or_default();
-    let ctx = crate::lane::LaneContext {
+    let ctx = LaneContext {
         number: d.number,
         name: d.name.clone(),
         driver: d.driver.clone(),
@@ -295,10 +200,7 @@ fn start_lane(
             .unwrap_or_else(|| d.driver.concurrency()),
     };
     let number = d.number;
-    let task = match crate::lane_thread::spawn(
-        format!("mailpush-lane-{number}"),
-        crate::lane::run(ctx, rx),
-    ) {
+    let task = match lane_thread::spawn(format!("mailpush-lane-{number}"), lane::run(ctx, rx)) {
         Ok(t) => LaneTask::Thread(t),
         Err((e, lane)) => {
             tracing::warn!(
@@ -321,7 +223,7 @@ fn start_lane(
 }
 
 /// What a [`Dispatcher::reconfigure`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reconfigured {
     /// Drivers whose running lane (and queue) was kept.
     pub kept: Vec<u32>,
@@ -363,7 +265,7 @@ impl Dispatcher {
             })
             .collect();
         Dispatcher {
-            lanes: std::sync::RwLock::new(lanes),
+            lanes: RwLock::new(lanes),
             capacity,
             observer,
             spool,
@@ -375,24 +277,18 @@ impl Dispatcher {
         self.spool.as_ref()
     }
 
-    /// Queues a transaction for the listed drivers only (recovery and replay), waiting
-    /// while a queue is full. Drivers no longer configured are skipped.
-    pub async fn dispatch_to(
+    /// The accept path. With the spool: persists the batch (one group commit), then
+    /// queues it for every driver; a driver whose queue is full reads the rest from the
+    /// spool ([`super::overflow`]), so only a full spool refuses. Without a spool: as
+    /// `backpressure` says, either reserves room in every driver's queue first and
+    /// refuses the whole batch if one is full (nothing is queued then), or waits for room.
+    /// Returns how many transactions were taken: with the spool, an id already stored (a
+    /// client's retry) is stored, and delivered, once.
+    pub async fn accept(
         &self,
-        txn: Arc<Transaction>,
-        drivers: &[u32],
-    ) -> Result<(), ShutDown> {
-        let mut lanes = self.snapshot();
-        lanes.retain(|l| drivers.contains(&l.number));
-        send_to(&lanes, txn).await
-    }
-
-    /// Ingest. With the spool: persists the batch (one group commit), then queues it for
-    /// every driver; a driver whose queue is full reads the rest from the spool
-    /// ([`crate::overflow`]), so only a full spool refuses. Without a spool: reserves
-    /// room in every driver's queue first and refuses the whole batch if one is full.
-    /// Nothing is queued or persisted when the batch is refused.
-    pub async fn accept(&self, txns: Vec<Transaction>) -> Result<(), Refused> {
+        txns: Vec<Transaction>,
+        backpressure: Backpressure,
+    ) -> Result<usize, Refused> {
         let lanes = self.snapshot();
         if let Some(spool) = &self.spool {
             let spool = spool.clone();
@@ -410,11 +306,27 @@ impl Dispatcher {
                 for lane in &lanes {
                     lane.overflow.offer(&lane.tx, &stored, lane.number);
                 }
-                Ok(())
+                Ok(stored.len())
             })
             .await
-            .map_err(|e| Refused::Spool(crate::spool::SpoolError::Storage(e.to_string())))?
+            .map_err(|e| Refused::Spool(SpoolError::Storage(e.to_string())))?
             .map_err(Refused::Spool);
+        }
+        let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
+        if backpressure == Backpressure::Wait {
+            let feeds = lanes.iter().map(|lane| {
+                let txns = &txns;
+                async move {
+                    for txn in txns {
+                        lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+                    }
+                    Ok::<(), ShutDown>(())
+                }
+            });
+            for fed in futures::future::join_all(feeds).await {
+                fed.map_err(|_| Refused::ShutDown)?;
+            }
+            return Ok(txns.len());
         }
         let mut permits = Vec::with_capacity(lanes.len());
         for lane in &lanes {
@@ -428,49 +340,68 @@ impl Dispatcher {
                 }
             }
         }
-        let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
         for p in permits {
             for (permit, txn) in p.zip(&txns) {
                 permit.send(txn.clone());
             }
         }
-        Ok(())
+        Ok(txns.len())
     }
 
     fn snapshot(&self) -> Vec<Arc<Lane>> {
-        self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.lanes.read().clone()
     }
 
-    /// Queues a transaction for every driver, waiting while a queue is full.
-    pub async fn dispatch(&self, txn: Arc<Transaction>) -> Result<(), ShutDown> {
-        send_to(&self.snapshot(), txn).await
+    /// Start-up recovery, with the spool: every driver reads everything the spool owes
+    /// it, in ingest order, before what arrives from now on (see [`super::overflow`]).
+    /// Replay marks left from before are covered by that reading and cleared.
+    pub async fn recover(&self) -> Result<(), SpoolError> {
+        let Some(spool) = self.spool.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || spool.take_replayed())
+            .await
+            .map_err(|e| SpoolError::Storage(e.to_string()))??;
+        for lane in self.snapshot() {
+            lane.overflow.read_all_owed();
+        }
+        Ok(())
     }
 
-    /// With the spool: every driver reads everything the spool owes it, in ingest order,
-    /// before what arrives from now on (after a restart; see [`crate::overflow`]).
-    pub fn read_all_owed(&self) {
-        if self.spool.is_some() {
-            for lane in self.snapshot() {
-                lane.overflow.read_all_owed();
+    /// Queues the dead letters `mailpush dlq replay` marked since the last call, each for
+    /// the drivers it is owed to (except those that will read it from the spool
+    /// anyway); returns how many.
+    pub async fn take_replays(&self) -> Result<usize, SpoolError> {
+        let Some(spool) = self.spool.clone() else {
+            return Ok(0);
+        };
+        let items = tokio::task::spawn_blocking(move || spool.take_replayed())
+            .await
+            .map_err(|e| SpoolError::Storage(e.to_string()))??;
+        let n = items.len();
+        if n > 0 {
+            tracing::info!("replaying {n} transaction(s) from the spool");
+        }
+        for p in items {
+            tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "replayed from the spool");
+            if self
+                .replay(Arc::new(p.txn), &p.drivers, p.position)
+                .await
+                .is_err()
+            {
+                break;
             }
         }
+        Ok(n)
     }
 
-    /// Queues all of `txns`, in order, for every driver, each driver's queue fed on its
-    /// own: a driver whose queue is full holds back only its own feeding.
-    pub async fn dispatch_all(&self, txns: &[Arc<Transaction>]) -> Result<(), ShutDown> {
-        let lanes = self.snapshot();
-        let feeds = lanes.iter().map(|lane| async move {
-            for txn in txns {
-                lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
-            }
-            Ok::<(), ShutDown>(())
-        });
-        futures::future::join_all(feeds)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>, ShutDown>>()
-            .map(|_| ())
+    /// Queues a transaction the spool already holds for the listed drivers only (a
+    /// reloaded driver's leftovers), waiting while a queue is full. Drivers no longer
+    /// configured are skipped.
+    async fn requeue(&self, txn: Arc<Transaction>, drivers: &[u32]) -> Result<(), ShutDown> {
+        let mut lanes = self.snapshot();
+        lanes.retain(|l| drivers.contains(&l.number));
+        send_to(&lanes, txn).await
     }
 
     /// Current counters of every driver.
@@ -493,7 +424,7 @@ impl Dispatcher {
         let mut retired = Vec::new();
         let mut duplicates = Vec::new();
         {
-            let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+            let mut lanes = self.lanes.write();
             let mut old: Vec<Arc<Lane>> = std::mem::take(&mut *lanes);
             for d in drivers {
                 if let Some(i) = old.iter().position(|l| l.fingerprint == d.fingerprint) {
@@ -545,7 +476,7 @@ impl Dispatcher {
                     left.len()
                 );
                 for t in left {
-                    if self.dispatch_to(t, &[number]).await.is_err() {
+                    if self.requeue(t, &[number]).await.is_err() {
                         break;
                     }
                 }
@@ -554,9 +485,9 @@ impl Dispatcher {
         result
     }
 
-    /// Queues a replayed dead letter (stored at `position`) for the listed drivers,
+    /// A replayed dead letter (stored at `position`): queued for the listed drivers,
     /// except those that will read it from the spool anyway (overflowing).
-    pub async fn dispatch_replay(
+    async fn replay(
         &self,
         txn: Arc<Transaction>,
         drivers: &[u32],
@@ -576,12 +507,19 @@ impl Dispatcher {
     /// [`Dispatcher::shutdown`] through a shared reference: afterwards the dispatcher
     /// has no drivers.
     pub async fn shutdown_shared(&self) -> Vec<DriverReport> {
-        let lanes = std::mem::take(&mut *self.lanes.write().unwrap_or_else(|p| p.into_inner()));
+        let lanes = std::mem::take(&mut *self.lanes.write());
         let mut reports = Vec::new();
         for lane in lanes {
             // What a lane still had stays in the spool for the next start.
             if let Some((r, _)) = finish_shared(lane).await {
                 reports.push(r);
+            }
+        }
+        // Every progress record committed: a later start does not deliver these again.
+        if let Some(spool) = self.spool.clone() {
+            let flushed = tokio::task::spawn_blocking(move || spool.flush()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::error!("cannot record the last progress in the spool: {e}");
             }
         }
         reports
@@ -607,48 +545,5 @@ async fn finish_shared(mut lane: Arc<Lane>) -> Option<(DriverReport, Vec<Arc<Tra
                 tokio::task::yield_now().await;
             }
         }
-    }
-}
-
-/// Runs Dovecot's hook sequence for one transaction at one driver: begin_txn, then
-/// process_mbox/process_msg per record, then end_txn. A panic anywhere is contained
-/// and reported as a failure.
-pub async fn deliver(driver: &dyn Driver, txn: &Arc<Transaction>) -> Outcome {
-    let run = async {
-        let (events, mut dtxn) = match driver.begin_txn(txn).await? {
-            Begin::Skip => return Ok(Outcome::Skipped),
-            Begin::Join { events, txn } => (events, txn),
-        };
-        let mut result = Ok(());
-        for record in group(txn, events) {
-            result = match &record {
-                Record::Mailbox(m) => dtxn.process_mbox(m).await,
-                Record::Message(m) => dtxn.process_msg(m).await,
-            };
-            if result.is_err() {
-                break;
-            }
-        }
-        let end = dtxn.end_txn(result.is_ok()).await;
-        result.and(end).map(|_| Outcome::Delivered)
-    };
-    match std::panic::AssertUnwindSafe(run).catch_unwind().await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(failure)) => Outcome::Failed(failure),
-        Err(panic) => Outcome::Failed(Failure::permanent(format!(
-            "driver panicked: {}",
-            panic_message(&panic)
-        ))),
-    }
-}
-
-/// The text of a panic payload.
-pub fn panic_message(panic: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_string()
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP ingest and control API of `mailpush run`.
+//! The HTTP ingest and control API of `mailpush run`: the sources' way into the pipeline
+//! ([`crate::pipeline::Dispatcher::accept`]) and the instance's status.
 //!
 //! - `POST /v1/transactions` — one canonical transaction (JSON) or many
 //!   (`Content-Type: application/x-ndjson`). A batch is all or nothing: one bad line
@@ -6,7 +7,7 @@
 //!   queued; 202 with the transaction ids once persisted (with the spool) or queued.
 //!   503 with `Retry-After` when the spool is full, or (`delivery = memory`) when a batch
 //!   does not fit every driver's queue; a driver whose queue is full reads its backlog
-//!   from the spool ([`crate::overflow`]).
+//!   from the spool ([`crate::pipeline::overflow`]).
 //! - `PUT /preliminary/http-notify/v1/notify` — what Dovecot's own ox driver sends,
 //!   turned into a MessageNew transaction.
 //! - `GET /metrics` (Prometheus), `GET /healthz`, `GET /readyz`.
@@ -21,13 +22,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use mailpush_core::event::NewMessage;
-use mailpush_core::{Event, Transaction};
+use mailpush_core::Transaction;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
+use super::auth::authorised;
+use super::ox_body::ox_transaction;
 use super::Daemon;
-use crate::dispatch::Refused;
+use crate::pipeline::{Backpressure, Refused};
 use crate::spool::SpoolError;
 
 /// Builds the router.
@@ -50,69 +51,6 @@ fn error(status: StatusCode, body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-/// Checks `Authorization: Bearer TOKEN` (or Basic with TOKEN as the password) in
-/// constant time.
-fn authorised(daemon: &Daemon, headers: &HeaderMap) -> bool {
-    let Some(token) = &daemon.token else {
-        return true;
-    };
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let presented: Vec<u8> = if let Some(t) = value.strip_prefix("Bearer ") {
-        t.trim().as_bytes().to_vec()
-    } else if let Some(b) = value.strip_prefix("Basic ") {
-        use base64_decode as b64;
-        match b64(b.trim()) {
-            Some(decoded) => match decoded.iter().position(|&c| c == b':') {
-                Some(i) => decoded[i + 1..].to_vec(),
-                None => return false,
-            },
-            None => return false,
-        }
-    } else {
-        return false;
-    };
-    presented.len() == token.len() && bool::from(presented.ct_eq(token))
-}
-
-/// Minimal standard base64 decoding (for Basic auth).
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= val(c)? << (18 - 6 * i);
-        }
-        let n = chunk.len();
-        if n < 2 {
-            return None;
-        }
-        out.push((acc >> 16) as u8);
-        if n > 2 {
-            out.push((acc >> 8) as u8);
-        }
-        if n > 3 {
-            out.push(acc as u8);
-        }
-    }
-    Some(out)
 }
 
 fn unauthorised(daemon: &Daemon) -> Response {
@@ -186,8 +124,8 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             json!({"error": format!("a batch of {} transactions can never fit a driver queue (queue_capacity = {}); send smaller batches", txns.len(), daemon.queue_capacity)}),
         );
     }
-    match daemon.dispatcher().accept(txns).await {
-        Ok(()) => {
+    match daemon.dispatcher().accept(txns, Backpressure::Refuse).await {
+        Ok(_) => {
             daemon
                 .ingest
                 .received
@@ -203,6 +141,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
         Err(refused) => {
             let (reason, retry_after) = match &refused {
                 Refused::QueueFull(_) => ("overloaded", "1"),
+                Refused::ShutDown => ("shutting_down", "5"),
                 Refused::Spool(SpoolError::Full { .. }) => ("spool_full", "30"),
                 Refused::Spool(_) => ("spool_error", "5"),
             };
@@ -226,7 +165,7 @@ async fn transactions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !authorised(&daemon, &headers) {
+    if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
     let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
@@ -270,41 +209,8 @@ async fn transactions(
     }
 }
 
-/// Turns the body Dovecot's ox driver sends into a MessageNew transaction.
-pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
-    let obj = body.as_object().ok_or("expected a JSON object")?;
-    let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-    let n = |k: &str| -> Result<u32, String> {
-        obj.get(k)
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| format!("`{k}` must be an unsigned 32-bit number"))
-    };
-    let user = s("user")
-        .filter(|u| !u.is_empty())
-        .ok_or("missing `user`")?;
-    match s("event").as_deref() {
-        Some("messageNew") => {}
-        other => return Err(format!("`event` must be \"messageNew\", got {other:?}")),
-    }
-    let msg = NewMessage {
-        mailbox: s("folder").ok_or("missing `folder`")?,
-        uid: n("imap-uid")?,
-        uid_validity: n("imap-uidvalidity")?,
-        from: s("from"),
-        subject: s("subject"),
-        snippet: s("snippet"),
-        unseen: obj
-            .get("unseen")
-            .and_then(Value::as_u64)
-            .and_then(|v| u32::try_from(v).ok()),
-        ..Default::default()
-    };
-    Ok(Transaction::new(user, vec![Event::MessageNew(msg)]))
-}
-
 async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
-    if !authorised(&daemon, &headers) {
+    if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
     let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
@@ -324,11 +230,7 @@ async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: 
 }
 
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
-    let in_flight = daemon
-        .body_budget_units
-        .saturating_sub(daemon.body_budget.available_permits()) as u64
-        * 1024;
-    let text = super::metrics::render(&daemon.ingest, in_flight, &daemon.dispatcher().reports());
+    let text = super::metrics::render(&daemon.status());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -348,74 +250,31 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 }
 
 async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
-    if !authorised(&daemon, &headers) {
+    if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
-    let drivers: Vec<Value> = daemon
-        .dispatcher()
-        .reports()
-        .iter()
-        .map(|r| {
-            json!({
-                "number": r.number, "name": r.name, "state": if r.overflowing { "overflowing" } else if r.queued >= r.capacity { "saturated" } else { "running" },
-                "circuit": r.circuit, "retried": r.retried, "dead_lettered": r.dead_lettered,
-                "queued": r.queued, "held": r.held, "capacity": r.capacity, "delivered": r.delivered,
-                "failed": r.failed, "skipped": r.skipped,
-                "counters": r.counters.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "endpoints": r.endpoints.iter().map(|e| json!({
-                    "endpoint": e.endpoint, "scope": e.scope, "circuit": e.state.as_str(),
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({"version": env!("CARGO_PKG_VERSION"), "config": daemon.config_path.display().to_string(), "drivers": drivers}).to_string(),
+        serde_json::to_string(&daemon.status()).unwrap_or_default(),
     )
         .into_response()
 }
 
 async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
-    if !authorised(&daemon, &headers) {
+    if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
     match daemon.reload().await {
         Ok(r) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
-            json!({"kept": r.kept, "started": r.started, "stopped": r.stopped}).to_string(),
+            serde_json::to_string(&r).unwrap_or_default(),
         )
             .into_response(),
         Err(errors) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": "the new config fails check; the running one is kept", "errors": errors}),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_auth_decoding() {
-        assert_eq!(base64_decode("bG9naW46cGFzcw==").unwrap(), b"login:pass");
-        assert_eq!(base64_decode("YQ").unwrap(), b"a");
-        assert!(base64_decode("!!").is_none());
-    }
-
-    #[test]
-    fn ox_body_becomes_message_new() {
-        let v: Value = serde_json::from_str(r#"{"user":"11@3","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"a <a@b>","subject":"Hi","snippet":"x","unseen":2}"#).unwrap();
-        let t = ox_transaction(&v).unwrap();
-        assert_eq!(t.user, "11@3");
-        let Event::MessageNew(m) = &t.events[0] else {
-            panic!()
-        };
-        assert_eq!((m.uid, m.uid_validity, m.unseen), (42, 1700000000, Some(2)));
-        assert_eq!(m.from.as_deref(), Some("a <a@b>"));
-        let bad: Value = serde_json::from_str(r#"{"user":"u","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":-1}"#).unwrap();
-        assert!(ox_transaction(&bad).unwrap_err().contains("imap-uid"));
     }
 }

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, Location};
+use mailpush_core::units;
+
+use super::error::{ConfigError, Location};
 
 /// Every key of the `mailpush { }` block with its default and meaning (also printed by
 /// `mailpush check` and documented in README.md).
@@ -176,17 +178,20 @@ impl RuntimeSettings {
                 }
                 "listen_unix" => s.listen_unix = Some(resolve(&value)),
                 "ingest_token_file" => s.ingest_token_file = Some(resolve(&value)),
-                "max_body" => match crate::wasm::sandbox::parse_size(&value) {
+                "max_body" => match units::parse_size(&value).and_then(|n| usize::try_from(n).ok())
+                {
                     Some(n) if n > 0 => s.max_body = n,
                     _ => fail("expected a size, e.g. `10M`".into()),
                 },
-                "max_inflight" => match crate::wasm::sandbox::parse_size(&value) {
-                    Some(n) if n > 0 => s.max_inflight = n,
-                    _ => fail("expected a size, e.g. `64M`".into()),
-                },
-                "shutdown_timeout_msecs" => match value.parse::<u64>() {
-                    Ok(n) => s.shutdown_timeout = std::time::Duration::from_millis(n),
-                    _ => fail("expected milliseconds, e.g. `30000`".into()),
+                "max_inflight" => {
+                    match units::parse_size(&value).and_then(|n| usize::try_from(n).ok()) {
+                        Some(n) if n > 0 => s.max_inflight = n,
+                        _ => fail("expected a size, e.g. `64M`".into()),
+                    }
+                }
+                "shutdown_timeout_msecs" => match units::parse_msecs(&value) {
+                    Some(d) => s.shutdown_timeout = d,
+                    None => fail("expected milliseconds, e.g. `30000`".into()),
                 },
                 "delivery" => match value.as_str() {
                     "spool" => s.durable = true,
@@ -196,8 +201,8 @@ impl RuntimeSettings {
                             .into(),
                     ),
                 },
-                "spool_quota" => match crate::wasm::sandbox::parse_size(&value) {
-                    Some(n) if n > 0 => s.spool_quota = n as u64,
+                "spool_quota" => match units::parse_size(&value) {
+                    Some(n) if n > 0 => s.spool_quota = n,
                     _ => fail("expected a size, e.g. `1G`".into()),
                 },
                 "listen" => match value.parse::<SocketAddr>() {

@@ -1,61 +1,48 @@
-//! Circuit breakers: one over a driver's transaction outcomes (kept by the runtime's
-//! delivery lane) and, for drivers that call HTTP endpoints, one per endpoint
-//! ([`EndpointBreakers`]) so that one dead endpoint is not hammered while the driver's
-//! other endpoints keep working.
+//! Circuit breakers: one over a driver's transaction outcomes (kept by its delivery
+//! lane, [`crate::pipeline`]) and, for wasm drivers that call HTTP endpoints, one per
+//! endpoint ([`EndpointBreakers`]) so that one dead endpoint is not hammered while the
+//! driver's other endpoints keep working. The thresholds ([`BreakerConfig`]) and the
+//! states drivers report ([`CircuitState`]) are part of the driver contract
+//! (`mailpush_core::circuit`); the machinery is the runtime's.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Circuit-breaker thresholds (the `breaker_*` keys of a driver line).
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// How many of the latest outcomes are considered.
-    pub window: usize,
-    /// The circuit cannot open before this many outcomes are in the window.
-    pub min: usize,
-    /// Failure ratio (0, 1] at which the circuit opens.
-    pub ratio: f64,
-    /// How long an open circuit waits before a half-open probe.
-    pub open: Duration,
-}
+pub use mailpush_core::circuit::{BreakerConfig, CircuitState};
+use mailpush_core::{DriverArgs, InitError};
+use parking_lot::Mutex;
 
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            window: 20,
-            min: 5,
-            ratio: 0.5,
-            open: Duration::from_secs(30),
-        }
+/// The keys [`from_args`] reads.
+pub const BREAKER_KEYS: &[&str] = &[
+    "breaker_ratio",
+    "breaker_window",
+    "breaker_min",
+    "breaker_open",
+];
+
+/// Takes the `breaker_*` keys out of a driver's args (or a tenant handler's `.conf`):
+/// `breaker_ratio=0.5 breaker_window=20 breaker_min=5 breaker_open=30s` — open the circuit
+/// when at least `breaker_min` of the last `breaker_window` outcomes exist and the failure
+/// ratio reaches `breaker_ratio`; probe again after `breaker_open`.
+pub fn from_args(args: &mut DriverArgs) -> Result<BreakerConfig, InitError> {
+    let mut b = BreakerConfig::default();
+    if let Some(r) = args.take_with("breaker_ratio", "a ratio in (0, 1], e.g. 0.5", |v| {
+        v.parse::<f64>().ok().filter(|r| *r > 0.0 && *r <= 1.0)
+    })? {
+        b.ratio = r;
     }
-}
-
-/// Circuit state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl CircuitState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half-open",
-        }
+    if let Some(n) = args.take_with("breaker_window", "a count", |v| {
+        v.parse::<usize>().ok().filter(|n| *n > 0)
+    })? {
+        b.window = n;
     }
-
-    /// The metrics encoding: 0 closed, 1 open, 2 half-open.
-    pub fn as_gauge(self) -> u8 {
-        match self {
-            CircuitState::Closed => 0,
-            CircuitState::Open => 1,
-            CircuitState::HalfOpen => 2,
-        }
+    if let Some(n) = args.take_with("breaker_min", "a count", |v| v.parse().ok())? {
+        b.min = n;
     }
+    if let Some(d) = args.take_duration("breaker_open")? {
+        b.open = d;
+    }
+    Ok(b)
 }
 
 /// A circuit breaker over the latest outcomes of one driver or endpoint.
@@ -172,8 +159,8 @@ impl EndpointBreakers {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
-        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Endpoint>> {
+        self.endpoints.lock()
     }
 
     /// Asks to send a request to `endpoint`.

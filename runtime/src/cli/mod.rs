@@ -1,0 +1,520 @@
+//! The `mailpush` command line: argument parsing, wiring, printing and exit codes only;
+//! what each command does is [`crate::commands`] (and [`crate::daemon`] for `run`).
+
+mod print;
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use mailpush_core::NoMetadata;
+
+use crate::commands::check::check;
+use crate::commands::control::{self, ControlError};
+use crate::commands::dlq::DeadLetters;
+use crate::commands::metadata::{self as metadata_cmd, MetadataOp, Usage};
+use crate::commands::send;
+use crate::config::Config;
+use crate::logging::{self, LogFormat};
+use crate::pipeline::{Delivery, DeliveryObserver};
+use crate::registry::DriverRegistry;
+
+/// mailpush — run Dovecot-style push-notification drivers (dlog, ox, sandboxed
+/// WebAssembly components) on mail-store events.
+#[derive(Debug, Parser)]
+#[command(name = "mailpush", version, propagate_version = true)]
+#[command(
+    after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  mailpush send -c examples/mailpush.conf examples/events.ndjson"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file (Dovecot syntax: `plugin { push_notification_driver = … }` plus a
+    /// `mailpush { }` block).
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "MAILPUSH_CONFIG",
+        default_value = "/etc/mailpush/mailpush.conf"
+    )]
+    pub config: PathBuf,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
+    /// `mailpush=debug`. RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log format: `human` or `json` (one JSON object per line, for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse the config, initialise every driver, print the driver table and warnings.
+    ///
+    /// Exits non-zero, listing every error with file:line, when the config is unusable.
+    #[command(after_help = "Example:\n  mailpush check -c /etc/mailpush/mailpush.conf")]
+    Check,
+    /// Read canonical transactions (NDJSON, or JSON objects one after another) and
+    /// dispatch them through every driver in-process; print per-driver counts.
+    ///
+    /// Each delivery is tried once (no retry schedule): a failure is reported and, with the
+    /// spool, kept as a dead letter. As with ingest, a transaction whose id the spool
+    /// still holds is stored, and delivered, once. Exits non-zero if any transaction was
+    /// rejected (its line number is printed) or any delivery failed. Shows a progress bar when standard error is a terminal and
+    /// standard output is not (where drivers such as `dlog:file=/dev/stdout` write).
+    #[command(
+        after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  echo '{\"user\":\"a@example.com\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Work\"}]}' | mailpush send -c examples/mailpush.conf -"
+    )]
+    Send(SendArgs),
+    /// Run the service: HTTP ingest at `listen` (see the `mailpush { }` block), every
+    /// driver on its own queue, /metrics, /healthz, /readyz.
+    ///
+    /// SIGHUP reloads the config (a config that fails `check` is refused and the running
+    /// one kept); SIGTERM stops accepting, drains queued work and exits.
+    #[command(after_help = "Examples:
+  mailpush run -c /etc/mailpush/mailpush.conf
+  curl -sS -H 'Content-Type: application/x-ndjson' --data-binary @examples/events.ndjson http://127.0.0.1:8025/v1/transactions")]
+    Run,
+    /// Show per-driver state and queue depth of the running instance.
+    #[command(after_help = "Example:
+  mailpush status -c /etc/mailpush/mailpush.conf")]
+    Status,
+    /// Ask the running instance to re-read its config and driver files (like SIGHUP).
+    #[command(after_help = "Example:
+  mailpush reload -c /etc/mailpush/mailpush.conf")]
+    Reload,
+    /// Inspect, replay or purge dead letters (transactions a driver gave up on). Works on
+    /// the state dir of a stopped or running instance; a running one picks up replays
+    /// within a second.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mailpush dlq list -c /etc/mailpush/mailpush.conf\n  mailpush dlq replay --all --driver 2"
+    )]
+    Dlq(DlqCommand),
+    /// Per-user METADATA (what the ox driver activates on), shaped like
+    /// `doveadm mailbox metadata` so existing runbooks work.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3\n  mailpush metadata list -u user@example.com"
+    )]
+    Metadata(MetadataCommand),
+}
+
+/// `-u USER [-s] [MAILBOX] KEY …`: like doveadm, the mailbox of server METADATA is `""`
+/// (with `-s`); it may also be left out.
+#[derive(Debug, Args)]
+pub struct MetadataTarget {
+    /// The user.
+    #[arg(short = 'u', long = "user", required = true)]
+    pub user: String,
+    /// Server METADATA (the only kind mailpush keeps; give the mailbox as "").
+    #[arg(short = 's')]
+    pub server: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetadataCommand {
+    /// Set a value: `set -u USER [-s] [""] KEY VALUE`.
+    #[command(
+        after_help = "Example (as with doveadm):\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3"
+    )]
+    Set {
+        #[command(flatten)]
+        target: MetadataTarget,
+        /// [MAILBOX] KEY VALUE
+        #[arg(num_args = 2..=3, required = true, value_names = ["MAILBOX", "KEY", "VALUE"])]
+        args: Vec<String>,
+    },
+    /// Print a value: `get -u USER [-s] [""] KEY`.
+    #[command(
+        after_help = "Example:\n  mailpush metadata get -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+    )]
+    Get {
+        #[command(flatten)]
+        target: MetadataTarget,
+        /// [MAILBOX] KEY
+        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        args: Vec<String>,
+    },
+    /// Remove a value: `unset -u USER [-s] [""] KEY`.
+    #[command(
+        after_help = "Example:\n  mailpush metadata unset -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+    )]
+    Unset {
+        #[command(flatten)]
+        target: MetadataTarget,
+        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        args: Vec<String>,
+    },
+    /// List values, of every user or of one: `list [-u USER] [-s] [""]`.
+    #[command(
+        after_help = "Examples:\n  mailpush metadata list\n  mailpush metadata list -u user@example.com -s \"\""
+    )]
+    List {
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        /// Server METADATA (the only kind mailpush keeps).
+        #[arg(short = 's')]
+        server: bool,
+        /// The mailbox: "" (server METADATA), as with doveadm.
+        #[arg(value_name = "MAILBOX")]
+        mailbox: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters: id, driver, user, transaction id, attempts, last error.
+    #[command(
+        after_help = "Examples:\n  mailpush dlq list -c /etc/mailpush/mailpush.conf\n  mailpush dlq list --driver 2"
+    )]
+    List {
+        /// Only this driver's.
+        #[arg(long)]
+        driver: Option<u32>,
+    },
+    /// Show one dead letter: the transaction and every attempt's time and error.
+    #[command(after_help = "Example:\n  mailpush dlq show 17")]
+    Show { id: i64 },
+    /// Deliver dead letters again (to the driver that gave up on them).
+    #[command(
+        after_help = "Examples:\n  mailpush dlq replay 17\n  mailpush dlq replay --all --driver 2"
+    )]
+    Replay {
+        /// The dead letter's id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every dead letter (of `--driver`, if given).
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        driver: Option<u32>,
+    },
+    /// Delete dead letters for good.
+    #[command(
+        after_help = "Examples:\n  mailpush dlq purge 17\n  mailpush dlq purge --all --driver 2"
+    )]
+    Purge {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        driver: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// File of transactions; `-` (the default) reads standard input.
+    #[arg(default_value = "-")]
+    pub events: PathBuf,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `mailpush metadata` is shaped like doveadm's, down to its usage exit code.
+        Err(e) if e.use_stderr() && std::env::args().any(|a| a == "metadata") => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
+    if !matches!(cli.command, Command::Run) {
+        // Like other Unix tools, a command whose output pipe closes (`mailpush check |
+        // head`) just ends, rather than panicking in println!. The service keeps Rust's
+        // default (SIGPIPE ignored): a closed log pipe must not kill it.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    if let Err(e) = logging::init(&cli.global.log_level, cli.global.log_format) {
+        eprintln!("mailpush: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailpush: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Check => run_check(&cli.global).await,
+            Command::Send(args) => run_send(&cli.global, args).await,
+            Command::Run => {
+                let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
+                let metadata: Arc<dyn mailpush_core::MetadataLookup> =
+                    match Config::load(&cli.global.config) {
+                        Ok(c) => c
+                            .settings
+                            .open_metadata()
+                            .map_err(|e| anyhow::anyhow!("{e}"))?,
+                        Err(_) => Arc::new(NoMetadata), // run reports the config errors itself
+                    };
+                crate::daemon::run(&cli.global.config, registry, metadata)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
+            Command::Status => run_status(&cli.global).await,
+            Command::Reload => run_reload(&cli.global).await,
+            Command::Dlq(cmd) => run_dlq(&cli.global, cmd),
+            Command::Metadata(cmd) => run_metadata(&cli.global, cmd),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailpush: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// doveadm's exit code for a usage error (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{}: configuration is invalid:", path.display());
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let report = check(&global.config, &DriverRegistry::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print::check(&global.config, &report);
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The progress bar of `send`.
+struct Progress(indicatif::ProgressBar);
+
+impl DeliveryObserver for Progress {
+    fn delivered(&self, _: &Delivery) {
+        self.0.inc(1);
+    }
+}
+
+async fn run_send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let stdin = args.events.as_os_str() == "-";
+    let text = if stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading transactions from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(&args.events)
+            .with_context(|| format!("reading {}", args.events.display()))?
+    };
+    let source = if stdin {
+        "<stdin>".to_string()
+    } else {
+        args.events.display().to_string()
+    };
+    let prepared = match send::prepare(config, &DriverRegistry::default(), &text).await {
+        Ok(p) => p,
+        Err(send::SendError::Drivers(errors)) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for e in &prepared.rejected {
+        eprintln!("{source}:{e}");
+    }
+    // A progress bar on a terminal, unless the output shares it: drivers such as
+    // `dlog:file=/dev/stdout` write there, and their lines would cut through it.
+    let progress =
+        (std::io::stderr().is_terminal() && !std::io::stdout().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(prepared.deliveries());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} deliveries {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+    let report = prepared
+        .run(
+            progress
+                .clone()
+                .map(|b| Arc::new(Progress(b)) as Arc<dyn DeliveryObserver>),
+        )
+        .await?;
+    if let Some(p) = progress {
+        p.finish_and_clear();
+    }
+    print::send(&report);
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCode> {
+    let op = match metadata_op(cmd) {
+        Ok(op) => op,
+        Err(Usage(msg)) => {
+            eprintln!("mailpush metadata: {msg}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+    };
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = config
+        .settings
+        .open_metadata()
+        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+    for line in metadata_cmd::run(&store, &op).map_err(|e| anyhow::anyhow!("{}", e.0))? {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The operation a `metadata` subcommand asks for.
+fn metadata_op(cmd: &MetadataCommand) -> Result<MetadataOp, Usage> {
+    Ok(match cmd {
+        MetadataCommand::Set { target, args } => {
+            let (key, value) = metadata_cmd::key_args(args, true)?;
+            MetadataOp::Set {
+                user: target.user.clone(),
+                key,
+                value: value.unwrap_or_default(),
+            }
+        }
+        MetadataCommand::Get { target, args } => MetadataOp::Get {
+            user: target.user.clone(),
+            key: metadata_cmd::key_args(args, false)?.0,
+        },
+        MetadataCommand::Unset { target, args } => MetadataOp::Unset {
+            user: target.user.clone(),
+            key: metadata_cmd::key_args(args, false)?.0,
+        },
+        MetadataCommand::List { user, mailbox, .. } => {
+            metadata_cmd::server_mailbox(mailbox.as_deref().unwrap_or(""))?;
+            MetadataOp::List { user: user.clone() }
+        }
+    })
+}
+
+fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let letters = DeadLetters::open(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let err = |e: crate::spool::SpoolError| anyhow::anyhow!("{e}");
+    match cmd {
+        DlqCommand::List { driver } => print::dead_letters(&letters.list(*driver).map_err(err)?),
+        DlqCommand::Show { id } => match letters.show(*id).map_err(err)? {
+            Some(d) => print::dead_letter(&d),
+            None => {
+                eprintln!("no dead letter {id} (see `mailpush dlq list`)");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        DlqCommand::Replay { id, driver, .. } => {
+            let n = letters.replay(*id, *driver).map_err(err)?;
+            println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
+            if n == 0 && id.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DlqCommand::Purge { id, driver, .. } => {
+            let n = letters.purge(*id, *driver).map_err(err)?;
+            println!("{n} dead letter(s) purged");
+            if n == 0 && id.is_some() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a refused control request; other errors go up.
+fn control_failed(e: ControlError) -> anyhow::Result<ExitCode> {
+    match e {
+        ControlError::Refused {
+            status,
+            message,
+            errors,
+        } => {
+            eprintln!("mailpush answered {status}: {message}");
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        other => Err(other.into()),
+    }
+}
+
+async fn run_status(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    match control::status(&config).await {
+        Ok(status) => {
+            print::status(&status);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => control_failed(e),
+    }
+}
+
+async fn run_reload(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(&global.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    match control::reload(&config).await {
+        Ok(r) => {
+            println!(
+                "reloaded: kept {:?} started {:?} stopped {:?}",
+                r.kept, r.started, r.stopped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => control_failed(e),
+    }
+}

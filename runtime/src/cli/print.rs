@@ -1,0 +1,169 @@
+//! What the commands print: tables and reports, for a person at a terminal.
+
+use std::path::Path;
+
+use crate::commands::check::CheckReport;
+use crate::commands::send::SendReport;
+use crate::spool::DeadLetter;
+use crate::status::Status;
+
+/// `mailpush check`: the driver table and warnings on stdout, errors on stderr.
+pub fn check(path: &Path, report: &CheckReport) {
+    match report {
+        CheckReport::Invalid { errors, warnings } => {
+            eprintln!("{}: configuration is invalid:", path.display());
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} error(s); fix them and run `mailpush check` again",
+                errors.len()
+            );
+        }
+        CheckReport::Loaded {
+            config,
+            state_dir,
+            listen,
+            drivers,
+            warnings,
+            errors,
+        } => {
+            println!("config: {}", config.display());
+            println!("state_dir: {}", state_dir.display());
+            println!("listen: {listen}");
+            println!();
+            println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
+            for d in drivers {
+                println!("{:<4} {:<12} {:<7} {}", d.number, d.name, d.kind, d.args);
+                for line in &d.details {
+                    println!("{:<4} {:<12} {:<7}   {line}", "", "", "");
+                }
+            }
+            if drivers.is_empty() && errors.is_empty() {
+                println!(
+                    "(no drivers: set push_notification_driver = NAME[:ARGS] in a plugin {{ }} block)"
+                );
+            }
+            if !warnings.is_empty() {
+                println!();
+                for w in warnings {
+                    println!("warning: {w}");
+                }
+            }
+            if errors.is_empty() {
+                println!();
+                println!("OK: {} driver(s) ready", drivers.len());
+            } else {
+                eprintln!();
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                eprintln!(
+                    "{} error(s); mailpush refuses to start with this config (Dovecot would silently drop the failing driver and every later-numbered one)",
+                    errors.len()
+                );
+            }
+        }
+    }
+}
+
+/// `mailpush send`: per-driver counts on stderr (stdout may carry dlog lines).
+pub fn send(report: &SendReport) {
+    eprintln!(
+        "{} transaction(s) accepted, {} rejected",
+        report.accepted, report.rejected
+    );
+    if report.repeated > 0 {
+        eprintln!(
+            "{} of them already in the spool (their ids are stored, and delivered, once: see `mailpush dlq list`)",
+            report.repeated
+        );
+    }
+    eprintln!(
+        "{:<4} {:<12} {:>9} {:>8} {:>7}",
+        "#", "DRIVER", "DELIVERED", "SKIPPED", "FAILED"
+    );
+    for r in &report.drivers {
+        eprintln!(
+            "{:<4} {:<12} {:>9} {:>8} {:>7}",
+            r.number, r.name, r.delivered, r.skipped, r.failed
+        );
+    }
+}
+
+/// `mailpush status`: one line per driver, then the endpoint circuits seen failing.
+pub fn status(status: &Status) {
+    println!(
+        "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
+        "#", "DRIVER", "STATE", "CIRCUIT", "QUEUED", "DELIVERED", "FAILED", "SKIPPED"
+    );
+    let mut endpoints = Vec::new();
+    for d in &status.drivers {
+        // QUEUED: waiting in the queue plus held by the lane (being delivered or waiting
+        // for a retry).
+        println!(
+            "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
+            d.number,
+            d.name,
+            d.state().as_str(),
+            d.circuit.as_str(),
+            d.queued + d.held,
+            d.delivered,
+            d.failed,
+            d.skipped
+        );
+        for e in &d.endpoints {
+            endpoints.push(format!(
+                "{:<4} {}{} {}",
+                d.number,
+                e.scope
+                    .as_deref()
+                    .map(|s| format!("{s}: "))
+                    .unwrap_or_default(),
+                e.endpoint,
+                e.state.as_str()
+            ));
+        }
+    }
+    if !endpoints.is_empty() {
+        println!("\nendpoint circuits (endpoints seen failing):");
+        for line in endpoints {
+            println!("{line}");
+        }
+    }
+}
+
+/// `mailpush dlq list`.
+pub fn dead_letters(letters: &[DeadLetter]) {
+    println!(
+        "{:<6} {:<6} {:<28} {:<38} {:>8}  LAST ERROR",
+        "ID", "DRIVER", "USER", "TRANSACTION", "ATTEMPTS"
+    );
+    for d in letters {
+        println!(
+            "{:<6} {:<6} {:<28} {:<38} {:>8}  {}",
+            d.id,
+            d.driver,
+            d.txn.user,
+            d.txn.id,
+            d.attempts.len(),
+            d.attempts.last().map(|a| a.error.as_str()).unwrap_or("")
+        );
+    }
+    eprintln!("{} dead letter(s)", letters.len());
+}
+
+/// `mailpush dlq show`.
+pub fn dead_letter(d: &DeadLetter) {
+    println!(
+        "id: {}\ndriver: {}\nuser: {}\ntransaction: {}",
+        d.id, d.driver, d.txn.user, d.txn.id
+    );
+    for (i, a) in d.attempts.iter().enumerate() {
+        println!("attempt {}: at {} (unix): {}", i + 1, a.at, a.error);
+    }
+    println!("{}", d.txn.to_json());
+}

@@ -1,0 +1,113 @@
+//! `mailpush check`: parse the config, initialise every driver, report everything found
+//! at once — bad lines, numbering problems, unknown drivers, drivers that fail to
+//! initialise — then shut the drivers down again.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mailpush_core::{MetadataError, MetadataLookup, NoMetadata};
+
+use crate::config::{Config, ConfigError, ConfigWarning};
+use crate::registry::{shutdown_drivers, DriverRegistry};
+
+/// One driver as `check` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedDriver {
+    pub number: u32,
+    pub name: String,
+    pub kind: &'static str,
+    /// Arguments, secrets redacted.
+    pub args: String,
+    /// File, hash, limits, grants, …
+    pub details: Vec<String>,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone)]
+pub enum CheckReport {
+    /// The file does not parse: every error, with the warnings found beside them.
+    Invalid {
+        errors: Vec<ConfigError>,
+        warnings: Vec<ConfigWarning>,
+    },
+    /// The file parses; `errors` lists drivers that failed to initialise (mailpush
+    /// refuses to start with any).
+    Loaded {
+        config: PathBuf,
+        state_dir: PathBuf,
+        listen: SocketAddr,
+        drivers: Vec<CheckedDriver>,
+        /// Config and driver warnings, each with its place.
+        warnings: Vec<String>,
+        errors: Vec<ConfigError>,
+    },
+}
+
+impl CheckReport {
+    /// Whether mailpush would start with this config.
+    pub fn ok(&self) -> bool {
+        matches!(self, CheckReport::Loaded { errors, .. } if errors.is_empty())
+    }
+}
+
+/// Checks the config at `path` with the drivers `registry` knows.
+pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport, MetadataError> {
+    let config = match Config::load_for_check(path) {
+        Ok(c) => c,
+        Err(invalid) => {
+            // Report everything found, not only the first kind of problem: the bad
+            // lines, then the numbering warnings and unknown driver names.
+            let mut errors = invalid.errors;
+            errors.extend(
+                invalid
+                    .drivers
+                    .iter()
+                    .filter_map(|d| registry.factory_for(d).err()),
+            );
+            return Ok(CheckReport::Invalid {
+                errors,
+                warnings: invalid.warnings,
+            });
+        }
+    };
+    // check creates no METADATA store (it is read only when it already exists); it does
+    // compile wasm drivers into the AOT cache, so a later start finds them compiled.
+    let metadata: Arc<dyn MetadataLookup> =
+        if config.settings.state_dir.join("metadata.db").exists() {
+            config.settings.open_metadata()?
+        } else {
+            Arc::new(NoMetadata)
+        };
+    let (loaded, errors) = match registry.init_all(&config, metadata).await {
+        Ok(loaded) => (loaded, Vec::new()),
+        Err((loaded, errors)) => (loaded, errors),
+    };
+    let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    for d in &loaded {
+        warnings.extend(
+            d.warnings
+                .iter()
+                .map(|w| format!("{}: driver {} ({}): {w}", d.location, d.number, d.name)),
+        );
+    }
+    let drivers = loaded
+        .iter()
+        .map(|d| CheckedDriver {
+            number: d.number,
+            name: d.name.clone(),
+            kind: d.kind,
+            args: d.args_display.clone(),
+            details: d.details.clone(),
+        })
+        .collect();
+    shutdown_drivers(loaded).await;
+    Ok(CheckReport::Loaded {
+        config: config.path,
+        state_dir: config.settings.state_dir,
+        listen: config.settings.listen,
+        drivers,
+        warnings,
+        errors,
+    })
+}

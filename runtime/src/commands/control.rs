@@ -1,0 +1,89 @@
+//! `mailpush status` and `mailpush reload`: a client of the running instance's control
+//! API at `listen`, speaking the typed contract ([`crate::status::Status`],
+//! [`crate::pipeline::Reconfigured`]).
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::pipeline::Reconfigured;
+use crate::status::Status;
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot read the ingest token: {0}")]
+    Token(String),
+    #[error(
+        "cannot reach mailpush at {url}: is `mailpush run` running with this config? ({source})"
+    )]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The instance answered with an error (and, for a refused reload, the config's
+    /// errors).
+    #[error("mailpush answered {status}: {message}")]
+    Refused {
+        status: u16,
+        message: String,
+        errors: Vec<String>,
+    },
+    #[error("unexpected answer from mailpush: {0}")]
+    Answer(String),
+}
+
+/// An error body of the control API.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+async fn request<T: DeserializeOwned>(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+) -> Result<T, ControlError> {
+    let url = format!("http://{}{path}", config.settings.listen);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| ControlError::Answer(e.to_string()))?;
+    let mut req = client.request(method, &url);
+    if let Some(p) = &config.settings.ingest_token_file {
+        let token =
+            crate::daemon::read_token(p).map_err(|e| ControlError::Token(format!("{e:#}")))?;
+        req = req.bearer_auth(String::from_utf8_lossy(&token));
+    }
+    let unreachable = |source| ControlError::Unreachable {
+        url: url.clone(),
+        source,
+    };
+    let resp = req.send().await.map_err(unreachable)?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(unreachable)?;
+    if !status.is_success() {
+        let e: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        return Err(ControlError::Refused {
+            status: status.as_u16(),
+            message: e.error,
+            errors: e.errors,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| ControlError::Answer(e.to_string()))
+}
+
+/// The running instance's status.
+pub async fn status(config: &Config) -> Result<Status, ControlError> {
+    request(config, reqwest::Method::GET, "/v1/status").await
+}
+
+/// Asks the running instance to re-read its config and driver files (like SIGHUP).
+pub async fn reload(config: &Config) -> Result<Reconfigured, ControlError> {
+    request(config, reqwest::Method::POST, "/v1/reload").await
+}

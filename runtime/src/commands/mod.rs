@@ -1,0 +1,9 @@
+//! What each `mailpush` subcommand does, as library functions the CLI calls and tests
+//! reach without spawning the binary. The CLI (`crate::cli`) only parses arguments,
+//! prints these results and sets exit codes. `mailpush run` is [`crate::daemon`].
+
+pub mod check;
+pub mod control;
+pub mod dlq;
+pub mod metadata;
+pub mod send;

@@ -1,0 +1,123 @@
+//! The config file, in Dovecot's syntax: `plugin { push_notification_driver = … }` lines
+//! work verbatim; mailpush's own settings live in a `mailpush { }` block.
+//!
+//! - [`syntax`]: Dovecot's syntax read into raw settings (blocks, comments, quotes,
+//!   includes); settings mailpush does not use (`mail_plugins`, `service`, `passdb`
+//!   blocks, …) are ignored;
+//! - [`numbering`]: Dovecot's numbering of `push_notification_driver*`;
+//! - [`settings`]: the typed `mailpush { }` block;
+//! - [`error`]: errors and warnings with file:line.
+
+pub mod error;
+pub mod numbering;
+pub mod settings;
+pub mod syntax;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
+pub use numbering::DriverSetting;
+pub use settings::RuntimeSettings;
+
+/// A config that does not load: its errors, with the warnings and the driver settings
+/// found despite them ([`Config::load_for_check`]).
+#[derive(Debug, Clone)]
+pub struct InvalidConfig {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+    /// The drivers the numbering selects (their names not yet checked).
+    pub drivers: Vec<DriverSetting>,
+}
+
+/// A parsed config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file.
+    pub path: PathBuf,
+    /// The drivers Dovecot's numbering rules select, in order.
+    pub drivers: Vec<DriverSetting>,
+    /// The `mailpush { }` block.
+    pub settings: RuntimeSettings,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// The text of the config file, or the error saying how to pass another.
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        location: None,
+        text: String::new(),
+        message: format!(
+            "cannot read config file {}: {e} (pass another with -c FILE or MAILPUSH_CONFIG)",
+            path.display()
+        ),
+    })
+}
+
+impl Config {
+    /// Reads and interprets a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = read_config(path).map_err(|e| ConfigErrors(vec![e]))?;
+        Config::parse(path, &text)
+    }
+
+    /// Interprets config text as if read from `path` (used for includes and tests).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+        Config::interpret(path, text).map_err(|invalid| ConfigErrors(invalid.errors))
+    }
+
+    /// Like [`Config::load`], but an invalid config also returns the warnings and the
+    /// driver settings found despite its errors, so `mailpush check` can report every
+    /// problem of a file at once (a bad line, a numbering gap, an unknown driver).
+    pub fn load_for_check(path: &Path) -> Result<Config, InvalidConfig> {
+        let text = read_config(path).map_err(|e| InvalidConfig {
+            errors: vec![e],
+            warnings: Vec::new(),
+            drivers: Vec::new(),
+        })?;
+        Config::interpret(path, &text)
+    }
+
+    fn interpret(path: &Path, text: &str) -> Result<Config, InvalidConfig> {
+        let mut raw = syntax::read(path, text);
+        let drivers = numbering::select_drivers(&mut raw);
+        let config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let settings = RuntimeSettings::from_block(
+            raw.mailpush
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone(), v.location.clone()))
+                .collect(),
+            &config_dir,
+        );
+        let settings = match settings {
+            Ok(s) => Some(s),
+            Err(errs) => {
+                raw.errors.extend(errs);
+                None
+            }
+        };
+        match settings {
+            Some(settings) if raw.errors.is_empty() => Ok(Config {
+                path: path.to_path_buf(),
+                drivers,
+                settings,
+                warnings: raw.warnings,
+            }),
+            _ => Err(InvalidConfig {
+                errors: raw.errors,
+                warnings: raw.warnings,
+                drivers,
+            }),
+        }
+    }
+
+    /// The folder of the config file; relative paths in the config resolve against it.
+    pub fn dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! Dovecot's config syntax, read into raw settings: `key = value` (value optionally in
+//! quotes), `NAME {` and `NAME ARG {` blocks closed by `}`, `#` comments (at line start
+//! or after whitespace), `!include FILE` and `!include_try FILE` (relative to the
+//! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
+//! glob(3) does). Only `plugin { }` (anywhere, `protocol` blocks included) and
+//! `mailpush { }` settings are kept; others are Dovecot's business.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::error::{ConfigError, ConfigWarning, Location};
+
+/// A raw `key = value` with where it was set and which block it was in.
+#[derive(Debug, Clone)]
+pub struct RawSetting {
+    pub value: String,
+    pub location: Location,
+}
+
+/// Everything read from the files, before interpretation.
+#[derive(Default)]
+pub struct RawConfig {
+    /// Settings of `plugin { }` blocks (anywhere), later ones win.
+    pub plugin: BTreeMap<String, RawSetting>,
+    /// Settings of `mailpush { }` blocks.
+    pub mailpush: BTreeMap<String, RawSetting>,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Reads config text as if from `path` (following its includes).
+pub fn read(path: &Path, text: &str) -> RawConfig {
+    let mut raw = RawConfig::default();
+    read_text(path, text, &mut raw, &mut Vec::new(), 0);
+    raw
+}
+
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Block kinds that matter to mailpush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Block {
+    Plugin,
+    Mailpush,
+    Protocol,
+    Other,
+}
+
+/// Strips a `#` comment: `#` at the start or after whitespace, outside double quotes.
+fn strip_comment(line: &str) -> &str {
+    let mut in_quotes = false;
+    let mut prev_space = true;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            '#' if !in_quotes && prev_space => return &line[..i],
+            _ => {}
+        }
+        prev_space = c.is_whitespace();
+    }
+    line
+}
+
+fn unquote(value: &str) -> String {
+    let v = value.trim();
+    let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
+    if quoted('"') || quoted('\'') {
+        let inner = &v[1..v.len() - 1];
+        let mut out = String::with_capacity(inner.len());
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        v.to_string()
+    }
+}
+
+fn read_text(
+    path: &Path,
+    text: &str,
+    raw: &mut RawConfig,
+    stack: &mut Vec<(Block, Location, String)>,
+    depth: usize,
+) {
+    let base_depth = stack.len();
+    for (i, full_line) in text.lines().enumerate() {
+        let location = Location {
+            file: path.to_path_buf(),
+            line: i + 1,
+        };
+        let line = strip_comment(full_line).trim();
+        if line.is_empty() {
+            continue;
+        }
+        let error = |raw: &mut RawConfig, message: String| {
+            raw.errors.push(ConfigError {
+                location: Some(location.clone()),
+                text: full_line.trim().to_string(),
+                message,
+            })
+        };
+        if let Some(rest) = line.strip_prefix('!') {
+            let (directive, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+            let arg = unquote(arg);
+            match directive {
+                "include" | "include_try" if !arg.is_empty() => {
+                    if depth >= MAX_INCLUDE_DEPTH {
+                        error(raw, format!("includes nested deeper than {MAX_INCLUDE_DEPTH} levels (an include loop?); expected each file to be included at most once along a chain — remove the `!include` that leads back"));
+                        continue;
+                    }
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    let targets = match expand_glob(dir, &arg) {
+                        Some(matches) => matches,
+                        None => vec![dir.join(&arg)],
+                    };
+                    for target in targets {
+                        match std::fs::read_to_string(&target) {
+                            Ok(t) => read_text(&target, &t, raw, stack, depth + 1),
+                            Err(_) if directive == "include_try" => {}
+                            Err(e) => error(raw, format!("cannot include {}: {e}", target.display())),
+                        }
+                    }
+                }
+                "include" | "include_try" => error(raw, format!("!{directive} needs a file name: !{directive} FILE")),
+                _ => error(raw, format!("unknown directive `!{directive}`; expected `!include FILE` or `!include_try FILE`")),
+            }
+            continue;
+        }
+        if line == "}" {
+            if stack.len() <= base_depth {
+                error(raw, "`}` without an open block".to_string());
+            } else {
+                stack.pop();
+            }
+            continue;
+        }
+        if let Some(head) = line.strip_suffix('{') {
+            let mut words = head.split_whitespace();
+            let kind = match (words.next(), words.next(), words.next()) {
+                (Some("plugin"), None, _) => Block::Plugin,
+                (Some("mailpush"), None, _) => Block::Mailpush,
+                (Some("protocol"), Some(_), None) => Block::Protocol,
+                (Some("protocol"), None, _) => {
+                    error(
+                        raw,
+                        "a protocol block needs a name: `protocol imap {`".to_string(),
+                    );
+                    Block::Other
+                }
+                (Some(_), _, _) => Block::Other,
+                (None, _, _) => {
+                    error(
+                        raw,
+                        "a block needs a name: `plugin {`, `mailpush {`, `protocol NAME {`"
+                            .to_string(),
+                    );
+                    Block::Other
+                }
+            };
+            stack.push((kind, location.clone(), head.trim().to_string()));
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            error(
+                raw,
+                "expected `key = value`, `NAME {`, `}` or `!include FILE`".to_string(),
+            );
+            continue;
+        };
+        let key = key.trim().to_string();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            error(
+                raw,
+                format!("`{key}` is not a setting name; expected `key = value`"),
+            );
+            continue;
+        }
+        let value = unquote(value);
+        // The innermost block that matters decides where a setting belongs.
+        let scope = stack
+            .iter()
+            .rev()
+            .map(|(b, _, _)| b.clone())
+            .find(|b| *b != Block::Protocol)
+            .unwrap_or(Block::Protocol);
+        let in_block = !stack.is_empty();
+        let is_push = key.starts_with("push_notification_");
+        match scope {
+            Block::Plugin => {
+                if let Some(prev) = raw.plugin.get(&key) {
+                    if is_push && prev.value != value {
+                        raw.warnings.push(ConfigWarning {
+                            location: Some(location.clone()),
+                            message: format!(
+                                "{key} overrides the value set at {} (the later one wins)",
+                                prev.location
+                            ),
+                        });
+                    }
+                }
+                raw.plugin.insert(key, RawSetting { value, location });
+            }
+            Block::Mailpush => {
+                raw.mailpush.insert(key, RawSetting { value, location });
+            }
+            _ if is_push => error(
+                raw,
+                format!(
+                    "{key} must be inside a `plugin {{ }}` block{}",
+                    if in_block { "" } else { " (as in Dovecot)" }
+                ),
+            ),
+            _ => {} // settings for Dovecot that mailpush does not use
+        }
+    }
+    while stack.len() > base_depth {
+        if let Some((_, loc, head)) = stack.pop() {
+            raw.errors.push(ConfigError {
+                location: Some(loc),
+                text: format!("{head} {{"),
+                message: "block is never closed: add a `}`".to_string(),
+            });
+        }
+    }
+}
+
+/// Expands a glob in an include's argument (`conf.d/*.conf`, as Dovecot's glob(3)),
+/// sorted; `None` when the argument has no glob characters. The including file's folder
+/// is taken literally.
+fn expand_glob(dir: &Path, arg: &str) -> Option<Vec<PathBuf>> {
+    if !arg.contains(['*', '?', '[']) {
+        return None;
+    }
+    let pattern = if Path::new(arg).is_absolute() {
+        arg.to_string()
+    } else {
+        format!("{}/{arg}", glob::Pattern::escape(&dir.to_string_lossy()))
+    };
+    let mut out: Vec<PathBuf> = glob::glob(&pattern)
+        .map(|paths| paths.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    out.sort();
+    Some(out)
+}

@@ -1,0 +1,58 @@
+//! The body Dovecot's own ox driver sends (`PUT /preliminary/http-notify/v1/notify`),
+//! read into a MessageNew transaction, so an existing `ox:url=` can point at mailpush.
+
+use mailpush_core::event::NewMessage;
+use mailpush_core::{Event, Transaction};
+use serde_json::Value;
+
+/// Turns the body Dovecot's ox driver sends into a MessageNew transaction.
+pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
+    let obj = body.as_object().ok_or("expected a JSON object")?;
+    let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
+    let n = |k: &str| -> Result<u32, String> {
+        obj.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| format!("`{k}` must be an unsigned 32-bit number"))
+    };
+    let user = s("user")
+        .filter(|u| !u.is_empty())
+        .ok_or("missing `user`")?;
+    match s("event").as_deref() {
+        Some("messageNew") => {}
+        other => return Err(format!("`event` must be \"messageNew\", got {other:?}")),
+    }
+    let msg = NewMessage {
+        mailbox: s("folder").ok_or("missing `folder`")?,
+        uid: n("imap-uid")?,
+        uid_validity: n("imap-uidvalidity")?,
+        from: s("from"),
+        subject: s("subject"),
+        snippet: s("snippet"),
+        unseen: obj
+            .get("unseen")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok()),
+        ..Default::default()
+    };
+    Ok(Transaction::new(user, vec![Event::MessageNew(msg)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ox_body_becomes_message_new() {
+        let v: Value = serde_json::from_str(r#"{"user":"11@3","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"a <a@b>","subject":"Hi","snippet":"x","unseen":2}"#).unwrap();
+        let t = ox_transaction(&v).unwrap();
+        assert_eq!(t.user, "11@3");
+        let Event::MessageNew(m) = &t.events[0] else {
+            panic!()
+        };
+        assert_eq!((m.uid, m.uid_validity, m.unseen), (42, 1700000000, Some(2)));
+        assert_eq!(m.from.as_deref(), Some("a <a@b>"));
+        let bad: Value = serde_json::from_str(r#"{"user":"u","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":-1}"#).unwrap();
+        assert!(ox_transaction(&bad).unwrap_err().contains("imap-uid"));
+    }
+}

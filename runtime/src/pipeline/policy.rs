@@ -1,0 +1,167 @@
+//! Delivery policy per driver: the retry schedule, the circuit breaker's thresholds and
+//! the concurrency. Set with generic keys on any driver line, taken out before the
+//! driver sees its args (one typed reading, [`DeliveryPolicy::from_args`]):
+//!
+//! - `retry=5s,30s,2m,10m,1h` — delays before the 1st, 2nd, … retry (± 20 % jitter);
+//!   `retry=none` for no retries;
+//! - `retry_max_age=24h` — give up on a transaction older than this;
+//! - `breaker_ratio=0.5 breaker_window=20 breaker_min=5 breaker_open=30s` — see
+//!   [`crate::breaker::from_args`]; the same thresholds apply to the driver's
+//!   per-endpoint breakers (wasm drivers: one per `scheme://host:port` they call);
+//! - `concurrency=N` — transactions (of different users) delivered at once.
+
+use std::time::Duration;
+
+use mailpush_core::backoff::{jitter, seed};
+use mailpush_core::{units, BreakerConfig, DriverArgs, InitError};
+
+/// Retry schedule and bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub schedule: Vec<Duration>,
+    pub max_age: Duration,
+    /// Longest `Retry-After` honoured.
+    pub retry_after_cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            schedule: [5, 30, 120, 600, 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            max_age: Duration::from_secs(24 * 3600),
+            retry_after_cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The delivery policy of one driver.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeliveryPolicy {
+    pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+    /// `concurrency=N`: most transactions (of different users) delivered at once; `None`
+    /// for the driver's own default ([`mailpush_core::Driver::concurrency`]).
+    pub concurrency: Option<usize>,
+}
+
+impl DeliveryPolicy {
+    /// Takes the policy keys out of a driver's args.
+    pub fn from_args(args: &mut DriverArgs) -> Result<Self, InitError> {
+        let mut p = DeliveryPolicy::default();
+        if let Some(schedule) =
+            args.take_with("retry", "`none` or durations such as 5s,30s,2m,1h", |v| {
+                if v == "none" {
+                    return Some(Vec::new());
+                }
+                v.split(',').map(units::parse_duration).collect()
+            })?
+        {
+            p.retry.schedule = schedule;
+        }
+        if let Some(d) = args.take_duration("retry_max_age")? {
+            p.retry.max_age = d;
+        }
+        p.breaker = crate::breaker::from_args(args)?;
+        p.concurrency = args.take_with(
+            "concurrency",
+            "a number of transactions from 1 to 1024",
+            |v| v.parse::<usize>().ok().filter(|n| (1..=1024).contains(n)),
+        )?;
+        Ok(p)
+    }
+
+    /// The same policy with nothing retried and no waiting: a failure is final (a dead
+    /// letter, with the spool), the breaker never opens. What `mailpush send` uses: it
+    /// delivers once and reports.
+    pub fn once(mut self) -> Self {
+        self.retry.schedule.clear();
+        self.retry.max_age = Duration::ZERO;
+        self.breaker.min = usize::MAX;
+        self
+    }
+
+    /// The delay before retry number `attempt` (1-based) of the transaction `id`, with
+    /// ±20 % jitter; `None` when the schedule is exhausted. A server's `Retry-After` wins
+    /// within the cap.
+    pub fn backoff(
+        &self,
+        attempt: usize,
+        retry_after: Option<Duration>,
+        id: &str,
+    ) -> Option<Duration> {
+        let base = *self.retry.schedule.get(attempt.checked_sub(1)?)?;
+        if let Some(ra) = retry_after {
+            return Some(ra.min(self.retry.retry_after_cap));
+        }
+        Some(jitter(base, -0.2, 0.2, seed(id, attempt as u64)))
+    }
+
+    /// How long a transaction deferred by an open endpoint circuit waits: the circuit's
+    /// own wait (within the cap), plus up to 10 % so that the transactions one circuit
+    /// held back do not all come back in the same instant.
+    pub fn deferral(&self, wait: Option<Duration>, id: &str, attempt: usize) -> Duration {
+        let wait = wait.unwrap_or_default().min(self.retry.retry_after_cap);
+        jitter(wait, 0.0, 0.1, seed(id, attempt as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_and_jitter() {
+        let mut args = DriverArgs::parse("retry=1s,10s retry_max_age=1h other=x");
+        let p = DeliveryPolicy::from_args(&mut args).unwrap();
+        assert_eq!(args.get("other"), Some("x"));
+        assert!(!args.has("retry"));
+        for n in 0..100 {
+            let d = p.backoff(1, None, &format!("txn{n}")).unwrap();
+            assert!(
+                d >= Duration::from_millis(800) && d <= Duration::from_millis(1200),
+                "{d:?}"
+            );
+        }
+        assert_eq!(p.backoff(3, None, "t"), None);
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(7)), "t"),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(99999)), "t"),
+            Some(Duration::from_secs(3600))
+        );
+        assert!(DeliveryPolicy::from_args(&mut DriverArgs::parse("retry=5x")).is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (line, key) in [
+            ("retry=5x", "retry=5x: expected"),
+            (
+                "retry_max_age=soon",
+                "retry_max_age=soon: expected a duration",
+            ),
+            ("breaker_ratio=2", "breaker_ratio=2: expected a ratio"),
+            ("breaker_open=30", "breaker_open=30: expected a duration"),
+            (
+                "concurrency=0",
+                "concurrency=0: expected a number of transactions",
+            ),
+        ] {
+            let e = DeliveryPolicy::from_args(&mut DriverArgs::parse(line)).unwrap_err();
+            assert!(e.0.starts_with(key), "{line}: {}", e.0);
+        }
+    }
+
+    #[test]
+    fn once_retries_nothing_and_never_breaks() {
+        let p = DeliveryPolicy::default().once();
+        assert_eq!(p.backoff(1, None, "t"), None);
+        assert_eq!(p.retry.max_age, Duration::ZERO);
+        assert_eq!(p.breaker.min, usize::MAX);
+    }
+}

@@ -1,0 +1,425 @@
+//! The pipeline's pieces under test without processes or servers: a lane run directly on
+//! a paused clock (ordering per user, concurrency, the retry schedule, dead letters), and
+//! the dispatcher's overflow and reload hand-overs with a gated driver.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailpush_core::{Begin, Driver, DriverTxn, EventSet, Failure, Transaction};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::lane::{self, LaneContext};
+use super::observer::{Delivery, DeliveryObserver};
+use super::overflow::Overflow;
+use super::policy::DeliveryPolicy;
+use super::stats::DriverStats;
+use super::{Backpressure, Dispatcher, LoadedDriver, Outcome};
+use crate::config::Location;
+use crate::spool::sqlite::SqliteSpool;
+use crate::spool::Spool;
+
+/// One call of the scripted driver.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    user: String,
+    start: Instant,
+    ok: bool,
+}
+
+/// A driver that takes `delay` per transaction, fails some transactions a number of
+/// times first (retryably), waits for a permit when gated, and records every call,
+/// how many ran at once, and whether one user ever had two at once.
+#[derive(Default)]
+struct Script {
+    delay: Duration,
+    fail: Mutex<HashMap<String, usize>>,
+    gate: Option<Arc<Semaphore>>,
+    calls: Mutex<Vec<Call>>,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+    users_running: Mutex<HashSet<String>>,
+    same_user_twice: AtomicBool,
+    /// Woken after each call.
+    called: Notify,
+}
+
+impl Script {
+    /// Waits until `n` calls were made.
+    async fn wait_calls(&self, n: usize) {
+        loop {
+            let notified = self.called.notified();
+            if self.calls.lock().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The no-op rest of a transaction the script already handled at begin_txn.
+struct Done;
+
+#[async_trait]
+impl DriverTxn for Done {}
+
+#[async_trait]
+impl Driver for Script {
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        if !self.users_running.lock().insert(txn.user.clone()) {
+            self.same_user_twice.store(true, Ordering::SeqCst);
+        }
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now, Ordering::SeqCst);
+        let start = Instant::now();
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.expect("gate open").forget();
+        }
+        tokio::time::sleep(self.delay).await;
+        let fail = {
+            let mut f = self.fail.lock();
+            match f.get_mut(&txn.id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.calls.lock().push(Call {
+            id: txn.id.clone(),
+            user: txn.user.clone(),
+            start,
+            ok: !fail,
+        });
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.users_running.lock().remove(&txn.user);
+        self.called.notify_waiters();
+        if fail {
+            return Err(Failure::retryable("scripted failure"));
+        }
+        Ok(Begin::Join {
+            events: EventSet::default(),
+            txn: Box::new(Done),
+        })
+    }
+}
+
+/// Final outcomes in the order they arrived; wakes waiters.
+#[derive(Default)]
+struct Outcomes {
+    seen: Mutex<Vec<(String, Outcome)>>,
+    notify: Notify,
+}
+
+impl DeliveryObserver for Outcomes {
+    fn delivered(&self, d: &Delivery) {
+        self.seen.lock().push((d.txn.id.clone(), d.outcome.clone()));
+        self.notify.notify_waiters();
+    }
+}
+
+impl Outcomes {
+    async fn wait_for(&self, n: usize) {
+        loop {
+            let notified = self.notify.notified();
+            if self.seen.lock().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+fn txn(user: &str, id: &str) -> Transaction {
+    Transaction::from_json(&format!(
+        r#"{{"id":"{id}","user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"A"}}]}}"#
+    ))
+    .expect("valid transaction")
+}
+
+struct LaneRun {
+    tx: mpsc::Sender<Arc<Transaction>>,
+    outcomes: Arc<Outcomes>,
+    stats: Arc<DriverStats>,
+    task: tokio::task::JoinHandle<Vec<Arc<Transaction>>>,
+}
+
+/// A lane of `driver` run as a task of the test's runtime.
+fn run_lane(
+    driver: Arc<Script>,
+    policy: DeliveryPolicy,
+    spool: Option<Arc<dyn Spool>>,
+    concurrency: usize,
+) -> LaneRun {
+    let (tx, rx) = mpsc::channel(64);
+    let outcomes = Arc::new(Outcomes::default());
+    let stats = Arc::new(DriverStats::default());
+    let ctx = LaneContext {
+        number: 1,
+        name: "script".into(),
+        driver,
+        stats: stats.clone(),
+        observer: Some(outcomes.clone()),
+        spool,
+        policy,
+        capacity: 64,
+        overflow: Arc::new(Overflow::default()),
+        concurrency,
+    };
+    LaneRun {
+        tx,
+        outcomes,
+        stats,
+        task: tokio::spawn(lane::run(ctx, rx)),
+    }
+}
+
+fn spool(dir: &tempfile::TempDir) -> Arc<SqliteSpool> {
+    SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).expect("spool opens")
+}
+
+/// Up to `concurrency` deliveries at once, never two of one user, and each user's
+/// transactions in arrival order while the users interleave.
+#[tokio::test(start_paused = true)]
+async fn per_user_order_with_concurrency() {
+    let driver = Arc::new(Script {
+        delay: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let lane = run_lane(driver.clone(), DeliveryPolicy::default(), None, 3);
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        for u in ["a", "b", "c", "d"] {
+            let t = txn(u, &format!("{u}{i}"));
+            sent.push(t.id.clone());
+            lane.tx.send(Arc::new(t)).await.unwrap();
+        }
+    }
+    lane.outcomes.wait_for(20).await;
+    assert!(!driver.same_user_twice.load(Ordering::SeqCst));
+    assert_eq!(driver.most_running.load(Ordering::SeqCst), 3);
+    let calls = driver.calls.lock().clone();
+    for u in ["a", "b", "c", "d"] {
+        let theirs: Vec<&str> = calls
+            .iter()
+            .filter(|c| c.user == u)
+            .map(|c| c.id.as_str())
+            .collect();
+        let expected: Vec<String> = (0..5).map(|i| format!("{u}{i}")).collect();
+        assert_eq!(theirs, expected, "user {u} in order");
+    }
+    // 20 deliveries of 10 ms, 3 at a time: 7 rounds.
+    let last = calls.iter().map(|c| c.start).max().unwrap();
+    let first = calls.iter().map(|c| c.start).min().unwrap();
+    assert_eq!(last - first, Duration::from_millis(60));
+    drop(lane.tx);
+    assert!(lane.task.await.unwrap().is_empty());
+}
+
+/// A retryable failure is tried again on the schedule (±20 % jitter), holding back only
+/// its own user's later transactions; the others flow meanwhile.
+#[tokio::test(start_paused = true)]
+async fn retries_follow_the_schedule_and_hold_back_only_that_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let driver = Arc::new(Script::default());
+    driver.fail.lock().insert("a1".into(), 2);
+    let mut args = mailpush_core::DriverArgs::parse("retry=5s,30s");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let lane = run_lane(
+        driver.clone(),
+        policy,
+        Some(spool.clone() as Arc<dyn Spool>),
+        4,
+    );
+    let batch = vec![
+        txn("a", "a1"),
+        txn("a", "a2"),
+        txn("b", "b1"),
+        txn("b", "b2"),
+    ];
+    spool.append(&batch, &[1]).unwrap();
+    let t0 = Instant::now();
+    for t in batch {
+        lane.tx.send(Arc::new(t)).await.unwrap();
+    }
+    lane.outcomes.wait_for(4).await;
+    let calls = driver.calls.lock().clone();
+    let at = |id: &str| -> Vec<Duration> {
+        calls
+            .iter()
+            .filter(|c| c.id == id)
+            .map(|c| c.start - t0)
+            .collect()
+    };
+    let a1 = at("a1");
+    assert_eq!(a1.len(), 3, "{calls:?}");
+    let outcomes: Vec<bool> = calls
+        .iter()
+        .filter(|c| c.id == "a1")
+        .map(|c| c.ok)
+        .collect();
+    assert_eq!(outcomes, [false, false, true]);
+    assert_eq!(a1[0], Duration::ZERO);
+    let first_wait = a1[1] - a1[0];
+    let second_wait = a1[2] - a1[1];
+    assert!(
+        first_wait >= Duration::from_secs(4) && first_wait <= Duration::from_secs(6),
+        "{first_wait:?}"
+    );
+    assert!(
+        second_wait >= Duration::from_secs(24) && second_wait <= Duration::from_secs(36),
+        "{second_wait:?}"
+    );
+    // a2 only after a1 finally went through; b's at once.
+    assert!(at("a2")[0] >= a1[2]);
+    assert_eq!(at("b1"), [Duration::ZERO]);
+    assert_eq!(at("b2"), [Duration::ZERO]);
+    assert_eq!(lane.stats.retried.load(Ordering::SeqCst), 2);
+    assert!(spool.dead_letters(None).unwrap().is_empty());
+    spool.flush().unwrap();
+    assert!(
+        spool.pending().unwrap().is_empty(),
+        "all completed in the spool"
+    );
+}
+
+/// When the schedule is exhausted the transaction becomes a dead letter with every
+/// attempt, and the user's next transaction goes on.
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_become_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let driver = Arc::new(Script::default());
+    driver.fail.lock().insert("x1".into(), usize::MAX);
+    let mut args = mailpush_core::DriverArgs::parse("retry=1s");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let lane = run_lane(
+        driver.clone(),
+        policy,
+        Some(spool.clone() as Arc<dyn Spool>),
+        1,
+    );
+    let batch = vec![txn("x", "x1"), txn("x", "x2")];
+    spool.append(&batch, &[1]).unwrap();
+    for t in batch {
+        lane.tx.send(Arc::new(t)).await.unwrap();
+    }
+    lane.outcomes.wait_for(2).await;
+    let seen = lane.outcomes.seen.lock().clone();
+    assert!(
+        matches!(&seen[0], (id, Outcome::Failed(_)) if id == "x1"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1], ("x2".to_string(), Outcome::Delivered));
+    spool.flush().unwrap();
+    let dead = spool.dead_letters(Some(1)).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].txn.id, "x1");
+    assert_eq!(dead[0].attempts.len(), 2, "the first try and one retry");
+    assert_eq!(lane.stats.dead_lettered.load(Ordering::SeqCst), 1);
+}
+
+fn loaded(driver: Arc<dyn Driver>, fingerprint: &str, policy: DeliveryPolicy) -> LoadedDriver {
+    LoadedDriver {
+        number: 1,
+        name: "script".into(),
+        kind: "native",
+        args_display: String::new(),
+        location: Location {
+            file: "test.conf".into(),
+            line: 1,
+        },
+        driver,
+        warnings: Vec::new(),
+        details: Vec::new(),
+        fingerprint: fingerprint.into(),
+        policy,
+    }
+}
+
+/// A driver that cannot keep up: its queue (2) overflows into the spool and it reads the
+/// backlog itself, in order, each transaction once; ingest is never refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let gate = Arc::new(Semaphore::new(0));
+    let driver = Arc::new(Script {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    let outcomes = Arc::new(Outcomes::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", DeliveryPolicy::default())],
+        2,
+        Some(outcomes.clone()),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    for i in 0..10 {
+        let taken = d
+            .accept(vec![txn("u", &format!("t{i}"))], Backpressure::Refuse)
+            .await
+            .expect("never refused with the spool");
+        assert_eq!(taken, 1);
+    }
+    assert!(d.reports()[0].overflowing, "the queue overflowed");
+    assert!(d.reports()[0].queued <= 2);
+    gate.add_permits(10);
+    outcomes.wait_for(10).await;
+    let ids: Vec<String> = outcomes
+        .seen
+        .lock()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(driver.calls.lock().len(), 10, "each once");
+    d.shutdown().await;
+    assert!(spool.pending().unwrap().is_empty());
+}
+
+/// A reload that replaces a driver hands what the old lane still held (here a
+/// transaction waiting an hour for its retry) to the new lane, which delivers it now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_hands_held_transactions_to_the_new_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let old = Arc::new(Script::default());
+    old.fail.lock().insert("r1".into(), 1);
+    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let outcomes = Arc::new(Outcomes::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(old.clone(), "old", policy.clone())],
+        8,
+        Some(outcomes.clone()),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(vec![txn("u", "r1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    // The old driver fails it once; it would then wait an hour.
+    old.wait_calls(1).await;
+    let new = Arc::new(Script::default());
+    let r = d
+        .reconfigure(vec![loaded(new.clone(), "new", policy)])
+        .await;
+    assert_eq!((r.started, r.stopped), (vec![1], vec![1]));
+    // The new lane delivers it, long before the hour.
+    outcomes.wait_for(1).await;
+    assert_eq!(
+        outcomes.seen.lock()[0],
+        ("r1".to_string(), Outcome::Delivered)
+    );
+    assert_eq!(new.calls.lock()[0].id, "r1");
+    d.shutdown().await;
+    assert!(spool.pending().unwrap().is_empty());
+}

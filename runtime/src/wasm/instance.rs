@@ -1,0 +1,280 @@
+//! Instances of one driver's component: a fresh one per transaction (the default) or a
+//! warm one kept between transactions (`instance=reuse`, recycled after a failure and
+//! after `recycle_after` transactions). Each instance's store is set up here with every
+//! capability's per-instance state and the limits armed before each call.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mailpush_core::{DriverArgs, Failure, InitError, MetadataLookup};
+use parking_lot::Mutex;
+use wasmtime::component::Linker;
+use wasmtime::{CallHook, Store};
+
+use super::bindings::{PushDriver, PushDriverPre};
+use super::engine::LoadedComponent;
+use super::http::{HttpPolicy, OutboundHttp};
+use super::limits::{slice, Limits};
+use super::log::{DriverTag, LogBudget, LogRate};
+use super::state::{self, HostState};
+use super::stats::WasmStats;
+use super::trap::{classify, truncate};
+
+/// How instances are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceModel {
+    /// A fresh instance per transaction (default): nothing survives between
+    /// transactions.
+    Fresh,
+    /// One instance kept per driver for warm state; recycled after a failure and after
+    /// `recycle_after` transactions.
+    Reuse,
+}
+
+/// The instance keys of one driver: `instance=fresh|reuse`, `recycle_after=1000`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSettings {
+    pub model: InstanceModel,
+    /// With `instance=reuse`: transactions before the instance is recycled.
+    pub recycle_after: u64,
+}
+
+impl Default for InstanceSettings {
+    fn default() -> Self {
+        InstanceSettings {
+            model: InstanceModel::Fresh,
+            recycle_after: 1000,
+        }
+    }
+}
+
+impl InstanceSettings {
+    /// Takes the instance keys out of a driver's args.
+    pub fn from_args(args: &mut DriverArgs) -> Result<Self, InitError> {
+        let mut s = InstanceSettings::default();
+        if let Some(m) =
+            args.take_with("instance", "`fresh` (default) or `reuse`", |v| match v {
+                "fresh" => Some(InstanceModel::Fresh),
+                "reuse" => Some(InstanceModel::Reuse),
+                _ => None,
+            })?
+        {
+            s.model = m;
+        }
+        if let Some(n) = args.take_number::<u64>("recycle_after", "1000")? {
+            s.recycle_after = n.max(1);
+        }
+        Ok(s)
+    }
+
+    /// The line for `mailpush check`.
+    pub fn describe(&self) -> String {
+        match self.model {
+            InstanceModel::Fresh => "instance: fresh per transaction".to_string(),
+            InstanceModel::Reuse => format!(
+                "instance: reuse (recycled after a failure or {} transactions)",
+                self.recycle_after
+            ),
+        }
+    }
+}
+
+/// One instance: its store and its exports.
+pub struct Instance {
+    pub store: Store<HostState>,
+    pub bindings: PushDriver,
+    txns: u64,
+}
+
+/// Everything needed to make instances of one driver, and its warm instance.
+pub struct Instances {
+    tag: Arc<DriverTag>,
+    pre: PushDriverPre<HostState>,
+    limits: Limits,
+    settings: InstanceSettings,
+    /// The component's own arguments, handed to its `init`.
+    args: Vec<(String, String)>,
+    http: HttpPolicy,
+    metadata: Arc<dyn MetadataLookup>,
+    /// Lines per transaction, and the driver-wide log rate.
+    max_log_lines: u32,
+    log_rate: Arc<LogRate>,
+    /// With `instance=reuse`: the warm instance between transactions.
+    warm: Mutex<Option<Instance>>,
+}
+
+/// The parts of a driver an [`Instances`] is made from.
+pub struct InstanceParts {
+    pub tag: Arc<DriverTag>,
+    pub limits: Limits,
+    pub settings: InstanceSettings,
+    pub args: DriverArgs,
+    pub http: HttpPolicy,
+    pub metadata: Arc<dyn MetadataLookup>,
+    pub max_log_lines: u32,
+    pub log_rate: Arc<LogRate>,
+}
+
+impl Instances {
+    /// Links the component against every capability's imports.
+    pub fn link(
+        parts: InstanceParts,
+        loaded: &LoadedComponent,
+        path: &Path,
+    ) -> Result<Self, InitError> {
+        let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
+        state::link(&mut linker)
+            .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
+            InitError(format!(
+                "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces)",
+                path.display()
+            ))
+        })?;
+        let pre = PushDriverPre::new(instance_pre).map_err(|e| {
+            InitError(format!(
+                "{} does not match the mailpush:driver/push-driver world: {e:#}",
+                path.display()
+            ))
+        })?;
+        Ok(Instances {
+            tag: parts.tag,
+            pre,
+            limits: parts.limits,
+            settings: parts.settings,
+            args: parts
+                .args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            http: parts.http,
+            metadata: parts.metadata,
+            max_log_lines: parts.max_log_lines,
+            log_rate: parts.log_rate,
+            warm: Mutex::new(None),
+        })
+    }
+
+    /// The instance settings.
+    pub fn settings(&self) -> &InstanceSettings {
+        &self.settings
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let log = LogBudget::shared(self.max_log_lines, self.log_rate.clone());
+        let state = HostState::new(
+            self.tag.clone(),
+            self.limits.memory,
+            OutboundHttp::new(self.http.clone(), log.clone()),
+            self.metadata.clone(),
+            log,
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_epoch()));
+        store.call_hook(|mut ctx, hook| {
+            match hook {
+                CallHook::CallingHost => ctx.data_mut().clock.entering_host(),
+                CallHook::ReturningFromHost => ctx.data_mut().clock.leaving_host(),
+                _ => {}
+            }
+            Ok(())
+        });
+        store
+    }
+
+    /// Re-arms the per-call deadline (and fuel) before a call into the guest.
+    pub fn arm(&self, store: &mut Store<HostState>) {
+        store.data_mut().clock.arm(self.limits.timeout);
+        store.data_mut().panic = None;
+        store.set_epoch_deadline(slice(self.limits.timeout));
+        if let Some(fuel) = self.limits.fuel {
+            // set_fuel only fails on an engine without fuel, which fuel drivers never use.
+            let _ = store.set_fuel(fuel);
+        }
+    }
+
+    /// Reports fuel used by the last call.
+    pub fn account_fuel(&self, store: &Store<HostState>, stats: &WasmStats) -> u64 {
+        let Some(fuel) = self.limits.fuel else {
+            return 0;
+        };
+        let used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        stats.fuel_used.fetch_add(used, Ordering::Relaxed);
+        used
+    }
+
+    /// A fresh instance with `init` called.
+    pub async fn instantiate(&self, stats: &WasmStats) -> Result<Instance, Failure> {
+        let mut store = self.new_store();
+        stats.instances.fetch_add(1, Ordering::Relaxed);
+        self.arm(&mut store);
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e)
+                if e.to_string().contains("pooling")
+                    || e.to_string().contains("maximum concurrent") =>
+            {
+                return Err(Failure::retryable(format!("no free instance slot: {e}")))
+            }
+            Err(e) => return Err(classify(store.data(), e, &self.limits, stats)),
+        };
+        self.arm(&mut store);
+        let init = bindings
+            .mailpush_driver_driver()
+            .call_init(&mut store, &self.args)
+            .await;
+        self.account_fuel(&store, stats);
+        match init {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                txns: 0,
+            }),
+            Ok(Err(msg)) => Err(Failure::permanent(truncate(format!(
+                "init refused the arguments: {msg}"
+            )))),
+            Err(e) => {
+                let f = classify(store.data(), e, &self.limits, stats);
+                Err(Failure {
+                    reason: format!("init failed: {}", f.reason),
+                    ..f
+                })
+            }
+        }
+    }
+
+    /// The warm instance (`instance=reuse`), or a fresh one.
+    pub async fn take(&self, stats: &WasmStats) -> Result<Instance, Failure> {
+        if self.settings.model == InstanceModel::Reuse {
+            if let Some(i) = self.warm.lock().take() {
+                return Ok(i);
+            }
+        }
+        self.instantiate(stats).await
+    }
+
+    /// Returns a healthy instance after a transaction that succeeded or was skipped:
+    /// kept as the warm instance with `instance=reuse` (within `recycle_after`), dropped
+    /// otherwise. An instance whose transaction failed in any way is never given back,
+    /// so the next transaction never inherits state from a failed one.
+    pub fn give_back(&self, mut inst: Instance) {
+        inst.txns += 1;
+        self.park(inst);
+    }
+
+    /// Keeps `inst` as the warm instance (with `instance=reuse`, within
+    /// `recycle_after`), without counting a transaction (the probe made at load).
+    pub fn park(&self, mut inst: Instance) {
+        if self.settings.model == InstanceModel::Reuse && inst.txns < self.settings.recycle_after {
+            inst.store.data_mut().txn = None;
+            *self.warm.lock() = Some(inst);
+        }
+    }
+
+    /// Drops the warm instance.
+    pub fn clear(&self) {
+        self.warm.lock().take();
+    }
+}

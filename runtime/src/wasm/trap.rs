@@ -1,0 +1,68 @@
+//! What a failed call into a driver means: a trap or host error turned into a
+//! [`Failure`] whose reason names the cause (deadline, fuel, memory, stack, panic) —
+//! without the wasm backtrace wasmtime attaches.
+
+use std::sync::atomic::Ordering;
+
+use mailpush_core::Failure;
+use wasmtime::Trap;
+
+use super::limits::Limits;
+use super::log::cap;
+use super::state::HostState;
+use super::stats::WasmStats;
+
+/// The longest failure reason kept.
+pub const MAX_REASON: usize = 1024;
+
+/// Cuts a reason to [`MAX_REASON`] bytes (on a character boundary).
+pub fn truncate(s: String) -> String {
+    cap(s, MAX_REASON)
+}
+
+/// Turns a trap or host error of a call into a failure with its reason, counting it.
+pub fn classify(
+    state: &HostState,
+    err: wasmtime::Error,
+    limits: &Limits,
+    stats: &WasmStats,
+) -> Failure {
+    let trap = err.downcast_ref::<Trap>().copied();
+    let failure = if state.clock.expired || trap == Some(Trap::Interrupt) {
+        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+        Failure::retryable(format!(
+            "deadline exceeded: the driver ran longer than timeout_msecs={}",
+            limits.timeout.as_millis()
+        ))
+    } else if trap == Some(Trap::OutOfFuel) {
+        Failure::permanent(format!(
+            "fuel exhausted: the call used more than fuel={}",
+            limits.fuel.unwrap_or(0)
+        ))
+    } else if state.limiter.hit {
+        stats.memory_limit_hits.fetch_add(1, Ordering::Relaxed);
+        Failure::permanent(format!(
+            "memory limit reached: the driver tried to grow its memory past memory={}M ({})",
+            limits.memory >> 20,
+            trap.map(|t| t.to_string()).unwrap_or_else(|| "trap".into())
+        ))
+    } else if trap == Some(Trap::StackOverflow) {
+        Failure::permanent("stack overflow (unbounded recursion?)".to_string())
+    } else if trap == Some(Trap::MemoryOutOfBounds) {
+        // Rust and C guests keep their stack in linear memory: overflowing it shows up
+        // as an out-of-bounds access rather than a native stack overflow.
+        Failure::permanent(
+            "out-of-bounds memory access, typically a stack overflow (unbounded recursion) in the driver".to_string(),
+        )
+    } else if let (Some(Trap::UnreachableCodeReached), Some(panic)) = (trap, &state.panic) {
+        // A Rust guest's panic ends in `unreachable` after its hook logged the message.
+        Failure::permanent(truncate(format!("the driver panicked: {panic}")))
+    } else if let Some(t) = trap {
+        // The trap, without the wasm backtrace wasmtime attaches (addresses only).
+        Failure::permanent(truncate(format!("trap: {t}")))
+    } else {
+        Failure::permanent(truncate(format!("driver error: {err:#}")))
+    };
+    stats.traps.fetch_add(1, Ordering::Relaxed);
+    failure
+}
