@@ -156,7 +156,8 @@ impl DriverRegistry {
         })
     }
 
-    /// Initialises every driver of a config, in number order. Unlike Dovecot — which
+    /// Initialises every driver of a config, concurrently, reported in number order.
+    /// Unlike Dovecot — which
     /// silently drops a failing driver and every later-numbered one — all failures are
     /// collected and returned, so the caller can refuse to start and say why.
     pub async fn init_all(
@@ -164,17 +165,28 @@ impl DriverRegistry {
         config: &Config,
         metadata: Arc<dyn MetadataLookup>,
     ) -> Result<Vec<LoadedDriver>, (Vec<LoadedDriver>, Vec<ConfigError>)> {
+        // All at once: one driver's slow init (a big component compiling, a wasm init
+        // taking its init_timeout_msecs) does not add to the others'.
+        let inits = config
+            .drivers
+            .iter()
+            .map(|setting| self.init_one(setting, config, metadata.clone()));
+        let tenants = async {
+            match &config.settings.tenant_drivers {
+                Some(dir) => Some(tenant_lane(config, dir, metadata.clone()).await),
+                None => None,
+            }
+        };
+        let (results, tenants) = futures::join!(futures::future::join_all(inits), tenants);
         let mut loaded = Vec::new();
         let mut errors = Vec::new();
-        for setting in &config.drivers {
-            match self.init_one(setting, config, metadata.clone()).await {
+        for r in results {
+            match r {
                 Ok(d) => loaded.push(d),
                 Err(e) => errors.push(e),
             }
         }
-        if let Some(dir) = &config.settings.tenant_drivers {
-            loaded.push(tenant_lane(config, dir, metadata).await);
-        }
+        loaded.extend(tenants);
         if errors.is_empty() {
             Ok(loaded)
         } else {

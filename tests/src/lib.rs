@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailpush::config::Config;
+use mailpush::pipeline::{Backpressure, Delivery, DeliveryObserver, Dispatcher, Outcome};
 use mailpush::registry::{DriverRegistry, LoadedDriver};
 use mailpush_core::{
     Begin, Driver, DriverFactory, DriverInit, DriverTxn, EventSet, Failure, InitError, Initialised,
@@ -642,6 +643,178 @@ impl Drop for RunningDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------- hostile drivers
+
+/// Every final outcome's transaction id and when it arrived; [`TimedOutcomes::wait`]
+/// awaits a condition on them.
+#[derive(Default)]
+pub struct TimedOutcomes {
+    seen: Mutex<Vec<(String, std::time::Instant, Outcome)>>,
+    notify: Notify,
+}
+
+impl DeliveryObserver for TimedOutcomes {
+    fn delivered(&self, d: &Delivery) {
+        self.seen.lock().unwrap().push((
+            d.txn.id.clone(),
+            std::time::Instant::now(),
+            d.outcome.clone(),
+        ));
+        self.notify.notify_waiters();
+    }
+}
+
+impl TimedOutcomes {
+    /// Waits until `done` holds for the (id, arrival) pairs seen so far; returns them.
+    pub async fn wait(
+        &self,
+        done: impl Fn(&[(String, std::time::Instant)]) -> bool,
+    ) -> Vec<(String, std::time::Instant)> {
+        loop {
+            let notified = self.notify.notified();
+            let seen: Vec<(String, std::time::Instant)> = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, at, _)| (id.clone(), *at))
+                .collect();
+            if done(&seen) {
+                return seen;
+            }
+            notified.await;
+        }
+    }
+
+    /// The outcomes so far, with their transaction ids.
+    pub fn outcomes(&self) -> Vec<(String, Outcome)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _, o)| (id.clone(), o.clone()))
+            .collect()
+    }
+}
+
+/// Every final outcome, with its driver and transaction id.
+#[derive(Default)]
+pub struct Outcomes(pub Mutex<Vec<(u32, String, Outcome)>>);
+
+impl DeliveryObserver for Outcomes {
+    fn delivered(&self, d: &Delivery) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((d.driver, d.txn.id.clone(), d.outcome.clone()));
+    }
+}
+
+/// Runs `n` transactions through [hostile wasm driver with `args`] + [recording driver];
+/// returns the hostile driver's outcomes.
+pub async fn run_hostile(args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n push_notification_driver2 = record:label=good\n}}\n",
+        guest("hostile").display()
+    );
+    let config = write_config(dir.path(), &conf);
+    let drivers = TestDrivers::new();
+    let loaded = load_drivers(&drivers.registry(), &config).await;
+    let outcomes = Arc::new(Outcomes::default());
+    let d = Dispatcher::start(loaded, 64, Some(outcomes.clone()));
+    for i in 0..n {
+        d.accept(
+            vec![mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}"))],
+            Backpressure::Wait,
+        )
+        .await
+        .unwrap();
+    }
+    d.shutdown().await;
+    let seen = drivers.seen.lock().unwrap().clone();
+    let ids: Vec<_> = seen.iter().map(|(_, id, _)| id.clone()).collect();
+    let expected: Vec<_> = (0..n).map(|i| format!("t{i}")).collect();
+    assert_eq!(
+        ids, expected,
+        "the good driver must receive every transaction, in order"
+    );
+    let hostile = outcomes
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(d, _, _)| *d == 1)
+        .map(|(_, _, o)| o.clone())
+        .collect();
+    (hostile, drivers)
+}
+
+/// Runs `mailpush send` (the real binary, real log output) over `n` transactions with
+/// the hostile driver and `args`; returns its stderr, asserting it succeeded.
+pub fn send_logged(args: &str, n: usize) -> String {
+    let (ok, log) = send_hostile(args, n);
+    assert!(ok, "{log}");
+    log
+}
+
+/// Runs `mailpush send` over `n` transactions with the hostile driver and `args`;
+/// returns whether it succeeded and its stderr.
+pub fn send_hostile(args: &str, n: usize) -> (bool, String) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n}}\n",
+            guest("hostile").display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(mailpush_bin())
+        .args(["send", "--log-level", "info", "-c"])
+        .arg(&conf)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")).to_json());
+        input.push('\n');
+    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lines of `log` containing `needle`.
+pub fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The failure reasons of `outcomes` (other outcomes as `{:?}`).
+pub fn reasons(outcomes: &[Outcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Failed(f) => f.reason.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect()
 }
 
 /// A minimal HTTP/1.1 client request (one request per connection) to 127.0.0.1:

@@ -1,73 +1,10 @@
 //! Hostile components beside a well-behaved driver: each is stopped as configured with a
 //! clear reason, the process survives, and the good driver receives every transaction.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use mailpush::pipeline::Backpressure;
-use mailpush::pipeline::{Delivery, DeliveryObserver, Dispatcher, Outcome};
+use mailpush::pipeline::Outcome;
 use mailpush_e2e::*;
-
-#[derive(Default)]
-struct Outcomes(Mutex<Vec<(u32, String, Outcome)>>);
-
-impl DeliveryObserver for Outcomes {
-    fn delivered(&self, d: &Delivery) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((d.driver, d.txn.id.clone(), d.outcome.clone()));
-    }
-}
-
-/// Runs `n` transactions through [hostile wasm driver with `args`] + [recording driver];
-/// returns the hostile driver's outcomes.
-async fn run_hostile(args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n push_notification_driver2 = record:label=good\n}}\n",
-        guest("hostile").display()
-    );
-    let config = write_config(dir.path(), &conf);
-    let drivers = TestDrivers::new();
-    let loaded = load_drivers(&drivers.registry(), &config).await;
-    let outcomes = Arc::new(Outcomes::default());
-    let d = Dispatcher::start(loaded, 64, Some(outcomes.clone()));
-    for i in 0..n {
-        d.accept(
-            vec![mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}"))],
-            Backpressure::Wait,
-        )
-        .await
-        .unwrap();
-    }
-    d.shutdown().await;
-    let seen = drivers.seen.lock().unwrap().clone();
-    let ids: Vec<_> = seen.iter().map(|(_, id, _)| id.clone()).collect();
-    let expected: Vec<_> = (0..n).map(|i| format!("t{i}")).collect();
-    assert_eq!(
-        ids, expected,
-        "the good driver must receive every transaction, in order"
-    );
-    let hostile = outcomes
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(d, _, _)| *d == 1)
-        .map(|(_, _, o)| o.clone())
-        .collect();
-    (hostile, drivers)
-}
-
-fn reasons(outcomes: &[Outcome]) -> Vec<String> {
-    outcomes
-        .iter()
-        .map(|o| match o {
-            Outcome::Failed(f) => f.reason.clone(),
-            other => format!("{other:?}"),
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_hits_the_deadline() {
@@ -106,50 +43,6 @@ async fn immediate_trap_is_contained() {
     for r in reasons(&out) {
         assert!(r.contains("trap"), "{r}");
     }
-}
-
-/// Runs `mailpush send` (the real binary, real log output) over `n` transactions with
-/// the hostile driver and `args`; returns its stderr.
-fn send_logged(args: &str, n: usize) -> String {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("mailpush.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n}}\n",
-            guest("hostile").display()
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(mailpush_bin())
-        .args(["send", "--log-level", "info", "-c"])
-        .arg(&conf)
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = String::new();
-    for i in 0..n {
-        input.push_str(&mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")).to_json());
-        input.push('\n');
-    }
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
-    log
-}
-
-fn count(log: &str, needle: &str) -> usize {
-    log.lines().filter(|l| l.contains(needle)).count()
 }
 
 /// A driver logging 100000 lines per transaction: `max_log_lines` of them reach the log

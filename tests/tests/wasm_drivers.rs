@@ -217,29 +217,16 @@ async fn init_refusal_is_reported() {
     assert!(e.contains("missing required argument url"), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn consecutive_failures_pause_the_driver_then_it_resumes() {
-    let engines = Arc::new(Engines::new(None));
-    let d = load(
-        &guest("hostile"),
-        &engines,
-        "mode=trap pause_after=2 pause_msecs=50",
-    )
-    .await
-    .unwrap();
-    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
-    for _ in 0..2 {
-        assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
-    }
-    // The third delivery waits out the pause first.
-    let start = std::time::Instant::now();
-    assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
-    assert!(
-        start.elapsed() >= std::time::Duration::from_millis(50),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(d.stats().traps.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+/// The wasm-only pause of earlier versions is gone (a failing driver is held back by its
+/// circuit breaker, like every driver): its keys are taken off the line, never reach the
+/// component, and are warned about.
+#[test]
+fn retired_pause_keys_are_taken_and_warned_about() {
+    let mut args = DriverArgs::parse("mode=trap pause_after=2 pause_msecs=50");
+    let sandbox = Sandbox::from_args(&mut args).unwrap();
+    assert_eq!(sandbox.retired, ["pause_after", "pause_msecs"]);
+    assert!(!args.has("pause_after") && !args.has("pause_msecs"));
+    assert!(sandbox.warnings()[0].contains("pause_after is ignored"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -564,31 +551,6 @@ async fn fuel_used_is_reported() {
     let d = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
     assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
     assert_eq!(fuel(&d), 0);
-}
-
-/// After `pause_after` consecutive failures the driver pauses, and each further failure
-/// doubles the pause.
-#[tokio::test(flavor = "multi_thread")]
-async fn pauses_grow_exponentially() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let engines = Arc::new(Engines::new(None));
-    let d = load(
-        &guest("hostile"),
-        &engines,
-        "mode=fail-retryable pause_after=2 pause_msecs=20",
-    )
-    .await
-    .unwrap();
-    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
-    let mut pauses = Vec::new();
-    for _ in 0..4 {
-        assert!(matches!(deliver(&d, &txn).await, Outcome::Failed(_)));
-        pauses.push((
-            d.stats().pauses.load(Relaxed),
-            d.stats().last_pause_ms.load(Relaxed),
-        ));
-    }
-    assert_eq!(pauses, [(0, 0), (1, 20), (2, 40), (3, 80)]);
 }
 
 /// METADATA as the guest sees it: its own user's only (the transaction's embedded

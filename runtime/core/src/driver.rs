@@ -164,6 +164,12 @@ pub trait Driver: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+    /// The group a transaction belongs to for fairness (a tenant), and how many of a
+    /// group's transactions the runtime may hand this driver at once: one group can then
+    /// never take every slot of [`Driver::concurrency`]. `None` (the default): no groups.
+    fn share(&self, _txn: &Transaction) -> Option<(String, usize)> {
+        None
+    }
 }
 
 /// The circuit of one endpoint of a driver.

@@ -74,6 +74,9 @@ pub async fn prepare(
             Err(e) => rejected.push(e),
         }
     }
+    if let Some(total) = config.settings.wasm_host_memory {
+        crate::wasm::limits::HostMemory::global().set_total(total);
+    }
     let metadata = config.settings.open_metadata()?;
     let loaded = match registry.init_all(&config, metadata).await {
         Ok(l) => l,

@@ -65,6 +65,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "1024",
         "transactions each driver may have waiting in memory; with the spool, a driver whose queue is full reads its backlog from the spool; with `delivery = memory`, a full queue makes ingest answer 503 (run)",
     ),
+    (
+        "wasm_host_memory",
+        "(a quarter of the machine's memory)",
+        "host memory all wasm instances together may hold on their guests' behalf (each instance reserves its driver's host_memory); beyond it no new instance is made and its transaction is retried later",
+    ),
 ];
 
 /// The `mailpush { }` block, typed, with defaults applied.
@@ -83,6 +88,8 @@ pub struct RuntimeSettings {
     /// Durable spool (true, default) or memory-only delivery.
     pub durable: bool,
     pub spool_quota: u64,
+    /// `wasm_host_memory`: the host memory of all wasm instances; `None` for the default.
+    pub wasm_host_memory: Option<usize>,
 }
 
 impl Default for RuntimeSettings {
@@ -99,6 +106,7 @@ impl Default for RuntimeSettings {
             shutdown_timeout: std::time::Duration::from_secs(30),
             durable: true,
             spool_quota: 1 << 30,
+            wasm_host_memory: None,
         }
     }
 }
@@ -211,6 +219,12 @@ impl RuntimeSettings {
                         fail("expected IP:PORT, e.g. `127.0.0.1:8025` or `[::1]:8025`".into())
                     }
                 },
+                "wasm_host_memory" => {
+                    match units::parse_size(&value).and_then(|n| usize::try_from(n).ok()) {
+                        Some(n) if n >= 1 << 20 => s.wasm_host_memory = Some(n),
+                        _ => fail("expected a size of at least 1M, e.g. `4G`".into()),
+                    }
+                }
                 "queue_capacity" => match value.parse::<usize>() {
                     Ok(n) if n > 0 => s.queue_capacity = n,
                     _ => fail("expected a positive number of transactions, e.g. `1024`".into()),

@@ -246,6 +246,18 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if daemon.dispatcher().saturated() {
         return (StatusCode::SERVICE_UNAVAILABLE, "a driver queue is full\n").into_response();
     }
+    // A reload that takes more than a moment is loading a driver that is slow to
+    // initialise (bounded by its init_timeout_msecs): say so rather than "ready".
+    if let Some(t) = daemon.reloading_for().filter(|t| t.as_secs() >= 1) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "reloading for {} s: a driver is still initialising\n",
+                t.as_secs()
+            ),
+        )
+            .into_response();
+    }
     (StatusCode::OK, "ready\n").into_response()
 }
 

@@ -43,6 +43,8 @@ pub struct Daemon {
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// When the reload in progress started, if one is.
+    reloading_since: parking_lot::Mutex<Option<std::time::Instant>>,
     /// The `mailpush { }` block the service started with (a reload applies drivers only).
     settings: RuntimeSettings,
 }
@@ -71,6 +73,18 @@ impl Daemon {
     /// (the running one is kept); drivers that did not change keep their queues.
     pub async fn reload(&self) -> Result<Reconfigured, Vec<String>> {
         let _guard = self.reload_lock.lock().await;
+        *self.reloading_since.lock() = Some(std::time::Instant::now());
+        let result = self.reload_now().await;
+        *self.reloading_since.lock() = None;
+        result
+    }
+
+    /// How long the reload in progress has been running, if one is.
+    pub fn reloading_for(&self) -> Option<std::time::Duration> {
+        self.reloading_since.lock().map(|t| t.elapsed())
+    }
+
+    async fn reload_now(&self) -> Result<Reconfigured, Vec<String>> {
         let config = Config::load(&self.config_path)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let registry = (self.registry)();
@@ -127,6 +141,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let config =
         Config::load(config_path).map_err(|e| anyhow::anyhow!("configuration is invalid:\n{e}"))?;
+    if let Some(total) = config.settings.wasm_host_memory {
+        crate::wasm::limits::HostMemory::global().set_total(total);
+    }
     let token = match &config.settings.ingest_token_file {
         Some(p) => Some(read_token(p)?),
         None => None,
@@ -181,6 +198,7 @@ pub async fn serve(
         registry,
         metadata,
         reload_lock: tokio::sync::Mutex::new(()),
+        reloading_since: parking_lot::Mutex::new(None),
         settings: config.settings.clone(),
     });
     // What the spool still owes from before a restart: each driver reads its share
@@ -298,7 +316,12 @@ async fn wait_for_signals(daemon: Arc<Daemon>) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = daemon.reload().await;
+                // In the background: a SIGTERM during a (bounded, but slow) reload is
+                // still heard; reloads run one at a time.
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    let _ = d.reload().await;
+                });
             }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),

@@ -45,26 +45,24 @@ impl Held {
         self.count += 1;
     }
 
-    /// The position in the ring of the first user whose oldest item is due.
-    pub fn ready(&self, now: Instant) -> Option<usize> {
-        self.ring.iter().position(|u| {
+    /// Takes the next user whose oldest transaction is due and `allowed` out of the ring
+    /// (it goes back in with [`Held::requeue`] once that delivery ended), with that
+    /// transaction. Users whose transaction is not allowed now (their group is at its
+    /// share) keep their place.
+    pub fn next_due(
+        &mut self,
+        now: Instant,
+        allowed: impl Fn(&Transaction) -> bool,
+    ) -> Option<(String, Arc<Transaction>)> {
+        let pos = self.ring.iter().position(|u| {
             self.users
                 .get(u)
                 .and_then(|q| q.front())
-                .is_some_and(|i| i.not_before.is_none_or(|t| t <= now))
-        })
-    }
-
-    /// Takes the next user whose oldest transaction is due out of the ring (it goes back
-    /// in with [`Held::requeue`] once that delivery ended), with that transaction.
-    pub fn next_due(&mut self, now: Instant) -> Option<(String, Arc<Transaction>)> {
-        loop {
-            let pos = self.ready(now)?;
-            let user = self.ring.remove(pos)?;
-            if let Some(txn) = self.users.get(&user).and_then(|q| q.front()) {
-                return Some((user, txn.txn.clone()));
-            }
-        }
+                .is_some_and(|i| i.not_before.is_none_or(|t| t <= now) && allowed(&i.txn))
+        })?;
+        let user = self.ring.remove(pos)?;
+        let txn = self.users.get(&user)?.front()?.txn.clone();
+        Some((user, txn))
     }
 
     /// When the first user not being delivered to becomes due.
@@ -137,16 +135,32 @@ mod tests {
         }
         let now = Instant::now();
         let started: Vec<String> =
-            std::iter::from_fn(|| h.next_due(now).map(|(_, t)| t.id.clone())).collect();
+            std::iter::from_fn(|| h.next_due(now, |_| true).map(|(_, t)| t.id.clone())).collect();
         assert_eq!(started, ["a1", "b1", "c1"], "one per user, in ring order");
         // a1 finishes: a2 becomes eligible, behind the users still waiting.
         h.pop("a");
         h.requeue("a".into());
         assert_eq!(
-            h.next_due(now).map(|(_, t)| t.id.clone()),
+            h.next_due(now, |_| true).map(|(_, t)| t.id.clone()),
             Some("a2".into())
         );
         assert_eq!(h.count, 4);
+    }
+
+    /// Users whose transaction is not allowed now keep their place in the ring.
+    #[test]
+    fn a_group_at_its_share_waits_its_turn() {
+        let mut h = Held::default();
+        h.push(txn("a@x", "a1"));
+        h.push(txn("b@y", "b1"));
+        let now = Instant::now();
+        let not_x = |t: &Transaction| !t.user.ends_with("@x");
+        assert_eq!(h.next_due(now, not_x).map(|(u, _)| u), Some("b@y".into()));
+        assert_eq!(h.next_due(now, not_x), None);
+        assert_eq!(
+            h.next_due(now, |_| true).map(|(u, _)| u),
+            Some("a@x".into())
+        );
     }
 
     /// A user whose oldest transaction waits for a retry holds back their later ones,
@@ -160,11 +174,14 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
         h.front_mut("a").unwrap().not_before = Some(later);
-        assert_eq!(h.next_due(now).map(|(u, _)| u), Some("b".to_string()));
-        assert_eq!(h.next_due(now), None, "a2 waits behind a1");
+        assert_eq!(
+            h.next_due(now, |_| true).map(|(u, _)| u),
+            Some("b".to_string())
+        );
+        assert_eq!(h.next_due(now, |_| true), None, "a2 waits behind a1");
         assert_eq!(h.earliest(), Some(later));
         assert_eq!(
-            h.next_due(later).map(|(_, t)| t.id.clone()),
+            h.next_due(later, |_| true).map(|(_, t)| t.id.clone()),
             Some("a1".into())
         );
     }

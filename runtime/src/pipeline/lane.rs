@@ -11,6 +11,7 @@
 //! in the spool; an open circuit breaker makes the lane wait. Without a spool
 //! (`delivery = memory`) a failure is final, like Dovecot.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -49,8 +50,15 @@ pub struct LaneContext {
 }
 
 /// A finished delivery: its user, what happened, how long it took, its log span, the
-/// breaker epoch it started in.
-type Finished = (String, Outcome, std::time::Duration, tracing::Span, u64);
+/// breaker epoch it started in, its fairness group ([`Driver::share`]).
+type Finished = (
+    String,
+    Outcome,
+    std::time::Duration,
+    tracing::Span,
+    u64,
+    Option<String>,
+);
 
 /// Runs the lane until its queue is closed and everything due is delivered; returns what
 /// it still had (waiting for a retry or behind an open circuit, or still queued) — with
@@ -71,6 +79,8 @@ pub async fn run(
     let mut epoch: u64 = 0;
     let mut breaker = CircuitBreaker::new(ctx.policy.breaker.clone());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
+    // Deliveries in flight per fairness group (a tenant): each at most its share.
+    let mut shares: HashMap<String, usize> = HashMap::new();
     loop {
         ctx.stats.held.store(held.count, Ordering::Relaxed);
         let mut drained = false;
@@ -138,10 +148,18 @@ pub async fn run(
             CircuitState::Closed => concurrency,
         };
         while in_flight.len() < limit {
-            let Some((user, txn)) = held.next_due(now) else {
+            let below_share = |t: &Transaction| match ctx.driver.share(t) {
+                Some((group, max)) => shares.get(&group).copied().unwrap_or(0) < max,
+                None => true,
+            };
+            let Some((user, txn)) = held.next_due(now, below_share) else {
                 break;
             };
-            in_flight.push(start(&ctx, user, txn, epoch));
+            let group = ctx.driver.share(&txn).map(|(g, _)| g);
+            if let Some(g) = &group {
+                *shares.entry(g.clone()).or_default() += 1;
+            }
+            in_flight.push(start(&ctx, user, txn, epoch, group));
         }
         if in_flight.is_empty() {
             // Nothing can start now: (retries and circuits exist only with the spool)
@@ -186,9 +204,17 @@ pub async fn run(
             _ = tokio::time::sleep_until(next_due) => continue,
             _ = ctx.overflow.started(), if room => continue,
         };
-        let Some((user, outcome, took, span, started_in)) = finished else {
+        let Some((user, outcome, took, span, started_in, group)) = finished else {
             continue;
         };
+        if let Some(g) = group {
+            if let Some(n) = shares.get_mut(&g) {
+                *n -= 1;
+                if *n == 0 {
+                    shares.remove(&g);
+                }
+            }
+        }
         ctx.stats.observe(took);
         let _entered = span.enter();
         let breaker = (started_in == epoch).then_some(&mut breaker);
@@ -213,6 +239,7 @@ fn start(
     user: String,
     txn: Arc<Transaction>,
     epoch: u64,
+    group: Option<String>,
 ) -> BoxFuture<'static, Finished> {
     let driver = ctx.driver.clone();
     let span =
@@ -222,7 +249,7 @@ fn start(
         let outcome = deliver(driver.as_ref(), &txn)
             .instrument(span.clone())
             .await;
-        (user, outcome, started.elapsed(), span, epoch)
+        (user, outcome, started.elapsed(), span, epoch, group)
     })
 }
 

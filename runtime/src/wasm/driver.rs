@@ -20,11 +20,10 @@ use super::engine::{CacheOutcome, Engines};
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
 use super::log::{DriverTag, LogRate};
-use super::pause::Pause;
 use super::sandbox::Sandbox;
 use super::state::HostState;
 use super::stats::WasmStats;
-use super::trap::{classify, truncate};
+use super::trap::{classify, reason};
 use super::world::check_world;
 use crate::breaker::EndpointBreakers;
 
@@ -37,7 +36,6 @@ struct WasmInner {
     sandbox: Arc<Sandbox>,
     instances: Instances,
     policy: HttpPolicy,
-    pause: Pause,
     stats: WasmStats,
 }
 
@@ -91,17 +89,16 @@ impl WasmDriver {
             sha256: loaded.sha256,
             wit_version,
             cache: loaded.cache,
-            pause: Pause::new(sandbox.pause.clone()),
             sandbox,
             instances,
             policy,
             stats: WasmStats::default(),
         });
         // Probe: the component's own init must accept its arguments now, not at the
-        // first transaction.
+        // first transaction — within init_timeout_msecs.
         let probe = inner
             .instances
-            .instantiate(&inner.stats)
+            .instantiate(&inner.stats, inner.sandbox.limits.init_timeout)
             .await
             .map_err(|f| InitError(f.reason))?;
         inner.instances.park(probe);
@@ -151,15 +148,11 @@ impl WasmInner {
         classify(store.data(), err, &self.sandbox.limits, &self.stats)
     }
 
-    fn record(&self, ok: bool) {
-        self.pause.record(ok, &self.tag, &self.stats);
-    }
-
     /// Adds what the sandbox refused during the call to a failure's reason.
     fn explain(&self, store: &mut Store<HostState>, mut f: Failure) -> Failure {
         let refused = store.data_mut().outbound.take_refused();
         if !refused.is_empty() {
-            f.reason = truncate(format!(
+            f.reason = reason(format!(
                 "{} (outbound HTTP refused: {})",
                 f.reason,
                 refused.join("; ")
@@ -201,28 +194,25 @@ impl WasmInner {
 impl Driver for WasmDriver {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let inner = &self.0;
-        inner.pause.wait_if_paused(&inner.tag).await;
-        let mut inst = match inner.instances.take(&inner.stats).await {
-            Ok(i) => i,
-            Err(f) => {
-                inner.record(false);
-                return Err(f);
-            }
-        };
+        let limits = &inner.sandbox.limits;
+        // max_txn_msecs bounds the whole transaction, a fresh instance's init included.
+        let started = Instant::now();
+        let mut inst = inner.instances.take(&inner.stats, limits.max_txn).await?;
         inst.store.data_mut().txn = Some(txn.clone());
+        inst.store.data_mut().outbound.begin_transaction();
         inner.instances.arm(&mut inst.store);
         let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
             &mut inst.store,
             &txn.id,
             &txn.user,
         );
-        let result = match tokio::time::timeout(inner.sandbox.limits.max_txn, call).await {
+        let remaining = limits.max_txn.saturating_sub(started.elapsed());
+        let result = match tokio::time::timeout(remaining, call).await {
             Ok(r) => r,
             Err(_) => {
-                inner.record(false);
                 return Err(Failure::retryable(format!(
                     "begin-txn exceeded max_txn_msecs={}",
-                    inner.sandbox.limits.max_txn.as_millis()
+                    limits.max_txn.as_millis()
                 )));
             }
         };
@@ -230,7 +220,6 @@ impl Driver for WasmDriver {
         match result {
             Ok(wit_driver::Begin::Skip) => {
                 inner.finish_log(&mut inst.store, txn);
-                inner.record(true);
                 inner.instances.give_back(inst);
                 Ok(Begin::Skip)
             }
@@ -243,7 +232,7 @@ impl Driver for WasmDriver {
                     inner: inner.clone(),
                     inst: Some(inst),
                     txn: txn.clone(),
-                    started: Instant::now(),
+                    started,
                     events: Vec::new(),
                 }),
             }),
@@ -251,7 +240,6 @@ impl Driver for WasmDriver {
                 let f = inner.classify(&inst.store, e);
                 let f = inner.explain(&mut inst.store, f);
                 inner.finish_log(&mut inst.store, txn);
-                inner.record(false);
                 Err(f)
             }
         }
@@ -353,7 +341,6 @@ impl DriverTxn for WasmTxn {
         let result = match tokio::time::timeout(remaining, call).await {
             Ok(r) => r,
             Err(_) => {
-                inner.record(false);
                 return Err(Failure::retryable(format!(
                     "transaction exceeded max_txn_msecs={}",
                     limits.max_txn.as_millis()
@@ -368,13 +355,12 @@ impl DriverTxn for WasmTxn {
             Ok(Ok(())) => {
                 inner.finish_log(&mut inst.store, &self.txn);
                 inner.clear_refusals(&mut inst.store);
-                inner.record(true);
                 inner.instances.give_back(inst);
                 Ok(())
             }
             Ok(Err(f)) => {
                 let failure = Failure {
-                    reason: truncate(f.reason),
+                    reason: reason(f.reason),
                     retryable: f.retryable,
                     // Bounded: a driver cannot park a transaction for more than an hour.
                     retry_after: f
@@ -385,7 +371,7 @@ impl DriverTxn for WasmTxn {
                 // Deferred: the guest gave up because an endpoint's circuit is open and no
                 // request it really sent failed. That is the breaker's business: retry
                 // when the circuit lets a probe through, without counting an attempt or
-                // a failure towards pausing the driver.
+                // an outcome for the driver's own breaker.
                 let deferral = inst.store.data_mut().outbound.deferral();
                 let mut failure = inner.explain(&mut inst.store, failure);
                 if let Some(wait) = deferral {
@@ -394,9 +380,6 @@ impl DriverTxn for WasmTxn {
                     failure.retry_after = Some(wait);
                 }
                 inner.finish_log(&mut inst.store, &self.txn);
-                if deferral.is_none() {
-                    inner.record(false);
-                }
                 // Whatever state led the guest to fail stays with it: the instance is
                 // discarded, the next transaction gets a fresh one.
                 drop(inst);
@@ -407,7 +390,6 @@ impl DriverTxn for WasmTxn {
                 let f = inner.classify(&inst.store, e);
                 let f = inner.explain(&mut inst.store, f);
                 inner.finish_log(&mut inst.store, &self.txn);
-                inner.record(false);
                 Err(f)
             }
         }

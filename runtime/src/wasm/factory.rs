@@ -55,6 +55,7 @@ impl DriverFactory for WasmFactory {
             .engines
             .get_or_init(|| Engines::shared(Some(init.state_dir.join("wasm-cache"))))
             .clone();
+        let warnings = sandbox.warnings();
         let tag = Arc::new(DriverTag {
             number: init.number,
             name: init.name.clone(),
@@ -64,6 +65,7 @@ impl DriverFactory for WasmFactory {
         let details = driver.details();
         let mut out = Initialised::new(Arc::new(driver));
         out.details = details;
+        out.warnings = warnings;
         Ok(out)
     }
 }

@@ -6,20 +6,21 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mailpush_core::{DriverArgs, Failure, InitError, MetadataLookup};
 use parking_lot::Mutex;
 use wasmtime::component::Linker;
-use wasmtime::{CallHook, Store};
+use wasmtime::Store;
 
 use super::bindings::{PushDriver, PushDriverPre};
 use super::engine::LoadedComponent;
 use super::http::{HttpPolicy, OutboundHttp};
-use super::limits::{slice, Limits};
+use super::limits::{slice, HostMemory, Limits};
 use super::log::{DriverTag, LogBudget, LogRate};
 use super::state::{self, HostState};
 use super::stats::WasmStats;
-use super::trap::{classify, truncate};
+use super::trap::{classify, reason};
 
 /// How instances are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,33 +162,31 @@ impl Instances {
         &self.settings
     }
 
-    fn new_store(&self) -> Store<HostState> {
+    fn new_store(&self) -> Result<Store<HostState>, Failure> {
+        let reservation = HostMemory::global()
+            .reserve(self.limits.host_memory)
+            .map_err(|e| Failure::retryable(e.to_string()))?;
         let log = LogBudget::shared(self.max_log_lines, self.log_rate.clone());
         let state = HostState::new(
             self.tag.clone(),
-            self.limits.memory,
+            &self.limits,
             OutboundHttp::new(self.http.clone(), log.clone()),
             self.metadata.clone(),
             log,
+            reservation,
         );
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_epoch()));
-        store.call_hook(|mut ctx, hook| {
-            match hook {
-                CallHook::CallingHost => ctx.data_mut().clock.entering_host(),
-                CallHook::ReturningFromHost => ctx.data_mut().clock.leaving_host(),
-                _ => {}
-            }
-            Ok(())
-        });
-        store
+        Ok(store)
     }
 
-    /// Re-arms the per-call deadline (and fuel) before a call into the guest.
+    /// Re-arms the per-call deadline (and fuel) before a call into the guest, and forgets
+    /// what the last call left (a memory-limit hit, a panic message).
     pub fn arm(&self, store: &mut Store<HostState>) {
         store.data_mut().clock.arm(self.limits.timeout);
         store.data_mut().panic = None;
+        store.data_mut().limiter.hit = false;
         store.set_epoch_deadline(slice(self.limits.timeout));
         if let Some(fuel) = self.limits.fuel {
             // set_fuel only fails on an engine without fuel, which fuel drivers never use.
@@ -205,9 +204,25 @@ impl Instances {
         used
     }
 
-    /// A fresh instance with `init` called.
-    pub async fn instantiate(&self, stats: &WasmStats) -> Result<Instance, Failure> {
-        let mut store = self.new_store();
+    /// A fresh instance with `init` called, both within `within` of wall time (a guest
+    /// blocked in a host call, sleeping on a clock, is not charged CPU time but cannot
+    /// outlast this).
+    pub async fn instantiate(
+        &self,
+        stats: &WasmStats,
+        within: Duration,
+    ) -> Result<Instance, Failure> {
+        match tokio::time::timeout(within, self.instantiate_unbounded(stats)).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::retryable(format!(
+                "init did not finish within {} ms (init_timeout_msecs, or what was left of max_txn_msecs)",
+                within.as_millis()
+            ))),
+        }
+    }
+
+    async fn instantiate_unbounded(&self, stats: &WasmStats) -> Result<Instance, Failure> {
+        let mut store = self.new_store()?;
         stats.instances.fetch_add(1, Ordering::Relaxed);
         self.arm(&mut store);
         let bindings = match self.pre.instantiate_async(&mut store).await {
@@ -232,7 +247,7 @@ impl Instances {
                 bindings,
                 txns: 0,
             }),
-            Ok(Err(msg)) => Err(Failure::permanent(truncate(format!(
+            Ok(Err(msg)) => Err(Failure::permanent(reason(format!(
                 "init refused the arguments: {msg}"
             )))),
             Err(e) => {
@@ -245,14 +260,14 @@ impl Instances {
         }
     }
 
-    /// The warm instance (`instance=reuse`), or a fresh one.
-    pub async fn take(&self, stats: &WasmStats) -> Result<Instance, Failure> {
+    /// The warm instance (`instance=reuse`), or a fresh one made within `within`.
+    pub async fn take(&self, stats: &WasmStats, within: Duration) -> Result<Instance, Failure> {
         if self.settings.model == InstanceModel::Reuse {
             if let Some(i) = self.warm.lock().take() {
                 return Ok(i);
             }
         }
-        self.instantiate(stats).await
+        self.instantiate(stats, within).await
     }
 
     /// Returns a healthy instance after a transaction that succeeded or was skipped:

@@ -4,11 +4,13 @@
 //!
 //! | key | bound | enforced by |
 //! |---|---|---|
-//! | `timeout_msecs=100` | guest time per call (wall time minus host calls) | [`CallClock`], checked on each epoch tick ([`CallClock::on_epoch`]) |
+//! | `timeout_msecs=100` | CPU time per call: guest code and host work for it, not waiting | [`CallClock`], checked on each epoch tick ([`CallClock::on_epoch`]) |
 //! | `memory=32M` | linear memory | [`MemoryLimiter`] (the store's resource limiter) and the pool's slot size ([`MAX_MEMORY`]) |
 //! | `fuel=N` | instructions per call | wasmtime's fuel, set before each call |
 //! | `max_event_bytes=1M` | event JSON handed to one `deliver` | checked before the call (`driver.rs`) |
 //! | `max_txn_msecs=30000` | wall time of a transaction, host calls included | a timeout around the calls (`driver.rs`) |
+//! | `init_timeout_msecs=5000` | wall time of loading: instance and `init` | a timeout around the load (`driver.rs`) |
+//! | `host_memory=memory/2` | what the host holds for an instance (HTTP fields, bodies, streams, …) | the resource table's capacity ([`Limits::max_resources`]), per-resource caps ([`FIELD_SIZE_LIMIT`], [`OUTGOING_CHUNK`]), and [`HostMemory`] for all instances together |
 //!
 //! The engine these run on (pooling allocator, epoch interruption) is `engine.rs`.
 
@@ -27,6 +29,19 @@ pub const MAX_MEMORY: usize = 1 << 30;
 /// never holds a runtime thread away from ingest and other drivers.
 pub const YIELD_EVERY: Duration = Duration::from_millis(5);
 
+/// The smallest `host_memory`.
+pub const MIN_HOST_MEMORY: usize = 2 << 20;
+
+/// The most bytes of one `wasi:http` fields resource (headers or trailers).
+pub const FIELD_SIZE_LIMIT: usize = 32 << 10;
+
+/// The most bytes one write to an outgoing body may carry; a body buffers at most two.
+pub const OUTGOING_CHUNK: usize = 64 << 10;
+
+/// The most host memory one resource holds: an outgoing body's buffered chunks (fields
+/// hold at most [`FIELD_SIZE_LIMIT`], an incoming body one read buffer).
+pub const MAX_PER_RESOURCE: usize = 2 * OUTGOING_CHUNK;
+
 /// The limits of one driver.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -41,6 +56,14 @@ pub struct Limits {
     /// Wall-clock bound of a whole transaction, host calls included. Key
     /// `max_txn_msecs`.
     pub max_txn: Duration,
+    /// Wall-clock bound of making an instance and running its `init` when the driver is
+    /// loaded (start, reload, a tenant's files changing). Key `init_timeout_msecs`.
+    pub init_timeout: Duration,
+    /// Host memory one instance may hold on the guest's behalf (HTTP fields, requests,
+    /// bodies, streams, pollables): it bounds how many host resources the instance may
+    /// have at once ([`Limits::max_resources`]). Key `host_memory`; default half of
+    /// `memory`, at least 2M.
+    pub host_memory: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +74,8 @@ impl Default for Limits {
             fuel: None,
             max_event_bytes: 1 << 20,
             max_txn: Duration::from_secs(30),
+            init_timeout: Duration::from_secs(5),
+            host_memory: 16 << 20,
         }
     }
 }
@@ -79,21 +104,120 @@ impl Limits {
         if let Some(d) = args.take_msecs("max_txn_msecs", "30000")? {
             s.max_txn = d;
         }
+        if let Some(d) = args.take_msecs("init_timeout_msecs", "5000")? {
+            s.init_timeout = d;
+        }
+        s.host_memory = (s.memory / 2).max(MIN_HOST_MEMORY);
+        if let Some(n) = args.take_size(
+            "host_memory",
+            MIN_HOST_MEMORY as u64..=MAX_MEMORY as u64,
+            "a size between 2M and 1G, e.g. host_memory=16M",
+        )? {
+            s.host_memory = n as usize;
+        }
         Ok(s)
+    }
+
+    /// How many resources (HTTP fields, requests, bodies, streams, pollables, …) one
+    /// instance may hold at once: `host_memory` over the most one resource can hold
+    /// ([`MAX_PER_RESOURCE`]).
+    pub fn max_resources(&self) -> usize {
+        (self.host_memory / MAX_PER_RESOURCE).max(16)
     }
 
     /// The line for `mailpush check`.
     pub fn describe(&self) -> String {
         format!(
-            "limits: timeout_msecs={} memory={}M fuel={} max_event_bytes={} max_txn_msecs={}",
+            "limits: timeout_msecs={} memory={}M host_memory={}M ({} host resources) fuel={} max_event_bytes={} max_txn_msecs={} init_timeout_msecs={}",
             self.timeout.as_millis(),
             self.memory >> 20,
+            self.host_memory >> 20,
+            self.max_resources(),
             self.fuel
                 .map(|f| f.to_string())
                 .unwrap_or_else(|| "off".into()),
             self.max_event_bytes,
-            self.max_txn.as_millis()
+            self.max_txn.as_millis(),
+            self.init_timeout.as_millis()
         )
+    }
+}
+
+/// The host memory all wasm instances of the process may hold together: each instance
+/// reserves its `host_memory` while it lives; when the total would be exceeded, no new
+/// instance is made (its transaction fails, retryably). `mailpush { wasm_host_memory }`,
+/// by default a quarter of the machine's memory.
+pub struct HostMemory {
+    /// KiB units.
+    units: std::sync::Arc<tokio::sync::Semaphore>,
+    total_kib: parking_lot::Mutex<usize>,
+}
+
+/// One instance's share of [`HostMemory`], given back when it is dropped.
+pub struct HostReservation(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// No share of [`HostMemory`] is left.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the host memory for all wasm instances is spent (wasm_host_memory={total_mib}M, {want_kib} KiB wanted): too many instances at once; retry later")]
+pub struct HostMemorySpent {
+    pub total_mib: usize,
+    pub want_kib: usize,
+}
+
+impl HostMemory {
+    /// The process-wide budget.
+    pub fn global() -> &'static HostMemory {
+        static GLOBAL: std::sync::OnceLock<HostMemory> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let kib = default_host_memory() >> 10;
+            HostMemory {
+                units: std::sync::Arc::new(tokio::sync::Semaphore::new(kib)),
+                total_kib: parking_lot::Mutex::new(kib),
+            }
+        })
+    }
+
+    /// Sets the total (instances already made keep their share).
+    pub fn set_total(&self, bytes: usize) {
+        let want = (bytes >> 10).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let mut total = self.total_kib.lock();
+        if want > *total {
+            self.units.add_permits(want - *total);
+        } else {
+            self.units.forget_permits(*total - want);
+        }
+        *total = want;
+    }
+
+    /// Reserves `bytes` for one instance.
+    pub fn reserve(&self, bytes: usize) -> Result<HostReservation, HostMemorySpent> {
+        let want_kib = bytes.div_ceil(1024).max(1);
+        let spent = || HostMemorySpent {
+            total_mib: *self.total_kib.lock() >> 10,
+            want_kib,
+        };
+        let n = u32::try_from(want_kib).map_err(|_| spent())?;
+        self.units
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(HostReservation)
+            .map_err(|_| spent())
+    }
+}
+
+/// A quarter of the machine's memory (1 GiB where it cannot be read).
+pub fn default_host_memory() -> usize {
+    // SAFETY: sysconf only reads configuration values.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && page > 0 {
+        (pages as usize).saturating_mul(page as usize) / 4
+    } else {
+        1 << 30
     }
 }
 
@@ -133,13 +257,15 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Measures guest time of one call: wall time minus time spent in host calls, so that
-/// waiting on HTTP is bounded by its own timeouts, not charged to `timeout_msecs`.
+/// Measures the time one call is charged: wall time minus time spent *waiting* in the
+/// blocking `wasi:io` calls, which measure and report it themselves
+/// (`super::wasi::Waiting`). Guest code and host work done for the guest (logging,
+/// building headers, copying, hashing) are charged to `timeout_msecs`; waiting on the
+/// network or a clock is bounded by the HTTP timeouts and `max_txn_msecs` instead.
 #[derive(Debug, Default)]
 pub struct CallClock {
     started: Option<Instant>,
-    in_host_since: Option<Instant>,
-    host_time: Duration,
+    waited: Duration,
     pub budget: Duration,
     /// Set when the deadline interrupted the guest.
     pub expired: bool,
@@ -155,26 +281,17 @@ impl CallClock {
         };
     }
 
-    /// Guest time used so far in this call.
+    /// Time charged so far in this call.
     pub fn guest_time(&self) -> Duration {
         let Some(start) = self.started else {
             return Duration::ZERO;
         };
-        let mut host = self.host_time;
-        if let Some(since) = self.in_host_since {
-            host += since.elapsed();
-        }
-        start.elapsed().saturating_sub(host)
+        start.elapsed().saturating_sub(self.waited)
     }
 
-    pub fn entering_host(&mut self) {
-        self.in_host_since = Some(Instant::now());
-    }
-
-    pub fn leaving_host(&mut self) {
-        if let Some(since) = self.in_host_since.take() {
-            self.host_time += since.elapsed();
-        }
+    /// A host call waited this long (on the network, a clock): not charged.
+    pub fn waited(&mut self, d: Duration) {
+        self.waited += d;
     }
 
     /// The epoch-deadline decision: interrupt once guest time reaches the budget,
@@ -204,11 +321,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_host_memory_budget_is_shared_and_given_back() {
+        let budget = HostMemory {
+            units: std::sync::Arc::new(tokio::sync::Semaphore::new(4096)),
+            total_kib: parking_lot::Mutex::new(4096),
+        };
+        let a = budget.reserve(3 << 20).unwrap();
+        let e = budget.reserve(2 << 20).err().unwrap();
+        assert_eq!(e.total_mib, 4);
+        drop(a);
+        let _b = budget.reserve(2 << 20).unwrap();
+        budget.set_total(8 << 20);
+        let _c = budget.reserve(5 << 20).unwrap();
+    }
+
+    #[test]
     fn keys_and_their_errors() {
         let mut args = DriverArgs::parse("timeout_msecs=250 memory=8M fuel=1000 url=x");
         let l = Limits::from_args(&mut args).unwrap();
         assert_eq!(l.timeout, Duration::from_millis(250));
         assert_eq!(l.memory, 8 << 20);
+        assert_eq!(l.host_memory, 4 << 20, "half of memory");
+        assert_eq!(l.max_resources(), 32);
         assert_eq!(l.fuel, Some(1000));
         assert_eq!(args.get("url"), Some("x"));
         for bad in [

@@ -164,6 +164,31 @@ pub fn admit(log: &SharedLog) -> bool {
     log.lock().admit()
 }
 
+/// `text` with every control character written as an escape (`\n`, `\r`, `\t`,
+/// `\u{1b}`, …, also DEL, NEL and the Unicode line and paragraph separators): what a
+/// driver writes can never start a line of its own in mailpush's log, nor steer a
+/// terminal.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(needs_escape) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 /// Cuts `text` to `max` bytes (on a character boundary), marking the cut.
 pub fn cap(mut text: String, max: usize) -> String {
     if text.len() > max {
@@ -188,7 +213,7 @@ pub fn guest_line(
     if !admit(log) {
         return;
     }
-    let message = cap(message, MAX_LINE);
+    let message = escape_controls(&cap(message, MAX_LINE));
     let txn = txn.unwrap_or("-");
     let (n, name) = (tag.number, tag.name.as_str());
     match level {
@@ -238,6 +263,15 @@ mod tests {
         assert_eq!((b.written, b.dropped), (2, 3));
         assert_eq!(b.end_transaction(), 3);
         assert_eq!((b.written, b.dropped), (0, 0));
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain text ä"), "plain text ä");
+        assert_eq!(
+            escape_controls("a\nb\r\tc\u{1b}[31m\u{7f}\u{85}\u{2028}"),
+            "a\\nb\\r\\tc\\u{1b}[31m\\u{7f}\\u{85}\\u{2028}"
+        );
     }
 
     #[test]

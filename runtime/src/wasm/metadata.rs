@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mailpush_core::{MetadataLookup, Transaction};
 
-use super::log::DriverTag;
+use super::log::{self, DriverTag, SharedLog, MAX_LINE};
 
 /// One instance's METADATA access.
 pub struct MetadataAccess {
@@ -20,18 +20,24 @@ impl MetadataAccess {
     }
 
     /// The value of `key` for the user of `txn`, the transaction being handled (none
-    /// outside a transaction).
+    /// outside a transaction). A failed lookup (a key the store refuses) is warned about
+    /// within the transaction's log budget (`log`), escaped and capped like the driver's
+    /// own lines.
     pub fn get(
         &self,
         tag: &DriverTag,
         txn: Option<&Arc<Transaction>>,
+        log: &SharedLog,
         key: &str,
     ) -> Option<String> {
         let txn = txn?;
         match mailpush_core::metadata::lookup(txn, self.store.as_ref(), key) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(driver = tag.number, txn = %txn.id, "{e}");
+                if log::admit(log) {
+                    let e = log::escape_controls(&log::cap(e.to_string(), MAX_LINE));
+                    tracing::warn!(driver = tag.number, name = %tag.name, txn = %txn.id, "{e}");
+                }
                 None
             }
         }

@@ -4,8 +4,8 @@
 //! line (each capability reads its own), [`engine`] compiles through the signed AOT
 //! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
 //! version, [`instance`] links it and makes instances. Running: [`driver`] maps
-//! Dovecot's hooks onto the component's exports, [`trap`] explains failed calls,
-//! [`pause`] rests a driver that keeps failing. [`tenants`] routes per-domain handlers.
+//! Dovecot's hooks onto the component's exports, [`trap`] explains failed calls.
+//! [`tenants`] routes per-domain handlers.
 //!
 //! What a component is granted, one module per capability, each with its keys, its
 //! imports and its per-instance state (gathered in [`state::HostState`]):
@@ -26,7 +26,6 @@ pub mod instance;
 pub mod limits;
 pub mod log;
 pub mod metadata;
-pub mod pause;
 pub mod sandbox;
 pub mod state;
 pub mod stats;

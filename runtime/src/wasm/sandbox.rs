@@ -9,7 +9,6 @@ use super::http::HttpSettings;
 use super::instance::InstanceSettings;
 use super::limits::Limits;
 use super::log::LogSettings;
-use super::pause::PauseSettings;
 
 /// Limits and grants of one wasm driver, one part per capability.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -22,20 +21,37 @@ pub struct Sandbox {
     pub http: HttpSettings,
     /// Fresh or reused instances.
     pub instance: InstanceSettings,
-    /// Pausing a driver that keeps failing.
-    pub pause: PauseSettings,
+    /// Retired keys found on the line ([`RETIRED_KEYS`]): taken, warned about.
+    pub retired: Vec<String>,
 }
+
+/// Keys of earlier versions that mean nothing any more: a driver that keeps failing is
+/// held back by its circuit breaker (`breaker_*` keys, docs/delivery.md), like every
+/// driver.
+pub const RETIRED_KEYS: &[&str] = &["pause_after", "pause_msecs"];
 
 impl Sandbox {
     /// Takes mailpush's sandbox keys out of `args` (leaving the component's own).
     pub fn from_args(args: &mut DriverArgs) -> Result<Sandbox, InitError> {
+        let retired = RETIRED_KEYS
+            .iter()
+            .filter_map(|k| args.take(k).map(|_| k.to_string()))
+            .collect();
         Ok(Sandbox {
+            retired,
             limits: Limits::from_args(args)?,
             log: LogSettings::from_args(args)?,
             http: HttpSettings::from_args(args)?,
             instance: InstanceSettings::from_args(args)?,
-            pause: PauseSettings::from_args(args)?,
         })
+    }
+
+    /// What `check` warns about.
+    pub fn warnings(&self) -> Vec<String> {
+        self.retired
+            .iter()
+            .map(|k| format!("{k} is ignored: a driver that keeps failing is held back by its circuit breaker (breaker_* keys)"))
+            .collect()
     }
 
     /// Lines for `mailpush check`.
@@ -44,7 +60,6 @@ impl Sandbox {
             self.limits.describe(),
             self.log.describe(),
             self.instance.describe(),
-            self.pause.describe(),
             format!(
                 "grants: {}; metadata=read-only (own user); filesystem, environment, sockets, stdio: none",
                 self.http.describe()
@@ -60,7 +75,7 @@ mod tests {
 
     #[test]
     fn parses_and_removes_sandbox_keys() {
-        let mut args = DriverArgs::parse("file=x.wasm url=https://h/ timeout_msecs=250 memory=8M fuel=1000 allow_hosts=a.example.com,*.example.net allow_private secret=s instance=reuse pause_after=3 log_burst=9");
+        let mut args = DriverArgs::parse("file=x.wasm url=https://h/ timeout_msecs=250 memory=8M fuel=1000 allow_hosts=a.example.com,*.example.net allow_private secret=s instance=reuse log_burst=9");
         let s = Sandbox::from_args(&mut args).unwrap();
         assert_eq!(s.limits.timeout, Duration::from_millis(250));
         assert_eq!(s.limits.memory, 8 << 20);
@@ -70,7 +85,6 @@ mod tests {
             s.instance.model,
             super::super::instance::InstanceModel::Reuse
         );
-        assert_eq!(s.pause.pause_after, 3);
         assert_eq!(s.log.log_burst, 9);
         assert_eq!(args.get("url"), Some("https://h/"));
         assert_eq!(args.get("secret"), Some("s"));

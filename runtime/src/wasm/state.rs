@@ -11,9 +11,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::mailpush::driver::host::{self, Level};
 use super::http::OutboundHttp;
-use super::limits::{CallClock, MemoryLimiter};
+use super::limits::{CallClock, HostReservation, Limits, MemoryLimiter, FIELD_SIZE_LIMIT};
 use super::log::{self, DriverTag, SharedLog};
 use super::metadata::MetadataAccess;
+use super::wasi::Waiting;
 
 /// Per-instance host state.
 pub struct HostState {
@@ -37,37 +38,54 @@ pub struct HostState {
     /// A Rust panic message the guest logged during the current call ("panicked at …",
     /// as the SDK's panic hook writes it): the reason given when the call then traps.
     pub panic: Option<String>,
+    /// This instance's share of the host memory of all instances.
+    _reservation: HostReservation,
 }
 
 impl HostState {
-    /// State with no WASI grants ([`super::wasi::ctx`]); `log` is the budget `outbound`
-    /// was made with.
+    /// State with no WASI grants ([`super::wasi::ctx`]), bounded by `limits`: at most
+    /// [`Limits::max_resources`] host resources, each fields resource at most
+    /// [`FIELD_SIZE_LIMIT`]. `log` is the budget `outbound` was made with.
     pub fn new(
         tag: Arc<DriverTag>,
-        memory: usize,
+        limits: &Limits,
         outbound: OutboundHttp,
         metadata: Arc<dyn MetadataLookup>,
         log: SharedLog,
+        reservation: HostReservation,
     ) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resources());
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELD_SIZE_LIMIT);
         HostState {
             tag,
-            table: ResourceTable::new(),
+            table,
             wasi: super::wasi::ctx(),
-            http: WasiHttpCtx::new(),
+            http,
             outbound,
-            limiter: MemoryLimiter::new(memory),
+            limiter: MemoryLimiter::new(limits.memory),
             clock: CallClock::default(),
             metadata: MetadataAccess::new(metadata),
             txn: None,
             log,
             panic: None,
+            _reservation: reservation,
+        }
+    }
+
+    /// `wasi:io` for this instance ([`Waiting`]).
+    fn io(&mut self) -> Waiting<'_> {
+        Waiting {
+            table: &mut self.table,
+            clock: &mut self.clock,
         }
     }
 }
 
 /// Links every import a driver may use: WASI 0.2, `wasi:http`, `mailpush:driver/host`.
 pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    super::wasi::link(linker)?;
+    super::wasi::link(linker, HostState::io)?;
     super::http::link(linker)?;
     host::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
@@ -94,10 +112,9 @@ impl WasiHttpView for HostState {
 impl host::Host for HostState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         if matches!(level, Level::Error) && message.starts_with("panicked at ") {
-            // Kept even when the log budget is spent: it explains the trap that follows.
-            let mut m: String = message.chars().take(1024).collect();
-            m = m.replace('\n', " ");
-            self.panic = Some(m);
+            // Kept even when the log budget is spent: it explains the trap that follows
+            // (escaped when it becomes the reason).
+            self.panic = Some(message.chars().take(1024).collect());
         }
         let txn = self.txn.as_ref().map(|t| t.id.as_str());
         log::guest_line(&self.tag, txn, &self.log, level, message);
@@ -105,6 +122,8 @@ impl host::Host for HostState {
     }
 
     async fn metadata_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.metadata.get(&self.tag, self.txn.as_ref(), &key))
+        Ok(self
+            .metadata
+            .get(&self.tag, self.txn.as_ref(), &self.log, &key))
     }
 }

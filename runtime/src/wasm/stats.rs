@@ -10,10 +10,6 @@ pub struct WasmStats {
     pub memory_limit_hits: AtomicU64,
     pub fuel_used: AtomicU64,
     pub instances: AtomicU64,
-    /// Times the driver was paused after consecutive failures.
-    pub pauses: AtomicU64,
-    /// Length of the latest pause, in milliseconds.
-    pub last_pause_ms: AtomicU64,
     /// Log lines dropped (over `max_log_lines` or the driver's log rate).
     pub log_lines_dropped: AtomicU64,
 }
@@ -28,7 +24,6 @@ impl WasmStats {
             ("wasm_memory_limit_hits", get(&self.memory_limit_hits)),
             ("wasm_fuel_used", get(&self.fuel_used)),
             ("wasm_instances", get(&self.instances)),
-            ("wasm_pauses", get(&self.pauses)),
             ("wasm_log_lines_dropped", get(&self.log_lines_dropped)),
         ]
     }

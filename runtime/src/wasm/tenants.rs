@@ -63,11 +63,21 @@ pub struct TenantDrivers {
     number: u32,
     engines: Arc<Engines>,
     metadata: Arc<dyn MetadataLookup>,
-    tenants: Mutex<HashMap<String, Tenant>>,
+    /// The loaded tenants; held only to look up or swap one, never while loading.
+    tenants: parking_lot::Mutex<HashMap<String, Tenant>>,
+    /// One lock per domain, held while that domain's files are (re)loaded: a tenant being
+    /// loaded holds back only its own transactions.
+    loading: parking_lot::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Each loaded tenant's endpoint breakers, readable without the async lock (for
     /// metrics and status).
     circuits: parking_lot::Mutex<HashMap<String, Arc<EndpointBreakers>>>,
 }
+
+/// Transactions the tenant lane delivers at once.
+pub const TENANT_CONCURRENCY: usize = 16;
+
+/// Of those, at most this many of one tenant.
+pub const TENANT_SHARE: usize = TENANT_CONCURRENCY / 4;
 
 /// The domain part of a user name, if it is a safe file name.
 pub fn user_domain(user: &str) -> Option<String> {
@@ -104,6 +114,15 @@ fn stat(path: &Path) -> Option<FileVersion> {
 }
 
 impl TenantDrivers {
+    /// The loaded driver of `domain`, if it is of the files' version `fp`.
+    fn current(&self, domain: &str, fp: &Fingerprint) -> Option<Arc<WasmDriver>> {
+        self.tenants
+            .lock()
+            .get(domain)
+            .filter(|t| t.fingerprint == *fp)
+            .map(|t| t.driver.clone())
+    }
+
     /// A router over `dir`; `number` is the lane's driver number in logs.
     pub fn new(
         dir: PathBuf,
@@ -116,7 +135,8 @@ impl TenantDrivers {
             number,
             engines,
             metadata,
-            tenants: Mutex::new(HashMap::new()),
+            tenants: parking_lot::Mutex::new(HashMap::new()),
+            loading: parking_lot::Mutex::new(HashMap::new()),
             circuits: parking_lot::Mutex::new(HashMap::new()),
         }
     }
@@ -144,8 +164,10 @@ impl TenantDrivers {
             }
         };
         domains.sort();
-        for domain in domains {
-            match self.tenant(&domain).await {
+        // All at once: one tenant's slow init does not add to the others'.
+        let loads = futures::future::join_all(domains.iter().map(|d| self.tenant(d))).await;
+        for (domain, loaded) in domains.iter().zip(loads) {
+            match loaded {
                 Ok(Some(d)) => {
                     details.push(format!("tenant {domain}:"));
                     details.extend(d.details().into_iter().map(|l| format!("  {l}")));
@@ -167,11 +189,11 @@ impl TenantDrivers {
         Some(Fingerprint { wasm, conf })
     }
 
-    /// The current driver of a domain, (re)loading it when its files changed.
+    /// The current driver of a domain, (re)loading it when its files changed. Loading
+    /// holds only that domain's lock, and is bounded by its `init_timeout_msecs`.
     async fn tenant(&self, domain: &str) -> Result<Option<Arc<WasmDriver>>, Failure> {
-        let mut tenants = self.tenants.lock().await;
         let Some(fp) = self.fingerprint(domain) else {
-            if tenants.remove(domain).is_some() {
+            if self.tenants.lock().remove(domain).is_some() {
                 self.circuits.lock().remove(domain);
                 tracing::info!(
                     driver = self.number,
@@ -181,10 +203,19 @@ impl TenantDrivers {
             }
             return Ok(None);
         };
-        if let Some(t) = tenants.get(domain) {
-            if t.fingerprint == fp {
-                return Ok(Some(t.driver.clone()));
-            }
+        if let Some(d) = self.current(domain, &fp) {
+            return Ok(Some(d));
+        }
+        let lock = self
+            .loading
+            .lock()
+            .entry(domain.to_string())
+            .or_default()
+            .clone();
+        let _loading = lock.lock().await;
+        // Another transaction of this domain may have loaded it meanwhile.
+        if let Some(d) = self.current(domain, &fp) {
+            return Ok(Some(d));
         }
         let conf = match fp.conf.as_ref().map(|c| &c.1) {
             None => "",
@@ -234,7 +265,9 @@ impl TenantDrivers {
         self.circuits
             .lock()
             .insert(domain.to_string(), driver.endpoint_breakers().clone());
-        let replaced = tenants
+        let replaced = self
+            .tenants
+            .lock()
             .insert(
                 domain.to_string(),
                 Tenant {
@@ -259,7 +292,13 @@ impl Driver for TenantDrivers {
     /// often of different tenants) at once, so that one tenant's slow endpoint does not
     /// hold back the others.
     fn concurrency(&self) -> usize {
-        16
+        TENANT_CONCURRENCY
+    }
+
+    /// One tenant may have at most a quarter of the lane's slots: a tenant whose
+    /// deliveries are slow (or whose users are many) never holds back the others.
+    fn share(&self, txn: &Transaction) -> Option<(String, usize)> {
+        user_domain(&txn.user).map(|d| (d, TENANT_SHARE))
     }
 
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {

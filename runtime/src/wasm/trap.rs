@@ -5,19 +5,29 @@
 use std::sync::atomic::Ordering;
 
 use mailpush_core::Failure;
+use wasmtime::component::ResourceTableError;
 use wasmtime::Trap;
 
 use super::limits::Limits;
-use super::log::cap;
+use super::log::{cap, escape_controls};
 use super::state::HostState;
 use super::stats::WasmStats;
 
 /// The longest failure reason kept.
 pub const MAX_REASON: usize = 1024;
 
-/// Cuts a reason to [`MAX_REASON`] bytes (on a character boundary).
-pub fn truncate(s: String) -> String {
-    cap(s, MAX_REASON)
+/// A failure reason that may carry a driver's words: control characters escaped (it
+/// is logged), cut to [`MAX_REASON`] bytes.
+pub fn reason(s: String) -> String {
+    escape_controls(&cap(s, MAX_REASON))
+}
+
+/// What a host error comes down to: its root cause (a WASI exit, a host function's
+/// error), without wasmtime's wasm-backtrace context, which is logged at debug level.
+fn cause(err: &wasmtime::Error) -> String {
+    tracing::debug!("driver error in full: {err:?}");
+    let root = err.root_cause().to_string();
+    root.lines().next().unwrap_or_default().to_string()
 }
 
 /// Turns a trap or host error of a call into a failure with its reason, counting it.
@@ -55,13 +65,25 @@ pub fn classify(
             "out-of-bounds memory access, typically a stack overflow (unbounded recursion) in the driver".to_string(),
         )
     } else if let (Some(Trap::UnreachableCodeReached), Some(panic)) = (trap, &state.panic) {
-        // A Rust guest's panic ends in `unreachable` after its hook logged the message.
-        Failure::permanent(truncate(format!("the driver panicked: {panic}")))
+        // A Rust guest's panic ends in `unreachable` after its hook logged the message
+        // (the driver's own words: escaped).
+        Failure::permanent(reason(format!("the driver panicked: {panic}")))
+    } else if err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        )
+    }) {
+        Failure::permanent(format!(
+            "host resources exhausted: the driver held more than {} at once (HTTP fields, requests, bodies, streams, pollables; host_memory={}M)",
+            limits.max_resources(),
+            limits.host_memory >> 20
+        ))
     } else if let Some(t) = trap {
         // The trap, without the wasm backtrace wasmtime attaches (addresses only).
-        Failure::permanent(truncate(format!("trap: {t}")))
+        Failure::permanent(reason(format!("trap: {t}")))
     } else {
-        Failure::permanent(truncate(format!("driver error: {err:#}")))
+        Failure::permanent(reason(format!("driver error: {}", cause(&err))))
     };
     stats.traps.fetch_add(1, Ordering::Relaxed);
     failure

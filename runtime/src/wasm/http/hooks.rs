@@ -7,21 +7,23 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::uri::Scheme;
+use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use wasmtime_wasi_http::{
     Error, ForbiddenHeaderFilter, RequestOptions, WasiBody, WasiHttpHooks,
     DEFAULT_FORBIDDEN_HEADERS,
 };
 
-use super::address::is_private;
+use super::address::refusal;
 use super::policy::HttpPolicy;
 use super::pool::{PoolKey, Timeouts};
 use crate::breaker::{Admission, EndpointBreakers};
+use crate::wasm::limits::OUTGOING_CHUNK;
 use crate::wasm::log::{self, DriverTag, SharedLog};
 
 /// The most refusals of one transaction kept for its failure reason; further ones are
@@ -76,6 +78,8 @@ pub struct OutboundHttp {
     /// Requests of the current transaction that went out and failed (they decide that a
     /// failure is real, not deferred by a circuit).
     failed: Arc<AtomicU32>,
+    /// Request-body bytes the current transaction sent (`max_egress_bytes`).
+    egress: Arc<AtomicU64>,
 }
 
 impl OutboundHttp {
@@ -87,7 +91,13 @@ impl OutboundHttp {
             log,
             circuit_wait: None,
             failed: Arc::new(AtomicU32::new(0)),
+            egress: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Starts a transaction's bookkeeping (its egress budget).
+    pub fn begin_transaction(&mut self) {
+        self.egress.store(0, Ordering::Relaxed);
     }
 
     /// The refusals of the current transaction (emptying the list).
@@ -183,6 +193,12 @@ impl WasiHttpHooks for OutboundHttp {
         false
     }
 
+    /// One write to an outgoing body carries at most this much (a body buffers at most
+    /// two: the most host memory one body holds, `limits::MAX_PER_RESOURCE`).
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_CHUNK
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -237,10 +253,10 @@ impl WasiHttpHooks for OutboundHttp {
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let policy = self.policy.clone();
         // Literal IPs can be checked now, so the refusal is recorded for the failure reason.
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            if is_private(ip) && !settings.allow_private {
+        if let (Ok(ip), false) = (host.parse::<IpAddr>(), settings.allow_private) {
+            if let Some(why) = refusal(ip) {
                 return self.refuse(
-                    format!("{host}: loopback, private, link-local and metadata addresses are refused (grant allow_private to permit)"),
+                    format!("{host}: loopback, private, link-local, metadata and other special-purpose addresses are refused, this is {why} (grant allow_private to permit)"),
                     Error::DestinationIpProhibited,
                 );
             }
@@ -269,6 +285,7 @@ impl WasiHttpHooks for OutboundHttp {
             }
         };
         let failed = self.failed.clone();
+        let egress = self.egress.clone();
         let (log, refused) = (self.log.clone(), self.refused.clone());
         let options = RequestOptions {
             connect_timeout: Some(clamp(
@@ -304,12 +321,13 @@ impl WasiHttpHooks for OutboundHttp {
                     Ok(Ok(a)) => a.collect(),
                 };
                 if !settings.allow_private {
-                    if let Some(bad) = addrs.iter().find(|a| is_private(a.ip())) {
+                    let bad = addrs.iter().find_map(|a| refusal(a.ip()).map(|why| (a.ip(), why)));
+                    if let Some((ip, why)) = bad {
                         refuse_logged(
                             &policy.tag,
                             &log,
                             &refused,
-                            format!("{host} resolves to {}: loopback, private, link-local and metadata addresses are refused (grant allow_private to permit)", bad.ip()),
+                            format!("{host} resolves to {ip}: loopback, private, link-local, metadata and other special-purpose addresses are refused, this is {why} (grant allow_private to permit)"),
                         );
                         return Err(Error::DestinationIpProhibited);
                     }
@@ -330,6 +348,16 @@ impl WasiHttpHooks for OutboundHttp {
                     _ => return Err(Error::ConnectionLimitReached),
                 };
                 wire_headers(&mut request);
+                let request = request.map(|body| {
+                    EgressBody {
+                        inner: body,
+                        sent: egress,
+                        limit: settings.max_egress_bytes,
+                        refused: refused.clone(),
+                    }
+                    .boxed_unsync()
+                });
+                let mut request = request;
                 // Origin form on the wire (the authority is in the Host header).
                 let origin = request
                     .uri()
@@ -367,6 +395,54 @@ impl WasiHttpHooks for OutboundHttp {
             }
             result
         })
+    }
+}
+
+/// A request body counted against the transaction's egress budget
+/// (`max_egress_bytes`): past it, the body ends with an error and the request fails.
+struct EgressBody {
+    inner: WasiBody,
+    sent: Arc<AtomicU64>,
+    limit: u64,
+    refused: SharedRefusals,
+}
+
+impl http_body::Body for EgressBody {
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                let total =
+                    self.sent.fetch_add(data.len() as u64, Ordering::Relaxed) + data.len() as u64;
+                if total > self.limit {
+                    record_refusal(
+                        &self.refused,
+                        format!(
+                            "more than max_egress_bytes={} request-body bytes in one transaction",
+                            self.limit
+                        ),
+                    );
+                    return std::task::Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(
+                        self.limit,
+                    )))));
+                }
+            }
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

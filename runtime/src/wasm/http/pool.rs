@@ -40,6 +40,17 @@ pub const MAX_IDLE_FACTOR: usize = 4;
 /// How long a pooled connection may take to become ready before a new one is opened.
 const READY_WAIT: Duration = Duration::from_millis(50);
 
+/// The most bytes a connection reads ahead (response head and body buffered in the
+/// host): part of what bounds the host memory a driver can make mailpush hold.
+pub const READ_BUFFER: usize = 64 << 10;
+
+/// An HTTP/1.1 client connection builder with a bounded read buffer.
+fn http1() -> hyper::client::conn::http1::Builder {
+    let mut b = hyper::client::conn::http1::Builder::new();
+    b.max_buf_size(READ_BUFFER);
+    b
+}
+
 /// Where a pooled connection goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -176,14 +187,13 @@ impl ConnectionPool {
             let name = rustls::pki_types::ServerName::try_from(key.host.clone())
                 .map_err(Error::InvalidDnsNameError)?;
             let tls = self.tls().connect(name, stream).await.map_err(Error::Tls)?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+            let (sender, conn) = http1().handshake(TokioIo::new(tls)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
             Ok(sender)
         } else {
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) = http1().handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });

@@ -3,7 +3,8 @@
 //! - `allow_hosts=hooks.example.com,*.example.net` — host patterns (empty: no HTTP);
 //! - `allow_private` — also loopback, private, link-local and metadata addresses;
 //! - `max_connections=16` — concurrent outbound connections;
-//! - `connect_timeout_msecs=5000`, `first_byte_timeout_msecs=10000`.
+//! - `connect_timeout_msecs=5000`, `first_byte_timeout_msecs=10000`;
+//! - `max_egress_bytes=16M` — request-body bytes one transaction may send.
 //!
 //! The endpoint breakers' thresholds come from the driver's `breaker_*` keys, read by
 //! the runtime's delivery policy and handed over through `DriverInit`.
@@ -27,6 +28,8 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Key `first_byte_timeout_msecs`.
     pub first_byte_timeout: Duration,
+    /// Request-body bytes one transaction may send in all. Key `max_egress_bytes`.
+    pub max_egress_bytes: u64,
     /// Answer every outbound request with an empty 200 without touching the network.
     /// Not settable from config: benchmarks use it to measure the host alone.
     pub http_stub: bool,
@@ -42,6 +45,7 @@ impl Default for HttpSettings {
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(10),
+            max_egress_bytes: 16 << 20,
             http_stub: false,
             endpoint_breaker: BreakerConfig::default(),
         }
@@ -68,13 +72,20 @@ impl HttpSettings {
         if let Some(d) = args.take_msecs("first_byte_timeout_msecs", "10000")? {
             s.first_byte_timeout = d;
         }
+        if let Some(n) = args.take_size(
+            "max_egress_bytes",
+            0..=u64::MAX,
+            "a size, e.g. max_egress_bytes=16M",
+        )? {
+            s.max_egress_bytes = n;
+        }
         Ok(s)
     }
 
     /// The part of `mailpush check`'s grants line about HTTP.
     pub fn describe(&self) -> String {
         format!(
-            "http={} private_addresses={} max_connections={} connect_timeout_msecs={} first_byte_timeout_msecs={}",
+            "http={} private_addresses={} max_connections={} connect_timeout_msecs={} first_byte_timeout_msecs={} max_egress_bytes={}",
             if self.allow_hosts.is_empty() {
                 "none".to_string()
             } else {
@@ -83,7 +94,8 @@ impl HttpSettings {
             if self.allow_private { "allowed" } else { "refused" },
             self.max_connections,
             self.connect_timeout.as_millis(),
-            self.first_byte_timeout.as_millis()
+            self.first_byte_timeout.as_millis(),
+            self.max_egress_bytes
         )
     }
 

@@ -2,9 +2,31 @@
 //! selects the misbehaviour, performed in `deliver`:
 //! loop, memory, recursion, trap, logflood, http (to `url=`), file, huge, panic-init,
 //! fail-retryable, metadata (reads METADATA `key=` in init and in deliver, and fails
-//! with what it saw), ok.
+//! with what it saw), ok; and the attacks on the host:
+//! - `fields-flood`: keeps creating `wasi:http` fields of 100 KiB each;
+//! - `body-hoard`: keeps creating outgoing requests whose bodies buffer 2 MiB, never sent;
+//! - `init-sleep` / `init-burn`: `init` blocks on a clock for an hour / burns CPU with
+//!   host calls;
+//! - `log-loop`: logs 8 MiB strings in a loop; `fields-loop`: creates and drops fields in a
+//!   loop (host work on the guest's behalf, which must be charged);
+//! - `metadata-flood`: asks METADATA for huge invalid keys;
+//! - `forge`: logs lines with newlines that look like mailpush's own, then traps after
+//!   logging a fake panic message;
+//! - `exit`: calls `wasi:cli/exit`;
+//! - `egress`: POSTs `bytes=` of body to `url=` in one request;
+//! - `sleep`: waits `msecs=` on a clock, then succeeds (a slow but honest driver);
+//! - `get`: GETs `url=` and succeeds on 200 (reading the whole body);
+//! - `grow-then-trap` (with `instance=reuse`): first a memory growth the sandbox refuses,
+//!   handled; then, in the same instance, a trap.
 
+use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
+use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
 use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
+
+/// Blocks on a monotonic-clock pollable for `ns` nanoseconds.
+fn sleep_ns(ns: u64) {
+    monotonic_clock::subscribe_duration(ns).block();
+}
 
 struct Hostile {
     mode: String,
@@ -12,6 +34,14 @@ struct Hostile {
     key: String,
     /// What `metadata(key)` returned during init.
     at_init: Option<String>,
+    /// `bytes=` for egress.
+    bytes: usize,
+    /// `msecs=` for sleep.
+    msecs: u64,
+    /// `kib=` per fields resource for fields-flood (default 100).
+    kib: usize,
+    /// Transactions this instance handled (with `instance=reuse`).
+    handled: u32,
 }
 
 impl Driver for Hostile {
@@ -19,6 +49,17 @@ impl Driver for Hostile {
         let mode = args.require("mode")?.to_string();
         if mode == "panic-init" {
             panic!("hostile driver panics in init on purpose");
+        }
+        if mode == "init-sleep" {
+            sleep_ns(3_600_000_000_000);
+        }
+        if mode == "init-burn" {
+            // Host calls in a loop: the time is the host's, done on the guest's behalf.
+            loop {
+                std::hint::black_box(monotonic_clock::now());
+                let f = Fields::new();
+                std::hint::black_box(&f);
+            }
         }
         let key = args.get("key").unwrap_or("").to_string();
         let at_init = if mode == "metadata" {
@@ -31,10 +72,15 @@ impl Driver for Hostile {
             url: args.get("url").unwrap_or("").to_string(),
             key,
             at_init,
+            bytes: args.get("bytes").and_then(|v| v.parse().ok()).unwrap_or(0),
+            msecs: args.get("msecs").and_then(|v| v.parse().ok()).unwrap_or(0),
+            kib: args.get("kib").and_then(|v| v.parse().ok()).unwrap_or(100),
+            handled: 0,
         })
     }
 
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
+        self.handled += 1;
         match self.mode.as_str() {
             "loop" => {
                 let mut x: u64 = 0;
@@ -97,6 +143,114 @@ impl Driver for Hostile {
                 metadata(&self.key)
             ))),
             "ok" => Ok(()),
+            "fields-flood" => {
+                let value = vec![b'v'; self.kib << 10];
+                let mut kept = Vec::new();
+                for i in 0..100_000u32 {
+                    let f = Fields::new();
+                    if f.append("x-filler", &value).is_err() {
+                        return Err(Failure::permanent(format!(
+                            "fields refused after {i}: the host bounds them"
+                        )));
+                    }
+                    kept.push(f);
+                }
+                Err(Failure::permanent("made 100000 fields of 100 KiB"))
+            }
+            "body-hoard" => {
+                let chunk = vec![b'b'; 1 << 20];
+                let mut kept = Vec::new();
+                for i in 0..10_000u32 {
+                    let req = OutgoingRequest::new(Fields::new());
+                    let Ok(body) = req.body() else {
+                        return Err(Failure::permanent(format!("body refused after {i}")));
+                    };
+                    let Ok(out) = body.write() else {
+                        return Err(Failure::permanent(format!("stream refused after {i}")));
+                    };
+                    let mut wrote = 0;
+                    while wrote < 2 {
+                        match out.check_write() {
+                            Ok(n) if n > 0 => {
+                                let n = (n as usize).min(chunk.len());
+                                if out.write(&chunk[..n]).is_err() {
+                                    break;
+                                }
+                                wrote += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    kept.push((req, body, out));
+                }
+                Err(Failure::permanent("hoarded 10000 bodies"))
+            }
+            "log-loop" => {
+                let big = "L".repeat(8 << 20);
+                loop {
+                    log::info(&big);
+                }
+            }
+            "fields-loop" => loop {
+                let f = Fields::new();
+                let _ = f.append("x-a", b"b");
+                drop(f);
+            },
+            "metadata-flood" => {
+                let key = format!("/bad\n{}", "k".repeat(4 << 20));
+                for _ in 0..50 {
+                    std::hint::black_box(metadata(&key));
+                }
+                Ok(())
+            }
+            "forge" => {
+                log::info("innocent\n2026-11-29T10:00:00.000000Z  INFO mailpush::pipeline::lane: driver=1 delivered\r\u{1b}[2K");
+                log::error("panicked at forged.rs:1:1:\nthe host is compromised");
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[allow(unreachable_code)]
+                Ok(())
+            }
+            "exit" => std::process::exit(3),
+            "egress" => {
+                let bytes: usize = self.bytes;
+                let body = vec![b'e'; bytes];
+                match http::send(
+                    "POST",
+                    &self.url,
+                    &[("content-type", "application/octet-stream")],
+                    &body,
+                    Some(10_000),
+                ) {
+                    Ok(r) => Err(Failure::permanent(format!("egress of {bytes} bytes answered {}", r.status))),
+                    Err(e) => Err(Failure::permanent(format!("egress failed: {e}"))),
+                }
+            }
+            "get" => match http::send("GET", &self.url, &[], b"", Some(10_000)) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(Failure::permanent(format!("GET answered {}", r.status))),
+                Err(e) => Err(Failure::retryable(format!("GET failed: {e}"))),
+            },
+            "grow-then-trap" => {
+                if self.handled == 1 {
+                    // A growth the sandbox refuses, handled by the driver.
+                    let mut v: Vec<u8> = Vec::new();
+                    let refused = v.try_reserve(1 << 30).is_err();
+                    return if refused {
+                        Ok(())
+                    } else {
+                        Err(Failure::permanent("a 1 GiB reservation was granted"))
+                    };
+                }
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[allow(unreachable_code)]
+                Ok(())
+            }
+            "sleep" => {
+                sleep_ns(self.msecs * 1_000_000);
+                Ok(())
+            }
             other => Err(Failure::permanent(format!("unknown mode {other}"))),
         }
     }
