@@ -11,14 +11,14 @@
 //! - [`registry`]: turns the config's numbered drivers into running drivers: built-in
 //!   ([`mailpush_dlog`], [`mailpush_ox`]) and sandboxed WebAssembly components
 //!   ([`wasm`], each sandbox limit enforced in the capability module that owns it);
-//! - [`config`]: Dovecot's config syntax and mailpush's `mailpush { }` block;
+//! - [`config`] (crate `mailpush-config`): Dovecot's config syntax and mailpush's
+//!   `mailpush { }` block;
 //! - [`status`]: the typed status contract shared by the daemon and the CLI;
 //! - [`breaker`], [`metadata_store`], [`schema`], [`logging`]: shared machinery.
 
 pub mod breaker;
 pub mod cli;
 pub mod commands;
-pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metadata_store;
@@ -29,4 +29,5 @@ pub mod spool;
 pub mod status;
 pub mod wasm;
 
+pub use mailpush_config as config;
 pub use mailpush_core as core;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard};
 
+pub use mailpush_core::metadata::normalize_key;
 use mailpush_core::{MetadataError, MetadataLookup};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -38,9 +39,6 @@ const SCHEMA: Schema = Schema {
     migrations: &[],
 };
 
-/// Dovecot's internal attribute tree, which IMAP and doveadm refuse to touch.
-const DOVECOT_PVT: &str = "vendor/vendor.dovecot/pvt/";
-
 /// The store (one SQLite connection behind a mutex; cheap, short statements).
 pub struct MetadataStore {
     conn: Mutex<Connection>,
@@ -51,45 +49,11 @@ fn err(e: impl std::fmt::Display) -> MetadataError {
     MetadataError(e.to_string())
 }
 
-/// Validates a key like doveadm and Dovecot's IMAP METADATA do and returns its canonical
-/// (lower-case) form.
-pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
-    let invalid = |why: &str| MetadataError(format!("Invalid metadata key '{key}': {why}"));
-    // Entry names are case-insensitive; Dovecot lower-cases them (ASCII).
-    let lower = key.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("/private/")
-        .or_else(|| lower.strip_prefix("/shared/"))
-        .filter(|rest| !rest.is_empty())
-        .ok_or_else(|| {
-            invalid(
-                "it must start with /private/ or /shared/ and name an entry below it, \
-                 e.g. /private/vendor/vendor.dovecot/http-notify",
-            )
-        })?;
-    if lower.contains("//") {
-        return Err(invalid("Entry name can't contain consecutive '/'"));
-    }
-    if lower.ends_with('/') {
-        return Err(invalid("Entry name can't end with '/'"));
-    }
-    if lower.contains('*') {
-        return Err(invalid("Entry name can't contain '*'"));
-    }
-    if lower.contains('%') {
-        return Err(invalid("Entry name can't contain '%'"));
-    }
-    // Dovecot tests `name[i] <= 0x19` on a (signed) char: control characters and, on
-    // the usual platforms, every non-ASCII byte.
-    if lower.bytes().any(|b| b <= 0x19 || b >= 0x80) {
-        return Err(invalid(
-            "Entry name can't contain control chars (or non-ASCII characters)",
-        ));
-    }
-    if rest.starts_with(DOVECOT_PVT) {
-        return Err(invalid("Internal mailbox attributes cannot be accessed"));
-    }
-    Ok(lower)
+/// The METADATA store of `settings` (`state_dir/metadata.db`), created if missing.
+pub fn open_for(
+    settings: &mailpush_config::RuntimeSettings,
+) -> Result<std::sync::Arc<MetadataStore>, MetadataError> {
+    MetadataStore::open(&settings.state_dir.join(FILE_NAME)).map(std::sync::Arc::new)
 }
 
 /// Checks a key (see [`normalize_key`]).

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use mailpush_core::{BreakerConfig, DriverFactory, DriverInit, MetadataLookup};
 
-use crate::config::{Config, ConfigError, DriverSetting, Location};
 pub use crate::pipeline::LoadedDriver;
 use crate::pipeline::{panic_message, DeliveryPolicy};
 use crate::wasm::{Engines, TenantDrivers, WasmFactory};
+use mailpush_config::{Config, ConfigError, DriverSetting, Location};
 
 /// The registered driver factories, looked up case-insensitively by name.
 pub struct DriverRegistry {
@@ -244,5 +244,121 @@ fn display_value(setting: &DriverSetting) -> String {
         Some(_) if setting.args.is_empty() => format!("{}:", setting.name),
         Some(_) => format!("{}:{}", setting.name, setting.args.redacted()),
         None => setting.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Initialising the configured drivers: unknown names, case, init failures.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use mailpush_core::NoMetadata;
+
+    use super::*;
+
+    const CONF: &str = "/etc/mailpush/mailpush.conf";
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new(CONF), text)
+            .unwrap_or_else(|e| panic!("rejected:\n{e}\n---\n{text}"))
+    }
+
+    /// Wraps settings in a `plugin { }` block: body line N is file line N + 1.
+    fn plugin(body: &str) -> String {
+        format!("plugin {{\n{body}\n}}\n")
+    }
+
+    fn at(line: usize) -> Option<Location> {
+        Some(Location {
+            file: PathBuf::from(CONF),
+            line,
+        })
+    }
+
+    #[tokio::test]
+    async fn unknown_driver_names_number_setting_and_known_drivers() {
+        let c = parse(&plugin(
+            "push_notification_driver = dlog\npush_notification_driver2 = NoSuch:x=1",
+        ));
+        let registry = DriverRegistry::default();
+        let Err((loaded, errs)) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+            panic!("an unknown driver was accepted");
+        };
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].number, 1);
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(e.location, at(3));
+        assert_eq!(e.text, "push_notification_driver2 = NoSuch:x=1");
+        assert!(
+            e.message.contains(
+                "driver 2 (push_notification_driver2): unknown push notification driver `NoSuch`"
+            ),
+            "{e}"
+        );
+        let names = registry.names();
+        assert!(names.contains(&"dlog"), "{names:?}");
+        assert!(
+            e.message
+                .contains(&format!("known drivers: {}", names.join(", "))),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn driver_names_match_case_insensitively_and_keep_their_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dlog.log");
+        let c = parse(&plugin(&format!(
+            "push_notification_driver = DLOG:file={}",
+            file.display()
+        )));
+        let registry = DriverRegistry::default();
+        let Ok(loaded) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+            panic!("DLOG was not accepted");
+        };
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].number, 1);
+        assert_eq!(loaded[0].name, "DLOG");
+        assert_eq!(loaded[0].kind, "native");
+        assert_eq!(loaded[0].args_display, format!("file={}", file.display()));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            format!(
+                "Called init push_notification plugin hook.\n\
+                 Config string for dlog push_notification driver: file={}\n",
+                file.display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn dlog_with_a_file_in_a_missing_directory_fails_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("missing/dlog.log");
+        let c = parse(&plugin(&format!(
+            "push_notification_driver = dlog\npush_notification_driver2 = DLog:file={}",
+            file.display()
+        )));
+        let registry = DriverRegistry::default();
+        let Err((loaded, errs)) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+            panic!("init succeeded with {}", file.display());
+        };
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert_eq!(e.location, at(3));
+        assert_eq!(
+            e.text,
+            format!("push_notification_driver2 = DLog:file={}", file.display())
+        );
+        assert!(
+            e.message.contains("driver 2 (DLog) failed to initialise"),
+            "{e}"
+        );
+        assert!(e.message.contains("cannot open"), "{e}");
+        assert!(e.message.contains(&file.display().to_string()), "{e}");
     }
 }

@@ -26,8 +26,14 @@ pub struct IngestReport {
     pub received: u64,
     /// Transactions (or requests, when nothing was parsed) rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
-    /// Request-body bytes being read (reserved of `max_inflight`).
+    /// Request-body bytes being read (charged to `max_inflight`).
     pub body_bytes_in_flight: u64,
+    /// Ingest connections open.
+    #[serde(default)]
+    pub connections_open: u64,
+    /// Ingest connections cut or refused, by reason (see [`CUT_REASONS`]).
+    #[serde(default)]
+    pub connections_cut: BTreeMap<String, u64>,
 }
 
 /// The reasons ingest rejects for, as counted in [`IngestReport::rejected`].
@@ -39,6 +45,19 @@ pub const REJECT_REASONS: &[&str] = &[
     "spool_full",
     "spool_error",
     "shutting_down",
+    "body_timeout",
+];
+
+/// The reasons ingest cuts or refuses connections for, as counted in
+/// [`IngestReport::connections_cut`].
+pub const CUT_REASONS: &[&str] = &[
+    "header_timeout",
+    "idle_timeout",
+    "body_timeout",
+    "replaced_idle",
+    "max_connections",
+    "max_connections_per_peer",
+    "shutdown",
 ];
 
 #[cfg(test)]
@@ -56,6 +75,8 @@ mod tests {
                 received: 7,
                 rejected: [("invalid".to_string(), 2)].into_iter().collect(),
                 body_bytes_in_flight: 1024,
+                connections_open: 3,
+                connections_cut: [("idle_timeout".to_string(), 5)].into_iter().collect(),
             },
             drivers: vec![DriverReport {
                 number: 1,
@@ -70,6 +91,7 @@ mod tests {
                 counters: vec![("wasm_traps".into(), 1)],
                 retried: 4,
                 dead_lettered: 1,
+                expired: 0,
                 circuit: CircuitState::HalfOpen,
                 endpoints: vec![EndpointCircuit {
                     endpoint: "https://hooks.example.com:443".into(),

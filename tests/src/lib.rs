@@ -90,6 +90,10 @@ pub enum Reply {
     Hang,
     /// Close the connection without answering.
     Close,
+    /// Reset the connection (TCP RST) without answering.
+    Reset,
+    /// Write these bytes (not HTTP, or broken HTTP), then close.
+    Raw(&'static [u8]),
 }
 
 impl Reply {
@@ -210,13 +214,21 @@ impl RecordingServer {
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = match tls {
-                        Some(acceptor) => match acceptor.accept(sock).await {
-                            Ok(stream) => serve(stream, st).await,
-                            Err(_) => Ok(()),
-                        },
-                        None => serve(sock, st).await,
-                    };
+                    // Reply::Reset: drop the socket with SO_LINGER 0, which sends RST.
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(sock).await {
+                                if let Ok(Some(s)) = serve(stream, st).await {
+                                    let _ = s.get_ref().0.set_zero_linger();
+                                }
+                            }
+                        }
+                        None => {
+                            if let Ok(Some(s)) = serve(sock, st).await {
+                                let _ = s.set_zero_linger();
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -268,7 +280,8 @@ impl RecordingServer {
     }
 }
 
-async fn serve<S>(sock: S, st: Arc<ServerState>) -> std::io::Result<()>
+/// Serves one connection; returns the socket when it is to be reset.
+async fn serve<S>(sock: S, st: Arc<ServerState>) -> std::io::Result<Option<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -282,7 +295,7 @@ where
         let mut raw = Vec::new();
         let mut line = String::new();
         if r.read_line(&mut line).await? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         raw.extend_from_slice(line.as_bytes());
         let mut parts = line.trim_end().splitn(3, ' ');
@@ -292,7 +305,7 @@ where
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).await? == 0 {
-                return Ok(());
+                return Ok(None);
             }
             raw.extend_from_slice(h.as_bytes());
             let h = h.trim_end_matches(['\r', '\n']);
@@ -329,9 +342,15 @@ where
                 // Hold the connection until the client closes it.
                 let mut sink = [0u8; 1024];
                 while r.read(&mut sink).await? > 0 {}
-                return Ok(());
+                return Ok(None);
             }
-            Reply::Close => return Ok(()),
+            Reply::Close => return Ok(None),
+            Reply::Reset => return Ok(Some(r.into_inner().unsplit(w))),
+            Reply::Raw(bytes) => {
+                w.write_all(bytes).await?;
+                w.flush().await?;
+                return Ok(None);
+            }
             Reply::Status {
                 status,
                 headers,
@@ -573,8 +592,35 @@ impl RunningDaemon {
 
     /// `mailpush run ARGS -c CONFIG` (e.g. `--log-format json`).
     pub fn start_with(config: &Path, args: &[&str]) -> Self {
+        Self::spawn(config, args, None)
+    }
+
+    /// `mailpush run -c CONFIG` with its open-files limit (soft and hard) set to `files`,
+    /// like `ulimit -n FILES`.
+    pub fn start_with_open_files(config: &Path, files: u64) -> Self {
+        Self::spawn(config, &["--log-level", "info"], Some(files))
+    }
+
+    fn spawn(config: &Path, args: &[&str], open_files: Option<u64>) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(mailpush_bin())
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(mailpush_bin());
+        if let Some(files) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: files,
+                        rlim_max: files,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("run")
             .args(args)
             .arg("-c")

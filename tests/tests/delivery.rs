@@ -21,18 +21,29 @@ struct Setup {
 }
 
 /// An in-process dispatcher with a spool and the webhook driver(s) given as
-/// `(url, extra args)`.
+/// `(url, extra args)`, allowed to call 127.0.0.1.
 async fn setup(drivers: &[(String, &str)]) -> Setup {
+    let lines: Vec<String> = drivers
+        .iter()
+        .map(|(url, extra)| {
+            format!("url={url} allow_hosts=127.0.0.1 allow_private timeout_msecs=1000 {extra}")
+        })
+        .collect();
+    setup_webhooks(&lines).await
+}
+
+/// An in-process dispatcher with a spool and one webhook driver per line of args.
+async fn setup_webhooks(lines: &[String]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut conf = String::from("mailpush {\n state_dir = state\n}\nplugin {\n");
-    for (i, (url, extra)) in drivers.iter().enumerate() {
+    for (i, args) in lines.iter().enumerate() {
         let key = if i == 0 {
             "push_notification_driver".to_string()
         } else {
             format!("push_notification_driver{}", i + 1)
         };
         conf.push_str(&format!(
-            " {key} = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private timeout_msecs=1000 {extra}\n",
+            " {key} = wasm:file={} {args}\n",
             guest("webhook").display()
         ));
     }
@@ -472,4 +483,296 @@ async fn deferred_failures_cost_no_attempt() {
         .collect();
     assert_eq!(seen, ["d1", "d2"]);
     d.shutdown().await;
+}
+
+/// Every row of docs/delivery.md's failure table, through the webhook example driver
+/// (the Rust SDK's classification) and the host: one driver per row, each against its
+/// own endpoint that fails once in that way and then answers 200. Retryable rows are
+/// delivered on the retry; the others are dead letters after one attempt, their reason
+/// naming the status or the policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_row_of_the_failure_table() {
+    let retry: Vec<(&str, Reply)> = vec![
+        ("500", Reply::status(500)),
+        ("502", Reply::status(502)),
+        ("503", Reply::status(503)),
+        ("504", Reply::status(504)),
+        ("408", Reply::status(408)),
+        ("429", Reply::with_header(429, "retry-after", "0")),
+        ("closed", Reply::Close),
+        ("reset", Reply::Reset),
+        ("protocol error", Reply::Raw(b"NOT HTTP AT ALL\r\n\r\n")),
+        (
+            "incomplete",
+            Reply::Raw(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"),
+        ),
+        ("timeout", Reply::Hang),
+    ];
+    let give_up: Vec<(&str, Reply)> = vec![
+        ("400", Reply::status(400)),
+        ("404", Reply::status(404)),
+        ("410", Reply::status(410)),
+        ("301", Reply::with_header(301, "location", "/elsewhere")),
+    ];
+    let mut servers = Vec::new();
+    let mut lines = Vec::new();
+    for (_, reply) in retry.iter().chain(&give_up) {
+        let server = RecordingServer::start().await;
+        server.script([reply.clone()]);
+        lines.push(format!(
+            "url={} allow_hosts=127.0.0.1 allow_private timeout_msecs=1000 first_byte_timeout_msecs=300 retry=10ms",
+            server.url("/h")
+        ));
+        servers.push(server);
+    }
+    // Refused by policy: a host not granted; a private address without allow_private.
+    let policy = RecordingServer::start().await;
+    lines.push(format!(
+        "url={} allow_hosts=push.example.com retry=10ms",
+        policy.url("/h")
+    ));
+    lines.push(format!(
+        "url={} allow_hosts=127.0.0.1 retry=10ms",
+        policy.url("/h")
+    ));
+    let s = setup_webhooks(&lines).await;
+    s.dispatcher
+        .accept(vec![txn("a@x", "t1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    for n in 0..lines.len() {
+        finished(&s.dispatcher, n, 1).await;
+    }
+    settle(&s.spool);
+    let reports = s.dispatcher.reports();
+    for (i, (row, _)) in retry.iter().enumerate() {
+        let r = &reports[i];
+        assert_eq!(
+            (r.delivered, r.retried, r.dead_lettered),
+            (1, 1, 0),
+            "{row}: retried, then delivered: {r:?}"
+        );
+        assert_eq!(servers[i].requests().len(), 2, "{row}");
+    }
+    let dead = s.spool.dead_letters(None).unwrap();
+    for (j, (row, _)) in give_up.iter().enumerate() {
+        let number = (retry.len() + j + 1) as u32;
+        let r = &reports[number as usize - 1];
+        assert_eq!((r.delivered, r.dead_lettered), (0, 1), "{row}: {r:?}");
+        let d = dead.iter().find(|d| d.driver == number).unwrap();
+        assert_eq!(d.attempts.len(), 1, "{row}: given up at once");
+        assert!(
+            d.attempts[0]
+                .error
+                .contains(&format!("webhook answered {row}")),
+            "{row}: {:?}",
+            d.attempts
+        );
+    }
+    let host_number = (retry.len() + give_up.len() + 1) as u32;
+    for (number, names) in [
+        (host_number, "is not in allow_hosts"),
+        (host_number + 1, "grant allow_private to permit"),
+    ] {
+        let d = dead.iter().find(|d| d.driver == number).unwrap();
+        assert_eq!(d.attempts.len(), 1, "refused by policy: given up at once");
+        assert!(d.attempts[0].error.contains(names), "{:?}", d.attempts);
+        assert!(
+            !d.attempts[0].error.contains("HttpProtocolError"),
+            "{:?}",
+            d.attempts
+        );
+    }
+    assert!(policy.requests().is_empty(), "nothing reached the endpoint");
+}
+
+/// An endpoint that resets or closes its first connections, then answers 200: every
+/// transaction is delivered, in order per user, none dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_connections_are_retried_not_dead_lettered() {
+    let server = RecordingServer::start().await;
+    server.script((0..12).map(|i| {
+        if i % 2 == 0 {
+            Reply::Reset
+        } else {
+            Reply::Close
+        }
+    }));
+    let s = setup(&[(
+        server.url("/h"),
+        "retry=10ms,20ms,40ms,80ms,160ms,320ms breaker_open=200ms concurrency=4",
+    )])
+    .await;
+    let batch: Vec<_> = (0..40)
+        .map(|i| txn(&format!("u{}@x", i % 8), &format!("d{i}")))
+        .collect();
+    s.dispatcher
+        .accept(batch.clone(), Backpressure::Refuse)
+        .await
+        .unwrap();
+    finished(&s.dispatcher, 0, 40).await;
+    settle(&s.spool);
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!((r.delivered, r.dead_lettered), (40, 0), "{r:?}");
+    assert!(r.retried >= 1, "{r:?}");
+    assert!(s.spool.dead_letters(None).unwrap().is_empty());
+    // Each user's transactions arrived in order (a retried one holds its user's later
+    // ones back).
+    let delivered: Vec<Transaction> = server.requests()[12..]
+        .iter()
+        .map(|r| Transaction::from_json(&r.body_text()).unwrap())
+        .collect();
+    for u in 0..8 {
+        let user = format!("u{u}@x");
+        let sent: Vec<_> = batch
+            .iter()
+            .filter(|t| t.user == user)
+            .map(|t| &t.id)
+            .collect();
+        let arrived: Vec<_> = delivered
+            .iter()
+            .filter(|t| t.user == user)
+            .map(|t| &t.id)
+            .collect();
+        assert_eq!(arrived, sent, "{user}");
+    }
+}
+
+/// One burst of 16 concurrent 503s is one signal: the circuit opens once, and once the
+/// endpoint is healthy delivery resumes within one probe interval (`breaker_open`), not
+/// after an escalating pause.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_503s_pauses_delivery_for_one_probe_interval_at_most() {
+    let server = RecordingServer::start().await;
+    server.script((0..16).map(|_| Reply::status(503)));
+    let s = setup(&[(
+        server.url("/h"),
+        "retry=1s,1s,1s breaker_open=2s concurrency=16",
+    )])
+    .await;
+    let batch: Vec<_> = (0..48)
+        .map(|i| txn(&format!("u{i}@x"), &format!("b{i}")))
+        .collect();
+    s.dispatcher
+        .accept(batch, Backpressure::Refuse)
+        .await
+        .unwrap();
+    // The burst: 16 requests at once, all 503; from now on the endpoint is healthy.
+    server.wait_for(16, Duration::from_secs(10)).await;
+    let healthy_since = Instant::now();
+    server.wait_for(17, Duration::from_secs(10)).await;
+    let resumed_after = healthy_since.elapsed();
+    assert!(
+        resumed_after <= Duration::from_secs(3),
+        "delivery resumed {resumed_after:?} after the endpoint became healthy (breaker_open=2s)"
+    );
+    finished(&s.dispatcher, 0, 48).await;
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!((r.delivered, r.dead_lettered), (48, 0), "{r:?}");
+    assert_eq!(r.circuit, CircuitState::Closed);
+}
+
+/// `mailpush` with the arguments, run to completion: (success, stdout).
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(mailpush_bin())
+        .args(args)
+        .output()
+        .expect("run mailpush");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `retry_max_age` applies to whatever holds a transaction — here an open circuit and
+/// retry waits while the endpoint refuses: once 10 s old, every transaction is a dead
+/// letter whose reason says it expired; `mailpush dlq replay` delivers them, in order per
+/// user, once the endpoint is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_transactions_expire_into_the_dlq_and_replay_delivers_them() {
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private retry=1s,2s,4s,8s,16s retry_max_age=10s breaker_open=3s\n}}\n",
+            guest("webhook").display(),
+            server.url("/h")
+        ),
+    )
+    .unwrap();
+    let conf_arg = conf.to_str().unwrap();
+    let d = RunningDaemon::start(&conf);
+    let batch: Vec<Transaction> = (0..20)
+        .map(|i| txn(&format!("u{}@x", i % 5), &format!("e{i}")))
+        .collect();
+    let body: String = batch.iter().map(|t| t.to_json() + "\n").collect();
+    let sent_at = Instant::now();
+    let (status, _, answer) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[("content-type", "application/x-ndjson")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+
+    // Every transaction expires once 10 s old (not before), within a retry interval.
+    let dead_letters = || {
+        let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+        assert!(ok, "{out}");
+        out.lines().skip(1).map(str::to_string).collect::<Vec<_>>()
+    };
+    let rows = loop {
+        let rows = dead_letters();
+        if rows.len() == 20 {
+            break rows;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(10 + 3),
+            "{} of 20 dead-lettered after {:?}:\n{}",
+            rows.len(),
+            sent_at.elapsed(),
+            rows.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(sent_at.elapsed() >= Duration::from_secs(10));
+    for row in &rows {
+        assert!(
+            row.contains("expired: not delivered within retry_max_age=10s"),
+            "{row}"
+        );
+    }
+
+    // The endpoint is back: replay delivers them all, in order per user.
+    server.set_default(Reply::status(200));
+    let before = server.requests().len();
+    let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
+    assert!(ok && out.starts_with("20 dead letter(s) queued"), "{out}");
+    let got = server.wait_for(before + 20, Duration::from_secs(30)).await;
+    let delivered: Vec<Transaction> = got[before..]
+        .iter()
+        .map(|r| Transaction::from_json(&r.body_text()).unwrap())
+        .collect();
+    for u in 0..5 {
+        let user = format!("u{u}@x");
+        let sent: Vec<_> = batch
+            .iter()
+            .filter(|t| t.user == user)
+            .map(|t| &t.id)
+            .collect();
+        let arrived: Vec<_> = delivered
+            .iter()
+            .filter(|t| t.user == user)
+            .map(|t| &t.id)
+            .collect();
+        assert_eq!(arrived, sent, "{user}");
+    }
+    assert!(dead_letters().is_empty());
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
 }

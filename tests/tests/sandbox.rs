@@ -60,6 +60,21 @@ async fn log_flood_is_capped() {
     );
 }
 
+/// The drop reports are bounded too: 30 flooding transactions give one host warning at
+/// the first drop and one summing the rest (at shutdown, within 10 s), not 30.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_drop_reports_are_rate_limited() {
+    let log = send_logged("mode=logflood max_log_lines=10 timeout_msecs=5000", 30);
+    assert_eq!(count(&log, "flood line"), 300, "{log}");
+    assert_eq!(count(&log, "log lines dropped"), 2, "{log}");
+    assert_eq!(count(&log, "99990 log lines dropped"), 1, "{log}");
+    assert_eq!(
+        count(&log, &format!("{} log lines dropped", 29 * 99990)),
+        1,
+        "{log}"
+    );
+}
+
 /// Across transactions the driver's log rate applies: with `log_burst=15` and no
 /// refill, two transactions of at most 10 lines each write 15 lines in all.
 #[tokio::test(flavor = "multi_thread")]

@@ -85,10 +85,27 @@ struct DlogOutput {
 /// The dlog driver.
 pub struct DlogDriver(Arc<DlogOutput>);
 
+/// A line as Dovecot 2.3's log writes it: cut at the first NUL (C strings) or line
+/// break (the log process splits there; a CR right before the LF is dropped). Dovecot
+/// writes what follows a line break as a separate `Error:` line of its own — a log
+/// injection mailpush does not reproduce; the line is what Dovecot's debug log shows.
+/// Every other byte (tab, ESC, DEL, UTF-8) is written unchanged, as Dovecot does.
+pub fn dovecot_log_line(line: &str) -> &str {
+    let end = line.find(['\0', '\n']).unwrap_or(line.len());
+    let mut cut = &line[..end];
+    if line[end..].starts_with('\n') {
+        cut = cut.strip_suffix('\r').unwrap_or(cut);
+    }
+    cut
+}
+
 impl DlogOutput {
     fn write(&self, lines: &[String]) -> Result<(), Failure> {
-        for line in lines {
-            tracing::debug!(target: "mailpush::dlog", driver = self.number, "{line}");
+        let lines: Vec<&str> = lines.iter().map(|l| dovecot_log_line(l)).collect();
+        for line in &lines {
+            // mailpush's own log escapes control characters (a terminal or a log shipper
+            // reads it); the file keeps Dovecot's bytes.
+            tracing::debug!(target: "mailpush::dlog", driver = self.number, "{}", mailpush_core::text::escape_controls(line));
         }
         let Some(sink) = &self.sink else {
             return Ok(());

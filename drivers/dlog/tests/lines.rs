@@ -397,8 +397,10 @@ async fn folded_header_values_are_printed_raw() {
     let d = dlog(None).await;
     d.run(Transaction::new("u", vec![event]), true).await;
     let text = std::fs::read_to_string(&d.path).unwrap();
+    // Raw (not unfolded); Dovecot's debug log line ends at the fold's line break (its log
+    // process writes the rest as a separate Error line, which mailpush does not forge).
     assert!(
-        text.contains("MessageNew: Subject [long\n subject]\n"),
+        text.contains("MessageNew: Subject [long\nCalled end_txn"),
         "{text}"
     );
 }
@@ -810,4 +812,38 @@ async fn event_lines_matches_the_file_output() {
         &mut out,
     );
     assert_eq!(out, ["MailboxRename: Mailbox was renamed (old name: Foo)"]);
+}
+
+/// Control characters as Dovecot 2.3's log writes them (checked against Dovecot
+/// 2.3.19.1): a line ends at a NUL or a line break (a CR before it dropped); tabs, ESC,
+/// DEL and other bytes stay as they are. No field can add a line to the file.
+#[tokio::test]
+async fn control_characters_as_dovecots_log_writes_them() {
+    let event = Event::MessageNew(NewMessage {
+        mailbox: "INBOX".into(),
+        uid: 7,
+        uid_validity: 1_700_000_000,
+        from: Some("a\0<forged@example.com>".into()),
+        subject: Some("S\t\u{1b}[31m\u{7f} é\r\nMailbox data: Mailbox [forged]".into()),
+        snippet: Some("tail CR stays\r".into()),
+        ..Default::default()
+    });
+    let lines = lines_for(vec![event]).await;
+    assert_eq!(
+        lines,
+        [
+            BEGIN,
+            MSG,
+            "Message data: Mailbox [INBOX], UID [7], UIDVALIDITY [1700000000]",
+            "MessageNew: From [a",
+            "MessageNew: Snippet [tail CR stays\r]",
+            "MessageNew: Subject [S\t\u{1b}[31m\u{7f} é",
+            END,
+        ]
+    );
+    assert_eq!(
+        mailpush_dlog::dovecot_log_line("x\r\ny\nz"),
+        "x",
+        "cut at the first line break"
+    );
 }

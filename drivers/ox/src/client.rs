@@ -92,8 +92,9 @@ pub enum Attempt {
     },
     /// No response within the per-attempt timeout.
     TimedOut,
-    /// The connection could not be set up (refused, unreachable, TLS).
-    ConnectFailed { cause: String },
+    /// The connection could not be set up (refused, unreachable, TLS); `certificate`:
+    /// the server's certificate was not trusted.
+    ConnectFailed { cause: String, certificate: bool },
     /// The connect itself timed out (`target` is `host:port`).
     ConnectTimedOut { target: String, after: Duration },
     /// The connection broke while the request was pending.
@@ -109,7 +110,8 @@ pub struct Verdict {
     pub success: bool,
     /// Retry within this delivery (attempts permitting), no earlier than after this delay.
     pub retry_in: Option<Duration>,
-    /// Whether a later delivery attempt may succeed (the spool's decision input).
+    /// Whether a later delivery attempt may succeed (the spool's decision input), by
+    /// mailpush's one classification of HTTP failures ([`mailpush_http_failure`]).
     pub retryable: bool,
     /// The server's Retry-After, as a delay.
     pub retry_after: Option<Duration>,
@@ -134,8 +136,37 @@ fn delay_from_response(retry_after: Option<RetryAfter>, timeout_msecs: u32, now:
     }
 }
 
-/// Dovecot 2.3's decision for one attempt (see the module docs).
+/// Whether a later delivery may help, by mailpush's one classification of HTTP failures
+/// (Dovecot's own within-delivery retries are `Verdict::retry_in`).
+fn later(attempt: &Attempt, now: SystemTime) -> bool {
+    use mailpush_http_failure::{status, transport, Transport};
+    match attempt {
+        Attempt::Response {
+            status: s,
+            location,
+            ..
+        } if (300..400).contains(s) && *location => false,
+        Attempt::Response { status: s, .. } => status(*s, None, now).is_some_and(|c| c.retryable()),
+        Attempt::TimedOut | Attempt::ConnectTimedOut { .. } => {
+            transport(Transport::Timeout).retryable()
+        }
+        Attempt::ConnectionLost { .. } => transport(Transport::ConnectionLost).retryable(),
+        Attempt::ConnectFailed {
+            certificate: true, ..
+        } => transport(Transport::TlsCertificate).retryable(),
+        Attempt::ConnectFailed { .. } => transport(Transport::ConnectRefused).retryable(),
+    }
+}
+
+/// Dovecot 2.3's decision for one attempt (see the module docs); whether a later
+/// delivery may help is mailpush's one classification ([`later`]).
 pub fn judge(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verdict {
+    let mut v = judge_dovecot(attempt, timeout_msecs, now);
+    v.retryable = !v.success && later(attempt, now);
+    v
+}
+
+fn judge_dovecot(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verdict {
     let failed = |message: String, retry_in: Option<Duration>, retryable: bool| Verdict {
         message,
         success: false,
@@ -186,7 +217,7 @@ pub fn judge(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verdict 
             Some(Duration::ZERO),
             true,
         ),
-        Attempt::ConnectFailed { cause } => failed(cause.clone(), None, false),
+        Attempt::ConnectFailed { cause, .. } => failed(cause.clone(), None, false),
         Attempt::ConnectTimedOut { target, after } => failed(
             format!(
                 "connect({target}) failed: Connection timed out in {}.{:03} secs",
@@ -326,6 +357,7 @@ impl OxClient {
                             self.config.authority,
                             root_cause(&e)
                         ),
+                        certificate: untrusted_certificate(&e),
                     }
                 }
             }
@@ -396,6 +428,29 @@ impl OxClient {
     }
 }
 
+/// Whether a connect error is the server's certificate not being trusted. The rustls
+/// error sits inside nested `io::Error`s, whose `source()` skips the wrapped error
+/// itself: those are unwrapped with `get_ref`.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if matches!(
+            err.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) {
+            return true;
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
 /// The innermost error's text, without the ` (os error N)` suffix (Dovecot's `%m`).
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
@@ -429,11 +484,13 @@ mod tests {
         let ok = j(&resp(204, None));
         assert!(ok.success && ok.retry_in.is_none());
         assert_eq!(ok.message, "204 R");
+        // Dovecot retries within the delivery only 408 and 503 (with Retry-After); a
+        // later delivery is tried by mailpush's one classification (408, 429, 5xx).
         for (status, retry, retryable) in [
-            (500, false, false),
-            (502, false, false),
+            (500, false, true),
+            (502, false, true),
             (404, false, false),
-            (429, false, false),
+            (429, false, true),
             (408, true, true),
             (503, false, true),
         ] {
@@ -482,8 +539,14 @@ mod tests {
         assert!(lost.retry_in.is_some());
         let refused = j(&Attempt::ConnectFailed {
             cause: "connect(h:1) failed: Connection refused".into(),
+            certificate: false,
         });
-        assert_eq!((refused.retry_in, refused.retryable), (None, false));
+        assert_eq!((refused.retry_in, refused.retryable), (None, true));
+        let untrusted = j(&Attempt::ConnectFailed {
+            cause: "connect(h:1) failed: invalid peer certificate: UnknownIssuer".into(),
+            certificate: true,
+        });
+        assert_eq!((untrusted.retry_in, untrusted.retryable), (None, false));
         let ct = j(&Attempt::ConnectTimedOut {
             target: "h:1".into(),
             after: Duration::from_millis(1990),

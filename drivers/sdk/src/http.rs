@@ -10,6 +10,7 @@ use crate::bindings::wasi::http::types::{
     OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
 use crate::bindings::wasi::io::streams::StreamError;
+use mailpush_http_failure::{status, transport, Class, Transport};
 
 /// A response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,20 +37,32 @@ impl Response {
 pub enum HttpError {
     /// The URL could not be used.
     InvalidUrl(String),
-    /// The host refused the request (not in `allow_hosts`, or a private address).
+    /// The sandbox's policy refused the request (not in `allow_hosts`, a private
+    /// address, the egress budget).
     Refused(String),
     /// Connect or response timeout.
     Timeout(String),
-    /// Connection refused, reset or lost.
+    /// Connection refused, reset or lost, or a broken response.
     Connection(String),
     /// Anything else.
     Other(String),
 }
 
 impl HttpError {
+    /// What the failure means, by mailpush's one classification
+    /// ([`mailpush_http_failure`]): retry, give up, refused by policy.
+    pub fn class(&self) -> Class {
+        match self {
+            HttpError::Refused(_) => transport(Transport::Policy),
+            HttpError::Timeout(_) => transport(Transport::Timeout),
+            HttpError::Connection(_) => transport(Transport::ConnectionLost),
+            HttpError::InvalidUrl(_) | HttpError::Other(_) => Class::GiveUp,
+        }
+    }
+
     /// Whether a retry later may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, HttpError::Timeout(_) | HttpError::Connection(_))
+        self.class().retryable()
     }
 }
 
@@ -65,25 +78,63 @@ impl std::fmt::Display for HttpError {
     }
 }
 
+/// The host's error code read by mailpush's one classification.
 fn classify(e: ErrorCode) -> HttpError {
     let text = format!("{e:?}");
     match e {
+        // The sandbox's policy.
         ErrorCode::HttpRequestDenied
         | ErrorCode::DestinationIpProhibited
-        | ErrorCode::HttpProtocolError => HttpError::Refused(text),
+        | ErrorCode::HttpRequestBodySize(_) => HttpError::Refused(text),
         ErrorCode::ConnectionTimeout
         | ErrorCode::ConnectionReadTimeout
         | ErrorCode::ConnectionWriteTimeout
         | ErrorCode::HttpResponseTimeout
         | ErrorCode::DnsTimeout => HttpError::Timeout(text),
+        // Refused, reset, closed, a broken response: the endpoint or the path to it.
         ErrorCode::ConnectionRefused
         | ErrorCode::ConnectionTerminated
         | ErrorCode::ConnectionLimitReached
         | ErrorCode::DestinationUnavailable
         | ErrorCode::DestinationNotFound
-        | ErrorCode::HttpResponseIncomplete => HttpError::Connection(text),
+        | ErrorCode::DnsError(_)
+        | ErrorCode::HttpProtocolError
+        | ErrorCode::HttpResponseIncomplete
+        | ErrorCode::TlsProtocolError
+        | ErrorCode::TlsAlertReceived(_) => HttpError::Connection(text),
         _ => HttpError::Other(text),
     }
+}
+
+impl Response {
+    /// What the status means ([`mailpush_http_failure::status`]): `None` for 2xx.
+    pub fn class(&self) -> Option<Class> {
+        status(
+            self.status,
+            self.header("retry-after"),
+            std::time::SystemTime::now(),
+        )
+    }
+}
+
+/// The failure (if any) of a request's result, by mailpush's one classification:
+/// `None` for a 2xx response; a retryable failure (with the server's `Retry-After`) for
+/// 408, 429, 5xx and lost or refused connections and timeouts; a permanent one for other
+/// statuses and policy refusals. `what` names the request in the reason.
+pub fn failure(what: &str, result: &Result<Response, HttpError>) -> Option<crate::Failure> {
+    let (class, reason) = match result {
+        Ok(r) => (r.class()?, format!("{what} answered {}", r.status)),
+        Err(e) => (e.class(), format!("{what}: {e}")),
+    };
+    Some(match class {
+        Class::Retry { after } => crate::Failure {
+            reason,
+            retryable: true,
+            retry_after_ms: after.map(|d| d.as_millis() as u64),
+        },
+        Class::Deferred => crate::Failure::retryable(reason),
+        Class::GiveUp | Class::Refused => crate::Failure::permanent(reason),
+    })
 }
 
 /// Writes and finishes a request body. On failure the body is dropped unfinished, which

@@ -40,6 +40,9 @@ pub mod bindings {
 
 pub mod http;
 
+/// mailpush's one classification of HTTP failures ([`http::failure`] uses it).
+pub use mailpush_http_failure as http_failure;
+
 use std::cell::RefCell;
 
 pub use bindings::mailpush::driver::types::{

@@ -86,35 +86,19 @@ impl Driver for Webhook {
             headers.push(("webhook-signature", format!("v1,{sig}")));
         }
         let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        match http::send("POST", &self.url, &hdrs, body, Some(self.timeout_ms)) {
-            Ok(r) if (200..300).contains(&r.status) => {
-                log::debug(&format!(
-                    "delivered {} ({} events): {}",
-                    txn.id,
-                    txn.events.len(),
-                    r.status
-                ));
-                Ok(())
-            }
-            Ok(r) => {
-                let retry_after_ms = r
-                    .header("retry-after")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| s * 1000);
-                let reason = format!("webhook answered {}", r.status);
-                if r.status >= 500 || r.status == 408 || r.status == 429 {
-                    Err(Failure {
-                        reason,
-                        retryable: true,
-                        retry_after_ms,
-                    })
-                } else {
-                    Err(Failure::permanent(reason))
-                }
-            }
-            Err(e) if e.retryable() => Err(Failure::retryable(e.to_string())),
-            Err(e) => Err(Failure::permanent(e.to_string())),
+        let result = http::send("POST", &self.url, &hdrs, body, Some(self.timeout_ms));
+        // mailpush's one classification: retry 408, 429 (after Retry-After), 5xx, lost
+        // and refused connections and timeouts; give up on other statuses and policy
+        // refusals.
+        if let Some(f) = http::failure("webhook", &result) {
+            return Err(f);
         }
+        log::debug(&format!(
+            "delivered {} ({} events)",
+            txn.id,
+            txn.events.len()
+        ));
+        Ok(())
     }
 }
 

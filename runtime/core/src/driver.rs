@@ -49,6 +49,31 @@ impl Failure {
             deferred: false,
         }
     }
+
+    /// A failure as an untrusted driver (a component, a script) reported it: its reason
+    /// escaped and cut to [`Failure::MAX_REASON`] bytes (it is logged), its requested
+    /// retry delay at most [`Failure::MAX_RETRY_AFTER`].
+    pub fn from_driver(reason: &str, retryable: bool, retry_after_ms: Option<u64>) -> Self {
+        Failure {
+            reason: Failure::untrusted_reason(reason),
+            retryable,
+            retry_after: retry_after_ms
+                .map(|ms| Duration::from_millis(ms).min(Failure::MAX_RETRY_AFTER)),
+            deferred: false,
+        }
+    }
+
+    /// A reason carrying an untrusted driver's words, made safe to log.
+    pub fn untrusted_reason(reason: &str) -> String {
+        let cut = crate::text::cap(reason.to_string(), Failure::MAX_REASON);
+        crate::text::escape_controls(&cut)
+    }
+
+    /// The longest reason kept from an untrusted driver.
+    pub const MAX_REASON: usize = 1024;
+
+    /// The longest retry delay a driver may ask for.
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 }
 
 /// An error from a driver's `init`: the message is reported with the driver's number

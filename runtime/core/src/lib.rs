@@ -8,6 +8,8 @@ pub mod circuit;
 pub mod driver;
 pub mod event;
 pub mod metadata;
+pub mod ox_body;
+pub mod text;
 pub mod transaction;
 pub mod units;
 

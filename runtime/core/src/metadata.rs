@@ -24,6 +24,50 @@ impl MetadataLookup for NoMetadata {
     }
 }
 
+/// Dovecot's internal attribute tree, which IMAP and doveadm refuse to touch.
+const DOVECOT_PVT: &str = "vendor/vendor.dovecot/pvt/";
+
+/// Validates a key like doveadm and Dovecot's IMAP METADATA do and returns its canonical
+/// (lower-case) form.
+pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
+    let invalid = |why: &str| MetadataError(format!("Invalid metadata key '{key}': {why}"));
+    // Entry names are case-insensitive; Dovecot lower-cases them (ASCII).
+    let lower = key.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("/private/")
+        .or_else(|| lower.strip_prefix("/shared/"))
+        .filter(|rest| !rest.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "it must start with /private/ or /shared/ and name an entry below it, \
+                 e.g. /private/vendor/vendor.dovecot/http-notify",
+            )
+        })?;
+    if lower.contains("//") {
+        return Err(invalid("Entry name can't contain consecutive '/'"));
+    }
+    if lower.ends_with('/') {
+        return Err(invalid("Entry name can't end with '/'"));
+    }
+    if lower.contains('*') {
+        return Err(invalid("Entry name can't contain '*'"));
+    }
+    if lower.contains('%') {
+        return Err(invalid("Entry name can't contain '%'"));
+    }
+    // Dovecot tests `name[i] <= 0x19` on a (signed) char: control characters and, on
+    // the usual platforms, every non-ASCII byte.
+    if lower.bytes().any(|b| b <= 0x19 || b >= 0x80) {
+        return Err(invalid(
+            "Entry name can't contain control chars (or non-ASCII characters)",
+        ));
+    }
+    if rest.starts_with(DOVECOT_PVT) {
+        return Err(invalid("Internal mailbox attributes cannot be accessed"));
+    }
+    Ok(lower)
+}
+
 /// Looks up `key` for the transaction's user: the transaction's own `metadata` object
 /// (sent by a forwarder that already knows it) takes precedence over the store.
 pub fn lookup(

@@ -13,23 +13,34 @@
 
 use std::time::Duration;
 
-/// Parses a duration with a unit (`5s`, `250ms`, `2m`, `1h`, `1d`).
+/// The longest duration any setting takes (ten years): longer values are refused, not
+/// left to overflow a clock later.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration with a unit (`5s`, `250ms`, `2m`, `1h`, `1d`), at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
     // humantime also reads a bare number as an error, which is what we want here.
     if v.is_empty() || !v.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
     }
-    humantime::parse_duration(v).ok()
+    humantime::parse_duration(v)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
 }
 
-/// Parses the value of a `*_msecs` key: a bare number of milliseconds.
+/// Parses the value of a `*_msecs` key: a bare number of milliseconds, at most
+/// [`MAX_DURATION`].
 pub fn parse_msecs(v: &str) -> Option<Duration> {
     let v = v.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    v.parse::<u64>().ok().map(Duration::from_millis)
+    v.parse::<u64>()
+        .ok()
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
 }
 
 /// Parses a size (`1048576`, `64K`, `10M`, `1G`, `32MiB`, `5MB`).
@@ -79,6 +90,11 @@ mod tests {
         assert_eq!(parse_msecs("100"), Some(Duration::from_millis(100)));
         assert_eq!(parse_msecs("2s"), None, "the unit is in the key's name");
         assert_eq!(parse_msecs("fast"), None);
+        // Beyond ten years: refused, rather than overflowing a clock later.
+        assert_eq!(parse_duration("3650d"), Some(MAX_DURATION));
+        assert_eq!(parse_duration("3651d"), None);
+        assert_eq!(parse_duration("99999999999999h"), None);
+        assert_eq!(parse_msecs("18446744073709551615"), None);
     }
 
     #[test]

@@ -17,10 +17,10 @@ use crate::commands::control::{self, ControlError};
 use crate::commands::dlq::DeadLetters;
 use crate::commands::metadata::{self as metadata_cmd, MetadataOp, Usage};
 use crate::commands::send;
-use crate::config::Config;
 use crate::logging::{self, LogFormat};
 use crate::pipeline::{Delivery, DeliveryObserver};
 use crate::registry::DriverRegistry;
+use mailpush_config::Config;
 
 /// mailpush — run Dovecot-style push-notification drivers (dlog, ox, sandboxed
 /// WebAssembly components) on mail-store events.
@@ -264,9 +264,7 @@ pub fn main() -> ExitCode {
                 let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
                 let metadata: Arc<dyn mailpush_core::MetadataLookup> =
                     match Config::load(&cli.global.config) {
-                        Ok(c) => c
-                            .settings
-                            .open_metadata()
+                        Ok(c) => crate::metadata_store::open_for(&c.settings)
                             .map_err(|e| anyhow::anyhow!("{e}"))?,
                         Err(_) => Arc::new(NoMetadata), // run reports the config errors itself
                     };
@@ -400,9 +398,7 @@ fn run_metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<Ex
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = config
-        .settings
-        .open_metadata()
+    let store = crate::metadata_store::open_for(&config.settings)
         .map_err(|e| anyhow::anyhow!("{}", e.0))?;
     for line in metadata_cmd::run(&store, &op).map_err(|e| anyhow::anyhow!("{}", e.0))? {
         println!("{line}");

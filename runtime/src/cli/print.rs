@@ -134,6 +134,27 @@ pub fn status(status: &Status) {
             println!("{line}");
         }
     }
+    let ingest = &status.ingest;
+    let count = |m: &std::collections::BTreeMap<String, u64>| {
+        let parts: Vec<String> = m
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        let total: u64 = m.values().sum();
+        if parts.is_empty() {
+            total.to_string()
+        } else {
+            format!("{total} ({})", parts.join(" "))
+        }
+    };
+    println!(
+        "\ningest: {} transaction(s) received, rejected {}; {} connection(s) open, cut or refused {}",
+        ingest.received,
+        count(&ingest.rejected),
+        ingest.connections_open,
+        count(&ingest.connections_cut)
+    );
 }
 
 /// `mailpush dlq list`.

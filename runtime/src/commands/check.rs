@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use mailpush_core::{MetadataError, MetadataLookup, NoMetadata};
 
-use crate::config::{Config, ConfigError, ConfigWarning};
 use crate::registry::{shutdown_drivers, DriverRegistry};
+use mailpush_config::{Config, ConfigError, ConfigWarning};
 
 /// One driver as `check` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
     // compile wasm drivers into the AOT cache, so a later start finds them compiled.
     let metadata: Arc<dyn MetadataLookup> =
         if config.settings.state_dir.join("metadata.db").exists() {
-            config.settings.open_metadata()?
+            crate::metadata_store::open_for(&config.settings)?
         } else {
             Arc::new(NoMetadata)
         };

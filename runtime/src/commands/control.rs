@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::config::Config;
 use crate::pipeline::Reconfigured;
 use crate::status::Status;
+use mailpush_config::Config;
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]

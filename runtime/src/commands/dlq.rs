@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
 use crate::spool::sqlite::SqliteSpool;
 use crate::spool::{DeadLetter, Spool, SpoolError};
+use mailpush_config::Config;
 
 /// The dead letters of one spool.
 pub struct DeadLetters {

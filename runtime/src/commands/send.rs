@@ -10,12 +10,12 @@ use std::sync::Arc;
 use mailpush_core::{LineError, MetadataError, Transaction};
 use tokio::sync::Notify;
 
-use crate::config::{Config, ConfigError};
 use crate::pipeline::{
     Backpressure, Delivery, DeliveryObserver, Dispatcher, DriverReport, LoadedDriver, Refused,
 };
 use crate::registry::{shutdown_drivers, DriverRegistry};
 use crate::spool::SpoolError;
+use mailpush_config::{Config, ConfigError};
 
 /// Why `send` could not run.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,7 @@ pub async fn prepare(
     if let Some(total) = config.settings.wasm_host_memory {
         crate::wasm::limits::HostMemory::global().set_total(total);
     }
-    let metadata = config.settings.open_metadata()?;
+    let metadata = crate::metadata_store::open_for(&config.settings)?;
     let loaded = match registry.init_all(&config, metadata).await {
         Ok(l) => l,
         Err((loaded, errors)) => {
@@ -153,7 +153,7 @@ impl Prepared {
             notify: Notify::new(),
             next: progress,
         });
-        let spool = config.settings.open_spool()?;
+        let spool = crate::spool::open(&config.settings)?;
         let loaded: Vec<LoadedDriver> = loaded
             .into_iter()
             .map(|mut d| {

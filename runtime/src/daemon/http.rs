@@ -26,10 +26,10 @@ use mailpush_core::Transaction;
 use serde_json::{json, Value};
 
 use super::auth::authorised;
-use super::ox_body::ox_transaction;
 use super::Daemon;
 use crate::pipeline::{Backpressure, Refused};
 use crate::spool::SpoolError;
+use mailpush_core::ox_body::ox_transaction;
 
 /// Builds the router.
 pub fn router(daemon: Arc<Daemon>) -> Router {
@@ -66,40 +66,135 @@ fn unauthorised(daemon: &Daemon) -> Response {
     r
 }
 
-/// Reads a request body within `max_body`, holding its share of the `max_inflight`
-/// budget (what the Content-Length announces, else `max_body`) until the request is
-/// answered: overload gets 503, never unbounded memory.
+/// Request-body bytes held of the `max_inflight` budget (in KiB units), charged as they
+/// arrive and returned when the request is answered.
+struct BodyCharge<'a> {
+    budget: &'a tokio::sync::Semaphore,
+    units: u32,
+}
+
+impl BodyCharge<'_> {
+    /// Charges for `total` bytes received so far; false when the budget cannot cover them.
+    fn cover(&mut self, total: usize) -> bool {
+        let need = u32::try_from(total.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        if need <= self.units {
+            return true;
+        }
+        match self.budget.try_acquire_many(need - self.units) {
+            Ok(permit) => {
+                permit.forget();
+                self.units = need;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for BodyCharge<'_> {
+    fn drop(&mut self) {
+        self.budget.add_permits(self.units as usize);
+    }
+}
+
+/// An error answer after which the connection is closed (its body was not read whole).
+fn error_closing(status: StatusCode, body: Value) -> Response {
+    let mut r = error(status, body);
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// Reads a request body within `max_body` and `body_timeout`, charging the bytes as they
+/// arrive to the `max_inflight` budget until the request is answered: overload gets 503,
+/// a body that arrives too slowly 408 — never unbounded memory, never a budget held by
+/// bytes that have not come.
 async fn read_body<'a>(
     daemon: &'a Daemon,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(axum::body::Bytes, tokio::sync::SemaphorePermit<'a>), Response> {
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(daemon.max_body)
-        .min(daemon.max_body);
-    let units = announced.div_ceil(1024).max(1);
-    let units = u32::try_from(units).unwrap_or(u32::MAX);
-    let Ok(permit) = daemon.body_budget.try_acquire_many(units) else {
-        daemon.ingest.reject("overloaded", 1);
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return Err(r);
-    };
-    let bytes = axum::body::to_bytes(body, daemon.max_body).await.map_err(|_| {
+) -> Result<(bytes::Bytes, BodyCharge<'a>), Response> {
+    use http_body_util::BodyExt;
+    let too_large = || {
         daemon.ingest.reject("too_large", 1);
-        error(
+        error_closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             json!({"error": format!("request body larger than max_body ({} bytes)", daemon.max_body)}),
         )
-    })?;
-    Ok((bytes, permit))
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > daemon.max_body as u64) {
+        return Err(too_large());
+    }
+    let mut charge = BodyCharge {
+        budget: &daemon.body_budget,
+        units: 0,
+    };
+    let limits = daemon.connections.limits();
+    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let mut body = body;
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                daemon.ingest.reject("body_timeout", 1);
+                daemon
+                    .connections
+                    .count_cut(super::connections::Cut::BodyTimeout);
+                return Err(error_closing(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({"error": format!("the request body did not arrive within body_timeout_msecs ({} ms)", limits.body_timeout.as_millis())}),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                daemon.ingest.reject("invalid", 1);
+                return Err(error_closing(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("cannot read the request body: {e}")}),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        total += data.len();
+        if total > daemon.max_body {
+            return Err(too_large());
+        }
+        if !charge.cover(total) {
+            daemon.ingest.reject("overloaded", 1);
+            let mut r = error_closing(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return Err(r);
+        }
+        if !data.is_empty() {
+            chunks.push(data);
+        }
+    }
+    let bytes = match chunks.len() {
+        0 => bytes::Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(total);
+            for c in &chunks {
+                all.extend_from_slice(c);
+            }
+            all.freeze()
+        }
+    };
+    Ok((bytes, charge))
 }
 
 /// Queues parsed transactions: 202 with ids, or 503 when queues are full.
@@ -182,7 +277,8 @@ async fn transactions(
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson"));
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-ndjson"));
     let parsed = if ndjson {
         mailpush_core::parse_ndjson(text).map_err(|e| {
             json!({"error": e.to_string(), "line": e.line, "path": e.error.path, "message": e.error.message,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::pipeline::{DriverReport, LATENCY_BUCKETS};
-use crate::status::{IngestReport, Status, REJECT_REASONS};
+use crate::status::{IngestReport, Status, CUT_REASONS, REJECT_REASONS};
 
 /// Ingest-side counters.
 #[derive(Debug, Default)]
@@ -22,9 +22,19 @@ impl IngestMetrics {
         *self.rejected.lock().entry(reason).or_default() += n;
     }
 
-    /// The counters now, with the request-body bytes in flight.
-    pub fn report(&self, body_bytes_in_flight: u64) -> IngestReport {
+    /// The counters now, with the request-body bytes in flight and the connections.
+    pub fn report(
+        &self,
+        body_bytes_in_flight: u64,
+        connections: &super::connections::ConnectionTable,
+    ) -> IngestReport {
         IngestReport {
+            connections_open: connections.open() as u64,
+            connections_cut: connections
+                .cuts()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             received: self.received.load(Ordering::Relaxed),
             rejected: self
                 .rejected
@@ -64,13 +74,37 @@ pub fn render(status: &Status) -> String {
         &mut out,
         "mailpush_ingest_body_bytes_in_flight",
         "gauge",
-        "Request-body bytes being read by ingest (reserved by Content-Length, of max_inflight).",
+        "Request-body bytes being read by ingest (charged as they arrive, of max_inflight).",
     );
     let _ = writeln!(
         out,
         "mailpush_ingest_body_bytes_in_flight {}",
         ingest.body_bytes_in_flight
     );
+    header(
+        &mut out,
+        "mailpush_ingest_connections_open",
+        "gauge",
+        "Ingest connections open (of max_connections).",
+    );
+    let _ = writeln!(
+        out,
+        "mailpush_ingest_connections_open {}",
+        ingest.connections_open
+    );
+    header(
+        &mut out,
+        "mailpush_ingest_connections_cut_total",
+        "counter",
+        "Ingest connections cut (timeouts, replaced while idle, shutdown) or refused (caps), by reason.",
+    );
+    for reason in CUT_REASONS {
+        let n = ingest.connections_cut.get(*reason).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "mailpush_ingest_connections_cut_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
     header(
         &mut out,
         "mailpush_transactions_received_total",
@@ -96,7 +130,7 @@ pub fn render(status: &Status) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 10] = [
+    let per_driver: [PerDriver; 11] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -114,6 +148,12 @@ pub fn render(status: &Status) -> String {
             "gauge",
             "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
             |d| u64::from(d.circuit.as_gauge()),
+        ),
+        (
+            "mailpush_driver_expired_total",
+            "counter",
+            "Transactions dead-lettered because they grew older than retry_max_age before delivery.",
+            |d| d.expired,
         ),
         (
             "mailpush_driver_delivered_total",

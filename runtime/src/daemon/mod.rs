@@ -4,9 +4,9 @@
 //! `shutdown_timeout_msecs`, and exit.
 
 pub mod auth;
+pub mod connections;
 pub mod http;
 pub mod metrics;
-pub mod ox_body;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,15 +14,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use mailpush_core::MetadataLookup;
-use tokio::sync::Notify;
 
 pub use auth::read_token;
 use metrics::IngestMetrics;
 
-use crate::config::{Config, RuntimeSettings};
 use crate::pipeline::{Dispatcher, Reconfigured};
 use crate::registry::DriverRegistry;
 use crate::status::Status;
+use mailpush_config::{Config, RuntimeSettings};
 
 /// Builds the driver registry (built-ins by default; tests add their own kinds).
 pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
@@ -33,6 +32,8 @@ pub struct Daemon {
     dispatcher: Dispatcher,
     pub token: Option<Vec<u8>>,
     pub max_body: usize,
+    /// Open ingest connections and their limits.
+    pub connections: Arc<connections::ConnectionTable>,
     /// Request-body bytes being read, in KiB units (`max_inflight`).
     pub body_budget: tokio::sync::Semaphore,
     /// The budget's size, in KiB units.
@@ -64,7 +65,7 @@ impl Daemon {
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.config_path.display().to_string(),
-            ingest: self.ingest.report(in_flight),
+            ingest: self.ingest.report(in_flight, &self.connections),
             drivers: self.dispatcher.reports(),
         }
     }
@@ -167,7 +168,7 @@ pub async fn serve(
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let spool = config.settings.open_spool().map_err(|e| {
+    let spool = crate::spool::open(&config.settings).map_err(|e| {
         anyhow::anyhow!(
             "cannot open the spool {}: {e}",
             config.settings.spool_path().display()
@@ -190,6 +191,9 @@ pub async fn serve(
         ),
         token,
         max_body: config.settings.max_body,
+        connections: connections::ConnectionTable::new(connections::fit_to_open_files(
+            config.settings.connections,
+        )),
         body_budget: tokio::sync::Semaphore::new(body_budget_units),
         body_budget_units,
         queue_capacity: config.settings.queue_capacity,
@@ -220,28 +224,38 @@ pub async fn serve(
             "listening on a non-loopback address {addr}: protect it (ingest_token_file, firewall)"
         );
     }
-    let stop = Arc::new(Notify::new());
-    let mut servers = Vec::new();
-    {
-        let stop = stop.clone();
-        let app = app.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }));
-    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(connections::serve(
+        listener,
+        app.clone(),
+        daemon.connections.clone(),
+        stopped.clone(),
+    ));
     if let Some(path) = &config.settings.listen_unix {
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
         tracing::info!("listening on unix:{}", path.display());
-        let stop = stop.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }));
+        tokio::spawn(connections::serve(
+            listener,
+            app,
+            daemon.connections.clone(),
+            stopped.clone(),
+        ));
+    }
+    {
+        let table = daemon.connections.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(connections::CUT_LOG_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => table.log_cuts(),
+                    _ = stopped.wait_for(|s| *s) => return table.log_cuts(),
+                }
+            }
+        });
     }
     if spool.is_some() {
         tokio::spawn(replay_dead_letters(daemon.clone()));
@@ -251,24 +265,22 @@ pub async fn serve(
 
     tracing::info!("shutting down: no new transactions; draining queued work");
     daemon.shutting_down.store(true, Ordering::Relaxed);
-    stop.notify_waiters();
+    let _ = stop.send(true);
     // One deadline for everything: the drivers drain while open connections finish (new
     // requests get 503); connections still open at the deadline (a client that stalls in
     // the middle of its request) are cut.
     let timeout = config.settings.shutdown_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let connections_closed = async {
-        for mut s in servers {
-            match tokio::time::timeout_at(deadline, &mut s).await {
-                Ok(Ok(Err(e))) => tracing::warn!("listener ended with an error: {e}"),
-                Ok(_) => {}
-                Err(_) => {
-                    s.abort();
-                    tracing::warn!(
-                        "shutdown timeout ({timeout:?}): closing connections still open"
-                    );
-                }
-            }
+        if tokio::time::timeout_at(deadline, daemon.connections.closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown timeout ({timeout:?}): cutting {} connection(s) still open",
+                daemon.connections.open()
+            );
+            daemon.connections.cut_all();
         }
     };
     let drained = tokio::time::timeout_at(deadline, daemon.dispatcher.shutdown_shared());

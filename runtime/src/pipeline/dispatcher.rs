@@ -24,8 +24,8 @@ use super::observer::DeliveryObserver;
 use super::overflow::Overflow;
 use super::policy::DeliveryPolicy;
 use super::stats::{DriverReport, DriverStats};
-use crate::config::Location;
 use crate::spool::{Spool, SpoolError};
+use mailpush_config::Location;
 
 /// An initialised, numbered driver: what the registry builds from a config line and the
 /// dispatcher runs.

@@ -3,8 +3,9 @@
 //! transaction of a user is ever eligible, so one user's transactions reach the driver
 //! in arrival order; a user with a delivery in flight is out of the ring until it ends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use mailpush_core::Transaction;
 use tokio::time::Instant;
@@ -26,23 +27,95 @@ pub struct Held {
     pub users: HashMap<String, VecDeque<Item>>,
     /// Users with items, in round-robin order.
     pub ring: VecDeque<String>,
+    /// Users with a delivery in flight (out of the ring until it ends).
+    in_flight: HashSet<String>,
     pub count: usize,
+    /// How old a transaction may get (`retry_max_age`); `None`: no limit.
+    max_age: Option<Duration>,
+    /// No transaction held is too old before this.
+    next_expiry: Option<Instant>,
 }
 
 impl Held {
-    /// Adds a transaction behind its user's others.
+    /// Held transactions expire once older than `max_age` ([`Held::expire`]).
+    pub fn with_max_age(max_age: Option<Duration>) -> Self {
+        Held {
+            max_age,
+            ..Held::default()
+        }
+    }
+
+    /// Adds a transaction (arriving now) behind its user's others.
     pub fn push(&mut self, txn: Arc<Transaction>) {
+        self.push_at(txn, Instant::now());
+    }
+
+    /// Adds a transaction the spool stored at `stored` behind its user's others: its age
+    /// counts from then.
+    pub fn push_stored(&mut self, txn: Arc<Transaction>, stored: SystemTime) {
+        let age = SystemTime::now().duration_since(stored).unwrap_or_default();
+        let now = Instant::now();
+        self.push_at(txn, now.checked_sub(age).unwrap_or(now));
+    }
+
+    fn push_at(&mut self, txn: Arc<Transaction>, arrived: Instant) {
+        if let Some(max) = self.max_age {
+            let at = arrived + max;
+            self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
+        }
         let q = self.users.entry(txn.user.clone()).or_default();
-        if q.is_empty() {
+        if q.is_empty() && !self.in_flight.contains(&txn.user) {
             self.ring.push_back(txn.user.clone());
         }
         q.push_back(Item {
             txn,
             attempts: Vec::new(),
             not_before: None,
-            arrived: Instant::now(),
+            arrived,
         });
         self.count += 1;
+    }
+
+    /// When the next held transaction becomes too old (`None`: none will).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.next_expiry
+    }
+
+    /// Removes and returns every transaction older than the max age that is not being
+    /// delivered — whatever holds it: a retry's wait, an open circuit, its user's earlier
+    /// transaction.
+    pub fn expire(&mut self, now: Instant) -> Vec<Item> {
+        let (Some(max), Some(next)) = (self.max_age, self.next_expiry) else {
+            return Vec::new();
+        };
+        if now < next {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut next_expiry: Option<Instant> = None;
+        for (user, q) in self.users.iter_mut() {
+            // The first of a user in flight is being delivered: not now.
+            let skip = usize::from(self.in_flight.contains(user));
+            let mut kept = VecDeque::with_capacity(q.len());
+            for (i, item) in q.drain(..).enumerate() {
+                if i >= skip && item.arrived + max <= now {
+                    out.push(item);
+                } else {
+                    let at = item.arrived + max;
+                    next_expiry = Some(next_expiry.map_or(at, |e| e.min(at)));
+                    kept.push_back(item);
+                }
+            }
+            *q = kept;
+        }
+        self.count -= out.len();
+        self.users
+            .retain(|u, q| !q.is_empty() || self.in_flight.contains(u));
+        let users = &self.users;
+        self.ring
+            .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
+        self.next_expiry = next_expiry;
+        out
     }
 
     /// Takes the next user whose oldest transaction is due and `allowed` out of the ring
@@ -62,6 +135,7 @@ impl Held {
         })?;
         let user = self.ring.remove(pos)?;
         let txn = self.users.get(&user)?.front()?.txn.clone();
+        self.in_flight.insert(user.clone());
         Some((user, txn))
     }
 
@@ -90,6 +164,7 @@ impl Held {
 
     /// Puts `user` back in the ring if more of theirs wait, else forgets them.
     pub fn requeue(&mut self, user: String) {
+        self.in_flight.remove(&user);
         if self.users.get(&user).is_some_and(|q| !q.is_empty()) {
             self.ring.push_back(user);
         } else {
@@ -145,6 +220,31 @@ mod tests {
             Some("a2".into())
         );
         assert_eq!(h.count, 4);
+    }
+
+    /// Old transactions expire whatever holds them — a retry's wait, or their user's
+    /// earlier transaction — except the one being delivered.
+    #[test]
+    fn old_transactions_expire_except_the_one_in_flight() {
+        let mut h = Held::with_max_age(Some(Duration::from_secs(10)));
+        h.push(txn("a", "a1"));
+        h.push(txn("a", "a2"));
+        h.push(txn("b", "b1"));
+        h.push_stored(txn("c", "c1"), SystemTime::now() - Duration::from_secs(9));
+        // After the pushes: every arrival is at or before t0.
+        let t0 = Instant::now();
+        assert!(h.expire(t0).is_empty(), "nothing old yet");
+        // a1 is out for delivery; a2 waits behind it.
+        assert_eq!(h.next_due(t0, |_| true).map(|(u, _)| u), Some("a".into()));
+        let later = t0 + Duration::from_secs(10);
+        let mut gone: Vec<String> = h.expire(later).iter().map(|i| i.txn.id.clone()).collect();
+        gone.sort();
+        assert_eq!(gone, ["a2", "b1", "c1"]);
+        assert_eq!(h.count, 1);
+        assert_eq!(h.next_due(later, |_| true), None, "a1 is still out");
+        h.pop("a");
+        h.requeue("a".into());
+        assert_eq!(h.count, 0);
     }
 
     /// Users whose transaction is not allowed now keep their place in the ring.

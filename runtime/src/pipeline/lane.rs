@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::held::Held;
+use super::held::{Held, Item};
 use super::hooks::{deliver, Outcome};
 use super::observer::{Delivery, DeliveryObserver};
 use super::overflow::Overflow;
@@ -72,7 +72,9 @@ pub async fn run(
 ) -> Vec<Arc<Transaction>> {
     let capacity = ctx.capacity.max(1);
     let concurrency = ctx.concurrency.max(1);
-    let mut held = Held::default();
+    // With the spool, held transactions expire after retry_max_age whatever holds them
+    // (without one a failure is final and nothing waits for a retry).
+    let mut held = Held::with_max_age(ctx.spool.is_some().then_some(ctx.policy.retry.max_age));
     let mut closed = false;
     // Deliveries carry the breaker epoch they started in: an outcome that arrives after
     // the breaker changed state (a delivery that was already out) does not count.
@@ -97,13 +99,13 @@ pub async fn run(
         // The queue is drained: read the backlog the spool keeps, if the queue overflowed
         // (in batches, once at least half the room is free).
         if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
-            for t in ctx
-                .overflow
-                .take(spool.as_ref(), ctx.number, capacity - held.count, || {
-                    rx.is_empty()
-                })
+            for (t, stored) in
+                ctx.overflow
+                    .take(spool.as_ref(), ctx.number, capacity - held.count, || {
+                        rx.is_empty()
+                    })
             {
-                held.push(t);
+                held.push_stored(t, stored);
             }
             if held.count == 0 && ctx.overflow.active() {
                 // The backlog could not be read: try again shortly.
@@ -135,6 +137,9 @@ pub async fn run(
             continue;
         }
         let now = Instant::now();
+        for item in held.expire(now) {
+            expired(&ctx, item);
+        }
         // Start deliveries: with the spool, none while the circuit is open and one probe
         // while it is half-open.
         let state = if ctx.spool.is_some() {
@@ -174,6 +179,8 @@ pub async fn run(
             } else {
                 held.earliest().unwrap_or(now)
             };
+            // Also when the next held transaction becomes too old.
+            let until = held.next_expiry().map_or(until, |e| e.min(until));
             wait(
                 &mut rx,
                 &ctx.overflow,
@@ -192,6 +199,7 @@ pub async fn run(
             .then(|| held.earliest())
             .flatten()
             .unwrap_or(now + std::time::Duration::from_secs(3600));
+        let next_due = held.next_expiry().map_or(next_due, |e| e.min(next_due));
         let finished = tokio::select! {
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
@@ -311,10 +319,17 @@ fn finish(
                 error: f.reason.clone(),
             });
             let attempt = item.attempts.len();
-            let retry = match &ctx.spool {
-                Some(_) if f.retryable && item.arrived.elapsed() < ctx.policy.retry.max_age => {
-                    ctx.policy.backoff(attempt, f.retry_after, &txn.id)
+            let too_old = item.arrived.elapsed() >= ctx.policy.retry.max_age;
+            if f.retryable && too_old && ctx.spool.is_some() {
+                // Retryable, but past retry_max_age: it expires like any held work.
+                if let Some(item) = held.pop(&user) {
+                    expired(ctx, item);
                 }
+                held.requeue(user);
+                return changed;
+            }
+            let retry = match &ctx.spool {
+                Some(_) if f.retryable => ctx.policy.backoff(attempt, f.retry_after, &txn.id),
                 _ => None,
             };
             match retry {
@@ -357,6 +372,41 @@ fn finish(
     }
     held.requeue(user);
     changed
+}
+
+/// A held transaction grew older than `retry_max_age` before it could be delivered: a
+/// dead letter, its reason saying so (after its last failure, if any).
+fn expired(ctx: &LaneContext, mut item: Item) {
+    let max = ctx.policy.retry.max_age;
+    let last = item
+        .attempts
+        .last()
+        .map(|a| format!(" (last attempt: {})", a.error))
+        .unwrap_or_default();
+    let reason = format!(
+        "expired: not delivered within retry_max_age={}{last}",
+        humantime::format_duration(max)
+    );
+    item.attempts.push(Attempt {
+        at: now(),
+        error: reason.clone(),
+    });
+    ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    ctx.stats.expired.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(txn = %item.txn.id, user = %item.txn.user, attempts = item.attempts.len() - 1, "dead-lettered: {reason}");
+    if let Some(spool) = &ctx.spool {
+        if let Err(e) = spool.dead_letter(&item.txn, ctx.number, &item.attempts) {
+            tracing::error!("cannot record the dead letter: {e}");
+        }
+    }
+    if let Some(o) = &ctx.observer {
+        o.delivered(&Delivery {
+            driver: ctx.number,
+            txn: item.txn,
+            outcome: Outcome::Failed(mailpush_core::Failure::permanent(reason)),
+        });
+    }
 }
 
 /// Waits until `until` or a new transaction arrives (when there is room).

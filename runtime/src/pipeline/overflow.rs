@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use mailpush_core::Transaction;
 use parking_lot::{Mutex, MutexGuard};
@@ -151,7 +152,8 @@ impl Overflow {
         state.active && (position >= state.cursor || state.missed.contains(&position))
     }
 
-    /// Lane side: up to `limit` transactions of the backlog, in position order. Reads
+    /// Lane side: up to `limit` transactions of the backlog, in position order, each with
+    /// when it was stored (its age counts from then). Reads
     /// nothing while `queue_empty` says the queue still holds transactions (checked under
     /// the lock ingest queues under, so those are never passed). Ends the overflow when
     /// nothing is left.
@@ -161,7 +163,7 @@ impl Overflow {
         driver: u32,
         limit: usize,
         queue_empty: impl Fn() -> bool,
-    ) -> Vec<Arc<Transaction>> {
+    ) -> Vec<(Arc<Transaction>, SystemTime)> {
         let mut state = self.lock();
         if !state.active || limit == 0 || !queue_empty() {
             return Vec::new();
@@ -177,8 +179,8 @@ impl Overflow {
                     state.hi = state.hi.max(position);
                     out.extend(
                         rows.into_iter()
-                            .filter(|(p, _)| *p == position)
-                            .map(|(_, t)| Arc::new(t)),
+                            .filter(|o| o.position == position)
+                            .map(|o| (Arc::new(o.txn), o.stored)),
                     )
                 }
                 Err(e) => {
@@ -197,11 +199,11 @@ impl Overflow {
                 tracing::info!(driver, "backlog read from the spool; queueing again");
             }
             Ok(rows) => {
-                if let Some((last, _)) = rows.last() {
-                    state.cursor = last + 1;
-                    state.hi = state.hi.max(*last);
+                if let Some(last) = rows.last() {
+                    state.cursor = last.position + 1;
+                    state.hi = state.hi.max(last.position);
                 }
-                out.extend(rows.into_iter().map(|(_, t)| Arc::new(t)));
+                out.extend(rows.into_iter().map(|o| (Arc::new(o.txn), o.stored)));
             }
             // Stay overflowing: the lane tries again on its next round.
             Err(e) => tracing::error!(driver, "cannot read the backlog from the spool: {e}"),
@@ -233,8 +235,8 @@ mod tests {
         (Arc::new(t), p)
     }
 
-    fn ids(v: &[Arc<Transaction>]) -> Vec<&str> {
-        v.iter().map(|t| t.id.as_str()).collect()
+    fn ids(v: &[(Arc<Transaction>, SystemTime)]) -> Vec<&str> {
+        v.iter().map(|(t, _)| t.id.as_str()).collect()
     }
 
     /// Offers in any order: nothing is read twice, nothing committed earlier is skipped,

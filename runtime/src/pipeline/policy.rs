@@ -61,7 +61,15 @@ impl DeliveryPolicy {
         {
             p.retry.schedule = schedule;
         }
-        if let Some(d) = args.take_duration("retry_max_age")? {
+        if let Some(d) = args.take_with(
+            "retry_max_age",
+            "a duration from 1s to 8760h (a year), e.g. 24h",
+            |v| {
+                units::parse_duration(v).filter(|d| {
+                    (Duration::from_secs(1)..=Duration::from_secs(8760 * 3600)).contains(d)
+                })
+            },
+        )? {
             p.retry.max_age = d;
         }
         p.breaker = crate::breaker::from_args(args)?;
@@ -74,11 +82,11 @@ impl DeliveryPolicy {
     }
 
     /// The same policy with nothing retried and no waiting: a failure is final (a dead
-    /// letter, with the spool), the breaker never opens. What `mailpush send` uses: it
-    /// delivers once and reports.
+    /// letter, with the spool), the breakers never open (so nothing is deferred). What
+    /// `mailpush send` uses: it delivers once and reports. (`retry_max_age` stays: a
+    /// transaction is delivered at once, long before it could expire.)
     pub fn once(mut self) -> Self {
         self.retry.schedule.clear();
-        self.retry.max_age = Duration::ZERO;
         self.breaker.min = usize::MAX;
         self
     }
@@ -161,7 +169,10 @@ mod tests {
     fn once_retries_nothing_and_never_breaks() {
         let p = DeliveryPolicy::default().once();
         assert_eq!(p.backoff(1, None, "t"), None);
-        assert_eq!(p.retry.max_age, Duration::ZERO);
         assert_eq!(p.breaker.min, usize::MAX);
+        assert!(
+            p.retry.max_age > Duration::ZERO,
+            "nothing may expire at once"
+        );
     }
 }

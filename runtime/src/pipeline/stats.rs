@@ -26,6 +26,8 @@ pub struct DriverStats {
     pub retried: AtomicU64,
     /// Transactions given up on (dead letters).
     pub dead_lettered: AtomicU64,
+    /// Of those, transactions that grew older than `retry_max_age` before delivery.
+    pub expired: AtomicU64,
     /// Circuit state ([`CircuitState::as_gauge`]).
     pub circuit: AtomicU8,
     /// Transactions the lane holds: being delivered or waiting for a retry.
@@ -84,6 +86,9 @@ pub struct DriverReport {
     pub retried: u64,
     /// Dead letters.
     pub dead_lettered: u64,
+    /// Of those, expired ones (older than `retry_max_age`).
+    #[serde(default)]
+    pub expired: u64,
     /// Circuit breaker state.
     pub circuit: CircuitState,
     /// Per-endpoint circuits of endpoints seen failing ([`Driver::endpoint_circuits`]).
@@ -155,6 +160,7 @@ impl DriverReport {
                 .collect(),
             retried: get(&stats.retried),
             dead_lettered: get(&stats.dead_lettered),
+            expired: get(&stats.expired),
             circuit: stats.circuit(),
             endpoints: driver.endpoint_circuits(),
             latency_buckets: stats.latency_buckets.iter().map(get).collect(),

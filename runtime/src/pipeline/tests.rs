@@ -19,9 +19,9 @@ use super::overflow::Overflow;
 use super::policy::DeliveryPolicy;
 use super::stats::DriverStats;
 use super::{Backpressure, Dispatcher, LoadedDriver, Outcome};
-use crate::config::Location;
 use crate::spool::sqlite::SqliteSpool;
 use crate::spool::Spool;
+use mailpush_config::Location;
 
 /// One call of the scripted driver.
 #[derive(Debug, Clone)]

@@ -41,6 +41,16 @@ pub struct DeadLetter {
     pub at: u64,
 }
 
+/// A transaction owed to a driver, as the spool holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owed {
+    /// Its spool position.
+    pub position: i64,
+    pub txn: Transaction,
+    /// When it was stored (its age counts from here: `retry_max_age`).
+    pub stored: SystemTime,
+}
+
 /// A transaction still owed to some drivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -72,14 +82,9 @@ pub trait Spool: Send + Sync {
     /// The spool position of a stored transaction (positions grow in ingest order).
     fn position(&self, txn_id: &str) -> Result<Option<i64>, SpoolError>;
     /// Up to `limit` transactions still owed to `driver` at position `from` or later, in
-    /// ingest order, each with its position (how an overflowing lane reads its backlog,
-    /// see [`crate::pipeline::overflow`]).
-    fn owed_from(
-        &self,
-        driver: u32,
-        from: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, Transaction)>, SpoolError>;
+    /// ingest order, each with its position and when it was stored (how an overflowing
+    /// lane reads its backlog, see [`crate::pipeline::overflow`]).
+    fn owed_from(&self, driver: u32, from: i64, limit: usize) -> Result<Vec<Owed>, SpoolError>;
     /// Dead letters, optionally of one driver.
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.
@@ -92,6 +97,26 @@ pub trait Spool: Send + Sync {
     fn flush(&self) -> Result<(), SpoolError> {
         self.append(&[], &[]).map(|_| ())
     }
+}
+
+/// Opens the spool of `settings` (`state_dir/spool.db`) when delivery is durable
+/// (`delivery = spool`, the default); `None` with `delivery = memory`.
+pub fn open(
+    settings: &mailpush_config::RuntimeSettings,
+) -> Result<Option<std::sync::Arc<dyn Spool>>, SpoolError> {
+    if !settings.durable {
+        return Ok(None);
+    }
+    let s = sqlite::SqliteSpool::open(&settings.spool_path(), settings.spool_quota)?;
+    Ok(Some(s))
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Unix seconds now.

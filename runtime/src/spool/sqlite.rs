@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use mailpush_core::Transaction;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now, Attempt, DeadLetter, Pending, Spool, SpoolError};
+use super::{now, now_ms, Attempt, DeadLetter, Owed, Pending, Spool, SpoolError};
 use crate::schema::Schema;
 
 fn storage(e: impl std::fmt::Display) -> SpoolError {
@@ -46,19 +46,21 @@ pub struct SqliteSpool {
 /// The spool's schema ([`crate::schema`]); WAL mode is set on open.
 const SCHEMA: Schema = Schema {
     what: "spool",
-    version: 1,
+    version: 2,
     create: "
 CREATE TABLE IF NOT EXISTS txns (
     seq  INTEGER PRIMARY KEY AUTOINCREMENT,
     id   TEXT NOT NULL UNIQUE,
     user TEXT NOT NULL,
     json TEXT NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    at   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS owed (
     seq      INTEGER NOT NULL,
     driver   INTEGER NOT NULL,
     replayed INTEGER NOT NULL DEFAULT 0,
+    since    INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (seq, driver)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead (
@@ -70,7 +72,10 @@ CREATE TABLE IF NOT EXISTS dead (
 );
 CREATE INDEX IF NOT EXISTS dead_seq ON dead (seq);
 ",
-    migrations: &[],
+    // 2: when each transaction was stored (unix ms; 0 for rows from version 1: unknown),
+    // and when a driver's dead letter was replayed (its age counts from then; 0: never).
+    migrations: &["ALTER TABLE txns ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+                   ALTER TABLE owed ADD COLUMN since INTEGER NOT NULL DEFAULT 0;"],
 };
 
 fn open_conn(path: &Path) -> Result<Connection, SpoolError> {
@@ -136,7 +141,19 @@ impl SqliteSpool {
     /// either way the replayed marks are cleared: what is returned is being delivered.
     fn owed(&self, only_replayed: bool) -> Result<Vec<Pending>, SpoolError> {
         let mut conn = self.reader.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        // The daemon asks every second: take the write lock only when there is something.
+        if only_replayed {
+            let any: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM owed WHERE replayed = 1)")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .map_err(storage)?;
+            if !any {
+                return Ok(Vec::new());
+            }
+        }
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         let rows = {
             let mut stmt = tx
                 .prepare(
@@ -215,9 +232,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                         for (id, user, json) in rows {
                             let inserted = tx
                                 .prepare_cached(
-                                    "INSERT OR IGNORE INTO txns (id, user, json, size) VALUES (?1, ?2, ?3, ?4)",
+                                    "INSERT OR IGNORE INTO txns (id, user, json, size, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                                 )?
-                                .execute(params![id, user, json, json.len() as i64])?;
+                                .execute(params![id, user, json, json.len() as i64, now_ms() as i64])?;
                             // A repeated id (a client retrying) is accepted once.
                             if inserted == 0 {
                                 these.push(None);
@@ -367,28 +384,37 @@ impl Spool for SqliteSpool {
         Ok(position)
     }
 
-    fn owed_from(
-        &self,
-        driver: u32,
-        from: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, Transaction)>, SpoolError> {
+    fn owed_from(&self, driver: u32, from: i64, limit: usize) -> Result<Vec<Owed>, SpoolError> {
         let conn = self.reader.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT t.seq, t.json FROM owed o JOIN txns t ON t.seq = o.seq \
+                "SELECT t.seq, t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
                  WHERE o.driver = ?1 AND o.seq >= ?2 ORDER BY o.seq LIMIT ?3",
             )
             .map_err(storage)?;
         let rows = stmt
             .query_map(params![driver, from, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })
             .map_err(storage)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         rows.into_iter()
-            .map(|(seq, json)| Ok((seq, Transaction::from_json(&json).map_err(storage)?)))
+            .map(|(seq, json, at)| {
+                Ok(Owed {
+                    position: seq,
+                    txn: Transaction::from_json(&json).map_err(storage)?,
+                    // Rows from before the time was kept: as if stored now.
+                    stored: match at {
+                        0 => std::time::SystemTime::now(),
+                        ms => std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+                    },
+                })
+            })
             .collect()
     }
 
@@ -425,11 +451,14 @@ impl Spool for SqliteSpool {
 
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
         let mut conn = self.reader.lock();
-        let tx = conn.transaction().map_err(storage)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
         let filter = "(?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)";
         tx.execute(
-            &format!("INSERT OR IGNORE INTO owed (seq, driver, replayed) SELECT seq, driver, 1 FROM dead WHERE {filter}"),
-            params![id, driver],
+            // A replayed transaction is owed anew: its age (retry_max_age) counts from now.
+            &format!("INSERT OR IGNORE INTO owed (seq, driver, replayed, since) SELECT seq, driver, 1, ?3 FROM dead WHERE {filter}"),
+            params![id, driver, super::now_ms() as i64],
         )
         .map_err(storage)?;
         let n = tx
@@ -533,8 +562,54 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].txn.id, "a");
         assert!(s.take_replayed().unwrap().is_empty());
+        // A replayed transaction's age (retry_max_age) counts from its replay, not from
+        // when it was first stored.
+        let conn = s.reader.lock();
+        conn.execute("UPDATE txns SET at = 1000", []).unwrap();
+        drop(conn);
+        let owed = s.owed_from(3, 0, 10).unwrap();
+        assert_eq!(owed.len(), 1);
+        let age = std::time::SystemTime::now()
+            .duration_since(owed[0].stored)
+            .unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
         assert_eq!(s.purge(None, Some(3)).unwrap(), 1);
         assert!(s.dead_letters(None).unwrap().is_empty());
+    }
+
+    /// The replay poller and `mailpush dlq` read and write beside ingest's writer: under
+    /// contention they wait their turn (busy timeout, write transactions taken up
+    /// front), never fail with "database is locked".
+    #[test]
+    fn readers_and_writer_never_fail_on_contention() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let s = SqliteSpool::open(&path, 1 << 30).unwrap();
+        // A second handle, as `mailpush dlq` in another process has.
+        let other = SqliteSpool::open(&path, 1 << 30).unwrap();
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for b in 0..200 {
+                    let batch: Vec<Transaction> = (0..10)
+                        .map(|i| txn(&format!("t{b}-{i}"), &format!("u{i}")))
+                        .collect();
+                    s.append(&batch, &[1, 2]).unwrap();
+                    s.dead_letter(&batch[0], 1, &[]).unwrap();
+                    s.complete(&batch[1].id, 1).unwrap();
+                }
+            })
+        };
+        let mut rounds = 0;
+        while !writer.is_finished() {
+            s.take_replayed().unwrap();
+            other.replay(None, Some(1)).unwrap();
+            other.owed_from(2, 0, 50).unwrap();
+            other.purge(None, Some(3)).unwrap();
+            rounds += 1;
+        }
+        writer.join().unwrap();
+        assert!(rounds > 0);
     }
 
     #[test]

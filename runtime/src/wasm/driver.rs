@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use mailpush_core::{
@@ -37,7 +37,13 @@ struct WasmInner {
     instances: Instances,
     policy: HttpPolicy,
     stats: WasmStats,
+    /// Log lines dropped and not reported yet, and when the last report went out: one
+    /// warning per driver per [`DROP_REPORT_EVERY`], not one per transaction.
+    drops: parking_lot::Mutex<(u64, Option<Instant>)>,
 }
+
+/// How often a driver's dropped log lines are reported at most.
+const DROP_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A wasm component driver.
 pub struct WasmDriver(Arc<WasmInner>);
@@ -93,6 +99,7 @@ impl WasmDriver {
             instances,
             policy,
             stats: WasmStats::default(),
+            drops: parking_lot::Mutex::new((0, None)),
         });
         // Probe: the component's own init must accept its arguments now, not at the
         // first transaction — within init_timeout_msecs.
@@ -161,25 +168,38 @@ impl WasmInner {
         f
     }
 
-    /// Ends the transaction's log budget, reporting the lines it dropped.
+    /// Ends the transaction's log budget; the lines it dropped are counted and reported
+    /// at most once per [`DROP_REPORT_EVERY`] (the rest at the next report or at deinit).
     fn finish_log(&self, store: &mut Store<HostState>, txn: &Transaction) {
-        let mut log = store.data().log.lock();
-        let dropped = log.end_transaction();
-        if dropped > 0 {
-            self.stats
-                .log_lines_dropped
-                .fetch_add(u64::from(dropped), std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
-                driver = self.tag.number,
-                name = %self.tag.name,
-                txn = %txn.id,
-                "{} log lines dropped (max_log_lines={} per transaction; log_lines_per_sec={} log_burst={} per driver)",
-                dropped,
-                log.max,
-                self.sandbox.log.log_lines_per_sec,
-                self.sandbox.log.log_burst
-            );
+        let (dropped, max) = {
+            let mut log = store.data().log.lock();
+            (log.end_transaction(), log.max)
+        };
+        if dropped == 0 {
+            return;
         }
+        self.stats
+            .log_lines_dropped
+            .fetch_add(u64::from(dropped), std::sync::atomic::Ordering::Relaxed);
+        let mut drops = self.drops.lock();
+        drops.0 += u64::from(dropped);
+        if drops.1.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY) {
+            self.report_drops(drops.0, max, Some(txn));
+            *drops = (0, Some(Instant::now()));
+        }
+    }
+
+    fn report_drops(&self, n: u64, max: u32, txn: Option<&Transaction>) {
+        tracing::warn!(
+            driver = self.tag.number,
+            name = %self.tag.name,
+            txn = txn.map(|t| t.id.as_str()).unwrap_or("-"),
+            "{} log lines dropped (max_log_lines={} per transaction; log_lines_per_sec={} log_burst={} per driver)",
+            n,
+            max,
+            self.sandbox.log.log_lines_per_sec,
+            self.sandbox.log.log_burst
+        );
     }
 
     /// Clears what a delivered transaction left in the outbound bookkeeping.
@@ -247,6 +267,11 @@ impl Driver for WasmDriver {
 
     async fn deinit(&self) {
         self.0.instances.clear();
+        let pending = std::mem::take(&mut self.0.drops.lock().0);
+        if pending > 0 {
+            let inner = &self.0;
+            inner.report_drops(pending, inner.sandbox.log.max_log_lines, None);
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -359,15 +384,9 @@ impl DriverTxn for WasmTxn {
                 Ok(())
             }
             Ok(Err(f)) => {
-                let failure = Failure {
-                    reason: reason(f.reason),
-                    retryable: f.retryable,
-                    // Bounded: a driver cannot park a transaction for more than an hour.
-                    retry_after: f
-                        .retry_after_ms
-                        .map(|ms| Duration::from_millis(ms.min(3_600_000))),
-                    deferred: false,
-                };
+                // Escaped and bounded: a driver cannot park a transaction for more than an
+                // hour.
+                let failure = Failure::from_driver(&f.reason, f.retryable, f.retry_after_ms);
                 // Deferred: the guest gave up because an endpoint's circuit is open and no
                 // request it really sent failed. That is the breaker's business: retry
                 // when the circuit lets a probe through, without counting an attempt or

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use mailpush_core::text::{cap, escape_controls};
 use mailpush_core::{DriverArgs, InitError};
 use parking_lot::Mutex;
 
@@ -164,44 +165,6 @@ pub fn admit(log: &SharedLog) -> bool {
     log.lock().admit()
 }
 
-/// `text` with every control character written as an escape (`\n`, `\r`, `\t`,
-/// `\u{1b}`, …, also DEL, NEL and the Unicode line and paragraph separators): what a
-/// driver writes can never start a line of its own in mailpush's log, nor steer a
-/// terminal.
-pub fn escape_controls(text: &str) -> String {
-    if !text.chars().any(needs_escape) {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if needs_escape(c) => out.push_str(&c.escape_unicode().to_string()),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
-}
-
-/// Cuts `text` to `max` bytes (on a character boundary), marking the cut.
-pub fn cap(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("…[truncated]");
-    }
-    text
-}
-
 /// Writes one line the guest logged, if its budget admits it.
 pub fn guest_line(
     tag: &DriverTag,
@@ -263,15 +226,6 @@ mod tests {
         assert_eq!((b.written, b.dropped), (2, 3));
         assert_eq!(b.end_transaction(), 3);
         assert_eq!((b.written, b.dropped), (0, 0));
-    }
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("plain text ä"), "plain text ä");
-        assert_eq!(
-            escape_controls("a\nb\r\tc\u{1b}[31m\u{7f}\u{85}\u{2028}"),
-            "a\\nb\\r\\tc\\u{1b}[31m\\u{7f}\\u{85}\\u{2028}"
-        );
     }
 
     #[test]

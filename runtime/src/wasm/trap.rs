@@ -9,17 +9,13 @@ use wasmtime::component::ResourceTableError;
 use wasmtime::Trap;
 
 use super::limits::Limits;
-use super::log::{cap, escape_controls};
 use super::state::HostState;
 use super::stats::WasmStats;
 
-/// The longest failure reason kept.
-pub const MAX_REASON: usize = 1024;
-
 /// A failure reason that may carry a driver's words: control characters escaped (it
-/// is logged), cut to [`MAX_REASON`] bytes.
+/// is logged), cut ([`Failure::untrusted_reason`]).
 pub fn reason(s: String) -> String {
-    escape_controls(&cap(s, MAX_REASON))
+    Failure::untrusted_reason(&s)
 }
 
 /// What a host error comes down to: its root cause (a WASI exit, a host function's

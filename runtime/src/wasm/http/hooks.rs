@@ -115,12 +115,12 @@ impl OutboundHttp {
     }
 }
 
-/// Whether a response status counts against the endpoint's circuit: server errors,
-/// request timeouts and rate limiting — the endpoint is unwell or asks for less.
+/// Whether a response status counts against the endpoint's circuit, by mailpush's one
+/// classification of HTTP failures: server errors, request timeouts and rate limiting —
+/// the endpoint is unwell or asks for less.
 fn status_is_failure(status: http::StatusCode) -> bool {
-    status.is_server_error()
-        || status == http::StatusCode::REQUEST_TIMEOUT
-        || status == http::StatusCode::TOO_MANY_REQUESTS
+    mailpush_http_failure::status(status.as_u16(), None, std::time::SystemTime::now())
+        .is_some_and(|c| c.counts_against_endpoint())
 }
 
 /// Completion of a response's I/O.
@@ -226,7 +226,7 @@ impl WasiHttpHooks for OutboundHttp {
         if scheme != Some(Scheme::HTTP) && scheme != Some(Scheme::HTTPS) {
             return self.refuse(
                 format!("{uri}: only http and https are allowed"),
-                Error::HttpProtocolError,
+                Error::HttpRequestDenied,
             );
         }
         let Some(host) = uri
@@ -381,7 +381,11 @@ impl WasiHttpHooks for OutboundHttp {
             // Policy refusals never reached the endpoint; everything else is its outcome.
             let ok = match &result {
                 Ok((resp, _)) => Some(!status_is_failure(resp.status())),
-                Err(Error::DestinationIpProhibited | Error::ConnectionLimitReached) => None,
+                Err(
+                    Error::DestinationIpProhibited
+                    | Error::ConnectionLimitReached
+                    | Error::HttpRequestBodySize(_),
+                ) => None,
                 Err(_) => Some(false),
             };
             if let Some(ok) = ok {

@@ -1,4 +1,4 @@
-//! The config file, in Dovecot's syntax: `plugin { push_notification_driver = … }` lines
+//! mailpush's config file, in Dovecot's syntax: `plugin { push_notification_driver = … }` lines
 //! work verbatim; mailpush's own settings live in a `mailpush { }` block.
 //!
 //! - [`syntax`]: Dovecot's syntax read into raw settings (blocks, comments, quotes,
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use numbering::DriverSetting;
-pub use settings::RuntimeSettings;
+pub use settings::{ConnectionLimits, RuntimeSettings};
 
 /// A config that does not load: its errors, with the warnings and the driver settings
 /// found despite them ([`Config::load_for_check`]).

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use mailpush_core::units;
 
@@ -46,6 +47,31 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "most bytes of request bodies ingest reads at once (by Content-Length, else max_body each); beyond it, requests get 503 with Retry-After: 1",
     ),
     (
+        "header_timeout_msecs",
+        "10000",
+        "an ingest connection that has begun a request must send its whole request head (line and headers) within this long, else it is cut",
+    ),
+    (
+        "idle_timeout_msecs",
+        "60000",
+        "an ingest connection that sends nothing for this long between requests (keep-alive, or right after connecting) is closed",
+    ),
+    (
+        "body_timeout_msecs",
+        "30000",
+        "a request body must arrive whole within this long of its request head; a slower one gets 408 and its connection is cut",
+    ),
+    (
+        "max_connections",
+        "1024",
+        "most ingest connections open at once (lowered to fit the open-files limit); at the cap a new connection replaces the longest-idle one, or is refused when every connection is busy",
+    ),
+    (
+        "max_connections_per_peer",
+        "512",
+        "most ingest connections open at once from one IP address (the unix socket is not limited), with the same replacement rule",
+    ),
+    (
         "shutdown_timeout_msecs",
         "30000",
         "on SIGTERM, how long queued work may take to drain before mailpush exits",
@@ -85,6 +111,8 @@ pub struct RuntimeSettings {
     /// Most bytes of request bodies being read at once.
     pub max_inflight: usize,
     pub shutdown_timeout: std::time::Duration,
+    /// Timeouts and caps on ingest connections.
+    pub connections: ConnectionLimits,
     /// Durable spool (true, default) or memory-only delivery.
     pub durable: bool,
     pub spool_quota: u64,
@@ -104,9 +132,36 @@ impl Default for RuntimeSettings {
             max_body: 10 << 20,
             max_inflight: 64 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
             durable: true,
             spool_quota: 1 << 30,
             wasm_host_memory: None,
+        }
+    }
+}
+
+/// Timeouts and caps on ingest connections: what keeps stalled, idle or too many
+/// clients from holding ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte to its complete head.
+    pub header_timeout: Duration,
+    /// Silence allowed between requests (and before the first).
+    pub idle_timeout: Duration,
+    /// From a request's head to its complete body.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_connections_per_peer: 512,
         }
     }
 }
@@ -115,26 +170,6 @@ impl RuntimeSettings {
     /// The spool database path.
     pub fn spool_path(&self) -> PathBuf {
         self.state_dir.join("spool.db")
-    }
-
-    /// The METADATA store (`state_dir/metadata.db`).
-    pub fn open_metadata(
-        &self,
-    ) -> Result<std::sync::Arc<crate::metadata_store::MetadataStore>, mailpush_core::MetadataError>
-    {
-        crate::metadata_store::MetadataStore::open(&self.state_dir.join("metadata.db"))
-            .map(std::sync::Arc::new)
-    }
-
-    /// Opens the spool when delivery is durable.
-    pub fn open_spool(
-        &self,
-    ) -> Result<Option<std::sync::Arc<dyn crate::spool::Spool>>, crate::spool::SpoolError> {
-        if !self.durable {
-            return Ok(None);
-        }
-        let s = crate::spool::sqlite::SqliteSpool::open(&self.spool_path(), self.spool_quota)?;
-        Ok(Some(s))
     }
 
     /// Builds the settings from the block's `key = value` lines.
@@ -197,6 +232,31 @@ impl RuntimeSettings {
                         _ => fail("expected a size, e.g. `64M`".into()),
                     }
                 }
+                "header_timeout_msecs" | "idle_timeout_msecs" | "body_timeout_msecs" => {
+                    match units::parse_msecs(&value) {
+                        Some(d) if !d.is_zero() => {
+                            let c = &mut s.connections;
+                            *match key.as_str() {
+                                "header_timeout_msecs" => &mut c.header_timeout,
+                                "idle_timeout_msecs" => &mut c.idle_timeout,
+                                _ => &mut c.body_timeout,
+                            } = d;
+                        }
+                        _ => {
+                            fail("expected a positive number of milliseconds, e.g. `10000`".into())
+                        }
+                    }
+                }
+                "max_connections" | "max_connections_per_peer" => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => {
+                        if key == "max_connections" {
+                            s.connections.max_connections = n;
+                        } else {
+                            s.connections.max_connections_per_peer = n;
+                        }
+                    }
+                    _ => fail("expected a positive number of connections, e.g. `1024`".into()),
+                },
                 "shutdown_timeout_msecs" => match units::parse_msecs(&value) {
                     Some(d) => s.shutdown_timeout = d,
                     None => fail("expected milliseconds, e.g. `30000`".into()),

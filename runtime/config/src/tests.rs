@@ -1,16 +1,12 @@
 //! Config parsing: Dovecot's driver numbering and value syntax (dovecot-push.md §2),
 //! the file syntax (blocks, comments, quotes, includes), every error with its place
-//! and text, the `mailpush { }` block, and driver initialisation by the registry.
+//! and text, the `mailpush { }` block.
 
 use super::*;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-
-use mailpush_core::NoMetadata;
 
 use super::settings::SETTINGS;
-use crate::registry::DriverRegistry;
 
 const CONF: &str = "/etc/mailpush/mailpush.conf";
 
@@ -1093,93 +1089,4 @@ fn a_block_needs_a_name() {
 fn empty_state_dir_is_an_error() {
     let e = error("mailpush {\n  state_dir =\n}\n");
     assert_error(&e, 2, "state_dir = ", &["state_dir needs a path"]);
-}
-
-// ---------------------------------------------------------------------------------
-// The registry: initialising the configured drivers
-// ---------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn unknown_driver_names_number_setting_and_known_drivers() {
-    let c = parse(&plugin(
-        "push_notification_driver = dlog\npush_notification_driver2 = NoSuch:x=1",
-    ));
-    let registry = DriverRegistry::default();
-    let Err((loaded, errs)) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
-        panic!("an unknown driver was accepted");
-    };
-    assert_eq!(loaded.len(), 1);
-    assert_eq!(loaded[0].number, 1);
-    assert_eq!(errs.len(), 1);
-    let e = &errs[0];
-    assert_eq!(e.location, at(3));
-    assert_eq!(e.text, "push_notification_driver2 = NoSuch:x=1");
-    assert!(
-        e.message.contains(
-            "driver 2 (push_notification_driver2): unknown push notification driver `NoSuch`"
-        ),
-        "{e}"
-    );
-    let names = registry.names();
-    assert!(names.contains(&"dlog"), "{names:?}");
-    assert!(
-        e.message
-            .contains(&format!("known drivers: {}", names.join(", "))),
-        "{e}"
-    );
-}
-
-#[tokio::test]
-async fn driver_names_match_case_insensitively_and_keep_their_case() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("dlog.log");
-    let c = parse(&plugin(&format!(
-        "push_notification_driver = DLOG:file={}",
-        file.display()
-    )));
-    let registry = DriverRegistry::default();
-    let Ok(loaded) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
-        panic!("DLOG was not accepted");
-    };
-    assert_eq!(loaded.len(), 1);
-    assert_eq!(loaded[0].number, 1);
-    assert_eq!(loaded[0].name, "DLOG");
-    assert_eq!(loaded[0].kind, "native");
-    assert_eq!(loaded[0].args_display, format!("file={}", file.display()));
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap(),
-        format!(
-            "Called init push_notification plugin hook.\n\
-             Config string for dlog push_notification driver: file={}\n",
-            file.display()
-        )
-    );
-}
-
-#[tokio::test]
-async fn dlog_with_a_file_in_a_missing_directory_fails_init() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("missing/dlog.log");
-    let c = parse(&plugin(&format!(
-        "push_notification_driver = dlog\npush_notification_driver2 = DLog:file={}",
-        file.display()
-    )));
-    let registry = DriverRegistry::default();
-    let Err((loaded, errs)) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
-        panic!("init succeeded with {}", file.display());
-    };
-    assert_eq!(loaded.len(), 1);
-    assert_eq!(errs.len(), 1);
-    let e = &errs[0];
-    assert_eq!(e.location, at(3));
-    assert_eq!(
-        e.text,
-        format!("push_notification_driver2 = DLog:file={}", file.display())
-    );
-    assert!(
-        e.message.contains("driver 2 (DLog) failed to initialise"),
-        "{e}"
-    );
-    assert!(e.message.contains("cannot open"), "{e}");
-    assert!(e.message.contains(&file.display().to_string()), "{e}");
 }

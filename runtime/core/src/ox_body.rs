@@ -1,9 +1,10 @@
 //! The body Dovecot's own ox driver sends (`PUT /preliminary/http-notify/v1/notify`),
 //! read into a MessageNew transaction, so an existing `ox:url=` can point at mailpush.
 
-use mailpush_core::event::NewMessage;
-use mailpush_core::{Event, Transaction};
 use serde_json::Value;
+
+use crate::event::{Event, NewMessage};
+use crate::transaction::Transaction;
 
 /// Turns the body Dovecot's ox driver sends into a MessageNew transaction.
 pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
