@@ -2,18 +2,37 @@
 --
 -- Collects every event of a transaction with every field Dovecot gives the Lua driver,
 -- adds the INBOX unseen count and the user's /private/vendor/vendor.dovecot/http-notify
--- METADATA when available, and POSTs the transaction (mailpush's canonical JSON) to
--- mailpush at end_txn. Mail delivery never waits long or fails because mailpush is
--- down: one attempt with a short timeout; errors are logged and the mail goes on.
+-- METADATA when available, and hands the transaction (mailpush's canonical JSON) to
+-- mailpush at end_txn.
+--
+-- The hand-off (default): the transaction is written to a file in mailpush's
+-- `handoff_dir` (a temporary name, then renamed: a local write, never a wait on
+-- mailpush). mailpush reads the files oldest first, also those written while it was
+-- stopped, stalled or restarting, and removes each once persisted. Nothing is lost and
+-- mail never waits for mailpush.
 --
 -- plugin {
 --   push_notification_driver = lua:file=/etc/dovecot/mailpush.lua
---   mailpush_url = http://127.0.0.1:8025/v1/transactions   # default
---   mailpush_timeout_msecs = 500                            # default
+--   mailpush_handoff_dir = /var/lib/mailpush/handoff       # default; = mailpush's handoff_dir
+-- }
+--
+-- Or, without a shared directory (mailpush on another host), a POST per transaction:
+-- mail then waits up to the timeout when mailpush is stalled, and the transaction is
+-- lost (logged) when mailpush is down or stalled.
+--
+-- plugin {
+--   mailpush_handoff_dir = none                               # POST instead
+--   mailpush_url = http://127.0.0.1:8025/v1/transactions    # default
+--   mailpush_timeout_msecs = 500                             # default
 --   mailpush_token = <contents of mailpush's ingest_token_file>  # if set there
 -- }
 
 local METADATA_KEY = "/private/vendor/vendor.dovecot/http-notify"
+local DEFAULT_HANDOFF_DIR = "/var/lib/mailpush/handoff"
+
+-- Transactions handed off by this process: with the session id, each one's unique id
+-- and file name.
+local handed_off = 0
 
 local function log_error(msg)
   if dovecot.i_error then dovecot.i_error("mailpush: " .. msg) end
@@ -169,15 +188,53 @@ function dovecot_lua_notify_end_txn(ctx, success)
       end
     end
   end
+  handed_off = handed_off + 1
+  -- Unique per transaction: the session id (unique per process and login or delivery)
+  -- and a counter. mailpush stores a repeated id once.
+  local session = tostring(ctx.user.session_id or tostring({}):gsub("^table: ", ""))
+  local name = session:gsub("[^%w_-]", "_") .. "-" .. string.format("%010d", handed_off)
   local events = {}
   for i, e in ipairs(ctx.events) do events[i] = json_event(e) end
-  local body = '{"user":' .. json_string(ctx.username) .. ',"events":[' .. table.concat(events, ",") .. "]"
+  local body = '{"id":' .. json_string("dovecot-" .. name) .. ',"user":' .. json_string(ctx.username)
+    .. ',"events":[' .. table.concat(events, ",") .. "]"
   if ctx.http_notify ~= nil then
     body = body .. ',"metadata":{' .. json_string(METADATA_KEY) .. ":" .. json_string(ctx.http_notify) .. "}"
   end
   body = body .. "}"
 
+  -- The hand-off, unless mailpush_handoff_dir is `none` (a userdb field cannot be
+  -- empty), or unset while mailpush_url is set (configurations from before the hand-off
+  -- existed keep their POST).
+  local dir = ctx.user:plugin_getenv("mailpush_handoff_dir")
   local url = ctx.user:plugin_getenv("mailpush_url")
+  if dir == nil or dir == "" then
+    if url == nil or url == "" then dir = DEFAULT_HANDOFF_DIR else dir = "none" end
+  end
+  if dir ~= "none" then
+    -- Written under a hidden name, then renamed: mailpush only reads whole files.
+    local tmp = dir .. "/." .. name .. ".tmp"
+    local final = dir .. "/" .. name .. ".json"
+    local f, err = io.open(tmp, "w")
+    if f == nil then
+      log_error("cannot hand off to " .. dir .. ": " .. tostring(err))
+      return
+    end
+    local wok, werr = f:write(body, "\n")
+    local cok, cerr = f:close()
+    if not wok or not cok then
+      os.remove(tmp)
+      log_error("cannot hand off to " .. dir .. ": " .. tostring(werr or cerr))
+      return
+    end
+    local rok, rerr = os.rename(tmp, final)
+    if not rok then
+      os.remove(tmp)
+      log_error("cannot hand off to " .. dir .. ": " .. tostring(rerr))
+    end
+    return
+  end
+
+  -- The POST.
   if url == nil or url == "" then url = "http://127.0.0.1:8025/v1/transactions" end
   -- Milliseconds, whole (the HTTP client refuses fractions); never 0, which would mean
   -- Dovecot's default request timeout of a minute.

@@ -149,10 +149,10 @@ impl DriverRegistry {
                 setting.raw,
                 hashes.join(",")
             ),
+            policy: policy.with_driver_defaults(initialised.driver.freshness()),
             driver: initialised.driver,
             warnings: initialised.warnings,
             details: initialised.details,
-            policy,
         })
     }
 

@@ -92,6 +92,7 @@ mod tests {
                 retried: 4,
                 dead_lettered: 1,
                 expired: 0,
+                skipped_ahead: 0,
                 circuit: CircuitState::HalfOpen,
                 endpoints: vec![EndpointCircuit {
                     endpoint: "https://hooks.example.com:443".into(),

@@ -776,3 +776,110 @@ async fn held_transactions_expire_into_the_dlq_and_replay_delivers_them() {
     let status = d.stop();
     assert!(status.success(), "{status:?}");
 }
+
+/// `hold_max`: a user's later transaction waits at most this long behind an earlier one
+/// that failed and waits for a retry; then the earlier one is a dead letter ("skipped")
+/// and the later one goes — other users are untouched, and without `hold_max` the order
+/// is strict.
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_max_lets_a_later_transaction_skip_ahead() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::status(500)]);
+    let s = setup(&[(server.url("/h"), "retry=1h hold_max=200ms")]).await;
+    s.dispatcher
+        .accept(vec![txn("u@x", "first")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    server.wait_for(1, Duration::from_secs(10)).await;
+    let sent = Instant::now();
+    s.dispatcher
+        .accept(vec![txn("u@x", "second")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    let got = server.wait_for(2, Duration::from_secs(10)).await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(200),
+        "not before hold_max"
+    );
+    assert_eq!(ids(&got), ["first", "second"]);
+    finished(&s.dispatcher, 0, 2).await;
+    settle(&s.spool);
+    let r = &s.dispatcher.reports()[0];
+    assert_eq!(
+        (r.delivered, r.dead_lettered, r.skipped_ahead),
+        (1, 1, 1),
+        "{r:?}"
+    );
+    let dead = s.spool.dead_letters(None).unwrap();
+    assert_eq!(dead[0].txn.id, "first");
+    let last = &dead[0].attempts.last().unwrap().error;
+    assert!(
+        last.starts_with("skipped: a later transaction of the user waited hold_max=200ms behind it (last attempt: webhook answered 500"),
+        "{last}"
+    );
+}
+
+/// ox's freshness (its defaults: `hold_max=0s`, `retry_max_age=2m`): a notification
+/// whose push timed out does not hold back the user's next one — that one is pushed at
+/// once, and the stale one is a dead letter ("skipped"), counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn ox_pushes_the_next_notification_past_one_that_timed_out() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::Hang]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = ox:url={} timeout_msecs=300 max_retries=0\n}}\n",
+            server.url("/preliminary/http-notify/v1/notify")
+        ),
+    );
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    assert_eq!(loaded[0].policy.hold_max, Some(Duration::ZERO));
+    assert_eq!(loaded[0].policy.retry.max_age, Duration::from_secs(120));
+    let spool = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+    let d = Dispatcher::start_with_spool(loaded, 64, None, Some(spool.clone() as Arc<dyn Spool>));
+    let new_mail = |id: &str, uid: u32| {
+        Transaction::from_json(&format!(
+            r#"{{"id":"{id}","user":"u@x","events":[{{"name":"MessageNew","mailbox":"INBOX","uid":{uid},"uid_validity":7}}],"metadata":{{"/private/vendor/vendor.dovecot/http-notify":"user=u@x"}}}}"#
+        ))
+        .unwrap()
+    };
+    d.accept(vec![new_mail("stale", 1)], Backpressure::Refuse)
+        .await
+        .unwrap();
+    // The first push hangs and times out (300 ms): a retry would come in 5 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.reports()[0].retried == 0 {
+        assert!(Instant::now() < deadline, "{:?}", d.reports()[0]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Instant::now();
+    d.accept(vec![new_mail("fresh", 2)], Backpressure::Refuse)
+        .await
+        .unwrap();
+    let got = server.wait_for(2, Duration::from_secs(10)).await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "the next push waited {:?}",
+        sent.elapsed()
+    );
+    assert!(
+        got[1].body_text().contains("\"imap-uid\":2"),
+        "{}",
+        got[1].body_text()
+    );
+    finished(&d, 0, 2).await;
+    settle(&spool);
+    let r = &d.reports()[0];
+    assert_eq!((r.delivered, r.skipped_ahead), (1, 1), "{r:?}");
+    let dead = spool.dead_letters(None).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].txn.id, "stale");
+    let last = &dead[0].attempts.last().unwrap().error;
+    assert!(
+        last.starts_with("skipped: a later transaction of the user waited hold_max=0s behind it (last attempt: Error when sending notification: Request timed out"),
+        "{last}"
+    );
+    d.shutdown().await;
+}

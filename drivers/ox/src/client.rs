@@ -4,11 +4,16 @@
 //! Retry policy, as Dovecot 2.3's HTTP client applies it with `max_attempts =
 //! max_retries + 1` (the decision is [`judge`], a pure function):
 //! - retried: a per-attempt timeout, a connection lost while the request was pending,
-//!   408, and 503 whose `Retry-After` lies between now and `timeout_msecs / 1000` seconds
-//!   ahead (Dovecot waits until then; a later or past Retry-After, or none, is not
-//!   retried);
-//! - not retried: any other status, a failed connect (refused, unreachable, TLS, connect
-//!   timeout — Dovecot's `max_connect_attempts` is unset), a redirect (refused).
+//!   408;
+//! - not retried: any other status — 503 too, with or without `Retry-After` (checked
+//!   against Dovecot 2.3.19.1, which did not retry a 503 with `Retry-After: 0`, `1` or
+//!   `3` at `timeout_msecs=3000 max_retries=3`, although its source reads as if it
+//!   would); a failed connect (refused, unreachable, TLS, connect timeout — Dovecot's
+//!   `max_connect_attempts` is unset); a redirect (refused).
+//!
+//! On the wire the request is Dovecot's byte for byte except the Date value (see
+//! `OxClient::request`; captured bytes in `drivers/ox/tests/dovecot-requests/`), with one
+//! Date per notification, kept across its retries as Dovecot does.
 //!
 //! Beyond Dovecot: a short exponential backoff between attempts, a `Failure` that tells
 //! the spool whether a later retry may help, counters, and the password never logged.
@@ -16,10 +21,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Uri};
 use mailpush_core::backoff::Exponential;
 use mailpush_core::Failure;
 
 use crate::config::OxConfig;
+use crate::pool::{Conn, Pool};
 
 /// Counters (exposed as driver metrics by [`crate::OxDriver`]).
 #[derive(Debug, Default)]
@@ -199,10 +210,6 @@ fn judge_dovecot(attempt: &Attempt, timeout_msecs: u32, now: SystemTime) -> Verd
             {
                 // max_redirects = 0.
                 failed("Redirect refused".into(), None, false)
-            } else if status == 503 {
-                let retry_in = (delay_from_response(*retry_after, timeout_msecs, now) > 0)
-                    .then(|| Duration::from_secs(delay.unwrap_or(0).max(0) as u64));
-                failed(message, retry_in, true)
             } else if status == 408 {
                 failed(message, Some(Duration::ZERO), true)
             } else {
@@ -244,7 +251,13 @@ const MAX_DRAIN: usize = 64 * 1024;
 
 /// The pooled client of one driver.
 pub struct OxClient {
-    http: reqwest::Client,
+    pool: Pool,
+    /// The request target (path and query), the `Host` and the `Authorization` values.
+    target: Uri,
+    host: HeaderValue,
+    authorization: Option<HeaderValue>,
+    /// Connects that take longer fail as Dovecot's connect timeout.
+    connect_timeout: Option<Duration>,
     config: OxConfig,
     number: u32,
     stats: OxStats,
@@ -253,31 +266,34 @@ pub struct OxClient {
 impl OxClient {
     /// Builds the pool. `ca_pem` is the content of `ssl_ca_file`, if any.
     pub fn new(config: OxConfig, number: u32, ca_pem: Option<&[u8]>) -> Result<Self, String> {
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32);
-        if let Some(t) = config.timeout {
-            // Slightly shorter than the request timeout so a connect that hangs reports
-            // as a connect failure (not retried, as in Dovecot) rather than as a request
-            // timeout.
-            b = b.connect_timeout(t.saturating_sub((t / 10).min(Duration::from_millis(10))));
-        }
-        if let Some(pem) = ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("ssl_ca_file: not a PEM certificate: {e}"))?;
-            if certs.is_empty() {
-                return Err("ssl_ca_file: no PEM certificate in the file".into());
+        let invalid =
+            |what: &str| format!("Failed to parse OX REST URL {}: {what}", config.url_display);
+        let target = Uri::try_from(config.target.as_str())
+            .map_err(|_| invalid("Invalid character in URL path or query"))?;
+        let host = HeaderValue::try_from(config.host_header.as_str())
+            .map_err(|_| invalid("Invalid host name in URL"))?;
+        let authorization = match &config.basic_auth {
+            Some((user, pass)) => {
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                let mut v = HeaderValue::try_from(format!("Basic {token}"))
+                    .map_err(|_| invalid("Invalid userinfo"))?;
+                v.set_sensitive(true);
+                Some(v)
             }
-            for cert in certs {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        let http = b
-            .build()
-            .map_err(|e| format!("Unable to initialize the HTTP client: {e}"))?;
+            None => None,
+        };
+        // Slightly shorter than the request timeout so a connect that hangs reports as a
+        // connect failure (not retried, as in Dovecot) rather than as a request timeout.
+        let connect_timeout = config
+            .timeout
+            .map(|t| t.saturating_sub((t / 10).min(Duration::from_millis(10))));
         Ok(OxClient {
-            http,
+            pool: Pool::new(&config, ca_pem)?,
+            target,
+            host,
+            authorization,
+            connect_timeout,
             config,
             number,
             stats: OxStats::default(),
@@ -294,78 +310,135 @@ impl OxClient {
         &self.config
     }
 
-    async fn attempt(&self, body: &str) -> Attempt {
+    /// The request as Dovecot 2.3's ox driver sends it, captured from Dovecot 2.3.19.1
+    /// (`drivers/ox/tests/dovecot-requests/`): `PUT <path?query> HTTP/1.1`, then exactly
+    /// these headers, in this order and (written title-cased by hyper) this case:
+    /// `Host`, `Date`, `Authorization: Basic …` (URL with a user and a password),
+    /// `Content-Length`, `Connection: Keep-Alive`,
+    /// `Content-Type: application/json; charset=utf-8`; then the body.
+    fn request(&self, body: &str, date: &HeaderValue) -> Request<String> {
+        let mut req = Request::new(body.to_string());
+        *req.method_mut() = Method::PUT;
+        *req.uri_mut() = self.target.clone();
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(header::DATE, date.clone());
+        if let Some(auth) = &self.authorization {
+            h.insert(header::AUTHORIZATION, auth.clone());
+        }
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        req
+    }
+
+    /// A new connection within the connect timeout.
+    async fn connect(&self) -> Result<Conn, Attempt> {
         let started = Instant::now();
-        let mut req = self
-            .http
-            .put(&self.config.url)
-            .header(
-                reqwest::header::DATE,
-                httpdate::fmt_http_date(SystemTime::now()),
-            )
-            .header(reqwest::header::CONNECTION, "Keep-Alive")
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/json; charset=utf-8",
-            )
-            .body(body.to_string());
-        if let Some(t) = self.config.timeout {
-            req = req.timeout(t);
-        }
-        if let Some((user, pass)) = &self.config.basic_auth {
-            req = req.basic_auth(user, Some(pass));
-        }
-        match req.send().await {
-            Ok(mut resp) => {
-                let status = resp.status();
-                let reason = resp
-                    .extensions()
-                    .get::<hyper::ext::ReasonPhrase>()
-                    .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-                    .or_else(|| status.canonical_reason().map(str::to_string))
-                    .unwrap_or_default();
-                let headers = resp.headers();
-                let attempt = Attempt::Response {
-                    status: status.as_u16(),
-                    reason,
-                    location: headers.contains_key(reqwest::header::LOCATION),
-                    retry_after: headers
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(RetryAfter::parse),
-                };
-                // Read the (ignored) body so the connection can be reused.
-                let mut drained = 0;
-                while let Ok(Some(chunk)) = resp.chunk().await {
-                    drained += chunk.len();
-                    if drained > MAX_DRAIN {
-                        break;
-                    }
-                }
-                attempt
-            }
-            Err(e) if e.is_connect() => {
-                if e.is_timeout() {
-                    Attempt::ConnectTimedOut {
+        let open = self.pool.connect();
+        let result = match self.connect_timeout {
+            Some(t) => match tokio::time::timeout(t, open).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Attempt::ConnectTimedOut {
                         target: self.config.authority.clone(),
                         after: started.elapsed(),
-                    }
-                } else {
-                    Attempt::ConnectFailed {
-                        cause: format!(
-                            "connect({}) failed: {}",
-                            self.config.authority,
-                            root_cause(&e)
-                        ),
-                        certificate: untrusted_certificate(&e),
-                    }
+                    })
+                }
+            },
+            None => open.await,
+        };
+        result.map_err(|e| Attempt::ConnectFailed {
+            cause: format!(
+                "connect({}) failed: {}",
+                self.config.authority,
+                root_cause(&e)
+            ),
+            certificate: untrusted_certificate(&e),
+        })
+    }
+
+    /// Sends the request on an idle connection or a new one; the response head, and the
+    /// connection with the response body still to read.
+    async fn exchange(
+        &self,
+        body: &str,
+        date: &HeaderValue,
+    ) -> (Attempt, Option<(Conn, Incoming)>) {
+        loop {
+            let (mut conn, reused) = match self.pool.take() {
+                Some(c) => (c, true),
+                None => match self.connect().await {
+                    Ok(c) => (c, false),
+                    Err(a) => return (a, None),
+                },
+            };
+            match conn.sender.try_send_request(self.request(body, date)).await {
+                Ok(resp) => {
+                    let (parts, incoming) = resp.into_parts();
+                    return (response_attempt(&parts), Some((conn, incoming)));
+                }
+                // An idle connection the server closed meanwhile, nothing sent: not an
+                // attempt; take another.
+                Err(e) if reused && e.message().is_some() => continue,
+                Err(e) => {
+                    return (
+                        Attempt::ConnectionLost {
+                            cause: root_cause(e.error()),
+                        },
+                        None,
+                    )
                 }
             }
-            Err(e) if e.is_timeout() => Attempt::TimedOut,
-            Err(e) => Attempt::ConnectionLost {
-                cause: root_cause(&e),
-            },
         }
+    }
+
+    /// Reads the (ignored) response body, then keeps the connection if it can carry the
+    /// next request.
+    async fn finish(&self, mut conn: Conn, mut body: Incoming) {
+        let mut drained = 0;
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    drained += frame.data_ref().map_or(0, |d| d.len());
+                    if drained > MAX_DRAIN {
+                        return;
+                    }
+                }
+                Some(Err(_)) => return,
+            }
+        }
+        drop(body);
+        if conn.sender.ready().await.is_ok() {
+            self.pool.put(conn);
+        }
+    }
+
+    /// One attempt, bounded by the per-attempt timeout.
+    async fn attempt(&self, body: &str, date: &HeaderValue) -> Attempt {
+        let deadline = self.config.timeout.map(|t| tokio::time::Instant::now() + t);
+        let exchange = self.exchange(body, date);
+        let (attempt, rest) = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, exchange).await {
+                Ok(r) => r,
+                Err(_) => return Attempt::TimedOut,
+            },
+            None => exchange.await,
+        };
+        if let Some((conn, incoming)) = rest {
+            let finish = self.finish(conn, incoming);
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d, finish).await;
+                }
+                None => finish.await,
+            }
+        }
+        attempt
     }
 
     /// Sends one notification: attempts = max_retries + 1, retrying only where Dovecot
@@ -373,11 +446,15 @@ impl OxClient {
     /// masked.
     pub async fn send(&self, body: &str) -> Result<(), Failure> {
         let started = Instant::now();
+        // One Date per notification: Dovecot's retries resend the first attempt's Date
+        // (seen on the wire: a retry 2 s later carried the same Date).
+        let date = HeaderValue::try_from(httpdate::fmt_http_date(SystemTime::now()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
         let timeout_msecs = u32::try_from(self.config.timeout_msecs()).unwrap_or(u32::MAX);
         let mut retries = 0u32;
         loop {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
-            let attempt = self.attempt(body).await;
+            let attempt = self.attempt(body, &date).await;
             let v = judge(&attempt, timeout_msecs, SystemTime::now());
             if let Some(delay) = v.retry_in.filter(|_| retries < self.config.max_retries) {
                 retries += 1;
@@ -425,6 +502,27 @@ impl OxClient {
                 deferred: false,
             });
         }
+    }
+}
+
+/// The attempt a response head makes: status, reason phrase as sent, `Location` and
+/// `Retry-After`.
+fn response_attempt(parts: &hyper::http::response::Parts) -> Attempt {
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .or_else(|| parts.status.canonical_reason().map(str::to_string))
+        .unwrap_or_default();
+    Attempt::Response {
+        status: parts.status.as_u16(),
+        reason,
+        location: parts.headers.contains_key(header::LOCATION),
+        retry_after: parts
+            .headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RetryAfter::parse),
     }
 }
 
@@ -484,7 +582,7 @@ mod tests {
         let ok = j(&resp(204, None));
         assert!(ok.success && ok.retry_in.is_none());
         assert_eq!(ok.message, "204 R");
-        // Dovecot retries within the delivery only 408 and 503 (with Retry-After); a
+        // Dovecot retries within the delivery only 408 (not 503, as seen on the wire); a
         // later delivery is tried by mailpush's one classification (408, 429, 5xx).
         for (status, retry, retryable) in [
             (500, false, true),
@@ -501,16 +599,16 @@ mod tests {
                 "{status}"
             );
         }
-        // 503 with Retry-After: retried when 0 <= delay <= timeout_msecs/1000 s.
+        // 503 with Retry-After: not retried within the delivery; the server's delay is
+        // passed on for the later one.
         let s = |n| Some(RetryAfter::Seconds(n));
-        assert_eq!(j(&resp(503, s(0))).retry_in, Some(Duration::ZERO));
-        assert_eq!(j(&resp(503, s(2))).retry_in, Some(Duration::from_secs(2)));
-        assert_eq!(j(&resp(503, s(3))).retry_in, None);
+        for n in [0, 1, 2, 3] {
+            assert_eq!(j(&resp(503, s(n))).retry_in, None, "{n}");
+        }
         assert_eq!(
             j(&resp(503, s(3))).retry_after,
             Some(Duration::from_secs(3))
         );
-        assert_eq!(judge(&resp(503, s(1)), 200, now).retry_in, None);
         let past = Some(RetryAfter::Date(now - Duration::from_secs(10)));
         assert_eq!(j(&resp(503, past)).retry_in, None);
         // Redirects are refused, not followed.
@@ -577,6 +675,22 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_millis(100));
         assert_eq!(backoff(5), Duration::from_millis(800));
         assert_eq!(backoff(60), Duration::from_secs(1));
+    }
+
+    /// hyper writes the request target with the `Uri`'s Display: it must give back the
+    /// URL's path and query as written, as Dovecot sends them (`/upper?` included).
+    #[test]
+    fn targets_are_written_as_configured() {
+        for target in [
+            "/preliminary/http-notify/v1/notify",
+            "/preliminary/http-notify/v1/notify?a=b",
+            "/x%20y?q=%41&r",
+            "/upper?",
+            "/?a=b",
+            "/",
+        ] {
+            assert_eq!(Uri::try_from(target).unwrap().to_string(), target);
+        }
     }
 
     #[test]

@@ -33,6 +33,19 @@ pub struct OxConfig {
     pub url_display: String,
     /// `host:port` of the URL, for Dovecot's `connect(host:port) failed` wording.
     pub authority: String,
+    /// `https`.
+    pub https: bool,
+    /// The host to connect to (and the TLS server name): as written, IPv6 without its
+    /// brackets.
+    pub host: String,
+    /// The port to connect to (80 or 443 unless the URL has one).
+    pub port: u16,
+    /// The `Host` header, as Dovecot 2.3 sends it: the host as written (case kept), with
+    /// `:port` only when the URL has a port, even the default one (`127.0.0.1:80`).
+    pub host_header: String,
+    /// The request target: the URL's path and query as written (`/` when there is no
+    /// path; an empty query `?` is kept).
+    pub target: String,
     /// `login:password` from the URL's userinfo (percent-decoded), used for HTTP Basic
     /// auth; only when the user is non-empty **and** a password is present.
     pub basic_auth: Option<(String, String)>,
@@ -146,11 +159,30 @@ pub fn mask_password(raw: &str) -> String {
 struct ParsedUrl {
     url: String,
     authority: String,
+    https: bool,
+    host: String,
+    port: u16,
+    host_header: String,
+    target: String,
     basic_auth: Option<(String, String)>,
 }
 
+/// A reg-name or IPv4 host: unreserved, sub-delims and `%` (RFC 3986), ASCII only.
+fn valid_reg_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
+}
+
+/// The path and query: visible ASCII without `#` (what a request line can carry).
+fn valid_target(target: &str) -> bool {
+    target.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+}
+
 /// Parses the URL like Dovecot's `http_url_parse(…, HTTP_URL_ALLOW_USERINFO_PART)`:
-/// http or https, a host, optional userinfo, no fragment.
+/// http or https, a host, optional userinfo, no fragment. Host, port, path and query are
+/// kept as written: Dovecot sends them so (`drivers/ox/tests/dovecot-requests/`).
 fn parse_url(raw: &str) -> Result<ParsedUrl, String> {
     let (scheme, rest) = raw
         .split_once("://")
@@ -159,16 +191,17 @@ fn parse_url(raw: &str) -> Result<ParsedUrl, String> {
     if scheme != "http" && scheme != "https" {
         return Err(format!("Not an HTTP URL (scheme `{scheme}`)"));
     }
+    let https = scheme == "https";
     if rest.contains('#') {
         return Err("URL fragment not allowed for HTTP URL in this context".into());
     }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let (userinfo, host) = match authority.rsplit_once('@') {
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
-    if host.is_empty() {
+    if hostport.is_empty() {
         return Err("HTTP URL does not allow empty host".into());
     }
     let basic_auth = match userinfo.and_then(|u| u.split_once(':')) {
@@ -179,19 +212,57 @@ fn parse_url(raw: &str) -> Result<ParsedUrl, String> {
         }
         None => None,
     };
-    let url = format!(
-        "{scheme}://{host}{}",
-        if tail.is_empty() { "/" } else { tail }
-    );
-    let parsed = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
-    let port = parsed.port_or_known_default().unwrap_or(80);
-    let authority = match parsed.host_str() {
-        Some(h) => format!("{h}:{port}"),
-        None => return Err("HTTP URL does not allow empty host".into()),
+    // `name` as written (IPv6 in brackets), `host` to connect to, the port if written.
+    let (name, host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("Invalid IPv6 address in URL")?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("Invalid IPv6 address in URL".into());
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("Invalid port in URL")?),
+        };
+        (&hostport[..addr.len() + 2], addr, port)
+    } else {
+        let (name, port) = match hostport.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (hostport, None),
+        };
+        if !valid_reg_name(name) {
+            return Err("Invalid host name in URL".into());
+        }
+        (name, name, port)
     };
+    // An empty port (`host:/`) is no port.
+    let port = match port.filter(|p| !p.is_empty()) {
+        None => None,
+        Some(p) => Some(
+            str_to_uint(p)
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or("Invalid port number in URL")?,
+        ),
+    };
+    let default_port = if https { 443 } else { 80 };
+    let host_header = match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name.to_string(),
+    };
+    let target = match tail.as_bytes().first() {
+        None => "/".to_string(),
+        Some(b'?') => format!("/{tail}"),
+        Some(_) => tail.to_string(),
+    };
+    if !valid_target(&target) {
+        return Err("Invalid character in URL path or query".into());
+    }
     Ok(ParsedUrl {
-        url,
-        authority,
+        url: format!("{scheme}://{host_header}{target}"),
+        authority: format!("{name}:{}", port.unwrap_or(default_port)),
+        https,
+        host: host.to_string(),
+        port: port.unwrap_or(default_port),
+        host_header,
+        target,
         basic_auth,
     })
 }
@@ -259,6 +330,11 @@ impl OxConfig {
                 url: parsed.url,
                 url_display,
                 authority: parsed.authority,
+                https: parsed.https,
+                host: parsed.host,
+                port: parsed.port,
+                host_header: parsed.host_header,
+                target: parsed.target,
                 basic_auth: parsed.basic_auth,
                 cache_lifetime,
                 max_retries,
@@ -397,6 +473,83 @@ mod tests {
         let (c, _) =
             OxConfig::parse(&DriverArgs::parse("url=http://h/ user_from_metadata=no")).unwrap();
         assert!(c.user_from_metadata);
+    }
+
+    /// Host header and request target as Dovecot 2.3.19 sent them for these URLs
+    /// (captured from its ox driver: `drivers/ox/tests/dovecot-requests/README.md`).
+    #[test]
+    fn host_and_target_as_dovecot_sends_them() {
+        for (url, host_header, target, connect) in [
+            (
+                "http://login:pass@127.0.0.1:33389/preliminary/http-notify/v1/notify",
+                "127.0.0.1:33389",
+                "/preliminary/http-notify/v1/notify",
+                ("127.0.0.1", 33389),
+            ),
+            // No port: none in Host; an explicit default port is kept.
+            ("http://127.0.0.1/n", "127.0.0.1", "/n", ("127.0.0.1", 80)),
+            (
+                "http://127.0.0.1:80/p80",
+                "127.0.0.1:80",
+                "/p80",
+                ("127.0.0.1", 80),
+            ),
+            (
+                "https://127.0.0.1/n?x=1",
+                "127.0.0.1",
+                "/n?x=1",
+                ("127.0.0.1", 443),
+            ),
+            // The host's case is kept; no path is `/`.
+            (
+                "http://LocalHost:33389",
+                "LocalHost:33389",
+                "/",
+                ("LocalHost", 33389),
+            ),
+            // Path and query as written: escapes not decoded, an empty query kept.
+            (
+                "http://a%40b:p%3As@127.0.0.1:33389/x%20y?q=%41&r",
+                "127.0.0.1:33389",
+                "/x%20y?q=%41&r",
+                ("127.0.0.1", 33389),
+            ),
+            (
+                "HTTP://127.0.0.1:33389/upper?",
+                "127.0.0.1:33389",
+                "/upper?",
+                ("127.0.0.1", 33389),
+            ),
+            ("http://h?a=b", "h", "/?a=b", ("h", 80)),
+            ("http://[::1]:8009/n", "[::1]:8009", "/n", ("::1", 8009)),
+            ("https://[::1]/n", "[::1]", "/n", ("::1", 443)),
+        ] {
+            let (c, _) = OxConfig::parse(&DriverArgs::parse(&format!("url={url}"))).unwrap();
+            assert_eq!(
+                (c.host_header.as_str(), c.target.as_str()),
+                (host_header, target),
+                "{url}"
+            );
+            assert_eq!((c.host.as_str(), c.port), connect, "{url}");
+            assert_eq!(
+                c.https,
+                url.to_ascii_lowercase().starts_with("https"),
+                "{url}"
+            );
+        }
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://[::1]:8009/n")).unwrap();
+        assert_eq!(c.authority, "[::1]:8009");
+        for bad in [
+            "url=http://[::1/",
+            "url=http://[zz]/",
+            "url=http://h:8x/",
+            "url=http://h/a\u{7f}",
+            "url=http://h/\u{1}",
+            "url=http://hä/",
+            "url=http://h/ä",
+        ] {
+            assert!(OxConfig::parse(&DriverArgs::parse(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

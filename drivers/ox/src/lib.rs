@@ -8,12 +8,14 @@
 //!   `user_from_metadata`, `ssl_ca_file`);
 //! - [`activation`]: METADATA `/private/vendor/vendor.dovecot/http-notify` and its cache;
 //! - [`body`]: the JSON body, byte for byte;
-//! - [`client`]: HTTP, Dovecot's retry rules and log wording, counters.
+//! - [`client`]: HTTP (the request head as Dovecot writes it), Dovecot's retry rules and
+//!   log wording, counters; its connections are a keep-alive pool (`pool`).
 
 pub mod activation;
 pub mod body;
 pub mod client;
 pub mod config;
+mod pool;
 
 use std::sync::Arc;
 
@@ -146,6 +148,9 @@ impl OxDriver {
     }
 }
 
+/// How long an ox notification stays worth sending, unless `retry_max_age=` says.
+pub const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Transactions the ox driver has in flight at once by default (of different users; one
 /// user's go in order). Dovecot sends from every mail process at once; a slow OX must not
 /// make each user wait for all the others.
@@ -155,6 +160,17 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 impl Driver for OxDriver {
     fn concurrency(&self) -> usize {
         DEFAULT_CONCURRENCY
+    }
+
+    /// A new-mail push minutes late is worthless, and Dovecot gives up within seconds:
+    /// a notification older than [`FRESH_FOR`] is not sent (dead letter, "expired"), and
+    /// a user's next notification never waits behind one that failed (that one becomes
+    /// a dead letter, "skipped"). `retry_max_age=` and `hold_max=` on the line override.
+    fn freshness(&self) -> mailpush_core::Freshness {
+        mailpush_core::Freshness {
+            max_age: Some(FRESH_FOR),
+            hold_max: Some(std::time::Duration::ZERO),
+        }
     }
 
     /// Dovecot's `push_notification_driver_ox_begin_txn`, in its order: METADATA (cached),

@@ -1,19 +1,22 @@
 //! `ox-wasm`: Dovecot 2.3's ox push driver re-implemented as a mailpush component —
-//! proof that the WIT contract is enough to reproduce a real driver. It sends the same
-//! request as mailpush's native `ox` driver:
+//! proof that the WIT contract is enough to reproduce a real driver. It sends what
+//! mailpush's native `ox` driver sends (and Dovecot):
 //!
 //! - active for a user only while METADATA `/private/vendor/vendor.dovecot/http-notify`
 //!   is set (tab-separated `key=value`, `user=` required);
 //! - only MessageNew in `INBOX`;
-//! - `PUT url` with the native driver's headers in its order — `Date`,
-//!   `Connection: Keep-Alive`, `Content-Type: application/json; charset=utf-8`,
-//!   `Authorization` (Basic, from the URL's `login:password@`), `Accept: */*`, then
-//!   `Host` and `Content-Length` (added by mailpush) — and the body
-//!   `{"user":…,"event":"messageNew","folder":…,"imap-uidvalidity":N,"imap-uid":N[,"from":…][,"subject":…][,"snippet":…][,"unseen":N]}`;
-//! - retries (`max_retries`, default 1) only on timeout, lost connection, 408 and 503
-//!   with Retry-After; `http_timeout_msecs` per attempt (default 2000). (The native
+//! - `PUT url` with Dovecot's headers and values — `Date` (one per notification, kept
+//!   across its retries), `Authorization` (Basic, from the URL's `login:password@`),
+//!   `Connection: Keep-Alive`, `Content-Type: application/json; charset=utf-8` — and
+//!   the body
+//!   `{"user":…,"event":"messageNew","folder":…,"imap-uidvalidity":N,"imap-uid":N[,"from":…][,"subject":…][,"snippet":…][,"unseen":N]}`.
+//!   On the wire the host's HTTP client writes header names in lower case and puts
+//!   `host` and `content-length` last; the native driver writes Dovecot's exact bytes;
+//! - retries (`max_retries`, default 1) only on timeout, lost connection and 408, as
+//!   Dovecot 2.3.19 does; `http_timeout_msecs` per attempt (default 2000). (The native
 //!   driver's `timeout_msecs` cannot be used here: on a wasm driver line that key is
-//!   the sandbox's CPU deadline per call and never reaches the component.)
+//!   the sandbox's CPU deadline per call and never reaches the component.) Whether a
+//!   later delivery may help is the SDK's one classification (`http::failure`).
 //!
 //! The host needs the grant: `allow_hosts=<the url's host>` (plus `allow_private` for
 //! an internal address).
@@ -123,19 +126,16 @@ impl Driver for OxWasm {
             unseen: m.unseen,
         });
         let mut attempt = 0;
+        // One Date per notification, kept across its retries, as Dovecot does.
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         loop {
             attempt += 1;
-            // A fresh Date per attempt, as the native driver sends.
-            let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-            let mut headers = vec![
-                ("Date", date.as_str()),
-                ("Connection", "Keep-Alive"),
-                ("Content-Type", "application/json; charset=utf-8"),
-            ];
+            let mut headers = vec![("Date", date.as_str())];
             if let Some(a) = &self.auth {
                 headers.push(("Authorization", a.as_str()));
             }
-            headers.push(("Accept", "*/*"));
+            headers.push(("Connection", "Keep-Alive"));
+            headers.push(("Content-Type", "application/json; charset=utf-8"));
             let result = http::send(
                 "PUT",
                 &self.url,
@@ -143,28 +143,25 @@ impl Driver for OxWasm {
                 body.as_bytes(),
                 Some(self.timeout_ms),
             );
+            // Dovecot's retries within the delivery: a timeout, a lost connection, 408.
             let retry = match &result {
                 Ok(r) if (200..300).contains(&r.status) => {
                     log::debug(&format!("Notification sent successfully: {}", r.status));
                     return Ok(());
                 }
-                Ok(r) => r.status == 408 || (r.status == 503 && r.header("retry-after").is_some()),
+                Ok(r) => r.status == 408,
                 Err(e) => {
                     matches!(e, http::HttpError::Timeout(_))
                         || matches!(e, http::HttpError::Connection(s) if !s.contains("Refused"))
                 }
             };
             if !retry || attempt > self.max_retries {
-                let msg = match result {
-                    Ok(r) => format!("{}", r.status),
-                    Err(e) => e.to_string(),
-                };
-                log::error(&format!("Error when sending notification: {msg}"));
-                return Err(if retry {
-                    Failure::retryable(msg)
-                } else {
-                    Failure::permanent(msg)
-                });
+                // Whether a later delivery may help: mailpush's one classification
+                // (408, 429, 5xx, lost or refused connections, timeouts).
+                let failure = http::failure("the PUT", &result)
+                    .unwrap_or_else(|| Failure::permanent("the PUT failed"));
+                log::error(&format!("Error when sending notification: {}", failure.reason));
+                return Err(failure);
             }
         }
     }

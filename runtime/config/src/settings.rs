@@ -32,6 +32,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "also accept ingest on this unix socket path",
     ),
     (
+        "handoff_dir",
+        "(none)",
+        "directory Dovecot's forwarder (examples/dovecot/mailpush.lua) writes transactions into, one file each; `mailpush run` reads, persists and removes them, oldest first, also those written while it was stopped; it creates the directory (mode 1733, a default ACL letting itself read what others write) — put it where mailpush may create it, e.g. /var/lib/mailpush/handoff",
+    ),
+    (
+        "handoff_owners",
+        "(any)",
+        "users (names or uids, comma-separated) whose files in handoff_dir are read — Dovecot's mail user(s), e.g. `vmail`; files of other owners are set aside as `.rejected`",
+    ),
+    (
         "ingest_token_file",
         "(none)",
         "file holding a bearer token; when set, ingest and control requests must send `Authorization: Bearer TOKEN` (or HTTP Basic with the token as password, for Dovecot's ox driver)",
@@ -107,6 +117,11 @@ pub struct RuntimeSettings {
     pub tenant_drivers: Option<PathBuf>,
     pub listen_unix: Option<PathBuf>,
     pub ingest_token_file: Option<PathBuf>,
+    /// `handoff_dir`: where Dovecot's forwarder hands transactions off.
+    pub handoff_dir: Option<PathBuf>,
+    /// `handoff_owners`: the users (names or uids) whose hand-off files are read; empty
+    /// for any.
+    pub handoff_owners: Vec<String>,
     pub max_body: usize,
     /// Most bytes of request bodies being read at once.
     pub max_inflight: usize,
@@ -129,6 +144,8 @@ impl Default for RuntimeSettings {
             tenant_drivers: None,
             listen_unix: None,
             ingest_token_file: None,
+            handoff_dir: None,
+            handoff_owners: Vec::new(),
             max_body: 10 << 20,
             max_inflight: 64 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
@@ -216,8 +233,21 @@ impl RuntimeSettings {
                         config_dir.join(p)
                     });
                 }
-                "listen_unix" | "ingest_token_file" if value.is_empty() => {
+                "listen_unix" | "ingest_token_file" | "handoff_dir" if value.is_empty() => {
                     fail(format!("{key} needs a path"))
+                }
+                "handoff_dir" => s.handoff_dir = Some(resolve(&value)),
+                "handoff_owners" => {
+                    let owners: Vec<String> = value
+                        .split(',')
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect();
+                    if owners.is_empty() || owners.iter().any(|o| o.contains(char::is_whitespace)) {
+                        fail("expected user names or uids separated by commas, e.g. `vmail` or `vmail,5000`".into())
+                    } else {
+                        s.handoff_owners = owners;
+                    }
                 }
                 "listen_unix" => s.listen_unix = Some(resolve(&value)),
                 "ingest_token_file" => s.ingest_token_file = Some(resolve(&value)),

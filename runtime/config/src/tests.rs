@@ -1068,10 +1068,56 @@ fn bad_mailpush_block_values() {
         ("tenant_drivers = ", "tenant_drivers needs"),
         ("listen_unix = ", "listen_unix needs a path"),
         ("ingest_token_file = ", "ingest_token_file needs a path"),
+        ("handoff_dir = ", "handoff_dir needs a path"),
+        (
+            "handoff_owners = vmail mail",
+            "expected user names or uids separated by commas",
+        ),
+        (
+            "header_timeout_msecs = 0",
+            "expected a positive number of milliseconds",
+        ),
+        (
+            "idle_timeout_msecs = 10s",
+            "expected a positive number of milliseconds",
+        ),
+        (
+            "max_connections = 0",
+            "expected a positive number of connections",
+        ),
     ] {
         let e = error(&format!("mailpush {{\n  {line}\n}}\n"));
         assert_error(&e, 2, line, &[needle]);
     }
+}
+
+/// The hand-off and connection settings, read.
+#[test]
+fn handoff_and_connection_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &path,
+        "mailpush {\n  handoff_dir = handoff\n  handoff_owners = vmail, 5000\n  header_timeout_msecs = 1500\n  idle_timeout_msecs = 2000\n  body_timeout_msecs = 2500\n  max_connections = 10\n  max_connections_per_peer = 3\n}\n",
+    )
+    .unwrap();
+    let c = Config::load(&path).unwrap();
+    let s = &c.settings;
+    assert_eq!(
+        s.handoff_dir.as_deref(),
+        Some(dir.path().join("handoff").as_path())
+    );
+    assert_eq!(s.handoff_owners, ["vmail", "5000"]);
+    let l = &s.connections;
+    assert_eq!(
+        (l.header_timeout, l.idle_timeout, l.body_timeout),
+        (
+            std::time::Duration::from_millis(1500),
+            std::time::Duration::from_millis(2000),
+            std::time::Duration::from_millis(2500)
+        )
+    );
+    assert_eq!((l.max_connections, l.max_connections_per_peer), (10, 3));
 }
 
 #[test]

@@ -195,6 +195,25 @@ pub trait Driver: Send + Sync {
     fn share(&self, _txn: &Transaction) -> Option<(String, usize)> {
         None
     }
+    /// How long this driver's transactions stay worth delivering, where its config line
+    /// does not say (`retry_max_age=`, `hold_max=`). The default — `None` for both — is
+    /// the runtime's: 24 h, and strict per-user order. A push notification minutes late
+    /// is worthless (ox): such a driver gives a short age and lets a user's next
+    /// transaction skip ahead of one that is failing.
+    fn freshness(&self) -> Freshness {
+        Freshness::default()
+    }
+}
+
+/// A driver's own defaults for how long its transactions are worth delivering
+/// ([`Driver::freshness`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// Older transactions are dead-lettered as expired instead of delivered.
+    pub max_age: Option<std::time::Duration>,
+    /// A user's later transaction waits at most this long behind an earlier one that
+    /// failed and waits for a retry; then the earlier one is dead-lettered as skipped.
+    pub hold_max: Option<std::time::Duration>,
 }
 
 /// The circuit of one endpoint of a driver.

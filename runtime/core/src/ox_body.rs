@@ -6,7 +6,14 @@ use serde_json::Value;
 use crate::event::{Event, NewMessage};
 use crate::transaction::Transaction;
 
-/// Turns the body Dovecot's ox driver sends into a MessageNew transaction.
+/// The METADATA key that activates OX push (`dovecot-push.md` §7.2).
+const HTTP_NOTIFY: &str = "/private/vendor/vendor.dovecot/http-notify";
+
+/// Turns the body Dovecot's ox driver sends into a MessageNew transaction. The body's
+/// `user` is whom OX is to notify (the METADATA `user=` with `user_from_metadata`, else
+/// the login): the transaction carries it as its user and as the METADATA value
+/// `user=…`, so mailpush's own ox driver — with or without `user_from_metadata` — pushes
+/// for the same OX user, and does not skip it for lack of METADATA.
 pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
     let obj = body.as_object().ok_or("expected a JSON object")?;
     let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
@@ -36,7 +43,10 @@ pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
             .and_then(|v| u32::try_from(v).ok()),
         ..Default::default()
     };
-    Ok(Transaction::new(user, vec![Event::MessageNew(msg)]))
+    let mut txn = Transaction::new(user.clone(), vec![Event::MessageNew(msg)]);
+    txn.metadata
+        .insert(HTTP_NOTIFY.to_string(), format!("user={user}"));
+    Ok(txn)
 }
 
 #[cfg(test)]
@@ -48,6 +58,7 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"user":"11@3","event":"messageNew","folder":"INBOX","imap-uidvalidity":1700000000,"imap-uid":42,"from":"a <a@b>","subject":"Hi","snippet":"x","unseen":2}"#).unwrap();
         let t = ox_transaction(&v).unwrap();
         assert_eq!(t.user, "11@3");
+        assert_eq!(t.metadata[HTTP_NOTIFY], "user=11@3");
         let Event::MessageNew(m) = &t.events[0] else {
             panic!()
         };

@@ -130,7 +130,7 @@ pub fn render(status: &Status) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 11] = [
+    let per_driver: [PerDriver; 12] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -154,6 +154,12 @@ pub fn render(status: &Status) -> String {
             "counter",
             "Transactions dead-lettered because they grew older than retry_max_age before delivery.",
             |d| d.expired,
+        ),
+        (
+            "mailpush_driver_skipped_ahead_total",
+            "counter",
+            "Transactions dead-lettered because a later transaction of their user waited longer than hold_max behind them.",
+            |d| d.skipped_ahead,
         ),
         (
             "mailpush_driver_delivered_total",

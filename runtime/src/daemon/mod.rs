@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 
@@ -259,6 +260,29 @@ pub async fn serve(
     }
     if spool.is_some() {
         tokio::spawn(replay_dead_letters(daemon.clone()));
+    }
+    if let Some(dir) = &config.settings.handoff_dir {
+        let owners = handoff::Owners::resolve(&config.settings.handoff_owners)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        for w in handoff::prepare(dir).map_err(|e| anyhow::anyhow!("refusing to start: {e}"))? {
+            tracing::warn!("{w}");
+        }
+        if matches!(owners, handoff::Owners::Any) {
+            tracing::warn!(
+                "handoff_owners is not set: any local user who can write {} can hand off transactions; set it to Dovecot's mail user (e.g. handoff_owners = vmail)",
+                dir.display()
+            );
+        }
+        if spool.is_none() {
+            tracing::warn!("handoff_dir with delivery = memory: a hand-off is removed once queued, so transactions still queued are lost if mailpush stops");
+        }
+        tracing::info!("reading hand-offs from {}", dir.display());
+        tokio::spawn(handoff::consume(
+            daemon.clone(),
+            dir.clone(),
+            owners,
+            stopped.clone(),
+        ));
     }
     tracing::info!("listening on {addr}");
     stop_when(daemon.clone()).await?;

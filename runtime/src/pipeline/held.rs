@@ -34,6 +34,9 @@ pub struct Held {
     max_age: Option<Duration>,
     /// No transaction held is too old before this.
     next_expiry: Option<Instant>,
+    /// Users whose oldest transaction failed and waits for a retry (it may be skipped:
+    /// [`Held::skip_ahead`]).
+    retrying: HashSet<String>,
 }
 
 impl Held {
@@ -158,8 +161,50 @@ impl Held {
         let item = self.users.get_mut(user)?.pop_front();
         if item.is_some() {
             self.count -= 1;
+            self.retrying.remove(user);
         }
         item
+    }
+
+    /// Notes that the oldest transaction of `user` failed and waits for a retry.
+    pub fn retrying(&mut self, user: &str) {
+        self.retrying.insert(user.to_string());
+    }
+
+    /// Removes, from each user whose oldest transaction waits for a retry while a later
+    /// one has waited `hold_max` or more, that oldest transaction (the later one is then
+    /// due). A transaction being delivered is never skipped.
+    pub fn skip_ahead(&mut self, now: Instant, hold_max: Duration) -> Vec<Item> {
+        let mut out = Vec::new();
+        let users: Vec<String> = self.retrying.iter().cloned().collect();
+        for user in users {
+            if self.in_flight.contains(&user) {
+                continue;
+            }
+            let Some(q) = self.users.get_mut(&user) else {
+                self.retrying.remove(&user);
+                continue;
+            };
+            if q.get(1).is_some_and(|next| next.arrived + hold_max <= now) {
+                if let Some(item) = q.pop_front() {
+                    out.push(item);
+                    self.count -= 1;
+                }
+                self.retrying.remove(&user);
+            }
+        }
+        out
+    }
+
+    /// When [`Held::skip_ahead`] next has something to do (`None`: nothing waits behind
+    /// a retry).
+    pub fn next_skip(&self, hold_max: Duration) -> Option<Instant> {
+        self.retrying
+            .iter()
+            .filter(|u| !self.in_flight.contains(*u))
+            .filter_map(|u| self.users.get(u).and_then(|q| q.get(1)))
+            .map(|next| next.arrived + hold_max)
+            .min()
     }
 
     /// Puts `user` back in the ring if more of theirs wait, else forgets them.
@@ -245,6 +290,53 @@ mod tests {
         h.pop("a");
         h.requeue("a".into());
         assert_eq!(h.count, 0);
+    }
+
+    /// A user's oldest transaction waiting for a retry is skipped once a later one has
+    /// waited `hold_max`; one being delivered never is; other users are untouched.
+    #[test]
+    fn a_retrying_transaction_is_skipped_after_hold_max() {
+        let mut h = Held::default();
+        h.push(txn("a", "a1"));
+        h.push(txn("b", "b1"));
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(5);
+        // a1 fails and waits for a retry; nothing behind it yet.
+        assert_eq!(h.next_due(t0, |_| true).map(|(u, _)| u), Some("a".into()));
+        let a1 = h.front_mut("a").unwrap();
+        a1.attempts.push(Attempt {
+            at: 0,
+            error: "timeout".into(),
+        });
+        a1.not_before = Some(t0 + Duration::from_secs(60));
+        h.retrying("a");
+        h.requeue("a".into());
+        assert!(
+            h.skip_ahead(t0 + hold, hold).is_empty(),
+            "nothing waits behind a1"
+        );
+        assert_eq!(h.next_skip(hold), None);
+        h.push(txn("a", "a2"));
+        let t1 = Instant::now();
+        assert_eq!(h.next_skip(hold), Some(h.users["a"][1].arrived + hold));
+        assert!(
+            h.skip_ahead(t1, hold).is_empty(),
+            "a2 has not waited long enough"
+        );
+        let skipped: Vec<String> = h
+            .skip_ahead(t1 + hold, hold)
+            .into_iter()
+            .map(|i| i.txn.id.clone())
+            .collect();
+        assert_eq!(skipped, ["a1"]);
+        assert_eq!(h.count, 2);
+        // a2 is due at once; b1 untouched.
+        let mut due: Vec<String> =
+            std::iter::from_fn(|| h.next_due(t1 + hold, |_| true).map(|(_, t)| t.id.clone()))
+                .collect();
+        due.sort();
+        assert_eq!(due, ["a2", "b1"]);
+        assert_eq!(h.next_skip(hold), None);
     }
 
     /// Users whose transaction is not allowed now keep their place in the ring.

@@ -140,6 +140,11 @@ pub async fn run(
         for item in held.expire(now) {
             expired(&ctx, item);
         }
+        if let Some(hold) = ctx.policy.hold_max.filter(|_| ctx.spool.is_some()) {
+            for item in held.skip_ahead(now, hold) {
+                skipped(&ctx, item, hold);
+            }
+        }
         // Start deliveries: with the spool, none while the circuit is open and one probe
         // while it is half-open.
         let state = if ctx.spool.is_some() {
@@ -179,8 +184,9 @@ pub async fn run(
             } else {
                 held.earliest().unwrap_or(now)
             };
-            // Also when the next held transaction becomes too old.
+            // Also when the next held transaction becomes too old, or may be skipped.
             let until = held.next_expiry().map_or(until, |e| e.min(until));
+            let until = next_skip(&ctx, &held).map_or(until, |e| e.min(until));
             wait(
                 &mut rx,
                 &ctx.overflow,
@@ -200,6 +206,7 @@ pub async fn run(
             .flatten()
             .unwrap_or(now + std::time::Duration::from_secs(3600));
         let next_due = held.next_expiry().map_or(next_due, |e| e.min(next_due));
+        let next_due = next_skip(&ctx, &held).map_or(next_due, |e| e.min(next_due));
         let finished = tokio::select! {
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
@@ -295,6 +302,7 @@ fn finish(
         return changed;
     }
     let ok = !matches!(outcome, Outcome::Failed(_));
+    let mut held_retrying = false;
     if let (Some(_), Some(breaker)) = (&ctx.spool, breaker) {
         if let Some(state) = breaker.record(ok, Instant::now().into_std()) {
             changed = true;
@@ -334,6 +342,7 @@ fn finish(
             };
             match retry {
                 Some(delay) => {
+                    held_retrying = true;
                     ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(user = %txn.user, attempt, retry_in = ?delay, "delivery failed, will retry: {}", f.reason);
                     item.not_before = Some(Instant::now() + delay);
@@ -355,6 +364,9 @@ fn finish(
             }
         }
     };
+    if held_retrying {
+        held.retrying(&user);
+    }
     if finished {
         let item = held.pop(&user);
         if let (Some(spool), Outcome::Delivered | Outcome::Skipped) = (&ctx.spool, &outcome) {
@@ -376,24 +388,51 @@ fn finish(
 
 /// A held transaction grew older than `retry_max_age` before it could be delivered: a
 /// dead letter, its reason saying so (after its last failure, if any).
-fn expired(ctx: &LaneContext, mut item: Item) {
-    let max = ctx.policy.retry.max_age;
+fn expired(ctx: &LaneContext, item: Item) {
+    let reason = format!(
+        "expired: not delivered within retry_max_age={}",
+        humantime::format_duration(ctx.policy.retry.max_age)
+    );
+    give_up(ctx, item, reason, &ctx.stats.expired);
+}
+
+/// When a held transaction may next be skipped (`hold_max`, with the spool).
+fn next_skip(ctx: &LaneContext, held: &Held) -> Option<Instant> {
+    let hold = ctx.policy.hold_max.filter(|_| ctx.spool.is_some())?;
+    held.next_skip(hold)
+}
+
+/// A later transaction of its user waited `hold_max` behind this one, which failed and
+/// waits for a retry: a dead letter, its reason saying so (after its last failure).
+fn skipped(ctx: &LaneContext, item: Item, hold: std::time::Duration) {
+    let reason = format!(
+        "skipped: a later transaction of the user waited hold_max={} behind it",
+        humantime::format_duration(hold)
+    );
+    give_up(ctx, item, reason, &ctx.stats.skipped_ahead);
+}
+
+/// Gives up on a held transaction that never finished: a dead letter with `reason`
+/// (and the last attempt's error), counted in `counter` as well.
+fn give_up(
+    ctx: &LaneContext,
+    mut item: Item,
+    reason: String,
+    counter: &std::sync::atomic::AtomicU64,
+) {
     let last = item
         .attempts
         .last()
         .map(|a| format!(" (last attempt: {})", a.error))
         .unwrap_or_default();
-    let reason = format!(
-        "expired: not delivered within retry_max_age={}{last}",
-        humantime::format_duration(max)
-    );
+    let reason = format!("{reason}{last}");
     item.attempts.push(Attempt {
         at: now(),
         error: reason.clone(),
     });
     ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
     ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    ctx.stats.expired.fetch_add(1, Ordering::Relaxed);
+    counter.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(txn = %item.txn.id, user = %item.txn.user, attempts = item.attempts.len() - 1, "dead-lettered: {reason}");
     if let Some(spool) = &ctx.spool {
         if let Err(e) = spool.dead_letter(&item.txn, ctx.number, &item.attempts) {

@@ -4,7 +4,11 @@
 //!
 //! - `retry=5s,30s,2m,10m,1h` — delays before the 1st, 2nd, … retry (± 20 % jitter);
 //!   `retry=none` for no retries;
-//! - `retry_max_age=24h` — give up on a transaction older than this;
+//! - `retry_max_age=24h` — give up on a transaction older than this (dead letter,
+//!   "expired"), whatever holds it;
+//! - `hold_max=DURATION` — the longest a user's later transaction waits behind an
+//!   earlier one that failed and waits for a retry; then the earlier one is given up
+//!   (dead letter, "skipped") and the later goes. Unset: strict order, no skipping;
 //! - `breaker_ratio=0.5 breaker_window=20 breaker_min=5 breaker_open=30s` — see
 //!   [`crate::breaker::from_args`]; the same thresholds apply to the driver's
 //!   per-endpoint breakers (wasm drivers: one per `scheme://host:port` they call);
@@ -45,6 +49,19 @@ pub struct DeliveryPolicy {
     /// `concurrency=N`: most transactions (of different users) delivered at once; `None`
     /// for the driver's own default ([`mailpush_core::Driver::concurrency`]).
     pub concurrency: Option<usize>,
+    /// `hold_max=`: how long a user's later transaction may wait behind a failing one;
+    /// `None`: strict order.
+    pub hold_max: Option<Duration>,
+    /// Which of the freshness keys the config line set (the driver's own defaults,
+    /// [`mailpush_core::Driver::freshness`], fill the others).
+    pub set_by_config: SetByConfig,
+}
+
+/// Which freshness keys a driver's config line set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetByConfig {
+    pub max_age: bool,
+    pub hold_max: bool,
 }
 
 impl DeliveryPolicy {
@@ -71,6 +88,15 @@ impl DeliveryPolicy {
             },
         )? {
             p.retry.max_age = d;
+            p.set_by_config.max_age = true;
+        }
+        if let Some(d) =
+            args.take_with("hold_max", "a duration up to 8760h, e.g. 0s or 30s", |v| {
+                units::parse_duration(v).filter(|d| *d <= Duration::from_secs(8760 * 3600))
+            })?
+        {
+            p.hold_max = Some(d);
+            p.set_by_config.hold_max = true;
         }
         p.breaker = crate::breaker::from_args(args)?;
         p.concurrency = args.take_with(
@@ -79,6 +105,19 @@ impl DeliveryPolicy {
             |v| v.parse::<usize>().ok().filter(|n| (1..=1024).contains(n)),
         )?;
         Ok(p)
+    }
+
+    /// Fills what the config line did not set from the driver's own defaults.
+    pub fn with_driver_defaults(mut self, f: mailpush_core::Freshness) -> Self {
+        if !self.set_by_config.max_age {
+            if let Some(d) = f.max_age {
+                self.retry.max_age = d;
+            }
+        }
+        if !self.set_by_config.hold_max {
+            self.hold_max = f.hold_max;
+        }
+        self
     }
 
     /// The same policy with nothing retried and no waiting: a failure is final (a dead

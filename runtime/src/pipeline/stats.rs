@@ -28,6 +28,8 @@ pub struct DriverStats {
     pub dead_lettered: AtomicU64,
     /// Of those, transactions that grew older than `retry_max_age` before delivery.
     pub expired: AtomicU64,
+    /// Of those, transactions a later one of their user skipped ahead of (`hold_max`).
+    pub skipped_ahead: AtomicU64,
     /// Circuit state ([`CircuitState::as_gauge`]).
     pub circuit: AtomicU8,
     /// Transactions the lane holds: being delivered or waiting for a retry.
@@ -89,6 +91,9 @@ pub struct DriverReport {
     /// Of those, expired ones (older than `retry_max_age`).
     #[serde(default)]
     pub expired: u64,
+    /// Of those, ones a later transaction of their user skipped ahead of (`hold_max`).
+    #[serde(default)]
+    pub skipped_ahead: u64,
     /// Circuit breaker state.
     pub circuit: CircuitState,
     /// Per-endpoint circuits of endpoints seen failing ([`Driver::endpoint_circuits`]).
@@ -161,6 +166,7 @@ impl DriverReport {
             retried: get(&stats.retried),
             dead_lettered: get(&stats.dead_lettered),
             expired: get(&stats.expired),
+            skipped_ahead: get(&stats.skipped_ahead),
             circuit: stats.circuit(),
             endpoints: driver.endpoint_circuits(),
             latency_buckets: stats.latency_buckets.iter().map(get).collect(),

@@ -1,0 +1,464 @@
+//! The hand-off directory (`handoff_dir`): how Dovecot gives mailpush its transactions
+//! without ever waiting for it, and without losing one while mailpush is stopped,
+//! restarting or stalled.
+//!
+//! The forwarder (`examples/dovecot/mailpush.lua`), running in Dovecot's mail process as
+//! the mail user, writes each transaction (canonical JSON, with an `id`) to a hidden
+//! temporary file in the directory and renames it to `NAME.json`: a local write and a
+//! rename, microseconds, whatever mailpush is doing. `mailpush run` reads the published
+//! files oldest first (by modification time, then name), persists them through the one
+//! accept path ([`crate::pipeline::Dispatcher::accept`]) and only then removes them —
+//! files written while it was stopped are read at start, before anything newer of the
+//! same user. A crash between persisting and removing reads a file again: its `id` makes
+//! the spool store it once while it is still there (at-least-once otherwise).
+//!
+//! Permissions: mailpush owns the directory and keeps it at mode 1733 (anyone may create
+//! files, nobody else may list them or remove another's) with a default ACL that lets
+//! mailpush read whatever a mail user writes there, whatever Dovecot's umask. Files whose
+//! owner is not among `handoff_owners` (when set), symlinks, oversized and malformed
+//! files are renamed `NAME.json.rejected` and reported.
+
+use std::collections::HashSet;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailpush_core::Transaction;
+use tokio::sync::watch;
+
+use super::Daemon;
+use crate::pipeline::Backpressure;
+
+/// How often an empty directory is looked at: the most a hand-off waits for mailpush
+/// when nothing else is queued.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Most files read and persisted in one batch (one group commit).
+const BATCH: usize = 256;
+
+/// Mode of the directory: sticky, writable and searchable by all, listable by mailpush only.
+const DIR_MODE: u32 = 0o1733;
+
+/// How often, at most, the same kind of problem is logged.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Who may hand off: uids, or anyone.
+#[derive(Debug, Clone)]
+pub enum Owners {
+    Any,
+    Uids(HashSet<u32>),
+}
+
+impl Owners {
+    /// Resolves `handoff_owners` (user names or uids).
+    pub fn resolve(names: &[String]) -> Result<Owners, String> {
+        if names.is_empty() {
+            return Ok(Owners::Any);
+        }
+        let mut uids = HashSet::new();
+        for n in names {
+            let uid = match n.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => uid_of(n).ok_or_else(|| {
+                    format!("handoff_owners: no user `{n}` on this system (name or uid expected)")
+                })?,
+            };
+            uids.insert(uid);
+        }
+        Ok(Owners::Uids(uids))
+    }
+
+    fn allows(&self, uid: u32) -> bool {
+        match self {
+            Owners::Any => true,
+            Owners::Uids(u) => u.contains(&uid),
+        }
+    }
+}
+
+/// The uid of a user name (getpwnam_r).
+fn uid_of(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to memory we own for the duration of the call; the
+    // result points into `pwd`/`buf`, read before they go out of scope.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+}
+
+/// Creates the directory if needed and sets its mode and default ACL (when mailpush
+/// owns it). Returns warnings for the log.
+pub fn prepare(dir: &Path) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create handoff_dir {}: {e}", dir.display()))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot read handoff_dir {}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("handoff_dir {} is not a directory", dir.display()));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        warnings.push(format!(
+            "handoff_dir {} is owned by uid {}, not by mailpush (uid {me}): mailpush cannot set its mode and ACL; make sure the mail processes can create files there and mailpush can read and remove them",
+            dir.display(),
+            meta.uid()
+        ));
+        return Ok(warnings);
+    }
+    if meta.mode() & 0o7777 != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+            .map_err(|e| format!("cannot set the mode of handoff_dir {}: {e}", dir.display()))?;
+    }
+    if let Err(e) = set_default_acl(dir, me) {
+        warnings.push(format!(
+            "cannot set a default ACL on handoff_dir {} ({e}): files Dovecot writes there are readable by mailpush only if Dovecot's umask lets them be (mount the filesystem with ACL support)",
+            dir.display()
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Sets the directory's default ACL: owner rw, `reader` r, group and others nothing —
+/// so every file created in it is readable by `reader`, whatever the creator's umask.
+fn set_default_acl(dir: &Path, reader: u32) -> std::io::Result<()> {
+    // The `system.posix_acl_default` value (Linux's posix_acl_xattr format): version
+    // 2, then entries (tag u16, perm u16, id u32), little-endian, sorted by tag.
+    const UNDEFINED: u32 = u32::MAX;
+    let entries: [(u16, u16, u32); 5] = [
+        (0x01, 6, UNDEFINED), // ACL_USER_OBJ rw
+        (0x02, 4, reader),    // ACL_USER reader r
+        (0x04, 0, UNDEFINED), // ACL_GROUP_OBJ -
+        (0x10, 4, UNDEFINED), // ACL_MASK r
+        (0x20, 0, UNDEFINED), // ACL_OTHER -
+    ];
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&id.to_le_bytes());
+    }
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("path contains NUL"))?;
+    let name = c"system.posix_acl_default";
+    // SAFETY: both strings are NUL-terminated and `value` outlives the call.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// One file ready to be read.
+struct Found {
+    path: PathBuf,
+    modified: (i64, i64),
+    name: String,
+}
+
+/// What one look at the directory gave.
+#[derive(Default)]
+struct Batch {
+    /// Parsed transactions and their files, oldest first.
+    txns: Vec<Transaction>,
+    files: Vec<PathBuf>,
+    /// Files set aside, with why.
+    rejected: Vec<(String, String)>,
+    /// Files that could not be read (left in place), with why.
+    unreadable: Vec<(String, String)>,
+}
+
+/// Reads up to [`BATCH`] of the oldest published files.
+fn scan(dir: &Path, owners: &Owners, max_size: u64) -> std::io::Result<Batch> {
+    let mut found = Vec::new();
+    let mut batch = Batch::default();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a symlink is never read.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let why = if !meta.file_type().is_file() {
+            Some("not a regular file".to_string())
+        } else if !owners.allows(meta.uid()) {
+            Some(format!(
+                "owned by uid {}, not one of handoff_owners",
+                meta.uid()
+            ))
+        } else if meta.len() > max_size {
+            Some(format!(
+                "{} bytes, more than max_body ({max_size})",
+                meta.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            set_aside(&path);
+            batch.rejected.push((name, why));
+            continue;
+        }
+        found.push(Found {
+            path,
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            name,
+        });
+    }
+    found.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name)));
+    for f in found.into_iter().take(BATCH) {
+        let text = match std::fs::read_to_string(&f.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                set_aside(&f.path);
+                batch.rejected.push((f.name, "not UTF-8".into()));
+                continue;
+            }
+            Err(e) => {
+                batch.unreadable.push((f.name, e.to_string()));
+                continue;
+            }
+        };
+        match Transaction::from_json(text.trim_end()) {
+            Ok(t) => {
+                batch.txns.push(t);
+                batch.files.push(f.path);
+            }
+            Err(e) => {
+                set_aside(&f.path);
+                batch.rejected.push((f.name, e.to_string()));
+            }
+        }
+    }
+    Ok(batch)
+}
+
+fn set_aside(path: &Path) {
+    let mut to = path.as_os_str().to_owned();
+    to.push(".rejected");
+    let _ = std::fs::rename(path, to);
+}
+
+/// Logs at most once per [`REPORT_EVERY`], counting what it did not log.
+struct Reporter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Reporter {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn report(&mut self, f: impl FnOnce(u64)) {
+        if self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            f(self.suppressed);
+            self.last = Some(Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Reads the directory until `stop` turns true: every published file is persisted
+/// (oldest first), then removed.
+pub async fn consume(
+    daemon: Arc<Daemon>,
+    dir: PathBuf,
+    owners: Owners,
+    mut stop: watch::Receiver<bool>,
+) {
+    let max_size = daemon.max_body as u64;
+    let (mut problems, mut refusals) = (Reporter::new(), Reporter::new());
+    let mut complained: HashSet<String> = HashSet::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let (d, o) = (dir.clone(), owners.clone());
+        let batch = match tokio::task::spawn_blocking(move || scan(&d, &o, max_size)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                problems.report(|more| {
+                    tracing::error!(
+                        "cannot read handoff_dir {}: {e} (+{more} more)",
+                        dir.display()
+                    )
+                });
+                Batch::default()
+            }
+            Err(e) => {
+                tracing::error!("hand-off reader failed: {e}");
+                Batch::default()
+            }
+        };
+        for (name, why) in &batch.rejected {
+            daemon.ingest.reject("invalid", 1);
+            tracing::error!(
+                "hand-off file {name} set aside as {name}.rejected: {}",
+                mailpush_core::text::escape_controls(why)
+            );
+        }
+        for (name, why) in batch.unreadable {
+            // Once per file (bounded): it stays and is tried again.
+            if complained.len() < 10_000 && complained.insert(name.clone()) {
+                tracing::error!(
+                    "cannot read hand-off file {name} in {}: {why} (mailpush needs read access: let it create handoff_dir, which sets a default ACL, or adjust the file's permissions)",
+                    dir.display()
+                );
+            }
+        }
+        if batch.txns.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let n = batch.txns.len() as u64;
+        match daemon
+            .dispatcher()
+            .accept(batch.txns, Backpressure::Wait)
+            .await
+        {
+            Ok(_) => {
+                daemon
+                    .ingest
+                    .received
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                let files = batch.files;
+                let _ = tokio::task::spawn_blocking(move || {
+                    for f in files {
+                        if let Err(e) = std::fs::remove_file(&f) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                tracing::error!(
+                                    "cannot remove hand-off file {}: {e} (it will be read again; its id keeps it from being stored twice)",
+                                    f.display()
+                                );
+                            }
+                        }
+                    }
+                })
+                .await;
+            }
+            Err(refused) => {
+                // Nothing is lost: the files stay and are read again.
+                refusals.report(|more| {
+                    tracing::warn!("hand-off of {n} transaction(s) waits: {refused} (+{more} more)")
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn reads_oldest_first_and_sets_aside_what_is_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let txn = |id: &str| {
+            format!(
+                r#"{{"id":"{id}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"M"}}]}}"#
+            )
+        };
+        write(d, "b.json", &txn("first"));
+        // Later modification times.
+        std::thread::sleep(Duration::from_millis(20));
+        write(d, "a.json", &format!("{}\n", txn("second")));
+        write(d, ".tmp-c", &txn("unpublished"));
+        write(d, "bad.json", "{not json");
+        write(d, "note.txt", "ignored");
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link.json")).unwrap();
+        let b = scan(d, &Owners::Any, 1 << 20).unwrap();
+        let ids: Vec<&str> = b.txns.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["first", "second"]);
+        let mut rejected: Vec<&str> = b.rejected.iter().map(|(n, _)| n.as_str()).collect();
+        rejected.sort();
+        assert_eq!(rejected, ["bad.json", "link.json"]);
+        assert!(d.join("bad.json.rejected").exists());
+        assert!(d.join(".tmp-c").exists() && d.join("note.txt").exists());
+
+        // Owners: a uid that owns nothing here sets every file aside.
+        let b = scan(d, &Owners::Uids(HashSet::from([u32::MAX - 1])), 1 << 20).unwrap();
+        assert!(b.txns.is_empty());
+        assert_eq!(b.rejected.len(), 2);
+    }
+
+    #[test]
+    fn owners_resolve_names_and_uids() {
+        assert!(matches!(Owners::resolve(&[]), Ok(Owners::Any)));
+        let Ok(Owners::Uids(u)) = Owners::resolve(&["root".into(), "5000".into()]) else {
+            panic!("root and 5000 resolve");
+        };
+        assert_eq!(u, HashSet::from([0, 5000]));
+        let e = Owners::resolve(&["no-such-user-here".into()]).unwrap_err();
+        assert!(e.contains("no user `no-such-user-here`"), "{e}");
+    }
+
+    #[test]
+    fn prepare_sets_mode_and_default_acl() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("handoff");
+        let warnings = prepare(&h).unwrap();
+        let mode = std::fs::metadata(&h).unwrap().mode() & 0o7777;
+        assert_eq!(mode, DIR_MODE);
+        // Where the filesystem has ACLs, a file created with a strict umask is still
+        // readable through the named-user entry.
+        if warnings.is_empty() {
+            let path = std::ffi::CString::new(h.as_os_str().as_encoded_bytes()).unwrap();
+            let mut buf = [0u8; 128];
+            // SAFETY: buffers are ours and sized as passed.
+            let n = unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    c"system.posix_acl_default".as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            assert_eq!(n, 4 + 5 * 8, "the default ACL is set");
+        }
+    }
+}
