@@ -7,7 +7,8 @@
 //!   pipeline); [`cli`]: the `mailpush` binary, a thin shell over both;
 //! - [`pipeline`]: the one way in ([`pipeline::Dispatcher::accept`]) and the one-way
 //!   path to the drivers — spool, queues, lanes, retries, Dovecot's hook sequence;
-//! - [`spool`]: where transactions are stored until every driver is done;
+//! - [`spool`]: where transactions are stored until every driver is done — embedded
+//!   SQLite, or [`cluster`]: NATS JetStream shared by several nodes;
 //! - [`registry`]: turns the config's numbered drivers into running drivers: built-in
 //!   ([`mailpush_dlog`], [`mailpush_ox`]) and sandboxed WebAssembly components
 //!   ([`wasm`], each sandbox limit enforced in the capability module that owns it);
@@ -18,6 +19,7 @@
 
 pub mod breaker;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod daemon;
 pub mod logging;

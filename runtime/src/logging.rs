@@ -15,8 +15,17 @@ pub enum LogFormat {
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
-        _ => EnvFilter::try_new(level)
-            .map_err(|e| anyhow::anyhow!("invalid --log-level `{level}`: {e}"))?,
+        _ => {
+            // The NATS client's own info lines (each connect) are mailpush's to tell.
+            let quiet =
+                if level.contains("async_nats") || !matches!(level, "info" | "debug" | "trace") {
+                    String::new()
+                } else {
+                    ",async_nats=warn".to_string()
+                };
+            EnvFilter::try_new(format!("{level}{quiet}"))
+                .map_err(|e| anyhow::anyhow!("invalid --log-level `{level}`: {e}"))?
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

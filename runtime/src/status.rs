@@ -17,6 +17,9 @@ pub struct Status {
     pub config: String,
     pub ingest: IngestReport,
     pub drivers: Vec<DriverReport>,
+    /// Cluster mode: the nodes, who delivers what, lag, drift.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ownership::ClusterReport>,
 }
 
 /// Ingest's counters.
@@ -102,6 +105,14 @@ mod tests {
                 latency_buckets: vec![1; 13],
                 latency_sum_us: 1234,
             }],
+            cluster: Some(crate::cluster::ownership::ClusterReport {
+                node: "mp1".into(),
+                owned: vec![0, 3],
+                partitions: 4,
+                connected: true,
+                lag: vec![(1, 0, 5)],
+                ..Default::default()
+            }),
         };
         let json = serde_json::to_string(&status).unwrap();
         assert!(json.contains(r#""circuit":"half-open""#), "{json}");

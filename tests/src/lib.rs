@@ -18,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+pub mod nats;
+
 /// Path of a guest component built by build.rs (`hostile`, `webhook`, `ox-wasm`,
 /// `tenant-filter`, `bench-handler`).
 pub fn guest(name: &str) -> PathBuf {
@@ -40,6 +42,10 @@ pub fn guest(name: &str) -> PathBuf {
 pub fn mailpush_bin() -> PathBuf {
     // Integration tests run from target/<profile>/deps/; cargo builds this package's
     // binaries into target/<profile>/ before running them.
+    // A bench command (bench/src/bin) names the binary it runs.
+    if let Some(bin) = std::env::var_os("MAILPUSH_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     dir.join("mailpush-under-test")

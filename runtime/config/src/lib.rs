@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use numbering::DriverSetting;
-pub use settings::{ConnectionLimits, RuntimeSettings};
+pub use settings::{ClusterSettings, ConnectionLimits, RuntimeSettings};
 
 /// A config that does not load: its errors, with the warnings and the driver settings
 /// found despite them ([`Config::load_for_check`]).

@@ -102,6 +102,61 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "transactions each driver may have waiting in memory; with the spool, a driver whose queue is full reads its backlog from the spool; with `delivery = memory`, a full queue makes ingest answer 503 (run)",
     ),
     (
+        "cluster",
+        "(none)",
+        "NATS servers (nats://host:4222[,nats://…]; tls://… for TLS; user:password@ in the URL) whose JetStream replaces the SQLite spool: transactions, driver progress, dead letters and METADATA live there, and every node delivers the users of the partitions it owns (README: Running more than one node)",
+    ),
+    (
+        "cluster_node",
+        "(host name:listen port)",
+        "this node's name in the cluster: unique and stable across restarts",
+    ),
+    (
+        "cluster_stream",
+        "MAILPUSH",
+        "prefix of the JetStream stream, consumer and bucket names",
+    ),
+    (
+        "cluster_replicas",
+        "1",
+        "JetStream replicas of the stream and buckets (3 on a three-server NATS cluster)",
+    ),
+    (
+        "cluster_partitions",
+        "32",
+        "partitions users hash to (each delivered by one node at a time); fixed for the life of the stream",
+    ),
+    (
+        "cluster_lease_msecs",
+        "6000",
+        "how long a node's hold on a partition lasts without renewal: a dead node's partitions are taken over about this plus a quarter of it later",
+    ),
+    (
+        "cluster_creds_file",
+        "(none)",
+        "NATS credentials file (JWT and NKey seed, as `nats` tools use)",
+    ),
+    (
+        "cluster_token_file",
+        "(none)",
+        "file holding a NATS token",
+    ),
+    (
+        "cluster_tls_ca",
+        "(system roots)",
+        "CA certificate (PEM) for the NATS servers' TLS",
+    ),
+    (
+        "cluster_tls_cert",
+        "(none)",
+        "client certificate (PEM) for NATS TLS; needs cluster_tls_key",
+    ),
+    (
+        "cluster_tls_key",
+        "(none)",
+        "client key (PEM) for NATS TLS",
+    ),
+    (
         "wasm_host_memory",
         "(a quarter of the machine's memory)",
         "host memory all wasm instances together may hold on their guests' behalf (each instance reserves its driver's host_memory); beyond it no new instance is made and its transaction is retried later",
@@ -133,6 +188,46 @@ pub struct RuntimeSettings {
     pub spool_quota: u64,
     /// `wasm_host_memory`: the host memory of all wasm instances; `None` for the default.
     pub wasm_host_memory: Option<usize>,
+    /// `cluster = …`: cluster mode on NATS JetStream.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Cluster mode: NATS servers and how mailpush uses their JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Server URLs (`nats://`, `tls://`), tried in turn.
+    pub servers: Vec<String>,
+    /// This node's name; `None`: host name and listen port.
+    pub node: Option<String>,
+    /// Prefix of stream, consumer and bucket names.
+    pub stream: String,
+    pub replicas: usize,
+    pub partitions: u32,
+    /// A partition lease's lifetime without renewal.
+    pub lease: Duration,
+    pub creds_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClusterSettings {
+    fn new(servers: Vec<String>) -> Self {
+        ClusterSettings {
+            servers,
+            node: None,
+            stream: "MAILPUSH".into(),
+            replicas: 1,
+            partitions: 32,
+            lease: Duration::from_secs(6),
+            creds_file: None,
+            token_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
 }
 
 impl Default for RuntimeSettings {
@@ -153,6 +248,7 @@ impl Default for RuntimeSettings {
             durable: true,
             spool_quota: 1 << 30,
             wasm_host_memory: None,
+            cluster: None,
         }
     }
 }
@@ -204,7 +300,13 @@ impl RuntimeSettings {
             }
         };
         let mut errors = Vec::new();
+        // The cluster_* keys, applied once `cluster` is known.
+        let mut cluster_keys: Vec<(String, String, Location)> = Vec::new();
         for (key, value, location) in entries {
+            if key.starts_with("cluster") {
+                cluster_keys.push((key, value, location));
+                continue;
+            }
             let mut fail = |message: String| {
                 errors.push(ConfigError {
                     location: Some(location.clone()),
@@ -329,10 +431,122 @@ impl RuntimeSettings {
                 )),
             }
         }
+        s.cluster = cluster_settings(cluster_keys, &resolve, &mut errors);
         if errors.is_empty() {
             Ok(s)
         } else {
             Err(errors)
         }
     }
+}
+
+/// Reads the `cluster` and `cluster_*` keys.
+fn cluster_settings(
+    keys: Vec<(String, String, Location)>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ClusterSettings> {
+    let mut fail = |location: &Location, key: &str, value: &str, message: String| {
+        errors.push(ConfigError {
+            location: Some(location.clone()),
+            text: format!("{key} = {value}"),
+            message,
+        })
+    };
+    let servers = keys.iter().find(|(k, _, _)| k == "cluster");
+    let Some((_, value, location)) = servers else {
+        if let Some((k, v, l)) = keys.first() {
+            fail(
+                l,
+                k,
+                v,
+                format!("{k} needs `cluster = nats://host:4222` in the same block"),
+            );
+        }
+        return None;
+    };
+    let urls: Vec<String> = value
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let bad = urls.iter().find(|u| {
+        !(u.starts_with("nats://") || u.starts_with("tls://")) || u.contains(char::is_whitespace)
+    });
+    if urls.is_empty() || bad.is_some() {
+        fail(
+            location,
+            "cluster",
+            value,
+            "expected NATS server URLs separated by commas, e.g. `nats://10.0.0.1:4222,nats://10.0.0.2:4222` (tls:// for TLS)".into(),
+        );
+        return None;
+    }
+    let mut c = ClusterSettings::new(urls);
+    for (key, value, location) in &keys {
+        let mut bad = |message: &str| fail(location, key, value, message.to_string());
+        match key.as_str() {
+            "cluster" => {}
+            "cluster_node" => {
+                if value.is_empty() || value.contains(char::is_whitespace) {
+                    bad("expected a name without spaces, e.g. `mp1`");
+                } else {
+                    c.node = Some(value.clone());
+                }
+            }
+            "cluster_stream" => {
+                if !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                {
+                    c.stream = value.clone();
+                } else {
+                    bad("expected letters, digits, `_` or `-`, e.g. `MAILPUSH`");
+                }
+            }
+            "cluster_replicas" => match value.parse::<usize>() {
+                Ok(n @ 1..=5) => c.replicas = n,
+                _ => bad("expected 1 to 5 (3 on a three-server NATS cluster)"),
+            },
+            "cluster_partitions" => match value.parse::<u32>() {
+                Ok(n @ 1..=1024) => c.partitions = n,
+                _ => bad("expected 1 to 1024, e.g. `32`"),
+            },
+            "cluster_lease_msecs" => match units::parse_msecs(value) {
+                Some(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(600) => {
+                    c.lease = d
+                }
+                _ => bad("expected milliseconds from 1000 to 600000, e.g. `6000`"),
+            },
+            "cluster_creds_file" | "cluster_token_file" | "cluster_tls_ca" | "cluster_tls_cert"
+            | "cluster_tls_key"
+                if value.is_empty() =>
+            {
+                bad("needs a path")
+            }
+            "cluster_creds_file" => c.creds_file = Some(resolve(value)),
+            "cluster_token_file" => c.token_file = Some(resolve(value)),
+            "cluster_tls_ca" => c.tls_ca = Some(resolve(value)),
+            "cluster_tls_cert" => c.tls_cert = Some(resolve(value)),
+            "cluster_tls_key" => c.tls_key = Some(resolve(value)),
+            _ => bad(&format!(
+                "unknown mailpush setting `{key}`; known settings: {}",
+                SETTINGS
+                    .iter()
+                    .map(|(k, _, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    if c.tls_cert.is_some() != c.tls_key.is_some() {
+        fail(
+            location,
+            "cluster",
+            value,
+            "cluster_tls_cert and cluster_tls_key go together".into(),
+        );
+    }
+    Some(c)
 }

@@ -274,8 +274,8 @@ pub fn main() -> ExitCode {
             }
             Command::Status => run_status(&cli.global).await,
             Command::Reload => run_reload(&cli.global).await,
-            Command::Dlq(cmd) => run_dlq(&cli.global, cmd),
-            Command::Metadata(cmd) => run_metadata(&cli.global, cmd),
+            Command::Dlq(cmd) => run_dlq(&cli.global, cmd).await,
+            Command::Metadata(cmd) => run_metadata(&cli.global, cmd).await,
         }
     });
     match result {
@@ -386,7 +386,7 @@ async fn run_send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCo
     })
 }
 
-fn run_metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCode> {
+async fn run_metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<ExitCode> {
     let op = match metadata_op(cmd) {
         Ok(op) => op,
         Err(Usage(msg)) => {
@@ -398,9 +398,30 @@ fn run_metadata(global: &GlobalArgs, cmd: &MetadataCommand) -> anyhow::Result<Ex
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let store = crate::metadata_store::open_for(&config.settings)
-        .map_err(|e| anyhow::anyhow!("{}", e.0))?;
-    for line in metadata_cmd::run(&store, &op).map_err(|e| anyhow::anyhow!("{}", e.0))? {
+    let lines = match &config.settings.cluster {
+        // Cluster mode: the cluster's bucket, seen by every node.
+        Some(c) => {
+            let client = crate::cluster::nats::connect(c, "metadata")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let js = crate::cluster::nats::jetstream(&client);
+            let bucket = crate::cluster::nats::Names::new(&c.stream).metadata_bucket();
+            let store = js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|e| anyhow::anyhow!("cluster: cannot open the METADATA bucket {bucket} (has a node ever started?): {e}"))?;
+            let store = crate::cluster::metadata::KvMetadata::new(store);
+            metadata_cmd::run_cluster(&store, &op)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.0))?
+        }
+        None => {
+            let store = crate::metadata_store::open_for(&config.settings)
+                .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+            metadata_cmd::run(&store, &op).map_err(|e| anyhow::anyhow!("{}", e.0))?
+        }
+    };
+    for line in lines {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
@@ -432,16 +453,20 @@ fn metadata_op(cmd: &MetadataCommand) -> Result<MetadataOp, Usage> {
     })
 }
 
-fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
+async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
     let config = match load_config(&global.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let letters = DeadLetters::open(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let letters = DeadLetters::open(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: crate::spool::SpoolError| anyhow::anyhow!("{e}");
     match cmd {
-        DlqCommand::List { driver } => print::dead_letters(&letters.list(*driver).map_err(err)?),
-        DlqCommand::Show { id } => match letters.show(*id).map_err(err)? {
+        DlqCommand::List { driver } => {
+            print::dead_letters(&letters.list(*driver).await.map_err(err)?)
+        }
+        DlqCommand::Show { id } => match letters.show(*id).await.map_err(err)? {
             Some(d) => print::dead_letter(&d),
             None => {
                 eprintln!("no dead letter {id} (see `mailpush dlq list`)");
@@ -449,14 +474,14 @@ fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCode> {
             }
         },
         DlqCommand::Replay { id, driver, .. } => {
-            let n = letters.replay(*id, *driver).map_err(err)?;
+            let n = letters.replay(*id, *driver).await.map_err(err)?;
             println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
             if n == 0 && id.is_some() {
                 return Ok(ExitCode::FAILURE);
             }
         }
         DlqCommand::Purge { id, driver, .. } => {
-            let n = letters.purge(*id, *driver).map_err(err)?;
+            let n = letters.purge(*id, *driver).await.map_err(err)?;
             println!("{n} dead letter(s) purged");
             if n == 0 && id.is_some() {
                 return Ok(ExitCode::FAILURE);

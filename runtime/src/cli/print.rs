@@ -148,6 +148,35 @@ pub fn status(status: &Status) {
             format!("{total} ({})", parts.join(" "))
         }
     };
+    if let Some(c) = &status.cluster {
+        println!(
+            "\ncluster: node {} ({}), {} of {} partitions owned here, {} rebalance(s)",
+            c.node,
+            if c.connected {
+                "NATS connected"
+            } else {
+                "NATS UNREACHABLE"
+            },
+            c.owned.len(),
+            c.partitions,
+            c.rebalances
+        );
+        for n in &c.nodes {
+            println!(
+                "  {:<24} {:>4} partitions  drivers {}{}",
+                n.name,
+                n.owned,
+                n.fingerprint,
+                if c.drift.contains(&n.name) {
+                    "  CONFIG DRIFT"
+                } else {
+                    ""
+                }
+            );
+        }
+        let lag: u64 = c.lag.iter().map(|(_, _, l)| l).sum();
+        println!("  not yet delivered by this node's drivers: {lag}");
+    }
     println!(
         "\ningest: {} transaction(s) received, rejected {}; {} connection(s) open, cut or refused {}",
         ingest.received,

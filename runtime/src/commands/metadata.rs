@@ -84,6 +84,30 @@ pub fn run(store: &MetadataStore, op: &MetadataOp) -> Result<Vec<String>, Metada
     })
 }
 
+/// [`run`] on the cluster's METADATA bucket (cluster mode).
+pub async fn run_cluster(
+    store: &crate::cluster::metadata::KvMetadata,
+    op: &MetadataOp,
+) -> Result<Vec<String>, MetadataError> {
+    Ok(match op {
+        MetadataOp::Set { user, key, value } => {
+            store.set(user, key, value).await?;
+            Vec::new()
+        }
+        MetadataOp::Get { user, key } => vec![store.get(user, key).await?.unwrap_or_default()],
+        MetadataOp::Unset { user, key } => {
+            store.unset(user, key).await?;
+            Vec::new()
+        }
+        MetadataOp::List { user } => store
+            .list(user.as_deref())
+            .await?
+            .into_iter()
+            .map(|(u, k, v)| format!("{u}\t{k}\t{v}"))
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

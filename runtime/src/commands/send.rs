@@ -28,6 +28,8 @@ pub enum SendError {
     Spool(#[from] SpoolError),
     #[error("{0}")]
     Refused(#[from] Refused),
+    #[error("mailpush send delivers in this process from the local spool; in cluster mode (cluster = …) post the transactions to a node's ingest instead, e.g. curl --data-binary @events.ndjson -H 'content-type: application/x-ndjson' http://NODE:8025/v1/transactions")]
+    Cluster,
 }
 
 /// Transactions read and drivers initialised, ready to deliver.
@@ -73,6 +75,9 @@ pub async fn prepare(
             Ok(t) => txns.push(t),
             Err(e) => rejected.push(e),
         }
+    }
+    if config.settings.cluster.is_some() {
+        return Err(SendError::Cluster);
     }
     if let Some(total) = config.settings.wasm_host_memory {
         crate::wasm::limits::HostMemory::global().set_total(total);

@@ -342,6 +342,22 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if daemon.dispatcher().saturated() {
         return (StatusCode::SERVICE_UNAVAILABLE, "a driver queue is full\n").into_response();
     }
+    if let Some(c) = &daemon.cluster {
+        let c = c.lock();
+        if !c.connected {
+            return (StatusCode::SERVICE_UNAVAILABLE, "NATS is unreachable\n").into_response();
+        }
+        if c.drift.contains(&c.node) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "config drift: this node's drivers differ from the other nodes' (nodes that differ: {})\n",
+                    c.drift.join(", ")
+                ),
+            )
+                .into_response();
+        }
+    }
     // A reload that takes more than a moment is loading a driver that is slow to
     // initialise (bounded by its init_timeout_msecs): say so rather than "ready".
     if let Some(t) = daemon.reloading_for().filter(|t| t.as_secs() >= 1) {

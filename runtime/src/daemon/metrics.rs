@@ -263,6 +263,9 @@ pub fn render(status: &Status) -> String {
             "mailpush_driver_processing_seconds_count{{{l}}} {count}"
         );
     }
+    if let Some(c) = &status.cluster {
+        cluster(&mut out, c);
+    }
     // Driver-specific counters (wasm traps, timeouts, memory-limit hits, fuel, …).
     let mut names: Vec<&str> = drivers
         .iter()
@@ -285,4 +288,72 @@ pub fn render(status: &Status) -> String {
         }
     }
     out
+}
+
+/// Cluster mode: nodes, ownership, rebalances, drift, lag.
+fn cluster(out: &mut String, c: &crate::cluster::ownership::ClusterReport) {
+    let gauges: [(&str, &str, u64); 5] = [
+        (
+            "mailpush_cluster_nodes",
+            "Live nodes of the cluster.",
+            c.nodes.len() as u64,
+        ),
+        (
+            "mailpush_cluster_partitions",
+            "Partitions users hash to.",
+            u64::from(c.partitions),
+        ),
+        (
+            "mailpush_cluster_partitions_owned",
+            "Partitions this node delivers.",
+            c.owned.len() as u64,
+        ),
+        (
+            "mailpush_cluster_connected",
+            "1 while NATS is reachable.",
+            u64::from(c.connected),
+        ),
+        (
+            "mailpush_cluster_config_drift",
+            "1 while this node's drivers differ from the other nodes'.",
+            u64::from(c.drift.contains(&c.node)),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        header(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    header(
+        out,
+        "mailpush_cluster_rebalances_total",
+        "counter",
+        "Partitions this node took or gave up since it started.",
+    );
+    let _ = writeln!(out, "mailpush_cluster_rebalances_total {}", c.rebalances);
+    header(
+        out,
+        "mailpush_cluster_node_partitions",
+        "gauge",
+        "Partitions each live node delivers, as it reports.",
+    );
+    for n in &c.nodes {
+        let _ = writeln!(
+            out,
+            "mailpush_cluster_node_partitions{{node=\"{}\"}} {}",
+            label(&n.name),
+            n.owned
+        );
+    }
+    header(
+        out,
+        "mailpush_cluster_lag",
+        "gauge",
+        "Transactions not yet delivered, per driver and partition this node delivers.",
+    );
+    for (d, p, lag) in &c.lag {
+        let _ = writeln!(
+            out,
+            "mailpush_cluster_lag{{driver=\"{d}\",partition=\"{p}\"}} {lag}"
+        );
+    }
 }

@@ -30,7 +30,7 @@ pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
 /// Shared state of a running instance.
 pub struct Daemon {
     pub config_path: PathBuf,
-    dispatcher: Dispatcher,
+    dispatcher: Arc<Dispatcher>,
     pub token: Option<Vec<u8>>,
     pub max_body: usize,
     /// Open ingest connections and their limits.
@@ -49,6 +49,8 @@ pub struct Daemon {
     reloading_since: parking_lot::Mutex<Option<std::time::Instant>>,
     /// The `mailpush { }` block the service started with (a reload applies drivers only).
     settings: RuntimeSettings,
+    /// Cluster mode: what this node knows of the cluster.
+    pub cluster: Option<Arc<parking_lot::Mutex<crate::cluster::ownership::ClusterReport>>>,
 }
 
 impl Daemon {
@@ -68,6 +70,7 @@ impl Daemon {
             config: self.config_path.display().to_string(),
             ingest: self.ingest.report(in_flight, &self.connections),
             drivers: self.dispatcher.reports(),
+            cluster: self.cluster.as_ref().map(|c| c.lock().clone()),
         }
     }
 
@@ -150,6 +153,21 @@ pub async fn serve(
         Some(p) => Some(read_token(p)?),
         None => None,
     };
+    // Cluster mode: JetStream is the spool and holds the METADATA.
+    let node = match &config.settings.cluster {
+        Some(c) => {
+            let node = crate::cluster::Node::start(c, config.settings.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("refusing to start: cluster: {e}"))?;
+            tracing::info!(node = %node.name, servers = c.servers.len(), "cluster mode: NATS JetStream");
+            Some(node)
+        }
+        None => None,
+    };
+    let metadata: Arc<dyn MetadataLookup> = match &node {
+        Some(n) => n.metadata.clone(),
+        None => metadata,
+    };
     let loaded = match registry().init_all(&config, metadata.clone()).await {
         Ok(l) => l,
         Err((_, errors)) => anyhow::bail!(
@@ -169,12 +187,21 @@ pub async fn serve(
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let spool = crate::spool::open(&config.settings).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the spool {}: {e}",
-            config.settings.spool_path().display()
-        )
-    })?;
+    let spool = match &node {
+        Some(n) => {
+            let numbers: Vec<u32> = loaded.iter().map(|d| d.number).collect();
+            n.ensure_consumers(&numbers)
+                .await
+                .map_err(|e| anyhow::anyhow!("refusing to start: cluster: {e}"))?;
+            Some(n.spool.clone() as Arc<dyn crate::spool::Spool>)
+        }
+        None => crate::spool::open(&config.settings).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the spool {}: {e}",
+                config.settings.spool_path().display()
+            )
+        })?,
+    };
     // At least one request of max_body always fits.
     let body_budget_units = config
         .settings
@@ -184,12 +211,12 @@ pub async fn serve(
         .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
     let daemon = Arc::new(Daemon {
         config_path: config_path.to_path_buf(),
-        dispatcher: Dispatcher::start_with_spool(
+        dispatcher: Arc::new(Dispatcher::start_with_spool(
             loaded,
             config.settings.queue_capacity,
             None,
             spool.clone(),
-        ),
+        )),
         token,
         max_body: config.settings.max_body,
         connections: connections::ConnectionTable::new(connections::fit_to_open_files(
@@ -205,6 +232,7 @@ pub async fn serve(
         reload_lock: tokio::sync::Mutex::new(()),
         reloading_since: parking_lot::Mutex::new(None),
         settings: config.settings.clone(),
+        cluster: node.as_ref().map(|n| n.report.clone()),
     });
     // What the spool still owes from before a restart: each driver reads its share
     // itself, in ingest order, before anything that arrives once ingest is open (see
@@ -261,6 +289,9 @@ pub async fn serve(
     if spool.is_some() {
         tokio::spawn(replay_dead_letters(daemon.clone()));
     }
+    let membership = node
+        .as_ref()
+        .map(|n| n.run(daemon.dispatcher.clone(), stopped.clone()));
     if let Some(dir) = &config.settings.handoff_dir {
         let owners = handoff::Owners::resolve(&config.settings.handoff_owners)
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
@@ -307,6 +338,10 @@ pub async fn serve(
             daemon.connections.cut_all();
         }
     };
+    // Cluster mode: the leases are released first (another node takes over at once).
+    if let Some(m) = membership {
+        let _ = tokio::time::timeout_at(deadline, m).await;
+    }
     let drained = tokio::time::timeout_at(deadline, daemon.dispatcher.shutdown_shared());
     let ((), drained) = tokio::join!(connections_closed, drained);
     match drained {

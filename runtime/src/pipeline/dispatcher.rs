@@ -184,6 +184,7 @@ fn start_lane(
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(DriverStats::default());
     let overflow = overflow.unwrap_or_default();
+    let gate = spool.as_ref().and_then(|s| s.gate());
     let ctx = LaneContext {
         number: d.number,
         name: d.name.clone(),
@@ -194,6 +195,7 @@ fn start_lane(
         policy: d.policy.clone(),
         capacity,
         overflow: overflow.clone(),
+        gate,
         concurrency: d
             .policy
             .concurrency
@@ -303,6 +305,10 @@ impl Dispatcher {
                     .zip(positions)
                     .filter_map(|(t, p)| p.map(|p| (Arc::new(t), p)))
                     .collect();
+                if spool.feeds_lanes() {
+                    // Cluster mode: the partitions' owners read it from the spool.
+                    return Ok(stored.len());
+                }
                 for lane in &lanes {
                     lane.overflow.offer(&lane.tx, &stored, lane.number);
                 }
@@ -402,6 +408,33 @@ impl Dispatcher {
         let mut lanes = self.snapshot();
         lanes.retain(|l| drivers.contains(&l.number));
         send_to(&lanes, txn).await
+    }
+
+    /// Queues a transaction the spool hands over (cluster mode) for driver `number`'s
+    /// lane, waiting for room. A driver no longer configured takes nothing.
+    pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<(), ShutDown> {
+        let lane = self.snapshot().into_iter().find(|l| l.number == number);
+        match lane {
+            Some(l) => l.tx.send(txn).await.map_err(|_| ShutDown),
+            None => Ok(()),
+        }
+    }
+
+    /// The numbers of the running drivers.
+    pub fn numbers(&self) -> Vec<u32> {
+        self.snapshot().iter().map(|l| l.number).collect()
+    }
+
+    /// A hash of the running drivers (numbers, names, arguments, component files): nodes
+    /// of a cluster compare it to find configuration drift.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for l in self.snapshot().iter() {
+            h.update(l.fingerprint.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(&h.finalize()[..8])
     }
 
     /// Current counters of every driver.

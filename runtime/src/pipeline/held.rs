@@ -217,6 +217,39 @@ impl Held {
         }
     }
 
+    /// Removes every transaction `drop` says, except those being delivered; returns
+    /// them.
+    pub fn discard(&mut self, drop: impl Fn(&Transaction) -> bool) -> Vec<Arc<Transaction>> {
+        let mut gone = Vec::new();
+        for (user, q) in self.users.iter_mut() {
+            let skip = usize::from(self.in_flight.contains(user));
+            let mut i = 0;
+            q.retain(|item| {
+                let keep = i < skip || !drop(&item.txn);
+                i += 1;
+                if !keep {
+                    gone.push(item.txn.clone());
+                }
+                keep
+            });
+        }
+        let n = gone.len();
+        self.count -= n;
+        self.users
+            .retain(|u, q| !q.is_empty() || self.in_flight.contains(u));
+        let users = &self.users;
+        self.ring
+            .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
+        // A user whose oldest was dropped is not waiting for a retry any more.
+        self.retrying.retain(|u| {
+            users
+                .get(u)
+                .and_then(|q| q.front())
+                .is_some_and(|f| !f.attempts.is_empty())
+        });
+        gone
+    }
+
     /// Everything held, oldest first per user.
     pub fn into_transactions(self) -> impl Iterator<Item = Arc<Transaction>> {
         self.users

@@ -30,7 +30,7 @@ use super::overflow::Overflow;
 use super::policy::DeliveryPolicy;
 use super::stats::DriverStats;
 use crate::breaker::CircuitBreaker;
-use crate::spool::{now, Attempt, Spool};
+use crate::spool::{now, Attempt, Gate, Spool};
 
 /// What a lane needs besides its queue.
 pub struct LaneContext {
@@ -47,6 +47,9 @@ pub struct LaneContext {
     pub overflow: Arc<Overflow>,
     /// Most transactions (of different users) delivered at once.
     pub concurrency: usize,
+    /// Which transactions this process may deliver now (cluster mode: its partitions'),
+    /// checked before each delivery; `None`: all.
+    pub gate: Option<Arc<dyn Gate>>,
 }
 
 /// A finished delivery: its user, what happened, how long it took, its log span, the
@@ -83,12 +86,17 @@ pub async fn run(
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Finished>> = FuturesUnordered::new();
     // Deliveries in flight per fairness group (a tenant): each at most its share.
     let mut shares: HashMap<String, usize> = HashMap::new();
+    let mut gate_epoch = ctx.gate.as_ref().map_or(0, |g| g.epoch());
     loop {
         ctx.stats.held.store(held.count, Ordering::Relaxed);
         let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
-                Ok(t) => held.push(t),
+                Ok(t) => {
+                    if admitted(&ctx, &t) {
+                        held.push(t)
+                    }
+                }
                 Err(mpsc::error::TryRecvError::Empty) => {
                     drained = true;
                     break;
@@ -128,7 +136,7 @@ pub async fn run(
             }
             tokio::select! {
                 t = rx.recv() => match t {
-                    Some(t) => held.push(t),
+                    Some(t) => if admitted(&ctx, &t) { held.push(t) },
                     None => closed = true,
                 },
                 // The backlog is in the spool now (see `overflow`).
@@ -137,6 +145,25 @@ pub async fn run(
             continue;
         }
         let now = Instant::now();
+        // Cluster mode: what this node no longer delivers is dropped, unacknowledged
+        // (its partition's new owner delivers it).
+        if let Some(gate) = &ctx.gate {
+            let epoch = gate.epoch();
+            if epoch != gate_epoch {
+                gate_epoch = epoch;
+                let dropped = held.discard(|t| !gate.admits(t));
+                for t in &dropped {
+                    abandon(&ctx, t);
+                }
+                if !dropped.is_empty() {
+                    tracing::info!(
+                        driver = ctx.number,
+                        "{} transaction(s) left to the partitions' new owners",
+                        dropped.len()
+                    );
+                }
+            }
+        }
         for item in held.expire(now) {
             expired(&ctx, item);
         }
@@ -158,9 +185,12 @@ pub async fn run(
             CircuitState::Closed => concurrency,
         };
         while in_flight.len() < limit {
-            let below_share = |t: &Transaction| match ctx.driver.share(t) {
-                Some((group, max)) => shares.get(&group).copied().unwrap_or(0) < max,
-                None => true,
+            let below_share = |t: &Transaction| {
+                ctx.gate.as_ref().is_none_or(|g| g.admits(t))
+                    && match ctx.driver.share(t) {
+                        Some((group, max)) => shares.get(&group).copied().unwrap_or(0) < max,
+                        None => true,
+                    }
             };
             let Some((user, txn)) = held.next_due(now, below_share) else {
                 break;
@@ -211,7 +241,7 @@ pub async fn run(
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
                 match t {
-                    Some(t) => held.push(t),
+                    Some(t) => if admitted(&ctx, &t) { held.push(t) },
                     None => closed = true,
                 }
                 continue;
@@ -445,6 +475,23 @@ fn give_up(
             txn: item.txn,
             outcome: Outcome::Failed(mailpush_core::Failure::permanent(reason)),
         });
+    }
+}
+
+/// Whether this node may deliver `txn` (cluster mode: it arrived after its partition
+/// moved away; then it is let go).
+fn admitted(ctx: &LaneContext, txn: &Arc<Transaction>) -> bool {
+    let ok = ctx.gate.as_ref().is_none_or(|g| g.admits(txn));
+    if !ok {
+        abandon(ctx, txn);
+    }
+    ok
+}
+
+/// Lets `txn` go undelivered: its partition's new owner delivers it.
+fn abandon(ctx: &LaneContext, txn: &Transaction) {
+    if let Some(spool) = &ctx.spool {
+        spool.abandon(&txn.id, ctx.number);
     }
 }
 

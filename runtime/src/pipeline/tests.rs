@@ -161,6 +161,7 @@ fn run_lane(
     let outcomes = Arc::new(Outcomes::default());
     let stats = Arc::new(DriverStats::default());
     let ctx = LaneContext {
+        gate: None,
         number: 1,
         name: "script".into(),
         driver,

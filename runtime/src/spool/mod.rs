@@ -97,6 +97,29 @@ pub trait Spool: Send + Sync {
     fn flush(&self) -> Result<(), SpoolError> {
         self.append(&[], &[]).map(|_| ())
     }
+    /// A lane let `txn_id` go undelivered for `driver` (cluster mode: its partition
+    /// moved to another node, which delivers it).
+    fn abandon(&self, _txn_id: &str, _driver: u32) {}
+    /// Whether the spool itself hands stored transactions to the lanes (cluster mode:
+    /// each node delivers only the partitions it owns, read from JetStream), so that
+    /// accepting a batch must not also queue it here.
+    fn feeds_lanes(&self) -> bool {
+        false
+    }
+    /// Which transactions this process may deliver now (cluster mode: those of the
+    /// partitions it owns); `None`: all.
+    fn gate(&self) -> Option<std::sync::Arc<dyn Gate>> {
+        None
+    }
+}
+
+/// Which transactions a lane may deliver now ([`Spool::gate`]).
+pub trait Gate: Send + Sync {
+    /// Whether `txn` may be delivered here now.
+    fn admits(&self, txn: &Transaction) -> bool;
+    /// Grows whenever something stops being admitted: a lane seeing a new epoch drops
+    /// what it holds and no longer admits.
+    fn epoch(&self) -> u64;
 }
 
 /// Opens the spool of `settings` (`state_dir/spool.db`) when delivery is durable

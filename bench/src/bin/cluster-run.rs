@@ -1,0 +1,293 @@
+//! `cluster-run`: the cluster-mode figures in BENCHMARKS.md ("Cluster mode").
+//!
+//! ```text
+//! cargo build --release -p mailpush
+//! cargo run --release -p mailpush-bench --bin cluster-run            # 3 runs, ~6 min
+//! cargo run --release -p mailpush-bench --bin cluster-run -- --smoke # 1 small run
+//! ```
+//!
+//! Real processes: `nats-server` (`NATS_SERVER` or on `PATH`, 2.14+), `mailpush run`
+//! nodes (`MAILPUSH_BIN`, else `mailpush` beside this program), and a recording HTTP
+//! endpoint on 127.0.0.1 as the webhook example driver's target. Each run measures:
+//!
+//! 1. **ingest**: transactions/s accepted (202) by one node into JetStream (one server,
+//!    replicas 1), beside the same node on its SQLite spool;
+//! 2. **delivery**: transactions/s delivered with 1, 2 and 3 nodes against an endpoint
+//!    that takes 20 ms per request, the driver's concurrency at 16 (ratios to 1 node);
+//! 3. **take-over**: from SIGKILL of one of two nodes until the other owns every
+//!    partition (5 times; the median), with the default lease (6 s).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mailpush_e2e::nats::{nats_or_skip, NatsServer};
+use mailpush_e2e::{guest, http_request, RecordingServer, Reply, RunningDaemon};
+
+struct Sizes {
+    ingest: usize,
+    delivery: usize,
+    takeovers: usize,
+    runs: usize,
+}
+
+fn node_config(dir: &Path, name: &str, cluster: Option<&str>, url: &str) -> PathBuf {
+    let cluster = cluster
+        .map(|c| format!(" cluster = {c}\n cluster_node = {name}\n"))
+        .unwrap_or_default();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n{cluster}}}\nplugin {{\n push_notification_driver = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16\n}}\n",
+            guest("webhook").display()
+        ),
+    )
+    .expect("write config");
+    conf
+}
+
+fn batch(from: usize, n: usize, users: usize, tag: &str) -> String {
+    let mut body = String::new();
+    for i in from..from + n {
+        body.push_str(&format!(
+            "{{\"id\":\"{tag}{i}\",\"user\":\"u{}@example.com\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"M\"}}]}}\n",
+            i % users
+        ));
+    }
+    body
+}
+
+/// Posts `total` transactions in batches of 100 from 4 concurrent clients, round robin
+/// over `nodes`; returns the seconds until all were accepted.
+async fn post_all(nodes: &[SocketAddr], total: usize, users: usize, tag: &str) -> f64 {
+    let started = Instant::now();
+    let per = 100;
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let nodes = nodes.to_vec();
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut b = c;
+            while b * per < total {
+                let body = batch(b * per, per.min(total - b * per), users, &tag);
+                let addr = nodes[b % nodes.len()];
+                loop {
+                    let (s, _, text) = http_request(
+                        addr,
+                        "POST",
+                        "/v1/transactions",
+                        &[("content-type", "application/x-ndjson")],
+                        body.as_bytes(),
+                    )
+                    .await;
+                    match s {
+                        202 => break,
+                        503 | 0 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        other => panic!("ingest answered {other}: {text}"),
+                    }
+                }
+                b += 4;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("poster");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+async fn owned(addr: SocketAddr) -> Vec<u32> {
+    let (_, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
+    serde_json::from_str::<mailpush::status::Status>(&body)
+        .ok()
+        .and_then(|s| s.cluster)
+        .map(|c| c.owned)
+        .unwrap_or_default()
+}
+
+/// Waits until the nodes own all 32 partitions between them, each node some.
+async fn settled(nodes: &[SocketAddr]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all = Vec::new();
+        let mut each = true;
+        for a in nodes {
+            let o = owned(*a).await;
+            each &= !o.is_empty();
+            all.extend(o);
+        }
+        all.sort_unstable();
+        if each && all == (0..32).collect::<Vec<u32>>() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ingest(sizes: &Sizes) -> (f64, f64) {
+    let endpoint = RecordingServer::start().await;
+    let url = endpoint.url("/h");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = RunningDaemon::start(&node_config(dir.path(), "s", None, &url));
+    let sqlite_s = post_all(&[sqlite.addr], sizes.ingest, 2_000, "s").await;
+    drop(sqlite);
+    let nats = NatsServer::start();
+    let node = RunningDaemon::start(&node_config(dir.path(), "j", Some(&nats.url()), &url));
+    settled(&[node.addr]).await;
+    let js_s = post_all(&[node.addr], sizes.ingest, 2_000, "j").await;
+    let n = sizes.ingest as f64;
+    (n / sqlite_s, n / js_s)
+}
+
+/// Delivered transactions/s with `nodes` nodes against a 20 ms endpoint.
+async fn delivery(nodes: usize, sizes: &Sizes) -> f64 {
+    let endpoint = RecordingServer::start().await;
+    endpoint.set_default(Reply::Status {
+        status: 200,
+        headers: Vec::new(),
+        delay: Duration::from_millis(20),
+    });
+    let url = endpoint.url("/h");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start();
+    let running: Vec<RunningDaemon> = (0..nodes)
+        .map(|i| {
+            RunningDaemon::start(&node_config(
+                dir.path(),
+                &format!("n{i}"),
+                Some(&nats.url()),
+                &url,
+            ))
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = running.iter().map(|n| n.addr).collect();
+    settled(&addrs).await;
+    let started = Instant::now();
+    post_all(&addrs, sizes.delivery, 3_000, "d").await;
+    endpoint
+        .wait_for(sizes.delivery, Duration::from_secs(600))
+        .await;
+    sizes.delivery as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Seconds from SIGKILL of one of two nodes until the other owns every partition.
+async fn takeovers(sizes: &Sizes) -> Vec<f64> {
+    let endpoint = RecordingServer::start().await;
+    let url = endpoint.url("/h");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = NatsServer::start();
+    let survivor = RunningDaemon::start(&node_config(dir.path(), "a", Some(&nats.url()), &url));
+    let mut out = Vec::new();
+    for _ in 0..sizes.takeovers {
+        let mut victim =
+            RunningDaemon::start(&node_config(dir.path(), "b", Some(&nats.url()), &url));
+        settled(&[survivor.addr, victim.addr]).await;
+        let killed = Instant::now();
+        victim.child.kill().expect("SIGKILL");
+        let _ = victim.child.wait();
+        while owned(survivor.addr).await.len() < 32 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        out.push(killed.elapsed().as_secs_f64());
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn spread(v: &[f64]) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!("{:.2} / {:.2} / {:.2}", s[0], median(&s), s[s.len() - 1])
+}
+
+#[tokio::main]
+async fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    if std::env::var_os("MAILPUSH_BIN").is_none() {
+        let exe = std::env::current_exe().expect("own path");
+        let bin = exe.with_file_name("mailpush");
+        if !bin.exists() {
+            eprintln!(
+                "cluster-run: {} not found: build it first (`cargo build --release -p mailpush`) or set MAILPUSH_BIN",
+                bin.display()
+            );
+            std::process::exit(2);
+        }
+        std::env::set_var("MAILPUSH_BIN", bin);
+    }
+    if !nats_or_skip() {
+        eprintln!("cluster-run: needs nats-server 2.14+ (NATS_SERVER or on PATH)");
+        std::process::exit(2);
+    }
+    let sizes = if smoke {
+        Sizes {
+            ingest: 1_000,
+            delivery: 500,
+            takeovers: 1,
+            runs: 1,
+        }
+    } else {
+        Sizes {
+            ingest: 20_000,
+            delivery: 6_000,
+            takeovers: 5,
+            runs: 3,
+        }
+    };
+    let (mut sqlite, mut js, mut ratio_ingest) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one, mut two, mut three) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut r2, mut r3, mut takeover) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=sizes.runs {
+        let (s, j) = ingest(&sizes).await;
+        let d1 = delivery(1, &sizes).await;
+        let d2 = delivery(2, &sizes).await;
+        let d3 = delivery(3, &sizes).await;
+        let t = takeovers(&sizes).await;
+        println!(
+            "run {run}: ingest SQLite {s:.0}/s, JetStream {j:.0}/s ({:.2}x); delivery 1 node {d1:.0}/s, 2 nodes {d2:.0}/s ({:.2}x), 3 nodes {d3:.0}/s ({:.2}x); take-over {} s (median {:.2})",
+            j / s,
+            d2 / d1,
+            d3 / d1,
+            t.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", "),
+            median(&t)
+        );
+        sqlite.push(s);
+        js.push(j);
+        ratio_ingest.push(j / s);
+        one.push(d1);
+        two.push(d2);
+        three.push(d3);
+        r2.push(d2 / d1);
+        r3.push(d3 / d1);
+        takeover.push(median(&t));
+    }
+    println!();
+    println!(
+        "| measure (min / median / max over {} runs) | figure |",
+        sizes.runs
+    );
+    println!("|---|---|");
+    println!("| ingest, SQLite spool, txn/s | {} |", spread(&sqlite));
+    println!(
+        "| ingest, JetStream (1 server, R1), txn/s | {} |",
+        spread(&js)
+    );
+    println!("| ingest JetStream / SQLite | {}× |", spread(&ratio_ingest));
+    println!("| delivery, 1 node, txn/s | {} |", spread(&one));
+    println!("| delivery, 2 nodes, txn/s | {} |", spread(&two));
+    println!("| delivery, 3 nodes, txn/s | {} |", spread(&three));
+    println!("| delivery 2 nodes / 1 node | {}× |", spread(&r2));
+    println!("| delivery 3 nodes / 1 node | {}× |", spread(&r3));
+    println!(
+        "| take-over after SIGKILL, median of {}, s | {} |",
+        sizes.takeovers,
+        spread(&takeover)
+    );
+}

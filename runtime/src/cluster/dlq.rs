@@ -1,0 +1,171 @@
+//! Dead letters in cluster mode: a stream (`<prefix>_DLQ`, subject
+//! `<prefix>.dlq.<driver>`), one message per dead letter with its attempts; its stream
+//! sequence is the dead letter's id for `mailpush dlq` on any node. A replay publishes
+//! the transaction on `<prefix>.replay.<driver>.<partition>`, which only that driver's
+//! consumer of the partition reads — after the user's later transactions, as on one
+//! node — then deletes the dead letter.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Context;
+use mailpush_core::Transaction;
+use serde::{Deserialize, Serialize};
+
+use super::nats::{storage, Names};
+use super::partition_of;
+use crate::spool::{now, Attempt, DeadLetter, SpoolError};
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    driver: u32,
+    at: u64,
+    attempts: Vec<Attempt>,
+    /// The transaction, canonical JSON.
+    txn: String,
+}
+
+/// Records a dead letter, retrying until JetStream stored it (the transaction is
+/// acknowledged only after that: if this node dies first, it is delivered again).
+pub async fn record(
+    js: &Context,
+    names: &Names,
+    txn: &Transaction,
+    driver: u32,
+    attempts: &[Attempt],
+) {
+    let record = Record {
+        driver,
+        at: now(),
+        attempts: attempts.to_vec(),
+        txn: txn.to_json(),
+    };
+    let Ok(payload) = serde_json::to_vec(&record) else {
+        return;
+    };
+    let id = format!("dlq/{driver}/{}/{}", txn.id, attempts.len());
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let sent = async {
+            js.send_publish(
+                names.dlq_subject(driver),
+                PublishMessage::build()
+                    .payload(payload.clone().into())
+                    .message_id(&id),
+            )
+            .await?
+            .await
+        }
+        .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(txn = %txn.id, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Every dead letter (of one driver), oldest first.
+pub async fn list(
+    js: &Context,
+    names: &Names,
+    driver: Option<u32>,
+) -> Result<Vec<DeadLetter>, SpoolError> {
+    let mut stream = js
+        .get_stream(names.dlq_stream())
+        .await
+        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(out);
+    }
+    for seq in first..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue; // purged
+        };
+        let Ok(r) = serde_json::from_slice::<Record>(&msg.payload) else {
+            continue;
+        };
+        if driver.is_some_and(|d| d != r.driver) {
+            continue;
+        }
+        let Ok(txn) = Transaction::from_json(&r.txn) else {
+            continue;
+        };
+        out.push(DeadLetter {
+            id: seq as i64,
+            driver: r.driver,
+            txn,
+            attempts: r.attempts,
+            at: r.at,
+        });
+    }
+    Ok(out)
+}
+
+/// Delivers dead letters again (one id, or all of one driver, or all): each to the
+/// driver that gave up on it; returns how many.
+pub async fn replay(
+    js: &Context,
+    names: &Names,
+    partitions: u32,
+    id: Option<i64>,
+    driver: Option<u32>,
+) -> Result<usize, SpoolError> {
+    let letters = list(js, names, driver).await?;
+    let stream = js
+        .get_stream(names.dlq_stream())
+        .await
+        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let mut n = 0;
+    for d in letters.into_iter().filter(|d| id.is_none_or(|i| i == d.id)) {
+        let subject = names.replay_subject(d.driver, partition_of(&d.txn.user, partitions));
+        js.send_publish(
+            subject,
+            PublishMessage::build()
+                .payload(d.txn.to_json().into())
+                .message_id(format!("replay/{}/{}", d.driver, d.id)),
+        )
+        .await
+        .map_err(|e| storage("cannot replay", e))?
+        .await
+        .map_err(|e| storage("cannot replay", e))?;
+        stream
+            .delete_message(d.id as u64)
+            .await
+            .map_err(|e| storage("cannot remove the replayed dead letter", e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Deletes dead letters for good; returns how many.
+pub async fn purge(
+    js: &Context,
+    names: &Names,
+    id: Option<i64>,
+    driver: Option<u32>,
+) -> Result<usize, SpoolError> {
+    let letters = list(js, names, driver).await?;
+    let stream = js
+        .get_stream(names.dlq_stream())
+        .await
+        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let mut n = 0;
+    for d in letters.into_iter().filter(|d| id.is_none_or(|i| i == d.id)) {
+        stream
+            .delete_message(d.id as u64)
+            .await
+            .map_err(|e| storage("cannot purge", e))?;
+        n += 1;
+    }
+    Ok(n)
+}

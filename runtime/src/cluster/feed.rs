@@ -1,0 +1,218 @@
+//! From JetStream to the lanes: one feeder per (driver, owned partition) reads the
+//! driver's consumer of the partition, in stream order, and queues each transaction for
+//! the driver's lane (waiting for room: the consumer's `max_ack_pending` and the lane's
+//! queue bound what one node holds). The message's acknowledgement handle waits in
+//! [`Acks`] until the lane is done with the transaction ([`super::spool`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::Context;
+use futures::StreamExt;
+use mailpush_core::Transaction;
+use tokio::sync::watch;
+
+use super::nats::Names;
+use super::spool::Acks;
+use crate::pipeline::Dispatcher;
+
+/// What a feeder needs.
+pub struct Feeder {
+    pub js: Context,
+    pub names: Names,
+    pub acks: Arc<Acks>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub driver: u32,
+    pub partition: u32,
+    /// Reset the consumer to its ack floor first (this node just took the partition).
+    pub reset: bool,
+}
+
+impl Feeder {
+    /// Feeds until `stop` turns true (the partition moved, the driver went away, or the
+    /// node stops).
+    ///
+    /// Messages the server sent that never arrived (a connection that broke, a pull
+    /// request of the partition's previous owner that was still open) stay out, not
+    /// acknowledged, until the ack wait: the consumer's delivery sequence shows the gap,
+    /// and the feeder then resets the consumer to its ack floor. What a reset sends again
+    /// that this node already acknowledged, or is delivering, is not fed again.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let name = self.names.consumer(self.driver, self.partition);
+        let mut reset = self.reset;
+        let mut pause = Duration::from_millis(100);
+        while !*stop.borrow() {
+            let consumer = match self.consumer(&name, &mut reset).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(
+                        driver = self.driver,
+                        partition = self.partition,
+                        "NATS: cannot read the consumer {name} ({e}); retrying"
+                    );
+                    if wait(&mut stop, pause).await {
+                        return;
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(100);
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .expires(Duration::from_secs(2))
+                .heartbeat(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(
+                        driver = self.driver,
+                        partition = self.partition,
+                        "NATS: cannot pull from {name} ({e}); retrying"
+                    );
+                    if wait(&mut stop, Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // The consumer's delivery sequence of the last message that arrived.
+            let mut last: Option<u64> = None;
+            let mut arrived = false;
+            let mut check = tokio::time::interval(GAP_CHECK);
+            check.tick().await;
+            loop {
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = stop.changed() => return,
+                    _ = check.tick() => {
+                        // Idle for a while: did the server send something that never came?
+                        if !std::mem::take(&mut arrived) && self.lost(&consumer, last).await {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let Some(msg) = next else { break };
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // Missing heartbeats, a reconnect: what was on the way may be lost.
+                        tracing::debug!(
+                            driver = self.driver,
+                            partition = self.partition,
+                            "NATS: pull from {name} ended ({e})"
+                        );
+                        break;
+                    }
+                };
+                arrived = true;
+                let Ok((dseq, sseq)) = msg.info().map(|i| (i.consumer_sequence, i.stream_sequence))
+                else {
+                    continue;
+                };
+                if last.is_some_and(|l| dseq != l + 1) {
+                    tracing::info!(
+                        driver = self.driver,
+                        partition = self.partition,
+                        "NATS: messages sent on {name} did not arrive; reading again from the ack floor"
+                    );
+                    break;
+                }
+                last = Some(dseq);
+                let (message, acker) = msg.split();
+                if self.acks.is_done(self.driver, self.partition, sseq) {
+                    let _ = acker.ack().await;
+                    continue;
+                }
+                let txn = match std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| Transaction::from_json(s).ok())
+                {
+                    Some(t) => t,
+                    None => {
+                        // Not ours to deliver (nothing mailpush published): skip it.
+                        tracing::error!(
+                            driver = self.driver,
+                            partition = self.partition,
+                            "NATS: a message on {} is not a transaction; acknowledged and skipped",
+                            message.subject
+                        );
+                        let _ = acker.ack().await;
+                        continue;
+                    }
+                };
+                if !self
+                    .acks
+                    .insert(self.driver, &txn.id, self.partition, sseq, acker)
+                {
+                    continue; // a lane holds it already (a reset sent it again)
+                }
+                let fed = tokio::select! {
+                    r = self.dispatcher.feed(self.driver, Arc::new(txn)) => r,
+                    _ = stop.changed() => return,
+                };
+                if fed.is_err() {
+                    return; // shutting down
+                }
+            }
+            // Whatever ended the pull, read again from the ack floor: messages on the way
+            // may have been lost.
+            reset = true;
+            if wait(&mut stop, Duration::from_millis(50)).await {
+                return;
+            }
+        }
+    }
+
+    /// Whether the pull has gone wrong while nothing arrived for a while (`last`: the
+    /// delivery sequence of the last message that did): the server sent more than
+    /// arrived, counts more out than this node holds, or has messages for this consumer
+    /// and room to send them but sends nothing (a pull that died with its server).
+    async fn lost(&self, consumer: &PullConsumer, last: Option<u64>) -> bool {
+        let Ok(Ok(info)) = tokio::time::timeout(Duration::from_secs(5), consumer.get_info()).await
+        else {
+            return true; // the server does not answer: pull again
+        };
+        // Keep what is remembered as done down to what the server can still send again.
+        self.acks
+            .floor(self.driver, self.partition, info.ack_floor.stream_sequence);
+        let out = info.num_ack_pending as u64;
+        let held = self.acks.in_flight_of(self.driver, self.partition) as u64;
+        last.is_some_and(|l| info.delivered.consumer_sequence > l)
+            || out > held
+            || (info.num_pending > 0 && out < super::nats::MAX_ACK_PENDING as u64)
+    }
+
+    async fn consumer(&self, name: &str, reset: &mut bool) -> Result<PullConsumer, String> {
+        let stream = self
+            .js
+            .get_stream(self.names.txn_stream())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut consumer: PullConsumer =
+            stream.get_consumer(name).await.map_err(|e| e.to_string())?;
+        if *reset {
+            // What the previous owner had out but not acknowledged comes again, in
+            // order, now (not after the ack wait).
+            consumer.reset(None).await.map_err(|e| e.to_string())?;
+            *reset = false;
+        }
+        Ok(consumer)
+    }
+}
+
+/// How often an idle feeder asks the server whether messages went missing.
+const GAP_CHECK: Duration = Duration::from_secs(3);
+
+/// Waits `d`, or less if `stop` turns true; returns whether to stop.
+async fn wait(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}

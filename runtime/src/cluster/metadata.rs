@@ -1,0 +1,187 @@
+//! METADATA in cluster mode: a JetStream key-value bucket (`<prefix>_metadata`), so
+//! `mailpush metadata set` on any node is seen by every node's drivers. Each node keeps
+//! the whole bucket in memory, fed by a watch (drivers look values up synchronously,
+//! often); writes go to the bucket.
+//!
+//! Bucket keys allow only `[-/_=.a-zA-Z0-9]`: a key is `u.<user>.<entry>`, each part
+//! base64url-encoded (lower-cased first: users and METADATA entry names are
+//! case-insensitive here as in Dovecot).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv::{Operation, Store};
+use base64::Engine as _;
+use futures::StreamExt;
+use mailpush_core::{MetadataError, MetadataLookup};
+use parking_lot::RwLock;
+
+use crate::metadata_store::normalize_key;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
+}
+
+fn unb64(s: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn kv_key(user: &str, key: &str) -> String {
+    format!("u.{}.{}", b64(&user.to_lowercase()), b64(key))
+}
+
+fn parse_key(k: &str) -> Option<(String, String)> {
+    let rest = k.strip_prefix("u.")?;
+    let (u, e) = rest.split_once('.')?;
+    Some((unb64(u)?, unb64(e)?))
+}
+
+fn err(e: impl std::fmt::Display) -> MetadataError {
+    MetadataError(format!("METADATA in NATS JetStream: {e}"))
+}
+
+/// Writes and lists (for `mailpush metadata` and the daemon).
+pub struct KvMetadata {
+    store: Store,
+}
+
+impl KvMetadata {
+    pub fn new(store: Store) -> Self {
+        KvMetadata { store }
+    }
+
+    pub async fn set(&self, user: &str, key: &str, value: &str) -> Result<(), MetadataError> {
+        if user.is_empty() {
+            return Err(MetadataError("a user is required (-u USER)".into()));
+        }
+        let key = normalize_key(key)?;
+        self.store
+            .put(kv_key(user, &key), value.to_string().into())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    pub async fn unset(&self, user: &str, key: &str) -> Result<bool, MetadataError> {
+        let key = normalize_key(key)?;
+        let k = kv_key(user, &key);
+        let existed = self.store.get(&k).await.map_err(err)?.is_some();
+        if existed {
+            self.store.delete(&k).await.map_err(err)?;
+        }
+        Ok(existed)
+    }
+
+    pub async fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError> {
+        let key = normalize_key(key)?;
+        let v = self.store.get(kv_key(user, &key)).await.map_err(err)?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// (user, key, value), of one user or all, sorted.
+    pub async fn list(
+        &self,
+        user: Option<&str>,
+    ) -> Result<Vec<(String, String, String)>, MetadataError> {
+        let mut keys = self.store.keys().await.map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(err)?;
+            let Some((u, e)) = parse_key(&k) else {
+                continue;
+            };
+            if user.is_some_and(|want| want.to_lowercase() != u) {
+                continue;
+            }
+            if let Some(v) = self.store.get(&k).await.map_err(err)? {
+                out.push((u, e, String::from_utf8_lossy(&v).into_owned()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Every node's in-memory copy of the bucket, for the drivers' lookups.
+#[derive(Default)]
+pub struct MetadataCache {
+    entries: RwLock<HashMap<(String, String), String>>,
+}
+
+impl MetadataCache {
+    /// Starts the copy: the bucket's current values, then every change, until the
+    /// process ends (the watch is re-made after an error).
+    pub fn start(store: Store) -> Arc<Self> {
+        let cache = Arc::new(MetadataCache::default());
+        let c = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.watch_with_history(">").await {
+                    Ok(mut watch) => {
+                        while let Some(entry) = watch.next().await {
+                            let Ok(entry) = entry else {
+                                break;
+                            };
+                            let Some(k) = parse_key(&entry.key) else {
+                                continue;
+                            };
+                            let mut map = c.entries.write();
+                            match entry.operation {
+                                Operation::Put => {
+                                    map.insert(
+                                        k,
+                                        String::from_utf8_lossy(&entry.value).into_owned(),
+                                    );
+                                }
+                                Operation::Delete | Operation::Purge => {
+                                    map.remove(&k);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("NATS: cannot watch METADATA ({e}); retrying"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        cache
+    }
+}
+
+impl MetadataLookup for MetadataCache {
+    fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError> {
+        let key = normalize_key(key)?;
+        Ok(self
+            .entries
+            .read()
+            .get(&(user.to_lowercase(), key))
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_fit_the_bucket_alphabet() {
+        let k = kv_key(
+            "Alice@Example.com",
+            "/private/vendor/vendor.dovecot/http-notify",
+        );
+        assert!(k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)));
+        assert_eq!(
+            parse_key(&k),
+            Some((
+                "alice@example.com".to_string(),
+                "/private/vendor/vendor.dovecot/http-notify".to_string()
+            ))
+        );
+        assert_eq!(parse_key("other"), None);
+    }
+}

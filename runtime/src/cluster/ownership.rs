@@ -1,0 +1,660 @@
+//! Who delivers which partition. Every node, every quarter of the lease time:
+//!
+//! 1. writes its entry in the nodes bucket (expiring after the lease time: a dead node
+//!    drops out) with its configuration fingerprint;
+//! 2. computes the same assignment as every other node — rendezvous hashing of the
+//!    partitions over the live nodes, so only a joining or leaving node's share moves;
+//! 3. renews the leases it holds (compare-and-set on the revision it wrote), releases
+//!    those assigned to another node, and tries to take the free ones assigned to it
+//!    (create-if-absent: at most one node holds a lease);
+//! 4. stops delivering a partition at once when its lease is lost or could not be
+//!    renewed for the lease time less two rounds — before it expires on the server and
+//!    another node may take it (self-fencing; bounded clock rate, not synchronised
+//!    clocks, is assumed).
+//!
+//! A dead node's partitions are free once its leases expire (the lease time after its
+//! last renewal) and taken within a round after that.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::Context;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::feed::Feeder;
+use super::nats::Names;
+use super::spool::Acks;
+use super::{user_hash, Ownership};
+use crate::pipeline::Dispatcher;
+
+/// What a node says about itself in the nodes bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    /// Hash of its drivers (numbers, names, arguments, component files).
+    pub fingerprint: String,
+    /// How many partitions it delivers.
+    pub owned: u32,
+}
+
+/// The cluster as this node sees it (for `mailpush status`, `/metrics`, `/readyz`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// This node.
+    pub node: String,
+    /// Live nodes, by name.
+    pub nodes: Vec<NodeRecord>,
+    /// Partitions this node delivers.
+    pub owned: Vec<u32>,
+    pub partitions: u32,
+    /// Partitions gained or lost by this node since it started.
+    pub rebalances: u64,
+    /// Nodes whose drivers differ from the majority's (this one included, if so).
+    pub drift: Vec<String>,
+    /// Whether NATS is reachable now.
+    pub connected: bool,
+    /// Transactions not yet delivered, per (driver, partition) this node delivers.
+    pub lag: Vec<(u32, u32, u64)>,
+}
+
+/// A 64-bit finaliser (splitmix64's): every input bit moves every output bit, so
+/// similar names ("n1", "n2") get unrelated scores.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rendezvous hashing: the node with the highest score for a partition gets it.
+pub fn assign(partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
+    (0..partitions)
+        .filter_map(|p| {
+            let pk = mix64(u64::from(p) + 1);
+            nodes
+                .iter()
+                .max_by_key(|n| (mix64(user_hash(n) ^ pk), (*n).clone()))
+                .map(|n| (p, n.clone()))
+        })
+        .collect()
+}
+
+fn lease_key(p: u32) -> String {
+    format!("p{p}")
+}
+
+fn node_key(name: &str) -> String {
+    format!(
+        "n.{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            name.as_bytes()
+        )
+    )
+}
+
+/// A lease handed over by its owner (the lease's value; a held lease's value is the
+/// holder's name).
+#[derive(Debug, Serialize, Deserialize)]
+struct Released {
+    released_by: String,
+    /// Per driver, the stream sequences acknowledged above the consumer's ack floor.
+    done: BTreeMap<u32, Vec<u64>>,
+}
+
+/// A partition this node holds.
+struct Held {
+    revision: u64,
+    last_renewed: Instant,
+    /// Feeders by driver: each stops when its sender is set.
+    feeders: HashMap<u32, watch::Sender<bool>>,
+}
+
+/// The ownership loop's state.
+pub struct Membership {
+    pub js: Context,
+    pub names: Names,
+    pub node: String,
+    pub lease: Duration,
+    pub ownership: Arc<Ownership>,
+    pub acks: Arc<Acks>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub client: async_nats::Client,
+    pub report: Arc<Mutex<ClusterReport>>,
+}
+
+impl Membership {
+    /// Runs until `stop` turns true, then releases every lease (another node takes over
+    /// at once, not after the lease time).
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let round = self.lease / 4;
+        let (nodes, leases) = loop {
+            match (
+                self.js.get_key_value(self.names.nodes_bucket()).await,
+                self.js.get_key_value(self.names.leases_bucket()).await,
+            ) {
+                (Ok(n), Ok(l)) => break (n, l),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("NATS: cannot open the cluster buckets ({e}); retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(round) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        };
+        let live = LiveNodes::start(nodes.clone(), self.lease);
+        let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+        let mut rebalances = 0u64;
+        let mut lag_at = Instant::now();
+        let mut consumers_for: Vec<u32> = self.dispatcher.numbers();
+        loop {
+            self.round(
+                &nodes,
+                &live,
+                &leases,
+                &mut held,
+                &mut rebalances,
+                &mut consumers_for,
+            )
+            .await;
+            if lag_at.elapsed() >= Duration::from_secs(5) {
+                // In its own task: a slow NATS must not delay the round (and fencing).
+                let pairs: Vec<(u32, u32)> = held
+                    .iter()
+                    .flat_map(|(p, h)| h.feeders.keys().map(move |d| (*d, *p)))
+                    .collect();
+                tokio::spawn(measure_lag(
+                    self.js.clone(),
+                    self.names.clone(),
+                    pairs,
+                    self.acks.clone(),
+                    self.report.clone(),
+                ));
+                lag_at = Instant::now();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(round) => {}
+                _ = stop.changed() => break,
+            }
+        }
+        // Hand every partition over (another node takes over at once, not after the
+        // lease time), letting what is being delivered finish for a short while.
+        let releases = std::mem::take(&mut held)
+            .into_iter()
+            .map(|(p, h)| self.release(leases.clone(), p, h, Duration::from_secs(2)));
+        futures::future::join_all(releases).await;
+        let _ = nodes.delete(node_key(&self.node)).await;
+    }
+
+    async fn round(
+        &self,
+        nodes: &Store,
+        live_view: &LiveNodes,
+        leases: &Store,
+        held: &mut BTreeMap<u32, Held>,
+        rebalances: &mut u64,
+        consumers_for: &mut Vec<u32>,
+    ) {
+        let round = self.lease / 4;
+        // Fence first: a partition not renewed for the lease time less two rounds stops
+        // now, whatever NATS does next.
+        let fence_after = self.lease.saturating_sub(2 * round);
+        let stale: Vec<u32> = held
+            .iter()
+            .filter(|(_, h)| h.last_renewed.elapsed() >= fence_after)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            if let Some(h) = held.remove(&p) {
+                self.drop_partition(p, h.feeders);
+                *rebalances += 1;
+                tracing::warn!(
+                    partition = p,
+                    "stopped delivering partition {p}: its lease could not be renewed in time"
+                );
+            }
+        }
+        let fingerprint = self.dispatcher.fingerprint();
+        let me = NodeRecord {
+            name: self.node.clone(),
+            fingerprint: fingerprint.clone(),
+            owned: held.len() as u32,
+        };
+        let connected = matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        let written = async {
+            let v = serde_json::to_vec(&me).ok()?;
+            nodes.put(node_key(&self.node), v.into()).await.ok()
+        };
+        let written = tokio::time::timeout(round, written).await.ok().flatten();
+        // This node is live by definition (its own entry may not have come back yet).
+        let live = written.and(live_view.get()).map(|mut live| {
+            if !live.iter().any(|n| n.name == self.node) {
+                live.push(me.clone());
+                live.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            live
+        });
+        // Without a view of the cluster, keep what is held while the leases can be
+        // renewed; fence below when they cannot.
+        let targets = live.as_ref().map(|live| {
+            let names: Vec<String> = live.iter().map(|n| n.name.clone()).collect();
+            assign(self.ownership.partitions(), &names)
+        });
+        let drivers = self.dispatcher.numbers();
+
+        // Release what moved away.
+        let parts: Vec<u32> = held.keys().copied().collect();
+        for p in parts {
+            let assigned_here = targets
+                .as_ref()
+                .is_none_or(|t| t.get(&p) == Some(&self.node));
+            if !assigned_here {
+                // Another node's now: stop, let what is being delivered finish, then hand
+                // it over.
+                if let Some(h) = held.remove(&p) {
+                    *rebalances += 1;
+                    tracing::info!(
+                        partition = p,
+                        "releasing partition {p}: assigned to another node"
+                    );
+                    tokio::spawn(self.release(leases.clone(), p, h, fence_after));
+                }
+            }
+        }
+        // Renew the rest, all at once (one at a time, a slow NATS would make the last
+        // ones miss their deadline).
+        let me: bytes::Bytes = self.node.clone().into_bytes().into();
+        let renewals = held.iter().map(|(&p, h)| {
+            let (leases, me, revision) = (leases.clone(), me.clone(), h.revision);
+            async move {
+                let started = Instant::now();
+                let renewed =
+                    tokio::time::timeout(round, leases.update(lease_key(p), me, revision))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(async_nats::jetstream::kv::UpdateError::new(
+                                async_nats::jetstream::kv::UpdateErrorKind::TimedOut,
+                            ))
+                        });
+                (p, started, renewed)
+            }
+        });
+        for (p, started, renewed) in futures::future::join_all(renewals).await {
+            let Some(h) = held.get_mut(&p) else { continue };
+            match renewed {
+                Ok(rev) => {
+                    h.revision = rev;
+                    // From the start of the call: the server's expiry counts from its
+                    // write, which came after.
+                    h.last_renewed = started;
+                    self.ownership.hold(p, started + fence_after);
+                }
+                Err(e) => {
+                    let lost = matches!(
+                        e.kind(),
+                        async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+                    );
+                    if lost || h.last_renewed.elapsed() >= fence_after {
+                        if let Some(h) = held.remove(&p) {
+                            self.drop_partition(p, h.feeders);
+                        }
+                        *rebalances += 1;
+                        tracing::warn!(
+                            partition = p,
+                            "stopped delivering partition {p}: its lease {} ({e})",
+                            if lost {
+                                "was lost"
+                            } else {
+                                "could not be renewed"
+                            }
+                        );
+                    }
+                    continue;
+                }
+            }
+            // Feeders for drivers added by a reload; gone for removed ones.
+            h.feeders.retain(|d, stop| {
+                let keep = drivers.contains(d);
+                if !keep {
+                    let _ = stop.send(true);
+                }
+                keep
+            });
+            for &d in &drivers {
+                h.feeders
+                    .entry(d)
+                    .or_insert_with(|| self.start_feeder(d, p, true));
+            }
+        }
+
+        // Take the free partitions assigned here.
+        if let (Some(targets), true) = (&targets, connected) {
+            if *consumers_for != drivers {
+                // A reload changed the drivers: their consumers first.
+                if let Err(e) = super::nats::ensure_consumers(
+                    &self.js,
+                    &self.names,
+                    &drivers,
+                    self.ownership.partitions(),
+                )
+                .await
+                {
+                    tracing::warn!("{e}");
+                    return;
+                }
+                *consumers_for = drivers.clone();
+            }
+            let free: Vec<u32> = targets
+                .iter()
+                .filter(|(p, node)| *node == &self.node && !held.contains_key(p))
+                .map(|(p, _)| *p)
+                .collect();
+            let takes = free.into_iter().map(|p| async move {
+                let started = Instant::now();
+                let taken = tokio::time::timeout(round, self.take(leases, p)).await;
+                (p, started, taken.ok().flatten())
+            });
+            for (p, started, taken) in futures::future::join_all(takes).await {
+                let Some((revision, handed)) = taken else {
+                    continue; // still held by its previous owner: free after its lease
+                };
+                if let Some(done) = handed {
+                    self.acks.take_over(p, done);
+                }
+                self.ownership.hold(p, started + fence_after);
+                let feeders = drivers
+                    .iter()
+                    .map(|&d| (d, self.start_feeder(d, p, true)))
+                    .collect();
+                held.insert(
+                    p,
+                    Held {
+                        revision,
+                        last_renewed: started,
+                        feeders,
+                    },
+                );
+                *rebalances += 1;
+                tracing::info!(partition = p, "took partition {p}");
+            }
+        }
+
+        // The report.
+        let live = live.unwrap_or_default();
+        let drift = drift(&live);
+        if drift.contains(&self.node) {
+            tracing::warn!(
+                "this node's drivers differ from the other nodes' (config drift): {}",
+                fingerprint
+            );
+        }
+        let mut r = self.report.lock();
+        r.node = self.node.clone();
+        r.nodes = live;
+        r.owned = held.keys().copied().collect();
+        r.partitions = self.ownership.partitions();
+        r.rebalances = *rebalances;
+        r.drift = drift;
+        r.connected = connected;
+    }
+
+    fn start_feeder(&self, driver: u32, partition: u32, reset: bool) -> watch::Sender<bool> {
+        let (stop, stopped) = watch::channel(false);
+        let f = Feeder {
+            js: self.js.clone(),
+            names: self.names.clone(),
+            acks: self.acks.clone(),
+            dispatcher: self.dispatcher.clone(),
+            driver,
+            partition,
+            reset,
+        };
+        tokio::spawn(f.run(stopped));
+        stop
+    }
+
+    /// Stops delivering partition `p`: the lanes drop what they hold of it, its feeders
+    /// stop, its acknowledgement handles are forgotten.
+    fn drop_partition(&self, p: u32, feeders: HashMap<u32, watch::Sender<bool>>) {
+        self.ownership.release(p);
+        for stop in feeders.values() {
+            let _ = stop.send(true);
+        }
+        self.acks.hand_over(p);
+    }
+
+    /// Hands partition `p` over: stops it (lanes let go of what they hold of it and do
+    /// not start more), waits up to `drain` (bounded by the lease) for what is being
+    /// delivered to finish and be acknowledged, then writes the lease as released,
+    /// with what this node acknowledged above the consumers' ack floors. The next owner
+    /// takes it at once and skips those after its reset: a move delivers nothing twice
+    /// that finished here.
+    fn release(
+        &self,
+        leases: Store,
+        p: u32,
+        h: Held,
+        drain: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.ownership.release(p);
+        for stop in h.feeders.values() {
+            let _ = stop.send(true);
+        }
+        let acks = self.acks.clone();
+        let client = self.client.clone();
+        let node = self.node.clone();
+        // Before the lease could expire (the next owner would then not wait).
+        let until = (h.last_renewed + self.lease.saturating_sub(self.lease / 4))
+            .min(Instant::now() + drain);
+        let revision = h.revision;
+        async move {
+            while acks.in_flight(p) > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+            let record = Released {
+                released_by: node,
+                done: acks.hand_over(p),
+            };
+            let written = match serde_json::to_vec(&record) {
+                Ok(v) => tokio::time::timeout(
+                    Duration::from_secs(2),
+                    leases.update(lease_key(p), v.into(), revision),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok()),
+                Err(_) => false,
+            };
+            if !written {
+                let _ = leases
+                    .delete_expect_revision(lease_key(p), Some(revision))
+                    .await;
+            }
+            tracing::info!(partition = p, "released partition {p}");
+        }
+    }
+
+    /// Takes the lease of partition `p` if it is free or was handed over; with what the
+    /// previous owner acknowledged above the floors, if it handed it over.
+    async fn take(&self, leases: &Store, p: u32) -> Option<(u64, Option<BTreeMap<u32, Vec<u64>>>)> {
+        let me: bytes::Bytes = self.node.clone().into_bytes().into();
+        if let Ok(rev) = leases.create(lease_key(p), me.clone()).await {
+            return Some((rev, None));
+        }
+        let entry = leases.entry(lease_key(p)).await.ok()??;
+        let released = serde_json::from_slice::<Released>(&entry.value).ok()?;
+        let rev = leases.update(lease_key(p), me, entry.revision).await.ok()?;
+        Some((rev, Some(released.done)))
+    }
+}
+
+/// Reads how much each (driver, partition) consumer this node reads has not yet had
+/// delivered, into the report.
+async fn measure_lag(
+    js: Context,
+    names: Names,
+    pairs: Vec<(u32, u32)>,
+    acks: Arc<Acks>,
+    report: Arc<Mutex<ClusterReport>>,
+) {
+    let Ok(stream) = js.get_stream(names.txn_stream()).await else {
+        return;
+    };
+    let mut lag = Vec::new();
+    for (d, p) in pairs {
+        let name = names.consumer(d, p);
+        if let Ok(mut c) = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+            .await
+        {
+            if let Ok(info) = c.info().await {
+                acks.floor(d, p, info.ack_floor.stream_sequence);
+                lag.push((d, p, info.num_pending + info.num_ack_pending as u64));
+            }
+        }
+    }
+    lag.sort_unstable();
+    report.lock().lag = lag;
+}
+
+/// The live nodes, kept by a watch on the nodes bucket (an entry that expires leaves a
+/// marker the watch sees): one subscription for the node's life, not a listing per
+/// round.
+#[derive(Default)]
+struct LiveNodes {
+    records: Mutex<BTreeMap<String, NodeRecord>>,
+    /// Whether the watch is up (else the view may be stale).
+    watching: std::sync::atomic::AtomicBool,
+}
+
+impl LiveNodes {
+    /// Watches the nodes bucket. Every live node writes its entry each round, so a watch
+    /// that yields nothing for `quiet` is stale (an ordered consumer on a server that
+    /// went away): it is made again.
+    fn start(nodes: Store, quiet: Duration) -> Arc<Self> {
+        let view = Arc::new(LiveNodes::default());
+        let v = view.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut watch) = nodes.watch_with_history(">").await {
+                    v.records.lock().clear();
+                    v.watching.store(true, std::sync::atomic::Ordering::Release);
+                    while let Ok(Some(Ok(entry))) = tokio::time::timeout(quiet, watch.next()).await
+                    {
+                        let mut records = v.records.lock();
+                        match entry.operation {
+                            async_nats::jetstream::kv::Operation::Put => {
+                                if let Ok(r) = serde_json::from_slice::<NodeRecord>(&entry.value) {
+                                    records.insert(entry.key.clone(), r);
+                                }
+                            }
+                            _ => {
+                                records.remove(&entry.key);
+                            }
+                        }
+                    }
+                }
+                v.watching
+                    .store(false, std::sync::atomic::Ordering::Release);
+                if Arc::strong_count(&v) == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        view
+    }
+
+    /// The live nodes' records, sorted by name; `None` while the watch is down.
+    fn get(&self) -> Option<Vec<NodeRecord>> {
+        if !self.watching.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let mut out: Vec<NodeRecord> = self.records.lock().values().cloned().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(out)
+    }
+}
+
+/// The nodes whose fingerprint is not the most common one (all nodes of a tie).
+pub fn drift(nodes: &[NodeRecord]) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for n in nodes {
+        *counts.entry(n.fingerprint.as_str()).or_default() += 1;
+    }
+    if counts.len() <= 1 {
+        return Vec::new();
+    }
+    let max = counts.values().copied().max().unwrap_or(0);
+    let winners: Vec<&str> = counts
+        .iter()
+        .filter(|(_, c)| **c == max)
+        .map(|(f, _)| *f)
+        .collect();
+    nodes
+        .iter()
+        .filter(|n| winners.len() > 1 || !winners.contains(&n.fingerprint.as_str()))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_is_even_and_moves_little() {
+        for names in [
+            ["a", "b", "c"],
+            ["n1", "n2", "n3"],
+            ["mp-1:8025", "mp-2:8025", "mp-3:8025"],
+        ] {
+            let nodes: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            for partitions in [32, 64] {
+                let a = assign(partitions, &nodes);
+                for n in &nodes {
+                    let share = a.values().filter(|v| *v == n).count() as u32;
+                    assert!(
+                        share >= partitions / 6 && share <= partitions * 2 / 3,
+                        "{n}: {share} of {partitions} ({names:?})"
+                    );
+                }
+            }
+        }
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let a3 = assign(64, &three);
+        // A fourth node takes partitions only from the others; nothing else moves.
+        let mut four = three.clone();
+        four.push("d".into());
+        let a4 = assign(64, &four);
+        for p in 0..64 {
+            if a3[&p] != a4[&p] {
+                assert_eq!(a4[&p], "d", "partition {p} moved between old nodes");
+            }
+        }
+        // The same on every node, whatever the order of the list.
+        let mut shuffled = three.clone();
+        shuffled.reverse();
+        assert_eq!(assign(64, &shuffled), a3);
+    }
+
+    #[test]
+    fn drift_names_the_odd_ones_out() {
+        let n = |name: &str, fp: &str| NodeRecord {
+            name: name.into(),
+            fingerprint: fp.into(),
+            owned: 0,
+        };
+        assert!(drift(&[n("a", "x"), n("b", "x")]).is_empty());
+        assert_eq!(drift(&[n("a", "x"), n("b", "x"), n("c", "y")]), ["c"]);
+        assert_eq!(drift(&[n("a", "x"), n("b", "y")]), ["a", "b"]);
+    }
+}

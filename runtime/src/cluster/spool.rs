@@ -1,0 +1,360 @@
+//! The [`Spool`] of cluster mode: JetStream stores the transactions; the consumers'
+//! acknowledgements are the drivers' progress.
+//!
+//! The spool's calls are synchronous (the SQLite spool's writer thread answers them);
+//! here an async worker on the daemon's runtime does the NATS work: `append` waits for
+//! its answer (from a blocking thread), `complete` and `dead_letter` only queue work.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::message::{Acker, PublishMessage};
+use async_nats::jetstream::Context;
+use mailpush_core::Transaction;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::nats::{storage, Names};
+use super::{partition_of, Ownership};
+use crate::spool::{Attempt, DeadLetter, Gate, Owed, Pending, Spool, SpoolError};
+
+/// How long ingest keeps trying to store a batch (NATS unreachable, a leader election)
+/// before it answers 503.
+pub const PUBLISH_DEADLINE: Duration = Duration::from_secs(8);
+
+/// Most acknowledged stream sequences remembered per (driver, partition) above the
+/// consumer's ack floor (older ones are forgotten: after a move they may be delivered
+/// again).
+pub const DONE_KEPT: usize = 20_000;
+
+/// A message being delivered: its partition, stream sequence and acknowledgement handle.
+struct Out {
+    partition: u32,
+    seq: u64,
+    acker: Acker,
+}
+
+/// What this node holds of the consumers it reads:
+///
+/// - the acknowledgement handles of the messages being delivered, by (driver,
+///   transaction id);
+/// - per (driver, partition), the stream sequences acknowledged above the consumer's ack
+///   floor. A consumer reset (a takeover, or recovering messages lost on a broken
+///   connection) delivers everything above the floor again, acknowledged or not: these
+///   are skipped then, and handed to the next owner when a partition moves.
+#[derive(Default)]
+pub struct Acks {
+    out: Mutex<HashMap<(u32, String), Out>>,
+    done: Mutex<HashMap<(u32, u32), BTreeSet<u64>>>,
+}
+
+impl Acks {
+    /// A message is being delivered; `false` (and the handle replaced) when it already
+    /// was (a reset delivered it again while a lane holds it).
+    pub fn insert(&self, driver: u32, txn: &str, partition: u32, seq: u64, acker: Acker) -> bool {
+        let fresh = Out {
+            partition,
+            seq,
+            acker,
+        };
+        self.out
+            .lock()
+            .insert((driver, txn.to_string()), fresh)
+            .is_none()
+    }
+
+    /// The handle to acknowledge `txn` with; its sequence counts as done.
+    fn take(&self, driver: u32, txn: &str) -> Option<Acker> {
+        let out = self.out.lock().remove(&(driver, txn.to_string()))?;
+        let mut done = self.done.lock();
+        let set = done.entry((driver, out.partition)).or_default();
+        set.insert(out.seq);
+        while set.len() > DONE_KEPT {
+            set.pop_first();
+        }
+        Some(out.acker)
+    }
+
+    /// A lane let `txn` go without delivering it (its partition moved).
+    fn abandon(&self, driver: u32, txn: &str) {
+        self.out.lock().remove(&(driver, txn.to_string()));
+    }
+
+    /// Whether `seq` of (driver, partition) was acknowledged here.
+    pub fn is_done(&self, driver: u32, partition: u32, seq: u64) -> bool {
+        self.done
+            .lock()
+            .get(&(driver, partition))
+            .is_some_and(|s| s.contains(&seq))
+    }
+
+    /// The consumer's ack floor moved to `floor`: what is at or below it is never
+    /// delivered again.
+    pub fn floor(&self, driver: u32, partition: u32, floor: u64) {
+        if let Some(set) = self.done.lock().get_mut(&(driver, partition)) {
+            *set = set.split_off(&(floor + 1));
+        }
+    }
+
+    /// Messages of partition `p` still being delivered.
+    pub fn in_flight(&self, p: u32) -> usize {
+        self.out
+            .lock()
+            .values()
+            .filter(|o| o.partition == p)
+            .count()
+    }
+
+    /// Messages of (driver, partition) being delivered.
+    pub fn in_flight_of(&self, driver: u32, p: u32) -> usize {
+        self.out
+            .lock()
+            .iter()
+            .filter(|((d, _), o)| *d == driver && o.partition == p)
+            .count()
+    }
+
+    /// Forgets partition `p` (it moved away), returning what was acknowledged above the
+    /// floor per driver, for its next owner.
+    pub fn hand_over(&self, p: u32) -> BTreeMap<u32, Vec<u64>> {
+        self.out.lock().retain(|_, o| o.partition != p);
+        let mut done = self.done.lock();
+        let drivers: Vec<(u32, u32)> = done.keys().filter(|(_, q)| *q == p).copied().collect();
+        drivers
+            .into_iter()
+            .filter_map(|k| done.remove(&k).map(|s| (k.0, s.into_iter().collect())))
+            .collect()
+    }
+
+    /// What the previous owner of `p` acknowledged above the floor (from its hand-over).
+    pub fn take_over(&self, p: u32, done: BTreeMap<u32, Vec<u64>>) {
+        let mut mine = self.done.lock();
+        for (d, seqs) in done {
+            mine.entry((d, p)).or_default().extend(seqs);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.out.lock().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+enum Work {
+    Append {
+        txns: Vec<Transaction>,
+        reply: oneshot::Sender<Result<Vec<Option<i64>>, SpoolError>>,
+    },
+    Ack(Acker),
+    DeadLetter {
+        txn: Transaction,
+        driver: u32,
+        attempts: Vec<Attempt>,
+        acker: Option<Acker>,
+    },
+}
+
+/// JetStream as the spool.
+pub struct JetStreamSpool {
+    work: mpsc::UnboundedSender<Work>,
+    acks: Arc<Acks>,
+    ownership: Arc<Ownership>,
+}
+
+impl JetStreamSpool {
+    /// Starts the worker on the current runtime.
+    pub fn start(
+        js: Context,
+        names: Names,
+        ownership: Arc<Ownership>,
+        acks: Arc<Acks>,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(worker(js, names, ownership.partitions(), rx));
+        Arc::new(JetStreamSpool {
+            work: tx,
+            acks,
+            ownership,
+        })
+    }
+
+    fn send(&self, w: Work) -> Result<(), SpoolError> {
+        self.work
+            .send(w)
+            .map_err(|_| SpoolError::Storage("the cluster worker has stopped".into()))
+    }
+}
+
+async fn worker(js: Context, names: Names, partitions: u32, mut rx: mpsc::UnboundedReceiver<Work>) {
+    while let Some(w) = rx.recv().await {
+        match w {
+            Work::Append { txns, reply } => {
+                // Concurrently with other work: one batch must not hold back acks.
+                let (js, names) = (js.clone(), names.clone());
+                tokio::spawn(async move {
+                    let _ = reply.send(publish(&js, &names, partitions, &txns).await);
+                });
+            }
+            Work::Ack(acker) => {
+                if let Err(e) = acker.ack().await {
+                    tracing::warn!("NATS: an acknowledgement was not sent ({e}); the transaction may be delivered again after a move");
+                }
+            }
+            Work::DeadLetter {
+                txn,
+                driver,
+                attempts,
+                acker,
+            } => {
+                let (js, names) = (js.clone(), names.clone());
+                tokio::spawn(async move {
+                    super::dlq::record(&js, &names, &txn, driver, &attempts).await;
+                    if let Some(acker) = acker {
+                        if let Err(e) = acker.ack().await {
+                            tracing::warn!("NATS: an acknowledgement was not sent ({e})");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Publishes a batch (each transaction on its partition's subject, its id as the
+/// de-duplication id) and waits until JetStream stored all of it; retries what failed
+/// with the same ids until [`PUBLISH_DEADLINE`]. `None` for an id stored before.
+async fn publish(
+    js: &Context,
+    names: &Names,
+    partitions: u32,
+    txns: &[Transaction],
+) -> Result<Vec<Option<i64>>, SpoolError> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+    let mut out: Vec<Option<Option<i64>>> = vec![None; txns.len()];
+    let mut last_error = String::new();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let mut acks = Vec::new();
+        for (i, t) in txns.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let subject = names.txn_subject(partition_of(&t.user, partitions));
+            let msg = PublishMessage::build()
+                .payload(t.to_json().into())
+                .message_id(&t.id);
+            match js.send_publish(subject, msg).await {
+                Ok(ack) => acks.push((i, ack)),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        for (i, ack) in acks {
+            match ack.await {
+                Ok(a) => out[i] = Some((!a.duplicate).then_some(a.sequence as i64)),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            return Ok(out.into_iter().map(Option::unwrap_or_default).collect());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(storage("cannot store transactions", last_error));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+impl Spool for JetStreamSpool {
+    fn append(
+        &self,
+        txns: &[Transaction],
+        _drivers: &[u32],
+    ) -> Result<Vec<Option<i64>>, SpoolError> {
+        if txns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Work::Append {
+            txns: txns.to_vec(),
+            reply,
+        })?;
+        futures::executor::block_on(answer)
+            .map_err(|_| SpoolError::Storage("the cluster worker has stopped".into()))?
+    }
+
+    fn complete(&self, txn_id: &str, driver: u32) -> Result<(), SpoolError> {
+        match self.acks.take(driver, txn_id) {
+            Some(acker) => self.send(Work::Ack(acker)),
+            None => Ok(()),
+        }
+    }
+
+    fn abandon(&self, txn_id: &str, driver: u32) {
+        self.acks.abandon(driver, txn_id);
+    }
+
+    fn dead_letter(
+        &self,
+        txn: &Transaction,
+        driver: u32,
+        attempts: &[Attempt],
+    ) -> Result<(), SpoolError> {
+        self.send(Work::DeadLetter {
+            txn: txn.clone(),
+            driver,
+            attempts: attempts.to_vec(),
+            acker: self.acks.take(driver, &txn.id),
+        })
+    }
+
+    fn pending(&self) -> Result<Vec<Pending>, SpoolError> {
+        Ok(Vec::new())
+    }
+
+    fn position(&self, _txn_id: &str) -> Result<Option<i64>, SpoolError> {
+        Ok(None)
+    }
+
+    fn owed_from(&self, _driver: u32, _from: i64, _limit: usize) -> Result<Vec<Owed>, SpoolError> {
+        Ok(Vec::new())
+    }
+
+    fn dead_letters(&self, _driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
+        Err(SpoolError::Storage(
+            "in cluster mode dead letters live in JetStream: use `mailpush dlq`".into(),
+        ))
+    }
+
+    fn replay(&self, _id: Option<i64>, _driver: Option<u32>) -> Result<usize, SpoolError> {
+        Err(SpoolError::Storage(
+            "in cluster mode dead letters live in JetStream: use `mailpush dlq`".into(),
+        ))
+    }
+
+    fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError> {
+        // Replays reach the drivers through their consumers.
+        Ok(Vec::new())
+    }
+
+    fn purge(&self, _id: Option<i64>, _driver: Option<u32>) -> Result<usize, SpoolError> {
+        Err(SpoolError::Storage(
+            "in cluster mode dead letters live in JetStream: use `mailpush dlq`".into(),
+        ))
+    }
+
+    fn flush(&self) -> Result<(), SpoolError> {
+        Ok(())
+    }
+
+    fn feeds_lanes(&self) -> bool {
+        true
+    }
+
+    fn gate(&self) -> Option<Arc<dyn Gate>> {
+        Some(self.ownership.clone())
+    }
+}

@@ -1,0 +1,629 @@
+//! Cluster mode on NATS JetStream (issue 16): real `nats-server`s (tests/src/nats.rs),
+//! real `mailpush run` nodes, recording HTTP endpoints as drivers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mailpush_core::Transaction;
+use mailpush_e2e::nats::{nats_or_skip, NatsCluster, NatsServer};
+use mailpush_e2e::*;
+
+/// A node's config: `cluster` servers, one webhook driver per endpoint. The driver's CPU
+/// deadline is generous: on a loaded two-core machine a 100 ms deadline runs out after a
+/// request was sent, and the retry is a duplicate that has nothing to do with the cluster.
+fn node_config(
+    dir: &Path,
+    name: &str,
+    servers: &str,
+    endpoints: &[String],
+    extra: &str,
+) -> std::path::PathBuf {
+    let mut drivers = String::new();
+    for (i, url) in endpoints.iter().enumerate() {
+        let key = if i == 0 {
+            "push_notification_driver".to_string()
+        } else {
+            format!("push_notification_driver{}", i + 1)
+        };
+        drivers.push_str(&format!(
+            " {key} = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16 timeout_msecs=5000 retry=100ms,200ms,400ms,800ms,1s,2s,2s,2s\n",
+            guest("webhook").display()
+        ));
+    }
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n cluster = {servers}\n cluster_node = {name}\n cluster_lease_msecs = 3000\n{extra}}}\nplugin {{\n{drivers}}}\n"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+fn txn_line(user: &str, id: &str) -> String {
+    format!("{{\"id\":\"{id}\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"M-{id}\"}}]}}\n")
+}
+
+/// POSTs an NDJSON batch until it is accepted; returns the 503s seen on the way.
+async fn post(addr: SocketAddr, body: &str) -> usize {
+    let mut refused = 0;
+    loop {
+        let (s, _, b) = http_request(
+            addr,
+            "POST",
+            "/v1/transactions",
+            &[("content-type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
+        .await;
+        match s {
+            202 => return refused,
+            503 | 0 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("ingest answered {other}: {b}"),
+        }
+    }
+}
+
+/// Per user, the ids an endpoint received, in arrival order.
+fn received(server: &RecordingServer) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in server.requests() {
+        let t = Transaction::from_json(&r.body_text()).expect("canonical JSON");
+        out.entry(t.user).or_default().push(t.id);
+    }
+    out
+}
+
+/// Waits until `server` received every id of `sent`; then checks each user's order (by
+/// first arrival); returns how many arrived more than once.
+async fn all_delivered(
+    server: &RecordingServer,
+    sent: &BTreeMap<String, Vec<String>>,
+    limit: Duration,
+    what: &str,
+) -> usize {
+    let deadline = Instant::now() + limit;
+    let got = loop {
+        let got = received(server);
+        let missing: usize = sent
+            .iter()
+            .map(|(u, ids)| {
+                let g = got.get(u);
+                ids.iter()
+                    .filter(|id| !g.is_some_and(|g| g.contains(id)))
+                    .count()
+            })
+            .sum();
+        if missing == 0 {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {missing} transaction(s) never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut duplicates = 0;
+    for (user, ids) in sent {
+        let arrived = &got[user];
+        let mut first: Vec<&String> = Vec::new();
+        for id in arrived {
+            if first.contains(&id) {
+                duplicates += 1;
+            } else {
+                first.push(id);
+            }
+        }
+        let expected: Vec<&String> = ids.iter().collect();
+        if first != expected {
+            let at = first.iter().zip(&expected).position(|(a, b)| a != b);
+            panic!(
+                "{what}: {user}'s order differs at {at:?}: got {:?}, sent {:?}; arrivals: {:?}",
+                at.map(|i| &first[i..(i + 3).min(first.len())]),
+                at.map(|i| &expected[i..(i + 3).min(expected.len())]),
+                arrived
+            );
+        }
+    }
+    duplicates
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(mailpush_bin())
+        .args(args)
+        .output()
+        .expect("run mailpush");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// One node on one NATS server: ingest stores in JetStream and the node delivers, in
+/// order per user; a transaction given up on is a dead letter in JetStream, listed and
+/// replayed by `mailpush dlq`; a client's retry of an id is stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_node_delivers_through_jetstream() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = node_config(dir.path(), "solo", &nats.url(), &[server.url("/h")], "");
+    let node = RunningDaemon::start(&conf);
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut body = String::new();
+    for i in 0..200 {
+        let user = format!("u{}@example.com", i % 20);
+        let id = format!("t{i}");
+        body.push_str(&txn_line(&user, &id));
+        sent.entry(user).or_default().push(id);
+    }
+    post(node.addr, &body).await;
+    // The same batch again: stored once.
+    post(node.addr, &body).await;
+    let dup = all_delivered(&server, &sent, Duration::from_secs(60), "one node").await;
+    assert_eq!(dup, 0);
+    assert_eq!(server.requests().len(), 200);
+
+    // A 400: a dead letter in JetStream; `mailpush dlq` lists and replays it.
+    server.script([Reply::status(400)]);
+    post(node.addr, &txn_line("dl@example.com", "dead-1")).await;
+    let conf_arg = conf.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+        assert!(ok, "{out}");
+        if out.contains("dead-1") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(listed.contains("webhook answered 400"), "{listed}");
+    let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
+    assert!(ok && out.starts_with("1 dead letter(s)"), "{out}");
+    // 200, the 400, the replay.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.requests().len() < 202 {
+        assert!(
+            Instant::now() < deadline,
+            "the replay was not delivered:\n{}\n{}",
+            node.log.lock().unwrap(),
+            mailpush_e2e::nats::http_get(nats.monitor_port(), "/jsz?consumers=true")
+                .map(|r| r.1)
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = server.requests();
+    assert!(got[201].body_text().contains("dead-1"));
+    let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+    assert!(ok && !out.contains("dead-1"), "{out}");
+
+    // Status shows the cluster.
+    let (s, _, body) = http_request(node.addr, "GET", "/v1/status", &[], b"").await;
+    assert_eq!(s, 200);
+    let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
+    let c = status.cluster.expect("cluster status");
+    assert_eq!(c.node, "solo");
+    assert_eq!(c.owned.len(), 32, "one node owns every partition");
+    assert!(c.connected);
+    drop(node);
+}
+
+/// The partitions a node delivers now, from its status.
+async fn owned(addr: SocketAddr) -> Vec<u32> {
+    let (s, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
+    assert_eq!(s, 200, "{body}");
+    let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
+    status.cluster.expect("cluster status").owned
+}
+
+/// Waits until the nodes at `addrs` together own every partition, each once, and each
+/// node some.
+async fn settled(addrs: &[SocketAddr], partitions: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut all = Vec::new();
+        let mut each = true;
+        for a in addrs {
+            let o = owned(*a).await;
+            each &= !o.is_empty();
+            all.extend(o);
+        }
+        all.sort_unstable();
+        if each && all == (0..partitions).collect::<Vec<_>>() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let mut views = String::new();
+            for a in addrs {
+                let (_, _, body) = http_request(*a, "GET", "/v1/status", &[], b"").await;
+                let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
+                views.push_str(&format!("{:?}\n", status.cluster));
+            }
+            panic!("partitions never settled: {all:?}\n{views}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The kill test: 3 nodes on one NATS, 20,000 transactions of 2,000 users posted round
+/// robin to all three, one node SIGKILLed mid-load, then a fourth node started. Every
+/// transaction reaches both drivers' endpoints, each user's in order; the duplicates are
+/// counted and are all of partitions the killed node delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_load_loses_nothing() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let endpoints = [
+        RecordingServer::start().await,
+        RecordingServer::start().await,
+    ];
+    let urls: Vec<String> = endpoints.iter().map(|e| e.url("/h")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Option<RunningDaemon>> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            Some(RunningDaemon::start(&node_config(
+                dir.path(),
+                n,
+                &nats.url(),
+                &urls,
+                "",
+            )))
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr).collect();
+    settled(&addrs, 32, Duration::from_secs(30)).await;
+
+    let (total, users, batch) = (20_000, 2_000, 100);
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut killed_owned = Vec::new();
+    let mut alive: Vec<usize> = vec![0, 1, 2];
+    for b in 0..total / batch {
+        if b == total / batch / 2 {
+            // Mid-load: SIGKILL n2 (what it owned is what may come twice).
+            killed_owned = owned(addrs[1]).await;
+            if let Some(mut n) = nodes[1].take() {
+                n.child.kill().unwrap();
+                n.child.wait().unwrap();
+            }
+            alive.retain(|i| *i != 1);
+        }
+        let mut body = String::new();
+        for i in b * batch..(b + 1) * batch {
+            let user = format!("u{}@example.com", i % users);
+            let id = format!("t{i}");
+            body.push_str(&txn_line(&user, &id));
+            sent.entry(user).or_default().push(id);
+        }
+        post(addrs[alive[b % alive.len()]], &body).await;
+    }
+    // A fourth node joins and takes its share.
+    let n4 = RunningDaemon::start(&node_config(dir.path(), "n4", &nats.url(), &urls, ""));
+    let live = [addrs[0], addrs[2], n4.addr];
+    settled(&live, 32, Duration::from_secs(30)).await;
+    assert!(
+        !owned(n4.addr).await.is_empty(),
+        "the new node took partitions"
+    );
+
+    for (i, e) in endpoints.iter().enumerate() {
+        let duplicates = all_delivered(
+            e,
+            &sent,
+            Duration::from_secs(300),
+            &format!("driver {}", i + 1),
+        )
+        .await;
+        // Every duplicate is of a partition the killed node delivered.
+        let got = received(e);
+        let mut seen: HashMap<&String, usize> = HashMap::new();
+        for ids in got.values() {
+            for id in ids {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+        let stray: Vec<&String> = got
+            .iter()
+            .filter(|(u, _)| !killed_owned.contains(&mailpush::cluster::partition_of(u, 32)))
+            .flat_map(|(_, ids)| ids.iter())
+            .filter(|id| seen[id] > 1)
+            .collect();
+        if !stray.is_empty() {
+            for n in nodes.iter().flatten().chain([&n4]) {
+                for l in n.log.lock().unwrap().lines() {
+                    let about_stray = stray.iter().any(|id| l.contains(&format!("txn={id} ")));
+                    if l.contains("cluster::") || l.contains("left to the") || about_stray {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+        assert!(
+            stray.is_empty(),
+            "duplicates outside the killed node's partitions (killed node owned {killed_owned:?}): {stray:?}"
+        );
+        eprintln!(
+            "driver {}: {} transactions, {duplicates} delivered twice (killed node owned {} partitions)",
+            i + 1,
+            total,
+            killed_owned.len()
+        );
+    }
+    drop(nodes);
+    drop(n4);
+}
+
+/// Posts `n` transactions (ids `{tag}-i`, 50 users) in batches of 50 to `addrs` in turn,
+/// recording each as sent once its batch was accepted; returns the 503s seen.
+async fn post_load(
+    addrs: Vec<SocketAddr>,
+    tag: &str,
+    n: usize,
+    sent: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
+) -> usize {
+    let mut refused = 0;
+    for b in 0..n / 50 {
+        let mut body = String::new();
+        let mut batch = Vec::new();
+        for i in b * 50..(b + 1) * 50 {
+            let user = format!("{tag}-u{}@example.com", i % 50);
+            let id = format!("{tag}-{i}");
+            body.push_str(&txn_line(&user, &id));
+            batch.push((user, id));
+        }
+        refused += post(addrs[b % addrs.len()], &body).await;
+        let mut s = sent.lock().unwrap();
+        for (u, id) in batch {
+            s.entry(u).or_default().push(id);
+        }
+    }
+    refused
+}
+
+/// Three NATS servers, replicas = 3: one server killed mid-load loses no acknowledged
+/// transaction, and delivery goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_killed_in_a_three_server_cluster_loses_nothing() {
+    if !nats_or_skip() {
+        return;
+    }
+    let mut nats = NatsCluster::start();
+    let servers = nats.urls().join(",");
+    let endpoint = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<RunningDaemon> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            RunningDaemon::start(&node_config(
+                dir.path(),
+                n,
+                &servers,
+                &[endpoint.url("/h")],
+                " cluster_replicas = 3\n",
+            ))
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let t0 = Instant::now();
+    settled(&addrs, 32, Duration::from_secs(30)).await;
+    eprintln!("settled after {:?}", t0.elapsed());
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let load = tokio::spawn(post_load(addrs.clone(), "r3", 4000, sent.clone()));
+    // Mid-load: one NATS server goes.
+    while sent.lock().unwrap().values().map(Vec::len).sum::<usize>() < 2000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("half posted after {:?}", t0.elapsed());
+    nats.kill(1);
+    let refused = load.await.unwrap();
+    eprintln!("all posted after {:?}", t0.elapsed());
+    if std::env::var_os("MAILPUSH_DEBUG_NATS").is_some() {
+        eprintln!("{}", nats.logs());
+    }
+    let sent = sent.lock().unwrap().clone();
+    let delivered = tokio::spawn({
+        let (endpoint, sent) = (endpoint.clone(), sent.clone());
+        async move { all_delivered(&endpoint, &sent, Duration::from_secs(120), "R3").await }
+    });
+    let duplicates = match delivered.await {
+        Ok(d) => d,
+        Err(e) => {
+            for a in &addrs {
+                let (_, _, body) = http_request(*a, "GET", "/v1/status", &[], b"").await;
+                eprintln!("{body}");
+            }
+            for n in &nodes {
+                eprintln!("{}", n.log.lock().unwrap());
+            }
+            std::panic::resume_unwind(e.into_panic());
+        }
+    };
+    eprintln!("R3, a NATS server killed: 4000 acknowledged, all delivered after {:?}; {refused} ingest 503s, {duplicates} duplicates", t0.elapsed());
+}
+
+/// NATS stopped for 10 s under load: ingest answers 503 meanwhile, nothing acknowledged
+/// is lost, delivery resumes without restarting mailpush.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_down_for_ten_seconds_loses_nothing() {
+    if !nats_or_skip() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    let endpoint = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = RunningDaemon::start(&node_config(
+        dir.path(),
+        "solo",
+        &nats.url(),
+        &[endpoint.url("/h")],
+        "",
+    ));
+    settled(&[node.addr], 32, Duration::from_secs(30)).await;
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let load = tokio::spawn(post_load(vec![node.addr], "down", 3000, sent.clone()));
+    while sent.lock().unwrap().values().map(Vec::len).sum::<usize>() < 1000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nats.stop();
+    // While NATS is down, ingest refuses with Retry-After.
+    let (s, h, b) = http_request(
+        node.addr,
+        "POST",
+        "/v1/transactions",
+        &[],
+        txn_line("probe@example.com", "probe-1").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 503, "{b}");
+    assert!(h.iter().any(|(k, _)| k == "retry-after"), "{h:?}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    nats.restart();
+    let refused = load.await.unwrap();
+    assert!(refused > 0, "ingest refused while NATS was down");
+    let sent = sent.lock().unwrap().clone();
+    let duplicates = all_delivered(&endpoint, &sent, Duration::from_secs(120), "NATS down").await;
+    eprintln!("NATS down 10 s: 3000 acknowledged, all delivered; {refused} ingest 503s, {duplicates} duplicates");
+}
+
+/// `mailpush metadata set` with node A's config changes what node B's ox driver sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_set_on_one_node_reaches_another_nodes_ox() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let ox = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = |name: &str| {
+        let path = dir.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &path,
+            format!(
+                "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n cluster = {}\n cluster_node = {name}\n cluster_lease_msecs = 3000\n}}\nplugin {{\n push_notification_driver = ox:url={} user_from_metadata cache_lifetime=0s\n}}\n",
+                nats.url(),
+                ox.url("/preliminary/http-notify/v1/notify")
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (conf_a, conf_b) = (conf("a"), conf("b"));
+    let a = RunningDaemon::start(&conf_a);
+    let b = RunningDaemon::start(&conf_b);
+    settled(&[a.addr, b.addr], 32, Duration::from_secs(30)).await;
+    // A user whose partition node B delivers.
+    let b_owns = owned(b.addr).await;
+    let user = (0..)
+        .map(|i| format!("bob{i}@example.com"))
+        .find(|u| b_owns.contains(&mailpush::cluster::partition_of(u, 32)))
+        .unwrap();
+    let new_mail = |id: &str, uid: u32| {
+        format!("{{\"id\":\"{id}\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MessageNew\",\"mailbox\":\"INBOX\",\"uid\":{uid},\"uid_validity\":9}}]}}\n")
+    };
+    let key = "/private/vendor/vendor.dovecot/http-notify";
+    for (value, id, uid) in [("user=77@9", "m1", 1), ("user=88@9", "m2", 2)] {
+        let (ok, out) = cli(&[
+            "metadata",
+            "set",
+            "-u",
+            &user,
+            "-s",
+            "",
+            key,
+            value,
+            "-c",
+            conf_a.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        let want = ox.requests().len() + 1;
+        post(a.addr, &new_mail(id, uid)).await;
+        let got = ox.wait_for(want, Duration::from_secs(30)).await;
+        let body = got[want - 1].body_text();
+        let expect = format!("\"user\":\"{}\"", value.trim_start_matches("user="));
+        assert!(body.contains(&expect), "{body}");
+        assert!(body.contains(&format!("\"imap-uid\":{uid}")), "{body}");
+    }
+    // The value reads back from node B's config too.
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["metadata", "get", "-u", &user, "-s", "", key, "-c"])
+        .arg(&conf_b)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "user=88@9\n");
+}
+
+/// Config drift: three nodes, one with a different driver set. Every node's status names
+/// it, its `/readyz` answers 503 saying why, the others stay ready; `mailpush status`
+/// shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_drivers_differ_is_named_and_not_ready() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let endpoint = RecordingServer::start().await;
+    let url = endpoint.url("/h");
+    let dir = tempfile::tempdir().unwrap();
+    let same = vec![url.clone()];
+    let other = vec![url.clone(), url.clone()];
+    let a = RunningDaemon::start(&node_config(dir.path(), "a", &nats.url(), &same, ""));
+    let b = RunningDaemon::start(&node_config(dir.path(), "b", &nats.url(), &same, ""));
+    let odd_conf = node_config(dir.path(), "odd", &nats.url(), &other, "");
+    let odd = RunningDaemon::start(&odd_conf);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut named = true;
+        for n in [&a, &b, &odd] {
+            let (_, _, body) = http_request(n.addr, "GET", "/v1/status", &[], b"").await;
+            let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
+            let c = status.cluster.expect("cluster status");
+            named &= c.nodes.len() == 3 && c.drift == vec!["odd".to_string()];
+        }
+        if named {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the odd node was never named");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _, body) = http_request(odd.addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body.contains("config drift"), "{body}");
+    for n in [&a, &b] {
+        let (s, _, body) = http_request(n.addr, "GET", "/readyz", &[], b"").await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // `mailpush status` reads `listen` from the config: the port the node got.
+    let cli_conf = dir.path().join("odd-cli.conf");
+    let text = std::fs::read_to_string(&odd_conf).unwrap();
+    std::fs::write(
+        &cli_conf,
+        text.replace("127.0.0.1:0", &odd.addr.to_string()),
+    )
+    .unwrap();
+    let (ok, out) = cli(&["status", "-c", cli_conf.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let odd_row = out.lines().find(|l| l.trim_start().starts_with("odd"));
+    assert!(
+        odd_row.is_some_and(|l| l.to_lowercase().contains("config drift")),
+        "{out}"
+    );
+}
