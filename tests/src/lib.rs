@@ -871,6 +871,31 @@ pub fn reasons(outcomes: &[Outcome]) -> Vec<String> {
 
 /// A minimal HTTP/1.1 client request (one request per connection) to 127.0.0.1:
 /// returns (status, headers, body).
+/// POSTs an NDJSON batch to `/v1/transactions` until it is accepted (202), waiting
+/// `pause` after each 503 or failed connection; returns how many of those there were.
+/// Panics on any other answer.
+pub async fn post_ndjson(addr: std::net::SocketAddr, body: &str, pause: Duration) -> usize {
+    let mut refused = 0;
+    loop {
+        let (s, _, b) = http_request(
+            addr,
+            "POST",
+            "/v1/transactions",
+            &[("content-type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
+        .await;
+        match s {
+            202 => return refused,
+            503 | 0 => {
+                refused += 1;
+                tokio::time::sleep(pause).await;
+            }
+            other => panic!("ingest answered {other}: {b}"),
+        }
+    }
+}
+
 pub async fn http_request(
     addr: std::net::SocketAddr,
     method: &str,

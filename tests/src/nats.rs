@@ -161,6 +161,8 @@ struct Node {
     store: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// `sync_interval: always` (fsync every message) rather than nats-server's default.
+    sync_always: bool,
 }
 
 impl Node {
@@ -173,6 +175,7 @@ impl Node {
             store: dir.join(name),
             log: dir.join(format!("{name}.log")),
             child: None,
+            sync_always: true,
         }
     }
 
@@ -185,7 +188,9 @@ impl Node {
         writeln!(c, "http: \"127.0.0.1:{}\"", p.http).unwrap();
         writeln!(c, "jetstream {{").unwrap();
         writeln!(c, "  store_dir: {}", conf_str(&self.store)).unwrap();
-        writeln!(c, "  sync_interval: always").unwrap();
+        if self.sync_always {
+            writeln!(c, "  sync_interval: always").unwrap();
+        }
         writeln!(c, "  max_memory_store: 256M").unwrap();
         writeln!(c, "  max_file_store: 1G").unwrap();
         writeln!(c, "}}").unwrap();
@@ -356,6 +361,13 @@ impl NatsServer {
     /// Panics (with the log) if it exits or is not healthy within 30 s, or if no binary
     /// is found: call [`nats_or_skip`] first.
     pub fn start() -> Self {
+        Self::start_syncing(true)
+    }
+
+    /// [`NatsServer::start`] with `sync_always` false: nats-server's default flush to
+    /// disk (every 2 minutes; durability then comes from replicas), as a production
+    /// cluster runs it. For benchmarks.
+    pub fn start_syncing(sync_always: bool) -> Self {
         let bin = nats_server_bin().expect("no nats-server; call nats_or_skip() first");
         let dir = tempfile::Builder::new()
             .prefix("mailpush-nats-")
@@ -369,6 +381,7 @@ impl NatsServer {
                 cluster: None,
             };
             let mut node = Node::new(&bin, dir.path(), "nats", ports);
+            node.sync_always = sync_always;
             node.write_conf(&[]);
             node.spawn();
             match wait_ready(std::slice::from_mut(&mut node), |n| n[0].js_healthy()) {

@@ -49,25 +49,7 @@ fn txn_line(user: &str, id: &str) -> String {
 
 /// POSTs an NDJSON batch until it is accepted; returns the 503s seen on the way.
 async fn post(addr: SocketAddr, body: &str) -> usize {
-    let mut refused = 0;
-    loop {
-        let (s, _, b) = http_request(
-            addr,
-            "POST",
-            "/v1/transactions",
-            &[("content-type", "application/x-ndjson")],
-            body.as_bytes(),
-        )
-        .await;
-        match s {
-            202 => return refused,
-            503 | 0 => {
-                refused += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("ingest answered {other}: {b}"),
-        }
-    }
+    post_ndjson(addr, body, Duration::from_millis(100)).await
 }
 
 /// Per user, the ids an endpoint received, in arrival order.

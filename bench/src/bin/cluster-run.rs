@@ -11,7 +11,9 @@
 //! endpoint on 127.0.0.1 as the webhook example driver's target. Each run measures:
 //!
 //! 1. **ingest**: transactions/s accepted (202) by one node into JetStream (one server,
-//!    replicas 1), beside the same node on its SQLite spool;
+//!    replicas 1; nats-server's default sync, and an fsync per message), beside the same
+//!    node on its SQLite spool (NDJSON batches of 500 from 4 clients; the dlog driver, so
+//!    that delivery costs next to nothing);
 //! 2. **delivery**: transactions/s delivered with 1, 2 and 3 nodes against an endpoint
 //!    that takes 20 ms per request, the driver's concurrency at 16 (ratios to 1 node);
 //! 3. **take-over**: from SIGKILL of one of two nodes until the other owns every
@@ -22,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mailpush_e2e::nats::{nats_or_skip, NatsServer};
-use mailpush_e2e::{guest, http_request, RecordingServer, Reply, RunningDaemon};
+use mailpush_e2e::{guest, http_request, post_ndjson, RecordingServer, Reply, RunningDaemon};
 
 struct Sizes {
     ingest: usize,
@@ -31,16 +33,25 @@ struct Sizes {
     runs: usize,
 }
 
+/// A node with the webhook example driver posting to `url`; `url` "dlog": Dovecot's dlog
+/// driver instead (it costs next to nothing: ingest alone is measured).
 fn node_config(dir: &Path, name: &str, cluster: Option<&str>, url: &str) -> PathBuf {
     let cluster = cluster
         .map(|c| format!(" cluster = {c}\n cluster_node = {name}\n"))
         .unwrap_or_default();
+    let driver = if url == "dlog" {
+        "dlog".to_string()
+    } else {
+        format!(
+            "wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16",
+            guest("webhook").display()
+        )
+    };
     let conf = dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
         format!(
-            "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n{cluster}}}\nplugin {{\n push_notification_driver = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16\n}}\n",
-            guest("webhook").display()
+            "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n{cluster}}}\nplugin {{\n push_notification_driver = {driver}\n}}\n"
         ),
     )
     .expect("write config");
@@ -58,11 +69,10 @@ fn batch(from: usize, n: usize, users: usize, tag: &str) -> String {
     body
 }
 
-/// Posts `total` transactions in batches of 100 from 4 concurrent clients, round robin
+/// Posts `total` transactions in batches of `per` from 4 concurrent clients, round robin
 /// over `nodes`; returns the seconds until all were accepted.
-async fn post_all(nodes: &[SocketAddr], total: usize, users: usize, tag: &str) -> f64 {
+async fn post_all(nodes: &[SocketAddr], total: usize, per: usize, users: usize, tag: &str) -> f64 {
     let started = Instant::now();
-    let per = 100;
     let mut tasks = Vec::new();
     for c in 0..4 {
         let nodes = nodes.to_vec();
@@ -72,21 +82,7 @@ async fn post_all(nodes: &[SocketAddr], total: usize, users: usize, tag: &str) -
             while b * per < total {
                 let body = batch(b * per, per.min(total - b * per), users, &tag);
                 let addr = nodes[b % nodes.len()];
-                loop {
-                    let (s, _, text) = http_request(
-                        addr,
-                        "POST",
-                        "/v1/transactions",
-                        &[("content-type", "application/x-ndjson")],
-                        body.as_bytes(),
-                    )
-                    .await;
-                    match s {
-                        202 => break,
-                        503 | 0 => tokio::time::sleep(Duration::from_millis(50)).await,
-                        other => panic!("ingest answered {other}: {text}"),
-                    }
-                }
+                post_ndjson(addr, &body, Duration::from_millis(50)).await;
                 b += 4;
             }
         }));
@@ -126,19 +122,23 @@ async fn settled(nodes: &[SocketAddr]) {
     }
 }
 
-async fn ingest(sizes: &Sizes) -> (f64, f64) {
-    let endpoint = RecordingServer::start().await;
-    let url = endpoint.url("/h");
+/// Ingest/s into SQLite, into JetStream with nats-server's default sync, and into
+/// JetStream with an fsync per message.
+async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
+    let url = "dlog";
     let dir = tempfile::tempdir().expect("tempdir");
-    let sqlite = RunningDaemon::start(&node_config(dir.path(), "s", None, &url));
-    let sqlite_s = post_all(&[sqlite.addr], sizes.ingest, 2_000, "s").await;
+    let sqlite = RunningDaemon::start(&node_config(dir.path(), "s", None, url));
+    let sqlite_s = post_all(&[sqlite.addr], sizes.ingest, 500, 2_000, "s").await;
     drop(sqlite);
-    let nats = NatsServer::start();
-    let node = RunningDaemon::start(&node_config(dir.path(), "j", Some(&nats.url()), &url));
-    settled(&[node.addr]).await;
-    let js_s = post_all(&[node.addr], sizes.ingest, 2_000, "j").await;
+    let mut js = Vec::new();
+    for (sync_always, name) in [(false, "j"), (true, "k")] {
+        let nats = NatsServer::start_syncing(sync_always);
+        let node = RunningDaemon::start(&node_config(dir.path(), name, Some(&nats.url()), url));
+        settled(&[node.addr]).await;
+        js.push(post_all(&[node.addr], sizes.ingest, 500, 2_000, name).await);
+    }
     let n = sizes.ingest as f64;
-    (n / sqlite_s, n / js_s)
+    (n / sqlite_s, n / js[0], n / js[1])
 }
 
 /// Delivered transactions/s with `nodes` nodes against a 20 ms endpoint.
@@ -151,7 +151,7 @@ async fn delivery(nodes: usize, sizes: &Sizes) -> f64 {
     });
     let url = endpoint.url("/h");
     let dir = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_syncing(false);
     let running: Vec<RunningDaemon> = (0..nodes)
         .map(|i| {
             RunningDaemon::start(&node_config(
@@ -165,7 +165,7 @@ async fn delivery(nodes: usize, sizes: &Sizes) -> f64 {
     let addrs: Vec<SocketAddr> = running.iter().map(|n| n.addr).collect();
     settled(&addrs).await;
     let started = Instant::now();
-    post_all(&addrs, sizes.delivery, 3_000, "d").await;
+    post_all(&addrs, sizes.delivery, 100, 3_000, "d").await;
     endpoint
         .wait_for(sizes.delivery, Duration::from_secs(600))
         .await;
@@ -177,7 +177,7 @@ async fn takeovers(sizes: &Sizes) -> Vec<f64> {
     let endpoint = RecordingServer::start().await;
     let url = endpoint.url("/h");
     let dir = tempfile::tempdir().expect("tempdir");
-    let nats = NatsServer::start();
+    let nats = NatsServer::start_syncing(false);
     let survivor = RunningDaemon::start(&node_config(dir.path(), "a", Some(&nats.url()), &url));
     let mut out = Vec::new();
     for _ in 0..sizes.takeovers {
@@ -242,17 +242,19 @@ async fn main() {
         }
     };
     let (mut sqlite, mut js, mut ratio_ingest) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut js_sync, mut ratio_sync) = (Vec::new(), Vec::new());
     let (mut one, mut two, mut three) = (Vec::new(), Vec::new(), Vec::new());
     let (mut r2, mut r3, mut takeover) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=sizes.runs {
-        let (s, j) = ingest(&sizes).await;
+        let (s, j, k) = ingest(&sizes).await;
         let d1 = delivery(1, &sizes).await;
         let d2 = delivery(2, &sizes).await;
         let d3 = delivery(3, &sizes).await;
         let t = takeovers(&sizes).await;
         println!(
-            "run {run}: ingest SQLite {s:.0}/s, JetStream {j:.0}/s ({:.2}x); delivery 1 node {d1:.0}/s, 2 nodes {d2:.0}/s ({:.2}x), 3 nodes {d3:.0}/s ({:.2}x); take-over {} s (median {:.2})",
+            "run {run}: ingest SQLite {s:.0}/s, JetStream {j:.0}/s ({:.2}x), fsync per message {k:.0}/s ({:.2}x); delivery 1 node {d1:.0}/s, 2 nodes {d2:.0}/s ({:.2}x), 3 nodes {d3:.0}/s ({:.2}x); take-over {} s (median {:.2})",
             j / s,
+            k / s,
             d2 / d1,
             d3 / d1,
             t.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", "),
@@ -261,6 +263,8 @@ async fn main() {
         sqlite.push(s);
         js.push(j);
         ratio_ingest.push(j / s);
+        js_sync.push(k);
+        ratio_sync.push(k / s);
         one.push(d1);
         two.push(d2);
         three.push(d3);
@@ -280,6 +284,14 @@ async fn main() {
         spread(&js)
     );
     println!("| ingest JetStream / SQLite | {}× |", spread(&ratio_ingest));
+    println!(
+        "| ingest, JetStream with an fsync per message, txn/s | {} |",
+        spread(&js_sync)
+    );
+    println!(
+        "| ingest JetStream (fsync per message) / SQLite | {}× |",
+        spread(&ratio_sync)
+    );
     println!("| delivery, 1 node, txn/s | {} |", spread(&one));
     println!("| delivery, 2 nodes, txn/s | {} |", spread(&two));
     println!("| delivery, 3 nodes, txn/s | {} |", spread(&three));
