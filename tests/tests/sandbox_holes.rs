@@ -540,3 +540,51 @@ async fn one_tenant_cannot_take_every_slot_of_the_lane() {
     );
     drop(d);
 }
+
+/// A request the policy refuses, with its body streamed after `handle` as JavaScript's
+/// `fetch` and the SDKs do: the writes succeed and the refusal comes in the response,
+/// where the guest can catch it (a closed body stream traps a JavaScript guest). For a
+/// host not granted, a private address (literal, and by name), and an open circuit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_request_takes_its_streamed_body_and_answers_with_the_refusal() {
+    for (args, want) in [
+        (
+            "url=http://example.invalid/x allow_hosts=other.example",
+            "HttpRequestDenied",
+        ),
+        (
+            "url=http://127.0.0.1:9/x allow_hosts=*",
+            "DestinationIpProhibited",
+        ),
+        (
+            "url=http://localhost:9/x allow_hosts=*",
+            "DestinationIpProhibited",
+        ),
+    ] {
+        let (out, _) = run_hostile(&format!("mode=post-streamed bytes=200000 {args}"), 1).await;
+        let r = &reasons(&out)[0];
+        assert!(
+            r.contains("write: ok; response: error") && r.contains(want),
+            "{args}: {r}"
+        );
+    }
+    // A closed port fails a few times, then the endpoint's circuit opens and refuses.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (out, _) = run_hostile(
+        &format!(
+            "mode=post-streamed bytes=200000 url=http://127.0.0.1:{port}/x allow_hosts=* allow_private breaker_min=2 breaker_window=2"
+        ),
+        6,
+    )
+    .await;
+    let by_circuit: Vec<String> = reasons(&out)
+        .into_iter()
+        .filter(|r| r.contains("circuit open"))
+        .collect();
+    assert!(!by_circuit.is_empty(), "{:?}", reasons(&out));
+    for r in by_circuit {
+        assert!(r.contains("write: ok; response: error"), "{r}");
+    }
+}

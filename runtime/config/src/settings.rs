@@ -440,6 +440,18 @@ impl RuntimeSettings {
     }
 }
 
+/// `value` with the `user:password@` of every URL in it replaced by `***@`.
+fn without_userinfo(value: &str) -> String {
+    value
+        .split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}***{}", &u[..s + 3], &u[at..]),
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Reads the `cluster` and `cluster_*` keys.
 fn cluster_settings(
     keys: Vec<(String, String, Location)>,
@@ -449,7 +461,8 @@ fn cluster_settings(
     let mut fail = |location: &Location, key: &str, value: &str, message: String| {
         errors.push(ConfigError {
             location: Some(location.clone()),
-            text: format!("{key} = {value}"),
+            // A server URL may carry a password: never in an error.
+            text: format!("{key} = {}", without_userinfo(value)),
             message,
         })
     };
@@ -549,4 +562,17 @@ fn cluster_settings(
         );
     }
     Some(c)
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::without_userinfo;
+
+    #[test]
+    fn a_servers_password_never_reaches_an_error() {
+        assert_eq!(
+            without_userinfo("nats://mp:s3cret@10.0.0.1:4222, nats://10.0.0.2:4222,tls://u:p@h:1"),
+            "nats://***@10.0.0.1:4222, nats://10.0.0.2:4222,tls://***@h:1"
+        );
+    }
 }

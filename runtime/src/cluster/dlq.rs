@@ -34,18 +34,18 @@ pub async fn record(
     driver: u32,
     attempts: &[Attempt],
 ) {
-    let record = Record {
+    let mut record = Record {
         driver,
         at: now(),
         attempts: attempts.to_vec(),
         txn: txn.to_json(),
     };
-    let Ok(payload) = serde_json::to_vec(&record) else {
-        return;
-    };
     let id = format!("dlq/{driver}/{}/{}", txn.id, attempts.len());
     let mut pause = Duration::from_millis(100);
     loop {
+        let Ok(payload) = serde_json::to_vec(&record) else {
+            return;
+        };
         let sent = async {
             js.send_publish(
                 names.dlq_subject(driver),
@@ -59,6 +59,17 @@ pub async fn record(
         .await;
         match sent {
             Ok(_) => return,
+            // Too big for NATS: the oldest attempts go (the transaction itself was
+            // stored, so it fits).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                ) && record.attempts.len() > 1 =>
+            {
+                let keep = record.attempts.len() / 2;
+                record.attempts.drain(..record.attempts.len() - keep);
+            }
             Err(e) => {
                 tracing::warn!(txn = %txn.id, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
                 tokio::time::sleep(pause).await;

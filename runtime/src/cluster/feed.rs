@@ -14,7 +14,7 @@ use mailpush_core::Transaction;
 use tokio::sync::watch;
 
 use super::nats::Names;
-use super::spool::Acks;
+use super::spool::{Acks, Arrival};
 use crate::pipeline::Dispatcher;
 
 /// What a feeder needs.
@@ -43,7 +43,11 @@ impl Feeder {
         let mut reset = self.reset;
         let mut pause = Duration::from_millis(100);
         while !*stop.borrow() {
-            let consumer = match self.consumer(&name, &mut reset).await {
+            let consumer = tokio::select! {
+                c = self.consumer(&name, &mut reset) => c,
+                _ = stop.changed() => return,
+            };
+            let (consumer, was_reset) = match consumer {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(
@@ -80,10 +84,12 @@ impl Feeder {
                     continue;
                 }
             };
-            // The consumer's delivery sequence of the last message that arrived.
-            let mut last: Option<u64> = None;
+            // The consumer's delivery sequence of the last message that arrived (a reset
+            // starts it again at 1).
+            let mut last: Option<u64> = was_reset.then_some(0);
             let mut arrived = false;
             let mut check = tokio::time::interval(GAP_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             check.tick().await;
             loop {
                 let next = tokio::select! {
@@ -111,6 +117,7 @@ impl Feeder {
                     }
                 };
                 arrived = true;
+                check.reset();
                 let Ok((dseq, sseq)) = msg.info().map(|i| (i.consumer_sequence, i.stream_sequence))
                 else {
                     continue;
@@ -125,10 +132,6 @@ impl Feeder {
                 }
                 last = Some(dseq);
                 let (message, acker) = msg.split();
-                if self.acks.is_done(self.driver, self.partition, sseq) {
-                    let _ = acker.ack().await;
-                    continue;
-                }
                 let txn = match std::str::from_utf8(&message.payload)
                     .ok()
                     .and_then(|s| Transaction::from_json(s).ok())
@@ -146,18 +149,28 @@ impl Feeder {
                         continue;
                     }
                 };
-                if !self
+                let txn = Arc::new(txn);
+                let item = super::spool::item_of(&txn);
+                match self
                     .acks
-                    .insert(self.driver, &txn.id, self.partition, sseq, acker)
+                    .insert(self.driver, &txn.id, self.partition, sseq, acker, item)
                 {
-                    continue; // a lane holds it already (a reset sent it again)
+                    Arrival::Fresh => {}
+                    Arrival::Held => continue,
+                    Arrival::Done(acker) => {
+                        let _ = acker.ack().await;
+                        continue;
+                    }
                 }
                 let fed = tokio::select! {
-                    r = self.dispatcher.feed(self.driver, Arc::new(txn)) => r,
-                    _ = stop.changed() => return,
+                    r = self.dispatcher.feed(self.driver, txn.clone()) => r,
+                    _ = stop.changed() => Ok(false),
                 };
-                if fed.is_err() {
-                    return; // shutting down
+                if fed != Ok(true) {
+                    // Not taken: stopping (the partition moved, the node stops), or the
+                    // driver is gone. Not this node's to acknowledge any more.
+                    self.acks.abandon(self.driver, &txn);
+                    return;
                 }
             }
             // Whatever ended the pull, read again from the ack floor: messages on the way
@@ -188,21 +201,33 @@ impl Feeder {
             || (info.num_pending > 0 && out < super::nats::MAX_ACK_PENDING as u64)
     }
 
-    async fn consumer(&self, name: &str, reset: &mut bool) -> Result<PullConsumer, String> {
+    /// The consumer, reset to its ack floor first if `reset` (then `true` with it).
+    async fn consumer(&self, name: &str, reset: &mut bool) -> Result<(PullConsumer, bool), String> {
         let stream = self
             .js
             .get_stream(self.names.txn_stream())
             .await
             .map_err(|e| e.to_string())?;
-        let mut consumer: PullConsumer =
-            stream.get_consumer(name).await.map_err(|e| e.to_string())?;
+        let mut consumer: PullConsumer = match stream.get_consumer(name).await {
+            Ok(c) => c,
+            // Gone (deleted by hand): made again, from what is published from now on.
+            Err(e) => stream
+                .create_consumer(super::nats::consumer_config(
+                    &self.names,
+                    self.driver,
+                    self.partition,
+                ))
+                .await
+                .map_err(|c| format!("{e}; making it again: {c}"))?,
+        };
+        let was_reset = *reset;
         if *reset {
             // What the previous owner had out but not acknowledged comes again, in
             // order, now (not after the ack wait).
             consumer.reset(None).await.map_err(|e| e.to_string())?;
             *reset = false;
         }
-        Ok(consumer)
+        Ok((consumer, was_reset))
     }
 }
 

@@ -109,6 +109,9 @@ impl KvMetadata {
 #[derive(Default)]
 pub struct MetadataCache {
     entries: RwLock<HashMap<(String, String), String>>,
+    /// Set once the bucket's values up to the start were read.
+    loaded: tokio::sync::Notify,
+    is_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl MetadataCache {
@@ -118,6 +121,10 @@ impl MetadataCache {
         let cache = Arc::new(MetadataCache::default());
         let c = cache.clone();
         tokio::spawn(async move {
+            // An empty bucket has nothing to read first.
+            if store.status().await.is_ok_and(|s| s.values() == 0) {
+                c.mark_loaded();
+            }
             loop {
                 match store.watch_with_history(">").await {
                     Ok(mut watch) => {
@@ -125,6 +132,9 @@ impl MetadataCache {
                             let Ok(entry) = entry else {
                                 break;
                             };
+                            if entry.delta == 0 || entry.seen_current {
+                                c.mark_loaded();
+                            }
                             let Some(k) = parse_key(&entry.key) else {
                                 continue;
                             };
@@ -148,6 +158,30 @@ impl MetadataCache {
             }
         });
         cache
+    }
+}
+
+impl MetadataCache {
+    fn mark_loaded(&self) {
+        self.is_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.loaded.notify_waiters();
+    }
+
+    /// Waits until the values the bucket held at the start were read, for at most
+    /// `limit`; whether they were. Lookups before that could answer "not set" for a user
+    /// who has a value.
+    pub async fn wait_loaded(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.loaded.notified();
+            if self.is_loaded.load(std::sync::atomic::Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_loaded.load(std::sync::atomic::Ordering::Acquire);
+            }
+        }
     }
 }
 

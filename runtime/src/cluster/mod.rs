@@ -25,8 +25,6 @@ pub mod spool;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mailpush_core::Transaction;
-
 /// A stable hash of a user (FNV-1a, 64 bit, over the lower-cased name): the same on
 /// every node and every release.
 pub fn user_hash(user: &str) -> u64 {
@@ -86,11 +84,15 @@ impl Ownership {
         (0..self.partitions()).filter(|p| self.owns(*p)).collect()
     }
 
-    /// This node holds `p` until `until` (a renewal extends it).
+    /// This node holds `p` until `until` (a renewal extends it). Gaining a partition
+    /// changes the epoch too: lanes then drop what they still hold from an earlier
+    /// ownership of it.
     pub(crate) fn hold(&self, p: u32, until: std::time::Instant) {
         if let Some(u) = self.until.get(p as usize) {
             let ms = until.saturating_duration_since(self.origin).as_millis() as u64;
-            u.store(ms + 1, Ordering::Release);
+            if u.swap(ms + 1, Ordering::AcqRel) == 0 {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -104,9 +106,35 @@ impl Ownership {
     }
 }
 
+impl Ownership {
+    /// Whether this node delivers `user`'s partition now.
+    pub fn admits_user(&self, user: &str) -> bool {
+        self.owns(partition_of(user, self.partitions()))
+    }
+}
+
+/// The lanes' gate in cluster mode: a transaction is delivered here while its partition
+/// is owned here and the lane's copy is the one this node read under the current
+/// ownership ([`spool::Acks::holds`]): a copy from before a partition left and came back
+/// is stale (the consumer was reset since; its message comes again, in order).
+pub struct ClusterGate {
+    pub ownership: std::sync::Arc<Ownership>,
+    pub acks: std::sync::Arc<spool::Acks>,
+}
+
+impl crate::spool::Gate for ClusterGate {
+    fn admits(&self, driver: u32, txn: &mailpush_core::Transaction) -> bool {
+        self.ownership.admits_user(&txn.user) && self.acks.holds(driver, txn)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.ownership.epoch.load(Ordering::Acquire)
+    }
+}
+
 impl crate::spool::Gate for Ownership {
-    fn admits(&self, txn: &Transaction) -> bool {
-        self.owns(partition_of(&txn.user, self.partitions()))
+    fn admits(&self, _driver: u32, txn: &mailpush_core::Transaction) -> bool {
+        self.admits_user(&txn.user)
     }
 
     fn epoch(&self) -> u64 {
@@ -143,7 +171,10 @@ impl Node {
         let client = nats::connect(settings, &name).await?;
         let js = nats::jetstream(&client);
         let names = nats::Names::new(&settings.stream);
+        // Before and after setup: the server's version is known once connected.
+        nats::check_version(&client.server_info().version)?;
         nats::setup(&js, &names, settings).await?;
+        nats::check_version(&client.server_info().version)?;
         let ownership = std::sync::Arc::new(Ownership::new(settings.partitions));
         let acks = std::sync::Arc::new(spool::Acks::default());
         let spool = spool::JetStreamSpool::start(
@@ -157,6 +188,15 @@ impl Node {
             .await
             .map_err(|e| nats::storage("cannot open the METADATA bucket", e))?;
         let metadata = metadata::MetadataCache::start(store);
+        // No partition is taken (nothing delivered) before the drivers can see METADATA.
+        if !metadata
+            .wait_loaded(std::time::Duration::from_secs(30))
+            .await
+        {
+            return Err(crate::spool::SpoolError::Storage(
+                "the METADATA bucket could not be read within 30 s".into(),
+            ));
+        }
         Ok(Node {
             name,
             settings: settings.clone(),
@@ -214,6 +254,7 @@ fn host_name() -> String {
 mod tests {
     use super::*;
     use crate::spool::Gate;
+    use mailpush_core::Transaction;
 
     #[test]
     fn partitions_are_stable_and_case_insensitive() {
@@ -235,14 +276,16 @@ mod tests {
         let o = Ownership::new(4);
         let txn = |user: &str| Transaction::new(user, Vec::new());
         let p = partition_of("u@x", 4);
-        assert!(!o.admits(&txn("u@x")));
+        assert!(!o.admits(1, &txn("u@x")));
         let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
         o.hold(p, later);
-        assert!(o.admits(&txn("u@x")));
-        assert_eq!(o.epoch(), 0, "gaining changes nothing for lanes");
+        assert!(o.admits(1, &txn("u@x")));
+        assert_eq!(o.epoch(), 1, "gaining changes the epoch");
+        o.hold(p, later);
+        assert_eq!(o.epoch(), 1, "a renewal does not");
         o.release(p);
-        assert!(!o.admits(&txn("u@x")));
-        assert_eq!(o.epoch(), 1);
+        assert!(!o.admits(1, &txn("u@x")));
+        assert_eq!(o.epoch(), 2);
         assert_eq!(o.owned(), Vec::<u32>::new());
         // A deadline in the past: not delivered, before any release.
         o.hold(p, std::time::Instant::now());

@@ -128,6 +128,25 @@ pub async fn connect(
         .map_err(|e| storage("cannot connect", e))
 }
 
+/// The oldest nats-server mailpush works with: consumer reset (a partition's new owner
+/// restarts its consumers from their ack floors) came in 2.14.
+pub const MIN_SERVER: (u32, u32) = (2, 14);
+
+/// Refuses a server older than [`MIN_SERVER`] (`version` as the server reports it, e.g.
+/// `2.15.1`; unknown: accepted).
+pub fn check_version(version: &str) -> Result<(), SpoolError> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(a), Some(b)) if (a, b) < MIN_SERVER => Err(SpoolError::Storage(format!(
+            "nats-server {version} is too old: cluster mode needs {}.{} or later (consumer reset)",
+            MIN_SERVER.0, MIN_SERVER.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The JetStream context: API calls and publish acknowledgements time out after 5 s.
 pub fn jetstream(client: &async_nats::Client) -> jetstream::Context {
     jetstream::ContextBuilder::new()
@@ -259,5 +278,21 @@ pub fn consumer_config(names: &Names, driver: u32, p: u32) -> consumer::pull::Co
         max_ack_pending: MAX_ACK_PENDING,
         max_deliver: -1,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    #[test]
+    fn servers_before_2_14_are_refused() {
+        assert!(super::check_version("2.15.1").is_ok());
+        assert!(super::check_version("2.14.0").is_ok());
+        assert!(super::check_version("3.0.0-beta").is_ok());
+        assert!(super::check_version("").is_ok());
+        let e = super::check_version("2.10.22").unwrap_err().to_string();
+        assert!(
+            e.contains("2.10.22 is too old") && e.contains("2.14"),
+            "{e}"
+        );
     }
 }

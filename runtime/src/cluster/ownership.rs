@@ -459,6 +459,17 @@ impl Membership {
             while acks.in_flight(p) > 0 && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            if acks.in_flight(p) > 0 {
+                // Still delivering: no hand-over. The lease expires and the next owner
+                // starts from the ack floor then, after what runs here has had the
+                // lease's time to finish (what it finishes may come again).
+                acks.hand_over(p);
+                tracing::warn!(
+                    partition = p,
+                    "partition {p} left to expire: deliveries still running"
+                );
+                return;
+            }
             let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
             let record = Released {
                 released_by: node,

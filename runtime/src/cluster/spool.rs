@@ -28,11 +28,29 @@ pub const PUBLISH_DEADLINE: Duration = Duration::from_secs(8);
 /// again).
 pub const DONE_KEPT: usize = 20_000;
 
-/// A message being delivered: its partition, stream sequence and acknowledgement handle.
+/// A message being delivered: its partition, stream sequence and acknowledgement handle,
+/// and which copy of the transaction the lane holds (its address: a copy read before the
+/// partition left and came back is another).
 struct Out {
     partition: u32,
     seq: u64,
     acker: Acker,
+    item: usize,
+}
+
+/// What [`Acks::insert`] found.
+pub enum Arrival {
+    /// New here: feed it.
+    Fresh,
+    /// A lane holds it already (a reset sent it again): its handle was replaced.
+    Held,
+    /// Delivered here already: acknowledge it again, do not feed it.
+    Done(Box<Acker>),
+}
+
+/// The identity of the copy of a transaction a lane holds.
+pub fn item_of(txn: &Transaction) -> usize {
+    txn as *const Transaction as usize
 }
 
 /// What this node holds of the consumers it reads:
@@ -50,35 +68,82 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// A message is being delivered; `false` (and the handle replaced) when it already
-    /// was (a reset delivered it again while a lane holds it).
-    pub fn insert(&self, driver: u32, txn: &str, partition: u32, seq: u64, acker: Acker) -> bool {
-        let fresh = Out {
-            partition,
-            seq,
-            acker,
-        };
+    /// A message arrived for a lane (copy `item` of its transaction). Checked and
+    /// recorded under one lock with [`Acks::take`], so that a delivery finishing at the
+    /// same moment is either still held or already done, never neither.
+    pub fn insert(
+        &self,
+        driver: u32,
+        txn: &str,
+        partition: u32,
+        seq: u64,
+        acker: Acker,
+        item: usize,
+    ) -> Arrival {
+        let mut out = self.out.lock();
+        if self.is_done(driver, partition, seq) {
+            return Arrival::Done(Box::new(acker));
+        }
+        match out.get_mut(&(driver, txn.to_string())) {
+            Some(o) => {
+                o.seq = seq;
+                o.acker = acker;
+                Arrival::Held
+            }
+            None => {
+                out.insert(
+                    (driver, txn.to_string()),
+                    Out {
+                        partition,
+                        seq,
+                        acker,
+                        item,
+                    },
+                );
+                Arrival::Fresh
+            }
+        }
+    }
+
+    /// Whether this copy of `txn` is the one being delivered for `driver`.
+    pub fn holds(&self, driver: u32, txn: &Transaction) -> bool {
         self.out
             .lock()
-            .insert((driver, txn.to_string()), fresh)
-            .is_none()
+            .get(&(driver, txn.id.clone()))
+            .is_some_and(|o| o.item == item_of(txn))
     }
 
     /// The handle to acknowledge `txn` with; its sequence counts as done.
     fn take(&self, driver: u32, txn: &str) -> Option<Acker> {
+        let mut out = self.out.lock();
+        let o = out.remove(&(driver, txn.to_string()))?;
+        self.mark_done(driver, o.partition, o.seq);
+        Some(o.acker)
+    }
+
+    /// The handle of `txn`, not yet counted as done (a dead letter: done once stored).
+    fn take_pending(&self, driver: u32, txn: &str) -> Option<(u32, u64, Acker)> {
         let out = self.out.lock().remove(&(driver, txn.to_string()))?;
+        Some((out.partition, out.seq, out.acker))
+    }
+
+    fn mark_done(&self, driver: u32, partition: u32, seq: u64) {
         let mut done = self.done.lock();
-        let set = done.entry((driver, out.partition)).or_default();
-        set.insert(out.seq);
+        let set = done.entry((driver, partition)).or_default();
+        set.insert(seq);
         while set.len() > DONE_KEPT {
             set.pop_first();
         }
-        Some(out.acker)
     }
 
-    /// A lane let `txn` go without delivering it (its partition moved).
-    fn abandon(&self, driver: u32, txn: &str) {
-        self.out.lock().remove(&(driver, txn.to_string()));
+    /// This copy of `txn` is let go without being delivered here (its partition moved,
+    /// or its driver is gone).
+    pub fn abandon(&self, driver: u32, txn: &Transaction) {
+        let mut out = self.out.lock();
+        let key = (driver, txn.id.clone());
+        if out.get(&key).is_some_and(|o| o.item == item_of(txn)) {
+            out.remove(&key);
+        }
     }
 
     /// Whether `seq` of (driver, partition) was acknowledged here.
@@ -153,7 +218,8 @@ enum Work {
         txn: Transaction,
         driver: u32,
         attempts: Vec<Attempt>,
-        acker: Option<Acker>,
+        /// Partition, stream sequence and handle of its message.
+        message: Option<(u32, u64, Acker)>,
     },
 }
 
@@ -173,7 +239,7 @@ impl JetStreamSpool {
         acks: Arc<Acks>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(worker(js, names, ownership.partitions(), rx));
+        tokio::spawn(worker(js, names, ownership.partitions(), acks.clone(), rx));
         Arc::new(JetStreamSpool {
             work: tx,
             acks,
@@ -188,7 +254,13 @@ impl JetStreamSpool {
     }
 }
 
-async fn worker(js: Context, names: Names, partitions: u32, mut rx: mpsc::UnboundedReceiver<Work>) {
+async fn worker(
+    js: Context,
+    names: Names,
+    partitions: u32,
+    acks: Arc<Acks>,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+) {
     while let Some(w) = rx.recv().await {
         match w {
             Work::Append { txns, reply } => {
@@ -207,12 +279,14 @@ async fn worker(js: Context, names: Names, partitions: u32, mut rx: mpsc::Unboun
                 txn,
                 driver,
                 attempts,
-                acker,
+                message,
             } => {
-                let (js, names) = (js.clone(), names.clone());
+                let (js, names, acks) = (js.clone(), names.clone(), acks.clone());
                 tokio::spawn(async move {
                     super::dlq::record(&js, &names, &txn, driver, &attempts).await;
-                    if let Some(acker) = acker {
+                    // Done once stored (not before: a move meanwhile delivers it again).
+                    if let Some((partition, seq, acker)) = message {
+                        acks.mark_done(driver, partition, seq);
                         if let Err(e) = acker.ack().await {
                             tracing::warn!("NATS: an acknowledgement was not sent ({e})");
                         }
@@ -293,8 +367,8 @@ impl Spool for JetStreamSpool {
         }
     }
 
-    fn abandon(&self, txn_id: &str, driver: u32) {
-        self.acks.abandon(driver, txn_id);
+    fn abandon(&self, txn: &Transaction, driver: u32) {
+        self.acks.abandon(driver, txn);
     }
 
     fn dead_letter(
@@ -307,7 +381,7 @@ impl Spool for JetStreamSpool {
             txn: txn.clone(),
             driver,
             attempts: attempts.to_vec(),
-            acker: self.acks.take(driver, &txn.id),
+            message: self.acks.take_pending(driver, &txn.id),
         })
     }
 
@@ -355,6 +429,9 @@ impl Spool for JetStreamSpool {
     }
 
     fn gate(&self) -> Option<Arc<dyn Gate>> {
-        Some(self.ownership.clone())
+        Some(Arc::new(super::ClusterGate {
+            ownership: self.ownership.clone(),
+            acks: self.acks.clone(),
+        }))
     }
 }

@@ -411,12 +411,12 @@ impl Dispatcher {
     }
 
     /// Queues a transaction the spool hands over (cluster mode) for driver `number`'s
-    /// lane, waiting for room. A driver no longer configured takes nothing.
-    pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<(), ShutDown> {
+    /// lane, waiting for room; `false`: no such driver (any more), nothing taken.
+    pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<bool, ShutDown> {
         let lane = self.snapshot().into_iter().find(|l| l.number == number);
         match lane {
-            Some(l) => l.tx.send(txn).await.map_err(|_| ShutDown),
-            None => Ok(()),
+            Some(l) => l.tx.send(txn).await.map(|()| true).map_err(|_| ShutDown),
+            None => Ok(false),
         }
     }
 

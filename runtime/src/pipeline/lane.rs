@@ -151,7 +151,7 @@ pub async fn run(
             let epoch = gate.epoch();
             if epoch != gate_epoch {
                 gate_epoch = epoch;
-                let dropped = held.discard(|t| !gate.admits(t));
+                let dropped = held.discard(|t| !gate.admits(ctx.number, t));
                 for t in &dropped {
                     abandon(&ctx, t);
                 }
@@ -186,7 +186,7 @@ pub async fn run(
         };
         while in_flight.len() < limit {
             let below_share = |t: &Transaction| {
-                ctx.gate.as_ref().is_none_or(|g| g.admits(t))
+                ctx.gate.as_ref().is_none_or(|g| g.admits(ctx.number, t))
                     && match ctx.driver.share(t) {
                         Some((group, max)) => shares.get(&group).copied().unwrap_or(0) < max,
                         None => true,
@@ -263,8 +263,17 @@ pub async fn run(
         ctx.stats.observe(took);
         let _entered = span.enter();
         let breaker = (started_in == epoch).then_some(&mut breaker);
+        // Cluster mode: what of this user may no longer be delivered here goes — a
+        // retry whose partition moved while it was in flight (it would come after what
+        // the new owner delivers), a copy from an earlier ownership.
+        let user_again = ctx.gate.as_ref().map(|_| user.clone());
         if finish(&ctx, &mut held, breaker, user, outcome) {
             epoch += 1;
+        }
+        if let (Some(gate), Some(user)) = (&ctx.gate, user_again) {
+            for t in held.discard(|t| t.user == user && !gate.admits(ctx.number, t)) {
+                abandon(&ctx, &t);
+            }
         }
     }
 }
@@ -481,7 +490,7 @@ fn give_up(
 /// Whether this node may deliver `txn` (cluster mode: it arrived after its partition
 /// moved away; then it is let go).
 fn admitted(ctx: &LaneContext, txn: &Arc<Transaction>) -> bool {
-    let ok = ctx.gate.as_ref().is_none_or(|g| g.admits(txn));
+    let ok = ctx.gate.as_ref().is_none_or(|g| g.admits(ctx.number, txn));
     if !ok {
         abandon(ctx, txn);
     }
@@ -491,7 +500,7 @@ fn admitted(ctx: &LaneContext, txn: &Arc<Transaction>) -> bool {
 /// Lets `txn` go undelivered: its partition's new owner delivers it.
 fn abandon(ctx: &LaneContext, txn: &Transaction) {
     if let Some(spool) = &ctx.spool {
-        spool.abandon(&txn.id, ctx.number);
+        spool.abandon(txn, ctx.number);
     }
 }
 

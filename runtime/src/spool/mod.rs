@@ -99,7 +99,7 @@ pub trait Spool: Send + Sync {
     }
     /// A lane let `txn_id` go undelivered for `driver` (cluster mode: its partition
     /// moved to another node, which delivers it).
-    fn abandon(&self, _txn_id: &str, _driver: u32) {}
+    fn abandon(&self, _txn: &Transaction, _driver: u32) {}
     /// Whether the spool itself hands stored transactions to the lanes (cluster mode:
     /// each node delivers only the partitions it owns, read from JetStream), so that
     /// accepting a batch must not also queue it here.
@@ -115,8 +115,8 @@ pub trait Spool: Send + Sync {
 
 /// Which transactions a lane may deliver now ([`Spool::gate`]).
 pub trait Gate: Send + Sync {
-    /// Whether `txn` may be delivered here now.
-    fn admits(&self, txn: &Transaction) -> bool;
+    /// Whether `txn`, as driver `driver`'s lane holds it, may be delivered here now.
+    fn admits(&self, driver: u32, txn: &Transaction) -> bool;
     /// Grows whenever something stops being admitted: a lane seeing a new epoch drops
     /// what it holds and no longer admits.
     fn epoch(&self) -> u64;

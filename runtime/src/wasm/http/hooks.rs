@@ -129,10 +129,28 @@ type SendResult = Result<(http::Response<WasiBody>, IoFuture), Error>;
 type SendFuture = Box<dyn Future<Output = SendResult> + Send>;
 
 impl OutboundHttp {
-    fn refuse(&mut self, why: String, error: Error) -> SendFuture {
+    fn refuse(&mut self, why: String, error: Error, body: WasiBody) -> SendFuture {
         refuse_logged(&self.policy.tag, &self.log, &self.refused, why);
-        Box::new(async move { Err(error) })
+        refused_after_body(body, error)
     }
+}
+
+/// A refused request's answer: the error, once the guest finished writing the body.
+/// The body is read and thrown away meanwhile, so that a guest that streams its body
+/// after `handle` (JavaScript's `fetch`, Python's and the Rust SDK's clients all do)
+/// sees its writes succeed and the refusal in the response, where it can catch it,
+/// rather than a closed stream (which StarlingMonkey turns into a trap). Nothing is
+/// kept: a guest writing forever pays with its own CPU deadline.
+fn refused_after_body(mut body: WasiBody, error: Error) -> SendFuture {
+    Box::new(async move {
+        while let Some(Ok(_)) = body.frame().await {}
+        Err(error)
+    })
+}
+
+/// [`refused_after_body`] for a request refused after its name was resolved.
+async fn drained(request: http::Request<WasiBody>, error: Error) -> SendResult {
+    Box::into_pin(refused_after_body(request.into_body(), error)).await
 }
 
 /// Records a policy refusal for the failure reason and warns about it, within the
@@ -227,13 +245,18 @@ impl WasiHttpHooks for OutboundHttp {
             return self.refuse(
                 format!("{uri}: only http and https are allowed"),
                 Error::HttpRequestDenied,
+                request.into_body(),
             );
         }
         let Some(host) = uri
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
         else {
-            return self.refuse(format!("{uri}: no host"), Error::HttpRequestUriInvalid);
+            return self.refuse(
+                format!("{uri}: no host"),
+                Error::HttpRequestUriInvalid,
+                request.into_body(),
+            );
         };
         let settings = self.policy.settings.clone();
         if !settings.host_allowed(&host) {
@@ -247,6 +270,7 @@ impl WasiHttpHooks for OutboundHttp {
                     }
                 ),
                 Error::HttpRequestDenied,
+                request.into_body(),
             );
         }
         let tls = scheme == Some(Scheme::HTTPS);
@@ -258,6 +282,7 @@ impl WasiHttpHooks for OutboundHttp {
                 return self.refuse(
                     format!("{host}: loopback, private, link-local, metadata and other special-purpose addresses are refused, this is {why} (grant allow_private to permit)"),
                     Error::DestinationIpProhibited,
+                    request.into_body(),
                 );
             }
         }
@@ -281,7 +306,7 @@ impl WasiHttpHooks for OutboundHttp {
                     ),
                 );
                 self.circuit_wait = Some(self.circuit_wait.map_or(retry_in, |w| w.max(retry_in)));
-                return Box::new(async move { Err(Error::ConnectionRefused) });
+                return refused_after_body(request.into_body(), Error::ConnectionRefused);
             }
         };
         let failed = self.failed.clone();
@@ -311,12 +336,13 @@ impl WasiHttpHooks for OutboundHttp {
                 )
                 .await
                 {
-                    Err(_) => return Err(Error::DnsTimeout),
+                    Err(_) => return drained(request, Error::DnsTimeout).await,
                     Ok(Err(_)) => {
-                        return Err(Error::DnsError {
+                        let e = Error::DnsError {
                             rcode: Some("address not available".into()),
                             info_code: None,
-                        })
+                        };
+                        return drained(request, e).await;
                     }
                     Ok(Ok(a)) => a.collect(),
                 };
@@ -329,11 +355,11 @@ impl WasiHttpHooks for OutboundHttp {
                             &refused,
                             format!("{host} resolves to {ip}: loopback, private, link-local, metadata and other special-purpose addresses are refused, this is {why} (grant allow_private to permit)"),
                         );
-                        return Err(Error::DestinationIpProhibited);
+                        return drained(request, Error::DestinationIpProhibited).await;
                     }
                 }
                 if addrs.is_empty() {
-                    return Err(Error::DestinationNotFound);
+                    return drained(request, Error::DestinationNotFound).await;
                 }
                 // Connect to an address just checked (no second lookup that could
                 // resolve elsewhere; for https the TLS server name stays the host), over
@@ -345,7 +371,7 @@ impl WasiHttpHooks for OutboundHttp {
                 .await
                 {
                     Ok(Ok(p)) => p,
-                    _ => return Err(Error::ConnectionLimitReached),
+                    _ => return drained(request, Error::ConnectionLimitReached).await,
                 };
                 wire_headers(&mut request);
                 let request = request.map(|body| {

@@ -18,10 +18,67 @@
 //! - `get`: GETs `url=` and succeeds on 200 (reading the whole body);
 //! - `grow-then-trap` (with `instance=reuse`): first a memory growth the sandbox refuses,
 //!   handled; then, in the same instance, a trap.
+//! - `post-streamed`: what JavaScript's `fetch` does: `handle` a POST to `url=` first,
+//!   then write its `bytes=` body and finish it, then wait for the response; fails with
+//!   `write: …; response: …` saying how each step went.
 
 use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
 use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
 use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
+
+/// `handle` first, then the body, then the response (see `post-streamed`).
+fn post_streamed(url: &str, bytes: usize) -> String {
+    use mailpush_driver_sdk::bindings::wasi::http::outgoing_handler;
+    use mailpush_driver_sdk::bindings::wasi::http::types::{Method, Scheme};
+    let (authority, path) = url
+        .trim_start_matches("http://")
+        .split_once('/')
+        .map_or((url.trim_start_matches("http://"), "/".to_string()), |(a, p)| {
+            (a, format!("/{p}"))
+        });
+    let req = OutgoingRequest::new(Fields::new());
+    let _ = req.set_method(&Method::Post);
+    let _ = req.set_scheme(Some(&Scheme::Http));
+    let _ = req.set_authority(Some(authority));
+    let _ = req.set_path_with_query(Some(&path));
+    let Ok(body) = req.body() else {
+        return "no body".into();
+    };
+    let future = match outgoing_handler::handle(req, None) {
+        Ok(f) => f,
+        Err(e) => return format!("handle: {e:?}"),
+    };
+    let wrote = {
+        let Ok(out) = body.write() else {
+            return "no body stream".into();
+        };
+        let chunk = vec![b'p'; 4096];
+        let mut left = bytes;
+        let mut result = Ok(());
+        while left > 0 && result.is_ok() {
+            let n = left.min(chunk.len());
+            result = out.blocking_write_and_flush(&chunk[..n]);
+            left -= n;
+        }
+        result
+    };
+    let wrote = match wrote {
+        Ok(()) => match OutgoingBody::finish(body, None) {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("finish failed: {e:?}"),
+        },
+        Err(e) => format!("failed: {e:?}"),
+    };
+    let response = loop {
+        match future.get() {
+            Some(Ok(Ok(r))) => break format!("status {}", r.status()),
+            Some(Ok(Err(e))) => break format!("error {e:?}"),
+            Some(Err(())) => break "taken".to_string(),
+            None => future.subscribe().block(),
+        }
+    };
+    format!("write: {wrote}; response: {response}")
+}
 
 /// Blocks on a monotonic-clock pollable for `ns` nanoseconds.
 fn sleep_ns(ns: u64) {
@@ -226,6 +283,7 @@ impl Driver for Hostile {
                     Err(e) => Err(Failure::permanent(format!("egress failed: {e}"))),
                 }
             }
+            "post-streamed" => Err(Failure::permanent(post_streamed(&self.url, self.bytes))),
             "get" => match http::send("GET", &self.url, &[], b"", Some(10_000)) {
                 Ok(r) if r.status == 200 => Ok(()),
                 Ok(r) => Err(Failure::permanent(format!("GET answered {}", r.status))),
