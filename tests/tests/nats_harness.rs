@@ -56,17 +56,7 @@ fn single_server_and_cluster_start_and_restart() {
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
     assert_eq!(urls.len(), CLUSTER_SIZE);
-    let mut leaders = Vec::new();
-    for i in 0..CLUSTER_SIZE {
-        assert!(js_healthy(cluster.monitor_port(i)), "{}", cluster.log(i));
-        let meta = &jsz(cluster.monitor_port(i))["meta_cluster"];
-        assert_eq!(meta["cluster_size"], 3, "{meta}");
-        leaders.push(meta["leader"].as_str().unwrap().to_string());
-    }
-    assert!(
-        leaders.iter().all(|l| l == &leaders[0]),
-        "leaders: {leaders:?}"
-    );
+    let leaders = agreed_meta(&cluster);
 
     // Kill the meta leader (the hardest member to lose), restart it, healthy again.
     let victim = (0..CLUSTER_SIZE)
@@ -77,11 +67,33 @@ fn single_server_and_cluster_start_and_restart() {
     assert!(!js_healthy(cluster.monitor_port(victim)));
     cluster.restart(victim);
     assert_eq!(cluster.urls(), urls);
-    for i in 0..CLUSTER_SIZE {
-        assert!(js_healthy(cluster.monitor_port(i)), "{}", cluster.logs());
-        let meta = &jsz(cluster.monitor_port(i))["meta_cluster"];
-        assert_eq!(meta["cluster_size"], 3, "{meta}");
-        assert!(meta["leader"].as_str().is_some_and(|l| !l.is_empty()));
-    }
+    agreed_meta(&cluster);
     eprintln!("nats harness smoke test took {:?}", t0.elapsed());
+}
+
+/// Reads every node's `/jsz` until all report a 3-node meta cluster with one leader (a
+/// member's view settles a moment after the cluster is up), within 30 s; the leaders.
+fn agreed_meta(cluster: &NatsCluster) -> Vec<String> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut leaders = Vec::new();
+        let mut metas = Vec::new();
+        for i in 0..CLUSTER_SIZE {
+            assert!(js_healthy(cluster.monitor_port(i)), "{}", cluster.log(i));
+            let meta = jsz(cluster.monitor_port(i))["meta_cluster"].clone();
+            leaders.push(meta["leader"].as_str().unwrap_or("").to_string());
+            metas.push(meta);
+        }
+        let agreed = metas.iter().all(|m| m["cluster_size"] == 3)
+            && !leaders[0].is_empty()
+            && leaders.iter().all(|l| l == &leaders[0]);
+        if agreed {
+            return leaders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreement on a 3-node meta cluster: {metas:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -277,18 +277,45 @@ impl Membership {
             async move {
                 let started = Instant::now();
                 let renewed =
-                    tokio::time::timeout(round, leases.update(lease_key(p), me, revision))
+                    tokio::time::timeout(round, leases.update(lease_key(p), me.clone(), revision))
                         .await
                         .unwrap_or_else(|_| {
                             Err(async_nats::jetstream::kv::UpdateError::new(
                                 async_nats::jetstream::kv::UpdateErrorKind::TimedOut,
                             ))
                         });
-                (p, started, renewed)
+                // A renewal that timed out here may have been written there: the lease is
+                // still ours at a newer revision. Take that revision (not a new renewal
+                // time: when it was written is not known) and renew it next round.
+                let adopted = match &renewed {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+                        ) =>
+                    {
+                        tokio::time::timeout(round, leases.entry(lease_key(p)))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten()
+                            .filter(|e| {
+                                e.value == me
+                                    && e.operation == async_nats::jetstream::kv::Operation::Put
+                            })
+                            .map(|e| e.revision)
+                    }
+                    _ => None,
+                };
+                (p, started, renewed, adopted)
             }
         });
-        for (p, started, renewed) in futures::future::join_all(renewals).await {
+        for (p, started, renewed, adopted) in futures::future::join_all(renewals).await {
             let Some(h) = held.get_mut(&p) else { continue };
+            if let Some(rev) = adopted {
+                h.revision = rev;
+                continue;
+            }
             match renewed {
                 Ok(rev) => {
                     h.revision = rev;
