@@ -122,6 +122,26 @@ pub async fn list(
     Ok(out)
 }
 
+/// The dead-letter stream and the letters `id` / `driver` select (one id, or all of one
+/// driver, or all).
+async fn selected(
+    js: &Context,
+    names: &Names,
+    id: Option<i64>,
+    driver: Option<u32>,
+) -> Result<(async_nats::jetstream::stream::Stream, Vec<DeadLetter>), SpoolError> {
+    let letters = list(js, names, driver).await?;
+    let stream = js
+        .get_stream(names.dlq_stream())
+        .await
+        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let letters = letters
+        .into_iter()
+        .filter(|d| id.is_none_or(|i| i == d.id))
+        .collect();
+    Ok((stream, letters))
+}
+
 /// Delivers dead letters again (one id, or all of one driver, or all): each to the
 /// driver that gave up on it; returns how many.
 pub async fn replay(
@@ -131,13 +151,9 @@ pub async fn replay(
     id: Option<i64>,
     driver: Option<u32>,
 ) -> Result<usize, SpoolError> {
-    let letters = list(js, names, driver).await?;
-    let stream = js
-        .get_stream(names.dlq_stream())
-        .await
-        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let (stream, letters) = selected(js, names, id, driver).await?;
     let mut n = 0;
-    for d in letters.into_iter().filter(|d| id.is_none_or(|i| i == d.id)) {
+    for d in letters {
         let subject = names.replay_subject(d.driver, partition_of(&d.txn.user, partitions));
         js.send_publish(
             subject,
@@ -165,13 +181,9 @@ pub async fn purge(
     id: Option<i64>,
     driver: Option<u32>,
 ) -> Result<usize, SpoolError> {
-    let letters = list(js, names, driver).await?;
-    let stream = js
-        .get_stream(names.dlq_stream())
-        .await
-        .map_err(|e| storage("cannot read the dead letters", e))?;
+    let (stream, letters) = selected(js, names, id, driver).await?;
     let mut n = 0;
-    for d in letters.into_iter().filter(|d| id.is_none_or(|i| i == d.id)) {
+    for d in letters {
         stream
             .delete_message(d.id as u64)
             .await
