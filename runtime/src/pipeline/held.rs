@@ -233,7 +233,38 @@ impl Held {
                 keep
             });
         }
-        let n = gone.len();
+        self.forget_dropped(gone.len());
+        gone
+    }
+
+    /// [`Held::discard`] for one user's transactions only (the cost of one user).
+    pub fn discard_user(
+        &mut self,
+        user: &str,
+        drop: impl Fn(&Transaction) -> bool,
+    ) -> Vec<Arc<Transaction>> {
+        let mut gone = Vec::new();
+        if let Some(q) = self.users.get_mut(user) {
+            let skip = usize::from(self.in_flight.contains(user));
+            let mut i = 0;
+            q.retain(|item| {
+                let keep = i < skip || !drop(&item.txn);
+                i += 1;
+                if !keep {
+                    gone.push(item.txn.clone());
+                }
+                keep
+            });
+        }
+        self.forget_dropped(gone.len());
+        gone
+    }
+
+    /// Bookkeeping after `n` transactions were dropped from the queues.
+    fn forget_dropped(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.count -= n;
         self.users
             .retain(|u, q| !q.is_empty() || self.in_flight.contains(u));
@@ -247,7 +278,6 @@ impl Held {
                 .and_then(|q| q.front())
                 .is_some_and(|f| !f.attempts.is_empty())
         });
-        gone
     }
 
     /// Everything held, oldest first per user.
@@ -270,6 +300,45 @@ mod tests {
             ))
             .unwrap(),
         )
+    }
+
+    /// Discarding keeps what is being delivered, drops the rest that matches, and
+    /// leaves the count and the turn order right (for every user, or for one).
+    #[test]
+    fn discard_keeps_the_delivery_in_flight() {
+        let mut h = Held::default();
+        for (u, id) in [
+            ("a", "a1"),
+            ("a", "a2"),
+            ("b", "b1"),
+            ("b", "b2"),
+            ("c", "c1"),
+        ] {
+            h.push(txn(u, id));
+        }
+        let now = Instant::now();
+        assert_eq!(
+            h.next_due(now, |_| true).map(|(_, t)| t.id.clone()),
+            Some("a1".into())
+        );
+        let gone: Vec<String> = h
+            .discard_user("a", |_| true)
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(gone, ["a2"], "a1 is in flight");
+        assert_eq!(h.count, 4);
+        assert!(h.discard_user("nobody", |_| true).is_empty());
+        let gone: Vec<String> = h
+            .discard(|t| t.user == "b")
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        assert_eq!(gone, ["b1", "b2"]);
+        assert_eq!(h.count, 2);
+        let next: Vec<String> =
+            std::iter::from_fn(|| h.next_due(now, |_| true).map(|(_, t)| t.id.clone())).collect();
+        assert_eq!(next, ["c1"], "only c is left to start (a1 is in flight)");
     }
 
     /// Users take turns; a user's next transaction becomes eligible only once the one

@@ -271,7 +271,7 @@ pub async fn run(
             epoch += 1;
         }
         if let (Some(gate), Some(user)) = (&ctx.gate, user_again) {
-            for t in held.discard(|t| t.user == user && !gate.admits(ctx.number, t)) {
+            for t in held.discard_user(&user, |t| !gate.admits(ctx.number, t)) {
                 abandon(&ctx, &t);
             }
         }
