@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p mailpush
-//! cargo run --release -p mailpush-bench --bin cluster-run            # 3 runs, ~6 min
+//! cargo run --release -p mailpush-bench --bin cluster-run            # 3 runs, ~9 min
 //! cargo run --release -p mailpush-bench --bin cluster-run -- --smoke # 1 small run
 //! ```
 //!
@@ -16,6 +16,7 @@
 //!    that delivery costs next to nothing);
 //! 2. **delivery**: transactions/s delivered with 1, 2 and 3 nodes against an endpoint
 //!    that takes 20 ms per request, the driver's concurrency at 16 (ratios to 1 node);
+//!    with a fresh instance per transaction, then with `instance=reuse`;
 //! 3. **take-over**: from SIGKILL of one of two nodes until the other owns every
 //!    partition (5 times; the median), with the default lease (6 s).
 
@@ -35,7 +36,7 @@ struct Sizes {
 
 /// A node with the webhook example driver posting to `url`; `url` "dlog": Dovecot's dlog
 /// driver instead (it costs next to nothing: ingest alone is measured).
-fn node_config(dir: &Path, name: &str, cluster: Option<&str>, url: &str) -> PathBuf {
+fn node_config(dir: &Path, name: &str, cluster: Option<&str>, url: &str, extra: &str) -> PathBuf {
     let cluster = cluster
         .map(|c| format!(" cluster = {c}\n cluster_node = {name}\n"))
         .unwrap_or_default();
@@ -43,7 +44,7 @@ fn node_config(dir: &Path, name: &str, cluster: Option<&str>, url: &str) -> Path
         "dlog".to_string()
     } else {
         format!(
-            "wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16",
+            "wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private concurrency=16 {extra}",
             guest("webhook").display()
         )
     };
@@ -127,13 +128,13 @@ async fn settled(nodes: &[SocketAddr]) {
 async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
     let url = "dlog";
     let dir = tempfile::tempdir().expect("tempdir");
-    let sqlite = RunningDaemon::start(&node_config(dir.path(), "s", None, url));
+    let sqlite = RunningDaemon::start(&node_config(dir.path(), "s", None, url, ""));
     let sqlite_s = post_all(&[sqlite.addr], sizes.ingest, 500, 2_000, "s").await;
     drop(sqlite);
     let mut js = Vec::new();
     for (sync_always, name) in [(false, "j"), (true, "k")] {
         let nats = NatsServer::start_syncing(sync_always);
-        let node = RunningDaemon::start(&node_config(dir.path(), name, Some(&nats.url()), url));
+        let node = RunningDaemon::start(&node_config(dir.path(), name, Some(&nats.url()), url, ""));
         settled(&[node.addr]).await;
         js.push(post_all(&[node.addr], sizes.ingest, 500, 2_000, name).await);
     }
@@ -142,7 +143,7 @@ async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
 }
 
 /// Delivered transactions/s with `nodes` nodes against a 20 ms endpoint.
-async fn delivery(nodes: usize, sizes: &Sizes) -> f64 {
+async fn delivery(nodes: usize, sizes: &Sizes, extra: &str) -> f64 {
     let endpoint = RecordingServer::start().await;
     endpoint.set_default(Reply::Status {
         status: 200,
@@ -159,6 +160,7 @@ async fn delivery(nodes: usize, sizes: &Sizes) -> f64 {
                 &format!("n{i}"),
                 Some(&nats.url()),
                 &url,
+                extra,
             ))
         })
         .collect();
@@ -178,11 +180,11 @@ async fn takeovers(sizes: &Sizes) -> Vec<f64> {
     let url = endpoint.url("/h");
     let dir = tempfile::tempdir().expect("tempdir");
     let nats = NatsServer::start_syncing(false);
-    let survivor = RunningDaemon::start(&node_config(dir.path(), "a", Some(&nats.url()), &url));
+    let survivor = RunningDaemon::start(&node_config(dir.path(), "a", Some(&nats.url()), &url, ""));
     let mut out = Vec::new();
     for _ in 0..sizes.takeovers {
         let mut victim =
-            RunningDaemon::start(&node_config(dir.path(), "b", Some(&nats.url()), &url));
+            RunningDaemon::start(&node_config(dir.path(), "b", Some(&nats.url()), &url, ""));
         settled(&[survivor.addr, victim.addr]).await;
         let killed = Instant::now();
         victim.child.kill().expect("SIGKILL");
@@ -245,11 +247,17 @@ async fn main() {
     let (mut js_sync, mut ratio_sync) = (Vec::new(), Vec::new());
     let (mut one, mut two, mut three) = (Vec::new(), Vec::new(), Vec::new());
     let (mut r2, mut r3, mut takeover) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut warm1, mut warm_r2, mut warm_r3) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=sizes.runs {
         let (s, j, k) = ingest(&sizes).await;
-        let d1 = delivery(1, &sizes).await;
-        let d2 = delivery(2, &sizes).await;
-        let d3 = delivery(3, &sizes).await;
+        let d1 = delivery(1, &sizes, "").await;
+        let d2 = delivery(2, &sizes, "").await;
+        let d3 = delivery(3, &sizes, "").await;
+        // The same with a warm instance (`instance=reuse`): less CPU per delivery, so
+        // less of the 2 cores' limit in the ratios.
+        let w1 = delivery(1, &sizes, "instance=reuse").await;
+        let w2 = delivery(2, &sizes, "instance=reuse").await;
+        let w3 = delivery(3, &sizes, "instance=reuse").await;
         let t = takeovers(&sizes).await;
         println!(
             "run {run}: ingest SQLite {s:.0}/s, JetStream {j:.0}/s ({:.2}x), fsync per message {k:.0}/s ({:.2}x); delivery 1 node {d1:.0}/s, 2 nodes {d2:.0}/s ({:.2}x), 3 nodes {d3:.0}/s ({:.2}x); take-over {} s (median {:.2})",
@@ -270,6 +278,14 @@ async fn main() {
         three.push(d3);
         r2.push(d2 / d1);
         r3.push(d3 / d1);
+        warm1.push(w1);
+        warm_r2.push(w2 / w1);
+        warm_r3.push(w3 / w1);
+        println!(
+            "run {run}, instance=reuse: 1 node {w1:.0}/s, 2 nodes {w2:.0}/s ({:.2}x), 3 nodes {w3:.0}/s ({:.2}x)",
+            w2 / w1,
+            w3 / w1
+        );
         takeover.push(median(&t));
     }
     println!();
@@ -297,6 +313,18 @@ async fn main() {
     println!("| delivery, 3 nodes, txn/s | {} |", spread(&three));
     println!("| delivery 2 nodes / 1 node | {}× |", spread(&r2));
     println!("| delivery 3 nodes / 1 node | {}× |", spread(&r3));
+    println!(
+        "| delivery, 1 node, instance=reuse, txn/s | {} |",
+        spread(&warm1)
+    );
+    println!(
+        "| delivery 2 nodes / 1 node, instance=reuse | {}× |",
+        spread(&warm_r2)
+    );
+    println!(
+        "| delivery 3 nodes / 1 node, instance=reuse | {}× |",
+        spread(&warm_r3)
+    );
     println!(
         "| take-over after SIGKILL, median of {}, s | {} |",
         sizes.takeovers,
