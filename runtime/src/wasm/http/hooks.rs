@@ -135,17 +135,16 @@ impl OutboundHttp {
     }
 }
 
-/// A refused request's answer: the error, once the guest finished writing the body.
-/// The body is read and thrown away meanwhile, so that a guest that streams its body
-/// after `handle` (JavaScript's `fetch`, Python's and the Rust SDK's clients all do)
-/// sees its writes succeed and the refusal in the response, where it can catch it,
-/// rather than a closed stream (which StarlingMonkey turns into a trap). Nothing is
-/// kept: a guest writing forever pays with its own CPU deadline.
+/// A refused request's answer: the error, at once. The body is read and thrown away
+/// in the background until the guest finishes or drops it, so that a guest that streams
+/// its body after `handle` (JavaScript's `fetch`, Python's and the Rust SDK's clients
+/// all do) sees its writes succeed and the refusal in the response, where it can catch
+/// it, rather than a closed stream (which StarlingMonkey turns into a trap). Nothing is
+/// kept: a guest writing forever pays with its own CPU deadline, and the reader ends
+/// with the instance.
 fn refused_after_body(mut body: WasiBody, error: Error) -> SendFuture {
-    Box::new(async move {
-        while let Some(Ok(_)) = body.frame().await {}
-        Err(error)
-    })
+    tokio::spawn(async move { while let Some(Ok(_)) = body.frame().await {} });
+    Box::new(async move { Err(error) })
 }
 
 /// [`refused_after_body`] for a request refused after its name was resolved.
