@@ -222,16 +222,7 @@ impl Held {
     pub fn discard(&mut self, drop: impl Fn(&Transaction) -> bool) -> Vec<Arc<Transaction>> {
         let mut gone = Vec::new();
         for (user, q) in self.users.iter_mut() {
-            let skip = usize::from(self.in_flight.contains(user));
-            let mut i = 0;
-            q.retain(|item| {
-                let keep = i < skip || !drop(&item.txn);
-                i += 1;
-                if !keep {
-                    gone.push(item.txn.clone());
-                }
-                keep
-            });
+            drop_from(q, self.in_flight.contains(user), &drop, &mut gone);
         }
         self.forget_dropped(gone.len());
         gone
@@ -245,16 +236,7 @@ impl Held {
     ) -> Vec<Arc<Transaction>> {
         let mut gone = Vec::new();
         if let Some(q) = self.users.get_mut(user) {
-            let skip = usize::from(self.in_flight.contains(user));
-            let mut i = 0;
-            q.retain(|item| {
-                let keep = i < skip || !drop(&item.txn);
-                i += 1;
-                if !keep {
-                    gone.push(item.txn.clone());
-                }
-                keep
-            });
+            drop_from(q, self.in_flight.contains(user), &drop, &mut gone);
         }
         self.forget_dropped(gone.len());
         gone
@@ -286,6 +268,26 @@ impl Held {
             .into_values()
             .flat_map(|q| q.into_iter().map(|i| i.txn))
     }
+}
+
+/// Removes from one user's queue what `drop` says, except its oldest while it is being
+/// delivered (`in_flight`), into `gone`.
+fn drop_from(
+    q: &mut VecDeque<Item>,
+    in_flight: bool,
+    drop: &impl Fn(&Transaction) -> bool,
+    gone: &mut Vec<Arc<Transaction>>,
+) {
+    let skip = usize::from(in_flight);
+    let mut i = 0;
+    q.retain(|item| {
+        let keep = i < skip || !drop(&item.txn);
+        i += 1;
+        if !keep {
+            gone.push(item.txn.clone());
+        }
+        keep
+    });
 }
 
 #[cfg(test)]
