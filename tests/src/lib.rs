@@ -571,6 +571,24 @@ pub async fn load_drivers(registry: &DriverRegistry, config: &Config) -> Vec<Loa
     }
 }
 
+/// Asserts that for each of `users`, the transactions in `requests` (canonical JSON
+/// bodies) are exactly that user's transactions of `sent`: in order, each once.
+pub fn assert_each_users_order(sent: &[Transaction], requests: &[Recorded], users: &[String]) {
+    let delivered: Vec<Transaction> = requests
+        .iter()
+        .map(|r| Transaction::from_json(&r.body_text()).expect("canonical JSON"))
+        .collect();
+    for user in users {
+        let ids = |txns: &[Transaction]| -> Vec<String> {
+            txns.iter()
+                .filter(|t| &t.user == user)
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(&delivered), ids(sent), "{user}: in order, each once");
+    }
+}
+
 /// A transaction with one MailboxCreate event.
 pub fn mailbox_txn(user: &str, id: &str) -> Transaction {
     Transaction::from_json(&format!(

@@ -618,24 +618,8 @@ async fn dropped_connections_are_retried_not_dead_lettered() {
     assert!(s.spool.dead_letters(None).unwrap().is_empty());
     // Each user's transactions arrived in order (a retried one holds its user's later
     // ones back).
-    let delivered: Vec<Transaction> = server.requests()[12..]
-        .iter()
-        .map(|r| Transaction::from_json(&r.body_text()).unwrap())
-        .collect();
-    for u in 0..8 {
-        let user = format!("u{u}@x");
-        let sent: Vec<_> = batch
-            .iter()
-            .filter(|t| t.user == user)
-            .map(|t| &t.id)
-            .collect();
-        let arrived: Vec<_> = delivered
-            .iter()
-            .filter(|t| t.user == user)
-            .map(|t| &t.id)
-            .collect();
-        assert_eq!(arrived, sent, "{user}");
-    }
+    let users: Vec<String> = (0..8).map(|u| format!("u{u}@x")).collect();
+    assert_each_users_order(&batch, &server.requests()[12..], &users);
 }
 
 /// One burst of 16 concurrent 503s is one signal: the circuit opens once, and once the
@@ -754,24 +738,8 @@ async fn held_transactions_expire_into_the_dlq_and_replay_delivers_them() {
     let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
     assert!(ok && out.starts_with("20 dead letter(s) queued"), "{out}");
     let got = server.wait_for(before + 20, Duration::from_secs(30)).await;
-    let delivered: Vec<Transaction> = got[before..]
-        .iter()
-        .map(|r| Transaction::from_json(&r.body_text()).unwrap())
-        .collect();
-    for u in 0..5 {
-        let user = format!("u{u}@x");
-        let sent: Vec<_> = batch
-            .iter()
-            .filter(|t| t.user == user)
-            .map(|t| &t.id)
-            .collect();
-        let arrived: Vec<_> = delivered
-            .iter()
-            .filter(|t| t.user == user)
-            .map(|t| &t.id)
-            .collect();
-        assert_eq!(arrived, sent, "{user}");
-    }
+    let users: Vec<String> = (0..5).map(|u| format!("u{u}@x")).collect();
+    assert_each_users_order(&batch, &got[before..], &users);
     assert!(dead_letters().is_empty());
     let status = d.stop();
     assert!(status.success(), "{status:?}");

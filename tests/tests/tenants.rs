@@ -255,19 +255,10 @@ async fn one_tenants_dead_endpoint_does_not_hold_back_the_others() {
     let got = bad
         .wait_for(at_open + a.len(), Duration::from_secs(20))
         .await;
-    let delivered: Vec<Transaction> = got[at_open..]
-        .iter()
-        .map(|r| Transaction::from_json(&r.body_text()).unwrap())
-        .collect();
-    for user in ["u0@a.example", "u1@a.example", "u2@a.example"] {
-        let sent: Vec<_> = a.iter().filter(|t| t.user == user).map(|t| &t.id).collect();
-        let arrived: Vec<_> = delivered
-            .iter()
-            .filter(|t| t.user == user)
-            .map(|t| &t.id)
-            .collect();
-        assert_eq!(arrived, sent, "{user}: in order, each once");
-    }
+    let users: Vec<String> = ["u0@a.example", "u1@a.example", "u2@a.example"]
+        .map(String::from)
+        .to_vec();
+    assert_each_users_order(&a, &got[at_open..], &users);
     let r = &d.reports()[0];
     assert_eq!(r.dead_lettered, 0, "{r:?}");
     assert!(
