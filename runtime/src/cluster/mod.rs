@@ -111,6 +111,11 @@ impl Ownership {
     pub fn admits_user(&self, user: &str) -> bool {
         self.owns(partition_of(user, self.partitions()))
     }
+
+    /// Grows whenever a partition is gained or lost.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
 }
 
 /// The lanes' gate in cluster mode: a transaction is delivered here while its partition
@@ -128,17 +133,7 @@ impl crate::spool::Gate for ClusterGate {
     }
 
     fn epoch(&self) -> u64 {
-        self.ownership.epoch.load(Ordering::Acquire)
-    }
-}
-
-impl crate::spool::Gate for Ownership {
-    fn admits(&self, _driver: u32, txn: &mailpush_core::Transaction) -> bool {
-        self.admits_user(&txn.user)
-    }
-
-    fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.ownership.epoch()
     }
 }
 
@@ -253,8 +248,6 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::Gate;
-    use mailpush_core::Transaction;
 
     #[test]
     fn partitions_are_stable_and_case_insensitive() {
@@ -274,17 +267,16 @@ mod tests {
     #[test]
     fn losing_a_partition_bumps_the_epoch_and_a_deadline_fences() {
         let o = Ownership::new(4);
-        let txn = |user: &str| Transaction::new(user, Vec::new());
         let p = partition_of("u@x", 4);
-        assert!(!o.admits(1, &txn("u@x")));
+        assert!(!o.admits_user("u@x"));
         let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
         o.hold(p, later);
-        assert!(o.admits(1, &txn("u@x")));
+        assert!(o.admits_user("u@x"));
         assert_eq!(o.epoch(), 1, "gaining changes the epoch");
         o.hold(p, later);
         assert_eq!(o.epoch(), 1, "a renewal does not");
         o.release(p);
-        assert!(!o.admits(1, &txn("u@x")));
+        assert!(!o.admits_user("u@x"));
         assert_eq!(o.epoch(), 2);
         assert_eq!(o.owned(), Vec::<u32>::new());
         // A deadline in the past: not delivered, before any release.

@@ -63,7 +63,8 @@ pub fn item_of(txn: &Transaction) -> usize {
 ///   are skipped then, and handed to the next owner when a partition moves.
 #[derive(Default)]
 pub struct Acks {
-    out: Mutex<HashMap<(u32, String), Out>>,
+    /// By driver, then transaction id (looked up by `&str`: no allocation per check).
+    out: Mutex<HashMap<u32, HashMap<String, Out>>>,
     done: Mutex<HashMap<(u32, u32), BTreeSet<u64>>>,
 }
 
@@ -84,15 +85,16 @@ impl Acks {
         if self.is_done(driver, partition, seq) {
             return Arrival::Done(Box::new(acker));
         }
-        match out.get_mut(&(driver, txn.to_string())) {
+        let mine = out.entry(driver).or_default();
+        match mine.get_mut(txn) {
             Some(o) => {
                 o.seq = seq;
                 o.acker = acker;
                 Arrival::Held
             }
             None => {
-                out.insert(
-                    (driver, txn.to_string()),
+                mine.insert(
+                    txn.to_string(),
                     Out {
                         partition,
                         seq,
@@ -109,22 +111,23 @@ impl Acks {
     pub fn holds(&self, driver: u32, txn: &Transaction) -> bool {
         self.out
             .lock()
-            .get(&(driver, txn.id.clone()))
+            .get(&driver)
+            .and_then(|m| m.get(&txn.id))
             .is_some_and(|o| o.item == item_of(txn))
     }
 
     /// The handle to acknowledge `txn` with; its sequence counts as done.
     fn take(&self, driver: u32, txn: &str) -> Option<Acker> {
         let mut out = self.out.lock();
-        let o = out.remove(&(driver, txn.to_string()))?;
+        let o = out.get_mut(&driver)?.remove(txn)?;
         self.mark_done(driver, o.partition, o.seq);
         Some(o.acker)
     }
 
     /// The handle of `txn`, not yet counted as done (a dead letter: done once stored).
     fn take_pending(&self, driver: u32, txn: &str) -> Option<(u32, u64, Acker)> {
-        let out = self.out.lock().remove(&(driver, txn.to_string()))?;
-        Some((out.partition, out.seq, out.acker))
+        let o = self.out.lock().get_mut(&driver)?.remove(txn)?;
+        Some((o.partition, o.seq, o.acker))
     }
 
     fn mark_done(&self, driver: u32, partition: u32, seq: u64) {
@@ -139,10 +142,10 @@ impl Acks {
     /// This copy of `txn` is let go without being delivered here (its partition moved,
     /// or its driver is gone).
     pub fn abandon(&self, driver: u32, txn: &Transaction) {
-        let mut out = self.out.lock();
-        let key = (driver, txn.id.clone());
-        if out.get(&key).is_some_and(|o| o.item == item_of(txn)) {
-            out.remove(&key);
+        if let Some(mine) = self.out.lock().get_mut(&driver) {
+            if mine.get(&txn.id).is_some_and(|o| o.item == item_of(txn)) {
+                mine.remove(&txn.id);
+            }
         }
     }
 
@@ -167,6 +170,7 @@ impl Acks {
         self.out
             .lock()
             .values()
+            .flat_map(HashMap::values)
             .filter(|o| o.partition == p)
             .count()
     }
@@ -175,15 +179,16 @@ impl Acks {
     pub fn in_flight_of(&self, driver: u32, p: u32) -> usize {
         self.out
             .lock()
-            .iter()
-            .filter(|((d, _), o)| *d == driver && o.partition == p)
-            .count()
+            .get(&driver)
+            .map_or(0, |m| m.values().filter(|o| o.partition == p).count())
     }
 
     /// Forgets partition `p` (it moved away), returning what was acknowledged above the
     /// floor per driver, for its next owner.
     pub fn hand_over(&self, p: u32) -> BTreeMap<u32, Vec<u64>> {
-        self.out.lock().retain(|_, o| o.partition != p);
+        for mine in self.out.lock().values_mut() {
+            mine.retain(|_, o| o.partition != p);
+        }
         let mut done = self.done.lock();
         let drivers: Vec<(u32, u32)> = done.keys().filter(|(_, q)| *q == p).copied().collect();
         drivers
@@ -198,13 +203,6 @@ impl Acks {
         for (d, seqs) in done {
             mine.entry((d, p)).or_default().extend(seqs);
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.out.lock().len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
