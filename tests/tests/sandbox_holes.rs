@@ -589,3 +589,23 @@ async fn a_refused_request_takes_its_streamed_body_and_answers_with_the_refusal(
         assert!(r.contains("write: ok; response: error"), "{r}");
     }
 }
+
+/// Writing without end into a refused request's body (which mailpush reads and throws
+/// away) is bounded like any other guest work: the CPU deadline ends it, and the
+/// bystander driver still gets every transaction (`run_hostile` asserts that).
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_writes_to_a_refused_body_run_into_the_deadline() {
+    let started = Instant::now();
+    let (out, _) = run_hostile(
+        "mode=post-streamed bytes=4000000000 url=http://127.0.0.1:9/x allow_hosts=* timeout_msecs=200 max_txn_msecs=10000",
+        1,
+    )
+    .await;
+    let r = &reasons(&out)[0];
+    assert!(r.contains("timeout_msecs=200"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
