@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod commands;
 pub mod daemon;
 pub mod logging;
+pub mod lua;
 pub mod metadata_store;
 pub mod pipeline;
 pub mod registry;

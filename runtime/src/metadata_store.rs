@@ -174,6 +174,24 @@ impl MetadataLookup for MetadataStore {
             .optional()
             .map_err(err)
     }
+
+    fn write(&self, user: &str, key: &str, value: &str) -> Result<(), MetadataError> {
+        self.set(user, key, value)
+    }
+
+    fn remove(&self, user: &str, key: &str) -> Result<bool, MetadataError> {
+        self.unset(user, key)
+    }
+
+    fn entries(&self, user: &str, prefix: &str) -> Result<Vec<(String, String)>, MetadataError> {
+        let prefix = prefix.to_ascii_lowercase();
+        Ok(self
+            .list(Some(user))?
+            .into_iter()
+            .filter(|(_, k, _)| k.starts_with(&prefix))
+            .map(|(_, k, v)| (k, v))
+            .collect())
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ impl Default for DriverRegistry {
         r.register(Arc::new(mailpush_dlog::DlogFactory));
         r.register(Arc::new(mailpush_ox::OxFactory::default()));
         r.register(Arc::new(WasmFactory::default()));
+        r.register(Arc::new(crate::lua::LuaFactory));
         r
     }
 }
@@ -108,6 +109,7 @@ impl DriverRegistry {
             state_dir: config.settings.state_dir.clone(),
             metadata,
             breaker: policy.breaker.clone(),
+            plugin_env: Arc::new(config.plugin_env.clone()),
         };
         // A panicking init must not take the process down: report it like a failed init.
         let result =

@@ -39,6 +39,7 @@ fn driver_init(dir: &Path, args: &str, raw: Option<&str>) -> DriverInit {
         state_dir: dir.join("state"),
         metadata: Arc::new(NoMetadata),
         breaker: Default::default(),
+        plugin_env: Default::default(),
     }
 }
 

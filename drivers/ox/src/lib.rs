@@ -293,6 +293,7 @@ mod tests {
             state_dir: PathBuf::from("/nonexistent"),
             metadata: Arc::new(NoMetadata),
             breaker: Default::default(),
+            plugin_env: Default::default(),
         }
     }
 

@@ -23,6 +23,7 @@ fn init(args: &str) -> DriverInit {
         state_dir: PathBuf::from("/nonexistent"),
         metadata: Arc::new(NoMetadata),
         breaker: Default::default(),
+        plugin_env: Default::default(),
     }
 }
 

@@ -5,18 +5,22 @@
 //!   includes); settings mailpush does not use (`mail_plugins`, `service`, `passdb`
 //!   blocks, …) are ignored;
 //! - [`numbering`]: Dovecot's numbering of `push_notification_driver*`;
+//! - [`dovecot24`]: Dovecot 2.4's `push_notification NAME { }` blocks, read into the
+//!   same driver settings under mailpush's (2.3) argument names;
 //! - [`settings`]: the typed `mailpush { }` block;
 //! - [`error`]: errors and warnings with file:line.
 
+pub mod dovecot24;
 pub mod error;
 pub mod numbering;
 pub mod settings;
 pub mod syntax;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
-pub use numbering::DriverSetting;
+pub use numbering::{DovecotSyntax, DriverSetting};
 pub use settings::{ClusterSettings, ConnectionLimits, RuntimeSettings};
 
 /// A config that does not load: its errors, with the warnings and the driver settings
@@ -38,6 +42,10 @@ pub struct Config {
     pub drivers: Vec<DriverSetting>,
     /// The `mailpush { }` block.
     pub settings: RuntimeSettings,
+    /// Every `plugin { }` setting (key → value; a later value wins), what a Lua
+    /// script's `user:plugin_getenv(name)` reads in Dovecot 2.3. Empty for a config
+    /// written in Dovecot 2.4's syntax (2.4 has no plugin { } section).
+    pub plugin_env: BTreeMap<String, String>,
     pub warnings: Vec<ConfigWarning>,
 }
 
@@ -80,6 +88,14 @@ impl Config {
     fn interpret(path: &Path, text: &str) -> Result<Config, InvalidConfig> {
         let mut raw = syntax::read(path, text);
         let drivers = numbering::select_drivers(&mut raw);
+        let plugin_env = if drivers.iter().any(|d| d.syntax == DovecotSyntax::V24) {
+            BTreeMap::new()
+        } else {
+            raw.plugin
+                .iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect()
+        };
         let config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let settings = RuntimeSettings::from_block(
             raw.mailpush
@@ -100,6 +116,7 @@ impl Config {
                 path: path.to_path_buf(),
                 drivers,
                 settings,
+                plugin_env,
                 warnings: raw.warnings,
             }),
             _ => Err(InvalidConfig {
@@ -121,3 +138,5 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v24;

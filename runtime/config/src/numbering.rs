@@ -1,25 +1,55 @@
 //! Dovecot's driver numbering: `push_notification_driver`, then `…driver2`, `…3`, …,
 //! stopping at the first missing or empty one; the legacy `push_notification_backend*`
-//! names when no driver is set at all.
+//! names when no driver is set at all (Dovecot 2.3). Dovecot 2.4's
+//! `push_notification NAME { }` blocks are numbered in file order
+//! ([`crate::dovecot24`]); a config uses one syntax or the other.
 
 use mailpush_core::DriverArgs;
 
+use super::dovecot24;
 use super::error::{ConfigError, ConfigWarning, Location};
 use super::syntax::RawConfig;
 
-/// One numbered driver setting, e.g. `push_notification_driver2 = ox:url=…`.
+/// Which Dovecot version's syntax a driver setting is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DovecotSyntax {
+    /// `plugin { push_notification_driver = NAME:ARGS }` (Dovecot 2.3).
+    V23,
+    /// `push_notification NAME { … }` (Dovecot 2.4).
+    V24,
+}
+
+impl DovecotSyntax {
+    /// `"2.3"` or `"2.4"`.
+    pub fn version(self) -> &'static str {
+        match self {
+            DovecotSyntax::V23 => "2.3",
+            DovecotSyntax::V24 => "2.4",
+        }
+    }
+}
+
+/// One driver setting: a numbered line, e.g. `push_notification_driver2 = ox:url=…`
+/// (Dovecot 2.3), or a `push_notification NAME { … }` block (Dovecot 2.4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverSetting {
-    /// 1 for `push_notification_driver`, then 2, 3, …
+    /// 1 for `push_notification_driver`, then 2, 3, …; for 2.4 blocks, their order in
+    /// the file (includes followed).
     pub number: u32,
-    /// The setting's name (`push_notification_driver2`).
+    /// The setting's name (`push_notification_driver2`), or `push_notification NAME`
+    /// for a 2.4 block.
     pub setting: String,
-    /// The driver name as typed (matched case-insensitively).
+    /// The driver name as typed (matched case-insensitively); for a 2.4 block its
+    /// `driver =`, else the block's NAME.
     pub name: String,
-    /// Text after the first `:`; `None` without a `:`.
+    /// Text after the first `:`; `None` without a `:` (and for 2.4 blocks).
     pub raw: Option<String>,
+    /// The arguments, under mailpush's (Dovecot 2.3) names also for 2.4 blocks.
     pub args: DriverArgs,
+    /// The line (2.3), or the block's opening line (2.4).
     pub location: Location,
+    /// Which syntax the setting is written in.
+    pub syntax: DovecotSyntax,
 }
 
 /// The setting name for driver number `n` under `base` (`push_notification_driver`).
@@ -34,7 +64,90 @@ fn numbered(base: &str, n: u32) -> String {
 /// Applies Dovecot's numbering: `push_notification_driver`, then `…driver2`, `…3`, …,
 /// stopping at the first missing or empty one; falls back to `push_notification_backend*`
 /// when no driver is set at all. Later-numbered settings past a gap are warned about.
+///
+/// Dovecot 2.4 blocks are read instead when the config has them and no 2.3 driver
+/// lines; with both, the config is an error (the 2.3 lines' drivers are returned).
 pub fn select_drivers(raw: &mut RawConfig) -> Vec<DriverSetting> {
+    let v23_line = first_v23_line(raw);
+    let v24_at = raw
+        .blocks
+        .first()
+        .map(|b| (b.location.clone(), format!("{} {{", b.head)))
+        .or_else(|| {
+            raw.ox_defaults_at
+                .clone()
+                .map(|l| (l, "push_notification_ox {".to_string()))
+        });
+    match (v23_line, v24_at) {
+        (None, Some(_)) => {
+            if let Some((key, s)) = raw.plugin.iter().min_by_key(|(_, s)| s.location.line) {
+                raw.warnings.push(ConfigWarning {
+                    location: Some(s.location.clone()),
+                    message: format!(
+                        "plugin {{ }} settings ({key}, …) are not read with Dovecot 2.4's push_notification blocks: Dovecot 2.4 has no plugin {{ }} section (and no user:plugin_getenv()); pass a Lua script's settings in lua_settings {{ }}"
+                    ),
+                });
+            }
+            dovecot24::select_blocks(raw)
+        }
+        (Some((key, at23)), Some((at24, text))) => {
+            raw.errors.push(ConfigError {
+                location: Some(at24.clone()),
+                text,
+                message: format!(
+                    "Dovecot 2.3 and 2.4 push_notification syntax in one config: {key} at {at23} (Dovecot 2.3: plugin {{ push_notification_driver = DRIVER:ARGS }}) and this Dovecot 2.4 block at {at24} (push_notification NAME {{ … }}). Use one syntax, the one of the Dovecot that feeds mailpush"
+                ),
+            });
+            select_v23(raw)
+        }
+        _ => select_v23(raw),
+    }
+}
+
+/// The first (lowest-numbered) Dovecot 2.3 driver line of the `plugin { }` settings.
+fn first_v23_line(raw: &RawConfig) -> Option<(String, Location)> {
+    let is_v23 = |k: &str| {
+        k.starts_with("push_notification_driver") || k.starts_with("push_notification_backend")
+    };
+    ["push_notification_driver", "push_notification_backend"]
+        .iter()
+        .find_map(|k| raw.plugin.get_key_value(*k))
+        .or_else(|| raw.plugin.iter().find(|(k, _)| is_v23(k)))
+        .map(|(k, s)| (k.clone(), s.location.clone()))
+}
+
+/// Dovecot 2.3's numbering, and `push_notification_lua_script_file`, which wins over a
+/// lua line's `file=` (as in Dovecot 2.3).
+fn select_v23(raw: &mut RawConfig) -> Vec<DriverSetting> {
+    let mut drivers = select_numbered_lines(raw);
+    let script = raw
+        .plugin
+        .get("push_notification_lua_script_file")
+        .filter(|s| !s.value.trim().is_empty())
+        .cloned();
+    if let Some(script) = script {
+        for d in drivers
+            .iter_mut()
+            .filter(|d| d.name.eq_ignore_ascii_case("lua"))
+        {
+            match d.args.get("file") {
+                Some(file) if file != script.value => raw.warnings.push(ConfigWarning {
+                    location: Some(d.location.clone()),
+                    message: format!(
+                        "{}: file={file} is overridden by push_notification_lua_script_file = {} at {} (it wins over file=, as in Dovecot 2.3)",
+                        d.setting, script.value, script.location
+                    ),
+                }),
+                _ => {}
+            }
+            d.args.set("file", &script.value);
+        }
+    }
+    drivers
+}
+
+/// `push_notification_driver*`, else `push_notification_backend*`.
+fn select_numbered_lines(raw: &mut RawConfig) -> Vec<DriverSetting> {
     let mut drivers = select_numbered(raw, "push_notification_driver");
     if drivers.is_empty() {
         drivers = select_numbered(raw, "push_notification_backend");
@@ -84,6 +197,7 @@ fn select_numbered(raw: &mut RawConfig, base: &str) -> Vec<DriverSetting> {
                 args: DriverArgs::parse(raw_args.as_deref().unwrap_or("")),
                 raw: raw_args,
                 location: setting.location,
+                syntax: DovecotSyntax::V23,
             });
         }
         n += 1;

@@ -3,11 +3,14 @@
 //! or after whitespace), `!include FILE` and `!include_try FILE` (relative to the
 //! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
 //! glob(3) does). Only `plugin { }` (anywhere, `protocol` blocks included) and
-//! `mailpush { }` settings are kept; others are Dovecot's business.
+//! `mailpush { }` settings are kept, with Dovecot 2.4's `push_notification NAME { }`
+//! blocks (at top level or in `protocol` blocks; a nested `lua_settings { }`) and the
+//! `push_notification_ox { }` defaults filter; others are Dovecot's business.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::dovecot24;
 use super::error::{ConfigError, ConfigWarning, Location};
 
 /// A raw `key = value` with where it was set and which block it was in.
@@ -17,6 +20,32 @@ pub struct RawSetting {
     pub location: Location,
 }
 
+/// A `key = value` line inside a Dovecot 2.4 block, in file order.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub key: String,
+    pub value: String,
+    pub location: Location,
+    /// The line as written (trimmed), for error messages.
+    pub text: String,
+}
+
+/// A Dovecot 2.4 `push_notification NAME { }` block. Blocks of the same name are one
+/// driver (Dovecot 2.4 merges them): their entries are appended to the first one's.
+#[derive(Debug, Clone)]
+pub struct RawBlock {
+    pub name: String,
+    /// The (first) opening line.
+    pub location: Location,
+    /// `push_notification NAME {` as written.
+    pub head: String,
+    /// The block's `key = value` lines.
+    pub entries: Vec<RawEntry>,
+    /// The entries of its `lua_settings { }` (and `lua_settings/KEY = VALUE` lines),
+    /// keys without the prefix.
+    pub lua_settings: Vec<RawEntry>,
+}
+
 /// Everything read from the files, before interpretation.
 #[derive(Default)]
 pub struct RawConfig {
@@ -24,6 +53,14 @@ pub struct RawConfig {
     pub plugin: BTreeMap<String, RawSetting>,
     /// Settings of `mailpush { }` blocks.
     pub mailpush: BTreeMap<String, RawSetting>,
+    /// Dovecot 2.4 `push_notification NAME { }` blocks, in file order.
+    pub blocks: Vec<RawBlock>,
+    /// Entries of Dovecot 2.4 `push_notification_ox { }` filters (and
+    /// `push_notification_ox/KEY = VALUE` lines): defaults for every ox block.
+    pub ox_defaults: Vec<RawEntry>,
+    /// Where the first `push_notification_ox { }` filter (or `push_notification_ox/…`
+    /// line) is.
+    pub ox_defaults_at: Option<Location>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigWarning>,
 }
@@ -43,7 +80,37 @@ enum Block {
     Plugin,
     Mailpush,
     Protocol,
+    /// `push_notification NAME {` (Dovecot 2.4): the index in [`RawConfig::blocks`].
+    Push(usize),
+    /// `lua_settings {` inside the `push_notification` block with this index.
+    LuaSettings(usize),
+    /// `push_notification_ox {` (Dovecot 2.4's defaults for every ox block).
+    OxDefaults,
+    /// `mail_plugins {` (Dovecot 2.4's boollist: `push_notification = yes`): ignored.
+    MailPlugins,
     Other,
+}
+
+/// Opens a `push_notification NAME {` block (or reopens the earlier one of that name).
+fn open_push_block(raw: &mut RawConfig, name: String, location: &Location, head: &str) -> Block {
+    if let Some(i) = raw.blocks.iter().position(|b| b.name == name) {
+        let first = raw.blocks[i].location.clone();
+        raw.warnings.push(ConfigWarning {
+            location: Some(location.clone()),
+            message: format!(
+                "`{head} {{` continues the block of the same name at {first}: Dovecot 2.4 makes them one driver (later settings win)"
+            ),
+        });
+        return Block::Push(i);
+    }
+    raw.blocks.push(RawBlock {
+        name,
+        location: location.clone(),
+        head: head.to_string(),
+        entries: Vec::new(),
+        lua_settings: Vec::new(),
+    });
+    Block::Push(raw.blocks.len() - 1)
 }
 
 /// Strips a `#` comment: `#` at the start or after whitespace, outside double quotes.
@@ -144,7 +211,95 @@ fn read_text(
         }
         if let Some(head) = line.strip_suffix('{') {
             let mut words = head.split_whitespace();
+            let head = head.trim();
+            // The innermost enclosing block other than `protocol`.
+            let enclosing = stack
+                .iter()
+                .rev()
+                .map(|(b, _, _)| b.clone())
+                .find(|b| *b != Block::Protocol);
             let kind = match (words.next(), words.next(), words.next()) {
+                // Inside a Dovecot 2.4 block only `lua_settings {` is a block mailpush reads.
+                (first, _, _)
+                    if matches!(
+                        enclosing,
+                        Some(Block::Push(_) | Block::LuaSettings(_) | Block::OxDefaults)
+                    ) && !(first == Some("lua_settings")
+                        && matches!(enclosing, Some(Block::Push(_)))) =>
+                {
+                    let inside = match &enclosing {
+                        Some(Block::Push(i)) => format!("`{} {{ }}`", raw.blocks[*i].head),
+                        Some(Block::LuaSettings(_)) => "`lua_settings { }`".to_string(),
+                        _ => "`push_notification_ox { }`".to_string(),
+                    };
+                    error(
+                        raw,
+                        format!(
+                            "`{head} {{` is not supported inside {inside}; a push_notification block holds `key = value` lines and one `lua_settings {{ }}` block"
+                        ),
+                    );
+                    Block::Other
+                }
+                (Some("lua_settings"), None, _) => match enclosing {
+                    Some(Block::Push(i)) => Block::LuaSettings(i),
+                    Some(Block::Plugin) => {
+                        error(raw, dovecot24::LUA_SETTINGS_IN_PLUGIN.to_string());
+                        Block::Other
+                    }
+                    // A global lua_settings (mail_lua's): Dovecot's business.
+                    _ => Block::Other,
+                },
+                (Some("push_notification"), name, None) => match (&enclosing, name) {
+                    (_, None) => {
+                        error(
+                            raw,
+                            "a push_notification block needs a name: `push_notification NAME {` (Dovecot 2.4)"
+                                .to_string(),
+                        );
+                        Block::Other
+                    }
+                    (Some(Block::Plugin), _) => {
+                        error(
+                            raw,
+                            "`push_notification NAME {` is Dovecot 2.4 syntax, which has no plugin { } section: put the block outside `plugin { }` (at top level or in a `protocol` block); in Dovecot 2.3 write `push_notification_driver = …` lines in plugin { } instead"
+                                .to_string(),
+                        );
+                        Block::Other
+                    }
+                    (Some(_), _) => {
+                        error(
+                            raw,
+                            "mailpush reads `push_notification NAME {` blocks at top level and inside `protocol NAME { }` blocks only".to_string(),
+                        );
+                        Block::Other
+                    }
+                    (None, Some(name)) => open_push_block(raw, unquote(name), &location, head),
+                },
+                (Some("push_notification"), Some(_), Some(_)) => {
+                    error(
+                        raw,
+                        "expected `push_notification NAME {` (one name, Dovecot 2.4)".to_string(),
+                    );
+                    Block::Other
+                }
+                (Some("push_notification_ox"), None, _) => match enclosing {
+                    None => {
+                        if raw.ox_defaults_at.is_none() {
+                            raw.ox_defaults_at = Some(location.clone());
+                        }
+                        Block::OxDefaults
+                    }
+                    Some(Block::Plugin) => {
+                        error(
+                            raw,
+                            "`push_notification_ox {` is Dovecot 2.4 syntax, which has no plugin { } section: put it outside `plugin { }`; in Dovecot 2.3 write max_retries=/timeout_msecs= on the `push_notification_driver = ox:…` line"
+                                .to_string(),
+                        );
+                        Block::Other
+                    }
+                    Some(_) => Block::Other,
+                },
+                (Some("mail_plugins"), None, _) => Block::MailPlugins,
                 (Some("plugin"), None, _) => Block::Plugin,
                 (Some("mailpush"), None, _) => Block::Mailpush,
                 (Some("protocol"), Some(_), None) => Block::Protocol,
@@ -165,7 +320,7 @@ fn read_text(
                     Block::Other
                 }
             };
-            stack.push((kind, location.clone(), head.trim().to_string()));
+            stack.push((kind, location.clone(), head.to_string()));
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
@@ -193,8 +348,33 @@ fn read_text(
             .unwrap_or(Block::Protocol);
         let in_block = !stack.is_empty();
         let is_push = key.starts_with("push_notification_");
+        let entry = |key: String, value: String| RawEntry {
+            key,
+            value,
+            location: location.clone(),
+            text: full_line.trim().to_string(),
+        };
         match scope {
+            Block::Push(i) => match key.strip_prefix("lua_settings/") {
+                Some(k) => raw.blocks[i].lua_settings.push(entry(k.to_string(), value)),
+                None => raw.blocks[i].entries.push(entry(key, value)),
+            },
+            Block::LuaSettings(i) => raw.blocks[i].lua_settings.push(entry(key, value)),
+            Block::OxDefaults => raw.ox_defaults.push(entry(key, value)),
+            Block::MailPlugins => {} // which plugins Dovecot loads: its business
+            Block::Protocol if key.starts_with("push_notification_ox/") => {
+                if raw.ox_defaults_at.is_none() {
+                    raw.ox_defaults_at = Some(location.clone());
+                }
+                let k = key["push_notification_ox/".len()..].to_string();
+                raw.ox_defaults.push(entry(k, value));
+            }
             Block::Plugin => {
+                // A Dovecot 2.4 setting written into plugin { }: say which version it is.
+                if let Some(message) = dovecot24::v24_key_in_plugin(&key, &value) {
+                    error(raw, message);
+                    continue;
+                }
                 if let Some(prev) = raw.plugin.get(&key) {
                     if is_push && prev.value != value {
                         raw.warnings.push(ConfigWarning {
@@ -211,13 +391,7 @@ fn read_text(
             Block::Mailpush => {
                 raw.mailpush.insert(key, RawSetting { value, location });
             }
-            _ if is_push => error(
-                raw,
-                format!(
-                    "{key} must be inside a `plugin {{ }}` block{}",
-                    if in_block { "" } else { " (as in Dovecot)" }
-                ),
-            ),
+            _ if is_push => error(raw, dovecot24::push_key_outside_blocks(&key, in_block)),
             _ => {} // settings for Dovecot that mailpush does not use
         }
     }

@@ -106,6 +106,9 @@ pub struct DriverInit {
     /// a driver that calls several endpoints uses these for one breaker per endpoint
     /// ((the runtime keeps those)).
     pub breaker: BreakerConfig,
+    /// The config's `plugin { }` settings (Dovecot 2.3), for scripts'
+    /// `user:plugin_getenv(name)`.
+    pub plugin_env: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl DriverInit {

@@ -12,6 +12,25 @@ pub struct MetadataError(pub String);
 pub trait MetadataLookup: Send + Sync {
     /// The value of `key` for `user`, `None` when not set.
     fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError>;
+
+    /// Sets `key` for `user` (a script's `metadata_set`). Stores without writes refuse.
+    fn write(&self, _user: &str, _key: &str, _value: &str) -> Result<(), MetadataError> {
+        Err(MetadataError(
+            "this METADATA store is read-only for drivers".into(),
+        ))
+    }
+
+    /// Removes `key` for `user`; whether it was set.
+    fn remove(&self, _user: &str, _key: &str) -> Result<bool, MetadataError> {
+        Err(MetadataError(
+            "this METADATA store is read-only for drivers".into(),
+        ))
+    }
+
+    /// `user`'s entries whose key starts with `prefix` (compared in lower case), sorted.
+    fn entries(&self, _user: &str, _prefix: &str) -> Result<Vec<(String, String)>, MetadataError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A lookup with no entries (used where no store is configured).

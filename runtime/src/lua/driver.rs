@@ -1,0 +1,251 @@
+//! `LuaFactory` and `LuaDriver`: Dovecot's `lua` push driver. A transaction reaches the
+//! script as Dovecot hands it over — `dovecot_lua_notify_begin_txn(user)`, one
+//! `dovecot_lua_notify_event_*` call per event the script handles, then
+//! `dovecot_lua_notify_end_txn(ctx, success)` — on a worker thread of its own.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use mailpush_core::{
+    Begin, Driver, DriverFactory, DriverInit, DriverTxn, EventSet, Failure, InitError, Initialised,
+    Transaction,
+};
+
+use super::host::{Counters, Shared};
+use super::sandbox::{ScriptState, Source};
+use super::settings::LuaSettings;
+use super::worker::{Script, Worker};
+use crate::wasm::http::policy::HttpPolicy;
+use crate::wasm::log::{DriverTag, LogRate};
+
+/// Registers `lua` (`push_notification_driver = lua:file=/etc/dovecot/push.lua`).
+#[derive(Debug, Default)]
+pub struct LuaFactory;
+
+#[async_trait]
+impl DriverFactory for LuaFactory {
+    fn name(&self) -> &'static str {
+        "lua"
+    }
+
+    fn kind(&self) -> &'static str {
+        "lua"
+    }
+
+    async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError> {
+        let mut args = init.args.clone();
+        let mut settings = LuaSettings::from_init(init, &mut args)?;
+        settings.http.endpoint_breaker = init.breaker.clone();
+        if let Some((key, _)) = args.iter().next() {
+            return Err(InitError(format!(
+                "unknown key `{key}`; the lua driver takes file, dovecot, instance, memory, \
+                 timeout_msecs, max_txn_msecs, init_timeout_msecs, http_failures, lua_settings.*, \
+                 the outbound HTTP keys (allow_hosts, allow_private, max_connections, \
+                 connect_timeout_msecs, first_byte_timeout_msecs, max_egress_bytes) and the log \
+                 keys (max_log_lines, log_lines_per_sec, log_burst)"
+            )));
+        }
+        let text = std::fs::read(&settings.file).map_err(|e| {
+            InitError(format!(
+                "cannot read the Lua script {}: {e}",
+                settings.file.display()
+            ))
+        })?;
+        let source = Arc::new(Source {
+            chunk_name: format!("@{}", settings.file.display()),
+            text,
+        });
+        let tag = Arc::new(DriverTag {
+            number: init.number,
+            name: init.name.clone(),
+        });
+        let settings = Arc::new(settings);
+        let shared = Arc::new(Shared {
+            policy: HttpPolicy::new(tag.clone(), Arc::new(settings.http.clone())),
+            log_rate: Arc::new(LogRate::new(
+                settings.log.log_burst,
+                settings.log.log_lines_per_sec,
+            )),
+            max_log_lines: settings.log.max_log_lines,
+            tag,
+            metadata: init.metadata.clone(),
+            plugin_env: init.plugin_env.clone(),
+            counters: Counters::default(),
+        });
+        // Load it once now: syntax errors, a failing script_init and the handlers it
+        // defines are known before the first transaction.
+        let probe = {
+            let (shared, settings, source) = (shared.clone(), settings.clone(), source.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let state = ScriptState::load(&shared, &settings, &source, handle)?;
+                let handlers = state.handlers();
+                state.deinit();
+                Ok::<_, String>(handlers)
+            })
+            .await
+            .map_err(|e| InitError(format!("loading the script panicked: {e}")))?
+        };
+        let handlers = probe.map_err(|e| InitError(format!("{}: {e}", settings.file.display())))?;
+        let mut details = vec![
+            format!("file: {}", settings.file.display()),
+            format!(
+                "events: {}",
+                if handlers.is_empty() {
+                    "none (no dovecot_lua_notify_event_* function: the script is never called)"
+                        .to_string()
+                } else {
+                    handlers.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            ),
+            settings.describe(),
+            format!(
+                "grants: {}; metadata=read-write (own user); files, environment, sockets, os.execute: none",
+                settings.http.describe()
+            ),
+            settings.log.describe(),
+        ];
+        details.retain(|d| !d.is_empty());
+        let driver = LuaDriver {
+            inner: Arc::new(Inner {
+                script: Arc::new(Script {
+                    shared,
+                    settings,
+                    source,
+                }),
+                handlers,
+                idle: Mutex::new(Vec::new()),
+                spawned: AtomicUsize::new(0),
+            }),
+        };
+        let mut out = Initialised::new(Arc::new(driver));
+        out.details = details;
+        if handlers.is_empty() {
+            out.warnings.push(
+                "the script defines no dovecot_lua_notify_event_* function, so (as in Dovecot) it is never called"
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+struct Inner {
+    script: Arc<Script>,
+    handlers: EventSet,
+    /// Workers waiting for a transaction.
+    idle: Mutex<Vec<Worker>>,
+    spawned: AtomicUsize,
+}
+
+/// A loaded `lua` driver.
+pub struct LuaDriver {
+    inner: Arc<Inner>,
+}
+
+/// Extra time past `max_txn_msecs` before a worker that has not answered is given up.
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+
+impl Inner {
+    async fn deliver(&self, txn: Arc<Transaction>) -> Result<(), Failure> {
+        let worker = self.idle.lock().pop();
+        let worker = match worker {
+            Some(w) => w,
+            None => {
+                let n = self.spawned.fetch_add(1, Ordering::Relaxed);
+                Worker::spawn(self.script.clone(), n).map_err(|e| {
+                    Failure::retryable(format!("lua: cannot start a worker thread: {e}"))
+                })?
+            }
+        };
+        let limit = self.script.settings.max_txn + STUCK_GRACE;
+        match tokio::time::timeout(limit, worker.deliver(txn)).await {
+            Ok(Some(result)) => {
+                self.idle.lock().push(worker);
+                result
+            }
+            Ok(None) => Err(Failure::retryable("lua: the worker thread stopped")),
+            // The worker is left to finish on its own and is not used again.
+            Err(_) => Err(Failure::permanent(format!(
+                "lua: the script did not finish within max_txn_msecs={} (+{} s)",
+                self.script.settings.max_txn.as_millis(),
+                STUCK_GRACE.as_secs()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for LuaDriver {
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        // Dovecot calls begin_txn only when the script handles at least one event, and
+        // then for every transaction.
+        if self.inner.handlers.is_empty() {
+            return Ok(Begin::Skip);
+        }
+        Ok(Begin::Join {
+            events: self.inner.handlers,
+            txn: Box::new(LuaTxn {
+                inner: self.inner.clone(),
+                txn: txn.clone(),
+            }),
+        })
+    }
+
+    async fn deinit(&self) {
+        // Dropping the workers ends their threads, which run script_deinit.
+        self.inner.idle.lock().clear();
+    }
+
+    fn concurrency(&self) -> usize {
+        4
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.inner.script.shared.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            ("lua_script_errors", get(&c.script_errors)),
+            ("lua_timeouts", get(&c.timeouts)),
+            ("lua_memory_errors", get(&c.memory_errors)),
+            ("lua_states_created", get(&c.states_created)),
+            ("lua_http_requests", get(&c.http_requests)),
+            ("lua_http_refused", get(&c.http_refused)),
+        ]
+    }
+
+    fn endpoint_circuits(&self) -> Vec<mailpush_core::EndpointCircuit> {
+        self.inner
+            .script
+            .shared
+            .policy
+            .breakers
+            .states(std::time::Instant::now())
+            .into_iter()
+            .map(|(endpoint, state)| mailpush_core::EndpointCircuit {
+                endpoint,
+                scope: None,
+                state,
+            })
+            .collect()
+    }
+}
+
+struct LuaTxn {
+    inner: Arc<Inner>,
+    txn: Arc<Transaction>,
+}
+
+#[async_trait]
+impl DriverTxn for LuaTxn {
+    async fn end_txn(self: Box<Self>, success: bool) -> Result<(), Failure> {
+        if !success {
+            return Ok(());
+        }
+        self.inner.deliver(self.txn).await
+    }
+}

@@ -1,0 +1,682 @@
+//! The host's side of a script: the primitives the sandbox's Lua code (prelude, the
+//! `dovecot` API, the built-in modules) calls, and the per-worker context they share —
+//! the transaction being delivered, its log budget, its outbound HTTP and what went wrong.
+//!
+//! Scripts never see these functions: they are handed to the built-in chunks as an
+//! argument, never stored in a global.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use mlua::{Lua, MultiValue, Table, Value};
+use parking_lot::Mutex;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody, WasiHttpHooks};
+
+use mailpush_core::{Event, MetadataLookup, Transaction};
+
+use super::budget::Budget;
+use super::pattern;
+use crate::wasm::http::hooks::OutboundHttp;
+use crate::wasm::http::policy::HttpPolicy;
+use crate::wasm::log::{self, DriverTag, LogBudget, LogRate, SharedLog, MAX_LINE};
+
+/// The most bytes of one response body handed to a script.
+pub const MAX_RESPONSE_BODY: usize = 4 << 20;
+
+/// The most attempts one request may ask for.
+const MAX_ATTEMPTS: i64 = 5;
+
+/// What a driver's workers share.
+pub struct Shared {
+    pub tag: Arc<DriverTag>,
+    pub metadata: Arc<dyn MetadataLookup>,
+    /// The config's `plugin { }` settings (`user:plugin_getenv`).
+    pub plugin_env: Arc<BTreeMap<String, String>>,
+    pub policy: HttpPolicy,
+    pub log_rate: Arc<LogRate>,
+    pub max_log_lines: u32,
+    pub counters: Counters,
+}
+
+/// What a driver counts, for metrics and `mailpush status`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub script_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub memory_errors: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_refused: AtomicU64,
+    pub states_created: AtomicU64,
+}
+
+/// An HTTP request of the script that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpProblem {
+    /// Refused by the outbound policy (a grant is missing): no retry helps.
+    Refused(String),
+    /// Failed at the endpoint or on the way (connection, timeout, 5xx, 429).
+    Failed(String),
+    /// Not sent: the endpoint's circuit is open; retry after the wait.
+    Deferred(Duration),
+}
+
+/// One worker's context, shared by the primitives of its state.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub budget: Arc<Budget>,
+    pub handle: tokio::runtime::Handle,
+    pub txn: Mutex<Option<Arc<Transaction>>>,
+    pub log: SharedLog,
+    pub http: Mutex<OutboundHttp>,
+    pub problems: Mutex<Vec<HttpProblem>>,
+}
+
+impl Context {
+    pub fn new(shared: Arc<Shared>, handle: tokio::runtime::Handle) -> Arc<Self> {
+        let log = LogBudget::shared(shared.max_log_lines, shared.log_rate.clone());
+        Arc::new(Context {
+            http: Mutex::new(OutboundHttp::new(shared.policy.clone(), log.clone())),
+            budget: Budget::new(),
+            handle,
+            txn: Mutex::new(None),
+            log,
+            problems: Mutex::new(Vec::new()),
+            shared,
+        })
+    }
+
+    /// Starts a transaction's bookkeeping.
+    pub fn begin(&self, txn: &Arc<Transaction>) {
+        *self.txn.lock() = Some(txn.clone());
+        self.log.lock().end_transaction();
+        self.http.lock().begin_transaction();
+        self.problems.lock().clear();
+    }
+
+    /// Ends it: the HTTP problems it had.
+    pub fn end(&self) -> Vec<HttpProblem> {
+        *self.txn.lock() = None;
+        let dropped = self.log.lock().end_transaction();
+        if dropped > 0 {
+            tracing::warn!(
+                driver = self.shared.tag.number,
+                name = %self.shared.tag.name,
+                "lua script: {dropped} log lines dropped (max_log_lines / log_lines_per_sec)"
+            );
+        }
+        std::mem::take(&mut *self.problems.lock())
+    }
+
+    fn txn_id(&self) -> String {
+        self.txn
+            .lock()
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |t| t.id.clone())
+    }
+
+    /// Writes one line the script logged, within its budget.
+    pub fn script_line(&self, level: &str, message: &str, event: Option<&str>, fields: &str) {
+        if !log::admit(&self.log) {
+            return;
+        }
+        let message = log::escape_controls(&log::cap(message.to_string(), MAX_LINE));
+        let fields = log::escape_controls(&log::cap(fields.to_string(), MAX_LINE));
+        let (n, name, txn) = (
+            self.shared.tag.number,
+            self.shared.tag.name.as_str(),
+            self.txn_id(),
+        );
+        let event = event.unwrap_or("");
+        match level {
+            "debug" => {
+                tracing::debug!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
+            }
+            "warning" => {
+                tracing::warn!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
+            }
+            "error" => {
+                tracing::error!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
+            }
+            _ => {
+                tracing::info!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
+            }
+        }
+    }
+
+    /// The METADATA user an entry belongs to: the transaction's user, or for a mailbox
+    /// attribute `USER#MAILBOX`.
+    fn metadata_user(&self, mailbox: Option<&str>) -> Result<(Arc<Transaction>, String), String> {
+        let txn =
+            self.txn.lock().clone().ok_or_else(|| {
+                "METADATA needs a user: call it on the user of begin_txn".to_string()
+            })?;
+        let user = match mailbox {
+            Some(m) => format!("{}#{m}", txn.user),
+            None => txn.user.clone(),
+        };
+        Ok((txn, user))
+    }
+}
+
+/// Builds the primitives table for one state.
+pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
+    let h = lua.create_table()?;
+    h.set(
+        "null",
+        Value::LightUserData(mlua::LightUserData(std::ptr::null_mut())),
+    )?;
+
+    let c = ctx.clone();
+    h.set(
+        "log",
+        lua.create_function(
+            move |_,
+                  (level, msg, event, fields): (
+                String,
+                mlua::LuaString,
+                Option<String>,
+                Option<String>,
+            )| {
+                c.script_line(
+                    &level,
+                    &msg.to_string_lossy(),
+                    event.as_deref(),
+                    fields.as_deref().unwrap_or(""),
+                );
+                Ok(())
+            },
+        )?,
+    )?;
+
+    h.set(
+        "pattern_ok",
+        lua.create_function(|_, (s, p): (mlua::LuaString, mlua::LuaString)| {
+            Ok(pattern::refusal(&s.as_bytes(), &p.as_bytes()))
+        })?,
+    )?;
+    h.set(
+        "plain_find",
+        lua.create_function(
+            |_, (s, p, init): (mlua::LuaString, mlua::LuaString, Option<i64>)| {
+                Ok(
+                    match pattern::plain_find(&s.as_bytes(), &p.as_bytes(), init) {
+                        Some((a, b)) => {
+                            MultiValue::from_vec(vec![Value::Integer(a), Value::Integer(b)])
+                        }
+                        None => MultiValue::from_vec(vec![Value::Nil]),
+                    },
+                )
+            },
+        )?,
+    )?;
+
+    h.set(
+        "now_us",
+        lua.create_function(|_, ()| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Ok(i64::try_from(now.as_micros()).unwrap_or(i64::MAX))
+        })?,
+    )?;
+    let c = ctx.clone();
+    h.set(
+        "sleep_ms",
+        lua.create_function(move |_, ms: f64| {
+            let want = Duration::from_secs_f64((ms.max(0.0) / 1000.0).min(3600.0));
+            std::thread::sleep(want.min(c.budget.remaining()));
+            Ok(())
+        })?,
+    )?;
+    h.set(
+        "b64encode",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            lua.create_string(base64::engine::general_purpose::STANDARD.encode(&*s.as_bytes()))
+        })?,
+    )?;
+    h.set(
+        "b64decode",
+        lua.create_function(|lua, s: mlua::LuaString| {
+            let text: Vec<u8> = s
+                .as_bytes()
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            match base64::engine::general_purpose::STANDARD.decode(text) {
+                Ok(bytes) => Ok(Value::String(lua.create_string(bytes)?)),
+                Err(_) => Ok(Value::Nil),
+            }
+        })?,
+    )?;
+    h.set(
+        "ip_family",
+        lua.create_function(|_, ip: String| {
+            Ok(match ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(_)) => 4,
+                Ok(std::net::IpAddr::V6(_)) => 6,
+                Err(_) => 0,
+            })
+        })?,
+    )?;
+    h.set(
+        "url_error",
+        lua.create_function(|_, url: String| Ok(url_error(&url)))?,
+    )?;
+
+    let c = ctx.clone();
+    h.set(
+        "plugin_getenv",
+        lua.create_function(move |_, name: String| Ok(c.shared.plugin_env.get(&name).cloned()))?,
+    )?;
+
+    let c = ctx.clone();
+    h.set(
+        "metadata_get",
+        lua.create_function(move |_, (key, mailbox): (String, Option<String>)| {
+            let (txn, user) = match c.metadata_user(mailbox.as_deref()) {
+                Ok(u) => u,
+                Err(e) => return Ok((None, Some(e))),
+            };
+            let got = if mailbox.is_none() {
+                mailpush_core::metadata::lookup(&txn, c.shared.metadata.as_ref(), &key)
+            } else {
+                c.shared.metadata.get(&user, &key)
+            };
+            Ok(match got {
+                Ok(v) => (v, None),
+                Err(e) => (None, Some(e.to_string())),
+            })
+        })?,
+    )?;
+    let c = ctx.clone();
+    h.set(
+        "metadata_set",
+        lua.create_function(
+            move |_, (key, value, mailbox): (String, String, Option<String>)| {
+                let result = c.metadata_user(mailbox.as_deref()).and_then(|(_, user)| {
+                    c.shared
+                        .metadata
+                        .write(&user, &key, &value)
+                        .map_err(|e| e.to_string())
+                });
+                Ok(result.err())
+            },
+        )?,
+    )?;
+    let c = ctx.clone();
+    h.set(
+        "metadata_unset",
+        lua.create_function(move |_, (key, mailbox): (String, Option<String>)| {
+            let result = c.metadata_user(mailbox.as_deref()).and_then(|(_, user)| {
+                c.shared
+                    .metadata
+                    .remove(&user, &key)
+                    .map_err(|e| e.to_string())
+            });
+            Ok(result.err())
+        })?,
+    )?;
+    let c = ctx.clone();
+    h.set(
+        "metadata_list",
+        lua.create_function(move |lua, (prefix, mailbox): (String, Option<String>)| {
+            let entries = c.metadata_user(mailbox.as_deref()).and_then(|(_, user)| {
+                c.shared
+                    .metadata
+                    .entries(&user, &prefix)
+                    .map_err(|e| e.to_string())
+            });
+            match entries {
+                Ok(list) => {
+                    let t = lua.create_table()?;
+                    for (k, v) in list {
+                        t.set(k, v)?;
+                    }
+                    Ok((Value::Table(t), None))
+                }
+                Err(e) => Ok((Value::Nil, Some(e))),
+            }
+        })?,
+    )?;
+
+    let c = ctx.clone();
+    h.set(
+        "mailbox_status",
+        lua.create_function(move |lua, name: String| {
+            let t = lua.create_table()?;
+            if let Some(txn) = c.txn.lock().as_ref() {
+                for event in txn.events.iter().filter(|e| e.mailbox() == name) {
+                    if let Some((_, uid_validity)) = event.message() {
+                        t.set("uidvalidity", f64::from(uid_validity))?;
+                    }
+                    if let Event::MessageNew(m) | Event::MessageAppend(m) = event {
+                        if let Some(unseen) = m.unseen {
+                            t.set("unseen", f64::from(unseen))?;
+                        }
+                    }
+                }
+            }
+            Ok(t)
+        })?,
+    )?;
+
+    let c = ctx.clone();
+    h.set(
+        "http",
+        lua.create_function(
+            move |lua,
+                  (method, url, headers, body, timeout_ms, attempts): (
+                String,
+                String,
+                Table,
+                Option<mlua::LuaString>,
+                Option<f64>,
+                Option<i64>,
+            )| {
+                let mut list = Vec::new();
+                for pair in headers.sequence_values::<Table>() {
+                    let pair = pair?;
+                    let name: mlua::LuaString = pair.get(1)?;
+                    let value: mlua::LuaString = pair.get(2)?;
+                    list.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+                }
+                let body = body.map(|b| Bytes::copy_from_slice(&b.as_bytes()));
+                let timeout = Duration::from_secs_f64(
+                    (timeout_ms.unwrap_or(60_000.0).max(1.0) / 1000.0).min(3600.0),
+                );
+                let attempts = attempts.unwrap_or(1).clamp(1, MAX_ATTEMPTS);
+                let outcome = send(&c, &method, &url, &list, body, timeout, attempts);
+                let resp_headers = lua.create_table()?;
+                for (i, (n, v)) in outcome.headers.iter().enumerate() {
+                    let pair =
+                        lua.create_sequence_from([lua.create_string(n)?, lua.create_string(v)?])?;
+                    resp_headers.raw_set(i + 1, pair)?;
+                }
+                Ok(MultiValue::from_vec(vec![
+                    Value::Integer(i64::from(outcome.status)),
+                    Value::String(lua.create_string(&outcome.reason)?),
+                    Value::Table(resp_headers),
+                    Value::String(lua.create_string(&outcome.body)?),
+                    match outcome.socket_error {
+                        Some(e) => Value::String(lua.create_string(e)?),
+                        None => Value::Nil,
+                    },
+                ]))
+            },
+        )?,
+    )?;
+    Ok(h)
+}
+
+/// Why a URL cannot be requested, in Dovecot's words; `None` when it can.
+fn url_error(url: &str) -> Option<String> {
+    match url.parse::<http::Uri>() {
+        Err(e) => Some(e.to_string()),
+        Ok(u) => match (u.scheme_str(), u.host()) {
+            (Some("http" | "https"), Some(_)) => None,
+            (Some(s), _) if s != "http" && s != "https" => {
+                Some(format!("Unsupported URL scheme '{s}'"))
+            }
+            _ => Some("Relative URL not allowed".to_string()),
+        },
+    }
+}
+
+/// What one request came to, as Dovecot's client reports it.
+struct Outcome {
+    status: u16,
+    reason: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Vec<u8>,
+    /// LuaSocket's words for a failure (`connection refused`, `timeout`, …).
+    socket_error: Option<String>,
+    /// The policy refused or deferred the request (already recorded; no retry).
+    policy: bool,
+}
+
+impl Outcome {
+    fn failed(status: u16, reason: impl Into<String>, socket_error: impl Into<String>) -> Self {
+        Outcome {
+            status,
+            reason: reason.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            socket_error: Some(socket_error.into()),
+            policy: false,
+        }
+    }
+}
+
+/// Dovecot's internal statuses (`enum http_client_request_error`, from 9000).
+mod code {
+    pub const ABORTED: u16 = 9000;
+    pub const INVALID_URL: u16 = 9001;
+    pub const HOST_LOOKUP_FAILED: u16 = 9002;
+    pub const CONNECT_FAILED: u16 = 9003;
+    pub const CONNECTION_LOST: u16 = 9005;
+    pub const BAD_RESPONSE: u16 = 9007;
+    pub const TIMED_OUT: u16 = 9008;
+}
+
+/// Sends one request under the driver's outbound policy, blocking this worker thread
+/// (never a runtime thread), with up to `attempts` tries on connection failures and
+/// timeouts, every wait capped at the budget of the call.
+fn send(
+    ctx: &Context,
+    method: &str,
+    url: &str,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Option<Bytes>,
+    timeout: Duration,
+    attempts: i64,
+) -> Outcome {
+    let shown = mailpush_core::args::redact_url(url);
+    let uri: http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return Outcome::failed(
+                code::INVALID_URL,
+                format!("Invalid URL: {e}"),
+                "invalid url",
+            )
+        }
+    };
+    if let Some(why) = url_error(url) {
+        return Outcome::failed(code::INVALID_URL, format!("Invalid URL: {why}"), why);
+    }
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return Outcome::failed(
+            code::ABORTED,
+            format!("Invalid method {method}"),
+            "invalid method",
+        );
+    };
+    ctx.shared
+        .counters
+        .http_requests
+        .fetch_add(1, Ordering::Relaxed);
+    let mut outcome = Outcome::failed(code::ABORTED, "Request aborted", "aborted");
+    for _attempt in 0..attempts {
+        let remaining = ctx.budget.remaining();
+        if remaining.is_zero() {
+            outcome = Outcome::failed(code::TIMED_OUT, "Request timed out", "timeout");
+            break;
+        }
+        let request = match build_request(&method, &uri, headers, body.clone()) {
+            Ok(r) => r,
+            Err(why) => return Outcome::failed(code::ABORTED, why.clone(), why),
+        };
+        outcome = attempt(ctx, request, timeout.min(remaining), &uri);
+        let retry = matches!(
+            outcome.status,
+            code::HOST_LOOKUP_FAILED
+                | code::CONNECT_FAILED
+                | code::CONNECTION_LOST
+                | code::TIMED_OUT
+        ) && !outcome.policy;
+        if !retry {
+            break;
+        }
+    }
+    // Remember what went wrong, for the transaction's outcome.
+    let mut problems = ctx.problems.lock();
+    if outcome.status >= 9000 && !outcome.policy {
+        problems.push(HttpProblem::Failed(format!(
+            "{method} {shown}: {} {}",
+            outcome.status, outcome.reason
+        )));
+    } else if outcome.status >= 500 && outcome.status < 9000 || outcome.status == 429 {
+        problems.push(HttpProblem::Failed(format!(
+            "{method} {shown} answered {} {}",
+            outcome.status, outcome.reason
+        )));
+    }
+    outcome
+}
+
+fn build_request(
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &[(Vec<u8>, Vec<u8>)],
+    body: Option<Bytes>,
+) -> Result<http::Request<WasiBody>, String> {
+    let mut builder = http::Request::builder()
+        .method(method.clone())
+        .uri(uri.clone());
+    let mut has_length = false;
+    for (n, v) in headers {
+        let name = http::HeaderName::from_bytes(n)
+            .map_err(|_| format!("invalid header name {:?}", String::from_utf8_lossy(n)))?;
+        let value = http::HeaderValue::from_bytes(v)
+            .map_err(|_| format!("invalid value of header {}", String::from_utf8_lossy(n)))?;
+        has_length |= name == http::header::CONTENT_LENGTH;
+        builder = builder.header(name, value);
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() && !has_length {
+        builder = builder.header(http::header::CONTENT_LENGTH, body.len());
+    }
+    let body = http_body_util::Full::new(body)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    builder.body(body).map_err(|e| e.to_string())
+}
+
+fn attempt(
+    ctx: &Context,
+    request: http::Request<WasiBody>,
+    timeout: Duration,
+    uri: &http::Uri,
+) -> Outcome {
+    let future = {
+        let mut http = ctx.http.lock();
+        let io: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send> =
+            Box::new(async { Ok(()) });
+        Box::into_pin(http.send_request(request, None, io))
+    };
+    let result = ctx.handle.block_on(async {
+        tokio::time::timeout(timeout, async {
+            let (response, _io) = future.await?;
+            let (parts, body) = response.into_parts();
+            let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BODY);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|_| HttpError::HttpResponseBodySize(None))?
+                .to_bytes();
+            Ok::<_, HttpError>((parts, bytes))
+        })
+        .await
+    });
+    {
+        let mut http = ctx.http.lock();
+        let refused = http.take_refused();
+        if let Some(wait) = http.circuit_wait.take() {
+            ctx.problems.lock().push(HttpProblem::Deferred(wait));
+            let why = refused
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "circuit open".into());
+            let mut o = Outcome::failed(code::CONNECT_FAILED, why.clone(), why);
+            o.policy = true;
+            return o;
+        } else if let Some(why) = refused.into_iter().next() {
+            ctx.shared
+                .counters
+                .http_refused
+                .fetch_add(1, Ordering::Relaxed);
+            ctx.problems.lock().push(HttpProblem::Refused(why.clone()));
+            let why = format!("refused by mailpush: {why}");
+            let mut o = Outcome::failed(code::CONNECT_FAILED, why.clone(), why);
+            o.policy = true;
+            return o;
+        }
+    }
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    match result {
+        Err(_) => Outcome::failed(code::TIMED_OUT, "Request timed out", "timeout"),
+        Ok(Ok((parts, body))) => Outcome {
+            status: parts.status.as_u16(),
+            reason: parts.status.canonical_reason().unwrap_or("").to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_vec(),
+            socket_error: None,
+            policy: false,
+        },
+        Ok(Err(e)) => error_outcome(&e, authority),
+    }
+}
+
+/// Dovecot's status and reason for a failed request, and LuaSocket's word for it.
+fn error_outcome(e: &HttpError, authority: &str) -> Outcome {
+    match e {
+        HttpError::DnsTimeout | HttpError::DnsError { .. } | HttpError::DestinationNotFound => {
+            Outcome::failed(
+                code::HOST_LOOKUP_FAILED,
+                format!("Failed to lookup host {authority}"),
+                "host not found",
+            )
+        }
+        HttpError::ConnectionRefused => Outcome::failed(
+            code::CONNECT_FAILED,
+            format!("connect({authority}) failed: Connection refused"),
+            "connection refused",
+        ),
+        HttpError::ConnectionTimeout => Outcome::failed(
+            code::CONNECT_FAILED,
+            format!("connect({authority}) failed: Connection timed out"),
+            "timeout",
+        ),
+        HttpError::ConnectionReadTimeout
+        | HttpError::ConnectionWriteTimeout
+        | HttpError::HttpResponseTimeout => {
+            Outcome::failed(code::TIMED_OUT, "Request timed out", "timeout")
+        }
+        HttpError::ConnectionTerminated | HttpError::HttpResponseIncomplete => {
+            Outcome::failed(code::CONNECTION_LOST, "Connection lost", "closed")
+        }
+        HttpError::Connect(io) => Outcome::failed(
+            code::CONNECT_FAILED,
+            format!("connect({authority}) failed: {io}"),
+            "connection refused",
+        ),
+        HttpError::HttpProtocolError | HttpError::Hyper(_) | HttpError::HttpResponseBodySize(_) => {
+            Outcome::failed(
+                code::BAD_RESPONSE,
+                format!("Invalid response: {e}"),
+                "closed",
+            )
+        }
+        other => Outcome::failed(code::CONNECT_FAILED, other.to_string(), other.to_string()),
+    }
+}

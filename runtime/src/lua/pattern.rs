@@ -1,0 +1,166 @@
+//! Bounds on Lua's pattern functions, which run in C where the instruction hook cannot
+//! interrupt them. A backtracking match costs up to (subject length) to the power of
+//! (repetition items + 1), doubled per optional item; a call whose worst case exceeds
+//! [`MAX_STEPS`] is refused before it starts. Plain searches (`find(s, p, init, true)`)
+//! run here in linear time instead of Lua's quadratic one.
+
+/// The most matcher steps one pattern call may risk (about a second of CPU).
+pub const MAX_STEPS: f64 = 1e9;
+
+/// What a pattern is made of, for the cost bound.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Shape {
+    /// `*`, `+`, `-` items and `%b` balances.
+    repetitions: i32,
+    /// `?` items.
+    optionals: i32,
+    /// Any magic character at all (otherwise the search is a plain one).
+    magic: bool,
+}
+
+fn shape(p: &[u8]) -> Shape {
+    let mut s = Shape {
+        magic: p.iter().any(|b| b"^$*+?.([%-".contains(b)),
+        ..Shape::default()
+    };
+    let mut i = usize::from(p.first() == Some(&b'^'));
+    while i < p.len() {
+        match p[i] {
+            b'(' | b')' => {
+                i += 1;
+                continue;
+            }
+            b'%' if p.get(i + 1) == Some(&b'b') => {
+                s.repetitions += 1;
+                i += 4;
+                continue;
+            }
+            b'%' if p.get(i + 1) == Some(&b'f') => {
+                i = skip_set(p, i + 2);
+                continue;
+            }
+            b'%' => i += 2,
+            b'[' => i = skip_set(p, i),
+            _ => i += 1,
+        }
+        match p.get(i) {
+            Some(b'*' | b'+' | b'-') => {
+                s.repetitions += 1;
+                i += 1;
+            }
+            Some(b'?') => {
+                s.optionals += 1;
+                i += 1;
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// The index just past a `[set]` starting at `i` (or the end).
+fn skip_set(p: &[u8], mut i: usize) -> usize {
+    if p.get(i) != Some(&b'[') {
+        return i;
+    }
+    i += 1;
+    if p.get(i) == Some(&b'^') {
+        i += 1;
+    }
+    // A `]` first in the set is a member.
+    let mut first = true;
+    while i < p.len() {
+        match p[i] {
+            b'%' => i += 2,
+            b']' if !first => return i + 1,
+            _ => i += 1,
+        }
+        first = false;
+    }
+    i
+}
+
+/// Why matching `p` against `s` is refused, or `None` when its worst case is bounded.
+pub fn refusal(s: &[u8], p: &[u8]) -> Option<String> {
+    let n = s.len().max(1) as f64;
+    let shape = shape(p);
+    let cost = if shape.magic {
+        n.powi(shape.repetitions + 1) * 2f64.powi(shape.optionals)
+    } else {
+        n * (p.len().max(1) as f64)
+    };
+    (cost > MAX_STEPS).then(|| {
+        format!(
+            "pattern too costly for the mailpush sandbox: {} repetition and {} optional items over a {}-byte subject could take {cost:.1e} steps, more than {MAX_STEPS:.0e}; use a plain find, a shorter subject or fewer repetitions",
+            shape.repetitions,
+            shape.optionals,
+            s.len()
+        )
+    })
+}
+
+/// `string.find(s, p, init, true)`: Lua's positions (1-based, inclusive), in linear time.
+pub fn plain_find(s: &[u8], p: &[u8], init: Option<i64>) -> Option<(i64, i64)> {
+    let len = i64::try_from(s.len()).unwrap_or(i64::MAX);
+    let init = match init.unwrap_or(1) {
+        i if i > 0 => i,
+        0 => 1,
+        i if i < -len => 1,
+        i => len + i + 1,
+    };
+    if init > len + 1 {
+        return None;
+    }
+    let start = usize::try_from(init - 1).ok()?;
+    if p.is_empty() {
+        return Some((init, init - 1));
+    }
+    let at = memchr::memmem::find(&s[start..], p)?;
+    let first = i64::try_from(start + at + 1).ok()?;
+    Some((first, first + i64::try_from(p.len()).ok()? - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(shape(b"abc").repetitions, 0);
+        assert!(!shape(b"abc").magic);
+        assert_eq!(shape(b"<(.-)>").repetitions, 1);
+        assert_eq!(shape(b"^%s*(.-)%s*$").repetitions, 3);
+        assert_eq!(shape(b"[%w%.]+@[%w%.]+").repetitions, 2);
+        assert_eq!(shape(b"%*").repetitions, 0, "an escaped star is a literal");
+        assert_eq!(
+            shape(b"[*+-]").repetitions,
+            0,
+            "quantifiers inside a set are literals"
+        );
+        assert_eq!(shape(b"%b()").repetitions, 1);
+        assert_eq!(shape(b"a?b?").optionals, 2);
+    }
+
+    #[test]
+    fn costly_calls_are_refused_cheap_ones_are_not() {
+        let long = vec![b'a'; 2000];
+        assert!(refusal(&long, b".-.-b").is_some());
+        assert!(refusal(&[b'a'; 20], "a*".repeat(12).as_bytes()).is_some());
+        assert!(refusal(&[b'a'; 30], ("a*".repeat(20) + "b").as_bytes()).is_some());
+        assert!(refusal(b"Alice <alice@example.com>", b"<(.-)>").is_none());
+        assert!(refusal(&vec![b'x'; 20_000], b"%s+").is_none());
+        assert!(refusal(&vec![b'a'; 400_000], &vec![b'a'; 200_000]).is_some());
+    }
+
+    #[test]
+    fn plain_find_follows_lua() {
+        assert_eq!(plain_find(b"hello", b"ll", None), Some((3, 4)));
+        assert_eq!(plain_find(b"hello", b"l", Some(4)), Some((4, 4)));
+        assert_eq!(plain_find(b"hello", b"h", Some(-5)), Some((1, 1)));
+        assert_eq!(plain_find(b"hello", b"h", Some(-99)), Some((1, 1)));
+        assert_eq!(plain_find(b"hello", b"", Some(6)), Some((6, 5)));
+        assert_eq!(plain_find(b"hello", b"", Some(7)), None);
+        assert_eq!(plain_find(b"hello", b"x", None), None);
+        assert_eq!(plain_find(b"a.b", b".", None), Some((2, 2)));
+    }
+}

@@ -1,0 +1,126 @@
+-- mailpush sandbox prelude: runs once in every state, before the script, with the host's
+-- primitives as its argument. It closes the holes an instruction hook cannot see (C
+-- functions that loop without running Lua instructions, code that runs with hooks off).
+local H = ...
+local type, rawget, error, tonumber, select, tostring = type, rawget, error, tonumber, select, tostring
+local math_min, math_maxinteger = math.min, math.maxinteger
+local string_byte, string_sub = string.byte, string.sub
+local table_concat = table.concat
+local pcall = pcall
+
+-- __gc finalizers run with hooks off (a looping finalizer could never be stopped).
+local raw_setmetatable = setmetatable
+function setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("setmetatable: __gc metamethods are not allowed in the mailpush sandbox", 2)
+  end
+  return raw_setmetatable(t, mt)
+end
+
+-- An error raised by the hook would run xpcall's handler with hooks off: call the
+-- handler after pcall has unwound instead.
+local function xpcall_finish(h, ok, ...)
+  if ok then return true, ... end
+  local _, r = pcall(h, (...))
+  return false, r
+end
+function xpcall(f, h, ...)
+  if type(h) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. type(h) .. ")", 2)
+  end
+  return xpcall_finish(h, pcall(f, ...))
+end
+
+-- string.rep("", huge) loops in C doing nothing.
+local srep = string.rep
+function string.rep(s, n, sep)
+  if s == "" and (sep == nil or sep == "") then
+    return srep("", math_min(tonumber(n) or n, 1))
+  end
+  return srep(s, n, sep)
+end
+
+-- table.move / insert / remove with huge ranges (or a lying __len) loop in C: the same
+-- loops in Lua are seen by the hook.
+local tmove, tinsert, tremove = table.move, table.insert, table.remove
+function table.move(a1, f, e, t, a2)
+  if a2 == nil then a2 = a1 end
+  if type(f) == "number" and type(e) == "number" and e - f > 4096 then
+    if not (f > 0 or e < math_maxinteger + f) then error("bad argument #3 to 'move' (too many elements to move)", 2) end
+    local n = e - f + 1
+    if t > math_maxinteger - n + 1 then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+    if t > e or t <= f or a1 ~= a2 then
+      for i = 0, n - 1 do a2[t + i] = a1[f + i] end
+    else
+      for i = n - 1, 0, -1 do a2[t + i] = a1[f + i] end
+    end
+    return a2
+  end
+  return tmove(a1, f, e, t, a2)
+end
+function table.insert(t, ...)
+  if select("#", ...) == 2 then
+    local pos, v = ...
+    local e = #t + 1
+    if type(pos) == "number" and e - pos > 4096 then
+      if not (pos >= 1 and pos <= e) then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+      for i = e, pos + 1, -1 do t[i] = t[i - 1] end
+      t[pos] = v
+      return
+    end
+  end
+  return tinsert(t, ...)
+end
+function table.remove(t, pos)
+  local size = #t
+  if type(pos) == "number" and size - pos > 4096 and pos >= 1 then
+    local v = t[pos]
+    for i = pos, size - 1 do t[i] = t[i + 1] end
+    t[size] = nil
+    return v
+  end
+  if pos == nil then return tremove(t) end
+  return tremove(t, pos)
+end
+
+-- Lua patterns run in C and backtrack: their cost grows as the subject length to the
+-- power of the number of repetition items. Refuse calls whose worst case exceeds the
+-- sandbox's bound; plain searches go to a linear-time search.
+local H_pattern_ok, H_plain_find = H.pattern_ok, H.plain_find
+local sfind, smatch, sgmatch, sgsub = string.find, string.match, string.gmatch, string.gsub
+local function guard(name, s, p)
+  if type(s) == "string" and type(p) == "string" then
+    local why = H_pattern_ok(s, p)
+    if why then error("bad argument #2 to '" .. name .. "' (" .. why .. ")", 3) end
+  end
+end
+function string.find(s, p, init, plain)
+  if type(s) == "number" then s = tostring(s) end
+  if type(p) == "number" then p = tostring(p) end
+  if plain and type(s) == "string" and type(p) == "string" then
+    return H_plain_find(s, p, init)
+  end
+  guard("find", s, p)
+  return sfind(s, p, init, plain)
+end
+function string.match(s, p, init)
+  guard("match", s, p)
+  return smatch(s, p, init)
+end
+function string.gmatch(s, p, init)
+  guard("gmatch", s, p)
+  return sgmatch(s, p, init)
+end
+function string.gsub(s, p, repl, n)
+  guard("gsub", s, p)
+  return sgsub(s, p, repl, n)
+end
+
+-- print writes to mailpush's log (info), not to the process's stdout.
+local H_log = H.log
+function print(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  H_log("info", table_concat(parts, "\t"))
+end

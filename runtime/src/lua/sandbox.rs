@@ -1,0 +1,480 @@
+//! One Lua state running a script: the sandboxed globals, the built-in modules, the
+//! script's hooks called the way Dovecot calls them, and how their errors become
+//! delivery failures.
+//!
+//! Globals: the base library without `dofile`/`loadfile` (and `load` for text only),
+//! `string` (without `dump`), `table`, `math`, `utf8`, `coroutine`, `os` with only
+//! `time`/`date`/`clock`/`difftime`; no `io`, `debug` or C module loading. `require`
+//! serves the built-in modules only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
+
+use mailpush_core::{group, Event, EventName, EventSet, Failure, Record, Transaction};
+
+use super::budget::{self, is_deadline, is_memory};
+use super::events;
+use super::host::{Context, HttpProblem, Shared};
+use super::settings::{DovecotVersion, HttpFailures, LuaSettings};
+
+const PRELUDE: &str = include_str!("prelude.lua");
+const DOVECOT: &str = include_str!("dovecot.lua");
+
+/// The built-in modules `require` serves: (name, source, mode).
+const MODULES: &[(&str, &str, Option<&str>)] = &[
+    ("cjson", include_str!("modules/cjson.lua"), None),
+    (
+        "cjson.safe",
+        include_str!("modules/cjson.lua"),
+        Some("safe"),
+    ),
+    ("json", include_str!("modules/json.lua"), None),
+    ("ltn12", include_str!("modules/ltn12.lua"), None),
+    ("socket", include_str!("modules/socket.lua"), None),
+    ("socket.url", include_str!("modules/socket_url.lua"), None),
+    ("socket.http", include_str!("modules/socket_http.lua"), None),
+    ("ssl.https", include_str!("modules/ssl_https.lua"), None),
+    ("mime", include_str!("modules/mime.lua"), None),
+];
+
+/// The names of the built-in modules, for docs and errors.
+pub fn module_names() -> Vec<&'static str> {
+    MODULES.iter().map(|m| m.0).collect()
+}
+
+const REQUIRE: &str = r#"
+local H, sources = ...
+local load, error, type, pairs, ipairs = load, error, type, pairs, ipairs
+local loaded, preload = {}, {}
+for _, lib in ipairs({ "string", "table", "math", "os", "coroutine", "utf8" }) do loaded[lib] = _G[lib] end
+loaded._G = _G
+package = { loaded = loaded, preload = preload, path = "", cpath = "", config = "/\n;\n?\n!\n-\n" }
+loaded.package = package
+for name, m in pairs(sources) do
+  local src, mode = m[1], m[2]
+  preload[name] = function() return load(src, "=" .. name, "t")(H, mode) end
+end
+local names = {}
+for name in pairs(sources) do names[#names + 1] = name end
+table.sort(names)
+local available = table.concat(names, ", ")
+function require(name)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'require' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local v = loaded[name]
+  if v ~= nil then return v end
+  local f = preload[name]
+  if f == nil then
+    error("module '" .. name .. "' not found:\n\tno field package.preload['" .. name .. "']\n\t" ..
+      "(the mailpush sandbox loads no files and no C modules; built-in modules: " .. available .. ")", 2)
+  end
+  v = f(name, ":preload:")
+  if v == nil then v = true end
+  loaded[name] = v
+  return v
+end
+"#;
+
+/// A fresh sandboxed state wired to `ctx`; returns it and the `user` constructor.
+fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua, Function)> {
+    let libs = StdLib::COROUTINE
+        | StdLib::TABLE
+        | StdLib::STRING
+        | StdLib::UTF8
+        | StdLib::MATH
+        | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    let g = lua.globals();
+    for name in ["dofile", "loadfile"] {
+        g.raw_set(name, Value::Nil)?;
+    }
+    let os: Table = g.get("os")?;
+    for name in [
+        "execute",
+        "exit",
+        "getenv",
+        "remove",
+        "rename",
+        "setlocale",
+        "tmpname",
+    ] {
+        os.raw_set(name, Value::Nil)?;
+    }
+    let string: Table = g.get("string")?;
+    string.raw_set("dump", Value::Nil)?;
+    // load(chunk [, name [, mode [, env]]]): text only.
+    let raw_load: Function = g.get("load")?;
+    g.raw_set(
+        "load",
+        lua.create_function(move |lua, args: MultiValue| {
+            let mut args = args.into_vec();
+            let n = args.len();
+            args.resize(n.max(3), Value::Nil);
+            args[2] = Value::String(lua.create_string("t")?);
+            raw_load.call::<MultiValue>(MultiValue::from_vec(args))
+        })?,
+    )?;
+    // collectgarbage: only what cannot change how the collector runs.
+    let raw_cg: Function = g.get("collectgarbage")?;
+    g.raw_set(
+        "collectgarbage",
+        lua.create_function(move |_, (opt, arg): (Option<String>, Value)| {
+            let opt = opt.unwrap_or_else(|| "collect".into());
+            match opt.as_str() {
+                "collect" | "count" | "step" | "isrunning" => raw_cg.call::<MultiValue>((opt, arg)),
+                _ => Ok(MultiValue::from_vec(vec![Value::Integer(0)])),
+            }
+        })?,
+    )?;
+    let h = super::host::primitives(&lua, ctx)?;
+    lua.load(PRELUDE)
+        .set_name("=mailpush-prelude")
+        .call::<()>(h.clone())?;
+    let sources = lua.create_table()?;
+    for (name, src, mode) in MODULES {
+        let entry = lua.create_table()?;
+        entry.raw_set(1, *src)?;
+        if let Some(mode) = mode {
+            entry.raw_set(2, *mode)?;
+        }
+        sources.set(*name, entry)?;
+    }
+    lua.load(REQUIRE)
+        .set_name("=mailpush-require")
+        .call::<()>((h.clone(), sources))?;
+    let api: Table = lua
+        .load(DOVECOT)
+        .set_name("=dovecot")
+        .call((h, version.as_str()))?;
+    let new_user: Function = api.get("new_user")?;
+    Ok((lua, new_user))
+}
+
+/// The script as read at load.
+pub struct Source {
+    pub text: Vec<u8>,
+    /// `@/etc/dovecot/push.lua`: messages then say `/etc/dovecot/push.lua:3: …`.
+    pub chunk_name: String,
+}
+
+/// A state with the script loaded and `script_init` run.
+pub struct ScriptState {
+    lua: Lua,
+    ctx: Arc<Context>,
+    new_user: Function,
+    /// The events the script has a handler for.
+    handlers: EventSet,
+    settings: Arc<LuaSettings>,
+}
+
+/// Text of a Lua error for a reason or an init error.
+fn describe(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { traceback, cause } => format!("{cause}\n{traceback}"),
+        other => other.to_string(),
+    }
+}
+
+impl ScriptState {
+    /// A new state: the sandbox, the script's main chunk, `script_init`.
+    pub fn load(
+        shared: &Arc<Shared>,
+        settings: &Arc<LuaSettings>,
+        source: &Source,
+        handle: tokio::runtime::Handle,
+    ) -> Result<ScriptState, String> {
+        let ctx = Context::new(shared.clone(), handle);
+        let (lua, new_user) = new_sandbox(&ctx, settings.dovecot)
+            .map_err(|e| format!("cannot set up the sandbox: {}", describe(&e)))?;
+        lua.set_memory_limit(settings.memory)
+            .map_err(|e| format!("cannot limit memory: {e}"))?;
+        let limit_hint = |e: &mlua::Error| {
+            if is_deadline(e) {
+                format!(
+                    "loading the script took longer than init_timeout_msecs={}",
+                    settings.init_timeout.as_millis()
+                )
+            } else if is_memory(e) {
+                format!(
+                    "loading the script needed more than memory={}",
+                    settings.memory
+                )
+            } else {
+                describe(e)
+            }
+        };
+        budget::arm(&lua, &ctx.budget, settings.init_timeout).map_err(|e| e.to_string())?;
+        lua.load(&source.text[..])
+            .set_name(&source.chunk_name)
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .exec()
+            .map_err(|e| limit_hint(&e))?;
+        let g = lua.globals();
+        if let Ok(Value::Function(init)) = g.raw_get::<Value>("script_init") {
+            match settings.dovecot {
+                DovecotVersion::V23 => {
+                    let r: Value = init
+                        .call(())
+                        .map_err(|e| format!("script_init() failed: {}", limit_hint(&e)))?;
+                    match r {
+                        Value::Integer(0) => {}
+                        Value::Integer(n) => {
+                            return Err(format!("Script init failed: script_init() returned {n}"))
+                        }
+                        _ => return Err(
+                            "script_init() returned non-number (Dovecot 2.3 expects `return 0`; \
+                                 a 2.4 script wants dovecot=2.4)"
+                                .to_string(),
+                        ),
+                    }
+                }
+                DovecotVersion::V24 => {
+                    let t = lua.create_table().map_err(|e| e.to_string())?;
+                    for (k, v) in &settings.lua_settings {
+                        t.set(k.as_str(), v.as_str()).map_err(|e| e.to_string())?;
+                    }
+                    init.call::<()>(t)
+                        .map_err(|e| format!("script_init() failed: {}", limit_hint(&e)))?;
+                }
+            }
+        }
+        let handlers = EventName::ALL
+            .into_iter()
+            .filter(|n| {
+                matches!(
+                    g.raw_get::<Value>(events::handler_name(*n)),
+                    Ok(Value::Function(_))
+                )
+            })
+            .collect();
+        shared
+            .counters
+            .states_created
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(ScriptState {
+            lua,
+            ctx,
+            new_user,
+            handlers,
+            settings: settings.clone(),
+        })
+    }
+
+    /// The events the script handles.
+    pub fn handlers(&self) -> EventSet {
+        self.handlers
+    }
+
+    /// Runs one transaction through the hooks. The second value says whether the state
+    /// must be dropped (its time or memory ran out: it may be mid-way through anything).
+    pub fn run(&mut self, txn: &Arc<Transaction>) -> (Result<(), Failure>, bool) {
+        self.ctx.begin(txn);
+        let started = Instant::now();
+        let result = self.run_hooks(txn, started);
+        let problems = self.ctx.end();
+        let poisoned = self.ctx.budget.tripped();
+        if self.lua.gc_collect().is_err() {
+            return (result, true);
+        }
+        let poisoned = poisoned
+            || matches!(&result, Err(f) if f.reason.contains("exceeded memory=") || f.reason.contains("exceeded timeout_msecs="));
+        if result.is_err() || self.settings.http_failures == HttpFailures::Ignore {
+            return (result, poisoned);
+        }
+        (http_outcome(problems), poisoned)
+    }
+
+    fn arm(&self, started: Instant) -> Result<(), Failure> {
+        let left = self.settings.max_txn.saturating_sub(started.elapsed());
+        budget::arm(&self.lua, &self.ctx.budget, self.settings.timeout.min(left))
+            .map_err(|e| Failure::permanent(format!("lua: cannot arm the time budget: {e}")))
+    }
+
+    fn failure(&self, hook: &str, e: &mlua::Error) -> Failure {
+        let counters = &self.ctx.shared.counters;
+        if is_deadline(e) {
+            counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            Failure::permanent(format!(
+                "lua: {hook}: script exceeded timeout_msecs={} (or max_txn_msecs={}): wall time of one hook call, HTTP waits included",
+                self.settings.timeout.as_millis(),
+                self.settings.max_txn.as_millis()
+            ))
+        } else if is_memory(e) {
+            counters.memory_errors.fetch_add(1, Ordering::Relaxed);
+            Failure::permanent(format!(
+                "lua: {hook}: script exceeded memory={} bytes",
+                self.settings.memory
+            ))
+        } else {
+            counters.script_errors.fetch_add(1, Ordering::Relaxed);
+            Failure::from_driver(&format!("lua: {hook} failed: {}", describe(e)), true, None)
+        }
+    }
+
+    fn user(&self, txn: &Transaction) -> mlua::Result<Value> {
+        let t = self.lua.create_table()?;
+        t.set("username", txn.user.as_str())?;
+        t.set("home", "")?;
+        let lmtp = txn.events.iter().any(|e| matches!(e, Event::MessageNew(_)));
+        t.set("service", if lmtp { "lmtp" } else { "imap" })?;
+        t.set("session_id", txn.id.as_str())?;
+        t.set("uid", 0.0)?;
+        t.set("gid", 0.0)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        t.set("session_create_time", now as f64)?;
+        for flag in [
+            "nonexistent",
+            "anonymous",
+            "autocreated",
+            "fuzzy_search",
+            "dsyncing",
+            "admin",
+            "session_restored",
+        ] {
+            t.set(flag, false)?;
+        }
+        if self.settings.dovecot == DovecotVersion::V23 {
+            t.set("mail_debug", false)?;
+        }
+        self.new_user.call(t)
+    }
+
+    fn run_hooks(&self, txn: &Arc<Transaction>, started: Instant) -> Result<(), Failure> {
+        let internal = |e: mlua::Error| self.failure("mailpush", &e);
+        let g = self.lua.globals();
+        let Value::Function(begin) = g
+            .raw_get::<Value>("dovecot_lua_notify_begin_txn")
+            .map_err(internal)?
+        else {
+            return Err(Failure::permanent(
+                "lua: Missing function dovecot_lua_notify_begin_txn",
+            ));
+        };
+        let user = self.user(txn).map_err(internal)?;
+        self.arm(started)?;
+        let context: Value = begin
+            .call(user)
+            .map_err(|e| self.failure("dovecot_lua_notify_begin_txn", &e))?;
+        let mut failure = None;
+        'records: for record in group(txn, self.handlers) {
+            let events = match &record {
+                Record::Mailbox(m) => &m.events,
+                Record::Message(m) => &m.events,
+            };
+            for event in events {
+                let name = events::handler_name(event.name());
+                let Ok(Value::Function(handler)) = g.raw_get::<Value>(name.as_str()) else {
+                    continue;
+                };
+                let table = events::table(&self.lua, event).map_err(internal)?;
+                self.arm(started)?;
+                if let Err(e) = handler.call::<()>((context.clone(), table)) {
+                    failure = Some(self.failure(&name, &e));
+                    break 'records;
+                }
+            }
+        }
+        let exhausted = self.ctx.budget.tripped()
+            || failure
+                .as_ref()
+                .is_some_and(|f| f.reason.contains("exceeded memory="));
+        match g.raw_get::<Value>("dovecot_lua_notify_end_txn") {
+            Ok(Value::Function(end)) if !exhausted => {
+                self.arm(started)?;
+                match end.call::<MultiValue>((context, failure.is_none())) {
+                    Err(e) => {
+                        failure
+                            .get_or_insert_with(|| self.failure("dovecot_lua_notify_end_txn", &e));
+                    }
+                    // mailpush's addition: `return false, "why"` asks for a retry.
+                    Ok(values) => {
+                        let mut values = values.into_iter();
+                        if let Some(Value::Boolean(false)) = values.next() {
+                            let why = match values.next() {
+                                Some(Value::String(s)) => s.to_string_lossy(),
+                                _ => "no reason given".to_string(),
+                            };
+                            failure.get_or_insert_with(|| {
+                                Failure::from_driver(
+                                    &format!(
+                                        "lua: dovecot_lua_notify_end_txn returned false: {why}"
+                                    ),
+                                    true,
+                                    None,
+                                )
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(Value::Function(_)) => {}
+            _ => {
+                failure.get_or_insert_with(|| {
+                    Failure::permanent("lua: Missing function dovecot_lua_notify_end_txn")
+                });
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Dovecot's user deinit: `script_deinit()`, if the script has one.
+    pub fn deinit(self) {
+        if let Ok(Value::Function(f)) = self.lua.globals().raw_get::<Value>("script_deinit") {
+            let limit = self.settings.init_timeout;
+            if budget::arm(&self.lua, &self.ctx.budget, limit).is_ok() {
+                if let Err(e) = f.call::<()>(()) {
+                    let tag = &self.ctx.shared.tag;
+                    tracing::warn!(
+                        driver = tag.number,
+                        name = %tag.name,
+                        "lua: script_deinit() failed: {}",
+                        mailpush_core::Failure::untrusted_reason(&describe(&e))
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What the script's failed HTTP requests make of a transaction whose hooks succeeded
+/// (`http_failures=retry`): a refusal by the policy fails it for good, anything else
+/// asks for a retry (after the circuit's wait when a circuit was open).
+fn http_outcome(problems: Vec<HttpProblem>) -> Result<(), Failure> {
+    if let Some(HttpProblem::Refused(why)) = problems
+        .iter()
+        .find(|p| matches!(p, HttpProblem::Refused(_)))
+    {
+        return Err(Failure::permanent(format!(
+            "lua: outbound HTTP refused: {why}"
+        )));
+    }
+    if let Some(HttpProblem::Failed(why)) = problems
+        .iter()
+        .find(|p| matches!(p, HttpProblem::Failed(_)))
+    {
+        return Err(Failure::retryable(format!(
+            "lua: the script's HTTP request failed: {why} (http_failures=ignore to deliver anyway)"
+        )));
+    }
+    if let Some(wait) = problems
+        .iter()
+        .filter_map(|p| match p {
+            HttpProblem::Deferred(w) => Some(*w),
+            _ => None,
+        })
+        .max()
+    {
+        let mut f = Failure::retryable("lua: the endpoint's circuit is open");
+        f.retry_after = Some(wait.max(Duration::from_millis(1)));
+        f.deferred = true;
+        return Err(f);
+    }
+    Ok(())
+}
