@@ -224,7 +224,13 @@ async fn http_server() -> std::net::SocketAddr {
     std::thread::spawn(move || {
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            while let Ok((s, _)) = l.accept().await {
+            loop {
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    // A failed accept (a connection reset before it was taken) must not
+                    // end the server.
+                    Err(_) => continue,
+                };
                 tokio::spawn(async move {
                     let (r, mut w) = s.into_split();
                     let mut r = BufReader::new(r);
@@ -267,8 +273,9 @@ async fn http_server() -> std::net::SocketAddr {
 async fn sequential(d: Arc<dyn Driver>, t: Arc<Transaction>, n: usize) -> f64 {
     on_lane(async move {
         let start = Instant::now();
-        for _ in 0..n {
-            assert_eq!(deliver(d.as_ref(), &t).await, Outcome::Delivered);
+        for i in 0..n {
+            let outcome = deliver(d.as_ref(), &t).await;
+            assert_eq!(outcome, Outcome::Delivered, "transaction {i} of {n}");
         }
         n as f64 / start.elapsed().as_secs_f64()
     })
@@ -361,7 +368,54 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     for _ in 0..o.runs {
         ox.push(sequential(loaded[0].driver.clone(), ox_txn.clone(), n).await);
     }
+    // The same OX push done by a wasm component (examples/ox-wasm) and by an OX-style
+    // Dovecot Lua script (METADATA, mailbox:status, socket.http + json) in the lua driver,
+    // fresh state per transaction and one kept state.
+    let ox_wasm: Arc<dyn Driver> = Arc::new({
+        let mut sandbox = Sandbox::default();
+        sandbox.http.allow_hosts = vec!["127.0.0.1".into()];
+        sandbox.http.allow_private = true;
+        load(
+            &guest("ox-wasm"),
+            sandbox,
+            &format!("url=http://{addr}/n"),
+            &engines,
+        )
+        .await
+    });
+    let mut oxw = Vec::new();
+    for _ in 0..o.runs {
+        oxw.push(sequential(ox_wasm.clone(), ox_txn.clone(), n).await);
+    }
+    std::fs::write(
+        dir.path().join("ox-style.lua"),
+        include_str!("ox-style.lua"),
+    )
+    .unwrap();
+    let lua_conf = |instance: &str| {
+        let conf = dir.path().join(format!("lua-{instance}.conf"));
+        std::fs::write(
+            &conf,
+            format!("mailpush {{\n state_dir = st\n}}\nplugin {{\n push_notification_driver = lua:file=ox-style.lua instance={instance} allow_hosts=127.0.0.1 allow_private\n ox_push_url = http://{addr}/n\n}}\n"),
+        )
+        .unwrap();
+        mailpush::config::Config::load(&conf).unwrap()
+    };
+    let mut lua = Vec::new();
+    let mut lua_reuse = Vec::new();
+    for (instance, figures) in [("fresh", &mut lua), ("reuse", &mut lua_reuse)] {
+        let Ok(loaded) = mailpush::registry::DriverRegistry::default()
+            .init_all(&lua_conf(instance), Arc::new(NoMetadata))
+            .await
+        else {
+            panic!("lua driver")
+        };
+        for _ in 0..o.runs {
+            figures.push(sequential(loaded[0].driver.clone(), ox_txn.clone(), n).await);
+        }
+    }
     let (r, w, x, ww) = (stats(raw), stats(wasm), stats(ox), stats(wasm_warm));
+    let (xw, l, lr) = (stats(oxw), stats(lua), stats(lua_reuse));
     out.push("## 3. HTTP push to a minimal server on 127.0.0.1 (sequential, one request per transaction)\n".into());
     out.push("| client | requests/s (min / median / max) |\n|---|---|".into());
     out.push(format!(
@@ -381,10 +435,28 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
         fmt3(x, "req/s")
     ));
     out.push(format!(
+        "| OX push as a wasm component (examples/ox-wasm, fresh instance) | {} |",
+        fmt3(xw, "req/s")
+    ));
+    out.push(format!(
+        "| OX-style Dovecot Lua script, lua driver (fresh state) | {} |",
+        fmt3(l, "req/s")
+    ));
+    out.push(format!(
+        "| OX-style Dovecot Lua script, lua driver, `instance=reuse` | {} |",
+        fmt3(lr, "req/s")
+    ));
+    out.push(format!(
         "\nRatios (median, target ≥ 0.8×): ox/raw = **{:.2}×**; webhook/raw = **{:.2}×** (with `instance=reuse`: {:.2}×).\n",
         x.1 / r.1,
         w.1 / r.1,
         ww.1 / r.1
+    ));
+    out.push(format!(
+        "The same OX push, against the native ox driver (median): wasm component **{:.2}×**, Lua script **{:.2}×** (kept state: {:.2}×).\n",
+        xw.1 / x.1,
+        l.1 / x.1,
+        lr.1 / x.1
     ));
 }
 

@@ -87,13 +87,14 @@ local function json_list(t)
 end
 
 -- Field kinds of the canonical JSON; fields absent from an event are omitted.
-local INT = { uid = true, uid_validity = true, date = true, tz = true, unseen = true }
+local INT = { uid = true, uid_validity = true, date = true, tz = true, unseen = true,
+  messages = true, recent = true }
 local LIST = { flags = true, keywords = true, flags_old = true, keywords_old = true }
 local FIELD_ORDER = {
   "mailbox", "mailbox_old", "uid", "uid_validity", "date", "tz", "from", "to",
   "subject", "subject_utf8", "from_address", "from_display_name", "to_address",
   "to_display_name", "message_id", "snippet", "flags", "keywords", "flags_old",
-  "keywords_old", "unseen",
+  "keywords_old", "unseen", "messages", "recent",
 }
 
 local function json_event(e)
@@ -184,26 +185,30 @@ dovecot_lua_notify_event_mailbox_rename = collect
 dovecot_lua_notify_event_mailbox_subscribe = collect
 dovecot_lua_notify_event_mailbox_unsubscribe = collect
 
-local function inbox_unseen(user)
-  local ok, unseen = pcall(function()
+-- INBOX's status after the transaction: the unseen, message and \Recent counts.
+local function inbox_status(user)
+  local ok, status = pcall(function()
     local box = user:mailbox("INBOX")
     box:sync()
-    local status = box:status(dovecot.storage.STATUS_UNSEEN)
+    local status = box:status(dovecot.storage.STATUS_UNSEEN, dovecot.storage.STATUS_MESSAGES,
+      dovecot.storage.STATUS_RECENT)
     box:free()
-    return status.unseen
+    return status
   end)
-  if ok then return unseen end
+  if ok then return status end
   return nil
 end
 
 function dovecot_lua_notify_end_txn(ctx, success)
   if not success or #ctx.events == 0 then return end
   if ctx.inbox_new then
-    local unseen = inbox_unseen(ctx.user)
-    if unseen ~= nil then
+    local status = inbox_status(ctx.user)
+    if status ~= nil then
       for _, e in ipairs(ctx.events) do
         if (e.name == "MessageNew" or e.name == "MessageAppend") and e.mailbox == "INBOX" then
-          e.unseen = unseen
+          e.unseen = status.unseen
+          e.messages = status.messages
+          e.recent = status.recent
         end
       end
     end

@@ -609,3 +609,67 @@ async fn a_node_whose_drivers_differ_is_named_and_not_ready() {
         "{out}"
     );
 }
+
+/// A Lua script's METADATA writes go to the cluster's bucket: read back by the script at
+/// once, and by `mailpush metadata get` through another node's config.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lua_scripts_metadata_writes_reach_the_bucket() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("seen.lua"),
+        "function dovecot_lua_notify_begin_txn(user) return { user = user } end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           ctx.user:metadata_set('/private/lua-seen', e.mailbox)\n\
+           local v = ctx.user:metadata_get('/private/lua-seen')\n\
+           if v ~= e.mailbox then error('read back ' .. tostring(v)) end\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    )
+    .unwrap();
+    let conf = |name: &str| {
+        let path = dir.path().join(format!("{name}.conf"));
+        std::fs::write(
+            &path,
+            format!(
+                "mailpush {{\n state_dir = {name}-state\n listen = 127.0.0.1:0\n cluster = {}\n cluster_node = {name}\n}}\nplugin {{\n push_notification_driver = lua:file=seen.lua retry=none\n}}\n",
+                nats.url(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (conf_a, conf_b) = (conf("a"), conf("b"));
+    let a = RunningDaemon::start(&conf_a);
+    settled(&[a.addr], 32, Duration::from_secs(30)).await;
+    post(a.addr, &txn_line("carol@example.com", "t1")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(mailpush_bin())
+            .args([
+                "metadata",
+                "get",
+                "-u",
+                "carol@example.com",
+                "-s",
+                "",
+                "/private/lua-seen",
+                "-c",
+            ])
+            .arg(&conf_b)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout) == "M-t1\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the script's write never reached the bucket: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

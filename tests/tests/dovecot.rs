@@ -785,6 +785,8 @@ async fn dovecot_events_reach_mailpush() {
         m.snippet
     );
     assert_eq!(m.unseen, Some(1));
+    assert_eq!(m.messages, Some(1));
+    assert!(m.recent.is_some(), "{m:?}");
     assert_eq!(m.to.as_deref(), Some("bob@example.com"));
     assert_eq!(m.to_address.as_deref(), Some("bob@example.com"));
     assert_eq!(m.to_display_name, None);
@@ -814,6 +816,8 @@ async fn dovecot_events_reach_mailpush() {
     assert_eq!(a.keywords, Some(vec!["$Label2".to_string()]));
     // Both INBOX messages are unseen when the APPEND commits.
     assert_eq!(a.unseen, Some(2));
+    assert_eq!(a.messages, Some(2));
+    assert!(a.recent.is_some(), "{a:?}");
     assert!(alice("FlagsSet")
         .iter()
         .any(|e| matches!(e, Event::FlagsSet(f) if f.flags == ["\\Seen"])));

@@ -1169,3 +1169,43 @@ async fn dovecot_24_blocks_give_the_drivers_and_requests_of_the_23_lines() {
         .contains("Config string for dlog push_notification driver: file="));
     assert_eq!(without_raw(&v23.1), v24.1, "the same dlog lines");
 }
+
+/// Lanes come and go (a reload rebuilds them); the driver's workers outlive the lane
+/// that started them and keep delivering from the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_outlive_the_lane_thread_that_started_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let script = write(dir.path(), "relay.lua", CHAT_RELAY);
+    let metadata = store(dir.path());
+    metadata
+        .set("alice@example.test", "/private/devicetoken", "tok")
+        .unwrap();
+    let conf = conf(
+        &script,
+        "allow_hosts=127.0.0.1 allow_private instance=reuse",
+        &format!(" relay_url = {}\n", server.url("/notify")),
+    );
+    let config = write_config(dir.path(), &conf);
+    let Ok(loaded) = TestDrivers::new()
+        .registry()
+        .init_all(&config, metadata)
+        .await
+    else {
+        panic!("the driver loads")
+    };
+    for lane in 0..3 {
+        let driver = loaded[0].driver.clone();
+        let txn = Arc::new(new_mail("alice@example.test", &format!("t{lane}"), 1, 1));
+        let Ok(thread) =
+            mailpush::pipeline::lane_thread::spawn(format!("lane-{lane}"), async move {
+                mailpush::pipeline::deliver(driver.as_ref(), &txn).await
+            })
+        else {
+            panic!("a lane thread")
+        };
+        let outcome = thread.join().await.unwrap();
+        assert_eq!(outcome, Outcome::Delivered, "from lane {lane}");
+    }
+    assert_eq!(server.requests().len(), 3);
+}

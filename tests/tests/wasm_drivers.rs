@@ -121,6 +121,36 @@ async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
     assert!(!f.retryable && f.reason.contains("400"), "{f:?}");
 }
 
+/// A reused instance makes many more requests than it may hold resources: each
+/// transaction's `request-options` (kept by wasmtime-wasi-http after `handle`) are
+/// dropped between transactions, so the 129th request does not fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_webhook_instance_outlives_its_resource_limit() {
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private instance=reuse host_memory=2M\n}}\n",
+        guest("webhook").display(),
+        server.url("/h")
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    // host_memory=2M: at most 16 resources at once.
+    for i in 0..100 {
+        let txn = Arc::new(mailbox_txn("a@example.com", &format!("r{i}")));
+        let outcome = deliver(loaded[0].driver.as_ref(), &txn).await;
+        assert_eq!(outcome, Outcome::Delivered, "transaction {i}");
+    }
+    assert_eq!(server.requests().len(), 100);
+    let counters: std::collections::HashMap<_, _> =
+        loaded[0].driver.counters().into_iter().collect();
+    assert_eq!(
+        counters.get("wasm_instances").copied(),
+        Some(1),
+        "one warm instance did it all: {counters:?}"
+    );
+}
+
 async fn load(
     path: &std::path::Path,
     engines: &Arc<Engines>,

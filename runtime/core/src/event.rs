@@ -101,6 +101,8 @@ impl EventName {
                 "flags",
                 "keywords",
                 "unseen",
+                "messages",
+                "recent",
             ],
             EventName::MessageExpunge | EventName::MessageRead | EventName::MessageTrash => MESSAGE,
             EventName::FlagsSet => &["mailbox", "uid", "uid_validity", "flags", "keywords"],
@@ -255,6 +257,12 @@ pub struct NewMessage {
     /// Unseen count of the mailbox after the event, when the source knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unseen: Option<u32>,
+    /// Message count of the mailbox after the event, when the source knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    /// `\Recent` count of the mailbox after the event, when the source knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent: Option<u32>,
 }
 
 /// An event about one message that carries nothing else (MessageExpunge, MessageRead,

@@ -20,7 +20,7 @@ fn sample_event(name: EventName) -> String {
             "subject_utf8":"Test päivää","from_address":"alice@barfoo.org",
             "from_display_name":"Ä","to_address":"bob@example.com","to_display_name":"",
             "message_id":"<1@example.com>","snippet":"Hey guys This is only a test...",
-            "flags":["\\Recent","\\Seen"],"keywords":["$Label1"],"unseen":2}}"#
+            "flags":["\\Recent","\\Seen"],"keywords":["$Label1"],"unseen":2,"messages":5,"recent":1}}"#
         ),
         EventName::MessageExpunge | EventName::MessageRead | EventName::MessageTrash => {
             format!(r#"{{"name":"{name}","mailbox":"INBOX","uid":5,"uid_validity":1700000000}}"#)
@@ -132,6 +132,8 @@ fn round_trip_keeps_every_field_value() {
             flags: Some(vec!["\\Recent".into(), "\\Seen".into()]),
             keywords: Some(vec!["$Label1".into()]),
             unseen: Some(2),
+            messages: Some(5),
+            recent: Some(1),
         }
     );
     let t = Transaction::from_json(&txn_with(&sample_event(EventName::FlagsClear))).unwrap();

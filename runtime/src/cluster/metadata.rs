@@ -112,13 +112,22 @@ pub struct MetadataCache {
     /// Set once the bucket's values up to the start were read.
     loaded: tokio::sync::Notify,
     is_loaded: std::sync::atomic::AtomicBool,
+    /// Where drivers' writes (Lua scripts' `metadata_set`) go, and the runtime to run
+    /// them on (the caller is a script's worker thread).
+    writer: Option<(KvMetadata, tokio::runtime::Handle)>,
 }
 
 impl MetadataCache {
     /// Starts the copy: the bucket's current values, then every change, until the
     /// process ends (the watch is re-made after an error).
     pub fn start(store: Store) -> Arc<Self> {
-        let cache = Arc::new(MetadataCache::default());
+        let cache = Arc::new(MetadataCache {
+            writer: Some((
+                KvMetadata::new(store.clone()),
+                tokio::runtime::Handle::current(),
+            )),
+            ..MetadataCache::default()
+        });
         let c = cache.clone();
         tokio::spawn(async move {
             // An empty bucket has nothing to read first.
@@ -185,6 +194,35 @@ impl MetadataCache {
     }
 }
 
+/// How long a driver's METADATA write may wait for the bucket.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl MetadataCache {
+    /// Runs a bucket write from a thread outside the runtime (a script's worker) or
+    /// inside it, and waits for it (at most [`WRITE_TIMEOUT`]).
+    fn blocking<T: Send>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, MetadataError>> + Send,
+    ) -> Result<T, MetadataError> {
+        let Some((_, handle)) = &self.writer else {
+            return Err(MetadataError("METADATA writes need the cluster".into()));
+        };
+        let run = || {
+            handle.block_on(async {
+                tokio::time::timeout(WRITE_TIMEOUT, op)
+                    .await
+                    .unwrap_or_else(|_| Err(err("the write timed out")))
+            })
+        };
+        // A thread of its own: `block_on` cannot run on a runtime thread.
+        std::thread::scope(|s| {
+            s.spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err(err("the write panicked")))
+        })
+    }
+}
+
 impl MetadataLookup for MetadataCache {
     fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError> {
         let key = normalize_key(key)?;
@@ -193,6 +231,40 @@ impl MetadataLookup for MetadataCache {
             .read()
             .get(&(user.to_lowercase(), key))
             .cloned())
+    }
+
+    fn write(&self, user: &str, key: &str, value: &str) -> Result<(), MetadataError> {
+        let normalized = normalize_key(key)?;
+        let kv = &self.writer.as_ref().ok_or_else(|| err("read-only"))?.0;
+        self.blocking(kv.set(user, key, value))?;
+        // Read your own write before the watch brings it back.
+        self.entries
+            .write()
+            .insert((user.to_lowercase(), normalized), value.to_string());
+        Ok(())
+    }
+
+    fn remove(&self, user: &str, key: &str) -> Result<bool, MetadataError> {
+        let normalized = normalize_key(key)?;
+        let kv = &self.writer.as_ref().ok_or_else(|| err("read-only"))?.0;
+        let existed = self.blocking(kv.unset(user, key))?;
+        self.entries
+            .write()
+            .remove(&(user.to_lowercase(), normalized));
+        Ok(existed)
+    }
+
+    fn entries(&self, user: &str, prefix: &str) -> Result<Vec<(String, String)>, MetadataError> {
+        let (user, prefix) = (user.to_lowercase(), prefix.to_ascii_lowercase());
+        let mut out: Vec<(String, String)> = self
+            .entries
+            .read()
+            .iter()
+            .filter(|((u, k), _)| *u == user && k.starts_with(&prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 }
 

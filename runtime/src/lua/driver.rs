@@ -55,10 +55,7 @@ impl DriverFactory for LuaFactory {
                 settings.file.display()
             ))
         })?;
-        let source = Arc::new(Source {
-            chunk_name: format!("@{}", settings.file.display()),
-            text,
-        });
+        let source = Arc::new(Source::new(text, format!("@{}", settings.file.display())));
         let tag = Arc::new(DriverTag {
             number: init.number,
             name: init.name.clone(),
@@ -120,6 +117,7 @@ impl DriverFactory for LuaFactory {
                 handlers,
                 idle: Mutex::new(Vec::new()),
                 spawned: AtomicUsize::new(0),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         let mut out = Initialised::new(Arc::new(driver));
@@ -140,6 +138,9 @@ struct Inner {
     /// Workers waiting for a transaction.
     idle: Mutex<Vec<Worker>>,
     spawned: AtomicUsize,
+    /// The runtime the driver was loaded on (the process's): workers' HTTP runs there,
+    /// never on the lane thread that happened to start them.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A loaded `lua` driver.
@@ -157,7 +158,7 @@ impl Inner {
             Some(w) => w,
             None => {
                 let n = self.spawned.fetch_add(1, Ordering::Relaxed);
-                Worker::spawn(self.script.clone(), n).map_err(|e| {
+                Worker::spawn(self.script.clone(), n, self.runtime.clone()).map_err(|e| {
                     Failure::retryable(format!("lua: cannot start a worker thread: {e}"))
                 })?
             }

@@ -356,8 +356,14 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
                         t.set("uidvalidity", f64::from(uid_validity))?;
                     }
                     if let Event::MessageNew(m) | Event::MessageAppend(m) = event {
-                        if let Some(unseen) = m.unseen {
-                            t.set("unseen", f64::from(unseen))?;
+                        for (item, value) in [
+                            ("unseen", m.unseen),
+                            ("messages", m.messages),
+                            ("recent", m.recent),
+                        ] {
+                            if let Some(v) = value {
+                                t.set(item, f64::from(v))?;
+                            }
                         }
                     }
                 }
@@ -668,7 +674,11 @@ fn error_outcome(e: &HttpError, authority: &str) -> Outcome {
         HttpError::Connect(io) => Outcome::failed(
             code::CONNECT_FAILED,
             format!("connect({authority}) failed: {io}"),
-            "connection refused",
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                std::io::ErrorKind::TimedOut => "timeout".to_string(),
+                _ => io.to_string(),
+            },
         ),
         HttpError::HttpProtocolError | HttpError::Hyper(_) | HttpError::HttpResponseBodySize(_) => {
             Outcome::failed(

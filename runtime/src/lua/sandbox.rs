@@ -47,15 +47,15 @@ pub fn module_names() -> Vec<&'static str> {
 
 const REQUIRE: &str = r#"
 local H, sources = ...
-local load, error, type, pairs, ipairs = load, error, type, pairs, ipairs
+local error, type, pairs, ipairs = error, type, pairs, ipairs
 local loaded, preload = {}, {}
 for _, lib in ipairs({ "string", "table", "math", "os", "coroutine", "utf8" }) do loaded[lib] = _G[lib] end
 loaded._G = _G
 package = { loaded = loaded, preload = preload, path = "", cpath = "", config = "/\n;\n?\n!\n-\n" }
 loaded.package = package
 for name, m in pairs(sources) do
-  local src, mode = m[1], m[2]
-  preload[name] = function() return load(src, "=" .. name, "t")(H, mode) end
+  local chunk, mode = m[1], m[2]
+  preload[name] = function() return chunk(H, mode) end
 end
 local names = {}
 for name in pairs(sources) do names[#names + 1] = name end
@@ -78,6 +78,46 @@ function require(name)
   return v
 end
 "#;
+
+/// The built-in chunks, compiled once per process (a state loads their bytecode).
+struct Compiled {
+    prelude: Vec<u8>,
+    require: Vec<u8>,
+    dovecot: Vec<u8>,
+    /// Per entry of [`MODULES`].
+    modules: Vec<Vec<u8>>,
+}
+
+fn compiled() -> Result<&'static Compiled, String> {
+    static COMPILED: std::sync::OnceLock<Result<Compiled, String>> = std::sync::OnceLock::new();
+    let compile = || -> mlua::Result<Compiled> {
+        let lua = Lua::new();
+        let dump = |name: &str, src: &str| -> mlua::Result<Vec<u8>> {
+            Ok(lua.load(src).set_name(name).into_function()?.dump(false))
+        };
+        Ok(Compiled {
+            prelude: dump("=mailpush-prelude", PRELUDE)?,
+            require: dump("=mailpush-require", REQUIRE)?,
+            dovecot: dump("=dovecot", DOVECOT)?,
+            modules: MODULES
+                .iter()
+                .map(|(name, src, _)| dump(&format!("={name}"), src))
+                .collect::<mlua::Result<_>>()?,
+        })
+    };
+    COMPILED
+        .get_or_init(|| {
+            compile().map_err(|e| format!("the built-in Lua code does not compile: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn binary<'a>(lua: &'a Lua, name: &str, bytecode: &'a [u8]) -> mlua::chunk::Chunk<'a> {
+    lua.load(bytecode)
+        .set_name(name)
+        .set_mode(mlua::chunk::ChunkMode::Binary)
+}
 
 /// A fresh sandboxed state wired to `ctx`; returns it and the `user` constructor.
 fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua, Function)> {
@@ -130,26 +170,23 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
             }
         })?,
     )?;
+    let code = compiled().map_err(mlua::Error::runtime)?;
     let h = super::host::primitives(&lua, ctx)?;
-    lua.load(PRELUDE)
-        .set_name("=mailpush-prelude")
-        .call::<()>(h.clone())?;
+    binary(&lua, "=mailpush-prelude", &code.prelude).call::<()>(h.clone())?;
     let sources = lua.create_table()?;
-    for (name, src, mode) in MODULES {
+    for ((name, _, mode), bytecode) in MODULES.iter().zip(&code.modules) {
         let entry = lua.create_table()?;
-        entry.raw_set(1, *src)?;
+        entry.raw_set(
+            1,
+            binary(&lua, &format!("={name}"), bytecode).into_function()?,
+        )?;
         if let Some(mode) = mode {
             entry.raw_set(2, *mode)?;
         }
         sources.set(*name, entry)?;
     }
-    lua.load(REQUIRE)
-        .set_name("=mailpush-require")
-        .call::<()>((h.clone(), sources))?;
-    let api: Table = lua
-        .load(DOVECOT)
-        .set_name("=dovecot")
-        .call((h, version.as_str()))?;
+    binary(&lua, "=mailpush-require", &code.require).call::<()>((h.clone(), sources))?;
+    let api: Table = binary(&lua, "=dovecot", &code.dovecot).call((h, version.as_str()))?;
     let new_user: Function = api.get("new_user")?;
     Ok((lua, new_user))
 }
@@ -159,6 +196,18 @@ pub struct Source {
     pub text: Vec<u8>,
     /// `@/etc/dovecot/push.lua`: messages then say `/etc/dovecot/push.lua:3: …`.
     pub chunk_name: String,
+    /// The text compiled by the first state that loaded it; later states load this.
+    pub bytecode: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl Source {
+    pub fn new(text: Vec<u8>, chunk_name: String) -> Self {
+        Source {
+            text,
+            chunk_name,
+            bytecode: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// A state with the script loaded and `script_init` run.
@@ -208,11 +257,19 @@ impl ScriptState {
             }
         };
         budget::arm(&lua, &ctx.budget, settings.init_timeout).map_err(|e| e.to_string())?;
-        lua.load(&source.text[..])
-            .set_name(&source.chunk_name)
-            .set_mode(mlua::chunk::ChunkMode::Text)
-            .exec()
-            .map_err(|e| limit_hint(&e))?;
+        let main = match source.bytecode.get() {
+            Some(code) => binary(&lua, &source.chunk_name, code).into_function(),
+            None => lua
+                .load(&source.text[..])
+                .set_name(&source.chunk_name)
+                .set_mode(mlua::chunk::ChunkMode::Text)
+                .into_function()
+                .inspect(|f| {
+                    let _ = source.bytecode.set(f.dump(false));
+                }),
+        }
+        .map_err(|e| limit_hint(&e))?;
+        main.call::<()>(()).map_err(|e| limit_hint(&e))?;
         let g = lua.globals();
         if let Ok(Value::Function(init)) = g.raw_get::<Value>("script_init") {
             match settings.dovecot {

@@ -36,10 +36,14 @@ pub struct Script {
 }
 
 impl Worker {
-    /// Starts a worker thread for `script`.
-    pub fn spawn(script: Arc<Script>, number: usize) -> std::io::Result<Worker> {
+    /// Starts a worker thread for `script`. `handle` is a runtime that lives as long as
+    /// the driver (the process's, not a lane thread's): the worker's HTTP runs on it.
+    pub fn spawn(
+        script: Arc<Script>,
+        number: usize,
+        handle: tokio::runtime::Handle,
+    ) -> std::io::Result<Worker> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        let handle = tokio::runtime::Handle::current();
         let name = format!("lua-{}-{number}", script.shared.tag.number);
         std::thread::Builder::new()
             .name(name)

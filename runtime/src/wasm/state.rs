@@ -43,6 +43,32 @@ pub struct HostState {
 }
 
 impl HostState {
+    /// Deletes the `request-options` resources left in the table. `wasi:http`'s
+    /// `handle` takes the options it is given (the guest's handle is gone), but
+    /// wasmtime-wasi-http 48 only reads them and never deletes them: one entry leaks per
+    /// request, and a reused instance (`instance=reuse`) would run out of resources after
+    /// `max_resources` requests. Called between transactions of a reused instance, where
+    /// a guest holding options of its own across transactions (never passed to `handle`)
+    /// loses them too.
+    pub fn drop_request_options(&mut self) -> usize {
+        use wasmtime::component::Resource;
+        use wasmtime_wasi_http::RequestOptions;
+        let reps: Vec<u32> = (0..u32::try_from(self.table.max_capacity()).unwrap_or(u32::MAX))
+            .filter(|&rep| {
+                self.table
+                    .get::<RequestOptions>(&Resource::new_borrow(rep))
+                    .is_ok()
+            })
+            .collect();
+        reps.iter()
+            .filter(|&&rep| {
+                self.table
+                    .delete::<RequestOptions>(Resource::new_own(rep))
+                    .is_ok()
+            })
+            .count()
+    }
+
     /// State with no WASI grants ([`super::wasi::ctx`]), bounded by `limits`: at most
     /// [`Limits::max_resources`] host resources, each fields resource at most
     /// [`FIELD_SIZE_LIMIT`]. `log` is the budget `outbound` was made with.
