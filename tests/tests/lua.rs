@@ -1209,3 +1209,259 @@ async fn workers_outlive_the_lane_thread_that_started_them() {
     }
     assert_eq!(server.requests().len(), 3);
 }
+
+// ---------------------------------------------------------------- the forwarders
+
+/// The forwarders Dovecot runs (examples/dovecot/mailpush.lua for 2.3,
+/// mailpush-2.4.lua for 2.4) are push-notification scripts too: run in the lua driver in
+/// their POST mode, they turn the event tables back into the canonical transactions
+/// they were built from — a round trip through Dovecot's tables and both forwarders.
+async fn forwarder_round_trip(conf_for: impl Fn(&str, &Path) -> String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    server.set_default(Reply::status(202));
+    let metadata = store(dir.path());
+    metadata
+        .set(
+            "alice@example.test",
+            "/private/vendor/vendor.dovecot/http-notify",
+            "user=alice-ox",
+        )
+        .unwrap();
+    let captured = captures();
+    let mut sent = Vec::new();
+    for (i, c) in captured.iter().enumerate() {
+        let events: Vec<Value> = c
+            .events
+            .iter()
+            .map(|(v, _)| {
+                let mut e = canonical(v);
+                let obj = e.as_object_mut().unwrap();
+                // The forwarder sends the decoded subject only.
+                obj.remove("subject");
+                let new = matches!(obj["name"].as_str(), Some("MessageNew" | "MessageAppend"));
+                if new && obj["mailbox"] == "INBOX" {
+                    obj.insert("unseen".into(), 3.into());
+                    obj.insert("messages".into(), 5.into());
+                    obj.insert("recent".into(), 1.into());
+                }
+                e
+            })
+            .collect();
+        sent.push(txn(serde_json::json!({
+            "id": format!("f{i:02}"), "user": c.user, "events": events,
+        })));
+    }
+    let conf = conf_for(&server.url("/v1/transactions"), dir.path());
+    let outcomes = run_with(dir.path(), &conf, sent.clone(), metadata, None).await;
+    delivered(&outcomes);
+    let posted = server.wait_for(sent.len(), Duration::from_secs(10)).await;
+    assert_eq!(posted.len(), sent.len());
+    for user in ["alice@example.test", "bob@example.test"] {
+        let got: Vec<Transaction> = posted
+            .iter()
+            .map(|r| Transaction::from_json(&r.body_text()).expect("canonical JSON"))
+            .filter(|t| t.user == user)
+            .collect();
+        let want: Vec<&Transaction> = sent.iter().filter(|t| t.user == user).collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.events, w.events, "{}", w.id);
+            assert!(g.id.starts_with("dovecot-"), "{}", g.id);
+            let notify = g
+                .metadata
+                .get("/private/vendor/vendor.dovecot/http-notify")
+                .map(String::as_str);
+            let expected = (user == "alice@example.test").then_some("user=alice-ox");
+            assert_eq!(notify, expected);
+        }
+    }
+    assert!(posted
+        .iter()
+        .all(|r| r.header("user-agent") == Some("dovecot-mailpush")
+            && r.header("content-type") == Some("application/json")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dovecot_23_forwarder_round_trips_every_event() {
+    forwarder_round_trip(|url, _| {
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={}/../examples/dovecot/mailpush.lua allow_hosts=127.0.0.1 allow_private\n mailpush_handoff_dir = none\n mailpush_url = {url}\n mailpush_timeout_msecs = 5000\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dovecot_24_forwarder_round_trips_every_event() {
+    forwarder_round_trip(|url, _| {
+        format!(
+            "mailpush {{\n state_dir = state\n}}\npush_notification mailpush {{\n driver = lua\n lua_file = {}/../examples/dovecot/mailpush-2.4.lua\n allow_hosts = 127.0.0.1\n allow_private = yes\n lua_settings {{\n  mailpush_handoff_dir = none\n  mailpush_url = {url}\n  mailpush_timeout_msecs = 5000\n }}\n}}\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- the API, call by call
+
+/// Calls across the API a script can make, each checked in Lua; the script reports
+/// `ok` or every mismatch (`failures`) in one request.
+const API_SCRIPT: &str = r#"
+local failures = {}
+local function check(what, got, want)
+  if got ~= want then
+    failures[#failures + 1] = what .. ": got " .. tostring(got) .. ", want " .. tostring(want)
+  end
+end
+local function raises(what, f, needle)
+  local ok, err = pcall(f)
+  if ok then failures[#failures + 1] = what .. ": did not raise"
+  elseif type(err) ~= "string" or not err:find(needle, 1, true) then
+    failures[#failures + 1] = what .. ": raised " .. tostring(err)
+  end
+end
+
+function dovecot_lua_notify_begin_txn(user) return { user = user } end
+function dovecot_lua_notify_event_mailbox_create(ctx, e)
+  local user = ctx.user
+  -- user fields and methods
+  check("tostring(user)", tostring(user), "alice@example.test")
+  check("user.service", user.service, "imap")
+  check("user.session_id", user.session_id, "t-api")
+  check("math.type(user.uid)", math.type(user.uid), "float")
+  check("user.admin", user.admin, false)
+  check("var_expand %u", user:var_expand("%u|%n|%d|%%"), "alice@example.test|alice|example.test|%")
+  check("var_expand %{}", user:var_expand("%{user}/%{user|username}/%{user|domain}"),
+    "alice@example.test/alice/example.test")
+  check("plugin_getenv set", user:plugin_getenv("url") ~= nil, true)
+  check("plugin_getenv unset", user:plugin_getenv("no_such_setting"), nil)
+  raises("metadata_get bad prefix", function() user:metadata_get("/vendor/x") end, "must begin with /private/ or /shared/")
+  check("metadata_get unset", user:metadata_get("/private/nothing"), nil)
+  user:metadata_set("/private/a/one", "1")
+  user:metadata_set("/private/a/two", "2")
+  local a, b = user:metadata_get("/private/a/one", "/private/a/two")
+  check("metadata_get two", a .. b, "12")
+  local list = user:metadata_list("/private/a/")
+  check("metadata_list", list["/private/a/one"] .. list["/private/a/two"], "12")
+  user:metadata_unset("/private/a/one")
+  check("metadata_unset", user:metadata_get("/private/a/one"), nil)
+  -- mailboxes
+  local box = user:mailbox("INBOX")
+  box:open(); box:sync(); 
+  local st = box:status(dovecot.storage.STATUS_UNSEEN, dovecot.storage.STATUS_MESSAGES)
+  check("status.mailbox", st.mailbox, "INBOX")
+  check("status.unseen unknown", st.unseen, 0.0)
+  check("math.type(status.unseen)", math.type(st.unseen), "float")
+  box:close(); box:free()
+  -- dovecot.*
+  check("STATUS_UNSEEN", dovecot.storage.STATUS_UNSEEN, 0x10)
+  check("MAILBOX_ATTRIBUTE_PREFIX_DOVECOT_PVT_SERVER", dovecot.storage.MAILBOX_ATTRIBUTE_PREFIX_DOVECOT_PVT_SERVER, "vendor/vendor.dovecot/pvt/server/")
+  check("has_flag", dovecot.has_flag(0x13, 0x10), true)
+  check("clear_flag", dovecot.clear_flag(0x13, 0x10), 0x3)
+  check("base64", dovecot.base64.encode("mailpush"), "bWFpbHB1c2g=")
+  check("base64 decode", dovecot.base64.decode("bWFpbHB1c2g="), "mailpush")
+  check("tabescape", dovecot.tabescape("a\tb\nc"), "a\1tb\1nc")
+  check("split_tabescaped", table.concat(dovecot.split_tabescaped("a\tb\1tc"), "|"), "a|b\tc")
+  check("net_ip_family", dovecot.net_ip_family("::1"), 6)
+  check("microseconds", math.type(dovecot.microseconds()), "integer")
+  -- dovecot.http
+  local client = dovecot.http.client({ request_timeout_msecs = 2000, user_agent = "api-test" })
+  raises("request without url", function() client:request({ method = "GET" }) end, "url not specified")
+  raises("bad url", function() client:request({ url = "not a url" }) end, "Failed to parse url")
+  raises("2.3 wrong type", function() dovecot.http.client({ user_agent = 5 }) end, "user_agent: string expected")
+  raises("argument count", function() client.request(client) end, "expected 2 arguments, got 1")
+  raises("self type", function() client.request("x", {}) end, "expected struct http_client got string")
+  local closed = client:request({ url = user:plugin_getenv("closed_url") })
+  local r = closed:submit()
+  check("closed port status", r:status(), 9003)
+  check("closed port reason", r:reason():find("Connection refused", 1, true) ~= nil, true)
+  local req = client:request({ url = user:plugin_getenv("url"), method = "POST" })
+  req:add_header("X-Remove", "me")
+  req:add_header("X-Keep", "kept")
+  req:remove_header("x-remove")
+  req:set_payload("before\0after")
+  local resp = req:submit()
+  check("status", resp:status(), 200)
+  check("reason", resp:reason(), "OK")
+  check("absent header", resp:header("X-Nothing"), "")
+  -- modules
+  check("socket.url.escape", require("socket.url").escape("a b-c"), "a%20b%2dc")
+  check("cjson.safe", select(2, require("cjson.safe").decode("[1,]")), "Expected value but found T_ARR_END at character 4")
+  check("json decode null", require("json").decode('{"a":null}').a, nil)
+  check("mime.b64", (require("mime").b64("hi")), "aGk=")
+  check("socket.gettime", math.type(require("socket").gettime()), "float")
+  -- the report
+  local report = client:request({ url = user:plugin_getenv("url") .. "-report", method = "POST" })
+  report:set_payload(#failures == 0 and "ok" or table.concat(failures, "\n"))
+  report:submit()
+end
+function dovecot_lua_notify_end_txn(ctx, success) end
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_as_dovecots_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let script = write(dir.path(), "api.lua", API_SCRIPT);
+    let conf = conf(
+        &script,
+        "allow_hosts=127.0.0.1 allow_private http_failures=ignore",
+        &format!(
+            " url = {}\n closed_url = http://127.0.0.1:{closed}/\n",
+            server.url("/api")
+        ),
+    );
+    let outcomes = run_with(
+        dir.path(),
+        &conf,
+        vec![mailbox_txn("alice@example.test", "t-api")],
+        store(dir.path()),
+        None,
+    )
+    .await;
+    delivered(&outcomes);
+    let r = server.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(r[0].header("user-agent"), Some("api-test"));
+    assert_eq!(r[0].header("x-keep"), Some("kept"));
+    assert_eq!(r[0].header("x-remove"), None);
+    assert_eq!(
+        r[0].body_text(),
+        "before",
+        "the payload ends at its NUL, as in Dovecot"
+    );
+    assert_eq!(r[1].target, "/api-report");
+    assert_eq!(r[1].body_text(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dovecot_24_http_options_are_checked_as_24_checks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "opts.lua",
+        "function dovecot_lua_notify_begin_txn(user) return {} end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           dovecot.http.client({ request_timeout = '5s', request_max_attempts = 2 })\n\
+           if user_plugin_getenv_exists then error('no') end\n\
+           dovecot.http.client({ timeout = 5000 })\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={} dovecot=2.4 retry=none\n}}\n",
+        script.display()
+    );
+    let outcomes = run(dir.path(), &conf, vec![mailbox_txn("a@example.test", "t1")]).await;
+    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    assert!(
+        r[0].contains("Invalid HTTP client setting: timeout is unknown setting"),
+        "{r:?}"
+    );
+    assert!(r[0].contains("opts.lua:5:"), "{r:?}");
+}

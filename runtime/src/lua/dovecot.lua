@@ -236,8 +236,9 @@ local function new_client(opts)
   return setmetatable(c, { __name = "struct http_client" })
 end
 
-function client_methods.request(self, spec, ...)
-  nargs(2, self, spec, ...)
+function client_methods.request(...)
+  nargs(2, ...)
+  local self, spec = ...
   check_self(self, "struct http_client")
   if type(spec) ~= "table" then error("bad argument #2 to 'request' (table expected)", 2) end
   local url = spec.url
@@ -252,13 +253,15 @@ function client_methods.request(self, spec, ...)
   return setmetatable(r, { __name = "struct http_client_request" })
 end
 
-function request_methods.add_header(self, name, value, ...)
-  nargs(3, self, name, value, ...)
+function request_methods.add_header(...)
+  nargs(3, ...)
+  local self, name, value = ...
   check_self(self, "struct http_client_request")
   self.headers[#self.headers + 1] = { tostring(name), tostring(value) }
 end
-function request_methods.remove_header(self, name, ...)
-  nargs(2, self, name, ...)
+function request_methods.remove_header(...)
+  nargs(2, ...)
+  local self, name = ...
   check_self(self, "struct http_client_request")
   local lname, kept = string_lower(tostring(name)), {}
   for _, h in ipairs(self.headers) do
@@ -266,8 +269,9 @@ function request_methods.remove_header(self, name, ...)
   end
   self.headers = kept
 end
-function request_methods.set_payload(self, payload, ...)
-  if v24 then nargs_range(2, 3, self, payload, ...) else nargs(2, self, payload, ...) end
+function request_methods.set_payload(...)
+  if v24 then nargs_range(2, 3, ...) else nargs(2, ...) end
+  local self, payload = ...
   check_self(self, "struct http_client_request")
   payload = tostring(payload)
   -- Dovecot takes the payload's length with strlen(): it ends at the first NUL byte.
@@ -275,18 +279,21 @@ function request_methods.set_payload(self, payload, ...)
   if nul then payload = string_sub(payload, 1, nul - 1) end
   self.payload = payload
 end
-function request_methods.set_event(self, ev, ...)
-  nargs(2, self, ev, ...)
+function request_methods.set_event(...)
+  nargs(2, ...)
+  local self, ev = ...
   check_self(self, "struct http_client_request")
   self.event = ev
 end
-function request_methods.get_event(self, ...)
-  nargs(1, self, ...)
+function request_methods.get_event(...)
+  nargs(1, ...)
+  local self = ...
   check_self(self, "struct http_client_request")
   return self.event or new_event(nil)
 end
-function request_methods.submit(self, ...)
-  nargs(1, self, ...)
+function request_methods.submit(...)
+  nargs(1, ...)
+  local self = ...
   check_self(self, "struct http_client_request")
   local c = self.client
   local status, reason, headers, body = H.http(self.method, self.url, self.headers, self.payload, c.timeout_ms, c.attempts)
@@ -294,11 +301,12 @@ function request_methods.submit(self, ...)
   for k, f in pairs(response_methods) do resp[k] = f end
   return setmetatable(resp, { __name = "struct dlua_http_response" })
 end
-function response_methods.status(self, ...) nargs(1, self, ...); check_self(self, "struct dlua_http_response"); return self._status end
-function response_methods.reason(self, ...) nargs(1, self, ...); check_self(self, "struct dlua_http_response"); return self._reason end
-function response_methods.payload(self, ...) nargs(1, self, ...); check_self(self, "struct dlua_http_response"); return self._payload end
-function response_methods.header(self, name, ...)
-  nargs(2, self, name, ...)
+function response_methods.status(...) nargs(1, ...); local self = ...; check_self(self, "struct dlua_http_response"); return self._status end
+function response_methods.reason(...) nargs(1, ...); local self = ...; check_self(self, "struct dlua_http_response"); return self._reason end
+function response_methods.payload(...) nargs(1, ...); local self = ...; check_self(self, "struct dlua_http_response"); return self._payload end
+function response_methods.header(...)
+  nargs(2, ...)
+  local self, name = ...
   check_self(self, "struct dlua_http_response")
   local lname = string_lower(tostring(name))
   for _, h in ipairs(self._headers) do
@@ -307,7 +315,7 @@ function response_methods.header(self, name, ...)
   return ""
 end
 
-dovecot.http = { client = function(opts, ...) nargs(1, opts, ...); return new_client(opts) end }
+dovecot.http = { client = function(...) nargs(1, ...); return new_client((...)) end }
 
 -- ------------------------------------------------------------------ user and mailboxes
 local function check_key(key)
