@@ -41,3 +41,29 @@ pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     };
     result.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
+
+/// Installs the global subscriber for `mailpush driver test`: drivers' own lines go to
+/// `capture` (the report shows them), everything else to stderr at `level` (default
+/// `warn` there: the report is the output).
+pub fn init_capturing<L>(level: &str, capture: L) -> anyhow::Result<()>
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let level = if level == "info" { "warn" } else { level };
+    let filter = EnvFilter::try_new(format!("{level},mailpush::wasm::guest=off"))
+        .map_err(|e| anyhow::anyhow!("invalid --log-level `{level}`: {e}"))?;
+    let guests = Targets::new().with_target("mailpush::wasm::guest", LevelFilter::TRACE);
+    tracing_subscriber::registry()
+        .with(capture.with_filter(guests))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}

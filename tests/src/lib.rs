@@ -37,6 +37,36 @@ pub fn guest(name: &str) -> PathBuf {
     )
 }
 
+/// A JavaScript or Python driver (`js-raw`, `py-raw`, `webhook-js`, `webhook-py`) if
+/// tests/build.rs built it (componentize-js and componentize-py installed by
+/// examples/toolchains.sh); `None`, after saying so, when they are not installed outside
+/// CI. Under CI they must be there.
+pub fn language_guest(name: &str) -> Option<PathBuf> {
+    let path = match name {
+        "js-raw" => option_env!("GUEST_JS_RAW"),
+        "js-sdk" => option_env!("GUEST_JS_SDK"),
+        "py-raw" => option_env!("GUEST_PY_RAW"),
+        "webhook-js" => option_env!("GUEST_WEBHOOK_JS"),
+        "webhook-py" => option_env!("GUEST_WEBHOOK_PY"),
+        _ => None,
+    };
+    if path.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must build the {name} driver (examples/toolchains.sh)"
+        );
+        eprintln!("SKIPPED: the {name} driver was not built (run examples/toolchains.sh)");
+    }
+    path.map(PathBuf::from)
+}
+
+/// A state dir shared by the tests that load the big JavaScript and Python components:
+/// each is compiled once per test run (their AOT cache entries are tens of MB and a
+/// cold compile takes many seconds of CPU).
+pub fn language_state_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-lang-state")
+}
+
 /// Path of the `mailpush` command line under test: the same `mailpush::cli::main` as the
 /// shipped binary, built by cargo for this package so it is never stale.
 pub fn mailpush_bin() -> PathBuf {
@@ -947,4 +977,96 @@ pub async fn http_request(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     (status, headers, body.to_string())
+}
+
+// ---------------------------------------------------------------- the webhook examples
+
+/// The example webhook drivers' test secret.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// HMAC-SHA256 written out from RFC 2104 on top of SHA-256 — independent of the
+/// `hmac` crate the webhook driver uses.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    use sha2::Digest;
+    let inner = sha2::Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
+    sha2::Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// The webhook example (in any language): every sample transaction POSTed once, as its
+/// canonical JSON, signed per Standard Webhooks with the example secret. `state_dir`: where
+/// the compiled component is cached (default: a fresh one).
+pub async fn assert_webhook_posts_signed_canonical_json(
+    component: &Path,
+    state_dir: Option<&Path>,
+) {
+    use base64::Engine as _;
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_dir.map_or_else(|| "state".to_string(), |d| d.display().to_string());
+    let conf = format!(
+        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        component.display(),
+        server.url("/hooks/mail")
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let d = Dispatcher::start(loaded, 16, None);
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/events.ndjson"
+    ))
+    .unwrap();
+    let txns = mailpush_core::parse_ndjson(&text).unwrap();
+    for t in &txns {
+        d.accept(vec![t.clone()], Backpressure::Wait).await.unwrap();
+    }
+    let reports = d.shutdown().await;
+    assert_eq!(reports[0].delivered as usize, txns.len(), "{reports:?}");
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), txns.len());
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    // Per user in order; across users the lane takes turns, so match by id.
+    for req in &reqs {
+        let txn = txns
+            .iter()
+            .find(|t| Some(t.id.as_str()) == req.header("webhook-id"))
+            .expect("a known webhook-id");
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.target, "/hooks/mail");
+        assert_eq!(req.header("content-type"), Some("application/json"));
+        let id = req.header("webhook-id").unwrap();
+        assert_eq!(id, txn.id);
+        let ts = req.header("webhook-timestamp").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
+        let signed = format!("{id}.{ts}.{}", req.body_text());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
+        assert_eq!(
+            req.header("webhook-signature").unwrap(),
+            format!("v1,{expected}")
+        );
+        // The body is the transaction's canonical JSON.
+        assert_eq!(Transaction::from_json(&req.body_text()).unwrap(), *txn);
+    }
 }

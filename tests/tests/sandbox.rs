@@ -45,6 +45,71 @@ async fn immediate_trap_is_contained() {
     }
 }
 
+/// An uncaught exception in a JavaScript or Python driver prints its message and stack on
+/// stderr and ends in a trap: the failure's reason starts with what it printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_trapping_driver_printed_is_its_reason() {
+    let (out, _) = run_hostile("mode=stderr-trap", 2).await;
+    for r in reasons(&out) {
+        assert!(
+            r.starts_with(
+                "TypeError: cannot read property 'x' of undefined |     at deliver (driver.js:12:5) (then: "
+            ),
+            "{r}"
+        );
+        assert!(r.contains("trap"), "{r}");
+        assert!(!r.contains("progress"), "stderr's lines are preferred: {r}");
+    }
+}
+
+/// Guest stdout and stderr reach the log (info and warn), within the log budget.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_stdout_and_stderr_go_to_the_log() {
+    let log = send_logged("mode=print", 2);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("from the driver"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(lines.iter().any(|l| l.contains("INFO")
+        && l.contains("console.log from the driver")
+        && l.contains("driver=1")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("WARN") && l.contains("console.error from the driver")));
+    let log = send_logged("mode=print max_log_lines=1", 2);
+    assert_eq!(
+        count(&log, "from the driver"),
+        2,
+        "one line per transaction: {log}"
+    );
+}
+
+/// A component whose initial memory alone exceeds `memory=` is told so, not that it
+/// "grew" past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_initial_memory_over_the_limit_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok memory=64K\n}}\n",
+        guest("hostile").display()
+    );
+    let config = write_config(dir.path(), &conf);
+    let Err((_, errors)) = TestDrivers::new()
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    else {
+        panic!("a 64K memory cannot hold the component");
+    };
+    let e = errors[0].to_string();
+    assert!(
+        e.contains("the component's initial memory (") && e.contains("is larger than memory=64K"),
+        "{e}"
+    );
+    assert!(!e.contains("tried to grow"), "{e}");
+}
+
 /// A driver logging 100000 lines per transaction: `max_log_lines` of them reach the log
 /// per transaction, and one note per transaction counts the rest.
 #[tokio::test(flavor = "multi_thread")]

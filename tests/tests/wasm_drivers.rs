@@ -2,96 +2,17 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use mailpush::pipeline::Backpressure;
-use mailpush::pipeline::{deliver, Dispatcher, Outcome};
+use mailpush::pipeline::{deliver, Outcome};
 use mailpush::wasm::engine::{CacheOutcome, Engines};
 use mailpush::wasm::log::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_core::{Driver, DriverArgs, NoMetadata, Transaction};
 use mailpush_e2e::*;
-use sha2::{Digest, Sha256};
-
-/// HMAC-SHA256 written out from RFC 2104 on top of SHA-256 — independent of the
-/// `hmac` crate the webhook driver uses.
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
-    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new()
-        .chain_update(&ipad)
-        .chain_update(msg)
-        .finalize();
-    Sha256::new()
-        .chain_update(&opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_posts_signed_canonical_json() {
-    let server = RecordingServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} secret={SECRET} allow_hosts=127.0.0.1 allow_private\n}}\n",
-        guest("webhook").display(),
-        server.url("/hooks/mail")
-    );
-    let config = write_config(dir.path(), &conf);
-    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
-    let d = Dispatcher::start(loaded, 16, None);
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/events.ndjson"
-    ))
-    .unwrap();
-    let txns = mailpush_core::parse_ndjson(&text).unwrap();
-    for t in &txns {
-        d.accept(vec![t.clone()], Backpressure::Wait).await.unwrap();
-    }
-    let reports = d.shutdown().await;
-    assert_eq!(reports[0].delivered as usize, txns.len(), "{reports:?}");
-    let reqs = server.requests();
-    assert_eq!(reqs.len(), txns.len());
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    // Per user in order; across users the lane takes turns, so match by id.
-    for req in &reqs {
-        let txn = txns
-            .iter()
-            .find(|t| Some(t.id.as_str()) == req.header("webhook-id"))
-            .expect("a known webhook-id");
-        assert_eq!(req.method, "POST");
-        assert_eq!(req.target, "/hooks/mail");
-        assert_eq!(req.header("content-type"), Some("application/json"));
-        let id = req.header("webhook-id").unwrap();
-        assert_eq!(id, txn.id);
-        let ts = req.header("webhook-timestamp").unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(ts.parse::<u64>().unwrap().abs_diff(now) < 60);
-        let signed = format!("{id}.{ts}.{}", req.body_text());
-        let expected =
-            base64::engine::general_purpose::STANDARD.encode(hmac_sha256(&key, signed.as_bytes()));
-        assert_eq!(
-            req.header("webhook-signature").unwrap(),
-            format!("v1,{expected}")
-        );
-        // The body is the transaction's canonical JSON.
-        assert_eq!(Transaction::from_json(&req.body_text()).unwrap(), *txn);
-    }
+    assert_webhook_posts_signed_canonical_json(&guest("webhook"), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -109,6 +109,66 @@ pub enum Command {
         after_help = "Examples:\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3\n  mailpush metadata list -u user@example.com"
     )]
     Metadata(MetadataCommand),
+    /// Tools for driver authors: try a component without a config file.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  mailpush driver test target/wasm32-wasip2/release/my_driver.wasm\n  mailpush driver test webhook.wasm examples/events.ndjson --arg secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --reply 503"
+    )]
+    Driver(DriverCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DriverCommand {
+    /// Run a driver over sample transactions and show, per transaction, what it logged,
+    /// what it requested and what it returned.
+    ///
+    /// The driver gets a recording HTTP endpoint on 127.0.0.1 (granted to it with
+    /// allow_hosts=127.0.0.1 allow_private); `url=` points at it unless you give one, and
+    /// `{endpoint}` in an --arg value is replaced by its address. The transactions are
+    /// examples/events.ndjson unless you give a file. Each is delivered once, in a fresh
+    /// instance, with the sandbox's default limits (override them with --arg, e.g.
+    /// --arg timeout_msecs=500). Exits non-zero when a transaction failed.
+    Test(DriverTestArgs),
+    /// Make a new driver project in ./NAME: a starter driver that POSTs each transaction
+    /// to url=, the SDK and WIT contract it builds with, a README and ./test.sh (build,
+    /// then `mailpush driver test`).
+    #[command(
+        after_help = "Examples:\n  mailpush driver new my-driver --lang rust\n  cd my-driver && ./test.sh"
+    )]
+    New {
+        /// The project's name (lower-case letters, digits, `-`, `_`).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: crate::commands::driver_new::Lang,
+        /// Where to make it (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DriverTestArgs {
+    /// The driver: a WebAssembly component built for mailpush:driver (Rust, JavaScript
+    /// or Python; see docs/writing-drivers.md).
+    pub component: PathBuf,
+    /// Canonical transactions, one JSON object per line (default: mailpush's sample
+    /// events).
+    pub events: Option<PathBuf>,
+    /// A driver argument, as on a config line (repeatable): --arg secret=whsec_…
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    pub args: Vec<String>,
+    /// The HTTP status the recording endpoint answers (try 503 or 429 to see your
+    /// driver's failure handling).
+    #[arg(long, default_value_t = 200)]
+    pub reply: u16,
+    /// Compile the component afresh (do not use or fill the compiled-component cache in
+    /// ~/.cache/mailpush).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Keep compiled components here instead of ~/.cache/mailpush/wasm-cache.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// `-u USER [-s] [MAILBOX] KEY …`: like doveadm, the mailbox of server METADATA is `""`
@@ -242,7 +302,17 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if let Err(e) = logging::init(&cli.global.log_level, cli.global.log_format) {
+    // `driver test` shows the driver's log lines in its report, not on stderr.
+    let captured = Arc::new(crate::commands::driver_test::Captured::default());
+    let logged = if matches!(cli.command, Command::Driver(DriverCommand::Test(_))) {
+        logging::init_capturing(
+            &cli.global.log_level,
+            crate::commands::driver_test::capture_layer(captured.clone()),
+        )
+    } else {
+        logging::init(&cli.global.log_level, cli.global.log_format)
+    };
+    if let Err(e) = logged {
         eprintln!("mailpush: {e:#}");
         return ExitCode::from(2);
     }
@@ -276,6 +346,14 @@ pub fn main() -> ExitCode {
             Command::Reload => run_reload(&cli.global).await,
             Command::Dlq(cmd) => run_dlq(&cli.global, cmd).await,
             Command::Metadata(cmd) => run_metadata(&cli.global, cmd).await,
+            Command::Driver(DriverCommand::Test(args)) => run_driver_test(args, &captured).await,
+            Command::Driver(DriverCommand::New { name, lang, dir }) => {
+                use crate::commands::driver_new::{next_steps, scaffold};
+                let files = scaffold(dir, name, *lang).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("made {} ({} files)", dir.join(name).display(), files.len());
+                println!("{}", next_steps(name, *lang));
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {
@@ -285,6 +363,45 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_driver_test(
+    args: &DriverTestArgs,
+    captured: &crate::commands::driver_test::Captured,
+) -> anyhow::Result<ExitCode> {
+    use crate::commands::driver_test::{render, run, DriverTest};
+    let events = match &args.events {
+        None => None,
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+    };
+    let cache_dir = if args.no_cache {
+        None
+    } else if let Some(dir) = &args.cache_dir {
+        Some(dir.clone())
+    } else {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("mailpush").join("wasm-cache"))
+    };
+    let test = DriverTest {
+        component: args.component.clone(),
+        events,
+        args: args.args.clone(),
+        reply: args.reply,
+        cache_dir,
+    };
+    let report = run(&test, captured)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print!("{}", render(&args.component, args.reply, &report));
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// doveadm's exit code for a usage error (EX_USAGE).

@@ -5,5 +5,7 @@
 pub mod check;
 pub mod control;
 pub mod dlq;
+pub mod driver_new;
+pub mod driver_test;
 pub mod metadata;
 pub mod send;

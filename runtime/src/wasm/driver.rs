@@ -171,6 +171,7 @@ impl WasmInner {
     /// Ends the transaction's log budget; the lines it dropped are counted and reported
     /// at most once per [`DROP_REPORT_EVERY`] (the rest at the next report or at deinit).
     fn finish_log(&self, store: &mut Store<HostState>, txn: &Transaction) {
+        store.data().output.lock().clear_tail();
         let (dropped, max) = {
             let mut log = store.data().log.lock();
             (log.end_transaction(), log.max)
@@ -219,6 +220,7 @@ impl Driver for WasmDriver {
         let started = Instant::now();
         let mut inst = inner.instances.take(&inner.stats, limits.max_txn).await?;
         inst.store.data_mut().txn = Some(txn.clone());
+        inst.store.data().output.lock().txn = Some(txn.id.clone());
         inst.store.data_mut().outbound.begin_transaction();
         inner.instances.arm(&mut inst.store);
         let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
@@ -405,9 +407,17 @@ impl DriverTxn for WasmTxn {
                 Err(failure)
             }
             Err(e) => {
-                // A trap: the instance is discarded (dropped here).
+                // A trap: the instance is discarded (dropped here). One the guest hit
+                // because an endpoint's circuit was open is retried when the circuit
+                // lets a probe through, like a failure the guest returned.
+                let deferral = inst.store.data_mut().outbound.deferral();
                 let f = inner.classify(&inst.store, e);
-                let f = inner.explain(&mut inst.store, f);
+                let mut f = inner.explain(&mut inst.store, f);
+                if let Some(wait) = deferral {
+                    f.deferred = true;
+                    f.retryable = true;
+                    f.retry_after = Some(wait);
+                }
                 inner.finish_log(&mut inst.store, &self.txn);
                 Err(f)
             }

@@ -284,6 +284,7 @@ impl Instances {
     pub fn park(&self, mut inst: Instance) {
         if self.settings.model == InstanceModel::Reuse && inst.txns < self.settings.recycle_after {
             inst.store.data_mut().txn = None;
+            inst.store.data().output.lock().txn = None;
             inst.store.data_mut().drop_request_options();
             *self.warm.lock() = Some(inst);
         }

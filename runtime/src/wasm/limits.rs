@@ -225,23 +225,33 @@ pub fn default_host_memory() -> usize {
 pub struct MemoryLimiter {
     pub limit: usize,
     pub hit: bool,
+    /// The size a memory asked for when it was created, if that alone was over the
+    /// limit (the component's *initial* memory, not a growth).
+    pub initial_over: Option<usize>,
 }
 
 impl MemoryLimiter {
     pub fn new(limit: usize) -> Self {
-        MemoryLimiter { limit, hit: false }
+        MemoryLimiter {
+            limit,
+            hit: false,
+            initial_over: None,
+        }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
+            if current == 0 {
+                self.initial_over = Some(desired);
+            }
             return Ok(false);
         }
         Ok(true)

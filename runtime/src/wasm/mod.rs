@@ -13,7 +13,8 @@
 //! - [`log`]: `host.log`, budgeted per transaction and rate-limited per driver;
 //! - [`metadata`]: `host.metadata-get`, read-only, the transaction's user only;
 //! - [`http`]: `wasi:http`, behind the outbound policy, over a keep-alive pool;
-//! - [`wasi`]: clocks and random; no filesystem, environment, sockets or stdio.
+//! - [`stdio`]: stdout and stderr into the log; the last lines explain a failed call;
+//! - [`wasi`]: clocks and random; no filesystem, environment or sockets.
 
 pub mod bindings;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod metadata;
 pub mod sandbox;
 pub mod state;
 pub mod stats;
+pub mod stdio;
 pub mod tenants;
 pub mod trap;
 pub mod wasi;

@@ -61,7 +61,7 @@ impl Sandbox {
             self.log.describe(),
             self.instance.describe(),
             format!(
-                "grants: {}; metadata=read-only (own user); filesystem, environment, sockets, stdio: none",
+                "grants: {}; metadata=read-only (own user); stdout/stderr: to the log; filesystem, environment, sockets: none",
                 self.http.describe()
             ),
         ]

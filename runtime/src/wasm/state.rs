@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use mailpush_core::{MetadataLookup, Transaction};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
+
+use super::stdio::{Output, SharedOutput};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -38,6 +40,8 @@ pub struct HostState {
     /// A Rust panic message the guest logged during the current call ("panicked at …",
     /// as the SDK's panic hook writes it): the reason given when the call then traps.
     pub panic: Option<String>,
+    /// What the guest writes to stdout and stderr ([`super::stdio`]).
+    pub output: SharedOutput,
     /// This instance's share of the host memory of all instances.
     _reservation: HostReservation,
 }
@@ -84,10 +88,12 @@ impl HostState {
         table.set_max_capacity(limits.max_resources());
         let mut http = WasiHttpCtx::new();
         http.set_field_size_limit(FIELD_SIZE_LIMIT);
+        let output = Output::shared(tag.clone(), log.clone());
         HostState {
+            wasi: super::wasi::ctx(&output),
+            output,
             tag,
             table,
-            wasi: super::wasi::ctx(),
             http,
             outbound,
             limiter: MemoryLimiter::new(limits.memory),
@@ -141,6 +147,10 @@ impl host::Host for HostState {
             // Kept even when the log budget is spent: it explains the trap that follows
             // (escaped when it becomes the reason).
             self.panic = Some(message.chars().take(1024).collect());
+        } else if matches!(level, Level::Error) {
+            // An SDK logs an exception it does not handle before the call traps: like
+            // stderr, it explains the trap.
+            self.output.lock().remember(&message);
         }
         let txn = self.txn.as_ref().map(|t| t.id.as_str());
         log::guest_line(&self.tag, txn, &self.log, level, message);

@@ -18,6 +18,17 @@ pub fn reason(s: String) -> String {
     Failure::untrusted_reason(&s)
 }
 
+/// A byte count as the config writes it (`64K`, `32M`).
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{}M", bytes >> 20)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1}M", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{}K", bytes.div_ceil(1 << 10))
+    }
+}
+
 /// What a host error comes down to: its root cause (a WASI exit, a host function's
 /// error), without wasmtime's wasm-backtrace context, which is logged at debug level.
 fn cause(err: &wasmtime::Error) -> String {
@@ -27,12 +38,22 @@ fn cause(err: &wasmtime::Error) -> String {
 }
 
 /// Turns a trap or host error of a call into a failure with its reason, counting it.
+/// What the guest last wrote to stderr (or stdout) comes first: an uncaught exception's
+/// message, a panic, before the trap it ended in.
 pub fn classify(
     state: &HostState,
     err: wasmtime::Error,
     limits: &Limits,
     stats: &WasmStats,
 ) -> Failure {
+    let mut failure = explain(state, err, limits, stats);
+    if let Some(said) = state.output.lock().take_tail() {
+        failure.reason = reason(format!("{said} (then: {})", failure.reason));
+    }
+    failure
+}
+
+fn explain(state: &HostState, err: wasmtime::Error, limits: &Limits, stats: &WasmStats) -> Failure {
     let trap = err.downcast_ref::<Trap>().copied();
     let failure = if state.clock.expired || trap == Some(Trap::Interrupt) {
         stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -44,6 +65,14 @@ pub fn classify(
         Failure::permanent(format!(
             "fuel exhausted: the call used more than fuel={}",
             limits.fuel.unwrap_or(0)
+        ))
+    } else if let Some(initial) = state.limiter.initial_over {
+        stats.memory_limit_hits.fetch_add(1, Ordering::Relaxed);
+        Failure::permanent(format!(
+            "the component's initial memory ({}) is larger than memory={}: give the driver at least memory={}M (JavaScript and Python components start with tens of MiB)",
+            size(initial),
+            size(limits.memory),
+            initial.div_ceil(1 << 20).next_power_of_two()
         ))
     } else if state.limiter.hit {
         stats.memory_limit_hits.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Capability: the base WASI 0.2 surface every driver gets — clocks, random, streams —
-//! and nothing else: no preopened directories, no environment, no arguments, stdio
-//! closed, sockets and name lookups denied.
+//! and nothing else: no preopened directories, no environment, no arguments, stdin
+//! empty, stdout and stderr into the driver's log ([`super::stdio`]), sockets and name
+//! lookups denied.
 //!
 //! `wasi:io` is linked through [`Waiting`]: every call passes to wasmtime's own
 //! implementation, and the calls that block — `poll`, `pollable.block` and the streams'
@@ -22,9 +23,12 @@ use super::limits::CallClock;
 /// The most bytes one `get-random-bytes` call may ask for (the host allocates them).
 pub const MAX_RANDOM_BYTES: u64 = 64 << 10;
 
-/// A context with no grants.
-pub fn ctx() -> WasiCtx {
+/// A context with no grants; stdout and stderr go to `output`.
+pub fn ctx(output: &super::stdio::SharedOutput) -> WasiCtx {
+    use super::stdio::{GuestStream, Stream};
     WasiCtx::builder()
+        .stdout(GuestStream::new(output.clone(), Stream::Stdout))
+        .stderr(GuestStream::new(output.clone(), Stream::Stderr))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)

@@ -269,6 +269,22 @@ impl Driver for Hostile {
                 Ok(())
             }
             "exit" => std::process::exit(3),
+            // What a JavaScript or Python driver's uncaught exception looks like: the
+            // message and stack on stderr, then a trap.
+            "stderr-trap" => {
+                println!("progress: about to fail");
+                eprintln!("TypeError: cannot read property 'x' of undefined");
+                eprint!("    at deliver (driver.js:12:5)");
+                #[cfg(target_arch = "wasm32")]
+                core::arch::wasm32::unreachable();
+                #[allow(unreachable_code)]
+                Ok(())
+            }
+            "print" => {
+                println!("console.log from the driver");
+                eprintln!("console.error from the driver");
+                Ok(())
+            }
             "egress" => {
                 let bytes: usize = self.bytes;
                 let body = vec![b'e'; bytes];

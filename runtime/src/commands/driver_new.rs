@@ -1,0 +1,214 @@
+//! `mailpush driver new NAME --lang rust|js|python`: a new driver project that builds
+//! with one command and tests itself with `mailpush driver test`. Everything it needs
+//! from mailpush — the WIT contract and the language's SDK — is copied into it, so it
+//! builds outside mailpush's repository.
+
+use std::path::{Path, PathBuf};
+
+/// The languages a driver can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Js,
+    Python,
+}
+
+/// Why a project could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaffoldError {
+    #[error("driver name `{0}`: use lower-case letters, digits, `-` and `_`, starting with a letter (e.g. my-driver)")]
+    Name(String),
+    #[error("{} already exists; choose another name or directory", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot write {}: {}", .0.display(), .1)]
+    Write(PathBuf, std::io::Error),
+    #[error("--lang {0:?}: not available yet")]
+    Unsupported(Lang),
+}
+
+/// The WIT contract (`wit/`), as files relative to a `wit` folder.
+const WIT: &[(&str, &str)] = &[
+    ("driver.wit", include_str!("../../../wit/driver.wit")),
+    ("deps/cli.wit", include_str!("../../../wit/deps/cli.wit")),
+    (
+        "deps/clocks.wit",
+        include_str!("../../../wit/deps/clocks.wit"),
+    ),
+    (
+        "deps/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem.wit"),
+    ),
+    ("deps/http.wit", include_str!("../../../wit/deps/http.wit")),
+    ("deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    (
+        "deps/random.wit",
+        include_str!("../../../wit/deps/random.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("../../../wit/deps/sockets.wit"),
+    ),
+];
+
+/// The Rust SDK and the crate it uses, as files relative to the project's `sdk/`.
+const RUST_SDK: &[(&str, &str)] = &[
+    (
+        "driver-sdk/Cargo.toml",
+        include_str!("../../../drivers/sdk/Cargo.toml"),
+    ),
+    (
+        "driver-sdk/src/lib.rs",
+        include_str!("../../../drivers/sdk/src/lib.rs"),
+    ),
+    (
+        "driver-sdk/src/http.rs",
+        include_str!("../../../drivers/sdk/src/http.rs"),
+    ),
+    (
+        "http-failure/Cargo.toml",
+        include_str!("../../../drivers/http-failure/Cargo.toml"),
+    ),
+    (
+        "http-failure/src/lib.rs",
+        include_str!("../../../drivers/http-failure/src/lib.rs"),
+    ),
+];
+
+const RUST_TEMPLATES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("scaffold/rust/Cargo.toml.tmpl")),
+    ("src/lib.rs", include_str!("scaffold/rust/lib.rs.tmpl")),
+    ("test.sh", include_str!("scaffold/rust/test.sh.tmpl")),
+    ("README.md", include_str!("scaffold/rust/README.md.tmpl")),
+];
+
+fn valid(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64
+}
+
+/// `my-driver` → `MyDriver`.
+fn type_name(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn fill(template: &str, name: &str) -> String {
+    template
+        .replace("{{name}}", name)
+        .replace("{{file}}", &name.replace('-', "_"))
+        .replace("{{type}}", &type_name(name))
+}
+
+fn write(
+    root: &Path,
+    rel: &str,
+    text: &str,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), ScaffoldError> {
+    let path = root.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ScaffoldError::Write(dir.to_path_buf(), e))?;
+    }
+    std::fs::write(&path, text).map_err(|e| ScaffoldError::Write(path.clone(), e))?;
+    if rel.ends_with(".sh") {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+    }
+    written.push(path);
+    Ok(())
+}
+
+/// Makes the project `parent/NAME`; returns the files written.
+pub fn scaffold(parent: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, ScaffoldError> {
+    if !valid(name) {
+        return Err(ScaffoldError::Name(name.to_string()));
+    }
+    let root = parent.join(name);
+    if root.exists() {
+        return Err(ScaffoldError::Exists(root));
+    }
+    let mut written = Vec::new();
+    match lang {
+        Lang::Rust => {
+            for (rel, text) in RUST_TEMPLATES {
+                write(&root, rel, &fill(text, name), &mut written)?;
+            }
+            for (rel, text) in RUST_SDK {
+                // In mailpush's tree the SDK finds the WIT at ../../wit; here at ../wit.
+                // And it is a workspace of its own there; here a member of the project's.
+                let text = text
+                    .replace("path: \"../../wit\"", "path: \"../wit\"")
+                    .replace("\n[workspace]\n", "\n");
+                write(&root, &format!("sdk/{rel}"), &text, &mut written)?;
+            }
+            for (rel, text) in WIT {
+                write(&root, &format!("sdk/wit/{rel}"), text, &mut written)?;
+            }
+        }
+        Lang::Js | Lang::Python => return Err(ScaffoldError::Unsupported(lang)),
+    }
+    Ok(written)
+}
+
+/// What to do next, for the command's output.
+pub fn next_steps(name: &str, lang: Lang) -> String {
+    match lang {
+        Lang::Rust => format!(
+            "Next:\n  cd {name}\n  rustup target add wasm32-wasip2   # once\n  ./test.sh                         # builds target/wasm32-wasip2/release/{}.wasm and runs `mailpush driver test` on it",
+            name.replace('-', "_")
+        ),
+        Lang::Js => format!(
+            "Next:\n  cd {name}\n  npm install                       # once: componentize-js\n  ./test.sh                         # builds {name}.wasm and runs `mailpush driver test` on it"
+        ),
+        Lang::Python => format!(
+            "Next:\n  cd {name}\n  python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1   # once\n  ./test.sh                         # builds {name}.wasm and runs `mailpush driver test` on it"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_types() {
+        assert!(valid("my-driver"));
+        assert!(valid("x1_y"));
+        assert!(!valid("My"));
+        assert!(!valid("1x"));
+        assert!(!valid("a/b"));
+        assert!(!valid(""));
+        assert_eq!(type_name("my-driver_two"), "MyDriverTwo");
+    }
+
+    #[test]
+    fn a_rust_project_has_its_sdk_and_wit() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = scaffold(dir.path(), "hello-push", Lang::Rust).unwrap();
+        let root = dir.path().join("hello-push");
+        assert!(files.contains(&root.join("sdk/wit/deps/http.wit")));
+        let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+        assert!(lib.contains("struct HelloPush"), "{lib}");
+        let sdk = std::fs::read_to_string(root.join("sdk/driver-sdk/src/lib.rs")).unwrap();
+        assert!(sdk.contains("path: \"../wit\""));
+        let test = std::fs::read_to_string(root.join("test.sh")).unwrap();
+        assert!(test.contains("/wasm32-wasip2/release/hello_push.wasm"));
+        assert!(matches!(
+            scaffold(dir.path(), "hello-push", Lang::Rust),
+            Err(ScaffoldError::Exists(_))
+        ));
+        assert!(matches!(
+            scaffold(dir.path(), "Bad Name", Lang::Rust),
+            Err(ScaffoldError::Name(_))
+        ));
+    }
+}

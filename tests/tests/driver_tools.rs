@@ -1,0 +1,140 @@
+//! Tools for driver authors: `mailpush driver test` (a driver over sample transactions,
+//! with a recording endpoint) and `mailpush driver new` (a project that builds and tests
+//! itself), run as the real binary.
+
+use std::path::Path;
+use std::process::Command;
+
+use mailpush_e2e::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn driver_test(component: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(mailpush_bin())
+        .args(["driver", "test", "--no-cache"])
+        .arg(component)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sample_count() -> usize {
+    include_str!("../../examples/events.ndjson")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[test]
+fn driver_test_shows_what_a_driver_logged_requested_and_returned() {
+    let (ok, out, err) = driver_test(&guest("webhook"), &["--arg", &format!("secret={SECRET}")]);
+    assert!(ok, "{out}\n{err}");
+    let n = sample_count();
+    assert!(
+        out.contains(&format!(
+            "{n} transactions: {n} delivered, 0 skipped, 0 failed"
+        )),
+        "{out}"
+    );
+    assert_eq!(out.matches("  http  POST / (").count(), n, "{out}");
+    assert!(out.contains("webhook-signature: v1,"), "{out}");
+    assert!(
+        out.contains("log   DEBUG delivered "),
+        "the driver's own log lines: {out}"
+    );
+    assert!(out.contains("args: "), "{out}");
+    assert!(out.contains("secret=***"), "the secret is not shown: {out}");
+    assert!(!out.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "{out}");
+}
+
+#[test]
+fn driver_test_fails_when_the_driver_fails() {
+    let (ok, out, _) = driver_test(&guest("webhook"), &["--reply", "503"]);
+    assert!(!ok, "a failing driver fails the test: {out}");
+    assert!(out.contains("→ 503"), "{out}");
+    assert!(
+        out.contains("=> FAILED (retryable): webhook answered 503"),
+        "{out}"
+    );
+}
+
+#[test]
+fn driver_test_shows_what_a_trapping_driver_printed() {
+    let (ok, out, _) = driver_test(&guest("hostile"), &["--arg", "mode=stderr-trap"]);
+    assert!(!ok);
+    assert!(out.contains("log   INFO  progress: about to fail"), "{out}");
+    assert!(
+        out.contains("log   WARN  TypeError: cannot read property 'x' of undefined"),
+        "{out}"
+    );
+    assert!(
+        out.contains("=> FAILED (permanent): TypeError: cannot read property 'x' of undefined"),
+        "{out}"
+    );
+}
+
+#[test]
+fn driver_test_reads_a_file_of_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.ndjson");
+    std::fs::write(
+        &file,
+        mailbox_txn("a@example.com", "only-one").to_json() + "\n",
+    )
+    .unwrap();
+    let (ok, out, err) = driver_test(&guest("webhook"), &[file.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("[1/1] only-one a@example.com: MailboxCreate INBOX"),
+        "{out}"
+    );
+    std::fs::write(&file, "{not json}\n").unwrap();
+    let (ok, _, err) = driver_test(&guest("webhook"), &[file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("events, line 1"), "{err}");
+}
+
+/// `mailpush driver new NAME --lang rust` makes a project that builds outside
+/// mailpush's tree and passes its own `./test.sh`.
+#[test]
+fn a_new_rust_driver_builds_and_passes_its_own_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(mailpush_bin())
+        .args(["driver", "new", "hello-push", "--lang", "rust", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("./test.sh"), "{stdout}");
+    let project = dir.path().join("hello-push");
+    // Shares the guests' target dir: the SDK's dependencies are built once.
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-scaffold");
+    let run = Command::new(project.join("test.sh"))
+        .env("MAILPUSH", mailpush_bin())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{log}");
+    let n = sample_count();
+    assert!(
+        log.contains(&format!("{n} transactions: {n} delivered")),
+        "{log}"
+    );
+    assert!(log.contains("log   INFO  "), "{log}");
+}
