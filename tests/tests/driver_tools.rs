@@ -138,3 +138,54 @@ fn a_new_rust_driver_builds_and_passes_its_own_test() {
     );
     assert!(log.contains("log   INFO  "), "{log}");
 }
+
+/// `mailpush driver new NAME --lang js|python`: the project builds with its own
+/// ./build.sh (componentize-js, componentize-py) and passes its own ./test.sh.
+fn new_project_passes_its_test(lang: &str) {
+    // The toolchains tests/build.rs used (installed by examples/toolchains.sh).
+    if language_guest(if lang == "js" { "js-raw" } else { "py-raw" }).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(mailpush_bin())
+        .args(["driver", "new", "hello-push", "--lang", lang, "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let project = dir.path().join("hello-push");
+    let run = Command::new(project.join("test.sh"))
+        .env("MAILPUSH", mailpush_bin())
+        .env(
+            "MAILPUSH_JS_PREFIX",
+            std::env::var("MAILPUSH_JS_PREFIX").unwrap_or_else(|_| "/opt/mailpush-ci/js".into()),
+        )
+        .env(
+            "MAILPUSH_PY_VENV",
+            std::env::var("MAILPUSH_PY_VENV").unwrap_or_else(|_| "/opt/mailpush-ci/py".into()),
+        )
+        .args(["--cache-dir"])
+        .arg(language_state_dir().join("wasm-cache"))
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{log}");
+    let n = sample_count();
+    assert!(log.contains(&format!("{n} transactions: {n} delivered")), "{log}");
+    assert!(log.contains("log   INFO  demo-1: 1 event(s) for alice@example.com"), "{log}");
+    assert!(log.contains("http  POST / ("), "{log}");
+}
+
+#[test]
+fn a_new_javascript_driver_builds_and_passes_its_own_test() {
+    new_project_passes_its_test("js");
+}
+
+#[test]
+fn a_new_python_driver_builds_and_passes_its_own_test() {
+    new_project_passes_its_test("python");
+}

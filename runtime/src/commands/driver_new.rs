@@ -22,8 +22,6 @@ pub enum ScaffoldError {
     Exists(PathBuf),
     #[error("cannot write {}: {}", .0.display(), .1)]
     Write(PathBuf, std::io::Error),
-    #[error("--lang {0:?}: not available yet")]
-    Unsupported(Lang),
 }
 
 /// The WIT contract (`wit/`), as files relative to a `wit` folder.
@@ -72,6 +70,47 @@ const RUST_SDK: &[(&str, &str)] = &[
         "http-failure/src/lib.rs",
         include_str!("../../../drivers/http-failure/src/lib.rs"),
     ),
+];
+
+/// The JavaScript SDK, as files relative to the project's `sdk/`.
+const JS_SDK: &[(&str, &str)] = &[
+    ("index.js", include_str!("../../../drivers/sdk-js/index.js")),
+    ("index.d.ts", include_str!("../../../drivers/sdk-js/index.d.ts")),
+];
+
+const JS_TEMPLATES: &[(&str, &str)] = &[
+    ("driver.js", include_str!("scaffold/js/driver.js.tmpl")),
+    ("package.json", include_str!("scaffold/js/package.json.tmpl")),
+    ("build.sh", include_str!("scaffold/js/build.sh.tmpl")),
+    ("test.sh", include_str!("scaffold/js/test.sh.tmpl")),
+    ("README.md", include_str!("scaffold/js/README.md.tmpl")),
+];
+
+/// The Python SDK, as files relative to the project's `sdk/`.
+const PYTHON_SDK: &[(&str, &str)] = &[
+    (
+        "mailpush_driver/__init__.py",
+        include_str!("../../../drivers/sdk-python/mailpush_driver/__init__.py"),
+    ),
+    (
+        "mailpush_driver/failure.py",
+        include_str!("../../../drivers/sdk-python/mailpush_driver/failure.py"),
+    ),
+    (
+        "mailpush_driver/http.py",
+        include_str!("../../../drivers/sdk-python/mailpush_driver/http.py"),
+    ),
+    (
+        "mailpush_driver/webhooks.py",
+        include_str!("../../../drivers/sdk-python/mailpush_driver/webhooks.py"),
+    ),
+];
+
+const PYTHON_TEMPLATES: &[(&str, &str)] = &[
+    ("app.py", include_str!("scaffold/python/app.py.tmpl")),
+    ("build.sh", include_str!("scaffold/python/build.sh.tmpl")),
+    ("test.sh", include_str!("scaffold/python/test.sh.tmpl")),
+    ("README.md", include_str!("scaffold/python/README.md.tmpl")),
 ];
 
 const RUST_TEMPLATES: &[(&str, &str)] = &[
@@ -154,7 +193,24 @@ pub fn scaffold(parent: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, S
                 write(&root, &format!("sdk/wit/{rel}"), text, &mut written)?;
             }
         }
-        Lang::Js | Lang::Python => return Err(ScaffoldError::Unsupported(lang)),
+        Lang::Js | Lang::Python => {
+            let (templates, sdk) = if lang == Lang::Js {
+                (JS_TEMPLATES, JS_SDK)
+            } else {
+                (PYTHON_TEMPLATES, PYTHON_SDK)
+            };
+            for (rel, text) in templates {
+                write(&root, rel, &fill(text, name), &mut written)?;
+            }
+            for (rel, text) in sdk {
+                write(&root, &format!("sdk/{rel}"), text, &mut written)?;
+            }
+        }
+    }
+    for (rel, text) in WIT {
+        if lang != Lang::Rust {
+            write(&root, &format!("sdk/wit/{rel}"), text, &mut written)?;
+        }
     }
     Ok(written)
 }
@@ -167,10 +223,10 @@ pub fn next_steps(name: &str, lang: Lang) -> String {
             name.replace('-', "_")
         ),
         Lang::Js => format!(
-            "Next:\n  cd {name}\n  npm install                       # once: componentize-js\n  ./test.sh                         # builds {name}.wasm and runs `mailpush driver test` on it"
+            "Next:\n  cd {name}\n  ./test.sh    # builds {name}.wasm (npm installs componentize-js the first time) and runs `mailpush driver test` on it"
         ),
         Lang::Python => format!(
-            "Next:\n  cd {name}\n  python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1   # once\n  ./test.sh                         # builds {name}.wasm and runs `mailpush driver test` on it"
+            "Next:\n  cd {name}\n  ./test.sh    # builds {name}.wasm (componentize-py goes into .venv the first time) and runs `mailpush driver test` on it"
         ),
     }
 }
