@@ -460,6 +460,105 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     ));
 }
 
+// ------------------------------------------------------------ 3b. drivers per language
+
+/// Peak resident set (VmHWM) of the largest child process waited for, in KiB.
+fn children_max_rss_kib() -> i64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    u.ru_maxrss
+}
+
+/// `mailpush driver test COMPONENT ONE_TXN` as a child process: (wall seconds, whether
+/// it succeeded). Its peak RSS shows in [`children_max_rss_kib`].
+fn driver_test_run(
+    component: &std::path::Path,
+    txn_file: &std::path::Path,
+    cache: Option<&std::path::Path>,
+) -> f64 {
+    let bin = std::env::var_os("MAILPUSH_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("mailpush")))
+                .unwrap_or_else(|| "mailpush".into())
+        });
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["driver", "test"]).arg(component).arg(txn_file);
+    match cache {
+        Some(dir) => cmd.arg("--cache-dir").arg(dir),
+        None => cmd.arg("--no-cache"),
+    };
+    let t = Instant::now();
+    let out = cmd.output().expect("mailpush driver test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    t.elapsed().as_secs_f64()
+}
+
+async fn languages(o: &Opts, out: &mut Vec<String>) {
+    let n = if o.smoke { 20 } else { 1000 };
+    let drivers: Vec<(&str, std::path::PathBuf)> = [
+        ("Rust", Some(guest("webhook"))),
+        ("JavaScript", mailpush_e2e::language_guest("webhook-js")),
+        ("Python", mailpush_e2e::language_guest("webhook-py")),
+    ]
+    .into_iter()
+    .filter_map(|(l, p)| p.map(|p| (l, p)))
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.ndjson");
+    std::fs::write(&one, txn().to_json() + "\n").unwrap();
+    let addr = http_server().await;
+    let args = format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    out.push("## 3b. The webhook driver in Rust, JavaScript and Python\n".into());
+    out.push("Cold: `mailpush driver test` (release) over one transaction with no compiled cache, a child process (wall time; peak RSS of the process). Warm: the same with the cache filled. Fresh instance: per-transaction latency with HTTP stubbed at the host. Transactions/s: sequential deliveries to the §3 server, fresh instance each.\n".into());
+    out.push("| language | .wasm | cold run (compile + 1 txn) | peak RSS (cold) | warm run | fresh instance, median | transactions/s (min / median / max) |\n|---|---|---|---|---|---|---|".into());
+    for (lang, path) in drivers {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let cold = driver_test_run(&path, &one, None);
+        let rss = children_max_rss_kib();
+        let cache = dir.path().join(format!("cache-{lang}"));
+        driver_test_run(&path, &one, Some(&cache));
+        let warm = driver_test_run(&path, &one, Some(&cache));
+        let engines = Arc::new(Engines::new(None));
+        let mut stub = Sandbox::default();
+        stub.http.http_stub = true;
+        stub.http.allow_hosts = vec!["*".into()];
+        let stubbed = Arc::new(
+            load(
+                &path,
+                stub,
+                "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                &engines,
+            )
+            .await,
+        );
+        let lat = latencies(stubbed, n / 4).await;
+        let (_, lat_med, _) = stats(lat);
+        let mut real = Sandbox::default();
+        real.http.allow_hosts = vec!["127.0.0.1".into()];
+        real.http.allow_private = true;
+        let d: Arc<dyn Driver> = Arc::new(load(&path, real, &args, &engines).await);
+        let mut tps = Vec::new();
+        for _ in 0..o.runs {
+            tps.push(sequential(d.clone(), txn(), n).await);
+        }
+        out.push(format!(
+            "| {lang} | {:.1} MB | {cold:.2} s | {} MB (largest so far) | {warm:.2} s | {lat_med:.0} µs | {} |",
+            size as f64 / 1e6,
+            rss / 1024,
+            fmt3(stats(tps), "txn/s")
+        ));
+    }
+    out.push(String::new());
+}
+
 // ------------------------------------------------------------ 4. ingest
 
 async fn ingest_once(durable: bool, events: usize) -> f64 {
@@ -715,6 +814,9 @@ fn main() {
         }
         if run("http") {
             http_push(&o, &mut out).await;
+        }
+        if run("languages") {
+            languages(&o, &mut out).await;
         }
         if run("ingest") {
             ingest(&o, &mut out).await;

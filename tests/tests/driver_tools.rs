@@ -152,7 +152,11 @@ fn new_project_passes_its_test(lang: &str) {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let project = dir.path().join("hello-push");
     let run = Command::new(project.join("test.sh"))
         .env("MAILPUSH", mailpush_bin())
@@ -175,8 +179,14 @@ fn new_project_passes_its_test(lang: &str) {
     );
     assert!(run.status.success(), "{log}");
     let n = sample_count();
-    assert!(log.contains(&format!("{n} transactions: {n} delivered")), "{log}");
-    assert!(log.contains("log   INFO  demo-1: 1 event(s) for alice@example.com"), "{log}");
+    assert!(
+        log.contains(&format!("{n} transactions: {n} delivered")),
+        "{log}"
+    );
+    assert!(
+        log.contains("log   INFO  demo-1: 1 event(s) for alice@example.com"),
+        "{log}"
+    );
     assert!(log.contains("http  POST / ("), "{log}");
 }
 

@@ -75,12 +75,18 @@ const RUST_SDK: &[(&str, &str)] = &[
 /// The JavaScript SDK, as files relative to the project's `sdk/`.
 const JS_SDK: &[(&str, &str)] = &[
     ("index.js", include_str!("../../../drivers/sdk-js/index.js")),
-    ("index.d.ts", include_str!("../../../drivers/sdk-js/index.d.ts")),
+    (
+        "index.d.ts",
+        include_str!("../../../drivers/sdk-js/index.d.ts"),
+    ),
 ];
 
 const JS_TEMPLATES: &[(&str, &str)] = &[
     ("driver.js", include_str!("scaffold/js/driver.js.tmpl")),
-    ("package.json", include_str!("scaffold/js/package.json.tmpl")),
+    (
+        "package.json",
+        include_str!("scaffold/js/package.json.tmpl"),
+    ),
     ("build.sh", include_str!("scaffold/js/build.sh.tmpl")),
     ("test.sh", include_str!("scaffold/js/test.sh.tmpl")),
     ("README.md", include_str!("scaffold/js/README.md.tmpl")),
