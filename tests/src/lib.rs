@@ -1070,3 +1070,33 @@ pub async fn assert_webhook_posts_signed_canonical_json(
         assert_eq!(Transaction::from_json(&req.body_text()).unwrap(), *txn);
     }
 }
+
+/// The webhook example (in any language): a 503 with Retry-After is a retryable failure
+/// that carries the delay; a 400 a permanent one.
+pub async fn assert_webhook_failures_are_classified(component: &Path, state_dir: Option<&Path>) {
+    use mailpush::pipeline::deliver;
+    let server = RecordingServer::start().await;
+    server.script([
+        Reply::with_header(503, "retry-after", "7"),
+        Reply::status(400),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_dir.map_or_else(|| "state".to_string(), |d| d.display().to_string());
+    let conf = format!(
+        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        component.display(),
+        server.url("/h")
+    );
+    let config = write_config(dir.path(), &conf);
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let txn = Arc::new(mailbox_txn("a@example.com", "x1"));
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
+        panic!()
+    };
+    assert!(f.retryable && f.reason.contains("503"), "{f:?}");
+    assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(7)));
+    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
+        panic!()
+    };
+    assert!(!f.retryable && f.reason.contains("400"), "{f:?}");
+}

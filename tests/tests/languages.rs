@@ -25,6 +25,22 @@ async fn the_python_webhook_signs_like_the_rust_one() {
     assert_webhook_posts_signed_canonical_json(&component, Some(&language_state_dir())).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_javascript_webhook_classifies_failures_like_the_rust_one() {
+    let Some(component) = language_guest("webhook-js") else {
+        return;
+    };
+    assert_webhook_failures_are_classified(&component, Some(&language_state_dir())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_webhook_classifies_failures_like_the_rust_one() {
+    let Some(component) = language_guest("webhook-py") else {
+        return;
+    };
+    assert_webhook_failures_are_classified(&component, Some(&language_state_dir())).await;
+}
+
 /// Runs `n` MailboxCreate transactions through `component` with `args`; returns the
 /// outcomes in order.
 async fn outcomes(component: &Path, args: &str, n: usize) -> Vec<Outcome> {

@@ -1016,7 +1016,7 @@ end
 function dovecot_lua_notify_begin_txn(user)
   local e = dovecot.event(ev):set_name("push_lua_txn"):add_str("user", user.username)
   e:log_info("begin")
-  return { e = e }
+  return { e = e, user = user }
 end
 function dovecot_lua_notify_event_mailbox_create(ctx, event)
   ctx.e:add_int("uid", 5):add_str("mailbox", event.mailbox):log_warning("created " .. event.mailbox)
@@ -1027,19 +1027,32 @@ function dovecot_lua_notify_event_mailbox_create(ctx, event)
 end
 function dovecot_lua_notify_end_txn(ctx, success)
   ctx.e:log_error("end " .. tostring(success))
+  local req = dovecot.http.client({}):request({ url = ctx.user:plugin_getenv("url"), method = "POST" })
+  req:add_header("Content-Type", "text/plain")
+  req:set_payload("logged for " .. ctx.user.username)
+  req:submit()
 end
 "#;
 
-#[test]
-fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
+#[tokio::test(flavor = "multi_thread")]
+async fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
     let script = write(dir.path(), "events.lua", EVENT_LOGGING);
-    let conf = dir.path().join("mailpush.conf");
-    std::fs::write(&conf, conf_text(&script)).unwrap();
+    let conf_path = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf_path,
+        conf(
+            &script,
+            "allow_hosts=127.0.0.1 allow_private",
+            &format!(" url = {}\n", server.url("/logged")),
+        ),
+    )
+    .unwrap();
     let mut child = std::process::Command::new(mailpush_bin())
         .args(["send", "--log-level", "info", "-c"])
-        .arg(&conf)
+        .arg(&conf_path)
         .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -1074,10 +1087,17 @@ fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
     assert!(line("plain info line").contains("t-log-1"));
     assert!(line("printed\\t1\\ttrue").contains("INFO"));
     assert!(line("push: end true").contains("ERROR"));
-}
-
-fn conf_text(script: &Path) -> String {
-    conf(script, "", "")
+    let r = server.requests();
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        (r[0].method.as_str(), r[0].target.as_str(), r[0].body_text()),
+        (
+            "POST",
+            "/logged",
+            "logged for alice@example.test".to_string()
+        )
+    );
+    assert_eq!(r[0].header("content-type"), Some("text/plain"));
 }
 
 // ---------------------------------------------------------------- Dovecot 2.4 config
@@ -1475,4 +1495,50 @@ async fn dovecot_24_http_options_are_checked_as_24_checks_them() {
         "{r:?}"
     );
     assert!(r[0].contains("opts.lua:5:"), "{r:?}");
+}
+
+/// `ssl.https` speaks TLS to the checked address (a ClientHello reaches the port) and
+/// verifies the certificate: a server that is not TLS gives the script `nil, err`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_https_speaks_tls_and_reports_failure_as_luasec_does() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (first_byte_tx, first_byte) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut b = [0u8; 1];
+        let _ = s.read_exact(&mut b).await;
+        let _ = first_byte_tx.send(b[0]);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let script = write(
+        dir.path(),
+        "https.lua",
+        &format!(
+            r#"
+local https = require "ssl.https"
+function dovecot_lua_notify_begin_txn(user) return {{ user = user }} end
+function dovecot_lua_notify_event_mailbox_create(ctx, e)
+  local body, err = https.request("https://127.0.0.1:{port}/push")
+  local client = dovecot.http.client({{}})
+  local req = client:request({{ url = ctx.user:plugin_getenv("report"), method = "POST" }})
+  req:set_payload(tostring(body) .. "|" .. type(err))
+  req:submit()
+end
+function dovecot_lua_notify_end_txn(ctx, success) end
+"#
+        ),
+    );
+    let conf = conf(
+        &script,
+        "allow_hosts=127.0.0.1 allow_private http_failures=ignore",
+        &format!(" report = {}\n", server.url("/report")),
+    );
+    let outcomes = run(dir.path(), &conf, vec![mailbox_txn("a@example.test", "t1")]).await;
+    delivered(&outcomes);
+    assert_eq!(first_byte.await.unwrap(), 0x16, "a TLS handshake record");
+    let r = server.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(r[0].body_text(), "nil|string", "LuaSec's nil, err");
 }

@@ -17,29 +17,7 @@ async fn webhook_posts_signed_canonical_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
-    let server = RecordingServer::start().await;
-    server.script([
-        Reply::with_header(503, "retry-after", "7"),
-        Reply::status(400),
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private\n}}\n",
-        guest("webhook").display(),
-        server.url("/h")
-    );
-    let config = write_config(dir.path(), &conf);
-    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
-    let txn = Arc::new(mailbox_txn("a@example.com", "x1"));
-    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
-        panic!()
-    };
-    assert!(f.retryable && f.reason.contains("503"), "{f:?}");
-    assert_eq!(f.retry_after, Some(std::time::Duration::from_secs(7)));
-    let Outcome::Failed(f) = deliver(loaded[0].driver.as_ref(), &txn).await else {
-        panic!()
-    };
-    assert!(!f.retryable && f.reason.contains("400"), "{f:?}");
+    assert_webhook_failures_are_classified(&guest("webhook"), None).await;
 }
 
 /// A reused instance makes many more requests than it may hold resources: each

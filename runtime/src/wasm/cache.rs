@@ -2,6 +2,10 @@
 //! prefixed with an HMAC-SHA256 under a private per-cache-dir key (`cache.key`, mode
 //! 0600); a tampered, truncated or foreign artifact fails verification and is
 //! recompiled — never loaded.
+//!
+//! The cache is bounded: after each write, the least recently used artifacts (by
+//! modification time; a hit refreshes it) beyond [`MAX_CACHE_BYTES`] are deleted, except
+//! those this process has loaded. A deleted artifact is only compiled again when needed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,4 +69,86 @@ pub fn verify<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
     mac.update(body);
     mac.verify_slice(tag).ok().map(|_| body)
+}
+
+/// The most bytes of compiled artifacts a cache dir keeps (JavaScript and Python
+/// components take 40–50 MB each).
+pub const MAX_CACHE_BYTES: u64 = 2 << 30;
+
+/// Marks an artifact as just used (the eviction order).
+pub fn touch(artifact: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(artifact) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Deletes the least recently used `*.cwasm` artifacts of `dir` until the rest fit in
+/// `max` bytes, never one named in `keep`; returns the names deleted.
+pub fn prune(dir: &Path, max: u64, keep: &std::collections::HashSet<String>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut artifacts: Vec<(std::time::SystemTime, u64, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let meta = e.metadata().ok()?;
+            name.ends_with(".cwasm").then(|| {
+                (
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    meta.len(),
+                    name,
+                )
+            })
+        })
+        .collect();
+    let mut total: u64 = artifacts.iter().map(|a| a.1).sum();
+    artifacts.sort();
+    let mut deleted = Vec::new();
+    for (_, len, name) in artifacts {
+        if total <= max {
+            break;
+        }
+        if keep.contains(&name) {
+            continue;
+        }
+        if std::fs::remove_file(dir.join(&name)).is_ok() {
+            total -= len;
+            deleted.push(name);
+        }
+    }
+    deleted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_deletes_the_least_recently_used_but_never_what_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(1000);
+        for (i, name) in ["a.cwasm", "b.cwasm", "c.cwasm", "d.cwasm"]
+            .iter()
+            .enumerate()
+        {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64 * 10))
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("cache.key"), [0u8; 32]).unwrap();
+        let keep: std::collections::HashSet<String> = ["a.cwasm".to_string()].into();
+        // 400 bytes, at most 250: a (oldest) is in use, so b and c go.
+        let deleted = prune(dir.path(), 250, &keep);
+        assert_eq!(deleted, ["b.cwasm", "c.cwasm"]);
+        assert!(dir.path().join("a.cwasm").exists());
+        assert!(dir.path().join("d.cwasm").exists());
+        assert!(dir.path().join("cache.key").exists());
+        // A touched artifact becomes the most recent.
+        touch(&dir.path().join("a.cwasm"));
+        let deleted = prune(dir.path(), 100, &Default::default());
+        assert_eq!(deleted, ["d.cwasm"]);
+    }
 }

@@ -31,7 +31,7 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is a core WebAssembly module, not a component: build it with `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)")]
+    #[error("{path} is a core WebAssembly module, not a component: build Rust drivers with `cargo build --target wasm32-wasip2` (not wasm32-unknown-unknown or wasm32-wasip1), JavaScript with componentize-js, Python with componentize-py (or wrap a module with `wasm-tools component new`)")]
     CoreModule { path: PathBuf },
     #[error("{path} is not a WebAssembly component (bad magic number)")]
     NotWasm { path: PathBuf },
@@ -71,6 +71,8 @@ pub struct WasmEngine {
     cache_dir: Option<PathBuf>,
     /// Serialises compile-and-store of the same artifact.
     cache_lock: Mutex<()>,
+    /// Artifacts this engine loaded or wrote (never evicted by it).
+    in_use: Mutex<std::collections::HashSet<String>>,
 }
 
 impl WasmEngine {
@@ -117,6 +119,7 @@ impl WasmEngine {
             engine,
             cache_dir,
             cache_lock: Mutex::new(()),
+            in_use: Mutex::default(),
         })
     }
 
@@ -157,11 +160,13 @@ impl WasmEngine {
                 // (part of the file name); wasmtime checks compatibility again.
                 Some(body) => match unsafe { Component::deserialize(&self.engine, body) } {
                     Ok(component) => {
+                        super::cache::touch(&artifact);
+                        self.in_use.lock().insert(artifact_name(&artifact));
                         return Ok(LoadedComponent {
                             component,
                             sha256,
                             cache: CacheOutcome::Hit,
-                        })
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {e}");
@@ -183,6 +188,14 @@ impl WasmEngine {
             if let Err(e) = written {
                 tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
             }
+            let keep = {
+                let mut in_use = self.in_use.lock();
+                in_use.insert(artifact_name(&artifact));
+                in_use.clone()
+            };
+            for name in super::cache::prune(dir, super::cache::MAX_CACHE_BYTES, &keep) {
+                tracing::info!(cache = %dir.display(), "AOT cache over {} MiB: removed the least recently used {name}", super::cache::MAX_CACHE_BYTES >> 20);
+            }
         }
         Ok(LoadedComponent {
             component,
@@ -198,6 +211,13 @@ impl WasmEngine {
         env!("CARGO_PKG_VERSION").hash(&mut h);
         format!("{:016x}", h.finish())
     }
+}
+
+fn artifact_name(artifact: &Path) -> String {
+    artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
