@@ -99,51 +99,18 @@ fn driver_test_reads_a_file_of_transactions() {
     assert!(err.contains("events, line 1"), "{err}");
 }
 
-/// `mailpush driver new NAME --lang rust` makes a project that builds outside
-/// mailpush's tree and passes its own `./test.sh`.
-#[test]
-fn a_new_rust_driver_builds_and_passes_its_own_test() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(mailpush_bin())
-        .args(["driver", "new", "hello-push", "--lang", "rust", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("./test.sh"), "{stdout}");
-    let project = dir.path().join("hello-push");
-    // Shares the guests' target dir: the SDK's dependencies are built once.
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-scaffold");
-    let run = Command::new(project.join("test.sh"))
-        .env("MAILPUSH", mailpush_bin())
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(run.status.success(), "{log}");
-    let n = sample_count();
-    assert!(
-        log.contains(&format!("{n} transactions: {n} delivered")),
-        "{log}"
-    );
-    assert!(log.contains("log   INFO  "), "{log}");
-}
-
-/// `mailpush driver new NAME --lang js|python`: the project builds with its own
-/// ./build.sh (componentize-js, componentize-py) and passes its own ./test.sh.
+/// `mailpush driver new NAME --lang rust|js|python` makes a project that builds outside
+/// mailpush's tree with its own ./build.sh (cargo, componentize-js, componentize-py) and
+/// passes its own ./test.sh.
 fn new_project_passes_its_test(lang: &str) {
-    // The toolchains tests/build.rs used (installed by examples/toolchains.sh).
-    if language_guest(if lang == "js" { "js-raw" } else { "py-raw" }).is_none() {
+    // JavaScript and Python need the toolchains tests/build.rs used (installed by
+    // examples/toolchains.sh).
+    let guest = match lang {
+        "js" => Some("js-raw"),
+        "python" => Some("py-raw"),
+        _ => None,
+    };
+    if guest.is_some_and(|g| language_guest(g).is_none()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -157,16 +124,32 @@ fn new_project_passes_its_test(lang: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("./test.sh"));
     let project = dir.path().join("hello-push");
+    let env_or = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    // The toolchain mailpush pins (it has the wasm32-wasip2 target .ci/run installed),
+    // not the project's `stable`, which a fresh machine would first download.
+    let pinned = include_str!("../../rust-toolchain.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("rust-toolchain.toml names a channel");
     let run = Command::new(project.join("test.sh"))
         .env("MAILPUSH", mailpush_bin())
+        // Rust: shares a target dir, so the SDK's dependencies are built once.
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-scaffold"),
+        )
+        .env_remove("RUSTFLAGS")
+        .env("RUSTUP_TOOLCHAIN", &pinned)
         .env(
             "MAILPUSH_JS_PREFIX",
-            std::env::var("MAILPUSH_JS_PREFIX").unwrap_or_else(|_| "/opt/mailpush-ci/js".into()),
+            env_or("MAILPUSH_JS_PREFIX", "/opt/mailpush-ci/js"),
         )
         .env(
             "MAILPUSH_PY_VENV",
-            std::env::var("MAILPUSH_PY_VENV").unwrap_or_else(|_| "/opt/mailpush-ci/py".into()),
+            env_or("MAILPUSH_PY_VENV", "/opt/mailpush-ci/py"),
         )
         .args(["--cache-dir"])
         .arg(language_state_dir().join("wasm-cache"))
@@ -188,6 +171,11 @@ fn new_project_passes_its_test(lang: &str) {
         "{log}"
     );
     assert!(log.contains("http  POST / ("), "{log}");
+}
+
+#[test]
+fn a_new_rust_driver_builds_and_passes_its_own_test() {
+    new_project_passes_its_test("rust");
 }
 
 #[test]

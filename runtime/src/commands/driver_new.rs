@@ -124,6 +124,10 @@ const RUST_TEMPLATES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("scaffold/rust/lib.rs.tmpl")),
     ("test.sh", include_str!("scaffold/rust/test.sh.tmpl")),
     ("README.md", include_str!("scaffold/rust/README.md.tmpl")),
+    (
+        "rust-toolchain.toml",
+        include_str!("scaffold/rust/rust-toolchain.toml.tmpl"),
+    ),
 ];
 
 fn valid(name: &str) -> bool {
@@ -225,7 +229,7 @@ pub fn scaffold(parent: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, S
 pub fn next_steps(name: &str, lang: Lang) -> String {
     match lang {
         Lang::Rust => format!(
-            "Next:\n  cd {name}\n  rustup target add wasm32-wasip2   # once\n  ./test.sh                         # builds target/wasm32-wasip2/release/{}.wasm and runs `mailpush driver test` on it",
+            "Next:\n  cd {name}\n  ./test.sh    # builds target/wasm32-wasip2/release/{}.wasm (rustup fetches the target the first time) and runs `mailpush driver test` on it",
             name.replace('-', "_")
         ),
         Lang::Js => format!(
