@@ -1492,3 +1492,40 @@ function dovecot_lua_notify_end_txn(ctx, success) end
     let r = server.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(r[0].body_text(), "nil|string", "LuaSec's nil, err");
 }
+
+/// A password in a script's URL stays out of failure reasons (they are logged).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_in_a_scripts_url_never_reaches_a_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "secret.lua",
+        &format!(
+            "function dovecot_lua_notify_begin_txn(user) return {{}} end\n\
+             function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+               local c = dovecot.http.client({{}})\n\
+               c:request({{ url = 'http://push:s3cr3t-pw@127.0.0.1:{closed}/x', method = 'POST' }}):submit()\n\
+             end\n\
+             function dovecot_lua_notify_end_txn(ctx, success) end\n"
+        ),
+    );
+    let outcomes = run(
+        dir.path(),
+        &conf(
+            &script,
+            "allow_hosts=127.0.0.1 allow_private retry=none",
+            "",
+        ),
+        vec![mailbox_txn("a@example.test", "t1")],
+    )
+    .await;
+    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    assert!(r[0].contains("Connection refused"), "{r:?}");
+    assert!(r[0].contains("push:***@127.0.0.1"), "{r:?}");
+    assert!(!r[0].contains("s3cr3t-pw"), "{r:?}");
+}

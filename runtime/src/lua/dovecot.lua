@@ -245,7 +245,8 @@ function client_methods.request(...)
   if url == nil then error("cannot create request: url not specified", 2) end
   url = tostring(url)
   local why = H.url_error(url)
-  if why then error("Failed to parse url " .. url .. ": " .. why, 2) end
+  -- (a password in the URL is masked: the message may reach logs)
+  if why then error("Failed to parse url " .. H.redact_url(url) .. ": " .. why, 2) end
   local r = { __type = "struct http_client_request", client = self, url = url,
     method = spec.method and tostring(spec.method) or "GET", headers = {}, payload = nil, submitted = false }
   if self.user_agent then r.headers[1] = { "User-Agent", self.user_agent } end

@@ -268,6 +268,10 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
         "url_error",
         lua.create_function(|_, url: String| Ok(url_error(&url)))?,
     )?;
+    h.set(
+        "redact_url",
+        lua.create_function(|_, url: String| Ok(mailpush_core::args::redact_url(&url)))?,
+    )?;
 
     let c = ctx.clone();
     h.set(
@@ -624,7 +628,13 @@ fn attempt(
             return o;
         }
     }
-    let authority = uri.authority().map_or("", |a| a.as_str());
+    // host:port, never the userinfo (a password in the URL stays out of reasons).
+    let authority = match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    let authority = authority.as_str();
     match result {
         Err(_) => Outcome::failed(code::TIMED_OUT, "Request timed out", "timeout"),
         Ok(Ok((parts, body))) => Outcome {
