@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 
 use super::settings::SETTINGS;
 
-const CONF: &str = "/etc/mailpush/mailpush.conf";
+pub(super) const CONF: &str = "/etc/mailpush/mailpush.conf";
 
-fn parse(text: &str) -> Config {
+pub(super) fn parse(text: &str) -> Config {
     Config::parse(Path::new(CONF), text).unwrap_or_else(|e| panic!("rejected:\n{e}\n---\n{text}"))
 }
 
-fn errors(text: &str) -> Vec<ConfigError> {
+pub(super) fn errors(text: &str) -> Vec<ConfigError> {
     match Config::parse(Path::new(CONF), text) {
         Ok(c) => panic!("accepted {text}: {c:?}"),
         Err(ConfigErrors(errors)) => {
@@ -25,7 +25,7 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 /// The only error of `text`.
-fn error(text: &str) -> ConfigError {
+pub(super) fn error(text: &str) -> ConfigError {
     let mut errs = errors(text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     errs.remove(0)
@@ -36,7 +36,7 @@ fn plugin(body: &str) -> String {
     format!("plugin {{\n{body}\n}}\n")
 }
 
-fn at(line: usize) -> Option<Location> {
+pub(super) fn at(line: usize) -> Option<Location> {
     Some(Location {
         file: PathBuf::from(CONF),
         line,
@@ -51,11 +51,11 @@ fn names(c: &Config) -> Vec<&str> {
     c.drivers.iter().map(|d| d.name.as_str()).collect()
 }
 
-fn warnings(c: &Config) -> Vec<String> {
+pub(super) fn warnings(c: &Config) -> Vec<String> {
     c.warnings.iter().map(|w| w.to_string()).collect()
 }
 
-fn assert_error(e: &ConfigError, line: usize, text: &str, needles: &[&str]) {
+pub(super) fn assert_error(e: &ConfigError, line: usize, text: &str, needles: &[&str]) {
     assert_eq!(e.location, at(line), "{e}");
     assert_eq!(e.text, text, "{e}");
     for n in needles {

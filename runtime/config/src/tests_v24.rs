@@ -7,45 +7,8 @@
 use super::dovecot24::{parse_bool, parse_time_msecs, v24_lines};
 use super::*;
 
-const CONF: &str = "/etc/mailpush/mailpush.conf";
-
-fn parse(text: &str) -> Config {
-    Config::parse(Path::new(CONF), text).unwrap_or_else(|e| panic!("rejected:\n{e}\n---\n{text}"))
-}
-
-fn errors(text: &str) -> Vec<ConfigError> {
-    match Config::parse(Path::new(CONF), text) {
-        Ok(c) => panic!("accepted {text}: {c:?}"),
-        Err(ConfigErrors(errors)) => errors,
-    }
-}
-
-/// The only error of `text`.
-fn error(text: &str) -> ConfigError {
-    let mut errs = errors(text);
-    assert_eq!(errs.len(), 1, "{errs:#?}");
-    errs.remove(0)
-}
-
-fn at(line: usize) -> Option<Location> {
-    Some(Location {
-        file: PathBuf::from(CONF),
-        line,
-    })
-}
-
-/// Checks an error's line, text and message parts.
-fn assert_error(e: &ConfigError, line: usize, text: &str, needles: &[&str]) {
-    assert_eq!(e.location, at(line), "{e}");
-    assert_eq!(e.text, text, "{e}");
-    for n in needles {
-        assert!(e.message.contains(n), "message lacks {n:?}: {e}");
-    }
-}
-
-fn warnings(c: &Config) -> Vec<String> {
-    c.warnings.iter().map(|w| w.to_string()).collect()
-}
+// The config tests' helpers: parse, the errors with their place and Display.
+use super::tests::{assert_error, at, error, errors, parse, warnings, CONF};
 
 /// The args as sorted pairs: drivers read them by key, so their order does not matter.
 fn sorted(args: &DriverArgs) -> Vec<(String, String)> {
