@@ -529,7 +529,8 @@ async fn languages(o: &Opts, out: &mut Vec<String>) {
         let cache = dir.path().join(format!("cache-{lang}"));
         driver_test_run(&path, &one, Some(&cache));
         let warm = driver_test_run(&path, &one, Some(&cache));
-        let engines = Arc::new(Engines::new(None));
+        // The cache the child processes filled: loaded, not compiled again.
+        let engines = Arc::new(Engines::new(Some(cache.clone())));
         let mut stub = Sandbox::default();
         stub.http.http_stub = true;
         stub.http.allow_hosts = vec!["*".into()];

@@ -863,7 +863,6 @@ pub fn send_logged(args: &str, n: usize) -> String {
 /// Runs `mailpush send` over `n` transactions with the hostile driver and `args`;
 /// returns whether it succeeded and its stderr.
 pub fn send_hostile(args: &str, n: usize) -> (bool, String) {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
     std::fs::write(
@@ -874,20 +873,27 @@ pub fn send_hostile(args: &str, n: usize) -> (bool, String) {
         ),
     )
     .unwrap();
+    let mut input = String::new();
+    for i in 0..n {
+        input.push_str(&mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")).to_json());
+        input.push('\n');
+    }
+    send_with_config(&conf, &input)
+}
+
+/// Runs `mailpush send -c CONF -` (the real binary, info-level log) on `input` (NDJSON);
+/// returns whether it succeeded and its stderr.
+pub fn send_with_config(conf: &Path, input: &str) -> (bool, String) {
+    use std::io::Write;
     let mut child = std::process::Command::new(mailpush_bin())
         .args(["send", "--log-level", "info", "-c"])
-        .arg(&conf)
+        .arg(conf)
         .arg("-")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut input = String::new();
-    for i in 0..n {
-        input.push_str(&mailbox_txn(&format!("u{i}@example.com"), &format!("t{i}")).to_json());
-        input.push('\n');
-    }
     child
         .stdin
         .take()

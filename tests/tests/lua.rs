@@ -986,7 +986,6 @@ end
 
 #[tokio::test(flavor = "multi_thread")]
 async fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = RecordingServer::start().await;
     let script = write(dir.path(), "events.lua", EVENT_LOGGING);
@@ -1000,25 +999,9 @@ async fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(mailpush_bin())
-        .args(["send", "--log-level", "info", "-c"])
-        .arg(&conf_path)
-        .arg("-")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let input = mailbox_txn("alice@example.test", "t-log-1").to_json() + "\n";
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{log}");
+    let (ok, log) = send_with_config(&conf_path, &input);
+    assert!(ok, "{log}");
     let line = |needle: &str| -> String {
         log.lines()
             .find(|l| l.contains(needle))

@@ -93,8 +93,8 @@ impl Captured {
     }
 }
 
-/// A tracing layer that keeps what drivers log (targets `mailpush::wasm::guest`,
-/// `mailpush::lua::script`) in `captured` instead of printing it.
+/// A tracing layer that keeps what the component logs (target `mailpush::wasm::guest`:
+/// `host.log`, stdout, stderr) in `captured` instead of printing it.
 pub fn capture_layer(captured: Arc<Captured>) -> CaptureLayer {
     CaptureLayer(captured)
 }

@@ -86,6 +86,11 @@ impl Output {
             level,
             text.clone(),
         );
+        self.keep(stream, text);
+    }
+
+    /// Keeps a line among the last [`TAIL_LINES`].
+    fn keep(&mut self, stream: Stream, text: String) {
         if self.tail.len() == TAIL_LINES {
             self.tail.pop_front();
         }
@@ -95,11 +100,7 @@ impl Output {
     /// Keeps a line the guest logged at error level (already logged) with the stderr
     /// lines that explain a failed call.
     pub fn remember(&mut self, line: &str) {
-        if self.tail.len() == TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail
-            .push_back((Stream::Stderr, log::cap(line.to_string(), 512)));
+        self.keep(Stream::Stderr, line.to_string());
     }
 
     /// Ends a call: partial lines are written out.
