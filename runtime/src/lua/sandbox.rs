@@ -218,6 +218,9 @@ pub struct ScriptState {
     /// The events the script has a handler for.
     handlers: EventSet,
     settings: Arc<LuaSettings>,
+    /// The current transaction ran out of time or memory (the state may be mid-way
+    /// through anything: it is dropped).
+    exhausted: std::cell::Cell<bool>,
 }
 
 /// Text of a Lua error for a reason or an init error.
@@ -318,6 +321,7 @@ impl ScriptState {
             new_user,
             handlers,
             settings: settings.clone(),
+            exhausted: std::cell::Cell::new(false),
         })
     }
 
@@ -330,15 +334,14 @@ impl ScriptState {
     /// must be dropped (its time or memory ran out: it may be mid-way through anything).
     pub fn run(&mut self, txn: &Arc<Transaction>) -> (Result<(), Failure>, bool) {
         self.ctx.begin(txn);
+        self.exhausted.set(false);
         let started = Instant::now();
         let result = self.run_hooks(txn, started);
         let problems = self.ctx.end();
-        let poisoned = self.ctx.budget.tripped();
+        let poisoned = self.ctx.budget.tripped() || self.exhausted.get();
         if self.lua.gc_collect().is_err() {
             return (result, true);
         }
-        let poisoned = poisoned
-            || matches!(&result, Err(f) if f.reason.contains("exceeded memory=") || f.reason.contains("exceeded timeout_msecs="));
         if result.is_err() || self.settings.http_failures == HttpFailures::Ignore {
             return (result, poisoned);
         }
@@ -354,6 +357,7 @@ impl ScriptState {
     fn failure(&self, hook: &str, e: &mlua::Error) -> Failure {
         let counters = &self.ctx.shared.counters;
         if is_deadline(e) {
+            self.exhausted.set(true);
             counters.timeouts.fetch_add(1, Ordering::Relaxed);
             Failure::permanent(format!(
                 "lua: {hook}: script exceeded timeout_msecs={} (or max_txn_msecs={}): wall time of one hook call, HTTP waits included",
@@ -361,6 +365,7 @@ impl ScriptState {
                 self.settings.max_txn.as_millis()
             ))
         } else if is_memory(e) {
+            self.exhausted.set(true);
             counters.memory_errors.fetch_add(1, Ordering::Relaxed);
             Failure::permanent(format!(
                 "lua: {hook}: script exceeded memory={} bytes",
@@ -438,10 +443,7 @@ impl ScriptState {
                 }
             }
         }
-        let exhausted = self.ctx.budget.tripped()
-            || failure
-                .as_ref()
-                .is_some_and(|f| f.reason.contains("exceeded memory="));
+        let exhausted = self.ctx.budget.tripped() || self.exhausted.get();
         match g.raw_get::<Value>("dovecot_lua_notify_end_txn") {
             Ok(Value::Function(end)) if !exhausted => {
                 self.arm(started)?;
