@@ -1512,3 +1512,37 @@ async fn a_password_in_a_scripts_url_never_reaches_a_reason() {
     assert!(r[0].contains("push:***@127.0.0.1"), "{r:?}");
     assert!(!r[0].contains("s3cr3t-pw"), "{r:?}");
 }
+
+/// METADATA writes are bounded per transaction (count and value size): a script cannot
+/// grow the store without bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_writes_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "flood.lua",
+        "function dovecot_lua_notify_begin_txn(user) return { user = user } end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           local ok, err = pcall(function() ctx.user:metadata_set('/private/big', ('x'):rep(65537)) end)\n\
+           if ok then error('a 64K+1 value was stored') end\n\
+           for i = 1, 1000 do ctx.user:metadata_set('/private/flood/' .. i, 'x') end\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let metadata = store(dir.path());
+    let outcomes = run_with(
+        dir.path(),
+        &conf(&script, "retry=none", ""),
+        vec![mailbox_txn("a@example.test", "t1")],
+        metadata.clone(),
+        None,
+    )
+    .await;
+    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    assert!(
+        r[0].contains("more than 100 METADATA writes in one transaction"),
+        "{r:?}"
+    );
+    // The refused oversized write counted; 99 of the flood got in.
+    assert_eq!(metadata.list(None).unwrap().len(), 99);
+}

@@ -28,6 +28,12 @@ use crate::wasm::log::{self, DriverTag, LogBudget, LogRate, SharedLog, MAX_LINE}
 /// The most bytes of one response body handed to a script.
 pub const MAX_RESPONSE_BODY: usize = 4 << 20;
 
+/// The most METADATA writes (set or unset) one transaction may make.
+pub const MAX_METADATA_WRITES: u32 = 100;
+
+/// The longest METADATA value a script may write.
+pub const MAX_METADATA_VALUE: usize = 64 << 10;
+
 /// The most attempts one request may ask for.
 const MAX_ATTEMPTS: i64 = 5;
 
@@ -74,6 +80,8 @@ pub struct Context {
     pub log: SharedLog,
     pub http: Mutex<OutboundHttp>,
     pub problems: Mutex<Vec<HttpProblem>>,
+    /// METADATA writes of the current transaction ([`MAX_METADATA_WRITES`]).
+    metadata_writes: std::sync::atomic::AtomicU32,
 }
 
 impl Context {
@@ -86,6 +94,7 @@ impl Context {
             txn: Mutex::new(None),
             log,
             problems: Mutex::new(Vec::new()),
+            metadata_writes: std::sync::atomic::AtomicU32::new(0),
             shared,
         })
     }
@@ -96,6 +105,7 @@ impl Context {
         self.log.lock().end_transaction();
         self.http.lock().begin_transaction();
         self.problems.lock().clear();
+        self.metadata_writes.store(0, Ordering::Relaxed);
     }
 
     /// Ends it: the HTTP problems it had.
@@ -146,6 +156,16 @@ impl Context {
                 tracing::info!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
             }
         }
+    }
+
+    /// Counts one METADATA write against the transaction's bound.
+    fn metadata_write_allowed(&self) -> Result<(), String> {
+        if self.metadata_writes.fetch_add(1, Ordering::Relaxed) >= MAX_METADATA_WRITES {
+            return Err(format!(
+                "more than {MAX_METADATA_WRITES} METADATA writes in one transaction (the mailpush sandbox's bound)"
+            ));
+        }
+        Ok(())
     }
 
     /// The METADATA user an entry belongs to: the transaction's user, or for a mailbox
@@ -303,12 +323,23 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
         "metadata_set",
         lua.create_function(
             move |_, (key, value, mailbox): (String, String, Option<String>)| {
-                let result = c.metadata_user(mailbox.as_deref()).and_then(|(_, user)| {
-                    c.shared
-                        .metadata
-                        .write(&user, &key, &value)
-                        .map_err(|e| e.to_string())
-                });
+                let result = c
+                    .metadata_write_allowed()
+                    .and_then(|()| {
+                        if value.len() > MAX_METADATA_VALUE {
+                            return Err(format!(
+                                "METADATA value of {} bytes, more than the sandbox's {MAX_METADATA_VALUE}",
+                                value.len()
+                            ));
+                        }
+                        c.metadata_user(mailbox.as_deref())
+                    })
+                    .and_then(|(_, user)| {
+                        c.shared
+                            .metadata
+                            .write(&user, &key, &value)
+                            .map_err(|e| e.to_string())
+                    });
                 Ok(result.err())
             },
         )?,
@@ -317,12 +348,15 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
     h.set(
         "metadata_unset",
         lua.create_function(move |_, (key, mailbox): (String, Option<String>)| {
-            let result = c.metadata_user(mailbox.as_deref()).and_then(|(_, user)| {
-                c.shared
-                    .metadata
-                    .remove(&user, &key)
-                    .map_err(|e| e.to_string())
-            });
+            let result = c
+                .metadata_write_allowed()
+                .and_then(|()| c.metadata_user(mailbox.as_deref()))
+                .and_then(|(_, user)| {
+                    c.shared
+                        .metadata
+                        .remove(&user, &key)
+                        .map_err(|e| e.to_string())
+                });
             Ok(result.err())
         })?,
     )?;
