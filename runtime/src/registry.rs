@@ -14,6 +14,7 @@ use mailpush_config::{Config, ConfigError, DriverSetting, Location};
 /// The registered driver factories, looked up case-insensitively by name.
 pub struct DriverRegistry {
     factories: Vec<Arc<dyn DriverFactory>>,
+    background_load: bool,
 }
 
 impl Default for DriverRegistry {
@@ -33,7 +34,14 @@ impl DriverRegistry {
     pub fn empty() -> Self {
         DriverRegistry {
             factories: Vec::new(),
+            background_load: false,
         }
+    }
+
+    /// Lets slow driver loads finish in the background ([`DriverInit::background_load`]):
+    /// for a runtime that serves while they load. Off by default.
+    pub fn load_in_background(&mut self, yes: bool) {
+        self.background_load = yes;
     }
 
     /// Adds a driver kind. A later registration of the same name replaces the earlier.
@@ -110,6 +118,7 @@ impl DriverRegistry {
             metadata,
             breaker: policy.breaker.clone(),
             plugin_env: Arc::new(config.plugin_env.clone()),
+            background_load: self.background_load,
         };
         // A panicking init must not take the process down: report it like a failed init.
         let result =

@@ -104,6 +104,7 @@ mod tests {
                 }],
                 latency_buckets: vec![1; 13],
                 latency_sum_us: 1234,
+                loading: None,
             }],
             cluster: Some(crate::cluster::ownership::ClusterReport {
                 node: "mp1".into(),

@@ -370,6 +370,7 @@ async fn metrics_parse_as_prometheus_text() {
         "mailpush_driver_queue_depth",
         "mailpush_driver_held",
         "mailpush_driver_overflowing",
+        "mailpush_driver_loading",
         "mailpush_driver_queue_capacity",
         "mailpush_driver_circuit_open",
         "mailpush_driver_processing_seconds_sum",

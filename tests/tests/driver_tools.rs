@@ -171,6 +171,75 @@ fn new_project_passes_its_test(lang: &str) {
         "{log}"
     );
     assert!(log.contains("http  POST / ("), "{log}");
+
+    // And `mailpush run` runs it, configured as the project's README says.
+    let component = match lang {
+        "rust" => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/guest-scaffold/wasm32-wasip2/release/hello_push.wasm"),
+        _ => project.join("hello-push.wasm"),
+    };
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("push_notification_driver"))
+        .expect("the README shows the config line");
+    let server = tokio_runtime().block_on(RecordingServer::start());
+    let line = line
+        .replace(
+            &format!(
+                "/etc/mailpush/drivers/{}",
+                component.file_name().unwrap().to_string_lossy()
+            ),
+            &component.display().to_string(),
+        )
+        .replace("https://hooks.example.com/mail", &server.url("/mail"))
+        .replace(
+            "allow_hosts=hooks.example.com",
+            "allow_hosts=127.0.0.1 allow_private",
+        );
+    assert!(line.contains(&component.display().to_string()), "{line}");
+    let conf = dir.path().join("mailpush.conf");
+    // The state dir whose AOT cache ./test.sh filled (--cache-dir above).
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = {}\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = dlog\n{line}\n}}\n",
+            language_state_dir().display()
+        ),
+    )
+    .unwrap();
+    let daemon = RunningDaemon::start(&conf);
+    let txn = r#"{"id":"scaffold-1","user":"alice@example.com","events":[{"name":"MailboxCreate","mailbox":"Projects"}]}"#;
+    tokio_runtime().block_on(async {
+        let (code, _, answer) = http_request(
+            daemon.addr,
+            "POST",
+            "/v1/transactions",
+            &[("content-type", "application/x-ndjson")],
+            format!("{txn}\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 202, "{answer}");
+        let reqs = server
+            .wait_for(1, std::time::Duration::from_secs(300))
+            .await;
+        assert_eq!(reqs[0].method, "POST");
+        assert_eq!(reqs[0].target, "/mail");
+        assert_eq!(
+            mailpush_core::Transaction::from_json(&reqs[0].body_text()).unwrap(),
+            mailpush_core::Transaction::from_json(txn).unwrap()
+        );
+    });
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        log.contains("scaffold-1: 1 event(s) for alice@example.com"),
+        "{log}"
+    );
+}
+
+fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Runtime::new().unwrap())
 }
 
 #[test]

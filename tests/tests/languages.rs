@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mailpush::pipeline::{Backpressure, Dispatcher, Outcome};
 use mailpush_e2e::*;
@@ -179,4 +180,117 @@ fn console_output_reaches_the_log() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("log   INFO  console.log: demo-1"), "{text}");
     assert!(text.contains("log   WARN  console.error: demo-1"), "{text}");
+}
+
+/// The status of a running daemon, as JSON.
+async fn status(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (s, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `mailpush run` opens ingest while a big component (not in the AOT cache) compiles:
+/// transactions are accepted meanwhile, wait, and reach the driver in each user's order
+/// once it is ready. A component that fails its load in the background is shown by
+/// status and its transactions are kept for retries, not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_serves_while_a_big_component_compiles() {
+    let Some(js) = language_guest("webhook-js") else {
+        return;
+    };
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    // A fresh state dir: nothing in the AOT cache. Driver 2 lacks the url= its init
+    // requires: its load fails after the compile.
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={js} url={url} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n push_notification_driver2 = wasm:file={js} allow_hosts=127.0.0.1 allow_private\n}}\n",
+            js = js.display(),
+            url = server.url("/hooks/mail"),
+        ),
+    )
+    .unwrap();
+    let d = RunningDaemon::start(&conf);
+    // Ingest is open and the compile goes on: status says so.
+    let s = status(d.addr).await;
+    for n in 0..2 {
+        let loading = s["drivers"][n]["loading"].as_str().unwrap_or_default();
+        assert!(
+            loading.starts_with("compiling ") && loading.contains("in the background"),
+            "driver {}: {s}",
+            n + 1
+        );
+    }
+    let users = ["a@example.com", "b@example.com", "c@example.com"];
+    let mut body = String::new();
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        let user = users[i % users.len()];
+        let id = format!("t{i}");
+        body.push_str(&format!(
+            "{{\"id\":\"{id}\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"M-{id}\"}}]}}\n"
+        ));
+        sent.push((user, id));
+    }
+    let (code, _, answer) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[("content-type", "application/x-ndjson")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 202, "{answer}");
+    let reqs = server.wait_for(sent.len(), Duration::from_secs(600)).await;
+    assert_eq!(reqs.len(), sent.len());
+    for user in users {
+        let want: Vec<&str> = sent
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let got: Vec<&str> = reqs
+            .iter()
+            .filter(|r| r.body_text().contains(&format!("\"user\":\"{user}\"")))
+            .filter_map(|r| r.header("webhook-id"))
+            .collect();
+        assert_eq!(got, want, "{user}");
+    }
+    // Driver 2: its load failed after the compile; status says why, and its
+    // transactions wait for retries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let s = loop {
+        let s = status(d.addr).await;
+        if s["drivers"][1]["loading"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("failed to load"))
+            && s["drivers"][1]["retried"].as_u64() > Some(0)
+        {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let failed = &s["drivers"][1];
+    assert!(
+        failed["loading"].as_str().unwrap().contains("url"),
+        "{failed}"
+    );
+    assert_eq!(failed["delivered"], 0, "{failed}");
+    assert_eq!(failed["dead_lettered"], 0, "{failed}");
+    assert!(s["drivers"][0]["loading"].is_null(), "{s}");
+    assert_eq!(s["drivers"][0]["delivered"], 12, "{s}");
+    let log = d.log.lock().unwrap().clone();
+    let listening = log.find("listening on").unwrap();
+    let loaded = log.find("compiled and loaded").expect("the load is logged");
+    assert!(
+        listening < loaded,
+        "ingest opened before the compile ended:\n{log}"
+    );
+    assert!(
+        log.contains("driver 2 (wasm) failed to load in the background"),
+        "{log}"
+    );
 }

@@ -40,6 +40,7 @@ fn driver_init(dir: &Path, args: &str, raw: Option<&str>) -> DriverInit {
         metadata: Arc::new(NoMetadata),
         breaker: Default::default(),
         plugin_env: Default::default(),
+        background_load: false,
     }
 }
 

@@ -294,6 +294,7 @@ mod tests {
             metadata: Arc::new(NoMetadata),
             breaker: Default::default(),
             plugin_env: Default::default(),
+            background_load: false,
         }
     }
 

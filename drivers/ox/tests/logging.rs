@@ -24,6 +24,7 @@ fn init(args: &str) -> DriverInit {
         metadata: Arc::new(NoMetadata),
         breaker: Default::default(),
         plugin_env: Default::default(),
+        background_load: false,
     }
 }
 

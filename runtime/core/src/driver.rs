@@ -109,6 +109,12 @@ pub struct DriverInit {
     /// The config's `plugin { }` settings (Dovecot 2.3), for scripts'
     /// `user:plugin_getenv(name)`.
     pub plugin_env: Arc<std::collections::BTreeMap<String, String>>,
+    /// The runtime serves while drivers load (`mailpush run`, a reload): a driver whose
+    /// load is slow (a big component to compile) may finish it in the background, its
+    /// transactions waiting in its queue and the spool meanwhile, and say so through
+    /// [`Driver::loading`]. False where everything must be loaded before the command
+    /// goes on (`check`, `send`, `driver test`).
+    pub background_load: bool,
 }
 
 impl DriverInit {
@@ -205,6 +211,12 @@ pub trait Driver: Send + Sync {
     /// transaction skip ahead of one that is failing.
     fn freshness(&self) -> Freshness {
         Freshness::default()
+    }
+    /// While a driver finishes loading in the background ([`DriverInit::background_load`]):
+    /// what it is doing (`Some("compiling …")`), or why it cannot deliver (a load that
+    /// failed). `None` (the default): loaded.
+    fn loading(&self) -> Option<String> {
+        None
     }
 }
 

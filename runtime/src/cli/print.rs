@@ -128,6 +128,11 @@ pub fn status(status: &Status) {
             ));
         }
     }
+    for d in &status.drivers {
+        if let Some(loading) = &d.loading {
+            println!("{:<4} {loading}", d.number);
+        }
+    }
     if !endpoints.is_empty() {
         println!("\nendpoint circuits (endpoints seen failing):");
         for line in endpoints {

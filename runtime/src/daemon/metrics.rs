@@ -130,7 +130,7 @@ pub fn render(status: &Status) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 12] = [
+    let per_driver: [PerDriver; 13] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -190,6 +190,12 @@ pub fn render(status: &Status) -> String {
             "gauge",
             "Transactions a driver's lane holds: being delivered or waiting for a retry.",
             |d| d.held as u64,
+        ),
+        (
+            "mailpush_driver_loading",
+            "gauge",
+            "1 while a driver loads in the background (a big component compiling) or after its load failed; its transactions wait.",
+            |d| d.loading.is_some() as u64,
         ),
         (
             "mailpush_driver_overflowing",

@@ -92,7 +92,10 @@ impl Daemon {
     async fn reload_now(&self) -> Result<Reconfigured, Vec<String>> {
         let config = Config::load(&self.config_path)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-        let registry = (self.registry)();
+        let mut registry = (self.registry)();
+        // The running drivers go on meanwhile; a changed big component compiles in the
+        // background once its new lane has started.
+        registry.load_in_background(true);
         match registry.init_all(&config, self.metadata.clone()).await {
             Ok(loaded) => {
                 if config.settings != self.settings {
@@ -168,7 +171,11 @@ pub async fn serve(
         Some(n) => n.metadata.clone(),
         None => metadata,
     };
-    let loaded = match registry().init_all(&config, metadata.clone()).await {
+    // A big component not in the AOT cache yet compiles in the background: ingest opens
+    // meanwhile and its transactions wait in its queue and the spool.
+    let mut drivers = registry();
+    drivers.load_in_background(true);
+    let loaded = match drivers.init_all(&config, metadata.clone()).await {
         Ok(l) => l,
         Err((_, errors)) => anyhow::bail!(
             "refusing to start:\n{}",

@@ -102,6 +102,10 @@ pub struct DriverReport {
     pub latency_buckets: Vec<u64>,
     /// Sum of processing latencies in microseconds.
     pub latency_sum_us: u64,
+    /// While the driver loads in the background, what it is doing; a load that failed,
+    /// why ([`Driver::loading`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading: Option<String>,
 }
 
 /// What a driver's lane is doing, as `mailpush status` shows it.
@@ -114,6 +118,9 @@ pub enum LaneState {
     Saturated,
     /// Reading a backlog from the spool.
     Overflowing,
+    /// Still loading (a big component compiling in the background), or its load
+    /// failed: see [`DriverReport::loading`]. Its transactions wait.
+    Loading,
 }
 
 impl LaneState {
@@ -122,6 +129,7 @@ impl LaneState {
             LaneState::Running => "running",
             LaneState::Saturated => "saturated",
             LaneState::Overflowing => "overflowing",
+            LaneState::Loading => "loading",
         }
     }
 }
@@ -129,7 +137,9 @@ impl LaneState {
 impl DriverReport {
     /// The lane's state.
     pub fn state(&self) -> LaneState {
-        if self.overflowing {
+        if self.loading.is_some() {
+            LaneState::Loading
+        } else if self.overflowing {
             LaneState::Overflowing
         } else if self.queued >= self.capacity {
             LaneState::Saturated
@@ -171,6 +181,7 @@ impl DriverReport {
             endpoints: driver.endpoint_circuits(),
             latency_buckets: stats.latency_buckets.iter().map(get).collect(),
             latency_sum_us: get(&stats.latency_sum_us),
+            loading: driver.loading(),
         }
     }
 }

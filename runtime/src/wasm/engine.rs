@@ -14,6 +14,12 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::cache::{cache_key, sign, verify};
 use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
+/// Components at least this big that are not in the AOT cache compile in the
+/// background under `mailpush run` ([`WasmEngine::slow_compile`]): JavaScript and Python
+/// components (13–19 MB) take many seconds; Rust ones (well under 1 MB) compile in a
+/// fraction of one and keep failing fast at start.
+pub const SLOW_COMPILE_BYTES: u64 = 4 << 20;
+
 /// Concurrent instances the pooling allocator has slots for (per engine).
 const POOL_INSTANCES: u32 = 1000;
 /// Per pool slot, at most this much linear memory stays resident between instances
@@ -202,6 +208,27 @@ impl WasmEngine {
             sha256,
             cache: outcome,
         })
+    }
+
+    /// Whether loading `path` means a long compile: a component of at least
+    /// [`SLOW_COMPILE_BYTES`] with no artifact in the AOT cache (a JavaScript or Python
+    /// component compiles for many seconds). Returns the file's sha256 then; `None` when
+    /// the load will be quick (or fail quickly: an unreadable file).
+    pub fn slow_compile(&self, path: &Path) -> Option<String> {
+        let size = std::fs::metadata(path).ok()?.len();
+        if size < SLOW_COMPILE_BYTES {
+            return None;
+        }
+        let bytes = std::fs::read(path).ok()?;
+        check_header(path, &bytes).ok()?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(dir) = &self.cache_dir {
+            let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
+            if artifact.is_file() {
+                return None;
+            }
+        }
+        Some(sha256)
     }
 
     /// A short hash of everything that makes compiled code compatible with this engine.

@@ -1,6 +1,7 @@
 //! `WasmFactory`: registers `wasm` and loads a component from `wasm:file=… key=value …`.
 //! mailpush's own keys (the [`Sandbox`]) are taken off the line; every other key goes
-//! to the component's `init`.
+//! to the component's `init`. Under `mailpush run` a big component not in the AOT cache
+//! compiles in the background ([`BackgroundLoad`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -8,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use mailpush_core::{DriverFactory, DriverInit, InitError, Initialised};
 
+use super::background::BackgroundLoad;
 use super::driver::WasmDriver;
 use super::engine::Engines;
 use super::log::DriverTag;
@@ -60,6 +62,31 @@ impl DriverFactory for WasmFactory {
             number: init.number,
             name: init.name.clone(),
         });
+        if init.background_load {
+            let engine = engines
+                .get(sandbox.limits.fuel.is_some())
+                .map_err(|e| InitError(e.to_string()))?;
+            if let Some(sha256) = engine.slow_compile(&path) {
+                let mut details = vec![
+                    format!("file: {}", path.display()),
+                    format!("sha256: {sha256}"),
+                    "compiled: in the background (not in the AOT cache yet)".to_string(),
+                ];
+                details.extend(sandbox.describe());
+                let driver = BackgroundLoad::start(
+                    tag,
+                    &path,
+                    sandbox,
+                    args,
+                    engines,
+                    init.metadata.clone(),
+                );
+                let mut out = Initialised::new(Arc::new(driver));
+                out.details = details;
+                out.warnings = warnings;
+                return Ok(out);
+            }
+        }
         let driver =
             WasmDriver::load(tag, &path, sandbox, args, &engines, init.metadata.clone()).await?;
         let details = driver.details();

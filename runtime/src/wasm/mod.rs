@@ -3,8 +3,10 @@
 //! Loading: [`factory`] reads `wasm:file=…`, [`sandbox`] takes mailpush's keys off the
 //! line (each capability reads its own), [`engine`] compiles through the signed AOT
 //! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
-//! version, [`instance`] links it and makes instances. Running: [`driver`] maps
-//! Dovecot's hooks onto the component's exports, [`trap`] explains failed calls.
+//! version, [`instance`] links it and makes instances; under `mailpush run` a big
+//! component not in the AOT cache does all that in the background ([`background`]).
+//! Running: [`driver`] maps Dovecot's hooks onto the component's exports, [`trap`]
+//! explains failed calls.
 //! [`tenants`] routes per-domain handlers.
 //!
 //! What a component is granted, one module per capability, each with its keys, its
@@ -16,6 +18,7 @@
 //! - [`stdio`]: stdout and stderr into the log; the last lines explain a failed call;
 //! - [`wasi`]: clocks and random; no filesystem, environment or sockets.
 
+pub mod background;
 pub mod bindings;
 pub mod cache;
 mod convert;
