@@ -560,3 +560,63 @@ async fn metadata_is_limited_to_the_transactions_user() {
         "the store is asked only for the transaction's own user"
     );
 }
+
+/// `mailpush check` compiles the config's components into the AOT cache; with
+/// `--prune-cache` it also deletes the artifacts of components no driver of the config
+/// uses, and keeps its own.
+#[test]
+fn check_prune_cache_keeps_only_what_the_config_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://127.0.0.1:9/x allow_hosts=127.0.0.1 allow_private\n}}\n",
+            guest("webhook").display()
+        ),
+    )
+    .unwrap();
+    let cache = dir.path().join("state/wasm-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let stale = cache.join(format!("{}-0000000000000000.cwasm", "ab".repeat(32)));
+    std::fs::write(&stale, vec![0u8; 2 << 20]).unwrap();
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(mailpush_bin())
+            .arg("check")
+            .args(extra)
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // A plain check prunes nothing, and caches the driver.
+    check(&[]);
+    assert!(stale.exists());
+    use sha2::Digest as _;
+    let sha = hex::encode(sha2::Sha256::digest(
+        std::fs::read(guest("webhook")).unwrap(),
+    ));
+    let ours = || {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&sha))
+            .count()
+    };
+    assert_eq!(ours(), 1);
+    let text = check(&["--prune-cache"]);
+    assert!(
+        text.contains("removed 1 compiled artifact(s) no driver of this config uses (2 MiB freed)"),
+        "{text}"
+    );
+    assert!(!stale.exists());
+    assert_eq!(ours(), 1, "the config's own artifact stays");
+    assert!(cache.join("cache.key").exists());
+}

@@ -63,8 +63,17 @@ pub enum Command {
     /// Parse the config, initialise every driver, print the driver table and warnings.
     ///
     /// Exits non-zero, listing every error with file:line, when the config is unusable.
-    #[command(after_help = "Example:\n  mailpush check -c /etc/mailpush/mailpush.conf")]
-    Check,
+    /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
+    /// starts without compiling them: run it before deploying a new driver.
+    #[command(
+        after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  mailpush check --prune-cache    # also delete compiled artifacts no driver of this config uses"
+    )]
+    Check {
+        /// After a successful check, delete the compiled artifacts in the AOT cache that
+        /// no driver of this config (numbered or tenant) uses.
+        #[arg(long)]
+        prune_cache: bool,
+    },
     /// Read canonical transactions (NDJSON, or JSON objects one after another) and
     /// dispatch them through every driver in-process; print per-driver counts.
     ///
@@ -328,7 +337,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Check => run_check(&cli.global).await,
+            Command::Check { prune_cache } => run_check(&cli.global, *prune_cache).await,
             Command::Send(args) => run_send(&cli.global, args).await,
             Command::Run => {
                 let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
@@ -417,11 +426,22 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn run_check(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<ExitCode> {
     let report = check(&global.config, &DriverRegistry::default())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print::check(&global.config, &report);
+    if prune_cache {
+        match crate::commands::check::prune_cache(&report) {
+            Some((dir, deleted, freed)) => println!(
+                "AOT cache {}: removed {} compiled artifact(s) no driver of this config uses ({} MiB freed)",
+                dir.display(),
+                deleted.len(),
+                freed >> 20
+            ),
+            None => eprintln!("--prune-cache: nothing removed, the check failed (an artifact of a driver that did not load could go)"),
+        }
+    }
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {

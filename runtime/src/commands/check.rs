@@ -111,3 +111,34 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         errors,
     })
 }
+
+/// `check --prune-cache`: deletes the AOT cache's artifacts of components no driver of a
+/// successfully checked config uses (the `sha256:` lines of its drivers' details, tenant
+/// handlers included). Returns the cache dir, the names deleted and the bytes freed;
+/// `None` when the check failed (a driver that did not load names no component).
+pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> {
+    let CheckReport::Loaded {
+        state_dir,
+        drivers,
+        errors,
+        ..
+    } = report
+    else {
+        return None;
+    };
+    if !errors.is_empty() {
+        return None;
+    }
+    let used: std::collections::HashSet<String> = drivers
+        .iter()
+        .flat_map(|d| &d.details)
+        .filter_map(|l| l.trim_start().strip_prefix("sha256: "))
+        .map(str::to_string)
+        .collect();
+    let dir = state_dir.join("wasm-cache");
+    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used);
+    for name in &deleted {
+        tracing::info!(cache = %dir.display(), "removed {name}: no driver of this config uses it");
+    }
+    Some((dir, deleted, freed))
+}

@@ -120,6 +120,43 @@ pub fn prune(dir: &Path, max: u64, keep: &std::collections::HashSet<String>) -> 
     deleted
 }
 
+/// Deletes the `*.cwasm` artifacts of `dir` compiled from none of the components whose
+/// sha256 is in `used` (artifacts are named `SHA256-ENGINE.cwasm`), and `*.tmp` files
+/// left by writes interrupted over an hour ago; returns the names deleted and the bytes
+/// freed.
+/// `mailpush check --prune-cache` passes the components of the config it checked.
+pub fn prune_unused(dir: &Path, used: &std::collections::HashSet<String>) -> (Vec<String>, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (Vec::new(), 0);
+    };
+    let mut deleted = Vec::new();
+    let mut freed = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let unused = match name.strip_suffix(".cwasm") {
+            Some(stem) => !used.contains(stem.split('-').next().unwrap_or_default()),
+            None => {
+                name.ends_with(".tmp")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+            }
+        };
+        if !unused {
+            continue;
+        }
+        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(e.path()).is_ok() {
+            freed += len;
+            deleted.push(name);
+        }
+    }
+    deleted.sort();
+    (deleted, freed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +187,41 @@ mod tests {
         touch(&dir.path().join("a.cwasm"));
         let deleted = prune(dir.path(), 100, &Default::default());
         assert_eq!(deleted, ["d.cwasm"]);
+    }
+
+    #[test]
+    fn prune_unused_keeps_only_the_artifacts_of_used_components() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "aaaa-0123.cwasm",
+            "aaaa-4567.cwasm",
+            "bbbb-0123.cwasm",
+            "cccc-0123.tmp",
+            "cache.key",
+        ] {
+            std::fs::write(dir.path().join(name), [0u8; 10]).unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .append(true)
+            .open(dir.path().join("cccc-0123.tmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // A write in progress.
+        std::fs::write(dir.path().join("dddd-0123.tmp"), [0u8; 10]).unwrap();
+        let used: std::collections::HashSet<String> = ["aaaa".to_string()].into();
+        let (deleted, freed) = prune_unused(dir.path(), &used);
+        assert_eq!(deleted, ["bbbb-0123.cwasm", "cccc-0123.tmp"]);
+        assert_eq!(freed, 20);
+        // Both engine flavours of a used component stay, and the key.
+        for kept in [
+            "aaaa-0123.cwasm",
+            "aaaa-4567.cwasm",
+            "cache.key",
+            "dddd-0123.tmp",
+        ] {
+            assert!(dir.path().join(kept).exists(), "{kept}");
+        }
     }
 }
