@@ -192,6 +192,27 @@ impl Transaction {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// The canonical JSON of a transaction with this id and user, no METADATA, and the
+    /// events whose canonical JSON ([`Event::to_json`]) is `events`, in that order —
+    /// what [`Transaction::to_json`] gives for it, without serialising the events again.
+    pub fn json_of(id: &str, user: &str, events: &[String]) -> String {
+        let len = events.iter().map(|e| e.len() + 1).sum::<usize>() + id.len() + user.len();
+        let mut out = String::with_capacity(len + 40);
+        out.push_str("{\"id\":");
+        out.push_str(&quote(id));
+        out.push_str(",\"user\":");
+        out.push_str(&quote(user));
+        out.push_str(",\"events\":[");
+        for (i, e) in events.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(e);
+        }
+        out.push_str("]}");
+        out
+    }
 }
 
 /// A fresh, time-ordered unique transaction id.

@@ -1147,3 +1147,36 @@ fn event_name_helpers() {
     );
     assert_eq!(EventSet::all().iter().collect::<Vec<_>>(), EventName::ALL);
 }
+
+/// `Transaction::json_of` puts the events' JSON together as `to_json` serialises the
+/// whole transaction: for every example transaction, every event kind, and ids and users
+/// that need escaping.
+#[test]
+fn json_of_event_json_equals_the_whole_transactions_json() {
+    let text = include_str!("../../../examples/events.ndjson");
+    let mut txns = parse_ndjson(text).unwrap();
+    let all: Vec<String> = EventName::ALL.iter().map(|n| sample_event(*n)).collect();
+    txns.push(
+        Transaction::from_json(&format!(
+            r#"{{"id":"q\"uote\\d","user":"ü\u0001@example.com","events":[{}]}}"#,
+            all.join(",")
+        ))
+        .unwrap(),
+    );
+    // No event wanted (a driver may join and want none of them).
+    txns.push(Transaction {
+        id: "empty".into(),
+        user: "a@b".into(),
+        events: Vec::new(),
+        metadata: Default::default(),
+    });
+    for t in &txns {
+        let events: Vec<String> = t.events.iter().map(Event::to_json).collect();
+        let mut plain = t.clone();
+        plain.metadata.clear();
+        assert_eq!(
+            Transaction::json_of(&t.id, &t.user, &events),
+            plain.to_json()
+        );
+    }
+}

@@ -255,7 +255,7 @@ impl Driver for WasmDriver {
                     inst: Some(inst),
                     txn: txn.clone(),
                     started,
-                    events: Vec::new(),
+                    wanted: Vec::new(),
                 }),
             }),
             Err(e) => {
@@ -301,20 +301,45 @@ struct WasmTxn {
     inst: Option<Instance>,
     txn: Arc<Transaction>,
     started: Instant,
-    events: Vec<Event>,
+    /// The wanted events in the order the records brought them.
+    wanted: Vec<Wanted>,
+}
+
+/// A wanted event: where it is in the transaction (the records the dispatcher makes
+/// point into it), or a copy of one from elsewhere.
+enum Wanted {
+    At(usize),
+    Copy(Box<Event>),
+}
+
+impl WasmTxn {
+    fn want(&mut self, events: &[&Event]) {
+        let all = &self.txn.events;
+        for e in events {
+            self.wanted.push(match position(all, e) {
+                Some(i) => Wanted::At(i),
+                None => Wanted::Copy(Box::new((*e).clone())),
+            });
+        }
+    }
+}
+
+/// The index of `e` in `all` if it is one of its elements (not merely an equal event).
+fn position(all: &[Event], e: &Event) -> Option<usize> {
+    let size = std::mem::size_of::<Event>();
+    let offset = (e as *const Event as usize).checked_sub(all.as_ptr() as usize)?;
+    (size > 0 && offset % size == 0 && offset / size < all.len()).then_some(offset / size)
 }
 
 #[async_trait]
 impl DriverTxn for WasmTxn {
     async fn process_mbox(&mut self, record: &MailboxRecord<'_>) -> Result<(), Failure> {
-        self.events
-            .extend(record.events.iter().map(|e| (*e).clone()));
+        self.want(&record.events);
         Ok(())
     }
 
     async fn process_msg(&mut self, record: &MessageRecord<'_>) -> Result<(), Failure> {
-        self.events
-            .extend(record.events.iter().map(|e| (*e).clone()));
+        self.want(&record.events);
         Ok(())
     }
 
@@ -327,22 +352,20 @@ impl DriverTxn for WasmTxn {
             inner.finish_log(&mut inst.store, &self.txn);
             return Ok(());
         }
-        let wanted = Transaction {
-            id: self.txn.id.clone(),
-            user: self.txn.user.clone(),
-            events: std::mem::take(&mut self.events),
-            metadata: Default::default(),
-        };
-        let events: Vec<_> = wanted
-            .events
+        // Each wanted event's canonical JSON is serialised once: for its record and,
+        // put together, for the transaction's (what `Transaction::to_json` gives for the
+        // wanted events without METADATA).
+        let wanted: Vec<&Event> = self
+            .wanted
             .iter()
-            .map(|e| bindings::mailpush::driver::types::EventRecord {
-                event: convert::event(e),
-                json: e.to_json(),
+            .map(|w| match w {
+                Wanted::At(i) => &self.txn.events[*i],
+                Wanted::Copy(e) => e,
             })
             .collect();
-        let json = wanted.to_json();
-        let size = json.len() + events.iter().map(|e| e.json.len()).sum::<usize>();
+        let jsons: Vec<String> = wanted.iter().map(|e| e.to_json()).collect();
+        let json = Transaction::json_of(&self.txn.id, &self.txn.user, &jsons);
+        let size = json.len() + jsons.iter().map(String::len).sum::<usize>();
         let limits = &inner.sandbox.limits;
         if size > limits.max_event_bytes {
             inner.finish_log(&mut inst.store, &self.txn);
@@ -353,9 +376,17 @@ impl DriverTxn for WasmTxn {
                 limits.max_event_bytes
             )));
         }
+        let events = wanted
+            .iter()
+            .zip(jsons)
+            .map(|(e, json)| bindings::mailpush::driver::types::EventRecord {
+                event: convert::event(e),
+                json,
+            })
+            .collect();
         let record = bindings::mailpush::driver::types::Transaction {
-            id: wanted.id,
-            user: wanted.user,
+            id: self.txn.id.clone(),
+            user: self.txn.user.clone(),
             events,
             json,
         };
@@ -422,5 +453,26 @@ impl DriverTxn for WasmTxn {
                 Err(f)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only an element of the slice itself has a position: not an equal event elsewhere,
+    /// nor an address inside an element.
+    #[test]
+    fn position_finds_elements_not_equal_copies() {
+        let t = Transaction::from_json(
+            r#"{"id":"1","user":"a@b","events":[{"name":"MailboxCreate","mailbox":"A"},{"name":"MailboxCreate","mailbox":"B"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(position(&t.events, &t.events[0]), Some(0));
+        assert_eq!(position(&t.events, &t.events[1]), Some(1));
+        let copy = t.events[1].clone();
+        assert_eq!(position(&t.events, &copy), None);
+        assert_eq!(position(&t.events[..1], &t.events[1]), None);
+        assert_eq!(position(&t.events[1..], &t.events[0]), None);
     }
 }
