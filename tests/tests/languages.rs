@@ -293,4 +293,30 @@ async fn run_serves_while_a_big_component_compiles() {
         log.contains("driver 2 (wasm) failed to load in the background"),
         "{log}"
     );
+
+    // Fixed and reloaded: driver 2's transactions, kept meanwhile, are delivered.
+    let fixed = RecordingServer::start().await;
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={js} url={url} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n push_notification_driver2 = wasm:file={js} url={fixed_url} allow_hosts=127.0.0.1 allow_private\n}}\n",
+            js = js.display(),
+            url = server.url("/hooks/mail"),
+            fixed_url = fixed.url("/fixed"),
+        ),
+    )
+    .unwrap();
+    let (code, _, answer) = http_request(d.addr, "POST", "/v1/reload", &[], b"").await;
+    assert_eq!(code, 200, "{answer}");
+    let reqs = fixed.wait_for(sent.len(), Duration::from_secs(600)).await;
+    let mut ids: Vec<String> = reqs
+        .iter()
+        .filter_map(|r| r.header("webhook-id").map(str::to_string))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut want: Vec<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(server.requests().len(), sent.len(), "driver 1 delivered each once");
 }

@@ -92,10 +92,10 @@ impl Daemon {
     async fn reload_now(&self) -> Result<Reconfigured, Vec<String>> {
         let config = Config::load(&self.config_path)
             .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-        let mut registry = (self.registry)();
-        // The running drivers go on meanwhile; a changed big component compiles in the
-        // background once its new lane has started.
-        registry.load_in_background(true);
+        // Everything loads before the switch, big components included: the running
+        // drivers deliver meanwhile, and a driver that fails to load refuses the reload
+        // (the running configuration is kept) instead of replacing a working driver.
+        let registry = (self.registry)();
         match registry.init_all(&config, self.metadata.clone()).await {
             Ok(loaded) => {
                 if config.settings != self.settings {
