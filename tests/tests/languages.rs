@@ -318,5 +318,9 @@ async fn run_serves_while_a_big_component_compiles() {
     let mut want: Vec<String> = sent.iter().map(|(_, id)| id.clone()).collect();
     want.sort();
     assert_eq!(ids, want);
-    assert_eq!(server.requests().len(), sent.len(), "driver 1 delivered each once");
+    assert_eq!(
+        server.requests().len(),
+        sent.len(),
+        "driver 1 delivered each once"
+    );
 }
