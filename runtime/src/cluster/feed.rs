@@ -27,6 +27,8 @@ pub struct Feeder {
     pub partition: u32,
     /// Reset the consumer to its ack floor first (this node just took the partition).
     pub reset: bool,
+    /// The ownership of the partition this feeder feeds for ([`Acks::generation`]).
+    pub generation: u64,
 }
 
 impl Feeder {
@@ -92,9 +94,12 @@ impl Feeder {
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             check.tick().await;
             loop {
+                // A stop first: after it nothing more is fed (the partition moved, or
+                // starts over with a reset).
                 let next = tokio::select! {
-                    m = messages.next() => m,
+                    biased;
                     _ = stop.changed() => return,
+                    m = messages.next() => m,
                     _ = check.tick() => {
                         // Idle for a while: did the server send something that never came?
                         if !std::mem::take(&mut arrived) && self.lost(&consumer, last).await {
@@ -151,20 +156,28 @@ impl Feeder {
                 };
                 let txn = Arc::new(txn);
                 let item = super::spool::item_of(&txn);
-                match self
-                    .acks
-                    .insert(self.driver, &txn.id, self.partition, sseq, acker, item)
-                {
+                match self.acks.insert(
+                    self.driver,
+                    &txn.id,
+                    self.partition,
+                    sseq,
+                    acker,
+                    item,
+                    self.generation,
+                ) {
                     Arrival::Fresh => {}
                     Arrival::Held => continue,
                     Arrival::Done(acker) => {
                         let _ = acker.ack().await;
                         continue;
                     }
+                    // This feeder's ownership ended (its stop is on the way).
+                    Arrival::Stale => return,
                 }
                 let fed = tokio::select! {
-                    r = self.dispatcher.feed(self.driver, txn.clone()) => r,
+                    biased;
                     _ = stop.changed() => Ok(false),
+                    r = self.dispatcher.feed(self.driver, txn.clone()) => r,
                 };
                 if fed != Ok(true) {
                     // Not taken: stopping (the partition moved, the node stops), or the

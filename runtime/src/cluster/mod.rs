@@ -96,6 +96,29 @@ impl Ownership {
         }
     }
 
+    /// A renewal: extends this node's hold on `p` to `until`, unless the deadline it had
+    /// already passed (or `p` is not held): then nothing changes and `false` says so. Past
+    /// its deadline the lanes' gate refused `p`'s transactions, and lanes may have let
+    /// some of them go while the feeders went on; the partition has to start over (see
+    /// `ownership`), not simply be admitted again.
+    pub(crate) fn renew(&self, p: u32, until: std::time::Instant) -> bool {
+        let Some(u) = self.until.get(p as usize) else {
+            return false;
+        };
+        let ms = until.saturating_duration_since(self.origin).as_millis() as u64 + 1;
+        let mut cur = u.load(Ordering::Acquire);
+        loop {
+            // The same test as `owns`: a deadline the gate may have seen passed is passed.
+            if cur == 0 || cur <= self.now_ms() + 1 {
+                return false;
+            }
+            match u.compare_exchange(cur, ms.max(cur), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
     /// This node no longer holds `p`.
     pub(crate) fn release(&self, p: u32) {
         if let Some(u) = self.until.get(p as usize) {
@@ -282,5 +305,26 @@ mod tests {
         // A deadline in the past: not delivered, before any release.
         o.hold(p, std::time::Instant::now());
         assert!(!o.owns(p));
+    }
+
+    /// A renewal does not bring back a partition whose deadline passed: lanes may have
+    /// let some of its transactions go meanwhile (the gate refused them) while its
+    /// feeders went on with later ones, so it must start over (a new epoch, a reset).
+    #[test]
+    fn a_renewal_does_not_revive_a_lapsed_deadline() {
+        let o = Ownership::new(4);
+        let p = partition_of("u@x", 4);
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert!(!o.renew(p, later), "not held: nothing to renew");
+        assert!(!o.owns(p));
+        o.hold(p, later);
+        assert!(o.renew(p, later + std::time::Duration::from_secs(1)));
+        assert!(o.owns(p));
+        assert_eq!(o.epoch(), 1, "a renewal does not change the epoch");
+        o.hold(p, std::time::Instant::now());
+        assert!(!o.owns(p), "lapsed");
+        assert!(!o.renew(p, later), "a lapsed deadline is not extended");
+        assert!(!o.owns(p), "and the gate still refuses the partition");
+        assert_eq!(o.epoch(), 1);
     }
 }

@@ -322,7 +322,27 @@ impl Membership {
                     // From the start of the call: the server's expiry counts from its
                     // write, which came after.
                     h.last_renewed = started;
-                    self.ownership.hold(p, started + fence_after);
+                    if !self.ownership.renew(p, started + fence_after) {
+                        // The deadline passed before this renewal came back: meanwhile
+                        // the gate refused the partition, so lanes may have let some of
+                        // its transactions go (unacknowledged) while the feeders went on
+                        // with later ones. Admitting it again as it is would deliver
+                        // those later ones first: start it over instead, as if just
+                        // taken (a new epoch: the lanes drop every copy they hold; the
+                        // feeders reset to the ack floor; what was acknowledged here is
+                        // still skipped).
+                        self.drop_partition(p, std::mem::take(&mut h.feeders));
+                        self.ownership.hold(p, started + fence_after);
+                        h.feeders = drivers
+                            .iter()
+                            .map(|&d| (d, self.start_feeder(d, p, true)))
+                            .collect();
+                        *rebalances += 1;
+                        tracing::warn!(
+                            partition = p,
+                            "partition {p} starts over: its lease was renewed after its deadline had passed"
+                        );
+                    }
                 }
                 Err(e) => {
                     let lost = matches!(
@@ -443,19 +463,24 @@ impl Membership {
             driver,
             partition,
             reset,
+            generation: self.acks.generation(partition),
         };
         tokio::spawn(f.run(stopped));
         stop
     }
 
     /// Stops delivering partition `p`: the lanes drop what they hold of it, its feeders
-    /// stop, its acknowledgement handles are forgotten.
+    /// stop, its acknowledgement handles are retired. What was acknowledged here above
+    /// the consumers' ack floors is kept: when this node reads `p` again (it retakes the
+    /// lease once it expires, or at once when `p` starts over) those are not delivered
+    /// twice.
     fn drop_partition(&self, p: u32, feeders: HashMap<u32, watch::Sender<bool>>) {
         self.ownership.release(p);
         for stop in feeders.values() {
             let _ = stop.send(true);
         }
-        self.acks.hand_over(p);
+        let done = self.acks.hand_over(p);
+        self.acks.take_over(p, done);
     }
 
     /// Hands partition `p` over: stops it (lanes let go of what they hold of it and do
@@ -475,6 +500,8 @@ impl Membership {
         for stop in h.feeders.values() {
             let _ = stop.send(true);
         }
+        // Nothing more from its feeders, even from one that has not seen its stop yet.
+        self.acks.fence(p);
         let acks = self.acks.clone();
         let client = self.client.clone();
         let node = self.node.clone();

@@ -46,6 +46,9 @@ pub enum Arrival {
     Held,
     /// Delivered here already: acknowledge it again, do not feed it.
     Done(Box<Acker>),
+    /// Read by a feeder of an ownership of the partition that has ended (its feeder
+    /// was told to stop): not this feeder's to feed or acknowledge.
+    Stale,
 }
 
 /// The identity of the copy of a transaction a lane holds.
@@ -66,12 +69,38 @@ pub struct Acks {
     /// By driver, then transaction id (looked up by `&str`: no allocation per check).
     out: Mutex<HashMap<u32, HashMap<String, Out>>>,
     done: Mutex<HashMap<(u32, u32), BTreeSet<u64>>>,
+    /// Per partition, which ownership of it feeders may feed for: each ownership that
+    /// ends ([`Acks::fence`], [`Acks::hand_over`]) moves it on, so a feeder still running
+    /// from an earlier one (stopping, but not yet) cannot add copies that the lanes
+    /// would take for the current ownership's. Changed and checked under `out`'s lock.
+    generation: Mutex<HashMap<u32, u64>>,
+    /// Like `out`, the copies this node still had of a partition when it stopped
+    /// delivering it ([`Acks::hand_over`]): the gate no longer admits them, but a
+    /// delivery of one that was already running may still finish, and then counts as
+    /// done (skipped when this node reads the partition again). Each goes when its copy
+    /// finishes or is let go.
+    retired: Mutex<HashMap<u32, HashMap<String, Out>>>,
 }
 
 impl Acks {
-    /// A message arrived for a lane (copy `item` of its transaction). Checked and
-    /// recorded under one lock with [`Acks::take`], so that a delivery finishing at the
-    /// same moment is either still held or already done, never neither.
+    /// Which ownership of partition `p` feeders started now feed for.
+    pub fn generation(&self, p: u32) -> u64 {
+        let _out = self.out.lock();
+        self.generation.lock().get(&p).copied().unwrap_or(0)
+    }
+
+    /// The current ownership of `p` ends: feeders started before it add nothing more.
+    pub fn fence(&self, p: u32) {
+        let _out = self.out.lock();
+        *self.generation.lock().entry(p).or_default() += 1;
+    }
+
+    /// A message arrived for a lane (copy `item` of its transaction), read by a feeder of
+    /// ownership `generation` of its partition. Checked and recorded under one lock with
+    /// [`Acks::take`], so that a delivery finishing at the same moment is either still
+    /// held or already done, never neither; and with [`Acks::fence`], so that nothing a
+    /// feeder of an ended ownership reads is taken for the current one's.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         driver: u32,
@@ -80,8 +109,12 @@ impl Acks {
         seq: u64,
         acker: Acker,
         item: usize,
+        generation: u64,
     ) -> Arrival {
         let mut out = self.out.lock();
+        if self.generation.lock().get(&partition).copied().unwrap_or(0) != generation {
+            return Arrival::Stale;
+        }
         if self.is_done(driver, partition, seq) {
             return Arrival::Done(Box::new(acker));
         }
@@ -116,17 +149,32 @@ impl Acks {
             .is_some_and(|o| o.item == item_of(txn))
     }
 
-    /// The handle to acknowledge `txn` with; its sequence counts as done.
+    /// The handle to acknowledge `txn` with; its sequence counts as done. A delivery
+    /// that was running when its partition stopped here finishes with its retired
+    /// handle, unless a copy read since is held (then that one is done).
     fn take(&self, driver: u32, txn: &str) -> Option<Acker> {
         let mut out = self.out.lock();
-        let o = out.get_mut(&driver)?.remove(txn)?;
+        let retired = self
+            .retired
+            .lock()
+            .get_mut(&driver)
+            .and_then(|m| m.remove(txn));
+        let o = out
+            .get_mut(&driver)
+            .and_then(|m| m.remove(txn))
+            .or(retired)?;
         self.mark_done(driver, o.partition, o.seq);
         Some(o.acker)
     }
 
     /// The handle of `txn`, not yet counted as done (a dead letter: done once stored).
+    /// A retired copy given up on does not count: the partition's owner decides.
     fn take_pending(&self, driver: u32, txn: &str) -> Option<(u32, u64, Acker)> {
-        let o = self.out.lock().get_mut(&driver)?.remove(txn)?;
+        let mut out = self.out.lock();
+        if let Some(m) = self.retired.lock().get_mut(&driver) {
+            m.remove(txn);
+        }
+        let o = out.get_mut(&driver)?.remove(txn)?;
         Some((o.partition, o.seq, o.acker))
     }
 
@@ -142,7 +190,12 @@ impl Acks {
     /// This copy of `txn` is let go without being delivered here (its partition moved,
     /// or its driver is gone).
     pub fn abandon(&self, driver: u32, txn: &Transaction) {
-        if let Some(mine) = self.out.lock().get_mut(&driver) {
+        let mut out = self.out.lock();
+        let mut retired = self.retired.lock();
+        for mine in [out.get_mut(&driver), retired.get_mut(&driver)]
+            .into_iter()
+            .flatten()
+        {
             if mine.get(&txn.id).is_some_and(|o| o.item == item_of(txn)) {
                 mine.remove(&txn.id);
             }
@@ -183,11 +236,28 @@ impl Acks {
             .map_or(0, |m| m.values().filter(|o| o.partition == p).count())
     }
 
-    /// Forgets partition `p` (it moved away), returning what was acknowledged above the
-    /// floor per driver, for its next owner.
+    /// Forgets partition `p` (it moved away, or starts over), returning what was
+    /// acknowledged above the floor per driver, for its next owner. Its copies in the
+    /// lanes are retired (not admitted any more; one still being delivered counts as
+    /// done when it finishes), and its feeders add nothing more.
     pub fn hand_over(&self, p: u32) -> BTreeMap<u32, Vec<u64>> {
-        for mine in self.out.lock().values_mut() {
-            mine.retain(|_, o| o.partition != p);
+        {
+            let mut out = self.out.lock();
+            *self.generation.lock().entry(p).or_default() += 1;
+            let mut retired = self.retired.lock();
+            for (driver, mine) in out.iter_mut() {
+                let gone: Vec<String> = mine
+                    .iter()
+                    .filter(|(_, o)| o.partition == p)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let to = retired.entry(*driver).or_default();
+                for id in gone {
+                    if let Some(o) = mine.remove(&id) {
+                        to.insert(id, o);
+                    }
+                }
+            }
         }
         let mut done = self.done.lock();
         let drivers: Vec<(u32, u32)> = done.keys().filter(|(_, q)| *q == p).copied().collect();
@@ -431,5 +501,102 @@ impl Spool for JetStreamSpool {
             ownership: self.ownership.clone(),
             acks: self.acks.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(id: &str) -> Arc<Transaction> {
+        Arc::new(
+            Transaction::from_json(&format!(
+                r#"{{"id":"{id}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"A"}}]}}"#
+            ))
+            .unwrap(),
+        )
+    }
+
+    /// An acknowledgement handle that is never used (no server behind it).
+    async fn acker() -> Acker {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("nats://127.0.0.1:1")
+            .await
+            .unwrap();
+        Acker::new(async_nats::jetstream::new(client), None)
+    }
+
+    /// A partition that stops here (fenced, or starting over): a feeder of the ended
+    /// ownership adds nothing more; the copies the lanes hold are not admitted; one whose
+    /// delivery was running and finishes counts as done, so reading the partition again
+    /// skips it, while a copy let go comes again.
+    #[tokio::test]
+    async fn a_partition_that_stops_here_fences_its_feeders_and_retires_its_copies() {
+        let acks = Acks::default();
+        let (p, d) = (3, 1);
+        let (t1, t2) = (txn("t1"), txn("t2"));
+        let old = acks.generation(p);
+        for (t, seq) in [(&t1, 10), (&t2, 11)] {
+            let a = acks.insert(d, &t.id, p, seq, acker().await, item_of(t), old);
+            assert!(matches!(a, Arrival::Fresh));
+            assert!(acks.holds(d, t));
+        }
+        let done = acks.hand_over(p);
+        assert!(done.is_empty());
+        assert!(!acks.holds(d, &t1) && !acks.holds(d, &t2), "copies retired");
+        assert_eq!(acks.in_flight(p), 0);
+        // A feeder of the ended ownership that has not stopped yet.
+        let t3 = txn("t3");
+        let late = acks.insert(d, &t3.id, p, 12, acker().await, item_of(&t3), old);
+        assert!(matches!(late, Arrival::Stale));
+        // t1 was being delivered and finishes; t2 was queued and is let go.
+        assert!(
+            acks.take(d, &t1.id).is_some(),
+            "its retired handle acknowledges it"
+        );
+        acks.abandon(d, &t2);
+        // Read again under the next ownership: t1 is skipped, t2 and t3 come again.
+        let now = acks.generation(p);
+        assert_ne!(now, old);
+        let again = |t: &Arc<Transaction>, seq| {
+            let t = t.clone();
+            let acks = &acks;
+            async move {
+                let copy = Arc::new((*t).clone());
+                acks.insert(d, &copy.id, p, seq, acker().await, item_of(&copy), now)
+            }
+        };
+        assert!(matches!(again(&t1, 10).await, Arrival::Done(_)));
+        assert!(matches!(again(&t2, 11).await, Arrival::Fresh));
+        assert!(matches!(again(&t3, 12).await, Arrival::Fresh));
+        // The retired copy of t2 let go later does not touch the new copy's handle.
+        acks.abandon(d, &t2);
+        assert_eq!(acks.in_flight_of(d, p), 2);
+    }
+
+    /// A retired copy still being delivered when its message is read again: the new copy
+    /// waits behind it in the lane; when it finishes, the new copy is the one done (and
+    /// no longer admitted: it is not delivered twice).
+    #[tokio::test]
+    async fn a_retired_delivery_finishing_after_the_reread_completes_the_new_copy() {
+        let acks = Acks::default();
+        let (p, d) = (0, 1);
+        let t1 = txn("t1");
+        let g = acks.generation(p);
+        acks.insert(d, &t1.id, p, 5, acker().await, item_of(&t1), g);
+        acks.hand_over(p);
+        let copy = Arc::new((*t1).clone());
+        let g = acks.generation(p);
+        let a = acks.insert(d, &copy.id, p, 5, acker().await, item_of(&copy), g);
+        assert!(matches!(a, Arrival::Fresh));
+        assert!(acks.holds(d, &copy) && !acks.holds(d, &t1));
+        assert!(acks.take(d, &t1.id).is_some());
+        assert!(
+            !acks.holds(d, &copy),
+            "done: the new copy is dropped, not delivered"
+        );
+        assert!(acks.is_done(d, p, 5));
+        assert!(acks.take(d, &t1.id).is_none(), "nothing left of it");
     }
 }
