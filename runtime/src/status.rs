@@ -105,6 +105,7 @@ mod tests {
                 latency_buckets: vec![1; 13],
                 latency_sum_us: 1234,
                 loading: None,
+                load_failed: false,
             }],
             cluster: Some(crate::cluster::ownership::ClusterReport {
                 node: "mp1".into(),

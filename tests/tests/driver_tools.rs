@@ -199,11 +199,13 @@ fn new_project_passes_its_test(lang: &str) {
         );
     assert!(line.contains(&component.display().to_string()), "{line}");
     let conf = dir.path().join("mailpush.conf");
-    // The state dir whose AOT cache ./test.sh filled (--cache-dir above).
+    // The state dir whose AOT cache ./test.sh filled (--cache-dir above); shared by the
+    // three languages' tests, which run at once: no spool (delivery = memory), so none
+    // of them leaves transactions there for another to deliver.
     std::fs::write(
         &conf,
         format!(
-            "mailpush {{\n state_dir = {}\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = dlog\n{line}\n}}\n",
+            "mailpush {{\n state_dir = {}\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = dlog\n{line}\n}}\n",
             language_state_dir().display()
         ),
     )

@@ -109,7 +109,7 @@ pub struct DriverInit {
     /// The config's `plugin { }` settings (Dovecot 2.3), for scripts'
     /// `user:plugin_getenv(name)`.
     pub plugin_env: Arc<std::collections::BTreeMap<String, String>>,
-    /// The runtime serves while drivers load (`mailpush run`, a reload): a driver whose
+    /// The runtime serves while drivers load (`mailpush run`): a driver whose
     /// load is slow (a big component to compile) may finish it in the background, its
     /// transactions waiting in its queue and the spool meanwhile, and say so through
     /// [`Driver::loading`]. False where everything must be loaded before the command
@@ -181,6 +181,10 @@ pub trait Driver: Send + Sync {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure>;
     /// Dovecot's deinit (and cleanup): called once when the runtime shuts down.
     async fn deinit(&self) {}
+    /// The runtime stops this driver (shutdown, or a reload replaces it): called before
+    /// it waits for the deliveries in progress. A driver waiting on something long (a
+    /// background load) gives that up now, failing the transaction retryably.
+    fn stopping(&self) {}
     /// Driver-specific counters for metrics and `mailpush status`, as
     /// `(name, value)` pairs, e.g. `("wasm_traps", 3)`. Names are snake_case.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -213,10 +217,29 @@ pub trait Driver: Send + Sync {
         Freshness::default()
     }
     /// While a driver finishes loading in the background ([`DriverInit::background_load`]):
-    /// what it is doing (`Some("compiling …")`), or why it cannot deliver (a load that
-    /// failed). `None` (the default): loaded.
-    fn loading(&self) -> Option<String> {
+    /// what it is doing, or why it cannot deliver (a load that failed). `None` (the
+    /// default): loaded.
+    fn loading(&self) -> Option<Loading> {
         None
+    }
+}
+
+/// Where a driver loading in the background is ([`Driver::loading`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loading {
+    /// Still loading: what it is doing (`compiling …`). Its transactions wait.
+    InProgress(String),
+    /// The load failed, and why: its transactions fail (retryably) until a reload
+    /// replaces the driver.
+    Failed(String),
+}
+
+impl std::fmt::Display for Loading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loading::InProgress(what) => f.write_str(what),
+            Loading::Failed(why) => write!(f, "failed to load: {why}"),
+        }
     }
 }
 

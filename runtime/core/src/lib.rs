@@ -17,7 +17,7 @@ pub use args::DriverArgs;
 pub use circuit::{BreakerConfig, CircuitState};
 pub use driver::{
     group, Begin, Driver, DriverFactory, DriverInit, DriverTxn, EndpointCircuit, Failure,
-    Freshness, InitError, Initialised, MailboxRecord, MessageRecord, Record,
+    Freshness, InitError, Initialised, Loading, MailboxRecord, MessageRecord, Record,
 };
 pub use event::{Event, EventName, EventSet};
 pub use metadata::{MetadataError, MetadataLookup, NoMetadata};

@@ -41,6 +41,10 @@ pub fn partition_of(user: &str, partitions: u32) -> u32 {
     (user_hash(user) % u64::from(partitions.max(1))) as u32
 }
 
+/// A held partition whose deadline the gate saw pass (a deadline at `origin`: always
+/// passed). Only taking the partition again ([`Ownership::hold`]) moves it on.
+const LAPSED: u64 = 1;
+
 /// Which partitions this node may deliver now, read by every lane before it starts a
 /// delivery ([`crate::spool::Gate`]). Each held partition carries a deadline: the lease
 /// renewal that set it, plus the lease time less two rounds. Past it the partition is not
@@ -72,11 +76,20 @@ impl Ownership {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// Whether this node delivers partition `p` now.
+    /// Whether this node delivers partition `p` now. A deadline seen passed is marked
+    /// so ([`LAPSED`]): no renewal racing with this check can revive it afterwards.
     pub fn owns(&self, p: u32) -> bool {
-        self.until
-            .get(p as usize)
-            .is_some_and(|u| u.load(Ordering::Acquire) > self.now_ms() + 1)
+        let Some(u) = self.until.get(p as usize) else {
+            return false;
+        };
+        let cur = u.load(Ordering::Acquire);
+        if cur > self.now_ms() + 1 {
+            return true;
+        }
+        if cur > LAPSED {
+            let _ = u.compare_exchange(cur, LAPSED, Ordering::AcqRel, Ordering::Acquire);
+        }
+        false
     }
 
     /// The partitions this node delivers now.

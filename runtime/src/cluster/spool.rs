@@ -218,11 +218,14 @@ impl Acks {
         }
     }
 
-    /// Messages of partition `p` still being delivered.
+    /// Messages of partition `p` still being delivered, or held by a lane: the current
+    /// copies and the retired ones (a delivery that was running when the partition
+    /// started over here may still finish; a hand-over waits for it too).
     pub fn in_flight(&self, p: u32) -> usize {
-        self.out
-            .lock()
-            .values()
+        let out = self.out.lock();
+        let retired = self.retired.lock();
+        out.values()
+            .chain(retired.values())
             .flat_map(HashMap::values)
             .filter(|o| o.partition == p)
             .count()
@@ -545,7 +548,7 @@ mod tests {
         let done = acks.hand_over(p);
         assert!(done.is_empty());
         assert!(!acks.holds(d, &t1) && !acks.holds(d, &t2), "copies retired");
-        assert_eq!(acks.in_flight(p), 0);
+        assert_eq!(acks.in_flight(p), 2, "retired copies count until they go");
         // A feeder of the ended ownership that has not stopped yet.
         let t3 = txn("t3");
         let late = acks.insert(d, &t3.id, p, 12, acker().await, item_of(&t3), old);
@@ -556,6 +559,7 @@ mod tests {
             "its retired handle acknowledges it"
         );
         acks.abandon(d, &t2);
+        assert_eq!(acks.in_flight(p), 0);
         // Read again under the next ownership: t1 is skipped, t2 and t3 come again.
         let now = acks.generation(p);
         assert_ne!(now, old);

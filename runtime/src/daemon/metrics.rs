@@ -130,7 +130,7 @@ pub fn render(status: &Status) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 13] = [
+    let per_driver: [PerDriver; 14] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -194,8 +194,14 @@ pub fn render(status: &Status) -> String {
         (
             "mailpush_driver_loading",
             "gauge",
-            "1 while a driver loads in the background (a big component compiling) or after its load failed; its transactions wait.",
-            |d| d.loading.is_some() as u64,
+            "1 while a driver loads in the background (a big component compiling); its transactions wait.",
+            |d| (d.loading.is_some() && !d.load_failed) as u64,
+        ),
+        (
+            "mailpush_driver_load_failed",
+            "gauge",
+            "1 after a driver's background load failed (mailpush status says why); its transactions are retried until a reload replaces it.",
+            |d| d.load_failed as u64,
         ),
         (
             "mailpush_driver_overflowing",

@@ -172,9 +172,12 @@ pub async fn serve(
         None => metadata,
     };
     // A big component not in the AOT cache yet compiles in the background: ingest opens
-    // meanwhile and its transactions wait in its queue and the spool.
+    // meanwhile and its transactions wait in its queue and the spool. Not in cluster
+    // mode: a delivery waiting for the load would start long after the lanes' gate let
+    // it through (a partition may have moved meanwhile); the other nodes serve while
+    // this one loads.
     let mut drivers = registry();
-    drivers.load_in_background(true);
+    drivers.load_in_background(node.is_none());
     let loaded = match drivers.init_all(&config, metadata.clone()).await {
         Ok(l) => l,
         Err((_, errors)) => anyhow::bail!(

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use mailpush_core::{Driver, Transaction};
+use mailpush_core::{Driver, Loading, Transaction};
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -116,6 +116,7 @@ impl Lane {
         } = self;
         let capacity = tx.max_capacity();
         drop(tx);
+        driver.stopping();
         let left = match task.join().await {
             Ok(left) => left,
             Err(e) => {
@@ -460,7 +461,13 @@ impl Dispatcher {
             let mut lanes = self.lanes.write();
             let mut old: Vec<Arc<Lane>> = std::mem::take(&mut *lanes);
             for d in drivers {
-                if let Some(i) = old.iter().position(|l| l.fingerprint == d.fingerprint) {
+                // Same fingerprint: the running lane stays — unless its driver failed to
+                // load in the background: the new one (loaded now) replaces it.
+                let same = old.iter().position(|l| {
+                    l.fingerprint == d.fingerprint
+                        && !matches!(l.driver.loading(), Some(Loading::Failed(_)))
+                });
+                if let Some(i) = same {
                     result.kept.push(d.number);
                     lanes.push(old.remove(i));
                     duplicates.push(d.driver);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailpush_core::{CircuitState, Driver, EndpointCircuit};
+use mailpush_core::{CircuitState, Driver, EndpointCircuit, Loading};
 
 /// Upper bounds (seconds) of the processing-latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -106,6 +106,9 @@ pub struct DriverReport {
     /// why ([`Driver::loading`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loading: Option<String>,
+    /// Its background load failed (`loading` says why).
+    #[serde(default)]
+    pub load_failed: bool,
 }
 
 /// What a driver's lane is doing, as `mailpush status` shows it.
@@ -158,6 +161,7 @@ impl DriverReport {
         stats: &Arc<DriverStats>,
     ) -> Self {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let loading = driver.loading();
         DriverReport {
             number,
             name,
@@ -181,7 +185,8 @@ impl DriverReport {
             endpoints: driver.endpoint_circuits(),
             latency_buckets: stats.latency_buckets.iter().map(get).collect(),
             latency_sum_us: get(&stats.latency_sum_us),
-            loading: driver.loading(),
+            load_failed: matches!(loading, Some(Loading::Failed(_))),
+            loading: loading.map(|l| l.to_string()),
         }
     }
 }

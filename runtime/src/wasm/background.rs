@@ -13,7 +13,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use futures::FutureExt;
 use mailpush_core::{
-    Begin, Driver, DriverArgs, EndpointCircuit, Failure, MetadataLookup, Transaction,
+    Begin, Driver, DriverArgs, EndpointCircuit, Failure, Loading, MetadataLookup, Transaction,
 };
 use tokio::sync::watch;
 
@@ -36,6 +36,9 @@ pub struct BackgroundLoad {
     started: Instant,
     state: watch::Receiver<LoadState>,
     task: tokio::task::AbortHandle,
+    /// Set when the runtime stops the driver ([`Driver::stopping`]): a transaction
+    /// waiting for the load gives up.
+    stop: watch::Sender<bool>,
 }
 
 impl BackgroundLoad {
@@ -93,6 +96,7 @@ impl BackgroundLoad {
             started,
             state: rx,
             task,
+            stop: watch::channel(false).0,
         }
     }
 
@@ -104,20 +108,22 @@ impl BackgroundLoad {
         }
     }
 
-    /// Waits for the load to finish: the driver, or the failure every transaction gets.
+    /// Waits for the load to finish: the driver, or the failure every transaction gets
+    /// (also when the runtime stops the driver first).
     async fn loaded(&self) -> Result<Arc<WasmDriver>, Failure> {
         let mut state = self.state.clone();
-        let done = state
-            .wait_for(|s| !matches!(s, LoadState::Loading))
-            .await
-            .map(|s| s.clone());
+        let mut stop = self.stop.subscribe();
+        let done = tokio::select! {
+            done = state.wait_for(|s| !matches!(s, LoadState::Loading)) => done.map(|s| s.clone()),
+            _ = stop.wait_for(|s| *s) => Ok(LoadState::Loading),
+        };
         match done {
             Ok(LoadState::Ready(d)) => Ok(d),
             Ok(LoadState::Failed(why)) => Err(Failure::retryable(format!(
                 "the driver failed to load: {why}"
             ))),
             Ok(LoadState::Loading) | Err(_) => Err(Failure::retryable(
-                "the driver's load was stopped (shutting down)",
+                "the driver was stopped before it finished loading",
             )),
         }
     }
@@ -127,6 +133,11 @@ impl BackgroundLoad {
 impl Driver for BackgroundLoad {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         self.loaded().await?.begin_txn(txn).await
+    }
+
+    fn stopping(&self) {
+        self.stop.send_replace(true);
+        self.task.abort();
     }
 
     async fn deinit(&self) {
@@ -146,14 +157,14 @@ impl Driver for BackgroundLoad {
             .unwrap_or_default()
     }
 
-    fn loading(&self) -> Option<String> {
+    fn loading(&self) -> Option<Loading> {
         match &*self.state.borrow() {
-            LoadState::Loading => Some(format!(
+            LoadState::Loading => Some(Loading::InProgress(format!(
                 "compiling {} in the background ({} s so far); its transactions wait",
                 self.path.display(),
                 self.started.elapsed().as_secs()
-            )),
-            LoadState::Failed(why) => Some(format!("failed to load: {why}")),
+            ))),
+            LoadState::Failed(why) => Some(Loading::Failed(why.clone())),
             LoadState::Ready(_) => None,
         }
     }

@@ -75,8 +75,10 @@ pub struct LoadedComponent {
 pub struct WasmEngine {
     engine: Engine,
     cache_dir: Option<PathBuf>,
-    /// Serialises compile-and-store of the same artifact.
-    cache_lock: Mutex<()>,
+    /// One lock per artifact: serialises compile-and-store of the same component (the
+    /// second load waits and then finds it cached), while other components load at
+    /// the same time — a small driver never waits behind a big one compiling.
+    cache_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Artifacts this engine loaded or wrote (never evicted by it).
     in_use: Mutex<std::collections::HashSet<String>>,
 }
@@ -124,7 +126,7 @@ impl WasmEngine {
         Ok(WasmEngine {
             engine,
             cache_dir,
-            cache_lock: Mutex::new(()),
+            cache_locks: Mutex::default(),
             in_use: Mutex::default(),
         })
     }
@@ -155,8 +157,14 @@ impl WasmEngine {
                 cache: CacheOutcome::Disabled,
             });
         };
-        let _guard = self.cache_lock.lock();
         let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
+        let lock = self
+            .cache_locks
+            .lock()
+            .entry(artifact_name(&artifact))
+            .or_default()
+            .clone();
+        let _guard = lock.lock();
         let key = cache_key(dir);
         let mut outcome = CacheOutcome::Miss;
         if let (Ok(stored), Some(key)) = (std::fs::read(&artifact), &key) {

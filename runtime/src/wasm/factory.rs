@@ -66,7 +66,14 @@ impl DriverFactory for WasmFactory {
             let engine = engines
                 .get(sandbox.limits.fuel.is_some())
                 .map_err(|e| InitError(e.to_string()))?;
-            if let Some(sha256) = engine.slow_compile(&path) {
+            // Reads and hashes the file (13–19 MB for JavaScript and Python): off the
+            // async workers.
+            let file = path.clone();
+            let slow = tokio::task::spawn_blocking(move || engine.slow_compile(&file))
+                .await
+                .ok()
+                .flatten();
+            if let Some(sha256) = slow {
                 let mut details = vec![
                     format!("file: {}", path.display()),
                     format!("sha256: {sha256}"),
