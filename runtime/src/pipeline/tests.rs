@@ -424,3 +424,56 @@ async fn a_reload_hands_held_transactions_to_the_new_driver() {
     d.shutdown().await;
     assert!(spool.pending().unwrap().is_empty());
 }
+
+/// A driver whose background load failed: every transaction fails retryably.
+struct FailedLoad(AtomicUsize);
+
+#[async_trait]
+impl Driver for FailedLoad {
+    async fn begin_txn(&self, _txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Err(Failure::retryable(
+            "the driver failed to load: init timed out",
+        ))
+    }
+
+    fn loading(&self) -> Option<mailpush_core::Loading> {
+        Some(mailpush_core::Loading::Failed("init timed out".into()))
+    }
+}
+
+/// A reload replaces a driver whose background load failed even when nothing in its
+/// config line or file changed (a passing failure, such as an init timeout): the newly
+/// loaded driver delivers what the failed one kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_replaces_a_failed_load_with_an_unchanged_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let failed = Arc::new(FailedLoad(AtomicUsize::new(0)));
+    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let outcomes = Arc::new(Outcomes::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(failed.clone(), "same", policy.clone())],
+        8,
+        Some(outcomes.clone()),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    assert!(d.reports()[0].load_failed);
+    d.accept(vec![txn("u", "k1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    // Held for a retry an hour away, undelivered. Reloaded with the same fingerprint:
+    let loaded_now = Arc::new(Script::default());
+    let r = d
+        .reconfigure(vec![loaded(loaded_now.clone(), "same", policy)])
+        .await;
+    assert_eq!((r.kept, r.started), (vec![], vec![1]), "replaced, not kept");
+    outcomes.wait_for(1).await;
+    assert_eq!(
+        outcomes.seen.lock()[0],
+        ("k1".to_string(), Outcome::Delivered)
+    );
+    assert!(!d.reports()[0].load_failed);
+    d.shutdown().await;
+}
