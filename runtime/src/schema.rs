@@ -29,7 +29,17 @@ impl Schema {
                 self.what, self.version
             ));
         }
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        if found == self.version {
+            // Current: nothing to write. (Another process — the running daemon — may be
+            // writing: a command that only reads must not need the write lock.)
+            return Ok(());
+        }
+        // The write lock up front, waiting for it (busy_timeout): a deferred transaction
+        // that read first and then wrote would fail at once, without waiting, whenever
+        // another connection committed in between (WAL's busy snapshot).
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| e.to_string())?;
         let tables: i64 = tx
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
@@ -98,5 +108,24 @@ mod tests {
         newer.execute_batch("PRAGMA user_version = 9;").unwrap();
         let e = V2.apply(&mut newer).unwrap_err();
         assert!(e.contains("schema version 9 is newer"), "{e}");
+    }
+
+    /// Opening a database whose schema is current takes no write lock: a command that
+    /// reads the spool (`mailpush dlq list`) works while the daemon holds the lock
+    /// writing — before, it failed at once with "database is locked".
+    #[test]
+    fn a_current_schema_needs_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let mut daemon = Connection::open(&path).unwrap();
+        daemon.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        V2.apply(&mut daemon).unwrap();
+        daemon
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO t (a) VALUES (1);")
+            .unwrap();
+        let mut reader = Connection::open(&path).unwrap();
+        reader.execute_batch("PRAGMA busy_timeout = 0;").unwrap();
+        V2.apply(&mut reader).unwrap();
+        daemon.execute_batch("COMMIT;").unwrap();
     }
 }

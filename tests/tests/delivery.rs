@@ -662,10 +662,12 @@ fn cli(args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run mailpush");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        // What went wrong is on stderr.
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    (out.status.success(), text)
 }
 
 /// `retry_max_age` applies to whatever holds a transaction — here an open circuit and
