@@ -923,6 +923,13 @@ pub fn reasons(outcomes: &[Outcome]) -> Vec<String> {
         .collect()
 }
 
+/// `GET /v1/status` of a running daemon, as the CLI reads it.
+pub async fn daemon_status(addr: std::net::SocketAddr) -> mailpush::status::Status {
+    let (s, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 /// A minimal HTTP/1.1 client request (one request per connection) to 127.0.0.1:
 /// returns (status, headers, body).
 /// POSTs an NDJSON batch to `/v1/transactions` until it is accepted (202), waiting

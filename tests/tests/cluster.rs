@@ -195,10 +195,10 @@ async fn one_node_delivers_through_jetstream() {
     assert!(ok && !out.contains("dead-1"), "{out}");
 
     // Status shows the cluster.
-    let (s, _, body) = http_request(node.addr, "GET", "/v1/status", &[], b"").await;
-    assert_eq!(s, 200);
-    let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
-    let c = status.cluster.expect("cluster status");
+    let c = daemon_status(node.addr)
+        .await
+        .cluster
+        .expect("cluster status");
     assert_eq!(c.node, "solo");
     assert_eq!(c.owned.len(), 32, "one node owns every partition");
     assert!(c.connected);
@@ -207,10 +207,11 @@ async fn one_node_delivers_through_jetstream() {
 
 /// The partitions a node delivers now, from its status.
 async fn owned(addr: SocketAddr) -> Vec<u32> {
-    let (s, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
-    assert_eq!(s, 200, "{body}");
-    let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
-    status.cluster.expect("cluster status").owned
+    daemon_status(addr)
+        .await
+        .cluster
+        .expect("cluster status")
+        .owned
 }
 
 /// Waits until the nodes at `addrs` together own every partition, each once, and each

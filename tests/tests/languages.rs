@@ -182,13 +182,6 @@ fn console_output_reaches_the_log() {
     assert!(text.contains("log   WARN  console.error: demo-1"), "{text}");
 }
 
-/// The status of a running daemon, as JSON.
-async fn status(addr: std::net::SocketAddr) -> serde_json::Value {
-    let (s, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
-    assert_eq!(s, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// `mailpush run` opens ingest while a big component (not in the AOT cache) compiles:
 /// transactions are accepted meanwhile, wait, and reach the driver in each user's order
 /// once it is ready. A component that fails its load in the background is shown by
@@ -218,27 +211,24 @@ async fn run_serves_while_a_big_component_compiles() {
     .unwrap();
     let d = RunningDaemon::start(&conf);
     // Ingest is open and the compile goes on: status says so (driver 3 is loaded).
-    let s = status(d.addr).await;
-    assert!(s["drivers"][2]["loading"].is_null(), "{s}");
+    let s = daemon_status(d.addr).await;
+    assert!(s.drivers[2].loading.is_none(), "{s:?}");
     for n in 0..2 {
-        let loading = s["drivers"][n]["loading"].as_str().unwrap_or_default();
+        let loading = s.drivers[n].loading.as_deref().unwrap_or_default();
         assert!(
             loading.starts_with("compiling ") && loading.contains("in the background"),
-            "driver {}: {s}",
+            "driver {}: {s:?}",
             n + 1
         );
     }
-    let users = ["a@example.com", "b@example.com", "c@example.com"];
-    let mut body = String::new();
-    let mut sent = Vec::new();
-    for i in 0..12 {
-        let user = users[i % users.len()];
-        let id = format!("t{i}");
-        body.push_str(&format!(
-            "{{\"id\":\"{id}\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"M-{id}\"}}]}}\n"
-        ));
-        sent.push((user, id));
-    }
+    let users: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|u| format!("{u}@example.com"))
+        .collect();
+    let sent: Vec<_> = (0..12)
+        .map(|i| mailbox_txn(&users[i % users.len()], &format!("t{i}")))
+        .collect();
+    let body: String = sent.iter().map(|t| t.to_json() + "\n").collect();
     let (code, _, answer) = http_request(
         d.addr,
         "POST",
@@ -250,53 +240,37 @@ async fn run_serves_while_a_big_component_compiles() {
     assert_eq!(code, 202, "{answer}");
     let reqs = server.wait_for(sent.len(), Duration::from_secs(600)).await;
     assert_eq!(reqs.len(), sent.len());
-    for user in users {
-        let want: Vec<&str> = sent
-            .iter()
-            .filter(|(u, _)| *u == user)
-            .map(|(_, id)| id.as_str())
-            .collect();
-        let got: Vec<&str> = reqs
-            .iter()
-            .filter(|r| r.body_text().contains(&format!("\"user\":\"{user}\"")))
-            .filter_map(|r| r.header("webhook-id"))
-            .collect();
-        assert_eq!(got, want, "{user}");
-    }
+    assert_each_users_order(&sent, &reqs, &users);
     // Driver 3 never waited for the big compile, and delivered everything too.
-    assert_eq!(
-        small
-            .wait_for(sent.len(), Duration::from_secs(60))
-            .await
-            .len(),
-        sent.len()
-    );
+    let small_reqs = small.wait_for(sent.len(), Duration::from_secs(60)).await;
+    assert_eq!(small_reqs.len(), sent.len());
     // Driver 2: its load failed after the compile; status says why, and its
     // transactions wait for retries.
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     let s = loop {
-        let s = status(d.addr).await;
-        if s["drivers"][1]["loading"]
-            .as_str()
+        let s = daemon_status(d.addr).await;
+        if s.drivers[1]
+            .loading
+            .as_deref()
             .is_some_and(|l| l.starts_with("failed to load"))
-            && s["drivers"][1]["retried"].as_u64() > Some(0)
+            && s.drivers[1].retried > 0
             // The endpoint saw driver 1's last request just before the lane counted it.
-            && s["drivers"][0]["delivered"] == 12
+            && s.drivers[0].delivered == 12
         {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "{s}");
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let failed = &s["drivers"][1];
+    let failed = &s.drivers[1];
     assert!(
-        failed["loading"].as_str().unwrap().contains("url"),
-        "{failed}"
+        failed.load_failed && failed.loading.as_deref().unwrap().contains("url"),
+        "{failed:?}"
     );
-    assert_eq!(failed["delivered"], 0, "{failed}");
-    assert_eq!(failed["dead_lettered"], 0, "{failed}");
-    assert!(s["drivers"][0]["loading"].is_null(), "{s}");
-    assert_eq!(s["drivers"][0]["delivered"], 12, "{s}");
+    assert_eq!(failed.delivered, 0, "{failed:?}");
+    assert_eq!(failed.dead_lettered, 0, "{failed:?}");
+    assert!(s.drivers[0].loading.is_none(), "{s:?}");
+    assert_eq!(s.drivers[0].delivered, 12, "{s:?}");
     let log = d.log.lock().unwrap().clone();
     let listening = log.find("listening on").unwrap();
     let loaded = log.find("compiled and loaded").expect("the load is logged");
@@ -331,7 +305,7 @@ async fn run_serves_while_a_big_component_compiles() {
         .filter_map(|r| r.header("webhook-id").map(str::to_string))
         .collect();
     ids.sort();
-    let mut want: Vec<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+    let mut want: Vec<String> = sent.iter().map(|t| t.id.clone()).collect();
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(
