@@ -169,41 +169,63 @@ async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
 async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 20 } else { 3000 };
     let engines = Arc::new(Engines::new(None));
-    let mut sandbox = Sandbox::default();
-    sandbox.http.http_stub = true;
-    sandbox.http.allow_hosts = vec!["*".into()];
-    let webhook = Arc::new(
-        load(
-            &guest("webhook"),
-            sandbox,
-            "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            &engines,
-        )
-        .await,
-    );
+    let stubbed = |snapshot: bool| {
+        let mut sandbox = Sandbox::default();
+        sandbox.http.http_stub = true;
+        sandbox.http.allow_hosts = vec!["*".into()];
+        sandbox.instance.snapshot = snapshot;
+        sandbox
+    };
+    let plain = |snapshot: bool| {
+        let mut sandbox = Sandbox::default();
+        sandbox.instance.snapshot = snapshot;
+        sandbox
+    };
+    let webhook_args = "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let webhook = Arc::new(load(&guest("webhook"), stubbed(true), webhook_args, &engines).await);
+    let webhook_per_instance =
+        Arc::new(load(&guest("webhook"), stubbed(false), webhook_args, &engines).await);
     // The floor: a driver that does nothing (instantiate, init, begin-txn, deliver).
-    let trivial = Arc::new(load(&guest("hostile"), Sandbox::default(), "mode=ok", &engines).await);
+    let trivial = Arc::new(load(&guest("hostile"), plain(true), "mode=ok", &engines).await);
+    let trivial_per_instance =
+        Arc::new(load(&guest("hostile"), plain(false), "mode=ok", &engines).await);
+    assert!(webhook.snapshotted() && trivial.snapshotted());
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
     out.push("| driver | min | **median** | p99 | max |\n|---|---|---|---|---|".into());
+    let mut medians = Vec::new();
     for (name, d) in [
         (
-            "webhook (init parses the secret, sign, POST to the stub)",
+            "webhook, `init=per-instance` (init parses the secret in every instance; sign, POST to the stub)",
+            webhook_per_instance.clone(),
+        ),
+        (
+            "webhook, snapshot (init ran once at load)",
             webhook.clone(),
         ),
         (
-            "trivial driver (the floor: instantiate + init + begin-txn + deliver)",
+            "trivial driver, `init=per-instance` (instantiate + init + begin-txn + deliver)",
+            trivial_per_instance.clone(),
+        ),
+        (
+            "trivial driver, snapshot (the floor: instantiate + begin-txn + deliver)",
             trivial.clone(),
         ),
     ] {
         let lat = latencies(d, n).await;
         let (min, med, max) = stats(lat.clone());
+        medians.push(med);
         out.push(format!(
             "| {name} | {min:.1} µs | **{med:.1} µs** | {:.1} µs | {max:.1} µs |",
             percentile(lat, 0.99)
         ));
     }
     out.push(format!(
-        "\n{n} transactions each; target: median ≤ 10 µs.\n"
+        "\nSnapshot / per-instance (median): webhook **{:.2}×**, trivial **{:.2}×**.",
+        medians[1] / medians[0],
+        medians[3] / medians[2]
+    ));
+    out.push(format!(
+        "\n{n} transactions each; targets (issue 15): trivial median ≤ 8 µs, webhook ≤ 15 µs.\n"
     ));
 }
 
@@ -521,7 +543,7 @@ async fn languages(o: &Opts, out: &mut Vec<String>) {
     let args = format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     out.push("## 3b. The webhook driver in Rust, JavaScript and Python\n".into());
     out.push("Cold: `mailpush driver test` (release) over one transaction with no compiled cache, a child process (wall time; peak RSS of the process). Warm: the same with the cache filled. Fresh instance: per-transaction latency with HTTP stubbed at the host. Transactions/s: sequential deliveries to the §3 server, fresh instance each.\n".into());
-    out.push("| language | .wasm | cold run (compile + 1 txn) | peak RSS (cold) | warm run | fresh instance, median | transactions/s (min / median / max) |\n|---|---|---|---|---|---|---|".into());
+    out.push("| language | .wasm | cold run (compile + 1 txn) | peak RSS (cold) | warm run | fresh instance, median (`init=per-instance` → snapshot) | transactions/s, min / median / max (`init=per-instance` → snapshot) |\n|---|---|---|---|---|---|---|".into());
     for (lang, path) in drivers {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let cold = driver_test_run(&path, &one, None);
@@ -531,33 +553,49 @@ async fn languages(o: &Opts, out: &mut Vec<String>) {
         let warm = driver_test_run(&path, &one, Some(&cache));
         // The cache the child processes filled: loaded, not compiled again.
         let engines = Arc::new(Engines::new(Some(cache.clone())));
-        let mut stub = Sandbox::default();
-        stub.http.http_stub = true;
-        stub.http.allow_hosts = vec!["*".into()];
-        let stubbed = Arc::new(
-            load(
-                &path,
-                stub,
-                "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                &engines,
-            )
-            .await,
-        );
-        let lat = latencies(stubbed, n / 4).await;
-        let (_, lat_med, _) = stats(lat);
-        let mut real = Sandbox::default();
-        real.http.allow_hosts = vec!["127.0.0.1".into()];
-        real.http.allow_private = true;
-        let d: Arc<dyn Driver> = Arc::new(load(&path, real, &args, &engines).await);
-        let mut tps = Vec::new();
-        for _ in 0..o.runs {
-            tps.push(sequential(d.clone(), txn(), n).await);
+        let mut fresh = Vec::new();
+        let mut rates = Vec::new();
+        for snapshot in [false, true] {
+            let mut stub = Sandbox::default();
+            stub.http.http_stub = true;
+            stub.http.allow_hosts = vec!["*".into()];
+            stub.instance.snapshot = snapshot;
+            let stubbed = Arc::new(
+                load(
+                    &path,
+                    stub,
+                    "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    &engines,
+                )
+                .await,
+            );
+            let taken = stubbed.snapshotted();
+            let lat = latencies(stubbed, n / 4).await;
+            let (_, lat_med, _) = stats(lat);
+            fresh.push(if snapshot && !taken {
+                "no snapshot (init calls an import)".to_string()
+            } else {
+                format!("{lat_med:.0} µs")
+            });
+            let mut real = Sandbox::default();
+            real.http.allow_hosts = vec!["127.0.0.1".into()];
+            real.http.allow_private = true;
+            real.instance.snapshot = snapshot;
+            let d: Arc<dyn Driver> = Arc::new(load(&path, real, &args, &engines).await);
+            let mut tps = Vec::new();
+            for _ in 0..o.runs {
+                tps.push(sequential(d.clone(), txn(), n).await);
+            }
+            rates.push(fmt3(stats(tps), "txn/s"));
         }
         out.push(format!(
-            "| {lang} | {:.1} MB | {cold:.2} s | {} MB (largest so far) | {warm:.2} s | {lat_med:.0} µs | {} |",
+            "| {lang} | {:.1} MB | {cold:.2} s | {} MB (largest so far) | {warm:.2} s | {} → {} | {} → {} |",
             size as f64 / 1e6,
             rss / 1024,
-            fmt3(stats(tps), "txn/s")
+            fresh[0],
+            fresh[1],
+            rates[0],
+            rates[1]
         ));
     }
     out.push(String::new());

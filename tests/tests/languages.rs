@@ -42,6 +42,38 @@ async fn the_python_webhook_classifies_failures_like_the_rust_one() {
     assert_webhook_failures_are_classified(&component, Some(&language_state_dir())).await;
 }
 
+/// Snapshots (issue 15) in the two languages: the JavaScript runtime's first call reads
+/// only the monotonic clock, which a snapshot keeps, so a JavaScript driver starts from
+/// its snapshot; the Python runtime draws random bytes, so a Python driver calls `init` in
+/// every instance and says why (the other tests here deliver through both).
+#[tokio::test(flavor = "multi_thread")]
+async fn javascript_drivers_are_snapshotted_and_python_says_why_not() {
+    for (name, expected) in [
+        ("webhook-js", "init: snapshot made at load"),
+        (
+            "webhook-py",
+            "init: called in every instance (init calls `wasi:random/random@",
+        ),
+    ] {
+        let Some(component) = language_guest(name) else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "mailpush {{\n state_dir = {}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://127.0.0.1:9/snapshot secret={WEBHOOK_SECRET} timeout_msecs=5000\n}}\n",
+            language_state_dir().display(),
+            component.display()
+        );
+        let config = write_config(dir.path(), &conf);
+        let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+        assert!(
+            loaded[0].details.iter().any(|d| d.starts_with(expected)),
+            "{name}: {:?}",
+            loaded[0].details
+        );
+    }
+}
+
 /// Runs `n` MailboxCreate transactions through `component` with `args`; returns the
 /// outcomes in order.
 async fn outcomes(component: &Path, args: &str, n: usize) -> Vec<Outcome> {

@@ -66,41 +66,154 @@ async fn load(
         .map_err(|e| e.0)
 }
 
+/// The AOT cache, for a snapshotted driver (the default: the artifact is the snapshot)
+/// and for one whose `init` runs in every instance (the component's own artifact).
 #[tokio::test(flavor = "multi_thread")]
 async fn aot_cache_hits_on_second_start_and_rejects_tampering() {
+    for (args, snapshot) in [("mode=ok", true), ("mode=ok init=per-instance", false)] {
+        let cache = tempfile::tempdir().unwrap();
+        let wasm = guest("hostile");
+        let first = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let d = load(&wasm, &first, args).await.unwrap();
+        assert_eq!(d.cache_outcome(), CacheOutcome::Miss, "{args}");
+        assert_eq!(d.snapshotted(), snapshot, "{args}");
+        // A new process: fresh engines over the same state dir.
+        let second = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let d = load(&wasm, &second, args).await.unwrap();
+        assert_eq!(d.cache_outcome(), CacheOutcome::Hit, "{args}");
+        // Tamper with the artifact the driver runs: it must be rejected, recompiled,
+        // and still work.
+        let artifact = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.ends_with(".cwasm")
+                    && !name.contains("-instrumented")
+                    && name.contains("-snap") == snapshot
+            })
+            .expect("artifact written");
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&artifact, &bytes).unwrap();
+        let third = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let d = load(&wasm, &third, args).await.unwrap();
+        assert_eq!(d.cache_outcome(), CacheOutcome::Rejected, "{args}");
+        let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+        assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+        // And the rewritten artifact is good again.
+        let fourth = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        assert_eq!(
+            load(&wasm, &fourth, args).await.unwrap().cache_outcome(),
+            CacheOutcome::Hit,
+            "{args}"
+        );
+    }
+}
+
+/// Issue 15's isolation test for snapshots: `init` leaves `init:TAG` in a global, every
+/// transaction records its id there and fails unless it found exactly what `init` left.
+/// From a snapshot (made now, and loaded from the cache) every transaction finds it; a
+/// reused instance (the control) finds the previous transaction's id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_holds_what_init_left_and_nothing_from_other_transactions() {
     let cache = tempfile::tempdir().unwrap();
     let wasm = guest("hostile");
-    let first = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
-    let d = load(&wasm, &first, "mode=ok").await.unwrap();
-    assert_eq!(d.cache_outcome(), CacheOutcome::Miss);
-    // A new process: fresh engines over the same state dir.
-    let second = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
-    let d = load(&wasm, &second, "mode=ok").await.unwrap();
-    assert_eq!(d.cache_outcome(), CacheOutcome::Hit);
-    // Tamper with the artifact: it must be rejected, recompiled, and still work.
-    let artifact = std::fs::read_dir(cache.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
-        .expect("artifact written");
-    let mut bytes = std::fs::read(&artifact).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&artifact, &bytes).unwrap();
-    let third = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
-    let d = load(&wasm, &third, "mode=ok").await.unwrap();
-    assert_eq!(d.cache_outcome(), CacheOutcome::Rejected);
-    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
-    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
-    // And the rewritten artifact is good again.
-    let fourth = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let txn = |i: usize| Arc::new(mailbox_txn("a@example.com", &format!("t{i}")));
+    for (start, args) in [
+        ("made now", "mode=remember tag=abc"),
+        ("from the cache", "mode=remember tag=abc"),
+        ("other arguments, another snapshot", "mode=remember tag=xyz"),
+    ] {
+        let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let d = load(&wasm, &engines, args).await.unwrap();
+        assert!(d.snapshotted(), "{start}");
+        assert!(
+            d.details()
+                .contains(&"init: snapshot made at load".to_string())
+                || d.details()
+                    .contains(&"init: snapshot made at load (AOT cache hit)".to_string()),
+            "{start}: {:?}",
+            d.details()
+        );
+        for i in 0..4 {
+            assert_eq!(deliver(&d, &txn(i)).await, Outcome::Delivered, "{start}");
+        }
+    }
+    let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let per_instance = load(&wasm, &engines, "mode=remember tag=abc init=per-instance")
+        .await
+        .unwrap();
+    assert!(!per_instance.snapshotted());
+    for i in 0..3 {
+        assert_eq!(deliver(&per_instance, &txn(i)).await, Outcome::Delivered);
+    }
+    // The control: the test can fail.
+    let reused = load(&wasm, &engines, "mode=remember tag=abc instance=reuse")
+        .await
+        .unwrap();
+    assert!(reused.snapshotted());
+    assert_eq!(deliver(&reused, &txn(0)).await, Outcome::Delivered);
     assert_eq!(
-        load(&wasm, &fourth, "mode=ok")
-            .await
-            .unwrap()
-            .cache_outcome(),
-        CacheOutcome::Hit
+        reasons(&[deliver(&reused, &txn(1)).await]),
+        [r#"saw Some("t0")"#]
     );
+}
+
+/// A driver whose `init` calls an import is not snapshotted: `check` says which import,
+/// the next start knows without trying again, and its instances call `init` as before.
+/// A snapshot, which holds what `init` made of the arguments (a secret), is readable by
+/// the owner only, and no argument appears in a file name.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn init_that_calls_an_import_is_not_snapshotted_and_snapshots_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = guest("hostile");
+    let why = "init: called in every instance (init calls `mailpush:driver/host@0.1.0#metadata-get`, which a snapshot cannot keep)";
+    for _ in 0..2 {
+        let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let d = load(&wasm, &engines, "mode=metadata key=/private/k")
+            .await
+            .unwrap();
+        assert!(!d.snapshotted());
+        assert!(d.details().contains(&why.to_string()), "{:?}", d.details());
+    }
+    let declined: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".declined"))
+        .collect();
+    assert_eq!(declined.len(), 1, "{declined:?}");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let d = load(
+        &guest("webhook"),
+        &engines,
+        &format!("url=http://127.0.0.1:9/x secret={secret}"),
+    )
+    .await
+    .unwrap();
+    assert!(d.snapshotted());
+    let mut snapshots = 0;
+    for e in std::fs::read_dir(cache.path()).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.contains("whsec") && !name.contains("/private"),
+            "{name}"
+        );
+        if name.contains("-snap") && name.ends_with(".cwasm") {
+            snapshots += 1;
+            assert_eq!(
+                e.metadata().unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(snapshots, 1, "the webhook's");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -470,29 +583,38 @@ async fn reuse_discards_the_instance_after_a_failed_transaction() {
     }
 }
 
-/// `fuel=` drivers report the fuel they burn.
+/// `fuel=` drivers report the fuel they burn: `init` in every instance with
+/// `init=per-instance` (in the probe, at load); with a snapshot, `init` ran before the
+/// driver existed, and transactions still burn fuel.
 #[tokio::test(flavor = "multi_thread")]
 async fn fuel_used_is_reported() {
     let engines = Arc::new(Engines::new(None));
-    let d = load(&guest("hostile"), &engines, "mode=ok fuel=100000000")
-        .await
-        .unwrap();
-    let fuel = |d: &WasmDriver| {
-        d.counters()
-            .into_iter()
-            .find(|(k, _)| *k == "wasm_fuel_used")
-            .map(|(_, v)| v)
-            .expect("wasm_fuel_used counter")
-    };
-    let after_init = fuel(&d);
-    assert!(after_init > 0, "init burnt fuel");
-    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
-    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
-    assert!(fuel(&d) > after_init, "{} <= {after_init}", fuel(&d));
-    // Without fuel, nothing is counted.
-    let d = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
-    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
-    assert_eq!(fuel(&d), 0);
+    for (args, init_burns) in [
+        ("mode=ok fuel=100000000 init=per-instance", true),
+        ("mode=ok fuel=100000000", false),
+    ] {
+        let d = load(&guest("hostile"), &engines, args).await.unwrap();
+        let fuel = |d: &WasmDriver| {
+            d.counters()
+                .into_iter()
+                .find(|(k, _)| *k == "wasm_fuel_used")
+                .map(|(_, v)| v)
+                .expect("wasm_fuel_used counter")
+        };
+        let after_init = fuel(&d);
+        assert_eq!(after_init > 0, init_burns, "{args}: {after_init}");
+        let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+        assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+        assert!(
+            fuel(&d) > after_init,
+            "{args}: {} <= {after_init}",
+            fuel(&d)
+        );
+        // Without fuel, nothing is counted.
+        let d = load(&guest("hostile"), &engines, "mode=ok").await.unwrap();
+        assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+        assert_eq!(fuel(&d), 0);
+    }
 }
 
 /// METADATA as the guest sees it: its own user's only (the transaction's embedded
@@ -610,13 +732,14 @@ fn check_prune_cache_keeps_only_what_the_config_uses() {
             .filter(|e| e.file_name().to_string_lossy().starts_with(&sha))
             .count()
     };
-    assert_eq!(ours(), 1);
+    // The component instrumented for snapshots, and its snapshot.
+    assert_eq!(ours(), 2);
     let text = check(&["--prune-cache"]);
     assert!(
         text.contains("removed 1 compiled artifact(s) no driver of this config uses (2 MiB freed)"),
         "{text}"
     );
     assert!(!stale.exists());
-    assert_eq!(ours(), 1, "the config's own artifact stays");
+    assert_eq!(ours(), 2, "the config's own artifacts stay");
     assert!(cache.join("cache.key").exists());
 }

@@ -165,6 +165,10 @@ pub struct DriverTestArgs {
     /// events).
     pub events: Option<PathBuf>,
     /// A driver argument, as on a config line (repeatable): --arg secret=whsec_…
+    ///
+    /// `init` runs in every instance here (`init=per-instance`): the endpoint's address
+    /// changes at every run, and a snapshot is made per set of arguments. Pass
+    /// `--arg init=snapshot` to test your driver the way `mailpush run` loads it.
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub args: Vec<String>,
     /// The HTTP status the recording endpoint answers (try 503 or 429 to see your

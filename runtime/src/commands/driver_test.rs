@@ -152,7 +152,14 @@ pub async fn run(
     if !given.iter().any(|a| a.starts_with("url=")) {
         given.push(format!("url={endpoint}/"));
     }
-    for grant in ["allow_hosts=127.0.0.1", "allow_private"] {
+    // The endpoint's address is new at every run, and a snapshot is made per set of
+    // arguments (about 15 s for a JavaScript component): `init` in every instance,
+    // unless asked.
+    for grant in [
+        "allow_hosts=127.0.0.1",
+        "allow_private",
+        "init=per-instance",
+    ] {
         let key = grant.split('=').next().unwrap_or(grant);
         if !given.iter().any(|a| a.split('=').next() == Some(key)) {
             given.push(grant.to_string());

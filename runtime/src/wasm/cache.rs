@@ -42,7 +42,7 @@ pub fn cache_key(dir: &Path) -> Option<Vec<u8>> {
     Some(key)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -121,7 +121,8 @@ pub fn prune(dir: &Path, max: u64, keep: &std::collections::HashSet<String>) -> 
 }
 
 /// Deletes the `*.cwasm` artifacts of `dir` compiled from none of the components whose
-/// sha256 is in `used` (artifacts are named `SHA256-ENGINE.cwasm`), and `*.tmp` files
+/// sha256 is in `used` (artifacts are named `SHA256-ENGINE.cwasm`, snapshots
+/// `SHA256-snapKEY-ENGINE.cwasm`, beside `….declined` records), and `*.tmp` files
 /// left by writes interrupted over an hour ago; returns the names deleted and the bytes
 /// freed.
 /// `mailpush check --prune-cache` passes the components of the config it checked.
@@ -133,7 +134,10 @@ pub fn prune_unused(dir: &Path, used: &std::collections::HashSet<String>) -> (Ve
     let mut freed = 0;
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let unused = match name.strip_suffix(".cwasm") {
+        let unused = match name
+            .strip_suffix(".cwasm")
+            .or_else(|| name.strip_suffix(".declined"))
+        {
             Some(stem) => !used.contains(stem.split('-').next().unwrap_or_default()),
             None => {
                 name.ends_with(".tmp")
@@ -195,7 +199,10 @@ mod tests {
         for name in [
             "aaaa-0123.cwasm",
             "aaaa-4567.cwasm",
+            "aaaa-snap01-0123.cwasm",
+            "aaaa-snap02-0123.declined",
             "bbbb-0123.cwasm",
+            "bbbb-snap01-0123.declined",
             "cccc-0123.tmp",
             "cache.key",
         ] {
@@ -212,12 +219,22 @@ mod tests {
         std::fs::write(dir.path().join("dddd-0123.tmp"), [0u8; 10]).unwrap();
         let used: std::collections::HashSet<String> = ["aaaa".to_string()].into();
         let (deleted, freed) = prune_unused(dir.path(), &used);
-        assert_eq!(deleted, ["bbbb-0123.cwasm", "cccc-0123.tmp"]);
-        assert_eq!(freed, 20);
-        // Both engine flavours of a used component stay, and the key.
+        assert_eq!(
+            deleted,
+            [
+                "bbbb-0123.cwasm",
+                "bbbb-snap01-0123.declined",
+                "cccc-0123.tmp"
+            ]
+        );
+        assert_eq!(freed, 30);
+        // Both engine flavours of a used component stay, its snapshots and what it
+        // records about them, and the key.
         for kept in [
             "aaaa-0123.cwasm",
             "aaaa-4567.cwasm",
+            "aaaa-snap01-0123.cwasm",
+            "aaaa-snap02-0123.declined",
             "cache.key",
             "dddd-0123.tmp",
         ] {

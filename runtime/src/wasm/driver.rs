@@ -16,11 +16,14 @@ use wasmtime::Store;
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, WIT_PACKAGE};
 use super::convert;
-use super::engine::{CacheOutcome, Engines};
+use super::engine::{
+    snapshot_key, CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine,
+};
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
 use super::log::{DriverTag, LogRate};
 use super::sandbox::Sandbox;
+use super::snapshot::Preinit;
 use super::state::HostState;
 use super::stats::WasmStats;
 use super::trap::{classify, reason};
@@ -33,6 +36,8 @@ struct WasmInner {
     sha256: String,
     wit_version: String,
     cache: CacheOutcome,
+    /// How `init` runs: from a snapshot, or in every instance and why.
+    init: String,
     sandbox: Arc<Sandbox>,
     instances: Instances,
     policy: HttpPolicy,
@@ -63,38 +68,46 @@ impl WasmDriver {
         let engine = engines
             .get(sandbox.limits.fuel.is_some())
             .map_err(|e| InitError(e.to_string()))?;
-        let load_path = path.to_path_buf();
-        let engine2 = engine.clone();
-        let loaded = tokio::task::spawn_blocking(move || engine2.load(&load_path))
+        let read_path = path.to_path_buf();
+        let source = tokio::task::spawn_blocking(move || WasmEngine::read(&read_path))
             .await
-            .map_err(|e| InitError(format!("compile task failed: {e}")))?
+            .map_err(|e| InitError(format!("read task failed: {e}")))?
             .map_err(|e| InitError(e.to_string()))?;
-        let wit_version = check_world(&loaded.component, engine.engine(), path)?;
+        let source = Arc::new(source);
         let sandbox = Arc::new(sandbox);
         let policy = HttpPolicy::new(tag.clone(), Arc::new(sandbox.http.clone()));
-        let instances = Instances::link(
-            InstanceParts {
-                tag: tag.clone(),
-                limits: sandbox.limits.clone(),
-                settings: sandbox.instance.clone(),
-                args,
-                http: policy.clone(),
-                metadata,
-                max_log_lines: sandbox.log.max_log_lines,
-                log_rate: Arc::new(LogRate::new(
-                    sandbox.log.log_burst,
-                    sandbox.log.log_lines_per_sec,
-                )),
-            },
-            &loaded,
-            path,
-        )?;
+        let parts = InstanceParts {
+            tag: tag.clone(),
+            limits: sandbox.limits.clone(),
+            settings: sandbox.instance.clone(),
+            args,
+            http: policy.clone(),
+            metadata,
+            max_log_lines: sandbox.log.max_log_lines,
+            log_rate: Arc::new(LogRate::new(
+                sandbox.log.log_burst,
+                sandbox.log.log_lines_per_sec,
+            )),
+        };
+        let (loaded, instances, init) = if sandbox.instance.snapshot {
+            load_snapshot(&engine, path, &source, parts).await?
+        } else {
+            let loaded = compile_source(&engine, path, &source).await?;
+            let instances = Instances::link(parts, &loaded, path)?;
+            (
+                loaded,
+                instances,
+                "init: called in every instance (init=per-instance)".to_string(),
+            )
+        };
+        let wit_version = check_world(&loaded.component, engine.engine(), path)?;
         let inner = Arc::new(WasmInner {
             tag,
             path: path.to_path_buf(),
             sha256: loaded.sha256,
             wit_version,
             cache: loaded.cache,
+            init,
             sandbox,
             instances,
             policy,
@@ -130,8 +143,14 @@ impl WasmDriver {
                 }
             ),
         ];
+        d.push(i.init.clone());
         d.extend(i.sandbox.describe());
         d
+    }
+
+    /// Whether instances start from a snapshot taken after `init` at load.
+    pub fn snapshotted(&self) -> bool {
+        self.0.instances.initialised()
     }
 
     /// Where the compiled component came from.
@@ -147,6 +166,109 @@ impl WasmDriver {
     /// The circuits of the endpoints this driver has seen failing.
     pub fn endpoint_breakers(&self) -> &Arc<EndpointBreakers> {
         &self.0.policy.breakers
+    }
+}
+
+/// Compiles the component read into `source`, through the AOT cache, off the async
+/// workers.
+async fn compile_source(
+    engine: &Arc<WasmEngine>,
+    path: &Path,
+    source: &Arc<Source>,
+) -> Result<LoadedComponent, InitError> {
+    let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
+    tokio::task::spawn_blocking(move || engine.load_source(&path, &source))
+        .await
+        .map_err(|e| InitError(format!("compile task failed: {e}")))?
+        .map_err(|e| InitError(e.to_string()))
+}
+
+/// Loads a driver whose `init` runs once, at load ([`super::snapshot`]): its snapshot
+/// from the AOT cache, or made now (instrument, compile, `init`, snapshot, compile);
+/// the original component, with `init` in every instance, when `init` calls an import
+/// (remembered in the cache). Returns the line for `mailpush check`.
+async fn load_snapshot(
+    engine: &Arc<WasmEngine>,
+    path: &Path,
+    source: &Arc<Source>,
+    parts: InstanceParts,
+) -> Result<(LoadedComponent, Instances, String), InitError> {
+    let args: Vec<(String, String)> = parts
+        .args
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let key = snapshot_key(&args);
+    let per_instance = |why: &str| format!("init: called in every instance ({why})");
+    let declined = match engine.snapshot_lookup(source, &key) {
+        SnapshotLookup::Hit(loaded) => {
+            let mut instances = Instances::link(parts, &loaded, path)?;
+            instances.mark_initialised();
+            return Ok((
+                loaded,
+                instances,
+                "init: snapshot made at load (AOT cache hit)".into(),
+            ));
+        }
+        SnapshotLookup::Declined(why) => Some(why),
+        SnapshotLookup::Missing => None,
+    };
+    if let Some(why) = declined {
+        let loaded = compile_source(engine, path, source).await?;
+        let instances = Instances::link(parts, &loaded, path)?;
+        return Ok((loaded, instances, per_instance(&why)));
+    }
+    let instrumented = match super::snapshot::instrument(&source.bytes) {
+        Ok(i) => i,
+        Err(why) => {
+            engine.store_declined(source, &key, &why);
+            let loaded = compile_source(engine, path, source).await?;
+            let instances = Instances::link(parts, &loaded, path)?;
+            return Ok((loaded, instances, per_instance(&why)));
+        }
+    };
+    let (cx, bytes) = instrumented;
+    let probe = {
+        let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
+        tokio::task::spawn_blocking(move || engine.load_instrumented(&path, &source, &bytes))
+            .await
+            .map_err(|e| InitError(format!("compile task failed: {e}")))?
+            .map_err(|e| InitError(e.to_string()))?
+    };
+    // The world is checked before init runs: a component that is no driver fails as
+    // it would without a snapshot.
+    check_world(&probe.component, engine.engine(), path)?;
+    let mut instances = Instances::link(parts, &probe, path)?;
+    let outcome = instances
+        .preinitialise(&cx, &probe.component)
+        .await
+        .map_err(|f| InitError(f.reason))?;
+    match outcome {
+        Preinit::Snapshot(snapshot) => {
+            let loaded = {
+                let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
+                tokio::task::spawn_blocking(move || {
+                    engine.store_snapshot(&path, &source, &key, &snapshot)
+                })
+                .await
+                .map_err(|e| InitError(format!("compile task failed: {e}")))?
+                .map_err(|e| InitError(e.to_string()))?
+            };
+            instances.relink(&loaded, path, true)?;
+            Ok((loaded, instances, "init: snapshot made at load".into()))
+        }
+        Preinit::Declined { why, lasting } => {
+            tracing::debug!(driver = %path.display(), "no snapshot: {why}");
+            if lasting {
+                engine.store_declined(source, &key, &why);
+            }
+            let loaded = compile_source(engine, path, source).await?;
+            instances.relink(&loaded, path, false)?;
+            Ok((loaded, instances, per_instance(&why)))
+        }
+        Preinit::Refused(msg) => Err(InitError(reason(format!(
+            "init refused the arguments: {msg}"
+        )))),
     }
 }
 

@@ -70,6 +70,41 @@ pub struct LoadedComponent {
     pub cache: CacheOutcome,
 }
 
+/// A component's file, read.
+pub struct Source {
+    pub bytes: Vec<u8>,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+}
+
+/// A snapshot in the AOT cache ([`WasmEngine::snapshot_lookup`]).
+pub enum SnapshotLookup {
+    Hit(LoadedComponent),
+    /// Tried before and not possible: why.
+    Declined(String),
+    Missing,
+}
+
+/// Names a snapshot by the driver's arguments (the component's own, after mailpush's
+/// keys are taken off): a hash, so no argument (a secret) appears in a file name.
+pub fn snapshot_key(args: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"mailpush-snapshot-1\0");
+    for (k, v) in args {
+        h.update(k.as_bytes());
+        h.update(b"\0");
+        h.update(v.as_bytes());
+        h.update(b"\0");
+    }
+    hex::encode(&h.finalize()[..12])
+}
+
+/// Snapshot artifacts start with the component's sha256, as the others do, so
+/// `mailpush check --prune-cache` keeps those of the components in use.
+fn snapshot_stem(sha256: &str, key: &str) -> String {
+    format!("{sha256}-snap{key}")
+}
+
 /// One engine flavour: with or without fuel metering (fuel costs speed, so only drivers
 /// that ask for it pay).
 pub struct WasmEngine {
@@ -136,28 +171,146 @@ impl WasmEngine {
         &self.engine
     }
 
-    /// Reads and compiles a component, through the AOT cache when one is configured.
-    pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+    /// Reads a component's file and checks that it is a component.
+    pub fn read(path: &Path) -> Result<Source, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         check_header(path, &bytes)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let compile = || {
-            Component::new(&self.engine, &bytes).map_err(|e| LoadError::Compile {
-                path: path.to_path_buf(),
-                message: format!("{e:#}"),
-            })
+        Ok(Source { bytes, sha256 })
+    }
+
+    /// Reads and compiles a component, through the AOT cache when one is configured.
+    pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let source = Self::read(path)?;
+        self.load_source(path, &source)
+    }
+
+    /// Compiles a component read with [`WasmEngine::read`], through the AOT cache.
+    pub fn load_source(&self, path: &Path, source: &Source) -> Result<LoadedComponent, LoadError> {
+        let stem = source.sha256.clone();
+        self.cached_or_compile(path, &source.bytes, &stem, &source.sha256, false)
+    }
+
+    /// Compiles `source` instrumented for snapshots (`bytes`), through the AOT cache: it
+    /// does not depend on the driver's arguments, so a driver configured again with
+    /// other arguments only runs `init` and compiles its new snapshot.
+    pub fn load_instrumented(
+        &self,
+        path: &Path,
+        source: &Source,
+        bytes: &[u8],
+    ) -> Result<LoadedComponent, LoadError> {
+        let stem = format!("{}-instrumented", source.sha256);
+        self.cached_or_compile(path, bytes, &stem, &source.sha256, false)
+    }
+
+    /// Compiles `bytes` without the cache.
+    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
+    }
+
+    /// The snapshot of `source` pre-initialised with `key`'s arguments
+    /// ([`snapshot_key`]): cached, known not to work, or not made yet.
+    pub fn snapshot_lookup(&self, source: &Source, key: &str) -> SnapshotLookup {
+        let Some(dir) = &self.cache_dir else {
+            return SnapshotLookup::Missing;
         };
+        let stem = snapshot_stem(&source.sha256, key);
+        let declined = dir.join(format!("{stem}-{}.declined", self.engine_key()));
+        if let Ok(reason) = std::fs::read_to_string(&declined) {
+            return SnapshotLookup::Declined(reason);
+        }
+        let artifact = self.artifact(dir, &stem);
+        if !artifact.is_file() {
+            return SnapshotLookup::Missing;
+        }
+        match self.cached(dir, &artifact) {
+            Ok(component) => SnapshotLookup::Hit(LoadedComponent {
+                component,
+                sha256: source.sha256.clone(),
+                cache: CacheOutcome::Hit,
+            }),
+            Err(_) => SnapshotLookup::Missing,
+        }
+    }
+
+    /// Compiles a snapshot of `source` and stores it in the AOT cache, readable by the
+    /// owner only (it holds what `init` computed from the driver's arguments).
+    pub fn store_snapshot(
+        &self,
+        path: &Path,
+        source: &Source,
+        key: &str,
+        snapshot: &[u8],
+    ) -> Result<LoadedComponent, LoadError> {
+        let stem = snapshot_stem(&source.sha256, key);
+        self.cached_or_compile(path, snapshot, &stem, &source.sha256, true)
+    }
+
+    /// Records that `source` cannot be snapshotted with `key`'s arguments, and why, so
+    /// the next start does not try again.
+    pub fn store_declined(&self, source: &Source, key: &str, reason: &str) {
+        let Some(dir) = &self.cache_dir else {
+            return;
+        };
+        let stem = snapshot_stem(&source.sha256, key);
+        let file = dir.join(format!("{stem}-{}.declined", self.engine_key()));
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&file, reason)) {
+            tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
+        }
+    }
+
+    fn artifact(&self, dir: &Path, stem: &str) -> PathBuf {
+        dir.join(format!("{stem}-{}.cwasm", self.engine_key()))
+    }
+
+    /// A verified artifact, deserialised.
+    fn cached(&self, dir: &Path, artifact: &Path) -> Result<Component, CacheOutcome> {
+        let key = cache_key(dir).ok_or(CacheOutcome::Disabled)?;
+        let stored = std::fs::read(artifact).map_err(|_| CacheOutcome::Miss)?;
+        let Some(body) = verify(&key, &stored) else {
+            tracing::warn!(artifact = %artifact.display(), "cached artifact failed verification (tampered or corrupt), recompiling");
+            return Err(CacheOutcome::Rejected);
+        };
+        // SAFETY: the artifact was written by this host (its HMAC under the state dir's
+        // private key verifies) for this engine configuration (part of the file name);
+        // wasmtime checks compatibility again.
+        match unsafe { Component::deserialize(&self.engine, body) } {
+            Ok(component) => {
+                super::cache::touch(artifact);
+                self.in_use.lock().insert(artifact_name(artifact));
+                Ok(component)
+            }
+            Err(e) => {
+                tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {e}");
+                Err(CacheOutcome::Rejected)
+            }
+        }
+    }
+
+    fn cached_or_compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        stem: &str,
+        sha256: &str,
+        private: bool,
+    ) -> Result<LoadedComponent, LoadError> {
+        let sha256 = sha256.to_string();
         let Some(dir) = &self.cache_dir else {
             return Ok(LoadedComponent {
-                component: compile()?,
+                component: self.compile(path, bytes)?,
                 sha256,
                 cache: CacheOutcome::Disabled,
             });
         };
-        let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
+        let artifact = self.artifact(dir, stem);
         let lock = self
             .cache_locks
             .lock()
@@ -166,39 +319,28 @@ impl WasmEngine {
             .clone();
         let _guard = lock.lock();
         let key = cache_key(dir);
-        let mut outcome = CacheOutcome::Miss;
-        if let (Ok(stored), Some(key)) = (std::fs::read(&artifact), &key) {
-            match verify(key, &stored) {
-                // SAFETY: the artifact was written by this host (its HMAC under the
-                // state dir's private key verifies) for this engine configuration
-                // (part of the file name); wasmtime checks compatibility again.
-                Some(body) => match unsafe { Component::deserialize(&self.engine, body) } {
-                    Ok(component) => {
-                        super::cache::touch(&artifact);
-                        self.in_use.lock().insert(artifact_name(&artifact));
-                        return Ok(LoadedComponent {
-                            component,
-                            sha256,
-                            cache: CacheOutcome::Hit,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(artifact = %artifact.display(), "cached artifact unusable, recompiling: {e}");
-                        outcome = CacheOutcome::Rejected;
-                    }
-                },
-                None => {
-                    tracing::warn!(artifact = %artifact.display(), "cached artifact failed verification (tampered or corrupt), recompiling");
-                    outcome = CacheOutcome::Rejected;
-                }
+        let outcome = match self.cached(dir, &artifact) {
+            Ok(component) => {
+                return Ok(LoadedComponent {
+                    component,
+                    sha256,
+                    cache: CacheOutcome::Hit,
+                })
             }
-        }
-        let component = compile()?;
+            Err(CacheOutcome::Rejected) => CacheOutcome::Rejected,
+            Err(_) => CacheOutcome::Miss,
+        };
+        let component = self.compile(path, bytes)?;
         if let (Some(key), Ok(serialized)) = (&key, component.serialize()) {
             let mut out = sign(key, &serialized);
             out.extend_from_slice(&serialized);
             let tmp = artifact.with_extension("tmp");
-            let written = std::fs::write(&tmp, &out).and_then(|_| std::fs::rename(&tmp, &artifact));
+            let written = if private {
+                super::cache::write_private(&tmp, &out)
+            } else {
+                std::fs::write(&tmp, &out)
+            }
+            .and_then(|_| std::fs::rename(&tmp, &artifact));
             if let Err(e) = written {
                 tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
             }
@@ -222,7 +364,7 @@ impl WasmEngine {
     /// [`SLOW_COMPILE_BYTES`] with no artifact in the AOT cache (a JavaScript or Python
     /// component compiles for many seconds). Returns the file's sha256 then; `None` when
     /// the load will be quick (or fail quickly: an unreadable file).
-    pub fn slow_compile(&self, path: &Path) -> Option<String> {
+    pub fn slow_compile(&self, path: &Path, snapshot: Option<&str>) -> Option<String> {
         let size = std::fs::metadata(path).ok()?.len();
         if size < SLOW_COMPILE_BYTES {
             return None;
@@ -231,8 +373,18 @@ impl WasmEngine {
         check_header(path, &bytes).ok()?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(dir) = &self.cache_dir {
-            let artifact = dir.join(format!("{sha256}-{}.cwasm", self.engine_key()));
-            if artifact.is_file() {
+            if let Some(key) = snapshot {
+                let stem = snapshot_stem(&sha256, key);
+                if self.artifact(dir, &stem).is_file() {
+                    return None;
+                }
+                let declined = dir.join(format!("{stem}-{}.declined", self.engine_key()));
+                if !declined.is_file() {
+                    // Not tried yet: instrumenting, init and the snapshot's compile.
+                    return Some(sha256);
+                }
+            }
+            if self.artifact(dir, &sha256).is_file() {
                 return None;
             }
         }

@@ -69,10 +69,19 @@ impl DriverFactory for WasmFactory {
             // Reads and hashes the file (13–19 MB for JavaScript and Python): off the
             // async workers.
             let file = path.clone();
-            let slow = tokio::task::spawn_blocking(move || engine.slow_compile(&file))
-                .await
-                .ok()
-                .flatten();
+            let snapshot = sandbox.instance.snapshot.then(|| {
+                let args: Vec<(String, String)> = args
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                super::engine::snapshot_key(&args)
+            });
+            let slow = tokio::task::spawn_blocking(move || {
+                engine.slow_compile(&file, snapshot.as_deref())
+            })
+            .await
+            .ok()
+            .flatten();
             if let Some(sha256) = slow {
                 let mut details = vec![
                     format!("file: {}", path.display()),

@@ -37,6 +37,10 @@ pub enum InstanceModel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSettings {
     pub model: InstanceModel,
+    /// `init=snapshot` (default): `init` runs once at load and instances start from a
+    /// snapshot of what it left ([`super::snapshot`]); `init=per-instance`: every
+    /// instance calls `init`.
+    pub snapshot: bool,
     /// With `instance=reuse`: transactions before the instance is recycled.
     pub recycle_after: u64,
 }
@@ -45,6 +49,7 @@ impl Default for InstanceSettings {
     fn default() -> Self {
         InstanceSettings {
             model: InstanceModel::Fresh,
+            snapshot: true,
             recycle_after: 1000,
         }
     }
@@ -62,6 +67,17 @@ impl InstanceSettings {
             })?
         {
             s.model = m;
+        }
+        if let Some(snapshot) = args.take_with(
+            "init",
+            "`snapshot` (default: init runs once at load) or `per-instance`",
+            |v| match v {
+                "snapshot" => Some(true),
+                "per-instance" => Some(false),
+                _ => None,
+            },
+        )? {
+            s.snapshot = snapshot;
         }
         if let Some(n) = args.take_number::<u64>("recycle_after", "1000")? {
             s.recycle_after = n.max(1);
@@ -103,6 +119,8 @@ pub struct Instances {
     log_rate: Arc<LogRate>,
     /// With `instance=reuse`: the warm instance between transactions.
     warm: Mutex<Option<Instance>>,
+    /// Instances start from a snapshot taken after `init`: it is not called again.
+    initialised: bool,
 }
 
 /// The parts of a driver an [`Instances`] is made from.
@@ -124,24 +142,10 @@ impl Instances {
         loaded: &LoadedComponent,
         path: &Path,
     ) -> Result<Self, InitError> {
-        let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
-        state::link(&mut linker)
-            .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
-        let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
-            InitError(format!(
-                "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces)",
-                path.display()
-            ))
-        })?;
-        let pre = PushDriverPre::new(instance_pre).map_err(|e| {
-            InitError(format!(
-                "{} does not match the mailpush:driver/push-driver world: {e:#}",
-                path.display()
-            ))
-        })?;
         Ok(Instances {
             tag: parts.tag,
-            pre,
+            pre: Self::pre(loaded, path)?,
+            initialised: false,
             limits: parts.limits,
             settings: parts.settings,
             args: parts
@@ -155,6 +159,69 @@ impl Instances {
             log_rate: parts.log_rate,
             warm: Mutex::new(None),
         })
+    }
+
+    fn pre(loaded: &LoadedComponent, path: &Path) -> Result<PushDriverPre<HostState>, InitError> {
+        let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
+        state::link(&mut linker)
+            .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
+            InitError(format!(
+                "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces)",
+                path.display()
+            ))
+        })?;
+        PushDriverPre::new(instance_pre).map_err(|e| {
+            InitError(format!(
+                "{} does not match the mailpush:driver/push-driver world: {e:#}",
+                path.display()
+            ))
+        })
+    }
+
+    /// Makes instances of `loaded` from now on; `initialised`: it is a snapshot taken
+    /// after `init`, whose instances do not call `init`.
+    pub fn relink(
+        &mut self,
+        loaded: &LoadedComponent,
+        path: &Path,
+        initialised: bool,
+    ) -> Result<(), InitError> {
+        self.pre = Self::pre(loaded, path)?;
+        self.initialised = initialised;
+        self.clear();
+        Ok(())
+    }
+
+    /// Instances of the linked component start from a snapshot taken after `init`.
+    pub fn mark_initialised(&mut self) {
+        self.initialised = true;
+    }
+
+    /// Whether instances start from a snapshot taken after `init`.
+    pub fn initialised(&self) -> bool {
+        self.initialised
+    }
+
+    /// Runs `init` once in an instance of the instrumented `component` (every import a
+    /// trap) and snapshots what it left ([`super::snapshot`]), within
+    /// `init_timeout_msecs`.
+    pub async fn preinitialise(
+        &self,
+        cx: &wasmtime_wizer::ComponentContext<'_>,
+        component: &wasmtime::component::Component,
+    ) -> Result<super::snapshot::Preinit, Failure> {
+        let mut store = self.new_store()?;
+        let arm = |store: &mut Store<HostState>| self.arm(store);
+        let run = super::snapshot::preinitialise(cx, component, &mut store, &self.args, arm);
+        tokio::time::timeout(self.limits.init_timeout, run)
+            .await
+            .map_err(|_| {
+                Failure::permanent(format!(
+                    "init did not finish within {} ms (init_timeout_msecs)",
+                    self.limits.init_timeout.as_millis()
+                ))
+            })
     }
 
     /// The instance settings.
@@ -235,6 +302,13 @@ impl Instances {
             }
             Err(e) => return Err(classify(store.data(), e, &self.limits, stats)),
         };
+        if self.initialised {
+            return Ok(Instance {
+                store,
+                bindings,
+                txns: 0,
+            });
+        }
         self.arm(&mut store);
         let init = bindings
             .mailpush_driver_driver()

@@ -3,8 +3,9 @@
 //! Loading: [`factory`] reads `wasm:file=…`, [`sandbox`] takes mailpush's keys off the
 //! line (each capability reads its own), [`engine`] compiles through the signed AOT
 //! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
-//! version, [`instance`] links it and makes instances; under `mailpush run` a big
-//! component not in the AOT cache does all that in the background ([`background`]).
+//! version, [`instance`] links it and makes instances, which start from a snapshot taken
+//! after `init` ran once at load ([`snapshot`]); under `mailpush run` a big component
+//! not in the AOT cache does all that in the background ([`background`]).
 //! Running: [`driver`] maps Dovecot's hooks onto the component's exports, [`trap`]
 //! explains failed calls.
 //! [`tenants`] routes per-domain handlers.
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod log;
 pub mod metadata;
 pub mod sandbox;
+pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod stdio;

@@ -21,10 +21,16 @@
 //! - `post-streamed`: what JavaScript's `fetch` does: `handle` a POST to `url=` first,
 //!   then write its `bytes=` body and finish it, then wait for the response; fails with
 //!   `write: …; response: …` saying how each step went.
+//! - `remember`: `init` puts `init:TAG` (`tag=`) in a global; each transaction puts its
+//!   id there and succeeds only if it found `init:TAG`, failing with `saw …` otherwise
+//!   (state from another transaction, or not what `init` left).
 
 use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
 use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
 use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
+
+/// What `remember` mode keeps between calls: a global in linear memory.
+static REMEMBERED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// `handle` first, then the body, then the response (see `post-streamed`).
 fn post_streamed(url: &str, bytes: usize) -> String {
@@ -99,6 +105,8 @@ struct Hostile {
     kib: usize,
     /// Transactions this instance handled (with `instance=reuse`).
     handled: u32,
+    /// `tag=` for remember.
+    tag: String,
 }
 
 impl Driver for Hostile {
@@ -118,6 +126,10 @@ impl Driver for Hostile {
                 std::hint::black_box(&f);
             }
         }
+        if mode == "remember" {
+            *REMEMBERED.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("init:{}", args.get("tag").unwrap_or("")));
+        }
         let key = args.get("key").unwrap_or("").to_string();
         let at_init = if mode == "metadata" {
             metadata(&key)
@@ -133,12 +145,23 @@ impl Driver for Hostile {
             msecs: args.get("msecs").and_then(|v| v.parse().ok()).unwrap_or(0),
             kib: args.get("kib").and_then(|v| v.parse().ok()).unwrap_or(100),
             handled: 0,
+            tag: args.get("tag").unwrap_or("").to_string(),
         })
     }
 
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
         self.handled += 1;
         match self.mode.as_str() {
+            "remember" => {
+                let saw = REMEMBERED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(txn.id.clone());
+                match saw {
+                    Some(s) if s == format!("init:{}", self.tag) => Ok(()),
+                    other => Err(Failure::permanent(format!("saw {other:?}"))),
+                }
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
