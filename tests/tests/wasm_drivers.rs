@@ -141,7 +141,22 @@ async fn a_snapshot_holds_what_init_left_and_nothing_from_other_transactions() {
             assert_eq!(deliver(&d, &txn(i)).await, Outcome::Delivered, "{start}");
         }
     }
+    // A snapshot per set of arguments and memory limit (its memory is what init left).
+    let snapshots = || {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-snap") && n.ends_with(".cwasm"))
+            .count()
+    };
+    assert_eq!(snapshots(), 2);
     let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let bigger = load(&wasm, &engines, "mode=remember tag=abc memory=64M")
+        .await
+        .unwrap();
+    assert!(bigger.snapshotted());
+    assert_eq!(deliver(&bigger, &txn(0)).await, Outcome::Delivered);
+    assert_eq!(snapshots(), 3);
     let per_instance = load(&wasm, &engines, "mode=remember tag=abc init=per-instance")
         .await
         .unwrap();

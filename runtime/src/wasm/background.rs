@@ -42,8 +42,8 @@ pub struct BackgroundLoad {
 }
 
 impl BackgroundLoad {
-    /// Starts loading the component on the current runtime (its compile on a blocking
-    /// thread, as [`WasmDriver::load`] does it).
+    /// Starts loading the component on the current runtime ([`WasmDriver::load`], which
+    /// compiles and makes the snapshot on a blocking thread).
     pub fn start(
         tag: Arc<DriverTag>,
         path: &Path,

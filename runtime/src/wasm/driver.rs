@@ -16,9 +16,7 @@ use wasmtime::Store;
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, WIT_PACKAGE};
 use super::convert;
-use super::engine::{
-    snapshot_key, CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine,
-};
+use super::engine::{CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine};
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
 use super::log::{DriverTag, LogRate};
@@ -55,8 +53,9 @@ pub struct WasmDriver(Arc<WasmInner>);
 
 impl WasmDriver {
     /// Compiles (or loads from the AOT cache), checks the component against the
-    /// `mailpush:driver` world, links it, and validates `args` through a probe
-    /// instance's `init`.
+    /// `mailpush:driver` world, links it, and validates `args` through `init`: run once
+    /// for the snapshot (`init=snapshot`), or in a probe instance. The probe instance is
+    /// made either way (a snapshot's memory must fit `memory=`).
     pub async fn load(
         tag: Arc<DriverTag>,
         path: &Path,
@@ -184,88 +183,108 @@ async fn compile_source(
 }
 
 /// Loads a driver whose `init` runs once, at load ([`super::snapshot`]): its snapshot
-/// from the AOT cache, or made now (instrument, compile, `init`, snapshot, compile);
-/// the original component, with `init` in every instance, when `init` calls an import
-/// (remembered in the cache). Returns the line for `mailpush check`.
+/// from the AOT cache, or made now; the original component, with `init` in every
+/// instance, when there can be no snapshot (`init` calls an import: remembered in the
+/// cache). All of it on a blocking thread: reading and verifying a cached JavaScript
+/// snapshot, instrumenting and compiling take seconds. Returns the line for
+/// `mailpush check`.
 async fn load_snapshot(
     engine: &Arc<WasmEngine>,
     path: &Path,
     source: &Arc<Source>,
     parts: InstanceParts,
 ) -> Result<(LoadedComponent, Instances, String), InitError> {
-    let args: Vec<(String, String)> = parts
-        .args
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let key = snapshot_key(&args);
-    let per_instance = |why: &str| format!("init: called in every instance ({why})");
-    let declined = match engine.snapshot_lookup(source, &key) {
-        SnapshotLookup::Hit(loaded) => {
-            let mut instances = Instances::link(parts, &loaded, path)?;
-            instances.mark_initialised();
-            return Ok((
-                loaded,
-                instances,
-                "init: snapshot made at load (AOT cache hit)".into(),
-            ));
-        }
-        SnapshotLookup::Declined(why) => Some(why),
-        SnapshotLookup::Missing => None,
-    };
-    if let Some(why) = declined {
-        let loaded = compile_source(engine, path, source).await?;
-        let instances = Instances::link(parts, &loaded, path)?;
-        return Ok((loaded, instances, per_instance(&why)));
-    }
-    let instrumented = match super::snapshot::instrument(&source.bytes) {
-        Ok(i) => i,
-        Err(why) => {
-            engine.store_declined(source, &key, &why);
-            let loaded = compile_source(engine, path, source).await?;
-            let instances = Instances::link(parts, &loaded, path)?;
-            return Ok((loaded, instances, per_instance(&why)));
-        }
-    };
-    let (cx, bytes) = instrumented;
-    let probe = {
-        let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
-        tokio::task::spawn_blocking(move || engine.load_instrumented(&path, &source, &bytes))
-            .await
-            .map_err(|e| InitError(format!("compile task failed: {e}")))?
-            .map_err(|e| InitError(e.to_string()))?
-    };
-    // The world is checked before init runs: a component that is no driver fails as
-    // it would without a snapshot.
-    check_world(&probe.component, engine.engine(), path)?;
-    let mut instances = Instances::link(parts, &probe, path)?;
-    let outcome = instances
-        .preinitialise(&cx, &probe.component)
-        .await
-        .map_err(|f| InitError(f.reason))?;
-    match outcome {
-        Preinit::Snapshot(snapshot) => {
-            let loaded = {
-                let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
-                tokio::task::spawn_blocking(move || {
-                    engine.store_snapshot(&path, &source, &key, &snapshot)
-                })
-                .await
-                .map_err(|e| InitError(format!("compile task failed: {e}")))?
-                .map_err(|e| InitError(e.to_string()))?
-            };
-            instances.relink(&loaded, path, true)?;
-            Ok((loaded, instances, "init: snapshot made at load".into()))
-        }
-        Preinit::Declined { why, lasting } => {
-            tracing::debug!(driver = %path.display(), "no snapshot: {why}");
-            if lasting {
-                engine.store_declined(source, &key, &why);
+    let handle = tokio::runtime::Handle::current();
+    let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
+    tokio::task::spawn_blocking(move || {
+        let key = engine.snapshot_key(&parts.component_args(), parts.limits.memory);
+        let made = match engine.snapshot_lookup(&source, &key) {
+            SnapshotLookup::Hit(loaded) => Ok((loaded, true)),
+            SnapshotLookup::Declined(why) => Err(why),
+            SnapshotLookup::Missing => {
+                make_snapshot(&handle, &engine, &path, &source, &parts, &key)?
             }
-            let loaded = compile_source(engine, path, source).await?;
-            instances.relink(&loaded, path, false)?;
-            Ok((loaded, instances, per_instance(&why)))
+        };
+        match made {
+            Ok((loaded, cached)) => {
+                let mut instances = Instances::link(parts, &loaded, &path)?;
+                instances.mark_initialised();
+                let line = if cached {
+                    "init: snapshot made at load (AOT cache hit)"
+                } else {
+                    "init: snapshot made at load"
+                };
+                Ok((loaded, instances, line.to_string()))
+            }
+            Err(why) => {
+                let loaded = engine
+                    .load_source(&path, &source)
+                    .map_err(|e| InitError(e.to_string()))?;
+                let instances = Instances::link(parts, &loaded, &path)?;
+                Ok((
+                    loaded,
+                    instances,
+                    format!("init: called in every instance ({why})"),
+                ))
+            }
         }
+    })
+    .await
+    .map_err(|e| InitError(format!("load task failed: {e}")))?
+}
+
+/// A snapshot component grows by what `init` left in memory; past this, no snapshot
+/// (each set of arguments has its own, compiled and cached).
+const MAX_SNAPSHOT_GROWTH: usize = 64 << 20;
+
+/// Makes the snapshot (on a blocking thread): instrument, compile (cached per
+/// component), run `init` in `handle`'s runtime, snapshot, compile and cache.
+/// `Ok(Ok((snapshot, false)))`, or `Ok(Err(why))` when there is none — recorded when the
+/// reason lasts; `Err` when `init` refuses its arguments or the component is no driver.
+fn make_snapshot(
+    handle: &tokio::runtime::Handle,
+    engine: &WasmEngine,
+    path: &Path,
+    source: &Source,
+    parts: &InstanceParts,
+    key: &str,
+) -> Result<Result<(LoadedComponent, bool), String>, InitError> {
+    let declined = |why: String, lasting: bool| {
+        tracing::debug!(driver = %path.display(), "no snapshot: {why}");
+        if lasting {
+            engine.store_declined(source, key, &why);
+        }
+        Ok(Err(why))
+    };
+    let (cx, bytes) = match super::snapshot::instrument(&source.bytes) {
+        Ok(i) => i,
+        Err(why) => return declined(why, true),
+    };
+    let probe = match engine.load_instrumented(path, source, &bytes) {
+        Ok(p) => p,
+        Err(e) => return declined(format!("the instrumented component: {e}"), false),
+    };
+    // A component that is no driver fails here as it would without a snapshot.
+    check_world(&probe.component, engine.engine(), path)?;
+    let instances = Instances::link(parts.clone(), &probe, path)?;
+    match handle.block_on(instances.preinitialise(&cx, &probe.component)) {
+        Preinit::Snapshot(snapshot)
+            if snapshot.len() > source.bytes.len() + MAX_SNAPSHOT_GROWTH =>
+        {
+            declined(
+                format!(
+                    "init left {} MiB in memory, more than a snapshot keeps ({} MiB)",
+                    (snapshot.len() - source.bytes.len()) >> 20,
+                    MAX_SNAPSHOT_GROWTH >> 20
+                ),
+                true,
+            )
+        }
+        Preinit::Snapshot(snapshot) => match engine.store_snapshot(path, source, key, &snapshot) {
+            Ok(loaded) => Ok(Ok((loaded, false))),
+            Err(e) => declined(format!("the snapshot: {e}"), false),
+        },
+        Preinit::Declined { why, lasting } => declined(why, lasting),
         Preinit::Refused(msg) => Err(InitError(reason(format!(
             "init refused the arguments: {msg}"
         )))),

@@ -85,20 +85,6 @@ pub enum SnapshotLookup {
     Missing,
 }
 
-/// Names a snapshot by the driver's arguments (the component's own, after mailpush's
-/// keys are taken off): a hash, so no argument (a secret) appears in a file name.
-pub fn snapshot_key(args: &[(String, String)]) -> String {
-    let mut h = Sha256::new();
-    h.update(b"mailpush-snapshot-1\0");
-    for (k, v) in args {
-        h.update(k.as_bytes());
-        h.update(b"\0");
-        h.update(v.as_bytes());
-        h.update(b"\0");
-    }
-    hex::encode(&h.finalize()[..12])
-}
-
 /// Snapshot artifacts start with the component's sha256, as the others do, so
 /// `mailpush check --prune-cache` keeps those of the components in use.
 fn snapshot_stem(sha256: &str, key: &str) -> String {
@@ -222,9 +208,8 @@ impl WasmEngine {
             return SnapshotLookup::Missing;
         };
         let stem = snapshot_stem(&source.sha256, key);
-        let declined = dir.join(format!("{stem}-{}.declined", self.engine_key()));
-        if let Ok(reason) = std::fs::read_to_string(&declined) {
-            return SnapshotLookup::Declined(reason);
+        if let Ok(reason) = std::fs::read_to_string(self.declined_path(dir, &stem)) {
+            return SnapshotLookup::Declined(reason.chars().take(1024).collect());
         }
         let artifact = self.artifact(dir, &stem);
         if !artifact.is_file() {
@@ -260,14 +245,44 @@ impl WasmEngine {
             return;
         };
         let stem = snapshot_stem(&source.sha256, key);
-        let file = dir.join(format!("{stem}-{}.declined", self.engine_key()));
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| std::fs::write(&file, reason)) {
+        let file = self.declined_path(dir, &stem);
+        let tmp = file.with_extension("tmp");
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|_| std::fs::write(&tmp, reason))
+            .and_then(|_| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
             tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
         }
     }
 
+    /// Names a snapshot by what it depends on beyond the component: the arguments `init`
+    /// receives (the component's own, after mailpush's keys are taken off) and the
+    /// memory limit (a snapshot's initial memory is what `init` left). Under the cache's
+    /// private key (an HMAC), so that a file name reveals nothing of an argument, not
+    /// even to someone guessing a weak secret.
+    pub fn snapshot_key(&self, args: &[(String, String)], memory: usize) -> String {
+        let mut material = Vec::new();
+        material.extend_from_slice(b"mailpush-snapshot-1\0");
+        material.extend_from_slice(&(memory as u64).to_le_bytes());
+        for (k, v) in args {
+            for part in [k, v] {
+                material.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                material.extend_from_slice(part.as_bytes());
+            }
+        }
+        let digest = match self.cache_dir.as_deref().and_then(cache_key) {
+            Some(key) => sign(&key, &material),
+            None => Sha256::digest(&material).to_vec(),
+        };
+        hex::encode(&digest[..12])
+    }
+
     fn artifact(&self, dir: &Path, stem: &str) -> PathBuf {
         dir.join(format!("{stem}-{}.cwasm", self.engine_key()))
+    }
+
+    fn declined_path(&self, dir: &Path, stem: &str) -> PathBuf {
+        dir.join(format!("{stem}-{}.declined", self.engine_key()))
     }
 
     /// A verified artifact, deserialised.
@@ -378,8 +393,7 @@ impl WasmEngine {
                 if self.artifact(dir, &stem).is_file() {
                     return None;
                 }
-                let declined = dir.join(format!("{stem}-{}.declined", self.engine_key()));
-                if !declined.is_file() {
+                if !self.declined_path(dir, &stem).is_file() {
                     // Not tried yet: instrumenting, init and the snapshot's compile.
                     return Some(sha256);
                 }

@@ -74,7 +74,7 @@ impl DriverFactory for WasmFactory {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
-                super::engine::snapshot_key(&args)
+                engine.snapshot_key(&args, sandbox.limits.memory)
             });
             let slow = tokio::task::spawn_blocking(move || {
                 engine.slow_compile(&file, snapshot.as_deref())

@@ -124,6 +124,7 @@ pub struct Instances {
 }
 
 /// The parts of a driver an [`Instances`] is made from.
+#[derive(Clone)]
 pub struct InstanceParts {
     pub tag: Arc<DriverTag>,
     pub limits: Limits,
@@ -135,6 +136,16 @@ pub struct InstanceParts {
     pub log_rate: Arc<LogRate>,
 }
 
+impl InstanceParts {
+    /// The component's own arguments, as its `init` receives them.
+    pub fn component_args(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
 impl Instances {
     /// Links the component against every capability's imports.
     pub fn link(
@@ -142,17 +153,14 @@ impl Instances {
         loaded: &LoadedComponent,
         path: &Path,
     ) -> Result<Self, InitError> {
+        let args = parts.component_args();
         Ok(Instances {
+            args,
             tag: parts.tag,
             pre: Self::pre(loaded, path)?,
             initialised: false,
             limits: parts.limits,
             settings: parts.settings,
-            args: parts
-                .args
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
             http: parts.http,
             metadata: parts.metadata,
             max_log_lines: parts.max_log_lines,
@@ -179,20 +187,6 @@ impl Instances {
         })
     }
 
-    /// Makes instances of `loaded` from now on; `initialised`: it is a snapshot taken
-    /// after `init`, whose instances do not call `init`.
-    pub fn relink(
-        &mut self,
-        loaded: &LoadedComponent,
-        path: &Path,
-        initialised: bool,
-    ) -> Result<(), InitError> {
-        self.pre = Self::pre(loaded, path)?;
-        self.initialised = initialised;
-        self.clear();
-        Ok(())
-    }
-
     /// Instances of the linked component start from a snapshot taken after `init`.
     pub fn mark_initialised(&mut self) {
         self.initialised = true;
@@ -204,24 +198,32 @@ impl Instances {
     }
 
     /// Runs `init` once in an instance of the instrumented `component` (every import a
-    /// trap) and snapshots what it left ([`super::snapshot`]), within
+    /// trap) and snapshots what it left ([`super::snapshot`]); `init` within
     /// `init_timeout_msecs`.
     pub async fn preinitialise(
         &self,
         cx: &wasmtime_wizer::ComponentContext<'_>,
         component: &wasmtime::component::Component,
-    ) -> Result<super::snapshot::Preinit, Failure> {
-        let mut store = self.new_store()?;
+    ) -> super::snapshot::Preinit {
+        let mut store = match self.new_store() {
+            Ok(s) => s,
+            Err(f) => {
+                return super::snapshot::Preinit::Declined {
+                    why: f.reason,
+                    lasting: false,
+                }
+            }
+        };
         let arm = |store: &mut Store<HostState>| self.arm(store);
-        let run = super::snapshot::preinitialise(cx, component, &mut store, &self.args, arm);
-        tokio::time::timeout(self.limits.init_timeout, run)
-            .await
-            .map_err(|_| {
-                Failure::permanent(format!(
-                    "init did not finish within {} ms (init_timeout_msecs)",
-                    self.limits.init_timeout.as_millis()
-                ))
-            })
+        super::snapshot::preinitialise(
+            cx,
+            component,
+            &mut store,
+            &self.args,
+            self.limits.init_timeout,
+            arm,
+        )
+        .await
     }
 
     /// The instance settings.

@@ -4,7 +4,8 @@
 //! line (each capability reads its own), [`engine`] compiles through the signed AOT
 //! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
 //! version, [`instance`] links it and makes instances, which start from a snapshot taken
-//! after `init` ran once at load ([`snapshot`]); under `mailpush run` a big component
+//! after `init` ran once at load when `init` calls no import ([`snapshot`]); under
+//! `mailpush run` a big component
 //! not in the AOT cache does all that in the background ([`background`]).
 //! Running: [`driver`] maps Dovecot's hooks onto the component's exports, [`trap`]
 //! explains failed calls.

@@ -2,14 +2,16 @@
 //! instances start from a snapshot of the state it left, without calling `init` again.
 //!
 //! The component is instrumented (wasmtime-wizer: every core module's memories and
-//! globals become readable through an extra export), instantiated with **every import
-//! a trap**, and its `init` called with the driver's arguments. If `init` returns
-//! without touching an import, the state it left is written into a new component
-//! (data segments and global initialisers) that the driver then runs instead of the
-//! original. If `init` calls an import — logs, reads METADATA or the clock, draws
-//! randomness, writes to stdout, opens an HTTP request — a snapshot could not keep what
-//! that import did, so the driver is not snapshotted and every instance calls `init`
-//! itself, as before ([`Preinit::Declined`] says which import).
+//! globals become readable through an extra export), instantiated with every import a
+//! trap except those whose answers are the same in every instance (the empty
+//! environment, the monotonic clock at 0: [`define_constant_imports`]), and its `init`
+//! called with the driver's arguments. If `init` returns without touching another
+//! import, the state it left is written into a new component (data segments and global
+//! initialisers) that the driver then runs instead of the original. If `init` calls one
+//! — logs, reads METADATA or the wall clock, draws randomness, writes to stdout, opens
+//! an HTTP request — a snapshot could not keep what that import did, so the driver is
+//! not snapshotted and every instance calls `init` itself, as before
+//! ([`Preinit::Declined`] says which import).
 //!
 //! A snapshot holds what `init` computed from its arguments, secrets included: the AOT
 //! cache stores it in a file only the owner may read (`engine.rs`).
@@ -36,9 +38,11 @@ pub enum Preinit {
 /// Instruments a component for a snapshot. `Err` names what wasmtime-wizer does not
 /// support in it (then the driver runs unsnapshotted).
 pub fn instrument(bytes: &[u8]) -> Result<(ComponentContext<'_>, Vec<u8>), String> {
-    Wizer::new()
-        .instrument_component(bytes)
-        .map_err(|e| format!("cannot instrument the component for a snapshot: {e:#}"))
+    // wasmtime-wizer panics on some shapes it does not support (a mutable reference
+    // global): a decline, not a crash.
+    std::panic::catch_unwind(|| Wizer::new().instrument_component(bytes))
+        .map_err(|_| "wasmtime-wizer cannot instrument this component".to_string())?
+        .map_err(|e| format!("cannot instrument the component for a snapshot: {e}"))
 }
 
 /// Instantiates the instrumented `component` in `store` with every import a trap,
@@ -49,6 +53,7 @@ pub async fn preinitialise(
     component: &Component,
     store: &mut Store<HostState>,
     args: &[(String, String)],
+    init_timeout: std::time::Duration,
     arm: impl Fn(&mut Store<HostState>) + Sync,
 ) -> Preinit {
     let mut linker: Linker<HostState> = Linker::new(component.engine());
@@ -67,12 +72,7 @@ pub async fn preinitialise(
     arm(store);
     let instance = match linker.instantiate_async(&mut *store, component).await {
         Ok(i) => i,
-        Err(e) => {
-            return Preinit::Declined {
-                why: format!("instantiating without imports failed: {e:#}"),
-                lasting: false,
-            }
-        }
+        Err(e) => return import_called(&e),
     };
     let bindings = match PushDriver::new(&mut *store, &instance) {
         Ok(b) => b,
@@ -84,14 +84,22 @@ pub async fn preinitialise(
         }
     };
     arm(store);
-    match bindings
+    let init = bindings
         .mailpush_driver_driver()
-        .call_init(&mut *store, args)
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(msg)) => return Preinit::Refused(msg),
-        Err(e) => return import_called(&e),
+        .call_init(&mut *store, args);
+    match tokio::time::timeout(init_timeout, init).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(msg))) => return Preinit::Refused(msg),
+        Ok(Err(e)) => return import_called(&e),
+        Err(_) => {
+            return Preinit::Declined {
+                why: format!(
+                    "init did not finish within {} ms (init_timeout_msecs)",
+                    init_timeout.as_millis()
+                ),
+                lasting: false,
+            }
+        }
     }
     let mut state = Reader {
         store,
@@ -99,7 +107,17 @@ pub async fn preinitialise(
         arm: &arm,
         error: None,
     };
-    let snapshot = Wizer::new().snapshot_component(cx, &mut state).await;
+    let wizer = Wizer::new();
+    let snapshot = std::panic::AssertUnwindSafe(wizer.snapshot_component(cx, &mut state));
+    let snapshot = match futures::FutureExt::catch_unwind(snapshot).await {
+        Ok(s) => s,
+        Err(_) => {
+            return Preinit::Declined {
+                why: "wasmtime-wizer failed to write the snapshot".into(),
+                lasting: true,
+            }
+        }
+    };
     if let Some(e) = state.error {
         return Preinit::Declined {
             why: format!("reading the state init left failed: {e}"),
@@ -109,7 +127,7 @@ pub async fn preinitialise(
     match snapshot {
         Ok(bytes) => Preinit::Snapshot(bytes),
         Err(e) => Preinit::Declined {
-            why: format!("writing the snapshot failed: {e:#}"),
+            why: format!("writing the snapshot failed: {e}"),
             lasting: false,
         },
     }
@@ -148,20 +166,25 @@ fn define_constant_imports(
     Ok(())
 }
 
-/// Why `init` could not be snapshotted, from its trap: the import it called, or
-/// another trap.
+/// Why the component could not be snapshotted, from the trap of its instantiation or
+/// `init`: the import it called (lasting: it will call it again), or another trap (the
+/// ordinary load that follows reports it in full).
 fn import_called(e: &wasmtime::Error) -> Preinit {
     let text = format!("{e:#}");
     // wasmtime: "unknown import: `wasi:random/random@0.2.0#get-random-u64` has not been defined"
-    match text.split('`').nth(1) {
-        Some(import) if text.contains("unknown import") => Preinit::Declined {
+    let import = text
+        .split("unknown import: `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next());
+    match import {
+        Some(import) => Preinit::Declined {
             why: format!("init calls `{import}`, which a snapshot cannot keep"),
             lasting: true,
         },
-        _ => Preinit::Declined {
+        None => Preinit::Declined {
             why: format!(
-                "init trapped when run without imports: {}",
-                text.lines().next().unwrap_or("")
+                "init trapped when run for a snapshot: {}",
+                e.root_cause().to_string().lines().next().unwrap_or("")
             ),
             lasting: false,
         },
@@ -210,7 +233,7 @@ impl<A: Fn(&mut Store<HostState>)> Reader<'_, A> {
         match f.call_async(&mut *self.store, ()).await {
             Ok((r,)) => use_ret(self.store, r),
             Err(e) => {
-                self.error = Some(format!("{instance}#{func}: {e:#}"));
+                self.error = Some(format!("{instance}#{func}: {}", e.root_cause()));
                 R2::default()
             }
         }
