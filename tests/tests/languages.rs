@@ -58,14 +58,8 @@ async fn javascript_drivers_are_snapshotted_and_python_says_why_not() {
         let Some(component) = language_guest(name) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let conf = format!(
-            "mailpush {{\n state_dir = {}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://127.0.0.1:9/snapshot secret={WEBHOOK_SECRET} timeout_msecs=5000\n}}\n",
-            language_state_dir().display(),
-            component.display()
-        );
-        let config = write_config(dir.path(), &conf);
-        let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+        let args = format!("url=http://127.0.0.1:9/snapshot secret={WEBHOOK_SECRET}");
+        let loaded = load_one(&component, &args).await;
         assert!(
             loaded[0].details.iter().any(|d| d.starts_with(expected)),
             "{name}: {:?}",
@@ -74,9 +68,9 @@ async fn javascript_drivers_are_snapshotted_and_python_says_why_not() {
     }
 }
 
-/// Runs `n` MailboxCreate transactions through `component` with `args`; returns the
-/// outcomes in order.
-async fn outcomes(component: &Path, args: &str, n: usize) -> Vec<Outcome> {
+/// Loads `component` with `args` as the one driver of a config whose state dir (and AOT
+/// cache) the language tests share.
+async fn load_one(component: &Path, args: &str) -> Vec<mailpush::pipeline::LoadedDriver> {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
         "mailpush {{\n state_dir = {}\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args} retry=none timeout_msecs=5000\n}}\n",
@@ -84,7 +78,13 @@ async fn outcomes(component: &Path, args: &str, n: usize) -> Vec<Outcome> {
         component.display()
     );
     let config = write_config(dir.path(), &conf);
-    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    load_drivers(&TestDrivers::new().registry(), &config).await
+}
+
+/// Runs `n` MailboxCreate transactions through `component` with `args`; returns the
+/// outcomes in order.
+async fn outcomes(component: &Path, args: &str, n: usize) -> Vec<Outcome> {
+    let loaded = load_one(component, args).await;
     let seen = Arc::new(Outcomes::default());
     let d = Dispatcher::start(loaded, 16, Some(seen.clone()));
     for i in 0..n {
