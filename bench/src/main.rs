@@ -166,22 +166,29 @@ async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
     .await
 }
 
+/// The webhook's arguments where its HTTP is stubbed out ([`stubbed`]).
+const STUBBED_WEBHOOK_ARGS: &str =
+    "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A sandbox whose outbound HTTP is answered at the host import, with snapshots on or
+/// off (`init=per-instance`).
+fn stubbed(snapshot: bool) -> Sandbox {
+    let mut sandbox = Sandbox::default();
+    sandbox.http.http_stub = true;
+    sandbox.http.allow_hosts = vec!["*".into()];
+    sandbox.instance.snapshot = snapshot;
+    sandbox
+}
+
 async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 20 } else { 3000 };
     let engines = Arc::new(Engines::new(None));
-    let stubbed = |snapshot: bool| {
-        let mut sandbox = Sandbox::default();
-        sandbox.http.http_stub = true;
-        sandbox.http.allow_hosts = vec!["*".into()];
-        sandbox.instance.snapshot = snapshot;
-        sandbox
-    };
     let plain = |snapshot: bool| {
         let mut sandbox = Sandbox::default();
         sandbox.instance.snapshot = snapshot;
         sandbox
     };
-    let webhook_args = "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let webhook_args = STUBBED_WEBHOOK_ARGS;
     let webhook = Arc::new(load(&guest("webhook"), stubbed(true), webhook_args, &engines).await);
     let webhook_per_instance =
         Arc::new(load(&guest("webhook"), stubbed(false), webhook_args, &engines).await);
@@ -556,21 +563,10 @@ async fn languages(o: &Opts, out: &mut Vec<String>) {
         let mut fresh = Vec::new();
         let mut rates = Vec::new();
         for snapshot in [false, true] {
-            let mut stub = Sandbox::default();
-            stub.http.http_stub = true;
-            stub.http.allow_hosts = vec!["*".into()];
-            stub.instance.snapshot = snapshot;
-            let stubbed = Arc::new(
-                load(
-                    &path,
-                    stub,
-                    "url=http://hooks.invalid/x secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-                    &engines,
-                )
-                .await,
-            );
-            let taken = stubbed.snapshotted();
-            let lat = latencies(stubbed, n / 4).await;
+            let stubbed_driver =
+                Arc::new(load(&path, stubbed(snapshot), STUBBED_WEBHOOK_ARGS, &engines).await);
+            let taken = stubbed_driver.snapshotted();
+            let lat = latencies(stubbed_driver, n / 4).await;
             let (_, lat_med, _) = stats(lat);
             fresh.push(if snapshot && !taken {
                 "no snapshot (init calls an import)".to_string()

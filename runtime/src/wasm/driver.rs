@@ -197,7 +197,7 @@ async fn load_snapshot(
     let handle = tokio::runtime::Handle::current();
     let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
     tokio::task::spawn_blocking(move || {
-        let key = engine.snapshot_key(&parts.component_args(), parts.limits.memory);
+        let key = engine.snapshot_key(&parts.args, parts.limits.memory);
         let made = match engine.snapshot_lookup(&source, &key) {
             SnapshotLookup::Hit(loaded) => Ok((loaded, true)),
             SnapshotLookup::Declined(why) => Err(why),
@@ -264,7 +264,9 @@ fn make_snapshot(
         Ok(p) => p,
         Err(e) => return declined(format!("the instrumented component: {e}"), false),
     };
-    // A component that is no driver fails here as it would without a snapshot.
+    // A component that is no driver, or imports what mailpush does not provide, fails
+    // here as it would without a snapshot (linking against the real imports checks
+    // them; the snapshot run itself uses a linker whose imports trap).
     check_world(&probe.component, engine.engine(), path)?;
     let instances = Instances::link(parts.clone(), &probe, path)?;
     match handle.block_on(instances.preinitialise(&cx, &probe.component)) {

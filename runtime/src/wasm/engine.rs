@@ -6,6 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 
+use mailpush_core::DriverArgs;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -260,11 +261,11 @@ impl WasmEngine {
     /// memory limit (a snapshot's initial memory is what `init` left). Under the cache's
     /// private key (an HMAC), so that a file name reveals nothing of an argument, not
     /// even to someone guessing a weak secret.
-    pub fn snapshot_key(&self, args: &[(String, String)], memory: usize) -> String {
+    pub fn snapshot_key(&self, args: &DriverArgs, memory: usize) -> String {
         let mut material = Vec::new();
         material.extend_from_slice(b"mailpush-snapshot-1\0");
         material.extend_from_slice(&(memory as u64).to_le_bytes());
-        for (k, v) in args {
+        for (k, v) in args.iter() {
             for part in [k, v] {
                 material.extend_from_slice(&(part.len() as u64).to_le_bytes());
                 material.extend_from_slice(part.as_bytes());

@@ -69,13 +69,10 @@ impl DriverFactory for WasmFactory {
             // Reads and hashes the file (13–19 MB for JavaScript and Python): off the
             // async workers.
             let file = path.clone();
-            let snapshot = sandbox.instance.snapshot.then(|| {
-                let args: Vec<(String, String)> = args
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                engine.snapshot_key(&args, sandbox.limits.memory)
-            });
+            let snapshot = sandbox
+                .instance
+                .snapshot
+                .then(|| engine.snapshot_key(&args, sandbox.limits.memory));
             let slow = tokio::task::spawn_blocking(move || {
                 engine.slow_compile(&file, snapshot.as_deref())
             })

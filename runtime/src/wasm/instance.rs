@@ -136,16 +136,6 @@ pub struct InstanceParts {
     pub log_rate: Arc<LogRate>,
 }
 
-impl InstanceParts {
-    /// The component's own arguments, as its `init` receives them.
-    pub fn component_args(&self) -> Vec<(String, String)> {
-        self.args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-}
-
 impl Instances {
     /// Links the component against every capability's imports.
     pub fn link(
@@ -153,7 +143,11 @@ impl Instances {
         loaded: &LoadedComponent,
         path: &Path,
     ) -> Result<Self, InitError> {
-        let args = parts.component_args();
+        let args = parts
+            .args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(Instances {
             args,
             tag: parts.tag,
