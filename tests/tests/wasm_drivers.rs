@@ -176,6 +176,59 @@ async fn a_snapshot_holds_what_init_left_and_nothing_from_other_transactions() {
     );
 }
 
+/// A hostile `init` cannot make the host copy, compile and cache an arbitrary amount of
+/// memory per set of arguments: a snapshot that would grow the component by more than
+/// 64 MiB is not made (and the decision is recorded); the driver runs with `init` in
+/// every instance, and works. Under the bound, the same driver is snapshotted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_is_not_made_of_an_init_that_hoards_memory() {
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = guest("hostile");
+    let txn = Arc::new(mailbox_txn("a@example.com", "t"));
+    let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+    let d = load(
+        &wasm,
+        &engines,
+        "mode=init-hoard mib=80 memory=128M timeout_msecs=5000",
+    )
+    .await
+    .unwrap();
+    assert!(!d.snapshotted());
+    assert!(
+        d.details()
+            .iter()
+            .any(|l| l.contains("init left 80 MiB in memory, more than a snapshot keeps (64 MiB)")),
+        "{:?}",
+        d.details()
+    );
+    assert_eq!(deliver(&d, &txn).await, Outcome::Delivered);
+    let records = std::fs::read_dir(cache.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            name.ends_with(".declined") || (name.contains("-snap") && name.ends_with(".cwasm"))
+        })
+        .count();
+    assert_eq!(
+        records, 1,
+        "the decline is recorded, and no snapshot written"
+    );
+    let small = load(
+        &wasm,
+        &engines,
+        "mode=init-hoard mib=8 memory=128M timeout_msecs=5000",
+    )
+    .await
+    .unwrap();
+    assert!(small.snapshotted());
+    assert_eq!(deliver(&small, &txn).await, Outcome::Delivered);
+}
+
 /// A driver whose `init` calls an import is not snapshotted: `check` says which import,
 /// the next start knows without trying again, and its instances call `init` as before.
 /// A snapshot, which holds what `init` made of the arguments (a secret), is readable by

@@ -21,6 +21,8 @@
 //! - `post-streamed`: what JavaScript's `fetch` does: `handle` a POST to `url=` first,
 //!   then write its `bytes=` body and finish it, then wait for the response; fails with
 //!   `write: …; response: …` saying how each step went.
+//! - `init-hoard`: `init` fills `mib=` MiB of memory with non-zero bytes and keeps
+//!   them (a snapshot would carry them all); transactions succeed.
 //! - `remember`: `init` puts `init:TAG` (`tag=`) in a global; each transaction puts its
 //!   id there and succeeds only if it found `init:TAG`, failing with `saw …` otherwise
 //!   (state from another transaction, or not what `init` left).
@@ -28,6 +30,9 @@
 use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
 use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
 use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
+
+/// What `init-hoard` mode fills in `init`.
+static HOARD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 /// What `remember` mode keeps between calls: a global in linear memory.
 static REMEMBERED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
@@ -126,6 +131,13 @@ impl Driver for Hostile {
                 std::hint::black_box(&f);
             }
         }
+        if mode == "init-hoard" {
+            let mib: usize = args.get("mib").and_then(|v| v.parse().ok()).unwrap_or(1);
+            HOARD
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(vec![0x5a; mib << 20]);
+        }
         if mode == "remember" {
             *REMEMBERED.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(format!("init:{}", args.get("tag").unwrap_or("")));
@@ -152,6 +164,7 @@ impl Driver for Hostile {
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
         self.handled += 1;
         match self.mode.as_str() {
+            "init-hoard" => Ok(()),
             "remember" => {
                 let saw = REMEMBERED
                     .lock()
