@@ -90,6 +90,7 @@ async fn aot_cache_hits_on_second_start_and_rejects_tampering() {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 name.ends_with(".cwasm")
                     && !name.contains("-instrumented")
+                    && !name.contains("-functions")
                     && name.contains("-snap") == snapshot
             })
             .expect("artifact written");
@@ -174,6 +175,65 @@ async fn a_snapshot_holds_what_init_left_and_nothing_from_other_transactions() {
         reasons(&[deliver(&reused, &txn(1)).await]),
         [r#"saw Some("t0")"#]
     );
+}
+
+/// The compiles of one component share their functions through the AOT cache: a
+/// snapshot made for new arguments takes most of them from the last compile (and
+/// still holds only what its own `init` left: `remember` fails a transaction that finds
+/// another tag). The stored functions are private and signed: tampered ones are not used.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_snapshot_reuses_the_functions_compiled_before() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = guest("hostile");
+    let txn = Arc::new(mailbox_txn("a@example.com", "t0"));
+    // `(reused, functions)` from the `compiled:` line of `mailpush check`.
+    let reuse = |d: &WasmDriver| -> (u64, u64) {
+        let details = d.details();
+        let line = details
+            .iter()
+            .find_map(|l| l.strip_prefix("compiled: compiled, AOT cache written ("))
+            .unwrap_or_else(|| panic!("{details:?}"));
+        let mut numbers = line.split(' ').filter_map(|w| w.parse::<u64>().ok());
+        (numbers.next().unwrap(), numbers.next().unwrap())
+    };
+    let load_fresh = |args: &'static str| {
+        let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
+        let wasm = wasm.clone();
+        async move { load(&wasm, &engines, args).await.unwrap() }
+    };
+    // The first snapshot shares what it can with the instrumented component.
+    let first = load_fresh("mode=remember tag=abc").await;
+    let (reused, functions) = reuse(&first);
+    assert!(functions > 50 && reused > 0, "{reused} of {functions}");
+    assert_eq!(deliver(&first, &txn).await, Outcome::Delivered);
+    let stored = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-functions-"))
+        .expect("the functions are stored");
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // New arguments: a new snapshot, most of it from the last compile (about 90 %; some
+    // of the functions wasmtime generates for a component differ between compiles).
+    let second = load_fresh("mode=remember tag=xyz").await;
+    let (reused, functions) = reuse(&second);
+    assert!(reused * 5 >= functions * 4, "{reused} of {functions}");
+    assert_eq!(deliver(&second, &txn).await, Outcome::Delivered);
+    // Tampered: not used; the snapshot compiles whole, works, and stores them anew.
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let end = bytes.len() - 1;
+    bytes[end] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let third = load_fresh("mode=remember tag=uvw").await;
+    assert_eq!(reuse(&third).0, 0);
+    assert_eq!(deliver(&third, &txn).await, Outcome::Delivered);
+    let fourth = load_fresh("mode=remember tag=rst").await;
+    let (reused, functions) = reuse(&fourth);
+    assert!(reused * 5 >= functions * 4, "{reused} of {functions}");
+    assert_eq!(deliver(&fourth, &txn).await, Outcome::Delivered);
 }
 
 /// A hostile `init` cannot make the host copy, compile and cache an arbitrary amount of
@@ -753,19 +813,22 @@ async fn metadata_is_limited_to_the_transactions_user() {
 
 /// `mailpush check` compiles the config's components into the AOT cache; with
 /// `--prune-cache` it also deletes the artifacts of components no driver of the config
-/// uses, and keeps its own.
+/// uses, and the snapshots made for arguments it no longer has, and keeps its own.
 #[test]
 fn check_prune_cache_keeps_only_what_the_config_uses() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://127.0.0.1:9/x allow_hosts=127.0.0.1 allow_private\n}}\n",
-            guest("webhook").display()
-        ),
-    )
-    .unwrap();
+    let configure = |url: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={url} allow_hosts=127.0.0.1 allow_private\n}}\n",
+                guest("webhook").display()
+            ),
+        )
+        .unwrap();
+    };
+    configure("http://127.0.0.1:9/x");
     let cache = dir.path().join("state/wasm-cache");
     std::fs::create_dir_all(&cache).unwrap();
     let stale = cache.join(format!("{}-0000000000000000.cwasm", "ab".repeat(32)));
@@ -800,14 +863,31 @@ fn check_prune_cache_keeps_only_what_the_config_uses() {
             .filter(|e| e.file_name().to_string_lossy().starts_with(&sha))
             .count()
     };
-    // The component instrumented for snapshots, and its snapshot.
-    assert_eq!(ours(), 2);
+    // The component instrumented for snapshots, its snapshot, and the functions their
+    // compiles share.
+    assert_eq!(ours(), 3);
+    let snapshots = || {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("-snap"))
+            .collect::<Vec<_>>()
+    };
+    let old = snapshots();
+    // Other arguments: another snapshot; the first one no driver uses any more.
+    configure("http://127.0.0.1:9/y");
     let text = check(&["--prune-cache"]);
     assert!(
-        text.contains("removed 1 compiled artifact(s) no driver of this config uses (2 MiB freed)"),
+        text.contains("removed 2 compiled artifact(s) no driver of this config uses"),
         "{text}"
     );
     assert!(!stale.exists());
-    assert_eq!(ours(), 2, "the config's own artifacts stay");
+    let new = snapshots();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old);
+    assert_eq!(ours(), 3, "the config's own artifacts stay");
+    // A check that loads the snapshot from the cache keeps it.
+    check(&["--prune-cache"]);
+    assert_eq!(snapshots(), new);
     assert!(cache.join("cache.key").exists());
 }

@@ -70,7 +70,8 @@ pub enum Command {
     )]
     Check {
         /// After a successful check, delete the compiled artifacts in the AOT cache that
-        /// no driver of this config (numbered or tenant) uses.
+        /// no driver of this config (numbered or tenant) uses: those of other components,
+        /// and snapshots made for arguments the config no longer has.
         #[arg(long)]
         prune_cache: bool,
     },

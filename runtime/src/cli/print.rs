@@ -30,6 +30,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             drivers,
             warnings,
             errors,
+            ..
         } => {
             println!("config: {}", config.display());
             println!("state_dir: {}", state_dir.display());

@@ -2,6 +2,7 @@
 //! at once — bad lines, numbering problems, unknown drivers, drivers that fail to
 //! initialise — then shut the drivers down again.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use mailpush_core::{MetadataError, MetadataLookup, NoMetadata};
 
 use crate::registry::{shutdown_drivers, DriverRegistry};
+use crate::wasm::Engines;
 use mailpush_config::{Config, ConfigError, ConfigWarning};
 
 /// One driver as `check` shows it.
@@ -38,6 +40,8 @@ pub enum CheckReport {
         state_dir: PathBuf,
         listen: SocketAddr,
         drivers: Vec<CheckedDriver>,
+        /// The AOT cache's artifacts and records the drivers loaded or wrote.
+        cache_in_use: HashSet<String>,
         /// Config and driver warnings, each with its place.
         warnings: Vec<String>,
         errors: Vec<ConfigError>,
@@ -79,6 +83,8 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         } else {
             Arc::new(NoMetadata)
         };
+    // The engines the wasm drivers load with, held to learn which artifacts they used.
+    let engines = Engines::shared(Some(config.settings.state_dir.join("wasm-cache")));
     let (loaded, errors) = match registry.init_all(&config, metadata).await {
         Ok(loaded) => (loaded, Vec::new()),
         Err((loaded, errors)) => (loaded, errors),
@@ -107,6 +113,7 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         state_dir: config.settings.state_dir,
         listen: config.settings.listen,
         drivers,
+        cache_in_use: engines.in_use(),
         warnings,
         errors,
     })
@@ -114,13 +121,16 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
 
 /// `check --prune-cache`: deletes the AOT cache's artifacts of components no driver of a
 /// successfully checked config uses (the `sha256:` lines of its drivers' details, tenant
-/// handlers included). Returns the cache dir, the names deleted and the bytes freed;
+/// handlers included), and the snapshots of those components that none of its drivers
+/// loaded (made for arguments no longer configured). Returns the cache dir, the names
+/// deleted and the bytes freed;
 /// `None` when the check failed (a driver that did not load names no component).
 pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> {
     let CheckReport::Loaded {
         state_dir,
         drivers,
         errors,
+        cache_in_use,
         ..
     } = report
     else {
@@ -136,7 +146,7 @@ pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> 
         .map(str::to_string)
         .collect();
     let dir = state_dir.join("wasm-cache");
-    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used);
+    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used, cache_in_use);
     for name in &deleted {
         tracing::info!(cache = %dir.display(), "removed {name}: no driver of this config uses it");
     }

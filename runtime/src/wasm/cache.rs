@@ -122,11 +122,17 @@ pub fn prune(dir: &Path, max: u64, keep: &std::collections::HashSet<String>) -> 
 
 /// Deletes the `*.cwasm` artifacts of `dir` compiled from none of the components whose
 /// sha256 is in `used` (artifacts are named `SHA256-ENGINE.cwasm`, snapshots
-/// `SHA256-snapKEY-ENGINE.cwasm`, beside `….declined` records), and `*.tmp` files
-/// left by writes interrupted over an hour ago; returns the names deleted and the bytes
-/// freed.
-/// `mailpush check --prune-cache` passes the components of the config it checked.
-pub fn prune_unused(dir: &Path, used: &std::collections::HashSet<String>) -> (Vec<String>, u64) {
+/// `SHA256-snapKEY-ENGINE.cwasm`, beside `….declined` records), the snapshots and
+/// records of used components that are not in `snapshots` (made for arguments no driver
+/// has any more), and `*.tmp` files left by writes interrupted over an hour ago; returns
+/// the names deleted and the bytes freed.
+/// `mailpush check --prune-cache` passes the components of the config it checked, and
+/// the snapshot artifacts and records its drivers loaded.
+pub fn prune_unused(
+    dir: &Path,
+    used: &std::collections::HashSet<String>,
+    snapshots: &std::collections::HashSet<String>,
+) -> (Vec<String>, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (Vec::new(), 0);
     };
@@ -138,7 +144,10 @@ pub fn prune_unused(dir: &Path, used: &std::collections::HashSet<String>) -> (Ve
             .strip_suffix(".cwasm")
             .or_else(|| name.strip_suffix(".declined"))
         {
-            Some(stem) => !used.contains(stem.split('-').next().unwrap_or_default()),
+            Some(stem) => {
+                !used.contains(stem.split('-').next().unwrap_or_default())
+                    || (stem.contains("-snap") && !snapshots.contains(&name))
+            }
             None => {
                 name.ends_with(".tmp")
                     && e.metadata()
@@ -201,6 +210,9 @@ mod tests {
             "aaaa-4567.cwasm",
             "aaaa-snap01-0123.cwasm",
             "aaaa-snap02-0123.declined",
+            "aaaa-snap03-0123.cwasm",
+            "aaaa-snap04-0123.declined",
+            "aaaa-functions-0123.cwasm",
             "bbbb-0123.cwasm",
             "bbbb-snap01-0123.declined",
             "cccc-0123.tmp",
@@ -218,23 +230,33 @@ mod tests {
         // A write in progress.
         std::fs::write(dir.path().join("dddd-0123.tmp"), [0u8; 10]).unwrap();
         let used: std::collections::HashSet<String> = ["aaaa".to_string()].into();
-        let (deleted, freed) = prune_unused(dir.path(), &used);
+        // The config's drivers loaded snapshot 01 and found record 02; 03 and 04 were
+        // made for arguments no driver has any more.
+        let snapshots: std::collections::HashSet<String> = [
+            "aaaa-snap01-0123.cwasm".to_string(),
+            "aaaa-snap02-0123.declined".to_string(),
+        ]
+        .into();
+        let (deleted, freed) = prune_unused(dir.path(), &used, &snapshots);
         assert_eq!(
             deleted,
             [
+                "aaaa-snap03-0123.cwasm",
+                "aaaa-snap04-0123.declined",
                 "bbbb-0123.cwasm",
                 "bbbb-snap01-0123.declined",
                 "cccc-0123.tmp"
             ]
         );
-        assert_eq!(freed, 30);
-        // Both engine flavours of a used component stay, its snapshots and what it
-        // records about them, and the key.
+        assert_eq!(freed, 50);
+        // Both engine flavours of a used component stay, the snapshots its drivers use
+        // and what it records about them, its functions, and the key.
         for kept in [
             "aaaa-0123.cwasm",
             "aaaa-4567.cwasm",
             "aaaa-snap01-0123.cwasm",
             "aaaa-snap02-0123.declined",
+            "aaaa-functions-0123.cwasm",
             "cache.key",
             "dddd-0123.tmp",
         ] {

@@ -17,6 +17,7 @@ use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::{self, WIT_PACKAGE};
 use super::convert;
 use super::engine::{CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine};
+use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
 use super::log::{DriverTag, LogRate};
@@ -34,6 +35,7 @@ struct WasmInner {
     sha256: String,
     wit_version: String,
     cache: CacheOutcome,
+    functions: Option<FunctionReuse>,
     /// How `init` runs: from a snapshot, or in every instance and why.
     init: String,
     sandbox: Arc<Sandbox>,
@@ -106,6 +108,7 @@ impl WasmDriver {
             sha256: loaded.sha256,
             wit_version,
             cache: loaded.cache,
+            functions: loaded.functions,
             init,
             sandbox,
             instances,
@@ -127,12 +130,19 @@ impl WasmDriver {
     /// Lines for `mailpush check`.
     pub fn details(&self) -> Vec<String> {
         let i = &self.0;
+        let reuse = match i.functions {
+            Some(f) if f.functions > 0 => format!(
+                " ({} of {} functions from an earlier compile)",
+                f.reused, f.functions
+            ),
+            _ => String::new(),
+        };
         let mut d = vec![
             format!("file: {}", i.path.display()),
             format!("sha256: {}", i.sha256),
             format!("wit: {WIT_PACKAGE}@{}", i.wit_version),
             format!(
-                "compiled: {}",
+                "compiled: {}{reuse}",
                 match i.cache {
                     CacheOutcome::Hit => "AOT cache hit",
                     CacheOutcome::Miss => "compiled, AOT cache written",

@@ -13,6 +13,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::cache::{cache_key, sign, verify};
+use super::function_cache::{FunctionCache, FunctionReuse};
 use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
 /// Components at least this big that are not in the AOT cache compile in the
@@ -69,6 +70,9 @@ pub struct LoadedComponent {
     /// Hex sha256 of the `.wasm` file.
     pub sha256: String,
     pub cache: CacheOutcome,
+    /// When it was compiled now through the AOT cache: how many of its functions an
+    /// earlier compile of the same component had compiled ([`super::function_cache`]).
+    pub functions: Option<FunctionReuse>,
 }
 
 /// A component's file, read.
@@ -87,7 +91,8 @@ pub enum SnapshotLookup {
 }
 
 /// Snapshot artifacts start with the component's sha256, as the others do, so
-/// `mailpush check --prune-cache` keeps those of the components in use.
+/// `mailpush check --prune-cache` can tell those of the components in use (it keeps
+/// the ones their drivers loaded).
 fn snapshot_stem(sha256: &str, key: &str) -> String {
     format!("{sha256}-snap{key}")
 }
@@ -103,6 +108,10 @@ pub struct WasmEngine {
     cache_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Artifacts this engine loaded or wrote (never evicted by it).
     in_use: Mutex<std::collections::HashSet<String>>,
+    /// The compiler's store of compiled functions, and the lock that lets one compile
+    /// at a time use it ([`WasmEngine::compile_reusing`]).
+    functions: Arc<FunctionCache>,
+    functions_lock: Mutex<()>,
 }
 
 impl WasmEngine {
@@ -133,6 +142,10 @@ impl WasmEngine {
         // Keep reservations modest: 1000 slots × (1 GiB + guard) of address space.
         config.memory_reservation(MAX_MEMORY as u64);
         config.memory_guard_size(64 << 10);
+        let functions = Arc::new(FunctionCache::default());
+        config
+            .enable_incremental_compilation(functions.clone())
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -150,7 +163,14 @@ impl WasmEngine {
             cache_dir,
             cache_locks: Mutex::default(),
             in_use: Mutex::default(),
+            functions,
+            functions_lock: Mutex::default(),
         })
+    }
+
+    /// The names of the artifacts and records this engine loaded or wrote.
+    pub fn in_use(&self) -> std::collections::HashSet<String> {
+        self.in_use.lock().clone()
     }
 
     /// The wasmtime engine.
@@ -209,7 +229,9 @@ impl WasmEngine {
             return SnapshotLookup::Missing;
         };
         let stem = snapshot_stem(&source.sha256, key);
-        if let Ok(reason) = std::fs::read_to_string(self.declined_path(dir, &stem)) {
+        let declined = self.declined_path(dir, &stem);
+        if let Ok(reason) = std::fs::read_to_string(&declined) {
+            self.in_use.lock().insert(artifact_name(&declined));
             return SnapshotLookup::Declined(reason.chars().take(1024).collect());
         }
         let artifact = self.artifact(dir, &stem);
@@ -221,6 +243,7 @@ impl WasmEngine {
                 component,
                 sha256: source.sha256.clone(),
                 cache: CacheOutcome::Hit,
+                functions: None,
             }),
             Err(_) => SnapshotLookup::Missing,
         }
@@ -254,6 +277,7 @@ impl WasmEngine {
         if let Err(e) = written {
             tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
         }
+        self.in_use.lock().insert(artifact_name(&file));
     }
 
     /// Names a snapshot by what it depends on beyond the component: the arguments `init`
@@ -324,6 +348,7 @@ impl WasmEngine {
                 component: self.compile(path, bytes)?,
                 sha256,
                 cache: CacheOutcome::Disabled,
+                functions: None,
             });
         };
         let artifact = self.artifact(dir, stem);
@@ -341,39 +366,95 @@ impl WasmEngine {
                     component,
                     sha256,
                     cache: CacheOutcome::Hit,
+                    functions: None,
                 })
             }
             Err(CacheOutcome::Rejected) => CacheOutcome::Rejected,
             Err(_) => CacheOutcome::Miss,
         };
-        let component = self.compile(path, bytes)?;
+        let (component, functions) = self.compile_reusing(dir, path, bytes, &sha256)?;
         if let (Some(key), Ok(serialized)) = (&key, component.serialize()) {
-            let mut out = sign(key, &serialized);
-            out.extend_from_slice(&serialized);
-            let tmp = artifact.with_extension("tmp");
-            let written = if private {
-                super::cache::write_private(&tmp, &out)
-            } else {
-                std::fs::write(&tmp, &out)
-            }
-            .and_then(|_| std::fs::rename(&tmp, &artifact));
-            if let Err(e) = written {
-                tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
-            }
-            let keep = {
-                let mut in_use = self.in_use.lock();
-                in_use.insert(artifact_name(&artifact));
-                in_use.clone()
-            };
-            for name in super::cache::prune(dir, super::cache::MAX_CACHE_BYTES, &keep) {
-                tracing::info!(cache = %dir.display(), "AOT cache over {} MiB: removed the least recently used {name}", super::cache::MAX_CACHE_BYTES >> 20);
-            }
+            self.store(dir, key, &artifact, &serialized, private);
         }
         Ok(LoadedComponent {
             component,
             sha256,
             cache: outcome,
+            functions: Some(functions),
         })
+    }
+
+    /// Compiles `bytes`, a variant of the component `sha256` (itself, instrumented, a
+    /// snapshot), with the functions its last compile left in the AOT cache; stores the
+    /// functions this compile used for the next ([`super::function_cache`]). One such
+    /// compile at a time per engine (the store holds one component's functions); a
+    /// component that would have to wait compiles without (a small driver never waits
+    /// behind a big one). What it compiles meanwhile passes through the store too, and
+    /// its few functions may be kept with the other component's.
+    fn compile_reusing(
+        &self,
+        dir: &Path,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, FunctionReuse), LoadError> {
+        let artifact = self.artifact(dir, &format!("{sha256}-functions"));
+        let Some(_one_at_a_time) = self.functions_lock.try_lock() else {
+            let reuse = FunctionReuse {
+                functions: 0,
+                reused: 0,
+            };
+            return Ok((self.compile(path, bytes)?, reuse));
+        };
+        let key = cache_key(dir);
+        let earlier = key.as_ref().and_then(|key| {
+            let stored = std::fs::read(&artifact).ok()?;
+            let body = verify(key, &stored);
+            if body.is_none() {
+                tracing::warn!(artifact = %artifact.display(), "stored functions failed verification (tampered or corrupt), compiling without them");
+            }
+            body.map(<[u8]>::to_vec)
+        });
+        self.functions.begin(earlier.as_deref());
+        drop(earlier);
+        let compiled = self.compile(path, bytes);
+        let ended = self.functions.end();
+        let component = compiled?;
+        match (&key, ended.functions) {
+            (Some(key), Some(functions)) => self.store(dir, key, &artifact, &functions, true),
+            _ => {
+                if artifact.is_file() {
+                    super::cache::touch(&artifact);
+                    self.in_use.lock().insert(artifact_name(&artifact));
+                }
+            }
+        }
+        Ok((component, ended.reuse))
+    }
+
+    /// Writes `body` signed to `artifact` (readable by the owner only if `private`),
+    /// then keeps the cache within its size.
+    fn store(&self, dir: &Path, key: &[u8], artifact: &Path, body: &[u8], private: bool) {
+        let mut out = sign(key, body);
+        out.extend_from_slice(body);
+        let tmp = artifact.with_extension("tmp");
+        let written = if private {
+            super::cache::write_private(&tmp, &out)
+        } else {
+            std::fs::write(&tmp, &out)
+        }
+        .and_then(|_| std::fs::rename(&tmp, artifact));
+        if let Err(e) = written {
+            tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
+        }
+        let keep = {
+            let mut in_use = self.in_use.lock();
+            in_use.insert(artifact_name(artifact));
+            in_use.clone()
+        };
+        for name in super::cache::prune(dir, super::cache::MAX_CACHE_BYTES, &keep) {
+            tracing::info!(cache = %dir.display(), "AOT cache over {} MiB: removed the least recently used {name}", super::cache::MAX_CACHE_BYTES >> 20);
+        }
     }
 
     /// Whether loading `path` means a long compile: a component of at least
@@ -468,6 +549,15 @@ impl Engines {
         let e = Arc::new(Engines::new(cache_dir.clone()));
         shared.insert(cache_dir, Arc::downgrade(&e));
         e
+    }
+
+    /// The names of the AOT cache's artifacts and records the engines loaded or wrote.
+    pub fn in_use(&self) -> std::collections::HashSet<String> {
+        [&self.plain, &self.fuel]
+            .into_iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|e| e.in_use())
+            .collect()
     }
 
     /// The engine for drivers with (`fuel = true`) or without fuel metering.

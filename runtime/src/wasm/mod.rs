@@ -2,7 +2,8 @@
 //!
 //! Loading: [`factory`] reads `wasm:file=…`, [`sandbox`] takes mailpush's keys off the
 //! line (each capability reads its own), [`engine`] compiles through the signed AOT
-//! cache ([`cache`]), [`world`] checks the component is a driver of a compatible
+//! cache ([`cache`]; the compiles of one component share their functions:
+//! [`function_cache`]), [`world`] checks the component is a driver of a compatible
 //! version, [`instance`] links it and makes instances, which start from a snapshot taken
 //! after `init` ran once at load when `init` calls no import ([`snapshot`]); under
 //! `mailpush run` a big component
@@ -27,6 +28,7 @@ mod convert;
 pub mod driver;
 pub mod engine;
 pub mod factory;
+pub mod function_cache;
 pub mod http;
 pub mod instance;
 pub mod limits;
