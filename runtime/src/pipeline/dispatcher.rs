@@ -509,17 +509,30 @@ impl Dispatcher {
             // or still queued) is owed to its number: with the spool, the lane that
             // replaced it delivers it now rather than at the next start. (After that
             // user's newer transactions, which the new lane may already have sent.)
-            if self.spool.is_some() && result.started.contains(&number) && !left.is_empty() {
+            let Some(spool) = &self.spool else {
+                continue;
+            };
+            let mut left = left.into_iter();
+            if result.started.contains(&number) && left.len() > 0 {
                 tracing::info!(
                     driver = number,
                     "{} transaction(s) handed to the reloaded driver",
                     left.len()
                 );
-                for t in left {
-                    if self.requeue(t, &[number]).await.is_err() {
+                for t in left.by_ref() {
+                    if self.requeue(t.clone(), &[number]).await.is_err() {
+                        spool.abandon(&t, number);
                         break;
                     }
                 }
+            }
+            // What no lane of this process will deliver (its driver was removed, or the
+            // process is stopping) is let go: in cluster mode its acknowledgement handle
+            // is released and it no longer counts as in flight, which a hand-over of its
+            // partition waits for; the partition's owner reads it again. The SQLite
+            // spool keeps it owed to its number.
+            for t in left {
+                spool.abandon(&t, number);
             }
         }
         result

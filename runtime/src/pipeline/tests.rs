@@ -425,6 +425,113 @@ async fn a_reload_hands_held_transactions_to_the_new_driver() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// The SQLite spool, recording what lanes let go ([`Spool::abandon`]).
+struct Abandons {
+    inner: Arc<SqliteSpool>,
+    abandoned: Mutex<Vec<(String, u32)>>,
+}
+
+impl Spool for Abandons {
+    fn append(
+        &self,
+        txns: &[Transaction],
+        drivers: &[u32],
+    ) -> Result<Vec<Option<i64>>, crate::spool::SpoolError> {
+        self.inner.append(txns, drivers)
+    }
+    fn complete(&self, txn_id: &str, driver: u32) -> Result<(), crate::spool::SpoolError> {
+        self.inner.complete(txn_id, driver)
+    }
+    fn dead_letter(
+        &self,
+        txn: &Transaction,
+        driver: u32,
+        attempts: &[crate::spool::Attempt],
+    ) -> Result<(), crate::spool::SpoolError> {
+        self.inner.dead_letter(txn, driver, attempts)
+    }
+    fn pending(&self) -> Result<Vec<crate::spool::Pending>, crate::spool::SpoolError> {
+        self.inner.pending()
+    }
+    fn position(&self, txn_id: &str) -> Result<Option<i64>, crate::spool::SpoolError> {
+        self.inner.position(txn_id)
+    }
+    fn owed_from(
+        &self,
+        driver: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::spool::Owed>, crate::spool::SpoolError> {
+        self.inner.owed_from(driver, from, limit)
+    }
+    fn dead_letters(
+        &self,
+        driver: Option<u32>,
+    ) -> Result<Vec<crate::spool::DeadLetter>, crate::spool::SpoolError> {
+        self.inner.dead_letters(driver)
+    }
+    fn replay(
+        &self,
+        id: Option<i64>,
+        driver: Option<u32>,
+    ) -> Result<usize, crate::spool::SpoolError> {
+        self.inner.replay(id, driver)
+    }
+    fn take_replayed(&self) -> Result<Vec<crate::spool::Pending>, crate::spool::SpoolError> {
+        self.inner.take_replayed()
+    }
+    fn purge(
+        &self,
+        id: Option<i64>,
+        driver: Option<u32>,
+    ) -> Result<usize, crate::spool::SpoolError> {
+        self.inner.purge(id, driver)
+    }
+    fn abandon(&self, txn: &Transaction, driver: u32) {
+        self.abandoned.lock().push((txn.id.clone(), driver));
+    }
+}
+
+/// A reload that removes a driver lets go what its lane still held (in cluster mode
+/// this releases the copy's acknowledgement handle, which a hand-over of its partition
+/// would otherwise wait for); a reload that replaces it hands it on and lets nothing go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_removes_a_driver_lets_its_held_transactions_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Abandons {
+        inner: spool(&dir),
+        abandoned: Mutex::default(),
+    });
+    let old = Arc::new(Script::default());
+    old.fail.lock().insert("r1".into(), 1);
+    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(old.clone(), "old", policy.clone())],
+        8,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(vec![txn("u", "r1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    old.wait_calls(1).await;
+    // Replaced: handed on, nothing let go.
+    let new = Arc::new(Script::default());
+    new.fail.lock().insert("r1".into(), 1);
+    let r = d
+        .reconfigure(vec![loaded(new.clone(), "new", policy)])
+        .await;
+    assert_eq!((r.started, r.stopped), (vec![1], vec![1]));
+    new.wait_calls(1).await;
+    assert!(spool.abandoned.lock().is_empty());
+    // Removed: the transaction it held (waiting an hour for its retry) is let go.
+    let r = d.reconfigure(Vec::new()).await;
+    assert_eq!((r.started, r.stopped), (vec![], vec![1]));
+    assert_eq!(*spool.abandoned.lock(), [("r1".to_string(), 1)]);
+    d.shutdown().await;
+}
+
 /// A driver whose background load failed: every transaction fails retryably.
 struct FailedLoad(AtomicUsize);
 
