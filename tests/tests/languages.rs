@@ -65,6 +65,31 @@ async fn javascript_drivers_are_snapshotted_and_python_says_why_not() {
             "{name}: {:?}",
             loaded[0].details
         );
+        if name == "webhook-js" {
+            // Arguments never seen: a new snapshot, whose compile takes much of its code
+            // from the component's earlier compiles (the stored functions; without them
+            // it reuses none).
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let args = format!("url=http://127.0.0.1:9/new-{now} secret={WEBHOOK_SECRET}");
+            let loaded = load_one(&component, &args).await;
+            let details = &loaded[0].details;
+            let line = details
+                .iter()
+                .find_map(|d| {
+                    d.trim()
+                        .strip_prefix("compiled: compiled, AOT cache written (")
+                })
+                .unwrap_or_else(|| panic!("{details:?}"));
+            let mut numbers = line.split(' ').filter_map(|w| w.parse::<u64>().ok());
+            let (reused, functions) = (numbers.next().unwrap(), numbers.next().unwrap());
+            assert!(
+                functions > 10_000 && reused * 5 >= functions * 2,
+                "{reused} of {functions}"
+            );
+        }
     }
 }
 

@@ -71,7 +71,8 @@ pub enum Command {
     Check {
         /// After a successful check, delete the compiled artifacts in the AOT cache that
         /// no driver of this config (numbered or tenant) uses: those of other components,
-        /// and snapshots made for arguments the config no longer has.
+        /// and snapshots none of its drivers loaded (made for arguments it no longer
+        /// has; kept if a tenant handler failed to load).
         #[arg(long)]
         prune_cache: bool,
     },

@@ -40,8 +40,9 @@ pub enum CheckReport {
         state_dir: PathBuf,
         listen: SocketAddr,
         drivers: Vec<CheckedDriver>,
-        /// The AOT cache's artifacts and records the drivers loaded or wrote.
-        cache_in_use: HashSet<String>,
+        /// The AOT cache's artifacts and records the drivers loaded or wrote; `None`
+        /// when a tenant handler failed to load (what it would use is unknown).
+        cache_in_use: Option<HashSet<String>>,
         /// Config and driver warnings, each with its place.
         warnings: Vec<String>,
         errors: Vec<ConfigError>,
@@ -107,13 +108,17 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
             details: d.details.clone(),
         })
         .collect();
+    let tenant_failed = loaded
+        .iter()
+        .any(|d| d.name == "tenant_drivers" && !d.warnings.is_empty());
+    let cache_in_use = (!tenant_failed).then(|| engines.in_use());
     shutdown_drivers(loaded).await;
     Ok(CheckReport::Loaded {
         config: config.path,
         state_dir: config.settings.state_dir,
         listen: config.settings.listen,
         drivers,
-        cache_in_use: engines.in_use(),
+        cache_in_use,
         warnings,
         errors,
     })
@@ -122,8 +127,9 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
 /// `check --prune-cache`: deletes the AOT cache's artifacts of components no driver of a
 /// successfully checked config uses (the `sha256:` lines of its drivers' details, tenant
 /// handlers included), and the snapshots of those components that none of its drivers
-/// loaded (made for arguments no longer configured). Returns the cache dir, the names
-/// deleted and the bytes freed;
+/// loaded (made for arguments it no longer has, or by another config or build: they are
+/// made again where needed) unless a tenant handler failed to load. Returns the cache
+/// dir, the names deleted and the bytes freed;
 /// `None` when the check failed (a driver that did not load names no component).
 pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> {
     let CheckReport::Loaded {
@@ -146,7 +152,7 @@ pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> 
         .map(str::to_string)
         .collect();
     let dir = state_dir.join("wasm-cache");
-    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used, cache_in_use);
+    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used, cache_in_use.as_ref());
     for name in &deleted {
         tracing::info!(cache = %dir.display(), "removed {name}: no driver of this config uses it");
     }

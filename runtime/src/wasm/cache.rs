@@ -42,6 +42,36 @@ pub fn cache_key(dir: &Path) -> Option<Vec<u8>> {
     Some(key)
 }
 
+/// Writes `data` to `path` through a temporary file of its own (created new, readable
+/// by the owner only if `private`) renamed over it: a reader never sees half a file,
+/// and two writers never share a temporary file.
+pub fn write_atomically(path: &Path, data: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        "{name}.{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    let written = opts
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
@@ -123,15 +153,15 @@ pub fn prune(dir: &Path, max: u64, keep: &std::collections::HashSet<String>) -> 
 /// Deletes the `*.cwasm` artifacts of `dir` compiled from none of the components whose
 /// sha256 is in `used` (artifacts are named `SHA256-ENGINE.cwasm`, snapshots
 /// `SHA256-snapKEY-ENGINE.cwasm`, beside `….declined` records), the snapshots and
-/// records of used components that are not in `snapshots` (made for arguments no driver
-/// has any more), and `*.tmp` files left by writes interrupted over an hour ago; returns
-/// the names deleted and the bytes freed.
+/// records of used components that are not in `snapshots` if given (made for arguments
+/// no driver has any more), and `*.tmp` files left by writes interrupted over an hour
+/// ago; returns the names deleted and the bytes freed.
 /// `mailpush check --prune-cache` passes the components of the config it checked, and
 /// the snapshot artifacts and records its drivers loaded.
 pub fn prune_unused(
     dir: &Path,
     used: &std::collections::HashSet<String>,
-    snapshots: &std::collections::HashSet<String>,
+    snapshots: Option<&std::collections::HashSet<String>>,
 ) -> (Vec<String>, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (Vec::new(), 0);
@@ -146,7 +176,7 @@ pub fn prune_unused(
         {
             Some(stem) => {
                 !used.contains(stem.split('-').next().unwrap_or_default())
-                    || (stem.contains("-snap") && !snapshots.contains(&name))
+                    || (stem.contains("-snap") && snapshots.is_some_and(|s| !s.contains(&name)))
             }
             None => {
                 name.ends_with(".tmp")
@@ -237,7 +267,7 @@ mod tests {
             "aaaa-snap02-0123.declined".to_string(),
         ]
         .into();
-        let (deleted, freed) = prune_unused(dir.path(), &used, &snapshots);
+        let (deleted, freed) = prune_unused(dir.path(), &used, Some(&snapshots));
         assert_eq!(
             deleted,
             [
@@ -249,6 +279,12 @@ mod tests {
             ]
         );
         assert_eq!(freed, 50);
+        // Without the set (a tenant handler failed to load), a used component's
+        // snapshots all stay.
+        for name in ["aaaa-snap03-0123.cwasm", "aaaa-snap04-0123.declined"] {
+            std::fs::write(dir.path().join(name), [0u8; 10]).unwrap();
+        }
+        assert!(prune_unused(dir.path(), &used, None).0.is_empty());
         // Both engine flavours of a used component stay, the snapshots its drivers use
         // and what it records about them, its functions, and the key.
         for kept in [

@@ -22,6 +22,11 @@ use super::limits::{EPOCH_TICK, MAX_MEMORY};
 /// fraction of one and keep failing fast at start.
 pub const SLOW_COMPILE_BYTES: u64 = 4 << 20;
 
+/// Components at least this big reuse compiled functions between their compiles
+/// ([`super::function_cache`]): JavaScript and Python ones, whose compiles take many
+/// seconds; a Rust driver compiles in a fraction of one, without waiting for the store.
+pub const REUSE_FUNCTIONS_FROM: u64 = SLOW_COMPILE_BYTES;
+
 /// Concurrent instances the pooling allocator has slots for (per engine).
 const POOL_INSTANCES: u32 = 1000;
 /// Per pool slot, at most this much linear memory stays resident between instances
@@ -112,11 +117,13 @@ pub struct WasmEngine {
     /// at a time use it ([`WasmEngine::compile_reusing`]).
     functions: Arc<FunctionCache>,
     functions_lock: Mutex<()>,
+    /// Components at least this big reuse functions between their compiles.
+    reuse_from: u64,
 }
 
 impl WasmEngine {
     /// Builds an engine and starts its epoch ticker (a thread that ends with the engine).
-    pub fn new(fuel: bool, cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+    pub fn new(fuel: bool, cache_dir: Option<PathBuf>, reuse_from: u64) -> Result<Self, LoadError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.consume_fuel(fuel);
@@ -165,6 +172,7 @@ impl WasmEngine {
             in_use: Mutex::default(),
             functions,
             functions_lock: Mutex::default(),
+            reuse_from,
         })
     }
 
@@ -270,10 +278,8 @@ impl WasmEngine {
         };
         let stem = snapshot_stem(&source.sha256, key);
         let file = self.declined_path(dir, &stem);
-        let tmp = file.with_extension("tmp");
         let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, reason))
-            .and_then(|_| std::fs::rename(&tmp, &file));
+            .and_then(|_| super::cache::write_atomically(&file, reason.as_bytes(), false));
         if let Err(e) = written {
             tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
         }
@@ -372,57 +378,71 @@ impl WasmEngine {
             Err(CacheOutcome::Rejected) => CacheOutcome::Rejected,
             Err(_) => CacheOutcome::Miss,
         };
-        let (component, functions) = self.compile_reusing(dir, path, bytes, &sha256)?;
-        if let (Some(key), Ok(serialized)) = (&key, component.serialize()) {
-            self.store(dir, key, &artifact, &serialized, private);
+        let Some(key) = key else {
+            return Ok(LoadedComponent {
+                component: self.compile(path, bytes)?,
+                sha256,
+                cache: outcome,
+                functions: None,
+            });
+        };
+        let (component, functions) = if bytes.len() as u64 >= self.reuse_from {
+            let (c, f) = self.compile_reusing(dir, &key, path, bytes, &sha256)?;
+            (c, Some(f))
+        } else {
+            (self.compile(path, bytes)?, None)
+        };
+        if let Ok(serialized) = component.serialize() {
+            self.store(dir, &key, &artifact, &serialized, private);
         }
         Ok(LoadedComponent {
             component,
             sha256,
             cache: outcome,
-            functions: Some(functions),
+            functions,
         })
     }
 
     /// Compiles `bytes`, a variant of the component `sha256` (itself, instrumented, a
     /// snapshot), with the functions its last compile left in the AOT cache; stores the
-    /// functions this compile used for the next ([`super::function_cache`]). One such
-    /// compile at a time per engine (the store holds one component's functions); a
-    /// component that would have to wait compiles without (a small driver never waits
-    /// behind a big one). What it compiles meanwhile passes through the store too, and
-    /// its few functions may be kept with the other component's.
+    /// functions this compile used for the next ([`super::function_cache`]). Only big
+    /// components (at least [`REUSE_FUNCTIONS_FROM`] bytes) compile this way, one at a
+    /// time per engine (the store holds one component's functions; on two cores one big
+    /// compile already keeps both busy); a small one compiles at once without the store.
+    /// A small component compiling meanwhile still passes through the open store: it
+    /// may find a function there and leave its few in it (content-keyed, so never a
+    /// wrong one), and its lookups count in the big component's figures.
     fn compile_reusing(
         &self,
         dir: &Path,
+        key: &[u8],
         path: &Path,
         bytes: &[u8],
         sha256: &str,
     ) -> Result<(Component, FunctionReuse), LoadError> {
         let artifact = self.artifact(dir, &format!("{sha256}-functions"));
-        let Some(_one_at_a_time) = self.functions_lock.try_lock() else {
-            let reuse = FunctionReuse {
-                functions: 0,
-                reused: 0,
-            };
-            return Ok((self.compile(path, bytes)?, reuse));
-        };
-        let key = cache_key(dir);
-        let earlier = key.as_ref().and_then(|key| {
-            let stored = std::fs::read(&artifact).ok()?;
-            let body = verify(key, &stored);
-            if body.is_none() {
-                tracing::warn!(artifact = %artifact.display(), "stored functions failed verification (tampered or corrupt), compiling without them");
+        let _one_at_a_time = self.functions_lock.lock();
+        let stored = std::fs::metadata(&artifact)
+            .ok()
+            .filter(|m| m.len() <= super::function_cache::MAX_FILE_BYTES)
+            .and_then(|_| std::fs::read(&artifact).ok());
+        let earlier = stored.and_then(|stored| match verify(key, &stored) {
+            Some(body) => {
+                let start = stored.len() - body.len();
+                Some((stored, start))
             }
-            body.map(<[u8]>::to_vec)
+            None => {
+                tracing::warn!(artifact = %artifact.display(), "stored functions failed verification (tampered or corrupt), compiling without them");
+                None
+            }
         });
-        self.functions.begin(earlier.as_deref());
-        drop(earlier);
+        let session = self.functions.begin(earlier);
         let compiled = self.compile(path, bytes);
-        let ended = self.functions.end();
+        let ended = session.end();
         let component = compiled?;
-        match (&key, ended.functions) {
-            (Some(key), Some(functions)) => self.store(dir, key, &artifact, &functions, true),
-            _ => {
+        match ended.functions {
+            Some(functions) => self.store(dir, key, &artifact, &functions, true),
+            None => {
                 if artifact.is_file() {
                     super::cache::touch(&artifact);
                     self.in_use.lock().insert(artifact_name(&artifact));
@@ -437,13 +457,7 @@ impl WasmEngine {
     fn store(&self, dir: &Path, key: &[u8], artifact: &Path, body: &[u8], private: bool) {
         let mut out = sign(key, body);
         out.extend_from_slice(body);
-        let tmp = artifact.with_extension("tmp");
-        let written = if private {
-            super::cache::write_private(&tmp, &out)
-        } else {
-            std::fs::write(&tmp, &out)
-        }
-        .and_then(|_| std::fs::rename(&tmp, artifact));
+        let written = super::cache::write_atomically(artifact, &out, private);
         if let Err(e) = written {
             tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
         }
@@ -524,6 +538,7 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 #[derive(Default)]
 pub struct Engines {
     cache_dir: Option<PathBuf>,
+    reuse_from: u64,
     plain: OnceLock<Arc<WasmEngine>>,
     fuel: OnceLock<Arc<WasmEngine>>,
 }
@@ -533,8 +548,16 @@ impl Engines {
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
         Engines {
             cache_dir,
+            reuse_from: REUSE_FUNCTIONS_FROM,
             ..Default::default()
         }
+    }
+
+    /// The same, with components of at least `bytes` reusing compiled functions
+    /// between their compiles (instead of [`REUSE_FUNCTIONS_FROM`]).
+    pub fn reusing_functions_from(mut self, bytes: u64) -> Self {
+        self.reuse_from = bytes;
+        self
     }
 
     /// The process's engines for `cache_dir`, made on first use and shared while any
@@ -566,7 +589,11 @@ impl Engines {
         if let Some(e) = cell.get() {
             return Ok(e.clone());
         }
-        let e = Arc::new(WasmEngine::new(fuel, self.cache_dir.clone())?);
+        let e = Arc::new(WasmEngine::new(
+            fuel,
+            self.cache_dir.clone(),
+            self.reuse_from,
+        )?);
         Ok(cell.get_or_init(|| e).clone())
     }
 }

@@ -8,15 +8,15 @@
 //! keeps the functions of a component's last compile in the AOT cache, beside its other
 //! artifacts (`SHA256-functions-ENGINE.cwasm`, signed and readable by the owner only,
 //! as the others are), and gives them to the store only while that component compiles
-//! ([`FunctionCache::begin`] … [`FunctionCache::end`]; the engine runs one such compile
-//! at a time). A JavaScript driver configured with new arguments compiles its snapshot
-//! in about a quarter of the time (BENCHMARKS.md).
+//! ([`FunctionCache::begin`] … [`Session::end`]; the engine runs one such compile at a
+//! time, for big components only). A JavaScript driver configured with new arguments
+//! compiles its snapshot in under half the time (BENCHMARKS.md).
 //!
-//! Outside a compile that [`FunctionCache::begin`] opened, the store is empty and
-//! refuses entries: a compile without a cache dir keeps nothing.
+//! Outside such a compile the store is empty and refuses entries.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 
 use parking_lot::Mutex;
 use wasmtime::CacheStore;
@@ -24,6 +24,10 @@ use wasmtime::CacheStore;
 /// At most this much compiled code is held during one compile (a JavaScript
 /// component's is about 50 MB); past it, functions compile without being kept.
 const MAX_BYTES: usize = 512 << 20;
+
+/// A stored file bigger than this is not read (what [`MAX_BYTES`] allows, with 8 bytes
+/// of lengths per function and the signature).
+pub const MAX_FILE_BYTES: u64 = MAX_BYTES as u64 + (16 << 20);
 
 /// What a stored file of functions starts with.
 const MAGIC: &[u8] = b"mailpush-functions-1\n";
@@ -36,6 +40,8 @@ pub struct FunctionCache {
 
 #[derive(Debug, Default)]
 struct Compile {
+    /// The stored file of the earlier compile, which earlier entries point into.
+    earlier: Vec<u8>,
     entries: HashMap<Vec<u8>, Entry>,
     bytes: usize,
     /// Functions looked up, and found among those of an earlier compile.
@@ -45,11 +51,26 @@ struct Compile {
 
 #[derive(Debug)]
 struct Entry {
-    code: Vec<u8>,
-    /// Came from an earlier compile (the stored file).
-    earlier: bool,
+    code: Code,
     /// Looked up or compiled by this compile: what the next file keeps.
     used: bool,
+}
+
+#[derive(Debug)]
+enum Code {
+    /// From the earlier compile: where in its file.
+    Earlier(Range<usize>),
+    /// Compiled now.
+    New(Vec<u8>),
+}
+
+impl Compile {
+    fn code<'a>(&'a self, e: &'a Entry) -> &'a [u8] {
+        match &e.code {
+            Code::Earlier(r) => &self.earlier[r.clone()],
+            Code::New(c) => c,
+        }
+    }
 }
 
 /// How a compile went, for `mailpush check`.
@@ -69,39 +90,28 @@ pub struct Ended {
     pub functions: Option<Vec<u8>>,
 }
 
-impl FunctionCache {
-    /// Starts a compile with the functions of an earlier one (a file written from
-    /// [`Ended::functions`]; ignored if malformed).
-    pub fn begin(&self, earlier: Option<&[u8]>) {
-        let mut compile = Compile::default();
-        if let Some(entries) = earlier.and_then(parse) {
-            for (key, code) in entries {
-                compile.bytes += key.len() + code.len();
-                compile.entries.insert(
-                    key.to_vec(),
-                    Entry {
-                        code: code.to_vec(),
-                        earlier: true,
-                        used: false,
-                    },
-                );
-            }
-        }
-        *self.compile.lock() = Some(compile);
-    }
+/// A compile using the store ([`FunctionCache::begin`]); the store is emptied when it
+/// ends, or is dropped (a compile that panicked).
+pub struct Session<'a> {
+    cache: &'a FunctionCache,
+}
 
-    /// Ends the compile [`FunctionCache::begin`] started; the store is empty again.
-    pub fn end(&self) -> Ended {
-        let compile = self.compile.lock().take().unwrap_or_default();
+impl Session<'_> {
+    /// Ends the compile: the store is empty again.
+    pub fn end(self) -> Ended {
+        let compile = self.cache.compile.lock().take().unwrap_or_default();
         let reuse = FunctionReuse {
             functions: compile.looked_up,
             reused: compile.reused,
         };
-        let fresh = compile.entries.values().any(|e| e.used && !e.earlier);
+        let fresh = compile
+            .entries
+            .values()
+            .any(|e| e.used && matches!(e.code, Code::New(_)));
         let functions = fresh.then(|| {
             let mut out = MAGIC.to_vec();
             for (key, e) in compile.entries.iter().filter(|(_, e)| e.used) {
-                for part in [key.as_slice(), e.code.as_slice()] {
+                for part in [key.as_slice(), compile.code(e)] {
                     out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                     out.extend_from_slice(part);
                 }
@@ -112,17 +122,50 @@ impl FunctionCache {
     }
 }
 
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.cache.compile.lock().take();
+    }
+}
+
+impl FunctionCache {
+    /// Starts a compile with the functions of an earlier one: `file[start..]`, as
+    /// [`Ended::functions`] wrote them (ignored if malformed). The caller runs one
+    /// compile at a time.
+    pub fn begin(&self, earlier: Option<(Vec<u8>, usize)>) -> Session<'_> {
+        let mut compile = Compile::default();
+        if let Some((file, start)) = earlier {
+            if let Some(entries) = parse(&file, start) {
+                for (key, code) in entries {
+                    compile.bytes += key.len() + code.len();
+                    compile.entries.insert(
+                        file[key].to_vec(),
+                        Entry {
+                            code: Code::Earlier(code),
+                            used: false,
+                        },
+                    );
+                }
+                compile.earlier = file;
+            }
+        }
+        *self.compile.lock() = Some(compile);
+        Session { cache: self }
+    }
+}
+
 impl CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
         let mut guard = self.compile.lock();
         let compile = guard.as_mut()?;
         compile.looked_up += 1;
         let entry = compile.entries.get_mut(key)?;
-        if entry.earlier {
+        entry.used = true;
+        if matches!(entry.code, Code::Earlier(_)) {
             compile.reused += 1;
         }
-        entry.used = true;
-        Some(Cow::Owned(entry.code.clone()))
+        let entry = &compile.entries[key];
+        Some(Cow::Owned(compile.code(entry).to_vec()))
     }
 
     fn insert(&self, key: &[u8], code: Vec<u8>) -> bool {
@@ -138,36 +181,41 @@ impl CacheStore for FunctionCache {
         let old = compile.entries.insert(
             key.to_vec(),
             Entry {
-                code,
-                earlier: false,
+                code: Code::New(code),
                 used: true,
             },
         );
         if let Some(old) = old {
-            compile.bytes -= key.len() + old.code.len();
+            compile.bytes -= key.len() + compile.code(&old).len();
         }
         true
     }
 }
 
-/// The entries of a stored file; `None` if it is not one.
-fn parse(file: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let mut rest = file.strip_prefix(MAGIC)?;
+/// Where the entries of a stored file (from `start`) are, as (key, code) ranges of
+/// `file`; `None` if it is not one.
+fn parse(file: &[u8], start: usize) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let mut at = start + MAGIC.len();
+    if file.get(start..at)? != MAGIC {
+        return None;
+    }
     let mut entries = Vec::new();
-    while !rest.is_empty() {
-        let (key, tail) = take(rest)?;
-        let (code, tail) = take(tail)?;
+    while at < file.len() {
+        let key = take(file, &mut at)?;
+        let code = take(file, &mut at)?;
         entries.push((key, code));
-        rest = tail;
     }
     Some(entries)
 }
 
-/// A length-prefixed part of a stored file, and what follows it.
-fn take(rest: &[u8]) -> Option<(&[u8], &[u8])> {
-    let (len, tail) = rest.split_first_chunk::<4>()?;
-    let len = u32::from_le_bytes(*len) as usize;
-    (tail.len() >= len).then(|| tail.split_at(len))
+/// The range of the length-prefixed part of `file` at `at`, which moves past it.
+fn take(file: &[u8], at: &mut usize) -> Option<Range<usize>> {
+    let len = file.get(*at..at.checked_add(4)?)?;
+    let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+    let part = at.checked_add(4)?..at.checked_add(4 + len)?;
+    file.get(part.clone())?;
+    *at = part.end;
+    Some(part)
 }
 
 #[cfg(test)]
@@ -181,14 +229,14 @@ mod tests {
         assert!(!cache.insert(b"k0", b"c0".to_vec()));
         assert!(cache.get(b"k0").is_none());
 
-        cache.begin(None);
+        let session = cache.begin(None);
         assert!(cache.get(b"k1").is_none());
         assert!(cache.insert(b"k1", b"code one".to_vec()));
         assert!(cache.get(b"k2").is_none());
         assert!(cache.insert(b"k2", b"code two".to_vec()));
         // A function the same compile meets twice is found, but not reused from earlier.
         assert_eq!(cache.get(b"k1").as_deref(), Some(&b"code one"[..]));
-        let first = cache.end();
+        let first = session.end();
         assert_eq!(
             first.reuse,
             FunctionReuse {
@@ -202,12 +250,15 @@ mod tests {
             "the store is empty between compiles"
         );
 
-        // The next compile finds k1 and k2; k3 is new. Only what it used is kept.
-        cache.begin(Some(&file));
+        // The next compile finds k1 and k2; k3 is new. Only what it used is kept. The
+        // file is read from behind a prefix (the signature).
+        let mut signed = b"SIG".to_vec();
+        signed.extend_from_slice(&file);
+        let session = cache.begin(Some((signed, 3)));
         assert_eq!(cache.get(b"k2").as_deref(), Some(&b"code two"[..]));
         assert!(cache.get(b"k3").is_none());
         assert!(cache.insert(b"k3", b"code three".to_vec()));
-        let second = cache.end();
+        let second = session.end();
         assert_eq!(
             second.reuse,
             FunctionReuse {
@@ -215,18 +266,30 @@ mod tests {
                 reused: 1
             }
         );
-        let kept = parse(second.functions.as_deref().unwrap()).unwrap();
-        let mut keys: Vec<&[u8]> = kept.iter().map(|(k, _)| *k).collect();
+        let stored = second.functions.unwrap();
+        let kept = parse(&stored, 0).unwrap();
+        let mut keys: Vec<&[u8]> = kept.iter().map(|(k, _)| &stored[k.clone()]).collect();
         keys.sort();
         assert_eq!(keys, [&b"k2"[..], &b"k3"[..]]);
 
         // A compile that found everything has nothing new to store.
-        cache.begin(second.functions.as_deref());
-        assert!(cache.get(b"k2").is_some());
-        assert!(cache.get(b"k3").is_some());
-        let third = cache.end();
+        let session = cache.begin(Some((stored, 0)));
+        assert_eq!(cache.get(b"k2").as_deref(), Some(&b"code two"[..]));
+        assert_eq!(cache.get(b"k3").as_deref(), Some(&b"code three"[..]));
+        let third = session.end();
         assert_eq!(third.reuse.reused, 2);
         assert!(third.functions.is_none());
+    }
+
+    #[test]
+    fn a_compile_that_never_ended_leaves_the_store_empty() {
+        let cache = FunctionCache::default();
+        let session = cache.begin(None);
+        assert!(cache.insert(b"k1", b"code".to_vec()));
+        // A compile that panicked: its session is dropped, not ended.
+        drop(session);
+        assert!(!cache.insert(b"k2", b"code".to_vec()));
+        assert!(cache.get(b"k1").is_none());
     }
 
     #[test]
@@ -235,10 +298,13 @@ mod tests {
         let mut file = MAGIC.to_vec();
         file.extend_from_slice(&100u32.to_le_bytes());
         file.extend_from_slice(b"short");
-        assert!(parse(&file).is_none());
-        cache.begin(Some(&file));
+        assert!(parse(&file, 0).is_none());
+        assert!(parse(&file, 1000).is_none());
+        let session = cache.begin(Some((file, 0)));
         assert!(cache.get(b"short").is_none());
-        cache.begin(Some(b"not a functions file"));
-        assert_eq!(cache.end().reuse.functions, 0);
+        drop(session);
+        let session = cache.begin(Some((b"not a functions file".to_vec(), 0)));
+        assert_eq!(cache.get(b"x"), None);
+        assert_eq!(session.end().reuse.functions, 1);
     }
 }
