@@ -5,7 +5,7 @@
 //! cargo run --release -p mailpush-bench            # full run (about a minute), markdown on stdout
 //! cargo run --release -p mailpush-bench -- --smoke # seconds; no timing claims (CI)
 //! cargo run --release -p mailpush-bench -- --only fresh,http   # some sections
-//!   (logic, fresh, http, ingest, startup, memory)
+//!   (logic, fresh, http, languages, ingest, startup, memory)
 //! ```
 
 use std::sync::Arc;
@@ -809,8 +809,64 @@ async fn memory(o: &Opts, out: &mut Vec<String>) {
     std::hint::black_box(lane);
 }
 
+/// The sections `--only` can name, in the order they run.
+const SECTIONS: [&str; 7] = [
+    "logic",
+    "fresh",
+    "http",
+    "languages",
+    "ingest",
+    "startup",
+    "memory",
+];
+
+const USAGE: &str = "usage: mailpush-bench [--smoke] [--only SECTION[,SECTION...]]
+
+Measures every figure of BENCHMARKS.md on this machine and prints them as markdown,
+with ratios against the baselines measured in the same run. Build it with --release:
+  cargo run --release -p mailpush-bench
+  cargo run --release -p mailpush-bench -- --only fresh,languages
+
+  --smoke   each figure once, in seconds (CI: the suite runs end to end; figures meaningless)
+  --only    only these sections: logic, fresh, http, languages, ingest, startup, memory";
+
+/// `--smoke` and `--only`'s sections, or why the arguments are wrong.
+fn parse_args(args: &[String]) -> Result<(bool, Option<Vec<String>>), String> {
+    let (mut smoke, mut only) = (false, None);
+    let mut args = args.iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--only" => {
+                let v = args.next().ok_or("--only needs a list of sections")?;
+                let names: Vec<String> = v.split(',').map(str::to_string).collect();
+                if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(&n.as_str())) {
+                    return Err(format!(
+                        "no section {bad:?}; the sections are {}",
+                        SECTIONS.join(", ")
+                    ));
+                }
+                only = Some(names);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((smoke, only))
+}
+
 fn main() {
-    let smoke = std::env::args().any(|a| a == "--smoke");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return;
+    }
+    let (smoke, only) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("mailpush-bench: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let o = Opts {
         smoke,
         runs: if smoke { 1 } else { 5 },
@@ -838,10 +894,6 @@ fn main() {
         o.runs
     ));
     // `--only NAME[,NAME]` runs some sections (for profiling one of them).
-    let only: Option<Vec<String>> = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .map(|v| v.split(',').map(str::to_string).collect());
     let run = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|s| s == name));
     rt.block_on(async {
         if run("logic") {
