@@ -387,28 +387,38 @@ async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// A dispatcher over `spool` whose driver 1 (`retry=1h`) failed transaction `r1` once
+/// and holds it, waiting an hour for the retry; and that policy.
+async fn holding_a_retry(
+    spool: Arc<dyn Spool>,
+    observer: Option<Arc<Outcomes>>,
+) -> (Dispatcher, DeliveryPolicy) {
+    let old = Arc::new(Script::default());
+    old.fail.lock().insert("r1".into(), 1);
+    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let observer = observer.map(|o| o as Arc<dyn DeliveryObserver>);
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(old.clone(), "old", policy.clone())],
+        8,
+        observer,
+        Some(spool),
+    );
+    d.accept(vec![txn("u", "r1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    old.wait_calls(1).await;
+    (d, policy)
+}
+
 /// A reload that replaces a driver hands what the old lane still held (here a
 /// transaction waiting an hour for its retry) to the new lane, which delivers it now.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_hands_held_transactions_to_the_new_driver() {
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(&dir);
-    let old = Arc::new(Script::default());
-    old.fail.lock().insert("r1".into(), 1);
-    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
-    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
     let outcomes = Arc::new(Outcomes::default());
-    let d = Dispatcher::start_with_spool(
-        vec![loaded(old.clone(), "old", policy.clone())],
-        8,
-        Some(outcomes.clone()),
-        Some(spool.clone() as Arc<dyn Spool>),
-    );
-    d.accept(vec![txn("u", "r1")], Backpressure::Refuse)
-        .await
-        .unwrap();
-    // The old driver fails it once; it would then wait an hour.
-    old.wait_calls(1).await;
+    let (d, policy) = holding_a_retry(spool.clone(), Some(outcomes.clone())).await;
     let new = Arc::new(Script::default());
     let r = d
         .reconfigure(vec![loaded(new.clone(), "new", policy)])
@@ -502,20 +512,7 @@ async fn a_reload_that_removes_a_driver_lets_its_held_transactions_go() {
         inner: spool(&dir),
         abandoned: Mutex::default(),
     });
-    let old = Arc::new(Script::default());
-    old.fail.lock().insert("r1".into(), 1);
-    let mut args = mailpush_core::DriverArgs::parse("retry=1h");
-    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
-    let d = Dispatcher::start_with_spool(
-        vec![loaded(old.clone(), "old", policy.clone())],
-        8,
-        None,
-        Some(spool.clone() as Arc<dyn Spool>),
-    );
-    d.accept(vec![txn("u", "r1")], Backpressure::Refuse)
-        .await
-        .unwrap();
-    old.wait_calls(1).await;
+    let (d, policy) = holding_a_retry(spool.clone(), None).await;
     // Replaced: handed on, nothing let go.
     let new = Arc::new(Script::default());
     new.fail.lock().insert("r1".into(), 1);
