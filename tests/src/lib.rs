@@ -636,6 +636,8 @@ pub struct RunningDaemon {
     pub config: PathBuf,
     /// Everything the process wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
+    /// Notified whenever `log` grows.
+    logged: Arc<std::sync::Condvar>,
 }
 
 impl RunningDaemon {
@@ -685,8 +687,10 @@ impl RunningDaemon {
             .expect("spawn mailpush run");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(String::new()));
+        let logged = Arc::new(std::sync::Condvar::new());
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
+        let logged2 = logged.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -704,6 +708,7 @@ impl RunningDaemon {
                 let mut l = log2.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
+                logged2.notify_all();
             }
         });
         let addr = rx
@@ -714,7 +719,19 @@ impl RunningDaemon {
             addr,
             config: config.to_path_buf(),
             log,
+            logged,
         }
+    }
+
+    /// Waits (at most `within`) until the process has logged `text`; returns the log.
+    /// A driver's line can reach the log after what it sent reached a server.
+    pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let log = self.log.lock().unwrap();
+        let (log, _) = self
+            .logged
+            .wait_timeout_while(log, within, |l| !l.contains(text))
+            .unwrap();
+        log.clone()
     }
 
     /// `http://ADDR` + path.

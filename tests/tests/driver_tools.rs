@@ -232,11 +232,9 @@ fn new_project_passes_its_test(lang: &str) {
             mailpush_core::Transaction::from_json(txn).unwrap()
         );
     });
-    let log = daemon.log.lock().unwrap().clone();
-    assert!(
-        log.contains("scaffold-1: 1 event(s) for alice@example.com"),
-        "{log}"
-    );
+    let line = "scaffold-1: 1 event(s) for alice@example.com";
+    let log = daemon.wait_for_log(line, std::time::Duration::from_secs(60));
+    assert!(log.contains(line), "{log}");
 }
 
 fn tokio_runtime() -> &'static tokio::runtime::Runtime {

@@ -328,7 +328,12 @@ async fn run_serves_while_a_big_component_compiles() {
     assert_eq!(failed.dead_lettered, 0, "{failed:?}");
     assert!(s.drivers[0].loading.is_none(), "{s:?}");
     assert_eq!(s.drivers[0].delivered, 12, "{s:?}");
-    let log = d.log.lock().unwrap().clone();
+    // Logged around the status change just seen: the lines may still be on their way.
+    d.wait_for_log("compiled and loaded", Duration::from_secs(60));
+    let log = d.wait_for_log(
+        "driver 2 (wasm) failed to load in the background",
+        Duration::from_secs(60),
+    );
     let listening = log.find("listening on").unwrap();
     let loaded = log.find("compiled and loaded").expect("the load is logged");
     assert!(
