@@ -471,6 +471,13 @@ async fn graceful_shutdown_drains_work_in_flight() {
     )
     .await
     .unwrap();
+    // Stop only once the daemon holds it open (status's own connection is the other);
+    // one still in the listen backlog at shutdown would just be reset.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon_status(d.addr).await.ingest.connections_open < 2 {
+        assert!(Instant::now() < deadline, "never accepted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let log = d.log.clone();
     let status = d.stop();
     assert!(status.success(), "{}", log.lock().unwrap());
