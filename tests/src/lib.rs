@@ -638,6 +638,8 @@ pub struct RunningDaemon {
     pub log: Arc<Mutex<String>>,
     /// Notified whenever `log` grows.
     logged: Arc<std::sync::Condvar>,
+    /// The thread reading stderr into `log`, joined by [`RunningDaemon::stop`].
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningDaemon {
@@ -691,7 +693,7 @@ impl RunningDaemon {
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
         let logged2 = logged.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -720,6 +722,7 @@ impl RunningDaemon {
             config: config.to_path_buf(),
             log,
             logged,
+            reader: Some(reader),
         }
     }
 
@@ -751,7 +754,13 @@ impl RunningDaemon {
     /// SIGTERM, then waits for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
-        self.child.wait().expect("wait")
+        let status = self.child.wait().expect("wait");
+        // Its last lines (the shutdown's) may still be in the pipe: `log` has them all
+        // once the reader has seen the end of it.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status
     }
 }
 
