@@ -6,8 +6,8 @@
 //! `init` left differs. Cranelift's incremental cache (wasmtime's [`CacheStore`]) looks
 //! each function up by a hash of its IR and the target before compiling it. mailpush
 //! keeps the functions of a component's last compile in the AOT cache, beside its other
-//! artifacts (`SHA256-functions-ENGINE.cwasm`, signed and readable by the owner only,
-//! as the others are), and gives them to the store only while that component compiles
+//! artifacts (`SHA256-functions-ENGINE.cwasm`, signed as they are, and readable by the
+//! owner only), and gives them to the store only while that component compiles
 //! ([`FunctionCache::begin`] … [`Session::end`]; the engine runs one such compile at a
 //! time, for big components only). A JavaScript driver configured with new arguments
 //! compiles its snapshot in under half the time (BENCHMARKS.md).
