@@ -34,7 +34,7 @@ pub fn cache_key(dir: &Path) -> Option<Vec<u8>> {
             let mut k = Vec::with_capacity(32);
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            write_private(&file, &k).ok()?;
+            write_atomically(&file, &k, true).ok()?;
             k
         }
     };
@@ -70,18 +70,6 @@ pub fn write_atomically(path: &Path, data: &[u8], private: bool) -> std::io::Res
         let _ = std::fs::remove_file(&tmp);
     }
     written
-}
-
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)?.write_all(data)
 }
 
 pub fn sign(key: &[u8], body: &[u8]) -> Vec<u8> {
