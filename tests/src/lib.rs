@@ -886,6 +886,21 @@ pub fn send_logged(args: &str, n: usize) -> String {
     log
 }
 
+/// `(reused, functions)` from a freshly compiled wasm driver's `compiled:` line of
+/// `mailpush check` ("compiled, AOT cache written (R of F functions from an earlier
+/// compile)"); panics, showing the details, when there is none.
+pub fn function_reuse(details: &[String]) -> (u64, u64) {
+    let line = details
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("compiled: compiled, AOT cache written (")
+        })
+        .unwrap_or_else(|| panic!("no function reuse in {details:?}"));
+    let mut numbers = line.split(' ').filter_map(|w| w.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
 /// Runs `mailpush send` over `n` transactions with the hostile driver and `args`;
 /// returns whether it succeeded and its stderr.
 pub fn send_hostile(args: &str, n: usize) -> (bool, String) {

@@ -75,16 +75,7 @@ async fn javascript_drivers_are_snapshotted_and_python_says_why_not() {
                 .as_nanos();
             let args = format!("url=http://127.0.0.1:9/new-{now} secret={WEBHOOK_SECRET}");
             let loaded = load_one(&component, &args).await;
-            let details = &loaded[0].details;
-            let line = details
-                .iter()
-                .find_map(|d| {
-                    d.trim()
-                        .strip_prefix("compiled: compiled, AOT cache written (")
-                })
-                .unwrap_or_else(|| panic!("{details:?}"));
-            let mut numbers = line.split(' ').filter_map(|w| w.parse::<u64>().ok());
-            let (reused, functions) = (numbers.next().unwrap(), numbers.next().unwrap());
+            let (reused, functions) = function_reuse(&loaded[0].details);
             assert!(
                 functions > 10_000 && reused * 5 >= functions * 2,
                 "{reused} of {functions}"

@@ -187,16 +187,7 @@ async fn a_new_snapshot_reuses_the_functions_compiled_before() {
     let cache = tempfile::tempdir().unwrap();
     let wasm = guest("hostile");
     let txn = Arc::new(mailbox_txn("a@example.com", "t0"));
-    // `(reused, functions)` from the `compiled:` line of `mailpush check`.
-    let reuse = |d: &WasmDriver| -> (u64, u64) {
-        let details = d.details();
-        let line = details
-            .iter()
-            .find_map(|l| l.strip_prefix("compiled: compiled, AOT cache written ("))
-            .unwrap_or_else(|| panic!("{details:?}"));
-        let mut numbers = line.split(' ').filter_map(|w| w.parse::<u64>().ok());
-        (numbers.next().unwrap(), numbers.next().unwrap())
-    };
+    let reuse = |d: &WasmDriver| function_reuse(&d.details());
     // Rust components are small and compile without the stored functions: this
     // test makes the engine reuse them for every size.
     let load_fresh = |args: &'static str| {
