@@ -33,9 +33,20 @@ pub const MAX_FILE_BYTES: u64 = MAX_BYTES as u64 + (16 << 20);
 const MAGIC: &[u8] = b"mailpush-functions-1\n";
 
 /// The store wasmtime's compiler asks; see the module's documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FunctionCache {
     compile: Mutex<Option<Compile>>,
+    /// Bytes of keys and code one compile may hold ([`MAX_BYTES`]).
+    budget: usize,
+}
+
+impl Default for FunctionCache {
+    fn default() -> Self {
+        FunctionCache {
+            compile: Mutex::default(),
+            budget: MAX_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -173,21 +184,22 @@ impl CacheStore for FunctionCache {
         let Some(compile) = guard.as_mut() else {
             return false;
         };
+        let replaced = compile
+            .entries
+            .get(key)
+            .map_or(0, |old| key.len() + compile.code(old).len());
         let size = key.len() + code.len();
-        if compile.bytes + size > MAX_BYTES {
+        if compile.bytes - replaced + size > self.budget {
             return false;
         }
-        compile.bytes += size;
-        let old = compile.entries.insert(
+        compile.bytes = compile.bytes - replaced + size;
+        compile.entries.insert(
             key.to_vec(),
             Entry {
                 code: Code::New(code),
                 used: true,
             },
         );
-        if let Some(old) = old {
-            compile.bytes -= key.len() + compile.code(&old).len();
-        }
         true
     }
 }
@@ -279,6 +291,26 @@ mod tests {
         let third = session.end();
         assert_eq!(third.reuse.reused, 2);
         assert!(third.functions.is_none());
+    }
+
+    /// A component whose compile would keep more than the budget: past it, functions
+    /// are compiled and not kept (nor stored for the next compile).
+    #[test]
+    fn a_compile_keeps_no_more_than_its_budget() {
+        let cache = FunctionCache {
+            budget: 100,
+            ..Default::default()
+        };
+        let session = cache.begin(None);
+        assert!(cache.insert(b"k1", vec![1; 60]));
+        assert!(!cache.insert(b"k2", vec![2; 60]), "over the budget");
+        assert!(cache.get(b"k2").is_none());
+        // Replacing an entry counts only the difference.
+        assert!(cache.insert(b"k1", vec![3; 90]));
+        let stored = session.end().functions.unwrap();
+        let kept = parse(&stored, 0).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(&stored[kept[0].1.clone()], &[3; 90][..]);
     }
 
     #[test]
