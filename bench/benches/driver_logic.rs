@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use mailpush::pipeline::deliver;
 use mailpush::wasm::engine::Engines;
 use mailpush_bench::{
-    lua_event, message, native_handler, txn, warm_bench_handler, NativeBench, LUA_HANDLER,
+    copies, lua_event, message, native_handler, txn, warm_bench_handler, NativeBench, LUA_HANDLER,
 };
 
 fn driver_logic(c: &mut Criterion) {
@@ -32,12 +32,23 @@ fn driver_logic(c: &mut Criterion) {
         })
     });
     g.bench_function("native_driver_via_dispatch", |b| {
-        b.to_async(&rt).iter(|| deliver(&NativeBench, &t))
+        b.to_async(&rt).iter_batched(
+            || copies(&t, 1).remove(0),
+            |t| async move { deliver(&NativeBench, &t).await },
+            BatchSize::SmallInput,
+        )
     });
     let engines = Arc::new(Engines::new(None));
     let wasm = rt.block_on(warm_bench_handler(&engines));
     g.bench_function("wasm_driver_via_dispatch", |b| {
-        b.to_async(&rt).iter(|| deliver(&wasm, &t))
+        b.to_async(&rt).iter_batched(
+            || copies(&t, 1).remove(0),
+            |t| {
+                let wasm = &wasm;
+                async move { deliver(wasm, &t).await }
+            },
+            BatchSize::SmallInput,
+        )
     });
     let vm = mlua::Lua::new();
     vm.load(LUA_HANDLER).exec().unwrap();

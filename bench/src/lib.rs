@@ -2,6 +2,8 @@
 //! handler and its driver; loading a component. Used by the `mailpush-bench` binary and
 //! the criterion micro-benchmarks in `benches/`.
 
+pub mod crossings;
+
 use std::sync::Arc;
 
 use hmac::{Hmac, Mac};
@@ -49,6 +51,13 @@ pub fn txn() -> Arc<Transaction> {
     let mut t = Transaction::new("alice@example.com", vec![Event::MessageNew(message())]);
     t.id = "bench".into();
     Arc::new(t)
+}
+
+/// `n` copies of `t`, each a transaction of its own as the dispatcher hands drivers: its
+/// canonical JSON not serialised yet (a transaction delivered again would find the
+/// encoding made for it the first time). Made before a measurement starts.
+pub fn copies(t: &Arc<Transaction>, n: usize) -> Vec<Arc<Transaction>> {
+    (0..n).map(|_| Arc::new((**t).clone())).collect()
 }
 
 // ------------------------------------------------------------ 1. driver logic
@@ -151,6 +160,11 @@ pub async fn load(
 /// The bench handler as a component driver with a warm instance (`instance=reuse`,
 /// never recycled), as §1 of the report and the criterion bench measure it.
 pub async fn warm_bench_handler(engines: &Arc<Engines>) -> WasmDriver {
+    warm_bench_handler_with(engines, "key=secret").await
+}
+
+/// [`warm_bench_handler`] with these arguments (`work=none`: it does nothing).
+pub async fn warm_bench_handler_with(engines: &Arc<Engines>, args: &str) -> WasmDriver {
     let mut sandbox = Sandbox::default();
     sandbox.instance.model = InstanceModel::Reuse;
     sandbox.instance.recycle_after = u64::MAX;
@@ -158,7 +172,7 @@ pub async fn warm_bench_handler(engines: &Arc<Engines>) -> WasmDriver {
     load(
         &mailpush_e2e::guest("bench-handler"),
         sandbox,
-        "key=secret",
+        args,
         engines,
     )
     .await

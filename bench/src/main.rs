@@ -5,7 +5,7 @@
 //! cargo run --release -p mailpush-bench            # full run (about a minute), markdown on stdout
 //! cargo run --release -p mailpush-bench -- --smoke # seconds; no timing claims (CI)
 //! cargo run --release -p mailpush-bench -- --only fresh,http   # some sections
-//!   (logic, fresh, http, languages, ingest, startup, memory)
+//!   (logic, crossings, fresh, http, languages, ingest, startup, memory)
 //! ```
 
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use mailpush::wasm::instance::InstanceModel;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_bench::{
-    load, lua_event, message, native_handler, txn, warm_bench_handler, NativeBench,
+    copies, load, lua_event, message, native_handler, txn, warm_bench_handler,
+    warm_bench_handler_with, NativeBench,
 };
 
 use mailpush_core::{Driver, Event, NoMetadata, Transaction};
@@ -64,9 +65,10 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     // Native, as a driver through the dispatch path.
     let t1 = txn();
     for _ in 0..o.runs {
+        let txns = copies(&t1, n);
         let t = Instant::now();
-        for _ in 0..n {
-            assert_eq!(deliver(&NativeBench, &t1).await, Outcome::Delivered);
+        for t1 in &txns {
+            assert_eq!(deliver(&NativeBench, t1).await, Outcome::Delivered);
         }
         native_dispatch.push(t.elapsed().as_nanos() as f64 / n as f64);
     }
@@ -76,9 +78,10 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     let d = warm_bench_handler(&engines).await;
     let t1 = txn();
     for _ in 0..o.runs {
+        let txns = copies(&t1, n);
         let t = Instant::now();
-        for _ in 0..n {
-            assert_eq!(deliver(&d, &t1).await, Outcome::Delivered);
+        for t1 in &txns {
+            assert_eq!(deliver(&d, t1).await, Outcome::Delivered);
         }
         wasm.push(t.elapsed().as_nanos() as f64 / n as f64);
     }
@@ -134,6 +137,77 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     ));
 }
 
+// ------------------------------------------------------------ 1b. the floor under §1
+
+/// What getting one transaction into a component costs, with the component doing nothing:
+/// through mailpush's dispatch (§1's path), and through wasmtime alone, on a fiber and
+/// synchronously ([`mailpush_bench::crossings`]).
+async fn crossings(o: &Opts, out: &mut Vec<String>) {
+    use mailpush_bench::crossings::{bare_calls, Calls};
+    let n = if o.smoke { 200 } else { 20_000 };
+    let engines = Arc::new(Engines::new(None));
+    let idle = warm_bench_handler_with(&engines, "key=secret work=none").await;
+    let t1 = txn();
+    let (mut native, mut dispatched, mut fiber, mut sync) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.runs {
+        let txns = copies(&t1, n);
+        let t = Instant::now();
+        for t1 in &txns {
+            assert_eq!(deliver(&NativeBench, t1).await, Outcome::Delivered);
+        }
+        native.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let txns = copies(&t1, n);
+        let t = Instant::now();
+        for t1 in &txns {
+            assert_eq!(deliver(&idle, t1).await, Outcome::Delivered);
+        }
+        dispatched.push(t.elapsed().as_nanos() as f64 / n as f64);
+        for (calls, into) in [(Calls::Async, &mut fiber), (Calls::Sync, &mut sync)] {
+            let t1 = t1.clone();
+            let ns = tokio::task::spawn_blocking(move || {
+                let args = [("key", "secret"), ("work", "none")];
+                bare_calls(&guest("bench-handler"), &args, &t1, n, calls)
+            })
+            .await
+            .expect("bare calls");
+            into.push(ns);
+        }
+    }
+    let (n_s, d_s, f_s, s_s) = (stats(native), stats(dispatched), stats(fiber), stats(sync));
+    out.push(
+        "## 1b. The floor under §1: a transaction into a component that does nothing with it\n"
+            .into(),
+    );
+    out.push("| path (one transaction of one event: begin-txn + deliver) | ns/transaction (min / median / max) |\n|---|---|".into());
+    for (name, s) in [
+        (
+            "native driver (§1's handler, doing its work), via dispatch",
+            n_s,
+        ),
+        (
+            "wasm driver doing nothing (`work=none`), warm instance, via dispatch",
+            d_s,
+        ),
+        (
+            "the same component, wasmtime alone, `call_async` (a fiber per call)",
+            f_s,
+        ),
+        (
+            "the same component, wasmtime alone, synchronous `call`",
+            s_s,
+        ),
+    ] {
+        out.push(format!("| {name} | {} |", fmt3(s, "ns")));
+    }
+    out.push(format!(
+        "\nRatios (medians): wasmtime alone / via dispatch = **{:.2}×**; synchronous / `call_async` = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
+        f_s.1 / d_s.1,
+        s_s.1 / f_s.1,
+        d_s.1 / n_s.1
+    ));
+}
+
 // ------------------------------------------------------------ 2. fresh instance
 
 /// Latencies (µs) of `n` fresh-instance deliveries through `d`, after a warm-up.
@@ -152,11 +226,11 @@ async fn on_lane<T: Send + 'static>(
 async fn latencies(d: Arc<WasmDriver>, n: usize) -> Vec<f64> {
     on_lane(async move {
         let t1 = txn();
-        for _ in 0..(n / 10).max(1) {
+        for t1 in copies(&t1, (n / 10).max(1)) {
             deliver(d.as_ref(), &t1).await;
         }
         let mut lat = Vec::with_capacity(n);
-        for _ in 0..n {
+        for t1 in copies(&t1, n) {
             let t = Instant::now();
             assert_eq!(deliver(d.as_ref(), &t1).await, Outcome::Delivered);
             lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
@@ -301,9 +375,10 @@ async fn http_server() -> std::net::SocketAddr {
 /// Transactions per second of `n` sequential deliveries, on a lane thread.
 async fn sequential(d: Arc<dyn Driver>, t: Arc<Transaction>, n: usize) -> f64 {
     on_lane(async move {
+        let txns = copies(&t, n);
         let start = Instant::now();
-        for i in 0..n {
-            let outcome = deliver(d.as_ref(), &t).await;
+        for (i, t) in txns.iter().enumerate() {
+            let outcome = deliver(d.as_ref(), t).await;
             assert_eq!(outcome, Outcome::Delivered, "transaction {i} of {n}");
         }
         n as f64 / start.elapsed().as_secs_f64()
@@ -810,8 +885,9 @@ async fn memory(o: &Opts, out: &mut Vec<String>) {
 }
 
 /// The sections `--only` can name, in the order they run.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "logic",
+    "crossings",
     "fresh",
     "http",
     "languages",
@@ -828,7 +904,8 @@ with ratios against the baselines measured in the same run. Build it with --rele
   cargo run --release -p mailpush-bench -- --only fresh,languages
 
   --smoke   each figure once, in seconds (CI: the suite runs end to end; figures meaningless)
-  --only    only these sections: logic, fresh, http, languages, ingest, startup, memory";
+  --only    only these sections: logic, crossings, fresh, http, languages, ingest, startup,
+            memory";
 
 /// `--smoke` and `--only`'s sections, or why the arguments are wrong.
 fn parse_args(args: &[String]) -> Result<(bool, Option<Vec<String>>), String> {
@@ -898,6 +975,9 @@ fn main() {
     rt.block_on(async {
         if run("logic") {
             driver_logic(&o, &mut out).await;
+        }
+        if run("crossings") {
+            crossings(&o, &mut out).await;
         }
         if run("fresh") {
             fresh_instance(&o, &mut out).await;

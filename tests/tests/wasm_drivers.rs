@@ -884,3 +884,197 @@ fn check_prune_cache_keeps_only_what_the_config_uses() {
     assert_eq!(snapshots(), new);
     assert!(cache.join("cache.key").exists());
 }
+
+/// Every event kind reaches a component with every field where it belongs: the hostile
+/// driver's `echo` mode answers with the typed events it received (their `Debug`, which
+/// the guest's and the host's generated bindings print alike) and whether each event's
+/// JSON is part of the transaction's. A second wanted-events shape (one event of three)
+/// checks the transaction JSON made for a subset.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_kind_reaches_the_component_field_for_field() {
+    use mailpush::wasm::bindings::mailpush::driver::types as wit;
+    use mailpush_core::event as ev;
+    use mailpush_core::Event;
+
+    let engines = Arc::new(Engines::new(None));
+    let d = load(&guest("hostile"), &engines, "mode=echo instance=reuse")
+        .await
+        .unwrap();
+    let new_message = ev::NewMessage {
+        mailbox: "INBOX".into(),
+        uid: 7,
+        uid_validity: 99,
+        date: Some(1_700_000_000),
+        tz: Some(-120),
+        from: Some("Bob <b@x>".into()),
+        to: Some("a@x".into()),
+        subject: Some("Hi".into()),
+        subject_utf8: Some("Hé".into()),
+        from_address: Some("b@x".into()),
+        from_display_name: Some("Bob".into()),
+        to_address: Some("a2@x".into()),
+        to_display_name: Some("Al".into()),
+        message_id: Some("<m@x>".into()),
+        snippet: Some("snip".into()),
+        flags: Some(vec!["\\Seen".into()]),
+        keywords: Some(vec!["$Junk".into()]),
+        unseen: Some(3),
+        ..Default::default()
+    };
+    let msg = ev::MessageRef {
+        mailbox: "Work".into(),
+        uid: 11,
+        uid_validity: 12,
+    };
+    let wit_msg = wit::MessageRef {
+        mailbox: "Work".into(),
+        uid: 11,
+        uid_validity: 12,
+    };
+    let wit_new = wit::NewMessage {
+        message: wit::MessageRef {
+            mailbox: "INBOX".into(),
+            uid: 7,
+            uid_validity: 99,
+        },
+        date: Some(1_700_000_000),
+        tz: Some(-120),
+        from: Some("Bob <b@x>".into()),
+        to: Some("a@x".into()),
+        subject: Some("Hi".into()),
+        subject_utf8: Some("Hé".into()),
+        from_address: Some("b@x".into()),
+        from_display_name: Some("Bob".into()),
+        to_address: Some("a2@x".into()),
+        to_display_name: Some("Al".into()),
+        message_id: Some("<m@x>".into()),
+        snippet: Some("snip".into()),
+        flags: Some(vec!["\\Seen".into()]),
+        keywords: Some(vec!["$Junk".into()]),
+        unseen: Some(3),
+    };
+    let mailbox = |name: &str| ev::MailboxRef {
+        mailbox: name.into(),
+    };
+    let cases: Vec<(Event, wit::Event)> = vec![
+        (
+            Event::MessageNew(new_message.clone()),
+            wit::Event::MessageNew(wit_new.clone()),
+        ),
+        (
+            Event::MessageAppend(ev::NewMessage {
+                flags: None,
+                keywords: None,
+                date: None,
+                ..new_message.clone()
+            }),
+            wit::Event::MessageAppend(wit::NewMessage {
+                flags: None,
+                keywords: None,
+                date: None,
+                ..wit_new.clone()
+            }),
+        ),
+        (
+            Event::MessageExpunge(msg.clone()),
+            wit::Event::MessageExpunge(wit_msg.clone()),
+        ),
+        (
+            Event::MessageRead(msg.clone()),
+            wit::Event::MessageRead(wit_msg.clone()),
+        ),
+        (
+            Event::MessageTrash(msg.clone()),
+            wit::Event::MessageTrash(wit_msg.clone()),
+        ),
+        (
+            Event::FlagsSet(ev::FlagsSet {
+                mailbox: "Work".into(),
+                uid: 11,
+                uid_validity: 12,
+                flags: vec!["\\Flagged".into()],
+                keywords: vec!["a".into(), "b".into()],
+            }),
+            wit::Event::FlagsSet(wit::FlagsSet {
+                message: wit_msg.clone(),
+                flags: vec!["\\Flagged".into()],
+                keywords: vec!["a".into(), "b".into()],
+            }),
+        ),
+        (
+            Event::FlagsClear(ev::FlagsClear {
+                mailbox: "Work".into(),
+                uid: 11,
+                uid_validity: 12,
+                flags: vec!["\\Seen".into()],
+                keywords: vec![],
+                flags_old: Some(vec!["\\Seen".into(), "\\Answered".into()]),
+                keywords_old: None,
+            }),
+            wit::Event::FlagsClear(wit::FlagsClear {
+                message: wit_msg.clone(),
+                flags: vec!["\\Seen".into()],
+                keywords: vec![],
+                flags_old: Some(vec!["\\Seen".into(), "\\Answered".into()]),
+                keywords_old: None,
+            }),
+        ),
+        (
+            Event::MailboxCreate(mailbox("New")),
+            wit::Event::MailboxCreate("New".into()),
+        ),
+        (
+            Event::MailboxDelete(mailbox("Old")),
+            wit::Event::MailboxDelete("Old".into()),
+        ),
+        (
+            Event::MailboxRename(ev::MailboxRename {
+                mailbox: "To".into(),
+                mailbox_old: "From".into(),
+            }),
+            wit::Event::MailboxRename(wit::MailboxRename {
+                mailbox: "To".into(),
+                mailbox_old: "From".into(),
+            }),
+        ),
+        (
+            Event::MailboxSubscribe(mailbox("S")),
+            wit::Event::MailboxSubscribe("S".into()),
+        ),
+        (
+            Event::MailboxUnsubscribe(mailbox("U")),
+            wit::Event::MailboxUnsubscribe("U".into()),
+        ),
+    ];
+    assert_eq!(cases.len(), 12, "every event kind");
+    for (event, expected) in cases {
+        let t = Arc::new(Transaction::new("alice@example.com", vec![event]));
+        let got = failed(deliver(&d, &t).await).reason;
+        assert_eq!(got, format!("json ok|{:?}", vec![&expected]));
+    }
+    // The transaction's JSON: all of its events (the encoding shared between drivers),
+    // or only the wanted ones (made for this driver).
+    let t = Arc::new(Transaction::new(
+        "alice@example.com",
+        vec![
+            Event::MailboxCreate(mailbox("A")),
+            Event::MessageRead(msg.clone()),
+            Event::MailboxDelete(mailbox("B")),
+        ],
+    ));
+    let only = |events: Vec<Event>| {
+        let mut w = (*t).clone();
+        w.events = events;
+        w.to_json()
+    };
+    for (args, json) in [
+        ("mode=echo-json", t.to_json()),
+        (
+            "mode=echo-json want=mailbox-delete",
+            only(vec![Event::MailboxDelete(mailbox("B"))]),
+        ),
+    ] {
+        let d = load(&guest("hostile"), &engines, args).await.unwrap();
+        assert_eq!(failed(deliver(&d, &t).await).reason, json, "{args}");
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -24,6 +25,47 @@ pub struct Transaction {
     /// take precedence over mailpush's own METADATA store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Its canonical JSON as drivers receive it, made at the first driver's use and
+    /// shared by the others ([`Transaction::event_json`]). Build it empty
+    /// (`Default::default()`); it is no part of the transaction's value.
+    #[serde(skip)]
+    pub encoded: Encoded,
+}
+
+/// A transaction's canonical JSON, serialised once and shared by every driver that reads
+/// the transaction: each event's, and the whole transaction's without METADATA.
+///
+/// Not part of the transaction's value: it always compares equal, is never serialised,
+/// and a clone starts empty (a clone may be changed; the transaction drivers read is
+/// behind an `Arc` and is not).
+#[derive(Default)]
+pub struct Encoded {
+    events: OnceLock<Box<[String]>>,
+    whole: OnceLock<String>,
+}
+
+impl Clone for Encoded {
+    fn clone(&self) -> Self {
+        Encoded::default()
+    }
+}
+
+impl PartialEq for Encoded {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Encoded {}
+
+impl fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.events.get().is_some() {
+            "Encoded"
+        } else {
+            "Encoded(not yet)"
+        })
+    }
 }
 
 /// A rejected transaction: where (JSON path) and why.
@@ -86,6 +128,7 @@ impl Transaction {
             user: user.into(),
             events,
             metadata: BTreeMap::new(),
+            encoded: Encoded::default(),
         }
     }
 
@@ -185,6 +228,7 @@ impl Transaction {
             user,
             events,
             metadata,
+            encoded: Encoded::default(),
         })
     }
 
@@ -193,11 +237,29 @@ impl Transaction {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Each event's canonical JSON ([`Event::to_json`]), in order: serialised at the first
+    /// call, then shared by every later caller (every driver reading this transaction).
+    pub fn event_json(&self) -> &[String] {
+        self.encoded
+            .events
+            .get_or_init(|| self.events.iter().map(Event::to_json).collect())
+    }
+
+    /// The canonical JSON of the transaction without its METADATA (what
+    /// [`Transaction::json_of`] gives for all its events): made at the first call, then
+    /// shared.
+    pub fn json_without_metadata(&self) -> &str {
+        self.encoded
+            .whole
+            .get_or_init(|| Transaction::json_of(&self.id, &self.user, self.event_json()))
+    }
+
     /// The canonical JSON of a transaction with this id and user, no METADATA, and the
     /// events whose canonical JSON ([`Event::to_json`]) is `events`, in that order —
     /// what [`Transaction::to_json`] gives for it, without serialising the events again.
-    pub fn json_of(id: &str, user: &str, events: &[String]) -> String {
-        let len = events.iter().map(|e| e.len() + 1).sum::<usize>() + id.len() + user.len();
+    pub fn json_of<S: AsRef<str>>(id: &str, user: &str, events: &[S]) -> String {
+        let len =
+            events.iter().map(|e| e.as_ref().len() + 1).sum::<usize>() + id.len() + user.len();
         let mut out = String::with_capacity(len + 40);
         out.push_str("{\"id\":");
         out.push_str(&quote(id));
@@ -208,7 +270,7 @@ impl Transaction {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(e);
+            out.push_str(e.as_ref());
         }
         out.push_str("]}");
         out

@@ -1169,6 +1169,7 @@ fn json_of_event_json_equals_the_whole_transactions_json() {
         user: "a@b".into(),
         events: Vec::new(),
         metadata: Default::default(),
+        encoded: Default::default(),
     });
     for t in &txns {
         let events: Vec<String> = t.events.iter().map(Event::to_json).collect();
@@ -1178,5 +1179,40 @@ fn json_of_event_json_equals_the_whole_transactions_json() {
             Transaction::json_of(&t.id, &t.user, &events),
             plain.to_json()
         );
+        // The shared encoding is the same JSON.
+        assert_eq!(t.event_json(), events.as_slice());
+        assert_eq!(t.json_without_metadata(), plain.to_json());
     }
+}
+
+/// A transaction's shared encoding is made once and then handed out again; it is no part
+/// of the transaction's value (equality, serialisation) and a clone, which may be changed,
+/// starts without it.
+#[test]
+fn the_shared_encoding_is_made_once_and_not_copied() {
+    let mut t = Transaction::from_json(
+        r#"{"id":"1","user":"a@b","events":[{"name":"MailboxCreate","mailbox":"A"}],"metadata":{"k":"v"}}"#,
+    )
+    .unwrap();
+    let untouched = t.clone();
+    let first = t.event_json().as_ptr();
+    assert_eq!(t.event_json().as_ptr(), first, "serialised once");
+    let whole = t.json_without_metadata().as_ptr();
+    assert_eq!(t.json_without_metadata().as_ptr(), whole);
+    assert_eq!(t, untouched, "equal with or without it");
+    assert_eq!(t.to_json(), untouched.to_json(), "never serialised");
+    assert!(!t.to_json().contains("encoded"));
+    let mut changed = t.clone();
+    changed.events[0] = Event::MailboxCreate(mailpush_core::event::MailboxRef {
+        mailbox: "B".into(),
+    });
+    assert_eq!(
+        changed.event_json(),
+        [r#"{"name":"MailboxCreate","mailbox":"B"}"#.to_string()],
+        "a clone encodes its own events"
+    );
+    assert!(!changed.json_without_metadata().contains("\"k\""));
+    // Parsed back, a transaction starts without it too.
+    t = Transaction::from_json(&t.to_json()).unwrap();
+    assert_eq!(t, untouched);
 }

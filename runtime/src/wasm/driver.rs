@@ -14,13 +14,14 @@ use mailpush_core::{
 use wasmtime::Store;
 
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
-use super::bindings::{self, WIT_PACKAGE};
+use super::bindings::WIT_PACKAGE;
 use super::convert;
 use super::engine::{CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine};
 use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
 use super::log::{DriverTag, LogRate};
+use super::lower::{EventRecord, TransactionRef};
 use super::sandbox::Sandbox;
 use super::snapshot::Preinit;
 use super::state::HostState;
@@ -505,20 +506,44 @@ impl DriverTxn for WasmTxn {
             inner.finish_log(&mut inst.store, &self.txn);
             return Ok(());
         }
-        // Each wanted event's canonical JSON is serialised once: for its record and,
-        // put together, for the transaction's (what `Transaction::to_json` gives for the
-        // wanted events without METADATA).
-        let wanted: Vec<&Event> = self
+        // The events' canonical JSON is serialised once per transaction and shared by
+        // every driver reading it; so is the whole transaction's when the driver wants
+        // all of its events, in order (what `Transaction::to_json` gives for the wanted
+        // events without METADATA).
+        let all = self.txn.event_json();
+        // A copied event (not one of the transaction's own) has its JSON made here.
+        let copies: Vec<String> = self
+            .wanted
+            .iter()
+            .filter_map(|w| match w {
+                Wanted::Copy(e) => Some(e.to_json()),
+                Wanted::At(_) => None,
+            })
+            .collect();
+        let mut copied = copies.iter();
+        let wanted: Vec<(&Event, &str)> = self
             .wanted
             .iter()
             .map(|w| match w {
-                Wanted::At(i) => &self.txn.events[*i],
-                Wanted::Copy(e) => e,
+                Wanted::At(i) => (&self.txn.events[*i], all[*i].as_str()),
+                Wanted::Copy(e) => (&**e, copied.next().map_or("", String::as_str)),
             })
             .collect();
-        let jsons: Vec<String> = wanted.iter().map(|e| e.to_json()).collect();
-        let json = Transaction::json_of(&self.txn.id, &self.txn.user, &jsons);
-        let size = json.len() + jsons.iter().map(String::len).sum::<usize>();
+        let every = self.wanted.len() == all.len()
+            && self
+                .wanted
+                .iter()
+                .enumerate()
+                .all(|(n, w)| matches!(w, Wanted::At(i) if *i == n));
+        let subset;
+        let json = if every {
+            self.txn.json_without_metadata()
+        } else {
+            let jsons: Vec<&str> = wanted.iter().map(|(_, j)| *j).collect();
+            subset = Transaction::json_of(&self.txn.id, &self.txn.user, &jsons);
+            subset.as_str()
+        };
+        let size = json.len() + wanted.iter().map(|(_, j)| j.len()).sum::<usize>();
         let limits = &inner.sandbox.limits;
         if size > limits.max_event_bytes {
             inner.finish_log(&mut inst.store, &self.txn);
@@ -529,26 +554,14 @@ impl DriverTxn for WasmTxn {
                 limits.max_event_bytes
             )));
         }
-        let events = wanted
+        let events: Vec<EventRecord<'_>> = wanted
             .iter()
-            .zip(jsons)
-            .map(|(e, json)| bindings::mailpush::driver::types::EventRecord {
-                event: convert::event(e),
-                json,
-            })
+            .map(|(e, json)| EventRecord::new(e, json))
             .collect();
-        let record = bindings::mailpush::driver::types::Transaction {
-            id: self.txn.id.clone(),
-            user: self.txn.user.clone(),
-            events,
-            json,
-        };
+        let record = TransactionRef::new(&self.txn, &events, json);
         inner.instances.arm(&mut inst.store);
         let remaining = limits.max_txn.saturating_sub(self.started.elapsed());
-        let call = inst
-            .bindings
-            .mailpush_driver_driver()
-            .call_deliver(&mut inst.store, &record);
+        let call = inner.instances.deliver(&mut inst, &record);
         let result = match tokio::time::timeout(remaining, call).await {
             Ok(r) => r,
             Err(_) => {

@@ -13,11 +13,13 @@ use parking_lot::Mutex;
 use wasmtime::component::Linker;
 use wasmtime::Store;
 
+use super::bindings::mailpush::driver::types::Failure as WitFailure;
 use super::bindings::{PushDriver, PushDriverPre};
 use super::engine::LoadedComponent;
 use super::http::{HttpPolicy, OutboundHttp};
 use super::limits::{slice, HostMemory, Limits};
 use super::log::{DriverTag, LogBudget, LogRate};
+use super::lower::{DeliverFunc, TransactionRef};
 use super::state::{self, HostState};
 use super::stats::WasmStats;
 use super::trap::{classify, reason};
@@ -121,6 +123,8 @@ pub struct Instances {
     warm: Mutex<Option<Instance>>,
     /// Instances start from a snapshot taken after `init`: it is not called again.
     initialised: bool,
+    /// `deliver`, called with a borrowed transaction.
+    deliver: DeliverFunc,
 }
 
 /// The parts of a driver an [`Instances`] is made from.
@@ -160,6 +164,7 @@ impl Instances {
             max_log_lines: parts.max_log_lines,
             log_rate: parts.log_rate,
             warm: Mutex::new(None),
+            deliver: DeliverFunc::default(),
         })
     }
 
@@ -179,6 +184,18 @@ impl Instances {
                 path.display()
             ))
         })
+    }
+
+    /// Calls `inst`'s `deliver` with `txn`, lowered into the guest from borrowed data.
+    pub async fn deliver(
+        &self,
+        inst: &mut Instance,
+        txn: &TransactionRef<'_>,
+    ) -> wasmtime::Result<Result<(), WitFailure>> {
+        let func = *inst.bindings.mailpush_driver_driver().func_deliver().func();
+        let deliver = self.deliver.typed(func, &inst.store)?;
+        let (result,) = deliver.call_async(&mut inst.store, (txn,)).await?;
+        Ok(result)
     }
 
     /// Instances of the linked component start from a snapshot taken after `init`.

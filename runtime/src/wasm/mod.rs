@@ -33,6 +33,7 @@ pub mod http;
 pub mod instance;
 pub mod limits;
 pub mod log;
+pub mod lower;
 pub mod metadata;
 pub mod sandbox;
 pub mod snapshot;

@@ -1,6 +1,7 @@
 //! The benchmark handler as a component: the same logic as mailpush-bench's native
 //! handler and Lua handler — skip unless the message is new in INBOX and unseen, build
-//! a JSON payload, HMAC-SHA256-sign it.
+//! a JSON payload, HMAC-SHA256-sign it. With `work=none` it does nothing with the
+//! message: what is left is the cost of getting a transaction into a component.
 
 use hmac::{Hmac, Mac};
 use mailpush_driver_sdk::{export_driver, Args, Driver, Failure, NewMessage, TxnInfo};
@@ -9,6 +10,8 @@ use sha2::Sha256;
 struct Bench {
     key: Vec<u8>,
     signed: u64,
+    /// `work=none`: every message is accepted untouched.
+    idle: bool,
 }
 
 fn escape(s: &str, out: &mut String) {
@@ -27,6 +30,7 @@ impl Driver for Bench {
         Ok(Bench {
             key: args.get("key").unwrap_or("secret").as_bytes().to_vec(),
             signed: 0,
+            idle: args.get("work") == Some("none"),
         })
     }
 
@@ -36,6 +40,10 @@ impl Driver for Bench {
         m: &NewMessage,
         _json: &str,
     ) -> Result<(), Failure> {
+        if self.idle {
+            self.signed += std::hint::black_box(1);
+            return Ok(());
+        }
         if m.message.mailbox != "INBOX"
             || m.flags
                 .as_ref()

@@ -26,10 +26,17 @@
 //! - `remember`: `init` puts `init:TAG` (`tag=`) in a global; each transaction puts its
 //!   id there and succeeds only if it found `init:TAG`, failing with `saw …` otherwise
 //!   (state from another transaction, or not what `init` left).
+//! - `echo`: fails with what it received, for the host to compare with what it sent:
+//!   `json ok|` (or `json differs|`: some event's JSON is not in the transaction's) and
+//!   then the typed events' `Debug`; `echo-json`: fails with the transaction's JSON.
+//!   With `want=mailbox-delete`, only MailboxDelete events are wanted (any mode).
 
 use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
 use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
-use mailpush_driver_sdk::{export_driver, http, log, metadata, Args, Driver, Failure, Transaction};
+use mailpush_driver_sdk::{
+    export_driver, http, log, metadata, Args, Driver, EventName, Failure, Transaction, TxnInfo,
+    Wants,
+};
 
 /// What `init-hoard` mode fills in `init`.
 static HOARD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
@@ -112,6 +119,8 @@ struct Hostile {
     handled: u32,
     /// `tag=` for remember.
     tag: String,
+    /// `want=mailbox-delete`: only those events are wanted.
+    only_deletes: bool,
 }
 
 impl Driver for Hostile {
@@ -158,7 +167,16 @@ impl Driver for Hostile {
             kib: args.get("kib").and_then(|v| v.parse().ok()).unwrap_or(100),
             handled: 0,
             tag: args.get("tag").unwrap_or("").to_string(),
+            only_deletes: args.get("want") == Some("mailbox-delete"),
         })
+    }
+
+    fn wants(&mut self, _txn: &TxnInfo) -> Wants {
+        if self.only_deletes {
+            Wants::Events(vec![EventName::MailboxDelete])
+        } else {
+            Wants::All
+        }
     }
 
     fn on_transaction(&mut self, txn: &Transaction) -> Result<(), Failure> {
@@ -236,6 +254,15 @@ impl Driver for Hostile {
                 metadata(&self.key)
             ))),
             "ok" => Ok(()),
+            "echo" => {
+                let consistent = txn.events.iter().all(|r| txn.json.contains(&r.json));
+                let typed: Vec<_> = txn.events.iter().map(|r| &r.event).collect();
+                Err(Failure::permanent(format!(
+                    "{}|{typed:?}",
+                    if consistent { "json ok" } else { "json differs" }
+                )))
+            }
+            "echo-json" => Err(Failure::permanent(txn.json.clone())),
             "fields-flood" => {
                 let value = vec![b'v'; self.kib << 10];
                 let mut kept = Vec::new();
