@@ -12,37 +12,74 @@ use mailpush::wasm::bindings::exports::mailpush::driver::driver::Begin;
 use mailpush::wasm::bindings::mailpush::driver::types::Failure;
 use mailpush::wasm::lower::{EventRecord, TransactionRef};
 use mailpush_core::Transaction;
-use wasmtime::component::{Component, Instance, Linker, TypedFunc};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::component::{Component, Func, Instance, Linker, TypedFunc};
+use wasmtime::{Engine, Store};
 
 /// How the component's exports are called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Calls {
-    /// `call_async`: on a fiber, as mailpush calls drivers.
+    /// `call_async`: on a fiber, as mailpush calls drivers; one warm instance.
     Async,
-    /// `call`: on the caller's stack.
+    /// `call`: on the caller's stack; one warm instance.
     Sync,
+    /// `call_async`, in a new instance per transaction (`init` called in each).
+    Fresh,
 }
 
 type Init = TypedFunc<(Vec<(String, String)>,), (Result<(), String>,)>;
 type BeginTxn = TypedFunc<(String, String), (Begin,)>;
+type Deliver<'a> = TypedFunc<(&'a TransactionRef<'a>,), (Result<(), Failure>,)>;
 
-/// Nanoseconds per transaction (`begin-txn` + `deliver`) over `n` transactions in one
-/// warm instance of the component at `path`, `init` called with `args` first.
+/// A store of `engine` with an epoch deadline far away (mailpush's engines interrupt on
+/// epochs; the deadline is what mailpush arms before each call, without the ticking).
+fn store(engine: &Engine) -> Store<()> {
+    let mut store = Store::new(engine, ());
+    store.set_epoch_deadline(1 << 40);
+    store
+}
+
+/// The driver's three functions in `instance`.
+struct Exports {
+    init: Init,
+    begin: BeginTxn,
+    deliver: Func,
+}
+
+/// Nanoseconds per transaction (`begin-txn` + `deliver`, and with [`Calls::Fresh`] the
+/// instance and its `init` too) over `n` transactions of the component at `path` compiled
+/// by `engine`, `init` called with `args`.
 pub fn bare_calls(
+    engine: &Engine,
     path: &Path,
     args: &[(&str, &str)],
     txn: &Transaction,
     n: usize,
     calls: Calls,
 ) -> f64 {
-    let engine = Engine::new(&Config::new()).expect("engine");
-    let component = Component::from_file(&engine, path).expect("component");
-    let mut linker: Linker<()> = Linker::new(&engine);
+    let component = Component::from_file(engine, path).expect("component");
+    let mut linker: Linker<()> = Linker::new(engine);
     linker
         .define_unknown_imports_as_traps(&component)
         .expect("trapping imports");
     let pre = linker.instantiate_pre(&component).expect("instantiate_pre");
+    let driver = component
+        .get_export_index(None, "mailpush:driver/driver@0.1.0")
+        .expect("the driver export");
+    let index = |name: &str| {
+        component
+            .get_export_index(Some(&driver), name)
+            .unwrap_or_else(|| panic!("no export {name}"))
+    };
+    let (init_at, begin_at, deliver_at) = (index("init"), index("begin-txn"), index("deliver"));
+    let exports = |store: &mut Store<()>, instance: &Instance| Exports {
+        init: instance
+            .get_typed_func(&mut *store, init_at)
+            .expect("init's type"),
+        begin: instance
+            .get_typed_func(&mut *store, begin_at)
+            .expect("begin-txn's type"),
+        deliver: instance.get_func(&mut *store, deliver_at).expect("deliver"),
+    };
     let jsons = txn.event_json();
     let events: Vec<EventRecord<'_>> = txn
         .events
@@ -55,70 +92,71 @@ pub fn bare_calls(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let mut store = Store::new(&engine, ());
+    let (id, user) = (txn.id.clone(), txn.user.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let instance: Instance = match calls {
-        Calls::Sync => pre.instantiate(&mut store).expect("instance"),
-        Calls::Async => rt
-            .block_on(pre.instantiate_async(&mut store))
-            .expect("instance"),
-    };
-    let driver = instance
-        .get_export_index(&mut store, None, "mailpush:driver/driver@0.1.0")
-        .expect("the driver export");
-    let func = |store: &mut Store<()>, name: &str| {
-        let index = instance
-            .get_export_index(&mut *store, Some(&driver), name)
-            .unwrap_or_else(|| panic!("no export {name}"));
-        instance.get_func(&mut *store, index).expect("a function")
-    };
-    let init: Init = func(&mut store, "init").typed(&store).expect("init's type");
-    let begin: BeginTxn = func(&mut store, "begin-txn")
-        .typed(&store)
-        .expect("begin-txn's type");
-    let deliver = func(&mut store, "deliver");
-    let deliver: TypedFunc<(&TransactionRef<'_>,), (Result<(), Failure>,)> =
-        deliver.typed(&store).expect("deliver's type");
-    let (id, user) = (txn.id.clone(), txn.user.clone());
-    match calls {
-        Calls::Sync => {
-            init.call(&mut store, (args,))
-                .expect("init")
-                .0
-                .expect("init's answer");
-            let start = Instant::now();
-            for _ in 0..n {
-                let (b,) = begin
-                    .call(&mut store, (id.clone(), user.clone()))
-                    .expect("begin-txn");
-                std::hint::black_box(b);
-                let (r,) = deliver.call(&mut store, (&record,)).expect("deliver");
-                assert!(r.is_ok(), "delivered");
-            }
-            start.elapsed().as_nanos() as f64 / n as f64
+    if calls == Calls::Sync {
+        let mut store = store(engine);
+        let instance = pre.instantiate(&mut store).expect("instance");
+        let f = exports(&mut store, &instance);
+        let deliver: Deliver<'_> = f.deliver.typed(&store).expect("deliver's type");
+        f.init
+            .call(&mut store, (args,))
+            .expect("init")
+            .0
+            .expect("init's answer");
+        let start = Instant::now();
+        for _ in 0..n {
+            let (b,) = f
+                .begin
+                .call(&mut store, (id.clone(), user.clone()))
+                .expect("begin-txn");
+            std::hint::black_box(b);
+            let (r,) = deliver.call(&mut store, (&record,)).expect("deliver");
+            assert!(r.is_ok(), "delivered");
         }
-        Calls::Async => rt.block_on(async {
-            init.call_async(&mut store, (args,))
-                .await
-                .expect("init")
-                .0
-                .expect("init's answer");
-            let start = Instant::now();
-            for _ in 0..n {
-                let (b,) = begin
-                    .call_async(&mut store, (id.clone(), user.clone()))
-                    .await
-                    .expect("begin-txn");
-                std::hint::black_box(b);
-                let (r,) = deliver
-                    .call_async(&mut store, (&record,))
-                    .await
-                    .expect("deliver");
-                assert!(r.is_ok(), "delivered");
-            }
-            start.elapsed().as_nanos() as f64 / n as f64
-        }),
+        return start.elapsed().as_nanos() as f64 / n as f64;
     }
+    rt.block_on(async {
+        // One instance, warm (`Async`), or the first of many (`Fresh`).
+        let mut store = store(engine);
+        let instance = pre.instantiate_async(&mut store).await.expect("instance");
+        let mut f = exports(&mut store, &instance);
+        let mut deliver: Deliver<'_> = f.deliver.typed(&store).expect("deliver's type");
+        f.init
+            .call_async(&mut store, (args.clone(),))
+            .await
+            .expect("init")
+            .0
+            .expect("init's answer");
+        let start = Instant::now();
+        for _ in 0..n {
+            if calls == Calls::Fresh {
+                store = self::store(engine);
+                let instance = pre.instantiate_async(&mut store).await.expect("instance");
+                f = exports(&mut store, &instance);
+                // SAFETY: the same component's `deliver`, type-checked above.
+                deliver = unsafe { Deliver::new_unchecked(f.deliver) };
+                f.init
+                    .call_async(&mut store, (args.clone(),))
+                    .await
+                    .expect("init")
+                    .0
+                    .expect("init's answer");
+            }
+            let (b,) = f
+                .begin
+                .call_async(&mut store, (id.clone(), user.clone()))
+                .await
+                .expect("begin-txn");
+            std::hint::black_box(b);
+            let (r,) = deliver
+                .call_async(&mut store, (&record,))
+                .await
+                .expect("deliver");
+            assert!(r.is_ok(), "delivered");
+        }
+        start.elapsed().as_nanos() as f64 / n as f64
+    })
 }

@@ -145,66 +145,78 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
 async fn crossings(o: &Opts, out: &mut Vec<String>) {
     use mailpush_bench::crossings::{bare_calls, Calls};
     let n = if o.smoke { 200 } else { 20_000 };
+    let fresh_n = if o.smoke { 20 } else { 3000 };
     let engines = Arc::new(Engines::new(None));
+    let engine = engines.get(false).expect("engine").engine().clone();
     let idle = warm_bench_handler_with(&engines, "key=secret work=none").await;
+    let mut fresh_sandbox = Sandbox::default();
+    fresh_sandbox.instance.snapshot = false;
+    let fresh = load(
+        &guest("bench-handler"),
+        fresh_sandbox,
+        "key=secret work=none",
+        &engines,
+    )
+    .await;
     let t1 = txn();
-    let (mut native, mut dispatched, mut fiber, mut sync) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rows: [Vec<f64>; 6] = Default::default();
     for _ in 0..o.runs {
         let txns = copies(&t1, n);
         let t = Instant::now();
         for t1 in &txns {
             assert_eq!(deliver(&NativeBench, t1).await, Outcome::Delivered);
         }
-        native.push(t.elapsed().as_nanos() as f64 / n as f64);
+        rows[0].push(t.elapsed().as_nanos() as f64 / n as f64);
         let txns = copies(&t1, n);
         let t = Instant::now();
         for t1 in &txns {
             assert_eq!(deliver(&idle, t1).await, Outcome::Delivered);
         }
-        dispatched.push(t.elapsed().as_nanos() as f64 / n as f64);
-        for (calls, into) in [(Calls::Async, &mut fiber), (Calls::Sync, &mut sync)] {
-            let t1 = t1.clone();
+        rows[1].push(t.elapsed().as_nanos() as f64 / n as f64);
+        let txns = copies(&t1, fresh_n);
+        let t = Instant::now();
+        for t1 in &txns {
+            assert_eq!(deliver(&fresh, t1).await, Outcome::Delivered);
+        }
+        rows[4].push(t.elapsed().as_nanos() as f64 / fresh_n as f64);
+        for (calls, row, n) in [
+            (Calls::Async, 2, n),
+            (Calls::Sync, 3, n),
+            (Calls::Fresh, 5, fresh_n),
+        ] {
+            let (t1, engine) = (t1.clone(), engine.clone());
             let ns = tokio::task::spawn_blocking(move || {
                 let args = [("key", "secret"), ("work", "none")];
-                bare_calls(&guest("bench-handler"), &args, &t1, n, calls)
+                bare_calls(&engine, &guest("bench-handler"), &args, &t1, n, calls)
             })
             .await
             .expect("bare calls");
-            into.push(ns);
+            rows[row].push(ns);
         }
     }
-    let (n_s, d_s, f_s, s_s) = (stats(native), stats(dispatched), stats(fiber), stats(sync));
+    let s: Vec<(f64, f64, f64)> = rows.into_iter().map(stats).collect();
     out.push(
-        "## 1b. The floor under §1: a transaction into a component that does nothing with it\n"
+        "## 1b. The floor under §1 and §2: a transaction into a component that does nothing with it\n"
             .into(),
     );
     out.push("| path (one transaction of one event: begin-txn + deliver) | ns/transaction (min / median / max) |\n|---|---|".into());
-    for (name, s) in [
-        (
-            "native driver (§1's handler, doing its work), via dispatch",
-            n_s,
-        ),
-        (
-            "wasm driver doing nothing (`work=none`), warm instance, via dispatch",
-            d_s,
-        ),
-        (
-            "the same component, wasmtime alone, `call_async` (a fiber per call)",
-            f_s,
-        ),
-        (
-            "the same component, wasmtime alone, synchronous `call`",
-            s_s,
-        ),
-    ] {
-        out.push(format!("| {name} | {} |", fmt3(s, "ns")));
+    let names = [
+        "native driver (§1's handler, doing its work), via dispatch",
+        "wasm driver doing nothing (`work=none`), warm instance, via dispatch",
+        "the same component, wasmtime alone, warm, `call_async` (a fiber per call)",
+        "the same component, wasmtime alone, warm, synchronous `call`",
+        "the same driver, a fresh instance per transaction (`init=per-instance`), via dispatch",
+        "the same component, wasmtime alone, a fresh instance per transaction with `init`",
+    ];
+    for (name, s) in names.iter().zip(&s) {
+        out.push(format!("| {name} | {} |", fmt3(*s, "ns")));
     }
     out.push(format!(
-        "\nRatios (medians): wasmtime alone / via dispatch = **{:.2}×**; synchronous / `call_async` = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
-        f_s.1 / d_s.1,
-        s_s.1 / f_s.1,
-        d_s.1 / n_s.1
+        "\nRatios (medians): warm, wasmtime alone / via dispatch = **{:.2}×**; synchronous / `call_async` = **{:.2}×**; fresh, wasmtime alone / via dispatch = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
+        s[2].1 / s[1].1,
+        s[3].1 / s[2].1,
+        s[5].1 / s[4].1,
+        s[1].1 / s[0].1
     ));
 }
 
