@@ -237,11 +237,19 @@ pub struct DeliverFunc {
 impl DeliverFunc {
     /// `func` (the component's `deliver`) as a [`Deliver`]: type-checked at the first
     /// call, unchecked after.
-    pub fn typed<'a>(&self, func: Func, store: impl AsContext) -> wasmtime::Result<Deliver<'a>> {
+    ///
+    /// # Safety
+    ///
+    /// Every `func` given to one `DeliverFunc` must be the `deliver` export of instances
+    /// of the same component (one driver's [`super::instance::Instances`]).
+    pub unsafe fn typed<'a>(
+        &self,
+        func: Func,
+        store: impl AsContext,
+    ) -> wasmtime::Result<Deliver<'a>> {
         if self.checked.get().is_some() {
-            // SAFETY: every function given to this `DeliverFunc` is the `deliver` export
-            // of the same component (one driver's instances), and the check below passed
-            // for one of them. The lifetime is no part of the component type.
+            // SAFETY: `func` is the same component's `deliver` (the caller's promise), and
+            // the check below passed for it. The lifetime is no part of the component type.
             return Ok(unsafe { Deliver::new_unchecked(func) });
         }
         let typed = func.typed(store)?;
