@@ -93,9 +93,6 @@ pub fn bare_calls(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let (id, user) = (txn.id.clone(), txn.user.clone());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
     if calls == Calls::Sync {
         let mut store = store(engine);
         let instance = pre.instantiate(&mut store).expect("instance");
@@ -118,6 +115,9 @@ pub fn bare_calls(
         }
         return start.elapsed().as_nanos() as f64 / n as f64;
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         // One instance, warm (`Async`), or the first of many (`Fresh`).
         let mut store = store(engine);

@@ -460,10 +460,11 @@ struct WasmTxn {
 }
 
 /// A wanted event: where it is in the transaction (the records the dispatcher makes
-/// point into it), or a copy of one from elsewhere.
+/// point into it; its JSON is the transaction's shared encoding), or a copy of one from
+/// elsewhere with its own JSON.
 enum Wanted {
     At(usize),
-    Copy(Box<Event>),
+    Copy(Box<(Event, String)>),
 }
 
 impl WasmTxn {
@@ -472,7 +473,7 @@ impl WasmTxn {
         for e in events {
             self.wanted.push(match position(all, e) {
                 Some(i) => Wanted::At(i),
-                None => Wanted::Copy(Box::new((*e).clone())),
+                None => Wanted::Copy(Box::new(((*e).clone(), e.to_json()))),
             });
         }
     }
@@ -511,22 +512,12 @@ impl DriverTxn for WasmTxn {
         // all of its events, in order (what `Transaction::to_json` gives for the wanted
         // events without METADATA).
         let all = self.txn.event_json();
-        // A copied event (not one of the transaction's own) has its JSON made here.
-        let copies: Vec<String> = self
-            .wanted
-            .iter()
-            .filter_map(|w| match w {
-                Wanted::Copy(e) => Some(e.to_json()),
-                Wanted::At(_) => None,
-            })
-            .collect();
-        let mut copied = copies.iter();
         let wanted: Vec<(&Event, &str)> = self
             .wanted
             .iter()
             .map(|w| match w {
                 Wanted::At(i) => (&self.txn.events[*i], all[*i].as_str()),
-                Wanted::Copy(e) => (&**e, copied.next().map_or("", String::as_str)),
+                Wanted::Copy(copy) => (&copy.0, copy.1.as_str()),
             })
             .collect();
         let every = self.wanted.len() == all.len()
