@@ -45,6 +45,17 @@ fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
     xs[((xs.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Nanoseconds per delivery of `n` copies of `t` through `d` (the copies are made before
+/// the clock starts: each delivery gets a transaction of its own).
+async fn ns_per_delivery(d: &dyn Driver, t: &Arc<Transaction>, n: usize) -> f64 {
+    let txns = copies(t, n);
+    let start = Instant::now();
+    for t in &txns {
+        assert_eq!(deliver(d, t).await, Outcome::Delivered);
+    }
+    start.elapsed().as_nanos() as f64 / n as f64
+}
+
 async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 200 } else { 20_000 };
     let m = message();
@@ -65,12 +76,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     // Native, as a driver through the dispatch path.
     let t1 = txn();
     for _ in 0..o.runs {
-        let txns = copies(&t1, n);
-        let t = Instant::now();
-        for t1 in &txns {
-            assert_eq!(deliver(&NativeBench, t1).await, Outcome::Delivered);
-        }
-        native_dispatch.push(t.elapsed().as_nanos() as f64 / n as f64);
+        native_dispatch.push(ns_per_delivery(&NativeBench, &t1, n).await);
     }
     // Wasm: the same handler as a component, a warm instance, one transaction per event
     // (begin-txn + deliver: two calls, event marshalling included).
@@ -78,12 +84,7 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     let d = warm_bench_handler(&engines).await;
     let t1 = txn();
     for _ in 0..o.runs {
-        let txns = copies(&t1, n);
-        let t = Instant::now();
-        for t1 in &txns {
-            assert_eq!(deliver(&d, t1).await, Outcome::Delivered);
-        }
-        wasm.push(t.elapsed().as_nanos() as f64 / n as f64);
+        wasm.push(ns_per_delivery(&d, &t1, n).await);
     }
     // Lua 5.4 through mlua: the event as the table Dovecot builds, the handler in Lua.
     let vm = mlua::Lua::new();
@@ -161,24 +162,9 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
     let t1 = txn();
     let mut rows: [Vec<f64>; 6] = Default::default();
     for _ in 0..o.runs {
-        let txns = copies(&t1, n);
-        let t = Instant::now();
-        for t1 in &txns {
-            assert_eq!(deliver(&NativeBench, t1).await, Outcome::Delivered);
-        }
-        rows[0].push(t.elapsed().as_nanos() as f64 / n as f64);
-        let txns = copies(&t1, n);
-        let t = Instant::now();
-        for t1 in &txns {
-            assert_eq!(deliver(&idle, t1).await, Outcome::Delivered);
-        }
-        rows[1].push(t.elapsed().as_nanos() as f64 / n as f64);
-        let txns = copies(&t1, fresh_n);
-        let t = Instant::now();
-        for t1 in &txns {
-            assert_eq!(deliver(&fresh, t1).await, Outcome::Delivered);
-        }
-        rows[4].push(t.elapsed().as_nanos() as f64 / fresh_n as f64);
+        rows[0].push(ns_per_delivery(&NativeBench, &t1, n).await);
+        rows[1].push(ns_per_delivery(&idle, &t1, n).await);
+        rows[4].push(ns_per_delivery(&fresh, &t1, fresh_n).await);
         for (calls, row, n) in [
             (Calls::Async, 2, n),
             (Calls::Sync, 3, n),
