@@ -828,3 +828,78 @@ async fn endpoint_circuits_show_in_status_and_metrics() {
     assert!(out.contains(&format!("{endpoint} open")), "{out}");
     assert!(d.stop().success());
 }
+
+/// Whether the process `pid` handles `signal` itself (`SigCgt` in /proc/PID/status).
+fn catches(pid: u32, signal: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// Whether the process `pid` has a listening TCP socket (one of its descriptors is a
+/// socket that /proc/net/tcp lists in state LISTEN).
+fn listens(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: Vec<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 9 && f[3] == "0A" && sockets.iter().any(|s| s == f[9])
+    })
+}
+
+/// A SIGTERM that arrives while the daemon is still starting (here: compiling and
+/// snapshotting a driver with an empty cache) is not the default action's hard kill: the
+/// daemon finishes starting, then shuts down cleanly. Before, it took over the signals only
+/// after "listening on", when it was already accepting transactions.
+#[test]
+fn a_sigterm_during_start_up_shuts_down_cleanly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n delivery = memory\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok\n}}\n", guest("hostile").display())).unwrap();
+    let mut child = std::process::Command::new(mailpush_bin())
+        .args(["run", "--log-level", "info", "-c"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !catches(child.id(), 15) {
+        assert!(Instant::now() < deadline, "SIGTERM never taken over");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !listens(child.id()),
+        "SIGTERM was taken over only once the daemon listened"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(exit.success(), "{exit:?}: {log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+}

@@ -123,13 +123,18 @@ impl Daemon {
 }
 
 /// Runs the service until SIGTERM/SIGINT.
+///
+/// The signals are taken over before anything else: one that arrives while the service
+/// starts is acted on once it runs (a SIGTERM then drains at once), instead of ending the
+/// process by the default action after it has begun to accept transactions.
 pub async fn run(
     config_path: &Path,
     registry: RegistryFn,
     metadata: Arc<dyn MetadataLookup>,
 ) -> anyhow::Result<()> {
+    let signals = Signals::take()?;
     serve(config_path, registry, metadata, |daemon| {
-        Box::pin(wait_for_signals(daemon))
+        Box::pin(signals.wait(daemon))
     })
     .await
 }
@@ -387,25 +392,40 @@ async fn replay_dead_letters(daemon: Arc<Daemon>) {
     }
 }
 
-/// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
-async fn wait_for_signals(daemon: Arc<Daemon>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                // In the background: a SIGTERM during a (bounded, but slow) reload is
-                // still heard; reloads run one at a time.
-                let d = daemon.clone();
-                tokio::spawn(async move {
-                    let _ = d.reload().await;
-                });
+/// The signals the daemon handles, registered with the runtime (their default actions
+/// no longer apply).
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
+    async fn wait(mut self, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    // In the background: a SIGTERM during a (bounded, but slow) reload is
+                    // still heard; reloads run one at a time.
+                    let d = daemon.clone();
+                    tokio::spawn(async move {
+                        let _ = d.reload().await;
+                    });
+                }
+                _ = self.term.recv() => return Ok(()),
+                _ = self.int.recv() => return Ok(()),
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
         }
     }
 }
