@@ -399,6 +399,11 @@ impl NatsServer {
         unreachable!("the last attempt returns or panics")
     }
 
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.node.child.as_ref().map(Child::id)
+    }
+
     /// Client URL, `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.node.ports.client)

@@ -367,3 +367,88 @@ async fn run_serves_while_a_big_component_compiles() {
         "driver 1 delivered each once"
     );
 }
+
+/// Stopped while a big component compiles in the background, `mailpush run` shuts down
+/// cleanly at once: it does not wait for the compile it no longer needs (which would
+/// have ended by writing the compiled artifact into the AOT cache).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_does_not_wait_for_a_background_compile() {
+    let Some(js) = language_guest("webhook-js") else {
+        return;
+    };
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={js} url={url} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n}}\n",
+            js = js.display(),
+            url = server.url("/hooks/mail"),
+        ),
+    )
+    .unwrap();
+    let d = RunningDaemon::start(&conf);
+    let s = daemon_status(d.addr).await;
+    let loading = s.drivers[0].loading.clone().unwrap_or_default();
+    assert!(loading.contains("in the background"), "{s:?}");
+    // The compile is under way once the process has used a second of CPU (an idle
+    // daemon uses next to none): the tokio task that drives the load is past its start
+    // and a compile runs on a blocking thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while cpu_seconds(d.child.id()) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compile never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = d.log.clone();
+    let status = d.stop();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    let state = dir.path().join("state");
+    let compiled: Vec<String> = walk(&state)
+        .into_iter()
+        .filter(|n| n.ends_with(".cwasm"))
+        .collect();
+    assert!(
+        compiled.is_empty(),
+        "the compile ran on after the shutdown and wrote {compiled:?}"
+    );
+    assert!(server.requests().is_empty());
+}
+
+/// The CPU time (user + system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// The names of the files under `dir`, at any depth.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    out
+}

@@ -142,8 +142,60 @@ async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
     (n / sqlite_s, n / js[0], n / js[1])
 }
 
+/// CPU time (user + system) a process has used so far, in seconds (`/proc/PID/stat`).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Where a delivery run's CPU went: µs per delivered transaction.
+#[derive(Default, Clone, Copy)]
+struct CpuPerTxn {
+    nodes: f64,
+    nats: f64,
+    /// This process: the recording endpoint and the posting clients.
+    bench: f64,
+}
+
+impl std::fmt::Display for CpuPerTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU per txn: nodes {:.0} µs, nats-server {:.0} µs, endpoint+client {:.0} µs",
+            self.nodes, self.nats, self.bench
+        )
+    }
+}
+
 /// Delivered transactions/s with `nodes` nodes against a 20 ms endpoint.
 async fn delivery(nodes: usize, sizes: &Sizes, extra: &str) -> f64 {
+    delivery_cpu(nodes, sizes, extra).await.0
+}
+
+/// [`delivery`], with where its CPU went.
+async fn delivery_cpu(nodes: usize, sizes: &Sizes, extra: &str) -> (f64, CpuPerTxn) {
     let endpoint = RecordingServer::start().await;
     endpoint.set_default(Reply::Status {
         status: 200,
@@ -166,12 +218,30 @@ async fn delivery(nodes: usize, sizes: &Sizes, extra: &str) -> f64 {
         .collect();
     let addrs: Vec<SocketAddr> = running.iter().map(|n| n.addr).collect();
     settled(&addrs).await;
+    let pids: Vec<String> = running.iter().map(|n| n.child.id().to_string()).collect();
+    let nats_pid = nats.pid().map(|p| p.to_string()).unwrap_or_default();
+    let cpu = || {
+        (
+            pids.iter().map(|p| cpu_seconds(p)).sum::<f64>(),
+            cpu_seconds(&nats_pid),
+            cpu_seconds("self"),
+        )
+    };
+    let before = cpu();
     let started = Instant::now();
     post_all(&addrs, sizes.delivery, 100, 3_000, "d").await;
     endpoint
         .wait_for(sizes.delivery, Duration::from_secs(600))
         .await;
-    sizes.delivery as f64 / started.elapsed().as_secs_f64()
+    let rate = sizes.delivery as f64 / started.elapsed().as_secs_f64();
+    let after = cpu();
+    let per = |a: f64, b: f64| (a - b) * 1e6 / sizes.delivery as f64;
+    let used = CpuPerTxn {
+        nodes: per(after.0, before.0),
+        nats: per(after.1, before.1),
+        bench: per(after.2, before.2),
+    };
+    (rate, used)
 }
 
 /// Seconds from SIGKILL of one of two nodes until the other owns every partition.
@@ -212,6 +282,7 @@ fn spread(v: &[f64]) -> String {
 #[tokio::main]
 async fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let cpu_only = std::env::args().any(|a| a == "--cpu");
     if std::env::var_os("MAILPUSH_BIN").is_none() {
         let exe = std::env::current_exe().expect("own path");
         let bin = exe.with_file_name("mailpush");
@@ -243,6 +314,16 @@ async fn main() {
             runs: 3,
         }
     };
+    if cpu_only {
+        // Where the CPU of a delivery goes, with 1 and 3 nodes, fresh and reused instances.
+        for extra in ["", "instance=reuse"] {
+            for n in [1, 3] {
+                let (rate, cpu) = delivery_cpu(n, &sizes, extra).await;
+                println!("{n} node(s) {extra}: {rate:.0} txn/s; {cpu}");
+            }
+        }
+        return;
+    }
     let (mut sqlite, mut js, mut ratio_ingest) = (Vec::new(), Vec::new(), Vec::new());
     let (mut js_sync, mut ratio_sync) = (Vec::new(), Vec::new());
     let (mut one, mut two, mut three) = (Vec::new(), Vec::new(), Vec::new());

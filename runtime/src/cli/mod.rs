@@ -297,6 +297,10 @@ pub struct SendArgs {
     pub events: PathBuf,
 }
 
+/// How long the process waits, after its command is done, for blocking work still
+/// running (a background compile at shutdown) before it exits.
+const BLOCKING_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -371,6 +375,13 @@ pub fn main() -> ExitCode {
             }
         }
     });
+    // Work still on the blocking pool now is of no use to anyone: above all a driver's
+    // background compile that `mailpush run` stopped waiting for at shutdown (a
+    // JavaScript or Python component compiles for up to a minute). Dropping the runtime
+    // would wait for it; the process ends after a short grace instead. Nothing durable
+    // is lost: the spool committed before `run` returned, and AOT cache files are written
+    // to a temporary name and renamed (a stray `*.tmp` is removed by a later prune).
+    runtime.shutdown_timeout(BLOCKING_GRACE);
     match result {
         Ok(code) => code,
         Err(e) => {
