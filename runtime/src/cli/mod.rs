@@ -456,7 +456,7 @@ async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<Exi
                 deleted.len(),
                 freed >> 20
             ),
-            None => eprintln!("--prune-cache: nothing removed, the check failed (an artifact of a driver that did not load could go)"),
+            None => eprintln!("--prune-cache: nothing removed: a driver or tenant handler did not load, and the artifacts it would use could go (fix it, then prune)"),
         }
     }
     Ok(if report.ok() {

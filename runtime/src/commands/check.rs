@@ -128,9 +128,9 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
 /// successfully checked config uses (the `sha256:` lines of its drivers' details, tenant
 /// handlers included), and the snapshots of those components that none of its drivers
 /// loaded (made for arguments it no longer has, or by another config or build: they are
-/// made again where needed) unless a tenant handler failed to load. Returns the cache
-/// dir, the names deleted and the bytes freed;
-/// `None` when the check failed (a driver that did not load names no component).
+/// made again where needed). Returns the cache dir, the names deleted and the bytes
+/// freed; `None` when the check failed or a tenant handler failed to load: a driver that
+/// did not load names no component, and what it would use must not go.
 pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> {
     let CheckReport::Loaded {
         state_dir,
@@ -145,6 +145,8 @@ pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> 
     if !errors.is_empty() {
         return None;
     }
+    // A tenant handler failed to load (its component is unknown).
+    let cache_in_use = cache_in_use.as_ref()?;
     let used: std::collections::HashSet<String> = drivers
         .iter()
         .flat_map(|d| &d.details)
@@ -152,9 +154,40 @@ pub fn prune_cache(report: &CheckReport) -> Option<(PathBuf, Vec<String>, u64)> 
         .map(str::to_string)
         .collect();
     let dir = state_dir.join("wasm-cache");
-    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used, cache_in_use.as_ref());
+    let (deleted, freed) = crate::wasm::cache::prune_unused(&dir, &used, Some(cache_in_use));
     for name in &deleted {
         tracing::info!(cache = %dir.display(), "removed {name}: no driver of this config uses it");
     }
     Some((dir, deleted, freed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tenant handler that did not load names no component: pruning then could delete
+    /// what it would use, so nothing is pruned.
+    #[test]
+    fn prune_removes_nothing_when_a_tenant_handler_did_not_load() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = state.path().join("wasm-cache");
+        std::fs::create_dir(&cache).unwrap();
+        let artifact = cache.join(format!("{}-0123.cwasm", "ab".repeat(32)));
+        std::fs::write(&artifact, b"compiled").unwrap();
+        let report = |cache_in_use| CheckReport::Loaded {
+            config: state.path().join("mailpush.conf"),
+            state_dir: state.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            drivers: Vec::new(),
+            cache_in_use,
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        };
+        assert!(prune_cache(&report(None)).is_none());
+        assert!(artifact.exists());
+        // Every handler loaded, none uses it: it goes.
+        let (_, deleted, _) = prune_cache(&report(Some(HashSet::new()))).unwrap();
+        assert_eq!(deleted, vec![format!("{}-0123.cwasm", "ab".repeat(32))]);
+        assert!(!artifact.exists());
+    }
 }
