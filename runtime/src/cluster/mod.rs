@@ -7,7 +7,8 @@
 //!   JetStream stored it with the configured replicas ([`spool::JetStreamSpool`]).
 //! - Users hash to a fixed number of partitions ([`partition_of`]); each partition is
 //!   delivered by the one node holding its lease ([`ownership`]); partitions are spread
-//!   over the live nodes by rendezvous hashing and move when nodes come and go.
+//!   evenly over the live nodes by rendezvous hashing with bounded loads
+//!   ([`ownership::assign`]) and move when nodes come and go.
 //! - Each driver reads each partition through its own durable pull consumer
 //!   ([`feed`]): progress per (driver, partition), so a slow driver holds back only
 //!   itself; a new owner resets the consumer to its ack floor, so a user's transactions
