@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! cargo build --release -p mailpush
-//! cargo run --release -p mailpush-bench --bin cluster-run            # 3 runs, ~9 min
+//! cargo run --release -p mailpush-bench --bin cluster-run            # 3 runs, ~13 min
 //! cargo run --release -p mailpush-bench --bin cluster-run -- --smoke # 1 small run
+//! cargo run --release -p mailpush-bench --bin cluster-run -- --cpu   # where the CPU goes
 //! ```
 //!
 //! Real processes: `nats-server` (`NATS_SERVER` or on `PATH`, 2.14+), `mailpush run`
@@ -19,6 +20,11 @@
 //!    with a fresh instance per transaction, then with `instance=reuse`;
 //! 3. **take-over**: from SIGKILL of one of two nodes until the other owns every
 //!    partition (5 times; the median), with the default lease (6 s).
+//!
+//! `--cpu` instead measures the delivery runs of 1 and 3 nodes once each, fresh and
+//! reused instances, and prints the CPU time each process used per delivered
+//! transaction (`/proc/PID/stat`): the nodes, nats-server, and this process (the
+//! endpoint and the posting clients).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -309,7 +315,7 @@ async fn main() {
     } else {
         Sizes {
             ingest: 20_000,
-            delivery: 6_000,
+            delivery: 12_000,
             takeovers: 5,
             runs: 3,
         }
