@@ -214,20 +214,24 @@ async fn owned(addr: SocketAddr) -> Vec<u32> {
         .owned
 }
 
-/// Waits until the nodes at `addrs` together own every partition, each once, and each
-/// node some.
+/// Waits until the nodes at `addrs` together own every partition, each once, spread
+/// evenly: each node its share, within one.
 async fn settled(addrs: &[SocketAddr], partitions: u32, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let mut all = Vec::new();
-        let mut each = true;
+        let mut shares = Vec::new();
         for a in addrs {
             let o = owned(*a).await;
-            each &= !o.is_empty();
+            shares.push(o.len());
             all.extend(o);
         }
         all.sort_unstable();
-        if each && all == (0..partitions).collect::<Vec<_>>() {
+        let even = shares
+            .iter()
+            .min()
+            .is_some_and(|lo| *lo > 0 && shares.iter().max().is_some_and(|hi| hi - lo <= 1));
+        if even && all == (0..partitions).collect::<Vec<_>>() {
             return;
         }
         if Instant::now() >= deadline {
@@ -237,7 +241,7 @@ async fn settled(addrs: &[SocketAddr], partitions: u32, limit: Duration) {
                 let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
                 views.push_str(&format!("{:?}\n", status.cluster));
             }
-            panic!("partitions never settled: {all:?}\n{views}");
+            panic!("partitions never settled evenly: shares {shares:?}, {all:?}\n{views}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
