@@ -33,6 +33,13 @@ use super::spool::Acks;
 use super::{user_hash, Ownership};
 use crate::pipeline::Dispatcher;
 
+/// The newest way of assigning partitions to nodes this release knows
+/// ([`assign_as`]): 1, plain rendezvous hashing; 2, rendezvous hashing with bounded
+/// loads ([`assign`]). Each node announces it in its [`NodeRecord`], and every node uses
+/// the oldest one announced: nodes of two releases (a rolling upgrade) compute the same
+/// assignment, and no partition is left to a node that thinks it is another's.
+pub const ASSIGNMENT: u32 = 2;
+
 /// What a node says about itself in the nodes bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -41,6 +48,24 @@ pub struct NodeRecord {
     pub fingerprint: String,
     /// How many partitions it delivers.
     pub owned: u32,
+    /// The newest assignment it can compute ([`ASSIGNMENT`]; absent from the records of
+    /// releases before it: 1).
+    #[serde(default = "first_assignment")]
+    pub assignment: u32,
+}
+
+fn first_assignment() -> u32 {
+    1
+}
+
+/// The assignment the live nodes agree on: the oldest any of them announces (and none
+/// newer than this release knows).
+pub fn agreed_assignment(live: &[NodeRecord]) -> u32 {
+    live.iter()
+        .map(|n| n.assignment)
+        .min()
+        .unwrap_or(ASSIGNMENT)
+        .min(ASSIGNMENT)
 }
 
 /// The cluster as this node sees it (for `mailpush status`, `/metrics`, `/readyz`).
@@ -71,7 +96,30 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Rendezvous hashing with bounded loads: every (partition, node) pair has a score, and
+/// The assignment `version` ([`ASSIGNMENT`]) of `partitions` over `nodes`.
+pub fn assign_as(version: u32, partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
+    if version <= 1 {
+        rendezvous(partitions, nodes)
+    } else {
+        assign(partitions, nodes)
+    }
+}
+
+/// Plain rendezvous hashing (assignment 1): each partition to the node with the best
+/// score for it. Only a joining or leaving node's share moves, but the shares are uneven.
+fn rendezvous(partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
+    (0..partitions)
+        .filter_map(|p| {
+            let pk = mix64(u64::from(p) + 1);
+            nodes
+                .iter()
+                .max_by_key(|n| (mix64(user_hash(n) ^ pk), (*n).clone()))
+                .map(|n| (p, n.clone()))
+        })
+        .collect()
+}
+
+/// Rendezvous hashing with bounded loads (assignment 2): every (partition, node) pair has a score, and
 /// the pairs are taken from the highest score down, a partition going to the first node
 /// that still has room. Each node gets `partitions / nodes` partitions, some one more, so
 /// no node carries more than its share (plain rendezvous hashing, the best score per
@@ -263,6 +311,7 @@ impl Membership {
             name: self.node.clone(),
             fingerprint: fingerprint.clone(),
             owned: held.len() as u32,
+            assignment: ASSIGNMENT,
         };
         let connected = matches!(
             self.client.connection_state(),
@@ -285,7 +334,7 @@ impl Membership {
         // renewed; fence below when they cannot.
         let targets = live.as_ref().map(|live| {
             let names: Vec<String> = live.iter().map(|n| n.name.clone()).collect();
-            assign(self.ownership.partitions(), &names)
+            assign_as(agreed_assignment(live), self.ownership.partitions(), &names)
         });
         let drivers = self.dispatcher.numbers();
 
@@ -796,11 +845,38 @@ mod tests {
     }
 
     #[test]
+    fn nodes_of_two_releases_agree_on_the_older_assignment() {
+        // A record from a release before assignments were announced.
+        let old: NodeRecord =
+            serde_json::from_str(r#"{"name":"n0","fingerprint":"x","owned":14}"#).unwrap();
+        assert_eq!(old.assignment, 1);
+        let new = NodeRecord {
+            name: "n1".into(),
+            fingerprint: "x".into(),
+            owned: 18,
+            assignment: ASSIGNMENT,
+        };
+        assert_eq!(agreed_assignment(&[old.clone(), new.clone()]), 1);
+        assert_eq!(agreed_assignment(&[new.clone()]), ASSIGNMENT);
+        // A newer release than this one: this one's newest.
+        let newer = NodeRecord {
+            assignment: ASSIGNMENT + 1,
+            ..new.clone()
+        };
+        assert_eq!(agreed_assignment(&[newer]), ASSIGNMENT);
+        // Assignment 1 is the old one: the uneven 14 + 18 the bench's names got.
+        let two = names(2, "n");
+        assert_eq!(shares(&assign_as(1, 32, &two), &two), [14, 18]);
+        assert_eq!(assign_as(2, 32, &two), assign(32, &two));
+    }
+
+    #[test]
     fn drift_names_the_odd_ones_out() {
         let n = |name: &str, fp: &str| NodeRecord {
             name: name.into(),
             fingerprint: fp.into(),
             owned: 0,
+            assignment: ASSIGNMENT,
         };
         assert!(drift(&[n("a", "x"), n("b", "x")]).is_empty());
         assert_eq!(drift(&[n("a", "x"), n("b", "x"), n("c", "y")]), ["c"]);
