@@ -857,7 +857,7 @@ mod tests {
             assignment: ASSIGNMENT,
         };
         assert_eq!(agreed_assignment(&[old.clone(), new.clone()]), 1);
-        assert_eq!(agreed_assignment(&[new.clone()]), ASSIGNMENT);
+        assert_eq!(agreed_assignment(std::slice::from_ref(&new)), ASSIGNMENT);
         // A newer release than this one: this one's newest.
         let newer = NodeRecord {
             assignment: ASSIGNMENT + 1,
