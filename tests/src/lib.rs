@@ -629,6 +629,27 @@ pub fn mailbox_txn(user: &str, id: &str) -> Transaction {
 
 // ---------------------------------------------------------------- the daemon
 
+/// The CPU time (user + system) process `pid` has used so far, in seconds
+/// (`/proc/PID/stat`; 0 when it cannot be read).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses (it may hold spaces): utime and stime are
+    // the 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// A `mailpush run` child process.
 pub struct RunningDaemon {
     pub child: std::process::Child,

@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mailpush_e2e::nats::{nats_or_skip, NatsServer};
-use mailpush_e2e::{guest, http_request, post_ndjson, RecordingServer, Reply, RunningDaemon};
+use mailpush_e2e::{
+    cpu_seconds, guest, http_request, post_ndjson, RecordingServer, Reply, RunningDaemon,
+};
 
 struct Sizes {
     ingest: usize,
@@ -153,34 +155,6 @@ async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
     (n / sqlite_s, n / js[0], n / js[1])
 }
 
-/// CPU time (user + system) a process has used so far, in seconds (`/proc/PID/stat`).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) in parentheses.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / clock_ticks()
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
-
 /// Where a delivery run's CPU went: µs per delivered transaction.
 #[derive(Default, Clone, Copy)]
 struct CpuPerTxn {
@@ -229,13 +203,13 @@ async fn delivery_cpu(nodes: usize, sizes: &Sizes, extra: &str) -> (f64, CpuPerT
         .collect();
     let addrs: Vec<SocketAddr> = running.iter().map(|n| n.addr).collect();
     settled(&addrs).await;
-    let pids: Vec<String> = running.iter().map(|n| n.child.id().to_string()).collect();
-    let nats_pid = nats.pid().map(|p| p.to_string()).unwrap_or_default();
+    let pids: Vec<u32> = running.iter().map(|n| n.child.id()).collect();
+    let nats_pid = nats.pid().unwrap_or_default();
     let cpu = || {
         (
-            pids.iter().map(|p| cpu_seconds(p)).sum::<f64>(),
-            cpu_seconds(&nats_pid),
-            cpu_seconds("self"),
+            pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>(),
+            cpu_seconds(nats_pid),
+            cpu_seconds(std::process::id()),
         )
     };
     let before = cpu();
