@@ -119,9 +119,9 @@ fn rendezvous(partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
         .collect()
 }
 
-/// Rendezvous hashing with bounded loads (assignment 2): every (partition, node) pair has a score, and
-/// the pairs are taken from the highest score down, a partition going to the first node
-/// that still has room. Each node gets `partitions / nodes` partitions, some one more, so
+/// Rendezvous hashing with bounded loads (assignment 2): every (partition, node) pair
+/// has a score, and the pairs are taken from the highest score down, a partition going
+/// to the first node that still has room. Each node gets `partitions / nodes` partitions, some one more, so
 /// no node carries more than its share (plain rendezvous hashing, the best score per
 /// partition alone, gave 14 and 18 of 32 to two nodes and 7, 10 and 15 to three). The
 /// scores keep moves small: a joining node takes the partitions it scores highest on, and
