@@ -66,6 +66,39 @@ async fn load(
         .map_err(|e| e.0)
 }
 
+/// A driver loads from the file as it was already read (a big component's file is read
+/// once, to tell whether its compile is long, and that copy is what loads): the path is
+/// not read again, with a snapshot or without.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_driver_loads_from_the_file_already_read() {
+    for args in ["mode=ok", "mode=ok init=per-instance"] {
+        let dir = tempfile::tempdir().unwrap();
+        let engines = Arc::new(Engines::new(Some(dir.path().join("cache"))));
+        let source = mailpush::wasm::engine::WasmEngine::read(&guest("hostile")).unwrap();
+        // No file at this path: only what was read can load.
+        let gone = dir.path().join("moved-away.wasm");
+        let mut driver_args = DriverArgs::parse(args);
+        let sandbox = Sandbox::from_args(&mut driver_args).unwrap();
+        let tag = Arc::new(DriverTag {
+            number: 1,
+            name: "wasm".into(),
+        });
+        let d = WasmDriver::load_read(
+            tag,
+            &gone,
+            Some(source),
+            sandbox,
+            driver_args,
+            &engines,
+            Arc::new(NoMetadata),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{args}: {}", e.0));
+        let txn = Arc::new(mailbox_txn("alice@example.com", "t1"));
+        assert_eq!(deliver(&d, &txn).await, Outcome::Delivered, "{args}");
+    }
+}
+
 /// The AOT cache, for a snapshotted driver (the default: the artifact is the snapshot)
 /// and for one whose `init` runs in every instance (the component's own artifact).
 #[tokio::test(flavor = "multi_thread")]

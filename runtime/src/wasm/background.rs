@@ -18,7 +18,7 @@ use mailpush_core::{
 use tokio::sync::watch;
 
 use super::driver::WasmDriver;
-use super::engine::Engines;
+use super::engine::{Engines, Source};
 use super::log::DriverTag;
 use super::sandbox::Sandbox;
 use crate::pipeline::panic_message;
@@ -47,6 +47,7 @@ impl BackgroundLoad {
     pub fn start(
         tag: Arc<DriverTag>,
         path: &Path,
+        source: Source,
         sandbox: Sandbox,
         args: DriverArgs,
         engines: Arc<Engines>,
@@ -62,7 +63,15 @@ impl BackgroundLoad {
             file.display()
         );
         let task = tokio::spawn(async move {
-            let load = WasmDriver::load(tag.clone(), &file, sandbox, args, &engines, metadata);
+            let load = WasmDriver::load_read(
+                tag.clone(),
+                &file,
+                Some(source),
+                sandbox,
+                args,
+                &engines,
+                metadata,
+            );
             let state = match std::panic::AssertUnwindSafe(load).catch_unwind().await {
                 Ok(Ok(driver)) => {
                     tracing::info!(

@@ -67,14 +67,33 @@ impl WasmDriver {
         engines: &Arc<Engines>,
         metadata: Arc<dyn MetadataLookup>,
     ) -> Result<WasmDriver, InitError> {
+        Self::load_read(tag, path, None, sandbox, args, engines, metadata).await
+    }
+
+    /// [`WasmDriver::load`], with the file already read if `source` is given (by
+    /// [`WasmEngine::slow_compile`]: a big file is not read and hashed twice).
+    pub async fn load_read(
+        tag: Arc<DriverTag>,
+        path: &Path,
+        source: Option<Source>,
+        sandbox: Sandbox,
+        args: DriverArgs,
+        engines: &Arc<Engines>,
+        metadata: Arc<dyn MetadataLookup>,
+    ) -> Result<WasmDriver, InitError> {
         let engine = engines
             .get(sandbox.limits.fuel.is_some())
             .map_err(|e| InitError(e.to_string()))?;
-        let read_path = path.to_path_buf();
-        let source = tokio::task::spawn_blocking(move || WasmEngine::read(&read_path))
-            .await
-            .map_err(|e| InitError(format!("read task failed: {e}")))?
-            .map_err(|e| InitError(e.to_string()))?;
+        let source = match source {
+            Some(s) => s,
+            None => {
+                let read_path = path.to_path_buf();
+                tokio::task::spawn_blocking(move || WasmEngine::read(&read_path))
+                    .await
+                    .map_err(|e| InitError(format!("read task failed: {e}")))?
+                    .map_err(|e| InitError(e.to_string()))?
+            }
+        };
         let source = Arc::new(source);
         let sandbox = Arc::new(sandbox);
         let policy = HttpPolicy::new(tag.clone(), Arc::new(sandbox.http.clone()));

@@ -87,6 +87,14 @@ pub struct Source {
     pub sha256: String,
 }
 
+/// What loading a component will take ([`WasmEngine::slow_compile`]).
+pub enum CompileOutlook {
+    /// Quick: in the AOT cache, small, or failing at once. The file, if it was read.
+    Quick(Option<Source>),
+    /// A long compile; the file, read.
+    Slow(Source),
+}
+
 /// A snapshot in the AOT cache ([`WasmEngine::snapshot_lookup`]).
 pub enum SnapshotLookup {
     Hit(LoadedComponent),
@@ -473,32 +481,36 @@ impl WasmEngine {
 
     /// Whether loading `path` means a long compile: a component of at least
     /// [`SLOW_COMPILE_BYTES`] with no artifact in the AOT cache (a JavaScript or Python
-    /// component compiles for many seconds). Returns the file's sha256 then; `None` when
-    /// the load will be quick (or fail quickly: an unreadable file).
-    pub fn slow_compile(&self, path: &Path, snapshot: Option<&str>) -> Option<String> {
-        let size = std::fs::metadata(path).ok()?.len();
+    /// component compiles for many seconds). A big component's file is read and hashed
+    /// to tell (13–19 MB): what was read comes back either way, for the load to use
+    /// instead of reading it again.
+    pub fn slow_compile(&self, path: &Path, snapshot: Option<&str>) -> CompileOutlook {
+        let Ok(size) = std::fs::metadata(path).map(|m| m.len()) else {
+            return CompileOutlook::Quick(None);
+        };
         if size < SLOW_COMPILE_BYTES {
-            return None;
+            return CompileOutlook::Quick(None);
         }
-        let bytes = std::fs::read(path).ok()?;
-        check_header(path, &bytes).ok()?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        // An unreadable or malformed file fails quickly: the load says why.
+        let Ok(source) = Self::read(path) else {
+            return CompileOutlook::Quick(None);
+        };
         if let Some(dir) = &self.cache_dir {
             if let Some(key) = snapshot {
-                let stem = snapshot_stem(&sha256, key);
+                let stem = snapshot_stem(&source.sha256, key);
                 if self.artifact(dir, &stem).is_file() {
-                    return None;
+                    return CompileOutlook::Quick(Some(source));
                 }
                 if !self.declined_path(dir, &stem).is_file() {
                     // Not tried yet: instrumenting, init and the snapshot's compile.
-                    return Some(sha256);
+                    return CompileOutlook::Slow(source);
                 }
             }
-            if self.artifact(dir, &sha256).is_file() {
-                return None;
+            if self.artifact(dir, &source.sha256).is_file() {
+                return CompileOutlook::Quick(Some(source));
             }
         }
-        Some(sha256)
+        CompileOutlook::Slow(source)
     }
 
     /// A short hash of everything that makes compiled code compatible with this engine.

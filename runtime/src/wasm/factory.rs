@@ -11,7 +11,7 @@ use mailpush_core::{DriverFactory, DriverInit, InitError, Initialised};
 
 use super::background::BackgroundLoad;
 use super::driver::WasmDriver;
-use super::engine::Engines;
+use super::engine::{CompileOutlook, Engines};
 use super::log::DriverTag;
 use super::sandbox::Sandbox;
 
@@ -62,6 +62,8 @@ impl DriverFactory for WasmFactory {
             number: init.number,
             name: init.name.clone(),
         });
+        // The file, if reading it was part of telling whether the compile is long.
+        let mut read = None;
         if init.background_load {
             let engine = engines
                 .get(sandbox.limits.fuel.is_some())
@@ -73,35 +75,46 @@ impl DriverFactory for WasmFactory {
                 .instance
                 .snapshot
                 .then(|| engine.snapshot_key(&args, sandbox.limits.memory));
-            let slow = tokio::task::spawn_blocking(move || {
+            let outlook = tokio::task::spawn_blocking(move || {
                 engine.slow_compile(&file, snapshot.as_deref())
             })
             .await
-            .ok()
-            .flatten();
-            if let Some(sha256) = slow {
-                let mut details = vec![
-                    format!("file: {}", path.display()),
-                    format!("sha256: {sha256}"),
-                    "compiled: in the background (not in the AOT cache yet)".to_string(),
-                ];
-                details.extend(sandbox.describe());
-                let driver = BackgroundLoad::start(
-                    tag,
-                    &path,
-                    sandbox,
-                    args,
-                    engines,
-                    init.metadata.clone(),
-                );
-                let mut out = Initialised::new(Arc::new(driver));
-                out.details = details;
-                out.warnings = warnings;
-                return Ok(out);
+            .unwrap_or(CompileOutlook::Quick(None));
+            match outlook {
+                CompileOutlook::Slow(source) => {
+                    let mut details = vec![
+                        format!("file: {}", path.display()),
+                        format!("sha256: {}", source.sha256),
+                        "compiled: in the background (not in the AOT cache yet)".to_string(),
+                    ];
+                    details.extend(sandbox.describe());
+                    let driver = BackgroundLoad::start(
+                        tag,
+                        &path,
+                        source,
+                        sandbox,
+                        args,
+                        engines,
+                        init.metadata.clone(),
+                    );
+                    let mut out = Initialised::new(Arc::new(driver));
+                    out.details = details;
+                    out.warnings = warnings;
+                    return Ok(out);
+                }
+                CompileOutlook::Quick(source) => read = source,
             }
         }
-        let driver =
-            WasmDriver::load(tag, &path, sandbox, args, &engines, init.metadata.clone()).await?;
+        let driver = WasmDriver::load_read(
+            tag,
+            &path,
+            read,
+            sandbox,
+            args,
+            &engines,
+            init.metadata.clone(),
+        )
+        .await?;
         let details = driver.details();
         let mut out = Initialised::new(Arc::new(driver));
         out.details = details;
