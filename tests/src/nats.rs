@@ -612,3 +612,46 @@ impl Drop for NatsCluster {
         self.nodes.iter_mut().for_each(Node::kill);
     }
 }
+
+/// The partitions a mailpush node (its HTTP address) delivers now, from its status.
+/// Panics if the node answers no cluster status.
+pub async fn owned(addr: SocketAddr) -> Vec<u32> {
+    crate::daemon_status(addr)
+        .await
+        .cluster
+        .expect("cluster status")
+        .owned
+}
+
+/// Waits until the mailpush nodes at `addrs` together own every one of `partitions`,
+/// each once, spread evenly: each node its share, within one. Panics after `limit`, with
+/// each node's view of the cluster.
+pub async fn settled(addrs: &[SocketAddr], partitions: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut all = Vec::new();
+        let mut shares = Vec::new();
+        for a in addrs {
+            let o = owned(*a).await;
+            shares.push(o.len());
+            all.extend(o);
+        }
+        all.sort_unstable();
+        let even = shares
+            .iter()
+            .min()
+            .is_some_and(|lo| *lo > 0 && shares.iter().max().is_some_and(|hi| hi - lo <= 1));
+        if even && all == (0..partitions).collect::<Vec<_>>() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let mut views = String::new();
+            for a in addrs {
+                let status = crate::daemon_status(*a).await;
+                views.push_str(&format!("{:?}\n", status.cluster));
+            }
+            panic!("partitions never settled evenly: shares {shares:?}, {all:?}\n{views}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

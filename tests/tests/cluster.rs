@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mailpush_core::Transaction;
-use mailpush_e2e::nats::{nats_or_skip, NatsCluster, NatsServer};
+use mailpush_e2e::nats::{nats_or_skip, owned, settled, NatsCluster, NatsServer};
 use mailpush_e2e::*;
 
 /// A node's config: `cluster` servers, one webhook driver per endpoint. The driver's CPU
@@ -203,48 +203,6 @@ async fn one_node_delivers_through_jetstream() {
     assert_eq!(c.owned.len(), 32, "one node owns every partition");
     assert!(c.connected);
     drop(node);
-}
-
-/// The partitions a node delivers now, from its status.
-async fn owned(addr: SocketAddr) -> Vec<u32> {
-    daemon_status(addr)
-        .await
-        .cluster
-        .expect("cluster status")
-        .owned
-}
-
-/// Waits until the nodes at `addrs` together own every partition, each once, spread
-/// evenly: each node its share, within one.
-async fn settled(addrs: &[SocketAddr], partitions: u32, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let mut all = Vec::new();
-        let mut shares = Vec::new();
-        for a in addrs {
-            let o = owned(*a).await;
-            shares.push(o.len());
-            all.extend(o);
-        }
-        all.sort_unstable();
-        let even = shares
-            .iter()
-            .min()
-            .is_some_and(|lo| *lo > 0 && shares.iter().max().is_some_and(|hi| hi - lo <= 1));
-        if even && all == (0..partitions).collect::<Vec<_>>() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let mut views = String::new();
-            for a in addrs {
-                let (_, _, body) = http_request(*a, "GET", "/v1/status", &[], b"").await;
-                let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
-                views.push_str(&format!("{:?}\n", status.cluster));
-            }
-            panic!("partitions never settled evenly: shares {shares:?}, {all:?}\n{views}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The kill test: 3 nodes on one NATS, 20,000 transactions of 2,000 users posted round

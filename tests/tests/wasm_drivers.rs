@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mailpush::pipeline::{deliver, Outcome};
-use mailpush::wasm::engine::{CacheOutcome, Engines};
+use mailpush::wasm::engine::{CacheOutcome, Engines, Source, WasmEngine};
 use mailpush::wasm::log::DriverTag;
 use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
@@ -55,15 +55,33 @@ async fn load(
     engines: &Arc<Engines>,
     args: &str,
 ) -> Result<WasmDriver, String> {
+    load_read(path, None, engines, args).await
+}
+
+/// [`load`], from `source` if given (the file as already read) instead of the file.
+async fn load_read(
+    path: &std::path::Path,
+    source: Option<Source>,
+    engines: &Arc<Engines>,
+    args: &str,
+) -> Result<WasmDriver, String> {
     let mut args = DriverArgs::parse(args);
     let sandbox = Sandbox::from_args(&mut args).unwrap();
     let tag = Arc::new(DriverTag {
         number: 1,
         name: "wasm".into(),
     });
-    WasmDriver::load(tag, path, sandbox, args, engines, Arc::new(NoMetadata))
-        .await
-        .map_err(|e| e.0)
+    WasmDriver::load_read(
+        tag,
+        path,
+        source,
+        sandbox,
+        args,
+        engines,
+        Arc::new(NoMetadata),
+    )
+    .await
+    .map_err(|e| e.0)
 }
 
 /// A driver loads from the file as it was already read (a big component's file is read
@@ -74,26 +92,12 @@ async fn a_driver_loads_from_the_file_already_read() {
     for args in ["mode=ok", "mode=ok init=per-instance"] {
         let dir = tempfile::tempdir().unwrap();
         let engines = Arc::new(Engines::new(Some(dir.path().join("cache"))));
-        let source = mailpush::wasm::engine::WasmEngine::read(&guest("hostile")).unwrap();
+        let source = WasmEngine::read(&guest("hostile")).unwrap();
         // No file at this path: only what was read can load.
         let gone = dir.path().join("moved-away.wasm");
-        let mut driver_args = DriverArgs::parse(args);
-        let sandbox = Sandbox::from_args(&mut driver_args).unwrap();
-        let tag = Arc::new(DriverTag {
-            number: 1,
-            name: "wasm".into(),
-        });
-        let d = WasmDriver::load_read(
-            tag,
-            &gone,
-            Some(source),
-            sandbox,
-            driver_args,
-            &engines,
-            Arc::new(NoMetadata),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{args}: {}", e.0));
+        let d = load_read(&gone, Some(source), &engines, args)
+            .await
+            .unwrap_or_else(|e| panic!("{args}: {e}"));
         let txn = Arc::new(mailbox_txn("alice@example.com", "t1"));
         assert_eq!(deliver(&d, &txn).await, Outcome::Delivered, "{args}");
     }

@@ -30,10 +30,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mailpush_e2e::nats::{nats_or_skip, NatsServer};
-use mailpush_e2e::{
-    cpu_seconds, guest, http_request, post_ndjson, RecordingServer, Reply, RunningDaemon,
-};
+use mailpush_e2e::nats::{nats_or_skip, owned, settled, NatsServer};
+use mailpush_e2e::{cpu_seconds, guest, post_ndjson, RecordingServer, Reply, RunningDaemon};
+
+/// How long the nodes may take to share the 32 partitions evenly before a measurement.
+const SETTLE: Duration = Duration::from_secs(60);
 
 struct Sizes {
     ingest: usize,
@@ -102,40 +103,6 @@ async fn post_all(nodes: &[SocketAddr], total: usize, per: usize, users: usize, 
     started.elapsed().as_secs_f64()
 }
 
-async fn owned(addr: SocketAddr) -> Vec<u32> {
-    let (_, _, body) = http_request(addr, "GET", "/v1/status", &[], b"").await;
-    serde_json::from_str::<mailpush::status::Status>(&body)
-        .ok()
-        .and_then(|s| s.cluster)
-        .map(|c| c.owned)
-        .unwrap_or_default()
-}
-
-/// Waits until the nodes own all 32 partitions between them, each node its share
-/// (within one).
-async fn settled(nodes: &[SocketAddr]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut all = Vec::new();
-        let mut shares = Vec::new();
-        for a in nodes {
-            let o = owned(*a).await;
-            shares.push(o.len());
-            all.extend(o);
-        }
-        all.sort_unstable();
-        let even = shares
-            .iter()
-            .min()
-            .is_some_and(|lo| *lo > 0 && shares.iter().max().is_some_and(|hi| hi - lo <= 1));
-        if even && all == (0..32).collect::<Vec<u32>>() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "partitions never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Ingest/s into SQLite, into JetStream with nats-server's default sync, and into
 /// JetStream with an fsync per message.
 async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
@@ -148,7 +115,7 @@ async fn ingest(sizes: &Sizes) -> (f64, f64, f64) {
     for (sync_always, name) in [(false, "j"), (true, "k")] {
         let nats = NatsServer::start_syncing(sync_always);
         let node = RunningDaemon::start(&node_config(dir.path(), name, Some(&nats.url()), url, ""));
-        settled(&[node.addr]).await;
+        settled(&[node.addr], 32, SETTLE).await;
         js.push(post_all(&[node.addr], sizes.ingest, 500, 2_000, name).await);
     }
     let n = sizes.ingest as f64;
@@ -202,7 +169,7 @@ async fn delivery_cpu(nodes: usize, sizes: &Sizes, extra: &str) -> (f64, CpuPerT
         })
         .collect();
     let addrs: Vec<SocketAddr> = running.iter().map(|n| n.addr).collect();
-    settled(&addrs).await;
+    settled(&addrs, 32, SETTLE).await;
     let pids: Vec<u32> = running.iter().map(|n| n.child.id()).collect();
     let nats_pid = nats.pid().unwrap_or_default();
     let cpu = || {
@@ -240,7 +207,7 @@ async fn takeovers(sizes: &Sizes) -> Vec<f64> {
     for _ in 0..sizes.takeovers {
         let mut victim =
             RunningDaemon::start(&node_config(dir.path(), "b", Some(&nats.url()), &url, ""));
-        settled(&[survivor.addr, victim.addr]).await;
+        settled(&[survivor.addr, victim.addr], 32, SETTLE).await;
         let killed = Instant::now();
         victim.child.kill().expect("SIGKILL");
         let _ = victim.child.wait();

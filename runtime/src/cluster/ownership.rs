@@ -110,13 +110,17 @@ pub fn assign_as(version: u32, partitions: u32, nodes: &[String]) -> BTreeMap<u3
 fn rendezvous(partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
     (0..partitions)
         .filter_map(|p| {
-            let pk = mix64(u64::from(p) + 1);
             nodes
                 .iter()
-                .max_by_key(|n| (mix64(user_hash(n) ^ pk), (*n).clone()))
+                .max_by_key(|n| (score(user_hash(n), p), (*n).clone()))
                 .map(|n| (p, n.clone()))
         })
         .collect()
+}
+
+/// The rendezvous score of partition `p` for the node whose name hashes to `node`.
+fn score(node: u64, p: u32) -> u64 {
+    mix64(node ^ mix64(u64::from(p) + 1))
 }
 
 /// Rendezvous hashing with bounded loads (assignment 2): every (partition, node) pair
@@ -140,11 +144,10 @@ pub fn assign(partitions: u32, nodes: &[String]) -> BTreeMap<u32, String> {
     let hashes: Vec<u64> = names.iter().map(|name| user_hash(name)).collect();
     let mut pairs: Vec<(u64, u32, usize)> = (0..partitions)
         .flat_map(|p| {
-            let pk = mix64(u64::from(p) + 1);
             hashes
                 .iter()
                 .enumerate()
-                .map(move |(i, h)| (mix64(h ^ pk), p, i))
+                .map(move |(i, h)| (score(*h, p), p, i))
         })
         .collect();
     // Highest score first; equal scores (next to impossible) in partition, then name order.
