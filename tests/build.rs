@@ -5,37 +5,52 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (env name, manifest relative to the repository root, artifact file name)
-const GUESTS: &[(&str, &str, &str)] = &[
+/// (env name, manifest relative to the repository root, artifact file name, extra
+/// cargo arguments). A guest built with extra arguments gets a target dir of its own.
+const GUESTS: &[(&str, &str, &str, &[&str])] = &[
     (
         "HOSTILE",
         "tests/guests/hostile/Cargo.toml",
         "hostile_driver.wasm",
+        &[],
+    ),
+    // The hostile driver without the modes that wait: it imports nothing to wait on, so
+    // mailpush calls it synchronously.
+    (
+        "HOSTILE_NO_WAIT",
+        "tests/guests/hostile/Cargo.toml",
+        "hostile_driver.wasm",
+        &["--no-default-features"],
     ),
     (
         "WEBHOOK",
         "examples/webhook/Cargo.toml",
         "webhook_driver.wasm",
+        &[],
     ),
     (
         "OX_WASM",
         "examples/ox-wasm/Cargo.toml",
         "ox_wasm_driver.wasm",
+        &[],
     ),
     (
         "TENANT_FILTER",
         "examples/tenant-filter/Cargo.toml",
         "tenant_filter_driver.wasm",
+        &[],
     ),
     (
         "BENCH_HANDLER",
         "tests/guests/bench-handler/Cargo.toml",
         "bench_handler_driver.wasm",
+        &[],
     ),
     (
         "FUTURE_VERSION",
         "tests/guests/future-version/Cargo.toml",
         "future_version_driver.wasm",
+        &[],
     ),
 ];
 
@@ -57,8 +72,13 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    for (env, manifest, artifact) in GUESTS {
+    for (env, manifest, artifact, extra) in GUESTS {
         let manifest = root.join(manifest);
+        let target = if extra.is_empty() {
+            target.clone()
+        } else {
+            target.join(env.to_lowercase())
+        };
         if !manifest.exists() {
             continue;
         }
@@ -72,6 +92,7 @@ fn main() {
                 "--manifest-path",
             ])
             .arg(&manifest)
+            .args(*extra)
             .env("CARGO_TARGET_DIR", &target)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")

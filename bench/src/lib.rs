@@ -165,7 +165,18 @@ pub async fn warm_bench_handler(engines: &Arc<Engines>) -> WasmDriver {
 
 /// [`warm_bench_handler`] with these arguments (`work=none`: it does nothing).
 pub async fn warm_bench_handler_with(engines: &Arc<Engines>, args: &str) -> WasmDriver {
+    warm_bench_handler_calls(engines, args, true).await
+}
+
+/// [`warm_bench_handler_with`], called synchronously (the default: it imports nothing to
+/// wait on) or, with `synchronous` false, on a fiber as before (`calls=async`).
+pub async fn warm_bench_handler_calls(
+    engines: &Arc<Engines>,
+    args: &str,
+    synchronous: bool,
+) -> WasmDriver {
     let mut sandbox = Sandbox::default();
+    sandbox.instance.synchronous_allowed = synchronous;
     sandbox.instance.model = InstanceModel::Reuse;
     sandbox.instance.recycle_after = u64::MAX;
     sandbox.limits.timeout = std::time::Duration::from_secs(10);

@@ -19,7 +19,7 @@ use mailpush::wasm::sandbox::Sandbox;
 use mailpush::wasm::WasmDriver;
 use mailpush_bench::{
     copies, load, lua_event, message, native_handler, txn, warm_bench_handler,
-    warm_bench_handler_with, NativeBench,
+    warm_bench_handler_calls, warm_bench_handler_with, NativeBench,
 };
 
 use mailpush_core::{Driver, Event, NoMetadata, Transaction};
@@ -59,8 +59,8 @@ async fn ns_per_delivery(d: &dyn Driver, t: &Arc<Transaction>, n: usize) -> f64 
 async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 200 } else { 20_000 };
     let m = message();
-    let (mut native, mut native_dispatch, mut wasm, mut lua) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut native_dispatch, mut wasm, mut wasm_async, mut lua) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Native.
     for _ in 0..o.runs {
         let t = Instant::now();
@@ -82,9 +82,16 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     // (begin-txn + deliver: two calls, event marshalling included).
     let engines = Arc::new(Engines::new(None));
     let d = warm_bench_handler(&engines).await;
+    assert!(
+        d.synchronous(),
+        "the bench handler imports nothing to wait on"
+    );
+    // The same on a fiber per call, as before the synchronous path (`calls=async`).
+    let d_async = warm_bench_handler_calls(&engines, "key=secret", false).await;
     let t1 = txn();
     for _ in 0..o.runs {
         wasm.push(ns_per_delivery(&d, &t1, n).await);
+        wasm_async.push(ns_per_delivery(&d_async, &t1, n).await);
     }
     // Lua 5.4 through mlua: the event as the table Dovecot builds, the handler in Lua.
     let vm = mlua::Lua::new();
@@ -111,10 +118,11 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
         "the Lua handler computes the same signature"
     );
 
-    let (n_s, nd_s, w_s, l_s) = (
+    let (n_s, nd_s, w_s, wa_s, l_s) = (
         stats(native),
         stats(native_dispatch),
         stats(wasm),
+        stats(wasm_async),
         stats(lua),
     );
     out.push("## 1. Driver logic: filter + JSON payload + HMAC-SHA256, per event\n".into());
@@ -126,15 +134,21 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
         ("native Rust, the function alone", n_s),
         ("native Rust driver, via dispatch", nd_s),
         ("wasm component driver (warm instance), via dispatch", w_s),
+        (
+            "the same, `calls=async` (a fiber per call, as before the synchronous path)",
+            wa_s,
+        ),
         ("Lua 5.4 (mlua, vendored), the function alone", l_s),
     ] {
         out.push(format!("| {name} | {} | {:.0} |", fmt3(s, "ns"), 1e9 / s.1));
     }
     out.push(format!(
-        "\nRatios (median throughput): wasm/native, both as drivers via dispatch = **{:.2}×** (target ≥ 0.5×; against the bare function {:.2}×); wasm/Lua = **{:.1}×** (target ≥ 3×).\n",
+        "\nRatios (median throughput): wasm/native, both as drivers via dispatch = **{:.2}×** (target ≥ 0.5×; against the bare function {:.2}×; with `calls=async` {:.2}×); wasm/Lua = **{:.1}×** (target ≥ 3×); synchronous / `calls=async` = **{:.2}×**.\n",
         nd_s.1 / w_s.1,
         n_s.1 / w_s.1,
-        l_s.1 / w_s.1
+        nd_s.1 / wa_s.1,
+        l_s.1 / w_s.1,
+        wa_s.1 / w_s.1
     ));
 }
 
@@ -150,6 +164,7 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
     let engines = Arc::new(Engines::new(None));
     let engine = engines.get(false).expect("engine").engine().clone();
     let idle = warm_bench_handler_with(&engines, "key=secret work=none").await;
+    let idle_async = warm_bench_handler_calls(&engines, "key=secret work=none", false).await;
     let mut fresh_sandbox = Sandbox::default();
     fresh_sandbox.instance.snapshot = false;
     let fresh = load(
@@ -160,10 +175,11 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
     )
     .await;
     let t1 = txn();
-    let mut rows: [Vec<f64>; 6] = Default::default();
+    let mut rows: [Vec<f64>; 7] = Default::default();
     for _ in 0..o.runs {
         rows[0].push(ns_per_delivery(&NativeBench, &t1, n).await);
         rows[1].push(ns_per_delivery(&idle, &t1, n).await);
+        rows[6].push(ns_per_delivery(&idle_async, &t1, n).await);
         rows[4].push(ns_per_delivery(&fresh, &t1, fresh_n).await);
         for (calls, row, n) in [
             (Calls::Async, 2, n),
@@ -193,14 +209,16 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
         "the same component, wasmtime alone, warm, synchronous `call`",
         "the same driver, a fresh instance per transaction (`init=per-instance`), via dispatch",
         "the same component, wasmtime alone, a fresh instance per transaction with `init`",
+        "the wasm driver doing nothing, warm, via dispatch, `calls=async` (a fiber per call)",
     ];
     for (name, s) in names.iter().zip(&s) {
         out.push(format!("| {name} | {} |", fmt3(*s, "ns")));
     }
     out.push(format!(
-        "\nRatios (medians): warm, wasmtime alone / via dispatch = **{:.2}×**; synchronous / `call_async` = **{:.2}×**; fresh, wasmtime alone / via dispatch = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
+        "\nRatios (medians): warm, wasmtime alone (`call_async`) / via dispatch (synchronous) = **{:.2}×**; wasmtime alone, synchronous / `call_async` = **{:.2}×**; via dispatch, synchronous / `calls=async` = **{:.2}×**; fresh, wasmtime alone / via dispatch = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
         s[2].1 / s[1].1,
         s[3].1 / s[2].1,
+        s[1].1 / s[6].1,
         s[5].1 / s[4].1,
         s[1].1 / s[0].1
     ));
@@ -268,7 +286,19 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let trivial = Arc::new(load(&guest("hostile"), plain(true), "mode=ok", &engines).await);
     let trivial_per_instance =
         Arc::new(load(&guest("hostile"), plain(false), "mode=ok", &engines).await);
-    assert!(webhook.snapshotted() && trivial.snapshotted());
+    // The same driver built without its waiting modes: it imports nothing to wait on and
+    // is called synchronously (lever 2); the one above imports wasi:http and a clock.
+    let no_wait = Arc::new(load(&guest("hostile-no-wait"), plain(true), "mode=ok", &engines).await);
+    let no_wait_per_instance =
+        Arc::new(load(&guest("hostile-no-wait"), plain(false), "mode=ok", &engines).await);
+    // And that component on a fiber: what its fewer imports alone change.
+    let no_wait_async = Arc::new({
+        let mut sandbox = plain(true);
+        sandbox.instance.synchronous_allowed = false;
+        load(&guest("hostile-no-wait"), sandbox, "mode=ok", &engines).await
+    });
+    assert!(webhook.snapshotted() && trivial.snapshotted() && no_wait.snapshotted());
+    assert!(!trivial.synchronous() && no_wait.synchronous());
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
     out.push("| driver | min | **median** | p99 | max |\n|---|---|---|---|---|".into());
     let mut medians = Vec::new();
@@ -289,6 +319,18 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
             "trivial driver, snapshot (the floor: instantiate + begin-txn + deliver)",
             trivial.clone(),
         ),
+        (
+            "trivial driver without waiting imports (synchronous), `init=per-instance`",
+            no_wait_per_instance.clone(),
+        ),
+        (
+            "trivial driver without waiting imports (synchronous), snapshot",
+            no_wait.clone(),
+        ),
+        (
+            "trivial driver without waiting imports, `calls=async`, snapshot",
+            no_wait_async.clone(),
+        ),
     ] {
         let lat = latencies(d, n).await;
         let (min, med, max) = stats(lat.clone());
@@ -299,9 +341,12 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         ));
     }
     out.push(format!(
-        "\nSnapshot / per-instance (median): webhook **{:.2}×**, trivial **{:.2}×**.",
+        "\nSnapshot / per-instance (median): webhook **{:.2}×**, trivial **{:.2}×**. Trivial driver without waiting imports / with them (median): per-instance **{:.2}×**, snapshot **{:.2}×**; of which synchronous / `calls=async`, snapshot: **{:.2}×**.",
         medians[1] / medians[0],
-        medians[3] / medians[2]
+        medians[3] / medians[2],
+        medians[4] / medians[2],
+        medians[5] / medians[3],
+        medians[5] / medians[6]
     ));
     out.push(format!(
         "\n{n} transactions each; targets (issue 15): trivial median ≤ 8 µs, webhook ≤ 15 µs.\n"

@@ -25,6 +25,7 @@ pub mod nats;
 pub fn guest(name: &str) -> PathBuf {
     let p = match name {
         "hostile" => option_env!("GUEST_HOSTILE"),
+        "hostile-no-wait" => option_env!("GUEST_HOSTILE_NO_WAIT"),
         "webhook" => option_env!("GUEST_WEBHOOK"),
         "ox-wasm" => option_env!("GUEST_OX_WASM"),
         "tenant-filter" => option_env!("GUEST_TENANT_FILTER"),
@@ -862,10 +863,15 @@ impl DeliveryObserver for Outcomes {
 /// Runs `n` transactions through [hostile wasm driver with `args`] + [recording driver];
 /// returns the hostile driver's outcomes.
 pub async fn run_hostile(args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
+    run_guest("hostile", args, n).await
+}
+
+/// [`run_hostile`] with the guest `name` ([`guest`]).
+pub async fn run_guest(name: &str, args: &str, n: usize) -> (Vec<Outcome>, TestDrivers) {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
         "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n push_notification_driver2 = record:label=good\n}}\n",
-        guest("hostile").display()
+        guest(name).display()
     );
     let config = write_config(dir.path(), &conf);
     let drivers = TestDrivers::new();
@@ -925,13 +931,18 @@ pub fn function_reuse(details: &[String]) -> (u64, u64) {
 /// Runs `mailpush send` over `n` transactions with the hostile driver and `args`;
 /// returns whether it succeeded and its stderr.
 pub fn send_hostile(args: &str, n: usize) -> (bool, String) {
+    send_guest("hostile", args, n)
+}
+
+/// [`send_hostile`] with the guest `name` ([`guest`]).
+pub fn send_guest(name: &str, args: &str, n: usize) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
     std::fs::write(
         &conf,
         format!(
             "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n}}\n",
-            guest("hostile").display()
+            guest(name).display()
         ),
     )
     .unwrap();

@@ -173,8 +173,23 @@ impl WasmDriver {
             ),
         ];
         d.push(i.init.clone());
+        d.push(
+            if i.instances.synchronous() {
+                "calls: synchronous (imports neither wasi:http nor a clock: nothing to wait on)"
+            } else if !i.instances.settings().synchronous_allowed {
+                "calls: async (calls=async)"
+            } else {
+                "calls: async (imports wasi:http or a clock, which can wait)"
+            }
+            .to_string(),
+        );
         d.extend(i.sandbox.describe());
         d
+    }
+
+    /// Whether its calls are synchronous ([`super::synchronous`]).
+    pub fn synchronous(&self) -> bool {
+        self.0.instances.synchronous()
     }
 
     /// Whether instances start from a snapshot taken after `init` at load.
@@ -396,19 +411,28 @@ impl Driver for WasmDriver {
         inst.store.data().output.lock().txn = Some(txn.id.clone());
         inst.store.data_mut().outbound.begin_transaction();
         inner.instances.arm(&mut inst.store);
-        let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
-            &mut inst.store,
-            &txn.id,
-            &txn.user,
-        );
-        let remaining = limits.max_txn.saturating_sub(started.elapsed());
-        let result = match tokio::time::timeout(remaining, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(Failure::retryable(format!(
-                    "begin-txn exceeded max_txn_msecs={}",
-                    limits.max_txn.as_millis()
-                )));
+        let result = if inner.instances.synchronous() {
+            // Never waits: the CPU deadline bounds it ([`super::synchronous`]).
+            inst.bindings
+                .mailpush_driver_driver()
+                .func_begin_txn()
+                .call(&mut inst.store, (txn.id.as_str(), txn.user.as_str()))
+                .map(|(r,)| r)
+        } else {
+            let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
+                &mut inst.store,
+                &txn.id,
+                &txn.user,
+            );
+            let remaining = limits.max_txn.saturating_sub(started.elapsed());
+            match tokio::time::timeout(remaining, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Failure::retryable(format!(
+                        "begin-txn exceeded max_txn_msecs={}",
+                        limits.max_txn.as_millis()
+                    )));
+                }
             }
         };
         inner.instances.account_fuel(&inst.store, &inner.stats);
@@ -572,13 +596,18 @@ impl DriverTxn for WasmTxn {
         inner.instances.arm(&mut inst.store);
         let remaining = limits.max_txn.saturating_sub(self.started.elapsed());
         let call = inner.instances.deliver(&mut inst, &record);
-        let result = match tokio::time::timeout(remaining, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(Failure::retryable(format!(
-                    "transaction exceeded max_txn_msecs={}",
-                    limits.max_txn.as_millis()
-                )));
+        let result = if inner.instances.synchronous() {
+            // Never suspends: the CPU deadline bounds it ([`super::synchronous`]).
+            call.await
+        } else {
+            match tokio::time::timeout(remaining, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Failure::retryable(format!(
+                        "transaction exceeded max_txn_msecs={}",
+                        limits.max_txn.as_millis()
+                    )));
+                }
             }
         };
         let fuel = inner.instances.account_fuel(&inst.store, &inner.stats);

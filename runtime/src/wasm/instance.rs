@@ -22,6 +22,7 @@ use super::log::{DriverTag, LogBudget, LogRate};
 use super::lower::{DeliverFunc, TransactionRef};
 use super::state::{self, HostState};
 use super::stats::WasmStats;
+use super::synchronous::can_wait;
 use super::trap::{classify, reason};
 
 /// How instances are used.
@@ -45,6 +46,9 @@ pub struct InstanceSettings {
     pub snapshot: bool,
     /// With `instance=reuse`: transactions before the instance is recycled.
     pub recycle_after: u64,
+    /// `calls=auto` (default): synchronous when the component imports nothing to wait on
+    /// ([`super::synchronous`]); `calls=async`: always on a fiber.
+    pub synchronous_allowed: bool,
 }
 
 impl Default for InstanceSettings {
@@ -53,6 +57,7 @@ impl Default for InstanceSettings {
             model: InstanceModel::Fresh,
             snapshot: true,
             recycle_after: 1000,
+            synchronous_allowed: true,
         }
     }
 }
@@ -80,6 +85,17 @@ impl InstanceSettings {
             },
         )? {
             s.snapshot = snapshot;
+        }
+        if let Some(allowed) = args.take_with(
+            "calls",
+            "`auto` (default: synchronous when the component imports nothing to wait on) or `async`",
+            |v| match v {
+                "auto" => Some(true),
+                "async" => Some(false),
+                _ => None,
+            },
+        )? {
+            s.synchronous_allowed = allowed;
         }
         if let Some(n) = args.take_number::<u64>("recycle_after", "1000")? {
             s.recycle_after = n.max(1);
@@ -125,6 +141,9 @@ pub struct Instances {
     initialised: bool,
     /// `deliver`, called with a borrowed transaction.
     deliver: DeliverFunc,
+    /// The component cannot wait: linked against synchronous host functions and called
+    /// without a fiber ([`super::synchronous`]).
+    synchronous: bool,
 }
 
 /// The parts of a driver an [`Instances`] is made from.
@@ -152,10 +171,13 @@ impl Instances {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let synchronous = parts.settings.synchronous_allowed
+            && !can_wait(&loaded.component, loaded.component.engine());
         Ok(Instances {
             args,
             tag: parts.tag,
-            pre: Self::pre(loaded, path)?,
+            pre: Self::pre(loaded, path, synchronous)?,
+            synchronous,
             initialised: false,
             limits: parts.limits,
             settings: parts.settings,
@@ -168,10 +190,18 @@ impl Instances {
         })
     }
 
-    fn pre(loaded: &LoadedComponent, path: &Path) -> Result<PushDriverPre<HostState>, InitError> {
+    fn pre(
+        loaded: &LoadedComponent,
+        path: &Path,
+        synchronous: bool,
+    ) -> Result<PushDriverPre<HostState>, InitError> {
         let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
-        state::link(&mut linker)
-            .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
+        if synchronous {
+            state::link_synchronous(&mut linker)
+        } else {
+            state::link(&mut linker)
+        }
+        .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
         let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
             InitError(format!(
                 "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces)",
@@ -196,8 +226,18 @@ impl Instances {
         // SAFETY: every instance of these `Instances` is made from `self.pre`, one
         // component.
         let deliver = unsafe { self.deliver.typed(func, &inst.store)? };
-        let (result,) = deliver.call_async(&mut inst.store, (txn,)).await?;
+        let (result,) = if self.synchronous {
+            deliver.call(&mut inst.store, (txn,))?
+        } else {
+            deliver.call_async(&mut inst.store, (txn,)).await?
+        };
         Ok(result)
+    }
+
+    /// Whether calls into this driver's instances are synchronous
+    /// ([`super::synchronous`]).
+    pub fn synchronous(&self) -> bool {
+        self.synchronous
     }
 
     /// Instances of the linked component start from a snapshot taken after `init`.
@@ -258,6 +298,7 @@ impl Instances {
             reservation,
         );
         let mut store = Store::new(self.pre.engine(), state);
+        store.data_mut().clock.synchronous = self.synchronous;
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_epoch()));
         Ok(store)
@@ -294,6 +335,11 @@ impl Instances {
         stats: &WasmStats,
         within: Duration,
     ) -> Result<Instance, Failure> {
+        if self.synchronous {
+            // Nothing to wait on: the CPU deadline bounds it (a future that never
+            // suspends cannot be timed out).
+            return self.instantiate_unbounded(stats).await;
+        }
         match tokio::time::timeout(within, self.instantiate_unbounded(stats)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::retryable(format!(
@@ -307,7 +353,12 @@ impl Instances {
         let mut store = self.new_store()?;
         stats.instances.fetch_add(1, Ordering::Relaxed);
         self.arm(&mut store);
-        let bindings = match self.pre.instantiate_async(&mut store).await {
+        let instantiated = if self.synchronous {
+            self.pre.instantiate(&mut store)
+        } else {
+            self.pre.instantiate_async(&mut store).await
+        };
+        let bindings = match instantiated {
             Ok(b) => b,
             Err(e)
                 if e.to_string().contains("pooling")
@@ -325,10 +376,18 @@ impl Instances {
             });
         }
         self.arm(&mut store);
-        let init = bindings
-            .mailpush_driver_driver()
-            .call_init(&mut store, &self.args)
-            .await;
+        let init = if self.synchronous {
+            bindings
+                .mailpush_driver_driver()
+                .func_init()
+                .call(&mut store, (&self.args,))
+                .map(|(r,)| r)
+        } else {
+            bindings
+                .mailpush_driver_driver()
+                .call_init(&mut store, &self.args)
+                .await
+        };
         self.account_fuel(&store, stats);
         match init {
             Ok(Ok(())) => Ok(Instance {

@@ -279,6 +279,9 @@ pub struct CallClock {
     pub budget: Duration,
     /// Set when the deadline interrupted the guest.
     pub expired: bool,
+    /// The store's calls are synchronous ([`super::synchronous`]): at a deadline check
+    /// the guest runs on (it cannot yield to the executor) until its budget is spent.
+    pub synchronous: bool,
 }
 
 impl CallClock {
@@ -287,6 +290,7 @@ impl CallClock {
         *self = CallClock {
             started: Some(Instant::now()),
             budget,
+            synchronous: self.synchronous,
             ..Default::default()
         };
     }
@@ -305,14 +309,20 @@ impl CallClock {
     }
 
     /// The epoch-deadline decision: interrupt once guest time reaches the budget,
-    /// otherwise yield to the executor and check again after the next slice.
+    /// otherwise yield to the executor (continue, on the synchronous path) and check
+    /// again after the next slice.
     pub fn on_epoch(&mut self) -> UpdateDeadline {
         let used = self.guest_time();
         if used >= self.budget {
             self.expired = true;
             return UpdateDeadline::Interrupt;
         }
-        UpdateDeadline::Yield(slice(self.budget - used))
+        let next = slice(self.budget - used);
+        if self.synchronous {
+            UpdateDeadline::Continue(next)
+        } else {
+            UpdateDeadline::Yield(next)
+        }
     }
 }
 

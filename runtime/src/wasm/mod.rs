@@ -40,6 +40,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod stdio;
+pub mod synchronous;
 pub mod tenants;
 pub mod trap;
 pub mod wasi;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use mailpush_core::{MetadataLookup, Transaction};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::StoreContextMut;
 
 use super::stdio::{Output, SharedOutput};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -129,6 +130,31 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     host::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
 
+/// Links the imports of a driver that cannot wait ([`super::synchronous`]), all
+/// synchronous: WASI 0.2 and `mailpush:driver/host` (no `wasi:http`).
+pub fn link_synchronous(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    super::synchronous::link_wasi(linker, HostState::io)?;
+    let mut host = linker.instance(&format!(
+        "{}/host@{}",
+        super::bindings::WIT_PACKAGE,
+        super::bindings::WIT_VERSION
+    ))?;
+    host.func_wrap(
+        "log",
+        |mut cx: StoreContextMut<'_, HostState>, (level, message): (Level, String)| {
+            cx.data_mut().log(level, message);
+            Ok(())
+        },
+    )?;
+    host.func_wrap(
+        "metadata-get",
+        |mut cx: StoreContextMut<'_, HostState>, (key,): (String,)| {
+            Ok((cx.data_mut().metadata_get(&key),))
+        },
+    )?;
+    Ok(())
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -148,8 +174,9 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl host::Host for HostState {
-    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+impl HostState {
+    /// `mailpush:driver/host.log`.
+    fn log(&mut self, level: Level, message: String) {
         if matches!(level, Level::Error) && message.starts_with("panicked at ") {
             // Kept even when the log budget is spent: it explains the trap that follows
             // (escaped when it becomes the reason).
@@ -161,12 +188,22 @@ impl host::Host for HostState {
         }
         let txn = self.txn.as_ref().map(|t| t.id.as_str());
         log::guest_line(&self.tag, txn, &self.log, level, message);
+    }
+
+    /// `mailpush:driver/host.metadata-get`.
+    fn metadata_get(&mut self, key: &str) -> Option<String> {
+        self.metadata
+            .get(&self.tag, self.txn.as_ref(), &self.log, key)
+    }
+}
+
+impl host::Host for HostState {
+    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        HostState::log(self, level, message);
         Ok(())
     }
 
     async fn metadata_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .metadata
-            .get(&self.tag, self.txn.as_ref(), &self.log, &key))
+        Ok(HostState::metadata_get(self, &key))
     }
 }

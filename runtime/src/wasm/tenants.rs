@@ -240,6 +240,10 @@ impl TenantDrivers {
         };
         let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
         sandbox.http.endpoint_breaker = breaker::from_args(&mut args).map_err(conf_error)?;
+        // Tenants share their driver's lane: a handler called synchronously would hold
+        // it, and every other tenant's transactions, for its whole CPU budget; on a
+        // fiber it yields at every deadline slice.
+        sandbox.instance.synchronous_allowed = false;
         let tag = Arc::new(DriverTag {
             number: self.number,
             name: format!("tenant:{domain}"),

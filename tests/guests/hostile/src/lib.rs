@@ -30,12 +30,20 @@
 //!   `json ok|` (or `json differs|`: some event's JSON is not in the transaction's) and
 //!   then the typed events' `Debug`; `echo-json`: fails with the transaction's JSON.
 //!   With `want=mailbox-delete`, only MailboxDelete events are wanted (any mode).
+//!
+//! Built without the default feature `waits`, the modes that wait or use `wasi:http`
+//! (http, init-sleep, init-burn, fields-flood, body-hoard, fields-loop, egress,
+//! post-streamed, get, sleep) are left out: the component then imports nothing it could
+//! wait on, and mailpush calls it synchronously.
 
+#[cfg(feature = "waits")]
 use mailpush_driver_sdk::bindings::wasi::clocks::monotonic_clock;
+#[cfg(feature = "waits")]
 use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, OutgoingRequest};
+#[cfg(feature = "waits")]
+use mailpush_driver_sdk::http;
 use mailpush_driver_sdk::{
-    export_driver, http, log, metadata, Args, Driver, EventName, Failure, Transaction, TxnInfo,
-    Wants,
+    export_driver, log, metadata, Args, Driver, EventName, Failure, Transaction, TxnInfo, Wants,
 };
 
 /// What `init-hoard` mode fills in `init`.
@@ -45,6 +53,7 @@ static HOARD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new())
 static REMEMBERED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// `handle` first, then the body, then the response (see `post-streamed`).
+#[cfg(feature = "waits")]
 fn post_streamed(url: &str, bytes: usize) -> String {
     use mailpush_driver_sdk::bindings::wasi::http::outgoing_handler;
     use mailpush_driver_sdk::bindings::wasi::http::types::{Method, Scheme};
@@ -99,10 +108,13 @@ fn post_streamed(url: &str, bytes: usize) -> String {
 }
 
 /// Blocks on a monotonic-clock pollable for `ns` nanoseconds.
+#[cfg(feature = "waits")]
 fn sleep_ns(ns: u64) {
     monotonic_clock::subscribe_duration(ns).block();
 }
 
+// Without `waits`, the fields only those modes read are unused.
+#[cfg_attr(not(feature = "waits"), allow(dead_code))]
 struct Hostile {
     mode: String,
     url: String,
@@ -129,9 +141,11 @@ impl Driver for Hostile {
         if mode == "panic-init" {
             panic!("hostile driver panics in init on purpose");
         }
+        #[cfg(feature = "waits")]
         if mode == "init-sleep" {
             sleep_ns(3_600_000_000_000);
         }
+        #[cfg(feature = "waits")]
         if mode == "init-burn" {
             // Host calls in a loop: the time is the host's, done on the guest's behalf.
             loop {
@@ -222,6 +236,7 @@ impl Driver for Hostile {
                 }
                 Ok(())
             }
+            #[cfg(feature = "waits")]
             "http" => match http::send(
                 "POST",
                 &self.url,
@@ -263,6 +278,7 @@ impl Driver for Hostile {
                 )))
             }
             "echo-json" => Err(Failure::permanent(txn.json.clone())),
+            #[cfg(feature = "waits")]
             "fields-flood" => {
                 let value = vec![b'v'; self.kib << 10];
                 let mut kept = Vec::new();
@@ -277,6 +293,7 @@ impl Driver for Hostile {
                 }
                 Err(Failure::permanent("made 100000 fields of 100 KiB"))
             }
+            #[cfg(feature = "waits")]
             "body-hoard" => {
                 let chunk = vec![b'b'; 1 << 20];
                 let mut kept = Vec::new();
@@ -311,6 +328,7 @@ impl Driver for Hostile {
                     log::info(&big);
                 }
             }
+            #[cfg(feature = "waits")]
             "fields-loop" => loop {
                 let f = Fields::new();
                 let _ = f.append("x-a", b"b");
@@ -348,6 +366,7 @@ impl Driver for Hostile {
                 eprintln!("console.error from the driver");
                 Ok(())
             }
+            #[cfg(feature = "waits")]
             "egress" => {
                 let bytes: usize = self.bytes;
                 let body = vec![b'e'; bytes];
@@ -362,7 +381,9 @@ impl Driver for Hostile {
                     Err(e) => Err(Failure::permanent(format!("egress failed: {e}"))),
                 }
             }
+            #[cfg(feature = "waits")]
             "post-streamed" => Err(Failure::permanent(post_streamed(&self.url, self.bytes))),
+            #[cfg(feature = "waits")]
             "get" => match http::send("GET", &self.url, &[], b"", Some(10_000)) {
                 Ok(r) if r.status == 200 => Ok(()),
                 Ok(r) => Err(Failure::permanent(format!("GET answered {}", r.status))),
@@ -384,6 +405,7 @@ impl Driver for Hostile {
                 #[allow(unreachable_code)]
                 Ok(())
             }
+            #[cfg(feature = "waits")]
             "sleep" => {
                 sleep_ns(self.msecs * 1_000_000);
                 Ok(())
