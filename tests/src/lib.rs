@@ -1105,7 +1105,7 @@ pub async fn assert_webhook_posts_signed_canonical_json(
     let dir = tempfile::tempdir().unwrap();
     let state = state_dir.map_or_else(|| "state".to_string(), |d| d.display().to_string());
     let conf = format!(
-        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private timeout_msecs={WEBHOOK_TEST_TIMEOUT}\n}}\n",
         component.display(),
         server.url("/hooks/mail")
     );
@@ -1157,6 +1157,13 @@ pub async fn assert_webhook_posts_signed_canonical_json(
     }
 }
 
+/// `timeout_msecs` of the webhook examples in the tests that check what they send: a
+/// Python instance runs its runtime's `init` in every transaction (it is not
+/// snapshotted), a few ms of CPU that the default 100 ms of wall-clock-measured guest
+/// time did not always cover while another test compiled a JavaScript component on both
+/// cores. These tests check signatures and failures, not deadlines (sandbox.rs does).
+const WEBHOOK_TEST_TIMEOUT: u32 = 2000;
+
 /// The webhook example (in any language): a 503 with Retry-After is a retryable failure
 /// that carries the delay; a 400 a permanent one.
 pub async fn assert_webhook_failures_are_classified(component: &Path, state_dir: Option<&Path>) {
@@ -1169,7 +1176,7 @@ pub async fn assert_webhook_failures_are_classified(component: &Path, state_dir:
     let dir = tempfile::tempdir().unwrap();
     let state = state_dir.map_or_else(|| "state".to_string(), |d| d.display().to_string());
     let conf = format!(
-        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private\n}}\n",
+        "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url={} allow_hosts=127.0.0.1 allow_private timeout_msecs={WEBHOOK_TEST_TIMEOUT}\n}}\n",
         component.display(),
         server.url("/h")
     );
