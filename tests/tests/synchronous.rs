@@ -179,3 +179,40 @@ async fn a_synchronous_driver_receives_the_transaction() {
     let sent = mailbox_txn("u0@example.com", "t0");
     assert_eq!(reasons(&out)[0], sent.to_json(), "{out:?}");
 }
+
+/// A synchronous call cannot be stopped by a wall-clock timeout around it: its deadline
+/// is the tighter of `timeout_msecs` and what is left of `max_txn_msecs` (or of
+/// `init_timeout_msecs` while loading), and the reason names the bound that was hit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_synchronous_call_is_bounded_by_max_txn_msecs_and_init_timeout_msecs() {
+    let started = std::time::Instant::now();
+    let (out, _) = run_guest(
+        NO_WAIT,
+        "mode=loop timeout_msecs=20000 max_txn_msecs=100",
+        2,
+    )
+    .await;
+    for r in reasons(&out) {
+        assert_eq!(r, "transaction exceeded max_txn_msecs=100");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "stopped by max_txn_msecs, not timeout_msecs: {:?}",
+        started.elapsed()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=init-loop init=per-instance timeout_msecs=20000 init_timeout_msecs=200\n}}\n",
+        guest(NO_WAIT).display()
+    );
+    let config = write_config(dir.path(), &conf);
+    let Err((_, errors)) = TestDrivers::new()
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    else {
+        panic!("init never returns");
+    };
+    let e = errors[0].to_string();
+    assert!(e.contains("init did not finish within 200 ms"), "{e}");
+}

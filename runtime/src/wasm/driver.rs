@@ -338,6 +338,14 @@ fn make_snapshot(
     }
 }
 
+/// The failure of a transaction that ran out of `max_txn_msecs` in `what`.
+fn exceeded(what: &str, max_txn: std::time::Duration) -> Failure {
+    Failure::retryable(format!(
+        "{what} exceeded max_txn_msecs={}",
+        max_txn.as_millis()
+    ))
+}
+
 impl WasmInner {
     fn classify(&self, store: &Store<HostState>, err: wasmtime::Error) -> Failure {
         classify(store.data(), err, &self.sandbox.limits, &self.stats)
@@ -410,29 +418,29 @@ impl Driver for WasmDriver {
         inst.store.data_mut().txn = Some(txn.clone());
         inst.store.data().output.lock().txn = Some(txn.id.clone());
         inst.store.data_mut().outbound.begin_transaction();
-        inner.instances.arm(&mut inst.store);
+        let remaining = limits.max_txn.saturating_sub(started.elapsed());
+        let capped = inner.instances.arm_within(&mut inst.store, remaining);
         let result = if inner.instances.synchronous() {
-            // Never waits: the CPU deadline bounds it ([`super::synchronous`]).
-            inst.bindings
+            // Never waits: its deadline bounds it ([`super::synchronous`]).
+            let result = inst
+                .bindings
                 .mailpush_driver_driver()
                 .func_begin_txn()
                 .call(&mut inst.store, (txn.id.as_str(), txn.user.as_str()))
-                .map(|(r,)| r)
+                .map(|(r,)| r);
+            if result.is_err() && capped && inst.store.data().clock.expired {
+                return Err(exceeded("begin-txn", limits.max_txn));
+            }
+            result
         } else {
             let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
                 &mut inst.store,
                 &txn.id,
                 &txn.user,
             );
-            let remaining = limits.max_txn.saturating_sub(started.elapsed());
             match tokio::time::timeout(remaining, call).await {
                 Ok(r) => r,
-                Err(_) => {
-                    return Err(Failure::retryable(format!(
-                        "begin-txn exceeded max_txn_msecs={}",
-                        limits.max_txn.as_millis()
-                    )));
-                }
+                Err(_) => return Err(exceeded("begin-txn", limits.max_txn)),
             }
         };
         inner.instances.account_fuel(&inst.store, &inner.stats);
@@ -593,21 +601,21 @@ impl DriverTxn for WasmTxn {
             .map(|(e, json)| EventRecord::new(e, json))
             .collect();
         let record = TransactionRef::new(&self.txn, &events, json);
-        inner.instances.arm(&mut inst.store);
         let remaining = limits.max_txn.saturating_sub(self.started.elapsed());
+        let capped = inner.instances.arm_within(&mut inst.store, remaining);
+        let synchronous = inner.instances.synchronous();
         let call = inner.instances.deliver(&mut inst, &record);
-        let result = if inner.instances.synchronous() {
-            // Never suspends: the CPU deadline bounds it ([`super::synchronous`]).
-            call.await
+        let result = if synchronous {
+            // Never suspends: its deadline bounds it ([`super::synchronous`]).
+            let result = call.await;
+            if result.is_err() && capped && inst.store.data().clock.expired {
+                return Err(exceeded("transaction", limits.max_txn));
+            }
+            result
         } else {
             match tokio::time::timeout(remaining, call).await {
                 Ok(r) => r,
-                Err(_) => {
-                    return Err(Failure::retryable(format!(
-                        "transaction exceeded max_txn_msecs={}",
-                        limits.max_txn.as_millis()
-                    )));
-                }
+                Err(_) => return Err(exceeded("transaction", limits.max_txn)),
             }
         };
         let fuel = inner.instances.account_fuel(&inst.store, &inner.stats);

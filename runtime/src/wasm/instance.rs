@@ -115,6 +115,14 @@ impl InstanceSettings {
     }
 }
 
+/// Why no instance was made.
+enum Unmade {
+    /// Out of time: what was left of `init_timeout_msecs` or `max_txn_msecs`.
+    Late,
+    Failed(Failure),
+}
+use Unmade::{Failed, Late};
+
 /// One instance: its store and its exports.
 pub struct Instance {
     pub store: Store<HostState>,
@@ -317,6 +325,21 @@ impl Instances {
         }
     }
 
+    /// [`Self::arm`] for a call that has `left` of `max_txn_msecs`. A synchronous call
+    /// cannot be stopped by a wall-clock timeout around it, so its deadline is the
+    /// tighter of `timeout_msecs` and `left`; returns whether `left` is (then a deadline
+    /// hit means the transaction ran out of `max_txn_msecs`). An async call is bounded
+    /// by the timeout its caller puts around it.
+    pub fn arm_within(&self, store: &mut Store<HostState>, left: Duration) -> bool {
+        self.arm(store);
+        if !self.synchronous || left >= self.limits.timeout {
+            return false;
+        }
+        store.data_mut().clock.arm(left);
+        store.set_epoch_deadline(slice(left));
+        true
+    }
+
     /// Reports fuel used by the last call.
     pub fn account_fuel(&self, store: &Store<HostState>, stats: &WasmStats) -> u64 {
         let Some(fuel) = self.limits.fuel else {
@@ -335,24 +358,50 @@ impl Instances {
         stats: &WasmStats,
         within: Duration,
     ) -> Result<Instance, Failure> {
-        if self.synchronous {
-            // Nothing to wait on: the CPU deadline bounds it (a future that never
-            // suspends cannot be timed out).
-            return self.instantiate_unbounded(stats).await;
-        }
-        match tokio::time::timeout(within, self.instantiate_unbounded(stats)).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::retryable(format!(
+        let late = || {
+            Failure::retryable(format!(
                 "init did not finish within {} ms (init_timeout_msecs, or what was left of max_txn_msecs)",
                 within.as_millis()
-            ))),
+            ))
+        };
+        if self.synchronous {
+            // Nothing to wait on, and a future that never suspends cannot be timed out:
+            // the call's deadline is bounded by `within` instead.
+            return self
+                .instantiate_unbounded(stats, Some(within))
+                .await
+                .map_err(|f| match f {
+                    Late => late(),
+                    Failed(f) => f,
+                });
+        }
+        match tokio::time::timeout(within, self.instantiate_unbounded(stats, None)).await {
+            Ok(r) => r.map_err(|f| match f {
+                Late => late(),
+                Failed(f) => f,
+            }),
+            Err(_) => Err(late()),
         }
     }
 
-    async fn instantiate_unbounded(&self, stats: &WasmStats) -> Result<Instance, Failure> {
-        let mut store = self.new_store()?;
+    /// Instantiates and (without a snapshot) calls `init`; with `within`, the calls'
+    /// deadlines are bounded by it ([`Self::arm_within`]).
+    async fn instantiate_unbounded(
+        &self,
+        stats: &WasmStats,
+        within: Option<Duration>,
+    ) -> Result<Instance, Unmade> {
+        let started = std::time::Instant::now();
+        let arm = |store: &mut Store<HostState>| match within {
+            Some(w) => self.arm_within(store, w.saturating_sub(started.elapsed())),
+            None => {
+                self.arm(store);
+                false
+            }
+        };
+        let mut store = self.new_store().map_err(Failed)?;
         stats.instances.fetch_add(1, Ordering::Relaxed);
-        self.arm(&mut store);
+        let capped = arm(&mut store);
         let instantiated = if self.synchronous {
             self.pre.instantiate(&mut store)
         } else {
@@ -364,9 +413,12 @@ impl Instances {
                 if e.to_string().contains("pooling")
                     || e.to_string().contains("maximum concurrent") =>
             {
-                return Err(Failure::retryable(format!("no free instance slot: {e}")))
+                return Err(Failed(Failure::retryable(format!(
+                    "no free instance slot: {e}"
+                ))))
             }
-            Err(e) => return Err(classify(store.data(), e, &self.limits, stats)),
+            Err(_) if capped && store.data().clock.expired => return Err(Late),
+            Err(e) => return Err(Failed(classify(store.data(), e, &self.limits, stats))),
         };
         if self.initialised {
             return Ok(Instance {
@@ -375,7 +427,7 @@ impl Instances {
                 txns: 0,
             });
         }
-        self.arm(&mut store);
+        let capped = arm(&mut store);
         let init = if self.synchronous {
             bindings
                 .mailpush_driver_driver()
@@ -395,15 +447,16 @@ impl Instances {
                 bindings,
                 txns: 0,
             }),
-            Ok(Err(msg)) => Err(Failure::permanent(reason(format!(
+            Ok(Err(msg)) => Err(Failed(Failure::permanent(reason(format!(
                 "init refused the arguments: {msg}"
-            )))),
+            ))))),
+            Err(_) if capped && store.data().clock.expired => Err(Late),
             Err(e) => {
                 let f = classify(store.data(), e, &self.limits, stats);
-                Err(Failure {
+                Err(Failed(Failure {
                     reason: format!("init failed: {}", f.reason),
                     ..f
-                })
+                }))
             }
         }
     }

@@ -6,7 +6,7 @@
 //! - `fields-flood`: keeps creating `wasi:http` fields of 100 KiB each;
 //! - `body-hoard`: keeps creating outgoing requests whose bodies buffer 2 MiB, never sent;
 //! - `init-sleep` / `init-burn`: `init` blocks on a clock for an hour / burns CPU with
-//!   host calls;
+//!   host calls; `init-loop`: `init` spins without host calls;
 //! - `log-loop`: logs 8 MiB strings in a loop; `fields-loop`: creates and drops fields in a
 //!   loop (host work on the guest's behalf, which must be charged);
 //! - `metadata-flood`: asks METADATA for huge invalid keys;
@@ -152,6 +152,13 @@ impl Driver for Hostile {
                 std::hint::black_box(monotonic_clock::now());
                 let f = Fields::new();
                 std::hint::black_box(&f);
+            }
+        }
+        if mode == "init-loop" {
+            // Pure computation, no host calls: stopped only by a deadline.
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
             }
         }
         if mode == "init-hoard" {
