@@ -41,7 +41,12 @@ fn unsafe_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The uid and gid of `vmail`, Dovecot's mail user here and mailpush's `handoff_owners`;
+/// creates the user first on a machine without it (a fresh CI machine). The tests run in
+/// parallel: one creates it, the others wait and find it.
 fn vmail_ids() -> (String, String) {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("id")
         .arg("vmail")
         .output()
@@ -473,6 +478,8 @@ async fn dovecot_events_reach_mailpush() {
     let oxapp = RecordingServer::start().await;
     let token = "t0ken-for-dovecot";
     std::fs::write(root_path.join("token"), format!("{token}\n")).unwrap();
+    // handoff_owners = vmail: the user must exist before mailpush starts.
+    vmail_ids();
     let mp_conf = root_path.join("mailpush.conf");
     std::fs::write(
         &mp_conf,
@@ -1077,6 +1084,8 @@ async fn handoff_loses_nothing_and_never_holds_mail() {
         headers: vec![],
         delay: Duration::from_secs(3),
     });
+    // handoff_owners = vmail: the user must exist before mailpush starts.
+    vmail_ids();
     let mp_conf = root_path.join("mailpush.conf");
     std::fs::write(
         &mp_conf,

@@ -368,14 +368,14 @@ impl Instances {
             // Nothing to wait on, and a future that never suspends cannot be timed out:
             // the call's deadline is bounded by `within` instead.
             return self
-                .instantiate_unbounded(stats, Some(within))
+                .make_instance(stats, Some(within))
                 .await
                 .map_err(|f| match f {
                     Late => late(),
                     Failed(f) => f,
                 });
         }
-        match tokio::time::timeout(within, self.instantiate_unbounded(stats, None)).await {
+        match tokio::time::timeout(within, self.make_instance(stats, None)).await {
             Ok(r) => r.map_err(|f| match f {
                 Late => late(),
                 Failed(f) => f,
@@ -386,7 +386,7 @@ impl Instances {
 
     /// Instantiates and (without a snapshot) calls `init`; with `within`, the calls'
     /// deadlines are bounded by it ([`Self::arm_within`]).
-    async fn instantiate_unbounded(
+    async fn make_instance(
         &self,
         stats: &WasmStats,
         within: Option<Duration>,
