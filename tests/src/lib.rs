@@ -602,6 +602,18 @@ pub async fn load_drivers(registry: &DriverRegistry, config: &Config) -> Vec<Loa
     }
 }
 
+/// The error of the first driver of `config` that fails to initialise; panics when all
+/// of them initialise.
+pub async fn first_init_error(config: &Config) -> String {
+    match DriverRegistry::default()
+        .init_all(config, Arc::new(NoMetadata))
+        .await
+    {
+        Ok(_) => panic!("a driver was expected to fail its init"),
+        Err((_, errors)) => errors[0].to_string(),
+    }
+}
+
 /// Asserts that for each of `users`, the transactions in `requests` (canonical JSON
 /// bodies) are exactly that user's transactions of `sent`: in order, each once.
 pub fn assert_each_users_order(sent: &[Transaction], requests: &[Recorded], users: &[String]) {

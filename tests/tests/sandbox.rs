@@ -6,42 +6,56 @@ use std::sync::Arc;
 use mailpush::pipeline::Outcome;
 use mailpush_e2e::*;
 
+/// The hostile driver as it is (it imports wasi:http and a clock, so it is called on a
+/// fiber) and built without its waiting modes (it imports nothing to wait on, so it is
+/// called synchronously: runtime/src/wasm/synchronous.rs). The bounds tested with both
+/// hold on both paths.
+const BOTH: [&str; 2] = ["hostile", "hostile-no-wait"];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_hits_the_deadline() {
-    let (out, _) = run_hostile("mode=loop timeout_msecs=50", 3).await;
-    assert_eq!(out.len(), 3);
-    for r in reasons(&out) {
-        assert!(
-            r.contains("deadline exceeded") && r.contains("timeout_msecs=50"),
-            "{r}"
-        );
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=loop timeout_msecs=50", 3).await;
+        assert_eq!(out.len(), 3, "{g}");
+        for r in reasons(&out) {
+            assert!(
+                r.contains("deadline exceeded") && r.contains("timeout_msecs=50"),
+                "{g}: {r}"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_bomb_hits_the_memory_cap() {
-    let (out, _) = run_hostile("mode=memory memory=8M", 2).await;
-    for r in reasons(&out) {
-        assert!(
-            r.contains("memory limit reached") && r.contains("memory=8M"),
-            "{r}"
-        );
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=memory memory=8M", 2).await;
+        for r in reasons(&out) {
+            assert!(
+                r.contains("memory limit reached") && r.contains("memory=8M"),
+                "{g}: {r}"
+            );
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unbounded_recursion_is_a_stack_overflow() {
-    let (out, _) = run_hostile("mode=recursion", 2).await;
-    for r in reasons(&out) {
-        assert!(r.contains("stack overflow"), "{r}");
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=recursion", 2).await;
+        for r in reasons(&out) {
+            assert!(r.contains("stack overflow"), "{g}: {r}");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn immediate_trap_is_contained() {
-    let (out, _) = run_hostile("mode=trap", 3).await;
-    for r in reasons(&out) {
-        assert!(r.contains("trap"), "{r}");
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=trap", 3).await;
+        for r in reasons(&out) {
+            assert!(r.contains("trap"), "{g}: {r}");
+        }
     }
 }
 
@@ -49,16 +63,18 @@ async fn immediate_trap_is_contained() {
 /// stderr and ends in a trap: the failure's reason starts with what it printed.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_trapping_driver_printed_is_its_reason() {
-    let (out, _) = run_hostile("mode=stderr-trap", 2).await;
-    for r in reasons(&out) {
-        assert!(
-            r.starts_with(
-                "TypeError: cannot read property 'x' of undefined |     at deliver (driver.js:12:5) (then: "
-            ),
-            "{r}"
-        );
-        assert!(r.contains("trap"), "{r}");
-        assert!(!r.contains("progress"), "stderr's lines are preferred: {r}");
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=stderr-trap", 2).await;
+        for r in reasons(&out) {
+            assert!(
+                r.starts_with(
+                    "TypeError: cannot read property 'x' of undefined |     at deliver (driver.js:12:5) (then: "
+                ),
+                "{g}: {r}"
+            );
+            assert!(r.contains("trap"), "{g}: {r}");
+            assert!(!r.contains("progress"), "stderr's lines are preferred: {r}");
+        }
     }
 }
 
@@ -114,15 +130,21 @@ async fn an_initial_memory_over_the_limit_is_named_as_such() {
 /// per transaction, and one note per transaction counts the rest.
 #[tokio::test(flavor = "multi_thread")]
 async fn log_flood_is_capped() {
-    let (out, _) = run_hostile("mode=logflood max_log_lines=10 timeout_msecs=5000", 2).await;
-    assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
-    let log = send_logged("mode=logflood max_log_lines=10 timeout_msecs=5000", 2);
-    assert_eq!(count(&log, "flood line"), 20, "{log}");
-    assert_eq!(
-        count(&log, "99990 log lines dropped (max_log_lines=10"),
-        2,
-        "{log}"
-    );
+    // Longer than one deadline slice: a synchronous guest runs on while within its
+    // budget, as an async one does.
+    let args = "mode=logflood max_log_lines=10 timeout_msecs=5000";
+    for g in BOTH {
+        let (out, _) = run_guest(g, args, 2).await;
+        assert!(out.iter().all(|o| *o == Outcome::Delivered), "{g}: {out:?}");
+        let (ok, log) = send_guest(g, args, 2);
+        assert!(ok, "{log}");
+        assert_eq!(count(&log, "flood line"), 20, "{g}: {log}");
+        assert_eq!(
+            count(&log, "99990 log lines dropped (max_log_lines=10"),
+            2,
+            "{g}: {log}"
+        );
+    }
 }
 
 /// The drop reports are bounded too: 30 flooding transactions give one host warning at
@@ -223,20 +245,24 @@ async fn http_to_a_name_resolving_to_loopback_is_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn opening_a_file_is_denied() {
-    let (out, _) = run_hostile("mode=file", 1).await;
-    let r = &reasons(&out)[0];
-    assert!(r.contains("file access denied"), "{r}");
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=file", 1).await;
+        let r = &reasons(&out)[0];
+        assert!(r.contains("file access denied"), "{g}: {r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_returned_string_is_truncated() {
-    let (out, _) = run_hostile("mode=huge", 1).await;
-    let r = &reasons(&out)[0];
-    assert!(
-        r.len() < 2048 && r.ends_with("[truncated]"),
-        "{} bytes",
-        r.len()
-    );
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=huge", 1).await;
+        let r = &reasons(&out)[0];
+        assert!(
+            r.len() < 2048 && r.ends_with("[truncated]"),
+            "{g}: {} bytes",
+            r.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,9 +362,11 @@ async fn a_tenant_that_panics_in_init_fails_only_its_own_transactions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fuel_limit_stops_a_loop() {
-    let (out, _) = run_hostile("mode=loop fuel=1000000 timeout_msecs=10000", 1).await;
-    let r = &reasons(&out)[0];
-    assert!(r.contains("fuel exhausted"), "{r}");
+    for g in BOTH {
+        let (out, _) = run_guest(g, "mode=loop fuel=1000000 timeout_msecs=10000", 1).await;
+        let r = &reasons(&out)[0];
+        assert!(r.contains("fuel exhausted"), "{g}: {r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,9 +1,8 @@
 //! The synchronous path (runtime/src/wasm/synchronous.rs): a driver that imports nothing
-//! it could wait on is called without a fiber, and every sandbox bound holds there as on
-//! the async path. The hostile driver built without its waiting modes
-//! (`hostile-no-wait`) is such a driver; each test here is one of sandbox.rs's against it.
-
-use std::sync::Arc;
+//! it could wait on is called without a fiber. The hostile driver built without its
+//! waiting modes (`hostile-no-wait`) is such a driver. sandbox.rs runs its bounds
+//! (deadline, fuel, memory, stack, traps, log flood, files) against it and the async
+//! build alike; here is what is particular to this path.
 
 use mailpush::pipeline::Outcome;
 use mailpush_e2e::*;
@@ -19,111 +18,40 @@ fn calls_line(details: &[String]) -> &str {
         .unwrap_or_else(|| panic!("no calls line in {details:?}"))
 }
 
+/// A config with the no-wait hostile driver as driver 1, with `args`.
+fn no_wait_config(dir: &std::path::Path, args: &str) -> mailpush::config::Config {
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} {args}\n}}\n",
+        guest(NO_WAIT).display()
+    );
+    write_config(dir, &conf)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_a_driver_that_cannot_wait_is_called_synchronously() {
     let dir = tempfile::tempdir().unwrap();
     let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok\n push_notification_driver2 = wasm:file={} mode=ok\n push_notification_driver3 = wasm:file={} key=k\n push_notification_driver4 = wasm:file={} url=http://127.0.0.1:9/ secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n}}\n",
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok\n push_notification_driver2 = wasm:file={} mode=ok\n push_notification_driver3 = wasm:file={} key=k\n push_notification_driver4 = wasm:file={} url=http://127.0.0.1:9/ secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n push_notification_driver5 = wasm:file={} mode=ok calls=async\n}}\n",
         guest(NO_WAIT).display(),
         guest("hostile").display(),
         guest("bench-handler").display(),
         guest("webhook").display(),
+        guest(NO_WAIT).display(),
     );
     let config = write_config(dir.path(), &conf);
     let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
     let calls: Vec<&str> = loaded.iter().map(|d| calls_line(&d.details)).collect();
     assert!(calls[0].starts_with("calls: synchronous"), "{calls:?}");
-    assert!(calls[1].starts_with("calls: async"), "{calls:?}");
+    assert!(calls[1].starts_with("calls: async (imports"), "{calls:?}");
     assert!(calls[2].starts_with("calls: synchronous"), "{calls:?}");
-    assert!(calls[3].starts_with("calls: async"), "{calls:?}");
+    assert!(calls[3].starts_with("calls: async (imports"), "{calls:?}");
+    assert_eq!(calls[4], "calls: async (calls=async)", "{calls:?}");
     // And they deliver.
-    for d in &loaded[..3] {
-        let txn = Arc::new(mailbox_txn("a@example.com", "t1"));
+    for d in loaded.iter().filter(|d| d.number != 4) {
+        let txn = std::sync::Arc::new(mailbox_txn("a@example.com", "t1"));
         let outcome = mailpush::pipeline::deliver(d.driver.as_ref(), &txn).await;
         assert_eq!(outcome, Outcome::Delivered, "driver {}", d.number);
     }
-}
-
-/// The epoch deadline interrupts a synchronous guest (it cannot yield, so the deadline
-/// callback lets it run on until its budget is spent, then stops it), and the lane of
-/// the other driver goes on (`run_guest` checks it got every transaction).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_synchronous_infinite_loop_hits_the_deadline() {
-    let (out, _) = run_guest(NO_WAIT, "mode=loop timeout_msecs=50", 3).await;
-    assert_eq!(out.len(), 3);
-    for r in reasons(&out) {
-        assert!(
-            r.contains("deadline exceeded") && r.contains("timeout_msecs=50"),
-            "{r}"
-        );
-    }
-}
-
-/// Work longer than one deadline slice is not cut short: the guest runs on at each check
-/// while it is within its budget.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_synchronous_driver_runs_on_within_its_budget() {
-    let (out, _) = run_guest(
-        NO_WAIT,
-        "mode=logflood max_log_lines=10 timeout_msecs=5000",
-        2,
-    )
-    .await;
-    assert!(out.iter().all(|o| *o == Outcome::Delivered), "{out:?}");
-    let log = {
-        let (ok, log) = send_guest(
-            NO_WAIT,
-            "mode=logflood max_log_lines=10 timeout_msecs=5000",
-            2,
-        );
-        assert!(ok, "{log}");
-        log
-    };
-    assert_eq!(count(&log, "flood line"), 20, "{log}");
-    assert_eq!(
-        count(&log, "99990 log lines dropped (max_log_lines=10"),
-        2,
-        "{log}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_synchronous_fuel_limit_stops_a_loop() {
-    let (out, _) = run_guest(NO_WAIT, "mode=loop fuel=1000000 timeout_msecs=10000", 1).await;
-    let r = &reasons(&out)[0];
-    assert!(r.contains("fuel exhausted"), "{r}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn synchronous_memory_recursion_and_traps_are_contained() {
-    let (out, _) = run_guest(NO_WAIT, "mode=memory memory=8M", 2).await;
-    for r in reasons(&out) {
-        assert!(
-            r.contains("memory limit reached") && r.contains("memory=8M"),
-            "{r}"
-        );
-    }
-    let (out, _) = run_guest(NO_WAIT, "mode=recursion", 2).await;
-    for r in reasons(&out) {
-        assert!(r.contains("stack overflow"), "{r}");
-    }
-    let (out, _) = run_guest(NO_WAIT, "mode=trap", 2).await;
-    for r in reasons(&out) {
-        assert!(r.contains("trap"), "{r}");
-    }
-    // What it printed on stderr before trapping is the reason (stdio is linked
-    // synchronously too).
-    let (out, _) = run_guest(NO_WAIT, "mode=stderr-trap", 2).await;
-    for r in reasons(&out) {
-        assert!(
-            r.starts_with("TypeError: cannot read property 'x' of undefined"),
-            "{r}"
-        );
-    }
-    let (out, _) = run_guest(NO_WAIT, "mode=file", 1).await;
-    assert!(reasons(&out)[0].contains("file access denied"), "{out:?}");
-    let (out, _) = run_guest(NO_WAIT, "mode=huge", 1).await;
-    assert!(reasons(&out)[0].ends_with("[truncated]"), "{out:?}");
 }
 
 /// A fresh instance per transaction on the synchronous path sees exactly what `init`
@@ -152,19 +80,8 @@ async fn synchronous_fresh_instances_share_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_synchronous_panic_in_init_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=panic-init init=per-instance\n}}\n",
-        guest(NO_WAIT).display()
-    );
-    let config = write_config(dir.path(), &conf);
-    let Err((_, errors)) = TestDrivers::new()
-        .registry()
-        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
-        .await
-    else {
-        panic!("init must fail");
-    };
-    let e = errors[0].to_string();
+    let config = no_wait_config(dir.path(), "mode=panic-init init=per-instance");
+    let e = first_init_error(&config).await;
     assert!(
         e.contains("init failed") && e.contains("hostile driver panics in init on purpose"),
         "{e}"
@@ -201,18 +118,10 @@ async fn a_synchronous_call_is_bounded_by_max_txn_msecs_and_init_timeout_msecs()
         started.elapsed()
     );
     let dir = tempfile::tempdir().unwrap();
-    let conf = format!(
-        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=init-loop init=per-instance timeout_msecs=20000 init_timeout_msecs=200\n}}\n",
-        guest(NO_WAIT).display()
+    let config = no_wait_config(
+        dir.path(),
+        "mode=init-loop init=per-instance timeout_msecs=20000 init_timeout_msecs=200",
     );
-    let config = write_config(dir.path(), &conf);
-    let Err((_, errors)) = TestDrivers::new()
-        .registry()
-        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
-        .await
-    else {
-        panic!("init never returns");
-    };
-    let e = errors[0].to_string();
+    let e = first_init_error(&config).await;
     assert!(e.contains("init did not finish within 200 ms"), "{e}");
 }
