@@ -472,13 +472,15 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let engines = Arc::new(Engines::new(None));
     let webhook_args = format!("url=http://{addr}/h secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     let webhook_wasm = guest("webhook");
-    let webhook = |instance: InstanceModel| {
+    let webhook_to = |instance: InstanceModel, args: String| {
         let mut sandbox = Sandbox::default();
-        sandbox.http.allow_hosts = vec!["127.0.0.1".into()];
+        sandbox.http.allow_hosts = vec!["127.0.0.1".into(), "localhost".into()];
         sandbox.http.allow_private = true;
         sandbox.instance.model = instance;
-        load(&webhook_wasm, sandbox, &webhook_args, &engines)
+        let (wasm, engines) = (webhook_wasm.clone(), engines.clone());
+        async move { load(&wasm, sandbox, &args, &engines).await }
     };
+    let webhook = |instance: InstanceModel| webhook_to(instance, webhook_args.clone());
     let d: Arc<dyn Driver> = Arc::new(webhook(InstanceModel::Fresh).await);
     let mut wasm = Vec::new();
     for _ in 0..o.runs {
@@ -488,6 +490,19 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     let mut wasm_warm = Vec::new();
     for _ in 0..o.runs {
         wasm_warm.push(sequential(warm.clone(), txn(), n).await);
+    }
+    // The same warm webhook posting to a host name (`localhost`, from /etc/hosts): the
+    // name is resolved for its requests, where an IP literal needs no lookup.
+    let named: Arc<dyn Driver> = Arc::new(
+        webhook_to(
+            InstanceModel::Reuse,
+            webhook_args.replace("127.0.0.1", "localhost"),
+        )
+        .await,
+    );
+    let mut wasm_named = Vec::new();
+    for _ in 0..o.runs {
+        wasm_named.push(sequential(named.clone(), txn(), n).await);
     }
     // The native ox driver: same server, one PUT per transaction (METADATA in the
     // transaction activates it), its keep-alive pool.
@@ -562,6 +577,7 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
         }
     }
     let (r, w, x, ww) = (stats(raw), stats(wasm), stats(ox), stats(wasm_warm));
+    let wn = stats(wasm_named);
     let (xw, l, lr) = (stats(oxw), stats(lua), stats(lua_reuse));
     out.push("## 3. HTTP push to a minimal server on 127.0.0.1 (sequential, one request per transaction)\n".into());
     out.push("| client | requests/s (min / median / max) |\n|---|---|".into());
@@ -576,6 +592,10 @@ async fn http_push(o: &Opts, out: &mut Vec<String>) {
     out.push(format!(
         "| webhook wasm driver, `instance=reuse` (warm instance) | {} |",
         fmt3(ww, "req/s")
+    ));
+    out.push(format!(
+        "| webhook wasm driver, `instance=reuse`, to `localhost` (a host name to resolve) | {} |",
+        fmt3(wn, "req/s")
     ));
     out.push(format!(
         "| native ox driver (keep-alive pool) | {} |",

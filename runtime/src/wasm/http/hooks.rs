@@ -331,7 +331,7 @@ impl WasiHttpHooks for OutboundHttp {
             let result: SendResult = async {
                 let addrs: Vec<SocketAddr> = match tokio::time::timeout(
                     settings.connect_timeout,
-                    tokio::net::lookup_host((host.as_str(), port)),
+                    policy.resolver.resolve(&host, port),
                 )
                 .await
                 {
@@ -343,7 +343,7 @@ impl WasiHttpHooks for OutboundHttp {
                         };
                         return drained(request, e).await;
                     }
-                    Ok(Ok(a)) => a.collect(),
+                    Ok(Ok(a)) => a,
                 };
                 if !settings.allow_private {
                     let bad = addrs.iter().find_map(|a| refusal(a.ip()).map(|why| (a.ip(), why)));
@@ -833,20 +833,25 @@ mod tests {
         });
         let mut http = hooks(&policy);
         let url = format!("http://localhost:{}/x", addr.port());
-        let r =
-            Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) }))).await;
-        assert!(
-            matches!(r, Err(Error::DestinationIpProhibited)),
-            "{:?}",
-            r.err()
-        );
-        let refused = http.take_refused();
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert!(
-            refused[0].starts_with("localhost resolves to ")
-                && refused[0].contains("allow_private"),
-            "{refused:?}"
-        );
+        // The second request gets the resolver's cached answer: checked the same.
+        for _ in 0..2 {
+            let r =
+                Box::into_pin(http.send_request(request(&url), None, Box::new(async { Ok(()) })))
+                    .await;
+            assert!(
+                matches!(r, Err(Error::DestinationIpProhibited)),
+                "{:?}",
+                r.err()
+            );
+            let refused = http.take_refused();
+            assert_eq!(refused.len(), 1, "{refused:?}");
+            assert!(
+                refused[0].starts_with("localhost resolves to ")
+                    && refused[0].contains("allow_private"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(policy.resolver.lookups(), 1);
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 

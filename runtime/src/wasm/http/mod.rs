@@ -5,12 +5,14 @@
 //! - [`policy`]: the driver-wide state (connection limit, endpoint breakers, pool);
 //! - [`hooks`]: the per-instance `wasi:http` hooks that enforce it request by request;
 //! - [`address`]: which addresses are private or special;
-//! - [`pool`]: kept-alive connections to checked addresses.
+//! - [`pool`]: kept-alive connections to checked addresses;
+//! - [`resolver`]: host names resolved, with a short cache.
 
 pub mod address;
 pub mod hooks;
 pub mod policy;
 pub mod pool;
+pub mod resolver;
 pub mod settings;
 
 pub use hooks::OutboundHttp;

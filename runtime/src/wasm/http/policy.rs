@@ -1,11 +1,13 @@
 //! The outbound HTTP policy of one driver, shared by all its instances: its grants, a
-//! connection limit, one circuit breaker per endpoint and the keep-alive pool.
+//! connection limit, one circuit breaker per endpoint, the keep-alive pool and the
+//! resolver's cache.
 
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use super::pool::ConnectionPool;
+use super::resolver::Resolver;
 use super::settings::HttpSettings;
 use crate::breaker::EndpointBreakers;
 use crate::wasm::log::DriverTag;
@@ -20,6 +22,8 @@ pub struct HttpPolicy {
     pub breakers: Arc<EndpointBreakers>,
     /// Kept-alive connections to checked addresses.
     pub pool: Arc<ConnectionPool>,
+    /// Host names resolved, kept for a short while.
+    pub resolver: Arc<Resolver>,
 }
 
 impl HttpPolicy {
@@ -31,6 +35,7 @@ impl HttpPolicy {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             breakers: Arc::new(EndpointBreakers::new(settings.endpoint_breaker.clone())),
             pool: Arc::new(ConnectionPool::new(settings.max_connections)),
+            resolver: Arc::new(Resolver::default()),
             settings,
         }
     }

@@ -4,7 +4,8 @@
 //! request. A driver that posts each transaction to the same webhook would pay a
 //! connect — and for https a full handshake — per transaction. The pool keeps idle
 //! HTTP/1.1 connections per (scheme, host, port). The policy checks (allowed host,
-//! private addresses after DNS resolution) run before every request, pooled or not.
+//! private addresses after DNS resolution, [`super::resolver`]) run before every
+//! request, pooled or not, on a cached answer as on a fresh one.
 //!
 //! New connections go to the addresses that passed the policy, tried in turn within
 //! the connect timeout (also for https: the TLS server name is the host, the TCP peer a
