@@ -20,6 +20,9 @@
 //! - [`http`]: `wasi:http`, behind the outbound policy, over a keep-alive pool;
 //! - [`stdio`]: stdout and stderr into the log; the last lines explain a failed call;
 //! - [`wasi`]: clocks and random; no filesystem, environment or sockets.
+//!
+//! A component that imports nothing it could wait on is linked and called synchronously,
+//! without a fiber ([`synchronous`]).
 
 pub mod background;
 pub mod bindings;
