@@ -419,29 +419,12 @@ impl Driver for WasmDriver {
         inst.store.data().output.lock().txn = Some(txn.id.clone());
         inst.store.data_mut().outbound.begin_transaction();
         let remaining = limits.max_txn.saturating_sub(started.elapsed());
-        let capped = inner.instances.arm_within(&mut inst.store, remaining);
-        let result = if inner.instances.synchronous() {
-            // Never waits: its deadline bounds it ([`super::synchronous`]).
-            let result = inst
-                .bindings
-                .mailpush_driver_driver()
-                .func_begin_txn()
-                .call(&mut inst.store, (txn.id.as_str(), txn.user.as_str()))
-                .map(|(r,)| r);
-            if result.is_err() && capped && inst.store.data().clock.expired {
-                return Err(exceeded("begin-txn", limits.max_txn));
-            }
-            result
-        } else {
-            let call = inst.bindings.mailpush_driver_driver().call_begin_txn(
-                &mut inst.store,
-                &txn.id,
-                &txn.user,
-            );
-            match tokio::time::timeout(remaining, call).await {
-                Ok(r) => r,
-                Err(_) => return Err(exceeded("begin-txn", limits.max_txn)),
-            }
+        let Ok(result) = inner
+            .instances
+            .begin_txn(&mut inst, &txn.id, &txn.user, remaining)
+            .await
+        else {
+            return Err(exceeded("begin-txn", limits.max_txn));
         };
         inner.instances.account_fuel(&inst.store, &inner.stats);
         match result {
@@ -602,21 +585,8 @@ impl DriverTxn for WasmTxn {
             .collect();
         let record = TransactionRef::new(&self.txn, &events, json);
         let remaining = limits.max_txn.saturating_sub(self.started.elapsed());
-        let capped = inner.instances.arm_within(&mut inst.store, remaining);
-        let synchronous = inner.instances.synchronous();
-        let call = inner.instances.deliver(&mut inst, &record);
-        let result = if synchronous {
-            // Never suspends: its deadline bounds it ([`super::synchronous`]).
-            let result = call.await;
-            if result.is_err() && capped && inst.store.data().clock.expired {
-                return Err(exceeded("transaction", limits.max_txn));
-            }
-            result
-        } else {
-            match tokio::time::timeout(remaining, call).await {
-                Ok(r) => r,
-                Err(_) => return Err(exceeded("transaction", limits.max_txn)),
-            }
+        let Ok(result) = inner.instances.deliver(&mut inst, &record, remaining).await else {
+            return Err(exceeded("transaction", limits.max_txn));
         };
         let fuel = inner.instances.account_fuel(&inst.store, &inner.stats);
         if limits.fuel.is_some() {

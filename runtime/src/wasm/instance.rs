@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use wasmtime::component::Linker;
 use wasmtime::Store;
 
+use super::bindings::exports::mailpush::driver::driver::Begin as WitBegin;
 use super::bindings::mailpush::driver::types::Failure as WitFailure;
 use super::bindings::{PushDriver, PushDriverPre};
 use super::engine::LoadedComponent;
@@ -115,6 +116,11 @@ impl InstanceSettings {
     }
 }
 
+/// A call ran out of wall-clock time: what was left of `max_txn_msecs` (of
+/// `init_timeout_msecs` while loading).
+#[derive(Debug)]
+pub struct OutOfTime;
+
 /// Why no instance was made.
 enum Unmade {
     /// Out of time: what was left of `init_timeout_msecs` or `max_txn_msecs`.
@@ -122,6 +128,20 @@ enum Unmade {
     Failed(Failure),
 }
 use Unmade::{Failed, Late};
+
+/// A call's result, unless it failed because its deadline, cut to the wall time left
+/// (`capped`, [`Instances::arm_within`]), expired: then it ran out of time.
+fn in_time<T>(
+    store: &Store<HostState>,
+    capped: bool,
+    result: wasmtime::Result<T>,
+) -> Result<wasmtime::Result<T>, OutOfTime> {
+    if result.is_err() && capped && store.data().clock.expired {
+        Err(OutOfTime)
+    } else {
+        Ok(result)
+    }
+}
 
 /// One instance: its store and its exports.
 pub struct Instance {
@@ -224,22 +244,53 @@ impl Instances {
         })
     }
 
-    /// Calls `inst`'s `deliver` with `txn`, lowered into the guest from borrowed data.
+    /// Calls `inst`'s `begin-txn`, armed, within `left` of wall time.
+    pub async fn begin_txn(
+        &self,
+        inst: &mut Instance,
+        id: &str,
+        user: &str,
+        left: Duration,
+    ) -> Result<wasmtime::Result<WitBegin>, OutOfTime> {
+        let capped = self.arm_within(&mut inst.store, left);
+        let driver = inst.bindings.mailpush_driver_driver();
+        let result = if self.synchronous {
+            driver
+                .func_begin_txn()
+                .call(&mut inst.store, (id, user))
+                .map(|(r,)| r)
+        } else {
+            tokio::time::timeout(left, driver.call_begin_txn(&mut inst.store, id, user))
+                .await
+                .map_err(|_| OutOfTime)?
+        };
+        in_time(&inst.store, capped, result)
+    }
+
+    /// Calls `inst`'s `deliver` with `txn`, lowered into the guest from borrowed data,
+    /// armed, within `left` of wall time.
     pub async fn deliver(
         &self,
         inst: &mut Instance,
         txn: &TransactionRef<'_>,
-    ) -> wasmtime::Result<Result<(), WitFailure>> {
+        left: Duration,
+    ) -> Result<wasmtime::Result<Result<(), WitFailure>>, OutOfTime> {
+        let capped = self.arm_within(&mut inst.store, left);
         let func = *inst.bindings.mailpush_driver_driver().func_deliver().func();
         // SAFETY: every instance of these `Instances` is made from `self.pre`, one
         // component.
-        let deliver = unsafe { self.deliver.typed(func, &inst.store)? };
-        let (result,) = if self.synchronous {
-            deliver.call(&mut inst.store, (txn,))?
-        } else {
-            deliver.call_async(&mut inst.store, (txn,)).await?
+        let deliver = match unsafe { self.deliver.typed(func, &inst.store) } {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(result)
+        let result = if self.synchronous {
+            deliver.call(&mut inst.store, (txn,))
+        } else {
+            tokio::time::timeout(left, deliver.call_async(&mut inst.store, (txn,)))
+                .await
+                .map_err(|_| OutOfTime)?
+        };
+        in_time(&inst.store, capped, result.map(|(r,)| r))
     }
 
     /// Whether calls into this driver's instances are synchronous
@@ -314,7 +365,7 @@ impl Instances {
 
     /// Re-arms the per-call deadline (and fuel) before a call into the guest, and forgets
     /// what the last call left (a memory-limit hit, a panic message).
-    pub fn arm(&self, store: &mut Store<HostState>) {
+    fn arm(&self, store: &mut Store<HostState>) {
         store.data_mut().clock.arm(self.limits.timeout);
         store.data_mut().panic = None;
         store.data_mut().limiter.hit = false;
@@ -325,12 +376,12 @@ impl Instances {
         }
     }
 
-    /// [`Self::arm`] for a call that has `left` of `max_txn_msecs`. A synchronous call
-    /// cannot be stopped by a wall-clock timeout around it, so its deadline is the
-    /// tighter of `timeout_msecs` and `left`; returns whether `left` is (then a deadline
-    /// hit means the transaction ran out of `max_txn_msecs`). An async call is bounded
-    /// by the timeout its caller puts around it.
-    pub fn arm_within(&self, store: &mut Store<HostState>, left: Duration) -> bool {
+    /// [`Self::arm`] for a call that has `left` of wall time. A synchronous call cannot
+    /// be stopped by a wall-clock timeout around it, so its deadline is the tighter of
+    /// `timeout_msecs` and `left`; returns whether `left` is (then a deadline hit means
+    /// the call ran out of time, [`in_time`]). An async call is bounded by a timeout
+    /// around it.
+    fn arm_within(&self, store: &mut Store<HostState>, left: Duration) -> bool {
         self.arm(store);
         if !self.synchronous || left >= self.limits.timeout {
             return false;
@@ -358,46 +409,30 @@ impl Instances {
         stats: &WasmStats,
         within: Duration,
     ) -> Result<Instance, Failure> {
-        let late = || {
-            Failure::retryable(format!(
+        let made = if self.synchronous {
+            // Nothing to wait on, and a future that never suspends cannot be timed out:
+            // the calls' deadlines are cut to `within` instead.
+            self.make_instance(stats, within).await
+        } else {
+            tokio::time::timeout(within, self.make_instance(stats, within))
+                .await
+                .unwrap_or(Err(Late))
+        };
+        made.map_err(|unmade| match unmade {
+            Late => Failure::retryable(format!(
                 "init did not finish within {} ms (init_timeout_msecs, or what was left of max_txn_msecs)",
                 within.as_millis()
-            ))
-        };
-        if self.synchronous {
-            // Nothing to wait on, and a future that never suspends cannot be timed out:
-            // the call's deadline is bounded by `within` instead.
-            return self
-                .make_instance(stats, Some(within))
-                .await
-                .map_err(|f| match f {
-                    Late => late(),
-                    Failed(f) => f,
-                });
-        }
-        match tokio::time::timeout(within, self.make_instance(stats, None)).await {
-            Ok(r) => r.map_err(|f| match f {
-                Late => late(),
-                Failed(f) => f,
-            }),
-            Err(_) => Err(late()),
-        }
+            )),
+            Failed(f) => f,
+        })
     }
 
-    /// Instantiates and (without a snapshot) calls `init`; with `within`, the calls'
-    /// deadlines are bounded by it ([`Self::arm_within`]).
-    async fn make_instance(
-        &self,
-        stats: &WasmStats,
-        within: Option<Duration>,
-    ) -> Result<Instance, Unmade> {
+    /// Instantiates and (without a snapshot) calls `init`, within `within` of wall time
+    /// ([`Self::arm_within`]).
+    async fn make_instance(&self, stats: &WasmStats, within: Duration) -> Result<Instance, Unmade> {
         let started = std::time::Instant::now();
-        let arm = |store: &mut Store<HostState>| match within {
-            Some(w) => self.arm_within(store, w.saturating_sub(started.elapsed())),
-            None => {
-                self.arm(store);
-                false
-            }
+        let arm = |store: &mut Store<HostState>| {
+            self.arm_within(store, within.saturating_sub(started.elapsed()))
         };
         let mut store = self.new_store().map_err(Failed)?;
         stats.instances.fetch_add(1, Ordering::Relaxed);
@@ -407,7 +442,7 @@ impl Instances {
         } else {
             self.pre.instantiate_async(&mut store).await
         };
-        let bindings = match instantiated {
+        let bindings = match in_time(&store, capped, instantiated).map_err(|_| Late)? {
             Ok(b) => b,
             Err(e)
                 if e.to_string().contains("pooling")
@@ -417,7 +452,6 @@ impl Instances {
                     "no free instance slot: {e}"
                 ))))
             }
-            Err(_) if capped && store.data().clock.expired => return Err(Late),
             Err(e) => return Err(Failed(classify(store.data(), e, &self.limits, stats))),
         };
         if self.initialised {
@@ -441,7 +475,7 @@ impl Instances {
                 .await
         };
         self.account_fuel(&store, stats);
-        match init {
+        match in_time(&store, capped, init).map_err(|_| Late)? {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
@@ -450,7 +484,6 @@ impl Instances {
             Ok(Err(msg)) => Err(Failed(Failure::permanent(reason(format!(
                 "init refused the arguments: {msg}"
             ))))),
-            Err(_) if capped && store.data().clock.expired => Err(Late),
             Err(e) => {
                 let f = classify(store.data(), e, &self.limits, stats);
                 Err(Failed(Failure {
