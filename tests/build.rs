@@ -47,6 +47,12 @@ const GUESTS: &[(&str, &str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "CONTRACT_0_1_0",
+        "tests/guests/contract-0.1.0/Cargo.toml",
+        "contract_v010_driver.wasm",
+        &[],
+    ),
+    (
         "FUTURE_VERSION",
         "tests/guests/future-version/Cargo.toml",
         "future_version_driver.wasm",

@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the driver logic, three ways: the same handler (filter,
 //! JSON payload, HMAC-SHA256) as native Rust (alone and as a driver via dispatch), as a
-//! wasm component driver via dispatch, and as a Lua 5.4 function through mlua.
+//! wasm component driver via dispatch (as built for mailpush:driver@0.1.1, and with
+//! `contract=0.1.0`: begin-txn per transaction, HMAC in wasm), and as a Lua 5.4 function
+//! through mlua.
 //! `cargo bench -p mailpush-bench`; the one-run report with ratios is `mailpush-bench`.
 
 use std::sync::Arc;
@@ -10,7 +12,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use mailpush::pipeline::deliver;
 use mailpush::wasm::engine::Engines;
 use mailpush_bench::{
-    copies, lua_event, message, native_handler, txn, warm_bench_handler, NativeBench, LUA_HANDLER,
+    copies, lua_event, message, native_handler, txn, warm_bench_handler, warm_bench_handler_with,
+    NativeBench, LUA_HANDLER,
 };
 
 fn driver_logic(c: &mut Criterion) {
@@ -45,6 +48,20 @@ fn driver_logic(c: &mut Criterion) {
             || copies(&t, 1).remove(0),
             |t| {
                 let wasm = &wasm;
+                async move { deliver(wasm, &t).await }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let wasm_010 = rt.block_on(warm_bench_handler_with(
+        &engines,
+        "key=secret contract=0.1.0",
+    ));
+    g.bench_function("wasm_driver_via_dispatch_contract_0_1_0", |b| {
+        b.to_async(&rt).iter_batched(
+            || copies(&t, 1).remove(0),
+            |t| {
+                let wasm = &wasm_010;
                 async move { deliver(wasm, &t).await }
             },
             BatchSize::SmallInput,

@@ -63,7 +63,7 @@ pub fn bare_calls(
         .expect("trapping imports");
     let pre = linker.instantiate_pre(&component).expect("instantiate_pre");
     let driver = component
-        .get_export_index(None, "mailpush:driver/driver@0.1.0")
+        .get_export_index(None, "mailpush:driver/driver@0.1.1")
         .expect("the driver export");
     let index = |name: &str| {
         component

@@ -59,8 +59,14 @@ async fn ns_per_delivery(d: &dyn Driver, t: &Arc<Transaction>, n: usize) -> f64 
 async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     let n = if o.smoke { 200 } else { 20_000 };
     let m = message();
-    let (mut native, mut native_dispatch, mut wasm, mut wasm_async, mut lua) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut native, mut native_dispatch, mut wasm, mut wasm_010, mut wasm_async, mut lua) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     // Native.
     for _ in 0..o.runs {
         let t = Instant::now();
@@ -78,19 +84,23 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     for _ in 0..o.runs {
         native_dispatch.push(ns_per_delivery(&NativeBench, &t1, n).await);
     }
-    // Wasm: the same handler as a component, a warm instance, one transaction per event
-    // (begin-txn + deliver: two calls, event marshalling included).
+    // Wasm: the same handler as a component, a warm instance, one transaction per event,
+    // event marshalling included. As built (mailpush:driver@0.1.1): its begin-txn answer
+    // declared at load (fixed-begin: one call, deliver), signing through the host.
     let engines = Arc::new(Engines::new(None));
     let d = warm_bench_handler(&engines).await;
     assert!(
         d.synchronous(),
         "the bench handler imports nothing to wait on"
     );
-    // The same on a fiber per call, as before the synchronous path (`calls=async`).
-    let d_async = warm_bench_handler_calls(&engines, "key=secret", false).await;
+    // As before the contract's 0.1.1 revision (begin-txn + deliver, HMAC in wasm), and
+    // also on a fiber per call, as before the synchronous path (`calls=async`).
+    let d_010 = warm_bench_handler_with(&engines, "key=secret contract=0.1.0").await;
+    let d_async = warm_bench_handler_calls(&engines, "key=secret contract=0.1.0", false).await;
     let t1 = txn();
     for _ in 0..o.runs {
         wasm.push(ns_per_delivery(&d, &t1, n).await);
+        wasm_010.push(ns_per_delivery(&d_010, &t1, n).await);
         wasm_async.push(ns_per_delivery(&d_async, &t1, n).await);
     }
     // Lua 5.4 through mlua: the event as the table Dovecot builds, the handler in Lua.
@@ -118,10 +128,11 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
         "the Lua handler computes the same signature"
     );
 
-    let (n_s, nd_s, w_s, wa_s, l_s) = (
+    let (n_s, nd_s, w_s, w010_s, wa_s, l_s) = (
         stats(native),
         stats(native_dispatch),
         stats(wasm),
+        stats(wasm_010),
         stats(wasm_async),
         stats(lua),
     );
@@ -133,9 +144,16 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
     for (name, s) in [
         ("native Rust, the function alone", n_s),
         ("native Rust driver, via dispatch", nd_s),
-        ("wasm component driver (warm instance), via dispatch", w_s),
         (
-            "the same, `calls=async` (a fiber per call, as before the synchronous path)",
+            "wasm component driver (warm instance), via dispatch: fixed-begin, host HMAC (0.1.1)",
+            w_s,
+        ),
+        (
+            "the same, `contract=0.1.0`: begin-txn per transaction, HMAC in wasm",
+            w010_s,
+        ),
+        (
+            "the same, `contract=0.1.0` and `calls=async` (a fiber per call, as before the synchronous path)",
             wa_s,
         ),
         ("Lua 5.4 (mlua, vendored), the function alone", l_s),
@@ -143,12 +161,14 @@ async fn driver_logic(o: &Opts, out: &mut Vec<String>) {
         out.push(format!("| {name} | {} | {:.0} |", fmt3(s, "ns"), 1e9 / s.1));
     }
     out.push(format!(
-        "\nRatios (median throughput): wasm/native, both as drivers via dispatch = **{:.2}×** (target ≥ 0.5×; against the bare function {:.2}×; with `calls=async` {:.2}×); wasm/Lua = **{:.1}×** (target ≥ 3×); synchronous / `calls=async` = **{:.2}×**.\n",
+        "\nRatios (median throughput): wasm/native, both as drivers via dispatch = **{:.2}×** (target ≥ 0.5×; against the bare function {:.2}×; with `contract=0.1.0` {:.2}×; with `contract=0.1.0` and `calls=async` {:.2}×); wasm/Lua = **{:.1}×** (target ≥ 3×); 0.1.1 / `contract=0.1.0` = **{:.2}×**; synchronous / `calls=async` (both 0.1.0) = **{:.2}×**.\n",
         nd_s.1 / w_s.1,
         n_s.1 / w_s.1,
+        nd_s.1 / w010_s.1,
         nd_s.1 / wa_s.1,
         l_s.1 / w_s.1,
-        wa_s.1 / w_s.1
+        w010_s.1 / w_s.1,
+        wa_s.1 / w010_s.1
     ));
 }
 
@@ -163,23 +183,28 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
     let fresh_n = if o.smoke { 20 } else { 3000 };
     let engines = Arc::new(Engines::new(None));
     let engine = engines.get(false).expect("engine").engine().clone();
-    let idle = warm_bench_handler_with(&engines, "key=secret work=none").await;
-    let idle_async = warm_bench_handler_calls(&engines, "key=secret work=none", false).await;
+    // begin-txn + deliver, as wasmtime alone calls them below (`contract=0.1.0`); and
+    // deliver alone (fixed-begin, the handler as built).
+    let idle = warm_bench_handler_with(&engines, "key=secret work=none contract=0.1.0").await;
+    let idle_async =
+        warm_bench_handler_calls(&engines, "key=secret work=none contract=0.1.0", false).await;
+    let idle_fixed = warm_bench_handler_with(&engines, "key=secret work=none").await;
     let mut fresh_sandbox = Sandbox::default();
     fresh_sandbox.instance.snapshot = false;
     let fresh = load(
         &guest("bench-handler"),
         fresh_sandbox,
-        "key=secret work=none",
+        "key=secret work=none contract=0.1.0",
         &engines,
     )
     .await;
     let t1 = txn();
-    let mut rows: [Vec<f64>; 7] = Default::default();
+    let mut rows: [Vec<f64>; 8] = Default::default();
     for _ in 0..o.runs {
         rows[0].push(ns_per_delivery(&NativeBench, &t1, n).await);
         rows[1].push(ns_per_delivery(&idle, &t1, n).await);
         rows[6].push(ns_per_delivery(&idle_async, &t1, n).await);
+        rows[7].push(ns_per_delivery(&idle_fixed, &t1, n).await);
         rows[4].push(ns_per_delivery(&fresh, &t1, fresh_n).await);
         for (calls, row, n) in [
             (Calls::Async, 2, n),
@@ -210,17 +235,20 @@ async fn crossings(o: &Opts, out: &mut Vec<String>) {
         "the same driver, a fresh instance per transaction (`init=per-instance`), via dispatch",
         "the same component, wasmtime alone, a fresh instance per transaction with `init`",
         "the wasm driver doing nothing, warm, via dispatch, `calls=async` (a fiber per call)",
+        "the wasm driver doing nothing, warm, via dispatch, its begin-txn answer declared at load (fixed-begin: deliver only)",
     ];
     for (name, s) in names.iter().zip(&s) {
         out.push(format!("| {name} | {} |", fmt3(*s, "ns")));
     }
     out.push(format!(
-        "\nRatios (medians): warm, wasmtime alone (`call_async`) / via dispatch (synchronous) = **{:.2}×**; wasmtime alone, synchronous / `call_async` = **{:.2}×**; via dispatch, synchronous / `calls=async` = **{:.2}×**; fresh, wasmtime alone / via dispatch = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×**.\n",
+        "\nRatios (medians): warm, wasmtime alone (`call_async`) / via dispatch (synchronous) = **{:.2}×**; wasmtime alone, synchronous / `call_async` = **{:.2}×**; via dispatch, synchronous / `calls=async` = **{:.2}×**; fresh, wasmtime alone / via dispatch = **{:.2}×**; the idle wasm driver / the working native driver = **{:.1}×** (with fixed-begin **{:.1}×**); fixed-begin / begin-txn per transaction, via dispatch = **{:.2}×**.\n",
         s[2].1 / s[1].1,
         s[3].1 / s[2].1,
         s[1].1 / s[6].1,
         s[5].1 / s[4].1,
-        s[1].1 / s[0].1
+        s[1].1 / s[0].1,
+        s[7].1 / s[0].1,
+        s[7].1 / s[1].1
     ));
 }
 
@@ -297,6 +325,17 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         sandbox.instance.synchronous_allowed = false;
         load(&guest("hostile-no-wait"), sandbox, "mode=ok", &engines).await
     });
+    // And with its begin-txn answer declared at load (fixed-begin, 0.1.1): instantiate +
+    // deliver.
+    let no_wait_fixed = Arc::new(
+        load(
+            &guest("hostile-no-wait"),
+            plain(true),
+            "mode=ok fixed=all",
+            &engines,
+        )
+        .await,
+    );
     assert!(webhook.snapshotted() && trivial.snapshotted() && no_wait.snapshotted());
     assert!(!trivial.synchronous() && no_wait.synchronous());
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
@@ -331,6 +370,10 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
             "trivial driver without waiting imports, `calls=async`, snapshot",
             no_wait_async.clone(),
         ),
+        (
+            "trivial driver without waiting imports (synchronous), snapshot, fixed-begin (instantiate + deliver)",
+            no_wait_fixed.clone(),
+        ),
     ] {
         let lat = latencies(d, n).await;
         let (min, med, max) = stats(lat.clone());
@@ -341,12 +384,13 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         ));
     }
     out.push(format!(
-        "\nSnapshot / per-instance (median): webhook **{:.2}×**, trivial **{:.2}×**. Trivial driver without waiting imports / with them (median): per-instance **{:.2}×**, snapshot **{:.2}×**; of which synchronous / `calls=async`, snapshot: **{:.2}×**.",
+        "\nSnapshot / per-instance (median): webhook **{:.2}×**, trivial **{:.2}×**. Trivial driver without waiting imports / with them (median): per-instance **{:.2}×**, snapshot **{:.2}×**; of which synchronous / `calls=async`, snapshot: **{:.2}×**. Fixed-begin / begin-txn per transaction (synchronous, snapshot): **{:.2}×**.",
         medians[1] / medians[0],
         medians[3] / medians[2],
         medians[4] / medians[2],
         medians[5] / medians[3],
-        medians[5] / medians[6]
+        medians[5] / medians[6],
+        medians[7] / medians[5]
     ));
     out.push(format!(
         "\n{n} transactions each; targets (issue 15): trivial median ≤ 8 µs, webhook ≤ 15 µs.\n"

@@ -1,5 +1,5 @@
 // Types of the mailpush driver SDK for JavaScript. The event types mirror the WIT records
-// of mailpush:driver/types@0.1.0 as componentize-js presents them: kebab-case names
+// of mailpush:driver/types@0.1.1 as componentize-js presents them: kebab-case names
 // become camelCase fields, `option<T>` is `T | undefined`, `s64`/`u64` are `bigint`,
 // variants are `{ tag, val }` objects.
 
@@ -168,6 +168,7 @@ export function failureFromHttp(what: string, outcome: Response | HttpError | Fa
 // ---------------------------------------------------------------- Standard Webhooks
 
 export function decodeWebhookSecret(secret: string): Uint8Array;
+/** HMAC-SHA256 by the host (`host.hmac-sha256`, 0.1.1): at most 16 MiB of data, 4 KiB of key. */
 export function hmacSha256(key: Uint8Array, data: string | Uint8Array): Promise<Uint8Array>;
 /** `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`. */
 export function signWebhook(secret: string | Uint8Array, id: string, timestamp: string | number,
@@ -192,6 +193,8 @@ export interface DriverImpl {
   init?(args: Args): Result<void>;
   /** Default 'all'. */
   wants?(txn: TxnInfo): 'all' | 'skip' | EventName[];
+  /** The answer to every `wants`, asked once at load (with a `fixedBegin` export); undefined: none. */
+  fixedWants?(): 'all' | 'skip' | EventName[] | undefined;
   /** Throw or return a Failure to fail the transaction. */
   deliver?(txn: Transaction): Result<void | Failure>;
   onMessageNew?: Handler<NewMessage>;
@@ -218,3 +221,11 @@ export interface DriverExport {
 
 /** `export const driver = defineDriver({...})`. `this` in each method is the object given. */
 export function defineDriver<T extends DriverImpl>(impl: T & ThisType<T & Record<string, any>>): DriverExport;
+
+/** The WIT `fixed-begin` export (world `push-driver-fixed-begin`, 0.1.1). */
+export interface FixedBeginExport {
+  answer(): { tag: 'skip' } | { tag: 'events'; val: EventName[] } | undefined;
+}
+
+/** `export const fixedBegin = fixedBeginOf(driver)`: the driver's `fixedWants()`, asked once at load. */
+export function fixedBeginOf(driverExport: DriverExport): FixedBeginExport;

@@ -11,7 +11,7 @@
 // and build it with componentize-js against the repository's wit/ (world `push-driver`).
 // See README.md beside this file for how results and exceptions reach mailpush.
 
-import * as host from 'mailpush:driver/host@0.1.0';
+import * as host from 'mailpush:driver/host@0.1.1';
 import { handle } from 'wasi:http/outgoing-handler@0.2.12';
 import { Fields, OutgoingRequest, OutgoingBody, IncomingBody, RequestOptions } from 'wasi:http/types@0.2.12';
 
@@ -307,15 +307,18 @@ export function decodeWebhookSecret(secret) {
   try { return b64ToBytes(b64); } catch (_) { throw new Error('secret: the part after whsec_ is not valid base64'); }
 }
 
-/** HMAC-SHA256 (WebCrypto, which StarlingMonkey provides). */
+/**
+ * HMAC-SHA256, computed by mailpush (`host.hmac-sha256`, mailpush:driver@0.1.1) with the
+ * CPU's SHA instructions. At most 16 MiB of data and 4 KiB of key: more traps. Returns a
+ * Promise, as it did when it used WebCrypto.
+ */
 export async function hmacSha256(key, data) {
-  const k = await crypto.subtle.importKey('raw', key, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign']);
-  return new Uint8Array(await crypto.subtle.sign('HMAC', k, typeof data === 'string' ? utf8.encode(data) : data));
+  return new Uint8Array(host.hmacSha256(key, typeof data === 'string' ? utf8.encode(data) : data));
 }
 
 /**
  * The Standard Webhooks `webhook-signature` value: `v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`.
- * `secret` is a `whsec_<base64>` string or the key bytes. Async (WebCrypto).
+ * `secret` is a `whsec_<base64>` string or the key bytes. Async (like `hmacSha256`).
  */
 export async function signWebhook(secret, id, timestamp, body) {
   const key = typeof secret === 'string' ? decodeWebhookSecret(secret) : secret;
@@ -347,6 +350,14 @@ const HANDLERS = {
   'mailbox-unsubscribe': 'onMailboxUnsubscribe',
 };
 
+const FIXED = Symbol('mailpush.fixedWants');
+
+function beginOf(w) {
+  if (w === 'skip' || w === false || w == null) return { tag: 'skip' };
+  if (w === 'all' || w === true) return { tag: 'events', val: [...EVENT_NAMES] };
+  return { tag: 'events', val: [...w] };
+}
+
 function failed(f) {
   log.debug(`deliver failed: ${f.reason} (${f.retryable ? 'retryable' : 'permanent'}${f.retryAfterMs === undefined ? '' : `, retry after ${f.retryAfterMs} ms`})`);
   return { tag: 'err', val: f.toRecord() };
@@ -359,6 +370,10 @@ function errText(e) { return e instanceof Error ? e.message : typeof e === 'stri
  *
  *   init(args: Args)                 throw (an Error or a string) to refuse the configuration
  *   wants(txn: {id, user})           'all' (default) | 'skip' | EventName[]
+ *   fixedWants()                     the answer to every transaction's `wants`, asked once
+ *                                    at load after `init`; undefined (default) keeps `wants`
+ *                                    asked per transaction. Used only with a `fixedBegin`
+ *                                    export: see `fixedBeginOf`
  *   deliver(txn: Transaction)        may be async; throw (or return) a Failure to fail it;
  *                                    an uncaught HttpError becomes failureFromHttp('request', e);
  *                                    any other exception is logged and traps (like a Rust panic)
@@ -379,10 +394,11 @@ export function defineDriver(impl) {
       return { tag: 'ok', val: undefined };
     },
     beginTxn(id, user) {
-      const w = self.wants ? self.wants({ id, user }) : 'all';
-      if (w === 'skip' || w === false || w == null) return { tag: 'skip' };
-      if (w === 'all' || w === true) return { tag: 'events', val: [...EVENT_NAMES] };
-      return { tag: 'events', val: [...w] };
+      return beginOf(self.wants ? self.wants({ id, user }) : 'all');
+    },
+    [FIXED]() {
+      const w = self.fixedWants ? self.fixedWants() : undefined;
+      return w === undefined ? undefined : beginOf(w);
     },
     async deliver(txn) {
       try {
@@ -406,4 +422,20 @@ export function defineDriver(impl) {
       }
     },
   };
+}
+
+/**
+ * The `fixedBegin` export (mailpush:driver@0.1.1) of a driver made by `defineDriver`:
+ * mailpush asks it once at load, after `init`, and when the driver's `fixedWants()`
+ * answers, stops calling `beginTxn` (one call into the component fewer per transaction).
+ *
+ *   export const driver = defineDriver({ ..., fixedWants() { return 'all'; } });
+ *   export const fixedBegin = fixedBeginOf(driver);
+ *
+ * Build with `--world-name push-driver-fixed-begin` (the plain `push-driver` world has no
+ * such export, and keeps working).
+ */
+export function fixedBeginOf(driverExport) {
+  if (typeof driverExport[FIXED] !== 'function') throw new Error('fixedBeginOf: pass the object defineDriver returned');
+  return { answer() { return driverExport[FIXED](); } };
 }

@@ -9,5 +9,5 @@ CJS=${MAILPUSH_JS_PREFIX:-/opt/mailpush-ci/js}/node_modules/@bytecodealliance/co
 # root so that the import of ../../drivers/sdk-js resolves.
 cd "$repo"
 out=${1:-$here/webhook.wasm}
-node "$CJS" examples/webhook-js/webhook.js --wit wit --world-name push-driver -o "$out"
+node "$CJS" examples/webhook-js/webhook.js --wit wit --world-name push-driver-fixed-begin -o "$out"
 echo "built $out ($(stat -c %s "$out") bytes)"

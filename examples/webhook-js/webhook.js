@@ -6,7 +6,9 @@
 // Args: url= (required), secret=whsec_<base64> (optional: unsigned without it),
 // http_timeout_msecs= (default 5000). 5xx, 408, 429 (Retry-After honoured), timeouts and
 // connection errors are retryable; other statuses and sandbox refusals are permanent.
-import { defineDriver, http, log, decodeWebhookSecret, signWebhook, failureFromHttp } from '../../drivers/sdk-js/index.js';
+// Built for the world push-driver-fixed-begin: it wants every event of every transaction,
+// says so once (`fixedWants`, exported as `fixedBegin`), and mailpush skips begin-txn.
+import { defineDriver, fixedBeginOf, http, log, decodeWebhookSecret, signWebhook, failureFromHttp } from '../../drivers/sdk-js/index.js';
 
 export const driver = defineDriver({
   init(args) {
@@ -18,6 +20,8 @@ export const driver = defineDriver({
     if (t !== undefined && !/^\d+$/.test(t)) throw new Error(`http_timeout_msecs=${t}: expected milliseconds`);
     this.timeoutMs = t === undefined ? 5000 : Number(t);
   },
+
+  fixedWants() { return 'all'; },
 
   async deliver(txn) {
     const timestamp = String(Math.floor(Date.now() / 1000));
@@ -40,3 +44,5 @@ export const driver = defineDriver({
     log.debug(`delivered ${txn.id} (${txn.events.length} events)`);
   },
 });
+
+export const fixedBegin = fixedBeginOf(driver);

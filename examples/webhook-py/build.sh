@@ -8,5 +8,5 @@ CPY=${MAILPUSH_PY_VENV:-/opt/mailpush-ci/py}/bin/componentize-py
 out=${1:-$here/webhook.wasm}
 # No __pycache__ in the source tree.
 export PYTHONDONTWRITEBYTECODE=1
-"$CPY" -d "$repo/wit" -w push-driver componentize -p "$here" -p "$repo/drivers/sdk-python" app -o "$out"
+"$CPY" -d "$repo/wit" -w push-driver-fixed-begin componentize -p "$here" -p "$repo/drivers/sdk-python" app -o "$out"
 echo "built $out ($(stat -c %s "$out") bytes)"

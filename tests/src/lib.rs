@@ -20,8 +20,12 @@ use tokio::sync::Notify;
 
 pub mod nats;
 
+/// The hostile test driver's two builds: with wasi:http and clocks (called on fibers)
+/// and without (called synchronously). A sandbox bound must hold on both.
+pub const BOTH: [&str; 2] = ["hostile", "hostile-no-wait"];
+
 /// Path of a guest component built by build.rs (`hostile`, `webhook`, `ox-wasm`,
-/// `tenant-filter`, `bench-handler`).
+/// `tenant-filter`, `bench-handler`, `future-version`, `contract-0.1.0`).
 pub fn guest(name: &str) -> PathBuf {
     let p = match name {
         "hostile" => option_env!("GUEST_HOSTILE"),
@@ -31,6 +35,7 @@ pub fn guest(name: &str) -> PathBuf {
         "tenant-filter" => option_env!("GUEST_TENANT_FILTER"),
         "bench-handler" => option_env!("GUEST_BENCH_HANDLER"),
         "future-version" => option_env!("GUEST_FUTURE_VERSION"),
+        "contract-0.1.0" => option_env!("GUEST_CONTRACT_0_1_0"),
         _ => None,
     };
     PathBuf::from(
@@ -1123,6 +1128,17 @@ pub async fn assert_webhook_posts_signed_canonical_json(
     );
     let config = write_config(dir.path(), &conf);
     let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    // Every webhook (Rust, JavaScript, Python) declares its begin-txn answer at load
+    // (mailpush:driver@0.1.1's fixed-begin, through its SDK) and signs through the host
+    // (host.hmac-sha256): the signatures checked below come from there.
+    assert!(
+        loaded[0]
+            .details
+            .iter()
+            .any(|l| l == "begin-txn: not called, fixed at load (fixed-begin): every event"),
+        "{:?}",
+        loaded[0].details
+    );
     let d = Dispatcher::start(loaded, 16, None);
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

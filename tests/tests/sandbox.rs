@@ -6,11 +6,10 @@ use std::sync::Arc;
 use mailpush::pipeline::Outcome;
 use mailpush_e2e::*;
 
-/// The hostile driver as it is (it imports wasi:http and a clock, so it is called on a
-/// fiber) and built without its waiting modes (it imports nothing to wait on, so it is
-/// called synchronously: runtime/src/wasm/synchronous.rs). The bounds tested with both
-/// hold on both paths.
-const BOTH: [&str; 2] = ["hostile", "hostile-no-wait"];
+// `BOTH` (tests/src): the hostile driver as it is (it imports wasi:http and a clock, so
+// it is called on a fiber) and built without its waiting modes (it imports nothing to wait
+// on, so it is called synchronously: runtime/src/wasm/synchronous.rs). The bounds tested
+// with both hold on both paths.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_hits_the_deadline() {

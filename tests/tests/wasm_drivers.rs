@@ -330,7 +330,7 @@ async fn init_that_calls_an_import_is_not_snapshotted_and_snapshots_are_private(
     use std::os::unix::fs::PermissionsExt;
     let cache = tempfile::tempdir().unwrap();
     let wasm = guest("hostile");
-    let why = "init: called in every instance (init calls `mailpush:driver/host@0.1.0#metadata-get`, which a snapshot cannot keep)";
+    let why = "init: called in every instance (init calls `mailpush:driver/host@0.1.1#metadata-get`, which a snapshot cannot keep)";
     for _ in 0..2 {
         let engines = Arc::new(Engines::new(Some(cache.path().to_path_buf())));
         let d = load(&wasm, &engines, "mode=metadata key=/private/k")
@@ -406,7 +406,7 @@ async fn a_wit_version_mismatch_names_both_versions() {
         .unwrap();
     assert!(
         e.contains("built against mailpush:driver@0.2.0")
-            && e.contains("provides mailpush:driver@0.1.0"),
+            && e.contains("provides mailpush:driver@0.1.1"),
         "{e}"
     );
 }

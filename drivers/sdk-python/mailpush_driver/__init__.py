@@ -23,6 +23,10 @@ How outcomes reach mailpush (componentize-py maps a WIT ``result<_, E>`` error t
   ``err(failure)``; an uncaught ``HttpError`` becomes ``failure_from_http("request", e)``.
 - any other exception → logged (with its traceback) at error level, then re-raised: the
   call traps, like a Rust panic.
+
+A driver whose ``wants`` never depends on the transaction can say so once (mailpush:driver
+0.1.1): override ``fixed_wants``, add ``FixedBegin = export_fixed_begin(Driver)`` and build
+with ``-w push-driver-fixed-begin``; mailpush then stops calling ``begin-txn``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from wit_world.imports.mailpush_driver_types import (  # noqa: F401
 from .failure import Failure, RetryableFailure, PermanentFailure  # noqa: F401
 from . import http  # noqa: F401
 from .http import HttpError, Response, failure_from_http, parse_retry_after  # noqa: F401
-from .webhooks import sign_webhook, decode_webhook_secret  # noqa: F401
+from .webhooks import sign_webhook, decode_webhook_secret, hmac_sha256  # noqa: F401
 
 __all__ = [
     "DriverBase", "export", "Args", "TxnInfo", "InitError", "log", "metadata", "ALL_EVENTS",
@@ -153,6 +157,13 @@ class DriverBase:
         """Dovecot's begin_txn: ``"all"`` (default), ``"skip"``, or a list of EventName."""
         return "all"
 
+    def fixed_wants(self) -> Wants:
+        """The answer to every transaction's ``wants`` when it never depends on the
+        transaction: asked once, at load, after ``__init__``, through the
+        ``FixedBegin`` export (``export_fixed_begin``); then ``wants`` is not called.
+        ``None`` (default) keeps ``wants`` called per transaction."""
+        return None
+
     def on_transaction(self, txn: Transaction) -> Optional[Failure]:
         """The whole transaction (only wanted events). The default calls the ``on_*``
         method of each event in order, stopping at the first failure."""
@@ -225,11 +236,7 @@ def export(driver_class: type) -> type:
             except Exception as e:
                 _uncaught("wants", e)
                 raise
-            if w is None or w == "skip" or w is False:
-                return types.Begin_Skip()
-            if w == "all" or w is True:
-                return types.Begin_Events(list(ALL_EVENTS))
-            return types.Begin_Events(list(w))
+            return _begin_of(w)
 
         def deliver(self, txn: types.Transaction) -> None:
             d = state["driver"]
@@ -250,4 +257,39 @@ def export(driver_class: type) -> type:
                 _failed(r)
 
     Driver.__name__ = Driver.__qualname__ = "Driver"
+    Driver._mailpush_state = state
     return Driver
+
+
+def _begin_of(w: Wants) -> types.Begin:
+    if w is None or w == "skip" or w is False:
+        return types.Begin_Skip()
+    if w == "all" or w is True:
+        return types.Begin_Events(list(ALL_EVENTS))
+    return types.Begin_Events(list(w))
+
+
+def export_fixed_begin(driver_export: type) -> type:
+    """The class componentize-py exports as ``mailpush:driver/fixed-begin`` (world
+    ``push-driver-fixed-begin``, mailpush:driver 0.1.1): assign it to ``FixedBegin`` in
+    your app module (``FixedBegin = export_fixed_begin(Driver)``, ``Driver`` being what
+    ``export`` returned). mailpush asks it once, at load: the driver's ``fixed_wants()``."""
+    base = getattr(_exports, "FixedBegin", None)
+    if base is None:
+        raise TypeError("export_fixed_begin: build with -w push-driver-fixed-begin")
+    state = driver_export._mailpush_state
+
+    class FixedBegin(base):
+        def answer(self) -> Optional[types.Begin]:
+            d = state["driver"]
+            if d is None:
+                return None
+            try:
+                w = d.fixed_wants()
+            except Exception as e:
+                _uncaught("fixed_wants", e)
+                raise
+            return None if w is None else _begin_of(w)
+
+    FixedBegin.__name__ = FixedBegin.__qualname__ = "FixedBegin"
+    return FixedBegin

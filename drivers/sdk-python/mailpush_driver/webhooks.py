@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 from typing import Union
+
+from wit_world.imports import host as _host
 
 
 def decode_webhook_secret(secret: str) -> bytes:
@@ -25,5 +25,11 @@ def sign_webhook(secret: Union[str, bytes], id: str, timestamp: Union[int, str],
     ``secret`` is a ``whsec_<base64>`` string or the key bytes."""
     key = decode_webhook_secret(secret) if isinstance(secret, str) else secret
     data = body.encode() if isinstance(body, str) else body
-    mac = hmac.new(key, f"{id}.{timestamp}.".encode() + data, hashlib.sha256)
-    return "v1," + base64.b64encode(mac.digest()).decode()
+    return "v1," + base64.b64encode(hmac_sha256(key, f"{id}.{timestamp}.".encode() + data)).decode()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256, computed by mailpush (``host.hmac-sha256``, mailpush:driver@0.1.1) with
+    the CPU's SHA instructions: much faster than ``hmac`` compiled to wasm. At most 16 MiB
+    of data and 4 KiB of key: more traps."""
+    return bytes(_host.hmac_sha256(key, data))

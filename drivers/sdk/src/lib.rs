@@ -3,7 +3,9 @@
 //! Write a mailpush push driver in Rust: implement [`Driver`] (every method has a
 //! default, so implement only what you need), add [`export_driver!`], and build with
 //! `cargo build --release --target wasm32-wasip2`. The result is a component for the
-//! `mailpush:driver/push-driver` world that mailpush loads with
+//! `mailpush:driver/push-driver-fixed-begin` world (`mailpush:driver@0.1.1`: a
+//! `push-driver` that also exports `fixed-begin`, see [`Driver::fixed_wants`]) that
+//! mailpush loads with
 //! `push_notification_driverN = wasm:file=/path/to/driver.wasm key=value …`.
 //!
 //! ```ignore
@@ -30,7 +32,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "push-driver",
+        world: "push-driver-fixed-begin",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_push_driver",
@@ -133,6 +135,15 @@ pub trait Driver: Sized + 'static {
     /// Dovecot's begin_txn: which events to receive for this transaction.
     fn wants(&mut self, _txn: &TxnInfo) -> Wants {
         Wants::All
+    }
+
+    /// The answer to every transaction's [`Driver::wants`], when it never depends on
+    /// the transaction (its id, its user, anything the driver keeps): asked once, at
+    /// load, right after `init`, and then `wants` is never called (one call into the
+    /// component fewer per transaction; none at all when the answer is
+    /// [`Wants::Skip`]). The default, `None`, keeps `wants` called per transaction.
+    fn fixed_wants(&self) -> Option<Wants> {
+        None
     }
 
     /// The whole transaction (only wanted events). The default calls the `on_*`
@@ -293,6 +304,20 @@ pub fn metadata(key: &str) -> Option<String> {
     bindings::mailpush::driver::host::metadata_get(key)
 }
 
+/// HMAC-SHA-256 of `message` under `key`, computed by the host with the CPU's SHA
+/// instructions (several times faster than SHA-256 compiled to wasm). At most 16 MiB
+/// of message and 4 KiB of key: more traps. Needs a mailpush that provides
+/// `mailpush:driver@0.1.1`.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mac = bindings::mailpush::driver::host::hmac_sha256(key, message);
+    let mut out = [0u8; 32];
+    // The host always returns 32 bytes; anything else leaves zeroes that fail to verify.
+    if mac.len() == 32 {
+        out.copy_from_slice(&mac);
+    }
+    out
+}
+
 // ---- glue between the generated exports and a `Driver` (used by `export_driver!`) ----
 
 thread_local! {
@@ -323,13 +348,22 @@ pub fn __begin_txn<D: Driver>(
     id: String,
     user: String,
 ) -> bindings::mailpush::driver::types::Begin {
-    use bindings::mailpush::driver::types::Begin;
     let info = TxnInfo { id, user };
-    match with_driver::<D, _>(|d| d.wants(&info)) {
-        None | Some(Wants::Skip) => Begin::Skip,
-        Some(Wants::All) => Begin::Events(ALL_EVENTS.to_vec()),
-        Some(Wants::Events(e)) => Begin::Events(e),
+    begin_of(with_driver::<D, _>(|d| d.wants(&info)).unwrap_or(Wants::Skip))
+}
+
+fn begin_of(wants: Wants) -> bindings::mailpush::driver::types::Begin {
+    use bindings::mailpush::driver::types::Begin;
+    match wants {
+        Wants::Skip => Begin::Skip,
+        Wants::All => Begin::Events(ALL_EVENTS.to_vec()),
+        Wants::Events(e) => Begin::Events(e),
     }
+}
+
+#[doc(hidden)]
+pub fn __fixed_begin<D: Driver>() -> Option<bindings::mailpush::driver::types::Begin> {
+    with_driver::<D, _>(|d| d.fixed_wants()).flatten().map(begin_of)
 }
 
 #[doc(hidden)]
@@ -361,7 +395,8 @@ pub const ALL_EVENTS: [EventName; 12] = [
     EventName::MessageTrash,
 ];
 
-/// Exports a [`Driver`] implementation as the component's `mailpush:driver/driver`.
+/// Exports a [`Driver`] implementation as the component's `mailpush:driver/driver` and
+/// `mailpush:driver/fixed-begin`.
 #[macro_export]
 macro_rules! export_driver {
     ($driver:ty) => {
@@ -377,6 +412,12 @@ macro_rules! export_driver {
             }
             fn deliver(txn: $crate::Transaction) -> ::std::result::Result<(), $crate::bindings::mailpush::driver::types::Failure> {
                 $crate::__deliver::<$driver>(txn)
+            }
+        }
+
+        impl $crate::bindings::exports::mailpush::driver::fixed_begin::Guest for __MailpushDriverExport {
+            fn answer() -> ::std::option::Option<$crate::bindings::mailpush::driver::types::Begin> {
+                $crate::__fixed_begin::<$driver>()
             }
         }
 

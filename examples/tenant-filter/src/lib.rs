@@ -104,6 +104,14 @@ impl Driver for TenantFilter {
         Wants::Events(vec![EventName::MessageNew, EventName::MessageAppend])
     }
 
+    /// The same answer for every transaction: given once, at load.
+    fn fixed_wants(&self) -> Option<Wants> {
+        Some(Wants::Events(vec![
+            EventName::MessageNew,
+            EventName::MessageAppend,
+        ]))
+    }
+
     fn on_message_new(&mut self, txn: &TxnInfo, m: &NewMessage, json: &str) -> Result<(), Failure> {
         self.forward(txn, m, json)
     }

@@ -16,6 +16,6 @@ wasmtime::component::bindgen!({
 });
 
 /// The WIT package version this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 /// The WIT package name.
 pub const WIT_PACKAGE: &str = "mailpush:driver";

@@ -41,11 +41,32 @@ struct WasmInner {
     init: String,
     sandbox: Arc<Sandbox>,
     instances: Instances,
+    /// The driver's answer to every `begin-txn`, declared at load through
+    /// `fixed-begin` (0.1.1): then `begin-txn` is not called.
+    fixed: Option<FixedBegin>,
     policy: HttpPolicy,
     stats: WasmStats,
     /// Log lines dropped and not reported yet, and when the last report went out: one
     /// warning per driver per [`DROP_REPORT_EVERY`], not one per transaction.
     drops: parking_lot::Mutex<(u64, Option<Instant>)>,
+}
+
+/// What a driver declared at load to answer every transaction with.
+#[derive(Debug, Clone, Copy)]
+enum FixedBegin {
+    Skip,
+    Join(EventSet),
+}
+
+impl FixedBegin {
+    fn from_wit(answer: wit_driver::Begin) -> Self {
+        match answer {
+            wit_driver::Begin::Skip => FixedBegin::Skip,
+            wit_driver::Begin::Events(names) => {
+                FixedBegin::Join(names.into_iter().map(convert::event_name).collect())
+            }
+        }
+    }
 }
 
 /// How often a driver's dropped log lines are reported at most.
@@ -122,7 +143,7 @@ impl WasmDriver {
             )
         };
         let wit_version = check_world(&loaded.component, engine.engine(), path)?;
-        let inner = Arc::new(WasmInner {
+        let mut inner = WasmInner {
             tag,
             path: path.to_path_buf(),
             sha256: loaded.sha256,
@@ -132,19 +153,36 @@ impl WasmDriver {
             init,
             sandbox,
             instances,
+            fixed: None,
             policy,
             stats: WasmStats::default(),
             drops: parking_lot::Mutex::new((0, None)),
-        });
+        };
         // Probe: the component's own init must accept its arguments now, not at the
-        // first transaction — within init_timeout_msecs.
-        let probe = inner
+        // first transaction — within init_timeout_msecs. Then its fixed answer to
+        // begin-txn, if it has one, in the same bound.
+        let started = Instant::now();
+        let init_timeout = inner.sandbox.limits.init_timeout;
+        let mut probe = inner
             .instances
-            .instantiate(&inner.stats, inner.sandbox.limits.init_timeout)
+            .instantiate(&inner.stats, init_timeout)
             .await
             .map_err(|f| InitError(f.reason))?;
+        let left = init_timeout.saturating_sub(started.elapsed());
+        let answer = match inner.instances.fixed_begin(&mut probe, left).await {
+            Err(_) => Err(format!(
+                "fixed-begin did not answer within {} ms (init_timeout_msecs)",
+                init_timeout.as_millis()
+            )),
+            Ok(Err(e)) => {
+                let f = inner.classify(&probe.store, e);
+                Err(format!("fixed-begin failed: {}", f.reason))
+            }
+            Ok(Ok(answer)) => Ok(answer),
+        };
+        inner.fixed = answer.map_err(InitError)?.map(FixedBegin::from_wit);
         inner.instances.park(probe);
-        Ok(WasmDriver(inner))
+        Ok(WasmDriver(Arc::new(inner)))
     }
 
     /// Lines for `mailpush check`.
@@ -173,6 +211,27 @@ impl WasmDriver {
             ),
         ];
         d.push(i.init.clone());
+        d.push(match i.fixed {
+            None => "begin-txn: called per transaction".to_string(),
+            Some(FixedBegin::Skip) => {
+                "begin-txn: not called, fixed at load (fixed-begin): skip every transaction"
+                    .to_string()
+            }
+            Some(FixedBegin::Join(events)) => format!(
+                "begin-txn: not called, fixed at load (fixed-begin): {}",
+                if events == EventSet::all() {
+                    "every event".to_string()
+                } else if events.is_empty() {
+                    "no events".to_string()
+                } else {
+                    events
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            ),
+        });
         d.push(
             if i.instances.synchronous() {
                 "calls: synchronous (imports neither wasi:http nor a clock: nothing to wait on)"
@@ -412,47 +471,57 @@ impl Driver for WasmDriver {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let inner = &self.0;
         let limits = &inner.sandbox.limits;
+        if let Some(FixedBegin::Skip) = inner.fixed {
+            // Nothing to call: no instance either.
+            return Ok(Begin::Skip);
+        }
         // max_txn_msecs bounds the whole transaction, a fresh instance's init included.
         let started = Instant::now();
         let mut inst = inner.instances.take(&inner.stats, limits.max_txn).await?;
         inst.store.data_mut().txn = Some(txn.clone());
         inst.store.data().output.lock().txn = Some(txn.id.clone());
         inst.store.data_mut().outbound.begin_transaction();
-        let remaining = limits.max_txn.saturating_sub(started.elapsed());
-        let Ok(result) = inner
-            .instances
-            .begin_txn(&mut inst, &txn.id, &txn.user, remaining)
-            .await
-        else {
-            return Err(exceeded("begin-txn", limits.max_txn));
+        let events = match inner.fixed {
+            // Declared at load (fixed-begin): no call.
+            Some(FixedBegin::Join(events)) => events,
+            _ => {
+                let remaining = limits.max_txn.saturating_sub(started.elapsed());
+                let Ok(result) = inner
+                    .instances
+                    .begin_txn(&mut inst, &txn.id, &txn.user, remaining)
+                    .await
+                else {
+                    return Err(exceeded("begin-txn", limits.max_txn));
+                };
+                inner.instances.account_fuel(&inst.store, &inner.stats);
+                match result {
+                    Ok(wit_driver::Begin::Skip) => {
+                        inner.finish_log(&mut inst.store, txn);
+                        inner.instances.give_back(inst);
+                        return Ok(Begin::Skip);
+                    }
+                    Ok(wit_driver::Begin::Events(names)) => {
+                        names.into_iter().map(convert::event_name).collect()
+                    }
+                    Err(e) => {
+                        let f = inner.classify(&inst.store, e);
+                        let f = inner.explain(&mut inst.store, f);
+                        inner.finish_log(&mut inst.store, txn);
+                        return Err(f);
+                    }
+                }
+            }
         };
-        inner.instances.account_fuel(&inst.store, &inner.stats);
-        match result {
-            Ok(wit_driver::Begin::Skip) => {
-                inner.finish_log(&mut inst.store, txn);
-                inner.instances.give_back(inst);
-                Ok(Begin::Skip)
-            }
-            Ok(wit_driver::Begin::Events(names)) => Ok(Begin::Join {
-                events: names
-                    .into_iter()
-                    .map(convert::event_name)
-                    .collect::<EventSet>(),
-                txn: Box::new(WasmTxn {
-                    inner: inner.clone(),
-                    inst: Some(inst),
-                    txn: txn.clone(),
-                    started,
-                    wanted: Vec::new(),
-                }),
+        Ok(Begin::Join {
+            events,
+            txn: Box::new(WasmTxn {
+                inner: inner.clone(),
+                inst: Some(inst),
+                txn: txn.clone(),
+                started,
+                wanted: Vec::new(),
             }),
-            Err(e) => {
-                let f = inner.classify(&inst.store, e);
-                let f = inner.explain(&mut inst.store, f);
-                inner.finish_log(&mut inst.store, txn);
-                Err(f)
-            }
-        }
+        })
     }
 
     async fn deinit(&self) {

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use mailpush_core::{DriverArgs, Failure, InitError, MetadataLookup};
 use parking_lot::Mutex;
-use wasmtime::component::Linker;
+use wasmtime::component::{ComponentExportIndex, InstancePre, Linker};
 use wasmtime::Store;
 
 use super::bindings::exports::mailpush::driver::driver::Begin as WitBegin;
 use super::bindings::mailpush::driver::types::Failure as WitFailure;
-use super::bindings::{PushDriver, PushDriverPre};
+use super::bindings::{PushDriver, PushDriverIndices, WIT_PACKAGE, WIT_VERSION};
 use super::engine::LoadedComponent;
 use super::http::{HttpPolicy, OutboundHttp};
 use super::limits::{slice, HostMemory, Limits};
@@ -147,13 +147,18 @@ fn in_time<T>(
 pub struct Instance {
     pub store: Store<HostState>,
     pub bindings: PushDriver,
+    /// For the exports the bindings do not cover (`fixed-begin`).
+    instance: wasmtime::component::Instance,
     txns: u64,
 }
 
 /// Everything needed to make instances of one driver, and its warm instance.
 pub struct Instances {
     tag: Arc<DriverTag>,
-    pre: PushDriverPre<HostState>,
+    pre: InstancePre<HostState>,
+    indices: PushDriverIndices,
+    /// `fixed-begin.answer`, when the component exports it (0.1.1).
+    fixed_begin: Option<ComponentExportIndex>,
     limits: Limits,
     settings: InstanceSettings,
     /// The component's own arguments, handed to its `init`.
@@ -201,10 +206,13 @@ impl Instances {
             .collect();
         let synchronous = parts.settings.synchronous_allowed
             && !can_wait(&loaded.component, loaded.component.engine());
+        let (pre, indices) = Self::pre(loaded, path, synchronous)?;
         Ok(Instances {
             args,
             tag: parts.tag,
-            pre: Self::pre(loaded, path, synchronous)?,
+            fixed_begin: fixed_begin(loaded, path)?,
+            pre,
+            indices,
             synchronous,
             initialised: false,
             limits: parts.limits,
@@ -222,7 +230,7 @@ impl Instances {
         loaded: &LoadedComponent,
         path: &Path,
         synchronous: bool,
-    ) -> Result<PushDriverPre<HostState>, InitError> {
+    ) -> Result<(InstancePre<HostState>, PushDriverIndices), InitError> {
         let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
         if synchronous {
             state::link_synchronous(&mut linker)
@@ -236,12 +244,41 @@ impl Instances {
                 path.display()
             ))
         })?;
-        PushDriverPre::new(instance_pre).map_err(|e| {
+        let indices = PushDriverIndices::new(&instance_pre).map_err(|e| {
             InitError(format!(
                 "{} does not match the mailpush:driver/push-driver world: {e:#}",
                 path.display()
             ))
-        })
+        })?;
+        Ok((instance_pre, indices))
+    }
+
+    /// Asks `inst`'s `fixed-begin.answer` (0.1.1), armed, within `left` of wall time:
+    /// `Ok(None)` when the component does not export it or answers `none`.
+    pub async fn fixed_begin(
+        &self,
+        inst: &mut Instance,
+        left: Duration,
+    ) -> Result<wasmtime::Result<Option<WitBegin>>, OutOfTime> {
+        let Some(index) = &self.fixed_begin else {
+            return Ok(Ok(None));
+        };
+        let func = match inst
+            .instance
+            .get_typed_func::<(), (Option<WitBegin>,)>(&mut inst.store, index)
+        {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let capped = self.arm_within(&mut inst.store, left);
+        let result = if self.synchronous {
+            func.call(&mut inst.store, ())
+        } else {
+            tokio::time::timeout(left, func.call_async(&mut inst.store, ()))
+                .await
+                .map_err(|_| OutOfTime)?
+        };
+        in_time(&inst.store, capped, result.map(|(r,)| r))
     }
 
     /// Calls `inst`'s `begin-txn`, armed, within `left` of wall time.
@@ -442,8 +479,8 @@ impl Instances {
         } else {
             self.pre.instantiate_async(&mut store).await
         };
-        let bindings = match in_time(&store, capped, instantiated).map_err(|_| Late)? {
-            Ok(b) => b,
+        let instance = match in_time(&store, capped, instantiated).map_err(|_| Late)? {
+            Ok(i) => i,
             Err(e)
                 if e.to_string().contains("pooling")
                     || e.to_string().contains("maximum concurrent") =>
@@ -454,10 +491,15 @@ impl Instances {
             }
             Err(e) => return Err(Failed(classify(store.data(), e, &self.limits, stats))),
         };
+        let bindings = self
+            .indices
+            .load(&mut store, &instance)
+            .map_err(|e| Failed(Failure::permanent(format!("the driver's exports: {e:#}"))))?;
         if self.initialised {
             return Ok(Instance {
                 store,
                 bindings,
+                instance,
                 txns: 0,
             });
         }
@@ -479,6 +521,7 @@ impl Instances {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
+                instance,
                 txns: 0,
             }),
             Ok(Err(msg)) => Err(Failed(Failure::permanent(reason(format!(
@@ -528,4 +571,26 @@ impl Instances {
     pub fn clear(&self) {
         self.warm.lock().take();
     }
+}
+
+/// Where `fixed-begin.answer` is, if the component exports `fixed-begin` of a compatible
+/// version; an error when it exports the interface without the function.
+fn fixed_begin(
+    loaded: &LoadedComponent,
+    path: &Path,
+) -> Result<Option<ComponentExportIndex>, InitError> {
+    let component = &loaded.component;
+    let name = format!("{WIT_PACKAGE}/fixed-begin@{WIT_VERSION}");
+    let Some(interface) = component.get_export_index(None, &name) else {
+        return Ok(None);
+    };
+    component
+        .get_export_index(Some(&interface), "answer")
+        .map(Some)
+        .ok_or_else(|| {
+            InitError(format!(
+                "{} exports {name} without its function `answer`",
+                path.display()
+            ))
+        })
 }

@@ -17,6 +17,7 @@
 //! - [`limits`]: CPU time per call, memory, fuel, event size, transaction wall time;
 //! - [`log`]: `host.log`, budgeted per transaction and rate-limited per driver;
 //! - [`metadata`]: `host.metadata-get`, read-only, the transaction's user only;
+//! - [`hmac`]: `host.hmac-sha256`, bounded per call, its time the guest's;
 //! - [`http`]: `wasi:http`, behind the outbound policy, over a keep-alive pool;
 //! - [`stdio`]: stdout and stderr into the log; the last lines explain a failed call;
 //! - [`wasi`]: clocks and random; no filesystem, environment or sockets.
@@ -32,6 +33,7 @@ pub mod driver;
 pub mod engine;
 pub mod factory;
 pub mod function_cache;
+pub mod hmac;
 pub mod http;
 pub mod instance;
 pub mod limits;

@@ -1,18 +1,18 @@
 //! The state a component's store holds — everything one instance may touch lives in
 //! [`HostState`], one field per capability — and the `mailpush:driver/host` imports,
-//! which hand each call to its capability (log, METADATA).
+//! which hand each call to its capability (log, METADATA, HMAC).
 
 use std::sync::Arc;
 
 use mailpush_core::{MetadataLookup, Transaction};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::StoreContextMut;
 
 use super::stdio::{Output, SharedOutput};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::bindings::mailpush::driver::host::{self, Level};
+use super::bindings::mailpush::driver::host::Level;
 use super::http::OutboundHttp;
 use super::limits::{CallClock, HostReservation, Limits, MemoryLimiter, FIELD_SIZE_LIMIT};
 use super::log::{self, DriverTag, SharedLog};
@@ -127,13 +127,20 @@ impl HostState {
 pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     super::wasi::link(linker, HostState::io)?;
     super::http::link(linker)?;
-    host::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+    link_host(linker)
 }
 
 /// Links the imports of a driver that cannot wait ([`super::synchronous`]), all
 /// synchronous: WASI 0.2 and `mailpush:driver/host` (no `wasi:http`).
 pub fn link_synchronous(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     super::synchronous::link_wasi(linker, HostState::io)?;
+    link_host(linker)
+}
+
+/// `mailpush:driver/host` at this host's version (a component built against an older
+/// 0.1.x finds it too: wasmtime matches imports by semver). Every function is plain
+/// synchronous work, so the same definitions serve fibers and synchronous calls.
+fn link_host(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     let mut host = linker.instance(&format!(
         "{}/host@{}",
         super::bindings::WIT_PACKAGE,
@@ -152,7 +159,7 @@ pub fn link_synchronous(linker: &mut Linker<HostState>) -> wasmtime::Result<()> 
             Ok((cx.data_mut().metadata_get(&key),))
         },
     )?;
-    Ok(())
+    super::hmac::link(&mut host)
 }
 
 impl WasiView for HostState {
@@ -194,16 +201,5 @@ impl HostState {
     fn metadata_get(&mut self, key: &str) -> Option<String> {
         self.metadata
             .get(&self.tag, self.txn.as_ref(), &self.log, key)
-    }
-}
-
-impl host::Host for HostState {
-    async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        HostState::log(self, level, message);
-        Ok(())
-    }
-
-    async fn metadata_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(HostState::metadata_get(self, &key))
     }
 }

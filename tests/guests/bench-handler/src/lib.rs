@@ -2,9 +2,16 @@
 //! handler and Lua handler — skip unless the message is new in INBOX and unseen, build
 //! a JSON payload, HMAC-SHA256-sign it. With `work=none` it does nothing with the
 //! message: what is left is the cost of getting a transaction into a component.
+//!
+//! By default it uses what `mailpush:driver@0.1.1` added: it answers `fixed-begin`
+//! (every event, so the host does not call `begin-txn`) and signs through
+//! `host.hmac-sha256`. `contract=0.1.0` does neither (begin-txn per transaction, HMAC
+//! compiled into the component), for the benchmark's before/after in one run.
 
 use hmac::{Hmac, Mac};
-use mailpush_driver_sdk::{export_driver, Args, Driver, Failure, NewMessage, TxnInfo};
+use mailpush_driver_sdk::{
+    export_driver, hmac_sha256, Args, Driver, Failure, NewMessage, TxnInfo, Wants,
+};
 use sha2::Sha256;
 
 struct Bench {
@@ -12,6 +19,8 @@ struct Bench {
     signed: u64,
     /// `work=none`: every message is accepted untouched.
     idle: bool,
+    /// `contract=0.1.0`: no fixed-begin, HMAC in the guest.
+    v010: bool,
 }
 
 fn escape(s: &str, out: &mut String) {
@@ -31,7 +40,12 @@ impl Driver for Bench {
             key: args.get("key").unwrap_or("secret").as_bytes().to_vec(),
             signed: 0,
             idle: args.get("work") == Some("none"),
+            v010: args.get("contract") == Some("0.1.0"),
         })
+    }
+
+    fn fixed_wants(&self) -> Option<Wants> {
+        (!self.v010).then_some(Wants::All)
     }
 
     fn on_message_new(
@@ -61,10 +75,14 @@ impl Driver for Bench {
         p.push_str("\",\"subject\":\"");
         escape(m.subject.as_deref().unwrap_or(""), &mut p);
         p.push_str("\"}");
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .map_err(|_| Failure::permanent("key"))?;
-        mac.update(p.as_bytes());
-        let sig = hex::encode(mac.finalize().into_bytes());
+        let sig = if self.v010 {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+                .map_err(|_| Failure::permanent("key"))?;
+            mac.update(p.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        } else {
+            hex::encode(hmac_sha256(&self.key, p.as_bytes()))
+        };
         self.signed += std::hint::black_box(sig.len() as u64);
         Ok(())
     }

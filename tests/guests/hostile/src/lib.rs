@@ -30,6 +30,13 @@
 //!   `json ok|` (or `json differs|`: some event's JSON is not in the transaction's) and
 //!   then the typed events' `Debug`; `echo-json`: fails with the transaction's JSON.
 //!   With `want=mailbox-delete`, only MailboxDelete events are wanted (any mode).
+//! - `hmac`: fails with the hex of `host.hmac-sha256(key=, the transaction's JSON)`;
+//!   `hmac-huge`: asks the host to hash 17 MiB (past its bound); `hmac-loop`: hashes
+//!   1 MiB through the host in a loop (host work the deadline must stop).
+//! - `fixed=all|skip|deletes|none|panic` (any mode): what `fixed-begin` answers at load
+//!   (`panic`: it panics); with `all`, `skip` or `deletes`, a call to `begin-txn` fails
+//!   the transaction (the host promised not to make one). With any `fixed=`,
+//!   `fixed-begin` also puts `fixed-begin` in the global `remember` reads.
 //!
 //! Built without the default feature `waits`, the modes that wait or use `wasi:http`
 //! (http, init-sleep, init-burn, fields-flood, body-hoard, fields-loop, egress,
@@ -43,7 +50,8 @@ use mailpush_driver_sdk::bindings::wasi::http::types::{Fields, OutgoingBody, Out
 #[cfg(feature = "waits")]
 use mailpush_driver_sdk::http;
 use mailpush_driver_sdk::{
-    export_driver, log, metadata, Args, Driver, EventName, Failure, Transaction, TxnInfo, Wants,
+    export_driver, hmac_sha256, log, metadata, Args, Driver, EventName, Failure, Transaction,
+    TxnInfo, Wants,
 };
 
 /// What `init-hoard` mode fills in `init`.
@@ -131,6 +139,8 @@ struct Hostile {
     handled: u32,
     /// `tag=` for remember.
     tag: String,
+    /// `fixed=`: the answer to `fixed-begin`.
+    fixed: String,
     /// `want=mailbox-delete`: only those events are wanted.
     only_deletes: bool,
 }
@@ -189,10 +199,30 @@ impl Driver for Hostile {
             handled: 0,
             tag: args.get("tag").unwrap_or("").to_string(),
             only_deletes: args.get("want") == Some("mailbox-delete"),
+            fixed: args.get("fixed").unwrap_or("").to_string(),
         })
     }
 
-    fn wants(&mut self, _txn: &TxnInfo) -> Wants {
+    fn fixed_wants(&self) -> Option<Wants> {
+        if !self.fixed.is_empty() {
+            *REMEMBERED.lock().unwrap_or_else(|e| e.into_inner()) = Some("fixed-begin".into());
+        }
+        match self.fixed.as_str() {
+            "all" => Some(Wants::All),
+            "skip" => Some(Wants::Skip),
+            "deletes" => Some(Wants::Events(vec![EventName::MailboxDelete])),
+            "panic" => panic!("fixed-begin refuses"),
+            _ => None,
+        }
+    }
+
+    fn wants(&mut self, txn: &TxnInfo) -> Wants {
+        if matches!(self.fixed.as_str(), "all" | "skip" | "deletes") {
+            panic!(
+                "begin-txn called for {} although fixed-begin answered",
+                txn.id
+            );
+        }
         if self.only_deletes {
             Wants::Events(vec![EventName::MailboxDelete])
         } else {
@@ -276,6 +306,22 @@ impl Driver for Hostile {
                 metadata(&self.key)
             ))),
             "ok" => Ok(()),
+            "hmac" => {
+                let mac = hmac_sha256(self.key.as_bytes(), txn.json.as_bytes());
+                let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+                Err(Failure::permanent(hex))
+            }
+            "hmac-huge" => {
+                let big = vec![7u8; 17 << 20];
+                let mac = hmac_sha256(b"k", std::hint::black_box(&big));
+                Err(Failure::permanent(format!("hashed 17 MiB: {mac:?}")))
+            }
+            "hmac-loop" => {
+                let m = vec![7u8; 1 << 20];
+                loop {
+                    std::hint::black_box(hmac_sha256(b"k", std::hint::black_box(&m)));
+                }
+            }
             "echo" => {
                 let consistent = txn.events.iter().all(|r| txn.json.contains(&r.json));
                 let typed: Vec<_> = txn.events.iter().map(|r| &r.event).collect();
