@@ -53,6 +53,12 @@ const GUESTS: &[(&str, &str, &str, &[&str])] = &[
         &[],
     ),
     (
+        "NEWER_PATCH",
+        "tests/guests/newer-patch/Cargo.toml",
+        "newer_patch_driver.wasm",
+        &[],
+    ),
+    (
         "FUTURE_VERSION",
         "tests/guests/future-version/Cargo.toml",
         "future_version_driver.wasm",

@@ -241,3 +241,21 @@ async fn host_hmac_is_bounded() {
         );
     }
 }
+
+/// A component built against a later 0.1.x that imports a host function this host lacks
+/// is refused at load, naming both versions and what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_patch_needing_more_than_this_host_names_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={}\n}}\n",
+        guest("newer-patch").display()
+    );
+    let e = first_init_error(&write_config(dir.path(), &conf)).await;
+    assert!(
+        e.contains("imports something mailpush does not provide")
+            && e.contains("built against mailpush:driver@0.1.2, newer than this mailpush's 0.1.1")
+            && e.contains("upgrade mailpush"),
+        "{e}"
+    );
+}

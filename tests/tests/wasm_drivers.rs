@@ -400,15 +400,18 @@ async fn refuses_non_components_and_wrong_worlds() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wit_version_mismatch_names_both_versions() {
     let engines = Arc::new(Engines::new(None));
-    let e = load(&guest("future-version"), &engines, "")
-        .await
-        .err()
-        .unwrap();
-    assert!(
-        e.contains("built against mailpush:driver@0.2.0")
-            && e.contains("provides mailpush:driver@0.1.1"),
-        "{e}"
-    );
+    // It imports host@0.2.0: the version is checked before linking, on every load path.
+    for args in ["", "init=per-instance"] {
+        let e = load(&guest("future-version"), &engines, args)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("built against mailpush:driver@0.2.0")
+                && e.contains("provides mailpush:driver@0.1.1"),
+            "{args}: {e}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

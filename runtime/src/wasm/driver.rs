@@ -27,7 +27,6 @@ use super::snapshot::Preinit;
 use super::state::HostState;
 use super::stats::WasmStats;
 use super::trap::{classify, reason};
-use super::world::check_world;
 use crate::breaker::EndpointBreakers;
 
 struct WasmInner {
@@ -142,7 +141,7 @@ impl WasmDriver {
                 "init: called in every instance (init=per-instance)".to_string(),
             )
         };
-        let wit_version = check_world(&loaded.component, engine.engine(), path)?;
+        let wit_version = instances.wit_version().to_string();
         let mut inner = WasmInner {
             tag,
             path: path.to_path_buf(),
@@ -370,8 +369,8 @@ fn make_snapshot(
     };
     // A component that is no driver, or imports what mailpush does not provide, fails
     // here as it would without a snapshot (linking against the real imports checks
-    // them; the snapshot run itself uses a linker whose imports trap).
-    check_world(&probe.component, engine.engine(), path)?;
+    // them, `check_world` first; the snapshot run itself uses a linker whose imports
+    // trap).
     let instances = Instances::link(parts.clone(), &probe, path)?;
     match handle.block_on(instances.preinitialise(&cx, &probe.component)) {
         Preinit::Snapshot(snapshot)

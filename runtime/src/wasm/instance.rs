@@ -25,6 +25,7 @@ use super::state::{self, HostState};
 use super::stats::WasmStats;
 use super::synchronous::can_wait;
 use super::trap::{classify, reason};
+use super::world::{check_world, newer_patch};
 
 /// How instances are used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,8 @@ pub struct Instances {
     /// The component cannot wait: linked against synchronous host functions and called
     /// without a fiber ([`super::synchronous`]).
     synchronous: bool,
+    /// The `mailpush:driver` version the component was built against.
+    wit_version: String,
 }
 
 /// The parts of a driver an [`Instances`] is made from.
@@ -193,12 +196,14 @@ pub struct InstanceParts {
 }
 
 impl Instances {
-    /// Links the component against every capability's imports.
+    /// Checks the component is a driver of a compatible version ([`check_world`]), then
+    /// links it against every capability's imports.
     pub fn link(
         parts: InstanceParts,
         loaded: &LoadedComponent,
         path: &Path,
     ) -> Result<Self, InitError> {
+        let wit_version = check_world(&loaded.component, loaded.component.engine(), path)?;
         let args = parts
             .args
             .iter()
@@ -206,7 +211,7 @@ impl Instances {
             .collect();
         let synchronous = parts.settings.synchronous_allowed
             && !can_wait(&loaded.component, loaded.component.engine());
-        let (pre, indices) = Self::pre(loaded, path, synchronous)?;
+        let (pre, indices) = Self::pre(loaded, path, synchronous, &wit_version)?;
         Ok(Instances {
             args,
             tag: parts.tag,
@@ -214,6 +219,7 @@ impl Instances {
             pre,
             indices,
             synchronous,
+            wit_version,
             initialised: false,
             limits: parts.limits,
             settings: parts.settings,
@@ -230,6 +236,7 @@ impl Instances {
         loaded: &LoadedComponent,
         path: &Path,
         synchronous: bool,
+        wit_version: &str,
     ) -> Result<(InstancePre<HostState>, PushDriverIndices), InitError> {
         let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
         if synchronous {
@@ -239,8 +246,15 @@ impl Instances {
         }
         .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
         let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
+            let newer = if newer_patch(wit_version, WIT_VERSION) {
+                format!(
+                    "; it was built against {WIT_PACKAGE}@{wit_version}, newer than this mailpush's {WIT_VERSION}: upgrade mailpush, or rebuild the driver against this mailpush's wit/"
+                )
+            } else {
+                String::new()
+            };
             InitError(format!(
-                "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces)",
+                "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces){newer}",
                 path.display()
             ))
         })?;
@@ -328,6 +342,11 @@ impl Instances {
                 .map_err(|_| OutOfTime)?
         };
         in_time(&inst.store, capped, result.map(|(r,)| r))
+    }
+
+    /// The `mailpush:driver` version the component was built against.
+    pub fn wit_version(&self) -> &str {
+        &self.wit_version
     }
 
     /// Whether calls into this driver's instances are synchronous

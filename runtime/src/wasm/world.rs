@@ -55,6 +55,13 @@ pub fn check_world(
     Ok(version)
 }
 
+/// Whether version `a` is a later patch than `b` of the same 0.x minor (a component
+/// built against a newer contract than this host's may import what it lacks).
+pub fn newer_patch(a: &str, b: &str) -> bool {
+    let patch = |v: &str| v.split('.').nth(2).and_then(|p| p.parse::<u64>().ok());
+    same_minor(a, b) && patch(a) > patch(b)
+}
+
 /// Semver compatibility for 0.x: same major and minor.
 fn same_minor(a: &str, b: &str) -> bool {
     let key = |v: &str| {
@@ -66,7 +73,7 @@ fn same_minor(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_minor;
+    use super::{newer_patch, same_minor};
 
     #[test]
     fn wit_versions_compatible_within_a_minor() {
@@ -74,5 +81,13 @@ mod tests {
         assert!(same_minor("0.1.3", "0.1.0"));
         assert!(!same_minor("0.2.0", "0.1.0"));
         assert!(!same_minor("1.1.0", "0.1.0"));
+    }
+
+    #[test]
+    fn a_later_patch_is_newer() {
+        assert!(newer_patch("0.1.2", "0.1.1"));
+        assert!(!newer_patch("0.1.0", "0.1.1"));
+        assert!(!newer_patch("0.1.1", "0.1.1"));
+        assert!(!newer_patch("0.2.5", "0.1.1"));
     }
 }

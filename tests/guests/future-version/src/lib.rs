@@ -30,6 +30,9 @@ impl Guest for Future {
         Begin::Skip
     }
     fn deliver(_txn: Transaction) -> Result<(), Failure> {
+        // Imports host@0.2.0, which no 0.1.x host provides: the version check must come
+        // before linking, or the error would not name the versions.
+        mailpush::driver::host::log(mailpush::driver::host::Level::Info, "0.2.0");
         Ok(())
     }
 }
