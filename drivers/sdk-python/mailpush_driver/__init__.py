@@ -54,11 +54,11 @@ from .http import HttpError, Response, failure_from_http, parse_retry_after  # n
 from .webhooks import sign_webhook, decode_webhook_secret, hmac_sha256  # noqa: F401
 
 __all__ = [
-    "DriverBase", "export", "Args", "TxnInfo", "InitError", "log", "metadata", "ALL_EVENTS",
-    "Failure", "RetryableFailure", "PermanentFailure", "http", "HttpError", "Response",
-    "failure_from_http", "parse_retry_after", "sign_webhook", "decode_webhook_secret", "types",
-    "Transaction", "EventName", "NewMessage", "MessageRef", "FlagsSet", "FlagsClear",
-    "MailboxRename", "EventRecord", "Event",
+    "DriverBase", "export", "export_fixed_begin", "Args", "TxnInfo", "InitError", "log",
+    "metadata", "ALL_EVENTS", "Failure", "RetryableFailure", "PermanentFailure", "http",
+    "HttpError", "Response", "failure_from_http", "parse_retry_after", "sign_webhook",
+    "decode_webhook_secret", "hmac_sha256", "types", "Transaction", "EventName", "NewMessage",
+    "MessageRef", "FlagsSet", "FlagsClear", "MailboxRename", "EventRecord", "Event",
 ]
 
 ALL_EVENTS: List[EventName] = list(EventName)

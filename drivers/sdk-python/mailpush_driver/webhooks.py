@@ -30,6 +30,6 @@ def sign_webhook(secret: Union[str, bytes], id: str, timestamp: Union[int, str],
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
     """HMAC-SHA256, computed by mailpush (``host.hmac-sha256``, mailpush:driver@0.1.1) with
-    the CPU's SHA instructions: much faster than ``hmac`` compiled to wasm. At most 16 MiB
-    of data and 4 KiB of key: more traps."""
+    the CPU's SHA instructions, which code compiled to wasm cannot use. At most 16 MiB of
+    data and 4 KiB of key: more traps."""
     return bytes(_host.hmac_sha256(key, data))

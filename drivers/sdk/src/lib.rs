@@ -305,7 +305,7 @@ pub fn metadata(key: &str) -> Option<String> {
 }
 
 /// HMAC-SHA-256 of `message` under `key`, computed by the host with the CPU's SHA
-/// instructions (several times faster than SHA-256 compiled to wasm). At most 16 MiB
+/// instructions, which code compiled to wasm cannot use. At most 16 MiB
 /// of message and 4 KiB of key: more traps. Needs a mailpush that provides
 /// `mailpush:driver@0.1.1`.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
