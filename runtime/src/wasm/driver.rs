@@ -42,7 +42,7 @@ struct WasmInner {
     instances: Instances,
     /// The driver's answer to every `begin-txn`, declared at load through
     /// `fixed-begin` (0.1.1): then `begin-txn` is not called.
-    fixed: Option<FixedBegin>,
+    fixed: Option<BeginAnswer>,
     policy: HttpPolicy,
     stats: WasmStats,
     /// Log lines dropped and not reported yet, and when the last report went out: one
@@ -50,19 +50,20 @@ struct WasmInner {
     drops: parking_lot::Mutex<(u64, Option<Instant>)>,
 }
 
-/// What a driver declared at load to answer every transaction with.
+/// A driver's answer to `begin-txn` (from `begin-txn`, or from `fixed-begin` for every
+/// transaction).
 #[derive(Debug, Clone, Copy)]
-enum FixedBegin {
+enum BeginAnswer {
     Skip,
     Join(EventSet),
 }
 
-impl FixedBegin {
+impl BeginAnswer {
     fn from_wit(answer: wit_driver::Begin) -> Self {
         match answer {
-            wit_driver::Begin::Skip => FixedBegin::Skip,
+            wit_driver::Begin::Skip => BeginAnswer::Skip,
             wit_driver::Begin::Events(names) => {
-                FixedBegin::Join(names.into_iter().map(convert::event_name).collect())
+                BeginAnswer::Join(names.into_iter().map(convert::event_name).collect())
             }
         }
     }
@@ -179,7 +180,7 @@ impl WasmDriver {
             }
             Ok(Ok(answer)) => Ok(answer),
         };
-        inner.fixed = answer.map_err(InitError)?.map(FixedBegin::from_wit);
+        inner.fixed = answer.map_err(InitError)?.map(BeginAnswer::from_wit);
         inner.instances.park(probe);
         Ok(WasmDriver(Arc::new(inner)))
     }
@@ -212,11 +213,11 @@ impl WasmDriver {
         d.push(i.init.clone());
         d.push(match i.fixed {
             None => "begin-txn: called per transaction".to_string(),
-            Some(FixedBegin::Skip) => {
+            Some(BeginAnswer::Skip) => {
                 "begin-txn: not called, fixed at load (fixed-begin): skip every transaction"
                     .to_string()
             }
-            Some(FixedBegin::Join(events)) => format!(
+            Some(BeginAnswer::Join(events)) => format!(
                 "begin-txn: not called, fixed at load (fixed-begin): {}",
                 if events == EventSet::all() {
                     "every event".to_string()
@@ -470,7 +471,7 @@ impl Driver for WasmDriver {
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let inner = &self.0;
         let limits = &inner.sandbox.limits;
-        if let Some(FixedBegin::Skip) = inner.fixed {
+        if let Some(BeginAnswer::Skip) = inner.fixed {
             // Nothing to call: no instance either.
             return Ok(Begin::Skip);
         }
@@ -482,7 +483,7 @@ impl Driver for WasmDriver {
         inst.store.data_mut().outbound.begin_transaction();
         let events = match inner.fixed {
             // Declared at load (fixed-begin): no call.
-            Some(FixedBegin::Join(events)) => events,
+            Some(BeginAnswer::Join(events)) => events,
             _ => {
                 let remaining = limits.max_txn.saturating_sub(started.elapsed());
                 let Ok(result) = inner
@@ -493,15 +494,13 @@ impl Driver for WasmDriver {
                     return Err(exceeded("begin-txn", limits.max_txn));
                 };
                 inner.instances.account_fuel(&inst.store, &inner.stats);
-                match result {
-                    Ok(wit_driver::Begin::Skip) => {
+                match result.map(BeginAnswer::from_wit) {
+                    Ok(BeginAnswer::Skip) => {
                         inner.finish_log(&mut inst.store, txn);
                         inner.instances.give_back(inst);
                         return Ok(Begin::Skip);
                     }
-                    Ok(wit_driver::Begin::Events(names)) => {
-                        names.into_iter().map(convert::event_name).collect()
-                    }
+                    Ok(BeginAnswer::Join(events)) => events,
                     Err(e) => {
                         let f = inner.classify(&inst.store, e);
                         let f = inner.explain(&mut inst.store, f);

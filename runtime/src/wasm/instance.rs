@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use mailpush_core::{DriverArgs, Failure, InitError, MetadataLookup};
 use parking_lot::Mutex;
-use wasmtime::component::{ComponentExportIndex, InstancePre, Linker};
+use wasmtime::component::{
+    ComponentExportIndex, ComponentNamedList, ComponentType, InstancePre, Lift, Linker, Lower,
+    TypedFunc,
+};
 use wasmtime::Store;
 
 use super::bindings::exports::mailpush::driver::driver::Begin as WitBegin;
@@ -277,22 +280,13 @@ impl Instances {
         let Some(index) = &self.fixed_begin else {
             return Ok(Ok(None));
         };
-        let func = match inst
+        match inst
             .instance
             .get_typed_func::<(), (Option<WitBegin>,)>(&mut inst.store, index)
         {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(e)),
-        };
-        let capped = self.arm_within(&mut inst.store, left);
-        let result = if self.synchronous {
-            func.call(&mut inst.store, ())
-        } else {
-            tokio::time::timeout(left, func.call_async(&mut inst.store, ()))
-                .await
-                .map_err(|_| OutOfTime)?
-        };
-        in_time(&inst.store, capped, result.map(|(r,)| r))
+            Ok(func) => self.call(&mut inst.store, func, (), left).await,
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// Calls `inst`'s `begin-txn`, armed, within `left` of wall time.
@@ -303,19 +297,8 @@ impl Instances {
         user: &str,
         left: Duration,
     ) -> Result<wasmtime::Result<WitBegin>, OutOfTime> {
-        let capped = self.arm_within(&mut inst.store, left);
-        let driver = inst.bindings.mailpush_driver_driver();
-        let result = if self.synchronous {
-            driver
-                .func_begin_txn()
-                .call(&mut inst.store, (id, user))
-                .map(|(r,)| r)
-        } else {
-            tokio::time::timeout(left, driver.call_begin_txn(&mut inst.store, id, user))
-                .await
-                .map_err(|_| OutOfTime)?
-        };
-        in_time(&inst.store, capped, result)
+        let func = inst.bindings.mailpush_driver_driver().func_begin_txn();
+        self.call(&mut inst.store, func, (id, user), left).await
     }
 
     /// Calls `inst`'s `deliver` with `txn`, lowered into the guest from borrowed data,
@@ -326,22 +309,38 @@ impl Instances {
         txn: &TransactionRef<'_>,
         left: Duration,
     ) -> Result<wasmtime::Result<Result<(), WitFailure>>, OutOfTime> {
-        let capped = self.arm_within(&mut inst.store, left);
         let func = *inst.bindings.mailpush_driver_driver().func_deliver().func();
         // SAFETY: every instance of these `Instances` is made from `self.pre`, one
         // component.
-        let deliver = match unsafe { self.deliver.typed(func, &inst.store) } {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
+        match unsafe { self.deliver.typed(func, &inst.store) } {
+            Ok(deliver) => self.call(&mut inst.store, deliver, (txn,), left).await,
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Calls `func` in `store`, armed, within `left` of wall time: synchronously (its
+    /// deadline cut to `left`, [`Self::arm_within`]) or on a fiber under a timeout; a
+    /// call that ran out of `left` is [`OutOfTime`] either way.
+    async fn call<P, R>(
+        &self,
+        store: &mut Store<HostState>,
+        func: TypedFunc<P, (R,)>,
+        params: P,
+        left: Duration,
+    ) -> Result<wasmtime::Result<R>, OutOfTime>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        R: ComponentType + Lift + Send + Sync + 'static,
+    {
+        let capped = self.arm_within(store, left);
         let result = if self.synchronous {
-            deliver.call(&mut inst.store, (txn,))
+            func.call(&mut *store, params)
         } else {
-            tokio::time::timeout(left, deliver.call_async(&mut inst.store, (txn,)))
+            tokio::time::timeout(left, func.call_async(&mut *store, params))
                 .await
                 .map_err(|_| OutOfTime)?
         };
-        in_time(&inst.store, capped, result.map(|(r,)| r))
+        in_time(store, capped, result.map(|(r,)| r))
     }
 
     /// The `mailpush:driver` version the component was built against.
@@ -487,12 +486,9 @@ impl Instances {
     /// ([`Self::arm_within`]).
     async fn make_instance(&self, stats: &WasmStats, within: Duration) -> Result<Instance, Unmade> {
         let started = std::time::Instant::now();
-        let arm = |store: &mut Store<HostState>| {
-            self.arm_within(store, within.saturating_sub(started.elapsed()))
-        };
         let mut store = self.new_store().map_err(Failed)?;
         stats.instances.fetch_add(1, Ordering::Relaxed);
-        let capped = arm(&mut store);
+        let capped = self.arm_within(&mut store, within.saturating_sub(started.elapsed()));
         let instantiated = if self.synchronous {
             self.pre.instantiate(&mut store)
         } else {
@@ -522,21 +518,11 @@ impl Instances {
                 txns: 0,
             });
         }
-        let capped = arm(&mut store);
-        let init = if self.synchronous {
-            bindings
-                .mailpush_driver_driver()
-                .func_init()
-                .call(&mut store, (&self.args,))
-                .map(|(r,)| r)
-        } else {
-            bindings
-                .mailpush_driver_driver()
-                .call_init(&mut store, &self.args)
-                .await
-        };
+        let left = within.saturating_sub(started.elapsed());
+        let init_func = bindings.mailpush_driver_driver().func_init();
+        let init = self.call(&mut store, init_func, (&self.args,), left).await;
         self.account_fuel(&store, stats);
-        match in_time(&store, capped, init).map_err(|_| Late)? {
+        match init.map_err(|_| Late)? {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
