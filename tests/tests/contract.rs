@@ -197,6 +197,31 @@ async fn a_failing_fixed_begin_refuses_the_driver() {
     }
 }
 
+/// A `fixed-begin` that never returns is stopped by `init_timeout_msecs` (here far below
+/// the CPU deadline, `timeout_msecs`), and the driver is refused at load, on both call
+/// paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spinning_fixed_begin_is_stopped_by_the_init_timeout() {
+    for name in BOTH {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok fixed=loop timeout_msecs=20000 init_timeout_msecs=300\n}}\n",
+            guest(name).display()
+        );
+        let started = std::time::Instant::now();
+        let e = first_init_error(&write_config(dir.path(), &conf)).await;
+        assert!(
+            e.contains("fixed-begin did not answer within 300 ms (init_timeout_msecs)"),
+            "{name}: {e}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{name}: refused after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 /// `host.hmac-sha256` gives the HMAC of what the guest passed: checked against an
 /// HMAC written out from RFC 2104 (tests/src), over the transaction JSON the guest saw.
 #[tokio::test(flavor = "multi_thread")]

@@ -33,8 +33,8 @@
 //! - `hmac`: fails with the hex of `host.hmac-sha256(key=, the transaction's JSON)`;
 //!   `hmac-huge`: asks the host to hash 17 MiB (past its bound); `hmac-loop`: hashes
 //!   1 MiB through the host in a loop (host work the deadline must stop).
-//! - `fixed=all|skip|deletes|none|panic` (any mode): what `fixed-begin` answers at load
-//!   (`panic`: it panics); with `all`, `skip` or `deletes`, a call to `begin-txn` fails
+//! - `fixed=all|skip|deletes|none|panic|loop` (any mode): what `fixed-begin` answers at
+//!   load (`panic`: it panics; `loop`: it spins, without host calls); with `all`, `skip` or `deletes`, a call to `begin-txn` fails
 //!   the transaction (the host promised not to make one). With any `fixed=`,
 //!   `fixed-begin` also puts `fixed-begin` in the global `remember` reads.
 //!
@@ -212,6 +212,12 @@ impl Driver for Hostile {
             "skip" => Some(Wants::Skip),
             "deletes" => Some(Wants::Events(vec![EventName::MailboxDelete])),
             "panic" => panic!("fixed-begin refuses"),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
             _ => None,
         }
     }
