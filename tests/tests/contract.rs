@@ -1,6 +1,6 @@
 //! The contract's 0.1.1 revision (wit/driver.wit): a component built against 0.1.0 runs
 //! unchanged; `fixed-begin` answers every transaction from a declaration made once at
-//! load; `host.hmac-sha256` signs with the host's SHA instructions, within its bounds.
+//! load; `host.hmac-sha256` signs in the host's native code, within its bounds.
 
 use std::sync::Arc;
 
@@ -160,6 +160,48 @@ async fn fixed_begin_answers_every_transaction_from_load() {
     }
 }
 
+/// A driver that skips every transaction (`fixed=skip`) keeps no warm instance with
+/// `instance=reuse`: the instance probed at load is dropped, its slot and memory with it;
+/// one with a fixed `all` keeps it, as any reused driver does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_skip_keeps_no_instance_even_with_reuse() {
+    use mailpush::wasm::engine::Engines;
+    use mailpush::wasm::log::DriverTag;
+    use mailpush::wasm::sandbox::Sandbox;
+    use mailpush::wasm::WasmDriver;
+    use mailpush_core::{DriverArgs, NoMetadata};
+    let engines = Arc::new(Engines::new(None));
+    for name in BOTH {
+        for (fixed, held) in [("skip", false), ("all", true)] {
+            let mut args = DriverArgs::parse(&format!("mode=ok fixed={fixed} instance=reuse"));
+            let sandbox = Sandbox::from_args(&mut args).unwrap();
+            let tag = Arc::new(DriverTag {
+                number: 1,
+                name: "wasm".into(),
+            });
+            let d = WasmDriver::load(
+                tag,
+                &guest(name),
+                sandbox,
+                args,
+                &engines,
+                Arc::new(NoMetadata),
+            )
+            .await
+            .unwrap();
+            assert_eq!(d.holds_warm_instance(), held, "{name} fixed={fixed}");
+            let out = deliver(&d, &two_event_txn("a@example.com", "t1")).await;
+            let expected = if held {
+                Outcome::Delivered
+            } else {
+                Outcome::Skipped
+            };
+            assert_eq!(out, expected, "{name} fixed={fixed}");
+            assert_eq!(d.holds_warm_instance(), held, "{name} fixed={fixed}");
+        }
+    }
+}
+
 /// What `fixed-begin` does in the instance it runs in never reaches a fresh instance: each
 /// transaction sees what `init` left (`remember` fails with what it saw otherwise), from
 /// a snapshot and with `init=per-instance`.
@@ -179,21 +221,50 @@ async fn fixed_begin_leaves_nothing_in_fresh_instances() {
     }
 }
 
-/// A `fixed-begin` that traps refuses the driver at load, saying so.
+/// A `fixed-begin` that traps refuses the driver at load, saying so, with what it wrote
+/// itself and not what `init` wrote before it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_fixed_begin_refuses_the_driver() {
     for name in BOTH {
         let dir = tempfile::tempdir().unwrap();
         let conf = format!(
-            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok fixed=panic\n}}\n",
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} mode=ok fixed=panic say=noise\n}}\n",
             guest(name).display()
         );
         let e = first_init_error(&write_config(dir.path(), &conf)).await;
         assert!(
-            e.contains("fixed-begin failed: the driver panicked")
-                && e.contains("fixed-begin refuses"),
+            e.contains("fixed-begin failed: fixed-begin says noise (then: the driver panicked")
+                && e.contains("fixed-begin refuses")
+                && !e.contains("init says"),
             "{name}: {e}"
         );
+    }
+}
+
+/// With `instance=reuse` the instance probed at load becomes the warm one: what `init`
+/// and `fixed-begin` wrote there is not the first transaction's to report, on both call
+/// paths, with and without a fixed answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_reused_transaction_reports_nothing_from_the_load() {
+    for name in BOTH {
+        for fixed in ["", " fixed=all"] {
+            let d = load_one(&format!(
+                "wasm:file={} mode=trap say=noise instance=reuse{fixed}",
+                guest(name).display()
+            ))
+            .await;
+            let Outcome::Failed(f) =
+                deliver(d.driver.as_ref(), &two_event_txn("a@example.com", "t1")).await
+            else {
+                panic!("{name}{fixed}: mode=trap fails")
+            };
+            assert!(f.reason.contains("trap"), "{name}{fixed}: {}", f.reason);
+            assert!(
+                !f.reason.contains("says noise"),
+                "{name}{fixed}: the load's output in a transaction's failure: {}",
+                f.reason
+            );
+        }
     }
 }
 
@@ -211,7 +282,10 @@ async fn a_spinning_fixed_begin_is_stopped_by_the_init_timeout() {
         let started = std::time::Instant::now();
         let e = first_init_error(&write_config(dir.path(), &conf)).await;
         assert!(
-            e.contains("fixed-begin did not answer within 300 ms (init_timeout_msecs)"),
+            e.contains("fixed-begin did not answer within the")
+                && e.contains(
+                    "init left of init_timeout_msecs=300 (init and fixed-begin share it)"
+                ),
             "{name}: {e}"
         );
         assert!(

@@ -63,6 +63,30 @@ fn driver_test_fails_when_the_driver_fails() {
     );
 }
 
+/// A skip says who decided it: here the answer `fixed-begin` gave at load, since
+/// `begin-txn` is never called.
+#[test]
+fn driver_test_says_why_a_transaction_was_skipped() {
+    let n = sample_count();
+    let (ok, out, err) = driver_test(
+        &guest("hostile"),
+        &["--arg", "mode=ok", "--arg", "fixed=skip"],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(
+        out.matches("=> skipped (its fixed-begin answer)").count(),
+        n,
+        "{out}"
+    );
+    assert!(!out.contains("skipped (begin-txn)"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{n} transactions: 0 delivered, {n} skipped, 0 failed"
+        )),
+        "{out}"
+    );
+}
+
 #[test]
 fn driver_test_shows_what_a_trapping_driver_printed() {
     let (ok, out, _) = driver_test(&guest("hostile"), &["--arg", "mode=stderr-trap"]);

@@ -125,3 +125,37 @@ async fn a_synchronous_call_is_bounded_by_max_txn_msecs_and_init_timeout_msecs()
     let e = first_init_error(&config).await;
     assert!(e.contains("init did not finish within 200 ms"), "{e}");
 }
+
+/// Loading a synchronous driver runs its `init` (and `fixed-begin`) off the async
+/// workers, as compiling does: one that spins until `init_timeout_msecs` does not hold
+/// the runtime meanwhile. On a single-threaded runtime, a timer set while it loads fires
+/// before the load ends; were the spin on the runtime's only thread, it could not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_synchronous_init_holds_no_async_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    // Compiled once first (the AOT cache in the same state_dir), so that below the
+    // timer runs out while init spins, not while the component compiles.
+    load_drivers(
+        &TestDrivers::new().registry(),
+        &no_wait_config(dir.path(), "mode=ok init=per-instance"),
+    )
+    .await;
+    let config = no_wait_config(
+        dir.path(),
+        "mode=init-loop init=per-instance timeout_msecs=20000 init_timeout_msecs=3000",
+    );
+    let timer = async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        std::time::Instant::now()
+    };
+    let load = async {
+        let e = first_init_error(&config).await;
+        (e, std::time::Instant::now())
+    };
+    let (fired, (e, loaded)) = tokio::join!(timer, load);
+    assert!(e.contains("init did not finish within 3000 ms"), "{e}");
+    assert!(
+        fired < loaded,
+        "the timer fired only when the load had ended: the spin held the runtime"
+    );
+}

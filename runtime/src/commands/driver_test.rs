@@ -258,6 +258,16 @@ pub fn render(component: &Path, reply: u16, r: &DriverTestReport) -> String {
     let _ = writeln!(out, "args: {}", r.args);
     let _ = writeln!(out, "endpoint: {} (answers {reply})\n", r.endpoint);
     let (mut delivered, mut failed, mut skipped) = (0, 0, 0);
+    // A driver whose begin answer was fixed at load (fixed-begin) is never asked again.
+    let skipped_by = if r
+        .details
+        .iter()
+        .any(|d| d.starts_with("begin-txn: not called"))
+    {
+        "skipped (its fixed-begin answer)"
+    } else {
+        "skipped (begin-txn)"
+    };
     for (i, t) in r.txns.iter().enumerate() {
         let events: Vec<String> = t
             .txn
@@ -310,7 +320,7 @@ pub fn render(component: &Path, reply: u16, r: &DriverTestReport) -> String {
             }
             Outcome::Skipped => {
                 skipped += 1;
-                "skipped (begin-txn)".to_string()
+                skipped_by.to_string()
             }
             Outcome::Failed(f) => {
                 failed += 1;

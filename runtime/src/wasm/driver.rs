@@ -143,7 +143,7 @@ impl WasmDriver {
             )
         };
         let wit_version = instances.wit_version().to_string();
-        let mut inner = WasmInner {
+        let inner = WasmInner {
             tag,
             path: path.to_path_buf(),
             sha256: loaded.sha256,
@@ -158,30 +158,16 @@ impl WasmDriver {
             stats: WasmStats::default(),
             drops: parking_lot::Mutex::new((0, None)),
         };
-        // Probe: the component's own init must accept its arguments now, not at the
-        // first transaction — within init_timeout_msecs. Then its fixed answer to
-        // begin-txn, if it has one, in the same bound.
-        let started = Instant::now();
-        let init_timeout = inner.sandbox.limits.init_timeout;
-        let mut probe = inner
-            .instances
-            .instantiate(&inner.stats, init_timeout)
-            .await
-            .map_err(|f| InitError(f.reason))?;
-        let left = init_timeout.saturating_sub(started.elapsed());
-        let answer = match inner.instances.fixed_begin(&mut probe, left).await {
-            Err(_) => Err(format!(
-                "fixed-begin did not answer within {} ms (init_timeout_msecs)",
-                init_timeout.as_millis()
-            )),
-            Ok(Err(e)) => {
-                let f = inner.classify(&probe.store, e);
-                Err(format!("fixed-begin failed: {}", f.reason))
-            }
-            Ok(Ok(answer)) => Ok(answer),
+        let inner = if inner.instances.synchronous() {
+            // Its calls never yield: they run on a blocking thread, as compiles do, not
+            // on an async worker that a spinning init would hold for init_timeout_msecs.
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || handle.block_on(inner.probe()))
+                .await
+                .map_err(|e| InitError(format!("load task failed: {e}")))??
+        } else {
+            inner.probe().await?
         };
-        inner.fixed = answer.map_err(InitError)?.map(BeginAnswer::from_wit);
-        inner.instances.park(probe);
         Ok(WasmDriver(Arc::new(inner)))
     }
 
@@ -249,6 +235,12 @@ impl WasmDriver {
     /// Whether its calls are synchronous ([`super::synchronous`]).
     pub fn synchronous(&self) -> bool {
         self.0.instances.synchronous()
+    }
+
+    /// Whether a warm instance is held between transactions (`instance=reuse`): what it
+    /// keeps (a pool slot, its memory, its share of `host_memory`) stays taken meanwhile.
+    pub fn holds_warm_instance(&self) -> bool {
+        self.0.instances.holds_warm()
     }
 
     /// Whether instances start from a snapshot taken after `init` at load.
@@ -406,6 +398,45 @@ fn exceeded(what: &str, max_txn: std::time::Duration) -> Failure {
 }
 
 impl WasmInner {
+    /// Probes a driver being loaded: the component's own init must accept its arguments
+    /// now, not at the first transaction, within init_timeout_msecs; then its fixed
+    /// answer to begin-txn, if it has one, in what is left of the same bound.
+    async fn probe(mut self) -> Result<Self, InitError> {
+        let started = Instant::now();
+        let init_timeout = self.sandbox.limits.init_timeout;
+        let mut probe = self
+            .instances
+            .instantiate(&self.stats, init_timeout)
+            .await
+            .map_err(|f| InitError(f.reason))?;
+        // What init printed is not fixed-begin's to report.
+        probe.store.data().output.lock().clear_tail();
+        let left = init_timeout.saturating_sub(started.elapsed());
+        let answer = match self.instances.fixed_begin(&mut probe, left).await {
+            Err(_) => Err(format!(
+                "fixed-begin did not answer within the {} ms that init left of init_timeout_msecs={} (init and fixed-begin share it)",
+                left.as_millis(),
+                init_timeout.as_millis()
+            )),
+            Ok(Err(e)) => {
+                let f = self.classify(&probe.store, e);
+                Err(format!("fixed-begin failed: {}", f.reason))
+            }
+            Ok(Ok(answer)) => Ok(answer),
+        };
+        self.fixed = answer.map_err(InitError)?.map(BeginAnswer::from_wit);
+        if !matches!(self.fixed, Some(BeginAnswer::Skip)) {
+            // Kept as the warm instance with instance=reuse: what the load wrote (its
+            // output, log lines, refused requests) is not the first transaction's.
+            self.finish_log(&mut probe.store, None);
+            self.clear_refusals(&mut probe.store);
+            self.instances.park(probe);
+        }
+        // A fixed skip never needs an instance: the probe is dropped, slot and memory
+        // with it.
+        Ok(self)
+    }
+
     fn classify(&self, store: &Store<HostState>, err: wasmtime::Error) -> Failure {
         classify(store.data(), err, &self.sandbox.limits, &self.stats)
     }
@@ -425,7 +456,7 @@ impl WasmInner {
 
     /// Ends the transaction's log budget; the lines it dropped are counted and reported
     /// at most once per [`DROP_REPORT_EVERY`] (the rest at the next report or at deinit).
-    fn finish_log(&self, store: &mut Store<HostState>, txn: &Transaction) {
+    fn finish_log(&self, store: &mut Store<HostState>, txn: Option<&Transaction>) {
         store.data().output.lock().clear_tail();
         let (dropped, max) = {
             let mut log = store.data().log.lock();
@@ -440,7 +471,7 @@ impl WasmInner {
         let mut drops = self.drops.lock();
         drops.0 += u64::from(dropped);
         if drops.1.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY) {
-            self.report_drops(drops.0, max, Some(txn));
+            self.report_drops(drops.0, max, txn);
             *drops = (0, Some(Instant::now()));
         }
     }
@@ -496,7 +527,7 @@ impl Driver for WasmDriver {
                 inner.instances.account_fuel(&inst.store, &inner.stats);
                 match result.map(BeginAnswer::from_wit) {
                     Ok(BeginAnswer::Skip) => {
-                        inner.finish_log(&mut inst.store, txn);
+                        inner.finish_log(&mut inst.store, Some(txn));
                         inner.instances.give_back(inst);
                         return Ok(Begin::Skip);
                     }
@@ -504,7 +535,7 @@ impl Driver for WasmDriver {
                     Err(e) => {
                         let f = inner.classify(&inst.store, e);
                         let f = inner.explain(&mut inst.store, f);
-                        inner.finish_log(&mut inst.store, txn);
+                        inner.finish_log(&mut inst.store, Some(txn));
                         return Err(f);
                     }
                 }
@@ -605,7 +636,7 @@ impl DriverTxn for WasmTxn {
             return Err(Failure::permanent("instance already released"));
         };
         if !success {
-            inner.finish_log(&mut inst.store, &self.txn);
+            inner.finish_log(&mut inst.store, Some(&self.txn));
             return Ok(());
         }
         // The events' canonical JSON is serialised once per transaction and shared by
@@ -638,7 +669,7 @@ impl DriverTxn for WasmTxn {
         let size = json.len() + wanted.iter().map(|(_, j)| j.len()).sum::<usize>();
         let limits = &inner.sandbox.limits;
         if size > limits.max_event_bytes {
-            inner.finish_log(&mut inst.store, &self.txn);
+            inner.finish_log(&mut inst.store, Some(&self.txn));
             // The instance ran begin-txn for a transaction it never finished: discarded.
             drop(inst);
             return Err(Failure::permanent(format!(
@@ -661,7 +692,7 @@ impl DriverTxn for WasmTxn {
         }
         match result {
             Ok(Ok(())) => {
-                inner.finish_log(&mut inst.store, &self.txn);
+                inner.finish_log(&mut inst.store, Some(&self.txn));
                 inner.clear_refusals(&mut inst.store);
                 inner.instances.give_back(inst);
                 Ok(())
@@ -681,7 +712,7 @@ impl DriverTxn for WasmTxn {
                     failure.retryable = true;
                     failure.retry_after = Some(wait);
                 }
-                inner.finish_log(&mut inst.store, &self.txn);
+                inner.finish_log(&mut inst.store, Some(&self.txn));
                 // Whatever state led the guest to fail stays with it: the instance is
                 // discarded, the next transaction gets a fresh one.
                 drop(inst);
@@ -699,7 +730,7 @@ impl DriverTxn for WasmTxn {
                     f.retryable = true;
                     f.retry_after = Some(wait);
                 }
-                inner.finish_log(&mut inst.store, &self.txn);
+                inner.finish_log(&mut inst.store, Some(&self.txn));
                 Err(f)
             }
         }

@@ -249,7 +249,9 @@ impl Instances {
         }
         .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
         let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
-            let newer = if newer_patch(wit_version, WIT_VERSION) {
+            // Only an import of mailpush's own package is what a newer mailpush adds.
+            let ours = format!("{e:#}").contains(&format!("{WIT_PACKAGE}/"));
+            let newer = if ours && newer_patch(wit_version, WIT_VERSION) {
                 format!(
                     "; it was built against {WIT_PACKAGE}@{wit_version}, newer than this mailpush's {WIT_VERSION}: upgrade mailpush, or rebuild the driver against this mailpush's wit/"
                 )
@@ -570,6 +572,11 @@ impl Instances {
             inst.store.data_mut().drop_request_options();
             *self.warm.lock() = Some(inst);
         }
+    }
+
+    /// Whether a warm instance is kept ([`Self::park`]).
+    pub fn holds_warm(&self) -> bool {
+        self.warm.lock().is_some()
     }
 
     /// Drops the warm instance.

@@ -159,7 +159,7 @@ fn link_host(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok((cx.data_mut().metadata_get(&key),))
         },
     )?;
-    super::hmac::link(&mut host)
+    super::hmac::link(&mut host, |s: &mut HostState| &mut s.clock)
 }
 
 impl WasiView for HostState {

@@ -38,6 +38,9 @@
 //!   the transaction (the host promised not to make one). With any `fixed=`,
 //!   `fixed-begin` also puts `fixed-begin` in the global `remember` reads.
 //!
+//! - `say=TEXT` (any mode): `init` writes `init says TEXT` to stderr, and `fixed-begin`
+//!   `fixed-begin says TEXT`: output made at load, which no transaction may report.
+//!
 //! Built without the default feature `waits`, the modes that wait or use `wasi:http`
 //! (http, init-sleep, init-burn, fields-flood, body-hoard, fields-loop, egress,
 //! post-streamed, get, sleep) are left out: the component then imports nothing it could
@@ -143,6 +146,8 @@ struct Hostile {
     fixed: String,
     /// `want=mailbox-delete`: only those events are wanted.
     only_deletes: bool,
+    /// `say=`: what init and fixed-begin write to stderr.
+    say: String,
 }
 
 impl Driver for Hostile {
@@ -182,6 +187,10 @@ impl Driver for Hostile {
             *REMEMBERED.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(format!("init:{}", args.get("tag").unwrap_or("")));
         }
+        let say = args.get("say").unwrap_or("").to_string();
+        if !say.is_empty() {
+            eprintln!("init says {say}");
+        }
         let key = args.get("key").unwrap_or("").to_string();
         let at_init = if mode == "metadata" {
             metadata(&key)
@@ -200,10 +209,14 @@ impl Driver for Hostile {
             tag: args.get("tag").unwrap_or("").to_string(),
             only_deletes: args.get("want") == Some("mailbox-delete"),
             fixed: args.get("fixed").unwrap_or("").to_string(),
+            say,
         })
     }
 
     fn fixed_wants(&self) -> Option<Wants> {
+        if !self.say.is_empty() {
+            eprintln!("fixed-begin says {}", self.say);
+        }
         if !self.fixed.is_empty() {
             *REMEMBERED.lock().unwrap_or_else(|e| e.into_inner()) = Some("fixed-begin".into());
         }
