@@ -167,6 +167,9 @@ export function failureFromHttp(what: string, outcome: Response | HttpError | Fa
 
 // ---------------------------------------------------------------- Standard Webhooks
 
+/** The longest key `hmacSha256` takes (the host traps on a longer one). */
+export const MAX_HMAC_KEY_BYTES: 4096;
+/** The key of a `whsec_<base64>` secret; throws naming the problem (also a key over MAX_HMAC_KEY_BYTES). */
 export function decodeWebhookSecret(secret: string): Uint8Array;
 /** HMAC-SHA256 by the host (`host.hmac-sha256`, 0.1.1): at most 16 MiB of data, 4 KiB of key. */
 export function hmacSha256(key: Uint8Array, data: string | Uint8Array): Promise<Uint8Array>;
@@ -193,8 +196,8 @@ export interface DriverImpl {
   init?(args: Args): Result<void>;
   /** Default 'all'. */
   wants?(txn: TxnInfo): 'all' | 'skip' | EventName[];
-  /** The answer to every `wants`, asked once at load (with a `fixedBegin` export); undefined: none. */
-  fixedWants?(): 'all' | 'skip' | EventName[] | undefined;
+  /** The answer to every `wants`, asked once at load (with a `fixedBegin` export); undefined or null: none. */
+  fixedWants?(): 'all' | 'skip' | EventName[] | undefined | null;
   /** Throw or return a Failure to fail the transaction. */
   deliver?(txn: Transaction): Result<void | Failure>;
   onMessageNew?: Handler<NewMessage>;
@@ -219,8 +222,15 @@ export interface DriverExport {
   deliver(txn: Transaction): Promise<{ tag: 'ok'; val: undefined } | { tag: 'err'; val: FailureRecord }>;
 }
 
+declare const definedByDefineDriver: unique symbol;
+
+/** What `defineDriver` returns: the `driver` export, which `fixedBeginOf` also takes. */
+export interface DefinedDriver extends DriverExport {
+  readonly [definedByDefineDriver]: true;
+}
+
 /** `export const driver = defineDriver({...})`. `this` in each method is the object given. */
-export function defineDriver<T extends DriverImpl>(impl: T & ThisType<T & Record<string, any>>): DriverExport;
+export function defineDriver<T extends DriverImpl>(impl: T & ThisType<T & Record<string, any>>): DefinedDriver;
 
 /** The WIT `fixed-begin` export (world `push-driver-fixed-begin`, 0.1.1). */
 export interface FixedBeginExport {
@@ -228,4 +238,4 @@ export interface FixedBeginExport {
 }
 
 /** `export const fixedBegin = fixedBeginOf(driver)`: the driver's `fixedWants()`, asked once at load. */
-export function fixedBeginOf(driverExport: DriverExport): FixedBeginExport;
+export function fixedBeginOf(driverExport: DefinedDriver): FixedBeginExport;

@@ -299,17 +299,27 @@ function bytesToB64(bytes) {
   return btoa(s);
 }
 
-/** The key bytes of a `whsec_<base64>` secret; throws an Error naming the problem. */
+/** The longest HMAC key mailpush's `hmac-sha256` takes (a longer one traps). */
+export const MAX_HMAC_KEY_BYTES = 4096;
+
+/**
+ * The key bytes of a `whsec_<base64>` secret; throws an Error naming the problem, so
+ * `init` refuses a secret the host's HMAC could not take (over MAX_HMAC_KEY_BYTES)
+ * instead of every delivery trapping.
+ */
 export function decodeWebhookSecret(secret) {
   if (!String(secret).startsWith('whsec_')) throw new Error('secret must look like whsec_<base64>');
   const b64 = String(secret).slice(6);
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 === 1) throw new Error('secret: the part after whsec_ is not valid base64');
-  try { return b64ToBytes(b64); } catch (_) { throw new Error('secret: the part after whsec_ is not valid base64'); }
+  let key;
+  try { key = b64ToBytes(b64); } catch (_) { throw new Error('secret: the part after whsec_ is not valid base64'); }
+  if (key.length > MAX_HMAC_KEY_BYTES) throw new Error(`secret: ${key.length} bytes of key, at most ${MAX_HMAC_KEY_BYTES}`);
+  return key;
 }
 
 /**
  * HMAC-SHA256, computed by mailpush (`host.hmac-sha256`, mailpush:driver@0.1.1) with the
- * CPU's SHA instructions. At most 16 MiB of data and 4 KiB of key: more traps. Returns a
+ * CPU's SHA instructions where it has them. At most 16 MiB of data and 4 KiB of key: more traps. Returns a
  * Promise, as it did when it used WebCrypto.
  */
 export async function hmacSha256(key, data) {
@@ -371,7 +381,7 @@ function errText(e) { return e instanceof Error ? e.message : typeof e === 'stri
  *   init(args: Args)                 throw (an Error or a string) to refuse the configuration
  *   wants(txn: {id, user})           'all' (default) | 'skip' | EventName[]
  *   fixedWants()                     the answer to every transaction's `wants`, asked once
- *                                    at load after `init`; undefined (default) keeps `wants`
+ *                                    at load after `init`; undefined or null (default) keeps `wants`
  *                                    asked per transaction. Used only with a `fixedBegin`
  *                                    export: see `fixedBeginOf`
  *   deliver(txn: Transaction)        may be async; throw (or return) a Failure to fail it;
@@ -398,7 +408,9 @@ export function defineDriver(impl) {
     },
     [FIXED]() {
       const w = self.fixedWants ? self.fixedWants() : undefined;
-      return w === undefined ? undefined : beginOf(w);
+      // null, like undefined, is "no fixed answer" (as None is in Rust and Python);
+      // only 'skip' or false declares that every transaction is skipped.
+      return w == null ? undefined : beginOf(w);
     },
     async deliver(txn) {
       try {

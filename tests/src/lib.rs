@@ -1186,6 +1186,46 @@ pub async fn assert_webhook_posts_signed_canonical_json(
     }
 }
 
+/// The webhook example (in any language) refuses at `init`, naming the bound, a secret
+/// whose key is longer than the host's `hmac-sha256` takes (it would trap on every
+/// delivery), and takes one at the bound.
+pub async fn assert_webhook_refuses_a_key_the_host_cannot_sign_with(
+    component: &Path,
+    state_dir: Option<&Path>,
+    also_at_the_bound: bool,
+) {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_dir.map_or_else(|| "state".to_string(), |d| d.display().to_string());
+    let config = |key_len: usize| {
+        let secret = base64::engine::general_purpose::STANDARD.encode(vec![7u8; key_len]);
+        write_config(
+            dir.path(),
+            &format!(
+                "mailpush {{\n state_dir = {state}\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://127.0.0.1:9/ secret=whsec_{secret} allow_hosts=127.0.0.1 allow_private timeout_msecs={WEBHOOK_TEST_TIMEOUT}\n}}\n",
+                component.display(),
+            ),
+        )
+    };
+    let registry = TestDrivers::new().registry();
+    let Err((_, errors)) = registry.init_all(&config(4097), Arc::new(NoMetadata)).await else {
+        panic!("a 4097-byte key should be refused at init")
+    };
+    let text = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("init refused the arguments")
+            && text.contains("secret: 4097 bytes of key, at most 4096"),
+        "{text}"
+    );
+    if also_at_the_bound {
+        load_drivers(&registry, &config(4096)).await;
+    }
+}
+
 /// `timeout_msecs` of the webhook examples in the tests that check what they send: a
 /// Python instance runs its runtime's `init` in every transaction (it is not
 /// snapshotted), a few ms of CPU that the default 100 ms of wall-clock-measured guest

@@ -26,6 +26,25 @@ async fn the_python_webhook_signs_like_the_rust_one() {
     assert_webhook_posts_signed_canonical_json(&component, Some(&language_state_dir())).await;
 }
 
+/// A secret the host's HMAC could not take is refused at init, as the Rust webhook does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_javascript_webhook_refuses_a_key_the_host_cannot_sign_with() {
+    let Some(component) = language_guest("webhook-js") else {
+        return;
+    };
+    let state = language_state_dir();
+    assert_webhook_refuses_a_key_the_host_cannot_sign_with(&component, Some(&state), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_webhook_refuses_a_key_the_host_cannot_sign_with() {
+    let Some(component) = language_guest("webhook-py") else {
+        return;
+    };
+    let state = language_state_dir();
+    assert_webhook_refuses_a_key_the_host_cannot_sign_with(&component, Some(&state), false).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_javascript_webhook_classifies_failures_like_the_rust_one() {
     let Some(component) = language_guest("webhook-js") else {

@@ -16,6 +16,11 @@ async fn webhook_posts_signed_canonical_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn webhook_refuses_a_key_the_host_cannot_sign_with() {
+    assert_webhook_refuses_a_key_the_host_cannot_sign_with(&guest("webhook"), None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn webhook_failures_are_retryable_on_5xx_and_carry_retry_after() {
     assert_webhook_failures_are_classified(&guest("webhook"), None).await;
 }

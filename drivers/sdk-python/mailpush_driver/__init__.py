@@ -51,14 +51,21 @@ from wit_world.imports.mailpush_driver_types import (  # noqa: F401
 from .failure import Failure, RetryableFailure, PermanentFailure  # noqa: F401
 from . import http  # noqa: F401
 from .http import HttpError, Response, failure_from_http, parse_retry_after  # noqa: F401
-from .webhooks import sign_webhook, decode_webhook_secret, hmac_sha256  # noqa: F401
+from .webhooks import (  # noqa: F401
+    sign_webhook, decode_webhook_secret, hmac_sha256, MAX_HMAC_KEY_BYTES,
+)
 
 __all__ = [
     "DriverBase", "export", "export_fixed_begin", "Args", "TxnInfo", "InitError", "log",
     "metadata", "ALL_EVENTS", "Failure", "RetryableFailure", "PermanentFailure", "http",
     "HttpError", "Response", "failure_from_http", "parse_retry_after", "sign_webhook",
-    "decode_webhook_secret", "hmac_sha256", "types", "Transaction", "EventName", "NewMessage",
-    "MessageRef", "FlagsSet", "FlagsClear", "MailboxRename", "EventRecord", "Event",
+    "decode_webhook_secret", "hmac_sha256", "MAX_HMAC_KEY_BYTES", "types", "Transaction",
+    "EventName", "NewMessage", "MessageRef", "FlagsSet", "FlagsClear", "MailboxRename",
+    "EventRecord", "Event",
+    "Event_MessageNew", "Event_MessageAppend", "Event_MessageExpunge", "Event_MessageRead",
+    "Event_MessageTrash", "Event_FlagsSet", "Event_FlagsClear", "Event_MailboxCreate",
+    "Event_MailboxDelete", "Event_MailboxRename", "Event_MailboxSubscribe",
+    "Event_MailboxUnsubscribe",
 ]
 
 ALL_EVENTS: List[EventName] = list(EventName)

@@ -9,14 +9,23 @@ from typing import Union
 from wit_world.imports import host as _host
 
 
+#: The longest key ``hmac_sha256`` takes (the host traps on a longer one).
+MAX_HMAC_KEY_BYTES = 4096
+
+
 def decode_webhook_secret(secret: str) -> bytes:
-    """The key bytes of a ``whsec_<base64>`` secret; raises ValueError naming the problem."""
+    """The key bytes of a ``whsec_<base64>`` secret; raises ValueError naming the problem,
+    so ``__init__`` refuses a secret the host's HMAC could not take (over
+    ``MAX_HMAC_KEY_BYTES``) instead of every delivery trapping."""
     if not secret.startswith("whsec_"):
         raise ValueError("secret must look like whsec_<base64>")
     try:
-        return base64.b64decode(secret[len("whsec_"):], validate=True)
+        key = base64.b64decode(secret[len("whsec_"):], validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("secret: the part after whsec_ is not valid base64") from None
+    if len(key) > MAX_HMAC_KEY_BYTES:
+        raise ValueError(f"secret: {len(key)} bytes of key, at most {MAX_HMAC_KEY_BYTES}")
+    return key
 
 
 def sign_webhook(secret: Union[str, bytes], id: str, timestamp: Union[int, str],
@@ -28,8 +37,9 @@ def sign_webhook(secret: Union[str, bytes], id: str, timestamp: Union[int, str],
     return "v1," + base64.b64encode(hmac_sha256(key, f"{id}.{timestamp}.".encode() + data)).decode()
 
 
-def hmac_sha256(key: bytes, data: bytes) -> bytes:
+def hmac_sha256(key: bytes, data: Union[bytes, str]) -> bytes:
     """HMAC-SHA256, computed by mailpush (``host.hmac-sha256``, mailpush:driver@0.1.1) with
-    the CPU's SHA instructions, which code compiled to wasm cannot use. At most 16 MiB of
-    data and 4 KiB of key: more traps."""
-    return bytes(_host.hmac_sha256(key, data))
+    native code (the CPU's SHA instructions where it has them), which code compiled to wasm
+    cannot match. ``data`` may be
+    ``str`` (UTF-8). At most 16 MiB of data and ``MAX_HMAC_KEY_BYTES`` of key: more traps."""
+    return bytes(_host.hmac_sha256(key, data.encode() if isinstance(data, str) else data))

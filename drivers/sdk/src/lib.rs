@@ -304,10 +304,14 @@ pub fn metadata(key: &str) -> Option<String> {
     bindings::mailpush::driver::host::metadata_get(key)
 }
 
+/// The longest key [`hmac_sha256`] takes: the host traps on a longer one, so check a
+/// configured secret against it in `init`.
+pub const MAX_HMAC_KEY_BYTES: usize = 4096;
+
 /// HMAC-SHA-256 of `message` under `key`, computed by the host with the CPU's SHA
 /// instructions, which code compiled to wasm cannot use. At most 16 MiB
-/// of message and 4 KiB of key: more traps. Needs a mailpush that provides
-/// `mailpush:driver@0.1.1`.
+/// of message and [`MAX_HMAC_KEY_BYTES`] of key: more traps. Needs a mailpush that
+/// provides `mailpush:driver@0.1.1`.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mac = bindings::mailpush::driver::host::hmac_sha256(key, message);
     let mut out = [0u8; 32];

@@ -40,13 +40,18 @@ impl Driver for Webhook {
                 let b64 = s
                     .strip_prefix("whsec_")
                     .ok_or("secret must look like whsec_<base64>")?;
-                Some(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64)
-                        .map_err(|_| {
-                            "secret: the part after whsec_ is not valid base64".to_string()
-                        })?,
-                )
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| "secret: the part after whsec_ is not valid base64".to_string())?;
+                // The host's HMAC traps on a longer key: refuse it here, not per delivery.
+                if key.len() > mailpush_driver_sdk::MAX_HMAC_KEY_BYTES {
+                    return Err(format!(
+                        "secret: {} bytes of key, at most {}",
+                        key.len(),
+                        mailpush_driver_sdk::MAX_HMAC_KEY_BYTES
+                    ));
+                }
+                Some(key)
             }
         };
         let timeout_ms = match args.get("http_timeout_msecs") {
@@ -80,7 +85,7 @@ impl Driver for Webhook {
             ("webhook-timestamp", timestamp.clone()),
         ];
         if let Some(key) = &self.secret {
-            // Signed by the host (mailpush:driver@0.1.1), with the CPU's SHA instructions.
+            // Signed by the host (mailpush:driver@0.1.1), in native code.
             let mut signed =
                 Vec::with_capacity(txn.id.len() + timestamp.len() + body.len() + 2);
             signed.extend_from_slice(txn.id.as_bytes());
