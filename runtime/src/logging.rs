@@ -11,11 +11,31 @@ pub enum LogFormat {
     Json,
 }
 
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Refuses a `--log-level` that tracing would take as a target name: `warnn` is a valid
+/// filter that shows only the (nonexistent) target `warnn`, which would switch off
+/// every log line, errors included. Each comma-separated part is a level or a
+/// `target=level` directive.
+fn check_level(level: &str) -> anyhow::Result<()> {
+    for part in level.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bare = !part.contains(['=', '[', '{']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(part)) {
+            anyhow::bail!(
+                "invalid --log-level `{level}`: `{part}` is not a level; use {} or a directive such as mailpush=debug (a target needs =LEVEL)",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
 pub fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => {
+            check_level(level)?;
             // The NATS client's own info lines (each connect) are mailpush's to tell.
             let quiet =
                 if level.contains("async_nats") || !matches!(level, "info" | "debug" | "trace") {
@@ -53,6 +73,7 @@ where
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
+    check_level(level)?;
     let level = if level == "info" { "warn" } else { level };
     let filter = EnvFilter::try_new(format!("{level},mailpush::wasm::guest=off"))
         .map_err(|e| anyhow::anyhow!("invalid --log-level `{level}`: {e}"))?;
@@ -66,4 +87,27 @@ where
         )
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_level;
+
+    #[test]
+    fn a_mistyped_level_is_refused_and_directives_pass() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "mailpush=debug",
+            "warn,mailpush::wasm=trace",
+            "info,[span]=debug",
+        ] {
+            assert!(check_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["warnn", "garbage", "info,mailpush"] {
+            let e = check_level(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a level"), "{bad}: {e}");
+        }
+    }
 }

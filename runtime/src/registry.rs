@@ -9,7 +9,7 @@ use mailpush_core::{BreakerConfig, DriverFactory, DriverInit, MetadataLookup};
 pub use crate::pipeline::LoadedDriver;
 use crate::pipeline::{panic_message, DeliveryPolicy};
 use crate::wasm::{Engines, TenantDrivers, WasmFactory};
-use mailpush_config::{Config, ConfigError, DriverSetting, Location};
+use mailpush_config::{Config, ConfigError, DovecotSyntax, DriverSetting, Location};
 
 /// The registered driver factories, looked up case-insensitively by name.
 pub struct DriverRegistry {
@@ -72,13 +72,21 @@ impl DriverRegistry {
     ) -> Result<&Arc<dyn DriverFactory>, ConfigError> {
         self.factory(&setting.name).ok_or_else(|| ConfigError {
             location: Some(setting.location.clone()),
-            text: format!("{} = {}", setting.setting, display_value(setting)),
+            text: quoted(setting),
             message: format!(
-                "driver {} ({}): unknown push notification driver `{}`; known drivers: {}",
+                "driver {} ({}): unknown push notification driver `{}`; known drivers: {}{}",
                 setting.number,
                 setting.setting,
                 setting.name,
-                self.names().join(", ")
+                self.names().join(", "),
+                if named_after_block(setting) {
+                    format!(
+                        ". A Dovecot 2.4 block without `driver =` is the driver its name says: add `driver = {}` (or another) to the block",
+                        self.names().first().copied().unwrap_or("dlog")
+                    )
+                } else {
+                    String::new()
+                }
             ),
         })
     }
@@ -92,7 +100,7 @@ impl DriverRegistry {
     ) -> Result<LoadedDriver, ConfigError> {
         let fail = |message: String| ConfigError {
             location: Some(setting.location.clone()),
-            text: format!("{} = {}", setting.setting, display_value(setting)),
+            text: quoted(setting),
             message,
         };
         let factory = self.factory_for(setting)?;
@@ -127,18 +135,19 @@ impl DriverRegistry {
         let initialised = match result {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                return Err(fail(format!(
+                // An init error may quote the arguments (a URL that did not parse).
+                return Err(fail(mailpush_core::args::redact_text(&format!(
                     "driver {} ({}) failed to initialise: {e}",
                     setting.number, setting.name
-                )))
+                ))));
             }
             Err(panic) => {
-                return Err(fail(format!(
+                return Err(fail(mailpush_core::args::redact_text(&format!(
                     "driver {} ({}) panicked during init: {}",
                     setting.number,
                     setting.name,
                     panic_message(&panic)
-                )))
+                ))))
             }
         };
         let hashes: Vec<&str> = initialised
@@ -248,6 +257,25 @@ pub async fn shutdown_drivers(loaded: Vec<LoadedDriver>) {
     for d in loaded {
         d.driver.deinit().await;
     }
+}
+
+/// The setting as the config has it, for an error to quote: the line (Dovecot 2.3),
+/// or the block's head with its driver (2.4).
+fn quoted(setting: &DriverSetting) -> String {
+    match setting.syntax {
+        DovecotSyntax::V23 => format!("{} = {}", setting.setting, display_value(setting)),
+        DovecotSyntax::V24 if named_after_block(setting) => format!("{} {{ … }}", setting.setting),
+        DovecotSyntax::V24 => format!("{} {{ driver = {} … }}", setting.setting, setting.name),
+    }
+}
+
+/// A Dovecot 2.4 block whose driver is its NAME (no `driver =`, or the same).
+fn named_after_block(setting: &DriverSetting) -> bool {
+    setting.syntax == DovecotSyntax::V24
+        && setting
+            .setting
+            .strip_prefix("push_notification ")
+            .is_some_and(|n| n.eq_ignore_ascii_case(&setting.name))
 }
 
 fn display_value(setting: &DriverSetting) -> String {

@@ -88,6 +88,43 @@ fn check_redacts_secrets_in_the_driver_table() {
     );
 }
 
+/// A password in a URL stays hidden in every error `check` prints, also when the URL
+/// does not parse (a scheme without its colon, a password with a space that the line's
+/// word splitting cuts) and in the config lines errors quote, in both config syntaxes.
+#[test]
+fn check_hides_passwords_in_urls_that_do_not_parse() {
+    for plugin in [
+        "plugin {\n push_notification_driver = ox:url=http//user:hunter2@127.0.0.1:1/x\n}\n",
+        "plugin {\n push_notification_driver = ox:url=http://user:hunt er2@127.0.0.1:1/x\n}\n",
+        "push_notification ox {\n  url = http//user:hunter2@127.0.0.1:1/x\n}\n",
+        "push_notification ox {\n  ulr = http://user:hunter2@127.0.0.1:1/x\n}\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mailpush.conf");
+        std::fs::write(
+            &conf,
+            format!("mailpush {{\n state_dir = state\n}}\n{plugin}"),
+        )
+        .unwrap();
+        let out = mailpush()
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{plugin}: {all}");
+        assert!(all.contains("user:***"), "{plugin}: {all}");
+        assert!(
+            !all.contains("hunter2") && !all.contains("hunt"),
+            "{plugin}: {all}"
+        );
+    }
+}
+
 #[test]
 fn send_runs_the_example_and_prints_dlog_lines() {
     let _example = EXAMPLE.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,11 +257,15 @@ fn send_rejects_bad_lines_with_their_number_and_exits_non_zero() {
     )
     .unwrap();
     let events = dir.path().join("events.ndjson");
-    std::fs::write(
-        &events,
-        "{\"user\":\"a@b\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"X\"}]}\n\n{\"user\":\"a@b\",\"events\":[{\"name\":\"MessageRead\",\"mailbox\":\"X\"}]}\n",
-    )
-    .unwrap();
+    // Line 4 is not UTF-8: rejected by its number, the lines around it still read.
+    let mut input = b"{\"user\":\"a@b\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"X\"}]}\n\n{\"user\":\"a@b\",\"events\":[{\"name\":\"MessageRead\",\"mailbox\":\"X\"}]}\n".to_vec();
+    input.extend_from_slice(
+        b"{\"user\":\"a@b\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"\xff\"}]}\n",
+    );
+    input.extend_from_slice(
+        b"{\"user\":\"c@d\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Y\"}]}\n",
+    );
+    std::fs::write(&events, input).unwrap();
     let out = mailpush()
         .args(["send", "-c"])
         .arg(&conf)
@@ -238,7 +279,13 @@ fn send_rejects_bad_lines_with_their_number_and_exits_non_zero() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 transaction(s) accepted, 1 rejected"),
+        stderr.contains(
+            "events.ndjson:line 4: $: not valid UTF-8 (byte 60 of the line); the line is skipped"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("2 transaction(s) accepted, 2 rejected"),
         "{stderr}"
     );
 }
@@ -543,4 +590,97 @@ fn check_warns_about_ox_fallbacks() {
     );
     assert!(stdout.contains("timeout_msecs=0: Dovecot's HTTP client then uses its default request timeout of 60000 ms"), "{stdout}");
     assert!(!stdout.contains("secret"), "{stdout}");
+}
+
+/// What would otherwise pass unnoticed: a mistyped dlog argument, a mistyped driver key
+/// (Dovecot ignores both), no driver at all, a setting given twice.
+#[test]
+fn check_warns_about_typos_that_would_pass_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    let check = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        let out = mailpush()
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        all
+    };
+    let out = check("mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:fiel=out.log\n push_notifcation_driver2 = dlog\n}\n");
+    assert!(
+        out.contains("driver 1 (dlog): unknown argument `fiel` is ignored (dlog reads only file="),
+        "{out}"
+    );
+    assert!(
+        out.contains("mailpush.conf:6: push_notifcation_driver2 is not a driver setting and is ignored (as Dovecot ignores it). Did you mean push_notification_driver2?"),
+        "{out}"
+    );
+    let out =
+        check("mailpush {\n state_dir = state\n}\nplugin {\n push_notifcation_driver = dlog\n}\n");
+    assert!(
+        out.contains("no push notification driver is configured"),
+        "{out}"
+    );
+    let out = check("mailpush {\n state_dir = state\n state_dir = other\n}\nplugin {\n push_notification_driver = dlog\n}\n");
+    assert!(
+        out.contains("mailpush.conf:3: mailpush { state_dir } overrides the value set at"),
+        "{out}"
+    );
+}
+
+/// A mistyped `--log-level` would switch every log line off (tracing takes it for a
+/// target name): it is refused, saying what a level is.
+#[test]
+fn a_mistyped_log_level_is_refused() {
+    let out = mailpush()
+        .args(["--log-level", "warnn", "check", "-c"])
+        .arg(repo("examples/mailpush.conf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("invalid --log-level `warnn`: `warnn` is not a level"),
+        "{stderr}"
+    );
+}
+
+/// A state_dir mailpush cannot create fails `check`, naming the setting, rather than
+/// failing `run` later with a bare I/O error.
+#[test]
+fn check_fails_on_a_state_dir_that_cannot_be_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = {}/state\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n",
+            blocker.display()
+        ),
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(
+        all.contains("mailpush { state_dir = ") && all.contains("} cannot be used: "),
+        "{all}"
+    );
 }

@@ -67,6 +67,13 @@ impl DriverFactory for DlogFactory {
         if let Some(f) = &output.sink {
             out.details.push(format!("file: {}", f.path.display()));
         }
+        // Dovecot's dlog takes no arguments and only prints them; mailpush's reads
+        // `file=`. Anything else is most likely a typo of it.
+        for (key, _) in init.args.iter().filter(|(k, _)| *k != "file") {
+            out.warnings.push(format!(
+                "unknown argument `{key}` is ignored (dlog reads only file=; Dovecot's dlog prints its arguments and ignores them)"
+            ));
+        }
         Ok(out)
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mailpush_core::args::redact_url;
+use mailpush_core::args::{redact_text, redact_url};
 use mailpush_core::DriverArgs;
 
 /// Dovecot's defaults.
@@ -146,13 +146,15 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The URL for logs: the userinfo password masked, also when the scheme is missing.
+/// The URL for logs: the userinfo password masked, also when the scheme is missing or
+/// malformed (`http//user:pass@host`) and when the URL does not parse at all.
 pub fn mask_password(raw: &str) -> String {
-    if raw.contains("://") {
+    let masked = if raw.contains("://") {
         redact_url(raw)
     } else {
         redact_url(&format!("x://{raw}"))["x://".len()..].to_string()
-    }
+    };
+    redact_text(&masked)
 }
 
 /// The parts of the `url` argument.
@@ -296,8 +298,13 @@ impl OxConfig {
         let mut number = |key: &str, default: u32| match args.get(key) {
             None => default,
             Some(v) => str_to_uint(v).unwrap_or_else(|| {
+                let what = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("is out of range (at most {})", u32::MAX)
+                } else {
+                    "is not an unsigned number".to_string()
+                };
                 warnings.push(format!(
-                    "{key}={v} is not an unsigned number; using the default {key}={default} \
+                    "{key}={v} {what}; using the default {key}={default} \
                      (Dovecot falls back silently)"
                 ));
                 default
@@ -573,6 +580,14 @@ mod tests {
         );
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("60000 ms"), "{w:?}");
+        // Digits, but too many: said as such.
+        let (c, w) =
+            OxConfig::parse(&DriverArgs::parse("url=http://h/ max_retries=4294967296")).unwrap();
+        assert_eq!(c.max_retries, DEFAULT_MAX_RETRIES);
+        assert!(
+            w[0].starts_with("max_retries=4294967296 is out of range (at most 4294967295)"),
+            "{w:?}"
+        );
     }
 
     #[test]

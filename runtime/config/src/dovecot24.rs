@@ -24,6 +24,7 @@ use mailpush_core::DriverArgs;
 
 use super::error::{ConfigError, ConfigWarning, Location};
 use super::numbering::{DovecotSyntax, DriverSetting};
+use super::suggest::nearest;
 use super::syntax::{RawBlock, RawConfig, RawEntry};
 
 /// mailpush's own per-driver keys: the delivery policy (`retry`, `retry_max_age`,
@@ -340,31 +341,6 @@ fn is_v23_numbered(key: &str) -> bool {
         Some(r) => r.bytes().all(|b| b.is_ascii_digit()),
         None => false,
     }
-}
-
-/// Edit distance, for "did you mean".
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let subst = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// The closest of `candidates` to `key`, if close enough to be a typo.
-fn nearest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (distance(key, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 6) && *d > 0)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 /// The hint after "unknown setting `key`": the key probably meant.

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use mailpush_core::args::redact_text;
+
 /// A place in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -25,15 +27,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Errors and warnings quote the config, which holds passwords (`url=http://user:pass@…`,
+/// `secret=…`): they are shown redacted, also where the value did not parse.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(loc) = &self.location {
             write!(f, "{loc}: ")?;
         }
+        let message = redact_text(&self.message);
         if self.text.is_empty() {
-            write!(f, "{}", self.message)
+            write!(f, "{message}")
         } else {
-            write!(f, "{}\n    | {}", self.message, self.text)
+            write!(f, "{message}\n    | {}", redact_text(&self.text))
         }
     }
 }
@@ -64,8 +69,8 @@ pub struct ConfigWarning {
 impl fmt::Display for ConfigWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {
-            Some(loc) => write!(f, "{loc}: {}", self.message),
-            None => write!(f, "{}", self.message),
+            Some(loc) => write!(f, "{loc}: {}", redact_text(&self.message)),
+            None => write!(f, "{}", redact_text(&self.message)),
         }
     }
 }

@@ -8,12 +8,14 @@
 //! - [`dovecot24`]: Dovecot 2.4's `push_notification NAME { }` blocks, read into the
 //!   same driver settings under mailpush's (2.3) argument names;
 //! - [`settings`]: the typed `mailpush { }` block;
-//! - [`error`]: errors and warnings with file:line.
+//! - [`error`]: errors and warnings with file:line;
+//! - [`suggest`]: "did you mean" for mistyped names.
 
 pub mod dovecot24;
 pub mod error;
 pub mod numbering;
 pub mod settings;
+pub mod suggest;
 pub mod syntax;
 
 use std::collections::BTreeMap;

@@ -8,6 +8,7 @@ use mailpush_core::DriverArgs;
 
 use super::dovecot24;
 use super::error::{ConfigError, ConfigWarning, Location};
+use super::suggest::distance;
 use super::syntax::RawConfig;
 
 /// Which Dovecot version's syntax a driver setting is written in.
@@ -68,6 +69,45 @@ fn numbered(base: &str, n: u32) -> String {
 /// Dovecot 2.4 blocks are read instead when the config has them and no 2.3 driver
 /// lines; with both, the config is an error (the 2.3 lines' drivers are returned).
 pub fn select_drivers(raw: &mut RawConfig) -> Vec<DriverSetting> {
+    warn_about_near_misses(raw);
+    let drivers = select_either(raw);
+    if drivers.is_empty() && raw.errors.is_empty() {
+        raw.warnings.push(ConfigWarning {
+            location: None,
+            message: "no push notification driver is configured: events would be accepted and delivered to nobody. Add `push_notification_driver = NAME[:ARGS]` to plugin { } (Dovecot 2.3) or a `push_notification NAME { }` block (Dovecot 2.4)".to_string(),
+        });
+    }
+    drivers
+}
+
+/// `plugin { }` keys one or two typos away from `push_notification_driver[N]` (or
+/// `…backend[N]`): Dovecot ignores them silently, so a typo there would disable a
+/// driver without a word.
+fn warn_about_near_misses(raw: &mut RawConfig) {
+    const BASES: [&str; 2] = ["push_notification_driver", "push_notification_backend"];
+    for (key, setting) in &raw.plugin {
+        if BASES.iter().any(|b| key.starts_with(b)) {
+            continue;
+        }
+        let stem = key.trim_end_matches(|c: char| c.is_ascii_digit());
+        let number = &key[stem.len()..];
+        let Some(base) = BASES
+            .iter()
+            .find(|b| (1..=2).contains(&distance(&stem.to_ascii_lowercase(), b)))
+        else {
+            continue;
+        };
+        raw.warnings.push(ConfigWarning {
+            location: Some(setting.location.clone()),
+            message: format!(
+                "{key} is not a driver setting and is ignored (as Dovecot ignores it). Did you mean {base}{number}?"
+            ),
+        });
+    }
+}
+
+/// The driver settings of the syntax the config is written in.
+fn select_either(raw: &mut RawConfig) -> Vec<DriverSetting> {
     let v23_line = first_v23_line(raw);
     let v24_at = raw
         .blocks

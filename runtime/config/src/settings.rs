@@ -421,14 +421,7 @@ impl RuntimeSettings {
                     Ok(n) if n > 0 => s.queue_capacity = n,
                     _ => fail("expected a positive number of transactions, e.g. `1024`".into()),
                 },
-                _ => fail(format!(
-                    "unknown mailpush setting `{key}`; known settings: {}",
-                    SETTINGS
-                        .iter()
-                        .map(|(k, _, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                _ => fail(unknown_setting(&key)),
             }
         }
         s.cluster = cluster_settings(cluster_keys, &resolve, &mut errors);
@@ -438,6 +431,19 @@ impl RuntimeSettings {
             Err(errors)
         }
     }
+}
+
+/// The error for a `mailpush { }` key that is not a setting: the one probably meant,
+/// then every known one.
+fn unknown_setting(key: &str) -> String {
+    let known: Vec<&str> = SETTINGS.iter().map(|(k, _, _)| *k).collect();
+    let hint = crate::suggest::nearest(key, &known)
+        .map(|k| format!(" Did you mean {k}?"))
+        .unwrap_or_default();
+    format!(
+        "unknown mailpush setting `{key}`.{hint} Known settings: {}",
+        known.join(", ")
+    )
 }
 
 /// `value` with the `user:password@` of every URL in it replaced by `***@`.
@@ -543,14 +549,7 @@ fn cluster_settings(
             "cluster_tls_ca" => c.tls_ca = Some(resolve(value)),
             "cluster_tls_cert" => c.tls_cert = Some(resolve(value)),
             "cluster_tls_key" => c.tls_key = Some(resolve(value)),
-            _ => bad(&format!(
-                "unknown mailpush setting `{key}`; known settings: {}",
-                SETTINGS
-                    .iter()
-                    .map(|(k, _, _)| *k)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+            _ => bad(&unknown_setting(key)),
         }
     }
     if c.tls_cert.is_some() != c.tls_key.is_some() {

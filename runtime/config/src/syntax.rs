@@ -389,6 +389,20 @@ fn read_text(
                 raw.plugin.insert(key, RawSetting { value, location });
             }
             Block::Mailpush => {
+                // Dovecot's rule, the later one wins; but a setting given twice with
+                // different values is most often a mistake (two blocks, a forgotten
+                // line): say so.
+                if let Some(prev) = raw.mailpush.get(&key) {
+                    if prev.value != value {
+                        raw.warnings.push(ConfigWarning {
+                            location: Some(location.clone()),
+                            message: format!(
+                                "mailpush {{ {key} }} overrides the value set at {} (the later one wins)",
+                                prev.location
+                            ),
+                        });
+                    }
+                }
                 raw.mailpush.insert(key, RawSetting { value, location });
             }
             _ if is_push => error(raw, dovecot24::push_key_outside_blocks(&key, in_block)),

@@ -153,7 +153,11 @@ fn numbering_stops_at_the_first_gap_and_warns() {
 fn a_missing_first_driver_ignores_driver2() {
     let c = parse(&plugin("push_notification_driver2 = dlog"));
     assert!(c.drivers.is_empty());
-    assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    // The gap, then that nothing is configured.
+    assert_eq!(c.warnings.len(), 2, "{:?}", warnings(&c));
+    assert!(c.warnings[1]
+        .message
+        .starts_with("no push notification driver is configured"));
     assert_eq!(c.warnings[0].location, at(2));
     assert!(
         c.warnings[0]
@@ -234,7 +238,7 @@ fn settings_after_an_empty_one_say_it_is_empty() {
         "push_notification_driver = \"  \"\npush_notification_driver2 = dlog",
     ));
     assert!(c.drivers.is_empty());
-    assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    assert_eq!(c.warnings.len(), 2, "{:?}", warnings(&c));
     assert!(
         c.warnings[0]
             .message
@@ -334,10 +338,10 @@ fn driver1_is_never_read() {
         format!("{CONF}:3: {}", c.warnings[0].message)
     );
 
-    // driver1 alone loads nothing.
+    // driver1 alone loads nothing (and says so, then that nothing is configured).
     let c = parse(&plugin("push_notification_driver1 = dlog"));
     assert!(c.drivers.is_empty());
-    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings.len(), 2);
 }
 
 #[test]
@@ -955,7 +959,7 @@ fn all_errors_are_reported_at_once() {
 fn defaults() {
     let c = parse("");
     assert!(c.drivers.is_empty());
-    assert!(c.warnings.is_empty());
+    assert_eq!(warnings(&c).len(), 1, "only: no driver is configured");
     assert_eq!(
         c.settings.listen,
         "127.0.0.1:8025".parse::<SocketAddr>().unwrap()
@@ -1013,13 +1017,20 @@ fn unknown_mailpush_key_lists_the_known_keys() {
         2,
         "listen_adress = 127.0.0.1:80",
         &[
-            "unknown mailpush setting `listen_adress`",
-            &format!("known settings: {known}"),
+            "unknown mailpush setting `listen_adress`. Known settings: ",
+            &format!("Known settings: {known}"),
         ],
     );
     for key in ["state_dir", "listen", "queue_capacity"] {
         assert!(e.message.contains(key), "{e}");
     }
+    // A typo close to a setting names it.
+    let e = error("mailpush {\n  queue_capacty = 10\n}\n");
+    assert!(
+        e.message
+            .starts_with("unknown mailpush setting `queue_capacty`. Did you mean queue_capacity? Known settings: "),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1135,4 +1146,60 @@ fn a_block_needs_a_name() {
 fn empty_state_dir_is_an_error() {
     let e = error("mailpush {\n  state_dir =\n}\n");
     assert_error(&e, 2, "state_dir = ", &["state_dir needs a path"]);
+}
+
+#[test]
+fn a_config_without_drivers_says_nothing_will_be_delivered() {
+    let c = parse("mailpush {\n  state_dir = /tmp/x\n}\n");
+    assert!(c.drivers.is_empty());
+    let w = warnings(&c);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("no push notification driver is configured")),
+        "{w:?}"
+    );
+    // With a driver, no such warning.
+    let c = parse(&plugin("push_notification_driver = dlog"));
+    assert!(c.warnings.is_empty(), "{:?}", warnings(&c));
+}
+
+/// Dovecot ignores a mistyped `push_notifcation_driver` silently; mailpush names the
+/// setting probably meant, number included.
+#[test]
+fn a_mistyped_driver_key_is_named_with_what_was_meant() {
+    let c = parse(&plugin(
+        "push_notification_driver = dlog\n  push_notificaton_driver2 = dlog\n  push_notifcation_backend = dlog\n  mail_plugins = push_notification",
+    ));
+    let w = warnings(&c);
+    assert!(
+        w.iter().any(|w| w.contains(
+            "push_notificaton_driver2 is not a driver setting and is ignored (as Dovecot ignores it). Did you mean push_notification_driver2?"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|w| w.contains("Did you mean push_notification_backend?")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 2, "nothing about mail_plugins: {w:?}");
+}
+
+#[test]
+fn a_mailpush_setting_given_twice_is_warned_about() {
+    let c = parse(
+        "mailpush {\n  listen = 127.0.0.1:8025\n}\nmailpush {\n  listen = 127.0.0.1:9025\n}\nplugin {\n  push_notification_driver = dlog\n}\n",
+    );
+    let w = warnings(&c);
+    assert!(
+        w.iter().any(
+            |w| w.contains("mailpush { listen } overrides the value set at") && w.contains(":2")
+        ),
+        "{w:?}"
+    );
+    assert_eq!(
+        c.settings.listen,
+        "127.0.0.1:9025".parse::<SocketAddr>().unwrap(),
+        "the later one wins"
+    );
 }

@@ -841,3 +841,11 @@ fn the_2_4_examples_read_as_intended() {
         ))
     );
 }
+
+/// A swap of two letters is one typo: `fiel` in a dlog block means `file`, the dlog
+/// driver's own setting, before mailpush's general `fuel`.
+#[test]
+fn a_swapped_pair_of_letters_suggests_the_drivers_own_setting() {
+    let e = error("push_notification log {\n  driver = dlog\n  fiel = /tmp/out\n}\n");
+    assert_error(&e, 3, "fiel = /tmp/out", &["Did you mean file?"]);
+}

@@ -191,9 +191,136 @@ pub fn redact_url(value: &str) -> String {
     }
 }
 
+/// Redacts free text that may quote configuration (an error message, a config line):
+/// every `key=value` word with a secret-like key ([`redact_value`]), and every
+/// `user:password@` in it, also where it is not part of a URL that parses (a scheme
+/// missing its colon, a quoted line); a password cut short by a space
+/// (`scheme://user:pa ss@host` split into words) is masked in its first word too.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for c in text.chars() {
+        if c.is_whitespace() {
+            out.push_str(&redact_word(&word));
+            word.clear();
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    out.push_str(&redact_word(&word));
+    out
+}
+
+/// [`redact_text`] for one whitespace-free word.
+fn redact_word(word: &str) -> String {
+    if let Some((key, value)) = word.split_once('=') {
+        let bare = key.trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
+        let masked = redact_value(bare, value);
+        if masked == "***" {
+            return format!("{key}=***");
+        }
+        return format!("{key}={}", redact_credentials(value));
+    }
+    redact_credentials(word)
+}
+
+/// Masks what lies between the first `:` and an `@` in every userinfo-like part of
+/// `s` (the text before an `@`, back to a `/`, a quote or the start), and the part
+/// after the `:` of a URL's authority that has no `@` and no port there.
+fn redact_credentials(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut masked_any = false;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        let start = before
+            .rfind(['/', '`', '"', '\'', '(', '<', '['])
+            .map_or(0, |i| i + 1);
+        match before[start..].find(':') {
+            Some(colon) => {
+                out.push_str(&before[..start + colon + 1]);
+                out.push_str("***@");
+                masked_any = true;
+            }
+            None => {
+                out.push_str(before);
+                out.push('@');
+            }
+        }
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+    if masked_any || out.contains('@') {
+        return out;
+    }
+    // No `@` at all: `scheme://user:pass` (the rest of the password in the next word).
+    let Some(scheme_end) = out.find("://") else {
+        return out;
+    };
+    let authority_start = scheme_end + 3;
+    let authority_len = out[authority_start..]
+        .find(['/', '?', '#', '`', '"', '\'', ')', '>'])
+        .unwrap_or(out.len() - authority_start);
+    let authority = &out[authority_start..authority_start + authority_len];
+    match authority.rfind(':') {
+        Some(colon)
+            if !authority.starts_with('[')
+                && !authority[colon + 1..].is_empty()
+                && !authority[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!(
+                "{}***{}",
+                &out[..authority_start + colon + 1],
+                &out[authority_start + authority_len..]
+            )
+        }
+        _ => out,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_credentials_in_free_text() {
+        for (text, shown) in [
+            (
+                "Failed to parse OX REST URL http//user:secret@127.0.0.1:1/x: bad",
+                "Failed to parse OX REST URL http//user:***@127.0.0.1:1/x: bad",
+            ),
+            (
+                "push_notification_driver = ox:url=http://user:secret@127.0.0.1:1/x",
+                "push_notification_driver = ox:url=http://user:***@127.0.0.1:1/x",
+            ),
+            (
+                "url=http://user:se cret@127.0.0.1:1/x",
+                "url=http://user:*** cret@127.0.0.1:1/x",
+            ),
+            ("`http://user:se`", "`http://user:***`"),
+            (
+                "  url = http//user:secret@host/",
+                "  url = http//user:***@host/",
+            ),
+            (
+                "wasm:file=x.wasm secret=whsec_abc",
+                "wasm:file=x.wasm secret=***",
+            ),
+            ("api_key=abc token=t", "api_key=*** token=***"),
+        ] {
+            assert_eq!(redact_text(text), shown, "{text}");
+        }
+        // What is not a credential stays as it was.
+        for text in [
+            "alice@example.com: user=11@3",
+            "http://127.0.0.1:8080/x and http://[::1]:80/ and http://host/a:b",
+            "driver 1 (ox) failed to initialise: no url",
+            "",
+        ] {
+            assert_eq!(redact_text(text), text);
+        }
+    }
 
     #[test]
     fn splits_like_dovecot() {

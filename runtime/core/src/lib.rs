@@ -21,4 +21,6 @@ pub use driver::{
 };
 pub use event::{Event, EventName, EventSet};
 pub use metadata::{MetadataError, MetadataLookup, NoMetadata};
-pub use transaction::{parse_ndjson, parse_stream, LineError, ParseError, Transaction};
+pub use transaction::{
+    parse_ndjson, parse_stream, parse_stream_bytes, LineError, ParseError, Transaction,
+};

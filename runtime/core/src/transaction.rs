@@ -461,6 +461,51 @@ pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
     out
 }
 
+/// [`parse_stream`] over bytes that may not all be UTF-8 (a file, standard input): a line
+/// that is not UTF-8 is an error of its own, naming its line and where in it the bad
+/// byte is, and is left out; the other lines parse as they would. The items come in
+/// line order.
+pub fn parse_stream_bytes(bytes: &[u8]) -> Vec<Result<Transaction, LineError>> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return parse_stream(text);
+    }
+    let mut text = String::with_capacity(bytes.len());
+    let mut bad = Vec::new();
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            text.push('\n');
+        }
+        match std::str::from_utf8(line) {
+            Ok(l) => text.push_str(l),
+            Err(e) => bad.push(LineError {
+                line: i + 1,
+                error: err(
+                    "$",
+                    format!(
+                        "not valid UTF-8 (byte {} of the line); the line is skipped",
+                        e.valid_up_to() + 1
+                    ),
+                ),
+            }),
+        }
+    }
+    let mut items = parse_stream(&text);
+    let line_of = |item: &Result<Transaction, LineError>| match item {
+        Err(e) => Some(e.line),
+        Ok(_) => None,
+    };
+    // Each bad line's error goes before the first item reported after it (a parsed
+    // transaction carries no line: it keeps its place among the errors).
+    for b in bad.into_iter().rev() {
+        let at = items
+            .iter()
+            .position(|i| line_of(i).is_some_and(|l| l > b.line))
+            .unwrap_or(items.len());
+        items.insert(at, Err(b));
+    }
+    items
+}
+
 /// Parses a whole batch, all or nothing: the first bad transaction rejects the batch,
 /// naming the line it starts on.
 pub fn parse_ndjson(text: &str) -> Result<Vec<Transaction>, LineError> {

@@ -66,7 +66,7 @@ pub enum Command {
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
     /// starts without compiling them: run it before deploying a new driver.
     #[command(
-        after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  mailpush check --prune-cache    # also delete compiled artifacts no driver of this config uses"
+        after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  # also delete compiled artifacts no driver of this config uses:\n  mailpush check --prune-cache"
     )]
     Check {
         /// After a successful check, delete the compiled artifacts in the AOT cache that
@@ -85,7 +85,7 @@ pub enum Command {
     /// rejected (its line number is printed) or any delivery failed. Shows a progress bar when standard error is a terminal and
     /// standard output is not (where drivers such as `dlog:file=/dev/stdout` write).
     #[command(
-        after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  echo '{\"user\":\"a@example.com\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"Work\"}]}' | mailpush send -c examples/mailpush.conf -"
+        after_help = "Examples:\n  mailpush send -c examples/mailpush.conf examples/events.ndjson\n  head -n 1 examples/events.ndjson | mailpush send -c examples/mailpush.conf -"
     )]
     Send(SendArgs),
     /// Run the service: HTTP ingest at `listen` (see the `mailpush { }` block), every
@@ -95,7 +95,9 @@ pub enum Command {
     /// one kept); SIGTERM stops accepting, drains queued work and exits.
     #[command(after_help = "Examples:
   mailpush run -c /etc/mailpush/mailpush.conf
-  curl -sS -H 'Content-Type: application/x-ndjson' --data-binary @examples/events.ndjson http://127.0.0.1:8025/v1/transactions")]
+  curl -sS -H 'Content-Type: application/x-ndjson' \\
+    --data-binary @examples/events.ndjson \\
+    http://127.0.0.1:8025/v1/transactions")]
     Run,
     /// Show per-driver state and queue depth of the running instance.
     #[command(after_help = "Example:
@@ -117,13 +119,13 @@ pub enum Command {
     /// `doveadm mailbox metadata` so existing runbooks work.
     #[command(
         subcommand,
-        after_help = "Examples:\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3\n  mailpush metadata list -u user@example.com"
+        after_help = "Examples:\n  mailpush metadata set -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify user=11@3\n  mailpush metadata list -u user@example.com"
     )]
     Metadata(MetadataCommand),
     /// Tools for driver authors: try a component without a config file.
     #[command(
         subcommand,
-        after_help = "Examples:\n  mailpush driver test target/wasm32-wasip2/release/my_driver.wasm\n  mailpush driver test webhook.wasm examples/events.ndjson --arg secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --reply 503"
+        after_help = "Examples:\n  mailpush driver test target/wasm32-wasip2/release/my_driver.wasm\n  mailpush driver test webhook.wasm examples/events.ndjson \\\n    --arg secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw --reply 503"
     )]
     Driver(DriverCommand),
 }
@@ -202,7 +204,7 @@ pub struct MetadataTarget {
 pub enum MetadataCommand {
     /// Set a value: `set -u USER [-s] [""] KEY VALUE`.
     #[command(
-        after_help = "Example (as with doveadm):\n  mailpush metadata set -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify user=11@3"
+        after_help = "Example (as with doveadm):\n  mailpush metadata set -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify user=11@3"
     )]
     Set {
         #[command(flatten)]
@@ -213,7 +215,7 @@ pub enum MetadataCommand {
     },
     /// Print a value: `get -u USER [-s] [""] KEY`.
     #[command(
-        after_help = "Example:\n  mailpush metadata get -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+        after_help = "Example:\n  mailpush metadata get -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify"
     )]
     Get {
         #[command(flatten)]
@@ -224,11 +226,12 @@ pub enum MetadataCommand {
     },
     /// Remove a value: `unset -u USER [-s] [""] KEY`.
     #[command(
-        after_help = "Example:\n  mailpush metadata unset -u user@example.com -s \"\" /private/vendor/vendor.dovecot/http-notify"
+        after_help = "Example:\n  mailpush metadata unset -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify"
     )]
     Unset {
         #[command(flatten)]
         target: MetadataTarget,
+        /// [MAILBOX] KEY
         #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
         args: Vec<String>,
     },
@@ -237,6 +240,7 @@ pub enum MetadataCommand {
         after_help = "Examples:\n  mailpush metadata list\n  mailpush metadata list -u user@example.com -s \"\""
     )]
     List {
+        /// Only this user's values (default: every user's).
         #[arg(short = 'u', long = "user")]
         user: Option<String>,
         /// Server METADATA (the only kind mailpush keeps).
@@ -255,25 +259,30 @@ pub enum DlqCommand {
         after_help = "Examples:\n  mailpush dlq list -c /etc/mailpush/mailpush.conf\n  mailpush dlq list --driver 2"
     )]
     List {
-        /// Only this driver's.
-        #[arg(long)]
+        /// Only this driver's, by its number (1 for `push_notification_driver`, 2 for
+        /// `push_notification_driver2`, …; the `#` column of `mailpush check`).
+        #[arg(long, value_name = "N")]
         driver: Option<u32>,
     },
     /// Show one dead letter: the transaction and every attempt's time and error.
     #[command(after_help = "Example:\n  mailpush dlq show 17")]
-    Show { id: i64 },
+    Show {
+        /// The dead letter's id (the first column of `mailpush dlq list`).
+        id: i64,
+    },
     /// Deliver dead letters again (to the driver that gave up on them).
     #[command(
         after_help = "Examples:\n  mailpush dlq replay 17\n  mailpush dlq replay --all --driver 2"
     )]
     Replay {
-        /// The dead letter's id.
+        /// The dead letter's id (or `--all`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<i64>,
         /// Every dead letter (of `--driver`, if given).
         #[arg(long)]
         all: bool,
-        #[arg(long)]
+        /// With `--all`: only this driver's, by its number (as in `mailpush check`).
+        #[arg(long, value_name = "N")]
         driver: Option<u32>,
     },
     /// Delete dead letters for good.
@@ -281,11 +290,14 @@ pub enum DlqCommand {
         after_help = "Examples:\n  mailpush dlq purge 17\n  mailpush dlq purge --all --driver 2"
     )]
     Purge {
+        /// The dead letter's id (or `--all`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<i64>,
+        /// Every dead letter (of `--driver`, if given).
         #[arg(long)]
         all: bool,
-        #[arg(long)]
+        /// With `--all`: only this driver's, by its number (as in `mailpush check`).
+        #[arg(long, value_name = "N")]
         driver: Option<u32>,
     },
 }
@@ -481,15 +493,15 @@ async fn run_send(global: &GlobalArgs, args: &SendArgs) -> anyhow::Result<ExitCo
         Err(code) => return Ok(code),
     };
     let stdin = args.events.as_os_str() == "-";
+    // Bytes: a line that is not UTF-8 is rejected by its number, the rest still sent.
     let text = if stdin {
-        let mut text = String::new();
+        let mut text = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut text)
             .context("reading transactions from standard input")?;
         text
     } else {
-        std::fs::read_to_string(&args.events)
-            .with_context(|| format!("reading {}", args.events.display()))?
+        std::fs::read(&args.events).with_context(|| format!("reading {}", args.events.display()))?
     };
     let source = if stdin {
         "<stdin>".to_string()
@@ -691,5 +703,34 @@ async fn run_reload(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => control_failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Help is wrapped to the terminal (at most 100 columns): an example longer than a
+    /// narrow terminal would be cut mid-command, and pasted as shown it would run
+    /// something else. Every example line fits in 80 columns (longer commands continue
+    /// with `\\`).
+    #[test]
+    fn every_example_fits_a_narrow_terminal() {
+        fn walk(cmd: &clap::Command, path: &str, long: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if let Some(help) = cmd.get_after_help() {
+                for line in help.to_string().lines() {
+                    if line.chars().count() > 78 {
+                        long.push(format!("{path}: {line}"));
+                    }
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, long);
+            }
+        }
+        let mut long = Vec::new();
+        walk(&super::Cli::command(), "", &mut long);
+        assert!(long.is_empty(), "{long:#?}");
     }
 }

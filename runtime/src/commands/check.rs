@@ -86,10 +86,24 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         };
     // The engines the wasm drivers load with, held to learn which artifacts they used.
     let engines = Engines::shared(Some(config.settings.state_dir.join("wasm-cache")));
-    let (loaded, errors) = match registry.init_all(&config, metadata).await {
+    let (loaded, mut errors) = match registry.init_all(&config, metadata).await {
         Ok(loaded) => (loaded, Vec::new()),
         Err((loaded, errors)) => (loaded, errors),
     };
+    if let Err(e) = usable_dir(&config.settings.state_dir) {
+        errors.insert(
+            0,
+            ConfigError {
+                location: None,
+                text: String::new(),
+                message: format!(
+                    "{}: mailpush {{ state_dir = {} }} cannot be used: {e}. mailpush keeps its spool, METADATA and compiled drivers there: give a directory it may create and write",
+                    config.path.display(),
+                    config.settings.state_dir.display()
+                ),
+            },
+        );
+    }
     let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
     for d in &loaded {
         warnings.extend(
@@ -122,6 +136,15 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         warnings,
         errors,
     })
+}
+
+/// Creates `dir` if it is missing and writes a file into it (removed again): what `run`
+/// will do there.
+fn usable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".mailpush-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 /// `check --prune-cache`: deletes the AOT cache's artifacts of components no driver of a

@@ -61,16 +61,16 @@ impl SendReport {
     }
 }
 
-/// Parses `text` (NDJSON, or JSON objects one after another) and initialises the
-/// config's drivers.
+/// Parses `input` (NDJSON, or JSON objects one after another; a line that is not UTF-8
+/// is rejected on its own) and initialises the config's drivers.
 pub async fn prepare(
     config: Config,
     registry: &DriverRegistry,
-    text: &str,
+    input: &[u8],
 ) -> Result<Prepared, SendError> {
     let mut txns = Vec::new();
     let mut rejected = Vec::new();
-    for item in mailpush_core::parse_stream(text) {
+    for item in mailpush_core::parse_stream_bytes(input) {
         match item {
             Ok(t) => txns.push(t),
             Err(e) => rejected.push(e),
