@@ -13,6 +13,17 @@ fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `mailpush check -c conf`: whether it passed, and its stdout then stderr.
+fn check(conf: &std::path::Path) -> (bool, String) {
+    let out = mailpush().args(["check", "-c"]).arg(conf).output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), all)
+}
+
 #[test]
 fn check_explains_unknown_driver_bad_line_and_gap() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,17 +117,8 @@ fn check_hides_passwords_in_urls_that_do_not_parse() {
             format!("mailpush {{\n state_dir = state\n}}\n{plugin}"),
         )
         .unwrap();
-        let out = mailpush()
-            .args(["check", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{plugin}: {all}");
+        let (ok, all) = check(&conf);
+        assert!(!ok, "{plugin}: {all}");
         assert!(all.contains("user:***"), "{plugin}: {all}");
         assert!(
             !all.contains("hunter2") && !all.contains("hunt"),
@@ -600,17 +602,8 @@ fn check_warns_about_typos_that_would_pass_silently() {
     let conf = dir.path().join("mailpush.conf");
     let check = |text: &str| {
         std::fs::write(&conf, text).unwrap();
-        let out = mailpush()
-            .args(["check", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{all}");
+        let (ok, all) = check(&conf);
+        assert!(ok, "{all}");
         all
     };
     let out = check("mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:fiel=out.log\n push_notifcation_driver2 = dlog\n}\n");
@@ -668,17 +661,8 @@ fn check_fails_on_a_state_dir_that_cannot_be_made() {
         ),
     )
     .unwrap();
-    let out = mailpush()
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{all}");
+    let (ok, all) = check(&conf);
+    assert!(!ok, "{all}");
     assert!(
         all.contains("mailpush { state_dir = ") && all.contains("} cannot be used: "),
         "{all}"

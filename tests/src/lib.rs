@@ -587,6 +587,25 @@ impl Driver for TestDriver {
 // ---------------------------------------------------------------- config helpers
 
 /// Writes `text` as `mailpush.conf` in `dir` and parses it.
+/// Loads `component` as wasm driver 1 with the config-line arguments `args` (sandbox
+/// keys included), reading METADATA from `metadata`.
+pub async fn load_wasm(
+    component: &Path,
+    args: &str,
+    engines: &Arc<mailpush::wasm::engine::Engines>,
+    metadata: Arc<dyn mailpush_core::MetadataLookup>,
+) -> mailpush::wasm::WasmDriver {
+    let mut args = mailpush_core::DriverArgs::parse(args);
+    let sandbox = mailpush::wasm::sandbox::Sandbox::from_args(&mut args).unwrap();
+    let tag = Arc::new(mailpush::wasm::log::DriverTag {
+        number: 1,
+        name: "wasm".into(),
+    });
+    mailpush::wasm::WasmDriver::load(tag, component, sandbox, args, engines, metadata)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {}", component.display(), e.0))
+}
+
 pub fn write_config(dir: &Path, text: &str) -> Config {
     let path = dir.join("mailpush.conf");
     std::fs::write(&path, text).expect("write config");

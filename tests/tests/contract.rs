@@ -165,30 +165,16 @@ async fn fixed_begin_answers_every_transaction_from_load() {
 /// one with a fixed `all` keeps it, as any reused driver does.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fixed_skip_keeps_no_instance_even_with_reuse() {
-    use mailpush::wasm::engine::Engines;
-    use mailpush::wasm::log::DriverTag;
-    use mailpush::wasm::sandbox::Sandbox;
-    use mailpush::wasm::WasmDriver;
-    use mailpush_core::{DriverArgs, NoMetadata};
-    let engines = Arc::new(Engines::new(None));
+    let engines = Arc::new(mailpush::wasm::engine::Engines::new(None));
     for name in BOTH {
         for (fixed, held) in [("skip", false), ("all", true)] {
-            let mut args = DriverArgs::parse(&format!("mode=ok fixed={fixed} instance=reuse"));
-            let sandbox = Sandbox::from_args(&mut args).unwrap();
-            let tag = Arc::new(DriverTag {
-                number: 1,
-                name: "wasm".into(),
-            });
-            let d = WasmDriver::load(
-                tag,
+            let d = load_wasm(
                 &guest(name),
-                sandbox,
-                args,
+                &format!("mode=ok fixed={fixed} instance=reuse"),
                 &engines,
-                Arc::new(NoMetadata),
+                Arc::new(mailpush_core::NoMetadata),
             )
-            .await
-            .unwrap();
+            .await;
             assert_eq!(d.holds_warm_instance(), held, "{name} fixed={fixed}");
             let out = deliver(&d, &two_event_txn("a@example.com", "t1")).await;
             let expected = if held {

@@ -801,22 +801,13 @@ async fn metadata_is_limited_to_the_transactions_user() {
     }
     let store = Arc::new(Store::default());
     let engines = Arc::new(Engines::new(None));
-    let mut args = DriverArgs::parse(&format!("mode=metadata key={KEY} instance=reuse"));
-    let sandbox = Sandbox::from_args(&mut args).unwrap();
-    let tag = Arc::new(DriverTag {
-        number: 1,
-        name: "wasm".into(),
-    });
-    let d = WasmDriver::load(
-        tag,
+    let d = load_wasm(
         &guest("hostile"),
-        sandbox,
-        args,
+        &format!("mode=metadata key={KEY} instance=reuse"),
         &engines,
         store.clone(),
     )
-    .await
-    .unwrap();
+    .await;
     let seen = |txn: &str| {
         let t = Arc::new(Transaction::from_json(txn).unwrap());
         let d = &d;
