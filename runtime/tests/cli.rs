@@ -385,7 +385,7 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
         .to_string();
     let (ok, stdout, _) = run(&["dlq", "show", &id]);
     assert!(
-        ok && stdout.contains("attempt 1: at 1 (unix): webhook answered 400")
+        ok && stdout.contains("attempt 1: at 1970-01-01T00:00:01Z: webhook answered 400")
             && stdout.contains("\"id\":\"d1\""),
         "{stdout}"
     );
@@ -666,5 +666,39 @@ fn check_fails_on_a_state_dir_that_cannot_be_made() {
     assert!(
         all.contains("mailpush { state_dir = ") && all.contains("} cannot be used: "),
         "{all}"
+    );
+}
+
+/// `status` with nothing listening says so once, with its cause once (the cause used to
+/// be printed twice: in the message and again as its source).
+#[test]
+fn status_without_a_running_instance_says_so_once() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n"),
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["status", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot reach mailpush at").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error sending request").count(),
+        1,
+        "{stderr}"
     );
 }

@@ -193,9 +193,10 @@ pub fn redact_url(value: &str) -> String {
 
 /// Redacts free text that may quote configuration (an error message, a config line):
 /// every `key=value` word with a secret-like key ([`redact_value`]), and every
-/// `user:password@` in it, also where it is not part of a URL that parses (a scheme
-/// missing its colon, a quoted line); a password cut short by a space
-/// (`scheme://user:pa ss@host` split into words) is masked in its first word too.
+/// `user:password@` of a URL in it, also where the URL does not parse (a scheme missing
+/// its colon, no scheme in the value of a `…url=` key); a password cut short by a space
+/// (`scheme://user:pa ss@host` split into words) is masked in its first word too. A
+/// `name:word@version` outside a URL (`mailpush:driver@0.1.2`) is not a credential.
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut word = String::new();
@@ -220,15 +221,21 @@ fn redact_word(word: &str) -> String {
         if masked == "***" {
             return format!("{key}=***");
         }
-        return format!("{key}={}", redact_credentials(value));
+        // The value of a URL key is a URL even without a scheme (`url=user:pw@host`).
+        let url_key = bare.to_ascii_lowercase().ends_with("url");
+        return format!("{key}={}", redact_credentials(value, url_key));
     }
-    redact_credentials(word)
+    redact_credentials(word, false)
 }
 
 /// Masks what lies between the first `:` and an `@` in every userinfo-like part of
-/// `s` (the text before an `@`, back to a `/`, a quote or the start), and the part
-/// after the `:` of a URL's authority that has no `@` and no port there.
-fn redact_credentials(s: &str) -> String {
+/// `s` (the text before an `@`, back to a `/`, a quote or the start) when `s` is a URL
+/// (`url`, or it has a `//`), and the part after the `:` of a URL's authority that has
+/// no `@` and no port there.
+fn redact_credentials(s: &str, url: bool) -> String {
+    if !url && !s.contains("//") {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     let mut masked_any = false;
@@ -308,6 +315,7 @@ mod tests {
                 "wasm:file=x.wasm secret=***",
             ),
             ("api_key=abc token=t", "api_key=*** token=***"),
+            ("ox:url=user:pw@host/x", "ox:url=user:***@host/x"),
         ] {
             assert_eq!(redact_text(text), shown, "{text}");
         }
@@ -316,6 +324,7 @@ mod tests {
             "alice@example.com: user=11@3",
             "http://127.0.0.1:8080/x and http://[::1]:80/ and http://host/a:b",
             "driver 1 (ox) failed to initialise: no url",
+            "built against mailpush:driver@0.1.2, newer than mailpush:driver/host@0.1.1",
             "",
         ] {
             assert_eq!(redact_text(text), text);

@@ -36,7 +36,9 @@ pub fn check(path: &Path, report: &CheckReport) {
             println!("state_dir: {}", state_dir.display());
             println!("listen: {listen}");
             println!();
-            println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
+            if !drivers.is_empty() {
+                println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
+            }
             for d in drivers {
                 println!("{:<4} {:<12} {:<7} {}", d.number, d.name, d.kind, d.args);
                 for line in &d.details {
@@ -219,7 +221,13 @@ pub fn dead_letter(d: &DeadLetter) {
         d.id, d.driver, d.txn.user, d.txn.id
     );
     for (i, a) in d.attempts.iter().enumerate() {
-        println!("attempt {}: at {} (unix): {}", i + 1, a.at, a.error);
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(a.at);
+        println!(
+            "attempt {}: at {}: {}",
+            i + 1,
+            humantime::format_rfc3339_seconds(at),
+            a.error
+        );
     }
     println!("{}", d.txn.to_json());
 }

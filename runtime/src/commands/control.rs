@@ -15,9 +15,8 @@ use mailpush_config::Config;
 pub enum ControlError {
     #[error("cannot read the ingest token: {0}")]
     Token(String),
-    #[error(
-        "cannot reach mailpush at {url}: is `mailpush run` running with this config? ({source})"
-    )]
+    /// Its cause follows in the error chain (printed once, by the binary's `{:#}`).
+    #[error("cannot reach mailpush at {url}: is `mailpush run` running with this config?")]
     Unreachable {
         url: String,
         #[source]
