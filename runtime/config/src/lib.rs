@@ -113,6 +113,11 @@ impl Config {
                 None
             }
         };
+        if let Some(s) = &settings {
+            if drivers.is_empty() && s.tenant_drivers.is_none() && raw.errors.is_empty() {
+                raw.warnings.push(numbering::nothing_configured());
+            }
+        }
         match settings {
             Some(settings) if raw.errors.is_empty() => Ok(Config {
                 path: path.to_path_buf(),

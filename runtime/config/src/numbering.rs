@@ -70,14 +70,16 @@ fn numbered(base: &str, n: u32) -> String {
 /// lines; with both, the config is an error (the 2.3 lines' drivers are returned).
 pub fn select_drivers(raw: &mut RawConfig) -> Vec<DriverSetting> {
     warn_about_near_misses(raw);
-    let drivers = select_either(raw);
-    if drivers.is_empty() && raw.errors.is_empty() {
-        raw.warnings.push(ConfigWarning {
-            location: None,
-            message: "no push notification driver is configured: events would be accepted and delivered to nobody. Add `push_notification_driver = NAME[:ARGS]` to plugin { } (Dovecot 2.3) or a `push_notification NAME { }` block (Dovecot 2.4)".to_string(),
-        });
+    select_either(raw)
+}
+
+/// The warning for a config that delivers to nobody: no driver, and no tenant handlers
+/// (`tenant_drivers`) either.
+pub fn nothing_configured() -> ConfigWarning {
+    ConfigWarning {
+        location: None,
+        message: "no push notification driver is configured: events would be accepted and delivered to nobody. Add `push_notification_driver = NAME[:ARGS]` to plugin { } (Dovecot 2.3), a `push_notification NAME { }` block (Dovecot 2.4), or tenant_drivers to mailpush { }".to_string(),
     }
-    drivers
 }
 
 /// `plugin { }` keys one or two typos away from `push_notification_driver[N]` (or

@@ -1203,3 +1203,11 @@ fn a_mailpush_setting_given_twice_is_warned_about() {
         "the later one wins"
     );
 }
+
+/// Tenant handlers alone deliver: no "nothing configured" warning then.
+#[test]
+fn tenant_drivers_alone_are_something_configured() {
+    let c = parse("mailpush {\n  tenant_drivers = /etc/mailpush/tenants\n}\n");
+    assert!(c.drivers.is_empty());
+    assert!(c.warnings.is_empty(), "{:?}", warnings(&c));
+}

@@ -156,12 +156,13 @@ impl DriverArgs {
 const SECRET_KEYS: [&str; 6] = ["secret", "password", "pass", "token", "key", "api_key"];
 
 /// Redacts one argument value for logs and `check` output: values of secret-like keys
-/// (`secret`, `password`, `token`, `*_key`, …) become `***`, and passwords inside URLs
+/// (`secret`, `password`, `token`, `*_key`, `*_token`, …) become `***`, and passwords inside URLs
 /// (`scheme://user:password@host`) become `***`.
 pub fn redact_value(key: &str, value: &str) -> String {
     let k = key.to_ascii_lowercase();
     if SECRET_KEYS.contains(&k.as_str())
         || k.ends_with("_key")
+        || k.ends_with("_token")
         || k.ends_with("_secret")
         || k.ends_with("password")
     {
@@ -192,97 +193,146 @@ pub fn redact_url(value: &str) -> String {
 }
 
 /// Redacts free text that may quote configuration (an error message, a config line):
-/// every `key=value` word with a secret-like key ([`redact_value`]), and every
-/// `user:password@` of a URL in it, also where the URL does not parse (a scheme missing
-/// its colon, no scheme in the value of a `…url=` key); a password cut short by a space
-/// (`scheme://user:pa ss@host` split into words) is masked in its first word too. A
-/// `name:word@version` outside a URL (`mailpush:driver@0.1.2`) is not a credential.
+/// - the value of every secret-like key ([`redact_value`]), as `key=value` or as
+///   Dovecot's `key = value`, also behind a prefix (`wasm:secret=…`);
+/// - the password of every URL (the text after `//`), also where the URL does not parse
+///   (a scheme missing its colon, a password holding `/` or `@`), and of the value of a
+///   `…url` key without a scheme (`url=user:pw@host`);
+/// - a password cut by a space (`scheme://user:pa ss@host`, split into two words): the
+///   end of the first word and the start of the second.
+///
+/// A `name:word@version` outside a URL (`mailpush:driver@0.1.2`) is not a credential.
 pub fn redact_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
+    // Words and the whitespace after each, so the text is rebuilt exactly.
+    let mut words: Vec<(String, String)> = vec![(String::new(), String::new())];
     for c in text.chars() {
+        let last = words.len() - 1;
         if c.is_whitespace() {
-            out.push_str(&redact_word(&word));
-            word.clear();
-            out.push(c);
+            words[last].1.push(c);
         } else {
-            word.push(c);
+            if !words[last].1.is_empty() {
+                words.push((String::new(), String::new()));
+            }
+            let last = words.len() - 1;
+            words[last].0.push(c);
         }
     }
-    out.push_str(&redact_word(&word));
+    let mut out = String::with_capacity(text.len());
+    let mut cut_password = false;
+    let mut i = 0;
+    while i < words.len() {
+        let (word, space) = &words[i];
+        let next = words.get(i + 1).map(|(w, _)| w.as_str());
+        // Dovecot's `key = value`: three words (not the words `key = value` that
+        // messages use to describe the syntax: quoted, or the bare word `key`).
+        if next == Some("=") && !word.contains('`') && !bare_key(word).eq_ignore_ascii_case("key") {
+            if let Some((value, value_space)) = words.get(i + 2).filter(|(v, _)| !v.contains('`')) {
+                let after = words.get(i + 3).is_some_and(|(w, _)| w.contains('@'));
+                let (value, cut) = redact_pair(word, value, after);
+                cut_password = cut;
+                out.push_str(word);
+                out.push_str(space);
+                out.push('=');
+                out.push_str(&words[i + 1].1);
+                out.push_str(&value);
+                out.push_str(value_space);
+                i += 3;
+                continue;
+            }
+        }
+        let redacted = if cut_password {
+            // The rest of a password cut by a space, up to its `@`.
+            cut_password = false;
+            match word.find('@') {
+                Some(at) => format!("***{}", &word[at..]),
+                None => "***".to_string(),
+            }
+        } else {
+            let (w, cut) = redact_word(word, next.is_some_and(|n| n.contains('@')));
+            cut_password = cut;
+            w
+        };
+        out.push_str(&redacted);
+        out.push_str(space);
+        i += 1;
+    }
     out
 }
 
-/// [`redact_text`] for one whitespace-free word.
-fn redact_word(word: &str) -> String {
-    if let Some((key, value)) = word.split_once('=') {
-        let bare = key.trim_start_matches(|c: char| !c.is_alphanumeric() && c != '_');
-        let masked = redact_value(bare, value);
-        if masked == "***" {
-            return format!("{key}=***");
-        }
-        // The value of a URL key is a URL even without a scheme (`url=user:pw@host`).
-        let url_key = bare.to_ascii_lowercase().ends_with("url");
-        return format!("{key}={}", redact_credentials(value, url_key));
-    }
-    redact_credentials(word, false)
+/// The key a `key=value` is about: the name after any prefix (`wasm:secret` → `secret`).
+fn bare_key(key: &str) -> &str {
+    key.rsplit(|c: char| !c.is_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or(key)
 }
 
-/// Masks what lies between the first `:` and an `@` in every userinfo-like part of
-/// `s` (the text before an `@`, back to a `/`, a quote or the start) when `s` is a URL
-/// (`url`, or it has a `//`), and the part after the `:` of a URL's authority that has
-/// no `@` and no port there.
-fn redact_credentials(s: &str, url: bool) -> String {
-    if !url && !s.contains("//") {
-        return s.to_string();
+/// A value redacted for its key: all of it for a secret-like key, else the password of
+/// a URL in it (with or without a scheme for a `…url` key); and whether it ends in a
+/// password cut by a space ([`redact_url_like`]).
+fn redact_pair(key: &str, value: &str, next_has_at: bool) -> (String, bool) {
+    let bare = bare_key(key);
+    if redact_value(bare, value) == "***" {
+        return ("***".to_string(), false);
     }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    let mut masked_any = false;
-    while let Some(at) = rest.find('@') {
-        let before = &rest[..at];
-        let start = before
-            .rfind(['/', '`', '"', '\'', '(', '<', '['])
-            .map_or(0, |i| i + 1);
-        match before[start..].find(':') {
-            Some(colon) => {
-                out.push_str(&before[..start + colon + 1]);
-                out.push_str("***@");
-                masked_any = true;
-            }
-            None => {
-                out.push_str(before);
-                out.push('@');
-            }
+    if !value.contains("//") && bare.to_ascii_lowercase().ends_with("url") {
+        let (masked, cut) = redact_url_like(&format!("x://{value}"), next_has_at);
+        return (masked["x://".len()..].to_string(), cut);
+    }
+    redact_word(value, next_has_at)
+}
+
+/// [`redact_text`] for one whitespace-free word; `next_has_at`: whether the next word
+/// has an `@` (a password cut by a space goes on there). Returns whether this word ends
+/// in such a cut password.
+fn redact_word(word: &str, next_has_at: bool) -> (String, bool) {
+    let (word, cut) = redact_url_like(word, next_has_at);
+    match word.split_once('=') {
+        Some((key, value)) => {
+            let (value, cut_value) = redact_pair(key, value, next_has_at);
+            (format!("{key}={value}"), cut || cut_value)
         }
-        rest = &rest[at + 1..];
+        None => (word, cut),
     }
-    out.push_str(rest);
-    if masked_any || out.contains('@') {
-        return out;
-    }
-    // No `@` at all: `scheme://user:pass` (the rest of the password in the next word).
-    let Some(scheme_end) = out.find("://") else {
-        return out;
+}
+
+/// Masks the password of the URL in `s` (what follows its first `//`): from the first
+/// `:` of the userinfo to the last `@` of the word (a password may hold `/` or `@`).
+/// Without an `@`, a part after the authority's `:` that is not a port number is masked
+/// (a password cut by a space), and `next_has_at` returned: the cut password goes on in
+/// the next word. Text without `//` is unchanged.
+fn redact_url_like(s: &str, next_has_at: bool) -> (String, bool) {
+    let Some(slashes) = s.find("//") else {
+        return (s.to_string(), false);
     };
-    let authority_start = scheme_end + 3;
-    let authority_len = out[authority_start..]
+    let after = slashes + 2;
+    let rest = &s[after..];
+    if let Some(at) = rest.rfind('@') {
+        return match rest[..at].find(':') {
+            Some(colon) => (
+                format!("{}***{}", &s[..after + colon + 1], &rest[at..]),
+                false,
+            ),
+            None => (s.to_string(), false),
+        };
+    }
+    // No `@`: `user:pass` cut by a space, or a host with a port that is not a number
+    // (masked too: a password must not show, a bad port may).
+    let authority_len = rest
         .find(['/', '?', '#', '`', '"', '\'', ')', '>'])
-        .unwrap_or(out.len() - authority_start);
-    let authority = &out[authority_start..authority_start + authority_len];
-    match authority.rfind(':') {
+        .unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    match authority.find(':') {
         Some(colon)
             if !authority.starts_with('[')
                 && !authority[colon + 1..].is_empty()
                 && !authority[colon + 1..].bytes().all(|b| b.is_ascii_digit()) =>
         {
-            format!(
-                "{}***{}",
-                &out[..authority_start + colon + 1],
-                &out[authority_start + authority_len..]
+            (
+                format!("{}***{}", &s[..after + colon + 1], &rest[authority_len..]),
+                next_has_at,
             )
         }
-        _ => out,
+        _ => (s.to_string(), false),
     }
 }
 
@@ -301,11 +351,11 @@ mod tests {
                 "push_notification_driver = ox:url=http://user:secret@127.0.0.1:1/x",
                 "push_notification_driver = ox:url=http://user:***@127.0.0.1:1/x",
             ),
+            // A password cut by the line's word splitting: both halves.
             (
                 "url=http://user:se cret@127.0.0.1:1/x",
-                "url=http://user:*** cret@127.0.0.1:1/x",
+                "url=http://user:*** ***@127.0.0.1:1/x",
             ),
-            ("`http://user:se`", "`http://user:***`"),
             (
                 "  url = http//user:secret@host/",
                 "  url = http//user:***@host/",
@@ -316,6 +366,28 @@ mod tests {
             ),
             ("api_key=abc token=t", "api_key=*** token=***"),
             ("ox:url=user:pw@host/x", "ox:url=user:***@host/x"),
+            // The part before a query's `=`, and the query's secret.
+            (
+                "URL http//user:hunter2@h/n?token=abc",
+                "URL http//user:***@h/n?token=***",
+            ),
+            // A password holding `/` or `@`.
+            ("http://user:pa/ss@host/", "http://user:***@host/"),
+            ("ulr = http://user:p@ss@h/", "ulr = http://user:***@h/"),
+            // Dovecot's `key = value`, a secret behind a prefix, a URL key without scheme.
+            ("  api_token = abc123", "  api_token = ***"),
+            ("ox_url = user:pw@host/x", "ox_url = user:***@host/x"),
+            ("\"wasm:secret=abc file=x", "\"wasm:secret=*** file=x"),
+            // The first half of a cut password stands alone in a message.
+            (
+                "Failed to parse OX REST URL http://user:hunt: Invalid port",
+                "Failed to parse OX REST URL http://user:*** Invalid port",
+            ),
+            // Not a port: masked, as a password would be.
+            (
+                "invalid port in http://host:80a/x",
+                "invalid port in http://host:***/x",
+            ),
         ] {
             assert_eq!(redact_text(text), shown, "{text}");
         }
@@ -325,6 +397,8 @@ mod tests {
             "http://127.0.0.1:8080/x and http://[::1]:80/ and http://host/a:b",
             "driver 1 (ox) failed to initialise: no url",
             "built against mailpush:driver@0.1.2, newer than mailpush:driver/host@0.1.1",
+            "a\n  b\t= c",
+            "expected `key = value`, `NAME {` or lua_settings { KEY = VALUE }",
             "",
         ] {
             assert_eq!(redact_text(text), text);

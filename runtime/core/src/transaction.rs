@@ -463,9 +463,14 @@ pub fn parse_stream(text: &str) -> Vec<Result<Transaction, LineError>> {
 
 /// [`parse_stream`] over bytes that may not all be UTF-8 (a file, standard input): a line
 /// that is not UTF-8 is an error of its own, naming its line and where in it the bad
-/// byte is, and is left out; the other lines parse as they would. The items come in
-/// line order.
+/// byte is. A transaction of one line is then left out; one spread over several lines
+/// that include it is rejected whole (a syntax error where it starts), never sent
+/// without that line. The other lines parse as they would. The errors come in line
+/// order.
 pub fn parse_stream_bytes(bytes: &[u8]) -> Vec<Result<Transaction, LineError>> {
+    /// Stands in for a line that is not UTF-8: not JSON, so whatever value holds the
+    /// line fails to parse.
+    const NOT_JSON: &str = "\u{1}";
     if let Ok(text) = std::str::from_utf8(bytes) {
         return parse_stream(text);
     }
@@ -477,19 +482,26 @@ pub fn parse_stream_bytes(bytes: &[u8]) -> Vec<Result<Transaction, LineError>> {
         }
         match std::str::from_utf8(line) {
             Ok(l) => text.push_str(l),
-            Err(e) => bad.push(LineError {
-                line: i + 1,
-                error: err(
-                    "$",
-                    format!(
-                        "not valid UTF-8 (byte {} of the line); the line is skipped",
-                        e.valid_up_to() + 1
+            Err(e) => {
+                text.push_str(NOT_JSON);
+                bad.push(LineError {
+                    line: i + 1,
+                    error: err(
+                        "$",
+                        format!(
+                            "not valid UTF-8 (byte {} of the line); the line is skipped",
+                            e.valid_up_to() + 1
+                        ),
                     ),
-                ),
-            }),
+                })
+            }
         }
     }
-    let mut items = parse_stream(&text);
+    // The syntax error a stand-in causes on its own line says less than the UTF-8 error.
+    let mut items: Vec<_> = parse_stream(&text)
+        .into_iter()
+        .filter(|i| !matches!(i, Err(e) if bad.iter().any(|b| b.line == e.line)))
+        .collect();
     let line_of = |item: &Result<Transaction, LineError>| match item {
         Err(e) => Some(e.line),
         Ok(_) => None,

@@ -7,7 +7,8 @@ use mailpush_core::event::{
     FlagsClear, FlagsSet, MailboxRef, MailboxRename, MessageRef, NewMessage,
 };
 use mailpush_core::{
-    group, parse_ndjson, parse_stream, Event, EventName, EventSet, ParseError, Record, Transaction,
+    group, parse_ndjson, parse_stream, parse_stream_bytes, Event, EventName, EventSet, ParseError,
+    Record, Transaction,
 };
 
 /// One JSON object per event kind, every optional field filled in.
@@ -1215,4 +1216,65 @@ fn the_shared_encoding_is_made_once_and_not_copied() {
     // Parsed back, a transaction starts without it too.
     t = Transaction::from_json(&t.to_json()).unwrap();
     assert_eq!(t, untouched);
+}
+
+/// A line that is not UTF-8 is rejected by its number: a one-line transaction is left
+/// out and the others parse; a pretty-printed one that includes it is rejected whole,
+/// never parsed without that line (here the bad line is a whole event of a valid array).
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_and_never_dropped_from_a_transaction() {
+    let good = |user: &str| {
+        format!(r#"{{"user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"X"}}]}}"#)
+    };
+    let mut input = format!("{}\n", good("a@b")).into_bytes();
+    input.extend_from_slice(
+        b"{\"user\":\"c@d\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"\xff\"}]}\n",
+    );
+    input.extend_from_slice(format!("{}\n", good("e@f")).as_bytes());
+    // Lines 4-8: a pretty-printed transaction whose line 6 (an event) is not UTF-8.
+    input.extend_from_slice(b"{\"user\":\"g@h\",\"events\":[\n  {\"name\":\"MailboxCreate\",\"mailbox\":\"Y\"},\n  {\"name\":\"MailboxCreate\",\"mailbox\":\"\xfe\"},\n  {\"name\":\"MailboxCreate\",\"mailbox\":\"Z\"}\n]}\n");
+    let results = parse_stream_bytes(&input);
+    let users: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|t| t.user.as_str())
+        .collect();
+    assert_eq!(users, ["a@b", "e@f"], "{results:?}");
+    let errors: Vec<(usize, String)> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| (e.line, e.error.to_string()))
+        .collect();
+    assert!(
+        errors.contains(&(
+            2,
+            "$: not valid UTF-8 (byte 60 of the line); the line is skipped".to_string()
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(l, e)| *l == 6 && e.contains("not valid UTF-8")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(l, e)| *l == 4 && e.contains("invalid JSON")),
+        "the pretty-printed transaction is rejected where it starts: {errors:?}"
+    );
+    assert_eq!(errors.len(), 3, "nothing else: {errors:?}");
+    // Valid UTF-8 parses as parse_stream does (ids are fresh per parse: compare users).
+    let text = format!("{}\n{}\nnot json\n", good("a@b"), good("c@d"));
+    let users =
+        |r: Vec<Result<Transaction, mailpush_core::LineError>>| -> Vec<Result<String, usize>> {
+            r.into_iter()
+                .map(|r| r.map(|t| t.user).map_err(|e| e.line))
+                .collect()
+        };
+    assert_eq!(
+        users(parse_stream_bytes(text.as_bytes())),
+        users(parse_stream(&text))
+    );
 }

@@ -214,6 +214,16 @@ pub fn dead_letters(letters: &[DeadLetter]) {
     eprintln!("{} dead letter(s)", letters.len());
 }
 
+/// Unix seconds as RFC 3339 (UTC); as `N (unix)` past year 9999, which RFC 3339 cannot
+/// write (a damaged record must not make `dlq show` fail).
+fn rfc3339(secs: u64) -> String {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs)) {
+        Some(at) if secs <= LAST => humantime::format_rfc3339_seconds(at).to_string(),
+        _ => format!("{secs} (unix)"),
+    }
+}
+
 /// `mailpush dlq show`.
 pub fn dead_letter(d: &DeadLetter) {
     println!(
@@ -221,13 +231,17 @@ pub fn dead_letter(d: &DeadLetter) {
         d.id, d.driver, d.txn.user, d.txn.id
     );
     for (i, a) in d.attempts.iter().enumerate() {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(a.at);
-        println!(
-            "attempt {}: at {}: {}",
-            i + 1,
-            humantime::format_rfc3339_seconds(at),
-            a.error
-        );
+        println!("attempt {}: at {}: {}", i + 1, rfc3339(a.at), a.error);
     }
     println!("{}", d.txn.to_json());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_print_as_rfc3339_and_never_fail() {
+        assert_eq!(super::rfc3339(1), "1970-01-01T00:00:01Z");
+        assert_eq!(super::rfc3339(u64::MAX), format!("{} (unix)", u64::MAX));
+        assert_eq!(super::rfc3339(253_402_300_800), "253402300800 (unix)");
+    }
 }

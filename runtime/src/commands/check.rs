@@ -138,13 +138,40 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
     })
 }
 
-/// Creates `dir` if it is missing and writes a file into it (removed again): what `run`
-/// will do there.
+/// Whether `run` can keep its data in `dir`: an existing directory is written to (a file,
+/// removed again); a missing one is not created here (`check` may run as another user
+/// than the service, and would leave it owned by that user), but its nearest existing
+/// ancestor must be a directory this user may write into.
 fn usable_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let probe = dir.join(format!(".mailpush-check-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)
+    use std::io::{Error, ErrorKind};
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(Error::new(ErrorKind::NotADirectory, "not a directory"));
+        }
+        let probe = dir.join(format!(".mailpush-check-{}", std::process::id()));
+        std::fs::write(&probe, b"")?;
+        return std::fs::remove_file(&probe);
+    }
+    let Some(ancestor) = dir.ancestors().skip(1).find(|a| a.exists()) else {
+        return Ok(());
+    };
+    if !ancestor.is_dir() {
+        return Err(Error::new(
+            ErrorKind::NotADirectory,
+            format!("{} is not a directory", ancestor.display()),
+        ));
+    }
+    let path = std::ffi::CString::new(ancestor.as_os_str().as_encoded_bytes())
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        let e = Error::last_os_error();
+        return Err(Error::new(
+            e.kind(),
+            format!("cannot create it in {}: {e}", ancestor.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// `check --prune-cache`: deletes the AOT cache's artifacts of components no driver of a
