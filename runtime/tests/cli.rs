@@ -370,6 +370,11 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let (ok, _, stderr) = run(&["dlq", "list", "--driver", "ox"]);
+    assert!(
+        !ok && stderr.contains("`ox` is not a driver number: 1 for push_notification_driver"),
+        "{stderr}"
+    );
     let (ok, stdout, _) = run(&["dlq", "list", "--driver", "2"]);
     assert!(
         ok && stdout.contains("d1") && stdout.contains("webhook answered 400"),

@@ -261,7 +261,7 @@ pub enum DlqCommand {
     List {
         /// Only this driver's, by its number (1 for `push_notification_driver`, 2 for
         /// `push_notification_driver2`, …; the `#` column of `mailpush check`).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = driver_number)]
         driver: Option<u32>,
     },
     /// Show one dead letter: the transaction and every attempt's time and error.
@@ -282,7 +282,7 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
         /// With `--all`: only this driver's, by its number (as in `mailpush check`).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = driver_number)]
         driver: Option<u32>,
     },
     /// Delete dead letters for good.
@@ -297,9 +297,18 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
         /// With `--all`: only this driver's, by its number (as in `mailpush check`).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = driver_number)]
         driver: Option<u32>,
     },
+}
+
+/// `--driver N`: a driver's number as `mailpush check` shows it.
+fn driver_number(s: &str) -> Result<u32, String> {
+    s.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        format!(
+            "`{s}` is not a driver number: 1 for push_notification_driver, 2 for push_notification_driver2, … (the # column of `mailpush check`)"
+        )
+    })
 }
 
 #[derive(Debug, Args)]
