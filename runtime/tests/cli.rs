@@ -707,3 +707,35 @@ fn status_without_a_running_instance_says_so_once() {
         "{stderr}"
     );
 }
+
+/// With `--log-format json`, `run` refusing a config says so as a JSON line like every
+/// other line it logs (a log shipper must not meet plain text).
+#[test]
+fn run_refusing_a_config_logs_json_with_log_format_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n}\nplugin {\n push_notification_driver = nosuch\n}\n",
+    )
+    .unwrap();
+    let out = mailpush()
+        .args(["--log-format", "json", "run", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refusing to start") && m.contains("nosuch"))),
+        "{stderr}"
+    );
+}

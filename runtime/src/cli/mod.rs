@@ -405,6 +405,14 @@ pub fn main() -> ExitCode {
     runtime.shutdown_timeout(BLOCKING_GRACE);
     match result {
         Ok(code) => code,
+        // The service's last word goes where its log goes, in its format: a log shipper
+        // reading JSON lines must not meet a line of plain text.
+        Err(e)
+            if matches!(cli.command, Command::Run) && cli.global.log_format == LogFormat::Json =>
+        {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("mailpush: {e:#}");
             ExitCode::FAILURE
