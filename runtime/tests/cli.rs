@@ -46,6 +46,11 @@ fn check_explains_unknown_driver_bad_line_and_gap() {
     assert!(stderr.contains("expected `key = value`"), "{stderr}");
     // ... and, in the same run, the unknown driver and the numbering gap.
     assert!(stderr.contains("mailpush.conf:6"), "{stderr}");
+    // In the order of the file, though the bad line was found first.
+    assert!(
+        stderr.find("mailpush.conf:6") < stderr.find("mailpush.conf:7"),
+        "{stderr}"
+    );
     assert!(stderr.contains("driver 2 (push_notification_driver2): unknown push notification driver `nosuch`; known drivers: dlog"), "{stderr}");
     assert!(
         stderr.contains(

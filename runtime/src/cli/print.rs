@@ -15,7 +15,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             for w in warnings {
                 eprintln!("warning: {w}");
             }
-            for e in errors {
+            for e in in_file_order(errors) {
                 eprintln!("error: {e}");
             }
             eprintln!(
@@ -61,7 +61,7 @@ pub fn check(path: &Path, report: &CheckReport) {
                 println!("OK: {} driver(s) ready", drivers.len());
             } else {
                 eprintln!();
-                for e in errors {
+                for e in in_file_order(errors) {
                     eprintln!("error: {e}");
                 }
                 eprintln!(
@@ -71,6 +71,32 @@ pub fn check(path: &Path, report: &CheckReport) {
             }
         }
     }
+}
+
+/// Errors in the order of the files (as first named) and of lines within each, those
+/// about no place first: the order they were found in (syntax, then drivers) is not
+/// the order of the file a person reads.
+fn in_file_order(errors: &[mailpush_config::ConfigError]) -> Vec<&mailpush_config::ConfigError> {
+    let mut files: Vec<&Path> = Vec::new();
+    for e in errors {
+        if let Some(l) = &e.location {
+            if !files.contains(&l.file.as_path()) {
+                files.push(&l.file);
+            }
+        }
+    }
+    let mut sorted: Vec<_> = errors.iter().collect();
+    sorted.sort_by_key(|e| match &e.location {
+        None => (0, 0),
+        Some(l) => (
+            1 + files
+                .iter()
+                .position(|f| *f == l.file.as_path())
+                .unwrap_or(0),
+            l.line,
+        ),
+    });
+    sorted
 }
 
 /// `mailpush send`: per-driver counts on stderr (stdout may carry dlog lines).
