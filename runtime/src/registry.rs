@@ -135,19 +135,20 @@ impl DriverRegistry {
         let initialised = match result {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => {
-                // An init error may quote the arguments (a URL that did not parse).
-                return Err(fail(mailpush_core::args::redact_text(&format!(
+                // An init error may quote the arguments (a URL that did not parse): a
+                // ConfigError is redacted where it is displayed.
+                return Err(fail(format!(
                     "driver {} ({}) failed to initialise: {e}",
                     setting.number, setting.name
-                ))));
+                )));
             }
             Err(panic) => {
-                return Err(fail(mailpush_core::args::redact_text(&format!(
+                return Err(fail(format!(
                     "driver {} ({}) panicked during init: {}",
                     setting.number,
                     setting.name,
                     panic_message(&panic)
-                ))))
+                )))
             }
         };
         let hashes: Vec<&str> = initialised

@@ -13,15 +13,20 @@ fn repo(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `mailpush ARGS -c conf`: whether it succeeded, its stdout, its stderr.
+fn output(args: &[&str], conf: impl AsRef<std::ffi::OsStr>) -> (bool, String, String) {
+    let out = mailpush().args(args).arg("-c").arg(conf).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `mailpush check -c conf`: whether it passed, and its stdout then stderr.
 fn check(conf: &std::path::Path) -> (bool, String) {
-    let out = mailpush().args(["check", "-c"]).arg(conf).output().unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), all)
+    let (ok, stdout, stderr) = output(&["check"], conf);
+    (ok, format!("{stdout}{stderr}"))
 }
 
 #[test]
@@ -367,14 +372,7 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
             .unwrap();
         spool.append(&[], &[]).unwrap(); // round trip: the dead letter is committed
     }
-    let run = |args: &[&str]| {
-        let out = mailpush().args(args).arg("-c").arg(&conf).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| output(args, &conf);
     let (ok, _, stderr) = run(&["dlq", "list", "--driver", "ox"]);
     assert!(
         !ok && stderr.contains("`ox` is not a driver number: 1 for push_notification_driver"),
@@ -642,13 +640,11 @@ fn check_warns_about_typos_that_would_pass_silently() {
 /// target name): it is refused, saying what a level is.
 #[test]
 fn a_mistyped_log_level_is_refused() {
-    let out = mailpush()
-        .args(["--log-level", "warnn", "check", "-c"])
-        .arg(repo("examples/mailpush.conf"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, _, stderr) = output(
+        &["--log-level", "warnn", "check"],
+        repo("examples/mailpush.conf"),
+    );
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("invalid --log-level `warnn`: `warnn` is not a level"),
         "{stderr}"
@@ -694,13 +690,8 @@ fn status_without_a_running_instance_says_so_once() {
         format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n"),
     )
     .unwrap();
-    let out = mailpush()
-        .args(["status", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, _, stderr) = output(&["status"], &conf);
+    assert!(!ok, "{stderr}");
     assert_eq!(
         stderr.matches("cannot reach mailpush at").count(),
         1,
@@ -724,13 +715,8 @@ fn run_refusing_a_config_logs_json_with_log_format_json() {
         "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n}\nplugin {\n push_notification_driver = nosuch\n}\n",
     )
     .unwrap();
-    let out = mailpush()
-        .args(["--log-format", "json", "run", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let (ok, _, stderr) = output(&["--log-format", "json", "run"], &conf);
+    assert!(!ok, "{stderr}");
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
