@@ -15,6 +15,7 @@ use mailpush_config::{Config, ConfigError, DovecotSyntax, DriverSetting, Locatio
 pub struct DriverRegistry {
     factories: Vec<Arc<dyn DriverFactory>>,
     background_load: bool,
+    check_only: bool,
 }
 
 impl Default for DriverRegistry {
@@ -35,6 +36,7 @@ impl DriverRegistry {
         DriverRegistry {
             factories: Vec::new(),
             background_load: false,
+            check_only: false,
         }
     }
 
@@ -42,6 +44,12 @@ impl DriverRegistry {
     /// for a runtime that serves while they load. Off by default.
     pub fn load_in_background(&mut self, yes: bool) {
         self.background_load = yes;
+    }
+
+    /// Initialises drivers only to check them ([`DriverInit::check_only`]): for
+    /// `mailpush check`. Off by default.
+    pub fn only_check(&mut self, yes: bool) {
+        self.check_only = yes;
     }
 
     /// Adds a driver kind. A later registration of the same name replaces the earlier.
@@ -127,6 +135,7 @@ impl DriverRegistry {
             breaker: policy.breaker.clone(),
             plugin_env: Arc::new(config.plugin_env.clone()),
             background_load: self.background_load,
+            check_only: self.check_only,
         };
         // A panicking init must not take the process down: report it like a failed init.
         let result =

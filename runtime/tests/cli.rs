@@ -397,10 +397,17 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
             && stdout.contains("\"id\":\"d1\""),
         "{stdout}"
     );
-    let (ok, _, stderr) = run(&["dlq", "replay"]);
+    for verb in ["replay", "purge"] {
+        let (ok, _, stderr) = run(&["dlq", verb]);
+        assert!(
+            !ok && stderr.contains("required") && stderr.contains("<ID|--all>"),
+            "an id or --all is required: {stderr}"
+        );
+    }
+    let (ok, _, stderr) = run(&["dlq", "show", "d1"]);
     assert!(
-        !ok && stderr.contains("required") && stderr.contains("<ID>"),
-        "an id or --all is required: {stderr}"
+        !ok && stderr.contains("`d1` is not a dead letter's id: the number in the first column"),
+        "{stderr}"
     );
     let (ok, stdout, _) = run(&["dlq", "replay", &id]);
     assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
@@ -499,8 +506,18 @@ fn metadata_cli_round_trip_persistence_and_doveadm_style_errors() {
     let (code, _, stderr) = run(&["metadata", "set", "-u", "u", "-s", "", key]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("missing VALUE"), "{stderr}");
-    let (code, _, _) = run(&["metadata", "set", "-u", "u"]);
+    let (code, _, stderr) = run(&["metadata", "set", "-u", "u"]);
     assert_eq!(code, Some(64));
+    assert!(stderr.contains("missing KEY and VALUE"), "{stderr}");
+    let (code, _, stderr) = run(&["metadata", "set", "-u", "u", key]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("missing VALUE after the key"), "{stderr}");
+    // The usage line shows the mailbox as optional, as doveadm takes it.
+    let (_, stdout, _) = run(&["metadata", "set", "--help"]);
+    assert!(
+        stdout.contains("Usage: mailpush metadata set -u <USER> [-s] [MAILBOX] <KEY> <VALUE>"),
+        "{stdout}"
+    );
     let (code, _, stderr) = run(&["metadata", "list", "INBOX"]);
     assert_eq!(code, Some(64), "{stderr}");
 }
@@ -634,6 +651,58 @@ fn check_warns_about_typos_that_would_pass_silently() {
         out.contains("mailpush.conf:3: mailpush { state_dir } overrides the value set at"),
         "{out}"
     );
+}
+
+/// `check` opens a dlog's file, as `run` would, but adds no lines to it: checking a
+/// config must leave the operator's log (or the standard output `check` prints its
+/// table to) as it was.
+#[test]
+fn check_writes_nothing_to_a_dlog_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    let log = dir.path().join("push.log");
+    std::fs::write(&log, "earlier line\n").unwrap();
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:file=push.log\n push_notification_driver2 = dlog:file=/dev/stdout\n}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = output(&["check"], &conf);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "earlier line\n");
+    assert!(
+        !stdout.contains("push_notification plugin hook"),
+        "{stdout}"
+    );
+    assert!(stdout.starts_with("config: "), "{stdout}");
+    // A file it could not open still fails the check.
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:file=no/such/dir/push.log\n}\n",
+    )
+    .unwrap();
+    let (ok, all) = check(&conf);
+    assert!(!ok && all.contains("cannot open"), "{all}");
+}
+
+/// A number argument that does not parse says what it should be, not clap's
+/// "invalid digit found in string".
+#[test]
+fn a_bad_reply_status_says_what_a_status_is() {
+    for bad in ["abc", "700"] {
+        let out = mailpush()
+            .args(["driver", "test", "x.wasm", "--reply", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && stderr.contains(&format!(
+                    "`{bad}` is not an HTTP status: a number from 100 to 599"
+                )),
+            "{stderr}"
+        );
+    }
 }
 
 /// A mistyped `--log-level` would switch every log line off (tracing takes it for a

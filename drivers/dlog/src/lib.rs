@@ -55,6 +55,7 @@ impl DriverFactory for DlogFactory {
         let output = Arc::new(DlogOutput {
             number: init.number,
             sink: sink.map(|(path, file)| DlogFile { path, file }),
+            check_only: init.check_only,
         });
         let mut lines = vec!["Called init push_notification plugin hook.".to_string()];
         if let Some(raw) = &init.raw {
@@ -62,7 +63,11 @@ impl DriverFactory for DlogFactory {
                 "Config string for dlog push_notification driver: {raw}"
             ));
         }
-        output.write(&lines).map_err(|f| InitError(f.reason))?;
+        // `mailpush check` opens the file (so it fails as `run` would) but writes
+        // nothing to it: checking a config must not add lines to the operator's log.
+        if !init.check_only {
+            output.write(&lines).map_err(|f| InitError(f.reason))?;
+        }
         let mut out = Initialised::new(Arc::new(DlogDriver(output.clone())));
         if let Some(f) = &output.sink {
             out.details.push(format!("file: {}", f.path.display()));
@@ -87,6 +92,8 @@ struct DlogFile {
 struct DlogOutput {
     number: u32,
     sink: Option<DlogFile>,
+    /// Initialised by `mailpush check`: the init and deinit lines are not written.
+    check_only: bool,
 }
 
 /// The dlog driver.
@@ -142,6 +149,9 @@ impl Driver for DlogDriver {
     }
 
     async fn deinit(&self) {
+        if self.0.check_only {
+            return;
+        }
         // Shutdown-time lines; a write error here has nobody left to report to but the log.
         if let Err(e) = self.0.write(&[
             "Called deinit push_notification plugin hook.".to_string(),

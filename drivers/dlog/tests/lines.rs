@@ -41,6 +41,7 @@ fn driver_init(dir: &Path, args: &str, raw: Option<&str>) -> DriverInit {
         breaker: Default::default(),
         plugin_env: Default::default(),
         background_load: false,
+        check_only: false,
     }
 }
 
@@ -250,6 +251,32 @@ async fn file_is_appended_to_not_truncated() {
         std::fs::read_to_string(&path).unwrap(),
         format!("earlier line\n{INIT}\n")
     );
+}
+
+/// `mailpush check` opens the file, so a path `run` could not use fails the check, but
+/// adds nothing to it: checking a config must leave the operator's log as it was.
+#[tokio::test]
+async fn a_check_writes_no_lines_but_still_fails_on_a_file_it_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlog.log");
+    std::fs::write(&path, "earlier line\n").unwrap();
+    let mut init = driver_init(
+        dir.path(),
+        &format!("file={}", path.display()),
+        Some("file=x"),
+    );
+    init.check_only = true;
+    let initialised = DlogFactory.init(&init).await.unwrap();
+    initialised.driver.deinit().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "earlier line\n");
+
+    let missing = dir.path().join("no/such/dir/dlog.log");
+    let mut init = driver_init(dir.path(), &format!("file={}", missing.display()), None);
+    init.check_only = true;
+    let Err(e) = DlogFactory.init(&init).await else {
+        panic!("a check of {} succeeded", missing.display());
+    };
+    assert!(e.0.contains("cannot open"), "{e}");
 }
 
 #[tokio::test]

@@ -295,6 +295,7 @@ mod tests {
             breaker: Default::default(),
             plugin_env: Default::default(),
             background_load: false,
+            check_only: false,
         }
     }
 

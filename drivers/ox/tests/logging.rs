@@ -25,6 +25,7 @@ fn init(args: &str) -> DriverInit {
         breaker: Default::default(),
         plugin_env: Default::default(),
         background_load: false,
+        check_only: false,
     }
 }
 

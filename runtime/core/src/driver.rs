@@ -115,6 +115,11 @@ pub struct DriverInit {
     /// [`Driver::loading`]. False where everything must be loaded before the command
     /// goes on (`check`, `send`, `driver test`).
     pub background_load: bool,
+    /// The config is only being checked (`mailpush check`): the driver is deinitialised
+    /// again without delivering anything. It should find what would fail at `run`
+    /// (a file it cannot open, an argument it cannot use) and leave no other trace: no
+    /// lines written to its output (an operator's log file), no requests made.
+    pub check_only: bool,
 }
 
 impl DriverInit {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use mailpush_core::NoMetadata;
 
 use crate::commands::check::check;
@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Config file (Dovecot syntax: `plugin { push_notification_driver = … }` plus a
-    /// `mailpush { }` block).
+    /// `mailpush { }` block). The `driver` commands read none.
     #[arg(
         short = 'c',
         long = "config",
@@ -63,6 +63,7 @@ pub enum Command {
     /// Parse the config, initialise every driver, print the driver table and warnings.
     ///
     /// Exits non-zero, listing every error with file:line, when the config is unusable.
+    /// Drivers are initialised but write nothing (a dlog's file is opened, not written).
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
     /// starts without compiling them: run it before deploying a new driver.
     #[command(
@@ -177,7 +178,7 @@ pub struct DriverTestArgs {
     pub args: Vec<String>,
     /// The HTTP status the recording endpoint answers (try 503 or 429 to see your
     /// driver's failure handling).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = http_status)]
     pub reply: u16,
     /// Compile the component afresh (do not use or fill the compiled-component cache in
     /// ~/.cache/mailpush).
@@ -203,36 +204,42 @@ pub struct MetadataTarget {
 #[derive(Debug, Subcommand)]
 pub enum MetadataCommand {
     /// Set a value: `set -u USER [-s] [""] KEY VALUE`.
+    #[command(override_usage = "mailpush metadata set -u <USER> [-s] [MAILBOX] <KEY> <VALUE>")]
     #[command(
         after_help = "Example (as with doveadm):\n  mailpush metadata set -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify user=11@3"
     )]
     Set {
         #[command(flatten)]
         target: MetadataTarget,
-        /// [MAILBOX] KEY VALUE
-        #[arg(num_args = 2..=3, required = true, value_names = ["MAILBOX", "KEY", "VALUE"])]
+        /// [MAILBOX] KEY VALUE: the mailbox "" (server METADATA) or left out; the key
+        /// starts with /private/ or /shared/.
+        #[arg(num_args = 0..=3, value_name = "ARGS")]
         args: Vec<String>,
     },
     /// Print a value: `get -u USER [-s] [""] KEY`.
+    #[command(override_usage = "mailpush metadata get -u <USER> [-s] [MAILBOX] <KEY>")]
     #[command(
         after_help = "Example:\n  mailpush metadata get -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify"
     )]
     Get {
         #[command(flatten)]
         target: MetadataTarget,
-        /// [MAILBOX] KEY
-        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        /// [MAILBOX] KEY: the mailbox "" (server METADATA) or left out; the key starts
+        /// with /private/ or /shared/.
+        #[arg(num_args = 0..=2, value_name = "ARGS")]
         args: Vec<String>,
     },
     /// Remove a value: `unset -u USER [-s] [""] KEY`.
+    #[command(override_usage = "mailpush metadata unset -u <USER> [-s] [MAILBOX] <KEY>")]
     #[command(
         after_help = "Example:\n  mailpush metadata unset -u user@example.com -s \"\" \\\n    /private/vendor/vendor.dovecot/http-notify"
     )]
     Unset {
         #[command(flatten)]
         target: MetadataTarget,
-        /// [MAILBOX] KEY
-        #[arg(num_args = 1..=2, required = true, value_names = ["MAILBOX", "KEY"])]
+        /// [MAILBOX] KEY: the mailbox "" (server METADATA) or left out; the key starts
+        /// with /private/ or /shared/.
+        #[arg(num_args = 0..=2, value_name = "ARGS")]
         args: Vec<String>,
     },
     /// List values, of every user or of one: `list [-u USER] [-s] [""]`.
@@ -268,15 +275,17 @@ pub enum DlqCommand {
     #[command(after_help = "Example:\n  mailpush dlq show 17")]
     Show {
         /// The dead letter's id (the first column of `mailpush dlq list`).
+        #[arg(value_parser = dead_letter_id)]
         id: i64,
     },
     /// Deliver dead letters again (to the driver that gave up on them).
+    #[command(group = ArgGroup::new("which").args(["id", "all"]).required(true))]
     #[command(
         after_help = "Examples:\n  mailpush dlq replay 17\n  mailpush dlq replay --all --driver 2"
     )]
     Replay {
         /// The dead letter's id (or `--all`).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(value_parser = dead_letter_id)]
         id: Option<i64>,
         /// Every dead letter (of `--driver`, if given).
         #[arg(long)]
@@ -286,12 +295,13 @@ pub enum DlqCommand {
         driver: Option<u32>,
     },
     /// Delete dead letters for good.
+    #[command(group = ArgGroup::new("which").args(["id", "all"]).required(true))]
     #[command(
         after_help = "Examples:\n  mailpush dlq purge 17\n  mailpush dlq purge --all --driver 2"
     )]
     Purge {
         /// The dead letter's id (or `--all`).
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(value_parser = dead_letter_id)]
         id: Option<i64>,
         /// Every dead letter (of `--driver`, if given).
         #[arg(long)]
@@ -300,6 +310,21 @@ pub enum DlqCommand {
         #[arg(long, value_name = "N", value_parser = driver_number)]
         driver: Option<u32>,
     },
+}
+
+/// A dead letter's id, as `mailpush dlq list` shows it.
+fn dead_letter_id(s: &str) -> Result<i64, String> {
+    s.parse::<i64>().map_err(|_| {
+        format!("`{s}` is not a dead letter's id: the number in the first column of `mailpush dlq list`")
+    })
+}
+
+/// `--reply STATUS`: an HTTP status code.
+fn http_status(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| (100..=599).contains(n))
+        .ok_or_else(|| format!("`{s}` is not an HTTP status: a number from 100 to 599, e.g. 503"))
 }
 
 /// `--driver N`: a driver's number as `mailpush check` shows it.
@@ -473,7 +498,9 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<ExitCode> {
-    let report = check(&global.config, &DriverRegistry::default())
+    let mut registry = DriverRegistry::default();
+    registry.only_check(true);
+    let report = check(&global.config, &registry)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     print::check(&global.config, &report);

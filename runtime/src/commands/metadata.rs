@@ -43,11 +43,27 @@ pub fn server_mailbox(m: &str) -> Result<(), Usage> {
 /// Splits `[MAILBOX] KEY [VALUE]` as doveadm takes them; `with_value` for `set`.
 pub fn key_args(args: &[String], with_value: bool) -> Result<(String, Option<String>), Usage> {
     let n = if with_value { 2 } else { 1 };
-    // `set -u U -s "" KEY` (the mailbox given, the value forgotten).
-    if with_value && args.len() == 2 && args[0].is_empty() {
+    let usage = if with_value {
+        "usage: mailpush metadata set -u USER [-s] [\"\"] KEY VALUE"
+    } else {
+        "usage: mailpush metadata get|unset -u USER [-s] [\"\"] KEY"
+    };
+    if args.is_empty() {
         return Err(Usage(format!(
-            "missing VALUE after the key {}: usage: mailpush metadata set -u USER [-s] [\"\"] KEY VALUE",
-            args[1]
+            "missing KEY{}: {usage}",
+            if with_value { " and VALUE" } else { "" }
+        )));
+    }
+    if args.len() > n + 1 {
+        return Err(Usage(format!("too many arguments: {usage}")));
+    }
+    // `set -u U KEY` or `set -u U -s "" KEY` (the value forgotten).
+    if with_value && (args.len() == 1 || (args.len() == 2 && args[0].is_empty())) {
+        let key = &args[args.len() - 1];
+        validate_key(key).map_err(|e| Usage(e.0))?;
+        return Err(Usage(format!(
+            "missing VALUE after the key {}: {usage}",
+            args[args.len() - 1]
         )));
     }
     let (mailbox, rest) = if args.len() > n {
@@ -136,6 +152,17 @@ mod tests {
             .0
             .contains("missing VALUE"));
         assert!(key_args(&args(&["nokey"]), false).is_err());
+        // What clap no longer checks: the count, each with the usage line.
+        let usage = |a: &[&str], with_value| key_args(&args(a), with_value).unwrap_err().0;
+        assert!(usage(&[], true).starts_with("missing KEY and VALUE: usage: mailpush metadata set"));
+        assert!(usage(&[], false).starts_with("missing KEY: usage: mailpush metadata get|unset"));
+        assert!(usage(&[key], true).starts_with(&format!("missing VALUE after the key {key}")));
+        assert!(
+            usage(&["nokey"], true).contains("/private/"),
+            "the key's error first"
+        );
+        assert!(usage(&["", key, "v", "w"], true).starts_with("too many arguments"));
+        assert!(usage(&["", key, "v"], false).starts_with("too many arguments"));
     }
 
     #[test]
