@@ -154,7 +154,7 @@ pub async fn load(
         Arc::new(NoMetadata),
     )
     .await
-    .unwrap_or_else(|e| panic!("loading {}: {}", path.display(), e.0))
+    .unwrap_or_else(|e| panic!("loading {}: {}", path.display(), e.message))
 }
 
 /// The bench handler as a component driver with a warm instance (`instance=reuse`,

@@ -111,13 +111,29 @@ impl DriverRegistry {
             text: quoted(setting),
             message,
         };
+        // An error about one argument points at the line that set it, where a 2.4 block
+        // gives it one.
+        let fail_at = |arg: &Option<String>, message: String| match arg
+            .as_ref()
+            .and_then(|a| setting.arg_lines.get(a))
+        {
+            Some(line) => ConfigError {
+                location: Some(line.location.clone()),
+                text: line.text.clone(),
+                message,
+            },
+            None => fail(message),
+        };
         let factory = self.factory_for(setting)?;
         let mut args = setting.args.clone();
         let policy = DeliveryPolicy::from_args(&mut args).map_err(|e| {
-            fail(format!(
-                "driver {} ({}): {}",
-                setting.number, setting.name, e.0
-            ))
+            fail_at(
+                &e.arg,
+                format!(
+                    "driver {} ({}): {}",
+                    setting.number, setting.name, e.message
+                ),
+            )
         })?;
         let init = DriverInit {
             number: setting.number,
@@ -146,10 +162,13 @@ impl DriverRegistry {
             Ok(Err(e)) => {
                 // An init error may quote the arguments (a URL that did not parse): a
                 // ConfigError is redacted where it is displayed.
-                return Err(fail(format!(
-                    "driver {} ({}) failed to initialise: {e}",
-                    setting.number, setting.name
-                )));
+                return Err(fail_at(
+                    &e.arg,
+                    format!(
+                        "driver {} ({}) failed to initialise: {e}",
+                        setting.number, setting.name
+                    ),
+                ));
             }
             Err(panic) => {
                 return Err(fail(format!(

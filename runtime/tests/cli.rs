@@ -685,6 +685,33 @@ fn check_writes_nothing_to_a_dlog_file() {
     assert!(!ok && all.contains("cannot open"), "{all}");
 }
 
+/// In a Dovecot 2.4 block every argument has a line of its own: a driver's error about
+/// one points at that line and quotes it (password hidden), not the block's first line.
+#[test]
+fn an_init_error_in_a_24_block_points_at_the_settings_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n}\npush_notification ox {\n  driver = ox\n  ox_url = http//user:hunter2@ox.example/x\n}\npush_notification log {\n  driver = dlog\n  retry = soon\n}\n",
+    )
+    .unwrap();
+    let (ok, all) = check(&conf);
+    assert!(!ok, "{all}");
+    assert!(
+        all.contains(
+            "mailpush.conf:6: driver 1 (ox) failed to initialise: Failed to parse OX REST URL"
+        ) && all.contains("| ox_url = http//user:***@ox.example/x"),
+        "{all}"
+    );
+    assert!(
+        all.contains("mailpush.conf:10: driver 2 (dlog): retry=soon")
+            && all.contains("| retry = soon"),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
 /// A number argument that does not parse says what it should be, not clap's
 /// "invalid digit found in string".
 #[test]

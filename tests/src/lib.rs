@@ -603,7 +603,7 @@ pub async fn load_wasm(
     });
     mailpush::wasm::WasmDriver::load(tag, component, sandbox, args, engines, metadata)
         .await
-        .unwrap_or_else(|e| panic!("{}: {}", component.display(), e.0))
+        .unwrap_or_else(|e| panic!("{}: {}", component.display(), e.message))
 }
 
 pub fn write_config(dir: &Path, text: &str) -> Config {

@@ -86,7 +86,7 @@ async fn load_read(
         Arc::new(NoMetadata),
     )
     .await
-    .map_err(|e| e.0)
+    .map_err(|e| e.message)
 }
 
 /// A driver loads from the file as it was already read (a big component's file is read

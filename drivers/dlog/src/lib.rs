@@ -29,8 +29,9 @@ impl DriverFactory for DlogFactory {
         let sink = match init.args.get("file") {
             None => None,
             Some("") => {
-                return Err(InitError(
-                    "file= needs a path, e.g. dlog:file=/var/log/mailpush/dlog.log".into(),
+                return Err(InitError::of_arg(
+                    "file",
+                    "file= needs a path, e.g. dlog:file=/var/log/mailpush/dlog.log",
                 ))
             }
             // The process's own standard output (not a re-opened /dev/stdout, which
@@ -46,7 +47,10 @@ impl DriverFactory for DlogFactory {
                     .append(true)
                     .open(&path)
                     .map_err(|e| {
-                        InitError(format!("cannot open {} for appending: {e}", path.display()))
+                        InitError::of_arg(
+                            "file",
+                            format!("cannot open {} for appending: {e}", path.display()),
+                        )
                     })?;
                 let out: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
                 Some((path, Mutex::new(out)))
@@ -66,7 +70,7 @@ impl DriverFactory for DlogFactory {
         // `mailpush check` opens the file (so it fails as `run` would) but writes
         // nothing to it: checking a config must not add lines to the operator's log.
         if !init.check_only {
-            output.write(&lines).map_err(|f| InitError(f.reason))?;
+            output.write(&lines).map_err(|f| InitError::new(f.reason))?;
         }
         let mut out = Initialised::new(Arc::new(DlogDriver(output.clone())));
         if let Some(f) = &output.sink {

@@ -276,7 +276,7 @@ async fn a_check_writes_no_lines_but_still_fails_on_a_file_it_cannot_open() {
     let Err(e) = DlogFactory.init(&init).await else {
         panic!("a check of {} succeeded", missing.display());
     };
-    assert!(e.0.contains("cannot open"), "{e}");
+    assert!(e.message.contains("cannot open"), "{e}");
 }
 
 #[tokio::test]
@@ -287,14 +287,14 @@ async fn init_fails_for_missing_directory_or_empty_file() {
     let Err(e) = DlogFactory.init(&init).await else {
         panic!("init succeeded with {}", missing.display());
     };
-    assert!(e.0.contains("cannot open"), "{e}");
-    assert!(e.0.contains(&missing.display().to_string()), "{e}");
+    assert!(e.message.contains("cannot open"), "{e}");
+    assert!(e.message.contains(&missing.display().to_string()), "{e}");
 
     let init = driver_init(dir.path(), "file=", Some("file="));
     let Err(e) = DlogFactory.init(&init).await else {
         panic!("init succeeded with file=");
     };
-    assert!(e.0.contains("file= needs a path"), "{e}");
+    assert!(e.message.contains("file= needs a path"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mailpush_core::args::{redact_text, redact_url};
-use mailpush_core::DriverArgs;
+use mailpush_core::{DriverArgs, InitError};
 
 /// Dovecot's defaults.
 pub const DEFAULT_CACHE_LIFETIME: Duration = Duration::from_secs(60);
@@ -273,15 +273,19 @@ impl OxConfig {
     /// Parses the args; returns the config and the warnings `mailpush check` shows
     /// (Dovecot's silent fallbacks, ignored keys). Errors are Dovecot's texts; the URL's
     /// password never appears in them.
-    pub fn parse(args: &DriverArgs) -> Result<(OxConfig, Vec<String>), String> {
+    pub fn parse(args: &DriverArgs) -> Result<(OxConfig, Vec<String>), InitError> {
         let mut warnings = Vec::new();
         let raw = args
             .get("url")
             .filter(|u| !u.is_empty())
-            .ok_or("Driver requires the url parameter")?;
+            .ok_or_else(|| InitError::of_arg("url", "Driver requires the url parameter"))?;
         let url_display = mask_password(raw);
-        let parsed = parse_url(raw)
-            .map_err(|e| format!("Failed to parse OX REST URL {url_display}: {e}"))?;
+        let parsed = parse_url(raw).map_err(|e| {
+            InitError::of_arg(
+                "url",
+                format!("Failed to parse OX REST URL {url_display}: {e}"),
+            )
+        })?;
 
         let cache_lifetime = match args.get("cache_lifetime") {
             None => DEFAULT_CACHE_LIFETIME,
@@ -291,7 +295,10 @@ impl OxConfig {
                 } else {
                     String::new()
                 };
-                format!("Failed to parse OX cache_lifetime {v}: {e}{hint}")
+                InitError::of_arg(
+                    "cache_lifetime",
+                    format!("Failed to parse OX cache_lifetime {v}: {e}{hint}"),
+                )
             })?,
         };
 
@@ -592,7 +599,7 @@ mod tests {
 
     #[test]
     fn init_errors_are_dovecots_and_never_show_the_password() {
-        let err = |a: &str| OxConfig::parse(&DriverArgs::parse(a)).unwrap_err();
+        let err = |a: &str| OxConfig::parse(&DriverArgs::parse(a)).unwrap_err().message;
         assert_eq!(err(""), "Driver requires the url parameter");
         assert_eq!(err("url="), "Driver requires the url parameter");
         assert_eq!(

@@ -64,17 +64,17 @@ impl DriverFactory for OxFactory {
     }
 
     async fn init(&self, init: &DriverInit) -> Result<Initialised, InitError> {
-        let (config, warnings) = OxConfig::parse(&init.args).map_err(InitError)?;
-        let ca_pem = match &config.ssl_ca_file {
-            Some(path) => {
-                let path = init.resolve_path(&path.to_string_lossy());
-                Some(
-                    std::fs::read(&path)
-                        .map_err(|e| InitError(format!("ssl_ca_file {}: {e}", path.display())))?,
-                )
-            }
-            None => None,
-        };
+        let (config, warnings) = OxConfig::parse(&init.args)?;
+        let ca_pem =
+            match &config.ssl_ca_file {
+                Some(path) => {
+                    let path = init.resolve_path(&path.to_string_lossy());
+                    Some(std::fs::read(&path).map_err(|e| {
+                        InitError::new(format!("ssl_ca_file {}: {e}", path.display()))
+                    })?)
+                }
+                None => None,
+            };
         tracing::debug!(
             target: "mailpush::ox",
             driver = init.number,
@@ -113,7 +113,8 @@ impl DriverFactory for OxFactory {
             number: init.number,
             cache: MetadataCache::new(config.cache_lifetime),
             user_from_metadata: config.user_from_metadata,
-            client: OxClient::new(config, init.number, ca_pem.as_deref()).map_err(InitError)?,
+            client: OxClient::new(config, init.number, ca_pem.as_deref())
+                .map_err(InitError::new)?,
             metadata: init.metadata.clone(),
             clock: self.clock.clone(),
         };
@@ -302,7 +303,12 @@ mod tests {
     #[tokio::test]
     async fn init_errors_and_details() {
         let err = |a: &'static str| async move {
-            OxFactory::default().init(&init(a)).await.err().unwrap().0
+            OxFactory::default()
+                .init(&init(a))
+                .await
+                .err()
+                .unwrap()
+                .message
         };
         assert_eq!(err("").await, "Driver requires the url parameter");
         assert!(err("url=http://h/ ssl_ca_file=missing.pem")
@@ -321,7 +327,7 @@ mod tests {
             .await
             .err()
             .unwrap()
-            .0;
+            .message;
         assert!(e.starts_with("ssl_ca_file: "), "{e}");
         let bundle = "/etc/ssl/certs/ca-certificates.crt";
         if std::path::Path::new(bundle).exists() {

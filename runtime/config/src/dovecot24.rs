@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use mailpush_core::DriverArgs;
 
 use super::error::{ConfigError, ConfigWarning, Location};
-use super::numbering::{DovecotSyntax, DriverSetting};
+use super::numbering::{ArgLine, DovecotSyntax, DriverSetting};
 use super::suggest::nearest;
 use super::syntax::{RawBlock, RawConfig, RawEntry};
 
@@ -411,6 +411,8 @@ struct Builder<'f> {
     args: DriverArgs,
     /// Which key (and line) of this block set each argument.
     set_by: BTreeMap<String, (String, Location)>,
+    /// The line that last set each argument, defaults' lines included.
+    lines: BTreeMap<String, ArgLine>,
     found: &'f mut Findings,
 }
 
@@ -429,6 +431,7 @@ impl Builder<'_> {
         self.args.set(arg, value);
         self.set_by
             .insert(arg.to_string(), (e.key.clone(), e.location.clone()));
+        self.lines.insert(arg.to_string(), ArgLine::of(e));
     }
 
     /// Removes a flag argument.
@@ -436,6 +439,7 @@ impl Builder<'_> {
         self.args.take(arg);
         self.set_by
             .insert(arg.to_string(), (e.key.clone(), e.location.clone()));
+        self.lines.insert(arg.to_string(), ArgLine::of(e));
     }
 
     fn error(&mut self, e: &RawEntry, message: String) {
@@ -639,13 +643,14 @@ fn driver_of(block: &RawBlock) -> (String, Option<&RawEntry>) {
 }
 
 /// The `push_notification_ox { }` defaults, as ox arguments.
-fn ox_defaults(raw: &RawConfig, found: &mut Findings) -> DriverArgs {
+fn ox_defaults(raw: &RawConfig, found: &mut Findings) -> (DriverArgs, BTreeMap<String, ArgLine>) {
     let mut b = Builder {
         what: "push_notification_ox".to_string(),
         block: "ox".to_string(),
         kind: Kind::Ox,
         args: DriverArgs::default(),
         set_by: BTreeMap::new(),
+        lines: BTreeMap::new(),
         found,
     };
     for e in &raw.ox_defaults {
@@ -659,14 +664,14 @@ fn ox_defaults(raw: &RawConfig, found: &mut Findings) -> DriverArgs {
             b.apply(e);
         }
     }
-    b.args
+    (b.args, b.lines)
 }
 
 /// Reads Dovecot 2.4's `push_notification NAME { }` blocks into driver settings,
 /// numbered in file order.
 pub fn select_blocks(raw: &mut RawConfig) -> Vec<DriverSetting> {
     let mut found = Findings::default();
-    let defaults = ox_defaults(raw, &mut found);
+    let (defaults, default_lines) = ox_defaults(raw, &mut found);
     let mut drivers = Vec::new();
     let mut any_ox = false;
     for (i, block) in raw.blocks.iter().enumerate() {
@@ -711,6 +716,11 @@ pub fn select_blocks(raw: &mut RawConfig) -> Vec<DriverSetting> {
                 DriverArgs::default()
             },
             set_by: BTreeMap::new(),
+            lines: if kind == Kind::Ox {
+                default_lines.clone()
+            } else {
+                BTreeMap::new()
+            },
             found: &mut found,
         };
         for e in &block.entries {
@@ -748,6 +758,7 @@ pub fn select_blocks(raw: &mut RawConfig) -> Vec<DriverSetting> {
             name,
             raw: None,
             args: b.args,
+            arg_lines: b.lines,
             location: block.location.clone(),
             syntax: DovecotSyntax::V24,
         });

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
-pub use numbering::{DovecotSyntax, DriverSetting};
+pub use numbering::{ArgLine, DovecotSyntax, DriverSetting};
 pub use settings::{ClusterSettings, ConnectionLimits, RuntimeSettings};
 
 /// A config that does not load: its errors, with the warnings and the driver settings

@@ -49,8 +49,29 @@ pub struct DriverSetting {
     pub args: DriverArgs,
     /// The line (2.3), or the block's opening line (2.4).
     pub location: Location,
+    /// A 2.4 block's arguments, each with the line that set it (`url` from
+    /// `ox_url = …`), so an error about one argument points at its line; empty for
+    /// 2.3, whose arguments are all on [`DriverSetting::location`]'s line.
+    pub arg_lines: std::collections::BTreeMap<String, ArgLine>,
     /// Which syntax the setting is written in.
     pub syntax: DovecotSyntax,
+}
+
+/// The line that set one argument of a 2.4 block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgLine {
+    pub location: Location,
+    /// The line as written (trimmed).
+    pub text: String,
+}
+
+impl ArgLine {
+    pub(crate) fn of(e: &crate::syntax::RawEntry) -> Self {
+        ArgLine {
+            location: e.location.clone(),
+            text: e.text.clone(),
+        }
+    }
 }
 
 /// The setting name for driver number `n` under `base` (`push_notification_driver`).
@@ -239,6 +260,7 @@ fn select_numbered(raw: &mut RawConfig, base: &str) -> Vec<DriverSetting> {
                 args: DriverArgs::parse(raw_args.as_deref().unwrap_or("")),
                 raw: raw_args,
                 location: setting.location,
+                arg_lines: Default::default(),
                 syntax: DovecotSyntax::V23,
             });
         }

@@ -323,6 +323,29 @@ fn the_ox_filter_sets_defaults_for_every_ox_block() {
         ))
     );
     assert!(c.drivers[2].args.is_empty());
+    // Each argument keeps the line that set it, a default's included, so an error about
+    // one (an ox URL that does not parse) can point there.
+    let line = |d: usize, arg: &str| {
+        c.drivers[d]
+            .arg_lines
+            .get(arg)
+            .map(|l| (l.location.line, l.text.clone()))
+    };
+    assert_eq!(line(0, "url"), Some((7, "url = http://a/".into())));
+    assert_eq!(line(1, "url"), Some((11, "ox_url = http://b/".into())));
+    assert_eq!(
+        line(1, "timeout_msecs"),
+        Some((12, "http_client_request_timeout = 2s".into()))
+    );
+    assert_eq!(
+        line(0, "timeout_msecs"),
+        Some((3, "http_client_request_timeout = 1min".into()))
+    );
+    assert_eq!(
+        line(1, "cache_lifetime"),
+        Some((5, "push_notification_ox/ox_cache_ttl = 10s".into()))
+    );
+    assert!(c.drivers[2].arg_lines.is_empty());
 
     // Without an ox block it applies to nothing.
     let c = parse("push_notification_ox {\n  http_client_request_max_attempts = 2\n}\npush_notification dlog {\n}\n");

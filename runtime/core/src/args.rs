@@ -79,7 +79,7 @@ impl DriverArgs {
             None => Ok(None),
             Some(v) => parse(&v)
                 .map(Some)
-                .ok_or_else(|| InitError(format!("{key}={v}: expected {expected}"))),
+                .ok_or_else(|| InitError::of_arg(key, format!("{key}={v}: expected {expected}"))),
         }
     }
 
@@ -438,11 +438,11 @@ mod tests {
         assert!(!a.take_flag("f"), "taken");
         assert_eq!(a.take_number::<u32>("absent", "5").unwrap(), None);
         assert_eq!(
-            a.take_number::<u32>("bad_n", "5").unwrap_err().0,
+            a.take_number::<u32>("bad_n", "5").unwrap_err().message,
             "bad_n=x: expected a number, e.g. bad_n=5"
         );
         assert_eq!(
-            a.take_msecs("bad_t", "100").unwrap_err().0,
+            a.take_msecs("bad_t", "100").unwrap_err().message,
             "bad_t=soon: expected milliseconds, e.g. bad_t=100"
         );
         assert!(a.is_empty());

@@ -79,8 +79,33 @@ impl Failure {
 /// An error from a driver's `init`: the message is reported with the driver's number
 /// and name by the registry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InitError(pub String);
+#[error("{message}")]
+pub struct InitError {
+    /// What went wrong.
+    pub message: String,
+    /// The argument it is about (`url`, `timeout_msecs`), when it is about one: where
+    /// a Dovecot 2.4 block gives each argument a line of its own, the error points at
+    /// that line rather than at the block.
+    pub arg: Option<String>,
+}
+
+impl InitError {
+    /// An error about the driver as a whole.
+    pub fn new(message: impl Into<String>) -> Self {
+        InitError {
+            message: message.into(),
+            arg: None,
+        }
+    }
+
+    /// An error about the argument `arg`.
+    pub fn of_arg(arg: &str, message: impl Into<String>) -> Self {
+        InitError {
+            message: message.into(),
+            arg: Some(arg.to_string()),
+        }
+    }
+}
 
 /// Everything a driver is given at init.
 #[derive(Clone)]

@@ -168,7 +168,7 @@ pub async fn run(
     let line = given.join(" ");
     let mut args = DriverArgs::parse(&line);
     let sandbox = Sandbox::from_args(&mut args)
-        .map_err(|e| DriverTestError::Load(test.component.clone(), e.0))?;
+        .map_err(|e| DriverTestError::Load(test.component.clone(), e.message))?;
     let engines = Engines::shared(test.cache_dir.clone());
     let tag = Arc::new(DriverTag {
         number: 1,
@@ -178,7 +178,7 @@ pub async fn run(
     let metadata: Arc<dyn MetadataLookup> = Arc::new(NoMetadata);
     let driver = WasmDriver::load(tag, &test.component, sandbox, args, &engines, metadata)
         .await
-        .map_err(|e| DriverTestError::Load(test.component.clone(), e.0))?;
+        .map_err(|e| DriverTestError::Load(test.component.clone(), e.message))?;
     let load_time = started.elapsed();
     let details = driver.details();
     captured.take();

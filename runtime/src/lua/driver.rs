@@ -41,19 +41,25 @@ impl DriverFactory for LuaFactory {
         let mut settings = LuaSettings::from_init(init, &mut args)?;
         settings.http.endpoint_breaker = init.breaker.clone();
         if let Some((key, _)) = args.iter().next() {
-            return Err(InitError(format!(
-                "unknown key `{key}`; the lua driver takes file, dovecot, instance, memory, \
+            return Err(InitError::of_arg(
+                key,
+                format!(
+                    "unknown key `{key}`; the lua driver takes file, dovecot, instance, memory, \
                  timeout_msecs, max_txn_msecs, init_timeout_msecs, http_failures, lua_settings.*, \
                  the outbound HTTP keys (allow_hosts, allow_private, max_connections, \
                  connect_timeout_msecs, first_byte_timeout_msecs, max_egress_bytes) and the log \
                  keys (max_log_lines, log_lines_per_sec, log_burst)"
-            )));
+                ),
+            ));
         }
         let text = std::fs::read(&settings.file).map_err(|e| {
-            InitError(format!(
-                "cannot read the Lua script {}: {e}",
-                settings.file.display()
-            ))
+            InitError::of_arg(
+                "file",
+                format!(
+                    "cannot read the Lua script {}: {e}",
+                    settings.file.display()
+                ),
+            )
         })?;
         let source = Arc::new(Source::new(text, format!("@{}", settings.file.display())));
         let tag = Arc::new(DriverTag {
@@ -85,9 +91,10 @@ impl DriverFactory for LuaFactory {
                 Ok::<_, String>(handlers)
             })
             .await
-            .map_err(|e| InitError(format!("loading the script panicked: {e}")))?
+            .map_err(|e| InitError::new(format!("loading the script panicked: {e}")))?
         };
-        let handlers = probe.map_err(|e| InitError(format!("{}: {e}", settings.file.display())))?;
+        let handlers =
+            probe.map_err(|e| InitError::new(format!("{}: {e}", settings.file.display())))?;
         let mut details = vec![
             format!("file: {}", settings.file.display()),
             format!(

@@ -85,40 +85,49 @@ impl LuaSettings {
             .take("file")
             .filter(|f| !f.trim().is_empty())
             .ok_or_else(|| {
-                InitError(
+                InitError::of_arg(
+                    "file",
                     "file=PATH is required: the Dovecot push-notification Lua script, e.g. \
-                 `lua:file=/etc/dovecot/push.lua`"
-                        .into(),
+                 `lua:file=/etc/dovecot/push.lua`",
                 )
             })?;
         let dovecot = match args.take("dovecot").as_deref() {
             None | Some("2.3") => DovecotVersion::V23,
             Some("2.4") => DovecotVersion::V24,
             Some(other) => {
-                return Err(InitError(format!(
+                return Err(InitError::of_arg(
+                    "dovecot",
+                    format!(
                     "dovecot={other}: expected 2.3 (script_init() returning 0, user:plugin_getenv) \
                      or 2.4 (script_init(settings))"
-                )))
+                ),
+                ))
             }
         };
         let instance = match args.take("instance").as_deref() {
             None | Some("fresh") => Instance::Fresh,
             Some("reuse") => Instance::Reuse,
             Some(other) => {
-                return Err(InitError(format!(
+                return Err(InitError::of_arg(
+                    "instance",
+                    format!(
                     "instance={other}: expected fresh (a new Lua state per transaction) or reuse \
                      (one state per worker, kept between transactions)"
-                )))
+                ),
+                ))
             }
         };
         let http_failures = match args.take("http_failures").as_deref() {
             None | Some("retry") => HttpFailures::Retry,
             Some("ignore") => HttpFailures::Ignore,
             Some(other) => {
-                return Err(InitError(format!(
+                return Err(InitError::of_arg(
+                    "http_failures",
+                    format!(
                     "http_failures={other}: expected retry (a failed request of the script fails \
                      the transaction, which is retried) or ignore (as in Dovecot)"
-                )))
+                ),
+                ))
             }
         };
         let memory = args
@@ -129,7 +138,9 @@ impl LuaSettings {
             )?
             .map_or(32 << 20, |m| m as usize);
         let positive = |d: Option<Duration>, key: &str, default: u64| match d {
-            Some(d) if d.is_zero() => Err(InitError(format!("{key} must be at least 1"))),
+            Some(d) if d.is_zero() => {
+                Err(InitError::of_arg(key, format!("{key} must be at least 1")))
+            }
             Some(d) => Ok(d),
             None => Ok(Duration::from_millis(default)),
         };

@@ -200,7 +200,7 @@ mod tests {
             ),
         ] {
             let e = DeliveryPolicy::from_args(&mut DriverArgs::parse(line)).unwrap_err();
-            assert!(e.0.starts_with(key), "{line}: {}", e.0);
+            assert!(e.message.starts_with(key), "{line}: {}", e.message);
         }
     }
 

@@ -83,7 +83,7 @@ impl BackgroundLoad {
                     );
                     LoadState::Ready(Arc::new(driver))
                 }
-                Ok(Err(e)) => LoadState::Failed(e.0),
+                Ok(Err(e)) => LoadState::Failed(e.message),
                 Err(panic) => {
                     LoadState::Failed(format!("panicked while loading: {}", panic_message(&panic)))
                 }

@@ -104,15 +104,15 @@ impl WasmDriver {
     ) -> Result<WasmDriver, InitError> {
         let engine = engines
             .get(sandbox.limits.fuel.is_some())
-            .map_err(|e| InitError(e.to_string()))?;
+            .map_err(|e| InitError::new(e.to_string()))?;
         let source = match source {
             Some(s) => s,
             None => {
                 let read_path = path.to_path_buf();
                 tokio::task::spawn_blocking(move || WasmEngine::read(&read_path))
                     .await
-                    .map_err(|e| InitError(format!("read task failed: {e}")))?
-                    .map_err(|e| InitError(e.to_string()))?
+                    .map_err(|e| InitError::new(format!("read task failed: {e}")))?
+                    .map_err(|e| InitError::new(e.to_string()))?
             }
         };
         let source = Arc::new(source);
@@ -164,7 +164,7 @@ impl WasmDriver {
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || handle.block_on(inner.probe()))
                 .await
-                .map_err(|e| InitError(format!("load task failed: {e}")))??
+                .map_err(|e| InitError::new(format!("load task failed: {e}")))??
         } else {
             inner.probe().await?
         };
@@ -274,8 +274,8 @@ async fn compile_source(
     let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
     tokio::task::spawn_blocking(move || engine.load_source(&path, &source))
         .await
-        .map_err(|e| InitError(format!("compile task failed: {e}")))?
-        .map_err(|e| InitError(e.to_string()))
+        .map_err(|e| InitError::new(format!("compile task failed: {e}")))?
+        .map_err(|e| InitError::new(e.to_string()))
 }
 
 /// Loads a driver whose `init` runs once, at load ([`super::snapshot`]): its snapshot
@@ -315,7 +315,7 @@ async fn load_snapshot(
             Err(why) => {
                 let loaded = engine
                     .load_source(&path, &source)
-                    .map_err(|e| InitError(e.to_string()))?;
+                    .map_err(|e| InitError::new(e.to_string()))?;
                 let instances = Instances::link(parts, &loaded, &path)?;
                 Ok((
                     loaded,
@@ -326,7 +326,7 @@ async fn load_snapshot(
         }
     })
     .await
-    .map_err(|e| InitError(format!("load task failed: {e}")))?
+    .map_err(|e| InitError::new(format!("load task failed: {e}")))?
 }
 
 /// A snapshot component grows by what `init` left in memory; past this, no snapshot
@@ -383,7 +383,7 @@ fn make_snapshot(
             Err(e) => declined(format!("the snapshot: {e}"), false),
         },
         Preinit::Declined { why, lasting } => declined(why, lasting),
-        Preinit::Refused(msg) => Err(InitError(reason(format!(
+        Preinit::Refused(msg) => Err(InitError::new(reason(format!(
             "init refused the arguments: {msg}"
         )))),
     }
@@ -408,7 +408,7 @@ impl WasmInner {
             .instances
             .instantiate(&self.stats, init_timeout)
             .await
-            .map_err(|f| InitError(f.reason))?;
+            .map_err(|f| InitError::new(f.reason))?;
         // What init printed is not fixed-begin's to report.
         probe.store.data().output.lock().clear_tail();
         let left = init_timeout.saturating_sub(started.elapsed());
@@ -424,7 +424,7 @@ impl WasmInner {
             }
             Ok(Ok(answer)) => Ok(answer),
         };
-        self.fixed = answer.map_err(InitError)?.map(BeginAnswer::from_wit);
+        self.fixed = answer.map_err(InitError::new)?.map(BeginAnswer::from_wit);
         if !matches!(self.fixed, Some(BeginAnswer::Skip)) {
             // Kept as the warm instance with instance=reuse: what the load wrote (its
             // output, log lines, refused requests) is not the first transaction's.

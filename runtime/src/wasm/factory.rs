@@ -45,8 +45,9 @@ impl DriverFactory for WasmFactory {
         let file = match args.take("file") {
             Some(f) if !f.is_empty() => f,
             _ => {
-                return Err(InitError(
-                    "needs file=/path/driver.wasm (a component built for mailpush:driver)".into(),
+                return Err(InitError::of_arg(
+                    "file",
+                    "needs file=/path/driver.wasm (a component built for mailpush:driver)",
                 ))
             }
         };
@@ -67,7 +68,7 @@ impl DriverFactory for WasmFactory {
         if init.background_load {
             let engine = engines
                 .get(sandbox.limits.fuel.is_some())
-                .map_err(|e| InitError(e.to_string()))?;
+                .map_err(|e| InitError::new(e.to_string()))?;
             // Reads and hashes the file (13–19 MB for JavaScript and Python): off the
             // async workers.
             let file = path.clone();

@@ -247,7 +247,7 @@ impl Instances {
         } else {
             state::link(&mut linker)
         }
-        .map_err(|e| InitError(format!("cannot link host functions: {e:#}")))?;
+        .map_err(|e| InitError::new(format!("cannot link host functions: {e:#}")))?;
         let instance_pre = linker.instantiate_pre(&loaded.component).map_err(|e| {
             // Only an import of mailpush's own package is what a newer mailpush adds.
             let ours = format!("{e:#}").contains(&format!("{WIT_PACKAGE}/"));
@@ -258,13 +258,13 @@ impl Instances {
             } else {
                 String::new()
             };
-            InitError(format!(
+            InitError::new(format!(
                 "{} imports something mailpush does not provide: {e:#} (a driver may import mailpush:driver/host, wasi:http/outgoing-handler and WASI 0.2 interfaces){newer}",
                 path.display()
             ))
         })?;
         let indices = PushDriverIndices::new(&instance_pre).map_err(|e| {
-            InitError(format!(
+            InitError::new(format!(
                 "{} does not match the mailpush:driver/push-driver world: {e:#}",
                 path.display()
             ))
@@ -600,7 +600,7 @@ fn fixed_begin(
         .get_export_index(Some(&interface), "answer")
         .map(Some)
         .ok_or_else(|| {
-            InitError(format!(
+            InitError::new(format!(
                 "{} exports {name} without its function `answer`",
                 path.display()
             ))

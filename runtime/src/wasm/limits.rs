@@ -86,7 +86,10 @@ impl Limits {
         let mut s = Limits::default();
         if let Some(d) = args.take_msecs("timeout_msecs", "100")? {
             if d.is_zero() {
-                return Err(InitError("timeout_msecs must be at least 1".into()));
+                return Err(InitError::of_arg(
+                    "timeout_msecs",
+                    "timeout_msecs must be at least 1",
+                ));
             }
             s.timeout = d;
         }

@@ -236,7 +236,7 @@ impl TenantDrivers {
         // Retryable, like a bad .wasm: the file may be half-written or about to be
         // fixed, and the transactions must wait for it rather than be dropped.
         let conf_error = |e: mailpush_core::InitError| {
-            Failure::retryable(format!("tenant {domain}: {domain}.conf: {}", e.0))
+            Failure::retryable(format!("tenant {domain}: {domain}.conf: {}", e.message))
         };
         let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
         sandbox.http.endpoint_breaker = breaker::from_args(&mut args).map_err(conf_error)?;
@@ -262,7 +262,7 @@ impl TenantDrivers {
             Failure::retryable(format!(
                 "tenant {domain}: cannot load {}: {}",
                 path.display(),
-                e.0
+                e.message
             ))
         })?;
         let driver = Arc::new(driver);

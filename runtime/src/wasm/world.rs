@@ -29,7 +29,7 @@ pub fn check_world(
         }
     }
     let Some(version) = found else {
-        return Err(InitError(format!(
+        return Err(InitError::new(format!(
             "{} does not export {WIT_PACKAGE}/driver (it exports: {}); build it for the {WIT_PACKAGE}/push-driver world: Rust with drivers/sdk, JavaScript with drivers/sdk-js and componentize-js (--world-name push-driver), Python with drivers/sdk-python and componentize-py (-w push-driver); `mailpush driver new NAME --lang rust|js|python` sets one up",
             path.display(),
             if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
@@ -37,7 +37,7 @@ pub fn check_world(
     };
     let compatible = |v: &str| same_minor(v, WIT_VERSION);
     if !compatible(&version) {
-        return Err(InitError(format!(
+        return Err(InitError::new(format!(
             "{} was built against {WIT_PACKAGE}@{version}, but this mailpush provides {WIT_PACKAGE}@{WIT_VERSION}; rebuild the driver against this mailpush's wit/ (Rust: drivers/sdk; JavaScript: componentize-js --wit wit; Python: componentize-py -d wit)",
             path.display()
         )));
@@ -45,7 +45,7 @@ pub fn check_world(
     for (name, _) in ty.imports(engine) {
         if let Some(v) = name.strip_prefix("mailpush:driver/host@") {
             if !compatible(v) {
-                return Err(InitError(format!(
+                return Err(InitError::new(format!(
                     "{} imports {WIT_PACKAGE}/host@{v}, but this mailpush provides {WIT_PACKAGE}@{WIT_VERSION}",
                     path.display()
                 )));

@@ -127,9 +127,12 @@ fn validate_host_pattern(p: &str) -> Result<(), InitError> {
     if ok {
         Ok(())
     } else {
-        Err(InitError(format!(
+        Err(InitError::of_arg(
+            "allow_hosts",
+            format!(
             "allow_hosts: `{p}` is not a host pattern; expected names like hooks.example.com or *.example.net, comma separated"
-        )))
+        ),
+        ))
     }
 }
 
