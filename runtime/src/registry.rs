@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use mailpush_core::args::redact_text;
 use mailpush_core::{BreakerConfig, DriverFactory, DriverInit, MetadataLookup};
 
 pub use crate::pipeline::LoadedDriver;
@@ -200,8 +201,14 @@ impl DriverRegistry {
             ),
             policy: policy.with_driver_defaults(initialised.driver.freshness()),
             driver: initialised.driver,
-            warnings: initialised.warnings,
-            details: initialised.details,
+            // A driver's own words may quote its arguments: passwords in URLs are
+            // hidden here, once, for `check`, the start-up log and `status`.
+            warnings: initialised
+                .warnings
+                .iter()
+                .map(|w| redact_text(w))
+                .collect(),
+            details: initialised.details.iter().map(|d| redact_text(d)).collect(),
         })
     }
 
@@ -428,5 +435,41 @@ mod tests {
         );
         assert!(e.message.contains("cannot open"), "{e}");
         assert!(e.message.contains(&file.display().to_string()), "{e}");
+    }
+
+    /// A driver's warnings and table lines are its own words and may quote a URL with
+    /// its password: the registry hides it, whatever the driver.
+    #[tokio::test]
+    async fn a_drivers_own_warnings_and_details_never_show_a_password() {
+        struct Quoting;
+        #[async_trait::async_trait]
+        impl DriverFactory for Quoting {
+            fn name(&self) -> &'static str {
+                "quoting"
+            }
+            async fn init(
+                &self,
+                init: &DriverInit,
+            ) -> Result<mailpush_core::Initialised, mailpush_core::InitError> {
+                let mut out = mailpush_dlog::DlogFactory.init(init).await?;
+                out.warnings
+                    .push("endpoint http://login:hunter2@h.example/x answers slowly".into());
+                out.details
+                    .push("endpoint: http://login:hunter2@h.example/x".into());
+                Ok(out)
+            }
+        }
+        let mut registry = DriverRegistry::empty();
+        registry.register(Arc::new(Quoting));
+        let c = parse(&plugin("push_notification_driver = quoting"));
+        let Ok(loaded) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+            panic!("the driver did not load");
+        };
+        let (warnings, details) = (&loaded[0].warnings, &loaded[0].details);
+        assert_eq!(
+            warnings,
+            &["endpoint http://login:***@h.example/x answers slowly"]
+        );
+        assert_eq!(details, &["endpoint: http://login:***@h.example/x"]);
     }
 }
