@@ -26,6 +26,35 @@ async fn the_python_webhook_signs_like_the_rust_one() {
     assert_webhook_posts_signed_canonical_json(&component, Some(&language_state_dir())).await;
 }
 
+/// The JavaScript SDK's own logic (fixed answers, `wants`, `init` and `deliver` results,
+/// webhook secrets and signatures) under node, with the host's imports stood in for
+/// (drivers/sdk-js/test/): what no component built here exercises, such as a
+/// `fixedWants()` that returns `null`. Runs where the JavaScript toolchain (and so node)
+/// is installed.
+#[test]
+fn the_javascript_sdk_passes_its_own_tests_under_node() {
+    if language_guest("js-sdk").is_none() {
+        return;
+    }
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../drivers/sdk-js");
+    let out = std::process::Command::new("node")
+        .args([
+            "--import",
+            "./test/register.mjs",
+            "--test",
+            "test/sdk.test.mjs",
+        ])
+        .current_dir(&sdk)
+        .output()
+        .expect("node (the JavaScript toolchain needs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("# fail 0") && !stdout.contains("# pass 0"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A secret the host's HMAC could not take is refused at init, as the Rust webhook does.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_javascript_webhook_refuses_a_key_the_host_cannot_sign_with() {
