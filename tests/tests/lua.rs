@@ -396,6 +396,34 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
     )
     .await;
     assert_all(&r, "__gc metamethods are not allowed");
+    // A back-reference is one more factor of the subject's length: refused too.
+    let r = contained(
+        "local s = ('a'):rep(31000) if s:find('(.-)%1b') then error('matched') end",
+        "",
+    )
+    .await;
+    assert_all(&r, "pattern too costly for the mailpush sandbox");
+    // A __close handler runs while an error unwinds, where the hook no longer fires:
+    // the <close> attribute is refused in text a script loads (and in the script).
+    let r = contained(
+        "local f, err = load('local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end') \
+         if f then f() end error('load said: ' .. tostring(err))",
+        "",
+    )
+    .await;
+    assert_all(
+        &r,
+        "the <close> attribute is not allowed in the mailpush sandbox",
+    );
+    // A C call the hook cannot interrupt (about 4.5e8 matcher steps, under the
+    // pattern bound), after which the hook returns at once: past its deadline all the
+    // same, so a timeout, not a delivery.
+    let r = contained(
+        "local s = ('a'):rep(30000) if s:find('.-b') then error('matched') end",
+        "timeout_msecs=100",
+    )
+    .await;
+    assert_all(&r, "exceeded timeout_msecs=100");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -773,6 +801,88 @@ async fn a_script_error_fails_the_transaction_with_the_message_and_traceback() {
     );
 }
 
+/// Dovecot's `end_txn` is optional (it logs an error for each transaction without one):
+/// such a script delivers, and the load says once what is missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_without_end_txn_delivers_and_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "noend.lua",
+        "function dovecot_lua_notify_begin_txn(user) return {} end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e) end\n",
+    );
+    let conf = conf(&script, "retry=none", "");
+    let config = write_config(dir.path(), &conf);
+    let Ok(loaded) = TestDrivers::new()
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    else {
+        panic!("the script did not load");
+    };
+    assert!(
+        loaded[0]
+            .warnings
+            .iter()
+            .any(|w| w.contains("defines no dovecot_lua_notify_end_txn")),
+        "{:?}",
+        loaded[0].warnings
+    );
+    let outcomes = run(dir.path(), &conf, vec![mailbox_txn("a@example.test", "t1")]).await;
+    delivered(&outcomes);
+}
+
+/// A URL with a user and password: Basic authentication, as Dovecot's HTTP client
+/// sends it, and a Host header without them.
+#[tokio::test(flavor = "multi_thread")]
+async fn dovecot_http_turns_a_urls_userinfo_into_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let url = server.url("/dv").replacen("://", "://login:S3cret%21@", 1);
+    let script = write(
+        dir.path(),
+        "auth.lua",
+        &format!(
+            "function dovecot_lua_notify_begin_txn(user) return {{}} end\n\
+             function dovecot_lua_notify_event_mailbox_create(ctx, e) end\n\
+             function dovecot_lua_notify_end_txn(ctx, success)\n\
+               local req = dovecot.http.client{{}}:request{{ url = \"{url}\", method = \"PUT\" }}\n\
+               req:submit()\n\
+             end\n"
+        ),
+    );
+    let outcomes = run_with(
+        dir.path(),
+        &conf(
+            &script,
+            "allow_hosts=127.0.0.1 allow_private retry=none",
+            "",
+        ),
+        vec![mailbox_txn("a@example.test", "t1")],
+        Arc::new(mailpush_core::NoMetadata),
+        Some((&server, 1)),
+    )
+    .await;
+    delivered(&outcomes);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    let header = |name: &str| {
+        requests[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    // base64("login:S3cret!")
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some("Basic bG9naW46UzNjcmV0IQ==")
+    );
+    let host = header("host").unwrap_or_default();
+    assert!(!host.contains('@') && !host.contains("S3cret"), "{host}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -789,6 +899,26 @@ async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
     let text = errors[0].to_string();
     assert!(text.contains("driver 1 (lua)"), "{text}");
     assert!(text.contains("bad.lua:2:"), "{text}");
+    // The <close> attribute (a __close handler runs where the time budget cannot stop
+    // it) is refused with its line.
+    let script = write(
+        dir.path(),
+        "close.lua",
+        "function dovecot_lua_notify_event_message_new(ctx, e)\n  local x <close> = e\nend\n",
+    );
+    let config = write_config(dir.path(), &conf(&script, "", ""));
+    let Err((_, errors)) = TestDrivers::new()
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    else {
+        panic!("a <close> variable was accepted");
+    };
+    let text = errors[0].to_string();
+    assert!(
+        text.contains("close.lua:2: the <close> attribute is not allowed"),
+        "{text}"
+    );
     // 2.3 script_init must return 0.
     let script = write(
         dir.path(),
@@ -1545,4 +1675,37 @@ async fn metadata_writes_are_bounded() {
     );
     // The refused oversized write counted; 99 of the flood got in.
     assert_eq!(metadata.list(None).unwrap().len(), 99);
+    // Across transactions: a user keeps at most 100 entries a script wrote (existing
+    // ones may still change), and no entry name is longer than 1024 bytes.
+    let script = write(
+        dir.path(),
+        "more.lua",
+        "function dovecot_lua_notify_begin_txn(user) return { user = user } end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           local ok, err = pcall(function() ctx.user:metadata_set('/private/' .. ('k'):rep(1e6), 'v') end)\n\
+           if ok then error('a 1 MB key was stored') end\n\
+           ctx.user:metadata_set('/private/flood/1', 'changed')\n\
+           for i = 1, 10 do ctx.user:metadata_set('/private/more/' .. i, 'x') end\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let outcomes = run_with(
+        dir.path(),
+        &conf(&script, "retry=none", ""),
+        vec![mailbox_txn("a@example.test", "t2")],
+        metadata.clone(),
+        None,
+    )
+    .await;
+    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    assert!(
+        r[0].contains("the user has 100 METADATA entries, the sandbox's most (100)"),
+        "{r:?}"
+    );
+    let all = metadata.list(None).unwrap();
+    assert_eq!(all.len(), 100);
+    assert!(all.iter().all(|(_, k, _)| k.len() <= 1024));
+    assert!(all
+        .iter()
+        .any(|(_, k, v)| k == "/private/flood/1" && v == "changed"));
 }

@@ -46,9 +46,18 @@ impl MetadataLookup for NoMetadata {
 /// Dovecot's internal attribute tree, which IMAP and doveadm refuse to touch.
 const DOVECOT_PVT: &str = "vendor/vendor.dovecot/pvt/";
 
+/// The longest METADATA entry name kept (bytes).
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Validates a key like doveadm and Dovecot's IMAP METADATA do and returns its canonical
 /// (lower-case) form.
 pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(MetadataError(format!(
+            "Invalid metadata key: {} bytes, more than {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
     let invalid = |why: &str| MetadataError(format!("Invalid metadata key '{key}': {why}"));
     // Entry names are case-insensitive; Dovecot lower-cases them (ASCII).
     let lower = key.to_ascii_lowercase();

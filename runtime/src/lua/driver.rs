@@ -87,13 +87,14 @@ impl DriverFactory for LuaFactory {
             tokio::task::spawn_blocking(move || {
                 let state = ScriptState::load(&shared, &settings, &source, handle)?;
                 let handlers = state.handlers();
+                let missing = state.missing_hooks();
                 state.deinit();
-                Ok::<_, String>(handlers)
+                Ok::<_, String>((handlers, missing))
             })
             .await
             .map_err(|e| InitError::new(format!("loading the script panicked: {e}")))?
         };
-        let handlers =
+        let (handlers, missing) =
             probe.map_err(|e| InitError::new(format!("{}: {e}", settings.file.display())))?;
         let mut details = vec![
             format!("file: {}", settings.file.display()),
@@ -123,6 +124,7 @@ impl DriverFactory for LuaFactory {
                 }),
                 handlers,
                 idle: Mutex::new(Vec::new()),
+                abandoned: Mutex::new(Vec::new()),
                 spawned: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -134,6 +136,14 @@ impl DriverFactory for LuaFactory {
                 "the script defines no dovecot_lua_notify_event_* function, so (as in Dovecot) it is never called"
                     .to_string(),
             );
+        } else {
+            for hook in missing {
+                out.warnings.push(if hook == "dovecot_lua_notify_begin_txn" {
+                    "the script defines no dovecot_lua_notify_begin_txn function: every transaction fails, and none reaches its event functions (Dovecot logs an error and skips each)".to_string()
+                } else {
+                    "the script defines no dovecot_lua_notify_end_txn function: nothing is called at the end of a transaction (Dovecot logs an error for each)".to_string()
+                });
+            }
         }
         Ok(out)
     }
@@ -144,6 +154,8 @@ struct Inner {
     handlers: EventSet,
     /// Workers waiting for a transaction.
     idle: Mutex<Vec<Worker>>,
+    /// Threads of workers given up on whose call has not returned yet.
+    abandoned: Mutex<Vec<std::thread::JoinHandle<()>>>,
     spawned: AtomicUsize,
     /// The runtime the driver was loaded on (the process's): workers' HTTP runs there,
     /// never on the lane thread that happened to start them.
@@ -158,8 +170,24 @@ pub struct LuaDriver {
 /// Extra time past `max_txn_msecs` before a worker that has not answered is given up.
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 
+/// The most threads given up on (still in a call the time budget could not interrupt)
+/// one driver may have: past it, its transactions fail (and are retried) instead of
+/// starting more, so a script cannot take more than this many cores on top of its
+/// concurrency.
+pub const MAX_ABANDONED: usize = 2;
+
 impl Inner {
     async fn deliver(&self, txn: Arc<Transaction>) -> Result<(), Failure> {
+        {
+            let mut abandoned = self.abandoned.lock();
+            abandoned.retain(|t| !t.is_finished());
+            if abandoned.len() >= MAX_ABANDONED {
+                return Err(Failure::retryable(format!(
+                    "lua: {} earlier calls of the script are still running past their time budget (in a C function the budget cannot interrupt); no new call starts until they end",
+                    abandoned.len()
+                )));
+            }
+        }
         let worker = self.idle.lock().pop();
         let worker = match worker {
             Some(w) => w,
@@ -178,11 +206,14 @@ impl Inner {
             }
             Ok(None) => Err(Failure::retryable("lua: the worker thread stopped")),
             // The worker is left to finish on its own and is not used again.
-            Err(_) => Err(Failure::permanent(format!(
-                "lua: the script did not finish within max_txn_msecs={} (+{} s)",
-                self.script.settings.max_txn.as_millis(),
-                STUCK_GRACE.as_secs()
-            ))),
+            Err(_) => {
+                self.abandoned.lock().push(worker.abandon());
+                Err(Failure::permanent(format!(
+                    "lua: the script did not finish within max_txn_msecs={} (+{} s)",
+                    self.script.settings.max_txn.as_millis(),
+                    STUCK_GRACE.as_secs()
+                )))
+            }
         }
     }
 }

@@ -34,6 +34,10 @@ pub const MAX_METADATA_WRITES: u32 = 100;
 /// The longest METADATA value a script may write.
 pub const MAX_METADATA_VALUE: usize = 64 << 10;
 
+/// The most METADATA entries a script may leave its user with (it may still change
+/// those there are).
+pub const MAX_METADATA_ENTRIES: usize = 100;
+
 /// The most attempts one request may ask for.
 const MAX_ATTEMPTS: i64 = 5;
 
@@ -335,10 +339,19 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
                         c.metadata_user(mailbox.as_deref())
                     })
                     .and_then(|(_, user)| {
-                        c.shared
-                            .metadata
-                            .write(&user, &key, &value)
-                            .map_err(|e| e.to_string())
+                        let store = &c.shared.metadata;
+                        let entries = store.entries(&user, "").map_err(|e| e.to_string())?;
+                        let normal = mailpush_core::metadata::normalize_key(&key)
+                            .map_err(|e| e.to_string())?;
+                        if entries.len() >= MAX_METADATA_ENTRIES
+                            && !entries.iter().any(|(k, _)| *k == normal)
+                        {
+                            return Err(format!(
+                                "the user has {} METADATA entries, the sandbox's most ({MAX_METADATA_ENTRIES}); unset one first",
+                                entries.len()
+                            ));
+                        }
+                        store.write(&user, &key, &value).map_err(|e| e.to_string())
                     });
                 Ok(result.err())
             },
@@ -534,6 +547,30 @@ fn send(
     if let Some(why) = url_error(url) {
         return Outcome::failed(code::INVALID_URL, format!("Invalid URL: {why}"), why);
     }
+    // `http://user:pass@host/`: as Dovecot's client, the userinfo becomes Basic
+    // authentication (unless the script set Authorization itself), never part of Host.
+    let (uri, auth) = match without_userinfo(&uri) {
+        Some((bare, user, password)) => (bare, Some((user, password))),
+        None => (uri, None),
+    };
+    let mut with_auth;
+    let headers = match auth {
+        Some((user, password))
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(b"authorization")) =>
+        {
+            with_auth = headers.to_vec();
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            with_auth.push((
+                b"authorization".to_vec(),
+                format!("Basic {credentials}").into_bytes(),
+            ));
+            &with_auth[..]
+        }
+        _ => headers,
+    };
     let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
         return Outcome::failed(
             code::ABORTED,
@@ -582,6 +619,40 @@ fn send(
         )));
     }
     outcome
+}
+
+/// The URI without its userinfo, with the user and password (percent-decoded), if it
+/// has one.
+fn without_userinfo(uri: &http::Uri) -> Option<(http::Uri, String, String)> {
+    let authority = uri.authority()?.as_str();
+    let (userinfo, host) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let decode = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = (b[i] == b'%')
+                .then(|| s.get(i + 1..i + 3))
+                .flatten()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 3;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(host.parse().ok()?);
+    let bare = http::Uri::from_parts(parts).ok()?;
+    Some((bare, decode(user), decode(password)))
 }
 
 fn build_request(

@@ -39,6 +39,13 @@ fn shape(p: &[u8]) -> Shape {
                 i = skip_set(p, i + 2);
                 continue;
             }
+            // A back-reference compares what its capture matched: another factor of the
+            // subject's length per attempt.
+            b'%' if p.get(i + 1).is_some_and(|d| (b'1'..=b'9').contains(d)) => {
+                s.repetitions += 1;
+                i += 2;
+                continue;
+            }
             b'%' => i += 2,
             b'[' => i = skip_set(p, i),
             _ => i += 1,
@@ -139,6 +146,12 @@ mod tests {
         );
         assert_eq!(shape(b"%b()").repetitions, 1);
         assert_eq!(shape(b"a?b?").optionals, 2);
+        assert_eq!(
+            shape(b"(.-)%1b").repetitions,
+            2,
+            "a back-reference is one more"
+        );
+        assert_eq!(shape(b"(a)%1%2").repetitions, 2);
     }
 
     #[test]
@@ -148,6 +161,8 @@ mod tests {
         assert!(refusal(&[b'a'; 20], "a*".repeat(12).as_bytes()).is_some());
         assert!(refusal(&[b'a'; 30], ("a*".repeat(20) + "b").as_bytes()).is_some());
         assert!(refusal(b"Alice <alice@example.com>", b"<(.-)>").is_none());
+        // n² looked affordable; the back-reference makes it n³ (about 15 s in C).
+        assert!(refusal(&vec![b'a'; 31_000], b"(.-)%1b").is_some());
         assert!(refusal(&vec![b'x'; 20_000], b"%s+").is_none());
         assert!(refusal(&vec![b'a'; 400_000], &vec![b'a'; 200_000]).is_some());
     }

@@ -146,7 +146,9 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     }
     let string: Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
-    // load(chunk [, name [, mode [, env]]]): text only.
+    // load(chunk [, name [, mode [, env]]]): text only, without the `<close>` attribute
+    // (see `close_attribute`). A reader function's pieces are put together first (at
+    // most MAX_LOADED bytes), so the text is checked whole.
     let raw_load: Function = g.get("load")?;
     g.raw_set(
         "load",
@@ -155,6 +157,46 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
             let n = args.len();
             args.resize(n.max(3), Value::Nil);
             args[2] = Value::String(lua.create_string("t")?);
+            if let Value::Function(reader) = &args[0] {
+                let mut text = Vec::new();
+                loop {
+                    match reader.call::<Value>(())? {
+                        Value::String(piece) if !piece.as_bytes().is_empty() => {
+                            if text.len() + piece.as_bytes().len() > MAX_LOADED {
+                                return Ok(MultiValue::from_vec(vec![
+                                    Value::Nil,
+                                    Value::String(lua.create_string(format!(
+                                        "load: a chunk of more than {MAX_LOADED} bytes"
+                                    ))?),
+                                ]));
+                            }
+                            text.extend_from_slice(&piece.as_bytes());
+                        }
+                        Value::Nil | Value::String(_) => break,
+                        _ => {
+                            return Err(mlua::Error::runtime(
+                                "reader function must return a string",
+                            ))
+                        }
+                    }
+                }
+                args[0] = Value::String(lua.create_string(&text)?);
+            }
+            if let Value::String(text) = &args[0] {
+                if let Some(line) = super::close_attribute::find(&text.as_bytes()) {
+                    let name = match &args[1] {
+                        Value::String(n) => n.to_string_lossy(),
+                        _ => "[string]".to_string(),
+                    };
+                    return Ok(MultiValue::from_vec(vec![
+                        Value::Nil,
+                        Value::String(lua.create_string(close_refused(
+                            name.trim_start_matches(['=', '@']),
+                            line,
+                        ))?),
+                    ]));
+                }
+            }
             raw_load.call::<MultiValue>(MultiValue::from_vec(args))
         })?,
     )?;
@@ -189,6 +231,17 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     let api: Table = binary(&lua, "=dovecot", &code.dovecot).call((h, version.as_str()))?;
     let new_user: Function = api.get("new_user")?;
     Ok((lua, new_user))
+}
+
+/// The most bytes `load` puts together from a reader function's pieces.
+const MAX_LOADED: usize = 16 << 20;
+
+/// Why a chunk with the `<close>` attribute is refused.
+fn close_refused(chunk: &str, line: usize) -> String {
+    format!(
+        "{chunk}:{line}: the <close> attribute is not allowed in the mailpush sandbox (a __close \
+         handler runs while an error unwinds, where the time budget cannot stop it)"
+    )
 }
 
 /// The script as read at load.
@@ -262,14 +315,21 @@ impl ScriptState {
         budget::arm(&lua, &ctx.budget, settings.init_timeout).map_err(|e| e.to_string())?;
         let main = match source.bytecode.get() {
             Some(code) => binary(&lua, &source.chunk_name, code).into_function(),
-            None => lua
-                .load(&source.text[..])
-                .set_name(&source.chunk_name)
-                .set_mode(mlua::chunk::ChunkMode::Text)
-                .into_function()
-                .inspect(|f| {
-                    let _ = source.bytecode.set(f.dump(false));
-                }),
+            None => {
+                if let Some(line) = super::close_attribute::find(&source.text) {
+                    return Err(close_refused(
+                        source.chunk_name.trim_start_matches(['=', '@']),
+                        line,
+                    ));
+                }
+                lua.load(&source.text[..])
+                    .set_name(&source.chunk_name)
+                    .set_mode(mlua::chunk::ChunkMode::Text)
+                    .into_function()
+                    .inspect(|f| {
+                        let _ = source.bytecode.set(f.dump(false));
+                    })
+            }
         }
         .map_err(|e| limit_hint(&e))?;
         main.call::<()>(()).map_err(|e| limit_hint(&e))?;
@@ -330,6 +390,16 @@ impl ScriptState {
         self.handlers
     }
 
+    /// The transaction hooks the script does not define (as functions), of
+    /// `dovecot_lua_notify_begin_txn` and `dovecot_lua_notify_end_txn`.
+    pub fn missing_hooks(&self) -> Vec<&'static str> {
+        let g = self.lua.globals();
+        ["dovecot_lua_notify_begin_txn", "dovecot_lua_notify_end_txn"]
+            .into_iter()
+            .filter(|name| !matches!(g.raw_get::<Value>(*name), Ok(Value::Function(_))))
+            .collect()
+    }
+
     /// Runs one transaction through the hooks. The second value says whether the state
     /// must be dropped (its time or memory ran out: it may be mid-way through anything).
     pub fn run(&mut self, txn: &Arc<Transaction>) -> (Result<(), Failure>, bool) {
@@ -352,6 +422,16 @@ impl ScriptState {
         let left = self.settings.max_txn.saturating_sub(started.elapsed());
         budget::arm(&self.lua, &self.ctx.budget, self.settings.timeout.min(left))
             .map_err(|e| Failure::permanent(format!("lua: cannot arm the time budget: {e}")))
+    }
+
+    /// A hook call that returned after its deadline ran out of time all the same: a
+    /// long C call (a sort, a pattern) the hook could not interrupt, then a return
+    /// before the next check.
+    fn within_budget(&self, hook: &str) -> Result<(), Failure> {
+        if self.ctx.budget.tripped() {
+            return Err(self.failure(hook, &mlua::Error::external(budget::Deadline)));
+        }
+        Ok(())
     }
 
     fn failure(&self, hook: &str, e: &mlua::Error) -> Failure {
@@ -424,6 +504,7 @@ impl ScriptState {
         let context: Value = begin
             .call(user)
             .map_err(|e| self.failure("dovecot_lua_notify_begin_txn", &e))?;
+        self.within_budget("dovecot_lua_notify_begin_txn")?;
         let mut failure = None;
         'records: for record in group(txn, self.handlers) {
             let events = match &record {
@@ -437,8 +518,12 @@ impl ScriptState {
                 };
                 let table = events::table(&self.lua, event).map_err(internal)?;
                 self.arm(started)?;
-                if let Err(e) = handler.call::<()>((context.clone(), table)) {
-                    failure = Some(self.failure(&name, &e));
+                if let Err(e) = handler
+                    .call::<()>((context.clone(), table))
+                    .map_err(|e| self.failure(&name, &e))
+                    .and_then(|()| self.within_budget(&name))
+                {
+                    failure = Some(e);
                     break 'records;
                 }
             }
@@ -447,7 +532,11 @@ impl ScriptState {
         match g.raw_get::<Value>("dovecot_lua_notify_end_txn") {
             Ok(Value::Function(end)) if !exhausted => {
                 self.arm(started)?;
-                match end.call::<MultiValue>((context, failure.is_none())) {
+                let ended = end.call::<MultiValue>((context, failure.is_none()));
+                if let Err(e) = self.within_budget("dovecot_lua_notify_end_txn") {
+                    failure.get_or_insert(e);
+                }
+                match ended {
                     Err(e) => {
                         failure
                             .get_or_insert_with(|| self.failure("dovecot_lua_notify_end_txn", &e));
@@ -473,12 +562,9 @@ impl ScriptState {
                     }
                 }
             }
-            Ok(Value::Function(_)) => {}
-            _ => {
-                failure.get_or_insert_with(|| {
-                    Failure::permanent("lua: Missing function dovecot_lua_notify_end_txn")
-                });
-            }
+            // Optional, as in Dovecot (which logs an error for every transaction; the
+            // load warns once).
+            _ => {}
         }
         failure.map_or(Ok(()), Err)
     }

@@ -26,6 +26,7 @@ struct Job {
 /// A handle on one worker thread; dropping it ends the thread (after `script_deinit`).
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// What every worker of a driver runs with.
@@ -45,11 +46,18 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let name = format!("lua-{}-{number}", script.shared.tag.number);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name)
             .stack_size(STACK)
             .spawn(move || run(&script, &handle, &rx))?;
-        Ok(Worker { jobs })
+        Ok(Worker { jobs, thread })
+    }
+
+    /// Gives up on the worker (its call overran): the thread ends once the call
+    /// returns. The handle tells when it has.
+    pub fn abandon(self) -> std::thread::JoinHandle<()> {
+        drop(self.jobs);
+        self.thread
     }
 
     /// Delivers `txn` on this worker; `None` when the worker is gone.
