@@ -311,10 +311,14 @@ async fn spool_full_answers_503_and_acceptance_resumes() {
     };
     let mut i = 0;
     let retry_after = loop {
-        let (s, h, _) =
+        let (s, h, body) =
             http_request(d.addr, "POST", "/v1/transactions", &[], line(i).as_bytes()).await;
         i += 1;
         if s == 503 {
+            assert!(
+                body.contains("the spool is full") && body.matches("retry later").count() == 1,
+                "{body}"
+            );
             break h
                 .iter()
                 .find(|(k, _)| k == "retry-after")

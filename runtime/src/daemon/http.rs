@@ -244,7 +244,7 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             tracing::warn!(txns = ?&ids[..ids.len().min(10)], "ingest refused {} transaction(s): {refused}", ids.len());
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": format!("{refused}; retry later")}),
+                json!({ "error": retry_later(&refused.to_string()) }),
             );
             r.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -400,5 +400,14 @@ async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": "the new config fails check; the running one is kept", "errors": errors}),
         ),
+    }
+}
+
+/// A refusal's text, ending with "retry later" once (a full spool's already does).
+fn retry_later(text: &str) -> String {
+    if text.ends_with("retry later") {
+        text.to_string()
+    } else {
+        format!("{text}; retry later")
     }
 }

@@ -366,7 +366,7 @@ impl Dispatcher {
         let Some(spool) = self.spool.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || spool.take_replayed())
+        tokio::task::spawn_blocking(move || spool.reset_replays())
             .await
             .map_err(|e| SpoolError::Storage(e.to_string()))??;
         for lane in self.snapshot() {
@@ -376,8 +376,8 @@ impl Dispatcher {
     }
 
     /// Queues the dead letters `mailpush dlq replay` marked since the last call, each for
-    /// the drivers it is owed to (except those that will read it from the spool
-    /// anyway); returns how many.
+    /// the drivers it is owed to (a lane's reading of the backlog passes over them);
+    /// returns how many.
     pub async fn take_replays(&self) -> Result<usize, SpoolError> {
         let Some(spool) = self.spool.clone() else {
             return Ok(0);
@@ -391,11 +391,7 @@ impl Dispatcher {
         }
         for p in items {
             tracing::debug!(txn = %p.txn.id, drivers = ?p.drivers, "replayed from the spool");
-            if self
-                .replay(Arc::new(p.txn), &p.drivers, p.position)
-                .await
-                .is_err()
-            {
+            if self.replay(Arc::new(p.txn), &p.drivers).await.is_err() {
                 break;
             }
         }
@@ -538,16 +534,11 @@ impl Dispatcher {
         result
     }
 
-    /// A replayed dead letter (stored at `position`): queued for the listed drivers,
-    /// except those that will read it from the spool anyway (overflowing).
-    async fn replay(
-        &self,
-        txn: Arc<Transaction>,
-        drivers: &[u32],
-        position: i64,
-    ) -> Result<(), ShutDown> {
+    /// A replayed dead letter: queued for the listed drivers (the backlog reading of an
+    /// overflowing lane passes over it, [`Spool::take_replayed`]).
+    async fn replay(&self, txn: Arc<Transaction>, drivers: &[u32]) -> Result<(), ShutDown> {
         let mut lanes = self.snapshot();
-        lanes.retain(|l| drivers.contains(&l.number) && !l.overflow.will_read(position));
+        lanes.retain(|l| drivers.contains(&l.number));
         send_to(&lanes, txn).await
     }
 

@@ -117,6 +117,14 @@ impl Held {
         let users = &self.users;
         self.ring
             .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
+        // A user whose retrying oldest expired is not waiting for a retry any more: its
+        // next transaction has never been tried and must not be skipped as if it had.
+        self.retrying.retain(|u| {
+            users
+                .get(u)
+                .and_then(|q| q.front())
+                .is_some_and(|f| !f.attempts.is_empty())
+        });
         self.next_expiry = next_expiry;
         out
     }
@@ -441,6 +449,41 @@ mod tests {
         due.sort();
         assert_eq!(due, ["a2", "b1"]);
         assert_eq!(h.next_skip(hold), None);
+    }
+
+    /// A retrying transaction that expires takes its retry with it: the user's next
+    /// transaction, never tried, is not skipped by `hold_max` as if it had failed.
+    #[test]
+    fn an_expired_retry_leaves_nothing_to_skip() {
+        let mut h = Held::with_max_age(Some(Duration::from_secs(10)));
+        h.push(txn("a", "a1"));
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(3);
+        assert_eq!(h.next_due(t0, |_| true).map(|(u, _)| u), Some("a".into()));
+        let a1 = h.front_mut("a").unwrap();
+        a1.attempts.push(Attempt {
+            at: 0,
+            error: "503".into(),
+        });
+        a1.not_before = Some(t0 + Duration::from_secs(3600));
+        h.retrying("a");
+        h.requeue("a".into());
+        let expired: Vec<String> = h
+            .expire(t0 + Duration::from_secs(10))
+            .iter()
+            .map(|i| i.txn.id.clone())
+            .collect();
+        assert_eq!(expired, ["a1"]);
+        // a2 arrives; a later transaction waits hold_max behind it.
+        h.push(txn("a", "a2"));
+        h.push(txn("a", "a3"));
+        let later = Instant::now() + hold;
+        assert_eq!(h.next_skip(hold), None, "a2 waits for no retry");
+        assert!(h.skip_ahead(later, hold).is_empty(), "a2 was never tried");
+        assert_eq!(
+            h.next_due(later, |_| true).map(|(_, t)| t.id.clone()),
+            Some("a2".into())
+        );
     }
 
     /// Users whose transaction is not allowed now keep their place in the ring.

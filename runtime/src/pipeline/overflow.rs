@@ -145,13 +145,6 @@ impl Overflow {
         self.wake.notify_one();
     }
 
-    /// Whether the lane will read `position` from the spool (a replayed dead letter
-    /// need not be queued as well).
-    pub fn will_read(&self, position: i64) -> bool {
-        let state = self.lock();
-        state.active && (position >= state.cursor || state.missed.contains(&position))
-    }
-
     /// Lane side: up to `limit` transactions of the backlog, in position order, each with
     /// when it was stored (its age counts from then). Reads
     /// nothing while `queue_empty` says the queue still holds transactions (checked under

@@ -490,6 +490,9 @@ impl Spool for Abandons {
     fn take_replayed(&self) -> Result<Vec<crate::spool::Pending>, crate::spool::SpoolError> {
         self.inner.take_replayed()
     }
+    fn reset_replays(&self) -> Result<(), crate::spool::SpoolError> {
+        self.inner.reset_replays()
+    }
     fn purge(
         &self,
         id: Option<i64>,

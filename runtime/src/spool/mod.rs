@@ -89,8 +89,14 @@ pub trait Spool: Send + Sync {
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
-    /// Pairs made pending by `replay` since the last call (for a running instance).
+    /// Pairs made pending by `replay` since the last call (for a running instance, which
+    /// delivers them: the backlog reading passes over them).
     fn take_replayed(&self) -> Result<Vec<Pending>, SpoolError>;
+    /// At start-up, before the backlog is read from its start: replays asked for, or
+    /// taken by an instance that stopped before delivering them, are read with the rest.
+    fn reset_replays(&self) -> Result<(), SpoolError> {
+        self.take_replayed().map(|_| ())
+    }
     /// Deletes dead letters (all, of one driver, or one id); returns how many.
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
     /// Returns once every progress record written so far is committed.

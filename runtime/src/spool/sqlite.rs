@@ -41,6 +41,8 @@ pub struct SqliteSpool {
     reader: Mutex<Connection>,
     used: Arc<AtomicU64>,
     quota: u64,
+    /// When [`SqliteSpool::recount`] last counted (at most once a second).
+    recounted: Mutex<Option<std::time::Instant>>,
 }
 
 /// The spool's schema ([`crate::schema`]); WAL mode is set on open.
@@ -117,6 +119,7 @@ impl SqliteSpool {
             reader: Mutex::new(open_conn(path)?),
             used,
             quota,
+            recounted: Mutex::new(None),
         }))
     }
 
@@ -130,6 +133,27 @@ impl SqliteSpool {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Counts the bytes stored again, from the database: another process (`mailpush dlq
+    /// purge` next to a running instance) may have freed some that this one's count does
+    /// not know of. At most once a second (a full scan), `None` when it is too soon.
+    fn recount(&self) -> Result<Option<u64>, SpoolError> {
+        {
+            let mut last = self.recounted.lock();
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return Ok(None);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let n: i64 = self
+            .reader
+            .lock()
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM txns", [], |r| r.get(0))
+            .map_err(storage)?;
+        let n = u64::try_from(n).unwrap_or(0);
+        self.used.store(n, Ordering::Relaxed);
+        Ok(Some(n))
+    }
+
     fn send(&self, w: Write) -> Result<(), SpoolError> {
         self.writer
             .lock()
@@ -137,8 +161,14 @@ impl SqliteSpool {
             .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
     }
 
-    /// Everything owed (or only the pairs replayed since the last call), in ingest order;
-    /// either way the replayed marks are cleared: what is returned is being delivered.
+    /// Everything owed (or only the pairs replayed since the last call), in ingest order.
+    ///
+    /// The `replayed` mark of an owed pair: 0, none; 1, `mailpush dlq replay` made it owed
+    /// again; 2, a running instance took it to deliver ([`Spool::take_replayed`]). A
+    /// lane's reading of the backlog ([`Spool::owed_from`]) passes over marked pairs, so
+    /// a replay is delivered once, by whoever takes it, whether the reading passed its
+    /// position before or after; start-up ([`Spool::reset_replays`]) and `pending`
+    /// clear the marks, as they read everything.
     fn owed(&self, only_replayed: bool) -> Result<Vec<Pending>, SpoolError> {
         let mut conn = self.reader.lock();
         // The daemon asks every second: take the write lock only when there is something.
@@ -174,8 +204,12 @@ impl SqliteSpool {
                 .map_err(storage)?;
             rows
         };
-        tx.execute("UPDATE owed SET replayed = 0 WHERE replayed = 1", [])
-            .map_err(storage)?;
+        let mark = if only_replayed {
+            "UPDATE owed SET replayed = 2 WHERE replayed = 1"
+        } else {
+            "UPDATE owed SET replayed = 0 WHERE replayed != 0"
+        };
+        tx.execute(mark, []).map_err(storage)?;
         tx.commit().map_err(storage)?;
         Self::rows_to_pending(rows)
     }
@@ -332,12 +366,18 @@ impl Spool for SqliteSpool {
             .map(|t| (t.id.clone(), t.user.clone(), t.to_json()))
             .collect();
         let size: u64 = rows.iter().map(|r| r.2.len() as u64).sum();
-        let used = self.used();
+        let mut used = self.used();
         if used + size > self.quota {
-            return Err(SpoolError::Full {
-                used,
-                quota: self.quota,
-            });
+            // Before refusing: space another process freed counts too.
+            if let Some(n) = self.recount()? {
+                used = n;
+            }
+            if used + size > self.quota {
+                return Err(SpoolError::Full {
+                    used,
+                    quota: self.quota,
+                });
+            }
         }
         let (reply, wait) = mpsc::channel();
         self.send(Write::Append {
@@ -389,7 +429,7 @@ impl Spool for SqliteSpool {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT t.seq, t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
-                 WHERE o.driver = ?1 AND o.seq >= ?2 ORDER BY o.seq LIMIT ?3",
+                 WHERE o.driver = ?1 AND o.seq >= ?2 AND o.replayed = 0 ORDER BY o.seq LIMIT ?3",
             )
             .map_err(storage)?;
         let rows = stmt
@@ -475,6 +515,14 @@ impl Spool for SqliteSpool {
         self.owed(true)
     }
 
+    fn reset_replays(&self) -> Result<(), SpoolError> {
+        self.reader
+            .lock()
+            .execute("UPDATE owed SET replayed = 0 WHERE replayed != 0", [])
+            .map_err(storage)?;
+        Ok(())
+    }
+
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
         let conn = self.reader.lock();
         let n = conn
@@ -558,10 +606,17 @@ mod tests {
         assert_eq!(d[0].attempts, att);
         assert!(s.pending().unwrap().is_empty());
         assert_eq!(s.replay(Some(d[0].id), None).unwrap(), 1);
+        // A lane reading the backlog passes over a replay, asked for or taken: whoever
+        // takes it delivers it, once, whether the reading is before or past it.
+        assert!(s.owed_from(3, 0, 10).unwrap().is_empty(), "asked for");
         let r = s.take_replayed().unwrap();
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].txn.id, "a");
         assert!(s.take_replayed().unwrap().is_empty());
+        assert!(s.owed_from(3, 0, 10).unwrap().is_empty(), "taken");
+        // At start-up it is read with the rest of the backlog (the instance that took it
+        // may have stopped before delivering it).
+        s.reset_replays().unwrap();
         // A replayed transaction's age (retry_max_age) counts from its replay, not from
         // when it was first stored.
         let conn = s.reader.lock();
@@ -625,5 +680,32 @@ mod tests {
         s.complete("a", 1).unwrap();
         settle(&s);
         s.append(&[txn("c", "u")], &[1]).unwrap();
+    }
+
+    /// `mailpush dlq purge` frees space through a spool of its own, next to a running
+    /// instance's: the instance sees it before refusing a write.
+    #[test]
+    fn space_freed_by_another_process_is_seen_before_refusing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let running = SqliteSpool::open(&path, 200).unwrap();
+        running.append(&[txn("a", "u")], &[1]).unwrap();
+        running.dead_letter(&txn("a", "u"), 1, &[]).unwrap();
+        running.append(&[txn("b", "u")], &[1]).unwrap();
+        settle(&running);
+        let cli = SqliteSpool::open(&path, 200).unwrap();
+        assert_eq!(cli.purge(None, None).unwrap(), 1);
+        // The running instance's own count still has "a".
+        assert!(
+            running.used() > cli.used(),
+            "{} {}",
+            running.used(),
+            cli.used()
+        );
+        running.append(&[txn("c", "u")], &[1]).unwrap();
+        assert_eq!(
+            running.used(),
+            cli.used() + txn("c", "u").to_json().len() as u64
+        );
     }
 }
