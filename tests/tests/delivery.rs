@@ -857,3 +857,40 @@ async fn ox_pushes_the_next_notification_past_one_that_timed_out() {
     );
     d.shutdown().await;
 }
+
+/// What the spool owes to a driver number the config no longer has (removed, or
+/// renumbered by Dovecot's gap rule) is named at start: it stays in the spool, and a
+/// driver configured under that number again receives it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_owed_to_a_driver_the_config_no_longer_has_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = SqliteSpool::open(&dir.path().join("state/spool.db"), 1 << 30).unwrap();
+        spool
+            .append(&[txn("u@x", "o1"), txn("u@x", "o2")], &[1, 2])
+            .unwrap();
+        settle(&spool);
+    }
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = dlog:file={}\n}}\n",
+            dir.path().join("dlog.log").display()
+        ),
+    )
+    .unwrap();
+    let d = RunningDaemon::start(&conf);
+    let log = d.wait_for_log(
+        "the spool owes 2 transaction(s) to driver 2, which this config does not have",
+        Duration::from_secs(20),
+    );
+    assert!(
+        log.contains("the spool owes 2 transaction(s) to driver 2"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("to driver 1,"),
+        "driver 1 is configured: {log}"
+    );
+}

@@ -367,9 +367,8 @@ pub async fn serve(
             tracing::info!("shutdown complete");
         }
         Err(_) => {
-            let left: usize = daemon.dispatcher.reports().iter().map(|r| r.queued).sum();
             tracing::error!(
-                "shutdown timeout ({timeout:?}) reached with {left} transaction(s) still queued"
+                "shutdown timeout ({timeout:?}) reached before every driver finished its queue: with the spool, what was left is delivered at the next start (with delivery = memory it is lost)"
             );
         }
     }

@@ -366,9 +366,19 @@ impl Dispatcher {
         let Some(spool) = self.spool.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || spool.reset_replays())
-            .await
-            .map_err(|e| SpoolError::Storage(e.to_string()))??;
+        let owed = tokio::task::spawn_blocking(move || {
+            spool.reset_replays()?;
+            spool.owed_per_driver()
+        })
+        .await
+        .map_err(|e| SpoolError::Storage(e.to_string()))??;
+        let numbers: Vec<u32> = self.snapshot().iter().map(|l| l.number).collect();
+        for (number, n) in owed.into_iter().filter(|(d, _)| !numbers.contains(d)) {
+            tracing::warn!(
+                driver = number,
+                "the spool owes {n} transaction(s) to driver {number}, which this config does not have (removed, or renumbered: Dovecot's numbering moves later drivers down). They stay in the spool, counted against spool_quota, and a driver configured as number {number} again receives them"
+            );
+        }
         for lane in self.snapshot() {
             lane.overflow.read_all_owed();
         }

@@ -97,6 +97,12 @@ pub trait Spool: Send + Sync {
     fn reset_replays(&self) -> Result<(), SpoolError> {
         self.take_replayed().map(|_| ())
     }
+    /// How many transactions are owed to each driver number, in number order (for the
+    /// start-up warning about numbers the config no longer has); empty where the spool
+    /// cannot tell cheaply.
+    fn owed_per_driver(&self) -> Result<Vec<(u32, u64)>, SpoolError> {
+        Ok(Vec::new())
+    }
     /// Deletes dead letters (all, of one driver, or one id); returns how many.
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
     /// Returns once every progress record written so far is committed.

@@ -515,6 +515,22 @@ impl Spool for SqliteSpool {
         self.owed(true)
     }
 
+    fn owed_per_driver(&self) -> Result<Vec<(u32, u64)>, SpoolError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn
+            .prepare("SELECT driver, COUNT(*) FROM owed GROUP BY driver ORDER BY driver")
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, n)| (d, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     fn reset_replays(&self) -> Result<(), SpoolError> {
         self.reader
             .lock()
