@@ -53,6 +53,21 @@ impl Held {
         self.push_at(txn, Instant::now());
     }
 
+    /// Adds a transaction a replaced lane held (a reload), with its attempts and its
+    /// arrival there: the retry schedule and the age go on.
+    pub fn push_carried(
+        &mut self,
+        txn: Arc<Transaction>,
+        attempts: Vec<Attempt>,
+        arrived: Instant,
+    ) {
+        let user = txn.user.clone();
+        self.push_at(txn, arrived);
+        if let Some(item) = self.users.get_mut(&user).and_then(|q| q.back_mut()) {
+            item.attempts = attempts;
+        }
+    }
+
     /// Adds a transaction the spool stored at `stored` behind its user's others: its age
     /// counts from then.
     pub fn push_stored(&mut self, txn: Arc<Transaction>, stored: SystemTime) {
@@ -271,10 +286,8 @@ impl Held {
     }
 
     /// Everything held, oldest first per user.
-    pub fn into_transactions(self) -> impl Iterator<Item = Arc<Transaction>> {
-        self.users
-            .into_values()
-            .flat_map(|q| q.into_iter().map(|i| i.txn))
+    pub fn into_items(self) -> impl Iterator<Item = Item> {
+        self.users.into_values().flatten()
     }
 }
 

@@ -94,7 +94,7 @@ pub async fn run(
             match rx.try_recv() {
                 Ok(t) => {
                     if admitted(&ctx, &t) {
-                        held.push(t)
+                        take_in(&ctx.overflow, &mut held, t)
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -136,7 +136,7 @@ pub async fn run(
             }
             tokio::select! {
                 t = rx.recv() => match t {
-                    Some(t) => if admitted(&ctx, &t) { held.push(t) },
+                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx.overflow, &mut held, t) },
                     None => closed = true,
                 },
                 // The backlog is in the spool now (see `overflow`).
@@ -207,7 +207,7 @@ pub async fn run(
                 // Stopping, and only retries in the future (or behind an open circuit)
                 // remain: the spool keeps them, and what is still queued; they go to the
                 // lane that replaces this one (a reload), or wait for the next start.
-                return leftovers(held, rx);
+                return leftovers(held, rx, &ctx.overflow);
             }
             let until = if state == CircuitState::Open {
                 breaker.reopens_at().map(Instant::from_std).unwrap_or(now)
@@ -241,7 +241,7 @@ pub async fn run(
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
                 match t {
-                    Some(t) => if admitted(&ctx, &t) { held.push(t) },
+                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx.overflow, &mut held, t) },
                     None => closed = true,
                 }
                 continue;
@@ -278,9 +278,34 @@ pub async fn run(
     }
 }
 
+/// Holds a transaction taken from the queue, with what the lane before knew of it if
+/// a reload handed it on.
+fn take_in(overflow: &Overflow, held: &mut Held, t: Arc<Transaction>) {
+    match overflow.take_carried(&t.id) {
+        Some(c) => held.push_carried(t, c.attempts, c.arrived),
+        None => held.push(t),
+    }
+}
+
 /// What a stopping lane still has: held (oldest first per user), then still queued.
-fn leftovers(held: Held, mut rx: mpsc::Receiver<Arc<Transaction>>) -> Vec<Arc<Transaction>> {
-    let mut out: Vec<Arc<Transaction>> = held.into_transactions().collect();
+/// What it knew of the held ones (attempts, age) is kept in `overflow` for the lane
+/// that replaces it.
+fn leftovers(
+    held: Held,
+    mut rx: mpsc::Receiver<Arc<Transaction>>,
+    overflow: &Overflow,
+) -> Vec<Arc<Transaction>> {
+    let mut out: Vec<Arc<Transaction>> = Vec::with_capacity(held.count);
+    for item in held.into_items() {
+        overflow.carry(
+            &item.txn.id,
+            super::overflow::Carried {
+                attempts: item.attempts,
+                arrived: item.arrived,
+            },
+        );
+        out.push(item.txn);
+    }
     while let Ok(t) = rx.try_recv() {
         out.push(t);
     }
@@ -518,7 +543,7 @@ async fn wait(
         tokio::select! {
             _ = sleep => {}
             t = rx.recv() => match t {
-                Some(t) => held.push(t),
+                Some(t) => take_in(overflow, held, t),
                 None => *closed = true,
             },
             _ = overflow.started() => {}

@@ -17,7 +17,7 @@
 //! read) is not queued again; one committed before the range the lane is reading is
 //! remembered and read first.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -37,6 +37,17 @@ pub struct Overflow {
     state: Mutex<State>,
     /// Wakes an idle lane when its overflow starts.
     wake: tokio::sync::Notify,
+    /// What a lane stopped by a reload knew of the transactions it hands to its
+    /// successor (which shares this overflow), by transaction id.
+    carried: Mutex<HashMap<String, Carried>>,
+}
+
+/// A held transaction's delivery history, carried from a lane to the one replacing it:
+/// its attempts (the retry schedule goes on) and when it arrived (its age too).
+#[derive(Debug)]
+pub struct Carried {
+    pub attempts: Vec<crate::spool::Attempt>,
+    pub arrived: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +148,20 @@ impl Overflow {
     /// Completes when an overflow starts (or started since the last call).
     pub async fn started(&self) {
         self.wake.notified().await
+    }
+
+    /// Keeps what a stopping lane knew of a transaction it hands on (a reload).
+    pub fn carry(&self, id: &str, carried: Carried) {
+        self.carried.lock().insert(id.to_string(), carried);
+    }
+
+    /// What the lane before knew of transaction `id`, if it handed it on.
+    pub fn take_carried(&self, id: &str) -> Option<Carried> {
+        let mut carried = self.carried.lock();
+        if carried.is_empty() {
+            return None;
+        }
+        carried.remove(id)
     }
 
     /// Wakes the lane (a reload's new lane, whose predecessor may have taken the wake-up

@@ -435,6 +435,33 @@ async fn a_reload_hands_held_transactions_to_the_new_driver() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// What the old lane knew of a transaction it hands on goes with it: the new lane
+/// continues its retry schedule (here `retry=1h`, one retry: the new lane's failure is
+/// the second and last attempt) rather than starting it over at each reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_carries_the_attempts_of_what_it_hands_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let outcomes = Arc::new(Outcomes::default());
+    let (d, policy) = holding_a_retry(spool.clone(), Some(outcomes.clone())).await;
+    let new = Arc::new(Script::default());
+    new.fail.lock().insert("r1".into(), 1);
+    d.reconfigure(vec![loaded(new.clone(), "new", policy)])
+        .await;
+    tokio::time::timeout(Duration::from_secs(20), outcomes.wait_for(1))
+        .await
+        .expect("the second attempt failed and ended the schedule (not a new hour's wait)");
+    assert!(
+        matches!(outcomes.seen.lock()[0], (ref id, Outcome::Failed(_)) if id == "r1"),
+        "{:?}",
+        outcomes.seen.lock()
+    );
+    d.shutdown().await;
+    let dead = spool.dead_letters(None).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts.len(), 2, "{:?}", dead[0].attempts);
+}
+
 /// The SQLite spool, recording what lanes let go ([`Spool::abandon`]).
 struct Abandons {
     inner: Arc<SqliteSpool>,
@@ -515,10 +542,13 @@ async fn a_reload_that_removes_a_driver_lets_its_held_transactions_go() {
         inner: spool(&dir),
         abandoned: Mutex::default(),
     });
-    let (d, policy) = holding_a_retry(spool.clone(), None).await;
-    // Replaced: handed on, nothing let go.
+    let (d, _) = holding_a_retry(spool.clone(), None).await;
+    // Replaced: handed on, nothing let go. (Two retries: after the new lane's failure,
+    // its second attempt, it waits an hour for the third.)
     let new = Arc::new(Script::default());
     new.fail.lock().insert("r1".into(), 1);
+    let policy =
+        DeliveryPolicy::from_args(&mut mailpush_core::DriverArgs::parse("retry=1h,1h")).unwrap();
     let r = d
         .reconfigure(vec![loaded(new.clone(), "new", policy)])
         .await;
