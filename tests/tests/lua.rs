@@ -833,6 +833,37 @@ async fn a_script_without_end_txn_delivers_and_is_warned_about() {
     delivered(&outcomes);
 }
 
+/// `plugin_getenv` reads the script's own settings, not the push drivers' lines (an ox
+/// URL's password).
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_getenv_does_not_read_the_drivers_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "env.lua",
+        "function dovecot_lua_notify_begin_txn(user) return { user = user } end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           for _, k in ipairs({'push_notification_driver', 'push_notification_driver2', 'PUSH_NOTIFICATION_BACKEND'}) do\n\
+             local v = ctx.user:plugin_getenv(k)\n\
+             if v ~= nil then error(k .. ' read as ' .. v) end\n\
+           end\n\
+           if ctx.user:plugin_getenv('my_url') ~= 'http://x/' then error('my_url') end\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let outcomes = run(
+        dir.path(),
+        &conf(
+            &script,
+            "retry=none",
+            " my_url = http://x/\n push_notification_driver2 = ox:url=http://u:pw@127.0.0.1:9/\n",
+        ),
+        vec![mailbox_txn("a@example.test", "t1")],
+    )
+    .await;
+    delivered(&outcomes);
+}
+
 /// A URL with a user and password: Basic authentication, as Dovecot's HTTP client
 /// sends it, and a Host header without them.
 #[tokio::test(flavor = "multi_thread")]

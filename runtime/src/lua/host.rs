@@ -300,7 +300,17 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
     let c = ctx.clone();
     h.set(
         "plugin_getenv",
-        lua.create_function(move |_, name: String| Ok(c.shared.plugin_env.get(&name).cloned()))?,
+        lua.create_function(move |_, name: String| {
+            // The push drivers' own lines (an ox URL's password, other drivers' secrets)
+            // are not the script's to read.
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("push_notification_driver")
+                || lower.starts_with("push_notification_backend")
+            {
+                return Ok(None);
+            }
+            Ok(c.shared.plugin_env.get(&name).cloned())
+        })?,
     )?;
 
     let c = ctx.clone();
