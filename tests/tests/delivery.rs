@@ -272,6 +272,13 @@ async fn circuit_breaker_opens_probes_and_closes_beside_a_healthy_driver() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The next request, the half-open probe, is answered slowly, so the report can be
+    // seen half-open.
+    bad.script([Reply::Status {
+        status: 200,
+        headers: Vec::new(),
+        delay: Duration::from_millis(500),
+    }]);
     let while_open = bad.requests().len();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
@@ -281,6 +288,14 @@ async fn circuit_breaker_opens_probes_and_closes_beside_a_healthy_driver() {
     );
     // Recovery: the half-open probe succeeds and the circuit closes; everything arrives.
     bad.set_default(Reply::status(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.dispatcher.reports()[0].circuit != CircuitState::HalfOpen {
+        assert!(
+            Instant::now() < deadline,
+            "the report never showed half-open"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     finished(&s.dispatcher, 0, 10).await;
     let r = &s.dispatcher.reports()[0];
     assert_eq!(

@@ -179,6 +179,10 @@ pub async fn run(
         } else {
             CircuitState::Closed
         };
+        // Open turns half-open with time, not with an outcome: the gauge shows it too.
+        if state != ctx.stats.circuit() {
+            ctx.stats.set_circuit(state);
+        }
         let limit = match state {
             CircuitState::Open => 0,
             CircuitState::HalfOpen => 1,
