@@ -376,54 +376,51 @@ async fn hostile_memory_is_stopped_at_the_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
-    // Backtracking patterns are refused before they start.
-    let r = contained(
-        "local s = ('a'):rep(3000) if s:find('.-.-.-b') then error('matched') end",
-        "",
-    )
-    .await;
-    assert_all(&r, "pattern too costly for the mailpush sandbox");
-    // string.rep of an empty string, __gc finalizers.
-    let r = contained(
-        "local s = string.rep('', 1e15) error('rep returned ' .. #s)",
-        "",
-    )
-    .await;
-    assert_all(&r, "rep returned 0");
-    let r = contained(
-        "setmetatable({}, { __gc = function() while true do end end })",
-        "",
-    )
-    .await;
-    assert_all(&r, "__gc metamethods are not allowed");
-    // A back-reference is one more factor of the subject's length: refused too.
-    let r = contained(
-        "local s = ('a'):rep(31000) if s:find('(.-)%1b') then error('matched') end",
-        "",
-    )
-    .await;
-    assert_all(&r, "pattern too costly for the mailpush sandbox");
-    // A __close handler runs while an error unwinds, where the hook no longer fires:
-    // the <close> attribute is refused in text a script loads (and in the script).
-    let r = contained(
-        "local f, err = load('local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end') \
-         if f then f() end error('load said: ' .. tostring(err))",
-        "",
-    )
-    .await;
-    assert_all(
-        &r,
-        "the <close> attribute is not allowed in the mailpush sandbox",
-    );
-    // A C call the hook cannot interrupt (about 4.5e8 matcher steps, under the
-    // pattern bound), after which the hook returns at once: past its deadline all the
-    // same, so a timeout, not a delivery.
-    let r = contained(
-        "local s = ('a'):rep(30000) if s:find('.-b') then error('matched') end",
-        "timeout_msecs=100",
-    )
-    .await;
-    assert_all(&r, "exceeded timeout_msecs=100");
+    for (body, args, reason) in [
+        // Backtracking patterns are refused before they start.
+        (
+            "local s = ('a'):rep(3000) if s:find('.-.-.-b') then error('matched') end",
+            "",
+            "pattern too costly for the mailpush sandbox",
+        ),
+        // A back-reference is one more factor of the subject's length: refused too.
+        (
+            "local s = ('a'):rep(31000) if s:find('(.-)%1b') then error('matched') end",
+            "",
+            "pattern too costly for the mailpush sandbox",
+        ),
+        // string.rep of an empty string, __gc finalizers.
+        (
+            "local s = string.rep('', 1e15) error('rep returned ' .. #s)",
+            "",
+            "rep returned 0",
+        ),
+        (
+            "setmetatable({}, { __gc = function() while true do end end })",
+            "",
+            "__gc metamethods are not allowed",
+        ),
+        // A __close handler runs while an error unwinds, where the hook no longer
+        // fires: the <close> attribute is refused in text a script loads (and in the
+        // script, a_script_that_does_not_load_is_a_config_error_with_its_line).
+        (
+            "local f, err = load('local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end') \
+             if f then f() end error('load said: ' .. tostring(err))",
+            "",
+            "the <close> attribute is not allowed in the mailpush sandbox",
+        ),
+        // A C call the hook cannot interrupt (about 4.5e8 matcher steps, under the
+        // pattern bound), after which the hook returns at once: past its deadline all
+        // the same, so a timeout, not a delivery.
+        (
+            "local s = ('a'):rep(30000) if s:find('.-b') then error('matched') end",
+            "timeout_msecs=100",
+            "exceeded timeout_msecs=100",
+        ),
+    ] {
+        let r = contained(body, args).await;
+        assert_all(&r, reason);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -914,62 +911,48 @@ async fn dovecot_http_turns_a_urls_userinfo_into_basic_auth() {
     assert!(!host.contains('@') && !host.contains("S3cret"), "{host}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = write(dir.path(), "bad.lua", "function x(\n  return 1\nend\n");
-    let config = write_config(dir.path(), &conf(&script, "", ""));
-    let errors = match TestDrivers::new()
+/// The first error of loading a script that must not load.
+async fn load_error(dir: &Path, name: &str, text: &str) -> String {
+    let script = write(dir, name, text);
+    let config = write_config(dir, &conf(&script, "", ""));
+    match TestDrivers::new()
         .registry()
         .init_all(&config, Arc::new(mailpush_core::NoMetadata))
         .await
     {
-        Ok(_) => panic!("a syntax error was accepted"),
-        Err((_, e)) => e,
-    };
-    let text = errors[0].to_string();
+        Ok(_) => panic!("{name} was accepted"),
+        Err((_, e)) => e[0].to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = load_error(dir.path(), "bad.lua", "function x(\n  return 1\nend\n").await;
     assert!(text.contains("driver 1 (lua)"), "{text}");
     assert!(text.contains("bad.lua:2:"), "{text}");
     // The <close> attribute (a __close handler runs where the time budget cannot stop
     // it) is refused with its line.
-    let script = write(
+    let text = load_error(
         dir.path(),
         "close.lua",
         "function dovecot_lua_notify_event_message_new(ctx, e)\n  local x <close> = e\nend\n",
-    );
-    let config = write_config(dir.path(), &conf(&script, "", ""));
-    let Err((_, errors)) = TestDrivers::new()
-        .registry()
-        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
-        .await
-    else {
-        panic!("a <close> variable was accepted");
-    };
-    let text = errors[0].to_string();
+    )
+    .await;
     assert!(
         text.contains("close.lua:2: the <close> attribute is not allowed"),
         "{text}"
     );
     // 2.3 script_init must return 0.
-    let script = write(
+    let text = load_error(
         dir.path(),
         "init.lua",
         "function script_init() return 1 end\nfunction dovecot_lua_notify_event_message_new() end\n",
-    );
-    let config = write_config(dir.path(), &conf(&script, "", ""));
-    let Err((_, errors)) = TestDrivers::new()
-        .registry()
-        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
-        .await
-    else {
-        panic!("script_init returning 1 was accepted");
-    };
+    )
+    .await;
     assert!(
-        errors[0]
-            .to_string()
-            .contains("Script init failed: script_init() returned 1"),
-        "{}",
-        errors[0]
+        text.contains("Script init failed: script_init() returned 1"),
+        "{text}"
     );
 }
 
@@ -1691,17 +1674,24 @@ async fn metadata_writes_are_bounded() {
          function dovecot_lua_notify_end_txn(ctx, success) end\n",
     );
     let metadata = store(dir.path());
-    let outcomes = run_with(
-        dir.path(),
-        &conf(&script, "retry=none", ""),
-        vec![mailbox_txn("a@example.test", "t1")],
-        metadata.clone(),
-        None,
-    )
-    .await;
-    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    // The failure reason of one transaction through `script`.
+    let reason = |script: std::path::PathBuf, id: &'static str| {
+        let (dir, metadata) = (dir.path().to_path_buf(), metadata.clone());
+        async move {
+            let outcomes = run_with(
+                &dir,
+                &conf(&script, "retry=none", ""),
+                vec![mailbox_txn("a@example.test", id)],
+                metadata,
+                None,
+            )
+            .await;
+            reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>()).remove(0)
+        }
+    };
+    let r = reason(script, "t1").await;
     assert!(
-        r[0].contains("more than 100 METADATA writes in one transaction"),
+        r.contains("more than 100 METADATA writes in one transaction"),
         "{r:?}"
     );
     // The refused oversized write counted; 99 of the flood got in.
@@ -1720,17 +1710,9 @@ async fn metadata_writes_are_bounded() {
          end\n\
          function dovecot_lua_notify_end_txn(ctx, success) end\n",
     );
-    let outcomes = run_with(
-        dir.path(),
-        &conf(&script, "retry=none", ""),
-        vec![mailbox_txn("a@example.test", "t2")],
-        metadata.clone(),
-        None,
-    )
-    .await;
-    let r = reasons(&outcomes.into_iter().map(|(_, o)| o).collect::<Vec<_>>());
+    let r = reason(script, "t2").await;
     assert!(
-        r[0].contains("the user has 100 METADATA entries, the sandbox's most (100)"),
+        r.contains("the user has 100 METADATA entries, the sandbox's most (100)"),
         "{r:?}"
     );
     let all = metadata.list(None).unwrap();
