@@ -142,8 +142,10 @@ pub struct DriverInit {
     pub background_load: bool,
     /// The config is only being checked (`mailpush check`): the driver is deinitialised
     /// again without delivering anything. It should find what would fail at `run`
-    /// (a file it cannot open, an argument it cannot use) and leave no other trace: no
-    /// lines written to its output (an operator's log file), no requests made.
+    /// (a file it cannot open, an argument it cannot use) and leave what trace it can
+    /// avoid: dlog writes no lines to its output (an operator's log file). Code the
+    /// operator's config runs at load (a Lua script's main chunk, a component's `init`)
+    /// runs as at start.
     pub check_only: bool,
 }
 

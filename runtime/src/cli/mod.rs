@@ -63,7 +63,8 @@ pub enum Command {
     /// Parse the config, initialise every driver, print the driver table and warnings.
     ///
     /// Exits non-zero, listing every error with file:line, when the config is unusable.
-    /// Drivers are initialised but write nothing (a dlog's file is opened, not written).
+    /// Drivers are initialised as at start, except that a dlog's file is opened, not
+    /// written (a Lua script's main chunk and script_init do run).
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
     /// starts without compiling them: run it before deploying a new driver.
     #[command(

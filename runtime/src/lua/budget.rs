@@ -2,9 +2,14 @@
 //! instruction-count hook that a script cannot escape.
 //!
 //! - The hook is the *global* hook, so coroutines a script creates are counted too.
-//! - Once tripped, the hook fires before every instruction of whichever thread it fires
-//!   in and raises again: `while true do pcall(function() while true do end end) end`
-//!   cannot catch its way out.
+//! - Once tripped, a Lua hook on whichever thread it fires in raises before every
+//!   instruction of that thread: `while true do pcall(function() while true do end end)
+//!   end` cannot catch its way out.
+//! - The error is raised by that Lua hook, not by the (Rust) count hook: an error the
+//!   Rust hook raises leaves Lua's hooks switched off while the stack unwinds, so a
+//!   `__close` handler run by the unwinding (a `<close>` variable, a generic `for`'s
+//!   closing value) could loop forever. Raised from Lua, the hooks stay on and stop it
+//!   too.
 //! - Time spent in host calls (a blocking HTTP request) counts: the host caps its own
 //!   waits at [`Budget::remaining`].
 
@@ -12,16 +17,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{HookTriggers, Lua, VmState};
+use mlua::{Function, HookTriggers, Lua, VmState};
 
-/// The error raised into a script whose call ran out of time. The host finds it in an
-/// error chain with [`is_deadline`].
+/// The message of the error raised into a script whose call ran out of time.
+pub const DEADLINE_TEXT: &str = "script exceeded its time budget (timeout_msecs)";
+
+/// The error raised into a script whose call ran out of time (where no [`Raiser`] is
+/// set). The host finds it in an error chain with [`is_deadline`].
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline;
 
 impl std::fmt::Display for Deadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("script exceeded its time budget (timeout_msecs)")
+        f.write_str(DEADLINE_TEXT)
+    }
+}
+
+/// How a tripped budget raises its error from Lua: the debug library's `sethook` (kept
+/// from scripts) and a function raising [`DEADLINE_TEXT`]. Kept in the state's app data.
+pub struct Raiser {
+    sethook: Function,
+    raise: Function,
+}
+
+impl Raiser {
+    /// Sets the state's raiser up from `debug.sethook`.
+    pub fn install(lua: &Lua, sethook: Function) -> mlua::Result<()> {
+        let raise = lua
+            .load(format!(
+                "local error = error return function() error({DEADLINE_TEXT:?}, 0) end"
+            ))
+            .set_name("=mailpush-budget")
+            .eval()?;
+        lua.set_app_data(Raiser { sethook, raise });
+        Ok(())
     }
 }
 
@@ -37,6 +66,9 @@ pub struct Budget {
     /// Nanoseconds since `epoch`; `u64::MAX`: no deadline.
     deadline_ns: AtomicU64,
     tripped: AtomicBool,
+    /// A host wait of the current call (HTTP, sleep) was cut short at the deadline: the
+    /// call may return past it without having run the script past it.
+    host_cut: AtomicBool,
 }
 
 impl Budget {
@@ -45,6 +77,7 @@ impl Budget {
             epoch: Instant::now(),
             deadline_ns: AtomicU64::new(u64::MAX),
             tripped: AtomicBool::new(false),
+            host_cut: AtomicBool::new(false),
         })
     }
 
@@ -66,6 +99,19 @@ impl Budget {
     pub fn tripped(&self) -> bool {
         self.tripped.load(Ordering::Relaxed) || self.expired()
     }
+
+    /// Notes that a host wait ended at the deadline (a request's time capped by it).
+    pub fn host_wait_cut(&self) {
+        self.host_cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the script itself ran past the deadline: a call that returned late
+    /// without the hook noticing (a long C call it cannot interrupt, then a return),
+    /// unless a host wait was cut at the deadline (that is the wait's own timeout).
+    pub fn overran(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+            || (self.expired() && !self.host_cut.load(Ordering::Relaxed))
+    }
 }
 
 fn install(lua: &Lua, budget: Arc<Budget>, every: u32) -> mlua::Result<()> {
@@ -74,8 +120,17 @@ fn install(lua: &Lua, budget: Arc<Budget>, every: u32) -> mlua::Result<()> {
         move |lua, _debug| {
             if budget.tripped.load(Ordering::Relaxed) || budget.expired() {
                 budget.tripped.store(true, Ordering::Relaxed);
-                // From now on before every instruction of this thread (each thread has its
-                // own count), so nothing outside a pcall runs without raising again.
+                // From now on a Lua hook raises before every instruction of this thread
+                // (see the module's notes on why it is not raised here).
+                if let Some(raiser) = lua.app_data_ref::<Raiser>() {
+                    raiser.sethook.call::<()>((
+                        lua.current_thread(),
+                        raiser.raise.clone(),
+                        "",
+                        1,
+                    ))?;
+                    return Ok(VmState::Continue);
+                }
                 install(lua, budget.clone(), 1)?;
                 return Err(mlua::Error::external(Deadline));
             }
@@ -91,6 +146,7 @@ pub fn arm(lua: &Lua, budget: &Arc<Budget>, limit: Duration) -> mlua::Result<()>
         .saturating_add(u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX));
     budget.deadline_ns.store(deadline, Ordering::Relaxed);
     budget.tripped.store(false, Ordering::Relaxed);
+    budget.host_cut.store(false, Ordering::Relaxed);
     install(lua, budget.clone(), HOOK_EVERY)
 }
 
@@ -98,6 +154,7 @@ pub fn arm(lua: &Lua, budget: &Arc<Budget>, limit: Duration) -> mlua::Result<()>
 pub fn is_deadline(e: &mlua::Error) -> bool {
     match e {
         mlua::Error::ExternalError(x) => x.downcast_ref::<Deadline>().is_some(),
+        mlua::Error::RuntimeError(m) => m.contains(DEADLINE_TEXT),
         mlua::Error::CallbackError { cause, .. } => is_deadline(cause),
         mlua::Error::WithContext { cause, .. } => is_deadline(cause),
         _ => false,

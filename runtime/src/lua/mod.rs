@@ -7,11 +7,9 @@
 //! tables as Dovecot builds them, the `dovecot` API (`dovecot.lua`) and the built-in
 //! modules (`modules/`) over the host's primitives ([`host`]). Bounds: [`budget`] (time
 //! per hook call), the state's memory limit, [`pattern`] (pattern functions that would
-//! run too long in C), [`close_attribute`] (no `__close` handler, which unwinding runs
-//! where the hook cannot stop it), and the wasm drivers' outbound HTTP policy and log budget.
+//! run too long in C), and the wasm drivers' outbound HTTP policy and log budget.
 
 pub mod budget;
-pub mod close_attribute;
 pub mod driver;
 pub mod events;
 pub mod host;

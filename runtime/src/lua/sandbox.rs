@@ -127,8 +127,16 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
         | StdLib::UTF8
         | StdLib::MATH
         | StdLib::OS;
-    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    // The debug library only for its `sethook`, which the time budget raises its error
+    // with (budget::Raiser); scripts never see `debug` (nor `package.loaded`: no
+    // package library).
+    // SAFETY: the only unsafe library loaded is `debug`, removed from the globals below
+    // before any script runs; C modules cannot be loaded (no package library).
+    let lua = unsafe { Lua::unsafe_new_with(libs | StdLib::DEBUG, LuaOptions::default()) };
     let g = lua.globals();
+    let debug: Table = g.get("debug")?;
+    budget::Raiser::install(&lua, debug.get("sethook")?)?;
+    g.raw_set("debug", Value::Nil)?;
     for name in ["dofile", "loadfile"] {
         g.raw_set(name, Value::Nil)?;
     }
@@ -146,9 +154,7 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     }
     let string: Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
-    // load(chunk [, name [, mode [, env]]]): text only, without the `<close>` attribute
-    // (see `close_attribute`). A reader function's pieces are put together first (at
-    // most MAX_LOADED bytes), so the text is checked whole.
+    // load(chunk [, name [, mode [, env]]]): text only.
     let raw_load: Function = g.get("load")?;
     g.raw_set(
         "load",
@@ -157,46 +163,6 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
             let n = args.len();
             args.resize(n.max(3), Value::Nil);
             args[2] = Value::String(lua.create_string("t")?);
-            if let Value::Function(reader) = &args[0] {
-                let mut text = Vec::new();
-                loop {
-                    match reader.call::<Value>(())? {
-                        Value::String(piece) if !piece.as_bytes().is_empty() => {
-                            if text.len() + piece.as_bytes().len() > MAX_LOADED {
-                                return Ok(MultiValue::from_vec(vec![
-                                    Value::Nil,
-                                    Value::String(lua.create_string(format!(
-                                        "load: a chunk of more than {MAX_LOADED} bytes"
-                                    ))?),
-                                ]));
-                            }
-                            text.extend_from_slice(&piece.as_bytes());
-                        }
-                        Value::Nil | Value::String(_) => break,
-                        _ => {
-                            return Err(mlua::Error::runtime(
-                                "reader function must return a string",
-                            ))
-                        }
-                    }
-                }
-                args[0] = Value::String(lua.create_string(&text)?);
-            }
-            if let Value::String(text) = &args[0] {
-                if let Some(line) = super::close_attribute::find(&text.as_bytes()) {
-                    let name = match &args[1] {
-                        Value::String(n) => n.to_string_lossy(),
-                        _ => "[string]".to_string(),
-                    };
-                    return Ok(MultiValue::from_vec(vec![
-                        Value::Nil,
-                        Value::String(lua.create_string(close_refused(
-                            name.trim_start_matches(['=', '@']),
-                            line,
-                        ))?),
-                    ]));
-                }
-            }
             raw_load.call::<MultiValue>(MultiValue::from_vec(args))
         })?,
     )?;
@@ -231,17 +197,6 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     let api: Table = binary(&lua, "=dovecot", &code.dovecot).call((h, version.as_str()))?;
     let new_user: Function = api.get("new_user")?;
     Ok((lua, new_user))
-}
-
-/// The most bytes `load` puts together from a reader function's pieces.
-const MAX_LOADED: usize = 16 << 20;
-
-/// Why a chunk with the `<close>` attribute is refused.
-fn close_refused(chunk: &str, line: usize) -> String {
-    format!(
-        "{chunk}:{line}: the <close> attribute is not allowed in the mailpush sandbox (a __close \
-         handler runs while an error unwinds, where the time budget cannot stop it)"
-    )
 }
 
 /// The script as read at load.
@@ -315,21 +270,14 @@ impl ScriptState {
         budget::arm(&lua, &ctx.budget, settings.init_timeout).map_err(|e| e.to_string())?;
         let main = match source.bytecode.get() {
             Some(code) => binary(&lua, &source.chunk_name, code).into_function(),
-            None => {
-                if let Some(line) = super::close_attribute::find(&source.text) {
-                    return Err(close_refused(
-                        source.chunk_name.trim_start_matches(['=', '@']),
-                        line,
-                    ));
-                }
-                lua.load(&source.text[..])
-                    .set_name(&source.chunk_name)
-                    .set_mode(mlua::chunk::ChunkMode::Text)
-                    .into_function()
-                    .inspect(|f| {
-                        let _ = source.bytecode.set(f.dump(false));
-                    })
-            }
+            None => lua
+                .load(&source.text[..])
+                .set_name(&source.chunk_name)
+                .set_mode(mlua::chunk::ChunkMode::Text)
+                .into_function()
+                .inspect(|f| {
+                    let _ = source.bytecode.set(f.dump(false));
+                }),
         }
         .map_err(|e| limit_hint(&e))?;
         main.call::<()>(()).map_err(|e| limit_hint(&e))?;
@@ -428,7 +376,7 @@ impl ScriptState {
     /// long C call (a sort, a pattern) the hook could not interrupt, then a return
     /// before the next check.
     fn within_budget(&self, hook: &str) -> Result<(), Failure> {
-        if self.ctx.budget.tripped() {
+        if self.ctx.budget.overran() {
             return Err(self.failure(hook, &mlua::Error::external(budget::Deadline)));
         }
         Ok(())

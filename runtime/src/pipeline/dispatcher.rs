@@ -376,7 +376,7 @@ impl Dispatcher {
         for (number, n) in owed.into_iter().filter(|(d, _)| !numbers.contains(d)) {
             tracing::warn!(
                 driver = number,
-                "the spool owes {n} transaction(s) to driver {number}, which this config does not have (removed, or renumbered: Dovecot's numbering moves later drivers down). They stay in the spool, counted against spool_quota, and a driver configured as number {number} again receives them"
+                "the spool owes {n} transaction(s) to driver {number}, which this config does not have (removed, or renumbered: Dovecot's numbering moves later drivers down). They stay in the spool, counted against spool_quota; a driver configured as number {number} again receives them at the next start"
             );
         }
         for lane in self.snapshot() {
