@@ -414,9 +414,23 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "",
             "exceeded timeout_msecs=300",
         ),
+        // The strings' metatable is locked: no __close (or a __tostring run with hooks
+        // off while the deadline's message is made) can be put there.
         (
             "getmetatable('').__close = function() while true do end end \
              for _ in function() return 1 end, nil, nil, 'x' do end",
+            "",
+            "attempt to index a boolean value",
+        ),
+        (
+            "local ok = pcall(function() getmetatable('').__tostring = function() while true do end end end) \
+             if ok then error('the strings metatable was changed') end while true do end",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        // Coroutines that each start more: none starts once the budget ran out.
+        (
+            "local function s() while true do coroutine.resume(coroutine.create(s)) end end s()",
             "",
             "exceeded timeout_msecs=300",
         ),

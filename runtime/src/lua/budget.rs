@@ -43,6 +43,9 @@ pub struct Raiser {
 impl Raiser {
     /// Sets the state's raiser up from `debug.sethook`.
     pub fn install(lua: &Lua, sethook: Function) -> mlua::Result<()> {
+        // Once now, so the debug library's table of hooks exists before a state near its
+        // memory limit needs it.
+        sethook.call::<()>(())?;
         let raise = lua
             .load(format!(
                 "local error = error return function() error({DEADLINE_TEXT:?}, 0) end"
@@ -123,14 +126,18 @@ fn install(lua: &Lua, budget: Arc<Budget>, every: u32) -> mlua::Result<()> {
                 // From now on a Lua hook raises before every instruction of this thread
                 // (see the module's notes on why it is not raised here).
                 if let Some(raiser) = lua.app_data_ref::<Raiser>() {
-                    raiser.sethook.call::<()>((
+                    let set = raiser.sethook.call::<()>((
                         lua.current_thread(),
                         raiser.raise.clone(),
                         "",
                         1,
-                    ))?;
-                    return Ok(VmState::Continue);
+                    ));
+                    if set.is_ok() {
+                        return Ok(VmState::Continue);
+                    }
                 }
+                // No Lua hook could be set (out of memory): raise from here, and before
+                // every instruction of this thread from now on.
                 install(lua, budget.clone(), 1)?;
                 return Err(mlua::Error::external(Deadline));
             }

@@ -253,8 +253,10 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
         "sleep_ms",
         lua.create_function(move |_, ms: f64| {
             let want = Duration::from_secs_f64((ms.max(0.0) / 1000.0).min(3600.0));
-            std::thread::sleep(want.min(c.budget.remaining()));
-            if c.budget.remaining().is_zero() {
+            let left = c.budget.remaining();
+            std::thread::sleep(want.min(left));
+            // Cut short at the deadline (not: called with the budget already spent).
+            if want > left && !left.is_zero() {
                 c.budget.host_wait_cut();
             }
             Ok(())
@@ -599,7 +601,6 @@ fn send(
     for _attempt in 0..attempts {
         let remaining = ctx.budget.remaining();
         if remaining.is_zero() {
-            ctx.budget.host_wait_cut();
             outcome = Outcome::failed(code::TIMED_OUT, "Request timed out", "timeout");
             break;
         }
@@ -608,9 +609,10 @@ fn send(
             Err(why) => return Outcome::failed(code::ABORTED, why.clone(), why),
         };
         outcome = attempt(ctx, request, timeout.min(remaining), &uri);
-        // A request that ran into the deadline: the call returns past it, by the
-        // request's time, not the script's (not a script timeout).
-        if ctx.budget.remaining().is_zero() {
+        // A request the deadline cut short (the budget, not its own timeout, was its
+        // limit): the call returns past the deadline by the request's time, not the
+        // script's (not a script timeout).
+        if timeout > remaining && ctx.budget.remaining().is_zero() {
             ctx.budget.host_wait_cut();
         }
         let retry = matches!(

@@ -137,6 +137,28 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     let debug: Table = g.get("debug")?;
     budget::Raiser::install(&lua, debug.get("sethook")?)?;
     g.raw_set("debug", Value::Nil)?;
+    // The strings' metatable is not the script's to change: a `__tostring` there would
+    // run, with hooks off, when the budget's error (a string) is turned into a message,
+    // and a `__close` there would make every string a closing value.
+    lua.load("getmetatable('').__metatable = false")
+        .set_name("=mailpush-sandbox")
+        .exec()?;
+    // No new coroutine once the budget ran out: each would start with a fresh count of
+    // instructions before the hook first looks at the clock.
+    let co: Table = g.get("coroutine")?;
+    for name in ["create", "wrap"] {
+        let raw: Function = co.get(name)?;
+        let budget = ctx.budget.clone();
+        co.raw_set(
+            name,
+            lua.create_function(move |_, f: Value| {
+                if budget.tripped() {
+                    return Err(mlua::Error::external(budget::Deadline));
+                }
+                raw.call::<Value>(f)
+            })?,
+        )?;
+    }
     for name in ["dofile", "loadfile"] {
         g.raw_set(name, Value::Nil)?;
     }
@@ -384,7 +406,8 @@ impl ScriptState {
 
     fn failure(&self, hook: &str, e: &mlua::Error) -> Failure {
         let counters = &self.ctx.shared.counters;
-        if is_deadline(e) {
+        // By the budget itself, not only by the error's text (which a script can raise).
+        if self.ctx.budget.tripped() || is_deadline(e) {
             self.exhausted.set(true);
             counters.timeouts.fetch_add(1, Ordering::Relaxed);
             Failure::permanent(format!(
