@@ -53,8 +53,14 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// (lower-case) form.
 pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
     if key.len() > MAX_KEY_BYTES {
+        // Its beginning only: the key may be megabytes long.
+        let mut end = 64;
+        while !key.is_char_boundary(end) {
+            end -= 1;
+        }
         return Err(MetadataError(format!(
-            "Invalid metadata key: {} bytes, more than {MAX_KEY_BYTES}",
+            "Invalid metadata key '{}…': {} bytes, more than {MAX_KEY_BYTES}",
+            &key[..end],
             key.len()
         )));
     }
@@ -107,4 +113,24 @@ pub fn lookup(
         return Ok(Some(v.clone()));
     }
     store.get(&txn.user, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key over the bound is refused by its size, quoting only its beginning (cut on
+    /// a character boundary).
+    #[test]
+    fn a_long_key_is_refused_quoting_its_beginning() {
+        let key = format!("/private/{}{}", "é".repeat(40), "k".repeat(2000));
+        let e = normalize_key(&key).unwrap_err().0;
+        assert!(
+            e.contains(&format!("{} bytes, more than 1024", key.len())),
+            "{e}"
+        );
+        assert!(e.starts_with("Invalid metadata key '/private/éé"), "{e}");
+        assert!(e.len() < 200, "{e}");
+        assert!(normalize_key(&format!("/private/{}", "k".repeat(1015))).is_ok());
+    }
 }
