@@ -154,8 +154,33 @@ pub fn jetstream(client: &async_nats::Client) -> jetstream::Context {
         .build(client.clone())
 }
 
+/// How long a starting node keeps trying to create the streams and buckets while
+/// JetStream does not answer in time (a cluster still electing its leaders, or under
+/// load) before it refuses to start.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Creates (or updates) the streams and buckets; idempotent, done by every node at start.
+/// A JetStream request that times out is tried again, for up to [`SETUP_PATIENCE`].
 pub async fn setup(
+    js: &jetstream::Context,
+    names: &Names,
+    settings: &ClusterSettings,
+) -> Result<(), SpoolError> {
+    let until = tokio::time::Instant::now() + SETUP_PATIENCE;
+    loop {
+        match setup_once(js, names, settings).await {
+            Err(SpoolError::Storage(e))
+                if e.contains("timed out") && tokio::time::Instant::now() < until =>
+            {
+                tracing::warn!("cluster: JetStream did not answer in time ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn setup_once(
     js: &jetstream::Context,
     names: &Names,
     settings: &ClusterSettings,
