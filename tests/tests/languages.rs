@@ -293,11 +293,14 @@ async fn run_serves_while_a_big_component_compiles() {
     let conf = dir.path().join("mailpush.conf");
     // A fresh state dir: nothing in the AOT cache. Driver 2 lacks the url= its init
     // requires: its load fails after the compile. Driver 3, a small Rust component,
-    // compiles before ingest opens, without waiting for the big ones.
+    // compiles before ingest opens, without waiting for the big ones. (The JavaScript
+    // drivers get timeout_msecs=2000: a first call into a just-compiled JavaScript
+    // component, on a machine busy compiling the other, can take more than the default
+    // 100 ms, and this test is not about that bound.)
     std::fs::write(
         &conf,
         format!(
-            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={js} url={url} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private\n push_notification_driver2 = wasm:file={js} allow_hosts=127.0.0.1 allow_private\n push_notification_driver3 = wasm:file={rust} url={small_url} allow_hosts=127.0.0.1 allow_private\n}}\n",
+            "mailpush {{\n state_dir = state\n listen = 127.0.0.1:0\n}}\nplugin {{\n push_notification_driver = wasm:file={js} url={url} secret={WEBHOOK_SECRET} allow_hosts=127.0.0.1 allow_private timeout_msecs=2000\n push_notification_driver2 = wasm:file={js} allow_hosts=127.0.0.1 allow_private timeout_msecs=2000\n push_notification_driver3 = wasm:file={rust} url={small_url} allow_hosts=127.0.0.1 allow_private\n}}\n",
             js = js.display(),
             url = server.url("/hooks/mail"),
             rust = guest("webhook").display(),
