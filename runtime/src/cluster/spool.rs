@@ -468,6 +468,10 @@ impl Spool for JetStreamSpool {
         Ok(Vec::new())
     }
 
+    fn owed_at(&self, _driver: u32, _position: i64) -> Result<Option<Owed>, SpoolError> {
+        Ok(None)
+    }
+
     fn dead_letters(&self, _driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
         Err(SpoolError::Storage(
             "in cluster mode dead letters live in JetStream: use `mailpush dlq`".into(),

@@ -88,13 +88,16 @@ pub async fn run(
     let mut shares: HashMap<String, usize> = HashMap::new();
     let mut gate_epoch = ctx.gate.as_ref().map_or(0, |g| g.epoch());
     loop {
+        // What was left in the spool for a user (or tenant) over its share of the room,
+        // read back as its room frees up, before anything newer.
+        read_back(&ctx, &mut held, capacity);
         ctx.stats.held.store(held.count, Ordering::Relaxed);
         let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
                 Ok(t) => {
                     if admitted(&ctx, &t) {
-                        take_in(&ctx.overflow, &mut held, t)
+                        take_in(&ctx, &mut held, t, None)
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -113,20 +116,12 @@ pub async fn run(
                         rx.is_empty()
                     })
             {
-                held.push_stored(t, stored);
+                take_in(&ctx, &mut held, t, Some(stored));
             }
             if held.count == 0 && ctx.overflow.active() {
                 // The backlog could not be read: try again shortly.
                 let until = Instant::now() + std::time::Duration::from_secs(1);
-                wait(
-                    &mut rx,
-                    &ctx.overflow,
-                    &mut held,
-                    &mut closed,
-                    capacity,
-                    until,
-                )
-                .await;
+                wait(&mut rx, &ctx, &mut held, &mut closed, capacity, until).await;
                 continue;
             }
         }
@@ -136,7 +131,7 @@ pub async fn run(
             }
             tokio::select! {
                 t = rx.recv() => match t {
-                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx.overflow, &mut held, t) },
+                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx, &mut held, t, None) },
                     None => closed = true,
                 },
                 // The backlog is in the spool now (see `overflow`).
@@ -221,15 +216,7 @@ pub async fn run(
             // Also when the next held transaction becomes too old, or may be skipped.
             let until = held.next_expiry().map_or(until, |e| e.min(until));
             let until = next_skip(&ctx, &held).map_or(until, |e| e.min(until));
-            wait(
-                &mut rx,
-                &ctx.overflow,
-                &mut held,
-                &mut closed,
-                capacity,
-                until,
-            )
-            .await;
+            wait(&mut rx, &ctx, &mut held, &mut closed, capacity, until).await;
             continue;
         }
         // Wait for a delivery to finish; meanwhile take new transactions while there is
@@ -245,7 +232,7 @@ pub async fn run(
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
                 match t {
-                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx.overflow, &mut held, t) },
+                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx, &mut held, t, None) },
                     None => closed = true,
                 }
                 continue;
@@ -282,12 +269,111 @@ pub async fn run(
     }
 }
 
-/// Holds a transaction taken from the queue, with what the lane before knew of it if
-/// a reload handed it on.
-fn take_in(overflow: &Overflow, held: &mut Held, t: Arc<Transaction>) {
-    match overflow.take_carried(&t.id) {
-        Some(c) => held.push_carried(t, c.attempts, c.arrived),
+/// The most of the lane's room one user — or one tenant, for a driver that shares its
+/// lane ([`Driver::share`]) — may hold. With the spool, what comes for it beyond that
+/// stays in the spool and is read back in order as its own transactions finish, so one
+/// user's (or tenant's) transactions waiting for retries or behind an open circuit
+/// never fill the room the others need.
+fn room_share(capacity: usize) -> usize {
+    (capacity / 4).max(1)
+}
+
+/// Whose share a transaction counts against: its tenant's (`\0` + the group) for a
+/// driver that shares its lane, else its user's.
+fn room_key(ctx: &LaneContext, t: &Transaction) -> String {
+    match ctx.driver.share(t) {
+        Some((group, _)) => format!("\0{group}"),
+        None => t.user.clone(),
+    }
+}
+
+/// How many transactions of `key` the lane holds.
+fn held_for(ctx: &LaneContext, held: &Held, key: &str) -> usize {
+    match key.strip_prefix('\0') {
+        None => held.users.get(key).map_or(0, |q| q.len()),
+        Some(group) => held
+            .users
+            .values()
+            .filter(|q| {
+                q.front()
+                    .and_then(|i| ctx.driver.share(&i.txn))
+                    .is_some_and(|(g, _)| g == group)
+            })
+            .map(|q| q.len())
+            .sum(),
+    }
+}
+
+/// Holds a transaction taken from the queue (or the backlog, `stored` then), with what
+/// the lane before knew of it if a reload handed it on — unless its user (or tenant)
+/// already has its share of the room ([`room_share`]) or has transactions left in the
+/// spool: then it stays in the spool too, for [`read_back`].
+fn take_in(
+    ctx: &LaneContext,
+    held: &mut Held,
+    t: Arc<Transaction>,
+    stored: Option<std::time::SystemTime>,
+) {
+    if let Some(c) = ctx.overflow.take_carried(&t.id) {
+        held.push_carried(t, c.attempts, c.arrived);
+        return;
+    }
+    if let Some(spool) = &ctx.spool {
+        let key = room_key(ctx, &t);
+        let share = room_share(ctx.capacity);
+        // (No key can be at its share while the lane holds less than a share in all.)
+        if ctx.overflow.is_diverting(&key)
+            || (held.count >= share && held_for(ctx, held, &key) >= share)
+        {
+            match spool.position(&t.id) {
+                Ok(Some(position)) => {
+                    ctx.overflow.divert(&key, position);
+                    return;
+                }
+                // Not in this spool (cluster mode): held.
+                Ok(None) => {}
+                Err(e) => tracing::warn!(
+                    driver = ctx.number,
+                    "cannot leave a transaction in the spool: {e}"
+                ),
+            }
+        }
+    }
+    match stored {
+        Some(at) => held.push_stored(t, at),
         None => held.push(t),
+    }
+}
+
+/// Reads back, oldest first, what [`take_in`] left in the spool for keys that have
+/// room again.
+fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) {
+    let Some(spool) = &ctx.spool else {
+        return;
+    };
+    if !ctx.overflow.any_diverted() {
+        return;
+    }
+    let share = room_share(capacity);
+    for key in ctx.overflow.diverting() {
+        if held.count >= capacity {
+            return;
+        }
+        let room = share
+            .saturating_sub(held_for(ctx, held, &key))
+            .min(capacity - held.count);
+        for position in ctx.overflow.take_diverted(&key, room) {
+            match spool.owed_at(ctx.number, position) {
+                Ok(Some(o)) => held.push_stored(Arc::new(o.txn), o.stored),
+                // No longer owed (a replay delivered it meanwhile).
+                Ok(None) => {}
+                Err(e) => {
+                    ctx.overflow.divert(&key, position);
+                    tracing::error!(driver = ctx.number, "cannot read back from the spool: {e}");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -536,7 +622,7 @@ fn abandon(ctx: &LaneContext, txn: &Transaction) {
 /// Waits until `until` or a new transaction arrives (when there is room).
 async fn wait(
     rx: &mut mpsc::Receiver<Arc<Transaction>>,
-    overflow: &Overflow,
+    ctx: &LaneContext,
     held: &mut Held,
     closed: &mut bool,
     capacity: usize,
@@ -547,10 +633,10 @@ async fn wait(
         tokio::select! {
             _ = sleep => {}
             t = rx.recv() => match t {
-                Some(t) => take_in(overflow, held, t),
+                Some(t) => take_in(ctx, held, t, None),
                 None => *closed = true,
             },
-            _ = overflow.started() => {}
+            _ = ctx.overflow.started() => {}
         }
     } else {
         // No room to take more: wait, but notice a stop (the queue closed) promptly

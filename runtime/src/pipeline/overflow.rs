@@ -17,7 +17,7 @@
 //! read) is not queued again; one committed before the range the lane is reading is
 //! remembered and read first.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,6 +40,10 @@ pub struct Overflow {
     /// What a lane stopped by a reload knew of the transactions it hands to its
     /// successor (which shares this overflow), by transaction id.
     carried: Mutex<HashMap<String, Carried>>,
+    /// Transactions left in the spool because their user (or tenant) already had its
+    /// share of the lane's room, by that key: spool positions, read back in order as
+    /// its room frees up (see `lane::take_in`).
+    diverted: Mutex<BTreeMap<String, BTreeSet<i64>>>,
 }
 
 /// A held transaction's delivery history, carried from a lane to the one replacing it:
@@ -148,6 +152,56 @@ impl Overflow {
     /// Completes when an overflow starts (or started since the last call).
     pub async fn started(&self) {
         self.wake.notified().await
+    }
+
+    /// Leaves the transaction at `position` in the spool, for `key` to read back.
+    pub fn divert(&self, key: &str, position: i64) {
+        self.diverted
+            .lock()
+            .entry(key.to_string())
+            .or_default()
+            .insert(position);
+    }
+
+    /// Whether `key` has transactions left in the spool (its later ones go there too,
+    /// so its order holds).
+    pub fn is_diverting(&self, key: &str) -> bool {
+        let diverted = self.diverted.lock();
+        !diverted.is_empty() && diverted.contains_key(key)
+    }
+
+    /// Whether any transaction is left in the spool this way.
+    pub fn any_diverted(&self) -> bool {
+        !self.diverted.lock().is_empty()
+    }
+
+    /// The keys with transactions left in the spool.
+    pub fn diverting(&self) -> Vec<String> {
+        self.diverted.lock().keys().cloned().collect()
+    }
+
+    /// Takes up to `n` of `key`'s positions left in the spool, oldest first.
+    pub fn take_diverted(&self, key: &str, n: usize) -> Vec<i64> {
+        let mut diverted = self.diverted.lock();
+        let Some(set) = diverted.get_mut(key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(n.min(set.len()));
+        while out.len() < n {
+            match set.pop_first() {
+                Some(p) => out.push(p),
+                None => break,
+            }
+        }
+        if set.is_empty() {
+            diverted.remove(key);
+        }
+        out
+    }
+
+    /// How many transactions are left in the spool this way.
+    pub fn diverted_count(&self) -> usize {
+        self.diverted.lock().values().map(BTreeSet::len).sum()
     }
 
     /// Keeps what a stopping lane knew of a transaction it hands on (a reload).

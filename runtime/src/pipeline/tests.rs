@@ -346,7 +346,9 @@ fn loaded(driver: Arc<dyn Driver>, fingerprint: &str, policy: DeliveryPolicy) ->
 }
 
 /// A driver that cannot keep up: its queue (2) overflows into the spool and it reads the
-/// backlog itself, in order, each transaction once; ingest is never refused.
+/// backlog itself, in order, each transaction once; ingest is never refused. (Ten
+/// users: one user's transactions beyond its share of the room stay in the spool
+/// without an overflow, a_user_waiting_for_retries_does_not_hold_back_the_others.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -365,7 +367,10 @@ async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
     );
     for i in 0..10 {
         let taken = d
-            .accept(vec![txn("u", &format!("t{i}"))], Backpressure::Refuse)
+            .accept(
+                vec![txn(&format!("u{i}"), &format!("t{i}"))],
+                Backpressure::Refuse,
+            )
             .await
             .expect("never refused with the spool");
         assert_eq!(taken, 1);
@@ -409,6 +414,187 @@ async fn holding_a_retry(
         .unwrap();
     old.wait_calls(1).await;
     (d, policy)
+}
+
+/// One user whose oldest transaction waits for its retries never fills the lane's room
+/// (4 here): what comes for that user beyond its share stays in the spool and is read
+/// back in order, while the other users flow on. Every transaction is delivered once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let outcomes = Arc::new(Outcomes::default());
+    let driver = Arc::new(Script::default());
+    driver.fail.lock().insert("a1".into(), 3);
+    let mut args =
+        mailpush_core::DriverArgs::parse("retry=300ms,300ms,300ms,300ms breaker_min=1000");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", policy)],
+        4,
+        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(vec![txn("a", "a1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    driver.wait_calls(1).await;
+    for i in 2..=12 {
+        d.accept(vec![txn("a", &format!("a{i}"))], Backpressure::Refuse)
+            .await
+            .unwrap();
+    }
+    d.accept(vec![txn("b", "b1"), txn("c", "c1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    let delivered_at = |id: &str| {
+        outcomes
+            .seen
+            .lock()
+            .iter()
+            .position(|(i, o)| i == id && matches!(o, Outcome::Delivered))
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while delivered_at("b1").is_none() || delivered_at("c1").is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("b1 and c1 delivered");
+    assert!(
+        delivered_at("a1").is_none(),
+        "b1 and c1 went while a1 still waited for its retries: {:?}",
+        outcomes.seen.lock()
+    );
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while (1..=12).any(|i| delivered_at(&format!("a{i}")).is_none()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "every transaction of a delivered: {:?} / {:?}",
+            driver
+                .calls
+                .lock()
+                .iter()
+                .map(|c| (c.id.clone(), c.ok))
+                .collect::<Vec<_>>(),
+            outcomes.seen.lock()
+        )
+    });
+    d.shutdown().await;
+    // a's in order, each delivered once; nothing left owed.
+    let ok: Vec<String> = driver
+        .calls
+        .lock()
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| c.id.clone())
+        .collect();
+    let a: Vec<&String> = ok.iter().filter(|id| id.starts_with('a')).collect();
+    let expected: Vec<String> = (1..=12).map(|i| format!("a{i}")).collect();
+    assert_eq!(a, expected.iter().collect::<Vec<_>>());
+    assert_eq!(ok.len(), 14, "{ok:?}");
+    assert!(spool.pending().unwrap().is_empty());
+}
+
+/// A tenant handler-like driver: one group per domain (2 at once each); `a.test`'s
+/// endpoint circuit is open until `open` is set (its deliveries are deferred).
+#[derive(Default)]
+struct Tenants {
+    open: AtomicBool,
+    delivered: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Driver for Tenants {
+    async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        if txn.user.ends_with("@a.test") && !self.open.load(Ordering::SeqCst) {
+            return Err(Failure {
+                reason: "a.test: circuit open".into(),
+                retryable: true,
+                retry_after: Some(Duration::from_millis(100)),
+                deferred: true,
+            });
+        }
+        self.delivered.lock().push(txn.id.clone());
+        Ok(Begin::Join {
+            events: EventSet::default(),
+            txn: Box::new(Done),
+        })
+    }
+
+    fn concurrency(&self) -> usize {
+        4
+    }
+
+    fn share(&self, txn: &Transaction) -> Option<(String, usize)> {
+        txn.user.split_once('@').map(|(_, d)| (d.to_string(), 2))
+    }
+}
+
+/// The same for a tenant: many users of one tenant, all deferred behind its open
+/// circuit, never fill the shared lane's room; other tenants flow on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_behind_an_open_circuit_does_not_hold_back_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let driver = Arc::new(Tenants::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "t", DeliveryPolicy::default())],
+        8,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    for i in 0..20 {
+        d.accept(
+            vec![txn(&format!("u{i}@a.test"), &format!("a{i}"))],
+            Backpressure::Refuse,
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..3 {
+        d.accept(
+            vec![txn(&format!("u{i}@b.test"), &format!("b{i}"))],
+            Backpressure::Refuse,
+        )
+        .await
+        .unwrap();
+    }
+    let count = |prefix: char| {
+        driver
+            .delivered
+            .lock()
+            .iter()
+            .filter(|id| id.starts_with(prefix))
+            .count()
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while count('b') < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("b.test's transactions delivered while a.test's circuit is open");
+    assert_eq!(count('a'), 0);
+    driver.open.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while count('a') < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a.test's transactions delivered once its circuit closed");
+    d.shutdown().await;
+    let mut ids = driver.delivered.lock().clone();
+    assert_eq!(ids.len(), 23, "{ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 23, "each once");
+    assert!(spool.pending().unwrap().is_empty());
 }
 
 /// A reload that replaces a driver hands what the old lane still held (here a
@@ -500,6 +686,13 @@ impl Spool for Abandons {
         limit: usize,
     ) -> Result<Vec<crate::spool::Owed>, crate::spool::SpoolError> {
         self.inner.owed_from(driver, from, limit)
+    }
+    fn owed_at(
+        &self,
+        driver: u32,
+        position: i64,
+    ) -> Result<Option<crate::spool::Owed>, crate::spool::SpoolError> {
+        self.inner.owed_at(driver, position)
     }
     fn dead_letters(
         &self,

@@ -85,6 +85,10 @@ pub trait Spool: Send + Sync {
     /// ingest order, each with its position and when it was stored (how an overflowing
     /// lane reads its backlog, see [`crate::pipeline::overflow`]).
     fn owed_from(&self, driver: u32, from: i64, limit: usize) -> Result<Vec<Owed>, SpoolError>;
+    /// The transaction at `position` if it is still owed to `driver` (replayed or not):
+    /// how a lane reads back what it left in the spool for a user over its share.
+    /// A spool whose [`Spool::position`] answers must answer this too.
+    fn owed_at(&self, driver: u32, position: i64) -> Result<Option<Owed>, SpoolError>;
     /// Dead letters, optionally of one driver.
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.

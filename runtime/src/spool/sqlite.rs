@@ -355,6 +355,14 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
     }
 }
 
+/// When a row was stored (unix ms); rows from before the time was kept: as if now.
+fn stored_time(at: i64) -> std::time::SystemTime {
+    match at {
+        0 => std::time::SystemTime::now(),
+        ms => std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.unsigned_abs()),
+    }
+}
+
 impl Spool for SqliteSpool {
     fn append(
         &self,
@@ -424,6 +432,29 @@ impl Spool for SqliteSpool {
         Ok(position)
     }
 
+    fn owed_at(&self, driver: u32, position: i64) -> Result<Option<Owed>, SpoolError> {
+        let conn = self.reader.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
+                 WHERE o.driver = ?1 AND o.seq = ?2",
+            )
+            .map_err(storage)?
+            .query_row(params![driver, position], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
+            .map_err(storage)?;
+        row.map(|(json, at)| {
+            Ok(Owed {
+                position,
+                txn: Transaction::from_json(&json).map_err(storage)?,
+                stored: stored_time(at),
+            })
+        })
+        .transpose()
+    }
+
     fn owed_from(&self, driver: u32, from: i64, limit: usize) -> Result<Vec<Owed>, SpoolError> {
         let conn = self.reader.lock();
         let mut stmt = conn
@@ -448,11 +479,7 @@ impl Spool for SqliteSpool {
                 Ok(Owed {
                     position: seq,
                     txn: Transaction::from_json(&json).map_err(storage)?,
-                    // Rows from before the time was kept: as if stored now.
-                    stored: match at {
-                        0 => std::time::SystemTime::now(),
-                        ms => std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
-                    },
+                    stored: stored_time(at),
                 })
             })
             .collect()
