@@ -485,6 +485,11 @@ impl Dispatcher {
                         .iter()
                         .find(|l| l.number == d.number)
                         .map(|l| l.overflow.clone());
+                    // The new lane reads back nothing left in the spool until it has
+                    // what the old one held (older), below.
+                    if let Some(o) = &overflow {
+                        o.set_handing_over(true);
+                    }
                     lanes.push(Arc::new(start_lane(
                         d,
                         self.capacity,
@@ -506,6 +511,7 @@ impl Dispatcher {
             let number = lane.number;
             let overflow = lane.overflow.clone();
             let Some((_, left)) = finish_shared(lane).await else {
+                overflow.set_handing_over(false);
                 continue;
             };
             // The old lane may have taken the wake-up of an overflow it then left: the
@@ -516,6 +522,7 @@ impl Dispatcher {
             // replaced it delivers it now rather than at the next start. (After that
             // user's newer transactions, which the new lane may already have sent.)
             let Some(spool) = &self.spool else {
+                overflow.set_handing_over(false);
                 continue;
             };
             let mut left = left.into_iter();
@@ -540,6 +547,7 @@ impl Dispatcher {
             for t in left {
                 spool.abandon(&t, number);
             }
+            overflow.set_handing_over(false);
         }
         result
     }

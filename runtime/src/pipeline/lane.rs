@@ -88,9 +88,6 @@ pub async fn run(
     let mut shares: HashMap<String, usize> = HashMap::new();
     let mut gate_epoch = ctx.gate.as_ref().map_or(0, |g| g.epoch());
     loop {
-        // What was left in the spool for a user (or tenant) over its share of the room,
-        // read back as its room frees up, before anything newer.
-        read_back(&ctx, &mut held, capacity);
         ctx.stats.held.store(held.count, Ordering::Relaxed);
         let mut drained = false;
         while held.count < capacity && !closed {
@@ -107,6 +104,12 @@ pub async fn run(
                 Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
             }
         }
+        // What was left in the spool for a user (or tenant) over its share of the room,
+        // read back as its room frees up, after what was queued (a reload's hand-on is
+        // older). Not while stopping (a reload's new lane reads them), nor while a
+        // reload hands this lane what the old one held.
+        let read_back_failed =
+            !closed && !ctx.overflow.handing_over() && read_back(&ctx, &mut held, capacity);
         // The queue is drained: read the backlog the spool keeps, if the queue overflowed
         // (in batches, once at least half the room is free).
         if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
@@ -128,6 +131,12 @@ pub async fn run(
         if held.count == 0 {
             if closed {
                 return Vec::new();
+            }
+            if read_back_failed {
+                // What is left in the spool could not be read: try again shortly.
+                let until = Instant::now() + std::time::Duration::from_secs(1);
+                wait(&mut rx, &ctx, &mut held, &mut closed, capacity, until).await;
+                continue;
             }
             tokio::select! {
                 t = rx.recv() => match t {
@@ -346,35 +355,44 @@ fn take_in(
 }
 
 /// Reads back, oldest first, what [`take_in`] left in the spool for keys that have
-/// room again.
-fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) {
+/// room again, leaving a share of the room to what is queued. Returns whether the
+/// spool failed (what could not be read stays to be read).
+fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
     let Some(spool) = &ctx.spool else {
-        return;
+        return false;
     };
     if !ctx.overflow.any_diverted() {
-        return;
+        return false;
     }
     let share = room_share(capacity);
+    // A share of the room stays for what is queued (where there is room for two).
+    let reserve = if capacity >= 2 * share { share } else { 0 };
+    let mut failed = false;
     for key in ctx.overflow.diverting() {
-        if held.count >= capacity {
-            return;
+        let free = capacity.saturating_sub(held.count).saturating_sub(reserve);
+        if free == 0 {
+            break;
         }
-        let room = share
-            .saturating_sub(held_for(ctx, held, &key))
-            .min(capacity - held.count);
-        for position in ctx.overflow.take_diverted(&key, room) {
+        let room = share.saturating_sub(held_for(ctx, held, &key)).min(free);
+        let mut positions = ctx.overflow.take_diverted(&key, room).into_iter();
+        while let Some(position) = positions.next() {
             match spool.owed_at(ctx.number, position) {
                 Ok(Some(o)) => held.push_stored(Arc::new(o.txn), o.stored),
                 // No longer owed (a replay delivered it meanwhile).
                 Ok(None) => {}
                 Err(e) => {
+                    // It and the rest of this batch stay to be read, in order.
                     ctx.overflow.divert(&key, position);
+                    for p in positions.by_ref() {
+                        ctx.overflow.divert(&key, p);
+                    }
                     tracing::error!(driver = ctx.number, "cannot read back from the spool: {e}");
-                    return;
+                    failed = true;
                 }
             }
         }
     }
+    failed
 }
 
 /// What a stopping lane still has: held (oldest first per user), then still queued.

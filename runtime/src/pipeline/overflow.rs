@@ -44,6 +44,9 @@ pub struct Overflow {
     /// share of the lane's room, by that key: spool positions, read back in order as
     /// its room frees up (see `lane::take_in`).
     diverted: Mutex<BTreeMap<String, BTreeSet<i64>>>,
+    /// A reload is handing the lane what its predecessor held: until it is done, the
+    /// lane reads nothing back (those transactions are older).
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// A held transaction's delivery history, carried from a lane to the one replacing it:
@@ -168,6 +171,21 @@ impl Overflow {
     pub fn is_diverting(&self, key: &str) -> bool {
         let diverted = self.diverted.lock();
         !diverted.is_empty() && diverted.contains_key(key)
+    }
+
+    /// Marks the start (`true`) and end of a reload's hand-over; at the end the lane is
+    /// woken to read back what waits.
+    pub fn set_handing_over(&self, yes: bool) {
+        self.handing_over
+            .store(yes, std::sync::atomic::Ordering::SeqCst);
+        if !yes {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a reload is handing the lane what its predecessor held.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether any transaction is left in the spool this way.

@@ -500,6 +500,57 @@ async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// A reload while a user has transactions left in the spool: the new lane delivers
+/// what the old one held (older) before it reads back the rest, so the user's order
+/// holds across the reload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_a_users_order_with_transactions_left_in_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let old = Arc::new(Script::default());
+    old.fail.lock().insert("a1".into(), 1000);
+    let mut args =
+        mailpush_core::DriverArgs::parse("retry=200ms,200ms,200ms,200ms,200ms breaker_min=1000");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(old.clone(), "old", policy.clone())],
+        4,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(vec![txn("a", "a1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    old.wait_calls(1).await;
+    for i in 2..=8 {
+        d.accept(vec![txn("a", &format!("a{i}"))], Backpressure::Refuse)
+            .await
+            .unwrap();
+    }
+    let new = Arc::new(Script::default());
+    d.reconfigure(vec![loaded(new.clone(), "new", policy)])
+        .await;
+    let ok = || {
+        new.calls
+            .lock()
+            .iter()
+            .filter(|c| c.ok)
+            .map(|c| c.id.clone())
+            .collect::<Vec<_>>()
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while ok().len() < 8 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("delivered: {:?}", ok()));
+    let expected: Vec<String> = (1..=8).map(|i| format!("a{i}")).collect();
+    assert_eq!(ok(), expected);
+    d.shutdown().await;
+    assert!(spool.pending().unwrap().is_empty());
+}
+
 /// A tenant handler-like driver: one group per domain (2 at once each); `a.test`'s
 /// endpoint circuit is open until `open` is set (its deliveries are deferred).
 #[derive(Default)]
