@@ -24,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         if let Err(e) = result {
-            assert!(e.0.starts_with(&format!("{key}=")), "{}", e.0);
+            assert!(e.message.starts_with(&format!("{key}=")), "{}", e.message);
+            assert_eq!(e.arg.as_deref(), Some(key.as_str()), "{}", e.message);
         }
     }
     for (_, v) in DriverArgs::parse(raw).iter() {
