@@ -126,20 +126,9 @@ impl Held {
             }
             *q = kept;
         }
-        self.count -= out.len();
-        self.users
-            .retain(|u, q| !q.is_empty() || self.in_flight.contains(u));
-        let users = &self.users;
-        self.ring
-            .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
-        // A user whose retrying oldest expired is not waiting for a retry any more: its
-        // next transaction has never been tried and must not be skipped as if it had.
-        self.retrying.retain(|u| {
-            users
-                .get(u)
-                .and_then(|q| q.front())
-                .is_some_and(|f| !f.attempts.is_empty())
-        });
+        // (Also: a user whose retrying oldest expired is not waiting for a retry any
+        // more; its next transaction was never tried and must not be skipped.)
+        self.forget_dropped(out.len());
         self.next_expiry = next_expiry;
         out
     }

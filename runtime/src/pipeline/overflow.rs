@@ -217,11 +217,6 @@ impl Overflow {
         out
     }
 
-    /// How many transactions are left in the spool this way.
-    pub fn diverted_count(&self) -> usize {
-        self.diverted.lock().values().map(BTreeSet::len).sum()
-    }
-
     /// Keeps what a stopping lane knew of a transaction it hands on (a reload).
     pub fn carry(&self, id: &str, carried: Carried) {
         self.carried.lock().insert(id.to_string(), carried);
