@@ -89,6 +89,7 @@ mod tests {
                 failed: 1,
                 queued: 2,
                 held: 3,
+                diverted: 4,
                 overflowing: false,
                 capacity: 1024,
                 counters: vec![("wasm_traps".into(), 1)],

@@ -391,6 +391,7 @@ async fn metrics_parse_as_prometheus_text() {
         "mailpush_driver_skipped_total",
         "mailpush_driver_queue_depth",
         "mailpush_driver_held",
+        "mailpush_driver_diverted",
         "mailpush_driver_overflowing",
         "mailpush_driver_loading",
         "mailpush_driver_queue_capacity",

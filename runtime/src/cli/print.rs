@@ -131,15 +131,15 @@ pub fn status(status: &Status) {
     );
     let mut endpoints = Vec::new();
     for d in &status.drivers {
-        // QUEUED: waiting in the queue plus held by the lane (being delivered or waiting
-        // for a retry).
+        // QUEUED: waiting in the queue, held by the lane (being delivered or waiting for
+        // a retry), or left in the spool for a user over its share of the lane.
         println!(
             "{:<4} {:<16} {:<10} {:<9} {:>7} {:>9} {:>7} {:>8}",
             d.number,
             d.name,
             d.state().as_str(),
             d.circuit.as_str(),
-            d.queued + d.held,
+            d.queued + d.held + d.diverted,
             d.delivered,
             d.failed,
             d.skipped

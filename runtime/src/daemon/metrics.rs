@@ -130,7 +130,7 @@ pub fn render(status: &Status) -> String {
         );
     }
     let labels = |d: &DriverReport| format!("driver=\"{}\",name=\"{}\"", d.number, label(&d.name));
-    let per_driver: [PerDriver; 14] = [
+    let per_driver: [PerDriver; 15] = [
         (
             "mailpush_driver_retried_total",
             "counter",
@@ -190,6 +190,12 @@ pub fn render(status: &Status) -> String {
             "gauge",
             "Transactions a driver's lane holds: being delivered or waiting for a retry.",
             |d| d.held as u64,
+        ),
+        (
+            "mailpush_driver_diverted",
+            "gauge",
+            "Transactions left in the spool because their user (or tenant) has its share of a driver's lane; read back in order as that share frees up.",
+            |d| d.diverted as u64,
         ),
         (
             "mailpush_driver_loading",

@@ -92,14 +92,17 @@ impl LaneTask {
 impl Lane {
     fn report(&self) -> DriverReport {
         let queued = self.tx.max_capacity() - self.tx.capacity();
-        DriverReport::new(
-            self.number,
-            self.name.clone(),
-            (queued, self.overflow.active()),
-            self.tx.max_capacity(),
-            self.driver.as_ref(),
-            &self.stats,
-        )
+        DriverReport {
+            diverted: self.overflow.diverted_count(),
+            ..DriverReport::new(
+                self.number,
+                self.name.clone(),
+                (queued, self.overflow.active()),
+                self.tx.max_capacity(),
+                self.driver.as_ref(),
+                &self.stats,
+            )
+        }
     }
 
     /// Closes the queue, waits for the task to finish what was due, calls deinit;

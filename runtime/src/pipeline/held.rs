@@ -21,6 +21,9 @@ pub struct Item {
     pub arrived: Instant,
 }
 
+/// Whose share of the room a transaction counts against ([`Held::counting_by`]).
+pub type KeyOf = Box<dyn Fn(&Transaction) -> String + Send + Sync>;
+
 /// The transactions a lane holds, per user.
 #[derive(Default)]
 pub struct Held {
@@ -37,6 +40,9 @@ pub struct Held {
     /// Users whose oldest transaction failed and waits for a retry (it may be skipped:
     /// [`Held::skip_ahead`]).
     retrying: HashSet<String>,
+    /// How many transactions are held per key of [`Held::counting_by`] (none without).
+    per_key: HashMap<String, usize>,
+    key_of: Option<KeyOf>,
 }
 
 impl Held {
@@ -45,6 +51,40 @@ impl Held {
         Held {
             max_age,
             ..Held::default()
+        }
+    }
+
+    /// Counts the transactions held per `key_of` (a user, or a tenant), for
+    /// [`Held::held_for`].
+    pub fn counting_by(mut self, key_of: KeyOf) -> Self {
+        self.key_of = Some(key_of);
+        self
+    }
+
+    /// How many transactions of `key` are held: per [`Held::counting_by`]'s key, or
+    /// else per user.
+    pub fn held_for(&self, key: &str) -> usize {
+        match self.key_of {
+            Some(_) => self.per_key.get(key).copied().unwrap_or(0),
+            None => self.users.get(key).map_or(0, |q| q.len()),
+        }
+    }
+
+    fn count_in(&mut self, txn: &Transaction) {
+        if let Some(key_of) = &self.key_of {
+            *self.per_key.entry(key_of(txn)).or_default() += 1;
+        }
+    }
+
+    fn count_out(&mut self, txn: &Transaction) {
+        if let Some(key_of) = &self.key_of {
+            let key = key_of(txn);
+            if let Some(n) = self.per_key.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_key.remove(&key);
+                }
+            }
         }
     }
 
@@ -81,6 +121,7 @@ impl Held {
             let at = arrived + max;
             self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
         }
+        self.count_in(&txn);
         let q = self.users.entry(txn.user.clone()).or_default();
         if q.is_empty() && !self.in_flight.contains(&txn.user) {
             self.ring.push_back(txn.user.clone());
@@ -126,6 +167,9 @@ impl Held {
             }
             *q = kept;
         }
+        for item in &out {
+            self.count_out(&item.txn);
+        }
         // (Also: a user whose retrying oldest expired is not waiting for a retry any
         // more; its next transaction was never tried and must not be skipped.)
         self.forget_dropped(out.len());
@@ -170,12 +214,11 @@ impl Held {
 
     /// Removes the oldest item of `user` (its delivery finished for good).
     pub fn pop(&mut self, user: &str) -> Option<Item> {
-        let item = self.users.get_mut(user)?.pop_front();
-        if item.is_some() {
-            self.count -= 1;
-            self.retrying.remove(user);
-        }
-        item
+        let item = self.users.get_mut(user)?.pop_front()?;
+        self.count -= 1;
+        self.retrying.remove(user);
+        self.count_out(&item.txn);
+        Some(item)
     }
 
     /// Notes that the oldest transaction of `user` failed and waits for a retry.
@@ -204,6 +247,9 @@ impl Held {
                 }
                 self.retrying.remove(&user);
             }
+        }
+        for item in &out {
+            self.count_out(&item.txn);
         }
         out
     }
@@ -236,7 +282,7 @@ impl Held {
         for (user, q) in self.users.iter_mut() {
             drop_from(q, self.in_flight.contains(user), &drop, &mut gone);
         }
-        self.forget_dropped(gone.len());
+        self.forget_discarded(&gone);
         gone
     }
 
@@ -250,11 +296,20 @@ impl Held {
         if let Some(q) = self.users.get_mut(user) {
             drop_from(q, self.in_flight.contains(user), &drop, &mut gone);
         }
-        self.forget_dropped(gone.len());
+        self.forget_discarded(&gone);
         gone
     }
 
-    /// Bookkeeping after `n` transactions were dropped from the queues.
+    /// Bookkeeping after the transactions `gone` were dropped from the queues.
+    fn forget_discarded(&mut self, gone: &[Arc<Transaction>]) {
+        for t in gone {
+            self.count_out(t);
+        }
+        self.forget_dropped(gone.len());
+    }
+
+    /// Bookkeeping after `n` transactions were dropped from the queues (and uncounted
+    /// per key).
     fn forget_dropped(&mut self, n: usize) {
         if n == 0 {
             return;
@@ -486,6 +541,59 @@ mod tests {
             h.next_due(later, |_| true).map(|(_, t)| t.id.clone()),
             Some("a2".into())
         );
+    }
+
+    /// The count per key follows every way a transaction leaves: delivered (`pop`),
+    /// skipped, expired, discarded for one user or for all.
+    #[test]
+    fn the_count_per_key_follows_every_way_out() {
+        let domain = |t: &Transaction| t.user.split('@').nth(1).unwrap_or("").to_string();
+        let mut h = Held::with_max_age(Some(Duration::from_secs(10))).counting_by(Box::new(domain));
+        for (u, id) in [
+            ("a@x", "a1"),
+            ("a@x", "a2"),
+            ("a@x", "a3"),
+            ("b@x", "b1"),
+            ("c@y", "c1"),
+            ("c@y", "c2"),
+        ] {
+            h.push(txn(u, id));
+        }
+        assert_eq!(
+            (h.held_for("x"), h.held_for("y"), h.held_for("z")),
+            (4, 2, 0)
+        );
+        let t0 = Instant::now();
+        // a1 is delivered; a2 fails and waits for a retry; a3 waited hold_max.
+        assert_eq!(
+            h.next_due(t0, |t| t.user == "a@x").map(|(u, _)| u),
+            Some("a@x".into())
+        );
+        h.pop("a@x");
+        h.requeue("a@x".into());
+        assert_eq!(h.held_for("x"), 3);
+        assert_eq!(
+            h.next_due(t0, |t| t.user == "a@x").map(|(u, _)| u),
+            Some("a@x".into())
+        );
+        let a2 = h.front_mut("a@x").unwrap();
+        a2.attempts.push(Attempt {
+            at: 0,
+            error: "503".into(),
+        });
+        a2.not_before = Some(t0 + Duration::from_secs(60));
+        h.retrying("a@x");
+        h.requeue("a@x".into());
+        let hold = Duration::from_secs(1);
+        assert_eq!(h.skip_ahead(Instant::now() + hold, hold).len(), 1);
+        assert_eq!(h.held_for("x"), 2, "a3 and b1");
+        assert_eq!(h.discard_user("b@x", |_| true).len(), 1);
+        assert_eq!(h.held_for("x"), 1);
+        assert_eq!(h.discard(|t| t.id == "c2").len(), 1);
+        assert_eq!(h.held_for("y"), 1);
+        assert_eq!(h.expire(Instant::now() + Duration::from_secs(10)).len(), 2);
+        assert_eq!((h.held_for("x"), h.held_for("y"), h.count), (0, 0, 0));
+        assert!(h.per_key.is_empty(), "no key is kept at zero");
     }
 
     /// Users whose transaction is not allowed now keep their place in the ring.

@@ -78,6 +78,10 @@ pub async fn run(
     // With the spool, held transactions expire after retry_max_age whatever holds them
     // (without one a failure is final and nothing waits for a retry).
     let mut held = Held::with_max_age(ctx.spool.is_some().then_some(ctx.policy.retry.max_age));
+    if ctx.spool.is_some() {
+        let driver = ctx.driver.clone();
+        held = held.counting_by(Box::new(move |t| room_key(driver.as_ref(), t)));
+    }
     let mut closed = false;
     // Deliveries carry the breaker epoch they started in: an outcome that arrives after
     // the breaker changed state (a delivery that was already out) does not count.
@@ -288,35 +292,32 @@ fn room_share(capacity: usize) -> usize {
 }
 
 /// Whose share a transaction counts against: its tenant's (`\0` + the group) for a
-/// driver that shares its lane, else its user's.
-fn room_key(ctx: &LaneContext, t: &Transaction) -> String {
-    match ctx.driver.share(t) {
+/// driver that shares its lane, else its user's. The lane's [`Held`] counts by it.
+fn room_key(driver: &dyn Driver, t: &Transaction) -> String {
+    match driver.share(t) {
         Some((group, _)) => format!("\0{group}"),
         None => t.user.clone(),
     }
 }
 
-/// How many transactions of `key` the lane holds.
-fn held_for(ctx: &LaneContext, held: &Held, key: &str) -> usize {
-    match key.strip_prefix('\0') {
-        None => held.users.get(key).map_or(0, |q| q.len()),
-        Some(group) => held
-            .users
-            .values()
-            .filter(|q| {
-                q.front()
-                    .and_then(|i| ctx.driver.share(&i.txn))
-                    .is_some_and(|(g, _)| g == group)
-            })
-            .map(|q| q.len())
-            .sum(),
+/// The part of the lane's room kept for users (or tenants) that hold nothing yet — and
+/// kept from what is read back ([`read_back`]): so that however many users wait with
+/// their share held (retries, an open circuit), a new user's transaction still gets in.
+/// None where the room is too small to keep two shares.
+fn room_reserve(capacity: usize) -> usize {
+    let share = room_share(capacity);
+    if capacity >= 2 * share {
+        share
+    } else {
+        0
     }
 }
 
 /// Holds a transaction taken from the queue (or the backlog, `stored` then), with what
 /// the lane before knew of it if a reload handed it on — unless its user (or tenant)
-/// already has its share of the room ([`room_share`]) or has transactions left in the
-/// spool: then it stays in the spool too, for [`read_back`].
+/// already has its share of the room ([`room_share`]), or holds some while only the
+/// reserve is left ([`room_reserve`]), or has transactions left in the spool: then it
+/// stays in the spool too, for [`read_back`].
 fn take_in(
     ctx: &LaneContext,
     held: &mut Held,
@@ -328,11 +329,12 @@ fn take_in(
         return;
     }
     if let Some(spool) = &ctx.spool {
-        let key = room_key(ctx, &t);
-        let share = room_share(ctx.capacity);
-        // (No key can be at its share while the lane holds less than a share in all.)
+        let key = room_key(ctx.driver.as_ref(), &t);
+        let capacity = ctx.capacity.max(1);
+        let holds = held.held_for(&key);
         if ctx.overflow.is_diverting(&key)
-            || (held.count >= share && held_for(ctx, held, &key) >= share)
+            || holds >= room_share(capacity)
+            || (holds > 0 && capacity.saturating_sub(held.count) <= room_reserve(capacity))
         {
             match spool.position(&t.id) {
                 Ok(Some(position)) => {
@@ -365,15 +367,14 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
         return false;
     }
     let share = room_share(capacity);
-    // A share of the room stays for what is queued (where there is room for two).
-    let reserve = if capacity >= 2 * share { share } else { 0 };
+    let reserve = room_reserve(capacity);
     let mut failed = false;
     for key in ctx.overflow.diverting() {
         let free = capacity.saturating_sub(held.count).saturating_sub(reserve);
         if free == 0 {
             break;
         }
-        let room = share.saturating_sub(held_for(ctx, held, &key)).min(free);
+        let room = share.saturating_sub(held.held_for(&key)).min(free);
         let mut positions = ctx.overflow.take_diverted(&key, room).into_iter();
         while let Some(position) = positions.next() {
             match spool.owed_at(ctx.number, position) {

@@ -193,6 +193,11 @@ impl Overflow {
         !self.diverted.lock().is_empty()
     }
 
+    /// How many transactions are left in the spool this way.
+    pub fn diverted_count(&self) -> usize {
+        self.diverted.lock().values().map(|s| s.len()).sum()
+    }
+
     /// The keys with transactions left in the spool.
     pub fn diverting(&self) -> Vec<String> {
         self.diverted.lock().keys().cloned().collect()

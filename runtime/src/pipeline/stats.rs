@@ -78,6 +78,10 @@ pub struct DriverReport {
     pub queued: usize,
     /// Transactions the driver's lane holds (being delivered or waiting for a retry).
     pub held: usize,
+    /// Transactions left in the spool because their user (or tenant) had its share of
+    /// the lane's room; read back as that room frees up ([`super::overflow`]).
+    #[serde(default)]
+    pub diverted: usize,
     /// The driver reads a backlog from the spool ([`super::overflow`]).
     pub overflowing: bool,
     /// The queue's capacity.
@@ -166,6 +170,7 @@ impl DriverReport {
             number,
             name,
             held: stats.held.load(Ordering::Relaxed),
+            diverted: 0,
             overflowing,
             delivered: get(&stats.delivered),
             skipped: get(&stats.skipped),

@@ -496,6 +496,93 @@ async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// However many users wait for retries with their share of the room held, the last
+/// share of the room stays for users that hold nothing yet: four stuck users (a share
+/// of 2 each would fill a room of 8) leave room for e1, delivered while they wait.
+/// Everything is delivered once, each user's in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_waiting_for_retries_leave_room_for_a_new_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let outcomes = Arc::new(Outcomes::default());
+    let driver = Arc::new(Script::default());
+    let stuck = ["a", "b", "c", "d"];
+    for u in stuck {
+        driver.fail.lock().insert(format!("{u}1"), 3);
+    }
+    let mut args =
+        mailpush_core::DriverArgs::parse("retry=300ms,300ms,300ms,300ms breaker_min=1000");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", policy)],
+        8,
+        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(
+        stuck.iter().map(|u| txn(u, &format!("{u}1"))).collect(),
+        Backpressure::Refuse,
+    )
+    .await
+    .unwrap();
+    driver.wait_calls(4).await;
+    for u in stuck {
+        for i in 2..=4 {
+            d.accept(vec![txn(u, &format!("{u}{i}"))], Backpressure::Refuse)
+                .await
+                .unwrap();
+        }
+    }
+    d.accept(vec![txn("e", "e1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    let delivered_at = |id: &str| {
+        outcomes
+            .seen
+            .lock()
+            .iter()
+            .position(|(i, o)| i == id && matches!(o, Outcome::Delivered))
+    };
+    assert!(
+        eventually(|| delivered_at("e1").is_some()).await,
+        "e1 delivered"
+    );
+    // a3 a4, b3 b4, c2…c4 (only the reserve was left), d2…d4; c2 may be read back once
+    // e1 is gone.
+    let diverted = d.reports()[0].diverted;
+    assert!(
+        stuck
+            .iter()
+            .all(|u| delivered_at(&format!("{u}1")).is_none()),
+        "e1 went while a1…d1 still waited for their retries: {:?}",
+        outcomes.seen.lock()
+    );
+    assert!(
+        (9..=10).contains(&diverted),
+        "left in the spool: {diverted}"
+    );
+    assert!(
+        eventually(|| outcomes.seen.lock().len() >= 17).await,
+        "every transaction delivered: {:?}",
+        outcomes.seen.lock()
+    );
+    d.shutdown().await;
+    let ok: Vec<String> = driver
+        .calls
+        .lock()
+        .iter()
+        .filter(|c| c.ok)
+        .map(|c| c.id.clone())
+        .collect();
+    assert_eq!(ok.len(), 17, "each once: {ok:?}");
+    for u in stuck {
+        let mine: Vec<&String> = ok.iter().filter(|id| id.starts_with(u)).collect();
+        let expected: Vec<String> = (1..=4).map(|i| format!("{u}{i}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "{u}'s in order");
+    }
+    assert!(spool.pending().unwrap().is_empty());
+}
+
 /// A reload while a user has transactions left in the spool: the new lane delivers
 /// what the old one held (older) before it reads back the rest, so the user's order
 /// holds across the reload.
