@@ -26,7 +26,7 @@ impl Default for DriverRegistry {
         r.register(Arc::new(mailpush_dlog::DlogFactory));
         r.register(Arc::new(mailpush_ox::OxFactory::default()));
         r.register(Arc::new(WasmFactory::default()));
-        r.register(Arc::new(crate::lua::LuaFactory));
+        r.register(Arc::new(crate::lua::LuaFactory::default()));
         r
     }
 }

@@ -23,8 +23,20 @@ use crate::wasm::http::policy::HttpPolicy;
 use crate::wasm::log::{DriverTag, LogRate};
 
 /// Registers `lua` (`push_notification_driver = lua:file=/etc/dovecot/push.lua`).
-#[derive(Debug, Default)]
-pub struct LuaFactory;
+#[derive(Debug)]
+pub struct LuaFactory {
+    /// Extra time past `max_txn_msecs` before a worker that has not answered is given
+    /// up ([`STUCK_GRACE`]; shorter in tests).
+    stuck_grace: Duration,
+}
+
+impl Default for LuaFactory {
+    fn default() -> Self {
+        LuaFactory {
+            stuck_grace: STUCK_GRACE,
+        }
+    }
+}
 
 #[async_trait]
 impl DriverFactory for LuaFactory {
@@ -125,6 +137,7 @@ impl DriverFactory for LuaFactory {
                 handlers,
                 idle: Mutex::new(Vec::new()),
                 abandoned: Mutex::new(Vec::new()),
+                stuck_grace: self.stuck_grace,
                 spawned: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::current(),
             }),
@@ -156,6 +169,7 @@ struct Inner {
     idle: Mutex<Vec<Worker>>,
     /// Threads of workers given up on whose call has not returned yet.
     abandoned: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    stuck_grace: Duration,
     spawned: AtomicUsize,
     /// The runtime the driver was loaded on (the process's): workers' HTTP runs there,
     /// never on the lane thread that happened to start them.
@@ -198,7 +212,7 @@ impl Inner {
                 })?
             }
         };
-        let limit = self.script.settings.max_txn + STUCK_GRACE;
+        let limit = self.script.settings.max_txn + self.stuck_grace;
         match tokio::time::timeout(limit, worker.deliver(txn)).await {
             Ok(Some(result)) => {
                 self.idle.lock().push(worker);
@@ -209,9 +223,9 @@ impl Inner {
             Err(_) => {
                 self.abandoned.lock().push(worker.abandon());
                 Err(Failure::permanent(format!(
-                    "lua: the script did not finish within max_txn_msecs={} (+{} s)",
+                    "lua: the script did not finish within max_txn_msecs={} (+{} ms)",
                     self.script.settings.max_txn.as_millis(),
-                    STUCK_GRACE.as_secs()
+                    self.stuck_grace.as_millis()
                 )))
             }
         }
@@ -286,5 +300,98 @@ impl DriverTxn for LuaTxn {
             return Ok(());
         }
         self.inner.deliver(self.txn).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailpush_core::{BreakerConfig, DriverArgs, NoMetadata};
+
+    /// A worker given up on (a C call the budget cannot interrupt) leaves its thread
+    /// running; at most [`MAX_ABANDONED`] such threads per driver, then transactions fail
+    /// (retryably) instead of starting more, until those calls end.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn threads_given_up_on_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("stuck.lua");
+        // One pattern call under the cost bound (31000² steps) that runs for a good
+        // fraction of a second in C, where the hook cannot stop it; only for user "slow".
+        std::fs::write(
+            &script,
+            r#"
+function dovecot_lua_notify_begin_txn(user) return { user = user.username } end
+function dovecot_lua_notify_event_mailbox_create(ctx, event)
+  if ctx.user == "slow" then
+    local s = ("a"):rep(31000)
+    if s:find(".-b") then error("matched") end
+  end
+end
+function dovecot_lua_notify_end_txn(ctx, success) end
+"#,
+        )
+        .unwrap();
+        let init = DriverInit {
+            number: 1,
+            name: "lua".into(),
+            args: DriverArgs::parse(&format!(
+                "file={} timeout_msecs=20 max_txn_msecs=20",
+                script.display()
+            )),
+            raw: None,
+            config_dir: dir.path().into(),
+            state_dir: dir.path().into(),
+            metadata: Arc::new(NoMetadata),
+            breaker: BreakerConfig::default(),
+            plugin_env: Arc::default(),
+            background_load: false,
+            check_only: false,
+        };
+        let factory = LuaFactory {
+            stuck_grace: Duration::from_millis(10),
+        };
+        let driver = factory.init(&init).await.expect("the script loads").driver;
+        let deliver = |user: &str, id: &str| {
+            let txn = Arc::new(
+                Transaction::from_json(&format!(
+                    r#"{{"id":"{id}","user":"{user}","events":[{{"name":"MailboxCreate","mailbox":"A"}}]}}"#
+                ))
+                .unwrap(),
+            );
+            let driver = driver.clone();
+            async move {
+                match driver.begin_txn(&txn).await? {
+                    Begin::Join { txn: t, .. } => t.end_txn(true).await,
+                    _ => Ok(()),
+                }
+            }
+        };
+        for i in 0..MAX_ABANDONED {
+            let e = deliver("slow", &format!("s{i}")).await.unwrap_err();
+            assert!(
+                !e.retryable && e.reason.contains("did not finish within"),
+                "{e:?}"
+            );
+        }
+        // Both threads are still in their C call: nothing starts, for any user.
+        let e = deliver("fast", "f1").await.unwrap_err();
+        assert!(
+            e.retryable
+                && e.reason
+                    .contains("2 earlier calls of the script are still running"),
+            "{e:?}"
+        );
+        // Once those calls end, transactions run again (within a generous bound).
+        let ran = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match deliver("fast", "f2").await {
+                    Ok(()) => return,
+                    Err(e) => assert!(e.retryable, "{e:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(ran.is_ok(), "the given-up threads never ended");
     }
 }
