@@ -30,6 +30,7 @@ pub mod registry;
 pub mod schema;
 pub mod spool;
 pub mod status;
+pub mod userinfo;
 pub mod wasm;
 
 pub use mailpush_config as config;

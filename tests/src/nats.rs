@@ -163,6 +163,8 @@ struct Node {
     child: Option<Child>,
     /// `sync_interval: always` (fsync every message) rather than nats-server's default.
     sync_always: bool,
+    /// A user and password clients must give (`authorization { }`), if any.
+    password: Option<(String, String)>,
 }
 
 impl Node {
@@ -176,6 +178,7 @@ impl Node {
             log: dir.join(format!("{name}.log")),
             child: None,
             sync_always: true,
+            password: None,
         }
     }
 
@@ -194,6 +197,13 @@ impl Node {
         writeln!(c, "  max_memory_store: 256M").unwrap();
         writeln!(c, "  max_file_store: 1G").unwrap();
         writeln!(c, "}}").unwrap();
+        if let Some((user, password)) = &self.password {
+            writeln!(
+                c,
+                "authorization {{ user: \"{user}\", password: \"{password}\" }}"
+            )
+            .unwrap();
+        }
         if let Some(cluster) = p.cluster {
             writeln!(c, "cluster {{").unwrap();
             writeln!(c, "  name: \"mailpush\"").unwrap();
@@ -364,10 +374,19 @@ impl NatsServer {
         Self::start_syncing(true)
     }
 
+    /// [`NatsServer::start`] with clients required to log in as `user` with `password`.
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        Self::start_as(true, Some((user.to_string(), password.to_string())))
+    }
+
     /// [`NatsServer::start`] with `sync_always` false: nats-server's default flush to
     /// disk (every 2 minutes; durability then comes from replicas), as a production
     /// cluster runs it. For benchmarks.
     pub fn start_syncing(sync_always: bool) -> Self {
+        Self::start_as(sync_always, None)
+    }
+
+    fn start_as(sync_always: bool, password: Option<(String, String)>) -> Self {
         let bin = nats_server_bin().expect("no nats-server; call nats_or_skip() first");
         let dir = tempfile::Builder::new()
             .prefix("mailpush-nats-")
@@ -382,6 +401,7 @@ impl NatsServer {
             };
             let mut node = Node::new(&bin, dir.path(), "nats", ports);
             node.sync_always = sync_always;
+            node.password = password.clone();
             node.write_conf(&[]);
             node.spawn();
             match wait_ready(std::slice::from_mut(&mut node), |n| n[0].js_healthy()) {

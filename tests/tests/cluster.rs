@@ -159,26 +159,34 @@ async fn one_node_delivers_through_jetstream() {
     assert_eq!(dup, 0);
     assert_eq!(server.requests().len(), 200);
 
-    // A 400: a dead letter in JetStream; `mailpush dlq` lists and replays it.
-    server.script([Reply::status(400)]);
+    // A 400: a dead letter in JetStream; `mailpush dlq` lists and replays it. The replay
+    // fails the same way at once (within the de-duplication window): a dead letter again,
+    // not a duplicate dropped; replayed again, it is delivered.
+    server.script([Reply::status(400), Reply::status(400)]);
     post(node.addr, &txn_line("dl@example.com", "dead-1")).await;
     let conf_arg = conf.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let listed = loop {
-        let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
-        assert!(ok, "{out}");
-        if out.contains("dead-1") {
-            break out;
+    let dead_letter_listed = || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+            assert!(ok, "{out}");
+            if out.contains("dead-1") {
+                break out;
+            }
+            assert!(Instant::now() < deadline, "{out}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "{out}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let listed = dead_letter_listed().await;
     assert!(listed.contains("webhook answered 400"), "{listed}");
     let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
     assert!(ok && out.starts_with("1 dead letter(s)"), "{out}");
-    // 200, the 400, the replay.
+    dead_letter_listed().await;
+    let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
+    assert!(ok && out.starts_with("1 dead letter(s)"), "{out}");
+    // 200, the two 400s, the replay delivered.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while server.requests().len() < 202 {
+    while server.requests().len() < 203 {
         assert!(
             Instant::now() < deadline,
             "the replay was not delivered:\n{}\n{}",
@@ -190,9 +198,23 @@ async fn one_node_delivers_through_jetstream() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = server.requests();
-    assert!(got[201].body_text().contains("dead-1"));
+    assert!(got[202].body_text().contains("dead-1"));
     let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
     assert!(ok && !out.contains("dead-1"), "{out}");
+
+    // One batch of more transactions than the JetStream client lets await their
+    // acknowledgement at once (5000): stored and delivered, not a node wedged.
+    let mut big: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut body = String::new();
+    for i in 0..6000 {
+        let user = format!("big{}@example.com", i % 50);
+        let id = format!("b{i}");
+        body.push_str(&txn_line(&user, &id));
+        big.entry(user).or_default().push(id);
+    }
+    post(node.addr, &body).await;
+    let dup = all_delivered(&server, &big, Duration::from_secs(120), "one big batch").await;
+    assert_eq!(dup, 0);
 
     // Status shows the cluster.
     let c = daemon_status(node.addr)
@@ -517,7 +539,7 @@ async fn metadata_set_on_one_node_reaches_another_nodes_ox() {
 
 /// Config drift: three nodes, one with a different driver set. Every node's status names
 /// it, its `/readyz` answers 503 saying why, the others stay ready; `mailpush status`
-/// shows it.
+/// shows it. A node with another partition count is refused at start.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_whose_drivers_differ_is_named_and_not_ready() {
     if !nats_or_skip() {
@@ -571,6 +593,43 @@ async fn a_node_whose_drivers_differ_is_named_and_not_ready() {
         odd_row.is_some_and(|l| l.to_lowercase().contains("config drift")),
         "{out}"
     );
+    // A node with another partition count is refused at start (and the stream keeps
+    // its count: the running nodes go on).
+    let wrong = node_config(
+        dir.path(),
+        "wrong",
+        &nats.url(),
+        &same,
+        " cluster_partitions = 64\n",
+    );
+    let mut child = std::process::Command::new(mailpush_bin())
+        .args(["run", "-c", wrong.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a node with 64 partitions was not refused");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was created with 32 partitions")
+            && stderr.contains("cluster_partitions = 64"),
+        "{stderr}"
+    );
+    let (_, _, body) = http_request(a.addr, "GET", "/v1/status", &[], b"").await;
+    let status: mailpush::status::Status = serde_json::from_str(&body).unwrap();
+    assert_eq!(status.cluster.expect("cluster status").partitions, 32);
 }
 
 /// A Lua script's METADATA writes go to the cluster's bucket: read back by the script at
@@ -635,4 +694,35 @@ async fn a_lua_scripts_metadata_writes_reach_the_bucket() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A server that wants a user and password, given in the `cluster` URL (percent-encoded,
+/// as URLs are): the node logs in (the NATS client does not send a URL's userinfo by
+/// itself) and delivers; the password is nowhere in its log, debug lines included.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_the_server_url_log_in() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start_with_password("mp", "s@cret-9");
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url().replace("nats://", "nats://mp:s%40cret-9@");
+    let conf = node_config(dir.path(), "authed", &url, &[server.url("/h")], "");
+    let node = RunningDaemon::start_with(&conf, &["--log-level", "debug,async_nats=debug"]);
+    let sent: BTreeMap<String, Vec<String>> =
+        [("a@example.com".to_string(), vec!["auth-1".to_string()])].into();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        post(node.addr, &txn_line("a@example.com", "auth-1")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("never accepted:\n{}", node.log.lock().unwrap()));
+    all_delivered(&server, &sent, Duration::from_secs(60), "with a password").await;
+    let log = node.log.lock().unwrap().clone();
+    assert!(log.contains("NATS: connected"), "{log}");
+    assert!(
+        !log.contains("s@cret-9") && !log.contains("s%40cret-9"),
+        "{log}"
+    );
 }

@@ -40,7 +40,14 @@ pub async fn record(
         attempts: attempts.to_vec(),
         txn: txn.to_json(),
     };
-    let id = format!("dlq/{driver}/{}/{}", txn.id, attempts.len());
+    // One id per recording (its retries below are stored once), never the same for two:
+    // a transaction replayed and dead-lettered again within the de-duplication window
+    // must be stored again, not taken for a duplicate and lost.
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!("dlq/{driver}/{}/{}/{unique}", txn.id, attempts.len());
     let mut pause = Duration::from_millis(100);
     loop {
         let Ok(payload) = serde_json::to_vec(&record) else {

@@ -123,9 +123,47 @@ pub async fn connect(
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    opts.connect(settings.servers.as_slice())
+    // The client does not send a URL's userinfo (and its debug lines print the URLs):
+    // taken out here and given as the connection's user and password, or token.
+    let (servers, credentials) = split_credentials(&settings.servers)?;
+    match credentials {
+        Some((user, password)) if password.is_empty() => opts = opts.token(user),
+        Some((user, password)) => opts = opts.user_and_password(user, password),
+        None => {}
+    }
+    opts.connect(servers.as_slice())
         .await
         .map_err(|e| storage("cannot connect", e))
+}
+
+/// A user and password (an empty password: the user is a token).
+type Credentials = (String, String);
+
+/// The server URLs without userinfo, and the one user and password (or token: a user
+/// alone) they gave; refused if two URLs give different ones (NATS has one per
+/// connection).
+fn split_credentials(servers: &[String]) -> Result<(Vec<String>, Option<Credentials>), SpoolError> {
+    let mut bare = Vec::with_capacity(servers.len());
+    let mut credentials: Option<Credentials> = None;
+    for s in servers {
+        let parsed = s.parse::<http::Uri>().ok();
+        match parsed.as_ref().and_then(crate::userinfo::without_userinfo) {
+            Some((uri, user, password)) => {
+                if credentials
+                    .as_ref()
+                    .is_some_and(|c| c != &(user.clone(), password.clone()))
+                {
+                    return Err(SpoolError::Storage(
+                        "cluster: the server URLs give different users or passwords; NATS takes one per connection: give every URL the same, or use cluster_creds_file".into(),
+                    ));
+                }
+                credentials = Some((user, password));
+                bare.push(uri.to_string());
+            }
+            None => bare.push(s.clone()),
+        }
+    }
+    Ok((bare, credentials))
 }
 
 /// The oldest nats-server mailpush works with: consumer reset (a partition's new owner
@@ -180,11 +218,46 @@ pub async fn setup(
     }
 }
 
+/// Refuses a node whose partition count differs from the one the stream was created
+/// with (`recorded`, the stream's metadata).
+fn check_partitions(
+    names: &Names,
+    recorded: Option<&String>,
+    settings: &ClusterSettings,
+) -> Result<(), SpoolError> {
+    match recorded {
+        Some(p) if p != &settings.partitions.to_string() => Err(SpoolError::Storage(format!(
+            "the stream {} was created with {p} partitions, this node has cluster_partitions = {}: the count is fixed for the life of the stream (set cluster_partitions = {p})",
+            names.txn_stream(),
+            settings.partitions
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn setup_once(
     js: &jetstream::Context,
     names: &Names,
     settings: &ClusterSettings,
 ) -> Result<(), SpoolError> {
+    // The partition count is fixed for the life of the stream: checked before the
+    // update below, which would overwrite the stream's record of it with this node's.
+    match js.get_stream(names.txn_stream()).await {
+        Ok(mut existing) => {
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| storage("cannot read the transaction stream", e))?;
+            check_partitions(names, info.config.metadata.get("partitions"), settings)?;
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) => {}
+        Err(e) => return Err(storage("cannot read the transaction stream", e)),
+    }
     js.create_or_update_stream(stream::Config {
         name: names.txn_stream(),
         subjects: vec![
@@ -205,22 +278,6 @@ async fn setup_once(
     })
     .await
     .map_err(|e| storage("cannot create the transaction stream", e))?;
-    // The partition count is fixed for the life of the stream.
-    let info = js
-        .get_stream(names.txn_stream())
-        .await
-        .map_err(|e| storage("cannot read the transaction stream", e))?
-        .cached_info()
-        .clone();
-    if let Some(p) = info.config.metadata.get("partitions") {
-        if p != &settings.partitions.to_string() {
-            return Err(SpoolError::Storage(format!(
-                "the stream {} was created with {p} partitions, this node has cluster_partitions = {}: the count is fixed for the life of the stream",
-                names.txn_stream(),
-                settings.partitions
-            )));
-        }
-    }
     js.create_or_update_stream(stream::Config {
         name: names.dlq_stream(),
         subjects: vec![format!("{}.dlq.*", names.subject)],

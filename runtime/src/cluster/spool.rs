@@ -341,10 +341,17 @@ async fn worker(
                     let _ = reply.send(publish(&js, &names, partitions, &txns).await);
                 });
             }
+            // Not awaited here: while NATS reconnects, an acknowledgement waits for room
+            // in the client's queue, and appends behind it must still get their answer
+            // (a 503) in time.
             Work::Ack(acker) => {
-                if let Err(e) = acker.ack().await {
-                    tracing::warn!("NATS: an acknowledgement was not sent ({e}); the transaction may be delivered again after a move");
-                }
+                tokio::spawn(async move {
+                    match tokio::time::timeout(ACK_DEADLINE, acker.ack()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!("NATS: an acknowledgement was not sent ({e}); the transaction may be delivered again after a move"),
+                        Err(_) => tracing::warn!("NATS: an acknowledgement was not sent within {} s; the transaction may be delivered again after a move", ACK_DEADLINE.as_secs()),
+                    }
+                });
             }
             Work::DeadLetter {
                 txn,
@@ -368,9 +375,25 @@ async fn worker(
     }
 }
 
+/// How long an acknowledgement of a delivered transaction may wait to be sent (NATS
+/// reconnecting) before it is given up: the transaction is then delivered again after
+/// its partition moves (at-least-once).
+const ACK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The most publications one batch has awaiting their acknowledgement at once. The
+/// JetStream context lets 5000 be awaited in all (its other users included: the
+/// buckets, dead letters) and makes one more wait for a free one: a batch that held
+/// them all would wait for itself forever.
+const PUBLISH_CHUNK: usize = 500;
+
+/// How many batches publish at once ([`PUBLISH_CHUNK`] each): together they leave
+/// half of the context's 5000 to the rest.
+static PUBLISHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(5);
+
 /// Publishes a batch (each transaction on its partition's subject, its id as the
 /// de-duplication id) and waits until JetStream stored all of it; retries what failed
-/// with the same ids until [`PUBLISH_DEADLINE`]. `None` for an id stored before.
+/// with the same ids until [`PUBLISH_DEADLINE`], which bounds every wait (for a turn,
+/// to send, for an acknowledgement). `None` for an id stored before.
 async fn publish(
     js: &Context,
     names: &Names,
@@ -378,28 +401,37 @@ async fn publish(
     txns: &[Transaction],
 ) -> Result<Vec<Option<i64>>, SpoolError> {
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+    let late = || storage("cannot store transactions", "NATS did not answer in time");
+    let _turn = tokio::time::timeout_at(deadline, PUBLISHING.acquire())
+        .await
+        .map_err(|_| late())?
+        .map_err(|e| storage("cannot store transactions", e))?;
     let mut out: Vec<Option<Option<i64>>> = vec![None; txns.len()];
     let mut last_error = String::new();
     let mut pause = Duration::from_millis(50);
     loop {
-        let mut acks = Vec::new();
-        for (i, t) in txns.iter().enumerate() {
-            if out[i].is_some() {
-                continue;
+        let todo: Vec<usize> = (0..txns.len()).filter(|i| out[*i].is_none()).collect();
+        for chunk in todo.chunks(PUBLISH_CHUNK) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let t = &txns[i];
+                let subject = names.txn_subject(partition_of(&t.user, partitions));
+                let msg = PublishMessage::build()
+                    .payload(t.to_json().into())
+                    .message_id(&t.id);
+                match tokio::time::timeout_at(deadline, js.send_publish(subject, msg)).await {
+                    Ok(Ok(ack)) => acks.push((i, ack)),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    // (Dropping the acknowledgements awaited frees their places.)
+                    Err(_) => return Err(late()),
+                }
             }
-            let subject = names.txn_subject(partition_of(&t.user, partitions));
-            let msg = PublishMessage::build()
-                .payload(t.to_json().into())
-                .message_id(&t.id);
-            match js.send_publish(subject, msg).await {
-                Ok(ack) => acks.push((i, ack)),
-                Err(e) => last_error = e.to_string(),
-            }
-        }
-        for (i, ack) in acks {
-            match ack.await {
-                Ok(a) => out[i] = Some((!a.duplicate).then_some(a.sequence as i64)),
-                Err(e) => last_error = e.to_string(),
+            for (i, ack) in acks {
+                match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(a)) => out[i] = Some((!a.duplicate).then_some(a.sequence as i64)),
+                    Ok(Err(e)) => last_error = e.to_string(),
+                    Err(_) => return Err(late()),
+                }
             }
         }
         if out.iter().all(Option::is_some) {

@@ -564,7 +564,7 @@ fn send(
     }
     // `http://user:pass@host/`: as Dovecot's client, the userinfo becomes Basic
     // authentication (unless the script set Authorization itself), never part of Host.
-    let (uri, auth) = match without_userinfo(&uri) {
+    let (uri, auth) = match crate::userinfo::without_userinfo(&uri) {
         Some((bare, user, password)) => (bare, Some((user, password))),
         None => (uri, None),
     };
@@ -640,40 +640,6 @@ fn send(
         )));
     }
     outcome
-}
-
-/// The URI without its userinfo, with the user and password (percent-decoded), if it
-/// has one.
-fn without_userinfo(uri: &http::Uri) -> Option<(http::Uri, String, String)> {
-    let authority = uri.authority()?.as_str();
-    let (userinfo, host) = authority.rsplit_once('@')?;
-    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-    let decode = |s: &str| {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let hex = (b[i] == b'%')
-                .then(|| s.get(i + 1..i + 3))
-                .flatten()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(byte) => {
-                    out.push(byte);
-                    i += 3;
-                }
-                None => {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.authority = Some(host.parse().ok()?);
-    let bare = http::Uri::from_parts(parts).ok()?;
-    Some((bare, decode(user), decode(password)))
 }
 
 fn build_request(
