@@ -150,7 +150,7 @@ impl Feeder {
                             "NATS: a message on {} is not a transaction; acknowledged and skipped",
                             message.subject
                         );
-                        let _ = acker.ack().await;
+                        let _ = tokio::time::timeout(super::spool::ACK_DEADLINE, acker.ack()).await;
                         continue;
                     }
                 };
@@ -168,7 +168,7 @@ impl Feeder {
                     Arrival::Fresh => {}
                     Arrival::Held => continue,
                     Arrival::Done(acker) => {
-                        let _ = acker.ack().await;
+                        let _ = tokio::time::timeout(super::spool::ACK_DEADLINE, acker.ack()).await;
                         continue;
                     }
                     // This feeder's ownership ended (its stop is on the way).

@@ -378,7 +378,7 @@ async fn worker(
 /// How long an acknowledgement of a delivered transaction may wait to be sent (NATS
 /// reconnecting) before it is given up: the transaction is then delivered again after
 /// its partition moves (at-least-once).
-const ACK_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The most publications one batch has awaiting their acknowledgement at once. The
 /// JetStream context lets 5000 be awaited in all (its other users included: the
