@@ -21,7 +21,7 @@ use super::bindings::mailpush::driver::types::Failure as WitFailure;
 use super::bindings::{PushDriver, PushDriverIndices, WIT_PACKAGE, WIT_VERSION};
 use super::engine::LoadedComponent;
 use super::http::{HttpPolicy, OutboundHttp};
-use super::limits::{slice, HostMemory, Limits};
+use super::limits::{charged, slice, HostMemory, Limits};
 use super::log::{DriverTag, LogBudget, LogRate};
 use super::lower::{DeliverFunc, TransactionRef};
 use super::state::{self, HostState};
@@ -338,7 +338,8 @@ impl Instances {
         let result = if self.synchronous {
             func.call(&mut *store, params)
         } else {
-            tokio::time::timeout(left, func.call_async(&mut *store, params))
+            let poll = store.data().clock.poll.clone();
+            tokio::time::timeout(left, charged(&poll, func.call_async(&mut *store, params)))
                 .await
                 .map_err(|_| OutOfTime)?
         };
@@ -494,7 +495,8 @@ impl Instances {
         let instantiated = if self.synchronous {
             self.pre.instantiate(&mut store)
         } else {
-            self.pre.instantiate_async(&mut store).await
+            let poll = store.data().clock.poll.clone();
+            charged(&poll, self.pre.instantiate_async(&mut store)).await
         };
         let instance = match in_time(&store, capped, instantiated).map_err(|_| Late)? {
             Ok(i) => i,

@@ -4,7 +4,7 @@
 //!
 //! | key | bound | enforced by |
 //! |---|---|---|
-//! | `timeout_msecs=100` | CPU time per call: guest code and host work for it, not waiting | [`CallClock`], checked on each epoch tick ([`CallClock::on_epoch`]) |
+//! | `timeout_msecs=100` | CPU time per call: guest code and host work for it, not waiting, nor other calls run while it is suspended | [`CallClock`] over [`PollTime`], checked on each epoch tick ([`CallClock::on_epoch`]) |
 //! | `memory=32M` | linear memory | [`MemoryLimiter`] (the store's resource limiter) and the pool's slot size ([`MAX_MEMORY`]) |
 //! | `fuel=N` | instructions per call | wasmtime's fuel, set before each call |
 //! | `max_event_bytes=1M` | event JSON handed to one `deliver` | checked before the call (`driver.rs`) |
@@ -270,15 +270,70 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Measures the time one call is charged: wall time minus time spent *waiting* in the
-/// blocking `wasi:io` calls, which measure and report it themselves
-/// (`super::wasi::Waiting`). Guest code and host work done for the guest (logging,
-/// building headers, copying, hashing) are charged to `timeout_msecs`; waiting on the
-/// network or a clock is bounded by the HTTP timeouts and `max_txn_msecs` instead.
+/// The time the lane thread has spent on one call: the call's future is polled (by
+/// [`charged`]) or, on the synchronous path, runs from [`CallClock::arm`] on. A call
+/// suspended — waiting on the network or a clock, or having yielded so the lane's
+/// other calls run (tenant handlers share one lane) — is not being polled, so neither
+/// its waits nor the other calls' time count; host work done inside a call (logging,
+/// building headers, writing to a stream, hashing) does.
+#[derive(Debug, Default)]
+pub struct PollTime(parking_lot::Mutex<PollState>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PollState {
+    /// Time spent in earlier polls of the call.
+    before: Duration,
+    /// When the current poll began (`None`: not being polled).
+    since: Option<Instant>,
+}
+
+impl PollTime {
+    /// A new call, running from now.
+    fn restart(&self) {
+        *self.0.lock() = PollState {
+            before: Duration::ZERO,
+            since: Some(Instant::now()),
+        };
+    }
+
+    fn enter(&self) {
+        self.0.lock().since = Some(Instant::now());
+    }
+
+    fn leave(&self) {
+        let mut s = self.0.lock();
+        if let Some(t) = s.since.take() {
+            s.before += t.elapsed();
+        }
+    }
+
+    /// The time spent on the call so far.
+    pub fn so_far(&self) -> Duration {
+        let s = *self.0.lock();
+        s.before + s.since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// Runs `call` (a call into a guest on a fiber), charging the time spent polling it to
+/// `poll` — nothing while it is suspended.
+pub async fn charged<F: std::future::Future>(poll: &PollTime, call: F) -> F::Output {
+    let mut call = std::pin::pin!(call);
+    std::future::poll_fn(|cx| {
+        poll.enter();
+        let r = call.as_mut().poll(cx);
+        poll.leave();
+        r
+    })
+    .await
+}
+
+/// The CPU deadline of one call: the time charged ([`PollTime`]) against its budget.
+/// Guest code and host work done for the guest (logging, building headers, copying,
+/// hashing) are charged to `timeout_msecs`; waiting on the network or a clock is bounded
+/// by the HTTP timeouts and `max_txn_msecs` instead.
 #[derive(Debug, Default)]
 pub struct CallClock {
-    started: Option<Instant>,
-    waited: Duration,
+    pub poll: std::sync::Arc<PollTime>,
     pub budget: Duration,
     /// Set when the deadline interrupted the guest.
     pub expired: bool,
@@ -290,25 +345,14 @@ pub struct CallClock {
 impl CallClock {
     /// Re-arms the clock before a call.
     pub fn arm(&mut self, budget: Duration) {
-        *self = CallClock {
-            started: Some(Instant::now()),
-            budget,
-            synchronous: self.synchronous,
-            ..Default::default()
-        };
+        self.poll.restart();
+        self.budget = budget;
+        self.expired = false;
     }
 
     /// Time charged so far in this call.
     pub fn guest_time(&self) -> Duration {
-        let Some(start) = self.started else {
-            return Duration::ZERO;
-        };
-        start.elapsed().saturating_sub(self.waited)
-    }
-
-    /// A host call waited this long (on the network, a clock): not charged.
-    pub fn waited(&mut self, d: Duration) {
-        self.waited += d;
+        self.poll.so_far()
     }
 
     /// The epoch-deadline decision: interrupt once guest time reaches the budget,

@@ -17,7 +17,7 @@ use super::http::OutboundHttp;
 use super::limits::{CallClock, HostReservation, Limits, MemoryLimiter, FIELD_SIZE_LIMIT};
 use super::log::{self, DriverTag, SharedLog};
 use super::metadata::MetadataAccess;
-use super::wasi::Waiting;
+use super::synchronous::Immediate;
 
 /// Per-instance host state.
 pub struct HostState {
@@ -114,18 +114,17 @@ impl HostState {
         }
     }
 
-    /// `wasi:io` for this instance ([`Waiting`]).
-    fn io(&mut self) -> Waiting<'_> {
-        Waiting {
+    /// `wasi:io` for this instance on the synchronous path ([`Immediate`]).
+    fn io(&mut self) -> Immediate<'_> {
+        Immediate {
             table: &mut self.table,
-            clock: &mut self.clock,
         }
     }
 }
 
 /// Links every import a driver may use: WASI 0.2, `wasi:http`, `mailpush:driver/host`.
 pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    super::wasi::link(linker, HostState::io)?;
+    super::wasi::link(linker)?;
     super::http::link(linker)?;
     link_host(linker)
 }

@@ -25,7 +25,20 @@ use wasmtime_wasi_io::bindings::wasi::io::{poll as async_poll, streams as async_
 use wasmtime_wasi_io::poll::DynPollable;
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream, StreamError};
 
-use super::wasi::{Waiting, WaitingIo};
+use wasmtime::component::{HasData, ResourceTable};
+
+/// `wasi:io` on the synchronous path: the instance's resource table, every call
+/// answered at once ([`immediate`]).
+pub struct Immediate<'a> {
+    pub table: &'a mut ResourceTable,
+}
+
+/// [`HasData`] for [`Immediate`].
+pub struct ImmediateIo;
+
+impl HasData for ImmediateIo {
+    type Data<'a> = Immediate<'a>;
+}
 
 /// Import prefixes that can make a guest wait (on the network, a clock).
 const WAITING_IMPORTS: &[&str] = &["wasi:http/", "wasi:clocks/monotonic-clock"];
@@ -40,15 +53,15 @@ pub fn can_wait(component: &Component, engine: &Engine) -> bool {
 }
 
 /// Links WASI 0.2 with synchronous host functions, `wasi:io`'s poll and streams through
-/// [`Immediate`] (`io` makes the [`Waiting`] view from the store's state).
+/// [`Immediate`] (`io` makes it from the store's state).
 pub fn link_wasi<T: wasmtime_wasi::WasiView + 'static>(
     linker: &mut Linker<T>,
-    io: fn(&mut T) -> Waiting<'_>,
+    io: fn(&mut T) -> Immediate<'_>,
 ) -> Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
-    poll::add_to_linker::<T, WaitingIo>(linker, io)?;
-    streams::add_to_linker::<T, WaitingIo>(linker, io)?;
+    poll::add_to_linker::<T, ImmediateIo>(linker, io)?;
+    streams::add_to_linker::<T, ImmediateIo>(linker, io)?;
     linker.allow_shadowing(false);
     Ok(())
 }
@@ -66,9 +79,6 @@ fn immediate<F: Future>(what: &str, f: F) -> Result<F::Output> {
 fn immediate_stream<T, F: Future<Output = StreamResult<T>>>(what: &str, f: F) -> StreamResult<T> {
     immediate(what, f).map_err(StreamError::Trap)?
 }
-
-/// `wasi:io` on the synchronous path: [`Waiting`]'s table, every call answered at once.
-type Immediate<'a> = Waiting<'a>;
 
 impl poll::Host for Immediate<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> Result<Vec<u32>> {

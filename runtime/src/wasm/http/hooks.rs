@@ -419,7 +419,11 @@ impl WasiHttpHooks for OutboundHttp {
                 }
                 let was_probe = probe.map(ProbeGuard::recorded).is_some();
                 if let Some(state) = breakers.record(&endpoint, ok, Instant::now(), was_probe) {
-                    tracing::warn!(driver = tag.number, name = %tag.name, endpoint = %endpoint, "endpoint circuit {}", state.as_str());
+                    // (Counts against the transaction's log budget: a driver can open a
+                    // circuit per endpoint it makes up.)
+                    if log::admit(&log) {
+                        tracing::warn!(driver = tag.number, name = %tag.name, endpoint = %endpoint, "endpoint circuit {}", state.as_str());
+                    }
                 }
             }
             result

@@ -19,9 +19,50 @@ pub use hooks::OutboundHttp;
 pub use policy::HttpPolicy;
 pub use settings::HttpSettings;
 
+/// The longest authority (`host:port`) a request may be given: a DNS name is at most
+/// 253 bytes; the rest is room for a port and an IPv6 literal.
+pub const MAX_AUTHORITY: usize = 1024;
+
+/// The longest method name a request may be given.
+pub const MAX_METHOD: usize = 64;
+
 /// Links `wasi:http` (the outgoing handler and its types) into a driver's linker.
+///
+/// `outgoing-request.set-authority` and `set-method` are shadowed: wasmtime keeps the
+/// guest's string as it is, with no bound on its length, so a guest could make the host
+/// hold gigabytes in a few requests (the host resources an instance may hold assume a
+/// resource holds at most [`super::limits::MAX_PER_RESOURCE`]). Longer than
+/// [`MAX_AUTHORITY`] or [`MAX_METHOD`], the call answers `err` as for any invalid value.
 pub fn link<T: wasmtime_wasi_http::WasiHttpView + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
 ) -> wasmtime::Result<()> {
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)
+    use wasmtime::component::Resource;
+    use wasmtime_wasi_http::p2::bindings::http::types::{
+        HostOutgoingRequest, Method, OutgoingRequest,
+    };
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    types.func_wrap(
+        "[method]outgoing-request.set-authority",
+        |mut store, (request, authority): (Resource<OutgoingRequest>, Option<String>)| {
+            if authority.as_ref().is_some_and(|a| a.len() > MAX_AUTHORITY) {
+                return Ok((Err(()),));
+            }
+            let mut http = T::http(store.data_mut());
+            HostOutgoingRequest::set_authority(&mut http, request, authority).map(|r| (r,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.set-method",
+        |mut store, (request, method): (Resource<OutgoingRequest>, Method)| {
+            if matches!(&method, Method::Other(m) if m.len() > MAX_METHOD) {
+                return Ok((Err(()),));
+            }
+            let mut http = T::http(store.data_mut());
+            HostOutgoingRequest::set_method(&mut http, request, method).map(|r| (r,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }

@@ -38,6 +38,14 @@
 //!   the transaction (the host promised not to make one). With any `fixed=`,
 //!   `fixed-begin` also puts `fixed-begin` in the global `remember` reads.
 //!
+//! - `spin`: computes `iters=` rounds (no host calls), then succeeds (CPU work of a
+//!   known size); `spin-measure`: the same, then fails with how many nanoseconds it took
+//!   (`spun NS ns`);
+//! - `zeroes`: writes zeroes to stdout in a loop with `blocking-write-zeroes-and-flush`
+//!   (`bytes=` each; the host builds and scans them: host work the deadline must stop);
+//! - `authority` / `method`: keeps making outgoing requests given an authority / a method
+//!   of `bytes=` bytes, never sent; fails with `refused at N` when the host refuses one.
+//!
 //! - `say=TEXT` (any mode): `init` writes `init says TEXT` to stderr, and `fixed-begin`
 //!   `fixed-begin says TEXT`: output made at load, which no transaction may report.
 //!
@@ -136,6 +144,8 @@ struct Hostile {
     bytes: usize,
     /// `msecs=` for sleep.
     msecs: u64,
+    /// `iters=` for spin.
+    iters: u64,
     /// `kib=` per fields resource for fields-flood (default 100).
     kib: usize,
     /// Transactions this instance handled (with `instance=reuse`).
@@ -204,6 +214,7 @@ impl Driver for Hostile {
             at_init,
             bytes: args.get("bytes").and_then(|v| v.parse().ok()).unwrap_or(0),
             msecs: args.get("msecs").and_then(|v| v.parse().ok()).unwrap_or(0),
+            iters: args.get("iters").and_then(|v| v.parse().ok()).unwrap_or(0),
             kib: args.get("kib").and_then(|v| v.parse().ok()).unwrap_or(100),
             handled: 0,
             tag: args.get("tag").unwrap_or("").to_string(),
@@ -400,6 +411,55 @@ impl Driver for Hostile {
                     log::info(&big);
                 }
             }
+            "spin" => {
+                spin(self.iters);
+                Ok(())
+            }
+            #[cfg(feature = "waits")]
+            "spin-measure" => {
+                let start = monotonic_clock::now();
+                spin(self.iters);
+                Err(Failure::permanent(format!(
+                    "spun {} ns",
+                    monotonic_clock::now() - start
+                )))
+            }
+            #[cfg(feature = "waits")]
+            "zeroes" => {
+                #[link(wasm_import_module = "wasi:cli/stdout@0.2.0")]
+                extern "C" {
+                    #[link_name = "get-stdout"]
+                    fn get_stdout() -> i32;
+                }
+                // SAFETY: get-stdout returns a fresh output-stream handle the guest owns.
+                let out = unsafe {
+                    mailpush_driver_sdk::bindings::wasi::io::streams::OutputStream::from_handle(
+                        get_stdout() as u32,
+                    )
+                };
+                loop {
+                    let _ = out.blocking_write_zeroes_and_flush(self.bytes as u64);
+                }
+            }
+            #[cfg(feature = "waits")]
+            "authority" | "method" => {
+                use mailpush_driver_sdk::bindings::wasi::http::types::Method;
+                let big = "a".repeat(self.bytes);
+                let mut kept = Vec::new();
+                for i in 0..100_000u32 {
+                    let req = OutgoingRequest::new(Fields::new());
+                    let ok = if self.mode == "authority" {
+                        req.set_authority(Some(&big)).is_ok()
+                    } else {
+                        req.set_method(&Method::Other(big.clone())).is_ok()
+                    };
+                    if !ok {
+                        return Err(Failure::permanent(format!("refused at {i}")));
+                    }
+                    kept.push(req);
+                }
+                Err(Failure::permanent("never refused"))
+            }
             #[cfg(feature = "waits")]
             "fields-loop" => loop {
                 let f = Fields::new();
@@ -485,6 +545,15 @@ impl Driver for Hostile {
             other => Err(Failure::permanent(format!("unknown mode {other}"))),
         }
     }
+}
+
+/// `n` rounds of arithmetic the compiler cannot drop.
+fn spin(n: u64) {
+    let mut x: u64 = 1;
+    for i in 0..n {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+    }
+    std::hint::black_box(x);
 }
 
 #[inline(never)]
