@@ -34,6 +34,13 @@ local DEFAULT_HANDOFF_DIR = "/var/lib/mailpush/handoff"
 -- and file name.
 local handed_off = 0
 
+-- This Lua state's own mark: when it was loaded, and a table's address in it. A session
+-- id is not unique enough on its own: an IMAP session brought back from hibernation
+-- runs in a new process with the same session id, and its counter starts again at 1,
+-- so its ids would repeat earlier ones (which mailpush, storing an id once, would drop).
+local STATE_MARK = string.format("%x", os.time()) .. "-"
+  .. (tostring({}):gsub("^table: ", ""):gsub("^0x", ""):gsub("[^%w]", ""))
+
 local function log_error(msg)
   if dovecot.i_error then dovecot.i_error("mailpush: " .. msg) end
 end
@@ -194,10 +201,11 @@ function dovecot_lua_notify_end_txn(ctx, success)
     end
   end
   handed_off = handed_off + 1
-  -- Unique per transaction: the session id (unique per process and login or delivery)
-  -- and a counter. mailpush stores a repeated id once.
-  local session = tostring(ctx.user.session_id or tostring({}):gsub("^table: ", ""))
-  local name = session:gsub("[^%w_-]", "_") .. "-" .. string.format("%010d", handed_off)
+  -- Unique per transaction: the session id (unique per login or delivery), this Lua
+  -- state's mark and a counter. mailpush stores a repeated id once.
+  local session = tostring(ctx.user.session_id or "nosession")
+  local name = session:gsub("[^%w_-]", "_") .. "-" .. STATE_MARK .. "-"
+    .. string.format("%010d", handed_off)
   local events = {}
   for i, e in ipairs(ctx.events) do events[i] = json_event(e) end
   local body = '{"id":' .. json_string("dovecot-" .. name) .. ',"user":' .. json_string(ctx.username)

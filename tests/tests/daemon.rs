@@ -904,3 +904,52 @@ fn a_sigterm_during_start_up_shuts_down_cleanly() {
     assert!(exit.success(), "{exit:?}: {log}");
     assert!(log.contains("shutdown complete"), "{log}");
 }
+
+/// A different transaction with an id the spool still holds is not a retry: it is
+/// dropped (ids are the idempotency key) but said in the log, so that a sender whose id
+/// scheme repeats is found. A true retry (the same transaction) says nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_id_with_different_content_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n}\nplugin {\n push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let d = RunningDaemon::start(&conf);
+    let retry = format!("{}{}", txn_line("a@b", "same"), txn_line("a@b", "same"));
+    let (s, _, body) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[("content-type", "application/x-ndjson")],
+        retry.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let reused = format!("{}{}", txn_line("a@b", "d1"), txn_line("other@b", "d1"));
+    let (s, _, body) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &[("content-type", "application/x-ndjson")],
+        reused.as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let log = d.wait_for_log(
+        "a different transaction came with an id",
+        Duration::from_secs(10),
+    );
+    assert!(
+        log.contains("txn=d1") || log.contains("txn=\"d1\""),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("a different transaction came with an id")
+            .count(),
+        1,
+        "the retry of `same` is not one: {log}"
+    );
+}

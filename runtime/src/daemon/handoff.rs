@@ -16,7 +16,10 @@
 //! files, nobody else may list them or remove another's) with a default ACL that lets
 //! mailpush read whatever a mail user writes there, whatever Dovecot's umask. Files whose
 //! owner is not among `handoff_owners` (when set), symlinks, oversized and malformed
-//! files are renamed `NAME.json.rejected` and reported.
+//! files are renamed `NAME.json.rejected` and reported. A file mailpush cannot read
+//! stays, is reported once and is passed over for a minute at a time, so that any number
+//! of them never hold back the readable ones. Bytes that are not UTF-8 (a raw 8-bit
+//! header passed on as it was) become U+FFFD.
 
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -39,6 +42,13 @@ const BATCH: usize = 256;
 
 /// Mode of the directory: sticky, writable and searchable by all, listable by mailpush only.
 const DIR_MODE: u32 = 0o1733;
+
+/// How long a file that could not be read is passed over before it is tried again (so
+/// that files nobody can read never fill the batches the readable ones need).
+const UNREADABLE_RETRY: Duration = Duration::from_secs(60);
+
+/// The most unreadable files remembered to pass over.
+const UNREADABLE_KEPT: usize = 100_000;
 
 /// How often, at most, the same kind of problem is logged.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -191,14 +201,32 @@ struct Batch {
     unreadable: Vec<(String, String)>,
 }
 
-/// Reads up to [`BATCH`] of the oldest published files.
-fn scan(dir: &Path, owners: &Owners, max_size: u64) -> std::io::Result<Batch> {
+/// Reads up to [`BATCH`] of the oldest published files, passing over those in `skip`
+/// (unreadable a moment ago). Bytes that are not UTF-8 (a raw 8-bit header Dovecot
+/// passed on) become U+FFFD: the transaction is delivered, not set aside.
+fn scan(
+    dir: &Path,
+    owners: &Owners,
+    max_size: u64,
+    skip: &HashSet<String>,
+) -> std::io::Result<Batch> {
+    scan_reading(dir, owners, max_size, skip, |p| std::fs::read(p))
+}
+
+/// [`scan`], reading each file with `read`.
+fn scan_reading(
+    dir: &Path,
+    owners: &Owners,
+    max_size: u64,
+    skip: &HashSet<String>,
+    read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<Batch> {
     let mut found = Vec::new();
     let mut batch = Batch::default();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !name.ends_with(".json") {
+        if name.starts_with('.') || !name.ends_with(".json") || skip.contains(&name) {
             continue;
         }
         let path = entry.path();
@@ -233,14 +261,19 @@ fn scan(dir: &Path, owners: &Owners, max_size: u64) -> std::io::Result<Batch> {
         });
     }
     found.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name)));
-    for f in found.into_iter().take(BATCH) {
-        let text = match std::fs::read_to_string(&f.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                set_aside(&f.path);
-                batch.rejected.push((f.name, "not UTF-8".into()));
-                continue;
-            }
+    // Files that cannot be read do not count against the batch (up to a bound on the
+    // attempts of one look).
+    let mut tried = 0;
+    for f in found {
+        if batch.txns.len() >= BATCH || tried >= 4 * BATCH {
+            break;
+        }
+        tried += 1;
+        let text = match read(&f.path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            },
             Err(e) => {
                 batch.unreadable.push((f.name, e.to_string()));
                 continue;
@@ -302,12 +335,17 @@ pub async fn consume(
     let max_size = daemon.max_body as u64;
     let (mut problems, mut refusals) = (Reporter::new(), Reporter::new());
     let mut complained: HashSet<String> = HashSet::new();
+    // Files that could not be read, until when they are passed over.
+    let mut unreadable: std::collections::HashMap<String, Instant> = Default::default();
     loop {
         if *stop.borrow() {
             return;
         }
+        let now = Instant::now();
+        unreadable.retain(|_, until| *until > now);
+        let skip: HashSet<String> = unreadable.keys().cloned().collect();
         let (d, o) = (dir.clone(), owners.clone());
-        let batch = match tokio::task::spawn_blocking(move || scan(&d, &o, max_size)).await {
+        let batch = match tokio::task::spawn_blocking(move || scan(&d, &o, max_size, &skip)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 problems.report(|more| {
@@ -331,6 +369,9 @@ pub async fn consume(
             );
         }
         for (name, why) in batch.unreadable {
+            if unreadable.len() < UNREADABLE_KEPT {
+                unreadable.insert(name.clone(), now + UNREADABLE_RETRY);
+            }
             // Once per file (bounded): it stays and is tried again.
             if complained.len() < 10_000 && complained.insert(name.clone()) {
                 tracing::error!(
@@ -411,7 +452,7 @@ mod tests {
         write(d, "bad.json", "{not json");
         write(d, "note.txt", "ignored");
         std::os::unix::fs::symlink("/etc/passwd", d.join("link.json")).unwrap();
-        let b = scan(d, &Owners::Any, 1 << 20).unwrap();
+        let b = scan(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
         let ids: Vec<&str> = b.txns.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["first", "second"]);
         let mut rejected: Vec<&str> = b.rejected.iter().map(|(n, _)| n.as_str()).collect();
@@ -421,9 +462,58 @@ mod tests {
         assert!(d.join(".tmp-c").exists() && d.join("note.txt").exists());
 
         // Owners: a uid that owns nothing here sets every file aside.
-        let b = scan(d, &Owners::Uids(HashSet::from([u32::MAX - 1])), 1 << 20).unwrap();
+        let b = scan(
+            d,
+            &Owners::Uids(HashSet::from([u32::MAX - 1])),
+            1 << 20,
+            &HashSet::new(),
+        )
+        .unwrap();
         assert!(b.txns.is_empty());
         assert_eq!(b.rejected.len(), 2);
+    }
+
+    /// Files that cannot be read take no place in a batch: 300 of them, older than a
+    /// readable one, do not keep it from being read; passed over (`skip`), they are not
+    /// even tried. Bytes that are not UTF-8 become U+FFFD.
+    #[test]
+    fn unreadable_files_hold_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for i in 0..300 {
+            write(d, &format!("locked-{i:03}.json"), "{}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(
+            d.join("good.json"),
+            b"{\"id\":\"g\",\"user\":\"u@x\",\"events\":[{\"name\":\"MailboxCreate\",\"mailbox\":\"J\xfcrgen\"}]}",
+        )
+        .unwrap();
+        let tried = std::cell::Cell::new(0);
+        let read = |p: &Path| {
+            tried.set(tried.get() + 1);
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("locked"))
+            {
+                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            } else {
+                std::fs::read(p)
+            }
+        };
+        let b = scan_reading(d, &Owners::Any, 1 << 20, &HashSet::new(), read).unwrap();
+        assert_eq!(b.txns.len(), 1, "{:?}", b.rejected);
+        assert_eq!(b.unreadable.len(), 300);
+        assert!(b.rejected.is_empty());
+        let from = serde_json::to_string(&b.txns[0]).unwrap();
+        assert!(from.contains("J\u{fffd}rgen"), "{from}");
+        let skip: HashSet<String> = b.unreadable.iter().map(|(n, _)| n.clone()).collect();
+        tried.set(0);
+        let b = scan_reading(d, &Owners::Any, 1 << 20, &skip, read).unwrap();
+        assert_eq!(
+            (b.txns.len(), tried.get()),
+            (1, 1),
+            "only good.json is tried"
+        );
     }
 
     #[test]

@@ -271,6 +271,17 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                                 .execute(params![id, user, json, json.len() as i64, now_ms() as i64])?;
                             // A repeated id (a client retrying) is accepted once.
                             if inserted == 0 {
+                                let stored: Option<String> = tx
+                                    .prepare_cached("SELECT json FROM txns WHERE id = ?1")?
+                                    .query_row(params![id], |r| r.get(0))
+                                    .optional()?;
+                                if stored.is_some_and(|s| s != *json) {
+                                    // Not a retry: a sender reusing ids loses transactions.
+                                    tracing::warn!(
+                                        txn = %id,
+                                        "a different transaction came with an id the spool still holds; only the first is kept: ids must be unique per transaction (check the sender's id scheme)"
+                                    );
+                                }
                                 these.push(None);
                                 continue;
                             }
