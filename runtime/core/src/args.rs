@@ -171,7 +171,9 @@ pub fn redact_value(key: &str, value: &str) -> String {
     redact_url(value)
 }
 
-/// Masks the password of a URL's userinfo (`http://login:***@host/…`); other text is
+/// Masks the secrets of a URL: the password of its userinfo (`http://login:***@host/…`),
+/// a userinfo that is a user alone (a token: `http://***@host/`), and the values of
+/// secret-like query parameters (`?access_token=***`, `sig=***`); other text is
 /// returned unchanged.
 pub fn redact_url(value: &str) -> String {
     let Some(scheme_end) = value.find("://") else {
@@ -180,16 +182,55 @@ pub fn redact_url(value: &str) -> String {
     let rest = &value[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return value.to_string();
-    };
-    let userinfo = &authority[..at];
-    match userinfo.split_once(':') {
-        Some((user, _password)) => {
-            format!("{}{}:***{}", &value[..scheme_end + 3], user, &rest[at..])
+    let mut out = value[..scheme_end + 3].to_string();
+    match authority.rfind('@') {
+        Some(at) => {
+            match authority[..at].split_once(':') {
+                Some((user, _password)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str("***"),
+            }
+            out.push_str(&authority[at..]);
         }
-        None => value.to_string(),
+        None => out.push_str(authority),
     }
+    let tail = &rest[authority_end..];
+    match tail.find('?') {
+        Some(q) => {
+            out.push_str(&tail[..=q]);
+            let query_end = tail[q..].find('#').map_or(tail.len(), |h| q + h);
+            let query = &tail[q + 1..query_end];
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) if !v.is_empty() && secret_param(k) => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+            out.push_str(&tail[query_end..]);
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// Whether a URL query parameter's value is a secret (`access_token`, `api_key`,
+/// `signature`, `password`, …).
+fn secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "pass",
+        "key",
+        "sig",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 /// Redacts free text that may quote configuration (an error message, a config line):
@@ -454,7 +495,14 @@ mod tests {
             redact_url("http://login:pass@node1.domain.tld:8009/preliminary"),
             "http://login:***@node1.domain.tld:8009/preliminary"
         );
-        assert_eq!(redact_url("http://login@host/"), "http://login@host/");
+        // A user alone may be a token (`https://TOKEN@host/`, `nats://TOKEN@host`).
+        assert_eq!(redact_url("http://login@host/"), "http://***@host/");
+        assert_eq!(
+            redact_url("https://h/notify?user=a&access_token=SEKRIT1&sig=abc#frag"),
+            "https://h/notify?user=a&access_token=***&sig=***#frag"
+        );
+        assert_eq!(redact_url("https://h/p?flag&x=1"), "https://h/p?flag&x=1");
+        assert_eq!(redact_url("https://h"), "https://h");
         let a = DriverArgs::parse("url=https://u:p@h/ secret=whsec_abc signing_key=k flag");
         assert_eq!(
             a.redacted(),

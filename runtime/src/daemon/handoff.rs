@@ -263,12 +263,10 @@ fn scan_reading(
     found.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name)));
     // Files that cannot be read do not count against the batch (up to a bound on the
     // attempts of one look).
-    let mut tried = 0;
-    for f in found {
+    for (tried, f) in found.into_iter().enumerate() {
         if batch.txns.len() >= BATCH || tried >= 4 * BATCH {
             break;
         }
-        tried += 1;
         let text = match read(&f.path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(t) => t,
