@@ -1,6 +1,7 @@
 //! Dovecot's config syntax, read into raw settings: `key = value` (value optionally in
 //! quotes), `NAME {` and `NAME ARG {` blocks closed by `}`, `#` comments (at line start
-//! or after whitespace), `!include FILE` and `!include_try FILE` (relative to the
+//! or after whitespace), a `\` at a line's end continuing it on the next (as in
+//! Dovecot), `!include FILE` and `!include_try FILE` (relative to the
 //! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
 //! glob(3) does). Only `plugin { }` (anywhere, `protocol` blocks included) and
 //! `mailpush { }` settings are kept, with Dovecot 2.4's `push_notification NAME { }`
@@ -150,6 +151,37 @@ fn unquote(value: &str) -> String {
     }
 }
 
+/// The file's lines, numbered from 1, with Dovecot's continuation: a line ending in `\`
+/// goes on in the next one (the backslash and the whitespace around the break become
+/// one space), numbered as its first line.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let piece = match &pending {
+            Some(_) => line.trim_start(),
+            None => line,
+        };
+        let (first, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
+        let trimmed = piece.trim_end();
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                joined.push_str(head.trim_end());
+                joined.push(' ');
+                pending = Some((first, joined));
+            }
+            None => {
+                joined.push_str(piece);
+                out.push((first, joined));
+            }
+        }
+    }
+    if let Some(last) = pending {
+        out.push(last);
+    }
+    out
+}
+
 fn read_text(
     path: &Path,
     text: &str,
@@ -158,10 +190,11 @@ fn read_text(
     depth: usize,
 ) {
     let base_depth = stack.len();
-    for (i, full_line) in text.lines().enumerate() {
+    for (line_number, full_line) in logical_lines(text) {
+        let full_line = full_line.as_str();
         let location = Location {
             file: path.to_path_buf(),
-            line: i + 1,
+            line: line_number,
         };
         let line = strip_comment(full_line).trim();
         if line.is_empty() {

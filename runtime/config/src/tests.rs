@@ -1211,3 +1211,25 @@ fn tenant_drivers_alone_are_something_configured() {
     assert!(c.drivers.is_empty());
     assert!(c.warnings.is_empty(), "{:?}", warnings(&c));
 }
+
+/// Dovecot's line continuation: a line ending in `\` goes on in the next (one space
+/// where the break was); the setting is at its first line, and later line numbers stay
+/// right.
+#[test]
+fn a_backslash_continues_the_line() {
+    let c = parse(&plugin(
+        "  push_notification_driver = ox:url=http://login:pw@ox.example/notify \\\n      cache_lifetime=60s \\\n      user_from_metadata\n  push_notification_driver2 = dlog",
+    ));
+    assert_eq!(names(&c), ["ox", "dlog"]);
+    let ox = &c.drivers[0];
+    assert_eq!(ox.args.get("cache_lifetime"), Some("60s"));
+    assert!(
+        ox.args.iter().any(|(k, _)| k == "user_from_metadata"),
+        "{:?}",
+        ox.args
+    );
+    assert!(ox.args.iter().all(|(k, _)| k != "\\"), "{:?}", ox.args);
+    assert_eq!(ox.location, at(2).unwrap());
+    assert_eq!(c.drivers[1].location, at(5).unwrap());
+    assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+}
