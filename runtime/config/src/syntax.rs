@@ -152,12 +152,18 @@ fn unquote(value: &str) -> String {
 }
 
 /// The file's lines, numbered from 1, with Dovecot's continuation: a line ending in `\`
-/// goes on in the next one (the backslash and the whitespace around the break become
-/// one space), numbered as its first line.
+/// (comment aside) goes on in the next one (the backslash and the whitespace around the
+/// break become one space), numbered as its first line.
 fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
     for (i, line) in text.lines().enumerate() {
+        // (Comments go first, as in Dovecot: a `\` inside one continues nothing.)
+        let line = if pending.is_some() || line.trim_end().ends_with('\\') {
+            strip_comment(line)
+        } else {
+            line
+        };
         let piece = match &pending {
             Some(_) => line.trim_start(),
             None => line,

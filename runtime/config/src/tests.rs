@@ -1232,4 +1232,10 @@ fn a_backslash_continues_the_line() {
     assert_eq!(ox.location, at(2).unwrap());
     assert_eq!(c.drivers[1].location, at(5).unwrap());
     assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
+    // A backslash in a comment continues nothing.
+    let c = parse(&plugin(
+        "  push_notification_driver = dlog # see below \\
+  push_notification_driver2 = dlog",
+    ));
+    assert_eq!(numbers(&c), [1, 2]);
 }
