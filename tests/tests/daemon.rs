@@ -953,3 +953,38 @@ async fn a_reused_id_with_different_content_is_logged() {
         "the retry of `same` is not one: {log}"
     );
 }
+
+/// `max_inflight` bounds what a batch takes once parsed, not only its bytes: before an
+/// NDJSON batch is parsed, its bytes again and 2 KiB per line are charged. A batch of
+/// many small transactions that could never fit is refused with 413 and what to do; a
+/// smaller one is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_is_charged_for_what_it_takes_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n max_body = 1M\n max_inflight = 1M\n}\nplugin {\n push_notification_driver = dlog:file=dlog.log\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let batch = |n: usize| {
+        (0..n)
+            .map(|i| txn_line("a@b", &format!("b{n}-{i}")))
+            .collect::<String>()
+    };
+    let ndjson = [("content-type", "application/x-ndjson")];
+    let big = batch(600);
+    assert!(big.len() < 100 << 10, "far under max_body");
+    let (s, _, b) = http_request(d.addr, "POST", "/v1/transactions", &ndjson, big.as_bytes()).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(
+        b.contains("max_inflight") && b.contains("send smaller batches"),
+        "{b}"
+    );
+    let (s, _, b) = http_request(
+        d.addr,
+        "POST",
+        "/v1/transactions",
+        &ndjson,
+        batch(300).as_bytes(),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+}

@@ -54,7 +54,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "max_inflight",
         "64M",
-        "most bytes of request bodies ingest reads at once (by Content-Length, else max_body each); beyond it, requests get 503 with Retry-After: 1",
+        "most memory ingest holds for requests at once: body bytes as they arrive, and before an NDJSON batch is parsed its bytes again plus 2 KiB per line; beyond it 503 with Retry-After: 1 (413 for a batch that could never fit: send smaller ones)",
     ),
     (
         "header_timeout_msecs",

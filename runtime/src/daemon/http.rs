@@ -66,6 +66,12 @@ fn unauthorised(daemon: &Daemon) -> Response {
     r
 }
 
+/// What one transaction parsed from a request costs in memory beyond its bytes (the
+/// event model, the spool's rows, its id in the answer): charged to `max_inflight` with
+/// a second copy of the body before an NDJSON batch is parsed, so that the budget bounds
+/// memory, not only bytes (a body of many tiny transactions takes some 35 times its size).
+const PARSED_TXN_COST: usize = 2048;
+
 /// Request-body bytes held of the `max_inflight` budget (in KiB units), charged as they
 /// arrive and returned when the request is answered.
 struct BodyCharge<'a> {
@@ -263,7 +269,7 @@ async fn transactions(
     if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
-    let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
+    let (bytes, mut in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -278,7 +284,39 @@ async fn transactions(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         // Media types are case-insensitive (RFC 9110 §8.3.1).
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-ndjson"));
+        .is_some_and(|v| {
+            let v = v.to_ascii_lowercase();
+            v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
+        });
+    if ndjson {
+        // What parsing and queueing the batch will hold, charged before it is parsed.
+        let lines = memchr::memchr_iter(b'\n', &bytes).count() + 1;
+        let need = bytes
+            .len()
+            .saturating_mul(2)
+            .saturating_add(lines.saturating_mul(PARSED_TXN_COST));
+        if need.div_ceil(1024) > daemon.body_budget_units {
+            daemon.ingest.reject("too_large", 1);
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!(
+                    "a batch of {lines} lines needs about {} MiB to parse and queue (its bytes twice and {PARSED_TXN_COST} bytes per transaction), more than max_inflight allows ({} MiB); send smaller batches",
+                    need >> 20,
+                    daemon.body_budget_units >> 10
+                )}),
+            );
+        }
+        if !in_flight.cover(need) {
+            daemon.ingest.reject("overloaded", 1);
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+    }
     let parsed = if ndjson {
         mailpush_core::parse_ndjson(text).map_err(|e| {
             json!({"error": e.to_string(), "line": e.line, "path": e.error.path, "message": e.error.message,
