@@ -201,9 +201,18 @@ struct Batch {
     unreadable: Vec<(String, String)>,
 }
 
+/// The oldest published files of one look at the directory, still to be read, oldest
+/// first: at most [`LISTED`] are kept, so that a backlog is listed once per that many
+/// files rather than once per batch.
+type Listing = std::collections::VecDeque<Found>;
+
+/// The most files one listing keeps ([`Listing`]).
+const LISTED: usize = 16 * BATCH;
+
 /// Reads up to [`BATCH`] of the oldest published files, passing over those in `skip`
 /// (unreadable a moment ago). Bytes that are not UTF-8 (a raw 8-bit header Dovecot
 /// passed on) become U+FFFD: the transaction is delivered, not set aside.
+#[cfg(test)]
 fn scan(
     dir: &Path,
     owners: &Owners,
@@ -214,6 +223,7 @@ fn scan(
 }
 
 /// [`scan`], reading each file with `read`.
+#[cfg(test)]
 fn scan_reading(
     dir: &Path,
     owners: &Owners,
@@ -221,8 +231,23 @@ fn scan_reading(
     skip: &HashSet<String>,
     read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<Batch> {
+    let (mut listing, rejected) = list(dir, owners, max_size, skip)?;
+    let mut batch = read_batch(&mut listing, read);
+    batch.rejected.splice(0..0, rejected);
+    Ok(batch)
+}
+
+/// Lists the published files, oldest first (by modification time, then name), passing
+/// over those in `skip`; sets aside what may not be read (not a regular file, not of
+/// `owners`, larger than `max_size`), returned with why.
+fn list(
+    dir: &Path,
+    owners: &Owners,
+    max_size: u64,
+    skip: &HashSet<String>,
+) -> std::io::Result<(Listing, Vec<(String, String)>)> {
     let mut found = Vec::new();
-    let mut batch = Batch::default();
+    let mut rejected = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -251,7 +276,7 @@ fn scan_reading(
         };
         if let Some(why) = why {
             set_aside(&path);
-            batch.rejected.push((name, why));
+            rejected.push((name, why));
             continue;
         }
         found.push(Found {
@@ -260,18 +285,32 @@ fn scan_reading(
             name,
         });
     }
-    found.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name)));
-    // Files that cannot be read do not count against the batch (up to a bound on the
-    // attempts of one look).
-    for (tried, f) in found.into_iter().enumerate() {
-        if batch.txns.len() >= BATCH || tried >= 4 * BATCH {
+    let order = |a: &Found, b: &Found| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name));
+    if found.len() > LISTED {
+        found.select_nth_unstable_by(LISTED, order);
+        found.truncate(LISTED);
+    }
+    found.sort_by(order);
+    Ok((found.into(), rejected))
+}
+
+/// Reads up to [`BATCH`] files off the front of `listing` with `read`. Files that
+/// cannot be read do not count against the batch (up to a bound on the attempts of one
+/// batch); files gone meanwhile (read already) are passed over.
+fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> std::io::Result<Vec<u8>>) -> Batch {
+    let mut batch = Batch::default();
+    let mut tried = 0;
+    while batch.txns.len() < BATCH && tried < 4 * BATCH {
+        let Some(f) = listing.pop_front() else {
             break;
-        }
+        };
+        tried += 1;
         let text = match read(&f.path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
             },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
                 batch.unreadable.push((f.name, e.to_string()));
                 continue;
@@ -288,7 +327,7 @@ fn scan_reading(
             }
         }
     }
-    Ok(batch)
+    batch
 }
 
 fn set_aside(path: &Path) {
@@ -335,6 +374,7 @@ pub async fn consume(
     let mut complained: HashSet<String> = HashSet::new();
     // Files that could not be read, until when they are passed over.
     let mut unreadable: std::collections::HashMap<String, Instant> = Default::default();
+    let mut listing = Listing::new();
     loop {
         if *stop.borrow() {
             return;
@@ -343,8 +383,23 @@ pub async fn consume(
         unreadable.retain(|_, until| *until > now);
         let skip: HashSet<String> = unreadable.keys().cloned().collect();
         let (d, o) = (dir.clone(), owners.clone());
-        let batch = match tokio::task::spawn_blocking(move || scan(&d, &o, max_size, &skip)).await {
-            Ok(Ok(b)) => b,
+        let mut rest = std::mem::take(&mut listing);
+        // The rest of the last listing first; a new one once it is read.
+        let read = tokio::task::spawn_blocking(move || {
+            let mut rejected = Vec::new();
+            if rest.is_empty() {
+                (rest, rejected) = list(&d, &o, max_size, &skip)?;
+            }
+            let mut batch = read_batch(&mut rest, |p| std::fs::read(p));
+            batch.rejected.splice(0..0, rejected);
+            Ok::<_, std::io::Error>((batch, rest))
+        })
+        .await;
+        let batch = match read {
+            Ok(Ok((b, rest))) => {
+                listing = rest;
+                b
+            }
             Ok(Err(e)) => {
                 problems.report(|more| {
                     tracing::error!(
@@ -412,7 +467,9 @@ pub async fn consume(
                 .await;
             }
             Err(refused) => {
-                // Nothing is lost: the files stay and are read again.
+                // Nothing is lost: the files stay and are read again, from a new
+                // listing (they are the oldest).
+                listing.clear();
                 refusals.report(|more| {
                     tracing::warn!("hand-off of {n} transaction(s) waits: {refused} (+{more} more)")
                 });
@@ -512,6 +569,44 @@ mod tests {
             (1, 1),
             "only good.json is tried"
         );
+    }
+
+    /// A backlog is listed once per [`LISTED`] files, not once per batch: one listing
+    /// keeps the oldest of them, in order, and batches are read off it.
+    #[test]
+    fn one_listing_serves_many_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let n = LISTED + 4;
+        // Written newest first: the order is the files' times, not the writing's.
+        for i in (0..n).rev() {
+            let name = format!("f{i:05}.json");
+            write(
+                d,
+                &name,
+                &format!(
+                    r#"{{"id":"t{i:05}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"M"}}]}}"#
+                ),
+            );
+            std::fs::File::options()
+                .write(true)
+                .open(d.join(&name))
+                .unwrap()
+                .set_modified(base + Duration::from_millis(i as u64))
+                .unwrap();
+        }
+        let (mut listing, rejected) = list(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
+        assert!(rejected.is_empty());
+        assert_eq!(listing.len(), LISTED);
+        let mut read = Vec::new();
+        while !listing.is_empty() {
+            let b = read_batch(&mut listing, |p| std::fs::read(p));
+            assert_eq!(b.txns.len(), BATCH);
+            read.extend(b.txns.into_iter().map(|t| t.id));
+        }
+        let expected: Vec<String> = (0..LISTED).map(|i| format!("t{i:05}")).collect();
+        assert_eq!(read, expected);
     }
 
     #[test]
