@@ -13,6 +13,8 @@ use mailpush_config::Config;
 /// The dead letters of one spool.
 pub enum DeadLetters {
     Local(Arc<SqliteSpool>),
+    /// No spool yet (nothing was ever spooled with this config): no dead letters.
+    NoSpool,
     Cluster(Box<ClusterLetters>),
 }
 
@@ -24,7 +26,7 @@ pub struct ClusterLetters {
 }
 
 impl DeadLetters {
-    /// Opens the spool of `config`; an error when there is none yet.
+    /// Opens the spool of `config` (none yet: [`DeadLetters::NoSpool`]).
     pub async fn open(config: &Config) -> Result<Self, SpoolError> {
         if let Some(c) = &config.settings.cluster {
             let client = crate::cluster::nats::connect(c, "dlq").await?;
@@ -36,10 +38,11 @@ impl DeadLetters {
         }
         let path = config.settings.spool_path();
         if !path.exists() {
-            return Err(SpoolError::Storage(format!(
+            tracing::info!(
                 "no spool at {} (nothing was ever spooled with this config)",
                 path.display()
-            )));
+            );
+            return Ok(DeadLetters::NoSpool);
         }
         Ok(DeadLetters::Local(SqliteSpool::open(
             &path,
@@ -51,6 +54,7 @@ impl DeadLetters {
     pub async fn list(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
         match self {
             DeadLetters::Local(s) => s.dead_letters(driver),
+            DeadLetters::NoSpool => Ok(Vec::new()),
             DeadLetters::Cluster(c) => crate::cluster::dlq::list(&c.js, &c.names, driver).await,
         }
     }
@@ -64,6 +68,7 @@ impl DeadLetters {
     pub async fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
         match self {
             DeadLetters::Local(s) => s.replay(id, driver),
+            DeadLetters::NoSpool => Ok(0),
             DeadLetters::Cluster(c) => {
                 crate::cluster::dlq::replay(&c.js, &c.names, c.partitions, id, driver).await
             }
@@ -74,6 +79,7 @@ impl DeadLetters {
     pub async fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
         match self {
             DeadLetters::Local(s) => s.purge(id, driver),
+            DeadLetters::NoSpool => Ok(0),
             DeadLetters::Cluster(c) => {
                 crate::cluster::dlq::purge(&c.js, &c.names, id, driver).await
             }
