@@ -1,6 +1,7 @@
 //! Dovecot's config syntax, read into raw settings: `key = value` (value optionally in
-//! quotes), `NAME {` and `NAME ARG {` blocks closed by `}`, `#` comments (at line start
-//! or after whitespace), a `\` at a line's end continuing it on the next (as in
+//! quotes), `NAME {` and `NAME ARG {` blocks closed by `}`, `#` comments (from the first
+//! `#` outside quotes; one that does not follow whitespace is warned about, as Dovecot
+//! does), a `\` at a line's end continuing it on the next (as in
 //! Dovecot), `!include FILE` and `!include_try FILE` (relative to the
 //! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
 //! glob(3) does). Only `plugin { }` (anywhere, `protocol` blocks included) and
@@ -114,19 +115,39 @@ fn open_push_block(raw: &mut RawConfig, name: String, location: &Location, head:
     Block::Push(raw.blocks.len() - 1)
 }
 
-/// Strips a `#` comment: `#` at the start or after whitespace, outside double quotes.
-fn strip_comment(line: &str) -> &str {
-    let mut in_quotes = false;
-    let mut prev_space = true;
+/// Strips a `#` comment as Dovecot does: from the first `#` outside quotes (`"` or `'`,
+/// with `\` escaping inside them). Also returns whether that `#` followed something
+/// other than whitespace (`secret=abc#def`: Dovecot warns that it takes it as a
+/// comment, and so does mailpush).
+fn split_comment(line: &str) -> (&str, bool) {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut prev = ' ';
     for (i, c) in line.char_indices() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            '#' if !in_quotes && prev_space => return &line[..i],
-            _ => {}
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '#' => return (&line[..i], !prev.is_whitespace()),
+                _ => {}
+            },
         }
-        prev_space = c.is_whitespace();
+        prev = c;
     }
-    line
+    (line, false)
+}
+
+/// [`split_comment`]'s line.
+fn strip_comment(line: &str) -> &str {
+    split_comment(line).0
 }
 
 fn unquote(value: &str) -> String {
@@ -202,7 +223,14 @@ fn read_text(
             file: path.to_path_buf(),
             line: line_number,
         };
-        let line = strip_comment(full_line).trim();
+        let (line, ambiguous) = split_comment(full_line);
+        let line = line.trim();
+        if ambiguous {
+            raw.warnings.push(ConfigWarning {
+                location: Some(location.clone()),
+                message: "a `#` that does not follow a space starts a comment here (as in Dovecot, which warns the same): what follows it is ignored; put the value in quotes to keep the `#`, or a space before it to silence this".into(),
+            });
+        }
         if line.is_empty() {
             continue;
         }

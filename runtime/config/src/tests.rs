@@ -567,8 +567,11 @@ fn dovecot_settings_mailpush_does_not_use_are_ignored() {
     assert!(c.warnings.is_empty(), "{:?}", warnings(&c));
 }
 
+/// Comments as Dovecot reads them: from the first `#` outside quotes. One that does not
+/// follow a space (`path#frag`) is a comment too, with a warning at its line, as
+/// Dovecot's "Ambiguous '#' character in line, treating it as comment".
 #[test]
-fn comments_are_stripped_but_hash_inside_values_is_kept() {
+fn comments_are_stripped_but_hash_inside_quotes_is_kept() {
     let c = parse(
         "# a comment line\n\
          plugin { # after the brace\n\
@@ -586,13 +589,19 @@ fn comments_are_stripped_but_hash_inside_values_is_kept() {
             .collect::<Vec<_>>(),
         [
             None,
-            Some("url=http://host/path#frag"),
+            Some("url=http://host/path"),
             Some("x=a #not-a-comment"),
             Some("t=1"),
         ]
     );
     assert_eq!(c.drivers[0].name, "dlog");
-    assert_eq!(c.drivers[1].args.get("url"), Some("http://host/path#frag"));
+    assert_eq!(c.drivers[1].args.get("url"), Some("http://host/path"));
+    let w = warnings(&c);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(":5") && w[0].contains("starts a comment"),
+        "{w:?}"
+    );
 }
 
 #[test]
