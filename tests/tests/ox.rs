@@ -946,12 +946,23 @@ async fn config_errors_and_fallback_warnings() {
             "url=http://h/ cache_lifetime=60",
             "Failed to parse OX cache_lifetime 60: Time interval '60' is missing units (add e.g. 's' for seconds); use e.g. cache_lifetime=60s".to_string(),
         ),
+        // (Quoted: unquoted, the `#x` is a comment, as in Dovecot.)
         (
-            "url=http://login:s3cret@h/#x",
+            "\"ox:url=http://login:s3cret@h/#x\"",
             "Failed to parse OX REST URL http://login:***@h/#x: URL fragment not allowed for HTTP URL in this context".to_string(),
         ),
     ] {
-        let (_dir, config) = config_with(args);
+        let (_dir, config) = match args.strip_prefix('"') {
+            Some(_) => {
+                let dir = tempfile::tempdir().unwrap();
+                let config = write_config(
+                    dir.path(),
+                    &format!("mailpush {{\n state_dir = st\n}}\nplugin {{\n push_notification_driver = {args}\n}}\n"),
+                );
+                (dir, config)
+            }
+            None => config_with(args),
+        };
         let Err((_, errors)) = DriverRegistry::default()
             .init_all(&config, Arc::new(mailpush_core::NoMetadata))
             .await

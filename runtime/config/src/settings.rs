@@ -53,7 +53,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     (
         "max_inflight",
-        "64M",
+        "256M",
         "most memory ingest holds for requests at once: body bytes as they arrive, and before an NDJSON batch is parsed its bytes again plus 2 KiB per line; beyond it 503 with Retry-After: 1 (413 for a batch that could never fit: send smaller ones)",
     ),
     (
@@ -242,7 +242,7 @@ impl Default for RuntimeSettings {
             handoff_dir: None,
             handoff_owners: Vec::new(),
             max_body: 10 << 20,
-            max_inflight: 64 << 20,
+            max_inflight: 256 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
             connections: ConnectionLimits::default(),
             durable: true,

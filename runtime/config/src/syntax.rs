@@ -145,11 +145,6 @@ fn split_comment(line: &str) -> (&str, bool) {
     (line, false)
 }
 
-/// [`split_comment`]'s line.
-fn strip_comment(line: &str) -> &str {
-    split_comment(line).0
-}
-
 fn unquote(value: &str) -> String {
     let v = value.trim();
     let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
@@ -172,40 +167,50 @@ fn unquote(value: &str) -> String {
     }
 }
 
-/// The file's lines, numbered from 1, with Dovecot's continuation: a line ending in `\`
-/// (comment aside) goes on in the next one (the backslash and the whitespace around the
-/// break become one space), numbered as its first line.
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
+/// One line as Dovecot reads it: comments stripped from each physical line, then lines
+/// ending in `\` joined with the next.
+struct LogicalLine {
+    /// Its first physical line (numbered from 1).
+    line: usize,
+    /// Without comments, continuations joined (the backslash and the whitespace around
+    /// each break become one space).
+    text: String,
+    /// The physical lines whose comment began with a `#` not after whitespace.
+    ambiguous: Vec<usize>,
+}
+
+/// The file's [`LogicalLine`]s.
+fn logical_lines(text: &str) -> Vec<LogicalLine> {
     let mut out = Vec::new();
-    let mut pending: Option<(usize, String)> = None;
-    for (i, line) in text.lines().enumerate() {
-        // (Comments go first, as in Dovecot: a `\` inside one continues nothing.)
-        let line = if pending.is_some() || line.trim_end().ends_with('\\') {
-            strip_comment(line)
-        } else {
+    let mut pending: Option<LogicalLine> = None;
+    for (i, physical) in text.lines().enumerate() {
+        let (line, ambiguous) = split_comment(physical);
+        let mut logical = pending.take().unwrap_or(LogicalLine {
+            line: i + 1,
+            text: String::new(),
+            ambiguous: Vec::new(),
+        });
+        if ambiguous {
+            logical.ambiguous.push(i + 1);
+        }
+        let piece = if logical.text.is_empty() {
             line
+        } else {
+            line.trim_start()
         };
-        let piece = match &pending {
-            Some(_) => line.trim_start(),
-            None => line,
-        };
-        let (first, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
-        let trimmed = piece.trim_end();
-        match trimmed.strip_suffix('\\') {
+        match piece.trim_end().strip_suffix('\\') {
             Some(head) => {
-                joined.push_str(head.trim_end());
-                joined.push(' ');
-                pending = Some((first, joined));
+                logical.text.push_str(head.trim_end());
+                logical.text.push(' ');
+                pending = Some(logical);
             }
             None => {
-                joined.push_str(piece);
-                out.push((first, joined));
+                logical.text.push_str(piece);
+                out.push(logical);
             }
         }
     }
-    if let Some(last) = pending {
-        out.push(last);
-    }
+    out.extend(pending);
     out
 }
 
@@ -217,20 +222,22 @@ fn read_text(
     depth: usize,
 ) {
     let base_depth = stack.len();
-    for (line_number, full_line) in logical_lines(text) {
-        let full_line = full_line.as_str();
+    for logical in logical_lines(text) {
+        let full_line = logical.text.as_str();
         let location = Location {
             file: path.to_path_buf(),
-            line: line_number,
+            line: logical.line,
         };
-        let (line, ambiguous) = split_comment(full_line);
-        let line = line.trim();
-        if ambiguous {
+        for at in logical.ambiguous {
             raw.warnings.push(ConfigWarning {
-                location: Some(location.clone()),
+                location: Some(Location {
+                    file: path.to_path_buf(),
+                    line: at,
+                }),
                 message: "a `#` that does not follow a space starts a comment here (as in Dovecot, which warns the same): what follows it is ignored; put the value in quotes to keep the `#`, or a space before it to silence this".into(),
             });
         }
+        let line = full_line.trim();
         if line.is_empty() {
             continue;
         }

@@ -1241,10 +1241,25 @@ fn a_backslash_continues_the_line() {
     assert_eq!(ox.location, at(2).unwrap());
     assert_eq!(c.drivers[1].location, at(5).unwrap());
     assert!(warnings(&c).is_empty(), "{:?}", warnings(&c));
-    // A backslash in a comment continues nothing.
+    // A backslash in a comment continues nothing; one before a comment does (comments
+    // go first, as in Dovecot).
     let c = parse(&plugin(
         "  push_notification_driver = dlog # see below \\
   push_notification_driver2 = dlog",
     ));
     assert_eq!(numbers(&c), [1, 2]);
+    let c = parse(&plugin(
+        "  push_notification_driver = ox:url=http://h/ \\ # wrapped\n    user_from_metadata",
+    ));
+    assert!(c.drivers[0]
+        .args
+        .iter()
+        .any(|(k, _)| k == "user_from_metadata"));
+    // An ambiguous `#` on a continued line is warned about at its own line.
+    let c = parse(&plugin(
+        "  push_notification_driver = dlog:x=1 \\\n    secret=abc#def",
+    ));
+    assert_eq!(c.drivers[0].args.get("secret"), Some("abc"));
+    let w = warnings(&c);
+    assert!(w.len() == 1 && w[0].contains(":3"), "{w:?}");
 }

@@ -365,8 +365,17 @@ async fn worker(
                     // Done once stored (not before: a move meanwhile delivers it again).
                     if let Some((partition, seq, acker)) = message {
                         acks.mark_done(driver, partition, seq);
-                        if let Err(e) = acker.ack().await {
-                            tracing::warn!("NATS: an acknowledgement was not sent ({e})");
+                        // (Not sent: the transaction comes again after a move, and may
+                        // become a second dead letter — at-least-once, as deliveries.)
+                        match tokio::time::timeout(ACK_DEADLINE, acker.ack()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!("NATS: an acknowledgement was not sent ({e})")
+                            }
+                            Err(_) => tracing::warn!(
+                                "NATS: an acknowledgement was not sent within {} s",
+                                ACK_DEADLINE.as_secs()
+                            ),
                         }
                     }
                 });

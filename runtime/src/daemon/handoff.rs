@@ -219,7 +219,9 @@ fn scan(
     max_size: u64,
     skip: &HashSet<String>,
 ) -> std::io::Result<Batch> {
-    scan_reading(dir, owners, max_size, skip, |p| std::fs::read(p))
+    scan_reading(dir, owners, max_size, skip, |p| {
+        read_published(p, owners, max_size)
+    })
 }
 
 /// [`scan`], reading each file with `read`.
@@ -229,7 +231,7 @@ fn scan_reading(
     owners: &Owners,
     max_size: u64,
     skip: &HashSet<String>,
-    read: impl Fn(&Path) -> std::io::Result<Vec<u8>>,
+    read: impl Fn(&Path) -> Result<Vec<u8>, Unread>,
 ) -> std::io::Result<Batch> {
     let (mut listing, rejected) = list(dir, owners, max_size, skip)?;
     let mut batch = read_batch(&mut listing, read);
@@ -297,7 +299,7 @@ fn list(
 /// Reads up to [`BATCH`] files off the front of `listing` with `read`. Files that
 /// cannot be read do not count against the batch (up to a bound on the attempts of one
 /// batch); files gone meanwhile (read already) are passed over.
-fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> std::io::Result<Vec<u8>>) -> Batch {
+fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> Result<Vec<u8>, Unread>) -> Batch {
     let mut batch = Batch::default();
     let mut tried = 0;
     while batch.txns.len() < BATCH && tried < 4 * BATCH {
@@ -310,9 +312,14 @@ fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> std::io::Result<Vec
                 Ok(t) => t,
                 Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
+            Err(Unread::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(Unread::Io(e)) => {
                 batch.unreadable.push((f.name, e.to_string()));
+                continue;
+            }
+            Err(Unread::Refused(why)) => {
+                set_aside(&f.path);
+                batch.rejected.push((f.name, why));
                 continue;
             }
         };
@@ -328,6 +335,52 @@ fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> std::io::Result<Vec
         }
     }
     batch
+}
+
+/// Why a listed file was not read.
+enum Unread {
+    /// It could not be read (it stays, and is tried again).
+    Io(std::io::Error),
+    /// It may not be read (set aside): what was listed changed since (a symlink, not a
+    /// regular file, not of `handoff_owners`, too large).
+    Refused(String),
+}
+
+/// Reads a listed file, checking again what [`list`] checked, on the file opened — a
+/// file may be replaced between the listing and the read (by a symlink to `/dev/zero`,
+/// a FIFO, a bigger file): never follows a symlink, never blocks on a FIFO, never reads
+/// more than `max_size`.
+fn read_published(path: &Path, owners: &Owners, max_size: u64) -> Result<Vec<u8>, Unread> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Unread::Refused("a symlink (replaced since it was listed)".into()),
+            _ => Unread::Io(e),
+        })?;
+    let meta = file.metadata().map_err(Unread::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(Unread::Refused("not a regular file".into()));
+    }
+    if !owners.allows(meta.uid()) {
+        return Err(Unread::Refused(format!(
+            "owned by uid {}, not one of handoff_owners",
+            meta.uid()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(max_size) as usize);
+    file.take(max_size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Unread::Io)?;
+    if bytes.len() as u64 > max_size {
+        return Err(Unread::Refused(format!(
+            "more than max_body ({max_size}) bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 fn set_aside(path: &Path) {
@@ -390,7 +443,7 @@ pub async fn consume(
             if rest.is_empty() {
                 (rest, rejected) = list(&d, &o, max_size, &skip)?;
             }
-            let mut batch = read_batch(&mut rest, |p| std::fs::read(p));
+            let mut batch = read_batch(&mut rest, |p| read_published(p, &o, max_size));
             batch.rejected.splice(0..0, rejected);
             Ok::<_, std::io::Error>((batch, rest))
         })
@@ -550,9 +603,11 @@ mod tests {
             if p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("locked"))
             {
-                Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+                Err(Unread::Io(std::io::Error::from(
+                    std::io::ErrorKind::PermissionDenied,
+                )))
             } else {
-                std::fs::read(p)
+                read_published(p, &Owners::Any, 1 << 20)
             }
         };
         let b = scan_reading(d, &Owners::Any, 1 << 20, &HashSet::new(), read).unwrap();
@@ -601,12 +656,52 @@ mod tests {
         assert_eq!(listing.len(), LISTED);
         let mut read = Vec::new();
         while !listing.is_empty() {
-            let b = read_batch(&mut listing, |p| std::fs::read(p));
+            let b = read_batch(&mut listing, |p| read_published(p, &Owners::Any, 1 << 20));
             assert_eq!(b.txns.len(), BATCH);
             read.extend(b.txns.into_iter().map(|t| t.id));
         }
         let expected: Vec<String> = (0..LISTED).map(|i| format!("t{i:05}")).collect();
         assert_eq!(read, expected);
+    }
+
+    /// A file replaced after it was listed — by a symlink to `/dev/zero`, a FIFO, a file
+    /// larger than `max_body` — is checked again on the file opened: set aside, never
+    /// followed, blocked on or read whole.
+    #[test]
+    fn a_file_replaced_after_the_listing_is_checked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let txn = r#"{"id":"x","user":"u@x","events":[{"name":"MailboxCreate","mailbox":"M"}]}"#;
+        for name in ["a.json", "b.json", "c.json"] {
+            write(d, name, txn);
+        }
+        let (mut listing, _) = list(d, &Owners::Any, 1024, &HashSet::new()).unwrap();
+        assert_eq!(listing.len(), 3);
+        std::fs::remove_file(d.join("a.json")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.join("a.json")).unwrap();
+        std::fs::remove_file(d.join("b.json")).unwrap();
+        let fifo = std::ffi::CString::new(d.join("b.json").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        write(d, "c.json", &" ".repeat(4096));
+        let b = read_batch(&mut listing, |p| read_published(p, &Owners::Any, 1024));
+        assert!(b.txns.is_empty());
+        let mut rejected: Vec<String> = b
+            .rejected
+            .iter()
+            .map(|(n, w)| format!("{n}: {w}"))
+            .collect();
+        rejected.sort();
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(rejected[0].starts_with("a.json: a symlink"), "{rejected:?}");
+        assert!(
+            rejected[1].starts_with("b.json: not a regular file"),
+            "{rejected:?}"
+        );
+        assert!(
+            rejected[2].starts_with("c.json: more than max_body"),
+            "{rejected:?}"
+        );
     }
 
     #[test]

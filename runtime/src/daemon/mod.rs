@@ -217,7 +217,8 @@ pub async fn serve(
             )
         })?,
     };
-    // At least one request of max_body always fits.
+    // At least one request of max_body always fits (its bytes: an NDJSON batch of very
+    // many lines may need more once parsed, and is refused with 413, http.rs).
     let body_budget_units = config
         .settings
         .max_inflight
