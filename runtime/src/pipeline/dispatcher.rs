@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::hooks::panic_message;
-use super::lane::{self, LaneContext};
+use super::lane::{self, LaneContext, Queued};
 use super::lane_thread::{self, LaneThread};
 use super::observer::DeliveryObserver;
 use super::overflow::Overflow;
@@ -66,7 +66,7 @@ struct Lane {
     name: String,
     fingerprint: String,
     driver: Arc<dyn Driver>,
-    tx: mpsc::Sender<Arc<Transaction>>,
+    tx: mpsc::Sender<Queued>,
     stats: Arc<DriverStats>,
     overflow: Arc<Overflow>,
     task: LaneTask,
@@ -328,7 +328,10 @@ impl Dispatcher {
                 let txns = &txns;
                 async move {
                     for txn in txns {
-                        lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+                        lane.tx
+                            .send(Queued::new(txn.clone()))
+                            .await
+                            .map_err(|_| ShutDown)?;
                     }
                     Ok::<(), ShutDown>(())
                 }
@@ -352,7 +355,7 @@ impl Dispatcher {
         }
         for p in permits {
             for (permit, txn) in p.zip(&txns) {
-                permit.send(txn.clone());
+                permit.send(Queued::new(txn.clone()));
             }
         }
         Ok(txns.len())
@@ -425,7 +428,12 @@ impl Dispatcher {
     pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<bool, ShutDown> {
         let lane = self.snapshot().into_iter().find(|l| l.number == number);
         match lane {
-            Some(l) => l.tx.send(txn).await.map(|()| true).map_err(|_| ShutDown),
+            Some(l) => {
+                l.tx.send(Queued::new(txn))
+                    .await
+                    .map(|()| true)
+                    .map_err(|_| ShutDown)
+            }
             None => Ok(false),
         }
     }
@@ -594,7 +602,10 @@ impl Dispatcher {
 /// Queues `txn` on each lane, waiting while a queue is full.
 async fn send_to(lanes: &[Arc<Lane>], txn: Arc<Transaction>) -> Result<(), ShutDown> {
     for lane in lanes {
-        lane.tx.send(txn.clone()).await.map_err(|_| ShutDown)?;
+        lane.tx
+            .send(Queued::new(txn.clone()))
+            .await
+            .map_err(|_| ShutDown)?;
     }
     Ok(())
 }

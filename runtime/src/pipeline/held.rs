@@ -93,6 +93,11 @@ impl Held {
         self.push_at(txn, Instant::now());
     }
 
+    /// Adds a transaction that arrived `at` (queued then) behind its user's others.
+    pub fn push_arrived(&mut self, txn: Arc<Transaction>, at: Instant) {
+        self.push_at(txn, at);
+    }
+
     /// Adds a transaction a replaced lane held (a reload), with its attempts and its
     /// arrival there: the retry schedule and the age go on.
     pub fn push_carried(

@@ -69,10 +69,7 @@ type Finished = (
 ///
 /// Up to `concurrency` transactions are delivered at once, never two of one user: a user
 /// with a delivery in flight is out of the round-robin ring until it finishes.
-pub async fn run(
-    ctx: LaneContext,
-    mut rx: mpsc::Receiver<Arc<Transaction>>,
-) -> Vec<Arc<Transaction>> {
+pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Transaction>> {
     let capacity = ctx.capacity.max(1);
     let concurrency = ctx.concurrency.max(1);
     // With the spool, held transactions expire after retry_max_age whatever holds them
@@ -96,9 +93,9 @@ pub async fn run(
         let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
-                Ok(t) => {
-                    if admitted(&ctx, &t) {
-                        take_in(&ctx, &mut held, t, None)
+                Ok(q) => {
+                    if admitted(&ctx, &q.txn) {
+                        take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position))
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -117,13 +114,13 @@ pub async fn run(
         // The queue is drained: read the backlog the spool keeps, if the queue overflowed
         // (in batches, once at least half the room is free).
         if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
-            for (t, stored) in
+            for (t, stored, position) in
                 ctx.overflow
                     .take(spool.as_ref(), ctx.number, capacity - held.count, || {
                         rx.is_empty()
                     })
             {
-                take_in(&ctx, &mut held, t, Some(stored));
+                take_in(&ctx, &mut held, t, Origin::Spool(stored, position));
             }
             if held.count == 0 && ctx.overflow.active() {
                 // The backlog could not be read: try again shortly.
@@ -144,7 +141,7 @@ pub async fn run(
             }
             tokio::select! {
                 t = rx.recv() => match t {
-                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx, &mut held, t, None) },
+                    Some(q) => if admitted(&ctx, &q.txn) { take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position)) },
                     None => closed = true,
                 },
                 // The backlog is in the spool now (see `overflow`).
@@ -245,7 +242,7 @@ pub async fn run(
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
                 match t {
-                    Some(t) => if admitted(&ctx, &t) { take_in(&ctx, &mut held, t, None) },
+                    Some(q) => if admitted(&ctx, &q.txn) { take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position)) },
                     None => closed = true,
                 }
                 continue;
@@ -313,17 +310,41 @@ fn room_reserve(capacity: usize) -> usize {
     }
 }
 
-/// Holds a transaction taken from the queue (or the backlog, `stored` then), with what
+/// A transaction for a lane, queued by ingest (or a replay, a reload, a cluster feed):
+/// when it arrived — its age counts from then, not from when the lane took it — and,
+/// with the spool, its position there (so that it can be left there without a lookup).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub txn: Arc<Transaction>,
+    pub at: Instant,
+    pub position: Option<i64>,
+}
+
+impl Queued {
+    /// `txn`, arriving now, its position unknown.
+    pub fn new(txn: Arc<Transaction>) -> Self {
+        Queued {
+            txn,
+            at: Instant::now(),
+            position: None,
+        }
+    }
+}
+
+/// Where a transaction a lane takes in comes from.
+enum Origin {
+    /// The queue: when it arrived, and its spool position if known.
+    Queue(Instant, Option<i64>),
+    /// The spool (a backlog): when it was stored, and its position.
+    Spool(std::time::SystemTime, i64),
+}
+
+/// Holds a transaction taken from the queue (or the backlog), with what
 /// the lane before knew of it if a reload handed it on — unless its user (or tenant)
 /// already has its share of the room ([`room_share`]), or holds some while only the
 /// reserve is left ([`room_reserve`]), or has transactions left in the spool: then it
 /// stays in the spool too, for [`read_back`].
-fn take_in(
-    ctx: &LaneContext,
-    held: &mut Held,
-    t: Arc<Transaction>,
-    stored: Option<std::time::SystemTime>,
-) {
+fn take_in(ctx: &LaneContext, held: &mut Held, t: Arc<Transaction>, from: Origin) {
     if let Some(c) = ctx.overflow.take_carried(&t.id) {
         held.push_carried(t, c.attempts, c.arrived);
         return;
@@ -336,7 +357,15 @@ fn take_in(
             || holds >= room_share(capacity)
             || (holds > 0 && capacity.saturating_sub(held.count) <= room_reserve(capacity))
         {
-            match spool.position(&t.id) {
+            let known = match from {
+                Origin::Queue(_, position) => position,
+                Origin::Spool(_, position) => Some(position),
+            };
+            let position = match known {
+                Some(p) => Ok(Some(p)),
+                None => spool.position(&t.id),
+            };
+            match position {
                 Ok(Some(position)) => {
                     ctx.overflow.divert(&key, position);
                     return;
@@ -350,9 +379,9 @@ fn take_in(
             }
         }
     }
-    match stored {
-        Some(at) => held.push_stored(t, at),
-        None => held.push(t),
+    match from {
+        Origin::Spool(stored, _) => held.push_stored(t, stored),
+        Origin::Queue(at, _) => held.push_arrived(t, at),
     }
 }
 
@@ -401,7 +430,7 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
 /// that replaces it.
 fn leftovers(
     held: Held,
-    mut rx: mpsc::Receiver<Arc<Transaction>>,
+    mut rx: mpsc::Receiver<Queued>,
     overflow: &Overflow,
 ) -> Vec<Arc<Transaction>> {
     let mut out: Vec<Arc<Transaction>> = Vec::with_capacity(held.count);
@@ -415,8 +444,16 @@ fn leftovers(
         );
         out.push(item.txn);
     }
-    while let Ok(t) = rx.try_recv() {
-        out.push(t);
+    while let Ok(q) = rx.try_recv() {
+        // (Its age goes on in the lane that replaces this one.)
+        overflow.carry(
+            &q.txn.id,
+            super::overflow::Carried {
+                attempts: Vec::new(),
+                arrived: q.at,
+            },
+        );
+        out.push(q.txn);
     }
     out
 }
@@ -640,7 +677,7 @@ fn abandon(ctx: &LaneContext, txn: &Transaction) {
 
 /// Waits until `until` or a new transaction arrives (when there is room).
 async fn wait(
-    rx: &mut mpsc::Receiver<Arc<Transaction>>,
+    rx: &mut mpsc::Receiver<Queued>,
     ctx: &LaneContext,
     held: &mut Held,
     closed: &mut bool,
@@ -651,8 +688,12 @@ async fn wait(
     if held.count < capacity && !*closed {
         tokio::select! {
             _ = sleep => {}
-            t = rx.recv() => match t {
-                Some(t) => take_in(ctx, held, t, None),
+            q = rx.recv() => match q {
+                Some(q) => {
+                    if admitted(ctx, &q.txn) {
+                        take_in(ctx, held, q.txn, Origin::Queue(q.at, q.position))
+                    }
+                }
                 None => *closed = true,
             },
             _ = ctx.overflow.started() => {}

@@ -107,7 +107,7 @@ impl Overflow {
     /// treated like a full one: the lane that replaces it shares this state.
     pub fn offer(
         &self,
-        tx: &mpsc::Sender<Arc<Transaction>>,
+        tx: &mpsc::Sender<super::lane::Queued>,
         txns: &[(Arc<Transaction>, i64)],
         driver: u32,
     ) {
@@ -125,7 +125,12 @@ impl Overflow {
                 // At or after the cursor: the lane reads it in turn.
                 continue;
             }
-            if tx.try_send(txn.clone()).is_ok() {
+            let queued = super::lane::Queued {
+                txn: txn.clone(),
+                at: tokio::time::Instant::now(),
+                position: Some(position),
+            };
+            if tx.try_send(queued).is_ok() {
                 state.hi = state.hi.max(position);
                 continue;
             }
@@ -253,7 +258,7 @@ impl Overflow {
         driver: u32,
         limit: usize,
         queue_empty: impl Fn() -> bool,
-    ) -> Vec<(Arc<Transaction>, SystemTime)> {
+    ) -> Vec<(Arc<Transaction>, SystemTime, i64)> {
         let mut state = self.lock();
         if !state.active || limit == 0 || !queue_empty() {
             return Vec::new();
@@ -270,7 +275,7 @@ impl Overflow {
                     out.extend(
                         rows.into_iter()
                             .filter(|o| o.position == position)
-                            .map(|o| (Arc::new(o.txn), o.stored)),
+                            .map(|o| (Arc::new(o.txn), o.stored, o.position)),
                     )
                 }
                 Err(e) => {
@@ -293,7 +298,10 @@ impl Overflow {
                     state.cursor = last.position + 1;
                     state.hi = state.hi.max(last.position);
                 }
-                out.extend(rows.into_iter().map(|o| (Arc::new(o.txn), o.stored)));
+                out.extend(
+                    rows.into_iter()
+                        .map(|o| (Arc::new(o.txn), o.stored, o.position)),
+                );
             }
             // Stay overflowing: the lane tries again on its next round.
             Err(e) => tracing::error!(driver, "cannot read the backlog from the spool: {e}"),
@@ -325,8 +333,8 @@ mod tests {
         (Arc::new(t), p)
     }
 
-    fn ids(v: &[(Arc<Transaction>, SystemTime)]) -> Vec<&str> {
-        v.iter().map(|(t, _)| t.id.as_str()).collect()
+    fn ids(v: &[(Arc<Transaction>, SystemTime, i64)]) -> Vec<&str> {
+        v.iter().map(|(t, _, _)| t.id.as_str()).collect()
     }
 
     /// Offers in any order: nothing is read twice, nothing committed earlier is skipped,
@@ -344,7 +352,7 @@ mod tests {
         // b fits the queue; c does not: the lane reads from c on.
         o.offer(&tx, &[b.clone(), c.clone()], 1);
         assert!(o.active());
-        assert_eq!(rx.try_recv().unwrap().id, "b");
+        assert_eq!(rx.try_recv().unwrap().txn.id, "b");
         // a arrives late, while overflowing: remembered, read before the cursor's.
         o.offer(&tx, std::slice::from_ref(&a), 1);
         let got = o.take(&*spool, 1, 10, || true);
@@ -358,7 +366,7 @@ mod tests {
         // A new one is queued again.
         let d = stored("d");
         o.offer(&tx, &[d], 1);
-        assert_eq!(rx.try_recv().unwrap().id, "d");
+        assert_eq!(rx.try_recv().unwrap().txn.id, "d");
     }
 
     /// A batch committed earlier but offered after a later one took the last free slot:
@@ -377,7 +385,7 @@ mod tests {
         o.offer(&tx, std::slice::from_ref(&b), 1); // takes the only slot
         o.offer(&tx, std::slice::from_ref(&a), 1); // full: a is read from the spool
         assert!(o.active());
-        assert_eq!(rx.try_recv().unwrap().id, "b");
+        assert_eq!(rx.try_recv().unwrap().txn.id, "b");
         o.offer(&tx, std::slice::from_ref(&c), 1);
         // b is still owed (not delivered yet) but never read again.
         assert_eq!(ids(&o.take(&*spool, 1, 10, || true)), ["a", "c"]);

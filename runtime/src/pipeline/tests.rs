@@ -144,7 +144,7 @@ fn txn(user: &str, id: &str) -> Transaction {
 }
 
 struct LaneRun {
-    tx: mpsc::Sender<Arc<Transaction>>,
+    tx: mpsc::Sender<super::lane::Queued>,
     outcomes: Arc<Outcomes>,
     stats: Arc<DriverStats>,
     task: tokio::task::JoinHandle<Vec<Arc<Transaction>>>,
@@ -199,7 +199,10 @@ async fn per_user_order_with_concurrency() {
         for u in ["a", "b", "c", "d"] {
             let t = txn(u, &format!("{u}{i}"));
             sent.push(t.id.clone());
-            lane.tx.send(Arc::new(t)).await.unwrap();
+            lane.tx
+                .send(super::lane::Queued::new(Arc::new(t)))
+                .await
+                .unwrap();
         }
     }
     lane.outcomes.wait_for(20).await;
@@ -248,7 +251,10 @@ async fn retries_follow_the_schedule_and_hold_back_only_that_user() {
     spool.append(&batch, &[1]).unwrap();
     let t0 = Instant::now();
     for t in batch {
-        lane.tx.send(Arc::new(t)).await.unwrap();
+        lane.tx
+            .send(super::lane::Queued::new(Arc::new(t)))
+            .await
+            .unwrap();
     }
     lane.outcomes.wait_for(4).await;
     let calls = driver.calls.lock().clone();
@@ -310,7 +316,10 @@ async fn exhausted_retries_become_dead_letters() {
     let batch = vec![txn("x", "x1"), txn("x", "x2")];
     spool.append(&batch, &[1]).unwrap();
     for t in batch {
-        lane.tx.send(Arc::new(t)).await.unwrap();
+        lane.tx
+            .send(super::lane::Queued::new(Arc::new(t)))
+            .await
+            .unwrap();
     }
     lane.outcomes.wait_for(2).await;
     let seen = lane.outcomes.seen.lock().clone();
@@ -390,6 +399,49 @@ async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
     assert_eq!(driver.calls.lock().len(), 10, "each once");
     d.shutdown().await;
     assert!(spool.pending().unwrap().is_empty());
+}
+
+/// A transaction's age counts from when it was queued, not from when its lane took it:
+/// b1 waits in the queue behind a1 (the lane's room is 1) longer than `retry_max_age`,
+/// and expires instead of being delivered late.
+#[tokio::test(flavor = "multi_thread")]
+async fn time_in_the_queue_counts_toward_the_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let gate = Arc::new(Semaphore::new(0));
+    let driver = Arc::new(Script {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    let mut args = mailpush_core::DriverArgs::parse("retry_max_age=1s");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let outcomes = Arc::new(Outcomes::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", policy)],
+        1,
+        Some(outcomes.clone()),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(vec![txn("a", "a1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    assert!(eventually(|| driver.running.load(Ordering::SeqCst) == 1).await);
+    d.accept(vec![txn("b", "b1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    assert_eq!(d.reports()[0].queued, 1, "b1 waits in the queue");
+    // b1 grows older than retry_max_age there (the time passing is what is tested).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    gate.add_permits(2);
+    outcomes.wait_for(2).await;
+    let seen = outcomes.seen.lock().clone();
+    assert_eq!(seen[0], ("a1".to_string(), Outcome::Delivered));
+    assert_eq!(seen[1].0, "b1");
+    assert!(
+        matches!(&seen[1].1, Outcome::Failed(f) if f.reason.contains("expired")),
+        "{seen:?}"
+    );
+    d.shutdown().await;
 }
 
 /// A dispatcher over `spool` whose driver 1 (`retry=1h`) failed transaction `r1` once
