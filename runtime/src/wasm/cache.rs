@@ -1,7 +1,10 @@
 //! The AOT cache's integrity: each compiled artifact in `state_dir/wasm-cache` is
-//! prefixed with an HMAC-SHA256 under a private per-cache-dir key (`cache.key`, mode
-//! 0600); a tampered, truncated or foreign artifact fails verification and is
-//! recompiled — never loaded.
+//! prefixed with an HMAC-SHA256, under a private per-cache-dir key (`cache.key`, mode
+//! 0600), of its file name and its contents; a tampered, truncated, foreign or renamed
+//! artifact (another component's, another tenant's snapshot put under this one's name)
+//! fails verification and is recompiled — never loaded. A cache directory or key that
+//! others could write (not owned by this user, or group- or world-writable) is not used
+//! at all: a compiled artifact is native code.
 //!
 //! The cache is bounded: after each write, the least recently used artifacts (by
 //! modification time; a hit refreshes it) beyond [`MAX_CACHE_BYTES`] are deleted, except
@@ -18,28 +21,83 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// The cache's private signing key (created on first use, mode 0600). `None` if the
-/// cache dir cannot be written; then the cache is not used.
+/// cache dir cannot be written, or others could write it or the key ([`trusted`]);
+/// then the cache is not used.
 pub fn cache_key(dir: &Path) -> Option<Vec<u8>> {
-    static KEYS: OnceLock<Mutex<HashMap<PathBuf, Vec<u8>>>> = OnceLock::new();
+    static KEYS: OnceLock<Mutex<HashMap<PathBuf, Option<Vec<u8>>>>> = OnceLock::new();
     let keys = KEYS.get_or_init(Default::default);
     let mut keys = keys.lock();
     if let Some(k) = keys.get(dir) {
-        return Some(k.clone());
+        return k.clone();
+    }
+    let key = open_key(dir);
+    keys.insert(dir.to_path_buf(), key.clone());
+    key
+}
+
+fn open_key(dir: &Path) -> Option<Vec<u8>> {
+    std::fs::create_dir_all(dir).ok()?;
+    if let Err(why) = trusted(dir, 0o022) {
+        tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {why}");
+        return None;
     }
     let file = dir.join("cache.key");
-    let key = match std::fs::read(&file) {
-        Ok(k) if k.len() == 32 => k,
-        _ => {
-            std::fs::create_dir_all(dir).ok()?;
-            let mut k = Vec::with_capacity(32);
-            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            write_atomically(&file, &k, true).ok()?;
-            k
+    if !file.exists() {
+        // Created once: written aside, then linked into place, which fails if another
+        // process made one meanwhile (then that one is read).
+        let mut k = Vec::with_capacity(32);
+        k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let aside = dir.join(format!("cache.key.{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&aside);
+        write_atomically(&aside, &k, true).ok()?;
+        let linked = std::fs::hard_link(&aside, &file);
+        let _ = std::fs::remove_file(&aside);
+        if let Err(e) = linked {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return None;
+            }
         }
-    };
-    keys.insert(dir.to_path_buf(), key.clone());
-    Some(key)
+    }
+    if let Err(why) = trusted(&file, 0o077) {
+        tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {why}");
+        return None;
+    }
+    match std::fs::read(&file) {
+        Ok(k) if k.len() == 32 => Some(k),
+        _ => {
+            tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {} is not a 32-byte key (remove it to have a new one made)", file.display());
+            None
+        }
+    }
+}
+
+/// Whether `path` is owned by this process's user and has none of the permission bits
+/// `forbidden` (group/world write for a directory; any group/world access for the
+/// key), and is not a symlink.
+fn trusted(path: &Path, forbidden: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: geteuid only reads the process's credentials.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        return Err(format!("{} is a symlink", path.display()));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "{} is owned by uid {}, not by mailpush's (uid {me})",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & forbidden != 0 {
+        return Err(format!(
+            "{} has mode {:o}: others may write it (chmod go-w, or go-rwx for cache.key)",
+            path.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `data` to `path` through a temporary file of its own (created new, readable
@@ -72,21 +130,41 @@ pub fn write_atomically(path: &Path, data: &[u8], private: bool) -> std::io::Res
     written
 }
 
+/// The HMAC of `body` under `key` (for a name; [`sign_artifact`] for an artifact).
 pub fn sign(key: &[u8], body: &[u8]) -> Vec<u8> {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(body);
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The artifact body if its tag verifies.
-pub fn verify<'a>(key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+/// The tag of the artifact stored as `name` (its file name) with `body`: both are
+/// signed, so an artifact renamed to another's name does not verify.
+pub fn sign_artifact(key: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
+    artifact_mac(key, name, body)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+fn artifact_mac(key: &[u8], name: &str, body: &[u8]) -> HmacSha256 {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(b"mailpush-artifact-2\0");
+    mac.update(&(name.len() as u64).to_le_bytes());
+    mac.update(name.as_bytes());
+    mac.update(body);
+    mac
+}
+
+/// The body of the artifact stored as `name` if its tag verifies.
+pub fn verify<'a>(key: &[u8], name: &str, stored: &'a [u8]) -> Option<&'a [u8]> {
     if stored.len() < 32 {
         return None;
     }
     let (tag, body) = stored.split_at(32);
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).ok()?;
-    mac.update(body);
-    mac.verify_slice(tag).ok().map(|_| body)
+    artifact_mac(key, name, body)
+        .verify_slice(tag)
+        .ok()
+        .map(|_| body)
 }
 
 /// The most bytes of compiled artifacts a cache dir keeps (JavaScript and Python
@@ -191,6 +269,53 @@ pub fn prune_unused(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An artifact put under another artifact's name (another tenant's snapshot, another
+    /// component) does not verify; under its own name it does.
+    #[test]
+    fn an_artifact_verifies_only_under_its_own_name() {
+        let key = [7u8; 32];
+        let body = b"compiled code";
+        let mut stored = sign_artifact(&key, "aaaa-snap01-e.cwasm", body);
+        stored.extend_from_slice(body);
+        assert_eq!(
+            verify(&key, "aaaa-snap01-e.cwasm", &stored),
+            Some(&body[..])
+        );
+        assert_eq!(verify(&key, "bbbb-snap01-e.cwasm", &stored), None);
+        assert_eq!(verify(&key, "aaaa-snap02-e.cwasm", &stored), None);
+        assert_eq!(verify(&[8u8; 32], "aaaa-snap01-e.cwasm", &stored), None);
+    }
+
+    /// The key is made once, readable by its owner only; a cache directory others may
+    /// write, or a key others may read, keeps the cache from being used.
+    #[test]
+    fn a_cache_others_may_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fine = dir.path().join("fine");
+        let key = open_key(&fine).expect("a new cache dir is used");
+        assert_eq!(open_key(&fine), Some(key), "the key is made once");
+        let mode = std::fs::metadata(fine.join("cache.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(open_key(&shared), None, "a world-writable dir");
+        std::fs::set_permissions(
+            fine.join("cache.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert_eq!(open_key(&fine), None, "a key others may read");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(fine.join("cache.key"), elsewhere.join("cache.key")).unwrap();
+        assert_eq!(open_key(&elsewhere), None, "a symlinked key");
+    }
 
     #[test]
     fn prune_deletes_the_least_recently_used_but_never_what_is_in_use() {

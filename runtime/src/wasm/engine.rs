@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::cache::{cache_key, sign, verify};
+use super::cache::{cache_key, sign, sign_artifact, verify};
 use super::function_cache::{FunctionCache, FunctionReuse};
 use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
@@ -328,7 +328,7 @@ impl WasmEngine {
     fn cached(&self, dir: &Path, artifact: &Path) -> Result<Component, CacheOutcome> {
         let key = cache_key(dir).ok_or(CacheOutcome::Disabled)?;
         let stored = std::fs::read(artifact).map_err(|_| CacheOutcome::Miss)?;
-        let Some(body) = verify(&key, &stored) else {
+        let Some(body) = verify(&key, &artifact_name(artifact), &stored) else {
             tracing::warn!(artifact = %artifact.display(), "cached artifact failed verification (tampered or corrupt), recompiling");
             return Err(CacheOutcome::Rejected);
         };
@@ -434,7 +434,8 @@ impl WasmEngine {
             .ok()
             .filter(|m| m.len() <= super::function_cache::MAX_FILE_BYTES)
             .and_then(|_| std::fs::read(&artifact).ok());
-        let earlier = stored.and_then(|stored| match verify(key, &stored) {
+        let name = artifact_name(&artifact);
+        let earlier = stored.and_then(|stored| match verify(key, &name, &stored) {
             Some(body) => {
                 let start = stored.len() - body.len();
                 Some((stored, start))
@@ -463,7 +464,7 @@ impl WasmEngine {
     /// Writes `body` signed to `artifact` (readable by the owner only if `private`),
     /// then keeps the cache within its size.
     fn store(&self, dir: &Path, key: &[u8], artifact: &Path, body: &[u8], private: bool) {
-        let mut out = sign(key, body);
+        let mut out = sign_artifact(key, &artifact_name(artifact), body);
         out.extend_from_slice(body);
         let written = super::cache::write_atomically(artifact, &out, private);
         if let Err(e) = written {
