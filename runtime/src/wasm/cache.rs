@@ -146,6 +146,9 @@ pub fn sign_artifact(key: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// The artifacts' signing scheme, part of their names (`engine.rs`, `engine_key`).
+pub const ARTIFACT_SCHEME: u32 = 2;
+
 fn artifact_mac(key: &[u8], name: &str, body: &[u8]) -> HmacSha256 {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(b"mailpush-artifact-2\0");

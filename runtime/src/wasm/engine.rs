@@ -519,6 +519,10 @@ impl WasmEngine {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
+        // The artifacts' signing scheme (2: the tag covers the file name): artifacts of an
+        // earlier scheme are not looked up (and are pruned as unused), not taken for
+        // tampered ones.
+        super::cache::ARTIFACT_SCHEME.hash(&mut h);
         format!("{:016x}", h.finish())
     }
 }
