@@ -511,3 +511,44 @@ async fn tenant_filter_forwards_only_matching_messages() {
     }
     assert!(cases.iter().filter(|c| c.3).count() == reqs.len());
 }
+
+/// A tenant whose files fail to load is not loaded again for each transaction (each
+/// would repeat the instrumenting, a snapshot's `init`, the compile): its transactions
+/// fail retryably, with a retry delay, until its files change; then it loads at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_that_fails_to_load_is_not_reloaded_per_transaction() {
+    let server = RecordingServer::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path().join("tenants");
+    std::fs::create_dir(&tenants).unwrap();
+    // No url: the webhook's init refuses its arguments.
+    std::fs::copy(guest("webhook"), tenants.join("c.example.wasm")).unwrap();
+    std::fs::write(tenants.join("c.example.conf"), "allow_hosts=127.0.0.1\n").unwrap();
+    let config = write_config(
+        root.path(),
+        "mailpush {\n state_dir = state\n tenant_drivers = tenants\n}\n",
+    );
+    let loaded = load_drivers(&TestDrivers::new().registry(), &config).await;
+    let d = loaded[0].driver.as_ref();
+    let txn = |id: &str| Arc::new(mailbox_txn("u@c.example", id));
+    let Outcome::Failed(first) = deliver(d, &txn("c1")).await else {
+        panic!("the load must fail")
+    };
+    assert!(
+        first.retryable && first.reason.contains("cannot load"),
+        "{first:?}"
+    );
+    let Outcome::Failed(again) = deliver(d, &txn("c2")).await else {
+        panic!("still failing")
+    };
+    assert!(
+        again.retryable
+            && again.reason.contains("not loaded again for")
+            && again
+                .retry_after
+                .is_some_and(|r| r <= Duration::from_secs(30)),
+        "{again:?}"
+    );
+    put_tenant(&tenants, "c.example", &server.url("/c"));
+    assert_eq!(deliver(d, &txn("c3")).await, Outcome::Delivered);
+}

@@ -1114,3 +1114,42 @@ async fn every_event_kind_reaches_the_component_field_for_field() {
         assert_eq!(failed(deliver(&d, &t).await).reason, json, "{args}");
     }
 }
+
+/// A driver's snapshot is kept from eviction while a driver loaded with it lives, not
+/// for the life of the process: a tenant replaced with other arguments gives its old
+/// snapshot back (else a long-running process kept every snapshot it ever made, past
+/// the cache's size bound). Two drivers with the same arguments share one hold each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_is_held_only_while_a_driver_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines = Arc::new(Engines::new(Some(dir.path().join("cache"))));
+    let snapshots = || {
+        let mut s: Vec<String> = engines
+            .in_use()
+            .into_iter()
+            .filter(|n| n.contains("-snap"))
+            .collect();
+        s.sort();
+        s
+    };
+    let one = load(&guest("hostile"), &engines, "mode=ok tag=one")
+        .await
+        .unwrap();
+    let held_by_one = snapshots();
+    assert_eq!(held_by_one.len(), 1, "{held_by_one:?}");
+    let again = load(&guest("hostile"), &engines, "mode=ok tag=one")
+        .await
+        .unwrap();
+    let two = load(&guest("hostile"), &engines, "mode=ok tag=two")
+        .await
+        .unwrap();
+    assert_eq!(snapshots().len(), 2);
+    drop(one);
+    assert_eq!(snapshots().len(), 2, "`again` still uses tag=one's");
+    drop(again);
+    let left = snapshots();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left, held_by_one);
+    drop(two);
+    assert!(snapshots().is_empty());
+}

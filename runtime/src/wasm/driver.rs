@@ -16,7 +16,9 @@ use wasmtime::Store;
 use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::WIT_PACKAGE;
 use super::convert;
-use super::engine::{CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine};
+use super::engine::{
+    CacheOutcome, Engines, LoadedComponent, SnapshotLease, SnapshotLookup, Source, WasmEngine,
+};
 use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
@@ -48,6 +50,8 @@ struct WasmInner {
     /// Log lines dropped and not reported yet, and when the last report went out: one
     /// warning per driver per [`DROP_REPORT_EVERY`], not one per transaction.
     drops: parking_lot::Mutex<(u64, Option<Instant>)>,
+    /// Its snapshot's hold in the AOT cache, given back with the driver.
+    _snapshot: Option<super::engine::SnapshotLease>,
 }
 
 /// A driver's answer to `begin-txn` (from `begin-txn`, or from `fixed-begin` for every
@@ -131,8 +135,10 @@ impl WasmDriver {
                 sandbox.log.log_lines_per_sec,
             )),
         };
-        let (loaded, instances, init) = if sandbox.instance.snapshot {
-            load_snapshot(&engine, path, &source, parts).await?
+        let (loaded, instances, init, snapshot) = if sandbox.instance.snapshot {
+            let (loaded, instances, init, lease) =
+                load_snapshot(&engine, path, &source, parts).await?;
+            (loaded, instances, init, Some(lease))
         } else {
             let loaded = compile_source(&engine, path, &source).await?;
             let instances = Instances::link(parts, &loaded, path)?;
@@ -140,6 +146,7 @@ impl WasmDriver {
                 loaded,
                 instances,
                 "init: called in every instance (init=per-instance)".to_string(),
+                None,
             )
         };
         let wit_version = instances.wit_version().to_string();
@@ -157,6 +164,7 @@ impl WasmDriver {
             policy,
             stats: WasmStats::default(),
             drops: parking_lot::Mutex::new((0, None)),
+            _snapshot: snapshot,
         };
         let inner = if inner.instances.synchronous() {
             // Its calls never yield: they run on a blocking thread, as compiles do, not
@@ -289,11 +297,12 @@ async fn load_snapshot(
     path: &Path,
     source: &Arc<Source>,
     parts: InstanceParts,
-) -> Result<(LoadedComponent, Instances, String), InitError> {
+) -> Result<(LoadedComponent, Instances, String, SnapshotLease), InitError> {
     let handle = tokio::runtime::Handle::current();
     let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
     tokio::task::spawn_blocking(move || {
         let key = engine.snapshot_key(&parts.args, parts.limits.memory);
+        let lease = engine.snapshot_lease(&source.sha256, &key);
         let made = match engine.snapshot_lookup(&source, &key) {
             SnapshotLookup::Hit(loaded) => Ok((loaded, true)),
             SnapshotLookup::Declined(why) => Err(why),
@@ -310,7 +319,7 @@ async fn load_snapshot(
                 } else {
                     "init: snapshot made at load"
                 };
-                Ok((loaded, instances, line.to_string()))
+                Ok((loaded, instances, line.to_string(), lease))
             }
             Err(why) => {
                 let loaded = engine
@@ -321,6 +330,7 @@ async fn load_snapshot(
                     loaded,
                     instances,
                     format!("init: called in every instance ({why})"),
+                    lease,
                 ))
             }
         }

@@ -110,6 +110,27 @@ fn snapshot_stem(sha256: &str, key: &str) -> String {
     format!("{sha256}-snap{key}")
 }
 
+/// A driver's hold on its snapshot in the AOT cache ([`WasmEngine::snapshot_lease`]),
+/// given back when it is dropped.
+pub struct SnapshotLease {
+    engine: Arc<WasmEngine>,
+    names: Vec<String>,
+}
+
+impl Drop for SnapshotLease {
+    fn drop(&mut self) {
+        let mut in_use = self.engine.in_use.lock();
+        for name in &self.names {
+            if let Some(n) = in_use.get_mut(name) {
+                *n -= 1;
+                if *n == 0 {
+                    in_use.remove(name);
+                }
+            }
+        }
+    }
+}
+
 /// One engine flavour: with or without fuel metering (fuel costs speed, so only drivers
 /// that ask for it pay).
 pub struct WasmEngine {
@@ -120,7 +141,7 @@ pub struct WasmEngine {
     /// the same time — a small driver never waits behind a big one compiling.
     cache_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Artifacts this engine loaded or wrote (never evicted by it).
-    in_use: Mutex<std::collections::HashSet<String>>,
+    in_use: Mutex<std::collections::HashMap<String, usize>>,
     /// The compiler's store of compiled functions, and the lock that lets one compile
     /// at a time use it ([`WasmEngine::compile_reusing`]).
     functions: Arc<FunctionCache>,
@@ -184,9 +205,37 @@ impl WasmEngine {
         })
     }
 
-    /// The names of the artifacts and records this engine loaded or wrote.
+    /// The names of the artifacts and records this engine loaded or wrote, except the
+    /// snapshots of drivers gone since ([`SnapshotLease`]).
     pub fn in_use(&self) -> std::collections::HashSet<String> {
-        self.in_use.lock().clone()
+        self.in_use.lock().keys().cloned().collect()
+    }
+
+    /// Counts one more use of the artifact or record `name`: kept from eviction while any.
+    fn hold(&self, name: String) {
+        *self.in_use.lock().entry(name).or_default() += 1;
+    }
+
+    /// The hold on `source`'s snapshot for `key` (its artifact, or the record that it
+    /// cannot be made) that a driver loaded with it keeps while it lives: when the last
+    /// such driver is gone (a tenant replaced with other arguments, removed), the
+    /// snapshot may be evicted like any unused artifact, so a long-running process does
+    /// not keep every snapshot it ever made.
+    pub fn snapshot_lease(self: &Arc<Self>, sha256: &str, key: &str) -> SnapshotLease {
+        let names = match &self.cache_dir {
+            Some(dir) => {
+                let stem = snapshot_stem(sha256, key);
+                vec![
+                    artifact_name(&self.artifact(dir, &stem)),
+                    artifact_name(&self.declined_path(dir, &stem)),
+                ]
+            }
+            None => Vec::new(),
+        };
+        SnapshotLease {
+            engine: self.clone(),
+            names,
+        }
     }
 
     /// The wasmtime engine.
@@ -247,7 +296,7 @@ impl WasmEngine {
         let stem = snapshot_stem(&source.sha256, key);
         let declined = self.declined_path(dir, &stem);
         if let Ok(reason) = std::fs::read_to_string(&declined) {
-            self.in_use.lock().insert(artifact_name(&declined));
+            self.hold(artifact_name(&declined));
             return SnapshotLookup::Declined(reason.chars().take(1024).collect());
         }
         let artifact = self.artifact(dir, &stem);
@@ -291,7 +340,7 @@ impl WasmEngine {
         if let Err(e) = written {
             tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
         }
-        self.in_use.lock().insert(artifact_name(&file));
+        self.hold(artifact_name(&file));
     }
 
     /// Names a snapshot by what it depends on beyond the component: the arguments `init`
@@ -338,7 +387,7 @@ impl WasmEngine {
         match unsafe { Component::deserialize(&self.engine, body) } {
             Ok(component) => {
                 super::cache::touch(artifact);
-                self.in_use.lock().insert(artifact_name(artifact));
+                self.hold(artifact_name(artifact));
                 Ok(component)
             }
             Err(e) => {
@@ -454,7 +503,7 @@ impl WasmEngine {
             None => {
                 if artifact.is_file() {
                     super::cache::touch(&artifact);
-                    self.in_use.lock().insert(artifact_name(&artifact));
+                    self.hold(artifact_name(&artifact));
                 }
             }
         }
@@ -470,11 +519,8 @@ impl WasmEngine {
         if let Err(e) = written {
             tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
         }
-        let keep = {
-            let mut in_use = self.in_use.lock();
-            in_use.insert(artifact_name(artifact));
-            in_use.clone()
-        };
+        self.hold(artifact_name(artifact));
+        let keep = self.in_use();
         for name in super::cache::prune(dir, super::cache::MAX_CACHE_BYTES, &keep) {
             tracing::info!(cache = %dir.display(), "AOT cache over {} MiB: removed the least recently used {name}", super::cache::MAX_CACHE_BYTES >> 20);
         }

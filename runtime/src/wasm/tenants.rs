@@ -71,7 +71,18 @@ pub struct TenantDrivers {
     /// Each loaded tenant's endpoint breakers, readable without the async lock (for
     /// metrics and status).
     circuits: parking_lot::Mutex<HashMap<String, Arc<EndpointBreakers>>>,
+    /// Tenants whose files failed to load, with that version of the files, until when
+    /// they are not tried again, and why: each transaction would otherwise repeat the
+    /// whole load (instrumenting, a snapshot's `init`, compiling).
+    failed: parking_lot::Mutex<HashMap<String, (Fingerprint, std::time::Instant, String)>>,
 }
+
+/// How long a tenant whose files failed to load is not loaded again (unless its files
+/// change): its transactions fail, retryably, meanwhile.
+const FAILED_LOAD_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Said of a load whose files changed while it ran (not remembered as a failure).
+const CHANGED_WHILE_LOADING: &str = "its files changed while they were loaded";
 
 /// Transactions the tenant lane delivers at once.
 pub const TENANT_CONCURRENCY: usize = 16;
@@ -138,7 +149,22 @@ impl TenantDrivers {
             tenants: parking_lot::Mutex::new(HashMap::new()),
             loading: parking_lot::Mutex::new(HashMap::new()),
             circuits: parking_lot::Mutex::new(HashMap::new()),
+            failed: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Why `domain`'s files, in this version, failed to load a moment ago.
+    fn failed_recently(&self, domain: &str, fp: &Fingerprint) -> Option<Failure> {
+        let failed = self.failed.lock();
+        let (version, until, why) = failed.get(domain)?;
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        (version == fp).then(|| Failure {
+            retry_after: Some(left),
+            ..Failure::retryable(format!(
+                "{why} (not loaded again for {} s unless its files change)",
+                left.as_secs().max(1)
+            ))
+        })
     }
 
     /// Loads every tenant currently in the directory; returns one line per tenant for
@@ -206,6 +232,9 @@ impl TenantDrivers {
         if let Some(d) = self.current(domain, &fp) {
             return Ok(Some(d));
         }
+        if let Some(f) = self.failed_recently(domain, &fp) {
+            return Err(f);
+        }
         let lock = self
             .loading
             .lock()
@@ -213,10 +242,36 @@ impl TenantDrivers {
             .or_default()
             .clone();
         let _loading = lock.lock().await;
-        // Another transaction of this domain may have loaded it meanwhile.
+        // Another transaction of this domain may have loaded it meanwhile (or failed to).
         if let Some(d) = self.current(domain, &fp) {
             return Ok(Some(d));
         }
+        if let Some(f) = self.failed_recently(domain, &fp) {
+            return Err(f);
+        }
+        match self.load(domain, &fp).await {
+            Ok(driver) => {
+                self.failed.lock().remove(domain);
+                Ok(Some(driver))
+            }
+            Err(f) => {
+                if !f.reason.contains(CHANGED_WHILE_LOADING) {
+                    self.failed.lock().insert(
+                        domain.to_string(),
+                        (
+                            fp,
+                            std::time::Instant::now() + FAILED_LOAD_PAUSE,
+                            f.reason.clone(),
+                        ),
+                    );
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Loads `domain`'s files as `fp` found them, and makes it the domain's driver.
+    async fn load(&self, domain: &str, fp: &Fingerprint) -> Result<Arc<WasmDriver>, Failure> {
         let conf = match fp.conf.as_ref().map(|c| &c.1) {
             None => "",
             Some(Ok(text)) => text.as_str(),
@@ -265,6 +320,13 @@ impl TenantDrivers {
                 e.message
             ))
         })?;
+        // The component is read again by the load: if the files changed meanwhile, what
+        // was loaded may pair the new code with the old .conf's grants.
+        if self.fingerprint(domain).as_ref() != Some(fp) {
+            return Err(Failure::retryable(format!(
+                "tenant {domain}: {CHANGED_WHILE_LOADING}; loading again"
+            )));
+        }
         let driver = Arc::new(driver);
         self.circuits
             .lock()
@@ -275,7 +337,7 @@ impl TenantDrivers {
             .insert(
                 domain.to_string(),
                 Tenant {
-                    fingerprint: fp,
+                    fingerprint: fp.clone(),
                     driver: driver.clone(),
                 },
             )
@@ -286,7 +348,7 @@ impl TenantDrivers {
             "tenant driver {}",
             if replaced { "replaced" } else { "loaded" }
         );
-        Ok(Some(driver))
+        Ok(driver)
     }
 }
 
