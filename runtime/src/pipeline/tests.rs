@@ -50,6 +50,16 @@ struct Script {
 }
 
 impl Script {
+    /// The ids of the calls that succeeded, in order.
+    fn succeeded(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .iter()
+            .filter(|c| c.ok)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+
     /// Waits until `n` calls were made.
     async fn wait_calls(&self, n: usize) {
         loop {
@@ -110,6 +120,35 @@ impl Driver for Script {
     }
 }
 
+/// A dispatcher over `spool` with `room` for `driver`, which is retried every 300 ms (4
+/// retries, no circuit breaking), its outcomes to `outcomes`.
+fn retrying(
+    driver: &Arc<Script>,
+    room: usize,
+    outcomes: &Arc<Outcomes>,
+    spool: &Arc<SqliteSpool>,
+) -> Dispatcher {
+    let mut args =
+        mailpush_core::DriverArgs::parse("retry=300ms,300ms,300ms,300ms breaker_min=1000");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", policy)],
+        room,
+        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
+        Some(spool.clone() as Arc<dyn Spool>),
+    )
+}
+
+/// A script whose calls each wait for a permit of the returned gate (none at first).
+fn gated() -> (Arc<Semaphore>, Arc<Script>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let driver = Arc::new(Script {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    });
+    (gate, driver)
+}
+
 /// Final outcomes in the order they arrived; wakes waiters.
 #[derive(Default)]
 struct Outcomes {
@@ -125,6 +164,14 @@ impl DeliveryObserver for Outcomes {
 }
 
 impl Outcomes {
+    /// Where among the outcomes `id`'s delivery is, if it was delivered.
+    fn delivered_at(&self, id: &str) -> Option<usize> {
+        self.seen
+            .lock()
+            .iter()
+            .position(|(i, o)| i == id && matches!(o, Outcome::Delivered))
+    }
+
     async fn wait_for(&self, n: usize) {
         loop {
             let notified = self.notify.notified();
@@ -362,11 +409,7 @@ fn loaded(driver: Arc<dyn Driver>, fingerprint: &str, policy: DeliveryPolicy) ->
 async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(&dir);
-    let gate = Arc::new(Semaphore::new(0));
-    let driver = Arc::new(Script {
-        gate: Some(gate.clone()),
-        ..Default::default()
-    });
+    let (gate, driver) = gated();
     let outcomes = Arc::new(Outcomes::default());
     let d = Dispatcher::start_with_spool(
         vec![loaded(driver.clone(), "s", DeliveryPolicy::default())],
@@ -408,11 +451,7 @@ async fn a_full_queue_overflows_into_the_spool_and_is_read_back_in_order() {
 async fn time_in_the_queue_counts_toward_the_age() {
     let dir = tempfile::tempdir().unwrap();
     let spool = spool(&dir);
-    let gate = Arc::new(Semaphore::new(0));
-    let driver = Arc::new(Script {
-        gate: Some(gate.clone()),
-        ..Default::default()
-    });
+    let (gate, driver) = gated();
     let mut args = mailpush_core::DriverArgs::parse("retry_max_age=1s");
     let policy = DeliveryPolicy::from_args(&mut args).unwrap();
     let outcomes = Arc::new(Outcomes::default());
@@ -490,15 +529,7 @@ async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
     let outcomes = Arc::new(Outcomes::default());
     let driver = Arc::new(Script::default());
     driver.fail.lock().insert("a1".into(), 3);
-    let mut args =
-        mailpush_core::DriverArgs::parse("retry=300ms,300ms,300ms,300ms breaker_min=1000");
-    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
-    let d = Dispatcher::start_with_spool(
-        vec![loaded(driver.clone(), "s", policy)],
-        4,
-        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
-        Some(spool.clone() as Arc<dyn Spool>),
-    );
+    let d = retrying(&driver, 4, &outcomes, &spool);
     d.accept(vec![txn("a", "a1")], Backpressure::Refuse)
         .await
         .unwrap();
@@ -511,13 +542,7 @@ async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
     d.accept(vec![txn("b", "b1"), txn("c", "c1")], Backpressure::Refuse)
         .await
         .unwrap();
-    let delivered_at = |id: &str| {
-        outcomes
-            .seen
-            .lock()
-            .iter()
-            .position(|(i, o)| i == id && matches!(o, Outcome::Delivered))
-    };
+    let delivered_at = |id: &str| outcomes.delivered_at(id);
     assert!(
         eventually(|| delivered_at("b1").is_some() && delivered_at("c1").is_some()).await,
         "b1 and c1 delivered"
@@ -534,13 +559,7 @@ async fn a_user_waiting_for_retries_does_not_hold_back_the_others() {
     );
     d.shutdown().await;
     // a's in order, each delivered once; nothing left owed.
-    let ok: Vec<String> = driver
-        .calls
-        .lock()
-        .iter()
-        .filter(|c| c.ok)
-        .map(|c| c.id.clone())
-        .collect();
+    let ok = driver.succeeded();
     let a: Vec<&String> = ok.iter().filter(|id| id.starts_with('a')).collect();
     let expected: Vec<String> = (1..=12).map(|i| format!("a{i}")).collect();
     assert_eq!(a, expected.iter().collect::<Vec<_>>());
@@ -562,15 +581,7 @@ async fn users_waiting_for_retries_leave_room_for_a_new_user() {
     for u in stuck {
         driver.fail.lock().insert(format!("{u}1"), 3);
     }
-    let mut args =
-        mailpush_core::DriverArgs::parse("retry=300ms,300ms,300ms,300ms breaker_min=1000");
-    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
-    let d = Dispatcher::start_with_spool(
-        vec![loaded(driver.clone(), "s", policy)],
-        8,
-        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
-        Some(spool.clone() as Arc<dyn Spool>),
-    );
+    let d = retrying(&driver, 8, &outcomes, &spool);
     d.accept(
         stuck.iter().map(|u| txn(u, &format!("{u}1"))).collect(),
         Backpressure::Refuse,
@@ -588,13 +599,7 @@ async fn users_waiting_for_retries_leave_room_for_a_new_user() {
     d.accept(vec![txn("e", "e1")], Backpressure::Refuse)
         .await
         .unwrap();
-    let delivered_at = |id: &str| {
-        outcomes
-            .seen
-            .lock()
-            .iter()
-            .position(|(i, o)| i == id && matches!(o, Outcome::Delivered))
-    };
+    let delivered_at = |id: &str| outcomes.delivered_at(id);
     assert!(
         eventually(|| delivered_at("e1").is_some()).await,
         "e1 delivered"
@@ -619,13 +624,7 @@ async fn users_waiting_for_retries_leave_room_for_a_new_user() {
         outcomes.seen.lock()
     );
     d.shutdown().await;
-    let ok: Vec<String> = driver
-        .calls
-        .lock()
-        .iter()
-        .filter(|c| c.ok)
-        .map(|c| c.id.clone())
-        .collect();
+    let ok = driver.succeeded();
     assert_eq!(ok.len(), 17, "each once: {ok:?}");
     for u in stuck {
         let mine: Vec<&String> = ok.iter().filter(|id| id.starts_with(u)).collect();
@@ -665,14 +664,7 @@ async fn a_reload_keeps_a_users_order_with_transactions_left_in_the_spool() {
     let new = Arc::new(Script::default());
     d.reconfigure(vec![loaded(new.clone(), "new", policy)])
         .await;
-    let ok = || {
-        new.calls
-            .lock()
-            .iter()
-            .filter(|c| c.ok)
-            .map(|c| c.id.clone())
-            .collect::<Vec<_>>()
-    };
+    let ok = || new.succeeded();
     assert!(
         eventually(|| ok().len() >= 8).await,
         "delivered: {:?}",
