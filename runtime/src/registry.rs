@@ -269,10 +269,15 @@ async fn tenant_lane(
         kind: "wasm",
         args_display: format!("dir={}", dir.display()),
         fingerprint: format!("{number}|tenant_drivers|{}", dir.display()),
-        location: Location {
-            file: config.path.clone(),
-            line: 0,
-        },
+        location: config
+            .settings
+            .at
+            .get("tenant_drivers")
+            .cloned()
+            .unwrap_or(Location {
+                file: config.path.clone(),
+                line: 0,
+            }),
         driver: Arc::new(lane),
         warnings,
         details,

@@ -725,4 +725,29 @@ async fn credentials_in_the_server_url_log_in() {
         !log.contains("s@cret-9") && !log.contains("s%40cret-9"),
         "{log}"
     );
+    // A wrong password is said as such (not only as JetStream timing out later).
+    let wrong = nats.url().replace("nats://", "nats://mp:wrong@");
+    let conf = node_config(dir.path(), "refused", &wrong, &[server.url("/h")], "");
+    let mut child = std::process::Command::new(mailpush_bin())
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let said = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("the server refused the login"))
+    });
+    let said = tokio::time::timeout(Duration::from_secs(30), said).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = said.expect("said within 30 s").unwrap().expect("said");
+    assert!(
+        line.contains("check the credentials") && !line.contains("wrong@"),
+        "{line}"
+    );
 }

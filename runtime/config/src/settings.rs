@@ -190,6 +190,8 @@ pub struct RuntimeSettings {
     pub wasm_host_memory: Option<usize>,
     /// `cluster = …`: cluster mode on NATS JetStream.
     pub cluster: Option<ClusterSettings>,
+    /// Where each `mailpush { }` key was set (for errors found later, at start).
+    pub at: std::collections::BTreeMap<String, Location>,
 }
 
 /// Cluster mode: NATS servers and how mailpush uses their JetStream.
@@ -249,6 +251,7 @@ impl Default for RuntimeSettings {
             spool_quota: 1 << 30,
             wasm_host_memory: None,
             cluster: None,
+            at: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -303,6 +306,7 @@ impl RuntimeSettings {
         // The cluster_* keys, applied once `cluster` is known.
         let mut cluster_keys: Vec<(String, String, Location)> = Vec::new();
         for (key, value, location) in entries {
+            s.at.insert(key.clone(), location.clone());
             if key.starts_with("cluster") {
                 cluster_keys.push((key, value, location));
                 continue;
@@ -437,7 +441,14 @@ impl RuntimeSettings {
 /// then every known one.
 fn unknown_setting(key: &str) -> String {
     let known: Vec<&str> = SETTINGS.iter().map(|(k, _, _)| *k).collect();
+    // A typo, or a name given without its prefix (`token_file`: `ingest_token_file`).
     let hint = crate::suggest::nearest(key, &known)
+        .or_else(|| {
+            known
+                .iter()
+                .find(|k| k.ends_with(&format!("_{key}")) || k.starts_with(&format!("{key}_")))
+                .copied()
+        })
         .map(|k| format!(" Did you mean {k}?"))
         .unwrap_or_default();
     format!(
@@ -497,7 +508,7 @@ fn cluster_settings(
             location,
             "cluster",
             value,
-            "expected NATS server URLs separated by commas, e.g. `nats://10.0.0.1:4222,nats://10.0.0.2:4222` (tls:// for TLS)".into(),
+            "expected NATS server URLs, e.g. `nats://10.0.0.1:4222` (several: separated by commas; tls:// for TLS)".into(),
         );
         return None;
     }

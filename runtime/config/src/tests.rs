@@ -1033,6 +1033,9 @@ fn unknown_mailpush_key_lists_the_known_keys() {
     for key in ["state_dir", "listen", "queue_capacity"] {
         assert!(e.message.contains(key), "{e}");
     }
+    // A setting named without its prefix names the setting.
+    let e = error("mailpush {\n  token_file = /etc/mailpush/token\n}\n");
+    assert!(e.message.contains("Did you mean ingest_token_file?"), "{e}");
     // A typo close to a setting names it.
     let e = error("mailpush {\n  queue_capacty = 10\n}\n");
     assert!(
@@ -1262,4 +1265,22 @@ fn a_backslash_continues_the_line() {
     assert_eq!(c.drivers[0].args.get("secret"), Some("abc"));
     let w = warnings(&c);
     assert!(w.len() == 1 && w[0].contains(":3"), "{w:?}");
+}
+
+/// Every sample config in `examples/` parses: settings, keys and syntax (loading the
+/// drivers is `mailpush check`'s, with the files they name).
+#[test]
+fn the_example_configs_parse() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for file in [
+        "mailpush.conf",
+        "mailpush-2.4.conf",
+        "cluster/mailpush.conf",
+    ] {
+        let path = examples.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = Config::parse(&path, &text) {
+            panic!("{file}:\n{e}");
+        }
+    }
 }

@@ -101,6 +101,8 @@ pub async fn connect(
                 async_nats::Event::Disconnected => {
                     tracing::warn!("NATS: disconnected; reconnecting")
                 }
+                async_nats::Event::ClientError(e) => connect_problem(&e.to_string()),
+                async_nats::Event::ServerError(e) => connect_problem(&e.to_string()),
                 other => tracing::debug!("NATS: {other}"),
             }
         });
@@ -134,6 +136,29 @@ pub async fn connect(
     opts.connect(servers.as_slice())
         .await
         .map_err(|e| storage("cannot connect", e))
+}
+
+/// Logs why connecting fails (a refused login, an unreachable server), at most every
+/// 30 s: the client tries again every second.
+fn connect_problem(what: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let last = LAST.load(Ordering::Relaxed);
+    if last != 0 && now < last + 30 {
+        return;
+    }
+    LAST.store(now, Ordering::Relaxed);
+    let what = mailpush_core::args::redact_text(what);
+    let lower = what.to_ascii_lowercase();
+    if lower.contains("authoriz") || lower.contains("authenticat") {
+        tracing::error!("NATS: the server refused the login ({what}): check the credentials (user:password@ in `cluster`, cluster_creds_file, cluster_token_file); trying again");
+    } else {
+        tracing::warn!("NATS: {what}; trying again");
+    }
 }
 
 /// A user and password (an empty password: the user is a token).

@@ -199,7 +199,8 @@ impl TenantDrivers {
                     details.extend(d.details().into_iter().map(|l| format!("  {l}")));
                 }
                 Ok(None) => {}
-                Err(f) => warnings.push(format!("tenant {domain}: {}", f.reason)),
+                // (Its reasons name the tenant already.)
+                Err(f) => warnings.push(f.reason),
             }
         }
         (details, warnings)
