@@ -51,6 +51,22 @@ async fn ingest_error_paths() {
     )
     .await;
     assert_eq!(s, 401);
+    // The token changed on disk: `reload` (which reads the new one) is refused, and says
+    // that the instance keeps the token it read at start.
+    std::fs::write(dir.path().join("token"), "n3w-token\n").unwrap();
+    let cli_conf = dir.path().join("cli.conf");
+    std::fs::write(&cli_conf, format!("mailpush {{\n state_dir = state\n listen = {}\n ingest_token_file = token\n}}\nplugin {{\n push_notification_driver = dlog:file=dlog.log\n}}\n", d.addr)).unwrap();
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["reload", "-c"])
+        .arg(&cli_conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("401") && err.contains("restart it"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
 
     // 400 for JSON: the path and what was expected.
     let (s, _, b) = http_request(d.addr, "POST", "/v1/transactions", &[auth], br#"{"user":"a@b","events":[{"name":"MessageRead","mailbox":"INBOX","uid":"7","uid_validity":1}]}"#).await;
@@ -541,6 +557,14 @@ async fn reload_swaps_drivers_while_transactions_flow() {
         String::from_utf8_lossy(&out.stdout).contains("kept [1] started [2]"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // The listen setting changed too (0 → the port): not applied, and said so.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "warning: the mailpush { } block changed: reload applies the driver list only"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     std::fs::write(&conf, with_port(" push_notification_driver2 = nosuch\n")).unwrap();
     let out = std::process::Command::new(mailpush_bin())

@@ -191,7 +191,7 @@ pub struct RuntimeSettings {
     /// `cluster = …`: cluster mode on NATS JetStream.
     pub cluster: Option<ClusterSettings>,
     /// Where each `mailpush { }` key was set (for errors found later, at start).
-    pub at: std::collections::BTreeMap<String, Location>,
+    pub at: SettingLines,
 }
 
 /// Cluster mode: NATS servers and how mailpush uses their JetStream.
@@ -251,10 +251,35 @@ impl Default for RuntimeSettings {
             spool_quota: 1 << 30,
             wasm_host_memory: None,
             cluster: None,
-            at: std::collections::BTreeMap::new(),
+            at: SettingLines::default(),
         }
     }
 }
+
+/// Where each `mailpush { }` key was set. Not part of the settings' value: two configs
+/// that differ only in where their settings are written have equal settings (a reload
+/// compares them).
+#[derive(Debug, Clone, Default)]
+pub struct SettingLines(std::collections::BTreeMap<String, Location>);
+
+impl SettingLines {
+    /// Where `key` was set, if it was.
+    pub fn get(&self, key: &str) -> Option<&Location> {
+        self.0.get(key)
+    }
+
+    fn insert(&mut self, key: String, at: Location) {
+        self.0.insert(key, at);
+    }
+}
+
+impl PartialEq for SettingLines {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SettingLines {}
 
 /// Timeouts and caps on ingest connections: what keeps stalled, idle or too many
 /// clients from holding ingest.

@@ -745,6 +745,9 @@ async fn run_reload(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                 "reloaded: kept {:?} started {:?} stopped {:?}",
                 r.kept, r.started, r.stopped
             );
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => control_failed(e),

@@ -68,9 +68,19 @@ async fn request<T: DeserializeOwned>(
     let body = resp.bytes().await.map_err(unreachable)?;
     if !status.is_success() {
         let e: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
+        let mut message = e.error;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            // The instance reads its token at start: a changed token file (or one set
+            // since) is not its token until it restarts.
+            message.push_str(if config.settings.ingest_token_file.is_some() {
+                "; the running instance read its token at start: if ingest_token_file or its contents changed since, restart it (`systemctl restart mailpush`) — a reload does not change the token"
+            } else {
+                "; the running instance wants a token: set ingest_token_file as its config does"
+            });
+        }
         return Err(ControlError::Refused {
             status: status.as_u16(),
-            message: e.error,
+            message,
             errors: e.errors,
         });
     }

@@ -98,12 +98,14 @@ impl Daemon {
         let registry = (self.registry)();
         match registry.init_all(&config, self.metadata.clone()).await {
             Ok(loaded) => {
+                let mut warnings = Vec::new();
                 if config.settings != self.settings {
-                    tracing::warn!(
-                        "the mailpush {{ }} block changed: reload applies the driver list only; restart mailpush for its settings (listen, state_dir, queue_capacity, max_body, …) to take effect"
-                    );
+                    let w = "the mailpush { } block changed: reload applies the driver list only; restart mailpush for its settings (listen, state_dir, queue_capacity, max_body, ingest_token_file, …) to take effect";
+                    tracing::warn!("{w}");
+                    warnings.push(w.to_string());
                 }
-                let r = self.dispatcher.reconfigure(loaded).await;
+                let mut r = self.dispatcher.reconfigure(loaded).await;
+                r.warnings = warnings;
                 tracing::info!(kept = ?r.kept, started = ?r.started, stopped = ?r.stopped, "configuration reloaded");
                 Ok(r)
             }

@@ -237,6 +237,9 @@ pub struct Reconfigured {
     pub started: Vec<u32>,
     /// Drivers whose old lane was drained and stopped.
     pub stopped: Vec<u32>,
+    /// What the reload did not apply (changed `mailpush { }` settings need a restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl Dispatcher {
