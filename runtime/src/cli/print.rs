@@ -27,6 +27,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             config,
             state_dir,
             listen,
+            cluster,
             drivers,
             warnings,
             errors,
@@ -35,6 +36,9 @@ pub fn check(path: &Path, report: &CheckReport) {
             println!("config: {}", config.display());
             println!("state_dir: {}", state_dir.display());
             println!("listen: {listen}");
+            if let Some(c) = cluster {
+                println!("cluster: {c}");
+            }
             println!();
             if !drivers.is_empty() {
                 println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
@@ -64,9 +68,18 @@ pub fn check(path: &Path, report: &CheckReport) {
                 for e in in_file_order(errors) {
                     eprintln!("error: {e}");
                 }
+                // (Dovecot's way with a driver that fails, said where one does.)
+                let driver_failed = errors
+                    .iter()
+                    .any(|e| e.message.contains("failed to initialise"));
                 eprintln!(
-                    "{} error(s); mailpush refuses to start with this config (Dovecot would silently drop the failing driver and every later-numbered one)",
-                    errors.len()
+                    "{} error(s); mailpush refuses to start with this config{}",
+                    errors.len(),
+                    if driver_failed {
+                        " (Dovecot would silently drop the failing driver and every later-numbered one)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -167,7 +167,9 @@ type Credentials = (String, String);
 /// The server URLs without userinfo, and the one user and password (or token: a user
 /// alone) they gave; refused if two URLs give different ones (NATS has one per
 /// connection).
-fn split_credentials(servers: &[String]) -> Result<(Vec<String>, Option<Credentials>), SpoolError> {
+pub fn split_credentials(
+    servers: &[String],
+) -> Result<(Vec<String>, Option<Credentials>), SpoolError> {
     let mut bare = Vec::with_capacity(servers.len());
     let mut credentials: Option<Credentials> = None;
     for s in servers {

@@ -39,6 +39,8 @@ pub enum CheckReport {
         config: PathBuf,
         state_dir: PathBuf,
         listen: SocketAddr,
+        /// Cluster mode, as its keys resolve (servers without credentials).
+        cluster: Option<String>,
         drivers: Vec<CheckedDriver>,
         /// The AOT cache's artifacts and records the drivers loaded or wrote; `None`
         /// when a tenant handler failed to load (what it would use is unknown).
@@ -104,6 +106,7 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
             },
         );
     }
+    errors.extend(service_problems(&config));
     let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
     for d in &loaded {
         warnings.extend(
@@ -131,11 +134,74 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         config: config.path,
         state_dir: config.settings.state_dir,
         listen: config.settings.listen,
+        cluster: config.settings.cluster.as_ref().map(describe_cluster),
         drivers,
         cache_in_use,
         warnings,
         errors,
     })
+}
+
+/// What `run` would refuse to start with, beyond the drivers: a token file it cannot
+/// read, `handoff_owners` naming no user, a `listen_unix` folder that does not exist,
+/// cluster URLs giving different credentials. Each at the line that set it.
+fn service_problems(config: &Config) -> Vec<ConfigError> {
+    let s = &config.settings;
+    let problem = |key: &str, value: String, message: String| ConfigError {
+        location: s.at.get(key).cloned(),
+        text: format!("{key} = {value}"),
+        message: format!("{message}; `mailpush run` would refuse to start"),
+    };
+    let mut out = Vec::new();
+    if let Some(p) = &s.ingest_token_file {
+        if let Err(e) = crate::daemon::read_token(p) {
+            out.push(problem(
+                "ingest_token_file",
+                p.display().to_string(),
+                format!("{e:#}"),
+            ));
+        }
+    }
+    if let Err(e) = crate::daemon::handoff::Owners::resolve(&s.handoff_owners) {
+        out.push(problem("handoff_owners", s.handoff_owners.join(" "), e));
+    }
+    if let Some(p) = &s.listen_unix {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if parent.is_some_and(|d| !d.is_dir()) {
+            out.push(problem(
+                "listen_unix",
+                p.display().to_string(),
+                format!(
+                    "the folder of the socket, {}, does not exist",
+                    parent.map(|d| d.display().to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+    }
+    if let Some(c) = &s.cluster {
+        if let Err(e) = crate::cluster::nats::split_credentials(&c.servers) {
+            out.push(problem("cluster", c.servers.join(","), e.to_string()));
+        }
+    }
+    out
+}
+
+/// The line `check` shows for cluster mode: the servers (credentials masked) and what
+/// the other keys resolve to.
+fn describe_cluster(c: &mailpush_config::ClusterSettings) -> String {
+    let servers: Vec<String> = c
+        .servers
+        .iter()
+        .map(|s| mailpush_core::args::redact_url(s))
+        .collect();
+    format!(
+        "{} (stream {}, {} partitions, {} replica(s), node {})",
+        servers.join(","),
+        c.stream,
+        c.partitions,
+        c.replicas,
+        c.node.as_deref().unwrap_or("(the host name)")
+    )
 }
 
 /// Whether `run` can keep its data in `dir`: an existing directory is written to (a file,
@@ -228,6 +294,7 @@ mod tests {
             config: state.path().join("mailpush.conf"),
             state_dir: state.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
+            cluster: None,
             drivers: Vec::new(),
             cache_in_use,
             warnings: Vec::new(),
