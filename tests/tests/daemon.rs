@@ -1012,3 +1012,28 @@ async fn a_batch_is_charged_for_what_it_takes_parsed() {
     .await;
     assert_eq!(s, 202, "{b}");
 }
+
+/// One `mailpush run` per state_dir: a second one (another port, the same spool) is
+/// refused, naming the first one's pid — two would deliver what the spool owes twice.
+/// Once the first stops, the state_dir is free again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_on_one_state_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n}\nplugin {\n push_notification_driver = dlog:file=dlog.log\n}\n").unwrap();
+    let first = RunningDaemon::start(&conf);
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["run", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("another mailpush run (pid {})", first.child.id())),
+        "{err}"
+    );
+    assert!(first.stop().success());
+    let again = RunningDaemon::start(&conf);
+    assert!(again.stop().success());
+}

@@ -141,6 +141,41 @@ pub async fn run(
     .await
 }
 
+/// The one `mailpush run` of a state_dir: an exclusive lock on `state_dir/run.lock`
+/// (which holds the pid), released when the process ends however it ends.
+struct InstanceLock(#[allow(dead_code)] std::fs::File);
+
+impl InstanceLock {
+    fn take(state_dir: &Path) -> anyhow::Result<InstanceLock> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", state_dir.display()))?;
+        let path = state_dir.join("run.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "refusing to start: another mailpush run (pid {}) uses state_dir {}; two instances on one spool would deliver the same transactions twice. Stop it first, or give this one its own state_dir",
+                pid.trim(),
+                state_dir.display()
+            );
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(InstanceLock(file))
+    }
+}
+
 /// A future that ends the service when it completes.
 pub type StopFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
@@ -159,8 +194,14 @@ pub async fn serve(
     if let Some(total) = config.settings.wasm_host_memory {
         crate::wasm::limits::HostMemory::global().set_total(total);
     }
+    // Held until the service ends: a second instance on this state_dir would deliver
+    // what the first one owes too.
+    let _one_instance = InstanceLock::take(&config.settings.state_dir)?;
     let token = match &config.settings.ingest_token_file {
-        Some(p) => Some(read_token(p)?),
+        Some(p) => Some(read_token(p).map_err(|e| {
+            let at = config.settings.at.get("ingest_token_file");
+            anyhow::anyhow!("{}{e:#}", at.map(|l| format!("{l}: ")).unwrap_or_default())
+        })?),
         None => None,
     };
     // Cluster mode: JetStream is the spool and holds the METADATA.
