@@ -1153,3 +1153,46 @@ async fn a_snapshot_is_held_only_while_a_driver_uses_it() {
     drop(two);
     assert!(snapshots().is_empty());
 }
+
+/// A wasm line's key one typo from a sandbox key (or cut short) goes to the component,
+/// and the sandbox keeps its default: `check` says so, and names a `url=` host that
+/// `allow_hosts` does not grant. The component's own keys (`url`, `secret`) pass quietly.
+#[test]
+fn check_warns_about_sandbox_keys_given_to_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!("mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://h.example/x secret=whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ= allow_host=h.example memmory=1M timeout_ms=5\n}}\n", guest("webhook").display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["check", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    for (typed, meant) in [
+        ("allow_host", "allow_hosts"),
+        ("memmory", "memory"),
+        ("timeout_ms", "timeout_msecs"),
+    ] {
+        assert!(
+            all.contains(&format!("`{typed}` is not a mailpush key: it goes to the component as its own argument, and the sandbox keeps its default. Did you mean {meant}?")),
+            "{typed}\n{all}"
+        );
+    }
+    assert!(
+        all.contains("url's host h.example is not in allow_hosts"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("`url` is not") && !all.contains("`secret` is not"),
+        "{all}"
+    );
+}

@@ -30,6 +30,74 @@ impl WasmFactory {
     }
 }
 
+/// The keys mailpush takes off a `wasm:` line (the sandbox's, and the delivery keys
+/// the runtime takes before); everything else goes to the component.
+const MAILPUSH_KEYS: &[&str] = &[
+    "file",
+    "timeout_msecs",
+    "memory",
+    "fuel",
+    "max_event_bytes",
+    "max_txn_msecs",
+    "init_timeout_msecs",
+    "host_memory",
+    "allow_hosts",
+    "allow_private",
+    "max_connections",
+    "connect_timeout_msecs",
+    "first_byte_timeout_msecs",
+    "max_egress_bytes",
+    "max_log_lines",
+    "log_lines_per_sec",
+    "log_burst",
+    "instance",
+    "init",
+    "calls",
+    "recycle_after",
+    "retry",
+    "retry_max_age",
+    "hold_max",
+    "concurrency",
+    "breaker_min",
+    "breaker_open",
+    "breaker_ratio",
+    "breaker_window",
+];
+
+/// Warnings about what a line probably meant for the sandbox but gives to the component:
+/// a key one typo from a sandbox key (`allow_host=`, `memmory=`: the component gets it,
+/// the sandbox keeps its default), and a `url=` whose host `allow_hosts` does not allow
+/// (every request to it would be refused).
+fn unapplied_keys(component_args: &mailpush_core::DriverArgs, sandbox: &Sandbox) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, value) in component_args.iter() {
+        // Close enough to be a typo, for keys as short as `url` and `fuel` (two edits
+        // apart), or a key cut short (`timeout_ms`).
+        let limit = if key.len() < 8 { 1 } else { 2 };
+        let meant = MAILPUSH_KEYS.iter().copied().find(|k| {
+            let d = mailpush_config::suggest::distance(key, k);
+            (d > 0 && d <= limit) || (key.len() >= 6 && k.starts_with(key) && *k != key)
+        });
+        if let Some(meant) = meant {
+            out.push(format!(
+                "`{key}` is not a mailpush key: it goes to the component as its own argument, and the sandbox keeps its default. Did you mean {meant}?"
+            ));
+        }
+        if key == "url" {
+            let host = value
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+            if let Some(host) = host.filter(|h| !sandbox.http.host_allowed(h)) {
+                out.push(format!(
+                    "url's host {host} is not in allow_hosts: the component's requests to it will be refused (grant it: allow_hosts={host})"
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl DriverFactory for WasmFactory {
     fn name(&self) -> &'static str {
@@ -58,7 +126,8 @@ impl DriverFactory for WasmFactory {
             .engines
             .get_or_init(|| Engines::shared(Some(init.state_dir.join("wasm-cache"))))
             .clone();
-        let warnings = sandbox.warnings();
+        let mut warnings = sandbox.warnings();
+        warnings.extend(unapplied_keys(&args, &sandbox));
         let tag = Arc::new(DriverTag {
             number: init.number,
             name: init.name.clone(),
