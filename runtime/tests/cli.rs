@@ -356,6 +356,19 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 dead letter(s)"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no spool at"));
     assert!(!dir.path().join("state/spool.db").exists());
+    // A driver number the config does not have: said (its dead letters may remain).
+    let out = mailpush()
+        .args(["dlq", "list", "--driver", "9", "-c"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("note: this config has no driver 9 (its drivers: [1])"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     {
         let spool = SqliteSpool::open(&dir.path().join("state/spool.db"), 1 << 30).unwrap();
         let t = mailpush_core::Transaction::from_json(

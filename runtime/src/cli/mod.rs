@@ -673,6 +673,24 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let err = |e: crate::spool::SpoolError| anyhow::anyhow!("{e}");
+    let asked = match cmd {
+        DlqCommand::List { driver } => *driver,
+        DlqCommand::Replay { driver, .. } | DlqCommand::Purge { driver, .. } => *driver,
+        DlqCommand::Show { .. } => None,
+    };
+    if let Some(n) = asked {
+        // Dead letters keep their driver's number after it is removed or renumbered:
+        // said, not refused.
+        let mut numbers: Vec<u32> = config.drivers.iter().map(|d| d.number).collect();
+        if config.settings.tenant_drivers.is_some() {
+            numbers.push(numbers.last().map_or(1, |l| l + 1));
+        }
+        if !numbers.contains(&n) {
+            eprintln!(
+                "note: this config has no driver {n} (its drivers: {numbers:?}); dead letters of a driver since removed or renumbered keep its number"
+            );
+        }
+    }
     match cmd {
         DlqCommand::List { driver } => {
             print::dead_letters(&letters.list(*driver).await.map_err(err)?)
