@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::hooks::panic_message;
-use super::lane::{self, LaneContext, Queued};
+use super::lane::{self, LaneContext};
 use super::lane_thread::{self, LaneThread};
 use super::observer::DeliveryObserver;
 use super::overflow::Overflow;
 use super::policy::DeliveryPolicy;
+use super::queued::Queued;
 use super::stats::{DriverReport, DriverStats};
 use crate::spool::{Spool, SpoolError};
 use mailpush_config::Location;

@@ -28,6 +28,7 @@ use super::hooks::{deliver, Outcome};
 use super::observer::{Delivery, DeliveryObserver};
 use super::overflow::Overflow;
 use super::policy::DeliveryPolicy;
+use super::queued::Queued;
 use super::stats::DriverStats;
 use crate::breaker::CircuitBreaker;
 use crate::spool::{now, Attempt, Gate, Spool};
@@ -307,27 +308,6 @@ fn room_reserve(capacity: usize) -> usize {
         share
     } else {
         0
-    }
-}
-
-/// A transaction for a lane, queued by ingest (or a replay, a reload, a cluster feed):
-/// when it arrived — its age counts from then, not from when the lane took it — and,
-/// with the spool, its position there (so that it can be left there without a lookup).
-#[derive(Debug, Clone)]
-pub struct Queued {
-    pub txn: Arc<Transaction>,
-    pub at: Instant,
-    pub position: Option<i64>,
-}
-
-impl Queued {
-    /// `txn`, arriving now, its position unknown.
-    pub fn new(txn: Arc<Transaction>) -> Self {
-        Queued {
-            txn,
-            at: Instant::now(),
-            position: None,
-        }
     }
 }
 

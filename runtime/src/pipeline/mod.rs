@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! Dispatcher::accept (dispatcher.rs)   persist in the spool, then offer to every lane
+//!                                      (queued.rs: what a lane's queue carries)
 //!   → overflow.rs                      a full queue leaves the rest in the spool; the
 //!                                      lane reads its backlog itself, in order
 //!   → lane.rs on lane_thread.rs        per driver: per-user order (held.rs), up to
@@ -22,6 +23,7 @@ pub mod lane_thread;
 pub mod observer;
 pub mod overflow;
 pub mod policy;
+pub mod queued;
 pub mod stats;
 
 pub use dispatcher::{

@@ -107,7 +107,7 @@ impl Overflow {
     /// treated like a full one: the lane that replaces it shares this state.
     pub fn offer(
         &self,
-        tx: &mpsc::Sender<super::lane::Queued>,
+        tx: &mpsc::Sender<super::queued::Queued>,
         txns: &[(Arc<Transaction>, i64)],
         driver: u32,
     ) {
@@ -125,7 +125,7 @@ impl Overflow {
                 // At or after the cursor: the lane reads it in turn.
                 continue;
             }
-            let queued = super::lane::Queued {
+            let queued = super::queued::Queued {
                 txn: txn.clone(),
                 at: tokio::time::Instant::now(),
                 position: Some(position),

@@ -191,7 +191,7 @@ fn txn(user: &str, id: &str) -> Transaction {
 }
 
 struct LaneRun {
-    tx: mpsc::Sender<super::lane::Queued>,
+    tx: mpsc::Sender<super::queued::Queued>,
     outcomes: Arc<Outcomes>,
     stats: Arc<DriverStats>,
     task: tokio::task::JoinHandle<Vec<Arc<Transaction>>>,
@@ -247,7 +247,7 @@ async fn per_user_order_with_concurrency() {
             let t = txn(u, &format!("{u}{i}"));
             sent.push(t.id.clone());
             lane.tx
-                .send(super::lane::Queued::new(Arc::new(t)))
+                .send(super::queued::Queued::new(Arc::new(t)))
                 .await
                 .unwrap();
         }
@@ -299,7 +299,7 @@ async fn retries_follow_the_schedule_and_hold_back_only_that_user() {
     let t0 = Instant::now();
     for t in batch {
         lane.tx
-            .send(super::lane::Queued::new(Arc::new(t)))
+            .send(super::queued::Queued::new(Arc::new(t)))
             .await
             .unwrap();
     }
@@ -364,7 +364,7 @@ async fn exhausted_retries_become_dead_letters() {
     spool.append(&batch, &[1]).unwrap();
     for t in batch {
         lane.tx
-            .send(super::lane::Queued::new(Arc::new(t)))
+            .send(super::queued::Queued::new(Arc::new(t)))
             .await
             .unwrap();
     }
