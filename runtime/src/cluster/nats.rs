@@ -102,7 +102,10 @@ pub async fn connect(
                     tracing::warn!("NATS: disconnected; reconnecting")
                 }
                 async_nats::Event::ClientError(e) => connect_problem(&e.to_string()),
-                async_nats::Event::ServerError(e) => connect_problem(&e.to_string()),
+                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                    connect_problem("authorization violation")
+                }
+                async_nats::Event::ServerError(e) => tracing::warn!("NATS: the server says: {e}"),
                 other => tracing::debug!("NATS: {other}"),
             }
         });

@@ -106,8 +106,10 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
             },
         );
     }
-    errors.extend(service_problems(&config));
+    let (service_errors, service_warnings) = service_problems(&config);
+    errors.extend(service_errors);
     let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.extend(service_warnings);
     for d in &loaded {
         warnings.extend(
             d.warnings
@@ -143,47 +145,59 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
 }
 
 /// What `run` would refuse to start with, beyond the drivers: a token file it cannot
-/// read, `handoff_owners` naming no user, a `listen_unix` folder that does not exist,
-/// cluster URLs giving different credentials. Each at the line that set it.
-fn service_problems(config: &Config) -> Vec<ConfigError> {
+/// read, `handoff_owners` naming nobody (with a `handoff_dir`), cluster URLs giving
+/// different credentials — errors, each at the line that set it. And what may only hold
+/// for the service (warnings): a token file this user may not read, a `listen_unix`
+/// folder that does not exist now (systemd's `RuntimeDirectory=` makes it at start).
+fn service_problems(config: &Config) -> (Vec<ConfigError>, Vec<String>) {
     let s = &config.settings;
     let problem = |key: &str, value: String, message: String| ConfigError {
         location: s.at.get(key).cloned(),
         text: format!("{key} = {value}"),
         message: format!("{message}; `mailpush run` would refuse to start"),
     };
-    let mut out = Vec::new();
+    let at = |key: &str| s.at.get(key).map(|l| format!("{l}: ")).unwrap_or_default();
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     if let Some(p) = &s.ingest_token_file {
-        if let Err(e) = crate::daemon::read_token(p) {
-            out.push(problem(
+        let denied = std::fs::File::open(p)
+            .err()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+        if denied {
+            warnings.push(format!(
+                "{}ingest_token_file {}: this user may not read it; `mailpush run` must (check as the service's user to be sure)",
+                at("ingest_token_file"),
+                p.display()
+            ));
+        } else if let Err(e) = crate::daemon::read_token(p) {
+            errors.push(problem(
                 "ingest_token_file",
                 p.display().to_string(),
                 format!("{e:#}"),
             ));
         }
     }
-    if let Err(e) = crate::daemon::handoff::Owners::resolve(&s.handoff_owners) {
-        out.push(problem("handoff_owners", s.handoff_owners.join(" "), e));
+    if s.handoff_dir.is_some() {
+        if let Err(e) = crate::daemon::handoff::Owners::resolve(&s.handoff_owners) {
+            errors.push(problem("handoff_owners", s.handoff_owners.join(" "), e));
+        }
     }
     if let Some(p) = &s.listen_unix {
         let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
-        if parent.is_some_and(|d| !d.is_dir()) {
-            out.push(problem(
-                "listen_unix",
-                p.display().to_string(),
-                format!(
-                    "the folder of the socket, {}, does not exist",
-                    parent.map(|d| d.display().to_string()).unwrap_or_default()
-                ),
+        if let Some(d) = parent.filter(|d| !d.is_dir()) {
+            warnings.push(format!(
+                "{}listen_unix {}: its folder {} does not exist now; `mailpush run` needs it at start (systemd makes /run/mailpush with RuntimeDirectory=mailpush)",
+                at("listen_unix"),
+                p.display(),
+                d.display()
             ));
         }
     }
     if let Some(c) = &s.cluster {
         if let Err(e) = crate::cluster::nats::split_credentials(&c.servers) {
-            out.push(problem("cluster", c.servers.join(","), e.to_string()));
+            errors.push(problem("cluster", c.servers.join(","), e.to_string()));
         }
     }
-    out
+    (errors, warnings)
 }
 
 /// The line `check` shows for cluster mode: the servers (credentials masked) and what

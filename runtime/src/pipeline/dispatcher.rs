@@ -537,6 +537,10 @@ impl Dispatcher {
             // replaced it delivers it now rather than at the next start. (After that
             // user's newer transactions, which the new lane may already have sent.)
             let Some(spool) = &self.spool else {
+                // Nothing is handed on: nothing of theirs is kept for a successor.
+                for t in &left {
+                    overflow.take_carried(&t.id);
+                }
                 overflow.set_handing_over(false);
                 continue;
             };
@@ -560,6 +564,7 @@ impl Dispatcher {
             // partition waits for; the partition's owner reads it again. The SQLite
             // spool keeps it owed to its number.
             for t in left {
+                overflow.take_carried(&t.id);
                 spool.abandon(&t, number);
             }
             overflow.set_handing_over(false);

@@ -11,6 +11,7 @@
 //! those this process has loaded. A deleted artifact is only compiled again when needed.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -30,53 +31,88 @@ pub fn cache_key(dir: &Path) -> Option<Vec<u8>> {
     if let Some(k) = keys.get(dir) {
         return k.clone();
     }
-    let key = open_key(dir);
-    keys.insert(dir.to_path_buf(), key.clone());
-    key
+    // (A refusal is remembered, not to warn at every load; an I/O failure is tried
+    // again at the next load.)
+    match open_key(dir) {
+        Ok(key) => {
+            keys.insert(dir.to_path_buf(), key.clone());
+            key
+        }
+        Err(Retry) => None,
+    }
 }
 
-fn open_key(dir: &Path) -> Option<Vec<u8>> {
-    std::fs::create_dir_all(dir).ok()?;
+/// [`open_key`] failed in a way worth trying again (a full disk).
+struct Retry;
+
+fn open_key(dir: &Path) -> Result<Option<Vec<u8>>, Retry> {
+    let refused = |why: String| {
+        tracing::warn!(cache = %dir.display(), "the AOT cache is not used (drivers compile at every start): {why}");
+        Ok(None)
+    };
+    // Its parents as any other (the state_dir holds the hand-off folder mail users
+    // reach), the cache itself for its owner only.
+    let made = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => std::fs::create_dir_all(parent),
+        _ => Ok(()),
+    }
+    .and_then(
+        |()| match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        },
+    );
+    if let Err(e) = made {
+        tracing::warn!(cache = %dir.display(), "the AOT cache is not used for now: {e}");
+        return Err(Retry);
+    }
     if let Err(why) = trusted(dir, 0o022) {
-        tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {why}");
-        return None;
+        return refused(why);
     }
     let file = dir.join("cache.key");
     if !file.exists() {
         // Created once: written aside, then linked into place, which fails if another
-        // process made one meanwhile (then that one is read).
+        // process made one meanwhile (then that one is read). Where links are not
+        // supported, renamed into place (a concurrent first start may then replace it:
+        // the other's artifacts are compiled again).
         let mut k = Vec::with_capacity(32);
         k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
         let aside = dir.join(format!("cache.key.{}.new", std::process::id()));
         let _ = std::fs::remove_file(&aside);
-        write_atomically(&aside, &k, true).ok()?;
-        let linked = std::fs::hard_link(&aside, &file);
+        if let Err(e) = write_atomically(&aside, &k, true) {
+            tracing::warn!(cache = %dir.display(), "the AOT cache is not used for now: cannot write its key: {e}");
+            return Err(Retry);
+        }
+        let placed = match std::fs::hard_link(&aside, &file) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(_) if !file.exists() => std::fs::rename(&aside, &file),
+            other => other,
+        };
         let _ = std::fs::remove_file(&aside);
-        if let Err(e) = linked {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return None;
-            }
+        if let Err(e) = placed {
+            tracing::warn!(cache = %dir.display(), "the AOT cache is not used for now: cannot place its key: {e}");
+            return Err(Retry);
         }
     }
     if let Err(why) = trusted(&file, 0o077) {
-        tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {why}");
-        return None;
+        return refused(why);
     }
     match std::fs::read(&file) {
-        Ok(k) if k.len() == 32 => Some(k),
-        _ => {
-            tracing::warn!(cache = %dir.display(), "the AOT cache is not used: {} is not a 32-byte key (remove it to have a new one made)", file.display());
-            None
-        }
+        Ok(k) if k.len() == 32 => Ok(Some(k)),
+        _ => refused(format!(
+            "{} is not a 32-byte key (remove it to have a new one made)",
+            file.display()
+        )),
     }
 }
 
-/// Whether `path` is owned by this process's user and has none of the permission bits
-/// `forbidden` (group/world write for a directory; any group/world access for the
-/// key), and is not a symlink.
+/// Whether `path` is owned by this process's user and is not a symlink; permission bits
+/// in `forbidden` (group/world write for a directory; any group/world access for the
+/// key) are taken away (it is this user's: a umask such as systemd's `UMask=0007` made
+/// it so), and if that fails, it is not trusted.
 fn trusted(path: &Path, forbidden: u32) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: geteuid only reads the process's credentials.
     let me = unsafe { libc::geteuid() };
@@ -91,11 +127,14 @@ fn trusted(path: &Path, forbidden: u32) -> Result<(), String> {
         ));
     }
     if meta.mode() & forbidden != 0 {
-        return Err(format!(
-            "{} has mode {:o}: others may write it (chmod go-w, or go-rwx for cache.key)",
-            path.display(),
-            meta.mode() & 0o7777
-        ));
+        let narrowed = std::fs::Permissions::from_mode(meta.mode() & 0o7777 & !forbidden);
+        if let Err(e) = std::fs::set_permissions(path, narrowed) {
+            return Err(format!(
+                "{} has mode {:o}: others may write it, and it cannot be changed ({e}); chmod go-w it (go-rwx for cache.key)",
+                path.display(),
+                meta.mode() & 0o7777
+            ));
+        }
     }
     Ok(())
 }
@@ -290,34 +329,43 @@ mod tests {
         assert_eq!(verify(&[8u8; 32], "aaaa-snap01-e.cwasm", &stored), None);
     }
 
-    /// The key is made once, readable by its owner only; a cache directory others may
-    /// write, or a key others may read, keeps the cache from being used.
+    /// The key is made once, readable by its owner only. A cache directory or key of
+    /// this user that others may write (a umask such as `UMask=0007`) is narrowed and
+    /// used; one of another user, or a symlinked key, keeps the cache from being used.
     #[test]
-    fn a_cache_others_may_write_is_not_used() {
+    fn a_cache_others_may_write_is_narrowed_or_not_used() {
         use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let open = |d: &Path| match open_key(d) {
+            Ok(k) => k,
+            Err(Retry) => panic!("an I/O failure"),
+        };
         let dir = tempfile::tempdir().unwrap();
         let fine = dir.path().join("fine");
-        let key = open_key(&fine).expect("a new cache dir is used");
-        assert_eq!(open_key(&fine), Some(key), "the key is made once");
-        let mode = std::fs::metadata(fine.join("cache.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
-        assert_eq!(open_key(&shared), None, "a world-writable dir");
+        let key = open(&fine).expect("a new cache dir is used");
+        assert_eq!(open(&fine), Some(key.clone()), "the key is made once");
+        assert_eq!(mode(&fine) & 0o077, 0, "made for its owner only");
+        assert_eq!(mode(&fine.join("cache.key")), 0o600);
+        std::fs::set_permissions(&fine, std::fs::Permissions::from_mode(0o777)).unwrap();
         std::fs::set_permissions(
             fine.join("cache.key"),
             std::fs::Permissions::from_mode(0o644),
         )
         .unwrap();
-        assert_eq!(open_key(&fine), None, "a key others may read");
+        assert_eq!(open(&fine), Some(key), "narrowed, and used");
+        assert_eq!(mode(&fine), 0o755);
+        assert_eq!(mode(&fine.join("cache.key")), 0o600);
         let elsewhere = dir.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(fine.join("cache.key"), elsewhere.join("cache.key")).unwrap();
-        assert_eq!(open_key(&elsewhere), None, "a symlinked key");
+        assert_eq!(open(&elsewhere), None, "a symlinked key");
+        // SAFETY: geteuid only reads the process's credentials.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(4242), None).unwrap();
+            assert_eq!(open(&theirs), None, "another user's directory");
+        }
     }
 
     #[test]

@@ -211,13 +211,17 @@ impl WasmEngine {
         self.in_use.lock().keys().cloned().collect()
     }
 
-    /// Counts one more use of the artifact or record `name`: kept from eviction while any.
+    /// Keeps the artifact or record `name` from eviction for the life of the engine —
+    /// except a snapshot's, which a [`SnapshotLease`] holds while its driver lives.
     fn hold(&self, name: String) {
-        *self.in_use.lock().entry(name).or_default() += 1;
+        if !is_snapshot(&name) {
+            self.in_use.lock().entry(name).or_insert(1);
+        }
     }
 
     /// The hold on `source`'s snapshot for `key` (its artifact, or the record that it
-    /// cannot be made) that a driver loaded with it keeps while it lives: when the last
+    /// cannot be made), taken now, that a driver loaded with it keeps while it lives (a
+    /// load that fails drops it at once): when the last
     /// such driver is gone (a tenant replaced with other arguments, removed), the
     /// snapshot may be evicted like any unused artifact, so a long-running process does
     /// not keep every snapshot it ever made.
@@ -232,6 +236,12 @@ impl WasmEngine {
             }
             None => Vec::new(),
         };
+        {
+            let mut in_use = self.in_use.lock();
+            for name in &names {
+                *in_use.entry(name.clone()).or_default() += 1;
+            }
+        }
         SnapshotLease {
             engine: self.clone(),
             names,
@@ -571,6 +581,12 @@ impl WasmEngine {
         super::cache::ARTIFACT_SCHEME.hash(&mut h);
         format!("{:016x}", h.finish())
     }
+}
+
+/// Whether a cache file name is a snapshot's (`SHA256-snapKEY-ENGINE.cwasm` or
+/// `.declined`).
+fn is_snapshot(name: &str) -> bool {
+    name.contains("-snap")
 }
 
 fn artifact_name(artifact: &Path) -> String {
