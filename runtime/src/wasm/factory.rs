@@ -30,39 +30,10 @@ impl WasmFactory {
     }
 }
 
-/// The keys mailpush takes off a `wasm:` line (the sandbox's, and the delivery keys
-/// the runtime takes before); everything else goes to the component.
-const MAILPUSH_KEYS: &[&str] = &[
-    "file",
-    "timeout_msecs",
-    "memory",
-    "fuel",
-    "max_event_bytes",
-    "max_txn_msecs",
-    "init_timeout_msecs",
-    "host_memory",
-    "allow_hosts",
-    "allow_private",
-    "max_connections",
-    "connect_timeout_msecs",
-    "first_byte_timeout_msecs",
-    "max_egress_bytes",
-    "max_log_lines",
-    "log_lines_per_sec",
-    "log_burst",
-    "instance",
-    "init",
-    "calls",
-    "recycle_after",
-    "retry",
-    "retry_max_age",
-    "hold_max",
-    "concurrency",
-    "breaker_min",
-    "breaker_open",
-    "breaker_ratio",
-    "breaker_window",
-];
+/// The keys mailpush takes off a `wasm:` line beyond those every script driver has
+/// ([`mailpush_config::dovecot24::MAILPUSH_KEYS`]: the delivery, sandbox and HTTP
+/// keys); everything else goes to the component.
+const WASM_KEYS: &[&str] = &["file", "init", "calls", "recycle_after"];
 
 /// Warnings about what a line probably meant for the sandbox but gives to the component:
 /// a key one typo from a sandbox key (`allow_host=`, `memmory=`: the component gets it,
@@ -74,7 +45,10 @@ fn unapplied_keys(component_args: &mailpush_core::DriverArgs, sandbox: &Sandbox)
         // Close enough to be a typo, for keys as short as `url` and `fuel` (two edits
         // apart), or a key cut short (`timeout_ms`).
         let limit = if key.len() < 8 { 1 } else { 2 };
-        let meant = MAILPUSH_KEYS.iter().copied().find(|k| {
+        let known = WASM_KEYS
+            .iter()
+            .chain(mailpush_config::dovecot24::MAILPUSH_KEYS.iter());
+        let meant = known.copied().find(|k| {
             let d = mailpush_config::suggest::distance(key, k);
             (d > 0 && d <= limit) || (key.len() >= 6 && k.starts_with(key) && *k != key)
         });
