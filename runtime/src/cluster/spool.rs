@@ -345,13 +345,7 @@ async fn worker(
             // in the client's queue, and appends behind it must still get their answer
             // (a 503) in time.
             Work::Ack(acker) => {
-                tokio::spawn(async move {
-                    match tokio::time::timeout(ACK_DEADLINE, acker.ack()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!("NATS: an acknowledgement was not sent ({e}); the transaction may be delivered again after a move"),
-                        Err(_) => tracing::warn!("NATS: an acknowledgement was not sent within {} s; the transaction may be delivered again after a move", ACK_DEADLINE.as_secs()),
-                    }
-                });
+                tokio::spawn(acknowledge(acker));
             }
             Work::DeadLetter {
                 txn,
@@ -367,16 +361,7 @@ async fn worker(
                         acks.mark_done(driver, partition, seq);
                         // (Not sent: the transaction comes again after a move, and may
                         // become a second dead letter — at-least-once, as deliveries.)
-                        match tokio::time::timeout(ACK_DEADLINE, acker.ack()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => {
-                                tracing::warn!("NATS: an acknowledgement was not sent ({e})")
-                            }
-                            Err(_) => tracing::warn!(
-                                "NATS: an acknowledgement was not sent within {} s",
-                                ACK_DEADLINE.as_secs()
-                            ),
-                        }
+                        acknowledge(acker).await;
                     }
                 });
             }
@@ -388,6 +373,15 @@ async fn worker(
 /// reconnecting) before it is given up: the transaction is then delivered again after
 /// its partition moves (at-least-once).
 pub(crate) const ACK_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Sends an acknowledgement within [`ACK_DEADLINE`]; says so when it was not sent.
+async fn acknowledge(acker: Acker) {
+    match tokio::time::timeout(ACK_DEADLINE, acker.ack()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("NATS: an acknowledgement was not sent ({e}); the transaction may be delivered again after a move"),
+        Err(_) => tracing::warn!("NATS: an acknowledgement was not sent within {} s; the transaction may be delivered again after a move", ACK_DEADLINE.as_secs()),
+    }
+}
 
 /// The most publications one batch has awaiting their acknowledgement at once. The
 /// JetStream context lets 5000 be awaited in all (its other users included: the

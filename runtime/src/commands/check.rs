@@ -159,21 +159,24 @@ fn service_problems(config: &Config) -> (Vec<ConfigError>, Vec<String>) {
     let at = |key: &str| s.at.get(key).map(|l| format!("{l}: ")).unwrap_or_default();
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     if let Some(p) = &s.ingest_token_file {
-        let denied = std::fs::File::open(p)
-            .err()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
-        if denied {
-            warnings.push(format!(
-                "{}ingest_token_file {}: this user may not read it; `mailpush run` must (check as the service's user to be sure)",
-                at("ingest_token_file"),
-                p.display()
-            ));
-        } else if let Err(e) = crate::daemon::read_token(p) {
-            errors.push(problem(
-                "ingest_token_file",
-                p.display().to_string(),
-                format!("{e:#}"),
-            ));
+        if let Err(e) = crate::daemon::read_token(p) {
+            let denied = e
+                .root_cause()
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+            if denied {
+                warnings.push(format!(
+                    "{}ingest_token_file {}: this user may not read it; `mailpush run` must (check as the service's user to be sure)",
+                    at("ingest_token_file"),
+                    p.display()
+                ));
+            } else {
+                errors.push(problem(
+                    "ingest_token_file",
+                    p.display().to_string(),
+                    format!("{e:#}"),
+                ));
+            }
         }
     }
     if s.handoff_dir.is_some() {

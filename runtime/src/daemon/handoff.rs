@@ -261,22 +261,7 @@ fn list(
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        let why = if !meta.file_type().is_file() {
-            Some("not a regular file".to_string())
-        } else if !owners.allows(meta.uid()) {
-            Some(format!(
-                "owned by uid {}, not one of handoff_owners",
-                meta.uid()
-            ))
-        } else if meta.len() > max_size {
-            Some(format!(
-                "{} bytes, more than max_body ({max_size})",
-                meta.len()
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if let Some(why) = refusal(&meta, owners, max_size) {
             set_aside(&path);
             rejected.push((name, why));
             continue;
@@ -337,6 +322,27 @@ fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> Result<Vec<u8>, Unr
     batch
 }
 
+/// Why a file (its metadata, not followed) may not be read: not a regular file, not of
+/// `owners`, larger than `max_size`. Checked when it is listed, and again on the file
+/// opened ([`read_published`]).
+fn refusal(meta: &std::fs::Metadata, owners: &Owners, max_size: u64) -> Option<String> {
+    if !meta.file_type().is_file() {
+        Some("not a regular file".to_string())
+    } else if !owners.allows(meta.uid()) {
+        Some(format!(
+            "owned by uid {}, not one of handoff_owners",
+            meta.uid()
+        ))
+    } else if meta.len() > max_size {
+        Some(format!(
+            "more than max_body ({max_size}) bytes: {}",
+            meta.len()
+        ))
+    } else {
+        None
+    }
+}
+
 /// Why a listed file was not read.
 enum Unread {
     /// It could not be read (it stays, and is tried again).
@@ -362,14 +368,8 @@ fn read_published(path: &Path, owners: &Owners, max_size: u64) -> Result<Vec<u8>
             _ => Unread::Io(e),
         })?;
     let meta = file.metadata().map_err(Unread::Io)?;
-    if !meta.file_type().is_file() {
-        return Err(Unread::Refused("not a regular file".into()));
-    }
-    if !owners.allows(meta.uid()) {
-        return Err(Unread::Refused(format!(
-            "owned by uid {}, not one of handoff_owners",
-            meta.uid()
-        )));
+    if let Some(why) = refusal(&meta, owners, max_size) {
+        return Err(Unread::Refused(why));
     }
     let mut bytes = Vec::with_capacity(meta.len().min(max_size) as usize);
     file.take(max_size + 1)

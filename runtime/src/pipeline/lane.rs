@@ -94,11 +94,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
         let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
-                Ok(q) => {
-                    if admitted(&ctx, &q.txn) {
-                        take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position))
-                    }
-                }
+                Ok(q) => take_queued(&ctx, &mut held, q),
                 Err(mpsc::error::TryRecvError::Empty) => {
                     drained = true;
                     break;
@@ -142,7 +138,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
             }
             tokio::select! {
                 t = rx.recv() => match t {
-                    Some(q) => if admitted(&ctx, &q.txn) { take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position)) },
+                    Some(q) => take_queued(&ctx, &mut held, q),
                     None => closed = true,
                 },
                 // The backlog is in the spool now (see `overflow`).
@@ -243,7 +239,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
             f = in_flight.next() => f,
             t = rx.recv(), if room => {
                 match t {
-                    Some(q) => if admitted(&ctx, &q.txn) { take_in(&ctx, &mut held, q.txn, Origin::Queue(q.at, q.position)) },
+                    Some(q) => take_queued(&ctx, &mut held, q),
                     None => closed = true,
                 }
                 continue;
@@ -362,6 +358,13 @@ fn take_in(ctx: &LaneContext, held: &mut Held, t: Arc<Transaction>, from: Origin
     match from {
         Origin::Spool(stored, _) => held.push_stored(t, stored),
         Origin::Queue(at, _) => held.push_arrived(t, at),
+    }
+}
+
+/// Takes in a transaction from the queue, if this node may deliver it ([`admitted`]).
+fn take_queued(ctx: &LaneContext, held: &mut Held, q: Queued) {
+    if admitted(ctx, &q.txn) {
+        take_in(ctx, held, q.txn, Origin::Queue(q.at, q.position));
     }
 }
 
@@ -669,11 +672,7 @@ async fn wait(
         tokio::select! {
             _ = sleep => {}
             q = rx.recv() => match q {
-                Some(q) => {
-                    if admitted(ctx, &q.txn) {
-                        take_in(ctx, held, q.txn, Origin::Queue(q.at, q.position))
-                    }
-                }
+                Some(q) => take_queued(ctx, held, q),
                 None => *closed = true,
             },
             _ = ctx.overflow.started() => {}

@@ -126,9 +126,8 @@ impl Overflow {
                 continue;
             }
             let queued = super::queued::Queued {
-                txn: txn.clone(),
-                at: tokio::time::Instant::now(),
                 position: Some(position),
+                ..super::queued::Queued::new(txn.clone())
             };
             if tx.try_send(queued).is_ok() {
                 state.hi = state.hi.max(position);

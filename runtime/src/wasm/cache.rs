@@ -185,12 +185,21 @@ pub fn sign_artifact(key: &[u8], name: &str, body: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// What names a snapshot's artifact or record: `SHA256-snapKEY-ENGINE.cwasm` (or
+/// `.declined`).
+pub const SNAPSHOT_MARK: &str = "-snap";
+
+/// Whether a cache file name (or its stem) is a snapshot's.
+pub fn is_snapshot(name: &str) -> bool {
+    name.contains(SNAPSHOT_MARK)
+}
+
 /// The artifacts' signing scheme, part of their names (`engine.rs`, `engine_key`).
 pub const ARTIFACT_SCHEME: u32 = 2;
 
 fn artifact_mac(key: &[u8], name: &str, body: &[u8]) -> HmacSha256 {
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(b"mailpush-artifact-2\0");
+    mac.update(format!("mailpush-artifact-{ARTIFACT_SCHEME}\0").as_bytes());
     mac.update(&(name.len() as u64).to_le_bytes());
     mac.update(name.as_bytes());
     mac.update(body);
@@ -284,7 +293,7 @@ pub fn prune_unused(
         {
             Some(stem) => {
                 !used.contains(stem.split('-').next().unwrap_or_default())
-                    || (stem.contains("-snap") && snapshots.is_some_and(|s| !s.contains(&name)))
+                    || (is_snapshot(stem) && snapshots.is_some_and(|s| !s.contains(&name)))
             }
             None => {
                 name.ends_with(".tmp")

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::cache::{cache_key, sign, sign_artifact, verify};
+use super::cache::{cache_key, is_snapshot, sign, sign_artifact, verify, SNAPSHOT_MARK};
 use super::function_cache::{FunctionCache, FunctionReuse};
 use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
@@ -107,7 +107,7 @@ pub enum SnapshotLookup {
 /// `mailpush check --prune-cache` can tell those of the components in use (it keeps
 /// the ones their drivers loaded).
 fn snapshot_stem(sha256: &str, key: &str) -> String {
-    format!("{sha256}-snap{key}")
+    format!("{sha256}{SNAPSHOT_MARK}{key}")
 }
 
 /// A driver's hold on its snapshot in the AOT cache ([`WasmEngine::snapshot_lease`]),
@@ -581,12 +581,6 @@ impl WasmEngine {
         super::cache::ARTIFACT_SCHEME.hash(&mut h);
         format!("{:016x}", h.finish())
     }
-}
-
-/// Whether a cache file name is a snapshot's (`SHA256-snapKEY-ENGINE.cwasm` or
-/// `.declined`).
-fn is_snapshot(name: &str) -> bool {
-    name.contains("-snap")
 }
 
 fn artifact_name(artifact: &Path) -> String {
