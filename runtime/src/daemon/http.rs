@@ -103,6 +103,19 @@ impl Drop for BodyCharge<'_> {
     }
 }
 
+/// The 503 for a request the `max_inflight` budget cannot cover now, made by `answer`
+/// (`error_closing` while its body is still arriving).
+fn over_budget(daemon: &Daemon, answer: fn(StatusCode, Value) -> Response) -> Response {
+    daemon.ingest.reject("overloaded", 1);
+    let mut r = answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
 /// An error answer after which the connection is closed (its body was not read whole).
 fn error_closing(status: StatusCode, body: Value) -> Response {
     let mut r = error(status, body);
@@ -176,14 +189,7 @@ async fn read_body<'a>(
             return Err(too_large());
         }
         if !charge.cover(total) {
-            daemon.ingest.reject("overloaded", 1);
-            let mut r = error_closing(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return Err(r);
+            return Err(over_budget(daemon, error_closing));
         }
         if !data.is_empty() {
             chunks.push(data);
@@ -307,14 +313,7 @@ async fn transactions(
             );
         }
         if !in_flight.cover(need) {
-            daemon.ingest.reject("overloaded", 1);
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "too many request bytes in flight (max_inflight); retry shortly"}),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return r;
+            return over_budget(&daemon, error);
         }
     }
     let parsed = if ndjson {
