@@ -67,8 +67,52 @@ end
 
 -- ---------------------------------------------------------------- JSON encoding
 
+-- Dovecot hands a script raw header bytes (a Latin-1 From: from a legacy mailer), and
+-- mailpush takes UTF-8 only. As Dovecot's own JSON writer does, each byte that does not
+-- begin a valid UTF-8 sequence becomes U+FFFD, one per byte.
+local REPLACEMENT = "\239\191\189"
+
+local function valid_utf8(s)
+  if not s:find("[\128-\255]") then return true end
+  -- utf8.len (Lua 5.3+) refuses overlong forms and values past U+10FFFF; surrogates
+  -- (ED A0-BF ..) only from 5.4 on.
+  return utf8 ~= nil and utf8.len(s) ~= nil and not s:find("\237[\160-\191]")
+end
+
+local function utf8_repaired(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len = 0
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3
+    elseif c >= 0xF0 and c <= 0xF4 then len = 4 end
+    local ok = len > 0 and i + len - 1 <= n
+    for j = i + 1, ok and i + len - 1 or i do
+      local b = s:byte(j)
+      if b < 0x80 or b > 0xBF then ok = false end
+    end
+    if ok and len > 2 then
+      -- Overlong forms, surrogates, and values past U+10FFFF.
+      local b = s:byte(i + 1)
+      if (c == 0xE0 and b < 0xA0) or (c == 0xED and b > 0x9F)
+        or (c == 0xF0 and b < 0x90) or (c == 0xF4 and b > 0x8F) then ok = false end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = REPLACEMENT
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
 local function json_string(s)
   s = tostring(s)
+  if not valid_utf8(s) then s = utf8_repaired(s) end
   s = s:gsub('[%c"\\]', function(c)
     if c == '"' then return '\\"'
     elseif c == '\\' then return '\\\\'

@@ -218,7 +218,9 @@ async fn start_tap() -> (SocketAddr, Arc<Mutex<Vec<Posted>>>) {
                     }
                     rec.lock().unwrap().push(Posted {
                         head,
-                        body: String::from_utf8(body).unwrap(),
+                        // What mailpush would refuse (400) shows in the test's failure.
+                        body: String::from_utf8(body)
+                            .unwrap_or_else(|e| format!("not UTF-8: {:?}", e.as_bytes())),
                     });
                     let reply = "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
                     w.write_all(reply.as_bytes()).await.unwrap();
@@ -248,7 +250,12 @@ async fn connect(port: u16) -> TcpStream {
 /// Delivers `mail` to `rcpt` over LMTP; returns the reply to the final `.` and how long
 /// Dovecot took to give it (delivery, push-notification drivers included). Fails after
 /// `limit` instead of hanging.
-async fn lmtp_deliver(port: u16, rcpt: &str, mail: &str, limit: Duration) -> (String, Duration) {
+async fn lmtp_deliver(
+    port: u16,
+    rcpt: &str,
+    mail: impl AsRef<[u8]>,
+    limit: Duration,
+) -> (String, Duration) {
     lmtp_deliver_to(port, &[rcpt], mail, limit).await
 }
 
@@ -257,7 +264,7 @@ async fn lmtp_deliver(port: u16, rcpt: &str, mail: &str, limit: Duration) -> (St
 async fn lmtp_deliver_to(
     port: u16,
     rcpts: &[&str],
-    mail: &str,
+    mail: impl AsRef<[u8]>,
     limit: Duration,
 ) -> (String, Duration) {
     let (r, mut w) = connect(port).await.into_split();
@@ -276,9 +283,8 @@ async fn lmtp_deliver_to(
         let resp = smtp_line(&mut r).await;
         assert!(resp.starts_with(code), "{cmd}: {resp}");
     }
-    w.write_all(format!("{mail}.\r\n").as_bytes())
-        .await
-        .unwrap();
+    w.write_all(mail.as_ref()).await.unwrap();
+    w.write_all(b".\r\n").await.unwrap();
     let started = Instant::now();
     let mut resp = String::new();
     for rcpt in rcpts {
@@ -638,6 +644,33 @@ async fn dovecot_events_reach_mailpush() {
             "user=22@3".to_string()
         )])
     );
+
+    // Raw 8-bit headers (Latin-1 from a legacy mailer): the script still sends UTF-8,
+    // each byte that is not UTF-8 a U+FFFD, as Dovecot's own JSON writer does.
+    let latin1: &[u8] = b"From: Ren\xe9 <rene@barfoo.org>\r\nTo: tap@example.com\r\nSubject: caf\xe9 \xe2\x82 \xe2\x82\xac\r\nMessage-ID: <latin1@barfoo.org>\r\n\r\nbody\r\n";
+    let (resp, _) = lmtp_deliver(lmtp_port, "tap@example.com", latin1, limit).await;
+    assert!(resp.starts_with("250"), "DATA: {resp}");
+    let deadline = Instant::now() + limit;
+    let event = loop {
+        let found = tap.lock().unwrap().iter().find_map(|p| {
+            let txn: serde_json::Value = serde_json::from_str(&p.body)
+                .unwrap_or_else(|e| panic!("the script sent {}: {e}", p.body));
+            txn["events"]
+                .as_array()?
+                .iter()
+                .find(|e| e["message_id"] == "<latin1@barfoo.org>")
+                .cloned()
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no MessageNew POSTed for the Latin-1 mail"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["from"], "Ren\u{fffd} <rene@barfoo.org>", "{event}");
 
     // IMAP: every other event kind.
     let (r, mut w) = connect(imap_port).await.into_split();

@@ -1380,6 +1380,50 @@ async fn workers_outlive_the_lane_thread_that_started_them() {
 
 // ---------------------------------------------------------------- the forwarders
 
+/// Both forwarders' JSON strings are UTF-8 whatever bytes Dovecot hands them: each byte
+/// that does not begin a valid UTF-8 sequence (a Latin-1 letter, a cut-off sequence, an
+/// overlong form, a surrogate, a value past U+10FFFF) is one U+FFFD, as Dovecot's own
+/// JSON writer does; valid text passes unchanged. (tests/tests/dovecot.rs sends a Latin-1
+/// mail through a real Dovecot.)
+#[test]
+fn the_forwarders_json_strings_are_utf8_as_dovecots_json_writer_makes_them() {
+    const R: &str = "\u{fffd}";
+    let cases: [(&[u8], String); 10] = [
+        (b"plain", "plain".into()),
+        (b"caf\xe9", format!("caf{R}")),
+        (b"\xe9\xe9", format!("{R}{R}")),
+        (b"\xe2\x82X", format!("{R}{R}X")),
+        (b"\xe2\x82\xac", "\u{20ac}".into()),
+        (b"\xed\xa0\x80", format!("{R}{R}{R}")),
+        (b"\xc0\xaf", format!("{R}{R}")),
+        (b"\xf4\x90\x80\x80", format!("{R}{R}{R}{R}")),
+        (b"\xf0\x9f\x98\x80 ok", "\u{1f600} ok".into()),
+        (b"\xc3", R.into()),
+    ];
+    for script in ["mailpush.lua", "mailpush-2.4.lua"] {
+        let path = format!(
+            "{}/../examples/dovecot/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("local REPLACEMENT").expect("the repair's start");
+        let end = start
+            + text[start..]
+                .find("-- Lua numbers from Dovecot")
+                .expect("json_string's end");
+        let lua = mlua::Lua::new();
+        let json_string: mlua::Function = lua
+            .load(format!("{}\nreturn json_string", &text[start..end]))
+            .eval()
+            .unwrap();
+        for (input, want) in &cases {
+            let got: mlua::LuaString = json_string.call(lua.create_string(input).unwrap()).unwrap();
+            let got = std::str::from_utf8(&got.as_bytes()).map(str::to_owned);
+            assert_eq!(got, Ok(format!("\"{want}\"")), "{script}: {input:?}");
+        }
+    }
+}
+
 /// The forwarders Dovecot runs (examples/dovecot/mailpush.lua for 2.3,
 /// mailpush-2.4.lua for 2.4) are push-notification scripts too: run in the lua driver in
 /// their POST mode, they turn the event tables back into the canonical transactions
