@@ -46,6 +46,13 @@ const GUESTS: &[(&str, &str, &str, &[&str])] = &[
         "bench_handler_driver.wasm",
         &[],
     ),
+    // A driver that does nothing: the floor of a fresh instance in mailpush-bench.
+    (
+        "TRIVIAL",
+        "tests/guests/trivial/Cargo.toml",
+        "trivial_driver.wasm",
+        &[],
+    ),
     (
         "CONTRACT_0_1_0",
         "tests/guests/contract-0.1.0/Cargo.toml",

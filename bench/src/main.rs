@@ -336,7 +336,13 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         )
         .await,
     );
+    // The smallest driver the SDK makes (tests/guests/trivial): no code of its own, and
+    // only the imports Rust's standard library brings. The hostile driver above is
+    // built at opt-level 1 and carries every misbehaving mode.
+    let minimal = Arc::new(load(&guest("trivial"), plain(true), "", &engines).await);
+    let minimal_fixed = Arc::new(load(&guest("trivial"), plain(true), "fixed=all", &engines).await);
     assert!(webhook.snapshotted() && trivial.snapshotted() && no_wait.snapshotted());
+    assert!(minimal.synchronous() && minimal_fixed.snapshotted());
     assert!(!trivial.synchronous() && no_wait.synchronous());
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
     out.push("| driver | min | **median** | p99 | max |\n|---|---|---|---|---|".into());
@@ -374,6 +380,14 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
             "trivial driver without waiting imports (synchronous), snapshot, fixed-begin (instantiate + deliver)",
             no_wait_fixed.clone(),
         ),
+        (
+            "minimal driver (tests/guests/trivial: the SDK, no code of its own), snapshot",
+            minimal.clone(),
+        ),
+        (
+            "minimal driver, snapshot, fixed-begin (instantiate + deliver)",
+            minimal_fixed.clone(),
+        ),
     ] {
         let lat = latencies(d, n).await;
         let (min, med, max) = stats(lat.clone());
@@ -391,6 +405,11 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
         medians[5] / medians[3],
         medians[5] / medians[6],
         medians[7] / medians[5]
+    ));
+    out.push(format!(
+        "Minimal driver / the hostile driver without waiting imports (median, snapshot): **{:.2}×**; with fixed-begin **{:.2}×**.",
+        medians[8] / medians[5],
+        medians[9] / medians[7]
     ));
     out.push(format!(
         "\n{n} transactions each; targets (issue 15): trivial median ≤ 8 µs, webhook ≤ 15 µs.\n"

@@ -25,7 +25,7 @@ pub mod nats;
 pub const BOTH: [&str; 2] = ["hostile", "hostile-no-wait"];
 
 /// Path of a guest component built by build.rs (`hostile`, `webhook`, `ox-wasm`,
-/// `tenant-filter`, `bench-handler`, `future-version`, `contract-0.1.0`, `newer-patch`).
+/// `tenant-filter`, `bench-handler`, `trivial`, `future-version`, `contract-0.1.0`, `newer-patch`).
 pub fn guest(name: &str) -> PathBuf {
     let p = match name {
         "hostile" => option_env!("GUEST_HOSTILE"),
@@ -34,6 +34,7 @@ pub fn guest(name: &str) -> PathBuf {
         "ox-wasm" => option_env!("GUEST_OX_WASM"),
         "tenant-filter" => option_env!("GUEST_TENANT_FILTER"),
         "bench-handler" => option_env!("GUEST_BENCH_HANDLER"),
+        "trivial" => option_env!("GUEST_TRIVIAL"),
         "future-version" => option_env!("GUEST_FUTURE_VERSION"),
         "contract-0.1.0" => option_env!("GUEST_CONTRACT_0_1_0"),
         "newer-patch" => option_env!("GUEST_NEWER_PATCH"),
