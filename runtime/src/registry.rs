@@ -24,7 +24,7 @@ impl Default for DriverRegistry {
     fn default() -> Self {
         let mut r = DriverRegistry::empty();
         r.register(Arc::new(mailpush_dlog::DlogFactory));
-        r.register(Arc::new(mailpush_ox::OxFactory::default()));
+        r.register(Arc::new(mailpush_ox::OxFactory));
         r.register(Arc::new(WasmFactory::default()));
         r.register(Arc::new(crate::lua::LuaFactory::default()));
         r

@@ -485,6 +485,21 @@ fn metadata_cli_round_trip_persistence_and_doveadm_style_errors() {
         Some(0)
     );
     assert_eq!(run(&["metadata", "list"]).1.lines().count(), 2);
+    // A value with a TAB and a newline stays one line of three fields (Dovecot's
+    // tab-escaping), so it cannot pass for another user's row.
+    let forged = "user=2\nb@x\t/private/x\tinjected";
+    assert_eq!(
+        run(&["metadata", "set", "-u", "forger@example.com", key, forged]).0,
+        Some(0)
+    );
+    assert_eq!(
+        run(&["metadata", "list", "-u", "forger@example.com"]).1,
+        format!("forger@example.com\t{key}\tuser=2\u{1}nb@x\u{1}t/private/x\u{1}tinjected\n")
+    );
+    assert_eq!(
+        run(&["metadata", "unset", "-u", "forger@example.com", key]).0,
+        Some(0)
+    );
     assert_eq!(
         run(&["metadata", "list", "-u", "other@example.com"]).1,
         format!("other@example.com\t{key}\tuser=12@3\n")

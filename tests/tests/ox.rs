@@ -33,7 +33,6 @@ use mailpush::pipeline::{deliver, Outcome};
 use mailpush::registry::DriverRegistry;
 use mailpush_core::{Driver, Failure, MetadataError, MetadataLookup, Transaction};
 use mailpush_e2e::*;
-use mailpush_ox::activation::ManualClock;
 
 const KEY: &str = "/private/vendor/vendor.dovecot/http-notify";
 const USER: &str = "alice@example.com";
@@ -64,7 +63,6 @@ impl MetadataLookup for Meta {
 struct Ox {
     driver: Arc<dyn Driver>,
     meta: Arc<Meta>,
-    clock: Arc<ManualClock>,
     warnings: Vec<String>,
     details: Vec<String>,
     _dir: tempfile::TempDir,
@@ -81,17 +79,15 @@ fn config_with(args: &str) -> (tempfile::TempDir, Config) {
     (dir, config)
 }
 
-/// An ox driver from a config line, METADATA from a `Meta` (alice → `user=11@3`), time
-/// from a manual clock.
+/// An ox driver from a config line, METADATA from a `Meta` (alice → `user=11@3`).
 async fn ox(args: &str) -> Ox {
     ox_with_meta(args, Arc::new(Meta::default()), true).await
 }
 
 async fn ox_with_meta(args: &str, meta: Arc<Meta>, active: bool) -> Ox {
     let (dir, config) = config_with(args);
-    let clock = Arc::new(ManualClock::default());
     let mut registry = DriverRegistry::default();
-    registry.register(Arc::new(mailpush_ox::OxFactory::with_clock(clock.clone())));
+    registry.register(Arc::new(mailpush_ox::OxFactory));
     if active {
         meta.set(USER, "user=11@3");
     }
@@ -102,7 +98,6 @@ async fn ox_with_meta(args: &str, meta: Arc<Meta>, active: bool) -> Ox {
     Ox {
         driver: d.driver,
         meta,
-        clock,
         warnings: d.warnings,
         details: d.details,
         _dir: dir,
@@ -774,71 +769,90 @@ async fn user_or_user_from_metadata() {
     from_meta
         .meta
         .set(USER, "user=first\tother=x\tuser=a\u{1}tb");
-    from_meta.clock.advance(Duration::from_secs(61));
     deliver(from_meta.driver.as_ref(), &txn(&new_msg(""))).await;
     from_meta.meta.set(USER, "user=");
-    from_meta.clock.advance(Duration::from_secs(61));
     deliver(from_meta.driver.as_ref(), &txn(&new_msg(""))).await;
     let users: Vec<String> = server.requests().iter().map(body_user).collect();
     assert_eq!(users, [USER, "11@3", "11@3", "a\tb", ""]);
 }
 
+/// METADATA is read for every transaction, whatever `cache_lifetime` says: Dovecot
+/// caches it per `mail_user`, which lives for one delivery, so a change (or an unset)
+/// reaches the next delivery there too.
 #[tokio::test(flavor = "multi_thread")]
-async fn metadata_is_cached_for_cache_lifetime() {
+async fn metadata_is_read_for_every_transaction() {
     let server = RecordingServer::start().await;
     let o = ox(&format!(
-        "url={} user_from_metadata cache_lifetime=60s",
+        "url={} user_from_metadata cache_lifetime=1h",
         server.url("/n")
     ))
     .await;
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
     o.meta.set(USER, "user=22@3");
-    o.clock.advance(Duration::from_secs(59));
-    deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
-    o.clock.advance(Duration::from_secs(1));
     deliver(o.driver.as_ref(), &txn(&new_msg(""))).await;
     let users: Vec<String> = server.requests().iter().map(body_user).collect();
-    assert_eq!(users, ["11@3", "11@3", "22@3"]);
+    assert_eq!(users, ["11@3", "22@3"]);
 
-    // A transaction's own metadata wins over store and cache.
-    let own = Arc::new(
-        Transaction::from_json(&format!(
-            r#"{{"user":"{USER}","events":[{}],"metadata":{{"{KEY}":"user=33@3"}}}}"#,
-            new_msg("")
-        ))
-        .unwrap(),
-    );
-    deliver(o.driver.as_ref(), &own).await;
-    assert_eq!(body_user(server.requests().last().unwrap()), "33@3");
+    // A transaction's own metadata wins over the store, its key in any case.
+    for key in [KEY, "/Private/Vendor/vendor.dovecot/HTTP-Notify"] {
+        let own = Arc::new(
+            Transaction::from_json(&format!(
+                r#"{{"user":"{USER}","events":[{}],"metadata":{{"{key}":"user=33@3"}}}}"#,
+                new_msg("")
+            ))
+            .unwrap(),
+        );
+        deliver(o.driver.as_ref(), &own).await;
+        assert_eq!(body_user(server.requests().last().unwrap()), "33@3");
+    }
 
-    // "Not set" is not cached: setting it takes effect at once.
-    let meta = Arc::new(Meta::default());
-    let o = ox_with_meta(
-        &format!("url={} cache_lifetime=1h", server.url("/n")),
-        meta.clone(),
-        false,
-    )
-    .await;
+    // Unset: the next transaction is skipped.
+    o.meta.clear();
     assert_eq!(
         deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
         Outcome::Skipped
     );
-    meta.set(USER, "user=1");
-    assert_eq!(
-        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
-        Outcome::Delivered
-    );
-    // …while a set value stays cached after it is unset, until the lifetime ends.
-    meta.clear();
-    assert_eq!(
-        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
-        Outcome::Delivered
-    );
-    o.clock.advance(Duration::from_secs(3600));
-    assert_eq!(
-        deliver(o.driver.as_ref(), &txn(&new_msg(""))).await,
-        Outcome::Skipped
-    );
+    assert_eq!(server.requests().len(), 4);
+}
+
+/// A METADATA store that cannot be read: a transaction ox could push (a MessageNew in
+/// INBOX) fails retryably, so the spool tries it again; any other is skipped (Dovecot
+/// skips them all), not retried for nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_store_fails_only_what_ox_could_push() {
+    struct Broken;
+    impl MetadataLookup for Broken {
+        fn get(&self, _: &str, _: &str) -> Result<Option<String>, MetadataError> {
+            Err(MetadataError("database is locked".into()))
+        }
+    }
+    let server = RecordingServer::start().await;
+    let (_dir, config) = config_with(&format!("url={}", server.url("/n")));
+    let Ok(loaded) = DriverRegistry::default()
+        .init_all(&config, Arc::new(Broken))
+        .await
+    else {
+        panic!("init")
+    };
+    let driver = loaded[0].driver.clone();
+    match deliver(driver.as_ref(), &txn(&new_msg(""))).await {
+        Outcome::Failed(f) => assert!(
+            f.retryable && f.reason.contains("database is locked"),
+            "{f:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    for e in [
+        r#"{"name":"MessageNew","mailbox":"Work","uid":1,"uid_validity":1}"#,
+        r#"{"name":"FlagsSet","mailbox":"INBOX","uid":1,"uid_validity":1,"flags":["\\Seen"]}"#,
+    ] {
+        assert_eq!(
+            deliver(driver.as_ref(), &txn(e)).await,
+            Outcome::Skipped,
+            "{e}"
+        );
+    }
+    assert!(server.requests().is_empty());
 }
 
 /// Activation through mailpush's own METADATA store, written as `mailpush metadata set`

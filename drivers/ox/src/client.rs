@@ -273,9 +273,8 @@ impl OxClient {
         let host = HeaderValue::try_from(config.host_header.as_str())
             .map_err(|_| invalid("Invalid host name in URL"))?;
         let authorization = match &config.basic_auth {
-            Some((user, pass)) => {
-                let token =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            Some(auth) => {
+                let token = base64::engine::general_purpose::STANDARD.encode(auth.credentials());
                 let mut v = HeaderValue::try_from(format!("Basic {token}"))
                     .map_err(|_| invalid("Invalid userinfo"))?;
                 v.set_sensitive(true);

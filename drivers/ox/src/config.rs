@@ -24,6 +24,31 @@ pub const KNOWN_KEYS: [&str; 6] = [
     "ssl_ca_file",
 ];
 
+/// The URL's login and password, as bytes: percent-decoding may give any byte but NUL
+/// (Dovecot's `uri_data_decode`), and Basic auth sends them as they are. Its `Debug`
+/// never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl BasicAuth {
+    /// `user:password`, what the `Authorization: Basic` header encodes.
+    pub fn credentials(&self) -> Vec<u8> {
+        [self.user.as_slice(), b":", self.password.as_slice()].concat()
+    }
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
 /// Parsed arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OxConfig {
@@ -48,8 +73,9 @@ pub struct OxConfig {
     pub target: String,
     /// `login:password` from the URL's userinfo (percent-decoded), used for HTTP Basic
     /// auth; only when the user is non-empty **and** a password is present.
-    pub basic_auth: Option<(String, String)>,
-    /// How long a METADATA value read from the store is trusted.
+    pub basic_auth: Option<BasicAuth>,
+    /// Dovecot's METADATA cache time, accepted and checked as Dovecot does; mailpush
+    /// reads METADATA for every transaction (see [`crate::activation`]).
     pub cache_lifetime: Duration,
     /// Total attempts = max_retries + 1.
     pub max_retries: u32,
@@ -128,22 +154,27 @@ fn str_to_uint(v: &str) -> Option<u32> {
     v.parse().ok()
 }
 
-/// Decodes `%XX` escapes (userinfo of the URL).
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes (userinfo of the URL) into bytes, any but NUL (Dovecot's
+/// `uri_data_decode`: "Encoded NUL character").
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let byte = u8::from_str_radix(hex, 16).ok()?;
+            if byte == 0 {
+                return None;
+            }
+            out.push(byte);
             i += 3;
         } else {
             out.push(bytes[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// The URL for logs: the userinfo password masked, also when the scheme is missing or
@@ -166,7 +197,7 @@ struct ParsedUrl {
     port: u16,
     host_header: String,
     target: String,
-    basic_auth: Option<(String, String)>,
+    basic_auth: Option<BasicAuth>,
 }
 
 /// A reg-name or IPv4 host: unreserved, sub-delims and `%` (RFC 3986), ASCII only.
@@ -210,7 +241,10 @@ fn parse_url(raw: &str) -> Result<ParsedUrl, String> {
         Some((user, pass)) => {
             let user = percent_decode(user).ok_or("Invalid %-encoding in userinfo")?;
             let pass = percent_decode(pass).ok_or("Invalid %-encoding in userinfo")?;
-            (!user.is_empty()).then_some((user, pass))
+            (!user.is_empty()).then_some(BasicAuth {
+                user,
+                password: pass,
+            })
         }
         None => None,
     };
@@ -372,6 +406,13 @@ mod tests {
         Ok(Duration::from_secs(n))
     }
 
+    fn auth(user: &str, password: &str) -> BasicAuth {
+        BasicAuth {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
     #[test]
     fn intervals_like_dovecot() {
         // From Dovecot's test-settings-parser.c (with the spaces our args cannot hold).
@@ -454,7 +495,7 @@ mod tests {
             "http://node1.domain.tld:8009/preliminary/http-notify/v1/notify"
         );
         assert_eq!(c.authority, "node1.domain.tld:8009");
-        assert_eq!(c.basic_auth, Some(("login".into(), "pass".into())));
+        assert_eq!(c.basic_auth, Some(auth("login", "pass")));
         assert_eq!(
             c.url_display,
             "http://login:***@node1.domain.tld:8009/preliminary/http-notify/v1/notify"
@@ -476,12 +517,23 @@ mod tests {
         let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://user@h/")).unwrap();
         assert_eq!(c.basic_auth, None);
         let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://user:@h/")).unwrap();
-        assert_eq!(c.basic_auth, Some(("user".into(), "".into())));
+        assert_eq!(c.basic_auth, Some(auth("user", "")));
         let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://:pw@h/")).unwrap();
         assert_eq!(c.basic_auth, None);
         // Userinfo is percent-decoded.
         let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://a%40b:p%3As%25@h/")).unwrap();
-        assert_eq!(c.basic_auth, Some(("a@b".into(), "p:s%".into())));
+        assert_eq!(c.basic_auth, Some(auth("a@b", "p:s%")));
+        // Any byte but NUL, as Dovecot decodes it (Basic auth sends the bytes).
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://u:p%E9ss@h/")).unwrap();
+        assert_eq!(c.basic_auth.unwrap().credentials(), b"u:p\xe9ss");
+        let e = OxConfig::parse(&DriverArgs::parse("url=http://u:p%00@h/")).unwrap_err();
+        assert!(
+            e.to_string().contains("Invalid %-encoding in userinfo"),
+            "{e}"
+        );
+        // Debug never shows the password.
+        let (c, _) = OxConfig::parse(&DriverArgs::parse("url=http://u:s3cret@h/")).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
 
         // user_from_metadata is presence-only.
         let (c, _) =

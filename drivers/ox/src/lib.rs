@@ -25,11 +25,11 @@ use mailpush_core::{
     InitError, Initialised, MessageRecord, MetadataLookup, Transaction,
 };
 
-pub use activation::{Clock, ManualClock, SystemClock, METADATA_KEY};
+pub use activation::METADATA_KEY;
 pub use client::OxStats;
-pub use config::OxConfig;
+pub use config::{BasicAuth, OxConfig};
 
-use activation::{MetadataCache, INTERNAL_KEY};
+use activation::{activation_value, INTERNAL_KEY};
 use client::OxClient;
 use mailpush_ox_wire::metadata_user;
 
@@ -37,25 +37,8 @@ use mailpush_ox_wire::metadata_user;
 pub const WATCHED_MAILBOX: &str = "INBOX";
 
 /// Creates `ox` drivers.
-pub struct OxFactory {
-    clock: Arc<dyn Clock>,
-}
-
-impl Default for OxFactory {
-    fn default() -> Self {
-        OxFactory {
-            clock: Arc::new(SystemClock),
-        }
-    }
-}
-
-impl OxFactory {
-    /// A factory whose drivers read time (for the METADATA cache) from `clock`; tests pass
-    /// a [`ManualClock`] and move it by hand.
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        OxFactory { clock }
-    }
-}
+#[derive(Debug, Default)]
+pub struct OxFactory;
 
 #[async_trait]
 impl DriverFactory for OxFactory {
@@ -111,12 +94,10 @@ impl DriverFactory for OxFactory {
         }
         let inner = OxInner {
             number: init.number,
-            cache: MetadataCache::new(config.cache_lifetime),
             user_from_metadata: config.user_from_metadata,
             client: OxClient::new(config, init.number, ca_pem.as_deref())
                 .map_err(InitError::new)?,
             metadata: init.metadata.clone(),
-            clock: self.clock.clone(),
         };
         let mut out = Initialised::new(Arc::new(OxDriver(Arc::new(inner))));
         out.warnings = warnings;
@@ -127,11 +108,9 @@ impl DriverFactory for OxFactory {
 
 struct OxInner {
     number: u32,
-    cache: MetadataCache,
     user_from_metadata: bool,
     client: OxClient,
     metadata: Arc<dyn MetadataLookup>,
-    clock: Arc<dyn Clock>,
 }
 
 /// The ox driver (one per config line, shared by all users).
@@ -174,15 +153,12 @@ impl Driver for OxDriver {
         }
     }
 
-    /// Dovecot's `push_notification_driver_ox_begin_txn`, in its order: METADATA (cached),
+    /// Dovecot's `push_notification_driver_ox_begin_txn`, in its order: METADATA,
     /// then the mailbox, then the `user=` in the value.
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure> {
         let inner = &self.0;
         let n = inner.number;
-        let value = match inner
-            .cache
-            .lookup(txn, inner.metadata.as_ref(), inner.clock.as_ref())
-        {
+        let value = match activation_value(txn, inner.metadata.as_ref()) {
             Ok(Some(v)) => v,
             Ok(None) => {
                 tracing::debug!(
@@ -194,13 +170,22 @@ impl Driver for OxDriver {
                 return Ok(Begin::Skip);
             }
             Err(e) => {
-                // Dovecot skips the transaction; mailpush lets the spool try again.
                 tracing::error!(
                     target: "mailpush::ox",
                     driver = n,
                     user = %txn.user,
                     "push-notification-ox: Skipped because unable to get attribute: {e}"
                 );
+                // Dovecot skips the transaction. mailpush lets the spool try again one
+                // that ox could push (a MessageNew in INBOX); any other is skipped, as
+                // there, rather than retried for nothing.
+                let pushable = txn
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, Event::MessageNew(_)) && e.mailbox() == WATCHED_MAILBOX);
+                if !pushable {
+                    return Ok(Begin::Skip);
+                }
                 return Err(Failure::retryable(format!(
                     "unable to get attribute {METADATA_KEY}: {e}"
                 )));
@@ -302,14 +287,8 @@ mod tests {
 
     #[tokio::test]
     async fn init_errors_and_details() {
-        let err = |a: &'static str| async move {
-            OxFactory::default()
-                .init(&init(a))
-                .await
-                .err()
-                .unwrap()
-                .message
-        };
+        let err =
+            |a: &'static str| async move { OxFactory.init(&init(a)).await.err().unwrap().message };
         assert_eq!(err("").await, "Driver requires the url parameter");
         assert!(err("url=http://h/ ssl_ca_file=missing.pem")
             .await
@@ -319,7 +298,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate").unwrap();
-        let e = OxFactory::default()
+        let e = OxFactory
             .init(&init(&format!(
                 "url=https://h/ ssl_ca_file={}",
                 garbage.display()
@@ -331,14 +310,14 @@ mod tests {
         assert!(e.starts_with("ssl_ca_file: "), "{e}");
         let bundle = "/etc/ssl/certs/ca-certificates.crt";
         if std::path::Path::new(bundle).exists() {
-            let i = OxFactory::default()
+            let i = OxFactory
                 .init(&init(&format!("url=https://h/ ssl_ca_file={bundle}")))
                 .await
                 .unwrap();
             assert_eq!(i.details[2], format!("ssl_ca_file: {bundle}"));
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let i = OxFactory::default()
+        let i = OxFactory
             .init(&init("url=http://h/ max_retries=3 timeout_msecs=x"))
             .await
             .unwrap();

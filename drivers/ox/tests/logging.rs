@@ -73,7 +73,7 @@ fn the_password_is_never_logged() {
         .unwrap();
     let failure = rt.block_on(async {
         let url = format!("http://login:s3cret@127.0.0.1:{port}/notify");
-        let i = OxFactory::default()
+        let i = OxFactory
             .init(&init(&format!("url={url} max_retries=2")))
             .await
             .unwrap();
@@ -128,7 +128,7 @@ fn a_missing_user_is_dovecots_error() {
         .build()
         .unwrap();
     let begin = rt.block_on(async {
-        let i = OxFactory::default()
+        let i = OxFactory
             .init(&init("url=http://127.0.0.1:9/notify"))
             .await
             .unwrap();

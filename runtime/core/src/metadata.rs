@@ -102,6 +102,24 @@ pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
     Ok(lower)
 }
 
+/// Dovecot's `str_tabescape`: a value made safe to place between TABs and on one line
+/// (`\x01` → `\x011`, TAB → `\x01t`, CR → `\x01r`, LF → `\x01n`, NUL → `\x010`), as in
+/// METADATA values such as `user=…` and in tab-separated output.
+pub fn tab_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\u{1}' => out.push_str("\u{1}1"),
+            '\t' => out.push_str("\u{1}t"),
+            '\r' => out.push_str("\u{1}r"),
+            '\n' => out.push_str("\u{1}n"),
+            '\0' => out.push_str("\u{1}0"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Looks up `key` for the transaction's user: the transaction's own `metadata` object
 /// (sent by a forwarder that already knows it) takes precedence over the store.
 pub fn lookup(
@@ -109,7 +127,7 @@ pub fn lookup(
     store: &dyn MetadataLookup,
     key: &str,
 ) -> Result<Option<String>, MetadataError> {
-    if let Some(v) = txn.metadata.get(key) {
+    if let Some(v) = txn.metadata_value(key) {
         return Ok(Some(v.clone()));
     }
     store.get(&txn.user, key)
@@ -118,6 +136,15 @@ pub fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tab_escape_is_dovecots() {
+        assert_eq!(
+            tab_escape("a\tb\u{1}c\r\nd\0é"),
+            "a\u{1}tb\u{1}1c\u{1}r\u{1}nd\u{1}0é"
+        );
+        assert_eq!(tab_escape("plain@x"), "plain@x");
+    }
 
     /// A key over the bound is refused by its size, quoting only its beginning (cut on
     /// a character boundary).

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::event::{Event, NewMessage};
+use crate::metadata::tab_escape;
 use crate::transaction::Transaction;
 
 /// The METADATA key that activates OX push (`dovecot-push.md` §7.2).
@@ -44,8 +45,10 @@ pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
         ..Default::default()
     };
     let mut txn = Transaction::new(user.clone(), vec![Event::MessageNew(msg)]);
-    txn.metadata
-        .insert(HTTP_NOTIFY.to_string(), format!("user={user}"));
+    txn.metadata.insert(
+        HTTP_NOTIFY.to_string(),
+        format!("user={}", tab_escape(&user)),
+    );
     Ok(txn)
 }
 
@@ -66,5 +69,12 @@ mod tests {
         assert_eq!(m.from.as_deref(), Some("a <a@b>"));
         let bad: Value = serde_json::from_str(r#"{"user":"u","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":-1}"#).unwrap();
         assert!(ox_transaction(&bad).unwrap_err().contains("imap-uid"));
+        // The user is escaped into the value as Dovecot writes METADATA values, so that
+        // ox reads back the same user (a TAB would end the element).
+        let tab: Value = serde_json::from_str(r#"{"user":"a\tb","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":1}"#).unwrap();
+        assert_eq!(
+            ox_transaction(&tab).unwrap().metadata[HTTP_NOTIFY],
+            "user=a\u{1}tb"
+        );
     }
 }

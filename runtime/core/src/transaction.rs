@@ -121,6 +121,17 @@ fn string_field(
 }
 
 impl Transaction {
+    /// The transaction's own METADATA value of `key`, whose name is compared without
+    /// regard to ASCII case (METADATA entry names are case-insensitive: RFC 5464, and
+    /// Dovecot); an exact match first.
+    pub fn metadata_value(&self, key: &str) -> Option<&String> {
+        self.metadata.get(key).or_else(|| {
+            self.metadata
+                .iter()
+                .find_map(|(k, v)| k.eq_ignore_ascii_case(key).then_some(v))
+        })
+    }
+
     /// A new transaction with a fresh id.
     pub fn new(user: impl Into<String>, events: Vec<Event>) -> Self {
         Transaction {

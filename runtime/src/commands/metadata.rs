@@ -95,9 +95,22 @@ pub fn run(store: &MetadataStore, op: &MetadataOp) -> Result<Vec<String>, Metada
         MetadataOp::List { user } => store
             .list(user.as_deref())?
             .into_iter()
-            .map(|(u, k, v)| format!("{u}\t{k}\t{v}"))
+            .map(|(u, k, v)| list_line(&u, &k, &v))
             .collect(),
     })
+}
+
+/// One line of `list`: user, key and value separated by TABs, each escaped as Dovecot
+/// escapes tab-separated fields (`str_tabescape`), so that a value with a TAB or a
+/// newline cannot make a line of its own or a column that is not there.
+fn list_line(user: &str, key: &str, value: &str) -> String {
+    use mailpush_core::metadata::tab_escape;
+    format!(
+        "{}\t{}\t{}",
+        tab_escape(user),
+        tab_escape(key),
+        tab_escape(value)
+    )
 }
 
 /// [`run`] on the cluster's METADATA bucket (cluster mode).
@@ -119,7 +132,7 @@ pub async fn run_cluster(
             .list(user.as_deref())
             .await?
             .into_iter()
-            .map(|(u, k, v)| format!("{u}\t{k}\t{v}"))
+            .map(|(u, k, v)| list_line(&u, &k, &v))
             .collect(),
     })
 }

@@ -110,10 +110,18 @@ pub fn tab_unescape(s: &str) -> String {
 /// The `user=` of a METADATA value: split on TAB, tab-unescape each element, split each at
 /// its first `=`; the last `user` wins; elements without `=` are ignored; an empty value
 /// counts. `None` when there is no `user` key (Dovecot: "No user provided in config").
+/// An element unescaped to one with a NUL (`\x010`) ends there, as a C string does in
+/// Dovecot.
 pub fn metadata_user(value: &str) -> Option<String> {
     value
         .split('\t')
         .map(tab_unescape)
+        .map(|mut kv| {
+            if let Some(nul) = kv.find('\0') {
+                kv.truncate(nul);
+            }
+            kv
+        })
         .filter_map(|kv| {
             kv.split_once('=')
                 .filter(|(k, _)| *k == "user")
@@ -178,6 +186,9 @@ mod tests {
         assert_eq!(metadata_user("USER=x"), None, "keys are case-sensitive");
         assert_eq!(metadata_user("user=a\u{1}tb"), Some("a\tb".into()));
         assert_eq!(metadata_user("us\u{1}er=z"), Some("z".into()));
+        // An unescaped NUL ends the element, as in Dovecot's C strings.
+        assert_eq!(metadata_user("user=a\u{1}0b"), Some("a".into()));
+        assert_eq!(metadata_user("user=x\tus\u{1}0er=y"), Some("x".into()));
         assert_eq!(
             tab_unescape("\u{1}0\u{1}1\u{1}r\u{1}n\u{1}x\u{1}"),
             "\0\u{1}\r\nx"
