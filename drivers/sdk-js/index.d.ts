@@ -126,9 +126,12 @@ export class HttpError extends Error {
   readonly code?: string;
   /** Timeouts and connection errors. */
   readonly retryable: boolean;
+  /** The words a kind's messages begin with, e.g. `connection failed` for `connection`. */
+  static describe(kind: HttpErrorKind): string;
 }
 
 export class Response {
+  constructor(status: number, headers: [string, string][], body: Uint8Array);
   readonly status: number;
   /** [name, value] pairs, names lower case. */
   readonly headers: [string, string][];

@@ -50,6 +50,16 @@ export function metadata(key) {
 
 // ---------------------------------------------------------------- failures
 
+/** The largest value of a WIT u64. */
+const U64_MAX = 18446744073709551615n;
+
+/** A number of milliseconds as a WIT u64: negative is 0, more than a u64 holds (Infinity too) is its maximum. */
+function u64Of(ms) {
+  if (ms === Infinity) return U64_MAX;
+  const b = BigInt(Math.max(0, Math.round(ms)));
+  return b > U64_MAX ? U64_MAX : b;
+}
+
 /** A failed delivery. Throw it from `deliver` (or return it). */
 export class Failure extends Error {
   constructor(reason, retryable, retryAfterMs) {
@@ -57,7 +67,9 @@ export class Failure extends Error {
     this.name = 'Failure';
     this.reason = String(reason);
     this.retryable = !!retryable;
-    this.retryAfterMs = retryAfterMs == null ? undefined : Math.max(0, Math.round(Number(retryAfterMs)));
+    // Not a number (undefined, null, 'soon'): no delay of its own.
+    const n = retryAfterMs == null ? NaN : Number(retryAfterMs);
+    this.retryAfterMs = Number.isNaN(n) ? undefined : Math.max(0, Math.round(n));
   }
   /** A failure that a retry may fix (timeouts, 5xx, …). */
   static retryable(reason, { retryAfterMs } = {}) { return new Failure(reason, true, retryAfterMs); }
@@ -68,7 +80,7 @@ export class Failure extends Error {
     return {
       reason: this.reason,
       retryable: this.retryable,
-      retryAfterMs: this.retryAfterMs === undefined ? undefined : BigInt(this.retryAfterMs),
+      retryAfterMs: this.retryAfterMs === undefined ? undefined : u64Of(this.retryAfterMs),
     };
   }
 }
@@ -223,7 +235,7 @@ function send(opts) {
   const outBody = req.body();
   let options;
   if (timeoutMs != null) {
-    const ns = BigInt(Math.max(0, Math.round(timeoutMs))) * 1000000n;
+    const ns = u64Of(Math.min(Number(timeoutMs), Number.MAX_SAFE_INTEGER)) * 1000000n;
     options = new RequestOptions();
     options.setConnectTimeout(ns); options.setFirstByteTimeout(ns); options.setBetweenBytesTimeout(ns);
   }
@@ -257,7 +269,14 @@ export const http = Object.freeze({
 export function parseRetryAfter(value, now = Date.now()) {
   if (value == null) return undefined;
   const v = String(value).trim();
-  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  if (/^[0-9]+$/.test(v)) {
+    // More seconds than a u64 holds is no value (as in Rust); the milliseconds are capped
+    // to a u64 when the failure is recorded.
+    return BigInt(v) > U64_MAX ? undefined : Number(v) * 1000;
+  }
+  // An HTTP date names a month and a day: a bare number with a sign or a point ("-1",
+  // "1.5"), which Date.parse would take for a year, is none.
+  if (!/[A-Za-z]{3}/.test(v)) return undefined;
   const at = Date.parse(v);
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
@@ -310,9 +329,13 @@ export const MAX_HMAC_KEY_BYTES = 4096;
 export function decodeWebhookSecret(secret) {
   if (!String(secret).startsWith('whsec_')) throw new Error('secret must look like whsec_<base64>');
   const b64 = String(secret).slice(6);
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 === 1) throw new Error('secret: the part after whsec_ is not valid base64');
+  if (b64 === '') throw new Error('secret: no key after whsec_');
+  // Padded, canonical base64 only (as the Rust and Python SDKs take it): one secret, one key.
+  const invalid = () => new Error('secret: the part after whsec_ is not valid base64');
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64) || b64.length % 4 !== 0) throw invalid();
   let key;
-  try { key = b64ToBytes(b64); } catch (_) { throw new Error('secret: the part after whsec_ is not valid base64'); }
+  try { key = b64ToBytes(b64); } catch (_) { throw invalid(); }
+  if (bytesToB64(key) !== b64) throw invalid();
   if (key.length > MAX_HMAC_KEY_BYTES) throw new Error(`secret: ${key.length} bytes of key, at most ${MAX_HMAC_KEY_BYTES}`);
   return key;
 }
@@ -362,10 +385,20 @@ const HANDLERS = {
 
 const FIXED = Symbol('mailpush.fixedWants');
 
-function beginOf(w) {
-  if (w === 'skip' || w === false || w == null) return { tag: 'skip' };
+/** The WIT `begin` of a `wants`/`fixedWants` answer; an answer of another shape is a bug in the driver: logged, then it traps. */
+function beginOf(w, where) {
+  if (w === 'skip' || w === false) return { tag: 'skip' };
   if (w === 'all' || w === true) return { tag: 'events', val: [...EVENT_NAMES] };
-  return { tag: 'events', val: [...w] };
+  const bad = (what) => {
+    const e = new Error(`${where} returned ${what}: expected 'all', 'skip' or an array of event names (${EVENT_NAMES.join(', ')})`);
+    log.error(e.message);
+    throw e;
+  };
+  if (w && typeof w.then === 'function') bad('a Promise (it must not be async)');
+  if (typeof w === 'string' || w == null || typeof w[Symbol.iterator] !== 'function') bad(JSON.stringify(w) ?? String(w));
+  const names = [...w];
+  for (const n of names) if (!EVENT_NAMES.includes(n)) bad(`an unknown event name ${JSON.stringify(n) ?? String(n)}`);
+  return { tag: 'events', val: names };
 }
 
 function failed(f) {
@@ -379,11 +412,14 @@ function errText(e) { return e instanceof Error ? e.message : typeof e === 'stri
  * Makes the `driver` export componentize-js needs from a driver object:
  *
  *   init(args: Args)                 throw (an Error or a string) to refuse the configuration
- *   wants(txn: {id, user})           'all' (default) | 'skip' | EventName[]
+ *   wants(txn: {id, user})           'all' (default) | 'skip' | EventName[]; returning
+ *                                    undefined or null is 'all', with a warning; any other
+ *                                    value (a string, a Promise) is logged and traps
  *   fixedWants()                     the answer to every transaction's `wants`, asked once
- *                                    at load after `init`; undefined or null (default) keeps `wants`
- *                                    asked per transaction. Used only with a `fixedBegin`
- *                                    export: see `fixedBeginOf`
+ *                                    at load after `init` through a `fixedBegin` export (see
+ *                                    `fixedBeginOf`); undefined or null (default) keeps `wants`
+ *                                    asked per transaction. Without `wants`, it also answers
+ *                                    each transaction when there is no `fixedBegin` export
  *   deliver(txn: Transaction)        may be async; throw (or return) a Failure to fail it;
  *                                    an uncaught HttpError becomes failureFromHttp('request', e);
  *                                    any other exception is logged and traps (like a Rust panic)
@@ -404,13 +440,26 @@ export function defineDriver(impl) {
       return { tag: 'ok', val: undefined };
     },
     beginTxn(id, user) {
-      return beginOf(self.wants ? self.wants({ id, user }) : 'all');
+      if (self.wants) {
+        const w = self.wants({ id, user });
+        // A wants that returns nothing (a path without `return`) takes every event, as
+        // the default does, and says so: it never skips a transaction silently.
+        if (w == null) {
+          log.warn(`wants returned ${w}: every event is delivered (return 'all', 'skip' or a list)`);
+          return beginOf('all', 'wants');
+        }
+        return beginOf(w, 'wants');
+      }
+      // Without wants, a fixed answer holds for every transaction also when the
+      // component is built without the fixedBegin export (the push-driver world).
+      const fixed = self.fixedWants ? self.fixedWants() : undefined;
+      return beginOf(fixed == null ? 'all' : fixed, 'fixedWants');
     },
     [FIXED]() {
       const w = self.fixedWants ? self.fixedWants() : undefined;
       // null, like undefined, is "no fixed answer" (as None is in Rust and Python);
       // only 'skip' or false declares that every transaction is skipped.
-      return w == null ? undefined : beginOf(w);
+      return w == null ? undefined : beginOf(w, 'fixedWants');
     },
     async deliver(txn) {
       try {

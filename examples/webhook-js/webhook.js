@@ -25,6 +25,7 @@ export const driver = defineDriver({
 
   async deliver(txn) {
     const timestamp = String(Math.floor(Date.now() / 1000));
+    /** @type {[string, string][]} */
     const headers = [
       ['content-type', 'application/json'],
       ['webhook-id', txn.id],

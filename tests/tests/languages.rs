@@ -55,6 +55,27 @@ fn the_javascript_sdk_passes_its_own_tests_under_node() {
     );
 }
 
+/// The Python SDK's own logic (wants and fixed_wants, retry delays, webhook secrets) under
+/// CPython, with the generated bindings stood in for (drivers/sdk-python/tests/). Runs
+/// where the Python toolchain is installed.
+#[test]
+fn the_python_sdk_passes_its_own_tests() {
+    if language_guest("py-raw").is_none() {
+        return;
+    }
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../drivers/sdk-python");
+    let out = std::process::Command::new("python3")
+        .args(["-B", "-m", "unittest", "discover", "-v", "-s", "tests"])
+        .current_dir(&sdk)
+        .output()
+        .expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("\nOK") && !stderr.contains("Ran 0 tests"),
+        "{stderr}"
+    );
+}
+
 /// A secret the host's HMAC could not take is refused at init, as the Rust webhook does.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_javascript_webhook_refuses_a_key_the_host_cannot_sign_with() {

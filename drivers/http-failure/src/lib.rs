@@ -99,8 +99,9 @@ pub fn transport(t: Transport) -> Class {
 /// A `Retry-After` value: delay-seconds or an HTTP date (a date in the past is no delay).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    // Digits only: `parse` would take a sign ("+5") too.
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<u64>().ok().map(Duration::from_secs);
     }
     let at = httpdate::parse_http_date(v).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
@@ -137,10 +138,15 @@ mod tests {
                 after: Some(Duration::from_secs(30))
             })
         );
-        assert_eq!(
-            status(503, Some("soon"), now),
-            Some(Class::Retry { after: None })
-        );
+        // Not a delay: a word, a sign, more seconds than a u64 holds (as the JavaScript
+        // and Python SDKs read them).
+        for v in ["soon", "+5", "-1", "18446744073709551616"] {
+            assert_eq!(
+                status(503, Some(v), now),
+                Some(Class::Retry { after: None }),
+                "{v}"
+            );
+        }
         for t in [
             Transport::ConnectRefused,
             Transport::ConnectionLost,

@@ -85,3 +85,44 @@ test('webhook secrets: the host HMAC bound, and the Standard Webhooks signature'
   );
   assert.equal(sig, 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=');
 });
+
+test('wants: undefined is every event, a fixed answer holds without fixedBegin, bad shapes trap', () => {
+  const all = { tag: 'events', val: [...EVENT_NAMES] };
+  assert.deepEqual(defineDriver({ wants() {} }).beginTxn('t', 'u'), all);
+  assert.deepEqual(defineDriver({ wants() { return null; } }).beginTxn('t', 'u'), all);
+  // No wants: fixedWants answers each transaction too (a component built without the
+  // fixedBegin export would otherwise get every event).
+  assert.deepEqual(
+    defineDriver({ fixedWants() { return ['message-new']; } }).beginTxn('t', 'u'),
+    { tag: 'events', val: ['message-new'] },
+  );
+  assert.deepEqual(defineDriver({ fixedWants() { return 'skip'; } }).beginTxn('t', 'u'), { tag: 'skip' });
+  assert.throws(() => defineDriver({ wants() { return 'message-new'; } }).beginTxn('t', 'u'), /wants returned "message-new"/);
+  assert.throws(() => defineDriver({ async wants() { return 'all'; } }).beginTxn('t', 'u'), /must not be async/);
+  assert.throws(() => defineDriver({ wants() { return ['message-nu']; } }).beginTxn('t', 'u'), /unknown event name "message-nu"/);
+});
+
+test('retry-after: huge, odd and not-a-number values never make deliver throw', async () => {
+  const txn = { id: 't', user: 'u', events: [] };
+  const record = async (ms) =>
+    (await defineDriver({ deliver() { return Failure.retryable('later', { retryAfterMs: ms }); } }).deliver(txn)).val.retryAfterMs;
+  assert.equal(await record(Infinity), 18446744073709551615n);
+  assert.equal(await record(1e30), 18446744073709551615n);
+  assert.equal(await record(-5), 0n);
+  assert.equal(await record('soon'), undefined);
+  assert.equal(await record(NaN), undefined);
+  const { parseRetryAfter } = await import('../index.js');
+  assert.equal(parseRetryAfter('7'), 7000);
+  assert.equal(parseRetryAfter('9'.repeat(400)), undefined);
+  assert.equal(parseRetryAfter('18446744073709551616'), undefined);
+  assert.equal(parseRetryAfter('-1'), undefined);
+  assert.equal(parseRetryAfter('1.5'), undefined);
+  assert.equal(parseRetryAfter('Wed, 21 Oct 2015 07:28:00 GMT', Date.parse('Wed, 21 Oct 2015 07:27:00 GMT')), 60000);
+});
+
+test('webhook secrets: padded, canonical base64 and a key, as in Rust and Python', () => {
+  for (const bad of ['whsec_abc', 'whsec_YR==', 'whsec_YQ', 'whsec_']) {
+    assert.throws(() => decodeWebhookSecret(bad), /whsec_/, bad);
+  }
+  assert.deepEqual([...decodeWebhookSecret('whsec_YQ==')], [0x61]);
+});

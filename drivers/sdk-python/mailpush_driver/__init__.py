@@ -12,7 +12,8 @@ Write a driver as a module that defines a class and exports it as ``Driver``::
 
     Driver = export(Hello)
 
-Build it with ``componentize-py -d wit -w push-driver componentize -p <sdk dir> app -o driver.wasm``.
+Build it (``app.py`` in the current directory, the SDK in ``<sdk dir>``) with
+``componentize-py -d <sdk dir>/wit -w push-driver componentize -p . -p <sdk dir> app -o driver.wasm``.
 
 How outcomes reach mailpush (componentize-py maps a WIT ``result<_, E>`` error to raising
 ``componentize_py_types.Err(E)``; ``export`` does that for you):
@@ -22,7 +23,9 @@ How outcomes reach mailpush (componentize-py maps a WIT ``result<_, E>`` error t
 - ``on_transaction``/``on_*`` raising ``Failure`` (or returning one) → ``deliver`` returns
   ``err(failure)``; an uncaught ``HttpError`` becomes ``failure_from_http("request", e)``.
 - any other exception → logged (with its traceback) at error level, then re-raised: the
-  call traps, like a Rust panic.
+  call traps, like a Rust panic, and mailpush records a trap as a permanent failure: the
+  transaction is dead-lettered at once, not retried. Catch what a retry could fix and
+  raise ``Failure.retryable`` instead.
 
 A driver whose ``wants`` never depends on the transaction can say so once (mailpush:driver
 0.1.1): override ``fixed_wants``, add ``FixedBegin = export_fixed_begin(Driver)`` and build
@@ -161,8 +164,12 @@ class DriverBase:
         pass
 
     def wants(self, txn: TxnInfo) -> Wants:
-        """Dovecot's begin_txn: ``"all"`` (default), ``"skip"``, or a list of EventName."""
-        return "all"
+        """Dovecot's begin_txn: ``"all"``, ``"skip"``, or a list of EventName. The default is
+        ``fixed_wants()`` when it answers (also for a component built without the
+        ``FixedBegin`` export), else ``"all"``. Returning ``None`` is ``"all"``, with a
+        warning; any other value is logged and traps."""
+        fixed = self.fixed_wants()
+        return "all" if fixed is None else fixed
 
     def fixed_wants(self) -> Wants:
         """The answer to every transaction's ``wants`` when it never depends on the
@@ -240,10 +247,14 @@ def export(driver_class: type) -> type:
                 return types.Begin_Skip()
             try:
                 w = d.wants(TxnInfo(id, user))
+                if w is None:
+                    # A path without `return`: every event, never a silent skip.
+                    log.warn("wants returned None: every event is delivered (return 'all', 'skip' or a list)")
+                    w = "all"
+                return _begin_of(w, "wants")
             except Exception as e:
                 _uncaught("wants", e)
                 raise
-            return _begin_of(w)
 
         def deliver(self, txn: types.Transaction) -> None:
             d = state["driver"]
@@ -268,12 +279,21 @@ def export(driver_class: type) -> type:
     return Driver
 
 
-def _begin_of(w: Wants) -> types.Begin:
-    if w is None or w == "skip" or w is False:
+def _begin_of(w: Wants, where: str) -> types.Begin:
+    """The WIT ``begin`` of a ``wants``/``fixed_wants`` answer; another shape raises
+    TypeError (a bug in the driver: the caller logs it and the call traps)."""
+    if isinstance(w, str) and w == "skip" or w is False:
         return types.Begin_Skip()
-    if w == "all" or w is True:
+    if isinstance(w, str) and w == "all" or w is True:
         return types.Begin_Events(list(ALL_EVENTS))
-    return types.Begin_Events(list(w))
+    expected = "expected 'all', 'skip' or a list of EventName"
+    if isinstance(w, (str, bytes)) or w is None or not hasattr(w, "__iter__"):
+        raise TypeError(f"{where} returned {w!r}: {expected}")
+    names = list(w)
+    for n in names:
+        if not isinstance(n, EventName):
+            raise TypeError(f"{where} returned a list with {n!r}: {expected}")
+    return types.Begin_Events(names)
 
 
 def export_fixed_begin(driver_export: type) -> type:
@@ -293,10 +313,10 @@ def export_fixed_begin(driver_export: type) -> type:
                 return None
             try:
                 w = d.fixed_wants()
+                return None if w is None else _begin_of(w, "fixed_wants")
             except Exception as e:
                 _uncaught("fixed_wants", e)
                 raise
-            return None if w is None else _begin_of(w)
 
     FixedBegin.__name__ = FixedBegin.__qualname__ = "FixedBegin"
     return FixedBegin

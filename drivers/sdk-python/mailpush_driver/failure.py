@@ -4,6 +4,27 @@ from __future__ import annotations
 
 from typing import Optional
 
+#: The largest value of a WIT u64 (a delay in milliseconds past it is capped to it).
+U64_MAX = 2**64 - 1
+
+
+def _ms(value) -> Optional[int]:
+    """A delay in milliseconds as a WIT u64: None when it is not a number, negative is 0,
+    more than a u64 holds (infinity too) is its maximum."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return min(max(0, value), U64_MAX)
+    try:
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if f != f:  # NaN
+        return None
+    if f >= U64_MAX:
+        return U64_MAX
+    return max(0, round(f))
+
 
 class _RetryableCtor:
     """``Failure.retryable(reason, retry_after_ms=…)`` builds a retryable failure (as in the
@@ -23,7 +44,7 @@ class Failure(Exception):
         super().__init__(reason)
         self.reason = str(reason)
         self.retryable = bool(retryable)
-        self.retry_after_ms = None if retry_after_ms is None else max(0, int(retry_after_ms))
+        self.retry_after_ms = _ms(retry_after_ms)
 
     @classmethod
     def permanent(cls, reason: str) -> "Failure":

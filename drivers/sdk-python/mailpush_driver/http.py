@@ -19,7 +19,7 @@ from wit_world.imports import outgoing_handler
 from wit_world.imports import wasi_http_types as t
 from wit_world.imports.streams import StreamError_Closed, StreamError_LastOperationFailed
 
-from .failure import Failure
+from .failure import U64_MAX, Failure
 
 MAX_RESPONSE_BODY = 1 << 20
 """Most bytes of a response body read."""
@@ -218,7 +218,7 @@ def send(method: Optional[str] = None, url: str = "", headers: Headers = (),
     out_body = req.body()
     options = None
     if timeout_ms is not None:
-        ns = max(0, int(timeout_ms)) * 1_000_000
+        ns = min(max(0, int(timeout_ms)) * 1_000_000, U64_MAX)
         options = t.RequestOptions()
         options.set_connect_timeout(ns)
         options.set_first_byte_timeout(ns)
@@ -258,8 +258,10 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     if value is None:
         return None
     v = value.strip()
-    if v.isdigit():
-        return int(v) * 1000
+    if v.isascii() and v.isdigit():
+        secs = int(v)
+        # More seconds than a u64 holds is no value (as in Rust); milliseconds are capped.
+        return None if secs > U64_MAX else min(secs * 1000, U64_MAX)
     try:
         at = parsedate_to_datetime(v).timestamp()
     except Exception:

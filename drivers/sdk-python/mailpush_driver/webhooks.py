@@ -19,10 +19,18 @@ def decode_webhook_secret(secret: str) -> bytes:
     ``MAX_HMAC_KEY_BYTES``) instead of every delivery trapping."""
     if not secret.startswith("whsec_"):
         raise ValueError("secret must look like whsec_<base64>")
+    b64 = secret[len("whsec_"):]
+    if not b64:
+        raise ValueError("secret: no key after whsec_")
+    invalid = ValueError("secret: the part after whsec_ is not valid base64")
     try:
-        key = base64.b64decode(secret[len("whsec_"):], validate=True)
+        key = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("secret: the part after whsec_ is not valid base64") from None
+        raise invalid from None
+    # Padded, canonical base64 only (as the Rust and JavaScript SDKs take it): one
+    # secret, one key.
+    if base64.b64encode(key).decode() != b64:
+        raise invalid
     if len(key) > MAX_HMAC_KEY_BYTES:
         raise ValueError(f"secret: {len(key)} bytes of key, at most {MAX_HMAC_KEY_BYTES}")
     return key

@@ -130,7 +130,8 @@ pub fn failure(what: &str, result: &Result<Response, HttpError>) -> Option<crate
         Class::Retry { after } => crate::Failure {
             reason,
             retryable: true,
-            retry_after_ms: after.map(|d| d.as_millis() as u64),
+            // More milliseconds than a u64 holds is its maximum, not a wrapped small delay.
+            retry_after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         },
         Class::Deferred => crate::Failure::retryable(reason),
         Class::GiveUp | Class::Refused => crate::Failure::permanent(reason),

@@ -40,6 +40,9 @@ impl Driver for Webhook {
                 let b64 = s
                     .strip_prefix("whsec_")
                     .ok_or("secret must look like whsec_<base64>")?;
+                if b64.is_empty() {
+                    return Err("secret: no key after whsec_".into());
+                }
                 let key = base64::engine::general_purpose::STANDARD
                     .decode(b64)
                     .map_err(|_| "secret: the part after whsec_ is not valid base64".to_string())?;

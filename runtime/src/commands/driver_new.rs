@@ -18,6 +18,8 @@ pub enum Lang {
 pub enum ScaffoldError {
     #[error("driver name `{0}`: use lower-case letters, digits, `-` and `_`, starting with a letter (e.g. my-driver)")]
     Name(String),
+    #[error("driver name `{0}`: {1}; choose another name")]
+    Reserved(String, &'static str),
     #[error("{} already exists; choose another name or directory", .0.display())]
     Exists(PathBuf),
     #[error("cannot write {}: {}", .0.display(), .1)]
@@ -137,6 +139,79 @@ fn valid(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// Why `name` cannot be a Rust driver's name, if it cannot: cargo refuses keywords and
+/// the names of Rust's own libraries as package names, and the scaffold's type would
+/// clash with a type the SDK imports into its `lib.rs`.
+fn reserved_in_rust(name: &str) -> Option<&'static str> {
+    const KEYWORDS: &[&str] = &[
+        "abstract",
+        "as",
+        "async",
+        "await",
+        "become",
+        "box",
+        "break",
+        "const",
+        "continue",
+        "crate",
+        "do",
+        "dyn",
+        "else",
+        "enum",
+        "extern",
+        "false",
+        "final",
+        "fn",
+        "for",
+        "gen",
+        "if",
+        "impl",
+        "in",
+        "let",
+        "loop",
+        "macro",
+        "match",
+        "mod",
+        "move",
+        "mut",
+        "override",
+        "priv",
+        "pub",
+        "ref",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "trait",
+        "true",
+        "try",
+        "type",
+        "typeof",
+        "unsafe",
+        "unsized",
+        "use",
+        "virtual",
+        "where",
+        "while",
+        "yield",
+        "alloc",
+        "core",
+        "proc_macro",
+        "proc-macro",
+        "std",
+        "test",
+    ];
+    const SDK_TYPES: &[&str] = &["Args", "Driver", "Failure", "Transaction"];
+    if KEYWORDS.contains(&name) {
+        return Some("a Rust keyword or library name, which cargo refuses as a package name");
+    }
+    let t = type_name(name);
+    SDK_TYPES
+        .contains(&t.as_str())
+        .then_some("its type would clash with the SDK's type of that name")
+}
+
 /// `my-driver` → `MyDriver`.
 fn type_name(name: &str) -> String {
     name.split(['-', '_'])
@@ -180,6 +255,11 @@ fn write(
 pub fn scaffold(parent: &Path, name: &str, lang: Lang) -> Result<Vec<PathBuf>, ScaffoldError> {
     if !valid(name) {
         return Err(ScaffoldError::Name(name.to_string()));
+    }
+    if lang == Lang::Rust {
+        if let Some(why) = reserved_in_rust(name) {
+            return Err(ScaffoldError::Reserved(name.to_string(), why));
+        }
     }
     let root = parent.join(name);
     if root.exists() {
@@ -253,6 +333,23 @@ mod tests {
         assert!(!valid("1x"));
         assert!(!valid("a/b"));
         assert!(!valid(""));
+        // Rust only: names cargo refuses, and types the template imports from the SDK.
+        for name in [
+            "driver",
+            "failure",
+            "args",
+            "transaction",
+            "fn",
+            "test",
+            "std",
+        ] {
+            assert!(reserved_in_rust(name).is_some(), "{name}");
+        }
+        assert!(reserved_in_rust("my-driver").is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let e = scaffold(dir.path(), "driver", Lang::Rust).unwrap_err();
+        assert!(e.to_string().contains("clash with the SDK's type"), "{e}");
+        assert!(scaffold(dir.path(), "driver", Lang::Js).is_ok());
         assert_eq!(type_name("my-driver_two"), "MyDriverTwo");
     }
 
