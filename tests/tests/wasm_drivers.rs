@@ -1156,6 +1156,42 @@ async fn a_snapshot_is_held_only_while_a_driver_uses_it() {
     assert_ne!(left, held_by_one);
     drop(two);
     assert!(snapshots().is_empty());
+    // Nor the instrumented component the snapshots were made with.
+    assert!(engines.in_use().is_empty(), "{:?}", engines.in_use());
+}
+
+/// A component's compiled code is held the same way: while a driver loaded with it
+/// lives. Else a long-running process whose tenants change their component kept every
+/// one it ever compiled from eviction, past the cache's size bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_components_compiled_code_is_held_only_while_a_driver_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engines = Arc::new(Engines::new(Some(dir.path().join("cache"))));
+    let one = load(&guest("hostile"), &engines, "mode=ok init=per-instance")
+        .await
+        .unwrap();
+    let held = engines.in_use();
+    let compiled: Vec<&String> = held
+        .iter()
+        .filter(|n| n.ends_with(".cwasm") && !n.contains("-snap") && !n.contains("-instrumented"))
+        .collect();
+    assert!(
+        compiled
+            .iter()
+            .any(|n| dir.path().join("cache").join(n).is_file()),
+        "{held:?}"
+    );
+    let two = load(
+        &guest("hostile"),
+        &engines,
+        "mode=ok init=per-instance tag=2",
+    )
+    .await
+    .unwrap();
+    drop(one);
+    assert_eq!(engines.in_use(), held, "the second driver still uses it");
+    drop(two);
+    assert!(engines.in_use().is_empty(), "{:?}", engines.in_use());
 }
 
 /// A wasm line's key one typo from a sandbox key (or cut short) goes to the component,

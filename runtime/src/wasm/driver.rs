@@ -17,7 +17,7 @@ use super::bindings::exports::mailpush::driver::driver as wit_driver;
 use super::bindings::WIT_PACKAGE;
 use super::convert;
 use super::engine::{
-    CacheOutcome, Engines, LoadedComponent, SnapshotLease, SnapshotLookup, Source, WasmEngine,
+    ArtifactLease, CacheOutcome, Engines, LoadedComponent, SnapshotLookup, Source, WasmEngine,
 };
 use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
@@ -50,8 +50,8 @@ struct WasmInner {
     /// Log lines dropped and not reported yet, and when the last report went out: one
     /// warning per driver per [`DROP_REPORT_EVERY`], not one per transaction.
     drops: parking_lot::Mutex<(u64, Option<Instant>)>,
-    /// Its snapshot's hold in the AOT cache, given back with the driver.
-    _snapshot: Option<super::engine::SnapshotLease>,
+    /// Its hold on its artifacts in the AOT cache, given back with the driver.
+    _cache: ArtifactLease,
 }
 
 /// A driver's answer to `begin-txn` (from `begin-txn`, or from `fixed-begin` for every
@@ -135,18 +135,17 @@ impl WasmDriver {
                 sandbox.log.log_lines_per_sec,
             )),
         };
-        let (loaded, instances, init, snapshot) = if sandbox.instance.snapshot {
-            let (loaded, instances, init, lease) =
-                load_snapshot(&engine, path, &source, parts).await?;
-            (loaded, instances, init, Some(lease))
+        let (loaded, instances, init, lease) = if sandbox.instance.snapshot {
+            load_snapshot(&engine, path, &source, parts).await?
         } else {
+            let lease = engine.lease(&source.sha256, None);
             let loaded = compile_source(&engine, path, &source).await?;
             let instances = Instances::link(parts, &loaded, path)?;
             (
                 loaded,
                 instances,
                 "init: called in every instance (init=per-instance)".to_string(),
-                None,
+                lease,
             )
         };
         let wit_version = instances.wit_version().to_string();
@@ -164,7 +163,7 @@ impl WasmDriver {
             policy,
             stats: WasmStats::default(),
             drops: parking_lot::Mutex::new((0, None)),
-            _snapshot: snapshot,
+            _cache: lease,
         };
         let inner = if inner.instances.synchronous() {
             // Its calls never yield: they run on a blocking thread, as compiles do, not
@@ -297,12 +296,12 @@ async fn load_snapshot(
     path: &Path,
     source: &Arc<Source>,
     parts: InstanceParts,
-) -> Result<(LoadedComponent, Instances, String, SnapshotLease), InitError> {
+) -> Result<(LoadedComponent, Instances, String, ArtifactLease), InitError> {
     let handle = tokio::runtime::Handle::current();
     let (engine, path, source) = (engine.clone(), path.to_path_buf(), source.clone());
     tokio::task::spawn_blocking(move || {
         let key = engine.snapshot_key(&parts.args, parts.limits.memory);
-        let lease = engine.snapshot_lease(&source.sha256, &key);
+        let lease = engine.lease(&source.sha256, Some(&key));
         let made = match engine.snapshot_lookup(&source, &key) {
             SnapshotLookup::Hit(loaded) => Ok((loaded, true)),
             SnapshotLookup::Declined(why) => Err(why),

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::cache::{cache_key, is_snapshot, sign, sign_artifact, verify, SNAPSHOT_MARK};
+use super::cache::{cache_key, sign, sign_artifact, verify, SNAPSHOT_MARK};
 use super::function_cache::{FunctionCache, FunctionReuse};
 use super::limits::{EPOCH_TICK, MAX_MEMORY};
 
@@ -110,14 +110,15 @@ fn snapshot_stem(sha256: &str, key: &str) -> String {
     format!("{sha256}{SNAPSHOT_MARK}{key}")
 }
 
-/// A driver's hold on its snapshot in the AOT cache ([`WasmEngine::snapshot_lease`]),
-/// given back when it is dropped.
-pub struct SnapshotLease {
+/// A driver's hold on its artifacts in the AOT cache ([`WasmEngine::lease`]): its
+/// component's compiled code, instrumented variant and stored functions, and its
+/// snapshot (or the record that there can be none); given back when it is dropped.
+pub struct ArtifactLease {
     engine: Arc<WasmEngine>,
     names: Vec<String>,
 }
 
-impl Drop for SnapshotLease {
+impl Drop for ArtifactLease {
     fn drop(&mut self) {
         let mut in_use = self.engine.in_use.lock();
         for name in &self.names {
@@ -140,7 +141,8 @@ pub struct WasmEngine {
     /// second load waits and then finds it cached), while other components load at
     /// the same time — a small driver never waits behind a big one compiling.
     cache_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// Artifacts this engine loaded or wrote (never evicted by it).
+    /// Artifacts the drivers loaded by this engine use, with how many hold each
+    /// ([`ArtifactLease`]): never evicted while held.
     in_use: Mutex<std::collections::HashMap<String, usize>>,
     /// The compiler's store of compiled functions, and the lock that lets one compile
     /// at a time use it ([`WasmEngine::compile_reusing`]).
@@ -205,34 +207,35 @@ impl WasmEngine {
         })
     }
 
-    /// The names of the artifacts and records this engine loaded or wrote, except the
-    /// snapshots of drivers gone since ([`SnapshotLease`]).
+    /// The names of the artifacts and records held by the drivers of this engine that
+    /// live ([`ArtifactLease`]).
     pub fn in_use(&self) -> std::collections::HashSet<String> {
         self.in_use.lock().keys().cloned().collect()
     }
 
-    /// Keeps the artifact or record `name` from eviction for the life of the engine —
-    /// except a snapshot's, which a [`SnapshotLease`] holds while its driver lives.
-    fn hold(&self, name: String) {
-        if !is_snapshot(&name) {
-            self.in_use.lock().entry(name).or_insert(1);
-        }
-    }
-
-    /// The hold on `source`'s snapshot for `key` (its artifact, or the record that it
-    /// cannot be made), taken now, that a driver loaded with it keeps while it lives (a
-    /// load that fails drops it at once): when the last
-    /// such driver is gone (a tenant replaced with other arguments, removed), the
-    /// snapshot may be evicted like any unused artifact, so a long-running process does
-    /// not keep every snapshot it ever made.
-    pub fn snapshot_lease(self: &Arc<Self>, sha256: &str, key: &str) -> SnapshotLease {
+    /// The hold on the artifacts of component `sha256` (compiled, instrumented, its
+    /// stored functions) and, with a snapshot `key`, on that snapshot's artifact or the
+    /// record that it cannot be made, taken now, that a driver loaded with them keeps
+    /// while it lives (a load that fails drops it at once). When the last such driver
+    /// is gone (a tenant replaced with another component or other arguments, removed),
+    /// they may be evicted like any unused artifact: a long-running process does not
+    /// keep everything it ever compiled past the cache's size bound.
+    pub fn lease(self: &Arc<Self>, sha256: &str, snapshot: Option<&str>) -> ArtifactLease {
         let names = match &self.cache_dir {
             Some(dir) => {
-                let stem = snapshot_stem(sha256, key);
-                vec![
-                    artifact_name(&self.artifact(dir, &stem)),
-                    artifact_name(&self.declined_path(dir, &stem)),
-                ]
+                let mut stems = vec![
+                    sha256.to_string(),
+                    format!("{sha256}-instrumented"),
+                    format!("{sha256}-functions"),
+                ];
+                let mut names = Vec::new();
+                if let Some(key) = snapshot {
+                    let stem = snapshot_stem(sha256, key);
+                    names.push(artifact_name(&self.declined_path(dir, &stem)));
+                    stems.push(stem);
+                }
+                names.extend(stems.iter().map(|s| artifact_name(&self.artifact(dir, s))));
+                names
             }
             None => Vec::new(),
         };
@@ -242,7 +245,7 @@ impl WasmEngine {
                 *in_use.entry(name.clone()).or_default() += 1;
             }
         }
-        SnapshotLease {
+        ArtifactLease {
             engine: self.clone(),
             names,
         }
@@ -306,7 +309,6 @@ impl WasmEngine {
         let stem = snapshot_stem(&source.sha256, key);
         let declined = self.declined_path(dir, &stem);
         if let Ok(reason) = std::fs::read_to_string(&declined) {
-            self.hold(artifact_name(&declined));
             return SnapshotLookup::Declined(reason.chars().take(1024).collect());
         }
         let artifact = self.artifact(dir, &stem);
@@ -350,7 +352,6 @@ impl WasmEngine {
         if let Err(e) = written {
             tracing::warn!(file = %file.display(), "cannot write the AOT cache: {e}");
         }
-        self.hold(artifact_name(&file));
     }
 
     /// Names a snapshot by what it depends on beyond the component: the arguments `init`
@@ -397,7 +398,6 @@ impl WasmEngine {
         match unsafe { Component::deserialize(&self.engine, body) } {
             Ok(component) => {
                 super::cache::touch(artifact);
-                self.hold(artifact_name(artifact));
                 Ok(component)
             }
             Err(e) => {
@@ -513,7 +513,6 @@ impl WasmEngine {
             None => {
                 if artifact.is_file() {
                     super::cache::touch(&artifact);
-                    self.hold(artifact_name(&artifact));
                 }
             }
         }
@@ -529,7 +528,6 @@ impl WasmEngine {
         if let Err(e) = written {
             tracing::warn!(artifact = %artifact.display(), "cannot write the AOT cache: {e}");
         }
-        self.hold(artifact_name(artifact));
         let keep = self.in_use();
         for name in super::cache::prune(dir, super::cache::MAX_CACHE_BYTES, &keep) {
             tracing::info!(cache = %dir.display(), "AOT cache over {} MiB: removed the least recently used {name}", super::cache::MAX_CACHE_BYTES >> 20);
