@@ -342,7 +342,8 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let minimal = Arc::new(load(&guest("trivial"), plain(true), "", &engines).await);
     let minimal_fixed = Arc::new(load(&guest("trivial"), plain(true), "fixed=all", &engines).await);
     assert!(webhook.snapshotted() && trivial.snapshotted() && no_wait.snapshotted());
-    assert!(minimal.synchronous() && minimal_fixed.snapshotted());
+    assert!(minimal.snapshotted() && minimal.synchronous());
+    assert!(minimal_fixed.snapshotted() && minimal_fixed.synchronous());
     assert!(!trivial.synchronous() && no_wait.synchronous());
     out.push("## 2. Fresh instance per transaction (HTTP stubbed out at the host import)\n".into());
     out.push("| driver | min | **median** | p99 | max |\n|---|---|---|---|---|".into());

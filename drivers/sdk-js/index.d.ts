@@ -197,9 +197,13 @@ type Handler<T> = (txn: TxnInfo, value: T, json: string) => Result<void | Failur
 export interface DriverImpl {
   /** Throw (an Error or a string) to refuse the configuration. */
   init?(args: Args): Result<void>;
-  /** Default 'all'. */
-  wants?(txn: TxnInfo): 'all' | 'skip' | EventName[];
-  /** The answer to every `wants`, asked once at load (with a `fixedBegin` export); undefined or null: none. */
+  /** Default: `fixedWants()` when it answers, else 'all'. Returning undefined or null is 'all', with a warning. */
+  wants?(txn: TxnInfo): 'all' | 'skip' | EventName[] | undefined | null;
+  /**
+   * The answer to every `wants`, asked once at load (with a `fixedBegin` export); undefined
+   * or null: none. Without `wants`, it also answers each transaction (also without a
+   * `fixedBegin` export).
+   */
   fixedWants?(): 'all' | 'skip' | EventName[] | undefined | null;
   /** Throw or return a Failure to fail the transaction. */
   deliver?(txn: Transaction): Result<void | Failure>;

@@ -67,8 +67,9 @@ export class Failure extends Error {
     this.name = 'Failure';
     this.reason = String(reason);
     this.retryable = !!retryable;
-    // Not a number (undefined, null, 'soon'): no delay of its own.
-    const n = retryAfterMs == null ? NaN : Number(retryAfterMs);
+    // Not a number (undefined, null, a boolean, '', 'soon'): no delay of its own.
+    const n = typeof retryAfterMs === 'number' || typeof retryAfterMs === 'bigint' ? Number(retryAfterMs)
+      : typeof retryAfterMs === 'string' && retryAfterMs.trim() !== '' ? Number(retryAfterMs) : NaN;
     this.retryAfterMs = Number.isNaN(n) ? undefined : Math.max(0, Math.round(n));
   }
   /** A failure that a retry may fix (timeouts, 5xx, …). */
@@ -235,7 +236,8 @@ function send(opts) {
   const outBody = req.body();
   let options;
   if (timeoutMs != null) {
-    const ns = u64Of(Math.min(Number(timeoutMs), Number.MAX_SAFE_INTEGER)) * 1000000n;
+    let ns = u64Of(Number(timeoutMs)) * 1000000n;
+    if (ns > U64_MAX) ns = U64_MAX;
     options = new RequestOptions();
     options.setConnectTimeout(ns); options.setFirstByteTimeout(ns); options.setBetweenBytesTimeout(ns);
   }
@@ -389,15 +391,16 @@ const FIXED = Symbol('mailpush.fixedWants');
 function beginOf(w, where) {
   if (w === 'skip' || w === false) return { tag: 'skip' };
   if (w === 'all' || w === true) return { tag: 'events', val: [...EVENT_NAMES] };
+  const show = (x) => { try { return JSON.stringify(x) ?? String(x); } catch (_) { return String(x); } };
   const bad = (what) => {
     const e = new Error(`${where} returned ${what}: expected 'all', 'skip' or an array of event names (${EVENT_NAMES.join(', ')})`);
     log.error(e.message);
     throw e;
   };
   if (w && typeof w.then === 'function') bad('a Promise (it must not be async)');
-  if (typeof w === 'string' || w == null || typeof w[Symbol.iterator] !== 'function') bad(JSON.stringify(w) ?? String(w));
+  if (typeof w === 'string' || w == null || typeof w[Symbol.iterator] !== 'function') bad(show(w));
   const names = [...w];
-  for (const n of names) if (!EVENT_NAMES.includes(n)) bad(`an unknown event name ${JSON.stringify(n) ?? String(n)}`);
+  for (const n of names) if (!EVENT_NAMES.includes(n)) bad(`an unknown event name ${show(n)}`);
   return { tag: 'events', val: names };
 }
 

@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: the arguments (`url`, `cache_lifetime`, `max_retries`, `timeout_msecs`,
 //!   `user_from_metadata`, `ssl_ca_file`);
-//! - [`activation`]: METADATA `/private/vendor/vendor.dovecot/http-notify` and its cache;
+//! - [`activation`]: METADATA `/private/vendor/vendor.dovecot/http-notify`, read for
+//!   every transaction;
 //! - [`body`]: the JSON body, byte for byte;
 //! - [`client`]: HTTP (the request head as Dovecot writes it), Dovecot's retry rules and
 //!   log wording, counters; its connections are a keep-alive pool (`pool`).

@@ -100,6 +100,7 @@ test('wants: undefined is every event, a fixed answer holds without fixedBegin, 
   assert.throws(() => defineDriver({ wants() { return 'message-new'; } }).beginTxn('t', 'u'), /wants returned "message-new"/);
   assert.throws(() => defineDriver({ async wants() { return 'all'; } }).beginTxn('t', 'u'), /must not be async/);
   assert.throws(() => defineDriver({ wants() { return ['message-nu']; } }).beginTxn('t', 'u'), /unknown event name "message-nu"/);
+  assert.throws(() => defineDriver({ wants() { return 5n; } }).beginTxn('t', 'u'), /wants returned 5/);
 });
 
 test('retry-after: huge, odd and not-a-number values never make deliver throw', async () => {
@@ -110,6 +111,9 @@ test('retry-after: huge, odd and not-a-number values never make deliver throw', 
   assert.equal(await record(1e30), 18446744073709551615n);
   assert.equal(await record(-5), 0n);
   assert.equal(await record('soon'), undefined);
+  assert.equal(await record(''), undefined);
+  assert.equal(await record(true), undefined);
+  assert.equal(await record('250'), 250n);
   assert.equal(await record(NaN), undefined);
   const { parseRetryAfter } = await import('../index.js');
   assert.equal(parseRetryAfter('7'), 7000);

@@ -23,7 +23,9 @@ def _ms(value) -> Optional[int]:
         return None
     if f >= U64_MAX:
         return U64_MAX
-    return max(0, round(f))
+    if f <= 0:
+        return 0
+    return round(f)
 
 
 class _RetryableCtor:

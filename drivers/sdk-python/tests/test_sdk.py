@@ -148,6 +148,8 @@ class RetryAfter(unittest.TestCase):
         self.assertEqual(Failure.retryable("x", retry_after_ms=10**30).retry_after_ms, U64_MAX)
         self.assertEqual(Failure.retryable("x", retry_after_ms=float("inf")).retry_after_ms, U64_MAX)
         self.assertEqual(Failure.retryable("x", retry_after_ms=-5).retry_after_ms, 0)
+        self.assertEqual(Failure.retryable("x", retry_after_ms=float("-inf")).retry_after_ms, 0)
+        self.assertIsNone(Failure.retryable("x", retry_after_ms="").retry_after_ms)
         self.assertIsNone(Failure.retryable("x", retry_after_ms="soon").retry_after_ms)
         self.assertIsNone(Failure.retryable("x", retry_after_ms=float("nan")).retry_after_ms)
 

@@ -4,7 +4,6 @@
 use serde_json::Value;
 
 use crate::event::{Event, NewMessage};
-use crate::metadata::tab_escape;
 use crate::transaction::Transaction;
 
 /// The METADATA key that activates OX push (`dovecot-push.md` §7.2).
@@ -27,6 +26,11 @@ pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
     let user = s("user")
         .filter(|u| !u.is_empty())
         .ok_or("missing `user`")?;
+    // Dovecot's user names are C strings: no NUL; and the METADATA value `user=…`
+    // cannot carry a TAB, CR, LF or \x01 as they are (they would end or escape it).
+    if user.chars().any(char::is_control) {
+        return Err("`user` must not contain control characters".into());
+    }
     match s("event").as_deref() {
         Some("messageNew") => {}
         other => return Err(format!("`event` must be \"messageNew\", got {other:?}")),
@@ -45,10 +49,8 @@ pub fn ox_transaction(body: &Value) -> Result<Transaction, String> {
         ..Default::default()
     };
     let mut txn = Transaction::new(user.clone(), vec![Event::MessageNew(msg)]);
-    txn.metadata.insert(
-        HTTP_NOTIFY.to_string(),
-        format!("user={}", tab_escape(&user)),
-    );
+    txn.metadata
+        .insert(HTTP_NOTIFY.to_string(), format!("user={user}"));
     Ok(txn)
 }
 
@@ -69,12 +71,22 @@ mod tests {
         assert_eq!(m.from.as_deref(), Some("a <a@b>"));
         let bad: Value = serde_json::from_str(r#"{"user":"u","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":-1}"#).unwrap();
         assert!(ox_transaction(&bad).unwrap_err().contains("imap-uid"));
-        // The user is escaped into the value as Dovecot writes METADATA values, so that
-        // ox reads back the same user (a TAB would end the element).
-        let tab: Value = serde_json::from_str(r#"{"user":"a\tb","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":1}"#).unwrap();
+        // ox reads the user back from the value (an '=' in it included); a user with
+        // control characters (a TAB, a NUL, \x01), which the value could not carry as
+        // they are, is refused.
+        let odd: Value = serde_json::from_str(r#"{"user":"a=b\u0001c","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":1}"#).unwrap();
+        assert!(ox_transaction(&odd).unwrap_err().contains("control"));
+        let eq: Value = serde_json::from_str(r#"{"user":"a=b","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":1}"#).unwrap();
         assert_eq!(
-            ox_transaction(&tab).unwrap().metadata[HTTP_NOTIFY],
-            "user=a\u{1}tb"
+            ox_transaction(&eq).unwrap().metadata[HTTP_NOTIFY],
+            "user=a=b"
         );
+        for user in ["a\\tb", "a\\u0000b"] {
+            let bad: Value = serde_json::from_str(&format!(r#"{{"user":"{user}","event":"messageNew","folder":"INBOX","imap-uidvalidity":1,"imap-uid":1}}"#)).unwrap();
+            assert!(
+                ox_transaction(&bad).unwrap_err().contains("control"),
+                "{user}"
+            );
+        }
     }
 }

@@ -202,14 +202,33 @@ fn reserved_in_rust(name: &str) -> Option<&'static str> {
         "std",
         "test",
     ];
-    const SDK_TYPES: &[&str] = &["Args", "Driver", "Failure", "Transaction"];
+    // The SDK's types the template imports, and the standard ones it names.
+    const TYPES: &[&str] = &[
+        "Args",
+        "Driver",
+        "Failure",
+        "Transaction",
+        "String",
+        "Result",
+        "Option",
+        "Vec",
+        "Box",
+        "Ok",
+        "Err",
+        "Some",
+        "None",
+        "Self",
+    ];
     if KEYWORDS.contains(&name) {
         return Some("a Rust keyword or library name, which cargo refuses as a package name");
     }
+    if name.replace('-', "_") == "mailpush_driver_sdk" {
+        return Some("the SDK's own package name, which the project depends on");
+    }
     let t = type_name(name);
-    SDK_TYPES
+    TYPES
         .contains(&t.as_str())
-        .then_some("its type would clash with the SDK's type of that name")
+        .then_some("its type would clash with the SDK's or Rust's type of that name")
 }
 
 /// `my-driver` → `MyDriver`.
@@ -339,16 +358,19 @@ mod tests {
             "failure",
             "args",
             "transaction",
+            "string",
+            "result",
             "fn",
             "test",
             "std",
+            "mailpush-driver-sdk",
         ] {
             assert!(reserved_in_rust(name).is_some(), "{name}");
         }
         assert!(reserved_in_rust("my-driver").is_none());
         let dir = tempfile::tempdir().unwrap();
         let e = scaffold(dir.path(), "driver", Lang::Rust).unwrap_err();
-        assert!(e.to_string().contains("clash with the SDK's type"), "{e}");
+        assert!(e.to_string().contains("clash with the SDK's"), "{e}");
         assert!(scaffold(dir.path(), "driver", Lang::Js).is_ok());
         assert_eq!(type_name("my-driver_two"), "MyDriverTwo");
     }
