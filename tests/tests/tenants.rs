@@ -107,6 +107,19 @@ async fn tenant_directory_changes_while_transactions_flow() {
     assert_eq!(reports[0].failed, 0, "{reports:?}");
 
     let reqs = server.requests();
+    // The lane's wasm counters are its tenants' summed, the replaced (a's first version)
+    // and the removed (b) included: at least one instance per request sent.
+    let instances = reports[0]
+        .counters
+        .iter()
+        .find(|(n, _)| n == "wasm_instances")
+        .map(|(_, n)| *n);
+    assert!(
+        instances >= Some(reqs.len() as u64),
+        "{} requests, counters {:?}",
+        reqs.len(),
+        reports[0].counters
+    );
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut a_paths = Vec::new();
     for r in &reqs {

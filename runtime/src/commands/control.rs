@@ -32,6 +32,10 @@ pub enum ControlError {
     },
     #[error("unexpected answer from mailpush: {0}")]
     Answer(String),
+    /// No answer in time: the request may still be running there (a reload loading a
+    /// big component, or waiting for deliveries in flight).
+    #[error("no answer from mailpush at {url} within {secs} s: it may still be working on it (a reload goes on: see its log and `mailpush status`)")]
+    Pending { url: String, secs: u64 },
 }
 
 /// An error body of the control API.
@@ -49,8 +53,11 @@ async fn request<T: DeserializeOwned>(
     path: &str,
 ) -> Result<T, ControlError> {
     let url = format!("http://{}{path}", config.settings.listen);
+    let timeout = Duration::from_secs(60);
+    // Never through a proxy from the environment: the request carries the token.
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
+        .timeout(timeout)
+        .no_proxy()
         .build()
         .map_err(|e| ControlError::Answer(e.to_string()))?;
     let mut req = client.request(method, &url);
@@ -59,9 +66,18 @@ async fn request<T: DeserializeOwned>(
             crate::daemon::read_token(p).map_err(|e| ControlError::Token(format!("{e:#}")))?;
         req = req.bearer_auth(String::from_utf8_lossy(&token));
     }
-    let unreachable = |source| ControlError::Unreachable {
-        url: url.clone(),
-        source,
+    let unreachable = |source: reqwest::Error| {
+        if source.is_timeout() {
+            ControlError::Pending {
+                url: url.clone(),
+                secs: timeout.as_secs(),
+            }
+        } else {
+            ControlError::Unreachable {
+                url: url.clone(),
+                source,
+            }
+        }
     };
     let resp = req.send().await.map_err(unreachable)?;
     let status = resp.status();
@@ -69,6 +85,17 @@ async fn request<T: DeserializeOwned>(
     if !status.is_success() {
         let e: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
         let mut message = e.error;
+        if message.is_empty() {
+            // Not mailpush's JSON (something else answers on that address): what it said.
+            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            message = match text.trim() {
+                "" => status
+                    .canonical_reason()
+                    .unwrap_or("no reason given")
+                    .to_string(),
+                t => t.to_string(),
+            };
+        }
         if status == reqwest::StatusCode::UNAUTHORIZED {
             // The instance reads its token at start: a changed token file (or one set
             // since) is not its token until it restarts.

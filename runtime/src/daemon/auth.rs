@@ -33,9 +33,12 @@ pub fn authorised(token: Option<&[u8]>, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let presented: Vec<u8> = if let Some(t) = value.strip_prefix("Bearer ") {
-        t.trim().as_bytes().to_vec()
-    } else if let Some(b) = value.strip_prefix("Basic ") {
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+    let presented: Vec<u8> = if scheme.eq_ignore_ascii_case("Bearer") {
+        credentials.trim().as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("Basic") {
+        let b = credentials;
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
             return false;
         };
@@ -67,6 +70,9 @@ mod tests {
         assert!(!authorised(token, &HeaderMap::new()));
         assert!(authorised(token, &with("Bearer s3cret")));
         assert!(!authorised(token, &with("Bearer s3cre")));
+        // The scheme in any case.
+        assert!(authorised(token, &with("bearer s3cret")));
+        assert!(authorised(token, &with("BASIC bG9naW46czNjcmV0")));
         // "login:s3cret", "anything:s3cret"
         assert!(authorised(token, &with("Basic bG9naW46czNjcmV0")));
         assert!(authorised(token, &with("Basic YW55dGhpbmc6czNjcmV0")));

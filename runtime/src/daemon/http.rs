@@ -396,12 +396,13 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
         }
     }
     // A reload that takes more than a moment is loading a driver that is slow to
-    // initialise (bounded by its init_timeout_msecs): say so rather than "ready".
+    // initialise (bounded by its init_timeout_msecs), or waiting for a replaced driver's
+    // deliveries in flight (bounded by its max_txn_msecs): say so rather than "ready".
     if let Some(t) = daemon.reloading_for().filter(|t| t.as_secs() >= 1) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "reloading for {} s: a driver is still initialising\n",
+                "reloading for {} s: a driver is still initialising, or a replaced one finishing its deliveries in flight\n",
                 t.as_secs()
             ),
         )
@@ -426,7 +427,26 @@ async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
     if !authorised(daemon.token.as_deref(), &headers) {
         return unauthorised(&daemon);
     }
-    match daemon.reload().await {
+    // The reload runs as a task of its own: a client that goes away (the CLI's timeout,
+    // a closed connection) drops this handler, and a reload dropped half-way would leave
+    // the old lanes unfinished and the new ones waiting for what they hold.
+    let reloading = daemon.clone();
+    let outcome = tokio::spawn(async move { reloading.reload().await }).await;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::error!("the reload failed: {e}");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": format!("the reload failed: {e}; see mailpush's log")}),
+            );
+        }
+    };
+    match outcome {
+        Err(errors) if errors.first().map(String::as_str) == Some(super::STOPPING) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": super::STOPPING}),
+        ),
         Ok(r) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],

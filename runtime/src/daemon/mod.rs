@@ -27,6 +27,9 @@ use mailpush_config::{Config, RuntimeSettings};
 /// Builds the driver registry (built-ins by default; tests add their own kinds).
 pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
 
+/// Why a reload asked for while mailpush stops is refused.
+pub const STOPPING: &str = "mailpush is stopping: no reload";
+
 /// Shared state of a running instance.
 pub struct Daemon {
     pub config_path: PathBuf,
@@ -78,10 +81,22 @@ impl Daemon {
     /// (the running one is kept); drivers that did not change keep their queues.
     pub async fn reload(&self) -> Result<Reconfigured, Vec<String>> {
         let _guard = self.reload_lock.lock().await;
+        // A reload that finished after the stop began would start lanes that nobody
+        // stops (the stop already took the running ones).
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(vec![STOPPING.to_string()]);
+        }
+        /// Clears the reload's start however the reload ends (a panic included), so
+        /// `/readyz` never says "reloading" for a reload that is over.
+        struct Reloading<'a>(&'a parking_lot::Mutex<Option<std::time::Instant>>);
+        impl Drop for Reloading<'_> {
+            fn drop(&mut self) {
+                *self.0.lock() = None;
+            }
+        }
         *self.reloading_since.lock() = Some(std::time::Instant::now());
-        let result = self.reload_now().await;
-        *self.reloading_since.lock() = None;
-        result
+        let _reloading = Reloading(&self.reloading_since);
+        self.reload_now().await
     }
 
     /// How long the reload in progress has been running, if one is.
@@ -325,7 +340,7 @@ pub async fn serve(
         stopped.clone(),
     ));
     if let Some(path) = &config.settings.listen_unix {
-        let _ = std::fs::remove_file(path);
+        clear_stale_socket(path)?;
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
         tracing::info!("listening on unix:{}", path.display());
@@ -422,9 +437,41 @@ pub async fn serve(
         }
     }
     if let Some(path) = &config.settings.listen_unix {
-        let _ = std::fs::remove_file(path);
+        // Only our socket: another process may have replaced it meanwhile.
+        if is_socket(path) {
+            let _ = std::fs::remove_file(path);
+        }
     }
     Ok(())
+}
+
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// Makes way for `listen_unix`: a socket left by a process that is gone is removed; a
+/// socket something answers on (another mailpush) or anything that is not a socket (a
+/// file the setting names by mistake) is refused, never deleted.
+fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(
+            "listen_unix = {}: something that is not a socket is there; remove it or name another path",
+            path.display()
+        );
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "listen_unix = {}: another process answers on that socket (is mailpush already running?)",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path)
+        .with_context(|| format!("cannot remove the stale socket {}", path.display()))
 }
 
 /// Picks up dead letters replayed by `mailpush dlq replay` (each second).

@@ -418,15 +418,6 @@ impl Dispatcher {
         Ok(n)
     }
 
-    /// Queues a transaction the spool already holds for the listed drivers only (a
-    /// reloaded driver's leftovers), waiting while a queue is full. Drivers no longer
-    /// configured are skipped.
-    async fn requeue(&self, txn: Arc<Transaction>, drivers: &[u32]) -> Result<(), ShutDown> {
-        let mut lanes = self.snapshot();
-        lanes.retain(|l| drivers.contains(&l.number));
-        send_to(&lanes, txn).await
-    }
-
     /// Queues a transaction the spool hands over (cluster mode) for driver `number`'s
     /// lane, waiting for room; `false`: no such driver (any more), nothing taken.
     pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<bool, ShutDown> {
@@ -516,6 +507,12 @@ impl Dispatcher {
             }
             for l in old {
                 result.stopped.push(l.number);
+                // With the spool, a retired lane only finishes its deliveries in flight:
+                // what it holds and has queued goes to its successor, or (a removed
+                // driver) stays owed to its number in the spool, as at a stop.
+                if self.spool.is_some() {
+                    l.overflow.set_handing_over(true);
+                }
                 retired.push(l);
             }
         }
@@ -534,8 +531,8 @@ impl Dispatcher {
             overflow.wake_lane();
             // What the old lane still had (waiting for a retry or behind an open circuit,
             // or still queued) is owed to its number: with the spool, the lane that
-            // replaced it delivers it now rather than at the next start. (After that
-            // user's newer transactions, which the new lane may already have sent.)
+            // replaced it delivers it now rather than at the next start, before that
+            // user's newer transactions.
             let Some(spool) = &self.spool else {
                 // Nothing is handed on: nothing of theirs is kept for a successor.
                 for t in &left {
@@ -544,19 +541,19 @@ impl Dispatcher {
                 overflow.set_handing_over(false);
                 continue;
             };
-            let mut left = left.into_iter();
-            if result.started.contains(&number) && left.len() > 0 {
-                tracing::info!(
-                    driver = number,
-                    "{} transaction(s) handed to the reloaded driver",
-                    left.len()
-                );
-                for t in left.by_ref() {
-                    if self.requeue(t.clone(), &[number]).await.is_err() {
-                        spool.abandon(&t, number);
-                        break;
-                    }
+            if result.started.contains(&number) {
+                // The new lane takes them before anything queued since (it waits for
+                // this hand-over): each user's order holds across the reload.
+                if !left.is_empty() {
+                    tracing::info!(
+                        driver = number,
+                        "{} transaction(s) handed to the reloaded driver",
+                        left.len()
+                    );
                 }
+                overflow.hand_on(left);
+                overflow.set_handing_over(false);
+                continue;
             }
             // What no lane of this process will deliver (its driver was removed, or the
             // process is stopping) is let go: in cluster mode its acknowledgement handle

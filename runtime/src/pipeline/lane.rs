@@ -89,8 +89,27 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
     // Deliveries in flight per fairness group (a tenant): each at most its share.
     let mut shares: HashMap<String, usize> = HashMap::new();
     let mut gate_epoch = ctx.gate.as_ref().map_or(0, |g| g.epoch());
+    // Started by a reload to replace a lane (which shares the overflow): with the
+    // spool, what that lane held and had queued comes first.
+    let mut successor = ctx.spool.is_some() && ctx.overflow.handing_over();
     loop {
         ctx.stats.held.store(held.count, Ordering::Relaxed);
+        // A reload hands this lane what the lane it replaces held and had queued: older
+        // than anything queued since, so nothing is taken or started before it (each
+        // user's order holds across the reload). The old lane only finishes the
+        // deliveries it has in flight meanwhile (see `retiring` below).
+        successor = successor && ctx.overflow.handing_over();
+        if successor && !closed && !rx.is_closed() {
+            tokio::select! {
+                _ = ctx.overflow.started() => {}
+                // A stop while waiting (the queue closed) is noticed.
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+            continue;
+        }
+        for txn in ctx.overflow.take_handed_on() {
+            take_queued(&ctx, &mut held, Queued::new(txn));
+        }
         let mut drained = false;
         while held.count < capacity && !closed {
             match rx.try_recv() {
@@ -185,7 +204,12 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
         if state != ctx.stats.circuit() {
             ctx.stats.set_circuit(state);
         }
+        // Replaced by a reload (with the spool): start nothing more; once the deliveries
+        // in flight end, what is held and queued goes to the new lane (`leftovers`).
+        let retiring =
+            ctx.spool.is_some() && ctx.overflow.handing_over() && (closed || rx.is_closed());
         let limit = match state {
+            _ if retiring => 0,
             CircuitState::Open => 0,
             CircuitState::HalfOpen => 1,
             CircuitState::Closed => concurrency,

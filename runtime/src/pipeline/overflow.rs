@@ -45,8 +45,12 @@ pub struct Overflow {
     /// its room frees up (see `lane::take_in`).
     diverted: Mutex<BTreeMap<String, BTreeSet<i64>>>,
     /// A reload is handing the lane what its predecessor held: until it is done, the
-    /// lane reads nothing back (those transactions are older).
+    /// lane reads nothing back (those transactions are older); with the spool it takes
+    /// and starts nothing at all.
     handing_over: std::sync::atomic::AtomicBool,
+    /// What a lane stopped by a reload held and had queued, for its successor to take
+    /// before anything else ([`Overflow::hand_on`]).
+    handed_on: Mutex<Vec<Arc<Transaction>>>,
 }
 
 /// A held transaction's delivery history, carried from a lane to the one replacing it:
@@ -224,6 +228,17 @@ impl Overflow {
             diverted.remove(key);
         }
         out
+    }
+
+    /// A reload: what the replaced lane still held and had queued (oldest first), for
+    /// the lane replacing it, which takes them before anything queued since.
+    pub fn hand_on(&self, txns: Vec<Arc<Transaction>>) {
+        self.handed_on.lock().extend(txns);
+    }
+
+    /// Lane side: what [`Overflow::hand_on`] left for it.
+    pub fn take_handed_on(&self) -> Vec<Arc<Transaction>> {
+        std::mem::take(&mut *self.handed_on.lock())
     }
 
     /// Keeps what a stopping lane knew of a transaction it hands on (a reload).

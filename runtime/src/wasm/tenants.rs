@@ -75,6 +75,9 @@ pub struct TenantDrivers {
     /// they are not tried again, and why: each transaction would otherwise repeat the
     /// whole load (instrumenting, a snapshot's `init`, compiling).
     failed: parking_lot::Mutex<HashMap<String, (Fingerprint, std::time::Instant, String)>>,
+    /// The wasm counters of tenant drivers replaced or removed since the start, so the
+    /// lane's counters (the sum over its tenants) never go back.
+    retired: parking_lot::Mutex<HashMap<&'static str, u64>>,
 }
 
 /// How long a tenant whose files failed to load is not loaded again (unless its files
@@ -125,6 +128,16 @@ fn stat(path: &Path) -> Option<FileVersion> {
 }
 
 impl TenantDrivers {
+    /// Keeps a replaced or removed tenant's counters in the lane's totals (called with
+    /// `tenants` locked, which [`Driver::counters`] reads under too: never counted
+    /// twice or not at all).
+    fn retire(&self, tenant: &Tenant) {
+        let mut retired = self.retired.lock();
+        for (name, n) in tenant.driver.counters() {
+            *retired.entry(name).or_default() += n;
+        }
+    }
+
     /// The loaded driver of `domain`, if it is of the files' version `fp`.
     fn current(&self, domain: &str, fp: &Fingerprint) -> Option<Arc<WasmDriver>> {
         self.tenants
@@ -147,6 +160,7 @@ impl TenantDrivers {
             engines,
             metadata,
             tenants: parking_lot::Mutex::new(HashMap::new()),
+            retired: parking_lot::Mutex::default(),
             loading: parking_lot::Mutex::new(HashMap::new()),
             circuits: parking_lot::Mutex::new(HashMap::new()),
             failed: parking_lot::Mutex::new(HashMap::new()),
@@ -220,7 +234,15 @@ impl TenantDrivers {
     /// holds only that domain's lock, and is bounded by its `init_timeout_msecs`.
     async fn tenant(&self, domain: &str) -> Result<Option<Arc<WasmDriver>>, Failure> {
         let Some(fp) = self.fingerprint(domain) else {
-            if self.tenants.lock().remove(domain).is_some() {
+            let removed = {
+                let mut tenants = self.tenants.lock();
+                let t = tenants.remove(domain);
+                if let Some(t) = &t {
+                    self.retire(t);
+                }
+                t
+            };
+            if removed.is_some() {
                 self.circuits.lock().remove(domain);
                 tracing::info!(
                     driver = self.number,
@@ -332,17 +354,20 @@ impl TenantDrivers {
         self.circuits
             .lock()
             .insert(domain.to_string(), driver.endpoint_breakers().clone());
-        let replaced = self
-            .tenants
-            .lock()
-            .insert(
+        let replaced = {
+            let mut tenants = self.tenants.lock();
+            let old = tenants.insert(
                 domain.to_string(),
                 Tenant {
                     fingerprint: fp.clone(),
                     driver: driver.clone(),
                 },
-            )
-            .is_some();
+            );
+            if let Some(old) = &old {
+                self.retire(old);
+            }
+            old.is_some()
+        };
         tracing::info!(
             driver = self.number,
             tenant = domain,
@@ -376,6 +401,25 @@ impl Driver for TenantDrivers {
             Some(driver) => driver.begin_txn(txn).await,
             None => Ok(Begin::Skip),
         }
+    }
+
+    /// The wasm counters (traps, timeouts, memory-limit hits, fuel, instances, log lines
+    /// dropped) of every tenant's driver, summed, those replaced or removed included.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let tenants = self.tenants.lock();
+        let mut sums = self.retired.lock().clone();
+        for t in tenants.values() {
+            for (name, n) in t.driver.counters() {
+                *sums.entry(name).or_default() += n;
+            }
+        }
+        drop(tenants);
+        // In the order a single wasm driver reports them.
+        super::stats::WasmStats::default()
+            .counters()
+            .into_iter()
+            .map(|(name, _)| (name, sums.get(name).copied().unwrap_or(0)))
+            .collect()
     }
 
     fn endpoint_circuits(&self) -> Vec<EndpointCircuit> {
