@@ -784,31 +784,22 @@ async fn unix_socket_ingest_and_basic_auth_for_dovecots_ox_driver() {
     // A second instance on the same socket is refused, and leaves the socket alone.
     let second = dir.path().join("second.conf");
     std::fs::write(&second, "mailpush {\n state_dir = state2\n delivery = memory\n listen = 127.0.0.1:0\n listen_unix = ingest.sock\n}\nplugin {\n push_notification_driver = dlog\n}\n").unwrap();
-    let out = std::process::Command::new(mailpush_bin())
-        .args(["run", "-c"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("another process answers on that socket"),
-        "{stderr}"
-    );
+    let refused_with = |why: &str| {
+        let out = std::process::Command::new(mailpush_bin())
+            .args(["run", "-c"])
+            .arg(&second)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    };
+    refused_with("another process answers on that socket");
     assert!(sock.exists());
     assert!(d.stop().success());
     assert_eq!(count(&dir.path().join("dlog.log"), "Called end_txn"), 2);
     // `listen_unix` naming a file that is not a socket: refused, and the file kept.
     std::fs::write(dir.path().join("ingest.sock"), "not a socket").unwrap();
-    let out = std::process::Command::new(mailpush_bin())
-        .args(["run", "-c"])
-        .arg(&second)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("is not a socket"),
-        "{stderr}"
-    );
+    refused_with("is not a socket");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("ingest.sock")).unwrap(),
         "not a socket"
