@@ -339,10 +339,12 @@ pub async fn serve(
         daemon.connections.clone(),
         stopped.clone(),
     ));
+    let mut our_socket = None;
     if let Some(path) = &config.settings.listen_unix {
         clear_stale_socket(path)?;
         let listener = tokio::net::UnixListener::bind(path)
             .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
+        our_socket = socket_id(path);
         tracing::info!("listening on unix:{}", path.display());
         tokio::spawn(connections::serve(
             listener,
@@ -421,7 +423,13 @@ pub async fn serve(
     if let Some(m) = membership {
         let _ = tokio::time::timeout_at(deadline, m).await;
     }
-    let drained = tokio::time::timeout_at(deadline, daemon.dispatcher.shutdown_shared());
+    // A reload under way finishes first (it is bounded by its drivers' init and the
+    // deliveries in flight of those it replaces): else it could swap in lanes after the
+    // stop took the running ones, and nobody would stop them.
+    let drained = tokio::time::timeout_at(deadline, async {
+        let _no_reload = daemon.reload_lock.lock().await;
+        daemon.dispatcher.shutdown_shared().await
+    });
     let ((), drained) = tokio::join!(connections_closed, drained);
     match drained {
         Ok(reports) => {
@@ -436,18 +444,22 @@ pub async fn serve(
             );
         }
     }
-    if let Some(path) = &config.settings.listen_unix {
+    if let (Some(path), Some(ours)) = (&config.settings.listen_unix, our_socket) {
         // Only our socket: another process may have replaced it meanwhile.
-        if is_socket(path) {
+        if socket_id(path) == Some(ours) {
             let _ = std::fs::remove_file(path);
         }
     }
     Ok(())
 }
 
-fn is_socket(path: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+/// The device and inode of the socket at `path`, if a socket is there.
+fn socket_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Makes way for `listen_unix`: a socket left by a process that is gone is removed; a
@@ -464,11 +476,17 @@ fn clear_stale_socket(path: &Path) -> anyhow::Result<()> {
             path.display()
         );
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!(
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => anyhow::bail!(
             "listen_unix = {}: another process answers on that socket (is mailpush already running?)",
             path.display()
-        );
+        ),
+        // Nothing listens: left by a process that is gone.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        Err(e) => anyhow::bail!(
+            "listen_unix = {}: cannot tell whether another process listens on that socket ({e}); remove it if none does",
+            path.display()
+        ),
     }
     std::fs::remove_file(path)
         .with_context(|| format!("cannot remove the stale socket {}", path.display()))

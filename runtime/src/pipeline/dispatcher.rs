@@ -469,6 +469,18 @@ impl Dispatcher {
         let mut result = Reconfigured::default();
         let mut retired = Vec::new();
         let mut duplicates = Vec::new();
+        // Every overflow whose hand-over this reload starts: ended by the drop of this
+        // guard, whatever happens (a panic below must not leave a new lane waiting for a
+        // hand-over that never comes).
+        struct HandOvers(Vec<Arc<Overflow>>);
+        impl Drop for HandOvers {
+            fn drop(&mut self) {
+                for o in &self.0 {
+                    o.set_handing_over(false);
+                }
+            }
+        }
+        let mut hand_overs = HandOvers(Vec::new());
         {
             let mut lanes = self.lanes.write();
             let mut old: Vec<Arc<Lane>> = std::mem::take(&mut *lanes);
@@ -495,6 +507,7 @@ impl Dispatcher {
                     // what the old one held (older), below.
                     if let Some(o) = &overflow {
                         o.set_handing_over(true);
+                        hand_overs.0.push(o.clone());
                     }
                     lanes.push(Arc::new(start_lane(
                         d,
@@ -512,12 +525,21 @@ impl Dispatcher {
                 // driver) stays owed to its number in the spool, as at a stop.
                 if self.spool.is_some() {
                     l.overflow.set_handing_over(true);
+                    hand_overs.0.push(l.overflow.clone());
                 }
                 retired.push(l);
             }
         }
         for d in duplicates {
-            d.deinit().await;
+            if let Err(p) = std::panic::AssertUnwindSafe(d.deinit())
+                .catch_unwind()
+                .await
+            {
+                tracing::error!(
+                    "a driver's deinit panicked (its duplicate, loaded by the reload): {}",
+                    panic_message(&p)
+                );
+            }
         }
         for lane in retired {
             let number = lane.number;

@@ -346,6 +346,18 @@ enum Origin {
 /// stays in the spool too, for [`read_back`].
 fn take_in(ctx: &LaneContext, held: &mut Held, t: Arc<Transaction>, from: Origin) {
     if let Some(c) = ctx.overflow.take_carried(&t.id) {
+        // Handed on by a reload. Its user's older transactions left in the spool come
+        // first: it waits there too, read back in position order with what was carried.
+        if let Some(spool) = &ctx.spool {
+            let key = room_key(ctx.driver.as_ref(), &t);
+            if ctx.overflow.is_diverting(&key) {
+                if let Ok(Some(position)) = spool.position(&t.id) {
+                    ctx.overflow.carry(&t.id, c);
+                    ctx.overflow.divert(&key, position);
+                    return;
+                }
+            }
+        }
         held.push_carried(t, c.attempts, c.arrived);
         return;
     }
@@ -414,7 +426,14 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
         let mut positions = ctx.overflow.take_diverted(&key, room).into_iter();
         while let Some(position) = positions.next() {
             match spool.owed_at(ctx.number, position) {
-                Ok(Some(o)) => held.push_stored(Arc::new(o.txn), o.stored),
+                Ok(Some(o)) => {
+                    let txn = Arc::new(o.txn);
+                    // One a reload handed on goes on with what the lane before knew.
+                    match ctx.overflow.take_carried(&txn.id) {
+                        Some(c) => held.push_carried(txn, c.attempts, c.arrived),
+                        None => held.push_stored(txn, o.stored),
+                    }
+                }
                 // No longer owed (a replay delivered it meanwhile).
                 Ok(None) => {}
                 Err(e) => {

@@ -771,49 +771,57 @@ async fn a_tenant_behind_an_open_circuit_does_not_hold_back_the_others() {
 /// in flight, and what it had queued goes to the new driver before a transaction that
 /// arrived during the reload, so the user's order holds (and the reload does not wait
 /// for the old driver to work through its queue, nor deliver it through the old one).
+/// With a room of 64 the user holds all of it; with 16 the fifth waits in the spool
+/// (over the user's share), and the later ones with it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_hands_the_queue_to_the_new_driver_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = spool(&dir);
-    let (gate, old) = gated();
-    let policy = DeliveryPolicy::default();
-    let d = Arc::new(Dispatcher::start_with_spool(
-        vec![loaded(old.clone(), "old", policy.clone())],
-        16,
-        None,
-        Some(spool.clone() as Arc<dyn Spool>),
-    ));
-    for i in 1..=5 {
-        d.accept(vec![txn("a", &format!("a{i}"))], Backpressure::Refuse)
+    for room in [64, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool(&dir);
+        let (gate, old) = gated();
+        let policy = DeliveryPolicy::default();
+        let d = Arc::new(Dispatcher::start_with_spool(
+            vec![loaded(old.clone(), "old", policy.clone())],
+            room,
+            None,
+            Some(spool.clone() as Arc<dyn Spool>),
+        ));
+        for i in 1..=5 {
+            d.accept(vec![txn("a", &format!("a{i}"))], Backpressure::Refuse)
+                .await
+                .unwrap();
+        }
+        assert!(eventually(|| old.running.load(Ordering::SeqCst) == 1).await);
+        let before = d.fingerprint();
+        let new = Arc::new(Script::default());
+        let reloading = {
+            let (d, new) = (d.clone(), new.clone());
+            tokio::spawn(async move { d.reconfigure(vec![loaded(new, "new", policy)]).await })
+        };
+        // The new lane is in place; the old one still has a1 in flight.
+        assert!(eventually(|| d.fingerprint() != before).await);
+        d.accept(vec![txn("a", "a6")], Backpressure::Refuse)
             .await
             .unwrap();
+        gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(20), reloading)
+            .await
+            .expect("the reload waits for the delivery in flight only")
+            .unwrap();
+        assert!(
+            eventually(|| new.succeeded().len() >= 5).await,
+            "room {room}: {:?}",
+            new.succeeded()
+        );
+        assert_eq!(old.succeeded(), ["a1"], "room {room}");
+        assert_eq!(
+            new.succeeded(),
+            ["a2", "a3", "a4", "a5", "a6"],
+            "room {room}"
+        );
+        d.shutdown_shared().await;
+        assert!(spool.pending().unwrap().is_empty(), "room {room}");
     }
-    assert!(eventually(|| old.running.load(Ordering::SeqCst) == 1).await);
-    let before = d.fingerprint();
-    let new = Arc::new(Script::default());
-    let reloading = {
-        let (d, new) = (d.clone(), new.clone());
-        tokio::spawn(async move { d.reconfigure(vec![loaded(new, "new", policy)]).await })
-    };
-    // The new lane is in place; the old one still has a1 in flight.
-    assert!(eventually(|| d.fingerprint() != before).await);
-    d.accept(vec![txn("a", "a6")], Backpressure::Refuse)
-        .await
-        .unwrap();
-    gate.add_permits(1);
-    tokio::time::timeout(Duration::from_secs(20), reloading)
-        .await
-        .expect("the reload waits for the delivery in flight only")
-        .unwrap();
-    assert!(
-        eventually(|| new.succeeded().len() >= 5).await,
-        "{:?}",
-        new.succeeded()
-    );
-    assert_eq!(old.succeeded(), ["a1"]);
-    assert_eq!(new.succeeded(), ["a2", "a3", "a4", "a5", "a6"]);
-    d.shutdown_shared().await;
-    assert!(spool.pending().unwrap().is_empty());
 }
 
 /// A reload that replaces a driver hands what the old lane still held (here a
