@@ -463,8 +463,11 @@ impl Dispatcher {
 
     /// Swaps in a new driver list: drivers whose fingerprint is unchanged keep their
     /// running lane and queue (the newly initialised duplicate is dropped after its
-    /// deinit); other old lanes stop taking new transactions, finish what they have
-    /// queued and are deinitialised; new drivers start. Nothing queued is lost.
+    /// deinit); other old lanes stop taking new transactions and are deinitialised; new
+    /// drivers start. With the spool an old lane only finishes its deliveries in flight
+    /// and hands what it holds and has queued to its successor (which takes it first),
+    /// or leaves it owed in the spool (a removed driver); without one it finishes its
+    /// queue. Nothing queued is lost.
     pub async fn reconfigure(&self, drivers: Vec<LoadedDriver>) -> Reconfigured {
         let mut result = Reconfigured::default();
         let mut retired = Vec::new();
