@@ -425,6 +425,11 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
         !ok && stderr.contains("`d1` is not a dead letter's id: the number in the first column"),
         "{stderr}"
     );
+    // `--driver` narrows `--all` only; an id that is not a dead letter's is said.
+    let (ok, _, stderr) = run(&["dlq", "replay", &id, "--driver", "2"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
+    let (ok, _, stderr) = run(&["dlq", "purge", "999999"]);
+    assert!(!ok && stderr.contains("no dead letter 999999"), "{stderr}");
     let (ok, stdout, _) = run(&["dlq", "replay", &id]);
     assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
     let (ok, stdout, _) = run(&["dlq", "purge", "--all"]);

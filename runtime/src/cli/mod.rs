@@ -292,7 +292,7 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
         /// With `--all`: only this driver's, by its number (as in `mailpush check`).
-        #[arg(long, value_name = "N", value_parser = driver_number)]
+        #[arg(long, value_name = "N", value_parser = driver_number, conflicts_with = "id")]
         driver: Option<u32>,
     },
     /// Delete dead letters for good.
@@ -308,7 +308,7 @@ pub enum DlqCommand {
         #[arg(long)]
         all: bool,
         /// With `--all`: only this driver's, by its number (as in `mailpush check`).
-        #[arg(long, value_name = "N", value_parser = driver_number)]
+        #[arg(long, value_name = "N", value_parser = driver_number, conflicts_with = "id")]
         driver: Option<u32>,
     },
 }
@@ -704,17 +704,19 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
         },
         DlqCommand::Replay { id, driver, .. } => {
             let n = letters.replay(*id, *driver).await.map_err(err)?;
-            println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
-            if n == 0 && id.is_some() {
+            if let (0, Some(id)) = (n, id) {
+                eprintln!("no dead letter {id} (see `mailpush dlq list`)");
                 return Ok(ExitCode::FAILURE);
             }
+            println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
         }
         DlqCommand::Purge { id, driver, .. } => {
             let n = letters.purge(*id, *driver).await.map_err(err)?;
-            println!("{n} dead letter(s) purged");
-            if n == 0 && id.is_some() {
+            if let (0, Some(id)) = (n, id) {
+                eprintln!("no dead letter {id} (see `mailpush dlq list`)");
                 return Ok(ExitCode::FAILURE);
             }
+            println!("{n} dead letter(s) purged");
         }
     }
     Ok(ExitCode::SUCCESS)
