@@ -755,6 +755,38 @@ async fn one_put_per_message_new_in_inbox() {
     );
 }
 
+/// A transaction with two new messages whose second push fails: its retry sends only
+/// the second (Dovecot sends each push once; the spool retries the transaction).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_sends_only_the_pushes_that_failed() {
+    let server = RecordingServer::start().await;
+    server.script([Reply::status(200), Reply::status(503)]);
+    let o = ox(&format!("url={} max_retries=0", server.url("/n"))).await;
+    let events = [
+        r#"{"name":"MessageNew","mailbox":"INBOX","uid":7,"uid_validity":1}"#,
+        r#"{"name":"MessageNew","mailbox":"INBOX","uid":9,"uid_validity":1}"#,
+    ]
+    .join(",");
+    let t = txn(&events);
+    assert!(matches!(deliver(o.driver.as_ref(), &t).await, Outcome::Failed(f) if f.retryable));
+    assert_eq!(deliver(o.driver.as_ref(), &t).await, Outcome::Delivered);
+    let uids: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| {
+            r.body_text()
+                .split("\"imap-uid\":")
+                .nth(1)
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(uids, ["7}", "9}", "9}"]);
+    // Another transaction with the same message is its own: sent.
+    deliver(o.driver.as_ref(), &txn(&events)).await;
+    assert_eq!(server.requests().len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn user_or_user_from_metadata() {
     let server = RecordingServer::start().await;

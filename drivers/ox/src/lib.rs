@@ -10,13 +10,15 @@
 //!   every transaction;
 //! - [`body`]: the JSON body, byte for byte;
 //! - [`client`]: HTTP (the request head as Dovecot writes it), Dovecot's retry rules and
-//!   log wording, counters; its connections are a keep-alive pool (`pool`).
+//!   log wording, counters; its connections are a keep-alive pool (`pool`);
+//! - `resend`: the pushes a transaction already sent, which its retry does not send again.
 
 pub mod activation;
 pub mod body;
 pub mod client;
 pub mod config;
 mod pool;
+mod resend;
 
 use std::sync::Arc;
 
@@ -95,6 +97,7 @@ impl DriverFactory for OxFactory {
         }
         let inner = OxInner {
             number: init.number,
+            sent: resend::SentRecently::new(FRESH_FOR),
             user_from_metadata: config.user_from_metadata,
             client: OxClient::new(config, init.number, ca_pem.as_deref())
                 .map_err(InitError::new)?,
@@ -109,6 +112,8 @@ impl DriverFactory for OxFactory {
 
 struct OxInner {
     number: u32,
+    /// The pushes sent for transactions that may be retried.
+    sent: resend::SentRecently,
     user_from_metadata: bool,
     client: OxClient,
     metadata: Arc<dyn MetadataLookup>,
@@ -222,6 +227,7 @@ impl Driver for OxDriver {
             events: EventSet::empty().with(EventName::MessageNew),
             txn: Box::new(OxTxn {
                 inner: inner.clone(),
+                id: txn.id.clone(),
                 user,
             }),
         })
@@ -234,6 +240,8 @@ impl Driver for OxDriver {
 
 struct OxTxn {
     inner: Arc<OxInner>,
+    /// The transaction's id: a retry of it sends only the pushes not sent before.
+    id: String,
     user: String,
 }
 
@@ -247,14 +255,25 @@ impl DriverTxn for OxTxn {
         let mut result = Ok(());
         for event in &record.events {
             if let Event::MessageNew(m) = event {
+                let sent = &self.inner.sent;
+                if sent.contains(&self.id, m.uid_validity, m.uid) {
+                    tracing::debug!(
+                        target: "mailpush::ox",
+                        driver = self.inner.number,
+                        "push-notification-ox: UID {} already sent in an earlier attempt of this transaction",
+                        m.uid
+                    );
+                    continue;
+                }
                 let body = body::request_body(&self.user, m);
                 tracing::debug!(
                     target: "mailpush::ox",
                     driver = self.inner.number,
                     "push-notification-ox: Sending notification: {body}"
                 );
-                if let Err(f) = self.inner.client.send(&body).await {
-                    result = Err(f);
+                match self.inner.client.send(&body).await {
+                    Ok(()) => sent.insert(&self.id, m.uid_validity, m.uid),
+                    Err(f) => result = Err(f),
                 }
             }
         }
