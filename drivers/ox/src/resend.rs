@@ -21,7 +21,14 @@ type Push = (String, u32, u32);
 /// The pushes sent recently, oldest first.
 pub struct SentRecently {
     keep: Duration,
-    inner: Mutex<(HashSet<Push>, VecDeque<(Instant, Push)>)>,
+    inner: Mutex<Remembered>,
+}
+
+/// The pushes, and when each was sent, oldest first.
+#[derive(Default)]
+struct Remembered {
+    pushes: HashSet<Push>,
+    order: VecDeque<(Instant, Push)>,
 }
 
 impl SentRecently {
@@ -35,7 +42,7 @@ impl SentRecently {
     /// Whether this push was sent (and is still remembered).
     pub fn contains(&self, txn: &str, uid_validity: u32, uid: u32) -> bool {
         let inner = self.inner.lock();
-        inner.0.contains(&(txn.to_string(), uid_validity, uid))
+        inner.pushes.contains(&(txn.to_string(), uid_validity, uid))
     }
 
     /// Remembers a push sent now; forgets what is older than the time kept, or beyond
@@ -46,7 +53,7 @@ impl SentRecently {
 
     fn insert_at(&self, txn: &str, uid_validity: u32, uid: u32, now: Instant) {
         let mut inner = self.inner.lock();
-        let (set, order) = &mut *inner;
+        let Remembered { pushes: set, order } = &mut *inner;
         while let Some((at, _)) = order.front() {
             if now.duration_since(*at) < self.keep && order.len() < MAX_REMEMBERED {
                 break;
@@ -64,7 +71,7 @@ impl SentRecently {
     /// How many pushes are remembered.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.inner.lock().0.len()
+        self.inner.lock().pushes.len()
     }
 }
 
