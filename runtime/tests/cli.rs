@@ -430,8 +430,10 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
     let (ok, _, stderr) = run(&["dlq", "purge", "999999"]);
     assert!(!ok && stderr.contains("no dead letter 999999"), "{stderr}");
-    let (ok, stdout, _) = run(&["dlq", "replay", &id]);
+    // Its driver (2) is not in this config: said, as the replay waits for it.
+    let (ok, stdout, stderr) = run(&["dlq", "replay", &id]);
     assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
+    assert!(stderr.contains("this config has no driver 2"), "{stderr}");
     let (ok, stdout, _) = run(&["dlq", "purge", "--all"]);
     assert!(
         ok && stdout.contains("0 dead letter(s) purged"),

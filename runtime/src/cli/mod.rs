@@ -678,6 +678,13 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
         DlqCommand::Replay { driver, .. } | DlqCommand::Purge { driver, .. } => *driver,
         DlqCommand::Show { .. } => None,
     };
+    // A replay of one dead letter goes to its driver's number, whatever the config has.
+    let asked = match (cmd, asked) {
+        (DlqCommand::Replay { id: Some(id), .. }, None) => {
+            letters.show(*id).await.map_err(err)?.map(|d| d.driver)
+        }
+        (_, asked) => asked,
+    };
     if let Some(n) = asked {
         // Dead letters keep their driver's number after it is removed or renumbered:
         // said, not refused.
