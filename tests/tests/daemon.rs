@@ -1036,7 +1036,9 @@ async fn a_batch_is_charged_for_what_it_takes_parsed() {
 
 /// One `mailpush run` per state_dir: a second one (another port, the same spool) is
 /// refused, naming the first one's pid — two would deliver what the spool owes twice.
-/// Once the first stops, the state_dir is free again.
+/// So is a `mailpush send` beside it: its lanes would read, and deliver once with its
+/// own driver lines, what the running instance acknowledged. Once the first stops, the
+/// state_dir is free again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_instance_on_one_state_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1051,7 +1053,25 @@ async fn a_second_instance_on_one_state_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains(&format!("another mailpush run (pid {})", first.child.id())),
+        err.contains(&format!("another mailpush (pid {}", first.child.id())),
+        "{err}"
+    );
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(&events, txn_line("a@b", "s1")).unwrap();
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["send", "-c"])
+        .arg(&conf)
+        .arg(&events)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "refusing to send: another mailpush (pid {}",
+                first.child.id()
+            ))
+            && err.contains("POST /v1/transactions"),
         "{err}"
     );
     assert!(first.stop().success());

@@ -26,6 +26,9 @@ pub enum SendError {
     Metadata(#[from] MetadataError),
     #[error("cannot open the spool: {0}")]
     Spool(#[from] SpoolError),
+    /// Another process delivers from this spool.
+    #[error(transparent)]
+    Busy(#[from] crate::spool::lock::LockError),
     #[error("{0}")]
     Refused(#[from] Refused),
     #[error("mailpush send delivers in this process from the local spool; in cluster mode (cluster = …) post the transactions to a node's ingest instead, e.g. curl --data-binary @events.ndjson -H 'content-type: application/x-ndjson' http://NODE:8025/v1/transactions")]
@@ -158,6 +161,16 @@ impl Prepared {
             notify: Notify::new(),
             next: progress,
         });
+        // Not beside `mailpush run` (or another send) on this spool: its lanes would read
+        // what the spool owes their driver numbers, the other process's too.
+        let _one_process = if config.settings.durable && config.settings.cluster.is_none() {
+            Some(crate::spool::lock::DeliveryLock::take(
+                &config.settings.state_dir,
+                "send",
+            )?)
+        } else {
+            None
+        };
         let spool = crate::spool::open(&config.settings)?;
         let loaded: Vec<LoadedDriver> = loaded
             .into_iter()

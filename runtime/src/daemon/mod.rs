@@ -156,41 +156,6 @@ pub async fn run(
     .await
 }
 
-/// The one `mailpush run` of a state_dir: an exclusive lock on `state_dir/run.lock`
-/// (which holds the pid), released when the process ends however it ends.
-struct InstanceLock(#[allow(dead_code)] std::fs::File);
-
-impl InstanceLock {
-    fn take(state_dir: &Path) -> anyhow::Result<InstanceLock> {
-        use std::io::{Read, Seek, Write};
-        use std::os::unix::io::AsRawFd;
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", state_dir.display()))?;
-        let path = state_dir.join("run.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            anyhow::bail!(
-                "refusing to start: another mailpush run (pid {}) uses state_dir {}; two instances on one spool would deliver the same transactions twice. Stop it first, or give this one its own state_dir",
-                pid.trim(),
-                state_dir.display()
-            );
-        }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = writeln!(file, "{}", std::process::id());
-        Ok(InstanceLock(file))
-    }
-}
-
 /// A future that ends the service when it completes.
 pub type StopFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
@@ -213,7 +178,10 @@ pub async fn serve(
     // deliver what the first one owes too. (Without the spool, or in cluster mode,
     // nothing is owed there: instances may share a state_dir, and its compile cache.)
     let _one_instance = if config.settings.durable && config.settings.cluster.is_none() {
-        Some(InstanceLock::take(&config.settings.state_dir)?)
+        Some(crate::spool::lock::DeliveryLock::take(
+            &config.settings.state_dir,
+            "start",
+        )?)
     } else {
         None
     };

@@ -5,6 +5,7 @@
 //! [`Spool`] is a small trait so a distributed log can replace the embedded default,
 //! [`sqlite::SqliteSpool`] (see `docs/design.md` for the choice).
 
+pub mod lock;
 pub mod sqlite;
 
 use std::time::SystemTime;

@@ -1,0 +1,69 @@
+//! The one process that delivers from a state_dir's SQLite spool: an exclusive lock on
+//! `state_dir/run.lock` (which holds its pid), released when the process ends however
+//! it ends. `mailpush run` and `mailpush send` both take it: a lane reads what the
+//! spool owes its driver number, whichever process stored it, so a second process
+//! would deliver (once, with its own driver lines) what the first one acknowledged.
+
+use std::path::{Path, PathBuf};
+
+/// Why the lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot create state_dir {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("refusing to {what}: another mailpush (pid {pid}, `mailpush run` or `mailpush send`) delivers from state_dir {}; a second process on one spool would deliver what the first one owes too. Send to the running instance instead (POST /v1/transactions on its listen address), stop it first, or give this one its own state_dir", .state_dir.display())]
+    Held {
+        what: &'static str,
+        pid: String,
+        state_dir: PathBuf,
+    },
+}
+
+/// The held lock ([`DeliveryLock::take`]).
+pub struct DeliveryLock(#[allow(dead_code)] std::fs::File);
+
+impl DeliveryLock {
+    /// Takes the lock for a process about to `what` ("start", "send"), or says which
+    /// process has it.
+    pub fn take(state_dir: &Path, what: &'static str) -> Result<DeliveryLock, LockError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(state_dir).map_err(|source| LockError::Create {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join("run.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| LockError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(LockError::Held {
+                what,
+                pid: pid.trim().to_string(),
+                state_dir: state_dir.to_path_buf(),
+            });
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(DeliveryLock(file))
+    }
+}
