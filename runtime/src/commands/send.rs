@@ -163,14 +163,8 @@ impl Prepared {
         });
         // Not beside `mailpush run` (or another send) on this spool: its lanes would read
         // what the spool owes their driver numbers, the other process's too.
-        let _one_process = if config.settings.durable && config.settings.cluster.is_none() {
-            Some(crate::spool::lock::DeliveryLock::take(
-                &config.settings.state_dir,
-                "send",
-            )?)
-        } else {
-            None
-        };
+        let _one_process =
+            crate::spool::lock::DeliveryLock::for_settings(&config.settings, "send")?;
         let spool = crate::spool::open(&config.settings)?;
         let loaded: Vec<LoadedDriver> = loaded
             .into_iter()

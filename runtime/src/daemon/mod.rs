@@ -175,16 +175,8 @@ pub async fn serve(
         crate::wasm::limits::HostMemory::global().set_total(total);
     }
     // Held until the service ends: a second instance on this state_dir's spool would
-    // deliver what the first one owes too. (Without the spool, or in cluster mode,
-    // nothing is owed there: instances may share a state_dir, and its compile cache.)
-    let _one_instance = if config.settings.durable && config.settings.cluster.is_none() {
-        Some(crate::spool::lock::DeliveryLock::take(
-            &config.settings.state_dir,
-            "start",
-        )?)
-    } else {
-        None
-    };
+    // deliver what the first one owes too.
+    let _one_instance = crate::spool::lock::DeliveryLock::for_settings(&config.settings, "start")?;
     let token = match &config.settings.ingest_token_file {
         Some(p) => Some(read_token(p).map_err(|e| {
             let at = config.settings.at.get("ingest_token_file");

@@ -31,6 +31,20 @@ pub enum LockError {
 pub struct DeliveryLock(#[allow(dead_code)] std::fs::File);
 
 impl DeliveryLock {
+    /// The lock for a process about to `what` with `settings`, when they use the SQLite
+    /// spool (without the spool, or in cluster mode, nothing is owed in the state_dir:
+    /// processes may share it, and its compile cache).
+    pub fn for_settings(
+        settings: &mailpush_config::RuntimeSettings,
+        what: &'static str,
+    ) -> Result<Option<DeliveryLock>, LockError> {
+        if settings.durable && settings.cluster.is_none() {
+            Self::take(&settings.state_dir, what).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Takes the lock for a process about to `what` ("start", "send"), or says which
     /// process has it.
     pub fn take(state_dir: &Path, what: &'static str) -> Result<DeliveryLock, LockError> {
