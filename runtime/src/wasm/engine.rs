@@ -110,6 +110,16 @@ fn snapshot_stem(sha256: &str, key: &str) -> String {
     format!("{sha256}{SNAPSHOT_MARK}{key}")
 }
 
+/// The component instrumented for snapshots.
+fn instrumented_stem(sha256: &str) -> String {
+    format!("{sha256}-instrumented")
+}
+
+/// The functions a big component's last compile left ([`super::function_cache`]).
+fn functions_stem(sha256: &str) -> String {
+    format!("{sha256}-functions")
+}
+
 /// A driver's hold on its artifacts in the AOT cache ([`WasmEngine::lease`]): its
 /// component's compiled code, instrumented variant and stored functions, and its
 /// snapshot (or the record that there can be none); given back when it is dropped.
@@ -225,8 +235,8 @@ impl WasmEngine {
             Some(dir) => {
                 let mut stems = vec![
                     sha256.to_string(),
-                    format!("{sha256}-instrumented"),
-                    format!("{sha256}-functions"),
+                    instrumented_stem(sha256),
+                    functions_stem(sha256),
                 ];
                 let mut names = Vec::new();
                 if let Some(key) = snapshot {
@@ -288,7 +298,7 @@ impl WasmEngine {
         source: &Source,
         bytes: &[u8],
     ) -> Result<LoadedComponent, LoadError> {
-        let stem = format!("{}-instrumented", source.sha256);
+        let stem = instrumented_stem(&source.sha256);
         self.cached_or_compile(path, bytes, &stem, &source.sha256, false)
     }
 
@@ -487,7 +497,7 @@ impl WasmEngine {
         bytes: &[u8],
         sha256: &str,
     ) -> Result<(Component, FunctionReuse), LoadError> {
-        let artifact = self.artifact(dir, &format!("{sha256}-functions"));
+        let artifact = self.artifact(dir, &functions_stem(sha256));
         let _one_at_a_time = self.functions_lock.lock();
         let stored = std::fs::metadata(&artifact)
             .ok()
