@@ -443,9 +443,9 @@ async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
         }
     };
     match outcome {
-        Err(errors) if errors.first().map(String::as_str) == Some(super::STOPPING) => error(
+        Err(super::ReloadRefused::Stopping) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": super::STOPPING}),
+            json!({"error": "mailpush is stopping: no reload"}),
         ),
         Ok(r) => (
             StatusCode::OK,
@@ -453,7 +453,7 @@ async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
             serde_json::to_string(&r).unwrap_or_default(),
         )
             .into_response(),
-        Err(errors) => error(
+        Err(super::ReloadRefused::Invalid(errors)) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"error": "the new config fails check; the running one is kept", "errors": errors}),
         ),

@@ -27,8 +27,14 @@ use mailpush_config::{Config, RuntimeSettings};
 /// Builds the driver registry (built-ins by default; tests add their own kinds).
 pub type RegistryFn = Arc<dyn Fn() -> DriverRegistry + Send + Sync>;
 
-/// Why a reload asked for while mailpush stops is refused.
-pub const STOPPING: &str = "mailpush is stopping: no reload";
+/// Why a reload was refused (the running configuration is kept).
+#[derive(Debug)]
+pub enum ReloadRefused {
+    /// mailpush is stopping: a reload would start lanes nobody stops.
+    Stopping,
+    /// The new config fails `check`: its errors.
+    Invalid(Vec<String>),
+}
 
 /// Shared state of a running instance.
 pub struct Daemon {
@@ -79,12 +85,12 @@ impl Daemon {
 
     /// Re-reads the config and driver files. A config that fails `check` is refused
     /// (the running one is kept); drivers that did not change keep their queues.
-    pub async fn reload(&self) -> Result<Reconfigured, Vec<String>> {
+    pub async fn reload(&self) -> Result<Reconfigured, ReloadRefused> {
         let _guard = self.reload_lock.lock().await;
         // A reload that finished after the stop began would start lanes that nobody
         // stops (the stop already took the running ones).
         if self.shutting_down.load(Ordering::Relaxed) {
-            return Err(vec![STOPPING.to_string()]);
+            return Err(ReloadRefused::Stopping);
         }
         /// Clears the reload's start however the reload ends (a panic included), so
         /// `/readyz` never says "reloading" for a reload that is over.
@@ -96,7 +102,7 @@ impl Daemon {
         }
         *self.reloading_since.lock() = Some(std::time::Instant::now());
         let _reloading = Reloading(&self.reloading_since);
-        self.reload_now().await
+        self.reload_now().await.map_err(ReloadRefused::Invalid)
     }
 
     /// How long the reload in progress has been running, if one is.
