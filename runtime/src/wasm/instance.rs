@@ -11,19 +11,19 @@ use std::time::Duration;
 use mailpush_core::{DriverArgs, Failure, InitError, MetadataLookup};
 use parking_lot::Mutex;
 use wasmtime::component::{
-    ComponentExportIndex, ComponentNamedList, ComponentType, InstancePre, Lift, Linker, Lower,
-    TypedFunc,
+    ComponentNamedList, ComponentType, InstancePre, Lift, Linker, Lower, TypedFunc,
 };
 use wasmtime::Store;
 
 use super::bindings::exports::mailpush::driver::driver::Begin as WitBegin;
 use super::bindings::mailpush::driver::types::Failure as WitFailure;
-use super::bindings::{PushDriver, PushDriverIndices, WIT_PACKAGE, WIT_VERSION};
+use super::bindings::{PushDriverIndices, WIT_PACKAGE, WIT_VERSION};
 use super::engine::LoadedComponent;
+use super::exports::DriverExports;
 use super::http::{HttpPolicy, OutboundHttp};
 use super::limits::{charged, slice, HostMemory, Limits};
 use super::log::{DriverTag, LogBudget, LogRate};
-use super::lower::{DeliverFunc, TransactionRef};
+use super::lower::TransactionRef;
 use super::state::{self, HostState};
 use super::stats::WasmStats;
 use super::synchronous::can_wait;
@@ -147,11 +147,10 @@ fn in_time<T>(
     }
 }
 
-/// One instance: its store and its exports.
+/// One instance: its store, and the component instance whose exports are called
+/// ([`DriverExports`]).
 pub struct Instance {
     pub store: Store<HostState>,
-    pub bindings: PushDriver,
-    /// For the exports the bindings do not cover (`fixed-begin`).
     instance: wasmtime::component::Instance,
     txns: u64,
 }
@@ -160,9 +159,8 @@ pub struct Instance {
 pub struct Instances {
     tag: Arc<DriverTag>,
     pre: InstancePre<HostState>,
-    indices: PushDriverIndices,
-    /// `fixed-begin.answer`, when the component exports it (0.1.1).
-    fixed_begin: Option<ComponentExportIndex>,
+    /// Its functions, `fixed-begin.answer` among them when it exports it (0.1.1).
+    exports: DriverExports,
     limits: Limits,
     settings: InstanceSettings,
     /// The component's own arguments, handed to its `init`.
@@ -176,8 +174,6 @@ pub struct Instances {
     warm: Mutex<Option<Instance>>,
     /// Instances start from a snapshot taken after `init`: it is not called again.
     initialised: bool,
-    /// `deliver`, called with a borrowed transaction.
-    deliver: DeliverFunc,
     /// The component cannot wait: linked against synchronous host functions and called
     /// without a fiber ([`super::synchronous`]).
     synchronous: bool,
@@ -214,13 +210,12 @@ impl Instances {
             .collect();
         let synchronous = parts.settings.synchronous_allowed
             && !can_wait(&loaded.component, loaded.component.engine());
-        let (pre, indices) = Self::pre(loaded, path, synchronous, &wit_version)?;
+        let pre = Self::pre(loaded, path, synchronous, &wit_version)?;
         Ok(Instances {
             args,
             tag: parts.tag,
-            fixed_begin: fixed_begin(loaded, path)?,
+            exports: DriverExports::find(&loaded.component, path)?,
             pre,
-            indices,
             synchronous,
             wit_version,
             initialised: false,
@@ -231,7 +226,6 @@ impl Instances {
             max_log_lines: parts.max_log_lines,
             log_rate: parts.log_rate,
             warm: Mutex::new(None),
-            deliver: DeliverFunc::default(),
         })
     }
 
@@ -240,7 +234,7 @@ impl Instances {
         path: &Path,
         synchronous: bool,
         wit_version: &str,
-    ) -> Result<(InstancePre<HostState>, PushDriverIndices), InitError> {
+    ) -> Result<InstancePre<HostState>, InitError> {
         let mut linker: Linker<HostState> = Linker::new(loaded.component.engine());
         if synchronous {
             state::link_synchronous(&mut linker)
@@ -263,13 +257,15 @@ impl Instances {
                 path.display()
             ))
         })?;
-        let indices = PushDriverIndices::new(&instance_pre).map_err(|e| {
+        // The bindings' check of every export against the world, once: instances call
+        // the functions through [`DriverExports`].
+        PushDriverIndices::new(&instance_pre).map_err(|e| {
             InitError::new(format!(
                 "{} does not match the mailpush:driver/push-driver world: {e:#}",
                 path.display()
             ))
         })?;
-        Ok((instance_pre, indices))
+        Ok(instance_pre)
     }
 
     /// Asks `inst`'s `fixed-begin.answer` (0.1.1), armed, within `left` of wall time:
@@ -279,13 +275,12 @@ impl Instances {
         inst: &mut Instance,
         left: Duration,
     ) -> Result<wasmtime::Result<Option<WitBegin>>, OutOfTime> {
-        let Some(index) = &self.fixed_begin else {
+        let Some(export) = &self.exports.fixed_begin else {
             return Ok(Ok(None));
         };
-        match inst
-            .instance
-            .get_typed_func::<(), (Option<WitBegin>,)>(&mut inst.store, index)
-        {
+        // SAFETY: always this type, and `inst` is made from `self.pre`, the component
+        // `exports` were found in.
+        match unsafe { export.typed::<(), (Option<WitBegin>,)>(&inst.instance, &mut inst.store) } {
             Ok(func) => self.call(&mut inst.store, func, (), left).await,
             Err(e) => Ok(Err(e)),
         }
@@ -299,8 +294,15 @@ impl Instances {
         user: &str,
         left: Duration,
     ) -> Result<wasmtime::Result<WitBegin>, OutOfTime> {
-        let func = inst.bindings.mailpush_driver_driver().func_begin_txn();
-        self.call(&mut inst.store, func, (id, user), left).await
+        // SAFETY: as in `fixed_begin`.
+        match unsafe {
+            self.exports
+                .begin_txn
+                .typed::<(&str, &str), (WitBegin,)>(&inst.instance, &mut inst.store)
+        } {
+            Ok(func) => self.call(&mut inst.store, func, (id, user), left).await,
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     /// Calls `inst`'s `deliver` with `txn`, lowered into the guest from borrowed data,
@@ -311,10 +313,15 @@ impl Instances {
         txn: &TransactionRef<'_>,
         left: Duration,
     ) -> Result<wasmtime::Result<Result<(), WitFailure>>, OutOfTime> {
-        let func = *inst.bindings.mailpush_driver_driver().func_deliver().func();
-        // SAFETY: every instance of these `Instances` is made from `self.pre`, one
-        // component.
-        match unsafe { self.deliver.typed(func, &inst.store) } {
+        // SAFETY: as in `fixed_begin`.
+        match unsafe {
+            self.exports
+                .deliver
+                .typed::<(&TransactionRef<'_>,), (Result<(), WitFailure>,)>(
+                    &inst.instance,
+                    &mut inst.store,
+                )
+        } {
             Ok(deliver) => self.call(&mut inst.store, deliver, (txn,), left).await,
             Err(e) => Ok(Err(e)),
         }
@@ -510,26 +517,27 @@ impl Instances {
             }
             Err(e) => return Err(Failed(classify(store.data(), e, &self.limits, stats))),
         };
-        let bindings = self
-            .indices
-            .load(&mut store, &instance)
-            .map_err(|e| Failed(Failure::permanent(format!("the driver's exports: {e:#}"))))?;
         if self.initialised {
             return Ok(Instance {
                 store,
-                bindings,
                 instance,
                 txns: 0,
             });
         }
         let left = within.saturating_sub(started.elapsed());
-        let init_func = bindings.mailpush_driver_driver().func_init();
-        let init = self.call(&mut store, init_func, (&self.args,), left).await;
+        // SAFETY: as in `fixed_begin`.
+        let init = match unsafe {
+            self.exports
+                .init
+                .typed::<(&[(String, String)],), (Result<(), String>,)>(&instance, &mut store)
+        } {
+            Ok(func) => self.call(&mut store, func, (&self.args,), left).await,
+            Err(e) => Ok(Err(e)),
+        };
         self.account_fuel(&store, stats);
         match init.map_err(|_| Late)? {
             Ok(Ok(())) => Ok(Instance {
                 store,
-                bindings,
                 instance,
                 txns: 0,
             }),
@@ -585,26 +593,4 @@ impl Instances {
     pub fn clear(&self) {
         self.warm.lock().take();
     }
-}
-
-/// Where `fixed-begin.answer` is, if the component exports `fixed-begin` of a compatible
-/// version; an error when it exports the interface without the function.
-fn fixed_begin(
-    loaded: &LoadedComponent,
-    path: &Path,
-) -> Result<Option<ComponentExportIndex>, InitError> {
-    let component = &loaded.component;
-    let name = format!("{WIT_PACKAGE}/fixed-begin@{WIT_VERSION}");
-    let Some(interface) = component.get_export_index(None, &name) else {
-        return Ok(None);
-    };
-    component
-        .get_export_index(Some(&interface), "answer")
-        .map(Some)
-        .ok_or_else(|| {
-            InitError::new(format!(
-                "{} exports {name} without its function `answer`",
-                path.display()
-            ))
-        })
 }

@@ -5,17 +5,12 @@
 //! transaction's shared encoding ([`Transaction::event_json`]).
 //!
 //! The generated bindings' owned types stay what the guest's answers are lifted into.
-//! [`DeliverFunc`] checks once per driver that these mirrors have exactly the type of the
-//! component's `deliver`, as the generated bindings check theirs.
-
-use std::sync::OnceLock;
+//! [`super::exports::Export::typed`] checks once per driver that these mirrors have
+//! exactly the type of the component's `deliver`, as the generated bindings check theirs.
 
 use mailpush_core::event as ev;
 use mailpush_core::{Event, Transaction};
-use wasmtime::component::{ComponentType, Func, Lower, TypedFunc};
-use wasmtime::AsContext;
-
-use super::bindings::mailpush::driver::types::Failure;
+use wasmtime::component::{ComponentType, Lower};
 
 /// `record message-ref`.
 #[derive(ComponentType, Lower)]
@@ -221,39 +216,5 @@ impl<'a> EventRef<'a> {
             Event::MailboxSubscribe(m) => EventRef::MailboxSubscribe(&m.mailbox),
             Event::MailboxUnsubscribe(m) => EventRef::MailboxUnsubscribe(&m.mailbox),
         }
-    }
-}
-
-/// `deliver` taking the borrowed transaction.
-pub type Deliver<'a> = TypedFunc<(&'a TransactionRef<'a>,), (Result<(), Failure>,)>;
-
-/// The type check of one driver's `deliver` against [`TransactionRef`], made once (all
-/// of a driver's instances come from one component).
-#[derive(Default)]
-pub struct DeliverFunc {
-    checked: OnceLock<()>,
-}
-
-impl DeliverFunc {
-    /// `func` (the component's `deliver`) as a [`Deliver`]: type-checked at the first
-    /// call, unchecked after.
-    ///
-    /// # Safety
-    ///
-    /// Every `func` given to one `DeliverFunc` must be the `deliver` export of instances
-    /// of the same component (one driver's [`super::instance::Instances`]).
-    pub unsafe fn typed<'a>(
-        &self,
-        func: Func,
-        store: impl AsContext,
-    ) -> wasmtime::Result<Deliver<'a>> {
-        if self.checked.get().is_some() {
-            // SAFETY: `func` is the same component's `deliver` (the caller's promise), and
-            // the check below passed for it. The lifetime is no part of the component type.
-            return Ok(unsafe { Deliver::new_unchecked(func) });
-        }
-        let typed = func.typed(store)?;
-        let _ = self.checked.set(());
-        Ok(typed)
     }
 }

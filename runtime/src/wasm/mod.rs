@@ -8,7 +8,7 @@
 //! after `init` ran once at load when `init` calls no import ([`snapshot`]); under
 //! `mailpush run` a big component
 //! not in the AOT cache does all that in the background ([`background`]).
-//! Running: [`driver`] maps Dovecot's hooks onto the component's exports, [`trap`]
+//! Running: [`driver`] maps Dovecot's hooks onto the component's exports ([`exports`]), [`trap`]
 //! explains failed calls.
 //! [`tenants`] routes per-domain handlers.
 //!
@@ -31,6 +31,7 @@ pub mod cache;
 mod convert;
 pub mod driver;
 pub mod engine;
+pub mod exports;
 pub mod factory;
 pub mod function_cache;
 pub mod hmac;
