@@ -285,9 +285,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                                 these.push(None);
                                 continue;
                             }
-                            added += json.len() as u64;
                             let seq = tx.last_insert_rowid();
                             these.push(Some(seq));
+                            if drivers.is_empty() {
+                                // Owed to no driver (a config without any): nothing would
+                                // ever complete it, and it would fill the spool.
+                                tx.prepare_cached("DELETE FROM txns WHERE seq = ?1")?
+                                    .execute(params![seq])?;
+                                continue;
+                            }
+                            added += json.len() as u64;
                             for d in drivers {
                                 tx.prepare_cached(
                                     "INSERT OR IGNORE INTO owed (seq, driver) VALUES (?1, ?2)",
@@ -719,6 +726,24 @@ mod tests {
         }
         writer.join().unwrap();
         assert!(rounds > 0);
+    }
+
+    /// With no driver configured, nothing would ever complete a stored transaction: it is
+    /// not kept (it filled the spool until a restart).
+    #[test]
+    fn a_transaction_owed_to_no_driver_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 200).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            let positions = s.append(&[txn(id, "u")], &[]).unwrap();
+            assert!(positions[0].is_some(), "accepted, not taken for a retry");
+        }
+        assert_eq!(s.used(), 0);
+        assert_eq!(s.recount().unwrap(), Some(0));
+        assert!(s.pending().unwrap().is_empty());
+        // and the spool's room is still there for a driver's transactions
+        s.append(&[txn("e", "u")], &[1]).unwrap();
+        assert_eq!(s.pending().unwrap().len(), 1);
     }
 
     #[test]
