@@ -67,6 +67,17 @@ async fn ingest_error_paths() {
         "{err}"
     );
     std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    // A status request without the token is refused too, and, like the refused reload,
+    // is no refused transaction: only the two ingest requests count.
+    let (s, _, _) = http_request(d.addr, "GET", "/v1/status", &[], b"").await;
+    assert_eq!(s, 401);
+    let (_, _, metrics) = http_request(d.addr, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mailpush_transactions_rejected_total{reason=\"unauthorized\"} 2"),
+        "{metrics}"
+    );
 
     // 400 for JSON: the path and what was expected.
     let (s, _, b) = http_request(d.addr, "POST", "/v1/transactions", &[auth], br#"{"user":"a@b","events":[{"name":"MessageRead","mailbox":"INBOX","uid":"7","uid_validity":1}]}"#).await;

@@ -53,8 +53,9 @@ fn error(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
-fn unauthorised(daemon: &Daemon) -> Response {
-    daemon.ingest.reject("unauthorized", 1);
+/// 401 for a request without the token. Only ingest routes count it among the refused
+/// transactions (`daemon.ingest.reject`): a status or reload request is none.
+fn unauthorised() -> Response {
     let mut r = error(
         StatusCode::UNAUTHORIZED,
         json!({"error": "missing or wrong bearer token (Authorization: Bearer TOKEN)"}),
@@ -273,7 +274,8 @@ async fn transactions(
     body: Body,
 ) -> Response {
     if !authorised(daemon.token.as_deref(), &headers) {
-        return unauthorised(&daemon);
+        daemon.ingest.reject("unauthorized", 1);
+        return unauthorised();
     }
     let (bytes, mut in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
@@ -344,7 +346,8 @@ async fn transactions(
 
 async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: Body) -> Response {
     if !authorised(daemon.token.as_deref(), &headers) {
-        return unauthorised(&daemon);
+        daemon.ingest.reject("unauthorized", 1);
+        return unauthorised();
     }
     let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
@@ -413,7 +416,7 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 
 async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     if !authorised(daemon.token.as_deref(), &headers) {
-        return unauthorised(&daemon);
+        return unauthorised();
     }
     (
         StatusCode::OK,
@@ -425,7 +428,7 @@ async fn status(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Respon
 
 async fn reload(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     if !authorised(daemon.token.as_deref(), &headers) {
-        return unauthorised(&daemon);
+        return unauthorised();
     }
     // The reload runs as a task of its own: a client that goes away (the CLI's timeout,
     // a closed connection) drops this handler, and a reload dropped half-way would leave
