@@ -565,3 +565,41 @@ async fn a_tenant_that_fails_to_load_is_not_reloaded_per_transaction() {
     put_tenant(&tenants, "c.example", &server.url("/c"));
     assert_eq!(deliver(d, &txn("c3")).await, Outcome::Delivered);
 }
+
+/// `mailpush check` with a tenant handler that does not load: mailpush would start (the
+/// other tenants are served), but the check says which tenant failed and exits 3, so a
+/// deployment script stops on it; once the file is fixed, it exits 0.
+#[test]
+fn check_exits_3_when_a_tenant_handler_does_not_load() {
+    let root = tempfile::tempdir().unwrap();
+    let tenants = root.path().join("tenants");
+    std::fs::create_dir(&tenants).unwrap();
+    put_tenant(&tenants, "good.example", "http://127.0.0.1:9/good");
+    std::fs::write(tenants.join("broken.example.wasm"), b"not a component").unwrap();
+    let config = write_config(
+        root.path(),
+        "mailpush {\n state_dir = state\n tenant_drivers = tenants\n}\n",
+    );
+    let check = || {
+        let out = std::process::Command::new(mailpush_bin())
+            .args(["check", "-c"])
+            .arg(&config.path)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), all)
+    };
+    let (code, all) = check();
+    assert_eq!(code, Some(3), "{all}");
+    assert!(all.contains("broken.example"), "{all}");
+    assert!(all.contains("1 tenant handler problem(s)"), "{all}");
+    assert!(all.contains("tenant good.example"), "{all}");
+    std::fs::remove_file(tenants.join("broken.example.wasm")).unwrap();
+    let (code, all) = check();
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("OK: 1 driver(s) ready"), "{all}");
+}

@@ -62,7 +62,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Parse the config, initialise every driver, print the driver table and warnings.
     ///
-    /// Exits non-zero, listing every error with file:line, when the config is unusable.
+    /// Exits 1, listing every error with file:line, when the config is unusable; exits 3
+    /// when mailpush would start but a tenant handler (tenant_drivers) did not load.
     /// Drivers are initialised as at start, except that a dlog's file is opened, not
     /// written (a Lua script's main chunk and script_init do run).
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
@@ -516,12 +517,17 @@ async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<Exi
             None => eprintln!("--prune-cache: nothing removed: a driver or tenant handler did not load, and the artifacts it would use could go (fix it, then prune)"),
         }
     }
-    Ok(if report.ok() {
+    Ok(if report.complete() {
         ExitCode::SUCCESS
+    } else if report.ok() {
+        ExitCode::from(CHECK_TENANTS_FAILED)
     } else {
         ExitCode::FAILURE
     })
 }
+
+/// `check`'s exit status when mailpush would start but a tenant handler did not load.
+const CHECK_TENANTS_FAILED: u8 = 3;
 
 /// The progress bar of `send`.
 struct Progress(indicatif::ProgressBar);

@@ -31,6 +31,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             drivers,
             warnings,
             errors,
+            tenants_failed,
             ..
         } => {
             println!("config: {}", config.display());
@@ -60,7 +61,13 @@ pub fn check(path: &Path, report: &CheckReport) {
                     println!("warning: {w}");
                 }
             }
-            if errors.is_empty() {
+            if errors.is_empty() && *tenants_failed > 0 {
+                println!();
+                println!(
+                    "{} driver(s) ready, but {tenants_failed} tenant handler problem(s) (warnings above): `mailpush run` would start and hold those tenants' transactions, retrying, until their files are fixed (exit status 3)",
+                    drivers.len()
+                );
+            } else if errors.is_empty() {
                 println!();
                 println!("OK: {} driver(s) ready", drivers.len());
             } else {

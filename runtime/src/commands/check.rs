@@ -45,6 +45,9 @@ pub enum CheckReport {
         /// The AOT cache's artifacts and records the drivers loaded or wrote; `None`
         /// when a tenant handler failed to load (what it would use is unknown).
         cache_in_use: Option<HashSet<String>>,
+        /// Tenant handlers that did not load (their reasons are among `warnings`):
+        /// `mailpush run` starts without them, holding their transactions.
+        tenants_failed: usize,
         /// Config and driver warnings, each with its place.
         warnings: Vec<String>,
         errors: Vec<ConfigError>,
@@ -55,6 +58,18 @@ impl CheckReport {
     /// Whether mailpush would start with this config.
     pub fn ok(&self) -> bool {
         matches!(self, CheckReport::Loaded { errors, .. } if errors.is_empty())
+    }
+
+    /// Whether mailpush would start with this config and every tenant handler loaded.
+    pub fn complete(&self) -> bool {
+        self.ok()
+            && matches!(
+                self,
+                CheckReport::Loaded {
+                    tenants_failed: 0,
+                    ..
+                }
+            )
     }
 }
 
@@ -127,10 +142,12 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
             details: d.details.clone(),
         })
         .collect();
-    let tenant_failed = loaded
+    let tenants_failed: usize = loaded
         .iter()
-        .any(|d| d.name == "tenant_drivers" && !d.warnings.is_empty());
-    let cache_in_use = (!tenant_failed).then(|| engines.in_use());
+        .filter(|d| d.name == "tenant_drivers")
+        .map(|d| d.warnings.len())
+        .sum();
+    let cache_in_use = (tenants_failed == 0).then(|| engines.in_use());
     shutdown_drivers(loaded).await;
     Ok(CheckReport::Loaded {
         config: config.path,
@@ -139,6 +156,7 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         cluster: config.settings.cluster.as_ref().map(describe_cluster),
         drivers,
         cache_in_use,
+        tenants_failed,
         warnings,
         errors,
     })
@@ -307,7 +325,8 @@ mod tests {
         std::fs::create_dir(&cache).unwrap();
         let artifact = cache.join(format!("{}-0123.cwasm", "ab".repeat(32)));
         std::fs::write(&artifact, b"compiled").unwrap();
-        let report = |cache_in_use| CheckReport::Loaded {
+        let report = |cache_in_use: Option<HashSet<String>>| CheckReport::Loaded {
+            tenants_failed: usize::from(cache_in_use.is_none()),
             config: state.path().join("mailpush.conf"),
             state_dir: state.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
