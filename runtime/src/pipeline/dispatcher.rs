@@ -544,12 +544,15 @@ impl Dispatcher {
                 );
             }
         }
-        for lane in retired {
+        // All at once: a slow driver finishing its deliveries in flight does not keep the
+        // successors of the others waiting for their hand-over.
+        let started = &result.started;
+        let finishing = retired.into_iter().map(|lane| async move {
             let number = lane.number;
             let overflow = lane.overflow.clone();
             let Some((_, left)) = finish_shared(lane).await else {
                 overflow.set_handing_over(false);
-                continue;
+                return;
             };
             // The old lane may have taken the wake-up of an overflow it then left: the
             // new one (sharing the overflow) looks again.
@@ -564,9 +567,9 @@ impl Dispatcher {
                     overflow.take_carried(&t.id);
                 }
                 overflow.set_handing_over(false);
-                continue;
+                return;
             };
-            if result.started.contains(&number) {
+            if started.contains(&number) {
                 // The new lane takes them before anything queued since (it waits for
                 // this hand-over): each user's order holds across the reload.
                 if !left.is_empty() {
@@ -578,7 +581,7 @@ impl Dispatcher {
                 }
                 overflow.hand_on(left);
                 overflow.set_handing_over(false);
-                continue;
+                return;
             }
             // What no lane of this process will deliver (its driver was removed, or the
             // process is stopping) is let go: in cluster mode its acknowledgement handle
@@ -590,7 +593,8 @@ impl Dispatcher {
                 spool.abandon(&t, number);
             }
             overflow.set_handing_over(false);
-        }
+        });
+        futures::future::join_all(finishing).await;
         result
     }
 

@@ -824,6 +824,70 @@ async fn a_reload_hands_the_queue_to_the_new_driver_in_order() {
     }
 }
 
+/// A reload that replaces two drivers finishes their old lanes at once: driver 1's old
+/// lane with a delivery in flight that does not end does not keep driver 2's new lane
+/// waiting for its hand-over (it was finished after driver 1's, in number order).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_does_not_hold_one_driver_behind_another_finishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let (gate, old1) = gated();
+    let old2 = Arc::new(Script::default());
+    let policy = DeliveryPolicy::default();
+    let numbered = |driver: Arc<Script>, fingerprint: &str, number: u32| {
+        let mut l = loaded(driver, fingerprint, policy.clone());
+        l.number = number;
+        l
+    };
+    let d = Arc::new(Dispatcher::start_with_spool(
+        vec![
+            numbered(old1.clone(), "old1", 1),
+            numbered(old2.clone(), "old2", 2),
+        ],
+        64,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    ));
+    d.accept(vec![txn("a", "a1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    assert!(eventually(|| old1.running.load(Ordering::SeqCst) == 1).await);
+    assert!(eventually(|| old2.succeeded() == ["a1"]).await);
+    let (new1, new2) = (Arc::new(Script::default()), Arc::new(Script::default()));
+    let before = d.fingerprint();
+    let reloading = {
+        let d = d.clone();
+        let drivers = vec![
+            numbered(new1.clone(), "new1", 1),
+            numbered(new2.clone(), "new2", 2),
+        ];
+        tokio::spawn(async move { d.reconfigure(drivers).await })
+    };
+    assert!(eventually(|| d.fingerprint() != before).await);
+    d.accept(vec![txn("b", "b1")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    assert!(
+        eventually(|| new2.succeeded() == ["b1"]).await,
+        "driver 2's new lane delivers while driver 1's old one is still finishing: {:?}",
+        new2.succeeded()
+    );
+    assert!(!reloading.is_finished());
+    assert!(
+        new1.succeeded().is_empty(),
+        "b1 waits behind driver 1's hand-over"
+    );
+    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(20), reloading)
+        .await
+        .expect("the reload ends once driver 1's delivery in flight has")
+        .unwrap();
+    assert!(eventually(|| new1.succeeded() == ["b1"]).await);
+    assert_eq!(old1.succeeded(), ["a1"]);
+    d.shutdown_shared().await;
+    assert!(spool.pending().unwrap().is_empty());
+}
+
 /// A reload that replaces a driver hands what the old lane still held (here a
 /// transaction waiting an hour for its retry) to the new lane, which delivers it now.
 #[tokio::test(flavor = "multi_thread")]
