@@ -342,6 +342,11 @@ async fn fresh_instance(o: &Opts, out: &mut Vec<String>) {
     let minimal = Arc::new(load(&guest("trivial"), plain(true), "", &engines).await);
     let minimal_fixed = Arc::new(load(&guest("trivial"), plain(true), "fixed=all", &engines).await);
     assert!(webhook.snapshotted() && trivial.snapshotted() && no_wait.snapshotted());
+    if let Ok(k) = std::env::var("PROFILE_WEBHOOK") {
+        let lat = latencies(webhook.clone(), k.parse().unwrap()).await;
+        eprintln!("{:?}", stats(lat));
+        return;
+    }
     assert!(minimal.snapshotted() && minimal.synchronous());
     assert!(minimal_fixed.snapshotted() && minimal_fixed.synchronous());
     assert!(!trivial.synchronous() && no_wait.synchronous());

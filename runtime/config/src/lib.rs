@@ -53,14 +53,15 @@ pub struct Config {
 
 /// The text of the config file, or the error saying how to pass another.
 fn read_config(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError {
         location: None,
         text: String::new(),
         message: format!(
             "cannot read config file {}: {e} (pass another with -c FILE or MAILPUSH_CONFIG)",
             path.display()
         ),
-    })
+    })?;
+    syntax::decode(path, &bytes)
 }
 
 impl Config {

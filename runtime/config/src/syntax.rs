@@ -4,7 +4,9 @@
 //! does), a `\` at a line's end continuing it on the next (as in
 //! Dovecot), `!include FILE` and `!include_try FILE` (relative to the
 //! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
-//! glob(3) does). Only `plugin { }` (anywhere, `protocol` blocks included) and
+//! glob(3) does, and one matching nothing is an error for `!include`; `!include_try`
+//! passes over a file it cannot open). Files are UTF-8 ([`decode`]). Only `plugin { }`
+//! (anywhere, `protocol` blocks included) and
 //! `mailpush { }` settings are kept, with Dovecot 2.4's `push_notification NAME { }`
 //! blocks (at top level or in `protocol` blocks; a nested `lua_settings { }`) and the
 //! `push_notification_ox { }` defaults filter; others are Dovecot's business.
@@ -66,6 +68,61 @@ pub struct RawConfig {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigWarning>,
 }
+
+/// A config file's bytes as text: UTF-8, a leading byte-order mark dropped. A line with
+/// bytes that are not UTF-8 is refused (with its number: mailpush would otherwise read a
+/// value other than the one written), unless they are in its comment, which is ignored
+/// anyway (a Latin-1 `# café` from an old Dovecot config).
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<String, ConfigError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Ok(text.to_string());
+    }
+    let mut out = String::with_capacity(bytes.len());
+    for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+        match std::str::from_utf8(line) {
+            Ok(l) => out.push_str(l),
+            Err(e) => {
+                let valid = std::str::from_utf8(&line[..e.valid_up_to()]).unwrap_or_default();
+                let (_, commented) = split_comment_at(valid);
+                if !commented {
+                    return Err(ConfigError {
+                        location: Some(Location {
+                            file: path.to_path_buf(),
+                            line: i + 1,
+                        }),
+                        text: String::new(),
+                        message: format!(
+                            "not UTF-8 (byte 0x{:02X} at column {}): mailpush reads config files as UTF-8; convert the file (e.g. `iconv -f latin1 -t utf-8`)",
+                            line[e.valid_up_to()],
+                            e.valid_up_to() + 1
+                        ),
+                    });
+                }
+                out.push_str(&String::from_utf8_lossy(line));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a `#` outside quotes in `text` starts a comment.
+fn split_comment_at(text: &str) -> (&str, bool) {
+    let (before, _) = split_comment(text);
+    (before, before.len() < text.len())
+}
+
+/// Block names mailpush reads (and Dovecot's `protocol`, `mail_plugins`): another
+/// name a typo away from one of them is warned about, as the block would be ignored.
+const BLOCK_NAMES: &[&str] = &[
+    "mailpush",
+    "plugin",
+    "push_notification",
+    "push_notification_ox",
+    "protocol",
+    "lua_settings",
+    "mail_plugins",
+];
 
 /// Reads config text as if from `path` (following its includes).
 pub fn read(path: &Path, text: &str) -> RawConfig {
@@ -259,13 +316,29 @@ fn read_text(
                     }
                     let dir = path.parent().unwrap_or(Path::new("."));
                     let targets = match expand_glob(dir, &arg) {
+                        // As Dovecot: `!include` of a glob matching nothing is an error
+                        // ("No matches"), `!include_try`'s is not.
+                        Some(matches) if matches.is_empty() && directive == "include" => {
+                            error(raw, format!("no file matches `{arg}` (in {}); use `!include_try` where none may be there", dir.display()));
+                            continue;
+                        }
                         Some(matches) => matches,
                         None => vec![dir.join(&arg)],
                     };
                     for target in targets {
-                        match std::fs::read_to_string(&target) {
-                            Ok(t) => read_text(&target, &t, raw, stack, depth + 1),
-                            Err(_) if directive == "include_try" => {}
+                        // `!include_try` passes over a file it cannot open, as Dovecot's;
+                        // one it opens is read like any other.
+                        let bytes = match std::fs::File::open(&target) {
+                            Err(_) if directive == "include_try" => continue,
+                            Err(e) => Err(e),
+                            Ok(mut f) => {
+                                let mut bytes = Vec::new();
+                                std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+                            }
+                        };
+                        match bytes.map(|b| decode(&target, &b)) {
+                            Ok(Ok(t)) => read_text(&target, &t, raw, stack, depth + 1),
+                            Ok(Err(e)) => raw.errors.push(e),
                             Err(e) => error(raw, format!("cannot include {}: {e}", target.display())),
                         }
                     }
@@ -384,7 +457,17 @@ fn read_text(
                     );
                     Block::Other
                 }
-                (Some(_), _, _) => Block::Other,
+                (Some(other), _, _) => {
+                    if let Some(meant) = super::suggest::nearest(other, BLOCK_NAMES) {
+                        raw.warnings.push(ConfigWarning {
+                            location: Some(location.clone()),
+                            message: format!(
+                                "`{head} {{` is not a block mailpush reads: everything in it is ignored. Did you mean `{meant}`?"
+                            ),
+                        });
+                    }
+                    Block::Other
+                }
                 (None, _, _) => {
                     error(
                         raw,

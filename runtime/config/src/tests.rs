@@ -840,6 +840,111 @@ fn include_globs_like_dovecot() {
     assert_eq!(names(&c), ["dlog"]);
 }
 
+/// `!include` of a glob that matches nothing is an error (Dovecot's "No matches"): a
+/// mistyped `conf.d/*.conf` lost every driver there; `!include_try`'s is fine.
+#[test]
+fn an_include_glob_matching_nothing_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = write(
+        dir.path(),
+        "mailpush.conf",
+        "!include_try conf.d/*.conf
+!include cnof.d/*.conf
+plugin {\n  push_notification_driver = dlog\n}\n",
+    );
+    let Err(ConfigErrors(errs)) = Config::load(&main) else {
+        panic!("accepted an include matching nothing");
+    };
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].location.as_ref().map(|l| l.line), Some(2));
+    assert!(
+        errs[0].message.contains("no file matches `cnof.d/*.conf`"),
+        "{}",
+        errs[0]
+    );
+}
+
+/// Config files are UTF-8; a byte-order mark is dropped (a block after one was ignored),
+/// a Latin-1 comment is passed over, and other bytes that are not UTF-8 are an error at
+/// their line, in an included file too (`!include_try` skipped such a file silently).
+#[test]
+fn config_bytes_that_are_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let bom = dir.path().join("bom.conf");
+    std::fs::write(
+        &bom,
+        b"\xEF\xBB\xBFmailpush {\n  listen = 127.0.0.1:9999\n}\nplugin {\n  push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let c = Config::load(&bom).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.settings.listen.port(), 9999);
+    let latin1 = dir.path().join("latin1.conf");
+    std::fs::write(
+        &latin1,
+        b"# caf\xe9\nplugin {\n  push_notification_driver = dlog # d\xe9j\xe0\n}\n",
+    )
+    .unwrap();
+    let c = Config::load(&latin1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&c), ["dlog"]);
+    let inc = dir.path().join("drivers.inc");
+    std::fs::write(&inc, b"push_notification_driver2 = dlog:file=caf\xe9.log\n").unwrap();
+    for directive in ["!include", "!include_try"] {
+        let main = write(
+            dir.path(),
+            "mailpush.conf",
+            &format!(
+                "plugin {{\n  push_notification_driver = dlog\n  {directive} drivers.inc\n}}\n"
+            ),
+        );
+        let Err(ConfigErrors(errs)) = Config::load(&main) else {
+            panic!("{directive}: accepted a value that is not UTF-8");
+        };
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(
+            errs[0].location,
+            Some(Location {
+                file: inc.clone(),
+                line: 1
+            })
+        );
+        assert!(
+            errs[0]
+                .message
+                .contains("not UTF-8 (byte 0xE9 at column 42)"),
+            "{}",
+            errs[0]
+        );
+    }
+    std::fs::write(
+        &latin1,
+        b"plugin {\n  push_notification_driver = dlog:file=caf\xe9\n}\n",
+    )
+    .unwrap();
+    let Err(ConfigErrors(errs)) = Config::load(&latin1) else {
+        panic!("accepted a value that is not UTF-8");
+    };
+    assert_eq!(errs[0].location.as_ref().map(|l| l.line), Some(2));
+    assert!(!errs[0].message.contains("-c FILE"), "{}", errs[0]);
+}
+
+/// A block whose name is a typo away from one mailpush reads is warned about: all of it
+/// was ignored without a word (`mailpsuh { }` lost the token and listen address).
+#[test]
+fn a_block_name_one_typo_away_is_warned_about() {
+    let c = Config::parse(
+        Path::new("m.conf"),
+        "mailpsuh {\n  listen = 0.0.0.0:1\n}\nservice imap {\n}\nplugin {\n  push_notification_driver = dlog\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("m.conf:1: `mailpsuh {` is not a block mailpush reads"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("Did you mean `mailpush`?"), "{w:?}");
+}
+
 #[test]
 fn a_missing_config_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
