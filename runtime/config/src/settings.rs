@@ -409,14 +409,16 @@ impl RuntimeSettings {
                     }
                 }
                 "max_connections" | "max_connections_per_peer" => match value.parse::<usize>() {
-                    Ok(n) if n > 0 => {
+                    Ok(n @ 1..=1_000_000) => {
                         if key == "max_connections" {
                             s.connections.max_connections = n;
                         } else {
                             s.connections.max_connections_per_peer = n;
                         }
                     }
-                    _ => fail("expected a positive number of connections, e.g. `1024`".into()),
+                    _ => fail(
+                        "expected a number of connections from 1 to 1000000, e.g. `1024`".into(),
+                    ),
                 },
                 "shutdown_timeout_msecs" => match units::parse_msecs(&value) {
                     Some(d) => s.shutdown_timeout = d,
@@ -446,9 +448,13 @@ impl RuntimeSettings {
                         _ => fail("expected a size of at least 1M, e.g. `4G`".into()),
                     }
                 }
+                // (A channel of that many slots is made per driver: an absurd number
+                // must be refused here, not panic at start.)
                 "queue_capacity" => match value.parse::<usize>() {
-                    Ok(n) if n > 0 => s.queue_capacity = n,
-                    _ => fail("expected a positive number of transactions, e.g. `1024`".into()),
+                    Ok(n @ 1..=10_000_000) => s.queue_capacity = n,
+                    _ => fail(
+                        "expected a number of transactions from 1 to 10000000, e.g. `1024`".into(),
+                    ),
                 },
                 _ => fail(unknown_setting(&key)),
             }

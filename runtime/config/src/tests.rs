@@ -1165,13 +1165,14 @@ fn bad_listen_address() {
 
 #[test]
 fn bad_queue_capacity() {
-    for bad in ["0", "-1", "many", "1.5"] {
+    // (The biggest made `send` and `run` panic making the queue.)
+    for bad in ["0", "-1", "many", "1.5", "10000001", "2305843009213693952"] {
         let e = error(&format!("mailpush {{\n  queue_capacity = {bad}\n}}\n"));
         assert_error(
             &e,
             2,
             &format!("queue_capacity = {bad}"),
-            &["expected a positive number of transactions"],
+            &["expected a number of transactions from 1 to 10000000"],
         );
     }
 }
@@ -1211,7 +1212,11 @@ fn bad_mailpush_block_values() {
         ),
         (
             "max_connections = 0",
-            "expected a positive number of connections",
+            "expected a number of connections from 1 to 1000000",
+        ),
+        (
+            "max_connections_per_peer = 2305843009213693952",
+            "expected a number of connections from 1 to 1000000",
         ),
     ] {
         let e = error(&format!("mailpush {{\n  {line}\n}}\n"));

@@ -52,6 +52,10 @@ impl Default for HttpSettings {
     }
 }
 
+/// The most outbound connections one driver may be given (a semaphore of that many
+/// permits is made at load: an absurd number must be refused, not panic).
+const MAX_CONNECTIONS: usize = 65_536;
+
 impl HttpSettings {
     /// Takes the outbound-HTTP keys out of a driver's args.
     pub fn from_args(args: &mut DriverArgs) -> Result<Self, InitError> {
@@ -64,6 +68,11 @@ impl HttpSettings {
         }
         s.allow_private = args.take_flag("allow_private");
         if let Some(n) = args.take_number::<usize>("max_connections", "16")? {
+            if n > MAX_CONNECTIONS {
+                return Err(InitError::new(format!(
+                    "max_connections={n} is more than {MAX_CONNECTIONS}; expected a number of connections to the driver's endpoints, e.g. max_connections=16"
+                )));
+            }
             s.max_connections = n.max(1);
         }
         if let Some(d) = args.take_msecs("connect_timeout_msecs", "5000")? {
@@ -153,5 +162,17 @@ mod tests {
         assert!(!s.host_allowed("other.example.com"));
         assert!(!HttpSettings::default().host_allowed("hooks.example.com"));
         assert!(HttpSettings::from_args(&mut DriverArgs::parse("allow_hosts=a/b")).is_err());
+    }
+
+    /// A number of connections that would make the driver's semaphore panic is refused.
+    #[test]
+    fn max_connections_is_bounded() {
+        let s = HttpSettings::from_args(&mut DriverArgs::parse("max_connections=65536")).unwrap();
+        assert_eq!(s.max_connections, 65536);
+        let e = HttpSettings::from_args(&mut DriverArgs::parse(
+            "max_connections=2305843009213693952",
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("is more than 65536"), "{}", e.message);
     }
 }
