@@ -152,20 +152,13 @@ impl DriverArgs {
     }
 }
 
-/// Keys whose whole value is a secret.
-const SECRET_KEYS: [&str; 6] = ["secret", "password", "pass", "token", "key", "api_key"];
-
 /// Redacts one argument value for logs and `check` output: values of secret-like keys
-/// (`secret`, `password`, `token`, `*_key`, `*_token`, …) become `***`, and passwords inside URLs
-/// (`scheme://user:password@host`) become `***`.
+/// (any with `secret`, `pass`, `token`, `key`, `auth`, `sig`, `cred`, `bearer` or `hmac`
+/// in its name, as for URL query parameters: [`secret_param`]) become `***`, and
+/// passwords inside URLs (`scheme://user:password@host`) become `***`. A harmless key
+/// with such a part (`passthrough`) is masked too: showing a secret is the worse error.
 pub fn redact_value(key: &str, value: &str) -> String {
-    let k = key.to_ascii_lowercase();
-    if SECRET_KEYS.contains(&k.as_str())
-        || k.ends_with("_key")
-        || k.ends_with("_token")
-        || k.ends_with("_secret")
-        || k.ends_with("password")
-    {
+    if secret_param(key) {
         return "***".to_string();
     }
     redact_url(value)
@@ -214,20 +207,13 @@ pub fn redact_url(value: &str) -> String {
     out
 }
 
-/// Whether a URL query parameter's value is a secret (`access_token`, `api_key`,
-/// `signature`, `password`, …).
+/// Whether a URL query parameter's or an argument's value is a secret (`access_token`,
+/// `api_key`, `apiKey`, `signature`, `passwd`, `authorization`, `client_credentials`, …).
 fn secret_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "pass",
-        "key",
-        "sig",
-        "auth",
-        "credential",
+        "token", "secret", "password", "passwd", "pass", "key", "sig", "auth", "cred", "bearer",
+        "hmac",
     ]
     .iter()
     .any(|s| n.contains(s))
@@ -507,6 +493,12 @@ mod tests {
         assert_eq!(
             a.redacted(),
             "url=https://u:***@h/ secret=*** signing_key=*** flag"
+        );
+        // Names a wasm driver's own arguments take (they all go to the component).
+        let a = DriverArgs::parse("passwd=PW1 apikey=AK1 auth=AU1 bearer=BE1 credentials=CR1 hmac=HM1 apiKey=AK2 x-api-key=AK3 authorization=AZ1 client_secret=CS1 url=https://h/x user=u");
+        assert_eq!(
+            a.redacted(),
+            "passwd=*** apikey=*** auth=*** bearer=*** credentials=*** hmac=*** apiKey=*** x-api-key=*** authorization=*** client_secret=*** url=https://h/x user=u"
         );
     }
 }
