@@ -133,6 +133,9 @@ pub fn read(path: &Path, text: &str) -> RawConfig {
 
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+/// Lines of one file that are not config syntax reported before it is given up.
+const MAX_NOT_CONFIG_LINES: usize = 3;
+
 /// Block kinds that matter to mailpush.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Block {
@@ -279,6 +282,7 @@ fn read_text(
     depth: usize,
 ) {
     let base_depth = stack.len();
+    let mut not_config = 0;
     for logical in logical_lines(text) {
         let full_line = logical.text.as_str();
         let location = Location {
@@ -481,10 +485,35 @@ fn read_text(
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            error(
-                raw,
-                "expected `key = value`, `NAME {`, `}` or `!include FILE`".to_string(),
+            // Not config syntax: shown when it looks like a setting missing its `=`; else
+            // it may be anything (a key file included by mistake) and is not shown. A
+            // file full of such lines is given up.
+            not_config += 1;
+            if not_config > MAX_NOT_CONFIG_LINES {
+                raw.errors.push(ConfigError {
+                    location: Some(location.clone()),
+                    text: String::new(),
+                    message: format!(
+                        "more lines that are not config syntax: {} does not look like a config file (was it included by mistake?); the rest of it is not read",
+                        path.display()
+                    ),
+                });
+                break;
+            }
+            let looks_like_config = matches!(
+                line.split_whitespace().collect::<Vec<_>>()[..],
+                [first, _, ..] if first.len() <= 64
+                    && first.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             );
+            raw.errors.push(ConfigError {
+                location: Some(location.clone()),
+                text: if looks_like_config { full_line.trim().to_string() } else { String::new() },
+                message: if looks_like_config {
+                    "expected `key = value`, `NAME {`, `}` or `!include FILE`".to_string()
+                } else {
+                    "expected `key = value`, `NAME {`, `}` or `!include FILE` (the line is not shown: it does not look like config)".to_string()
+                },
+            });
             continue;
         };
         let key = key.trim().to_string();

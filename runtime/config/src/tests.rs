@@ -945,6 +945,42 @@ fn a_block_name_one_typo_away_is_warned_about() {
     assert!(w[0].contains("Did you mean `mailpush`?"), "{w:?}");
 }
 
+/// A key file (or /etc/shadow) included by mistake: its lines are not echoed (they were,
+/// secret material and all, one error per line), and after three it is given up.
+#[test]
+fn an_included_file_that_is_not_config_is_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = write(
+        dir.path(),
+        "mailpush.conf",
+        "mailpush {\n  !include client.key\n}\n",
+    );
+    let key = write(
+        dir.path(),
+        "client.key",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwSECRET1\nSECRET2SECRET2\nSECRET3\nSECRET4\nSECRET5\n-----END PRIVATE KEY-----\n",
+    );
+    let Err(ConfigErrors(errs)) = Config::load(&main) else {
+        panic!("accepted a key file");
+    };
+    let all = errs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!all.contains("SECRET") && !all.contains("MIIE"), "{all}");
+    assert_eq!(errs.len(), 4, "{all}");
+    assert!(
+        errs.iter()
+            .all(|e| e.location.as_ref().is_some_and(|l| l.file == key)),
+        "{all}"
+    );
+    assert!(
+        errs[3].message.contains("does not look like a config file"),
+        "{all}"
+    );
+}
+
 #[test]
 fn a_missing_config_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
