@@ -1089,3 +1089,47 @@ async fn a_second_instance_on_one_state_dir_is_refused() {
     let again = RunningDaemon::start(&conf);
     assert!(again.stop().success());
 }
+
+/// `mailpush check` exits 3 when mailpush would start without a driver the config
+/// names (numbering stops at a gap, as in Dovecot; `push_notification_driver1` is never
+/// read) or without any driver; an empty setting where the numbering ends loses nothing
+/// more and exits 0.
+#[test]
+fn check_exits_3_when_the_config_loses_drivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |plugin: &str| {
+        let conf = dir.path().join("mailpush.conf");
+        std::fs::write(
+            &conf,
+            format!("mailpush {{\n state_dir = state\n}}\nplugin {{\n{plugin}}}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(mailpush_bin())
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), all)
+    };
+    for plugin in [
+        " push_notification_driver = dlog:file=a.log\n push_notification_driver3 = dlog:file=c.log\n",
+        " push_notification_driver1 = dlog:file=a.log\n",
+        "",
+    ] {
+        let (code, all) = check(plugin);
+        assert_eq!(code, Some(3), "{plugin}\n{all}");
+        assert!(
+            all.contains("but the config names drivers that would not run, or none"),
+            "{all}"
+        );
+    }
+    let (code, all) =
+        check(" push_notification_driver = dlog:file=a.log\n push_notification_driver2 =\n");
+    assert_eq!(code, Some(0), "{all}");
+    assert!(all.contains("OK: 1 driver(s) ready"), "{all}");
+}

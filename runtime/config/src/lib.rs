@@ -49,6 +49,10 @@ pub struct Config {
     /// written in Dovecot 2.4's syntax (2.4 has no plugin { } section).
     pub plugin_env: BTreeMap<String, String>,
     pub warnings: Vec<ConfigWarning>,
+    /// Something the config names would not run: driver settings the numbering passes
+    /// over, or no driver at all (each said in `warnings`). mailpush starts; `mailpush
+    /// check` exits 3.
+    pub incomplete: bool,
 }
 
 /// The text of the config file, or the error saying how to pass another.
@@ -114,9 +118,11 @@ impl Config {
                 None
             }
         };
+        let mut incomplete = raw.ignored_drivers > 0;
         if let Some(s) = &settings {
             if drivers.is_empty() && s.tenant_drivers.is_none() && raw.errors.is_empty() {
                 raw.warnings.push(numbering::nothing_configured());
+                incomplete = true;
             }
         }
         match settings {
@@ -126,6 +132,7 @@ impl Config {
                 settings,
                 plugin_env,
                 warnings: raw.warnings,
+                incomplete,
             }),
             _ => Err(InvalidConfig {
                 errors: raw.errors,

@@ -126,6 +126,7 @@ fn warn_about_near_misses(raw: &mut RawConfig) {
                 "{key} is not a driver setting and is ignored (as Dovecot ignores it). Did you mean {base}{number}?"
             ),
         });
+        raw.ignored_drivers += 1;
     }
 }
 
@@ -300,6 +301,10 @@ fn select_numbered(raw: &mut RawConfig, base: &str) -> Vec<DriverSetting> {
             None if suffix.is_empty() => continue,
             None => format!("{key} is not a driver setting and is ignored"),
         };
+        // (An empty setting where the numbering stops disables nothing more than itself.)
+        if !(number == Some(stop) && stop >= 2) {
+            raw.ignored_drivers += 1;
+        }
         raw.warnings.push(ConfigWarning {
             location: Some(setting.location.clone()),
             message,

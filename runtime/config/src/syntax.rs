@@ -67,6 +67,9 @@ pub struct RawConfig {
     pub ox_defaults_at: Option<Location>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigWarning>,
+    /// Driver settings the numbering passes over (after a gap, misnumbered, a typo
+    /// away from `push_notification_driver`), each with a warning.
+    pub ignored_drivers: usize,
 }
 
 /// A config file's bytes as text: UTF-8, a leading byte-order mark dropped. A line with

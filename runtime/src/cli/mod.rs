@@ -63,7 +63,9 @@ pub enum Command {
     /// Parse the config, initialise every driver, print the driver table and warnings.
     ///
     /// Exits 1, listing every error with file:line, when the config is unusable; exits 3
-    /// when mailpush would start but a tenant handler (tenant_drivers) did not load.
+    /// when mailpush would start without something the config names: a tenant handler
+    /// (tenant_drivers) that did not load, drivers after a gap in the numbering or
+    /// misnumbered (ignored, as Dovecot ignores them), or no driver at all.
     /// Drivers are initialised as at start, except that a dlog's file is opened, not
     /// written (a Lua script's main chunk and script_init do run).
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
@@ -526,7 +528,8 @@ async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<Exi
     })
 }
 
-/// `check`'s exit status when mailpush would start but a tenant handler did not load.
+/// `check`'s exit status when mailpush would start without something the config names:
+/// a tenant handler that did not load, drivers the numbering passes over, or any driver.
 const CHECK_TENANTS_FAILED: u8 = 3;
 
 /// The progress bar of `send`.

@@ -32,6 +32,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             warnings,
             errors,
             tenants_failed,
+            incomplete,
             ..
         } => {
             println!("config: {}", config.display());
@@ -61,11 +62,22 @@ pub fn check(path: &Path, report: &CheckReport) {
                     println!("warning: {w}");
                 }
             }
-            if errors.is_empty() && *tenants_failed > 0 {
+            if errors.is_empty() && (*tenants_failed > 0 || *incomplete) {
                 println!();
+                let mut missing = Vec::new();
+                if *incomplete {
+                    missing.push(
+                        "the config names drivers that would not run, or none (warnings above)"
+                            .to_string(),
+                    );
+                }
+                if *tenants_failed > 0 {
+                    missing.push(format!("{tenants_failed} tenant handler problem(s) (warnings above): those tenants' transactions would be held, retrying, until their files are fixed"));
+                }
                 println!(
-                    "{} driver(s) ready, but {tenants_failed} tenant handler problem(s) (warnings above): `mailpush run` would start and hold those tenants' transactions, retrying, until their files are fixed (exit status 3)",
-                    drivers.len()
+                    "{} driver(s) ready, but {}: `mailpush run` would start without them (exit status 3)",
+                    drivers.len(),
+                    missing.join("; and ")
                 );
             } else if errors.is_empty() {
                 println!();

@@ -48,6 +48,9 @@ pub enum CheckReport {
         /// Tenant handlers that did not load (their reasons are among `warnings`):
         /// `mailpush run` starts without them, holding their transactions.
         tenants_failed: usize,
+        /// The config names drivers that would not run (after a numbering gap,
+        /// misnumbered), or none at all ([`mailpush_config::Config::incomplete`]).
+        incomplete: bool,
         /// Config and driver warnings, each with its place.
         warnings: Vec<String>,
         errors: Vec<ConfigError>,
@@ -60,13 +63,15 @@ impl CheckReport {
         matches!(self, CheckReport::Loaded { errors, .. } if errors.is_empty())
     }
 
-    /// Whether mailpush would start with this config and every tenant handler loaded.
+    /// Whether mailpush would start with this config, running every driver it names,
+    /// every tenant handler loaded.
     pub fn complete(&self) -> bool {
         self.ok()
             && matches!(
                 self,
                 CheckReport::Loaded {
                     tenants_failed: 0,
+                    incomplete: false,
                     ..
                 }
             )
@@ -157,6 +162,7 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         drivers,
         cache_in_use,
         tenants_failed,
+        incomplete: config.incomplete,
         warnings,
         errors,
     })
@@ -327,6 +333,7 @@ mod tests {
         std::fs::write(&artifact, b"compiled").unwrap();
         let report = |cache_in_use: Option<HashSet<String>>| CheckReport::Loaded {
             tenants_failed: usize::from(cache_in_use.is_none()),
+            incomplete: false,
             config: state.path().join("mailpush.conf"),
             state_dir: state.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
