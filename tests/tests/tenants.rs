@@ -602,4 +602,19 @@ fn check_exits_3_when_a_tenant_handler_does_not_load() {
     let (code, all) = check();
     assert_eq!(code, Some(0), "{all}");
     assert!(all.contains("OK: 1 driver(s) ready"), "{all}");
+    // A sandbox key mistyped in a tenant's .conf is said, as on a wasm: line (it went
+    // to the component without a word, the sandbox keeping its default).
+    put_tenant_with(
+        &tenants,
+        "typo.example",
+        "http://127.0.0.1:9/t",
+        "memmory=8M",
+    );
+    let (code, all) = check();
+    assert_eq!(code, Some(3), "{all}");
+    assert!(
+        all.contains("tenant typo.example: typo.example.conf: `memmory` is not a mailpush key")
+            && all.contains("Did you mean memory?"),
+        "{all}"
+    );
 }

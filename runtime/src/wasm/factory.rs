@@ -39,7 +39,10 @@ const WASM_KEYS: &[&str] = &["file", "init", "calls", "recycle_after"];
 /// a key one typo from a sandbox key (`allow_host=`, `memmory=`: the component gets it,
 /// the sandbox keeps its default), and a `url=` whose host `allow_hosts` does not allow
 /// (every request to it would be refused).
-fn unapplied_keys(component_args: &mailpush_core::DriverArgs, sandbox: &Sandbox) -> Vec<String> {
+pub(crate) fn unapplied_keys(
+    component_args: &mailpush_core::DriverArgs,
+    sandbox: &Sandbox,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (key, value) in component_args.iter() {
         // Close enough to be a typo, for keys as short as `url` and `fuel` (two edits

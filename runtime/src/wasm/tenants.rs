@@ -55,6 +55,28 @@ struct Fingerprint {
 struct Tenant {
     fingerprint: Fingerprint,
     driver: Arc<WasmDriver>,
+    /// What its `.conf` probably meant for the sandbox but gives to the component.
+    warnings: Vec<String>,
+}
+
+/// A tenant's `.conf` as a driver line's arguments: `key=value` words separated by
+/// spaces or newlines; a `#` beginning a word starts a comment to the end of its line
+/// (one inside a word is kept: `secret=…#…` was cut there without a word).
+fn conf_args(conf: &str) -> String {
+    let uncommented = conf.lines().map(|line| {
+        let mut after_space = true;
+        for (i, c) in line.char_indices() {
+            if c == '#' && after_space {
+                return line[..i].trim();
+            }
+            after_space = c.is_whitespace();
+        }
+        line.trim()
+    });
+    uncommented
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The tenant-drivers lane: routes each transaction to its domain's component.
@@ -211,6 +233,9 @@ impl TenantDrivers {
                 Ok(Some(d)) => {
                     details.push(format!("tenant {domain}:"));
                     details.extend(d.details().into_iter().map(|l| format!("  {l}")));
+                    if let Some(t) = self.tenants.lock().get(domain.as_str()) {
+                        warnings.extend(t.warnings.iter().cloned());
+                    }
                 }
                 Ok(None) => {}
                 // (Its reasons name the tenant already.)
@@ -304,12 +329,7 @@ impl TenantDrivers {
                 )))
             }
         };
-        let joined: Vec<&str> = conf
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .collect();
-        let mut args = DriverArgs::parse(&joined.join(" "));
+        let mut args = DriverArgs::parse(&conf_args(conf));
         args.take("file");
         // Retryable, like a bad .wasm: the file may be half-written or about to be
         // fixed, and the transactions must wait for it rather than be dropped.
@@ -322,6 +342,15 @@ impl TenantDrivers {
         // it, and every other tenant's transactions, for its whole CPU budget; on a
         // fiber it yields at every deadline slice.
         sandbox.instance.synchronous_allowed = false;
+        let mut warnings = sandbox.warnings();
+        warnings.extend(super::factory::unapplied_keys(&args, &sandbox));
+        let warnings: Vec<String> = warnings
+            .into_iter()
+            .map(|w| format!("tenant {domain}: {domain}.conf: {w}"))
+            .collect();
+        for w in &warnings {
+            tracing::warn!(driver = self.number, tenant = domain, "{w}");
+        }
         let tag = Arc::new(DriverTag {
             number: self.number,
             name: format!("tenant:{domain}"),
@@ -361,6 +390,7 @@ impl TenantDrivers {
                 Tenant {
                     fingerprint: fp.clone(),
                     driver: driver.clone(),
+                    warnings,
                 },
             );
             if let Some(old) = &old {
@@ -445,6 +475,18 @@ impl Driver for TenantDrivers {
 
 #[cfg(test)]
 mod tests {
+    use super::conf_args;
+
+    /// A `#` beginning a word starts a comment; one inside a word (a secret, a URL's
+    /// fragment) is kept.
+    #[test]
+    fn tenant_conf_comments() {
+        assert_eq!(
+            conf_args("# tenant a\nurl=https://h/x#frag secret=whsec_ab#cd # the secret\n\n  memory=8M#x\n#all\n"),
+            "url=https://h/x#frag secret=whsec_ab#cd memory=8M#x"
+        );
+    }
+
     use super::*;
 
     #[test]
