@@ -1,7 +1,8 @@
 //! Dovecot's config syntax, read into raw settings: `key = value` (value optionally in
 //! quotes), `NAME {` and `NAME ARG {` blocks closed by `}`, `#` comments (from the first
 //! `#` outside quotes; one that does not follow whitespace is warned about, as Dovecot
-//! does), a `\` at a line's end continuing it on the next (as in
+//! does), `key = <FILE` (the value read from a file, for the settings mailpush uses), a
+//! `\` at a line's end continuing it on the next (as in
 //! Dovecot), `!include FILE` and `!include_try FILE` (relative to the
 //! including file; a glob such as `conf.d/*.conf` expands in sorted order, as Dovecot's
 //! glob(3) does, and one matching nothing is an error for `!include`; `!include_try`
@@ -527,7 +528,6 @@ fn read_text(
             );
             continue;
         }
-        let value = unquote(value);
         // The innermost block that matters decides where a setting belongs.
         let scope = stack
             .iter()
@@ -537,6 +537,36 @@ fn read_text(
             .unwrap_or(Block::Protocol);
         let in_block = !stack.is_empty();
         let is_push = key.starts_with("push_notification_");
+        // Dovecot's `key = <FILE`: the value is the file's content (relative to this
+        // file; its last line break dropped). Read only for settings mailpush uses: a
+        // Dovecot config's other `<FILE`s (`ssl_key = </etc/…`) are not its business.
+        let ours = match scope {
+            Block::Push(_) | Block::LuaSettings(_) | Block::OxDefaults | Block::Mailpush => true,
+            Block::Plugin | Block::Protocol => is_push,
+            _ => false,
+        };
+        let value = match value.trim().strip_prefix('<').filter(|_| ours) {
+            Some(file) => {
+                let file = path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(file.trim_start());
+                let read = std::fs::read(&file)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| decode(&file, &bytes).map_err(|e| e.to_string()));
+                match read {
+                    Ok(text) => text.trim_end_matches(['\n', '\r']).to_string(),
+                    Err(e) => {
+                        error(
+                            raw,
+                            format!("{key} = <FILE: cannot read {}: {e}", file.display()),
+                        );
+                        continue;
+                    }
+                }
+            }
+            None => unquote(value),
+        };
         let entry = |key: String, value: String| RawEntry {
             key,
             value,

@@ -981,6 +981,43 @@ fn an_included_file_that_is_not_config_is_not_echoed() {
     );
 }
 
+/// Dovecot's `key = <FILE` (a value kept out of the main file, such as the ox line with
+/// its password): read for the settings mailpush uses, relative to the including file;
+/// a Dovecot setting's `<FILE` is not read (mailpush may not, and need not, read
+/// `ssl_key`'s file).
+#[test]
+fn a_value_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "secret/ox-driver", "dlog:file=from-file.log\n");
+    write(dir.path(), "listen", "127.0.0.1:9998\n");
+    let main = write(
+        dir.path(),
+        "mailpush.conf",
+        "ssl_key = </nonexistent/key.pem\nmailpush {\n  listen = <listen\n}\nplugin {\n  push_notification_driver = < secret/ox-driver\n  quota_rule = </nonexistent\n}\n",
+    );
+    let c = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(names(&c), ["dlog"]);
+    assert_eq!(c.drivers[0].args.get("file"), Some("from-file.log"));
+    assert_eq!(c.settings.listen.port(), 9998);
+    let main = write(
+        dir.path(),
+        "mailpush.conf",
+        "plugin {\n  push_notification_driver = <missing\n}\n",
+    );
+    let Err(ConfigErrors(errs)) = Config::load(&main) else {
+        panic!("accepted a missing value file");
+    };
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].location.as_ref().map(|l| l.line), Some(2));
+    assert!(
+        errs[0]
+            .message
+            .contains("push_notification_driver = <FILE: cannot read"),
+        "{}",
+        errs[0]
+    );
+}
+
 #[test]
 fn a_missing_config_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
