@@ -332,7 +332,8 @@ impl RuntimeSettings {
         let mut cluster_keys: Vec<(String, String, Location)> = Vec::new();
         for (key, value, location) in entries {
             s.at.insert(key.clone(), location.clone());
-            if key.starts_with("cluster") {
+            // (A mistyped one is an unknown setting, below, not one needing `cluster`.)
+            if key.starts_with("cluster") && SETTINGS.iter().any(|(k, _, _)| *k == key) {
                 cluster_keys.push((key, value, location));
                 continue;
             }

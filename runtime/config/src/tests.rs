@@ -1221,6 +1221,14 @@ fn unknown_mailpush_key_lists_the_known_keys() {
             .starts_with("unknown mailpush setting `queue_capacty`. Did you mean queue_capacity? Known settings: "),
         "{e}"
     );
+    // A mistyped cluster setting is one too (it was said to need `cluster = …`).
+    let e = error("mailpush {\n  cluster_partitons = 16\n}\n");
+    assert!(
+        e.message.starts_with(
+            "unknown mailpush setting `cluster_partitons`. Did you mean cluster_partitions?"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
