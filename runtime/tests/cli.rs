@@ -658,18 +658,28 @@ fn check_warns_about_ox_fallbacks() {
 }
 
 /// What would otherwise pass unnoticed: a mistyped dlog argument, a mistyped driver key
-/// (Dovecot ignores both), no driver at all, a setting given twice.
+/// (Dovecot ignores both), no driver at all, a setting given twice. A driver key or no
+/// driver at all makes the check exit 3 (mailpush would start without what it names).
 #[test]
 fn check_warns_about_typos_that_would_pass_silently() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("mailpush.conf");
-    let check = |text: &str| {
+    let check_exits = |code: i32, text: &str| {
         std::fs::write(&conf, text).unwrap();
-        let (ok, all) = check(&conf);
-        assert!(ok, "{all}");
+        let out = mailpush()
+            .args(["check", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "{all}");
         all
     };
-    let out = check("mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:fiel=out.log\n push_notifcation_driver2 = dlog\n}\n");
+    let out = check_exits(3, "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:fiel=out.log\n push_notifcation_driver2 = dlog\n}\n");
     assert!(
         out.contains("driver 1 (dlog): unknown argument `fiel` is ignored (dlog reads only file="),
         "{out}"
@@ -678,13 +688,15 @@ fn check_warns_about_typos_that_would_pass_silently() {
         out.contains("mailpush.conf:6: push_notifcation_driver2 is not a driver setting and is ignored (as Dovecot ignores it). Did you mean push_notification_driver2?"),
         "{out}"
     );
-    let out =
-        check("mailpush {\n state_dir = state\n}\nplugin {\n push_notifcation_driver = dlog\n}\n");
+    let out = check_exits(
+        3,
+        "mailpush {\n state_dir = state\n}\nplugin {\n push_notifcation_driver = dlog\n}\n",
+    );
     assert!(
         out.contains("no push notification driver is configured"),
         "{out}"
     );
-    let out = check("mailpush {\n state_dir = state\n state_dir = other\n}\nplugin {\n push_notification_driver = dlog\n}\n");
+    let out = check_exits(0, "mailpush {\n state_dir = state\n state_dir = other\n}\nplugin {\n push_notification_driver = dlog\n}\n");
     assert!(
         out.contains("mailpush.conf:3: mailpush { state_dir } overrides the value set at"),
         "{out}"
