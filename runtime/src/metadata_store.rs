@@ -192,6 +192,19 @@ impl MetadataLookup for MetadataStore {
             .map(|(_, k, v)| (k, v))
             .collect())
     }
+
+    fn count_with_mailboxes(&self, user: &str) -> Result<usize, MetadataError> {
+        // `USER#…`: the users from `USER#` up to (not including) `USER$`.
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM metadata WHERE user = ?1 OR (user >= ?2 AND user < ?3)",
+                params![user, format!("{user}#"), format!("{user}$")],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
 }
 
 #[cfg(test)]

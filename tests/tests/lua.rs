@@ -439,18 +439,90 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "",
             "exceeded timeout_msecs=300",
         ),
-        // A C call the hook cannot interrupt (about 4.5e8 matcher steps, under the
-        // pattern bound), after which the hook returns at once: past its deadline all
-        // the same, so a timeout, not a delivery.
+        // A pattern call whose worst case (4.5e8 matcher steps, about a second in C)
+        // is more than the call's time allows: refused, not run past the deadline.
         (
             "local s = ('a'):rep(30000) if s:find('.-b') then error('matched') end",
             "timeout_msecs=100",
-            "exceeded timeout_msecs=100",
+            "pattern too costly for the mailpush sandbox",
+        ),
+        // A long pattern costs its length per start (it ran 33 s of CPU in C).
+        (
+            "local s = ('a'):rep(200000) if s:find('.' .. ('a'):rep(100000) .. 'b') then error('matched') end",
+            "",
+            "pattern too costly for the mailpush sandbox",
+        ),
+        // A coroutine the budget stopped is not closed: its __close handlers would run
+        // with hooks off (coroutine.wrap closed it on the error; coroutine.close too).
+        (
+            "coroutine.wrap(function() local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end end)()",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        (
+            "local co = coroutine.create(function() local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end end) \
+             coroutine.resume(co) coroutine.close(co) while true do end",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        // table.insert / remove / move: a __len that lies, or positions given as strings
+        // (the C functions read them as numbers), loop in Lua, where the hook sees them.
+        (
+            "table.insert(setmetatable({}, {__len = function() return 1 << 40 end}), 1, 'x')",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        (
+            "table.remove(setmetatable({}, {__len = function() return 1 << 40 end}), 1)",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        (
+            "local n = 0 local t = setmetatable({}, {__len = function() n = n + 1 if n == 1 then return 1 end return 1 << 40 end}) \
+             table.insert(t, 1, 'x') error('insert returned')",
+            "",
+            "insert returned",
+        ),
+        (
+            "table.insert({}, '1', 'x') table.move({}, '1', '1099511627776', 2)",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        // The deadline's words raised by the script are a script error, not a timeout
+        // (which drops the state and counts as one).
+        (
+            "error('script exceeded its time budget (timeout_msecs)', 0)",
+            "",
+            "failed: runtime error",
         ),
     ] {
         let r = contained(body, args).await;
         assert_all(&r, reason);
     }
+}
+
+/// Pattern calls each within the bound, in a loop: the clock is looked at by each call
+/// (the hook looks every thousand instructions, and as many calls fit between two of its
+/// looks: this ran for a minute past a 300 ms deadline).
+#[tokio::test(flavor = "multi_thread")]
+async fn pattern_calls_in_a_loop_stop_at_the_deadline() {
+    let started = std::time::Instant::now();
+    let r = contained(
+        "local s = ('a'):rep(5000) while true do s:find('.-b') end",
+        "",
+    )
+    .await;
+    assert!(
+        r.iter().all(|r| r.contains("exceeded timeout_msecs=300")
+            || r.contains("pattern too costly for the mailpush sandbox")),
+        "{r:#?}"
+    );
+    // Three transactions of 300 ms each, not three of tens of seconds.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1014,6 +1086,31 @@ async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
         text.contains("Script init failed: script_init() returned 1"),
         "{text}"
     );
+    // The script's own error at load is capped and escaped (it printed 3 MB with a
+    // terminal escape and a forged line).
+    let text = load_error(
+        dir.path(),
+        "loud.lua",
+        "error(('E'):rep(3e6) .. '\\n\\27[31mFAKE: all good')\n",
+    )
+    .await;
+    assert!(text.len() < 4096, "{} bytes", text.len());
+    assert!(
+        !text.contains('\u{1b}') && !text.contains("\nFAKE"),
+        "{text}"
+    );
+    // A main chunk whose __close handler would loop in a coroutine the budget stopped
+    // is stopped at init_timeout_msecs (check hung on it).
+    let text = load_error(
+        dir.path(),
+        "stuck.lua",
+        "coroutine.wrap(function() local x <close> = setmetatable({}, {__close = function() while true do end end}) while true do end end)()\n",
+    )
+    .await;
+    assert!(
+        text.contains("loading the script took longer than init_timeout_msecs"),
+        "{text}"
+    );
 }
 
 /// An OX-style pusher as sites write them: METADATA says who to push for, the unseen
@@ -1178,6 +1275,7 @@ function dovecot_lua_notify_event_mailbox_create(ctx, event)
   print("printed", 1, true)
   local ok = pcall(function() ctx.e:add_int("n", "not a number") end)
   if ok then error("add_int took a string") end
+  dovecot.event():set_name(("N"):rep(2e6)):log_info("long name")
 end
 function dovecot_lua_notify_end_txn(ctx, success)
   ctx.e:log_error("end " .. tostring(success))
@@ -1224,6 +1322,13 @@ async fn event_logging_reaches_mailpushs_log_with_driver_and_transaction() {
     assert!(line("plain info line").contains("t-log-1"));
     assert!(line("printed\\t1\\ttrue").contains("INFO"));
     assert!(line("push: end true").contains("ERROR"));
+    // An event's name is capped like the message (2 MB per line before).
+    let long = line("long name");
+    assert!(
+        long.len() < 2048 && long.contains("NNNN"),
+        "{} bytes",
+        long.len()
+    );
     let r = server.requests();
     assert_eq!(r.len(), 1);
     assert_eq!(
@@ -1826,7 +1931,9 @@ async fn metadata_writes_are_bounded() {
     );
     let r = reason(script, "t2").await;
     assert!(
-        r.contains("the user has 100 METADATA entries, the sandbox's most (100)"),
+        r.contains(
+            "the user has 100 METADATA entries (its mailboxes' included), the sandbox's most (100)"
+        ),
         "{r:?}"
     );
     let all = metadata.list(None).unwrap();
@@ -1835,4 +1942,21 @@ async fn metadata_writes_are_bounded() {
     assert!(all
         .iter()
         .any(|(_, k, v)| k == "/private/flood/1" && v == "changed"));
+    // Mailbox attributes count against the user's bound: one mailbox name per write was
+    // 100 more entries per name (33 MB in five transactions).
+    let script = write(
+        dir.path(),
+        "boxes.lua",
+        "function dovecot_lua_notify_begin_txn(user) return { user = user } end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+           for i = 1, 10 do ctx.user:mailbox('box' .. i):metadata_set('/private/k', 'v') end\n\
+         end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let r = reason(script, "t3").await;
+    assert!(
+        r.contains("the user has 100 METADATA entries (its mailboxes' included)"),
+        "{r:?}"
+    );
+    assert_eq!(metadata.list(None).unwrap().len(), 100);
 }

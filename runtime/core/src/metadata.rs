@@ -31,6 +31,12 @@ pub trait MetadataLookup: Send + Sync {
     fn entries(&self, _user: &str, _prefix: &str) -> Result<Vec<(String, String)>, MetadataError> {
         Ok(Vec::new())
     }
+
+    /// How many entries `user` has, its mailboxes' (stored as user `USER#MAILBOX`)
+    /// included: what a script's writes are bounded by.
+    fn count_with_mailboxes(&self, user: &str) -> Result<usize, MetadataError> {
+        Ok(self.entries(user, "")?.len())
+    }
 }
 
 /// A lookup with no entries (used where no store is configured).

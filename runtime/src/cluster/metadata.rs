@@ -266,6 +266,17 @@ impl MetadataLookup for MetadataCache {
         out.sort();
         Ok(out)
     }
+
+    fn count_with_mailboxes(&self, user: &str) -> Result<usize, MetadataError> {
+        let user = user.to_lowercase();
+        let mailboxes = format!("{user}#");
+        Ok(self
+            .entries
+            .read()
+            .keys()
+            .filter(|(u, _)| *u == user || u.starts_with(&mailboxes))
+            .count())
+    }
 }
 
 #[cfg(test)]

@@ -157,11 +157,12 @@ pub fn arm(lua: &Lua, budget: &Arc<Budget>, limit: Duration) -> mlua::Result<()>
     install(lua, budget.clone(), HOOK_EVERY)
 }
 
-/// Whether an error (or its cause, through callbacks) is the budget running out.
+/// Whether an error (or its cause, through callbacks) is the host's [`Deadline`]. The
+/// deadline a Lua hook raises is text, which a script can raise too: the budget's own
+/// [`Budget::tripped`] says whether the time ran out.
 pub fn is_deadline(e: &mlua::Error) -> bool {
     match e {
         mlua::Error::ExternalError(x) => x.downcast_ref::<Deadline>().is_some(),
-        mlua::Error::RuntimeError(m) => m.contains(DEADLINE_TEXT),
         mlua::Error::CallbackError { cause, .. } => is_deadline(cause),
         mlua::Error::WithContext { cause, .. } => is_deadline(cause),
         _ => false,

@@ -31,6 +31,9 @@ pub const MAX_RESPONSE_BODY: usize = 4 << 20;
 /// The most METADATA writes (set or unset) one transaction may make.
 pub const MAX_METADATA_WRITES: u32 = 100;
 
+/// The longest event name kept in a script's log line (`event:set_name`).
+const MAX_EVENT_NAME: usize = 256;
+
 /// The longest METADATA value a script may write.
 pub const MAX_METADATA_VALUE: usize = 64 << 10;
 
@@ -51,6 +54,9 @@ pub struct Shared {
     pub log_rate: Arc<LogRate>,
     pub max_log_lines: u32,
     pub counters: Counters,
+    /// Pattern matcher steps a second, for the bound on a call's pattern functions
+    /// ([`pattern::STEPS_PER_SECOND`]; faster in a test that needs a long C call).
+    pub pattern_rate: f64,
 }
 
 /// What a driver counts, for metrics and `mailpush status`.
@@ -140,12 +146,15 @@ impl Context {
         }
         let message = log::escape_controls(&log::cap(message.to_string(), MAX_LINE));
         let fields = log::escape_controls(&log::cap(fields.to_string(), MAX_LINE));
+        // An event's name is the script's too (`event:set_name`).
+        let event =
+            log::escape_controls(&log::cap(event.unwrap_or("").to_string(), MAX_EVENT_NAME));
         let (n, name, txn) = (
             self.shared.tag.number,
             self.shared.tag.name.as_str(),
             self.txn_id(),
         );
-        let event = event.unwrap_or("");
+        let event = event.as_str();
         match level {
             "debug" => {
                 tracing::debug!(target: "mailpush::lua::script", driver = n, name, txn, event, fields, "{message}")
@@ -217,11 +226,32 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
         )?,
     )?;
 
+    // Each guarded pattern call looks at the clock too: the instruction hook looks only
+    // every thousand instructions, and as many pattern calls, each bounded, fit between
+    // two of its looks.
+    let budget = ctx.budget.clone();
+    h.set(
+        "tripped",
+        lua.create_function(move |_, ()| Ok(budget.tripped()))?,
+    )?;
+    h.set("deadline_text", super::budget::DEADLINE_TEXT)?;
+    let budget = ctx.budget.clone();
+    let rate = ctx.shared.pattern_rate;
     h.set(
         "pattern_ok",
-        lua.create_function(|_, (s, p): (mlua::LuaString, mlua::LuaString)| {
-            Ok(pattern::refusal(&s.as_bytes(), &p.as_bytes()))
-        })?,
+        lua.create_function(
+            move |_, (function, s, p): (String, mlua::LuaString, mlua::LuaString)| {
+                if budget.tripped() {
+                    return Err(mlua::Error::external(super::budget::Deadline));
+                }
+                Ok(pattern::refusal(
+                    &function,
+                    &s.as_bytes(),
+                    &p.as_bytes(),
+                    pattern::allowed_steps(budget.remaining(), rate),
+                ))
+            },
+        )?,
     )?;
     h.set(
         "plain_find",
@@ -353,17 +383,23 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
                         }
                         c.metadata_user(mailbox.as_deref())
                     })
-                    .and_then(|(_, user)| {
+                    .and_then(|(txn, user)| {
                         let store = &c.shared.metadata;
-                        let entries = store.entries(&user, "").map_err(|e| e.to_string())?;
                         let normal = mailpush_core::metadata::normalize_key(&key)
                             .map_err(|e| e.to_string())?;
-                        if entries.len() >= MAX_METADATA_ENTRIES
-                            && !entries.iter().any(|(k, _)| *k == normal)
+                        // The bound is the user's, its mailboxes' entries included (one
+                        // per mailbox name was no bound at all).
+                        let held = store
+                            .count_with_mailboxes(&txn.user)
+                            .map_err(|e| e.to_string())?;
+                        if held >= MAX_METADATA_ENTRIES
+                            && store
+                                .get(&user, &normal)
+                                .map_err(|e| e.to_string())?
+                                .is_none()
                         {
                             return Err(format!(
-                                "the user has {} METADATA entries, the sandbox's most ({MAX_METADATA_ENTRIES}); unset one first",
-                                entries.len()
+                                "the user has {held} METADATA entries (its mailboxes' included), the sandbox's most ({MAX_METADATA_ENTRIES}); unset one first"
                             ));
                         }
                         store.write(&user, &key, &value).map_err(|e| e.to_string())

@@ -1,11 +1,23 @@
 //! Bounds on Lua's pattern functions, which run in C where the instruction hook cannot
-//! interrupt them. A backtracking match costs up to (subject length) to the power of
-//! (repetition items + 1), doubled per optional item; a call whose worst case exceeds
-//! [`MAX_STEPS`] is refused before it starts. Plain searches (`find(s, p, init, true)`)
-//! run here in linear time instead of Lua's quadratic one.
+//! interrupt them. A backtracking match tries each start position (one when anchored
+//! with `^`); from each it costs up to (subject length) to the power of the repetition
+//! items, times its single items (a 100 000-character literal costs that much per
+//! start), doubled per optional item. A call whose worst case exceeds [`MAX_STEPS`], or
+//! what the call's time left allows, is refused before it starts. Plain searches
+//! (`find(s, p, init, true)`) run here in linear time instead of Lua's quadratic one.
 
-/// The most matcher steps one pattern call may risk (about a second of CPU).
+use std::time::Duration;
+
+/// The most matcher steps one pattern call may risk (a few seconds of CPU at most).
 pub const MAX_STEPS: f64 = 1e9;
+
+/// Matcher steps a second, about (measured: 8e8 steps of `.aaa…b` took 1.9 s).
+pub const STEPS_PER_SECOND: f64 = 4e8;
+
+/// The most steps a call may risk with `left` of its time, at `rate` steps a second.
+pub fn allowed_steps(left: Duration, rate: f64) -> f64 {
+    MAX_STEPS.min(left.as_secs_f64() * rate)
+}
 
 /// What a pattern is made of, for the cost bound.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -16,11 +28,16 @@ struct Shape {
     optionals: i32,
     /// Any magic character at all (otherwise the search is a plain one).
     magic: bool,
+    /// Items matching one character (a literal, `.`, `%a`, a set), not repeated.
+    singles: i32,
+    /// Starts with `^` (find, match, gsub: one start position).
+    anchored: bool,
 }
 
 fn shape(p: &[u8]) -> Shape {
     let mut s = Shape {
         magic: p.iter().any(|b| b"^$*+?.([%-".contains(b)),
+        anchored: p.first() == Some(&b'^'),
         ..Shape::default()
     };
     let mut i = usize::from(p.first() == Some(&b'^'));
@@ -59,7 +76,7 @@ fn shape(p: &[u8]) -> Shape {
                 s.optionals += 1;
                 i += 1;
             }
-            _ => {}
+            _ => s.singles = s.singles.saturating_add(1),
         }
     }
     s
@@ -87,20 +104,32 @@ fn skip_set(p: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Why matching `p` against `s` is refused, or `None` when its worst case is bounded.
-pub fn refusal(s: &[u8], p: &[u8]) -> Option<String> {
+/// Why matching `p` against `s` by `function` (`find`, `match`, `gmatch`, `gsub`) is
+/// refused when `allowed` steps may be risked ([`allowed_steps`]), or `None` when its
+/// worst case is bounded.
+pub fn refusal(function: &str, s: &[u8], p: &[u8], allowed: f64) -> Option<String> {
     let n = s.len().max(1) as f64;
     let shape = shape(p);
+    // gmatch takes a leading `^` literally (Lua 5.4): every position is a start.
+    let starts = if shape.anchored && function != "gmatch" {
+        1.0
+    } else {
+        n
+    };
     let cost = if shape.magic {
-        n.powi(shape.repetitions + 1) * 2f64.powi(shape.optionals)
+        starts
+            * n.powi(shape.repetitions)
+            * f64::from(shape.singles.max(1))
+            * 2f64.powi(shape.optionals)
     } else {
         n * (p.len().max(1) as f64)
     };
-    (cost > MAX_STEPS).then(|| {
+    (cost > allowed).then(|| {
         format!(
-            "pattern too costly for the mailpush sandbox: {} repetition and {} optional items over a {}-byte subject could take {cost:.1e} steps, more than {MAX_STEPS:.0e}; use a plain find, a shorter subject or fewer repetitions",
+            "pattern too costly for the mailpush sandbox: {} repetition, {} optional and {} single items over a {}-byte subject could take {cost:.1e} steps, more than {allowed:.1e} (at most {MAX_STEPS:.0e}, less as the call's time runs out); use a plain find, a shorter subject, an anchor (^) or fewer repetitions",
             shape.repetitions,
             shape.optionals,
+            shape.singles,
             s.len()
         )
     })
@@ -156,6 +185,8 @@ mod tests {
 
     #[test]
     fn costly_calls_are_refused_cheap_ones_are_not() {
+        let second = allowed_steps(Duration::from_secs(5), STEPS_PER_SECOND);
+        let refusal = |s: &[u8], p: &[u8]| refusal("find", s, p, second);
         let long = vec![b'a'; 2000];
         assert!(refusal(&long, b".-.-b").is_some());
         assert!(refusal(&[b'a'; 20], "a*".repeat(12).as_bytes()).is_some());
@@ -165,6 +196,17 @@ mod tests {
         assert!(refusal(&vec![b'a'; 31_000], b"(.-)%1b").is_some());
         assert!(refusal(&vec![b'x'; 20_000], b"%s+").is_none());
         assert!(refusal(&vec![b'a'; 400_000], &vec![b'a'; 200_000]).is_some());
+        // A long pattern without repetitions costs its length per start (33 s of CPU).
+        let p = [b".".as_slice(), &[b'a'; 100_000], b"b"].concat();
+        assert!(refusal(&vec![b'a'; 200_000], &p).is_some());
+        // An anchored pattern has one start: trimming a subject line is affordable.
+        let subject = vec![b' '; 284];
+        assert!(refusal(&subject, b"^%s*(.-)%s*$").is_none());
+        assert!(super::refusal("gmatch", &subject, b"^%s*(.-)%s*$", second).is_some());
+        // Less is allowed as the call's time runs out.
+        let body = vec![b'x'; 20_000];
+        let soon = allowed_steps(Duration::from_millis(10), STEPS_PER_SECOND);
+        assert!(super::refusal("gsub", &body, b"%s+", soon).is_some());
     }
 
     #[test]

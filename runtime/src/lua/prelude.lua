@@ -31,6 +31,40 @@ function xpcall(f, h, ...)
   return xpcall_finish(h, pcall(f, ...))
 end
 
+-- A coroutine the time budget stopped is left with hooks off (the error was raised from
+-- a hook, and nothing switches them back on in a dead coroutine): closing it would run
+-- its pending `__close` handlers where nothing can stop them. Such a coroutine is never
+-- closed (coroutine.wrap, which closes on error, is rebuilt on resume).
+local co_create, co_resume, co_close = coroutine.create, coroutine.resume, coroutine.close
+local H_tripped, DEADLINE = H.tripped, H.deadline_text
+local stopped = raw_setmetatable({}, { __mode = "k" })
+local function note(co, ok, ...)
+  if not ok and (H_tripped() or (...) == DEADLINE) then stopped[co] = true end
+  return ok, ...
+end
+function coroutine.resume(co, ...)
+  return note(co, co_resume(co, ...))
+end
+function coroutine.close(co)
+  if stopped[co] then return false, DEADLINE end
+  return co_close(co)
+end
+local function wrap_finish(co, ok, ...)
+  if ok then return ... end
+  local e = ...
+  if stopped[co] then error(e, 0) end
+  local closed, e2 = co_close(co)
+  if not closed and e2 ~= nil then e = e2 end
+  if type(e) == "string" then error(e, 2) end
+  error(e, 0)
+end
+function coroutine.wrap(f)
+  local co = co_create(f)
+  return function(...)
+    return wrap_finish(co, note(co, co_resume(co, ...)))
+  end
+end
+
 -- string.rep("", huge) loops in C doing nothing.
 local srep = string.rep
 function string.rep(s, n, sep)
@@ -41,11 +75,17 @@ function string.rep(s, n, sep)
 end
 
 -- table.move / insert / remove with huge ranges (or a lying __len) loop in C: the same
--- loops in Lua are seen by the hook.
+-- loops in Lua are seen by the hook. Numbers are read as the C functions read them (a
+-- numeric string is a number to them), and a table with a metatable always takes the
+-- Lua path (its __len could answer the C function differently than it answered here).
 local tmove, tinsert, tremove = table.move, table.insert, table.remove
+local getmetatable, math_tointeger = getmetatable, math.tointeger
+local function int(v) return math_tointeger(tonumber(v)) end
 function table.move(a1, f, e, t, a2)
   if a2 == nil then a2 = a1 end
-  if type(f) == "number" and type(e) == "number" and e - f > 4096 then
+  local fi, ei, ti = int(f), int(e), int(t)
+  if fi and ei and ti and ei - fi > 4096 then
+    f, e, t = fi, ei, ti
     if not (f > 0 or e < math_maxinteger + f) then error("bad argument #3 to 'move' (too many elements to move)", 2) end
     local n = e - f + 1
     if t > math_maxinteger - n + 1 then error("bad argument #4 to 'move' (destination wrap around)", 2) end
@@ -61,23 +101,32 @@ end
 function table.insert(t, ...)
   if select("#", ...) == 2 then
     local pos, v = ...
-    local e = #t + 1
-    if type(pos) == "number" and e - pos > 4096 then
-      if not (pos >= 1 and pos <= e) then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
-      for i = e, pos + 1, -1 do t[i] = t[i - 1] end
-      t[pos] = v
+    local p = int(pos)
+    if p ~= nil and type(t) == "table" and (getmetatable(t) ~= nil or #t + 1 - p > 4096) then
+      local e = #t + 1
+      if not (p >= 1 and p <= e) then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+      for i = e, p + 1, -1 do t[i] = t[i - 1] end
+      t[p] = v
       return
     end
   end
   return tinsert(t, ...)
 end
 function table.remove(t, pos)
-  local size = #t
-  if type(pos) == "number" and size - pos > 4096 and pos >= 1 then
-    local v = t[pos]
-    for i = pos, size - 1 do t[i] = t[i + 1] end
-    t[size] = nil
-    return v
+  if pos == nil and getmetatable(t) == nil then return tremove(t) end
+  local p = pos == nil and nil or int(pos)
+  if (pos == nil or p ~= nil) and type(t) == "table" then
+    local size = #t
+    if pos == nil then p = size end
+    if getmetatable(t) ~= nil or size - p > 4096 then
+      if p ~= size and not (p >= 1 and p <= size + 1) then
+        error("bad argument #2 to 'remove' (position out of bounds)", 2)
+      end
+      local v = t[p]
+      while p < size do t[p] = t[p + 1]; p = p + 1 end
+      t[p] = nil
+      return v
+    end
   end
   if pos == nil then return tremove(t) end
   return tremove(t, pos)
@@ -90,7 +139,7 @@ local H_pattern_ok, H_plain_find = H.pattern_ok, H.plain_find
 local sfind, smatch, sgmatch, sgsub = string.find, string.match, string.gmatch, string.gsub
 local function guard(name, s, p)
   if type(s) == "string" and type(p) == "string" then
-    local why = H_pattern_ok(s, p)
+    local why = H_pattern_ok(name, s, p)
     if why then error("bad argument #2 to '" .. name .. "' (" .. why .. ")", 3) end
   end
 end

@@ -274,8 +274,9 @@ impl ScriptState {
             .map_err(|e| format!("cannot set up the sandbox: {}", describe(&e)))?;
         lua.set_memory_limit(settings.memory)
             .map_err(|e| format!("cannot limit memory: {e}"))?;
+        let time = ctx.budget.clone();
         let limit_hint = |e: &mlua::Error| {
-            if is_deadline(e) {
+            if time.tripped() || is_deadline(e) {
                 format!(
                     "loading the script took longer than init_timeout_msecs={}",
                     settings.init_timeout.as_millis()
@@ -286,7 +287,8 @@ impl ScriptState {
                     settings.memory
                 )
             } else {
-                describe(e)
+                // The script's own words (an error it raised): capped and escaped.
+                mailpush_core::Failure::untrusted_reason(&describe(e))
             }
         };
         budget::arm(&lua, &ctx.budget, settings.init_timeout).map_err(|e| e.to_string())?;
