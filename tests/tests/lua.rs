@@ -554,7 +554,13 @@ async fn no_files_no_processes_no_debug_no_modules_from_disk() {
         ("os.remove('/tmp/x')", "field 'remove'"),
         ("dofile('/etc/passwd')", "global 'dofile'"),
         ("loadfile('/etc/passwd')", "global 'loadfile'"),
-        ("debug.sethook()", "global 'debug'"),
+        ("debug.sethook()", "field 'sethook'"),
+        ("debug.getinfo(1)", "field 'getinfo'"),
+        // What stays of it: traceback, the usual xpcall handler.
+        (
+            "local ok, e = xpcall(function() error('boom', 0) end, debug.traceback) error('handled: ' .. e)",
+            "handled: boom",
+        ),
         (
             "package.loadlib('/lib/libc.so.6', 'system')",
             "field 'loadlib'",

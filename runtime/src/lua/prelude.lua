@@ -165,6 +165,18 @@ function string.gsub(s, p, repl, n)
   return sgsub(s, p, repl, n)
 end
 
+-- The debug library is not the script's (it could switch the time budget's hook off); its
+-- `traceback`, the usual `xpcall` handler, is kept as what it is to a script: a message.
+debug = {
+  traceback = function(a, b)
+    local msg = a
+    if type(a) == "thread" then msg = b end
+    if msg ~= nil and type(msg) ~= "string" and type(msg) ~= "number" then return msg end
+    local head = msg ~= nil and (tostring(msg) .. "\n") or ""
+    return head .. "stack traceback:\n\t(not available in the mailpush sandbox)"
+  end,
+}
+
 -- print writes to mailpush's log (info), not to the process's stdout.
 local H_log = H.log
 function print(...)
