@@ -216,7 +216,11 @@ impl Inner {
                 })?
             }
         };
-        let limit = self.script.settings.max_txn + self.stuck_grace;
+        // A worker's job may also load a state (its first, or each with instance=fresh)
+        // and run script_deinit, each within init_timeout_msecs: a script within all its
+        // bounds is never given up on.
+        let settings = &self.script.settings;
+        let limit = settings.max_txn + settings.init_timeout * 2 + self.stuck_grace;
         match tokio::time::timeout(limit, worker.deliver(txn)).await {
             Ok(Some(result)) => {
                 self.idle.lock().push(worker);
@@ -227,8 +231,9 @@ impl Inner {
             Err(_) => {
                 self.abandoned.lock().push(worker.abandon());
                 Err(Failure::permanent(format!(
-                    "lua: the script did not finish within max_txn_msecs={} (+{} ms)",
-                    self.script.settings.max_txn.as_millis(),
+                    "lua: the script did not finish within max_txn_msecs={} (+ twice init_timeout_msecs={} for loading a state and script_deinit, + {} ms)",
+                    settings.max_txn.as_millis(),
+                    settings.init_timeout.as_millis(),
                     self.stuck_grace.as_millis()
                 )))
             }
@@ -339,7 +344,7 @@ function dovecot_lua_notify_end_txn(ctx, success) end
             number: 1,
             name: "lua".into(),
             args: DriverArgs::parse(&format!(
-                "file={} timeout_msecs=20 max_txn_msecs=20",
+                "file={} timeout_msecs=20 max_txn_msecs=20 init_timeout_msecs=20",
                 script.display()
             )),
             raw: None,
