@@ -75,6 +75,21 @@ pub fn language_state_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-lang-state")
 }
 
+/// `mailpush check -c conf`: its exit status, and its stdout then stderr.
+pub fn run_check(conf: &Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(mailpush_bin())
+        .args(["check", "-c"])
+        .arg(conf)
+        .output()
+        .expect("mailpush check runs");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), all)
+}
+
 /// Path of the `mailpush` command line under test: the same `mailpush::cli::main` as the
 /// shipped binary, built by cargo for this package so it is never stale.
 pub fn mailpush_bin() -> PathBuf {

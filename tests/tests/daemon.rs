@@ -1104,17 +1104,7 @@ fn check_exits_3_when_the_config_loses_drivers() {
             format!("mailpush {{\n state_dir = state\n}}\nplugin {{\n{plugin}}}\n"),
         )
         .unwrap();
-        let out = std::process::Command::new(mailpush_bin())
-            .args(["check", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), all)
+        run_check(&conf)
     };
     for plugin in [
         " push_notification_driver = dlog:file=a.log\n push_notification_driver3 = dlog:file=c.log\n",

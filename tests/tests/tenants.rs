@@ -580,19 +580,7 @@ fn check_exits_3_when_a_tenant_handler_does_not_load() {
         root.path(),
         "mailpush {\n state_dir = state\n tenant_drivers = tenants\n}\n",
     );
-    let check = || {
-        let out = std::process::Command::new(mailpush_bin())
-            .args(["check", "-c"])
-            .arg(&config.path)
-            .output()
-            .unwrap();
-        let all = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), all)
-    };
+    let check = || run_check(&config.path);
     let (code, all) = check();
     assert_eq!(code, Some(3), "{all}");
     assert!(all.contains("broken.example"), "{all}");

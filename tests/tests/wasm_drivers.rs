@@ -1206,17 +1206,8 @@ fn check_warns_about_sandbox_keys_given_to_the_component() {
         format!("mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = wasm:file={} url=http://h.example/x secret=whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ= allow_host=h.example memmory=1M timeout_ms=5\n}}\n", guest("webhook").display()),
     )
     .unwrap();
-    let out = std::process::Command::new(mailpush_bin())
-        .args(["check", "-c"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{all}");
+    let (code, all) = run_check(&conf);
+    assert_eq!(code, Some(0), "{all}");
     for (typed, meant) in [
         ("allow_host", "allow_hosts"),
         ("memmory", "memory"),
