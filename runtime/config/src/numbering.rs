@@ -114,10 +114,11 @@ fn warn_about_near_misses(raw: &mut RawConfig) {
         }
         let stem = key.trim_end_matches(|c: char| c.is_ascii_digit());
         let number = &key[stem.len()..];
-        let Some(base) = BASES
-            .iter()
-            .find(|b| (1..=2).contains(&distance(&stem.to_ascii_lowercase(), b)))
-        else {
+        // A typo, or the right name in other case (Dovecot's names are case-sensitive).
+        let Some(base) = BASES.iter().find(|b| {
+            let lower = stem.to_ascii_lowercase();
+            (1..=2).contains(&distance(&lower, b)) || (lower == **b && stem != **b)
+        }) else {
             continue;
         };
         raw.warnings.push(ConfigWarning {

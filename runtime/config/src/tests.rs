@@ -1371,7 +1371,7 @@ fn a_config_without_drivers_says_nothing_will_be_delivered() {
 #[test]
 fn a_mistyped_driver_key_is_named_with_what_was_meant() {
     let c = parse(&plugin(
-        "push_notification_driver = dlog\n  push_notificaton_driver2 = dlog\n  push_notifcation_backend = dlog\n  mail_plugins = push_notification",
+        "push_notification_driver = dlog\n  push_notificaton_driver2 = dlog\n  push_notifcation_backend = dlog\n  mail_plugins = push_notification\n  Push_Notification_Driver3 = dlog",
     ));
     let w = warnings(&c);
     assert!(
@@ -1385,7 +1385,13 @@ fn a_mistyped_driver_key_is_named_with_what_was_meant() {
             .any(|w| w.contains("Did you mean push_notification_backend?")),
         "{w:?}"
     );
-    assert_eq!(w.len(), 2, "nothing about mail_plugins: {w:?}");
+    // Names are case-sensitive, as in Dovecot: the right name in other case is not read.
+    assert!(
+        w.iter()
+            .any(|w| w.contains("Push_Notification_Driver3 is not a driver setting and is ignored (as Dovecot ignores it). Did you mean push_notification_driver3?")),
+        "{w:?}"
+    );
+    assert_eq!(w.len(), 3, "nothing about mail_plugins: {w:?}");
 }
 
 #[test]
