@@ -521,6 +521,17 @@ fn read_text(
             continue;
         };
         let key = key.trim().to_string();
+        // `NAME { key = value }` on one line: Dovecot refuses it too ("Garbage after '{'").
+        if let Some((head, _)) = key.split_once('{') {
+            error(
+                raw,
+                format!(
+                    "a block's `{{` must end its line (as in Dovecot): write `{} {{`, then each setting on a line of its own, then `}}`",
+                    head.trim()
+                ),
+            );
+            continue;
+        }
         if key.is_empty() || key.contains(char::is_whitespace) {
             error(
                 raw,

@@ -1018,6 +1018,18 @@ fn a_value_read_from_a_file() {
     );
 }
 
+/// A block written on one line is refused, as Dovecot refuses it, with how to write it.
+#[test]
+fn a_block_on_one_line_says_how_to_write_it() {
+    let e = error("mailpush { state_dir = st }\n");
+    assert_error(
+        &e,
+        1,
+        "mailpush { state_dir = st }",
+        &["a block's `{` must end its line (as in Dovecot): write `mailpush {`"],
+    );
+}
+
 #[test]
 fn a_missing_config_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
