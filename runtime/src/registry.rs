@@ -93,8 +93,19 @@ impl DriverRegistry {
                         ". A Dovecot 2.4 block without `driver =` is the driver its name says: add `driver = {}` (or another) to the block",
                         self.names().first().copied().unwrap_or("dlog")
                     )
+                } else if setting.name.starts_with(['"', '\'']) {
+                    ". The value begins with a quote that does not end it: close the quote at the end of the value".to_string()
+                } else if let Some(known) = setting.name.split_once(' ').and_then(|(head, _)| {
+                    self.names().into_iter().find(|n| n.eq_ignore_ascii_case(head))
+                }) {
+                    format!(". A driver's arguments follow a colon: `{known}:ARGS`")
                 } else {
-                    String::new()
+                    mailpush_config::suggest::nearest(
+                        &setting.name.to_ascii_lowercase(),
+                        &self.names(),
+                    )
+                    .map(|n| format!(". Did you mean {n}?"))
+                    .unwrap_or_default()
                 }
             ),
         })
@@ -385,6 +396,24 @@ mod tests {
                 .contains(&format!("known drivers: {}", names.join(", "))),
             "{e}"
         );
+        // What the name probably means: a typo, a missing colon, an unclosed quote.
+        for (line, hint) in [
+            ("dlgo", ". Did you mean dlog?"),
+            (
+                "dlog concurrency=5",
+                ". A driver's arguments follow a colon: `dlog:ARGS`",
+            ),
+            (
+                "\"ox:url=http://x/",
+                "a quote that does not end it: close the quote",
+            ),
+        ] {
+            let c = parse(&plugin(&format!("push_notification_driver = {line}")));
+            let Err((_, errs)) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+                panic!("{line} was accepted");
+            };
+            assert!(errs[0].message.contains(hint), "{line}: {}", errs[0]);
+        }
     }
 
     #[tokio::test]
