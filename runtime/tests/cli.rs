@@ -877,6 +877,30 @@ fn run_refusing_a_config_logs_json_with_log_format_json() {
     );
 }
 
+/// `run` on an address in use says which setting, at which line, gave it.
+#[test]
+fn run_on_an_address_in_use_names_the_listen_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n listen = {}\n}}\nplugin {{\n push_notification_driver = dlog:file=d.log\n}}\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = output(&["run"], &conf);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on")
+            && stderr.contains("(listen at ")
+            && stderr.contains("mailpush.conf:3)"),
+        "{stderr}"
+    );
+}
+
 /// What `run` would refuse to start with, beyond the drivers, fails `check` too, each at
 /// its line: a token file it cannot read, `handoff_owners` naming nobody, cluster URLs
 /// with different passwords (masked); a `listen_unix` folder missing now is a warning

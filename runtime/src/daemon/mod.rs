@@ -291,7 +291,13 @@ pub async fn serve(
     let app = http::router(daemon.clone());
     let listener = tokio::net::TcpListener::bind(config.settings.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.settings.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} ({})",
+                config.settings.listen,
+                setting_place(&config, "listen")
+            )
+        })?;
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() {
         tracing::warn!(
@@ -308,8 +314,13 @@ pub async fn serve(
     let mut our_socket = None;
     if let Some(path) = &config.settings.listen_unix {
         clear_stale_socket(path)?;
-        let listener = tokio::net::UnixListener::bind(path)
-            .with_context(|| format!("cannot listen on unix socket {}", path.display()))?;
+        let listener = tokio::net::UnixListener::bind(path).with_context(|| {
+            format!(
+                "cannot listen on unix socket {} ({})",
+                path.display(),
+                setting_place(&config, "listen_unix")
+            )
+        })?;
         our_socket = socket_id(path);
         tracing::info!("listening on unix:{}", path.display());
         tokio::spawn(connections::serve(
@@ -506,5 +517,17 @@ impl Signals {
                 _ = self.int.recv() => return Ok(()),
             }
         }
+    }
+}
+
+/// Where a `mailpush { }` setting was set, for a start-up error: `listen at FILE:LINE`,
+/// or that it is the default.
+fn setting_place(config: &Config, key: &str) -> String {
+    match config.settings.at.get(key) {
+        Some(at) => format!("{key} at {at}"),
+        None => format!(
+            "{key}'s default; set it in mailpush {{ }} of {}",
+            config.path.display()
+        ),
     }
 }
