@@ -488,6 +488,17 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "",
             "exceeded timeout_msecs=300",
         ),
+        // The rebuilt coroutine.wrap and table.insert/remove answer as Lua's do.
+        (
+            "local f f = coroutine.wrap(function() f() end) f()",
+            "",
+            "cannot resume non-suspended coroutine",
+        ),
+        (
+            "table.remove(setmetatable({1, 2}, {__len = function() return 3.5 end}), 1)",
+            "",
+            "object length is not an integer",
+        ),
         // The deadline's words raised by the script are a script error, not a timeout
         // (which drops the state and counts as one).
         (
@@ -523,6 +534,53 @@ async fn pattern_calls_in_a_loop_stop_at_the_deadline() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// A state that ran out of time runs no script_deinit: it may be mid-way through
+/// anything (a coroutine the budget stopped, with hooks off). A state that finished
+/// does (instance=fresh: after each transaction).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_that_ran_out_of_time_runs_no_deinit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let script = write(
+        dir.path(),
+        "deinit.lua",
+        &format!(
+            "function script_deinit()\n\
+               dovecot.http.client({{}}):request({{ url = '{}', method = 'POST' }}):submit()\n\
+             end\n\
+             function dovecot_lua_notify_begin_txn(user) return {{ user = user.username }} end\n\
+             function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
+               if ctx.user == 'slow@example.test' then while true do end end\n\
+             end\n\
+             function dovecot_lua_notify_end_txn(ctx, success) end\n",
+            server.url("/deinit")
+        ),
+    );
+    let outcomes = run_with(
+        dir.path(),
+        &conf(
+            &script,
+            "allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=300",
+            "",
+        ),
+        vec![
+            mailbox_txn("slow@example.test", "t1"),
+            mailbox_txn("fast@example.test", "t2"),
+        ],
+        Arc::new(mailpush_core::NoMetadata),
+        None,
+    )
+    .await;
+    let r = reasons(&outcomes.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>());
+    assert!(
+        r.iter().any(|r| r.contains("exceeded timeout_msecs=300")),
+        "{r:?}"
+    );
+    // The probe at load, then the fast transaction's state; not the slow one's.
+    let requests = server.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(requests.len(), 2, "{requests:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -226,6 +226,7 @@ fn select_numbered_lines(raw: &mut RawConfig) -> Vec<DriverSetting> {
             message: "push_notification_backend* settings are ignored because push_notification_driver is set"
                 .to_string(),
         });
+        raw.ignored_drivers += 1;
     }
     drivers
 }

@@ -116,6 +116,10 @@ fn split_comment_at(text: &str) -> (&str, bool) {
     (before, before.len() < text.len())
 }
 
+/// Dovecot's own names a typo away from one of [`BLOCK_NAMES`] (2.4's `protocols { }`
+/// boolean list): no warning for them.
+const DOVECOT_NEAR_NAMES: &[&str] = &["protocols"];
+
 /// Block names mailpush reads (and Dovecot's `protocol`, `mail_plugins`): another
 /// name a typo away from one of them is warned about, as the block would be ignored.
 const BLOCK_NAMES: &[&str] = &[
@@ -466,7 +470,9 @@ fn read_text(
                     Block::Other
                 }
                 (Some(other), _, _) => {
-                    if let Some(meant) = super::suggest::nearest(other, BLOCK_NAMES) {
+                    let near = super::suggest::nearest(other, BLOCK_NAMES)
+                        .filter(|_| !DOVECOT_NEAR_NAMES.contains(&other));
+                    if let Some(meant) = near {
                         raw.warnings.push(ConfigWarning {
                             location: Some(location.clone()),
                             message: format!(
@@ -562,11 +568,23 @@ fn read_text(
                     .parent()
                     .unwrap_or(Path::new("."))
                     .join(file.trim_start());
+                // The file is the value, byte for byte (no comments in it), in UTF-8.
                 let read = std::fs::read(&file)
                     .map_err(|e| e.to_string())
-                    .and_then(|bytes| decode(&file, &bytes).map_err(|e| e.to_string()));
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes).map_err(|e| {
+                            format!(
+                                "not UTF-8 (byte 0x{:02X} at offset {})",
+                                e.as_bytes()[e.utf8_error().valid_up_to()],
+                                e.utf8_error().valid_up_to()
+                            )
+                        })
+                    });
                 match read {
-                    Ok(text) => text.trim_end_matches(['\n', '\r']).to_string(),
+                    Ok(text) => {
+                        let text = text.strip_suffix('\n').unwrap_or(&text);
+                        text.strip_suffix('\r').unwrap_or(text).to_string()
+                    }
                     Err(e) => {
                         error(
                             raw,

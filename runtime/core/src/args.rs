@@ -211,6 +211,14 @@ pub fn redact_url(value: &str) -> String {
 /// `api_key`, `apiKey`, `signature`, `passwd`, `authorization`, `client_credentials`, …).
 fn secret_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
+    // A file, a place or a name: where a secret is, not the secret (a URL's own
+    // secrets are masked by [`redact_url`]).
+    if ["_file", "_path", "_dir", "_url", "_id", "_name"]
+        .iter()
+        .any(|s| n.ends_with(s))
+    {
+        return false;
+    }
     [
         "token", "secret", "password", "passwd", "pass", "key", "sig", "auth", "cred", "bearer",
         "hmac",
@@ -499,6 +507,14 @@ mod tests {
         assert_eq!(
             a.redacted(),
             "passwd=*** apikey=*** auth=*** bearer=*** credentials=*** hmac=*** apiKey=*** x-api-key=*** authorization=*** client_secret=*** url=https://h/x user=u"
+        );
+        // Where a secret is (a file, a URL, an id) is shown; a URL's own secrets are not.
+        let a = DriverArgs::parse(
+            "ingest_token_file=/etc/t key_id=k1 token_url=https://u:pw@h/t auth_path=/a",
+        );
+        assert_eq!(
+            a.redacted(),
+            "ingest_token_file=/etc/t key_id=k1 token_url=https://u:***@h/t auth_path=/a"
         );
     }
 }

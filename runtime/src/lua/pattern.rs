@@ -28,8 +28,9 @@ struct Shape {
     optionals: i32,
     /// Any magic character at all (otherwise the search is a plain one).
     magic: bool,
-    /// Items matching one character (a literal, `.`, `%a`, a set), not repeated.
-    singles: i32,
+    /// What checking one character costs, summed over the items: 1 for a literal, `.`
+    /// or `%a`, a set's length for a set (Lua walks it), and a frontier's set.
+    weight: i32,
     /// Starts with `^` (find, match, gsub: one start position).
     anchored: bool,
 }
@@ -52,8 +53,11 @@ fn shape(p: &[u8]) -> Shape {
                 i += 4;
                 continue;
             }
+            // A frontier checks its set at every start, repeated or not.
             b'%' if p.get(i + 1) == Some(&b'f') => {
-                i = skip_set(p, i + 2);
+                let end = skip_set(p, i + 2);
+                s.weight = s.weight.saturating_add(set_weight(end - (i + 2)));
+                i = end;
                 continue;
             }
             // A back-reference compares what its capture matched: another factor of the
@@ -63,9 +67,19 @@ fn shape(p: &[u8]) -> Shape {
                 i += 2;
                 continue;
             }
-            b'%' => i += 2,
-            b'[' => i = skip_set(p, i),
-            _ => i += 1,
+            b'%' => {
+                s.weight = s.weight.saturating_add(1);
+                i += 2
+            }
+            b'[' => {
+                let end = skip_set(p, i);
+                s.weight = s.weight.saturating_add(set_weight(end - i));
+                i = end
+            }
+            _ => {
+                s.weight = s.weight.saturating_add(1);
+                i += 1
+            }
         }
         match p.get(i) {
             Some(b'*' | b'+' | b'-') => {
@@ -76,10 +90,15 @@ fn shape(p: &[u8]) -> Shape {
                 s.optionals += 1;
                 i += 1;
             }
-            _ => s.singles = s.singles.saturating_add(1),
+            _ => {}
         }
     }
     s
+}
+
+/// What checking a character against a set of `len` bytes costs.
+fn set_weight(len: usize) -> i32 {
+    i32::try_from(len).unwrap_or(i32::MAX).max(1)
 }
 
 /// The index just past a `[set]` starting at `i` (or the end).
@@ -119,17 +138,17 @@ pub fn refusal(function: &str, s: &[u8], p: &[u8], allowed: f64) -> Option<Strin
     let cost = if shape.magic {
         starts
             * n.powi(shape.repetitions)
-            * f64::from(shape.singles.max(1))
+            * f64::from(shape.weight.max(1))
             * 2f64.powi(shape.optionals)
     } else {
         n * (p.len().max(1) as f64)
     };
     (cost > allowed).then(|| {
         format!(
-            "pattern too costly for the mailpush sandbox: {} repetition, {} optional and {} single items over a {}-byte subject could take {cost:.1e} steps, more than {allowed:.1e} (at most {MAX_STEPS:.0e}, less as the call's time runs out); use a plain find, a shorter subject, an anchor (^) or fewer repetitions",
+            "pattern too costly for the mailpush sandbox: {} repetition and {} optional items, {} character checks per position, over a {}-byte subject could take {cost:.1e} steps, more than {allowed:.1e} (at most {MAX_STEPS:.0e}, less as the call's time runs out); use a plain find, a shorter subject, an anchor (^), smaller sets or fewer repetitions",
             shape.repetitions,
             shape.optionals,
-            shape.singles,
+            shape.weight,
             s.len()
         )
     })
@@ -207,6 +226,12 @@ mod tests {
         let body = vec![b'x'; 20_000];
         let soon = allowed_steps(Duration::from_millis(10), STEPS_PER_SECOND);
         assert!(super::refusal("gsub", &body, b"%s+", soon).is_some());
+        // A set costs its length per check (Lua walks it), a frontier its set per start.
+        let set = [b"[".as_slice(), &[b'b'; 100_000], b"]"].concat();
+        assert!(refusal(&vec![b'a'; 10_000], &set).is_some());
+        let frontiers = [b"%f[%w]".repeat(10_000).as_slice(), b"b"].concat();
+        assert!(refusal(&b"a ".repeat(50_000), &frontiers).is_some());
+        assert!(refusal(&b"a ".repeat(100), &frontiers).is_none());
     }
 
     #[test]

@@ -36,32 +36,51 @@ end
 -- its pending `__close` handlers where nothing can stop them. Such a coroutine is never
 -- closed (coroutine.wrap, which closes on error, is rebuilt on resume).
 local co_create, co_resume, co_close = coroutine.create, coroutine.resume, coroutine.close
+local co_status = coroutine.status
 local H_tripped, DEADLINE = H.tripped, H.deadline_text
 local stopped = raw_setmetatable({}, { __mode = "k" })
+-- A suspended coroutine is marked before it runs, and unmarked after unless the budget
+-- stopped it (the hook may stop this thread too in the instructions right after the
+-- resume returns, before anything could mark it then). `co` is false when this resume
+-- marked nothing (a coroutine that was not suspended: the resume fails).
+local function mark(co)
+  if type(co) == "thread" and co_status(co) == "suspended" then
+    stopped[co] = true
+    return co
+  end
+  return false
+end
 local function note(co, ok, ...)
-  if not ok and (H_tripped() or (...) == DEADLINE) then stopped[co] = true end
+  if co and (ok or not (H_tripped() or (...) == DEADLINE)) then stopped[co] = nil end
   return ok, ...
 end
 function coroutine.resume(co, ...)
-  return note(co, co_resume(co, ...))
+  return note(mark(co), co_resume(co, ...))
 end
 function coroutine.close(co)
-  if stopped[co] then return false, DEADLINE end
+  if stopped[co] and co_status(co) == "dead" then return false, DEADLINE end
   return co_close(co)
 end
 local function wrap_finish(co, ok, ...)
   if ok then return ... end
   local e = ...
-  if stopped[co] then error(e, 0) end
-  local closed, e2 = co_close(co)
-  if not closed and e2 ~= nil then e = e2 end
+  local dead = co_status(co) == "dead"
+  if dead and stopped[co] then error(e, 0) end
+  -- As Lua's: only a coroutine that failed is closed (not one resumed while running).
+  if dead then
+    local closed, e2 = co_close(co)
+    if not closed and e2 ~= nil then e = e2 end
+  end
   if type(e) == "string" then error(e, 2) end
   error(e, 0)
 end
 function coroutine.wrap(f)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'wrap' (function expected, got " .. type(f) .. ")", 2)
+  end
   local co = co_create(f)
   return function(...)
-    return wrap_finish(co, note(co, co_resume(co, ...)))
+    return wrap_finish(co, note(mark(co), co_resume(co, ...)))
   end
 end
 
@@ -103,7 +122,9 @@ function table.insert(t, ...)
     local pos, v = ...
     local p = int(pos)
     if p ~= nil and type(t) == "table" and (getmetatable(t) ~= nil or #t + 1 - p > 4096) then
-      local e = #t + 1
+      local n = int(#t)
+      if n == nil then error("object length is not an integer", 2) end
+      local e = n + 1
       if not (p >= 1 and p <= e) then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
       for i = e, p + 1, -1 do t[i] = t[i - 1] end
       t[p] = v
@@ -116,7 +137,8 @@ function table.remove(t, pos)
   if pos == nil and getmetatable(t) == nil then return tremove(t) end
   local p = pos == nil and nil or int(pos)
   if (pos == nil or p ~= nil) and type(t) == "table" then
-    local size = #t
+    local size = int(#t)
+    if size == nil then error("object length is not an integer", 2) end
     if pos == nil then p = size end
     if getmetatable(t) ~= nil or size - p > 4096 then
       if p ~= size and not (p >= 1 and p <= size + 1) then

@@ -544,6 +544,11 @@ impl ScriptState {
 
     /// Dovecot's user deinit: `script_deinit()`, if the script has one.
     pub fn deinit(self) {
+        // A state that ran out of time or memory may be mid-way through anything (a
+        // coroutine the budget stopped, with hooks off): no more of its code runs.
+        if self.exhausted.get() {
+            return;
+        }
         if let Ok(Value::Function(f)) = self.lua.globals().raw_get::<Value>("script_deinit") {
             let limit = self.settings.init_timeout;
             if budget::arm(&self.lua, &self.ctx.budget, limit).is_ok() {

@@ -233,8 +233,10 @@ impl TenantDrivers {
                 Ok(Some(d)) => {
                     details.push(format!("tenant {domain}:"));
                     details.extend(d.details().into_iter().map(|l| format!("  {l}")));
+                    // Its .conf's warnings under it: they are no failure to load (the
+                    // warnings of this scan are, and make `check` exit 3).
                     if let Some(t) = self.tenants.lock().get(domain.as_str()) {
-                        warnings.extend(t.warnings.iter().cloned());
+                        details.extend(t.warnings.iter().map(|w| format!("  warning: {w}")));
                     }
                 }
                 Ok(None) => {}
