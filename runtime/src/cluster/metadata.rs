@@ -7,7 +7,7 @@
 //! base64url-encoded (lower-cased first: users and METADATA entry names are
 //! case-insensitive here as in Dovecot).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::kv::{Operation, Store};
@@ -108,7 +108,9 @@ impl KvMetadata {
 /// Every node's in-memory copy of the bucket, for the drivers' lookups.
 #[derive(Default)]
 pub struct MetadataCache {
-    entries: RwLock<HashMap<(String, String), String>>,
+    /// Sorted by user then key: one user's entries (and its mailboxes', `USER#…`) are a
+    /// range, not a scan of every user's.
+    entries: RwLock<BTreeMap<(String, String), String>>,
     /// Set once the bucket's values up to the start were read.
     loaded: tokio::sync::Notify,
     is_loaded: std::sync::atomic::AtomicBool,
@@ -256,25 +258,30 @@ impl MetadataLookup for MetadataCache {
 
     fn entries(&self, user: &str, prefix: &str) -> Result<Vec<(String, String)>, MetadataError> {
         let (user, prefix) = (user.to_lowercase(), prefix.to_ascii_lowercase());
-        let mut out: Vec<(String, String)> = self
+        let from = (user.clone(), prefix.clone());
+        Ok(self
             .entries
             .read()
-            .iter()
-            .filter(|((u, k), _)| *u == user && k.starts_with(&prefix))
+            .range(from..)
+            .take_while(|((u, k), _)| *u == user && k.starts_with(&prefix))
             .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect();
-        out.sort();
-        Ok(out)
+            .collect())
     }
 
     fn count_with_mailboxes(&self, user: &str) -> Result<usize, MetadataError> {
         let user = user.to_lowercase();
+        let (from, to) = (
+            (user.clone(), String::new()),
+            (format!("{user}$"), String::new()),
+        );
+        // `USER`, then the users between `USER#` and `USER$` (its mailboxes); others
+        // sort between them (`USER!…`, `USER"…`) and are passed over.
         let mailboxes = format!("{user}#");
         Ok(self
             .entries
             .read()
-            .keys()
-            .filter(|(u, _)| *u == user || u.starts_with(&mailboxes))
+            .range(from..to)
+            .filter(|((u, _), _)| *u == user || u.starts_with(&mailboxes))
             .count())
     }
 }
@@ -282,6 +289,36 @@ impl MetadataLookup for MetadataCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One user's entries and its mailboxes' are read as ranges of the sorted copy.
+    #[test]
+    fn a_users_entries_and_mailboxes_are_ranges() {
+        let cache = MetadataCache::default();
+        for (u, k) in [
+            ("a@x", "/private/k1"),
+            ("a@x", "/private/k2"),
+            ("a@x", "/shared/k"),
+            ("a@x#inbox", "/private/k"),
+            ("a@x#chat", "/private/k"),
+            ("a@x!other", "/private/k"),
+            ("a@xy", "/private/k"),
+            ("b@x", "/private/k"),
+        ] {
+            cache
+                .entries
+                .write()
+                .insert((u.to_string(), k.to_string()), "v".to_string());
+        }
+        let keys: Vec<String> = cache
+            .entries("A@x", "/private/")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["/private/k1", "/private/k2"]);
+        assert_eq!(cache.count_with_mailboxes("a@x").unwrap(), 5);
+        assert_eq!(cache.count_with_mailboxes("b@x").unwrap(), 1);
+    }
 
     #[test]
     fn keys_round_trip_and_fit_the_bucket_alphabet() {
