@@ -324,7 +324,7 @@ mod tests {
     async fn threads_given_up_on_are_capped() {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("stuck.lua");
-        // One pattern call under the cost bound (31000² steps) that runs for a good
+        // One pattern call under the cost bound (2 × 22000² steps) that runs for a good
         // fraction of a second in C, where the hook cannot stop it; only for user "slow".
         std::fs::write(
             &script,
@@ -332,7 +332,7 @@ mod tests {
 function dovecot_lua_notify_begin_txn(user) return { user = user.username } end
 function dovecot_lua_notify_event_mailbox_create(ctx, event)
   if ctx.user == "slow" then
-    local s = ("a"):rep(31000)
+    local s = ("a"):rep(22000)
     if s:find(".-b") then error("matched") end
   end
 end
