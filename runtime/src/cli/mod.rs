@@ -522,7 +522,7 @@ async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<Exi
     Ok(if report.complete() {
         ExitCode::SUCCESS
     } else if report.ok() {
-        ExitCode::from(CHECK_TENANTS_FAILED)
+        ExitCode::from(CHECK_INCOMPLETE)
     } else {
         ExitCode::FAILURE
     })
@@ -530,7 +530,7 @@ async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<Exi
 
 /// `check`'s exit status when mailpush would start without something the config names:
 /// a tenant handler that did not load, drivers the numbering passes over, or any driver.
-const CHECK_TENANTS_FAILED: u8 = 3;
+const CHECK_INCOMPLETE: u8 = 3;
 
 /// The progress bar of `send`.
 struct Progress(indicatif::ProgressBar);
