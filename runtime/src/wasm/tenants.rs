@@ -477,7 +477,7 @@ impl Driver for TenantDrivers {
 
 #[cfg(test)]
 mod tests {
-    use super::conf_args;
+    use super::*;
 
     /// A `#` beginning a word starts a comment; one inside a word (a secret, a URL's
     /// fragment) is kept.
@@ -488,8 +488,6 @@ mod tests {
             "url=https://h/x#frag secret=whsec_ab#cd memory=8M#x"
         );
     }
-
-    use super::*;
 
     #[test]
     fn domains_are_safe_file_names() {
