@@ -964,6 +964,98 @@ async fn a_script_error_fails_the_transaction_with_the_message_and_traceback() {
     );
 }
 
+/// `script_errors=ignore` is Dovecot's way with a hook that raises an error: logged, the
+/// remaining hooks and `end_txn(ctx, true)` run, the transaction is delivered; a failed
+/// `begin_txn` skips the transaction. The time budget still stops a state for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn script_errors_ignore_passes_over_a_failing_hook_as_dovecot_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RecordingServer::start().await;
+    let script = write(
+        dir.path(),
+        "errors.lua",
+        r#"
+local settings
+function script_init(s) settings = s end
+function dovecot_lua_notify_begin_txn(user)
+  if user.username == "nobegin@example.test" then error("begin refused") end
+  return { user = user.username, seen = {} }
+end
+function dovecot_lua_notify_event_mailbox_create(ctx, e)
+  if e.mailbox == "bad" then error("boom in " .. e.mailbox) end
+  if e.mailbox == "loop" then while true do end end
+  table.insert(ctx.seen, e.mailbox)
+end
+function dovecot_lua_notify_end_txn(ctx, success)
+  local client = dovecot.http.client({ request_timeout = "5s" })
+  local req = client:request({ url = settings.url, method = "POST" })
+  req:set_payload(ctx.user .. " " .. table.concat(ctx.seen, ",") .. " " .. tostring(success), false)
+  req:submit()
+end
+"#,
+    );
+    let mailboxes = |user: &str, id: &str, names: &[&str]| {
+        txn(serde_json::json!({
+            "id": id,
+            "user": user,
+            "events": names
+                .iter()
+                .map(|m| serde_json::json!({"name": "MailboxCreate", "mailbox": m}))
+                .collect::<Vec<_>>(),
+        }))
+    };
+    let conf_with = |extra: &str| {
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={} dovecot=2.4 lua_settings.url={} allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=300 {extra}\n}}\n",
+            script.display(),
+            server.url("/push")
+        )
+    };
+    let txns = || {
+        vec![
+            mailboxes("a@example.test", "t1", &["one", "bad", "two"]),
+            mailboxes("nobegin@example.test", "t2", &["one"]),
+            mailboxes("b@example.test", "t3", &["one", "loop", "two"]),
+        ]
+    };
+    // Each transaction's outcome (users are delivered concurrently: by id).
+    let by_id = |outcomes: Vec<(String, Outcome)>| {
+        let o: Vec<String> = ["t1", "t2", "t3"]
+            .iter()
+            .map(|id| {
+                let found: Vec<Outcome> = outcomes
+                    .iter()
+                    .filter(|(i, _)| i == id)
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                assert_eq!(found.len(), 1, "{id}: {outcomes:?}");
+                reasons(&found).remove(0)
+            })
+            .collect();
+        o
+    };
+    let r = by_id(run(dir.path(), &conf_with("script_errors=ignore"), txns()).await);
+    assert_eq!(r[0], "Delivered", "{r:?}");
+    assert_eq!(r[1], "Delivered", "{r:?}");
+    assert!(r[2].contains("exceeded timeout_msecs=300"), "{r:?}");
+    let bodies: Vec<String> = server.requests().iter().map(|r| r.body_text()).collect();
+    // The failing hook passed over, the rest called, end_txn told the mail went well;
+    // nothing for the transaction whose begin_txn failed, nor for the spent state.
+    assert_eq!(bodies, ["a@example.test one,two true"], "{bodies:?}");
+
+    // The default: the first failing hook fails the transaction, end_txn hears false.
+    let dir = tempfile::tempdir().unwrap();
+    let before = server.requests().len();
+    let r = by_id(run(dir.path(), &conf_with(""), txns()).await);
+    assert!(r[0].contains("boom in bad"), "{r:?}");
+    assert!(r[1].contains("begin refused"), "{r:?}");
+    let bodies: Vec<String> = server.requests()[before..]
+        .iter()
+        .map(|r| r.body_text())
+        .collect();
+    assert_eq!(bodies, ["a@example.test one false"], "{bodies:?}");
+}
+
 /// Dovecot's `end_txn` is optional (it logs an error for each transaction without one):
 /// such a script delivers, and the load says once what is missing.
 #[tokio::test(flavor = "multi_thread")]
@@ -1175,6 +1267,26 @@ async fn a_script_that_does_not_load_is_a_config_error_with_its_line() {
         text.contains("loading the script took longer than init_timeout_msecs"),
         "{text}"
     );
+    // A mistyped key of the line says which key it probably is.
+    let script = write(
+        dir.path(),
+        "fine.lua",
+        "function dovecot_lua_notify_begin_txn(u) return {} end\nfunction dovecot_lua_notify_event_message_new() end\n",
+    );
+    let config = write_config(dir.path(), &conf(&script, "script_error=ignore", ""));
+    match TestDrivers::new()
+        .registry()
+        .init_all(&config, Arc::new(mailpush_core::NoMetadata))
+        .await
+    {
+        Ok(_) => panic!("script_error= was accepted"),
+        Err((_, e)) => assert!(
+            e[0].to_string()
+                .contains("unknown key `script_error` (did you mean script_errors?)"),
+            "{}",
+            e[0]
+        ),
+    }
 }
 
 /// An OX-style pusher as sites write them: METADATA says who to push for, the unseen

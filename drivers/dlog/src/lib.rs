@@ -79,8 +79,13 @@ impl DriverFactory for DlogFactory {
         // Dovecot's dlog takes no arguments and only prints them; mailpush's reads
         // `file=`. Anything else is most likely a typo of it.
         for (key, _) in init.args.iter().filter(|(k, _)| *k != "file") {
+            let hint = if mailpush_core::suggest::nearest(key, &["file"]).is_some() {
+                ": did you mean file?"
+            } else {
+                ""
+            };
             out.warnings.push(format!(
-                "unknown argument `{key}` is ignored (dlog reads only file=; Dovecot's dlog prints its arguments and ignores them)"
+                "unknown argument `{key}` is ignored{hint} (dlog reads only file=; Dovecot's dlog prints its arguments and ignores them)"
             ));
         }
         Ok(out)

@@ -366,8 +366,11 @@ impl OxConfig {
         }));
         for (key, _) in args.iter() {
             if !KNOWN_KEYS.contains(&key) {
+                let hint = mailpush_core::suggest::nearest(key, &KNOWN_KEYS)
+                    .map(|k| format!(": did you mean {k}?"))
+                    .unwrap_or_default();
                 warnings.push(format!(
-                    "unknown argument `{key}` is ignored (known: {})",
+                    "unknown argument `{key}` is ignored{hint} (known: {})",
                     KNOWN_KEYS.join(", ")
                 ));
             }
@@ -627,7 +630,23 @@ mod tests {
         assert_eq!(c.max_retries, DEFAULT_MAX_RETRIES);
         assert_eq!(c.timeout, Some(Duration::from_millis(2000)));
         assert_eq!(w.len(), 3, "{w:?}");
-        assert!(w[2].contains("unknown argument `foo`"), "{w:?}");
+        assert!(
+            w[2].contains("unknown argument `foo` is ignored (known:"),
+            "{w:?}"
+        );
+        // A typo of a known argument says which.
+        let (_, w) = OxConfig::parse(&DriverArgs::parse(
+            "url=http://h/ user_from_metdata cache_lifetme=1s",
+        ))
+        .unwrap();
+        assert!(
+            w[0].contains("`user_from_metdata` is ignored: did you mean user_from_metadata?"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("`cache_lifetme` is ignored: did you mean cache_lifetime?"),
+            "{w:?}"
+        );
         let (c, w) = OxConfig::parse(&DriverArgs::parse(
             "url=http://h/ max_retries=0 timeout_msecs=0 cache_lifetime=0",
         ))

@@ -58,6 +58,9 @@ pub const MAILPUSH_KEYS: [&str; 25] = [
     "max_egress_bytes",
 ];
 
+/// mailpush's keys of the lua driver alone (what failures of the script do).
+const LUA_OWN_KEYS: [&str; 2] = ["http_failures", "script_errors"];
+
 /// The error for `lua_settings {` inside `plugin { }`.
 pub const LUA_SETTINGS_IN_PLUGIN: &str = "`lua_settings { }` is Dovecot 2.4 syntax, which has no plugin { } section. \
      For Dovecot 2.3 put the script's settings in plugin { } directly (KEY = VALUE, read with user:plugin_getenv()); \
@@ -280,7 +283,13 @@ impl Kind {
                 "ssl_client_ca_file",
             ],
             Kind::Dlog => &["driver", "file"],
-            Kind::Lua => &["driver", "lua_file", "lua_settings"],
+            Kind::Lua => &[
+                "driver",
+                "lua_file",
+                "lua_settings",
+                "http_failures",
+                "script_errors",
+            ],
             Kind::Other => &["driver"],
         };
         own.iter().chain(MAILPUSH_KEYS.iter()).copied().collect()
@@ -463,8 +472,9 @@ impl Builder<'_> {
 
     /// A key Dovecot 2.4 does not resolve: one of mailpush's own, or an error.
     fn other_key(&mut self, e: &RawEntry) {
-        let own =
-            MAILPUSH_KEYS.contains(&e.key.as_str()) || (self.kind == Kind::Dlog && e.key == "file");
+        let own = MAILPUSH_KEYS.contains(&e.key.as_str())
+            || (self.kind == Kind::Dlog && e.key == "file")
+            || (self.kind == Kind::Lua && LUA_OWN_KEYS.contains(&e.key.as_str()));
         if own {
             self.set(&e.key, &e.value, e);
         } else {

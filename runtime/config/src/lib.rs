@@ -15,8 +15,10 @@ pub mod dovecot24;
 pub mod error;
 pub mod numbering;
 pub mod settings;
-pub mod suggest;
 pub mod syntax;
+
+/// "Did you mean …?" (in `mailpush-core`, which the drivers' crates share).
+pub use mailpush_core::suggest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +105,25 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.value.clone()))
                 .collect()
         };
+        // A 2.3 Lua script reads plugin { } settings: one whose file mailpush does not
+        // read is not there for it (Dovecot would give the file's content).
+        if drivers
+            .iter()
+            .any(|d| d.syntax == DovecotSyntax::V23 && d.name.eq_ignore_ascii_case("lua"))
+        {
+            for (key, location) in &raw.plugin_files {
+                raw.warnings.push(ConfigWarning {
+                    location: Some(location.clone()),
+                    message: format!(
+                        "the file named by {key} (`<FILE`) is not read: mailpush reads a plugin setting's file only for \
+                         push_notification_* settings (another plugin's file, such as a key, is no \
+                         business of a script), so a Lua script's user:plugin_getenv(\"{key}\") \
+                         returns nil. If the script needs it, name the setting \
+                         push_notification_… (or put the value itself in the file)"
+                    ),
+                });
+            }
+        }
         let config_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let settings = RuntimeSettings::from_block(
             raw.mailpush

@@ -56,6 +56,9 @@ pub struct RawBlock {
 pub struct RawConfig {
     /// Settings of `plugin { }` blocks (anywhere), later ones win.
     pub plugin: BTreeMap<String, RawSetting>,
+    /// Settings of `plugin { }` blocks whose value is a file (`key = <FILE`) mailpush
+    /// does not read (not a `push_notification_*` setting): kept out of `plugin`.
+    pub plugin_files: BTreeMap<String, Location>,
     /// Settings of `mailpush { }` blocks.
     pub mailpush: BTreeMap<String, RawSetting>,
     /// Dovecot 2.4 `push_notification NAME { }` blocks, in file order.
@@ -562,6 +565,13 @@ fn read_text(
             Block::Plugin | Block::Protocol => is_push,
             _ => false,
         };
+        // Another plugin's file (`mail_crypt_global_private_key = </…`) is not read:
+        // neither mailpush nor a script it runs has any business with it.
+        if scope == Block::Plugin && !ours && value.trim().starts_with('<') {
+            raw.plugin.remove(&key);
+            raw.plugin_files.insert(key, location.clone());
+            continue;
+        }
         let value = match value.trim().strip_prefix('<').filter(|_| ours) {
             Some(file) => {
                 let file = path
@@ -618,6 +628,7 @@ fn read_text(
                 raw.ox_defaults.push(entry(k, value));
             }
             Block::Plugin => {
+                raw.plugin_files.remove(&key);
                 // A Dovecot 2.4 setting written into plugin { }: say which version it is.
                 if let Some(message) = dovecot24::v24_key_in_plugin(&key, &value) {
                     error(raw, message);

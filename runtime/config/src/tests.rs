@@ -1004,6 +1004,38 @@ fn a_value_read_from_a_file() {
     assert_eq!(names(&c), ["dlog"]);
     assert_eq!(c.drivers[0].args.get("file"), Some("from#file.log"));
     assert_eq!(c.settings.listen.port(), 9998);
+    // Another plugin's file is not read, nor handed to a Lua script as `<PATH`; with a
+    // 2.3 lua driver, that is said where it is written.
+    assert_eq!(c.plugin_env.get("quota_rule"), None, "{:?}", c.plugin_env);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    write(dir.path(), "token", "s3cret\n");
+    let main = write(
+        dir.path(),
+        "mailpush.conf",
+        "plugin {\n  push_notification_driver = lua:file=p.lua\n  push_notification_token = <token\n  mail_crypt_global_private_key = </nonexistent/key.pem\n  mail_crypt_global_private_key = inline\n  other_key = </nonexistent/other\n}\n",
+    );
+    let c = Config::load(&main).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.plugin_env
+            .get("push_notification_token")
+            .map(String::as_str),
+        Some("s3cret")
+    );
+    // The later setting wins, whichever kind it is.
+    assert_eq!(
+        c.plugin_env
+            .get("mail_crypt_global_private_key")
+            .map(String::as_str),
+        Some("inline")
+    );
+    assert_eq!(c.plugin_env.get("other_key"), None);
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("mailpush.conf:6: the file named by other_key (`<FILE`) is not read")
+            && w[0].contains("plugin_getenv(\"other_key\") returns nil"),
+        "{w:?}"
+    );
     let main = write(
         dir.path(),
         "mailpush.conf",

@@ -230,6 +230,16 @@ fn lua_settings_and_the_dovecot_marker() {
     assert_eq!(d.args.get("lua_settings.empty"), Some(""));
     assert_eq!(d.args.get("dovecot"), Some("2.4"));
     assert_eq!(c.warnings.len(), 1, "{:?}", warnings(&c));
+    // The lua driver's own mailpush keys pass through in its block.
+    let c = parse(
+        "push_notification lua {\n\
+         \x20 lua_file = /p.lua\n\
+         \x20 script_errors = ignore\n\
+         \x20 http_failures = ignore\n\
+         }\n",
+    );
+    assert_eq!(c.drivers[0].args.get("script_errors"), Some("ignore"));
+    assert_eq!(c.drivers[0].args.get("http_failures"), Some("ignore"));
 }
 
 #[test]
@@ -571,6 +581,16 @@ fn unknown_keys_name_the_block_and_the_likely_key() {
             "push_notification lua {\n  lua_file = /p.lua\n  mailpush_url = http://x/\n}\n",
             "mailpush_url = http://x/",
             &["lua_settings { KEY = VALUE }"][..],
+        ),
+        (
+            "push_notification lua {\n  lua_file = /p.lua\n  script_error = ignore\n}\n",
+            "script_error = ignore",
+            &["Did you mean script_errors?"][..],
+        ),
+        (
+            "push_notification d {\n  driver = dlog\n  script_errors = ignore\n}\n",
+            "script_errors = ignore",
+            &["a dlog driver"][..],
         ),
         (
             "push_notification lua {\n  lua_file = /p.lua\n  lua_settings = x\n}\n",

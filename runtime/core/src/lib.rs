@@ -9,6 +9,7 @@ pub mod driver;
 pub mod event;
 pub mod metadata;
 pub mod ox_body;
+pub mod suggest;
 pub mod text;
 pub mod transaction;
 pub mod units;

@@ -41,6 +41,28 @@ impl Default for LuaFactory {
     }
 }
 
+/// The keys of a `lua:` line, for "did you mean" (the error lists them by kind).
+const LUA_KEYS: &[&str] = &[
+    "file",
+    "dovecot",
+    "instance",
+    "memory",
+    "timeout_msecs",
+    "max_txn_msecs",
+    "init_timeout_msecs",
+    "http_failures",
+    "script_errors",
+    "allow_hosts",
+    "allow_private",
+    "max_connections",
+    "connect_timeout_msecs",
+    "first_byte_timeout_msecs",
+    "max_egress_bytes",
+    "max_log_lines",
+    "log_lines_per_sec",
+    "log_burst",
+];
+
 #[async_trait]
 impl DriverFactory for LuaFactory {
     fn name(&self) -> &'static str {
@@ -56,14 +78,18 @@ impl DriverFactory for LuaFactory {
         let mut settings = LuaSettings::from_init(init, &mut args)?;
         settings.http.endpoint_breaker = init.breaker.clone();
         if let Some((key, _)) = args.iter().next() {
+            let hint = mailpush_core::suggest::nearest(key, LUA_KEYS)
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
             return Err(InitError::of_arg(
                 key,
                 format!(
-                    "unknown key `{key}`; the lua driver takes file, dovecot, instance, memory, \
-                 timeout_msecs, max_txn_msecs, init_timeout_msecs, http_failures, lua_settings.*, \
-                 the outbound HTTP keys (allow_hosts, allow_private, max_connections, \
-                 connect_timeout_msecs, first_byte_timeout_msecs, max_egress_bytes) and the log \
-                 keys (max_log_lines, log_lines_per_sec, log_burst)"
+                    "unknown key `{key}`{hint}; the lua driver takes file, dovecot, instance, \
+                     memory, timeout_msecs, max_txn_msecs, init_timeout_msecs, http_failures, \
+                     script_errors, lua_settings.*, the outbound HTTP keys (allow_hosts, \
+                     allow_private, max_connections, connect_timeout_msecs, \
+                     first_byte_timeout_msecs, max_egress_bytes) and the log keys \
+                     (max_log_lines, log_lines_per_sec, log_burst)"
                 ),
             ));
         }

@@ -18,7 +18,7 @@ use mailpush_core::{group, Event, EventName, EventSet, Failure, Record, Transact
 use super::budget::{self, is_deadline, is_memory};
 use super::events;
 use super::host::{Context, HttpProblem, Shared};
-use super::settings::{DovecotVersion, HttpFailures, LuaSettings};
+use super::settings::{DovecotVersion, HttpFailures, LuaSettings, ScriptErrors};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 const DOVECOT: &str = include_str!("dovecot.lua");
@@ -473,11 +473,25 @@ impl ScriptState {
             ));
         };
         let user = self.user(txn).map_err(internal)?;
+        let mut ignored = Ignored::default();
         self.arm(started)?;
-        let context: Value = begin
-            .call(user)
-            .map_err(|e| self.failure("dovecot_lua_notify_begin_txn", &e))?;
-        self.within_budget("dovecot_lua_notify_begin_txn")?;
+        let begun = begin
+            .call::<Value>(user)
+            .map_err(|e| self.failure("dovecot_lua_notify_begin_txn", &e))
+            .and_then(|context| {
+                self.within_budget("dovecot_lua_notify_begin_txn")?;
+                Ok(context)
+            });
+        let context = match begun {
+            Ok(context) => context,
+            // Dovecot: a failed begin_txn drops the transaction for this driver.
+            Err(e) if self.ignorable() => {
+                ignored.add(e);
+                self.report_ignored(txn, &ignored, "the transaction was skipped");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let mut failure = None;
         'records: for record in group(txn, self.handlers) {
             let events = match &record {
@@ -496,6 +510,11 @@ impl ScriptState {
                     .map_err(|e| self.failure(&name, &e))
                     .and_then(|()| self.within_budget(&name))
                 {
+                    // Dovecot logs it and calls the remaining hooks.
+                    if self.ignorable() {
+                        ignored.add(e);
+                        continue;
+                    }
                     failure = Some(e);
                     break 'records;
                 }
@@ -511,8 +530,12 @@ impl ScriptState {
                 }
                 match ended {
                     Err(e) => {
-                        failure
-                            .get_or_insert_with(|| self.failure("dovecot_lua_notify_end_txn", &e));
+                        let e = self.failure("dovecot_lua_notify_end_txn", &e);
+                        if failure.is_none() && self.ignorable() {
+                            ignored.add(e);
+                        } else {
+                            failure.get_or_insert(e);
+                        }
                     }
                     // mailpush's addition: `return false, "why"` asks for a retry.
                     Ok(values) => {
@@ -539,7 +562,36 @@ impl ScriptState {
             // load warns once).
             _ => {}
         }
+        if failure.is_none() {
+            self.report_ignored(txn, &ignored, "the transaction was delivered");
+        }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Whether the error just raised is passed over (`script_errors=ignore`): a script's
+    /// own error, never the time or memory budget running out (the state is spent).
+    fn ignorable(&self) -> bool {
+        self.settings.script_errors == ScriptErrors::Ignore
+            && !self.ctx.budget.tripped()
+            && !self.exhausted.get()
+    }
+
+    /// One log line per transaction for the errors `script_errors=ignore` passed over,
+    /// however many hooks raised them.
+    fn report_ignored(&self, txn: &Transaction, ignored: &Ignored, outcome: &str) {
+        let Some(first) = &ignored.first else {
+            return;
+        };
+        let tag = &self.ctx.shared.tag;
+        tracing::warn!(
+            driver = tag.number,
+            name = %tag.name,
+            txn = %txn.id,
+            user = %txn.user,
+            "lua: {} hook error(s) passed over (script_errors=ignore), {outcome}; the first: {}",
+            ignored.count,
+            first.reason
+        );
     }
 
     /// Dovecot's user deinit: `script_deinit()`, if the script has one.
@@ -563,6 +615,20 @@ impl ScriptState {
                 }
             }
         }
+    }
+}
+
+/// The hook errors `script_errors=ignore` passed over in one transaction.
+#[derive(Default)]
+struct Ignored {
+    count: usize,
+    first: Option<Failure>,
+}
+
+impl Ignored {
+    fn add(&mut self, e: Failure) {
+        self.count += 1;
+        self.first.get_or_insert(e);
     }
 }
 

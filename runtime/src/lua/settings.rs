@@ -14,6 +14,8 @@
 //! - `init_timeout_msecs=5000` — loading the script and running `script_init`;
 //! - `http_failures=retry|ignore` — whether an HTTP request of the script that failed
 //!   (connection error, timeout, 5xx, 429) fails the transaction so that it is retried;
+//! - `script_errors=retry|ignore` — whether a hook that raises an error fails the
+//!   transaction so that it is retried, or is logged and passed over as Dovecot does;
 //! - the outbound-HTTP keys of wasm drivers (`allow_hosts`, `allow_private`,
 //!   `max_connections`, `connect_timeout_msecs`, `first_byte_timeout_msecs`,
 //!   `max_egress_bytes`) and their log keys (`max_log_lines`, `log_lines_per_sec`,
@@ -58,6 +60,16 @@ pub enum HttpFailures {
     Ignore,
 }
 
+/// What a hook that raises an error does to its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptErrors {
+    /// The transaction fails and is retried (the default).
+    Retry,
+    /// As in Dovecot: the error is logged, the remaining event hooks and `end_txn` run
+    /// (a failed `begin_txn` skips the transaction), and the transaction is delivered.
+    Ignore,
+}
+
 /// The settings of one `lua` driver.
 #[derive(Debug, Clone)]
 pub struct LuaSettings {
@@ -69,6 +81,7 @@ pub struct LuaSettings {
     pub max_txn: Duration,
     pub init_timeout: Duration,
     pub http_failures: HttpFailures,
+    pub script_errors: ScriptErrors,
     /// 2.4's `lua_settings { }`: handed to `script_init(settings)`.
     pub lua_settings: BTreeMap<String, String>,
     pub http: HttpSettings,
@@ -130,6 +143,20 @@ impl LuaSettings {
                 ))
             }
         };
+        let script_errors = match args.take("script_errors").as_deref() {
+            None | Some("retry") => ScriptErrors::Retry,
+            Some("ignore") => ScriptErrors::Ignore,
+            Some(other) => {
+                return Err(InitError::of_arg(
+                    "script_errors",
+                    format!(
+                        "script_errors={other}: expected retry (a hook raising an error fails the \
+                         transaction, which is retried) or ignore (logged and passed over, as in \
+                         Dovecot)"
+                    ),
+                ))
+            }
+        };
         let memory = args
             .take_size(
                 "memory",
@@ -181,6 +208,7 @@ impl LuaSettings {
             max_txn,
             init_timeout,
             http_failures,
+            script_errors,
             lua_settings,
             http,
             log,
@@ -190,7 +218,7 @@ impl LuaSettings {
     /// The line for `mailpush check`.
     pub fn describe(&self) -> String {
         format!(
-            "lua: dovecot={} instance={} memory={} timeout_msecs={} max_txn_msecs={} http_failures={}",
+            "lua: dovecot={} instance={} memory={} timeout_msecs={} max_txn_msecs={} http_failures={} script_errors={}",
             self.dovecot.as_str(),
             match self.instance {
                 Instance::Fresh => "fresh",
@@ -202,6 +230,10 @@ impl LuaSettings {
             match self.http_failures {
                 HttpFailures::Retry => "retry",
                 HttpFailures::Ignore => "ignore",
+            },
+            match self.script_errors {
+                ScriptErrors::Retry => "retry",
+                ScriptErrors::Ignore => "ignore",
             }
         )
     }
