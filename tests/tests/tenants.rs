@@ -399,8 +399,11 @@ async fn a_bad_tenant_conf_fails_retryably() {
     let conf = tenants.join("a.example.conf");
     let good = std::fs::read(&conf).unwrap();
     for (bad, why) in [
-        // A bad sandbox value.
-        (b"memory=lots\n".to_vec(), "memory=lots"),
+        // A bad sandbox value, at its line.
+        (
+            b"# limits\nmemory=lots\n".to_vec(),
+            "a.example.conf:2: memory=lots",
+        ),
         // Cut off in the middle of a value (`memory=32M` half written).
         (b"memory=3".to_vec(), "memory=3"),
         // Cut off in the middle of a UTF-8 sequence.
@@ -603,7 +606,7 @@ fn check_exits_3_when_a_tenant_handler_does_not_load() {
     assert_eq!(code, Some(0), "{all}");
     assert!(
         all.contains(
-            "warning: tenant typo.example: typo.example.conf: `memmory` is not a mailpush key"
+            "warning: tenant typo.example: typo.example.conf:4: `memmory` is not a mailpush key"
         ) && all.contains("Did you mean memory?"),
         "{all}"
     );

@@ -435,7 +435,7 @@ fn retired_pause_keys_are_taken_and_warned_about() {
     let sandbox = Sandbox::from_args(&mut args).unwrap();
     assert_eq!(sandbox.retired, ["pause_after", "pause_msecs"]);
     assert!(!args.has("pause_after") && !args.has("pause_msecs"));
-    assert!(sandbox.warnings()[0].contains("pause_after is ignored"));
+    assert!(sandbox.warnings()[0].1.contains("pause_after is ignored"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -38,11 +38,11 @@ const WASM_KEYS: &[&str] = &["file", "init", "calls", "recycle_after"];
 /// Warnings about what a line probably meant for the sandbox but gives to the component:
 /// a key one typo from a sandbox key (`allow_host=`, `memmory=`: the component gets it,
 /// the sandbox keeps its default), and a `url=` whose host `allow_hosts` does not allow
-/// (every request to it would be refused).
+/// (every request to it would be refused); each with the key it is about.
 pub(crate) fn unapplied_keys(
     component_args: &mailpush_core::DriverArgs,
     sandbox: &Sandbox,
-) -> Vec<String> {
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (key, value) in component_args.iter() {
         // Close enough to be a typo, for keys as short as `url` and `fuel` (two edits
@@ -56,9 +56,9 @@ pub(crate) fn unapplied_keys(
             (d > 0 && d <= limit) || (key.len() >= 6 && k.starts_with(key) && *k != key)
         });
         if let Some(meant) = meant {
-            out.push(format!(
+            out.push((key.to_string(), format!(
                 "`{key}` is not a mailpush key: it goes to the component as its own argument, and the sandbox keeps its default. Did you mean {meant}?"
-            ));
+            )));
         }
         if key == "url" {
             let host = value
@@ -66,9 +66,9 @@ pub(crate) fn unapplied_keys(
                 .ok()
                 .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
             if let Some(host) = host.filter(|h| !sandbox.http.host_allowed(h)) {
-                out.push(format!(
+                out.push((key.to_string(), format!(
                     "url's host {host} is not in allow_hosts: the component's requests to it will be refused (grant it: allow_hosts={host})"
-                ));
+                )));
             }
         }
     }
@@ -105,6 +105,7 @@ impl DriverFactory for WasmFactory {
             .clone();
         let mut warnings = sandbox.warnings();
         warnings.extend(unapplied_keys(&args, &sandbox));
+        let warnings: Vec<String> = warnings.into_iter().map(|(_, w)| w).collect();
         let tag = Arc::new(DriverTag {
             number: init.number,
             name: init.name.clone(),

@@ -46,11 +46,11 @@ impl Sandbox {
         })
     }
 
-    /// What `check` warns about.
-    pub fn warnings(&self) -> Vec<String> {
+    /// What `check` warns about, each with the key it is about.
+    pub fn warnings(&self) -> Vec<(String, String)> {
         self.retired
             .iter()
-            .map(|k| format!("{k} is ignored: a driver that keeps failing is held back by its circuit breaker (breaker_* keys)"))
+            .map(|k| (k.to_string(), format!("{k} is ignored: a driver that keeps failing is held back by its circuit breaker (breaker_* keys)")))
             .collect()
     }
 

@@ -63,20 +63,38 @@ struct Tenant {
 /// spaces or newlines; a `#` beginning a word starts a comment to the end of its line
 /// (one inside a word is kept: `secret=…#…` was cut there without a word).
 fn conf_args(conf: &str) -> String {
-    let uncommented = conf.lines().map(|line| {
-        let mut after_space = true;
-        for (i, c) in line.char_indices() {
-            if c == '#' && after_space {
-                return line[..i].trim();
-            }
-            after_space = c.is_whitespace();
-        }
-        line.trim()
-    });
-    uncommented
+    uncommented(conf)
+        .map(|(_, l)| l)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A `.conf`'s lines, numbered from 1, without their comments.
+fn uncommented(conf: &str) -> impl Iterator<Item = (usize, &str)> {
+    conf.lines().enumerate().map(|(n, line)| {
+        let mut after_space = true;
+        for (i, c) in line.char_indices() {
+            if c == '#' && after_space {
+                return (n + 1, line[..i].trim());
+            }
+            after_space = c.is_whitespace();
+        }
+        (n + 1, line.trim())
+    })
+}
+
+/// The line of each key of a `.conf` (of its last setting, which wins), so that what is
+/// said about a key can say where it is.
+fn conf_lines(conf: &str) -> HashMap<String, usize> {
+    let mut lines = HashMap::new();
+    for (n, line) in uncommented(conf) {
+        for word in line.split(' ').filter(|w| !w.is_empty()) {
+            let key = word.split_once('=').map_or(word, |(k, _)| k);
+            lines.insert(key.to_string(), n);
+        }
+    }
+    lines
 }
 
 /// The tenant-drivers lane: routes each transaction to its domain's component.
@@ -333,10 +351,20 @@ impl TenantDrivers {
         };
         let mut args = DriverArgs::parse(&conf_args(conf));
         args.take("file");
+        let lines = conf_lines(conf);
+        // `DOMAIN.conf:LINE` where the key is known.
+        let place = |key: Option<&str>| match key.and_then(|k| lines.get(k)) {
+            Some(n) => format!("{domain}.conf:{n}"),
+            None => format!("{domain}.conf"),
+        };
         // Retryable, like a bad .wasm: the file may be half-written or about to be
         // fixed, and the transactions must wait for it rather than be dropped.
         let conf_error = |e: mailpush_core::InitError| {
-            Failure::retryable(format!("tenant {domain}: {domain}.conf: {}", e.message))
+            Failure::retryable(format!(
+                "tenant {domain}: {}: {}",
+                place(e.arg.as_deref()),
+                e.message
+            ))
         };
         let mut sandbox = Sandbox::from_args(&mut args).map_err(conf_error)?;
         sandbox.http.endpoint_breaker = breaker::from_args(&mut args).map_err(conf_error)?;
@@ -348,7 +376,7 @@ impl TenantDrivers {
         warnings.extend(super::factory::unapplied_keys(&args, &sandbox));
         let warnings: Vec<String> = warnings
             .into_iter()
-            .map(|w| format!("tenant {domain}: {domain}.conf: {w}"))
+            .map(|(key, w)| format!("tenant {domain}: {}: {w}", place(Some(&key))))
             .collect();
         for w in &warnings {
             tracing::warn!(driver = self.number, tenant = domain, "{w}");
@@ -487,6 +515,17 @@ mod tests {
             conf_args("# tenant a\nurl=https://h/x#frag secret=whsec_ab#cd # the secret\n\n  memory=8M#x\n#all\n"),
             "url=https://h/x#frag secret=whsec_ab#cd memory=8M#x"
         );
+    }
+
+    /// What is said about a key names its line (the last, which wins).
+    #[test]
+    fn tenant_conf_lines() {
+        let lines = conf_lines("# tenant a\nurl=https://h/x # url=nope\n\nmemory=8M fuel=1\nmemory=9M\nallow_private\n");
+        assert_eq!(lines.get("url"), Some(&2));
+        assert_eq!(lines.get("memory"), Some(&5));
+        assert_eq!(lines.get("fuel"), Some(&4));
+        assert_eq!(lines.get("allow_private"), Some(&6));
+        assert_eq!(lines.get("tenant"), None);
     }
 
     #[test]
