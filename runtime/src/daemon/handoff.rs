@@ -19,7 +19,11 @@
 //! files are renamed `NAME.json.rejected` and reported. A file mailpush cannot read
 //! stays, is reported once and is passed over for a minute at a time, so that any number
 //! of them never hold back the readable ones. Bytes that are not UTF-8 (a raw 8-bit
-//! header passed on as it was) become U+FFFD.
+//! header passed on as it was) become U+FFFD. mailpush refuses a directory in which it
+//! cannot remove files (each would be read and delivered again); a file that still
+//! cannot be removed, or set aside, is reported once and passed over until a restart.
+//! A batch holds at most [`BATCH`] files and [`BATCH_BYTES`] (less with a small
+//! `spool_quota`).
 
 use std::collections::HashSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -40,6 +44,10 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// Most files read and persisted in one batch (one group commit).
 const BATCH: usize = 256;
 
+/// Most bytes of files read into one batch (it ends with the file that reaches it):
+/// what the hand-off holds in memory, whatever `max_body` is.
+pub const BATCH_BYTES: u64 = 16 << 20;
+
 /// Mode of the directory: sticky, writable and searchable by all, listable by mailpush only.
 const DIR_MODE: u32 = 0o1733;
 
@@ -52,6 +60,38 @@ const UNREADABLE_KEPT: usize = 100_000;
 
 /// How often, at most, the same kind of problem is logged.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How often an idle directory whose modification time has not changed is listed all
+/// the same (files passed over for a while are tried again).
+const RELIST_EVERY: Duration = Duration::from_secs(5);
+
+/// How old a directory's modification time must be before an unchanged one is trusted
+/// to mean "nothing new": a change within the same timestamp granule would not show
+/// (2 s: the coarsest granularity of common filesystems).
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// An idle directory: its modification time when it was last listed and found to have
+/// nothing to read, and when that was. While the time does not change, nobody created,
+/// renamed or removed a file in it, and it is not listed again (a directory with
+/// thousands of `.rejected` files would otherwise be read 50 times a second).
+struct Idle {
+    mtime: (i64, i64),
+    listed: Instant,
+}
+
+impl Idle {
+    /// The directory's modification time, if it is old enough to be trusted.
+    fn settled_mtime(dir: &Path) -> Option<(i64, i64)> {
+        let meta = std::fs::metadata(dir).ok()?;
+        let mtime = (meta.mtime(), meta.mtime_nsec());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        let age_ns = i128::from(now.as_secs() as i64 - mtime.0) * 1_000_000_000
+            + i128::from(i64::from(now.subsec_nanos()) - mtime.1);
+        (age_ns > SETTLED.as_nanos() as i128).then_some(mtime)
+    }
+}
 
 /// Who may hand off: uids, or anyone.
 #[derive(Debug, Clone)]
@@ -108,8 +148,15 @@ fn uid_of(name: &str) -> Option<u32> {
 }
 
 /// Creates the directory if needed and sets its mode and default ACL (when mailpush
-/// owns it). Returns warnings for the log.
+/// owns it). Returns warnings for the log. Refuses a directory in which mailpush could
+/// not remove what it has read: every hand-off would be read, and delivered, again.
 pub fn prepare(dir: &Path) -> Result<Vec<String>, String> {
+    // SAFETY: geteuid has no preconditions.
+    prepare_as(dir, unsafe { libc::geteuid() })
+}
+
+/// [`prepare`] for a mailpush running as uid `me`.
+fn prepare_as(dir: &Path, me: u32) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     if !dir.exists() {
         std::fs::create_dir_all(dir)
@@ -120,8 +167,16 @@ pub fn prepare(dir: &Path) -> Result<Vec<String>, String> {
     if !meta.is_dir() {
         return Err(format!("handoff_dir {} is not a directory", dir.display()));
     }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    probe_removal(dir)?;
+    // In a sticky directory only a file's owner, the directory's and root may remove it.
+    if meta.uid() != me && me != 0 && meta.mode() & 0o1000 != 0 {
+        return Err(format!(
+            "handoff_dir {} is sticky (mode {:o}) and owned by uid {}, not by mailpush (uid {me}): mailpush could not remove the files mail users write there, and would read and deliver each again. Let mailpush create the directory (remove it, or give it to mailpush's user)",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        ));
+    }
     if meta.uid() != me {
         warnings.push(format!(
             "handoff_dir {} is owned by uid {}, not by mailpush (uid {me}): mailpush cannot set its mode and ACL; make sure the mail processes can create files there and mailpush can read and remove them",
@@ -141,6 +196,25 @@ pub fn prepare(dir: &Path) -> Result<Vec<String>, String> {
         ));
     }
     Ok(warnings)
+}
+
+/// Creates and removes a file in `dir`: mailpush must remove each hand-off it stored
+/// (a read-only directory, as under systemd's `ProtectSystem=strict` without
+/// `ReadWritePaths`, would have each read and delivered again).
+fn probe_removal(dir: &Path) -> Result<(), String> {
+    let probe = dir.join(format!(".mailpush-probe-{}", std::process::id()));
+    let refused = |e: std::io::Error| {
+        format!(
+            "mailpush cannot create and remove files in handoff_dir {} ({e}): it removes each hand-off once stored, and would otherwise read and deliver it again. Give mailpush write access to it (systemd: ReadWritePaths=)",
+            dir.display()
+        )
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(refused)?;
+    std::fs::remove_file(&probe).map_err(refused)
 }
 
 /// Sets the directory's default ACL: owner rw, `reader` r, group and others nothing —
@@ -195,10 +269,33 @@ struct Batch {
     /// Parsed transactions and their files, oldest first.
     txns: Vec<Transaction>,
     files: Vec<PathBuf>,
-    /// Files set aside, with why.
-    rejected: Vec<(String, String)>,
+    /// Files set aside (or that could not be), with why.
+    rejected: Vec<Rejected>,
     /// Files that could not be read (left in place), with why.
     unreadable: Vec<(String, String)>,
+}
+
+/// A file refused: renamed `NAME.json.rejected`, or left where it is when even that
+/// failed (`kept`: why), in which case it is passed over from then on.
+#[derive(Debug)]
+struct Rejected {
+    name: String,
+    why: String,
+    kept: Option<String>,
+}
+
+impl Rejected {
+    fn set_aside(path: &Path, name: String, why: String) -> Rejected {
+        let mut to = path.as_os_str().to_owned();
+        to.push(".rejected");
+        let kept = match std::fs::rename(path, to) {
+            Ok(()) => None,
+            // Gone meanwhile: nothing is left to pass over.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(e.to_string()),
+        };
+        Rejected { name, why, kept }
+    }
 }
 
 /// The oldest published files of one look at the directory, still to be read, oldest
@@ -234,7 +331,7 @@ fn scan_reading(
     read: impl Fn(&Path) -> Result<Vec<u8>, Unread>,
 ) -> std::io::Result<Batch> {
     let (mut listing, rejected) = list(dir, owners, max_size, skip)?;
-    let mut batch = read_batch(&mut listing, read);
+    let mut batch = read_batch(&mut listing, BATCH_BYTES, read);
     batch.rejected.splice(0..0, rejected);
     Ok(batch)
 }
@@ -247,7 +344,7 @@ fn list(
     owners: &Owners,
     max_size: u64,
     skip: &HashSet<String>,
-) -> std::io::Result<(Listing, Vec<(String, String)>)> {
+) -> std::io::Result<(Listing, Vec<Rejected>)> {
     let mut found = Vec::new();
     let mut rejected = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -262,8 +359,7 @@ fn list(
             continue;
         };
         if let Some(why) = refusal(&meta, owners, max_size) {
-            set_aside(&path);
-            rejected.push((name, why));
+            rejected.push(Rejected::set_aside(&path, name, why));
             continue;
         }
         found.push(Found {
@@ -281,13 +377,19 @@ fn list(
     Ok((found.into(), rejected))
 }
 
-/// Reads up to [`BATCH`] files off the front of `listing` with `read`. Files that
-/// cannot be read do not count against the batch (up to a bound on the attempts of one
-/// batch); files gone meanwhile (read already) are passed over.
-fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> Result<Vec<u8>, Unread>) -> Batch {
+/// Reads up to [`BATCH`] files, and up to the file that reaches `max_bytes`, off the
+/// front of `listing` with `read`. Files that cannot be read do not count against the
+/// batch (up to a bound on the attempts of one batch); files gone meanwhile (read
+/// already) are passed over.
+fn read_batch(
+    listing: &mut Listing,
+    max_bytes: u64,
+    read: impl Fn(&Path) -> Result<Vec<u8>, Unread>,
+) -> Batch {
     let mut batch = Batch::default();
     let mut tried = 0;
-    while batch.txns.len() < BATCH && tried < 4 * BATCH {
+    let mut bytes_read = 0u64;
+    while batch.txns.len() < BATCH && tried < 4 * BATCH && bytes_read < max_bytes {
         let Some(f) = listing.pop_front() else {
             break;
         };
@@ -303,19 +405,22 @@ fn read_batch(listing: &mut Listing, read: impl Fn(&Path) -> Result<Vec<u8>, Unr
                 continue;
             }
             Err(Unread::Refused(why)) => {
-                set_aside(&f.path);
-                batch.rejected.push((f.name, why));
+                batch
+                    .rejected
+                    .push(Rejected::set_aside(&f.path, f.name, why));
                 continue;
             }
         };
+        bytes_read += text.len() as u64;
         match Transaction::from_json(text.trim_end()) {
             Ok(t) => {
                 batch.txns.push(t);
                 batch.files.push(f.path);
             }
             Err(e) => {
-                set_aside(&f.path);
-                batch.rejected.push((f.name, e.to_string()));
+                batch
+                    .rejected
+                    .push(Rejected::set_aside(&f.path, f.name, e.to_string()));
             }
         }
     }
@@ -335,7 +440,7 @@ fn refusal(meta: &std::fs::Metadata, owners: &Owners, max_size: u64) -> Option<S
         ))
     } else if meta.len() > max_size {
         Some(format!(
-            "more than max_body ({max_size}) bytes: {}",
+            "more than max_body ({max_size}) bytes, or than spool_quota where that is smaller: {}",
             meta.len()
         ))
     } else {
@@ -377,16 +482,10 @@ fn read_published(path: &Path, owners: &Owners, max_size: u64) -> Result<Vec<u8>
         .map_err(Unread::Io)?;
     if bytes.len() as u64 > max_size {
         return Err(Unread::Refused(format!(
-            "more than max_body ({max_size}) bytes"
+            "more than max_body ({max_size}) bytes, or than spool_quota where that is smaller"
         )));
     }
     Ok(bytes)
-}
-
-fn set_aside(path: &Path) {
-    let mut to = path.as_os_str().to_owned();
-    to.push(".rejected");
-    let _ = std::fs::rename(path, to);
 }
 
 /// Logs at most once per [`REPORT_EVERY`], counting what it did not log.
@@ -414,43 +513,93 @@ impl Reporter {
     }
 }
 
+/// How much the hand-off reads: the largest file, and the bytes of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `max_body`, or the spool's quota where smaller (such a file could never be stored).
+    pub max_file: u64,
+    /// [`BATCH_BYTES`], or a quarter of the spool's quota where smaller, so that an
+    /// empty spool always takes a batch.
+    pub batch_bytes: u64,
+}
+
+impl Limits {
+    /// The limits for `max_body` and a spool of `quota` bytes (`None`: no quota, as in
+    /// cluster mode or without a spool).
+    pub fn new(max_body: usize, quota: Option<u64>) -> Limits {
+        let quota = quota.unwrap_or(u64::MAX);
+        Limits {
+            max_file: (max_body as u64).min(quota),
+            batch_bytes: BATCH_BYTES.min(quota / 4).max(1),
+        }
+    }
+}
+
 /// Reads the directory until `stop` turns true: every published file is persisted
 /// (oldest first), then removed.
 pub async fn consume(
     daemon: Arc<Daemon>,
     dir: PathBuf,
     owners: Owners,
+    limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let max_size = daemon.max_body as u64;
-    let (mut problems, mut refusals) = (Reporter::new(), Reporter::new());
+    let max_size = limits.max_file;
+    let (mut problems, mut refusals, mut set_aside) =
+        (Reporter::new(), Reporter::new(), Reporter::new());
     let mut complained: HashSet<String> = HashSet::new();
     // Files that could not be read, until when they are passed over.
     let mut unreadable: std::collections::HashMap<String, Instant> = Default::default();
+    // Files stored but not removed, or refused but not set aside: passed over for good
+    // (each would otherwise be read again at once, and a stored one delivered again once
+    // its transaction has left the spool).
+    let mut stuck: HashSet<String> = HashSet::new();
     let mut listing = Listing::new();
+    let mut idle: Option<Idle> = None;
     loop {
         if *stop.borrow() {
             return;
         }
         let now = Instant::now();
         unreadable.retain(|_, until| *until > now);
-        let skip: HashSet<String> = unreadable.keys().cloned().collect();
+        let skip: HashSet<String> = if listing.is_empty() {
+            unreadable.keys().chain(stuck.iter()).cloned().collect()
+        } else {
+            HashSet::new()
+        };
         let (d, o) = (dir.clone(), owners.clone());
         let mut rest = std::mem::take(&mut listing);
+        let was_idle = idle.take();
         // The rest of the last listing first; a new one once it is read.
         let read = tokio::task::spawn_blocking(move || {
             let mut rejected = Vec::new();
+            let mut idle = None;
             if rest.is_empty() {
+                let mtime = Idle::settled_mtime(&d);
+                if let Some(i) =
+                    was_idle.filter(|i| Some(i.mtime) == mtime && i.listed.elapsed() < RELIST_EVERY)
+                {
+                    return Ok((Batch::default(), rest, Some(i)));
+                }
                 (rest, rejected) = list(&d, &o, max_size, &skip)?;
+                if rest.is_empty() && rejected.is_empty() {
+                    idle = mtime.map(|mtime| Idle {
+                        mtime,
+                        listed: Instant::now(),
+                    });
+                }
             }
-            let mut batch = read_batch(&mut rest, |p| read_published(p, &o, max_size));
+            let mut batch = read_batch(&mut rest, limits.batch_bytes, |p| {
+                read_published(p, &o, max_size)
+            });
             batch.rejected.splice(0..0, rejected);
-            Ok::<_, std::io::Error>((batch, rest))
+            Ok::<_, std::io::Error>((batch, rest, idle))
         })
         .await;
         let batch = match read {
-            Ok(Ok((b, rest))) => {
+            Ok(Ok((b, rest, i))) => {
                 listing = rest;
+                idle = i;
                 b
             }
             Ok(Err(e)) => {
@@ -467,12 +616,29 @@ pub async fn consume(
                 Batch::default()
             }
         };
-        for (name, why) in &batch.rejected {
+        let escape = mailpush_core::text::escape_controls;
+        for r in batch.rejected {
             daemon.ingest.reject("invalid", 1);
-            tracing::error!(
-                "hand-off file {name} set aside as {name}.rejected: {}",
-                mailpush_core::text::escape_controls(why)
-            );
+            let name = escape(&r.name);
+            match r.kept {
+                // Any local user may write files (unless handoff_owners): bounded.
+                None => set_aside.report(|more| {
+                    tracing::error!(
+                        "hand-off file {name} set aside as {name}.rejected: {} (+{more} more set aside, counted in mailpush_transactions_rejected_total{{reason=\"invalid\"}})",
+                        escape(&r.why)
+                    )
+                }),
+                Some(e) => {
+                    tracing::error!(
+                        "hand-off file {name} refused: {}; it cannot be renamed {name}.rejected ({e}) and is passed over until mailpush restarts (mailpush needs write access to {})",
+                        escape(&r.why),
+                        dir.display()
+                    );
+                    if stuck.len() < UNREADABLE_KEPT {
+                        stuck.insert(r.name);
+                    }
+                }
+            }
         }
         for (name, why) in batch.unreadable {
             if unreadable.len() < UNREADABLE_KEPT {
@@ -481,7 +647,8 @@ pub async fn consume(
             // Once per file (bounded): it stays and is tried again.
             if complained.len() < 10_000 && complained.insert(name.clone()) {
                 tracing::error!(
-                    "cannot read hand-off file {name} in {}: {why} (mailpush needs read access: let it create handoff_dir, which sets a default ACL, or adjust the file's permissions)",
+                    "cannot read hand-off file {} in {}: {why} (mailpush needs read access: let it create handoff_dir, which sets a default ACL, or adjust the file's permissions)",
+                    escape(&name),
                     dir.display()
                 );
             }
@@ -505,19 +672,31 @@ pub async fn consume(
                     .received
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 let files = batch.files;
-                let _ = tokio::task::spawn_blocking(move || {
+                let kept = tokio::task::spawn_blocking(move || {
+                    let mut kept = Vec::new();
                     for f in files {
                         if let Err(e) = std::fs::remove_file(&f) {
                             if e.kind() != std::io::ErrorKind::NotFound {
-                                tracing::error!(
-                                    "cannot remove hand-off file {}: {e} (it will be read again; its id keeps it from being stored twice)",
-                                    f.display()
-                                );
+                                kept.push((f, e));
                             }
                         }
                     }
+                    kept
                 })
-                .await;
+                .await
+                .unwrap_or_default();
+                for (f, e) in kept {
+                    tracing::error!(
+                        "cannot remove hand-off file {}: {e}; its transaction is stored, and the file is passed over until mailpush restarts (which reads it again: delivered again if its transaction has left the spool by then). mailpush needs write access to {}",
+                        escape(&f.display().to_string()),
+                        dir.display()
+                    );
+                    if stuck.len() < UNREADABLE_KEPT {
+                        if let Some(name) = f.file_name() {
+                            stuck.insert(name.to_string_lossy().into_owned());
+                        }
+                    }
+                }
             }
             Err(refused) => {
                 // Nothing is lost: the files stay and are read again, from a new
@@ -563,7 +742,7 @@ mod tests {
         let b = scan(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
         let ids: Vec<&str> = b.txns.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["first", "second"]);
-        let mut rejected: Vec<&str> = b.rejected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut rejected: Vec<&str> = b.rejected.iter().map(|r| r.name.as_str()).collect();
         rejected.sort();
         assert_eq!(rejected, ["bad.json", "link.json"]);
         assert!(d.join("bad.json.rejected").exists());
@@ -656,7 +835,9 @@ mod tests {
         assert_eq!(listing.len(), LISTED);
         let mut read = Vec::new();
         while !listing.is_empty() {
-            let b = read_batch(&mut listing, |p| read_published(p, &Owners::Any, 1 << 20));
+            let b = read_batch(&mut listing, BATCH_BYTES, |p| {
+                read_published(p, &Owners::Any, 1 << 20)
+            });
             assert_eq!(b.txns.len(), BATCH);
             read.extend(b.txns.into_iter().map(|t| t.id));
         }
@@ -684,12 +865,14 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         write(d, "c.json", &" ".repeat(4096));
-        let b = read_batch(&mut listing, |p| read_published(p, &Owners::Any, 1024));
+        let b = read_batch(&mut listing, BATCH_BYTES, |p| {
+            read_published(p, &Owners::Any, 1024)
+        });
         assert!(b.txns.is_empty());
         let mut rejected: Vec<String> = b
             .rejected
             .iter()
-            .map(|(n, w)| format!("{n}: {w}"))
+            .map(|r| format!("{}: {}", r.name, r.why))
             .collect();
         rejected.sort();
         assert_eq!(rejected.len(), 3, "{rejected:?}");
@@ -699,9 +882,80 @@ mod tests {
             "{rejected:?}"
         );
         assert!(
-            rejected[2].starts_with("c.json: more than max_body"),
+            rejected[2].starts_with("c.json: more than max_body (1024) bytes"),
             "{rejected:?}"
         );
+    }
+
+    /// A batch ends at the file that reaches its bytes (what the hand-off holds in
+    /// memory), and always holds at least one file; the limits follow the spool's quota
+    /// so that an empty spool always takes a batch and never refuses a file for good.
+    #[test]
+    fn batches_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pad = "x".repeat(1000);
+        for i in 0..10 {
+            write(
+                d,
+                &format!("f{i}.json"),
+                &format!(
+                    r#"{{"id":"t{i}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"{pad}"}}]}}"#
+                ),
+            );
+        }
+        let (mut listing, _) = list(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
+        let read = |p: &Path| read_published(p, &Owners::Any, 1 << 20);
+        // Each file is a little over 1000 bytes: the third reaches 3000.
+        assert_eq!(read_batch(&mut listing, 3000, read).txns.len(), 3);
+        assert_eq!(read_batch(&mut listing, 1, read).txns.len(), 1);
+        assert_eq!(read_batch(&mut listing, BATCH_BYTES, read).txns.len(), 6);
+
+        let l = Limits::new(10 << 20, None);
+        assert_eq!((l.max_file, l.batch_bytes), (10 << 20, BATCH_BYTES));
+        let l = Limits::new(10 << 20, Some(4 << 20));
+        assert_eq!((l.max_file, l.batch_bytes), (4 << 20, 1 << 20));
+    }
+
+    /// A refused file that cannot even be renamed (here: a directory holds its
+    /// `.rejected` name) says so, to be passed over rather than refused again and again.
+    #[test]
+    fn a_file_that_cannot_be_set_aside_is_reported_as_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write(d, "bad.json", "{not json");
+        std::fs::create_dir(d.join("bad.json.rejected")).unwrap();
+        write(&d.join("bad.json.rejected"), "occupied", "");
+        let b = scan(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
+        assert_eq!(b.rejected.len(), 1);
+        assert!(b.rejected[0].kept.is_some(), "renamed over a directory?");
+        assert!(d.join("bad.json").exists());
+        // Passed over, it is not refused again.
+        let skip = HashSet::from(["bad.json".to_string()]);
+        let b = scan(d, &Owners::Any, 1 << 20, &skip).unwrap();
+        assert!(b.rejected.is_empty() && b.txns.is_empty());
+    }
+
+    /// A sticky directory of another user: mailpush could read the files mail users
+    /// write there but not remove them, so it refuses to start on it.
+    #[test]
+    fn a_sticky_directory_of_another_user_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("handoff");
+        std::fs::create_dir(&h).unwrap();
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let other = if me == 4242 { 4243 } else { 4242 };
+        let e = prepare_as(&h, other).unwrap_err();
+        assert!(e.contains("is sticky (mode 1777)"), "{e}");
+        assert!(e.contains("could not remove"), "{e}");
+        // Not sticky: a warning only (the probe shows files can be removed).
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let w = prepare_as(&h, other).unwrap();
+        assert!(w[0].contains("not by mailpush"), "{w:?}");
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(&h).unwrap().count(), 0);
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub async fn serve(
     };
     for d in &loaded {
         for w in &d.warnings {
-            tracing::warn!(driver = d.number, name = %d.name, "{w}");
+            tracing::warn!(driver = d.number, name = %d.name, at = %d.location, "{w}");
         }
     }
     for w in &config.warnings {
@@ -366,10 +366,22 @@ pub async fn serve(
             tracing::warn!("handoff_dir with delivery = memory: a hand-off is removed once queued, so transactions still queued are lost if mailpush stops");
         }
         tracing::info!("reading hand-offs from {}", dir.display());
+        // The spool's quota, where one applies (the SQLite spool).
+        let quota = (spool.is_some() && config.settings.cluster.is_none())
+            .then_some(config.settings.spool_quota);
+        let limits = handoff::Limits::new(config.settings.max_body, quota);
+        if (config.settings.max_body as u64) > limits.max_file {
+            tracing::warn!(
+                "spool_quota ({} bytes) is less than max_body ({} bytes): hand-off files larger than spool_quota are set aside, as the spool could never hold them",
+                config.settings.spool_quota,
+                config.settings.max_body
+            );
+        }
         tokio::spawn(handoff::consume(
             daemon.clone(),
             dir.clone(),
             owners,
+            limits,
             stopped.clone(),
         ));
     }
