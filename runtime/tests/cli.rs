@@ -386,7 +386,13 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
                 }],
             )
             .unwrap();
-        spool.append(&[], &[]).unwrap(); // round trip: the dead letter is committed
+        let t2 = mailpush_core::Transaction::from_json(
+            r#"{"id":"d2","user":"a@b","events":[{"name":"MailboxCreate","mailbox":"Y"}]}"#,
+        )
+        .unwrap();
+        spool.append(std::slice::from_ref(&t2), &[2]).unwrap();
+        spool.dead_letter(&t2, 2, &[]).unwrap();
+        spool.append(&[], &[]).unwrap(); // round trip: the dead letters are committed
     }
     let run = |args: &[&str]| output(args, &conf);
     let (ok, _, stderr) = run(&["dlq", "list", "--driver", "ox"]);
@@ -434,6 +440,13 @@ fn dlq_list_show_replay_purge_and_argument_errors() {
     let (ok, stdout, stderr) = run(&["dlq", "replay", &id]);
     assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
     assert!(stderr.contains("this config has no driver 2"), "{stderr}");
+    // So is `--all` of every driver's.
+    let (ok, stdout, stderr) = run(&["dlq", "replay", "--all"]);
+    assert!(ok && stdout.contains("1 dead letter(s) queued"), "{stdout}");
+    assert!(
+        stderr.contains("dead letters of drivers [2], which this config does not have"),
+        "{stderr}"
+    );
     let (ok, stdout, _) = run(&["dlq", "purge", "--all"]);
     assert!(
         ok && stdout.contains("0 dead letter(s) purged"),
@@ -681,7 +694,7 @@ fn check_warns_about_typos_that_would_pass_silently() {
     };
     let out = check_exits(3, "mailpush {\n state_dir = state\n}\nplugin {\n push_notification_driver = dlog:fiel=out.log\n push_notifcation_driver2 = dlog\n}\n");
     assert!(
-        out.contains("driver 1 (dlog): unknown argument `fiel` is ignored (dlog reads only file="),
+        out.contains("driver 1 (dlog): unknown argument `fiel` is ignored: did you mean file? (dlog reads only file="),
         "{out}"
     );
     assert!(

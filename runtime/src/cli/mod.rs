@@ -694,19 +694,36 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
         }
         (_, asked) => asked,
     };
+    // Dead letters keep their driver's number after it is removed or renumbered: said,
+    // not refused.
+    let mut numbers: Vec<u32> = config.drivers.iter().map(|d| d.number).collect();
+    if config.settings.tenant_drivers.is_some() {
+        numbers.push(numbers.last().map_or(1, |l| l + 1));
+    }
     if let Some(n) = asked {
-        // Dead letters keep their driver's number after it is removed or renumbered:
-        // said, not refused.
-        let mut numbers: Vec<u32> = config.drivers.iter().map(|d| d.number).collect();
-        if config.settings.tenant_drivers.is_some() {
-            numbers.push(numbers.last().map_or(1, |l| l + 1));
-        }
         if !numbers.contains(&n) {
             eprintln!(
                 "note: this config has no driver {n} (its drivers: {numbers:?}); dead letters of a driver since removed or renumbered keep its number"
             );
         }
+    } else if let DlqCommand::Replay { id: None, .. } = cmd {
+        // `--all` of every driver: those of numbers the config lacks wait for one.
+        let mut missing: Vec<u32> = letters
+            .list(None)
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|d| d.driver)
+            .filter(|n| !numbers.contains(n))
+            .collect();
+        missing.dedup();
+        if !missing.is_empty() {
+            eprintln!(
+                "note: dead letters of drivers {missing:?}, which this config does not have (its drivers: {numbers:?}), are queued for those numbers: they are delivered once a driver of that number is configured"
+            );
+        }
     }
+
     match cmd {
         DlqCommand::List { driver } => {
             print::dead_letters(&letters.list(*driver).await.map_err(err)?)
@@ -725,6 +742,11 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
                 return Ok(ExitCode::FAILURE);
             }
             println!("{n} dead letter(s) queued for delivery (a running instance picks them up; otherwise at the next start)");
+            if n > 0 && !config.settings.durable && config.settings.cluster.is_none() {
+                eprintln!(
+                    "note: with `delivery = memory` a running instance keeps no spool and does not pick replays up: they are delivered by the next start with the durable spool (the default)"
+                );
+            }
         }
         DlqCommand::Purge { id, driver, .. } => {
             let n = letters.purge(*id, *driver).await.map_err(err)?;

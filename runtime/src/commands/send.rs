@@ -2,7 +2,8 @@
 //! in-process through the same pipeline as `mailpush run` — persisted in the spool (when
 //! delivery is durable), then offered to every driver — except that each delivery is
 //! tried once: a failure is final (a dead letter with the spool), nothing waits for a
-//! retry schedule or a circuit breaker.
+//! retry schedule or a circuit breaker (a delivery a driver's open endpoint circuit
+//! refuses fails at once with the circuit's reason).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

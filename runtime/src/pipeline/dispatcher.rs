@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use mailpush_core::{Driver, Loading, Transaction};
 use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::hooks::panic_message;
@@ -71,6 +71,11 @@ struct Lane {
     stats: Arc<DriverStats>,
     overflow: Arc<Overflow>,
     task: LaneTask,
+    /// Set when the lane is taken out of the running set to be finished (a reload
+    /// replaced it, or the process stops): a dispatch waiting for room in its queue gives
+    /// up on it ([`Dispatcher::queue_for`]) rather than hold it, which would keep its
+    /// queue from closing and the lane from finishing.
+    stopping: watch::Sender<bool>,
 }
 
 /// A lane runs on its own thread ([`super::lane_thread`]), or as a task of the caller's
@@ -226,6 +231,7 @@ fn start_lane(
         stats,
         overflow,
         task,
+        stopping: watch::Sender::new(false),
     }
 }
 
@@ -421,16 +427,7 @@ impl Dispatcher {
     /// Queues a transaction the spool hands over (cluster mode) for driver `number`'s
     /// lane, waiting for room; `false`: no such driver (any more), nothing taken.
     pub async fn feed(&self, number: u32, txn: Arc<Transaction>) -> Result<bool, ShutDown> {
-        let lane = self.snapshot().into_iter().find(|l| l.number == number);
-        match lane {
-            Some(l) => {
-                l.tx.send(Queued::new(txn))
-                    .await
-                    .map(|()| true)
-                    .map_err(|_| ShutDown)
-            }
-            None => Ok(false),
-        }
+        self.queue_for(number, txn).await
     }
 
     /// The numbers of the running drivers.
@@ -601,9 +598,34 @@ impl Dispatcher {
     /// A replayed dead letter: queued for the listed drivers (the backlog reading of an
     /// overflowing lane passes over it, [`Spool::take_replayed`]).
     async fn replay(&self, txn: Arc<Transaction>, drivers: &[u32]) -> Result<(), ShutDown> {
-        let mut lanes = self.snapshot();
-        lanes.retain(|l| drivers.contains(&l.number));
-        send_to(&lanes, txn).await
+        for &number in drivers {
+            // A driver no longer configured: the replay stays owed to its number in the
+            // spool (read with the rest at a start with such a driver).
+            self.queue_for(number, txn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues `txn` for driver `number`'s lane, waiting for room. A lane finished while
+    /// this waits (replaced by a reload, or stopping) is given up: the transaction goes
+    /// to its successor, or (none: the driver was removed, or the process stops) is not
+    /// queued — `false`, as for a number no lane has. What was given up is still owed in
+    /// the spool.
+    async fn queue_for(&self, number: u32, txn: Arc<Transaction>) -> Result<bool, ShutDown> {
+        loop {
+            let Some(lane) = self.snapshot().into_iter().find(|l| l.number == number) else {
+                return Ok(false);
+            };
+            let mut stopping = lane.stopping.subscribe();
+            tokio::select! {
+                sent = lane.tx.send(Queued::new(txn.clone())) => {
+                    return sent.map(|()| true).map_err(|_| ShutDown);
+                }
+                // Out of the running set once this is set: the next look finds its
+                // successor, or nothing.
+                _ = stopping.wait_for(|s| *s) => {}
+            }
+        }
     }
 
     /// Stops accepting, lets every driver finish its queue, calls each driver's deinit
@@ -634,26 +656,19 @@ impl Dispatcher {
     }
 }
 
-/// Queues `txn` on each lane, waiting while a queue is full.
-async fn send_to(lanes: &[Arc<Lane>], txn: Arc<Transaction>) -> Result<(), ShutDown> {
-    for lane in lanes {
-        lane.tx
-            .send(Queued::new(txn.clone()))
-            .await
-            .map_err(|_| ShutDown)?;
-    }
-    Ok(())
-}
-
-/// Finishes a lane once no in-flight dispatch holds it any more.
+/// Finishes a lane (already out of the running set) once no in-flight dispatch holds
+/// it any more.
 async fn finish_shared(mut lane: Arc<Lane>) -> Option<(DriverReport, Vec<Arc<Transaction>>)> {
+    // A dispatch waiting for room in its queue lets go of it now.
+    lane.stopping.send_replace(true);
     loop {
         match Arc::try_unwrap(lane) {
             Ok(l) => return Some(l.finish().await),
             Err(shared) => {
-                // A dispatch call still holds a snapshot; it finishes quickly.
+                // A dispatch call still holds a snapshot: storing a batch in the spool,
+                // or giving up its wait. Look again shortly, without spinning.
                 lane = shared;
-                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
     }

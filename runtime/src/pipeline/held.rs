@@ -203,12 +203,16 @@ impl Held {
         Some((user, txn))
     }
 
-    /// When the first user not being delivered to becomes due.
-    pub fn earliest(&self) -> Option<Instant> {
+    /// When the first user not being delivered to becomes due, after `now`. One whose
+    /// retry is due already but was not started (its tenant is at its share) is no
+    /// time to wake at: a delivery ending frees the share, and waking at a time that
+    /// has passed would spin the lane until then.
+    pub fn earliest(&self, now: Instant) -> Option<Instant> {
         self.ring
             .iter()
             .filter_map(|u| self.users.get(u))
             .filter_map(|q| q.front().and_then(|i| i.not_before))
+            .filter(|t| *t > now)
             .min()
     }
 
@@ -633,7 +637,17 @@ mod tests {
             Some("b".to_string())
         );
         assert_eq!(h.next_due(now, |_| true), None, "a2 waits behind a1");
-        assert_eq!(h.earliest(), Some(later));
+        assert_eq!(h.earliest(now), Some(later));
+        assert_eq!(
+            h.earliest(later),
+            None,
+            "due at `later`: no later time to wake at"
+        );
+        assert_eq!(
+            h.next_due(later, |_| false),
+            None,
+            "due, but its tenant is at its share"
+        );
         assert_eq!(
             h.next_due(later, |_| true).map(|(_, t)| t.id.clone()),
             Some("a1".into())

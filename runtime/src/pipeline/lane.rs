@@ -242,7 +242,10 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
             let until = if state == CircuitState::Open {
                 breaker.reopens_at().map(Instant::from_std).unwrap_or(now)
             } else {
-                held.earliest().unwrap_or(now)
+                // Nothing due later: what is held is due but may not start (cluster
+                // mode: not this node's to deliver); look again in a second.
+                held.earliest(now)
+                    .unwrap_or(now + std::time::Duration::from_secs(1))
             };
             // Also when the next held transaction becomes too old, or may be skipped.
             let until = held.next_expiry().map_or(until, |e| e.min(until));
@@ -254,7 +257,7 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
         // room, and start one that becomes due while there is a free slot.
         let room = held.count < capacity && !closed;
         let next_due = (in_flight.len() < limit)
-            .then(|| held.earliest())
+            .then(|| held.earliest(now))
             .flatten()
             .unwrap_or(now + std::time::Duration::from_secs(3600));
         let next_due = held.next_expiry().map_or(next_due, |e| e.min(next_due));
@@ -521,9 +524,10 @@ fn finish(
         return changed;
     };
     let txn = item.txn.clone();
-    // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome.
+    // Deferred by an endpoint circuit the driver keeps: no attempt, no outcome (unless
+    // the policy retries nothing: then it fails as refused).
     let deferred = match &outcome {
-        Outcome::Failed(f) if f.deferred && ctx.spool.is_some() => {
+        Outcome::Failed(f) if f.deferred && ctx.spool.is_some() && ctx.policy.defers() => {
             (item.arrived.elapsed() < ctx.policy.retry.max_age).then(|| {
                 ctx.policy
                     .deferral(f.retry_after, &txn.id, item.attempts.len() + 1)

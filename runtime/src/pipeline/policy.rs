@@ -146,6 +146,14 @@ impl DeliveryPolicy {
         Some(jitter(base, -0.2, 0.2, seed(id, attempt as u64)))
     }
 
+    /// Whether a transaction an open endpoint circuit refused waits for the circuit (with
+    /// a retry schedule) or fails like any refused delivery (delivered [`Self::once`]:
+    /// `mailpush send` reports it at once rather than waiting out the circuit's open
+    /// time per transaction).
+    pub fn defers(&self) -> bool {
+        !self.retry.schedule.is_empty()
+    }
+
     /// How long a transaction deferred by an open endpoint circuit waits: the circuit's
     /// own wait (within the cap), plus up to 10 % so that the transactions one circuit
     /// held back do not all come back in the same instant.
@@ -209,6 +217,8 @@ mod tests {
         let p = DeliveryPolicy::default().once();
         assert_eq!(p.backoff(1, None, "t"), None);
         assert_eq!(p.breaker.min, usize::MAX);
+        assert!(!p.defers());
+        assert!(DeliveryPolicy::default().defers());
         assert!(
             p.retry.max_age > Duration::ZERO,
             "nothing may expire at once"

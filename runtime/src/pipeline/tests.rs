@@ -767,6 +767,161 @@ async fn a_tenant_behind_an_open_circuit_does_not_hold_back_the_others() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// Delivered once (`mailpush send`'s policy), a transaction an open endpoint circuit
+/// refuses fails at once like any refused delivery, with the circuit's reason: it does
+/// not wait out the circuit's open time (which, per transaction, made a `send` to a
+/// dead endpoint take minutes).
+#[tokio::test(flavor = "multi_thread")]
+async fn delivered_once_an_open_circuit_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let driver = Arc::new(Tenants::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(
+            driver.clone(),
+            "t",
+            DeliveryPolicy::default().once(),
+        )],
+        8,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    for i in 0..5 {
+        d.accept(
+            vec![txn(&format!("u{i}@a.test"), &format!("a{i}"))],
+            Backpressure::Refuse,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        eventually(|| spool.dead_letters(Some(1)).unwrap().len() == 5).await,
+        "each refused transaction failed (a dead letter) without waiting for the circuit"
+    );
+    d.shutdown().await;
+    let dead = spool.dead_letters(Some(1)).unwrap();
+    assert!(
+        dead.iter()
+            .all(|l| l.attempts.len() == 1 && l.attempts[0].error.contains("circuit open")),
+        "{:?}",
+        dead.iter().map(|l| &l.attempts).collect::<Vec<_>>()
+    );
+    assert!(driver.delivered.lock().is_empty());
+}
+
+/// A driver all of whose deliveries an open endpoint circuit defers, for ten minutes.
+struct Deferring;
+
+#[async_trait]
+impl Driver for Deferring {
+    async fn begin_txn(&self, _txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        Err(Failure {
+            reason: "circuit open".into(),
+            retryable: true,
+            retry_after: Some(Duration::from_secs(600)),
+            deferred: true,
+        })
+    }
+}
+
+/// A lane whose room and queue (4 each) are full of deferred transactions, and a
+/// replayed dead letter (`mailpush dlq replay`) waiting for room in that queue.
+async fn a_replay_waiting_for_room(
+    spool: &Arc<SqliteSpool>,
+) -> (
+    Arc<Dispatcher>,
+    tokio::task::JoinHandle<Result<usize, crate::spool::SpoolError>>,
+) {
+    let d = Arc::new(Dispatcher::start_with_spool(
+        vec![loaded(
+            Arc::new(Deferring),
+            "deferring",
+            DeliveryPolicy::default(),
+        )],
+        4,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    ));
+    let dead = txn("r", "replayed");
+    spool.append(std::slice::from_ref(&dead), &[1]).unwrap();
+    spool.dead_letter(&dead, 1, &[]).unwrap();
+    for i in 0..16 {
+        d.accept(
+            vec![txn(&format!("u{i}"), &format!("t{i}"))],
+            Backpressure::Refuse,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(
+        eventually(|| d.reports()[0].queued == 4).await,
+        "the queue fills: {:?}",
+        d.reports()[0]
+    );
+    assert_eq!(spool.replay(None, Some(1)).unwrap(), 1);
+    let mut replaying = {
+        let d = d.clone();
+        tokio::spawn(async move { d.take_replays().await })
+    };
+    // It waits for room (nothing frees any: every delivery is deferred for minutes).
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut replaying)
+            .await
+            .is_err(),
+        "the replay waits for room in the queue"
+    );
+    (d, replaying)
+}
+
+/// A stop while a replayed dead letter waits for room in a full queue: the wait gives up
+/// (the dead letter stays owed in the spool, for the next start) rather than keep the
+/// lane from finishing — the stop hung for good, a core spinning.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_does_not_wait_for_a_replay_into_a_full_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let (d, replaying) = a_replay_waiting_for_room(&spool).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), d.shutdown_shared()).await;
+    assert!(stopped.is_ok(), "the stop finished");
+    let taken = tokio::time::timeout(Duration::from_secs(20), replaying).await;
+    assert!(matches!(taken, Ok(Ok(Ok(1)))), "{taken:?}");
+    let owed: Vec<String> = spool
+        .pending()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.txn.id)
+        .collect();
+    assert!(owed.contains(&"replayed".to_string()), "{owed:?}");
+}
+
+/// A reload replacing that driver: the replay goes to the new lane, which delivers it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_hands_a_waiting_replay_to_the_new_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let (d, replaying) = a_replay_waiting_for_room(&spool).await;
+    let new = Arc::new(Script::default());
+    let reloaded = tokio::time::timeout(
+        Duration::from_secs(20),
+        d.reconfigure(vec![loaded(new.clone(), "new", DeliveryPolicy::default())]),
+    )
+    .await;
+    assert!(reloaded.is_ok(), "the reload finished");
+    let taken = tokio::time::timeout(Duration::from_secs(20), replaying).await;
+    assert!(matches!(taken, Ok(Ok(Ok(1)))), "{taken:?}");
+    assert!(
+        eventually(|| new.succeeded().contains(&"replayed".to_string())).await,
+        "delivered: {:?}",
+        new.succeeded()
+    );
+    assert!(
+        eventually(|| new.succeeded().len() == 17).await,
+        "{:?}",
+        new.succeeded()
+    );
+    d.shutdown_shared().await;
+}
+
 /// A reload that replaces a busy driver: the old lane only finishes the delivery it has
 /// in flight, and what it had queued goes to the new driver before a transaction that
 /// arrived during the reload, so the user's order holds (and the reload does not wait
