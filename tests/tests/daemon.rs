@@ -1123,3 +1123,81 @@ fn check_exits_3_when_the_config_loses_drivers() {
     assert_eq!(code, Some(0), "{all}");
     assert!(all.contains("OK: 1 driver(s) ready"), "{all}");
 }
+
+/// The Dovecot hand-off directory with a spool nearly full of transactions its driver
+/// keeps failing: a batch of three files that does not fit is tried again halved,
+/// and the two that fit are stored (before, the same batch was refused every second,
+/// for good, and every later hand-off waited behind it). What does not fit stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_off_batch_the_spool_refuses_is_tried_again_smaller() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        dir.path().join("down.lua"),
+        "function dovecot_lua_notify_begin_txn(user) return {} end\nfunction dovecot_lua_notify_event_mailbox_create(ctx, e) end\nfunction dovecot_lua_notify_end_txn(ctx, success) return false, \"down\" end\n",
+    )
+    .unwrap();
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n handoff_dir = handoff\n spool_quota = 40000\n}\nplugin {\n push_notification_driver = lua:file=down.lua retry=1h\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let handoff = dir.path().join("handoff");
+    // 3000 bytes each, stored as written (canonical JSON): a batch holds three (a
+    // quarter of the quota is 10000).
+    let publish = |i: usize| {
+        let head = format!(
+            r#"{{"id":"h{i:02}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":""#
+        );
+        let tail = r#""}]}"#;
+        let text = format!("{head}{}{tail}", "m".repeat(3000 - head.len() - tail.len()));
+        assert_eq!(
+            mailpush_core::Transaction::from_json(&text)
+                .unwrap()
+                .to_json(),
+            text
+        );
+        let tmp = handoff.join(format!(".tmp-h{i:02}"));
+        std::fs::write(&tmp, &text).unwrap();
+        std::fs::rename(&tmp, handoff.join(format!("h{i:02}.json"))).unwrap();
+    };
+    let published = || {
+        std::fs::read_dir(&handoff)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .count()
+    };
+    // Waits (at most 20 s) until `n` published files are left: the consumer removes each
+    // once stored, and announces nothing else to wait on.
+    let left = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while published() != n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        published()
+    };
+    // 33000 of 40000 bytes held (each fails and waits an hour for its retry).
+    for i in 0..11 {
+        publish(i);
+    }
+    assert_eq!(left(0).await, 0, "{}", d.log.lock().unwrap());
+    // 9000 more in one batch: only 7000 fit.
+    for i in 11..14 {
+        publish(i);
+    }
+    assert_eq!(
+        left(1).await,
+        1,
+        "two of the three stored:\n{}",
+        d.log.lock().unwrap()
+    );
+    let log = d.wait_for_log("waits: the spool is full", Duration::from_secs(20));
+    assert!(log.contains("hand-off of 1 transaction(s) waits"), "{log}");
+    assert!(
+        std::fs::read_dir(&handoff)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name() == "h13.json"),
+        "the newest waits, the older ones went first"
+    );
+    d.stop();
+}

@@ -1,8 +1,14 @@
 //! "Did you mean …?": the known name a mistyped one was probably meant to be.
 
 /// Edit distance counting a swap of two neighbouring characters as one edit (optimal
-/// string alignment): `fiel` is one edit from `file`, as from `fuel`.
+/// string alignment): `fiel` is one edit from `file`, as from `fuel`. Exact up to
+/// [`FAR`]; strings whose lengths differ by more are only said to be that far apart (a
+/// lower bound), so that a long mistyped key costs nothing to compare with short names.
 pub fn distance(a: &str, b: &str) -> usize {
+    let (la, lb) = (a.chars().count(), b.chars().count());
+    if la.abs_diff(lb) > FAR {
+        return la.abs_diff(lb);
+    }
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     // rows[i][j]: the distance between a[..i] and b[..j].
@@ -28,6 +34,10 @@ pub fn distance(a: &str, b: &str) -> usize {
     rows[a.len()][b.len()]
 }
 
+/// Beyond this many edits, [`distance`] is a lower bound (no caller suggests a name
+/// that far).
+pub const FAR: usize = 8;
+
 /// The closest of `candidates` to `key`, if close enough to be a typo; on a tie, the
 /// one listed first (list a driver's own names before the general ones).
 pub fn nearest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
@@ -49,6 +59,10 @@ mod tests {
         assert_eq!(distance("fiel", "fuel"), 1);
         assert_eq!(distance("file", "file"), 0);
         assert_eq!(distance("", "abc"), 3);
+        // A long key against a short name: not computed cell by cell.
+        let long = "x".repeat(1 << 20);
+        assert_eq!(distance(&long, "file"), (1 << 20) - 4);
+        assert_eq!(nearest(&long, &["file"]), None);
         assert_eq!(
             distance("push_notifcation_driver", "push_notification_driver"),
             1

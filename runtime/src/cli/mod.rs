@@ -708,14 +708,16 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
         }
     } else if let DlqCommand::Replay { id: None, .. } = cmd {
         // `--all` of every driver: those of numbers the config lacks wait for one.
+        // (A note only: a spool that cannot be listed still replays.)
         let mut missing: Vec<u32> = letters
             .list(None)
             .await
-            .map_err(err)?
+            .unwrap_or_default()
             .iter()
             .map(|d| d.driver)
             .filter(|n| !numbers.contains(n))
             .collect();
+        missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
             eprintln!(

@@ -35,7 +35,8 @@ use mailpush_core::Transaction;
 use tokio::sync::watch;
 
 use super::Daemon;
-use crate::pipeline::Backpressure;
+use crate::pipeline::{Backpressure, Refused};
+use crate::spool::SpoolError;
 
 /// How often an empty directory is looked at: the most a hand-off waits for mailpush
 /// when nothing else is queued.
@@ -202,18 +203,35 @@ fn prepare_as(dir: &Path, me: u32) -> Result<Vec<String>, String> {
 /// (a read-only directory, as under systemd's `ProtectSystem=strict` without
 /// `ReadWritePaths`, would have each read and delivered again).
 fn probe_removal(dir: &Path) -> Result<(), String> {
-    let probe = dir.join(format!(".mailpush-probe-{}", std::process::id()));
     let refused = |e: std::io::Error| {
         format!(
             "mailpush cannot create and remove files in handoff_dir {} ({e}): it removes each hand-off once stored, and would otherwise read and deliver it again. Give mailpush write access to it (systemd: ReadWritePaths=)",
             dir.display()
         )
     };
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-        .map_err(refused)?;
+    // A name of its own (two instances in containers may both be PID 1; a crash may
+    // have left one behind): a name taken is tried again with another.
+    let mut attempt = 0u32;
+    let probe = loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let probe = dir.join(format!(
+            ".mailpush-probe-{}-{nanos}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => break probe,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 3 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(refused(e)),
+        }
+    };
     std::fs::remove_file(&probe).map_err(refused)
 }
 
@@ -331,7 +349,11 @@ fn scan_reading(
     read: impl Fn(&Path) -> Result<Vec<u8>, Unread>,
 ) -> std::io::Result<Batch> {
     let (mut listing, rejected) = list(dir, owners, max_size, skip)?;
-    let mut batch = read_batch(&mut listing, BATCH_BYTES, read);
+    let limits = Limits {
+        max_file: max_size,
+        batch_bytes: BATCH_BYTES,
+    };
+    let mut batch = read_batch(&mut listing, limits, read);
     batch.rejected.splice(0..0, rejected);
     Ok(batch)
 }
@@ -377,19 +399,23 @@ fn list(
     Ok((found.into(), rejected))
 }
 
-/// Reads up to [`BATCH`] files, and up to the file that reaches `max_bytes`, off the
-/// front of `listing` with `read`. Files that cannot be read do not count against the
-/// batch (up to a bound on the attempts of one batch); files gone meanwhile (read
-/// already) are passed over.
+/// Reads up to [`BATCH`] files of at most `limits.batch_bytes` together (a batch of
+/// one file may be larger), off the front of `listing` with `read`: a file that would
+/// take a batch past its bytes goes back to the front of the listing, for the next
+/// batch. Files that cannot be read do not count against the batch (up to a bound on
+/// the attempts of one batch); files gone meanwhile (read already) are passed over. A
+/// transaction whose stored form is larger than `limits.max_file` (bytes that are not
+/// UTF-8 take three bytes each once stored, control characters six) is set aside: the
+/// spool could never take it.
 fn read_batch(
     listing: &mut Listing,
-    max_bytes: u64,
+    limits: Limits,
     read: impl Fn(&Path) -> Result<Vec<u8>, Unread>,
 ) -> Batch {
     let mut batch = Batch::default();
     let mut tried = 0;
     let mut bytes_read = 0u64;
-    while batch.txns.len() < BATCH && tried < 4 * BATCH && bytes_read < max_bytes {
+    while batch.txns.len() < BATCH && tried < 4 * BATCH && bytes_read < limits.batch_bytes {
         let Some(f) = listing.pop_front() else {
             break;
         };
@@ -411,9 +437,30 @@ fn read_batch(
                 continue;
             }
         };
+        if !batch.txns.is_empty() && bytes_read + text.len() as u64 > limits.batch_bytes {
+            listing.push_front(f);
+            break;
+        }
         bytes_read += text.len() as u64;
         match Transaction::from_json(text.trim_end()) {
             Ok(t) => {
+                // (Stored, the text grows by at most six times.)
+                let stored = if (text.len() as u64).saturating_mul(6) > limits.max_file {
+                    t.to_json().len() as u64
+                } else {
+                    0
+                };
+                if stored > limits.max_file {
+                    batch.rejected.push(Rejected::set_aside(
+                        &f.path,
+                        f.name,
+                        format!(
+                            "its transaction takes {stored} bytes as stored (bytes that are not UTF-8, or control characters, grow when encoded), more than max_body ({}), or than spool_quota where that is smaller",
+                            limits.max_file
+                        ),
+                    ));
+                    continue;
+                }
                 batch.txns.push(t);
                 batch.files.push(f.path);
             }
@@ -518,8 +565,9 @@ impl Reporter {
 pub struct Limits {
     /// `max_body`, or the spool's quota where smaller (such a file could never be stored).
     pub max_file: u64,
-    /// [`BATCH_BYTES`], or a quarter of the spool's quota where smaller, so that an
-    /// empty spool always takes a batch.
+    /// [`BATCH_BYTES`], or a quarter of the spool's quota where smaller. A batch of one
+    /// file may be larger (up to `max_file`); an empty spool takes either. A batch a
+    /// spool with less room refuses is tried again halved, down to one file.
     pub batch_bytes: u64,
 }
 
@@ -545,8 +593,12 @@ pub async fn consume(
     mut stop: watch::Receiver<bool>,
 ) {
     let max_size = limits.max_file;
-    let (mut problems, mut refusals, mut set_aside) =
-        (Reporter::new(), Reporter::new(), Reporter::new());
+    let (mut problems, mut refusals, mut set_aside, mut kept_reports) = (
+        Reporter::new(),
+        Reporter::new(),
+        Reporter::new(),
+        Reporter::new(),
+    );
     let mut complained: HashSet<String> = HashSet::new();
     // Files that could not be read, until when they are passed over.
     let mut unreadable: std::collections::HashMap<String, Instant> = Default::default();
@@ -556,6 +608,9 @@ pub async fn consume(
     let mut stuck: HashSet<String> = HashSet::new();
     let mut listing = Listing::new();
     let mut idle: Option<Idle> = None;
+    // Halved while the spool refuses a batch for its size, down to one file; back to
+    // `limits.batch_bytes` once a batch is stored.
+    let mut batch_bytes = limits.batch_bytes;
     loop {
         if *stop.borrow() {
             return;
@@ -568,6 +623,10 @@ pub async fn consume(
             HashSet::new()
         };
         let (d, o) = (dir.clone(), owners.clone());
+        let limits_now = Limits {
+            batch_bytes,
+            ..limits
+        };
         let mut rest = std::mem::take(&mut listing);
         let was_idle = idle.take();
         // The rest of the last listing first; a new one once it is read.
@@ -589,9 +648,7 @@ pub async fn consume(
                     });
                 }
             }
-            let mut batch = read_batch(&mut rest, limits.batch_bytes, |p| {
-                read_published(p, &o, max_size)
-            });
+            let mut batch = read_batch(&mut rest, limits_now, |p| read_published(p, &o, max_size));
             batch.rejected.splice(0..0, rejected);
             Ok::<_, std::io::Error>((batch, rest, idle))
         })
@@ -629,13 +686,20 @@ pub async fn consume(
                     )
                 }),
                 Some(e) => {
-                    tracing::error!(
-                        "hand-off file {name} refused: {}; it cannot be renamed {name}.rejected ({e}) and is passed over until mailpush restarts (mailpush needs write access to {})",
-                        escape(&r.why),
-                        dir.display()
-                    );
+                    let say = |more: u64| {
+                        tracing::error!(
+                            "hand-off file {name} refused: {}; it cannot be renamed {name}.rejected ({e}) and is passed over until mailpush restarts (mailpush needs write access to {}) (+{more} more)",
+                            escape(&r.why),
+                            dir.display()
+                        )
+                    };
+                    // Once per file while they can be remembered; then (each is read
+                    // again at every listing) rate-limited.
                     if stuck.len() < UNREADABLE_KEPT {
+                        say(0);
                         stuck.insert(r.name);
+                    } else {
+                        kept_reports.report(say);
                     }
                 }
             }
@@ -667,6 +731,7 @@ pub async fn consume(
             .await
         {
             Ok(_) => {
+                batch_bytes = limits.batch_bytes;
                 daemon
                     .ingest
                     .received
@@ -686,17 +751,31 @@ pub async fn consume(
                 .await
                 .unwrap_or_default();
                 for (f, e) in kept {
-                    tracing::error!(
-                        "cannot remove hand-off file {}: {e}; its transaction is stored, and the file is passed over until mailpush restarts (which reads it again: delivered again if its transaction has left the spool by then). mailpush needs write access to {}",
-                        escape(&f.display().to_string()),
-                        dir.display()
-                    );
-                    if stuck.len() < UNREADABLE_KEPT {
-                        if let Some(name) = f.file_name() {
+                    let say = |more: u64| {
+                        tracing::error!(
+                            "cannot remove hand-off file {}: {e}; its transaction is stored, and the file is passed over until mailpush restarts (which reads it again: delivered again if its transaction has left the spool by then). mailpush needs write access to {} (+{more} more)",
+                            escape(&f.display().to_string()),
+                            dir.display()
+                        )
+                    };
+                    match f.file_name() {
+                        Some(name) if stuck.len() < UNREADABLE_KEPT => {
+                            say(0);
                             stuck.insert(name.to_string_lossy().into_owned());
                         }
+                        _ => kept_reports.report(say),
                     }
                 }
+            }
+            Err(Refused::Spool(SpoolError::Full { .. })) if n > 1 => {
+                // Perhaps a smaller batch fits (the spool holds dead letters, or this
+                // batch's stored form is larger than its files): the same files again
+                // at once, fewer of them. Nothing is lost: they stay until stored.
+                listing.clear();
+                batch_bytes = (batch_bytes / 2).max(1);
+                tracing::debug!(
+                    "the spool refused a hand-off batch of {n} for its size: trying {batch_bytes} bytes"
+                );
             }
             Err(refused) => {
                 // Nothing is lost: the files stay and are read again, from a new
@@ -835,7 +914,7 @@ mod tests {
         assert_eq!(listing.len(), LISTED);
         let mut read = Vec::new();
         while !listing.is_empty() {
-            let b = read_batch(&mut listing, BATCH_BYTES, |p| {
+            let b = read_batch(&mut listing, Limits::new(1 << 20, None), |p| {
                 read_published(p, &Owners::Any, 1 << 20)
             });
             assert_eq!(b.txns.len(), BATCH);
@@ -865,7 +944,7 @@ mod tests {
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         write(d, "c.json", &" ".repeat(4096));
-        let b = read_batch(&mut listing, BATCH_BYTES, |p| {
+        let b = read_batch(&mut listing, Limits::new(1 << 20, None), |p| {
             read_published(p, &Owners::Any, 1024)
         });
         assert!(b.txns.is_empty());
@@ -906,10 +985,39 @@ mod tests {
         }
         let (mut listing, _) = list(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
         let read = |p: &Path| read_published(p, &Owners::Any, 1 << 20);
-        // Each file is a little over 1000 bytes: the third reaches 3000.
-        assert_eq!(read_batch(&mut listing, 3000, read).txns.len(), 3);
-        assert_eq!(read_batch(&mut listing, 1, read).txns.len(), 1);
-        assert_eq!(read_batch(&mut listing, BATCH_BYTES, read).txns.len(), 6);
+        let bytes = |batch_bytes| Limits {
+            max_file: 1 << 20,
+            batch_bytes,
+        };
+        // Each file is a little over 1000 bytes: three fit in 3300, not in 3000 (the
+        // third goes back for the next batch); one file always goes.
+        assert_eq!(read_batch(&mut listing, bytes(3000), read).txns.len(), 2);
+        assert_eq!(read_batch(&mut listing, bytes(3300), read).txns.len(), 3);
+        assert_eq!(read_batch(&mut listing, bytes(1), read).txns.len(), 1);
+        let b = read_batch(&mut listing, bytes(BATCH_BYTES), read);
+        let ids: Vec<&str> = b.txns.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t6", "t7", "t8", "t9"], "none lost or read twice");
+        // A file whose transaction grows past max_file once stored (bytes that are not
+        // UTF-8 take three each) is set aside: the spool could never take it.
+        let mut bad =
+            br#"{"id":"big","user":"u@x","events":[{"name":"MailboxCreate","mailbox":""#.to_vec();
+        bad.extend(std::iter::repeat_n(0xFFu8, 1000));
+        bad.extend_from_slice(br#""}]}"#);
+        std::fs::write(d.join("big.json"), &bad).unwrap();
+        let (mut listing, _) = list(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
+        let small = Limits {
+            max_file: 2000,
+            batch_bytes: BATCH_BYTES,
+        };
+        let b = read_batch(&mut listing, small, read);
+        assert!(b.txns.iter().all(|t| t.id != "big"));
+        assert!(
+            b.rejected
+                .iter()
+                .any(|r| r.name == "big.json" && r.why.contains("bytes as stored")),
+            "{:?}",
+            b.rejected.iter().map(|r| &r.why).collect::<Vec<_>>()
+        );
 
         let l = Limits::new(10 << 20, None);
         assert_eq!((l.max_file, l.batch_bytes), (10 << 20, BATCH_BYTES));

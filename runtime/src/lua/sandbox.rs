@@ -562,9 +562,12 @@ impl ScriptState {
             // load warns once).
             _ => {}
         }
-        if failure.is_none() {
-            self.report_ignored(txn, &ignored, "the transaction was delivered");
-        }
+        let outcome = if failure.is_none() {
+            "the transaction was delivered"
+        } else {
+            "and the transaction failed"
+        };
+        self.report_ignored(txn, &ignored, outcome);
         failure.map_or(Ok(()), Err)
     }
 

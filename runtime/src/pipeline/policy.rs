@@ -55,6 +55,9 @@ pub struct DeliveryPolicy {
     /// Which of the freshness keys the config line set (the driver's own defaults,
     /// [`mailpush_core::Driver::freshness`], fill the others).
     pub set_by_config: SetByConfig,
+    /// Delivered once ([`DeliveryPolicy::once`], `mailpush send`): nothing waits, not
+    /// even for an open endpoint circuit.
+    pub once: bool,
 }
 
 /// Which freshness keys a driver's config line set.
@@ -127,6 +130,7 @@ impl DeliveryPolicy {
     pub fn once(mut self) -> Self {
         self.retry.schedule.clear();
         self.breaker.min = usize::MAX;
+        self.once = true;
         self
     }
 
@@ -146,12 +150,12 @@ impl DeliveryPolicy {
         Some(jitter(base, -0.2, 0.2, seed(id, attempt as u64)))
     }
 
-    /// Whether a transaction an open endpoint circuit refused waits for the circuit (with
-    /// a retry schedule) or fails like any refused delivery (delivered [`Self::once`]:
-    /// `mailpush send` reports it at once rather than waiting out the circuit's open
-    /// time per transaction).
+    /// Whether a transaction an open endpoint circuit refused waits for the circuit (as
+    /// under `mailpush run`, `retry=none` included) or fails like any refused delivery
+    /// (delivered [`Self::once`]: `mailpush send` reports it at once rather than waiting
+    /// out the circuit's open time per transaction).
     pub fn defers(&self) -> bool {
-        !self.retry.schedule.is_empty()
+        !self.once
     }
 
     /// How long a transaction deferred by an open endpoint circuit waits: the circuit's
@@ -219,6 +223,11 @@ mod tests {
         assert_eq!(p.breaker.min, usize::MAX);
         assert!(!p.defers());
         assert!(DeliveryPolicy::default().defers());
+        let mut args = DriverArgs::parse("retry=none");
+        assert!(
+            DeliveryPolicy::from_args(&mut args).unwrap().defers(),
+            "retry=none under `run` still waits for an open circuit"
+        );
         assert!(
             p.retry.max_age > Duration::ZERO,
             "nothing may expire at once"
