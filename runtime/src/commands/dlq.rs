@@ -61,7 +61,10 @@ impl DeadLetters {
 
     /// One dead letter.
     pub async fn show(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
-        Ok(self.list(None).await?.into_iter().find(|d| d.id == id))
+        match self {
+            DeadLetters::Local(s) => s.dead_letter_by_id(id),
+            _ => Ok(self.list(None).await?.into_iter().find(|d| d.id == id)),
+        }
     }
 
     /// Makes dead letters pending again (one, or all of one driver, or all); how many.

@@ -92,6 +92,10 @@ pub trait Spool: Send + Sync {
     fn owed_at(&self, driver: u32, position: i64) -> Result<Option<Owed>, SpoolError>;
     /// Dead letters, optionally of one driver.
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError>;
+    /// One dead letter, by its id.
+    fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
+        Ok(self.dead_letters(None)?.into_iter().find(|d| d.id == id))
+    }
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
     /// Pairs made pending by `replay` since the last call (for a running instance, which

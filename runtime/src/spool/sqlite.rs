@@ -17,6 +17,60 @@ fn storage(e: impl std::fmt::Display) -> SpoolError {
     SpoolError::Storage(e.to_string())
 }
 
+/// Makes a stored transaction's JSON a transaction again, or says why it cannot be (a
+/// damaged file, or one written by a later mailpush whose transactions hold a field
+/// this one does not know).
+fn decode(json: &str) -> Result<Transaction, String> {
+    Transaction::from_json(json).map_err(|e| {
+        // (The parser's words may quote the transaction's content: a little of it.)
+        let why = e.to_string();
+        match why.char_indices().nth(300) {
+            Some((end, _)) => format!("{}…", &why[..end]),
+            None => why,
+        }
+    })
+}
+
+/// A row whose JSON cannot be read ([`decode`]) would stop every driver that owes it
+/// for good (each reading of the backlog would fail at it). It becomes a dead letter of
+/// each such driver instead, whose attempt says why; the others' deliveries go on. It is
+/// kept (`mailpush dlq list` shows it; a mailpush that can read it can replay it).
+fn set_aside(conn: &mut Connection, seq: i64, why: &str) -> Result<(), SpoolError> {
+    let attempts = serde_json::to_string(&[Attempt {
+        at: now(),
+        error: format!(
+            "the spool holds this transaction in a form this mailpush cannot read: {why}"
+        ),
+    }])
+    .unwrap_or_default();
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    let drivers = tx
+        .execute(
+            "INSERT INTO dead (seq, driver, attempts, at) SELECT seq, driver, ?2, ?3 FROM owed WHERE seq = ?1",
+            params![seq, attempts, now() as i64],
+        )
+        .map_err(storage)?;
+    tx.execute("DELETE FROM owed WHERE seq = ?1", params![seq])
+        .map_err(storage)?;
+    let id: Option<String> = tx
+        .query_row("SELECT id FROM txns WHERE seq = ?1", params![seq], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(storage)?;
+    tx.commit().map_err(storage)?;
+    if drivers > 0 {
+        tracing::error!(
+            position = seq,
+            txn = ?id.unwrap_or_default(),
+            "the spool holds a transaction this mailpush cannot read ({why}); it is a dead letter of the {drivers} driver(s) that were owed it, and their deliveries go on (mailpush dlq list)"
+        );
+    }
+    Ok(())
+}
+
 enum Write {
     Append {
         rows: Vec<(String, String, String)>,
@@ -44,6 +98,11 @@ pub struct SqliteSpool {
     /// When [`SqliteSpool::recount`] last counted (at most once a second).
     recounted: Mutex<Option<std::time::Instant>>,
 }
+
+/// The index of owed pairs a replay marked (see [`SqliteSpool::owed`]): only those are in
+/// it, so ingest's inserts and deletes of unmarked pairs never touch it.
+const MARKED_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS owed_marked ON owed (replayed) WHERE replayed != 0;";
 
 /// The spool's schema ([`crate::schema`]); WAL mode is set on open.
 const SCHEMA: Schema = Schema {
@@ -100,6 +159,12 @@ impl SqliteSpool {
             .map_err(storage)?;
         SCHEMA
             .apply(&mut writer_conn)
+            .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
+        // The pairs a replay marked, found without reading every owed pair (the daemon
+        // asks every second). Not part of the schema's version: a mailpush without it
+        // keeps it up to date all the same.
+        writer_conn
+            .execute_batch(MARKED_INDEX)
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
         let used: u64 = writer_conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM txns", [], |r| {
@@ -174,7 +239,9 @@ impl SqliteSpool {
         // The daemon asks every second: take the write lock only when there is something.
         if only_replayed {
             let any: bool = conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM owed WHERE replayed = 1)")
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM owed WHERE replayed != 0 AND replayed = 1)",
+                )
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(storage)?;
             if !any {
@@ -185,14 +252,18 @@ impl SqliteSpool {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
         let rows = {
+            // (`replayed != 0` lets SQLite use the index of marked pairs.)
             let mut stmt = tx
-                .prepare(
+                .prepare(if only_replayed {
                     "SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq \
-                     WHERE ?1 = 0 OR o.replayed = 1 ORDER BY t.seq, o.driver",
-                )
+                     WHERE o.replayed != 0 AND o.replayed = 1 ORDER BY t.seq, o.driver"
+                } else {
+                    "SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq \
+                     ORDER BY t.seq, o.driver"
+                })
                 .map_err(storage)?;
             let rows = stmt
-                .query_map([only_replayed as i64], |r| {
+                .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -205,34 +276,88 @@ impl SqliteSpool {
             rows
         };
         let mark = if only_replayed {
-            "UPDATE owed SET replayed = 2 WHERE replayed = 1"
+            "UPDATE owed SET replayed = 2 WHERE replayed != 0 AND replayed = 1"
         } else {
             "UPDATE owed SET replayed = 0 WHERE replayed != 0"
         };
         tx.execute(mark, []).map_err(storage)?;
         tx.commit().map_err(storage)?;
-        Self::rows_to_pending(rows)
+        let (pending, unreadable) = Self::rows_to_pending(rows);
+        for (seq, why) in unreadable {
+            set_aside(&mut conn, seq, &why)?;
+        }
+        Ok(pending)
     }
 
-    fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> Result<Vec<Pending>, SpoolError> {
+    /// The dead letters `clause` (over `dead d`, with `?1`) picks, in id order.
+    fn dead_where(&self, clause: &str, arg: Option<i64>) -> Result<Vec<DeadLetter>, SpoolError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT d.id, d.driver, t.json, d.attempts, d.at, t.id, t.user FROM dead d JOIN txns t ON t.seq = d.seq WHERE {clause} ORDER BY d.id"))
+            .map_err(storage)?;
+        let rows = stmt
+            .query_map(params![arg], |r| {
+                Ok((
+                    (
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ),
+                    (r.get::<_, String>(5)?, r.get::<_, String>(6)?),
+                ))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(rows
+            .into_iter()
+            .map(|((id, driver, json, attempts, at), (txn_id, user))| {
+                DeadLetter {
+                    id,
+                    driver,
+                    // One this mailpush cannot read shows as its id and user, without
+                    // events; its attempts say why ([`set_aside`]). A replay of it
+                    // makes it a dead letter again.
+                    txn: decode(&json).unwrap_or_else(|_| Transaction {
+                        id: txn_id,
+                        user,
+                        events: Vec::new(),
+                        metadata: Default::default(),
+                        encoded: Default::default(),
+                    }),
+                    attempts: serde_json::from_str(&attempts).unwrap_or_default(),
+                    at: at as u64,
+                }
+            })
+            .collect())
+    }
+
+    /// The rows as transactions and the drivers owed each; and the rows that cannot be
+    /// read ([`set_aside`]), each once, with why.
+    fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> (Vec<Pending>, Vec<(i64, String)>) {
         let mut out: Vec<Pending> = Vec::new();
+        let mut unreadable = Vec::new();
         let mut last_seq = None;
         for (seq, json, driver) in rows {
             if last_seq == Some(seq) {
-                if let Some(p) = out.last_mut() {
+                if let Some(p) = out.last_mut().filter(|p| p.position == seq) {
                     p.drivers.push(driver);
                 }
                 continue;
             }
             last_seq = Some(seq);
-            let txn = Transaction::from_json(&json).map_err(storage)?;
-            out.push(Pending {
-                txn,
-                drivers: vec![driver],
-                position: seq,
-            });
+            match decode(&json) {
+                Ok(txn) => out.push(Pending {
+                    txn,
+                    drivers: vec![driver],
+                    position: seq,
+                }),
+                Err(why) => unreadable.push((seq, why)),
+            }
         }
-        Ok(out)
+        (out, unreadable)
     }
 }
 
@@ -451,7 +576,7 @@ impl Spool for SqliteSpool {
     }
 
     fn owed_at(&self, driver: u32, position: i64) -> Result<Option<Owed>, SpoolError> {
-        let conn = self.reader.lock();
+        let mut conn = self.reader.lock();
         let row = conn
             .prepare_cached(
                 "SELECT t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
@@ -463,75 +588,71 @@ impl Spool for SqliteSpool {
             })
             .optional()
             .map_err(storage)?;
-        row.map(|(json, at)| {
-            Ok(Owed {
+        let Some((json, at)) = row else {
+            return Ok(None);
+        };
+        match decode(&json) {
+            Ok(txn) => Ok(Some(Owed {
                 position,
-                txn: Transaction::from_json(&json).map_err(storage)?,
+                txn,
                 stored: stored_time(at),
-            })
-        })
-        .transpose()
+            })),
+            Err(why) => {
+                // No longer owed: a dead letter now.
+                set_aside(&mut conn, position, &why)?;
+                Ok(None)
+            }
+        }
     }
 
     fn owed_from(&self, driver: u32, from: i64, limit: usize) -> Result<Vec<Owed>, SpoolError> {
-        let conn = self.reader.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT t.seq, t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
-                 WHERE o.driver = ?1 AND o.seq >= ?2 AND o.replayed = 0 ORDER BY o.seq LIMIT ?3",
-            )
-            .map_err(storage)?;
-        let rows = stmt
-            .query_map(params![driver, from, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-            .map_err(storage)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(storage)?;
-        rows.into_iter()
-            .map(|(seq, json, at)| {
-                Ok(Owed {
-                    position: seq,
-                    txn: Transaction::from_json(&json).map_err(storage)?,
-                    stored: stored_time(at),
+        let mut conn = self.reader.lock();
+        loop {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT t.seq, t.json, MAX(t.at, o.since) FROM owed o JOIN txns t ON t.seq = o.seq \
+                     WHERE o.driver = ?1 AND o.seq >= ?2 AND o.replayed = 0 ORDER BY o.seq LIMIT ?3",
+                )
+                .map_err(storage)?
+                .query_map(params![driver, from, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
-            })
-            .collect()
+                .map_err(storage)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(storage)?;
+            let mut out = Vec::with_capacity(rows.len());
+            let mut set_aside_any = false;
+            for (seq, json, at) in rows {
+                match decode(&json) {
+                    Ok(txn) => out.push(Owed {
+                        position: seq,
+                        txn,
+                        stored: stored_time(at),
+                    }),
+                    Err(why) => {
+                        set_aside(&mut conn, seq, &why)?;
+                        set_aside_any = true;
+                    }
+                }
+            }
+            // Only unreadable rows: the next ones, so that an empty answer still means
+            // nothing is left.
+            if !out.is_empty() || !set_aside_any {
+                return Ok(out);
+            }
+        }
     }
 
     fn dead_letters(&self, driver: Option<u32>) -> Result<Vec<DeadLetter>, SpoolError> {
-        let conn = self.reader.lock();
-        let mut stmt = conn
-            .prepare("SELECT d.id, d.driver, t.json, d.attempts, d.at FROM dead d JOIN txns t ON t.seq = d.seq WHERE ?1 IS NULL OR d.driver = ?1 ORDER BY d.id")
-            .map_err(storage)?;
-        let rows = stmt
-            .query_map(params![driver], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .map_err(storage)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(storage)?;
-        rows.into_iter()
-            .map(|(id, driver, json, attempts, at)| {
-                Ok(DeadLetter {
-                    id,
-                    driver,
-                    txn: Transaction::from_json(&json).map_err(storage)?,
-                    attempts: serde_json::from_str(&attempts).unwrap_or_default(),
-                    at: at as u64,
-                })
-            })
-            .collect()
+        self.dead_where("?1 IS NULL OR d.driver = ?1", driver.map(i64::from))
+    }
+
+    fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
+        Ok(self.dead_where("d.id = ?1", Some(id))?.pop())
     }
 
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
@@ -665,6 +786,8 @@ mod tests {
         let d = s.dead_letters(Some(3)).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].attempts, att);
+        assert_eq!(s.dead_letter_by_id(d[1].id).unwrap(), Some(d[1].clone()));
+        assert_eq!(s.dead_letter_by_id(d[1].id + 100).unwrap(), None);
         assert!(s.pending().unwrap().is_empty());
         assert_eq!(s.replay(Some(d[0].id), None).unwrap(), 1);
         // A lane reading the backlog passes over a replay, asked for or taken: whoever
@@ -691,6 +814,102 @@ mod tests {
         assert!(age < std::time::Duration::from_secs(60), "{age:?}");
         assert_eq!(s.purge(None, Some(3)).unwrap(), 1);
         assert!(s.dead_letters(None).unwrap().is_empty());
+    }
+
+    /// A row this mailpush cannot read (here: written by a later version, with a field
+    /// this one does not know) stopped every driver owing it for good, and start-up with
+    /// it. It becomes a dead letter of each, shown by its id and user, and the rows
+    /// around it are delivered.
+    #[test]
+    fn an_unreadable_row_is_set_aside_not_a_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+        let ids = ["a", "b", "c", "d", "e"];
+        s.append(&ids.map(|i| txn(i, "u")), &[1, 2]).unwrap();
+        let conn = s.reader.lock();
+        conn.execute(
+            r#"UPDATE txns SET json = '{"id":"b","user":"u","events":[],"future":1}' WHERE id = 'b'"#,
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE txns SET json = 'not json' WHERE id IN ('c', 'd')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let got = |o: Vec<Owed>| o.into_iter().map(|o| o.txn.id).collect::<Vec<_>>();
+        // Past the ones it cannot read, with a limit they would fill.
+        let b = s.position("b").unwrap().unwrap();
+        assert_eq!(got(s.owed_from(1, b, 2).unwrap()), ["e"]);
+        assert_eq!(got(s.owed_from(1, 0, 10).unwrap()), ["a", "e"]);
+        // Set aside for driver 2 too, and nothing owed is left unread.
+        assert_eq!(got(s.owed_from(2, 0, 10).unwrap()), ["a", "e"]);
+        let p = s.pending().unwrap();
+        assert_eq!(
+            p.iter()
+                .map(|p| (p.txn.id.as_str(), p.drivers.clone()))
+                .collect::<Vec<_>>(),
+            [("a", vec![1, 2]), ("e", vec![1, 2])]
+        );
+        let dead = s.dead_letters(None).unwrap();
+        assert_eq!(dead.len(), 6, "b, c and d, for both drivers");
+        for d in &dead {
+            assert!(["b", "c", "d"].contains(&d.txn.id.as_str()));
+            assert_eq!(d.txn.user, "u");
+            assert!(d.txn.events.is_empty());
+            assert!(
+                d.attempts[0].error.contains("cannot read"),
+                "{:?}",
+                d.attempts
+            );
+        }
+        // A replay of one makes it a dead letter again, never a delivery.
+        assert_eq!(s.replay(Some(dead[0].id), None).unwrap(), 1);
+        assert!(s.take_replayed().unwrap().is_empty());
+        assert_eq!(s.dead_letters(None).unwrap().len(), 6);
+        // Read at start-up too (pending).
+        s.append(&[txn("f", "u")], &[1]).unwrap();
+        s.reader
+            .lock()
+            .execute("UPDATE txns SET json = '[]' WHERE id = 'f'", [])
+            .unwrap();
+        assert_eq!(s.pending().unwrap().len(), 2);
+        assert_eq!(s.dead_letters(Some(1)).unwrap().len(), 4);
+        // owed_at: no longer owed.
+        s.append(&[txn("g", "u")], &[1]).unwrap();
+        let g = s.position("g").unwrap().unwrap();
+        s.reader
+            .lock()
+            .execute("UPDATE txns SET json = '{' WHERE id = 'g'", [])
+            .unwrap();
+        assert!(s.owed_at(1, g).unwrap().is_none());
+        assert_eq!(s.dead_letters(Some(1)).unwrap().len(), 5);
+    }
+
+    /// The replay poller's question every second, and its reading, use the index of
+    /// marked pairs instead of reading every owed pair (a backlog of millions).
+    #[test]
+    fn finding_replays_reads_only_marked_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+        let conn = s.reader.lock();
+        for q in [
+            "SELECT EXISTS (SELECT 1 FROM owed WHERE replayed != 0 AND replayed = 1)",
+            "SELECT t.seq, t.json, o.driver FROM owed o JOIN txns t ON t.seq = o.seq WHERE o.replayed != 0 AND o.replayed = 1 ORDER BY t.seq, o.driver",
+            "UPDATE owed SET replayed = 2 WHERE replayed != 0 AND replayed = 1",
+            "UPDATE owed SET replayed = 0 WHERE replayed != 0",
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.contains("owed_marked"), "{q}: {plan}");
+        }
     }
 
     /// The replay poller and `mailpush dlq` read and write beside ingest's writer: under
