@@ -1065,6 +1065,51 @@ end
     assert_eq!(bodies, ["a@example.test one false"], "{bodies:?}");
 }
 
+/// The line `script_errors=ignore` writes for a transaction's failing hooks is one of
+/// the script's log lines: a script failing in every transaction cannot flood the log
+/// past `log_lines_per_sec`/`log_burst` (the rest are counted as dropped).
+#[test]
+fn errors_passed_over_are_logged_within_the_scripts_log_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write(
+        dir.path(),
+        "fails.lua",
+        "function dovecot_lua_notify_begin_txn(user) return {} end\n\
+         function dovecot_lua_notify_event_mailbox_create(ctx, e) error('boom') end\n\
+         function dovecot_lua_notify_end_txn(ctx, success) end\n",
+    );
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={} script_errors=ignore log_burst=3 log_lines_per_sec=1\n}}\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    let mut input = String::new();
+    for i in 0..100 {
+        input.push_str(&mailbox_txn("a@example.test", &format!("t{i}")).to_json());
+        input.push('\n');
+    }
+    let started = std::time::Instant::now();
+    let (ok, log) = send_with_config(&conf, &input);
+    let secs = started.elapsed().as_secs() as usize;
+    assert!(ok, "{log}");
+    // The burst, and what the rate refills while the transactions run (not 100).
+    let passed_over = count(&log, "hook error(s) passed over");
+    assert!(
+        (3..=3 + secs + 1).contains(&passed_over),
+        "{passed_over} in {secs} s:\n{log}"
+    );
+    // The drops are reported once per 10 s and at the end, not per transaction.
+    let reports = count(&log, "log lines dropped");
+    assert!(
+        (1..=2 + secs / 10).contains(&reports),
+        "{reports} in {secs} s:\n{log}"
+    );
+}
+
 /// Dovecot's `end_txn` is optional (it logs an error for each transaction without one):
 /// such a script delivers, and the load says once what is missing.
 #[tokio::test(flavor = "multi_thread")]

@@ -115,6 +115,7 @@ impl DriverFactory for LuaFactory {
                 settings.log.log_lines_per_sec,
             )),
             max_log_lines: settings.log.max_log_lines,
+            drops: Default::default(),
             tag,
             metadata: init.metadata.clone(),
             plugin_env: init.plugin_env.clone(),
@@ -287,6 +288,11 @@ impl Driver for LuaDriver {
     async fn deinit(&self) {
         // Dropping the workers ends their threads, which run script_deinit.
         self.inner.idle.lock().clear();
+        let shared = &self.inner.script.shared;
+        let rest = shared.drops.take_rest();
+        if rest > 0 {
+            shared.report_drops(rest);
+        }
     }
 
     fn concurrency(&self) -> usize {

@@ -23,7 +23,7 @@ use super::budget::Budget;
 use super::pattern;
 use crate::wasm::http::hooks::OutboundHttp;
 use crate::wasm::http::policy::HttpPolicy;
-use crate::wasm::log::{self, DriverTag, LogBudget, LogRate, SharedLog, MAX_LINE};
+use crate::wasm::log::{self, DriverTag, DropReports, LogBudget, LogRate, SharedLog, MAX_LINE};
 
 /// The most bytes of one response body handed to a script.
 pub const MAX_RESPONSE_BODY: usize = 4 << 20;
@@ -53,10 +53,24 @@ pub struct Shared {
     pub policy: HttpPolicy,
     pub log_rate: Arc<LogRate>,
     pub max_log_lines: u32,
+    /// Log lines dropped and not reported yet.
+    pub drops: DropReports,
     pub counters: Counters,
     /// Pattern matcher steps a second, for the bound on a call's pattern functions
     /// ([`pattern::STEPS_PER_SECOND`]; faster in a test that needs a long C call).
     pub pattern_rate: f64,
+}
+
+impl Shared {
+    /// One warning for `n` dropped log lines (at most one per [`DropReports::EVERY`]).
+    pub fn report_drops(&self, n: u64) {
+        tracing::warn!(
+            driver = self.tag.number,
+            name = %self.tag.name,
+            "lua script: {n} log lines dropped (max_log_lines={} per transaction; log_lines_per_sec / log_burst per driver)",
+            self.max_log_lines
+        );
+    }
 }
 
 /// What a driver counts, for metrics and `mailpush status`.
@@ -122,13 +136,9 @@ impl Context {
     pub fn end(&self) -> Vec<HttpProblem> {
         *self.txn.lock() = None;
         let dropped = self.log.lock().end_transaction();
-        if dropped > 0 {
-            tracing::warn!(
-                driver = self.shared.tag.number,
-                name = %self.shared.tag.name,
-                "lua script: {dropped} log lines dropped (max_log_lines / log_lines_per_sec)"
-            );
-        }
+        self.shared
+            .drops
+            .add(dropped, |n| self.shared.report_drops(n));
         std::mem::take(&mut *self.problems.lock())
     }
 

@@ -585,6 +585,11 @@ impl ScriptState {
         let Some(first) = &ignored.first else {
             return;
         };
+        // The script decides how often this is written: it counts as one of its lines
+        // (max_log_lines, log_lines_per_sec); one not written is counted as dropped.
+        if !crate::wasm::log::admit(&self.ctx.log) {
+            return;
+        }
         let tag = &self.ctx.shared.tag;
         tracing::warn!(
             driver = tag.number,

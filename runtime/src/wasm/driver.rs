@@ -22,7 +22,7 @@ use super::engine::{
 use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
-use super::log::{DriverTag, LogRate};
+use super::log::{DriverTag, DropReports, LogRate};
 use super::lower::{EventRecord, TransactionRef};
 use super::sandbox::Sandbox;
 use super::snapshot::Preinit;
@@ -47,9 +47,8 @@ struct WasmInner {
     fixed: Option<BeginAnswer>,
     policy: HttpPolicy,
     stats: WasmStats,
-    /// Log lines dropped and not reported yet, and when the last report went out: one
-    /// warning per driver per [`DROP_REPORT_EVERY`], not one per transaction.
-    drops: parking_lot::Mutex<(u64, Option<Instant>)>,
+    /// Log lines dropped and not reported yet.
+    drops: DropReports,
     /// Its hold on its artifacts in the AOT cache, given back with the driver.
     _cache: ArtifactLease,
 }
@@ -72,9 +71,6 @@ impl BeginAnswer {
         }
     }
 }
-
-/// How often a driver's dropped log lines are reported at most.
-const DROP_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A wasm component driver.
 pub struct WasmDriver(Arc<WasmInner>);
@@ -162,7 +158,7 @@ impl WasmDriver {
             fixed: None,
             policy,
             stats: WasmStats::default(),
-            drops: parking_lot::Mutex::new((0, None)),
+            drops: DropReports::default(),
             _cache: lease,
         };
         let inner = if inner.instances.synchronous() {
@@ -464,7 +460,7 @@ impl WasmInner {
     }
 
     /// Ends the transaction's log budget; the lines it dropped are counted and reported
-    /// at most once per [`DROP_REPORT_EVERY`] (the rest at the next report or at deinit).
+    /// at most once per [`DropReports::EVERY`] (the rest at the next report or at deinit).
     fn finish_log(&self, store: &mut Store<HostState>, txn: Option<&Transaction>) {
         store.data().output.lock().clear_tail();
         let (dropped, max) = {
@@ -477,12 +473,7 @@ impl WasmInner {
         self.stats
             .log_lines_dropped
             .fetch_add(u64::from(dropped), std::sync::atomic::Ordering::Relaxed);
-        let mut drops = self.drops.lock();
-        drops.0 += u64::from(dropped);
-        if drops.1.is_none_or(|t| t.elapsed() >= DROP_REPORT_EVERY) {
-            self.report_drops(drops.0, max, txn);
-            *drops = (0, Some(Instant::now()));
-        }
+        self.drops.add(dropped, |n| self.report_drops(n, max, txn));
     }
 
     fn report_drops(&self, n: u64, max: u32, txn: Option<&Transaction>) {
@@ -564,7 +555,7 @@ impl Driver for WasmDriver {
 
     async fn deinit(&self) {
         self.0.instances.clear();
-        let pending = std::mem::take(&mut self.0.drops.lock().0);
+        let pending = self.0.drops.take_rest();
         if pending > 0 {
             let inner = &self.0;
             inner.report_drops(pending, inner.sandbox.log.max_log_lines, None);
