@@ -706,27 +706,28 @@ impl Spool for SqliteSpool {
     }
 
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
-        let conn = self.reader.lock();
-        let n = conn
+        let mut conn = self.reader.lock();
+        // One transaction: what is freed is exactly what is deleted, whatever the
+        // writer commits meanwhile.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let n = tx
             .execute(
                 "DELETE FROM dead WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",
                 params![id, driver],
             )
             .map_err(storage)?;
-        let freed: i64 = conn
-            .query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
-                [],
-                |r| r.get(0),
+        let freed: i64 = tx
+            .prepare(
+                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
             )
-            .optional()
             .map_err(storage)?
-            .unwrap_or(0);
-        conn.execute(
-            "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead)",
-            [],
-        )
-        .map_err(storage)?;
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(storage)?
+            .sum::<Result<i64, _>>()
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
         self.used
             .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
         Ok(n)
