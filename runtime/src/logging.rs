@@ -1,6 +1,39 @@
-//! Log setup: `tracing` to stderr, human-readable or JSON lines.
+//! Log setup: `tracing` to stderr, human-readable or JSON lines; [`Tally`] for what
+//! would otherwise be one line per transaction.
 
+use std::time::Instant;
+
+use parking_lot::Mutex;
 use tracing_subscriber::EnvFilter;
+
+/// A count of something reported at most once per [`Tally::EVERY`] with the sum since the
+/// last report (a driver's dropped log lines, the spool's unreadable rows): one line per
+/// transaction would be a flood of its own.
+#[derive(Debug, Default)]
+pub struct Tally(Mutex<(u64, Option<Instant>)>);
+
+impl Tally {
+    /// How often a tally is reported at most.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Counts `n` more; calls `report` with all not reported yet when it is time.
+    pub fn add(&self, n: u64, report: impl FnOnce(u64)) {
+        if n == 0 {
+            return;
+        }
+        let mut tally = self.0.lock();
+        tally.0 += n;
+        if tally.1.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            report(tally.0);
+            *tally = (0, Some(Instant::now()));
+        }
+    }
+
+    /// What was not reported yet (at the end), counted as reported.
+    pub fn take_rest(&self) -> u64 {
+        std::mem::take(&mut self.0.lock().0)
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1125,9 +1125,9 @@ fn check_exits_3_when_the_config_loses_drivers() {
 }
 
 /// The Dovecot hand-off directory with a spool nearly full of transactions its driver
-/// keeps failing: a batch of three files that does not fit is tried again halved,
-/// and the two that fit are stored (before, the same batch was refused every second,
-/// for good, and every later hand-off waited behind it). What does not fit stays.
+/// keeps failing: a batch that does not fit is tried again with half its bytes, and
+/// what fits is stored (before, the same batch was refused every second, for good, and
+/// every later hand-off waited behind it). What does not fit stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hand_off_batch_the_spool_refuses_is_tried_again_smaller() {
     let dir = tempfile::tempdir().unwrap();
@@ -1138,10 +1138,9 @@ async fn a_hand_off_batch_the_spool_refuses_is_tried_again_smaller() {
     )
     .unwrap();
     std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n handoff_dir = handoff\n spool_quota = 40000\n}\nplugin {\n push_notification_driver = lua:file=down.lua retry=1h\n}\n").unwrap();
-    let d = RunningDaemon::start(&conf);
     let handoff = dir.path().join("handoff");
-    // 3000 bytes each, stored as written (canonical JSON): a batch holds three (a
-    // quarter of the quota is 10000).
+    std::fs::create_dir(&handoff).unwrap();
+    // 3000 bytes each, stored as written (canonical JSON).
     let publish = |i: usize| {
         let head = format!(
             r#"{{"id":"h{i:02}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":""#
@@ -1164,40 +1163,60 @@ async fn a_hand_off_batch_the_spool_refuses_is_tried_again_smaller() {
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".json"))
-            .count()
+            .collect::<Vec<_>>()
     };
-    // Waits (at most 20 s) until `n` published files are left: the consumer removes each
-    // once stored, and announces nothing else to wait on.
-    let left = |n: usize| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while published() != n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        published()
-    };
-    // 33000 of 40000 bytes held (each fails and waits an hour for its retry).
-    for i in 0..11 {
+    // All there before mailpush starts, so that the batches are known: a quarter of the
+    // quota (10000 bytes) holds three files. Four batches store 36000 bytes (each fails
+    // and waits an hour for its retry); the fifth, h12 and h13 (6000), does not fit:
+    // h12 alone (3000) does, h13 then does not.
+    for i in 0..14 {
         publish(i);
     }
-    assert_eq!(left(0).await, 0, "{}", d.log.lock().unwrap());
-    // 9000 more in one batch: only 7000 fit.
-    for i in 11..14 {
-        publish(i);
-    }
-    assert_eq!(
-        left(1).await,
-        1,
-        "two of the three stored:\n{}",
-        d.log.lock().unwrap()
-    );
-    let log = d.wait_for_log("waits: the spool is full", Duration::from_secs(20));
+    let d = RunningDaemon::start(&conf);
+    let log = d.wait_for_log("waits: the spool is full", Duration::from_secs(30));
     assert!(log.contains("hand-off of 1 transaction(s) waits"), "{log}");
+    assert_eq!(published(), ["h13.json"], "{log}");
+    d.stop();
+}
+
+/// A transaction handed off while mailpush was stopped is as old as its file: its age
+/// (`retry_max_age`) counts from when Dovecot wrote it, not from when mailpush read it,
+/// so a stale one is a dead letter (`expired`) instead of a late push; a fresh one goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hand_off_file_is_as_old_as_its_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("log.lua"),
+        "function dovecot_lua_notify_begin_txn(user) return {} end\nfunction dovecot_lua_notify_event_mailbox_create(ctx, e) dovecot.i_info('delivered ' .. e.mailbox) end\nfunction dovecot_lua_notify_end_txn(ctx, success) end\n",
+    )
+    .unwrap();
+    let handoff = dir.path().join("handoff");
+    std::fs::create_dir(&handoff).unwrap();
+    let publish = |id: &str, age: Duration| {
+        let text = format!(
+            r#"{{"id":"{id}","user":"u@x","events":[{{"name":"MailboxCreate","mailbox":"{id}"}}]}}"#
+        );
+        let tmp = handoff.join(format!(".tmp-{id}"));
+        let f = std::fs::File::create(&tmp).unwrap();
+        std::io::Write::write_all(&mut &f, text.as_bytes()).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, handoff.join(format!("{id}.json"))).unwrap();
+    };
+    // Written while mailpush was stopped: an hour ago, and a minute ago.
+    publish("stale", Duration::from_secs(3600));
+    publish("fresh", Duration::from_secs(60));
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n handoff_dir = handoff\n}\nplugin {\n push_notification_driver = lua:file=log.lua retry_max_age=10m\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let log = d.wait_for_log("delivered fresh", Duration::from_secs(20));
+    assert!(log.contains("delivered fresh"), "{log}");
+    let log = d.wait_for_log("expired: not delivered within", Duration::from_secs(20));
     assert!(
-        std::fs::read_dir(&handoff)
-            .unwrap()
-            .filter_map(Result::ok)
-            .any(|e| e.file_name() == "h13.json"),
-        "the newest waits, the older ones went first"
+        log.lines()
+            .any(|l| l.contains("stale") && l.contains("expired: not delivered within")),
+        "{log}"
     );
+    assert!(!log.contains("delivered stale"), "{log}");
     d.stop();
 }

@@ -571,7 +571,7 @@ async fn a_state_that_ran_out_of_time_runs_no_deinit() {
         dir.path(),
         &conf(
             &script,
-            "allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=300",
+            "allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=2000",
             "",
         ),
         vec![
@@ -584,7 +584,7 @@ async fn a_state_that_ran_out_of_time_runs_no_deinit() {
     .await;
     let r = reasons(&outcomes.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>());
     assert!(
-        r.iter().any(|r| r.contains("exceeded timeout_msecs=300")),
+        r.iter().any(|r| r.contains("exceeded timeout_msecs=2000")),
         "{r:?}"
     );
     // The probe at load, then the fast transaction's state; not the slow one's.
@@ -1015,7 +1015,7 @@ end
     };
     let conf_with = |extra: &str| {
         format!(
-            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={} dovecot=2.4 lua_settings.url={} allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=300 {extra}\n}}\n",
+            "mailpush {{\n state_dir = state\n}}\nplugin {{\n push_notification_driver = lua:file={} dovecot=2.4 lua_settings.url={} allow_hosts=127.0.0.1 allow_private retry=none timeout_msecs=2000 {extra}\n}}\n",
             script.display(),
             server.url("/push")
         )
@@ -1046,7 +1046,7 @@ end
     let r = by_id(run(dir.path(), &conf_with("script_errors=ignore"), txns()).await);
     assert_eq!(r[0], "Delivered", "{r:?}");
     assert_eq!(r[1], "Delivered", "{r:?}");
-    assert!(r[2].contains("exceeded timeout_msecs=300"), "{r:?}");
+    assert!(r[2].contains("exceeded timeout_msecs=2000"), "{r:?}");
     let bodies: Vec<String> = server.requests().iter().map(|r| r.body_text()).collect();
     // The failing hook passed over, the rest called, end_txn told the mail went well;
     // nothing for the transaction whose begin_txn failed, nor for the spent state.

@@ -709,16 +709,13 @@ async fn run_dlq(global: &GlobalArgs, cmd: &DlqCommand) -> anyhow::Result<ExitCo
     } else if let DlqCommand::Replay { id: None, .. } = cmd {
         // `--all` of every driver: those of numbers the config lacks wait for one.
         // (A note only: a spool that cannot be listed still replays.)
-        let mut missing: Vec<u32> = letters
-            .list(None)
+        let missing: Vec<u32> = letters
+            .drivers()
             .await
             .unwrap_or_default()
-            .iter()
-            .map(|d| d.driver)
+            .into_iter()
             .filter(|n| !numbers.contains(n))
             .collect();
-        missing.sort_unstable();
-        missing.dedup();
         if !missing.is_empty() {
             eprintln!(
                 "note: dead letters of drivers {missing:?}, which this config does not have (its drivers: {numbers:?}), are queued for those numbers: they are delivered once a driver of that number is configured"

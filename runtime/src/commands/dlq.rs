@@ -59,6 +59,14 @@ impl DeadLetters {
         }
     }
 
+    /// The numbers of the drivers that have dead letters, ascending.
+    pub async fn drivers(&self) -> Result<Vec<u32>, SpoolError> {
+        match self {
+            DeadLetters::Local(s) => s.dead_letter_drivers(),
+            _ => Ok(crate::spool::drivers_of(&self.list(None).await?)),
+        }
+    }
+
     /// One dead letter.
     pub async fn show(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
         match self {

@@ -45,8 +45,9 @@ pub const POLL: Duration = Duration::from_millis(20);
 /// Most files read and persisted in one batch (one group commit).
 const BATCH: usize = 256;
 
-/// Most bytes of files read into one batch (it ends with the file that reaches it):
-/// what the hand-off holds in memory, whatever `max_body` is.
+/// Most bytes of files read into one batch (a file that would take it past them waits
+/// for the next batch; a batch of one file may be larger, up to `max_body`): what the
+/// hand-off holds in memory, whatever `max_body` is.
 pub const BATCH_BYTES: u64 = 16 << 20;
 
 /// Mode of the directory: sticky, writable and searchable by all, listable by mailpush only.
@@ -92,6 +93,15 @@ impl Idle {
             + i128::from(i64::from(now.subsec_nanos()) - mtime.1);
         (age_ns > SETTLED.as_nanos() as i128).then_some(mtime)
     }
+}
+
+/// A file's modification time `(seconds, nanoseconds)` as a time.
+fn handed_off((secs, nanos): (i64, i64)) -> std::time::SystemTime {
+    let since_epoch = Duration::new(
+        u64::try_from(secs).unwrap_or(0),
+        u32::try_from(nanos).unwrap_or(0).min(999_999_999),
+    );
+    std::time::UNIX_EPOCH + since_epoch
 }
 
 /// Who may hand off: uids, or anyone.
@@ -286,7 +296,9 @@ struct Found {
 struct Batch {
     /// Parsed transactions and their files, oldest first.
     txns: Vec<Transaction>,
-    files: Vec<PathBuf>,
+    found: Vec<Found>,
+    /// The bytes of those files.
+    bytes: u64,
     /// Files set aside (or that could not be), with why.
     rejected: Vec<Rejected>,
     /// Files that could not be read (left in place), with why.
@@ -351,6 +363,7 @@ fn scan_reading(
     let (mut listing, rejected) = list(dir, owners, max_size, skip)?;
     let limits = Limits {
         max_file: max_size,
+        max_stored: u64::MAX,
         batch_bytes: BATCH_BYTES,
     };
     let mut batch = read_batch(&mut listing, limits, read);
@@ -404,7 +417,7 @@ fn list(
 /// take a batch past its bytes goes back to the front of the listing, for the next
 /// batch. Files that cannot be read do not count against the batch (up to a bound on
 /// the attempts of one batch); files gone meanwhile (read already) are passed over. A
-/// transaction whose stored form is larger than `limits.max_file` (bytes that are not
+/// transaction whose stored form is larger than `limits.max_stored` (bytes that are not
 /// UTF-8 take three bytes each once stored, control characters six) is set aside: the
 /// spool could never take it.
 fn read_batch(
@@ -445,24 +458,25 @@ fn read_batch(
         match Transaction::from_json(text.trim_end()) {
             Ok(t) => {
                 // (Stored, the text grows by at most six times.)
-                let stored = if (text.len() as u64).saturating_mul(6) > limits.max_file {
+                let stored = if (text.len() as u64).saturating_mul(6) > limits.max_stored {
                     t.to_json().len() as u64
                 } else {
                     0
                 };
-                if stored > limits.max_file {
+                if stored > limits.max_stored {
                     batch.rejected.push(Rejected::set_aside(
                         &f.path,
                         f.name,
                         format!(
-                            "its transaction takes {stored} bytes as stored (bytes that are not UTF-8, or control characters, grow when encoded), more than max_body ({}), or than spool_quota where that is smaller",
-                            limits.max_file
+                            "its transaction takes {stored} bytes as stored (bytes that are not UTF-8, or control characters, grow when encoded), more than spool_quota ({}): the spool could never hold it",
+                            limits.max_stored
                         ),
                     ));
                     continue;
                 }
                 batch.txns.push(t);
-                batch.files.push(f.path);
+                batch.bytes += text.len() as u64;
+                batch.found.push(f);
             }
             Err(e) => {
                 batch
@@ -565,6 +579,9 @@ impl Reporter {
 pub struct Limits {
     /// `max_body`, or the spool's quota where smaller (such a file could never be stored).
     pub max_file: u64,
+    /// The spool's quota (`u64::MAX`: none): a transaction larger than this once stored
+    /// (bytes that are not UTF-8 grow when encoded) could never be stored.
+    pub max_stored: u64,
     /// [`BATCH_BYTES`], or a quarter of the spool's quota where smaller. A batch of one
     /// file may be larger (up to `max_file`); an empty spool takes either. A batch a
     /// spool with less room refuses is tried again halved, down to one file.
@@ -578,6 +595,7 @@ impl Limits {
         let quota = quota.unwrap_or(u64::MAX);
         Limits {
             max_file: (max_body as u64).min(quota),
+            max_stored: quota,
             batch_bytes: BATCH_BYTES.min(quota / 4).max(1),
         }
     }
@@ -608,8 +626,8 @@ pub async fn consume(
     let mut stuck: HashSet<String> = HashSet::new();
     let mut listing = Listing::new();
     let mut idle: Option<Idle> = None;
-    // Halved while the spool refuses a batch for its size, down to one file; back to
-    // `limits.batch_bytes` once a batch is stored.
+    // Half the bytes of a batch the spool refused for its size, down to one file;
+    // doubled back up to `limits.batch_bytes` by each batch stored.
     let mut batch_bytes = limits.batch_bytes;
     loop {
         if *stop.borrow() {
@@ -725,18 +743,20 @@ pub async fn consume(
             continue;
         }
         let n = batch.txns.len() as u64;
+        // Each transaction's age counts from when Dovecot wrote its file.
+        let received = batch.found.iter().map(|f| handed_off(f.modified)).collect();
         match daemon
             .dispatcher()
-            .accept(batch.txns, Backpressure::Wait)
+            .accept_received(batch.txns, received, Backpressure::Wait)
             .await
         {
             Ok(_) => {
-                batch_bytes = limits.batch_bytes;
+                batch_bytes = batch_bytes.saturating_mul(2).min(limits.batch_bytes);
                 daemon
                     .ingest
                     .received
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                let files = batch.files;
+                let files: Vec<PathBuf> = batch.found.into_iter().map(|f| f.path).collect();
                 let kept = tokio::task::spawn_blocking(move || {
                     let mut kept = Vec::new();
                     for f in files {
@@ -770,9 +790,12 @@ pub async fn consume(
             Err(Refused::Spool(SpoolError::Full { .. })) if n > 1 => {
                 // Perhaps a smaller batch fits (the spool holds dead letters, or this
                 // batch's stored form is larger than its files): the same files again
-                // at once, fewer of them. Nothing is lost: they stay until stored.
-                listing.clear();
-                batch_bytes = (batch_bytes / 2).max(1);
+                // at once, half as many bytes of them (grown back by doubling once
+                // stored). Nothing is lost: they stay until stored.
+                for f in batch.found.into_iter().rev() {
+                    listing.push_front(f);
+                }
+                batch_bytes = (batch.bytes / 2).max(1);
                 tracing::debug!(
                     "the spool refused a hand-off batch of {n} for its size: trying {batch_bytes} bytes"
                 );
@@ -987,6 +1010,7 @@ mod tests {
         let read = |p: &Path| read_published(p, &Owners::Any, 1 << 20);
         let bytes = |batch_bytes| Limits {
             max_file: 1 << 20,
+            max_stored: u64::MAX,
             batch_bytes,
         };
         // Each file is a little over 1000 bytes: three fit in 3300, not in 3000 (the
@@ -997,8 +1021,8 @@ mod tests {
         let b = read_batch(&mut listing, bytes(BATCH_BYTES), read);
         let ids: Vec<&str> = b.txns.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["t6", "t7", "t8", "t9"], "none lost or read twice");
-        // A file whose transaction grows past max_file once stored (bytes that are not
-        // UTF-8 take three each) is set aside: the spool could never take it.
+        // A file whose transaction grows past the spool's quota once stored (bytes that
+        // are not UTF-8 take three each) is set aside: the spool could never take it.
         let mut bad =
             br#"{"id":"big","user":"u@x","events":[{"name":"MailboxCreate","mailbox":""#.to_vec();
         bad.extend(std::iter::repeat_n(0xFFu8, 1000));
@@ -1007,6 +1031,7 @@ mod tests {
         let (mut listing, _) = list(d, &Owners::Any, 1 << 20, &HashSet::new()).unwrap();
         let small = Limits {
             max_file: 2000,
+            max_stored: 2000,
             batch_bytes: BATCH_BYTES,
         };
         let b = read_batch(&mut listing, small, read);

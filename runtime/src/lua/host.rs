@@ -21,9 +21,10 @@ use mailpush_core::{Event, MetadataLookup, Transaction};
 
 use super::budget::Budget;
 use super::pattern;
+use crate::logging::Tally;
 use crate::wasm::http::hooks::OutboundHttp;
 use crate::wasm::http::policy::HttpPolicy;
-use crate::wasm::log::{self, DriverTag, DropReports, LogBudget, LogRate, SharedLog, MAX_LINE};
+use crate::wasm::log::{self, DriverTag, LogBudget, LogRate, SharedLog, MAX_LINE};
 
 /// The most bytes of one response body handed to a script.
 pub const MAX_RESPONSE_BODY: usize = 4 << 20;
@@ -54,7 +55,7 @@ pub struct Shared {
     pub log_rate: Arc<LogRate>,
     pub max_log_lines: u32,
     /// Log lines dropped and not reported yet.
-    pub drops: DropReports,
+    pub drops: Tally,
     pub counters: Counters,
     /// Pattern matcher steps a second, for the bound on a call's pattern functions
     /// ([`pattern::STEPS_PER_SECOND`]; faster in a test that needs a long C call).
@@ -62,7 +63,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// One warning for `n` dropped log lines (at most one per [`DropReports::EVERY`]).
+    /// One warning for `n` dropped log lines (at most one per [`Tally::EVERY`]).
     pub fn report_drops(&self, n: u64) {
         tracing::warn!(
             driver = self.tag.number,
@@ -138,7 +139,7 @@ impl Context {
         let dropped = self.log.lock().end_transaction();
         self.shared
             .drops
-            .add(dropped, |n| self.shared.report_drops(n));
+            .add(u64::from(dropped), |n| self.shared.report_drops(n));
         std::mem::take(&mut *self.problems.lock())
     }
 

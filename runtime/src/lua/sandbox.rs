@@ -563,7 +563,7 @@ impl ScriptState {
             _ => {}
         }
         let outcome = if failure.is_none() {
-            "the transaction was delivered"
+            "the other hooks ran"
         } else {
             "and the transaction failed"
         };

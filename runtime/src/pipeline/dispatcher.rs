@@ -305,6 +305,20 @@ impl Dispatcher {
         txns: Vec<Transaction>,
         backpressure: Backpressure,
     ) -> Result<usize, Refused> {
+        self.accept_received(txns, Vec::new(), backpressure).await
+    }
+
+    /// [`Dispatcher::accept`] of transactions that arrived at `received` (one per
+    /// transaction; now where missing or in the future), as a Dovecot hand-off file's
+    /// modification time says: their age (`retry_max_age`, `hold_max`) counts from then,
+    /// so that what waited while mailpush was stopped is not taken as new. (In cluster
+    /// mode the age counts from when JetStream stored it.)
+    pub async fn accept_received(
+        &self,
+        txns: Vec<Transaction>,
+        received: Vec<std::time::SystemTime>,
+        backpressure: Backpressure,
+    ) -> Result<usize, Refused> {
         let lanes = self.snapshot();
         if let Some(spool) = &self.spool {
             let spool = spool.clone();
@@ -312,19 +326,32 @@ impl Dispatcher {
             // Persist, then queue, in one blocking task: it runs to the end even when
             // the request that brought the batch goes away in between.
             return tokio::task::spawn_blocking(move || {
-                let positions = spool.append(&txns, &numbers)?;
+                let positions = spool.append_received(&txns, &numbers, &received)?;
                 // A repeated id (a client's retry) was stored, and is delivered, once.
+                let mut arrived = Vec::new();
                 let stored: Vec<(Arc<Transaction>, i64)> = txns
                     .into_iter()
                     .zip(positions)
-                    .filter_map(|(t, p)| p.map(|p| (Arc::new(t), p)))
+                    .enumerate()
+                    .filter_map(|(i, (t, p))| {
+                        let p = p?;
+                        if let Some(r) = received.get(i) {
+                            arrived.push(super::queued::arrived_at(*r));
+                        }
+                        Some((Arc::new(t), p))
+                    })
                     .collect();
                 if spool.feeds_lanes() {
                     // Cluster mode: the partitions' owners read it from the spool.
                     return Ok(stored.len());
                 }
+                // (All or none have an arrival: `received` covers the batch or is empty.)
+                if arrived.len() != stored.len() {
+                    arrived.clear();
+                }
                 for lane in &lanes {
-                    lane.overflow.offer(&lane.tx, &stored, lane.number);
+                    lane.overflow
+                        .offer_arrived(&lane.tx, &stored, &arrived, lane.number);
                 }
                 Ok(stored.len())
             })
@@ -333,15 +360,24 @@ impl Dispatcher {
             .map_err(Refused::Spool);
         }
         let txns: Vec<Arc<Transaction>> = txns.into_iter().map(Arc::new).collect();
+        let arrived: Vec<tokio::time::Instant> = received
+            .iter()
+            .map(|r| super::queued::arrived_at(*r))
+            .collect();
+        let queued = |i: usize, txn: &Arc<Transaction>| Queued {
+            at: arrived
+                .get(i)
+                .copied()
+                .unwrap_or_else(tokio::time::Instant::now),
+            ..Queued::new(txn.clone())
+        };
         if backpressure == Backpressure::Wait {
             let feeds = lanes.iter().map(|lane| {
                 let txns = &txns;
+                let queued = &queued;
                 async move {
-                    for txn in txns {
-                        lane.tx
-                            .send(Queued::new(txn.clone()))
-                            .await
-                            .map_err(|_| ShutDown)?;
+                    for (i, txn) in txns.iter().enumerate() {
+                        lane.tx.send(queued(i, txn)).await.map_err(|_| ShutDown)?;
                     }
                     Ok::<(), ShutDown>(())
                 }
@@ -364,8 +400,8 @@ impl Dispatcher {
             }
         }
         for p in permits {
-            for (permit, txn) in p.zip(&txns) {
-                permit.send(Queued::new(txn.clone()));
+            for (i, (permit, txn)) in p.zip(&txns).enumerate() {
+                permit.send(queued(i, txn));
             }
         }
         Ok(txns.len())

@@ -116,9 +116,7 @@ impl Held {
     /// Adds a transaction the spool stored at `stored` behind its user's others: its age
     /// counts from then.
     pub fn push_stored(&mut self, txn: Arc<Transaction>, stored: SystemTime) {
-        let age = SystemTime::now().duration_since(stored).unwrap_or_default();
-        let now = Instant::now();
-        self.push_at(txn, now.checked_sub(age).unwrap_or(now));
+        self.push_at(txn, super::queued::arrived_at(stored));
     }
 
     fn push_at(&mut self, txn: Arc<Transaction>, arrived: Instant) {

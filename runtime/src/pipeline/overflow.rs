@@ -115,8 +115,20 @@ impl Overflow {
         txns: &[(Arc<Transaction>, i64)],
         driver: u32,
     ) {
+        self.offer_arrived(tx, txns, &[], driver);
+    }
+
+    /// [`Overflow::offer`] of transactions that arrived at `arrived` (one per
+    /// transaction; now where missing): their age counts from then.
+    pub fn offer_arrived(
+        &self,
+        tx: &mpsc::Sender<super::queued::Queued>,
+        txns: &[(Arc<Transaction>, i64)],
+        arrived: &[tokio::time::Instant],
+        driver: u32,
+    ) {
         let mut state = self.lock();
-        for (txn, position) in txns {
+        for (i, (txn, position)) in txns.iter().enumerate() {
             let position = *position;
             if state.was_read(position) {
                 continue;
@@ -131,7 +143,11 @@ impl Overflow {
             }
             let queued = super::queued::Queued {
                 position: Some(position),
-                ..super::queued::Queued::new(txn.clone())
+                at: arrived
+                    .get(i)
+                    .copied()
+                    .unwrap_or_else(tokio::time::Instant::now),
+                txn: txn.clone(),
             };
             if tx.try_send(queued).is_ok() {
                 state.hi = state.hi.max(position);

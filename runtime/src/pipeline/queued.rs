@@ -16,6 +16,17 @@ pub struct Queued {
     pub position: Option<i64>,
 }
 
+/// The instant of a wall-clock time in the past (`now` for one in the future): a
+/// transaction's age counts from when it arrived, which the spool or a hand-off file
+/// keeps as wall-clock time.
+pub fn arrived_at(t: std::time::SystemTime) -> Instant {
+    let age = std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or_default();
+    let now = Instant::now();
+    now.checked_sub(age).unwrap_or(now)
+}
+
 impl Queued {
     /// `txn`, arriving now, its position unknown.
     pub fn new(txn: Arc<Transaction>) -> Self {

@@ -61,6 +61,14 @@ pub struct Pending {
     pub position: i64,
 }
 
+/// The numbers of the drivers `letters` are of, ascending, each once.
+pub fn drivers_of(letters: &[DeadLetter]) -> Vec<u32> {
+    let mut drivers: Vec<u32> = letters.iter().map(|d| d.driver).collect();
+    drivers.sort_unstable();
+    drivers.dedup();
+    drivers
+}
+
 /// Durable storage of transactions and per-driver progress.
 pub trait Spool: Send + Sync {
     /// Persists transactions owed to `drivers`; returns once durable, with each
@@ -69,6 +77,19 @@ pub trait Spool: Send + Sync {
     /// share one commit (group commit).
     fn append(&self, txns: &[Transaction], drivers: &[u32])
         -> Result<Vec<Option<i64>>, SpoolError>;
+    /// [`Spool::append`] of transactions that arrived at `received` (one per transaction,
+    /// e.g. a hand-off file's modification time; now where missing or in the future):
+    /// their age (`retry_max_age`) counts from then. A spool that keeps no such time
+    /// stores them as arriving now.
+    fn append_received(
+        &self,
+        txns: &[Transaction],
+        drivers: &[u32],
+        received: &[SystemTime],
+    ) -> Result<Vec<Option<i64>>, SpoolError> {
+        let _ = received;
+        self.append(txns, drivers)
+    }
     /// The driver is done with the transaction (delivered, skipped, or dead-lettered).
     fn complete(&self, txn_id: &str, driver: u32) -> Result<(), SpoolError>;
     /// Records a dead letter and completes the pair.
@@ -95,6 +116,10 @@ pub trait Spool: Send + Sync {
     /// One dead letter, by its id.
     fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
         Ok(self.dead_letters(None)?.into_iter().find(|d| d.id == id))
+    }
+    /// The numbers of the drivers that have dead letters, ascending.
+    fn dead_letter_drivers(&self) -> Result<Vec<u32>, SpoolError> {
+        Ok(drivers_of(&self.dead_letters(None)?))
     }
     /// Makes dead letters pending again (all of one driver, or one id); returns how many.
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;

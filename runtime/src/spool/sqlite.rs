@@ -11,6 +11,7 @@ use mailpush_core::Transaction;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now, now_ms, Attempt, DeadLetter, Owed, Pending, Spool, SpoolError};
+use crate::logging::Tally;
 use crate::schema::Schema;
 
 fn storage(e: impl std::fmt::Display) -> SpoolError {
@@ -19,11 +20,11 @@ fn storage(e: impl std::fmt::Display) -> SpoolError {
 
 /// Makes a stored transaction's JSON a transaction again, or says why it cannot be (a
 /// damaged file, or one written by a later mailpush whose transactions hold a field
-/// this one does not know).
+/// this one does not know). The parser's words may quote the transaction's content: a
+/// little of it, control characters escaped.
 fn decode(json: &str) -> Result<Transaction, String> {
     Transaction::from_json(json).map_err(|e| {
-        // (The parser's words may quote the transaction's content: a little of it.)
-        let why = e.to_string();
+        let why = mailpush_core::text::escape_controls(&e.to_string());
         match why.char_indices().nth(300) {
             Some((end, _)) => format!("{}…", &why[..end]),
             None => why,
@@ -31,49 +32,39 @@ fn decode(json: &str) -> Result<Transaction, String> {
     })
 }
 
-/// A row whose JSON cannot be read ([`decode`]) would stop every driver that owes it
-/// for good (each reading of the backlog would fail at it). It becomes a dead letter of
-/// each such driver instead, whose attempt says why; the others' deliveries go on. It is
-/// kept (`mailpush dlq list` shows it; a mailpush that can read it can replay it).
-fn set_aside(conn: &mut Connection, seq: i64, why: &str) -> Result<(), SpoolError> {
-    let attempts = serde_json::to_string(&[Attempt {
-        at: now(),
-        error: format!(
-            "the spool holds this transaction in a form this mailpush cannot read: {why}"
-        ),
-    }])
-    .unwrap_or_default();
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(storage)?;
-    let drivers = tx
-        .execute(
+/// Rows whose JSON cannot be read ([`decode`]): position and why.
+type Unreadable = Vec<(i64, String)>;
+
+/// A row whose JSON cannot be read would stop every driver that owes it for good (each
+/// reading of the backlog would fail at it). Within `tx`, each of `rows` becomes a dead
+/// letter of every driver owed it, whose attempt says why; their other deliveries go
+/// on. It is kept (`mailpush dlq list` shows it; a mailpush that can read it can replay
+/// it, and a replay here makes it a dead letter again).
+fn set_aside(tx: &rusqlite::Transaction<'_>, rows: &[(i64, String)]) -> Result<(), SpoolError> {
+    for (seq, why) in rows {
+        let attempts = serde_json::to_string(&[Attempt {
+            at: now(),
+            error: format!(
+                "the spool holds this transaction in a form this mailpush cannot read: {why}"
+            ),
+        }])
+        .unwrap_or_default();
+        tx.prepare_cached(
             "INSERT INTO dead (seq, driver, attempts, at) SELECT seq, driver, ?2, ?3 FROM owed WHERE seq = ?1",
-            params![seq, attempts, now() as i64],
         )
+        .and_then(|mut s| s.execute(params![seq, attempts, now() as i64]))
         .map_err(storage)?;
-    tx.execute("DELETE FROM owed WHERE seq = ?1", params![seq])
-        .map_err(storage)?;
-    let id: Option<String> = tx
-        .query_row("SELECT id FROM txns WHERE seq = ?1", params![seq], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(storage)?;
-    tx.commit().map_err(storage)?;
-    if drivers > 0 {
-        tracing::error!(
-            position = seq,
-            txn = ?id.unwrap_or_default(),
-            "the spool holds a transaction this mailpush cannot read ({why}); it is a dead letter of the {drivers} driver(s) that were owed it, and their deliveries go on (mailpush dlq list)"
-        );
+        tx.prepare_cached("DELETE FROM owed WHERE seq = ?1")
+            .and_then(|mut s| s.execute(params![seq]))
+            .map_err(storage)?;
     }
     Ok(())
 }
 
 enum Write {
     Append {
-        rows: Vec<(String, String, String)>,
+        /// Id, user, JSON, and when it arrived (unix ms).
+        rows: Vec<(String, String, String, i64)>,
         drivers: Vec<u32>,
         reply: mpsc::Sender<Result<Vec<Option<i64>>, SpoolError>>,
     },
@@ -97,6 +88,8 @@ pub struct SqliteSpool {
     quota: u64,
     /// When [`SqliteSpool::recount`] last counted (at most once a second).
     recounted: Mutex<Option<std::time::Instant>>,
+    /// Rows set aside as unreadable ([`set_aside`]), for one log line per 10 s.
+    set_aside_tally: Tally,
 }
 
 /// The index of owed pairs a replay marked (see [`SqliteSpool::owed`]): only those are in
@@ -185,6 +178,7 @@ impl SqliteSpool {
             used,
             quota,
             recounted: Mutex::new(None),
+            set_aside_tally: Tally::default(),
         }))
     }
 
@@ -224,6 +218,33 @@ impl SqliteSpool {
             .lock()
             .send(w)
             .map_err(|_| SpoolError::Storage("the spool writer has stopped".into()))
+    }
+
+    /// Sets `rows` aside ([`set_aside`]) in a transaction of its own.
+    fn set_aside_now(
+        &self,
+        conn: &mut Connection,
+        rows: &[(i64, String)],
+    ) -> Result<(), SpoolError> {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        set_aside(&tx, rows)?;
+        tx.commit().map_err(storage)?;
+        self.report_set_aside(rows);
+        Ok(())
+    }
+
+    /// Logs rows set aside: at most one line per 10 s, with the sum and an example.
+    fn report_set_aside(&self, rows: &[(i64, String)]) {
+        let Some((seq, why)) = rows.first() else {
+            return;
+        };
+        self.set_aside_tally.add(rows.len() as u64, |n| {
+            tracing::error!(
+                "the spool holds {n} transaction(s) this mailpush cannot read (e.g. at position {seq}: {why}); each is now a dead letter of the drivers that were owed it, and their other deliveries go on (mailpush dlq list). A spool written by a later mailpush is read by that version"
+            )
+        });
     }
 
     /// Everything owed (or only the pairs replayed since the last call), in ingest order.
@@ -281,11 +302,11 @@ impl SqliteSpool {
             "UPDATE owed SET replayed = 0 WHERE replayed != 0"
         };
         tx.execute(mark, []).map_err(storage)?;
-        tx.commit().map_err(storage)?;
+        // In the same transaction: the marks and the set-aside stand or fall together.
         let (pending, unreadable) = Self::rows_to_pending(rows);
-        for (seq, why) in unreadable {
-            set_aside(&mut conn, seq, &why)?;
-        }
+        set_aside(&tx, &unreadable)?;
+        tx.commit().map_err(storage)?;
+        self.report_set_aside(&unreadable);
         Ok(pending)
     }
 
@@ -388,12 +409,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                 match w {
                     Write::Append { rows, drivers, .. } => {
                         let mut these = Vec::with_capacity(rows.len());
-                        for (id, user, json) in rows {
+                        for (id, user, json, at) in rows {
                             let inserted = tx
                                 .prepare_cached(
                                     "INSERT OR IGNORE INTO txns (id, user, json, size, at) VALUES (?1, ?2, ?3, ?4, ?5)",
                                 )?
-                                .execute(params![id, user, json, json.len() as i64, now_ms() as i64])?;
+                                .execute(params![id, user, json, json.len() as i64, at])?;
                             // A repeated id (a client retrying) is accepted once.
                             if inserted == 0 {
                                 let stored: Option<String> = tx
@@ -512,9 +533,26 @@ impl Spool for SqliteSpool {
         txns: &[Transaction],
         drivers: &[u32],
     ) -> Result<Vec<Option<i64>>, SpoolError> {
-        let rows: Vec<(String, String, String)> = txns
+        self.append_received(txns, drivers, &[])
+    }
+
+    fn append_received(
+        &self,
+        txns: &[Transaction],
+        drivers: &[u32],
+        received: &[std::time::SystemTime],
+    ) -> Result<Vec<Option<i64>>, SpoolError> {
+        let now = now_ms();
+        let rows: Vec<(String, String, String, i64)> = txns
             .iter()
-            .map(|t| (t.id.clone(), t.user.clone(), t.to_json()))
+            .enumerate()
+            .map(|(i, t)| {
+                let at = received
+                    .get(i)
+                    .and_then(|r| r.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(now, |d| (d.as_millis() as u64).min(now));
+                (t.id.clone(), t.user.clone(), t.to_json(), at as i64)
+            })
             .collect();
         let size: u64 = rows.iter().map(|r| r.2.len() as u64).sum();
         let mut used = self.used();
@@ -599,7 +637,7 @@ impl Spool for SqliteSpool {
             })),
             Err(why) => {
                 // No longer owed: a dead letter now.
-                set_aside(&mut conn, position, &why)?;
+                self.set_aside_now(&mut conn, &[(position, why)])?;
                 Ok(None)
             }
         }
@@ -625,7 +663,9 @@ impl Spool for SqliteSpool {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(storage)?;
             let mut out = Vec::with_capacity(rows.len());
-            let mut set_aside_any = false;
+            let mut unreadable = Unreadable::new();
+            // Readable rows before the first unreadable one.
+            let mut before = usize::MAX;
             for (seq, json, at) in rows {
                 match decode(&json) {
                     Ok(txn) => out.push(Owed {
@@ -634,14 +674,22 @@ impl Spool for SqliteSpool {
                         stored: stored_time(at),
                     }),
                     Err(why) => {
-                        set_aside(&mut conn, seq, &why)?;
-                        set_aside_any = true;
+                        before = before.min(out.len());
+                        unreadable.push((seq, why));
                     }
                 }
             }
+            if unreadable.is_empty() {
+                return Ok(out);
+            }
+            if let Err(e) = self.set_aside_now(&mut conn, &unreadable) {
+                // Still owed: what comes before it goes, the rest waits for the next try.
+                out.truncate(before);
+                return if out.is_empty() { Err(e) } else { Ok(out) };
+            }
             // Only unreadable rows: the next ones, so that an empty answer still means
             // nothing is left.
-            if !out.is_empty() || !set_aside_any {
+            if !out.is_empty() {
                 return Ok(out);
             }
         }
@@ -653,6 +701,19 @@ impl Spool for SqliteSpool {
 
     fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, SpoolError> {
         Ok(self.dead_where("d.id = ?1", Some(id))?.pop())
+    }
+
+    fn dead_letter_drivers(&self) -> Result<Vec<u32>, SpoolError> {
+        let conn = self.reader.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT DISTINCT driver FROM dead ORDER BY driver")
+            .map_err(storage)?;
+        let drivers = stmt
+            .query_map([], |r| r.get::<_, u32>(0))
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(drivers)
     }
 
     fn replay(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
@@ -789,6 +850,7 @@ mod tests {
         assert_eq!(d[0].attempts, att);
         assert_eq!(s.dead_letter_by_id(d[1].id).unwrap(), Some(d[1].clone()));
         assert_eq!(s.dead_letter_by_id(d[1].id + 100).unwrap(), None);
+        assert_eq!(s.dead_letter_drivers().unwrap(), [3]);
         assert!(s.pending().unwrap().is_empty());
         assert_eq!(s.replay(Some(d[0].id), None).unwrap(), 1);
         // A lane reading the backlog passes over a replay, asked for or taken: whoever

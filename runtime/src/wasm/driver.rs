@@ -22,7 +22,7 @@ use super::engine::{
 use super::function_cache::FunctionReuse;
 use super::http::HttpPolicy;
 use super::instance::{Instance, InstanceParts, Instances};
-use super::log::{DriverTag, DropReports, LogRate};
+use super::log::{DriverTag, LogRate};
 use super::lower::{EventRecord, TransactionRef};
 use super::sandbox::Sandbox;
 use super::snapshot::Preinit;
@@ -30,6 +30,7 @@ use super::state::HostState;
 use super::stats::WasmStats;
 use super::trap::{classify, reason};
 use crate::breaker::EndpointBreakers;
+use crate::logging::Tally;
 
 struct WasmInner {
     tag: Arc<DriverTag>,
@@ -48,7 +49,7 @@ struct WasmInner {
     policy: HttpPolicy,
     stats: WasmStats,
     /// Log lines dropped and not reported yet.
-    drops: DropReports,
+    drops: Tally,
     /// Its hold on its artifacts in the AOT cache, given back with the driver.
     _cache: ArtifactLease,
 }
@@ -158,7 +159,7 @@ impl WasmDriver {
             fixed: None,
             policy,
             stats: WasmStats::default(),
-            drops: DropReports::default(),
+            drops: Tally::default(),
             _cache: lease,
         };
         let inner = if inner.instances.synchronous() {
@@ -460,7 +461,7 @@ impl WasmInner {
     }
 
     /// Ends the transaction's log budget; the lines it dropped are counted and reported
-    /// at most once per [`DropReports::EVERY`] (the rest at the next report or at deinit).
+    /// at most once per [`Tally::EVERY`] (the rest at the next report or at deinit).
     fn finish_log(&self, store: &mut Store<HostState>, txn: Option<&Transaction>) {
         store.data().output.lock().clear_tail();
         let (dropped, max) = {
@@ -473,7 +474,8 @@ impl WasmInner {
         self.stats
             .log_lines_dropped
             .fetch_add(u64::from(dropped), std::sync::atomic::Ordering::Relaxed);
-        self.drops.add(dropped, |n| self.report_drops(n, max, txn));
+        self.drops
+            .add(u64::from(dropped), |n| self.report_drops(n, max, txn));
     }
 
     fn report_drops(&self, n: u64, max: u32, txn: Option<&Transaction>) {

@@ -116,36 +116,6 @@ impl LogRate {
     }
 }
 
-/// A driver's dropped log lines not reported yet, and when the last report went out:
-/// one warning per driver per [`DropReports::EVERY`], not one per transaction (the
-/// transactions' drop reports would be a flood of their own).
-#[derive(Debug, Default)]
-pub struct DropReports(Mutex<(u64, Option<Instant>)>);
-
-impl DropReports {
-    /// How often a driver's dropped lines are reported at most.
-    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-    /// Counts `n` more dropped lines; calls `report` with all not reported yet when it
-    /// is time.
-    pub fn add(&self, n: u32, report: impl FnOnce(u64)) {
-        if n == 0 {
-            return;
-        }
-        let mut drops = self.0.lock();
-        drops.0 += u64::from(n);
-        if drops.1.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            report(drops.0);
-            *drops = (0, Some(Instant::now()));
-        }
-    }
-
-    /// The lines not reported yet (at the driver's end), counted as reported.
-    pub fn take_rest(&self) -> u64 {
-        std::mem::take(&mut self.0.lock().0)
-    }
-}
-
 /// Log lines one transaction may write: at most `max`, and only while the driver's
 /// [`LogRate`] has tokens. Guest lines and the host's warnings about the transaction
 /// (refused requests) both count; the rest are counted and dropped.
