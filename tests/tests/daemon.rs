@@ -1220,3 +1220,48 @@ async fn a_hand_off_file_is_as_old_as_its_modification_time() {
     assert!(!log.contains("delivered stale"), "{log}");
     d.stop();
 }
+
+/// `dead_letter_max_age`: the daemon deletes dead letters older than it (at start, then
+/// every minute), freeing their part of `spool_quota`; younger ones stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_dead_letters_are_deleted() {
+    use mailpush::spool::Spool;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state").join("spool.db");
+    {
+        let spool = mailpush::spool::sqlite::SqliteSpool::open(&db, 1 << 30).unwrap();
+        let txns = ["old", "young"].map(|id| mailbox_txn("u@x", id));
+        spool.append(&txns, &[1]).unwrap();
+        for t in &txns {
+            spool.dead_letter(t, 1, &[]).unwrap();
+        }
+        // A round trip through the writer: the dead letters are committed.
+        spool.append(&[], &[]).unwrap();
+    }
+    // Recorded 40 days ago.
+    let at = mailpush::spool::now() - 40 * 24 * 3600;
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE dead SET at = ?1 WHERE seq = (SELECT seq FROM txns WHERE id = 'old')",
+            [at as i64],
+        )
+        .unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n listen = 127.0.0.1:0\n dead_letter_max_age = 30d\n}\nplugin {\n push_notification_driver = dlog\n}\n").unwrap();
+    let d = RunningDaemon::start(&conf);
+    let log = d.wait_for_log(
+        "deleted 1 dead letter(s) older than dead_letter_max_age=30days",
+        Duration::from_secs(20),
+    );
+    assert!(log.contains("deleted 1 dead letter(s)"), "{log}");
+    d.stop();
+    let spool = mailpush::spool::sqlite::SqliteSpool::open(&db, 1 << 30).unwrap();
+    let left: Vec<String> = spool
+        .dead_letters(None)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.txn.id)
+        .collect();
+    assert_eq!(left, ["young"]);
+}

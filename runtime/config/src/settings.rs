@@ -97,6 +97,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "most bytes of transactions the spool holds; when full, ingest answers 503 with Retry-After",
     ),
     (
+        "dead_letter_max_age",
+        "30d",
+        "dead letters older than this are deleted, freeing their part of spool_quota (looked at every minute; in cluster mode the dead-letter stream's max age); `0`: kept until `mailpush dlq purge`",
+    ),
+    (
         "queue_capacity",
         "1024",
         "transactions each driver may have waiting in memory; with the spool, a driver whose queue is full reads its backlog from the spool; with `delivery = memory`, a full queue makes ingest answer 503 (run)",
@@ -186,6 +191,9 @@ pub struct RuntimeSettings {
     /// Durable spool (true, default) or memory-only delivery.
     pub durable: bool,
     pub spool_quota: u64,
+    /// `dead_letter_max_age`: dead letters older than this are deleted; `None`: kept
+    /// until purged.
+    pub dead_letter_max_age: Option<Duration>,
     /// `wasm_host_memory`: the host memory of all wasm instances; `None` for the default.
     pub wasm_host_memory: Option<usize>,
     /// `cluster = …`: cluster mode on NATS JetStream.
@@ -249,6 +257,7 @@ impl Default for RuntimeSettings {
             connections: ConnectionLimits::default(),
             durable: true,
             spool_quota: 1 << 30,
+            dead_letter_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             wasm_host_memory: None,
             cluster: None,
             at: SettingLines::default(),
@@ -436,6 +445,14 @@ impl RuntimeSettings {
                 "spool_quota" => match units::parse_size(&value) {
                     Some(n) if n > 0 => s.spool_quota = n,
                     _ => fail("expected a size, e.g. `1G`".into()),
+                },
+                "dead_letter_max_age" => match units::parse_duration(&value) {
+                    _ if value.trim() == "0" => s.dead_letter_max_age = None,
+                    Some(d) if d >= Duration::from_secs(60) => s.dead_letter_max_age = Some(d),
+                    _ => fail(
+                        "expected a duration of at least 1m, e.g. `30d` or `12h`, or `0` to keep dead letters until `mailpush dlq purge`"
+                            .into(),
+                    ),
                 },
                 "listen" => match value.parse::<SocketAddr>() {
                     Ok(a) => s.listen = a,

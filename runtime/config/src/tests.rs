@@ -5,6 +5,7 @@
 use super::*;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::settings::SETTINGS;
 
@@ -1230,6 +1231,22 @@ fn mailpush_block_settings() {
 }
 
 #[test]
+fn dead_letter_max_age_is_a_duration_or_0() {
+    let of = |v: &str| parse(&format!("mailpush {{\n  dead_letter_max_age = {v}\n}}\n"));
+    assert_eq!(
+        RuntimeSettings::default().dead_letter_max_age,
+        Some(Duration::from_secs(30 * 24 * 3600))
+    );
+    assert_eq!(
+        of("12h").settings.dead_letter_max_age,
+        Some(Duration::from_secs(12 * 3600))
+    );
+    assert_eq!(of("0").settings.dead_letter_max_age, None);
+    let default_of = |key: &str| SETTINGS.iter().find(|(k, _, _)| *k == key).unwrap().1;
+    assert_eq!(default_of("dead_letter_max_age"), "30d");
+}
+
+#[test]
 fn relative_state_dir_resolves_against_the_config_dir() {
     let c = parse("mailpush {\n  state_dir = state\n}\n");
     assert_eq!(c.settings.state_dir, PathBuf::from("/etc/mailpush/state"));
@@ -1320,6 +1337,14 @@ fn bad_mailpush_block_values() {
         ("max_body = 0", "expected a size, e.g. `10M`"),
         ("max_inflight = -1", "expected a size, e.g. `64M`"),
         ("spool_quota = huge", "expected a size, e.g. `1G`"),
+        (
+            "dead_letter_max_age = 10s",
+            "expected a duration of at least 1m",
+        ),
+        (
+            "dead_letter_max_age = 30",
+            "expected a duration of at least 1m",
+        ),
         (
             "shutdown_timeout_msecs = 30s",
             "expected milliseconds, e.g. `30000`",

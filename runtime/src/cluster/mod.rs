@@ -191,10 +191,12 @@ pub struct Node {
 
 impl Node {
     /// Connects, creates the streams and buckets if needed, and starts the METADATA copy.
-    /// `listen` names the node when `cluster_node` does not.
+    /// `listen` names the node when `cluster_node` does not; `dead_letter_max_age` is the
+    /// dead-letter stream's max age (`None`: unlimited).
     pub async fn start(
         settings: &mailpush_config::ClusterSettings,
         listen: std::net::SocketAddr,
+        dead_letter_max_age: Option<std::time::Duration>,
     ) -> Result<Node, crate::spool::SpoolError> {
         let name = settings
             .node
@@ -205,7 +207,7 @@ impl Node {
         let names = nats::Names::new(&settings.stream);
         // Before and after setup: the server's version is known once connected.
         nats::check_version(&client.server_info().version)?;
-        nats::setup(&js, &names, settings).await?;
+        nats::setup(&js, &names, settings, dead_letter_max_age).await?;
         nats::check_version(&client.server_info().version)?;
         let ownership = std::sync::Arc::new(Ownership::new(settings.partitions));
         let acks = std::sync::Arc::new(spool::Acks::default());

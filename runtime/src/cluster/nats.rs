@@ -233,10 +233,11 @@ pub async fn setup(
     js: &jetstream::Context,
     names: &Names,
     settings: &ClusterSettings,
+    dead_letter_max_age: Option<Duration>,
 ) -> Result<(), SpoolError> {
     let until = tokio::time::Instant::now() + SETUP_PATIENCE;
     loop {
-        match setup_once(js, names, settings).await {
+        match setup_once(js, names, settings, dead_letter_max_age).await {
             Err(SpoolError::Storage(e))
                 if e.contains("timed out") && tokio::time::Instant::now() < until =>
             {
@@ -269,6 +270,7 @@ async fn setup_once(
     js: &jetstream::Context,
     names: &Names,
     settings: &ClusterSettings,
+    dead_letter_max_age: Option<Duration>,
 ) -> Result<(), SpoolError> {
     // The partition count is fixed for the life of the stream: checked before the
     // update below, which would overwrite the stream's record of it with this node's.
@@ -313,7 +315,8 @@ async fn setup_once(
         subjects: vec![format!("{}.dlq.*", names.subject)],
         num_replicas: settings.replicas,
         duplicate_window: Duration::from_secs(120),
-        max_age: Duration::from_secs(30 * 24 * 3600),
+        // `dead_letter_max_age` (0: unlimited); the last node to start sets it.
+        max_age: dead_letter_max_age.unwrap_or(Duration::ZERO),
         storage: stream::StorageType::File,
         allow_direct: true,
         ..Default::default()

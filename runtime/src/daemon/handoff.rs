@@ -584,7 +584,8 @@ pub struct Limits {
     pub max_stored: u64,
     /// [`BATCH_BYTES`], or a quarter of the spool's quota where smaller. A batch of one
     /// file may be larger (up to `max_file`); an empty spool takes either. A batch a
-    /// spool with less room refuses is tried again halved, down to one file.
+    /// spool with less room refuses is tried again with half its bytes, down to one
+    /// file, and the limit grows back by doubling as batches are stored.
     pub batch_bytes: u64,
 }
 

@@ -193,9 +193,13 @@ pub async fn serve(
     // Cluster mode: JetStream is the spool and holds the METADATA.
     let node = match &config.settings.cluster {
         Some(c) => {
-            let node = crate::cluster::Node::start(c, config.settings.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("refusing to start: cluster: {e}"))?;
+            let node = crate::cluster::Node::start(
+                c,
+                config.settings.listen,
+                config.settings.dead_letter_max_age,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("refusing to start: cluster: {e}"))?;
             tracing::info!(node = %node.name, servers = c.servers.len(), "cluster mode: NATS JetStream");
             Some(node)
         }
@@ -346,6 +350,7 @@ pub async fn serve(
     }
     if spool.is_some() {
         tokio::spawn(replay_dead_letters(daemon.clone()));
+        tokio::spawn(expire_dead_letters(daemon.clone()));
     }
     let membership = node
         .as_ref()
@@ -491,6 +496,33 @@ async fn replay_dead_letters(daemon: Arc<Daemon>) {
         if let Err(e) = daemon.dispatcher.take_replays().await {
             tracing::error!("cannot read the spool: {e}");
         }
+    }
+}
+
+/// Deletes dead letters older than `dead_letter_max_age`: at start, then every minute.
+async fn expire_dead_letters(daemon: Arc<Daemon>) {
+    let (Some(max_age), Some(spool)) = (
+        daemon.settings.dead_letter_max_age,
+        daemon.dispatcher.spool().cloned(),
+    ) else {
+        return;
+    };
+    loop {
+        if daemon.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        let before = crate::spool::now().saturating_sub(max_age.as_secs());
+        let spool = spool.clone();
+        match tokio::task::spawn_blocking(move || spool.expire_dead_letters(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                "deleted {n} dead letter(s) older than dead_letter_max_age={}",
+                humantime::format_duration(max_age)
+            ),
+            Ok(Err(e)) => tracing::error!("cannot delete old dead letters: {e}"),
+            Err(e) => tracing::error!("cannot delete old dead letters: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     }
 }
 

@@ -312,7 +312,7 @@ impl Dispatcher {
     /// transaction; now where missing or in the future), as a Dovecot hand-off file's
     /// modification time says: their age (`retry_max_age`, `hold_max`) counts from then,
     /// so that what waited while mailpush was stopped is not taken as new. (In cluster
-    /// mode the age counts from when JetStream stored it.)
+    /// mode the age counts from when the delivering node took it in.)
     pub async fn accept_received(
         &self,
         txns: Vec<Transaction>,

@@ -38,8 +38,8 @@ pub struct Held {
     /// No transaction held is too old before this.
     next_expiry: Option<Instant>,
     /// Users whose oldest transaction failed and waits for a retry (it may be skipped:
-    /// [`Held::skip_ahead`]).
-    retrying: HashSet<String>,
+    /// [`Held::skip_ahead`]), and since when.
+    retrying: HashMap<String, Instant>,
     /// How many transactions are held per key of [`Held::counting_by`] (none without).
     per_key: HashMap<String, usize>,
     key_of: Option<KeyOf>,
@@ -230,7 +230,17 @@ impl Held {
 
     /// Notes that the oldest transaction of `user` failed and waits for a retry.
     pub fn retrying(&mut self, user: &str) {
-        self.retrying.insert(user.to_string());
+        self.retrying
+            .entry(user.to_string())
+            .or_insert_with(Instant::now);
+    }
+
+    /// When `next` (behind `user`'s oldest, which waits for a retry since `since`) has
+    /// waited `hold_max` behind it: from its arrival, or from the failure where it
+    /// arrived before (a backlog read at start-up, hand-offs written during an outage,
+    /// whose arrival lies in the past).
+    fn skip_at(next: &Item, since: Instant, hold_max: Duration) -> Instant {
+        next.arrived.max(since) + hold_max
     }
 
     /// Removes, from each user whose oldest transaction waits for a retry while a later
@@ -238,8 +248,9 @@ impl Held {
     /// due). A transaction being delivered is never skipped.
     pub fn skip_ahead(&mut self, now: Instant, hold_max: Duration) -> Vec<Item> {
         let mut out = Vec::new();
-        let users: Vec<String> = self.retrying.iter().cloned().collect();
-        for user in users {
+        let users: Vec<(String, Instant)> =
+            self.retrying.iter().map(|(u, t)| (u.clone(), *t)).collect();
+        for (user, since) in users {
             if self.in_flight.contains(&user) {
                 continue;
             }
@@ -247,7 +258,9 @@ impl Held {
                 self.retrying.remove(&user);
                 continue;
             };
-            if q.get(1).is_some_and(|next| next.arrived + hold_max <= now) {
+            if q.get(1)
+                .is_some_and(|next| Self::skip_at(next, since, hold_max) <= now)
+            {
                 if let Some(item) = q.pop_front() {
                     out.push(item);
                     self.count -= 1;
@@ -266,9 +279,11 @@ impl Held {
     pub fn next_skip(&self, hold_max: Duration) -> Option<Instant> {
         self.retrying
             .iter()
-            .filter(|u| !self.in_flight.contains(*u))
-            .filter_map(|u| self.users.get(u).and_then(|q| q.get(1)))
-            .map(|next| next.arrived + hold_max)
+            .filter(|(u, _)| !self.in_flight.contains(*u))
+            .filter_map(|(u, since)| {
+                let next = self.users.get(u).and_then(|q| q.get(1))?;
+                Some(Self::skip_at(next, *since, hold_max))
+            })
             .min()
     }
 
@@ -328,7 +343,7 @@ impl Held {
         self.ring
             .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
         // A user whose oldest was dropped is not waiting for a retry any more.
-        self.retrying.retain(|u| {
+        self.retrying.retain(|u, _| {
             users
                 .get(u)
                 .and_then(|q| q.front())
@@ -466,6 +481,36 @@ mod tests {
         h.pop("a");
         h.requeue("a".into());
         assert_eq!(h.count, 0);
+    }
+
+    /// Transactions that arrived long ago (a backlog read at start-up, hand-offs of an
+    /// outage) wait `hold_max` behind a failure from the failure on, not from their
+    /// arrival: the first failure of the oldest is retried, not skipped at once.
+    #[test]
+    fn hold_max_counts_from_the_failure_for_a_backlog() {
+        let mut h = Held::default();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        h.push_stored(txn("a", "a1"), hour_ago);
+        h.push_stored(txn("a", "a2"), hour_ago);
+        let hold = Duration::from_secs(300);
+        let (_, a1) = h.next_due(Instant::now(), |_| true).unwrap();
+        assert_eq!(a1.id, "a1");
+        h.front_mut("a").unwrap().attempts.push(Attempt {
+            at: 0,
+            error: "timeout".into(),
+        });
+        let failed = Instant::now();
+        h.retrying("a");
+        h.requeue("a".into());
+        assert!(h.skip_ahead(failed, hold).is_empty(), "not at once");
+        let at = h.next_skip(hold).unwrap();
+        assert!(at >= failed + hold, "{:?}", at - failed);
+        let skipped: Vec<String> = h
+            .skip_ahead(at, hold)
+            .into_iter()
+            .map(|i| i.txn.id.clone())
+            .collect();
+        assert_eq!(skipped, ["a1"]);
     }
 
     /// A user's oldest transaction waiting for a retry is skipped once a later one has

@@ -139,6 +139,13 @@ pub trait Spool: Send + Sync {
     }
     /// Deletes dead letters (all, of one driver, or one id); returns how many.
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError>;
+    /// Deletes the dead letters recorded before `before` (unix seconds:
+    /// `dead_letter_max_age`); how many. A spool whose storage ages them itself (cluster
+    /// mode: the stream's max age) does nothing.
+    fn expire_dead_letters(&self, before: u64) -> Result<usize, SpoolError> {
+        let _ = before;
+        Ok(0)
+    }
     /// Returns once every progress record written so far is committed.
     fn flush(&self) -> Result<(), SpoolError> {
         self.append(&[], &[]).map(|_| ())

@@ -242,7 +242,7 @@ impl SqliteSpool {
         };
         self.set_aside_tally.add(rows.len() as u64, |n| {
             tracing::error!(
-                "the spool holds {n} transaction(s) this mailpush cannot read (e.g. at position {seq}: {why}); each is now a dead letter of the drivers that were owed it, and their other deliveries go on (mailpush dlq list). A spool written by a later mailpush is read by that version"
+                "the spool holds {n} transaction(s) this mailpush cannot read (the latest at position {seq}: {why}); each is now a dead letter of the drivers that were owed it, and their other deliveries go on (mailpush dlq list). A spool written by a later mailpush is read by that version"
             )
         });
     }
@@ -308,6 +308,32 @@ impl SqliteSpool {
         tx.commit().map_err(storage)?;
         self.report_set_aside(&unreadable);
         Ok(pending)
+    }
+
+    /// Deletes the dead letters `clause` picks, and the transactions nothing holds any
+    /// more; how many dead letters. One transaction: what is freed is exactly what is
+    /// deleted, whatever the writer commits meanwhile.
+    fn delete_dead(&self, clause: &str, args: impl rusqlite::Params) -> Result<usize, SpoolError> {
+        let mut conn = self.reader.lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(storage)?;
+        let n = tx
+            .execute(&format!("DELETE FROM dead WHERE {clause}"), args)
+            .map_err(storage)?;
+        let freed: i64 = tx
+            .prepare(
+                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
+            )
+            .map_err(storage)?
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(storage)?
+            .sum::<Result<i64, _>>()
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        self.used
+            .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
+        Ok(n)
     }
 
     /// The dead letters `clause` (over `dead d`, with `?1`) picks, in id order.
@@ -527,6 +553,17 @@ fn stored_time(at: i64) -> std::time::SystemTime {
     }
 }
 
+impl Drop for SqliteSpool {
+    fn drop(&mut self) {
+        let rest = self.set_aside_tally.take_rest();
+        if rest > 0 {
+            tracing::error!(
+                "the spool holds {rest} more transaction(s) this mailpush cannot read; each is now a dead letter of the drivers that were owed it (mailpush dlq list)"
+            );
+        }
+    }
+}
+
 impl Spool for SqliteSpool {
     fn append(
         &self,
@@ -550,7 +587,8 @@ impl Spool for SqliteSpool {
                 let at = received
                     .get(i)
                     .and_then(|r| r.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(now, |d| (d.as_millis() as u64).min(now));
+                    // (0 reads as "unknown: now": a time at the epoch is 1 ms past it.)
+                    .map_or(now, |d| (d.as_millis() as u64).clamp(1, now.max(1)));
                 (t.id.clone(), t.user.clone(), t.to_json(), at as i64)
             })
             .collect();
@@ -767,31 +805,14 @@ impl Spool for SqliteSpool {
     }
 
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
-        let mut conn = self.reader.lock();
-        // One transaction: what is freed is exactly what is deleted, whatever the
-        // writer commits meanwhile.
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
-        let n = tx
-            .execute(
-                "DELETE FROM dead WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",
-                params![id, driver],
-            )
-            .map_err(storage)?;
-        let freed: i64 = tx
-            .prepare(
-                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
-            )
-            .map_err(storage)?
-            .query_map([], |r| r.get::<_, i64>(0))
-            .map_err(storage)?
-            .sum::<Result<i64, _>>()
-            .map_err(storage)?;
-        tx.commit().map_err(storage)?;
-        self.used
-            .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
-        Ok(n)
+        self.delete_dead(
+            "(?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",
+            params![id, driver],
+        )
+    }
+
+    fn expire_dead_letters(&self, before: u64) -> Result<usize, SpoolError> {
+        self.delete_dead("at < ?1", params![before as i64])
     }
 }
 
@@ -877,6 +898,44 @@ mod tests {
         assert!(age < std::time::Duration::from_secs(60), "{age:?}");
         assert_eq!(s.purge(None, Some(3)).unwrap(), 1);
         assert!(s.dead_letters(None).unwrap().is_empty());
+    }
+
+    /// `dead_letter_max_age`: dead letters recorded before the bound are deleted, with
+    /// the transactions nothing else holds, and their bytes leave the quota's count.
+    #[test]
+    fn old_dead_letters_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteSpool::open(&dir.path().join("spool.db"), 1 << 30).unwrap();
+        s.append(
+            &[txn("old", "u"), txn("new", "u"), txn("both", "u")],
+            &[1, 2],
+        )
+        .unwrap();
+        for (id, driver) in [("old", 1), ("old", 2), ("new", 1), ("both", 1)] {
+            s.dead_letter(&txn(id, "u"), driver, &[]).unwrap();
+        }
+        settle(&s);
+        let used = s.used();
+        s.reader
+            .lock()
+            .execute(
+                "UPDATE dead SET at = 1000 WHERE seq IN (SELECT seq FROM txns WHERE id IN ('old', 'both'))",
+                [],
+            )
+            .unwrap();
+        assert_eq!(s.expire_dead_letters(2000).unwrap(), 3);
+        let left: Vec<String> = s
+            .dead_letters(None)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.txn.id)
+            .collect();
+        assert_eq!(left, ["new"]);
+        // "old" is gone; "both" (like "new") is still owed to driver 2, so it stays.
+        assert_eq!(s.used(), used - txn("old", "u").to_json().len() as u64);
+        let owed: Vec<String> = s.pending().unwrap().into_iter().map(|p| p.txn.id).collect();
+        assert_eq!(owed, ["new", "both"]);
+        assert_eq!(s.expire_dead_letters(2000).unwrap(), 0);
     }
 
     /// A row this mailpush cannot read (here: written by a later version, with a field
