@@ -751,3 +751,54 @@ async fn credentials_in_the_server_url_log_in() {
         "{line}"
     );
 }
+
+/// A transaction larger than NATS's `max_payload` (1 MiB by default, under mailpush's
+/// `max_body` of 10 MiB) could never be stored: ingest answers 413 at once instead of
+/// 503 after retrying, a hand-off file holding one is set aside (`.rejected`) instead
+/// of blocking the directory, and the transactions around it are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_larger_than_max_payload_is_refused_not_retried() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let handoff = dir.path().join("handoff");
+    std::fs::create_dir(&handoff).unwrap();
+    let big = format!(
+        "{{\"id\":\"big\",\"user\":\"u@example.com\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"{}\"}}]}}",
+        "m".repeat(1_200_000)
+    );
+    // Oldest first: the big one, then a small one behind it.
+    std::fs::write(handoff.join("a-big.json"), &big).unwrap();
+    std::fs::write(
+        handoff.join("b-small.json"),
+        txn_line("u@example.com", "after-big"),
+    )
+    .unwrap();
+    let conf = node_config(
+        dir.path(),
+        "solo",
+        &nats.url(),
+        &[server.url("/h")],
+        " handoff_dir = handoff\n",
+    );
+    let node = RunningDaemon::start(&conf);
+    let (status, _, body) = http_request(
+        node.addr,
+        "POST",
+        "/v1/transactions",
+        &[("content-type", "application/json")],
+        big.replace("\"big\"", "\"big-post\"").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("max_payload"), "{body}");
+    let mut sent = BTreeMap::new();
+    sent.insert("u@example.com".to_string(), vec!["after-big".to_string()]);
+    all_delivered(&server, &sent, Duration::from_secs(60), "after the big one").await;
+    assert!(handoff.join("a-big.json.rejected").exists());
+    let log = node.wait_for_log("set aside", Duration::from_secs(10));
+    assert!(log.contains("NATS max_payload"), "{log}");
+}

@@ -282,6 +282,8 @@ impl Acks {
 enum Work {
     Append {
         txns: Vec<Transaction>,
+        /// Their stored form (the messages' payloads).
+        payloads: Vec<String>,
         reply: oneshot::Sender<Result<Vec<Option<i64>>, SpoolError>>,
     },
     Ack(Acker),
@@ -297,22 +299,26 @@ enum Work {
 /// JetStream as the spool.
 pub struct JetStreamSpool {
     work: mpsc::UnboundedSender<Work>,
+    /// The most bytes one message may take (the server's `max_payload`).
+    max_payload: u64,
     acks: Arc<Acks>,
     ownership: Arc<Ownership>,
 }
 
 impl JetStreamSpool {
-    /// Starts the worker on the current runtime.
+    /// Starts the worker on the current runtime; `max_payload` is the server's.
     pub fn start(
         js: Context,
         names: Names,
         ownership: Arc<Ownership>,
         acks: Arc<Acks>,
+        max_payload: u64,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(worker(js, names, ownership.partitions(), acks.clone(), rx));
         Arc::new(JetStreamSpool {
             work: tx,
+            max_payload,
             acks,
             ownership,
         })
@@ -334,11 +340,15 @@ async fn worker(
 ) {
     while let Some(w) = rx.recv().await {
         match w {
-            Work::Append { txns, reply } => {
+            Work::Append {
+                txns,
+                payloads,
+                reply,
+            } => {
                 // Concurrently with other work: one batch must not hold back acks.
                 let (js, names) = (js.clone(), names.clone());
                 tokio::spawn(async move {
-                    let _ = reply.send(publish(&js, &names, partitions, &txns).await);
+                    let _ = reply.send(publish(&js, &names, partitions, &txns, payloads).await);
                 });
             }
             // Not awaited here: while NATS reconnects, an acknowledgement waits for room
@@ -402,7 +412,10 @@ async fn publish(
     names: &Names,
     partitions: u32,
     txns: &[Transaction],
+    payloads: Vec<String>,
 ) -> Result<Vec<Option<i64>>, SpoolError> {
+    // (Shared by the attempts: a retry copies nothing.)
+    let payloads: Vec<bytes::Bytes> = payloads.into_iter().map(bytes::Bytes::from).collect();
     let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
     let late = || storage("cannot store transactions", "NATS did not answer in time");
     let _turn = tokio::time::timeout_at(deadline, PUBLISHING.acquire())
@@ -420,7 +433,7 @@ async fn publish(
                 let t = &txns[i];
                 let subject = names.txn_subject(partition_of(&t.user, partitions));
                 let msg = PublishMessage::build()
-                    .payload(t.to_json().into())
+                    .payload(payloads[i].clone())
                     .message_id(&t.id);
                 match tokio::time::timeout_at(deadline, js.send_publish(subject, msg)).await {
                     Ok(Ok(ack)) => acks.push((i, ack)),
@@ -457,9 +470,23 @@ impl Spool for JetStreamSpool {
         if txns.is_empty() {
             return Ok(Vec::new());
         }
+        // NATS refuses a message past its max_payload, every time: refused here, once.
+        let payloads: Vec<String> = txns.iter().map(Transaction::to_json).collect();
+        if let Some((t, p)) = txns
+            .iter()
+            .zip(&payloads)
+            .find(|(_, p)| p.len() as u64 > self.max_payload)
+        {
+            return Err(SpoolError::TooLarge {
+                id: t.id.clone(),
+                size: p.len() as u64,
+                max: self.max_payload,
+            });
+        }
         let (reply, answer) = oneshot::channel();
         self.send(Work::Append {
             txns: txns.to_vec(),
+            payloads,
             reply,
         })?;
         futures::executor::block_on(answer)

@@ -468,7 +468,7 @@ fn read_batch(
                         &f.path,
                         f.name,
                         format!(
-                            "its transaction takes {stored} bytes as stored (bytes that are not UTF-8, or control characters, grow when encoded), more than spool_quota ({}): the spool could never hold it",
+                            "its transaction takes {stored} bytes as stored (bytes that are not UTF-8, or control characters, grow when encoded), more than the spool can hold ({}: spool_quota, or NATS max_payload in cluster mode)",
                             limits.max_stored
                         ),
                     ));
@@ -501,7 +501,7 @@ fn refusal(meta: &std::fs::Metadata, owners: &Owners, max_size: u64) -> Option<S
         ))
     } else if meta.len() > max_size {
         Some(format!(
-            "more than max_body ({max_size}) bytes, or than spool_quota where that is smaller: {}",
+            "more than max_body ({max_size}) bytes, or than the spool can hold (spool_quota, or NATS max_payload in cluster mode) where that is smaller: {}",
             meta.len()
         ))
     } else {
@@ -543,7 +543,7 @@ fn read_published(path: &Path, owners: &Owners, max_size: u64) -> Result<Vec<u8>
         .map_err(Unread::Io)?;
     if bytes.len() as u64 > max_size {
         return Err(Unread::Refused(format!(
-            "more than max_body ({max_size}) bytes, or than spool_quota where that is smaller"
+            "more than max_body ({max_size}) bytes, or than the spool can hold (spool_quota, or NATS max_payload in cluster mode) where that is smaller"
         )));
     }
     Ok(bytes)
@@ -590,8 +590,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits for `max_body` and a spool of `quota` bytes (`None`: no quota, as in
-    /// cluster mode or without a spool).
+    /// The limits for `max_body` and a spool that holds at most `quota` bytes (its
+    /// `spool_quota`; in cluster mode NATS's `max_payload`, the most one transaction may
+    /// take; `None`: no bound, without a spool).
     pub fn new(max_body: usize, quota: Option<u64>) -> Limits {
         let quota = quota.unwrap_or(u64::MAX);
         Limits {

@@ -246,6 +246,15 @@ async fn accept(daemon: &Daemon, txns: Vec<Transaction>) -> Response {
             )
                 .into_response()
         }
+        Err(Refused::Spool(e @ SpoolError::TooLarge { .. })) => {
+            // No retry helps.
+            daemon.ingest.reject("too_large", ids.len() as u64);
+            tracing::warn!(txns = ?&ids[..ids.len().min(10)], "ingest refused {} transaction(s): {e}", ids.len());
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": e.to_string() }),
+            )
+        }
         Err(refused) => {
             let (reason, retry_after) = match &refused {
                 Refused::QueueFull(_) => ("overloaded", "1"),

@@ -205,6 +205,10 @@ pub async fn serve(
         }
         None => None,
     };
+    // The most one transaction may take once stored, in cluster mode: NATS's max_payload.
+    let max_payload = node
+        .as_ref()
+        .map(|n| n.client.server_info().max_payload as u64);
     let metadata: Arc<dyn MetadataLookup> = match &node {
         Some(n) => n.metadata.clone(),
         None => metadata,
@@ -371,14 +375,19 @@ pub async fn serve(
             tracing::warn!("handoff_dir with delivery = memory: a hand-off is removed once queued, so transactions still queued are lost if mailpush stops");
         }
         tracing::info!("reading hand-offs from {}", dir.display());
-        // The spool's quota, where one applies (the SQLite spool).
-        let quota = (spool.is_some() && config.settings.cluster.is_none())
-            .then_some(config.settings.spool_quota);
-        let limits = handoff::Limits::new(config.settings.max_body, quota);
-        if (config.settings.max_body as u64) > limits.max_file {
+        // The most the spool holds, where a bound applies: the SQLite spool's quota, or
+        // in cluster mode NATS's max_payload (the most one transaction may take).
+        let (bound, what) = match max_payload {
+            Some(m) => (Some(m), "NATS max_payload"),
+            None => (
+                spool.is_some().then_some(config.settings.spool_quota),
+                "spool_quota",
+            ),
+        };
+        let limits = handoff::Limits::new(config.settings.max_body, bound);
+        if let Some(bound) = bound.filter(|b| *b < config.settings.max_body as u64) {
             tracing::warn!(
-                "spool_quota ({} bytes) is less than max_body ({} bytes): hand-off files larger than spool_quota are set aside, as the spool could never hold them",
-                config.settings.spool_quota,
+                "{what} ({bound} bytes) is less than max_body ({} bytes): hand-off files larger than {what} are set aside, as the spool could never hold them",
                 config.settings.max_body
             );
         }

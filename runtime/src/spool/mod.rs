@@ -20,6 +20,10 @@ pub enum SpoolError {
     Full { used: u64, quota: u64 },
     #[error("spool storage error: {0}")]
     Storage(String),
+    /// One transaction is larger than the spool can ever hold (cluster mode: NATS's
+    /// `max_payload`): no retry helps; ingest answers 413.
+    #[error("transaction {id:?} takes {size} bytes once stored, more than the spool can hold ({max} bytes: NATS max_payload); it could never be stored (send it in parts, or raise max_payload in nats-server's config)")]
+    TooLarge { id: String, size: u64, max: u64 },
 }
 
 /// One delivery attempt of a dead-lettered transaction.
