@@ -594,7 +594,9 @@ impl Spool for SqliteSpool {
             .collect();
         let size: u64 = rows.iter().map(|r| r.2.len() as u64).sum();
         let mut used = self.used();
-        if used + size > self.quota {
+        // (Nothing to store — a flush, a barrier behind the progress records written so
+        // far — is never refused, even over quota.)
+        if !txns.is_empty() && used + size > self.quota {
             // Before refusing: space another process freed counts too.
             if let Some(n) = self.recount()? {
                 used = n;
@@ -1104,6 +1106,30 @@ mod tests {
 
     /// `mailpush dlq purge` frees space through a spool of its own, next to a running
     /// instance's: the instance sees it before refusing a write.
+    /// A flush is a barrier even when the spool is over its quota (a smaller quota
+    /// than what it holds): it was refused as "full" at once, without waiting for the
+    /// progress records written before it.
+    #[test]
+    fn a_flush_over_quota_waits_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        {
+            let s = SqliteSpool::open(&path, 1 << 30).unwrap();
+            s.append(&[txn("a", "u"), txn("b", "u")], &[1]).unwrap();
+        }
+        let s = SqliteSpool::open(&path, 10).unwrap();
+        assert!(s.used() > 10);
+        s.complete("a", 1).unwrap();
+        s.flush().unwrap();
+        // The completion is committed: only b is owed.
+        let owed: Vec<String> = s.pending().unwrap().into_iter().map(|p| p.txn.id).collect();
+        assert_eq!(owed, ["b"]);
+        assert!(matches!(
+            s.append(&[txn("c", "u")], &[1]),
+            Err(SpoolError::Full { .. })
+        ));
+    }
+
     #[test]
     fn space_freed_by_another_process_is_seen_before_refusing() {
         let dir = tempfile::tempdir().unwrap();
