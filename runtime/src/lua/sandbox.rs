@@ -462,6 +462,26 @@ impl ScriptState {
     }
 
     fn run_hooks(&self, txn: &Arc<Transaction>, started: Instant) -> Result<(), Failure> {
+        let mut ignored = Ignored::default();
+        let result = self.call_hooks(txn, started, &mut ignored);
+        // Whatever ended it: an internal error or the budget between two hooks too.
+        let outcome = match &result {
+            Ok(Hooks::Skipped) => "the transaction was skipped",
+            Ok(Hooks::Ran) => "the other hooks ran",
+            Err(_) => "and the transaction failed",
+        };
+        self.report_ignored(txn, &ignored, outcome);
+        result.map(|_| ())
+    }
+
+    /// [`ScriptState::run_hooks`]'s calls; the errors `script_errors=ignore` passes over are
+    /// added to `ignored`.
+    fn call_hooks(
+        &self,
+        txn: &Arc<Transaction>,
+        started: Instant,
+        ignored: &mut Ignored,
+    ) -> Result<Hooks, Failure> {
         let internal = |e: mlua::Error| self.failure("mailpush", &e);
         let g = self.lua.globals();
         let Value::Function(begin) = g
@@ -473,7 +493,6 @@ impl ScriptState {
             ));
         };
         let user = self.user(txn).map_err(internal)?;
-        let mut ignored = Ignored::default();
         self.arm(started)?;
         let begun = begin
             .call::<Value>(user)
@@ -487,8 +506,7 @@ impl ScriptState {
             // Dovecot: a failed begin_txn drops the transaction for this driver.
             Err(e) if self.ignorable() => {
                 ignored.add(e);
-                self.report_ignored(txn, &ignored, "the transaction was skipped");
-                return Ok(());
+                return Ok(Hooks::Skipped);
             }
             Err(e) => return Err(e),
         };
@@ -562,13 +580,7 @@ impl ScriptState {
             // load warns once).
             _ => {}
         }
-        let outcome = if failure.is_none() {
-            "the other hooks ran"
-        } else {
-            "and the transaction failed"
-        };
-        self.report_ignored(txn, &ignored, outcome);
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(Hooks::Ran), Err)
     }
 
     /// Whether the error just raised is passed over (`script_errors=ignore`): a script's
@@ -624,6 +636,13 @@ impl ScriptState {
             }
         }
     }
+}
+
+/// How a transaction's hooks ended when nothing failed it.
+enum Hooks {
+    /// `begin_txn` raised under `script_errors=ignore`: nothing else ran.
+    Skipped,
+    Ran,
 }
 
 /// The hook errors `script_errors=ignore` passed over in one transaction.
