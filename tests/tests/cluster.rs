@@ -782,7 +782,9 @@ async fn a_transaction_larger_than_max_payload_is_refused_not_retried() {
         "solo",
         &nats.url(),
         &[server.url("/h")],
-        " handoff_dir = handoff\n",
+        // (Also: a dead-letter max age under the 2-minute de-duplication window, which
+        // nats-server would refuse as the stream's config, starts.)
+        " handoff_dir = handoff\n dead_letter_max_age = 1m\n",
     );
     let node = RunningDaemon::start(&conf);
     let (status, _, body) = http_request(

@@ -216,7 +216,7 @@ impl Node {
             names.clone(),
             ownership.clone(),
             acks.clone(),
-            client.server_info().max_payload as u64,
+            client.clone(),
         );
         let store = js
             .get_key_value(names.metadata_bucket())

@@ -314,7 +314,10 @@ async fn setup_once(
         name: names.dlq_stream(),
         subjects: vec![format!("{}.dlq.*", names.subject)],
         num_replicas: settings.replicas,
-        duplicate_window: Duration::from_secs(120),
+        // (nats-server refuses a window longer than the max age.)
+        duplicate_window: dead_letter_max_age
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(120)),
         // `dead_letter_max_age` (0: unlimited); the last node to start sets it.
         max_age: dead_letter_max_age.unwrap_or(Duration::ZERO),
         storage: stream::StorageType::File,

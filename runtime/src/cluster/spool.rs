@@ -299,26 +299,27 @@ enum Work {
 /// JetStream as the spool.
 pub struct JetStreamSpool {
     work: mpsc::UnboundedSender<Work>,
-    /// The most bytes one message may take (the server's `max_payload`).
-    max_payload: u64,
+    /// For the server's `max_payload`, the most bytes one message may take (kept up to
+    /// date across reconnects by the client).
+    client: async_nats::Client,
     acks: Arc<Acks>,
     ownership: Arc<Ownership>,
 }
 
 impl JetStreamSpool {
-    /// Starts the worker on the current runtime; `max_payload` is the server's.
+    /// Starts the worker on the current runtime; `client` tells the server's `max_payload`.
     pub fn start(
         js: Context,
         names: Names,
         ownership: Arc<Ownership>,
         acks: Arc<Acks>,
-        max_payload: u64,
+        client: async_nats::Client,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(worker(js, names, ownership.partitions(), acks.clone(), rx));
         Arc::new(JetStreamSpool {
             work: tx,
-            max_payload,
+            client,
             acks,
             ownership,
         })
@@ -403,6 +404,16 @@ const PUBLISH_CHUNK: usize = 500;
 /// half of the context's 5000 to the rest.
 static PUBLISHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(5);
 
+/// Room for a message's headers (`Nats-Msg-Id` with the longest id a transaction is
+/// likely to have): what a transaction may take is `max_payload` less this.
+pub const HEADER_ROOM: u64 = 1024;
+
+/// A transaction's message size as NATS counts it against `max_payload`: its payload and
+/// its headers (`NATS/1.0`, `Nats-Msg-Id: ID`, their line ends), rounded up.
+fn message_size(id: &str, payload: usize) -> u64 {
+    (payload + id.len() + 64) as u64
+}
+
 /// Publishes a batch (each transaction on its partition's subject, its id as the
 /// de-duplication id) and waits until JetStream stored all of it; retries what failed
 /// with the same ids until [`PUBLISH_DEADLINE`], which bounds every wait (for a turn,
@@ -437,6 +448,17 @@ async fn publish(
                     .message_id(&t.id);
                 match tokio::time::timeout_at(deadline, js.send_publish(subject, msg)).await {
                     Ok(Ok(ack)) => acks.push((i, ack)),
+                    // No retry helps (should the check before sending miss it).
+                    Ok(Err(e))
+                        if e.kind()
+                            == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+                    {
+                        return Err(SpoolError::TooLarge {
+                            id: t.id.clone(),
+                            size: payloads[i].len() as u64,
+                            max: js.client().max_payload() as u64,
+                        });
+                    }
                     Ok(Err(e)) => last_error = e.to_string(),
                     // (Dropping the acknowledgements awaited frees their places.)
                     Err(_) => return Err(late()),
@@ -470,17 +492,19 @@ impl Spool for JetStreamSpool {
         if txns.is_empty() {
             return Ok(Vec::new());
         }
-        // NATS refuses a message past its max_payload, every time: refused here, once.
+        // NATS refuses a message past its max_payload (headers included), every time:
+        // refused here, once.
+        let max = self.client.max_payload() as u64;
         let payloads: Vec<String> = txns.iter().map(Transaction::to_json).collect();
         if let Some((t, p)) = txns
             .iter()
             .zip(&payloads)
-            .find(|(_, p)| p.len() as u64 > self.max_payload)
+            .find(|(t, p)| message_size(&t.id, p.len()) > max)
         {
             return Err(SpoolError::TooLarge {
                 id: t.id.clone(),
                 size: p.len() as u64,
-                max: self.max_payload,
+                max,
             });
         }
         let (reply, answer) = oneshot::channel();

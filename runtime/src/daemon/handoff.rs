@@ -590,6 +590,16 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// These limits, with what one transaction may take as stored at most `most` (cluster
+    /// mode: NATS's `max_payload`); the batches stay as large.
+    pub fn bounded_by(self, most: u64) -> Limits {
+        Limits {
+            max_file: self.max_file.min(most),
+            max_stored: self.max_stored.min(most),
+            ..self
+        }
+    }
+
     /// The limits for `max_body` and a spool that holds at most `quota` bytes (its
     /// `spool_quota`; in cluster mode NATS's `max_payload`, the most one transaction may
     /// take; `None`: no bound, without a spool).
@@ -631,6 +641,8 @@ pub async fn consume(
     // Half the bytes of a batch the spool refused for its size, down to one file;
     // doubled back up to `limits.batch_bytes` by each batch stored.
     let mut batch_bytes = limits.batch_bytes;
+    // Files set aside after a batch was refused, reported with the next batch's.
+    let mut refused_files: Vec<Rejected> = Vec::new();
     loop {
         if *stop.borrow() {
             return;
@@ -673,7 +685,7 @@ pub async fn consume(
             Ok::<_, std::io::Error>((batch, rest, idle))
         })
         .await;
-        let batch = match read {
+        let mut batch = match read {
             Ok(Ok((b, rest, i))) => {
                 listing = rest;
                 idle = i;
@@ -693,6 +705,7 @@ pub async fn consume(
                 Batch::default()
             }
         };
+        batch.rejected.splice(0..0, refused_files.drain(..));
         let escape = mailpush_core::text::escape_controls;
         for r in batch.rejected {
             daemon.ingest.reject("invalid", 1);
@@ -745,6 +758,7 @@ pub async fn consume(
             continue;
         }
         let n = batch.txns.len() as u64;
+        let ids: Vec<String> = batch.txns.iter().map(|t| t.id.clone()).collect();
         // Each transaction's age counts from when Dovecot wrote its file.
         let received = batch.found.iter().map(|f| handed_off(f.modified)).collect();
         match daemon
@@ -801,6 +815,26 @@ pub async fn consume(
                 tracing::debug!(
                     "the spool refused a hand-off batch of {n} for its size: trying {batch_bytes} bytes"
                 );
+            }
+            Err(Refused::Spool(SpoolError::TooLarge { id, size, max })) if ids.contains(&id) => {
+                // That one could never be stored (cluster mode: past NATS's
+                // max_payload with its headers): set aside; the others again at once.
+                let mut found = batch.found;
+                if let Some(f) = ids.iter().position(|i| *i == id).map(|i| found.remove(i)) {
+                    let why = format!(
+                        "its transaction takes {size} bytes once stored, more than the spool can hold ({max} bytes: NATS max_payload)"
+                    );
+                    if let Ok(r) = tokio::task::spawn_blocking(move || {
+                        Rejected::set_aside(&f.path, f.name, why)
+                    })
+                    .await
+                    {
+                        refused_files.push(r);
+                    }
+                }
+                for f in found.into_iter().rev() {
+                    listing.push_front(f);
+                }
             }
             Err(refused) => {
                 // Nothing is lost: the files stay and are read again, from a new

@@ -205,10 +205,11 @@ pub async fn serve(
         }
         None => None,
     };
-    // The most one transaction may take once stored, in cluster mode: NATS's max_payload.
-    let max_payload = node
-        .as_ref()
-        .map(|n| n.client.server_info().max_payload as u64);
+    // The most one transaction may take once stored, in cluster mode: NATS's max_payload
+    // less room for the message's headers.
+    let max_payload = node.as_ref().map(|n| {
+        (n.client.max_payload() as u64).saturating_sub(crate::cluster::spool::HEADER_ROOM)
+    });
     let metadata: Arc<dyn MetadataLookup> = match &node {
         Some(n) => n.metadata.clone(),
         None => metadata,
@@ -377,14 +378,21 @@ pub async fn serve(
         tracing::info!("reading hand-offs from {}", dir.display());
         // The most the spool holds, where a bound applies: the SQLite spool's quota, or
         // in cluster mode NATS's max_payload (the most one transaction may take).
-        let (bound, what) = match max_payload {
-            Some(m) => (Some(m), "NATS max_payload"),
-            None => (
-                spool.is_some().then_some(config.settings.spool_quota),
-                "spool_quota",
+        let (limits, bound, what) = match max_payload {
+            Some(m) => (
+                handoff::Limits::new(config.settings.max_body, None).bounded_by(m),
+                Some(m),
+                "NATS max_payload",
             ),
+            None => {
+                let quota = spool.is_some().then_some(config.settings.spool_quota);
+                (
+                    handoff::Limits::new(config.settings.max_body, quota),
+                    quota,
+                    "spool_quota",
+                )
+            }
         };
-        let limits = handoff::Limits::new(config.settings.max_body, bound);
         if let Some(bound) = bound.filter(|b| *b < config.settings.max_body as u64) {
             tracing::warn!(
                 "{what} ({bound} bytes) is less than max_body ({} bytes): hand-off files larger than {what} are set aside, as the spool could never hold them",
@@ -516,6 +524,10 @@ async fn expire_dead_letters(daemon: Arc<Daemon>) {
     ) else {
         return;
     };
+    if daemon.settings.cluster.is_some() {
+        // The dead-letter stream's max age does it.
+        return;
+    }
     loop {
         if daemon.shutting_down.load(Ordering::Relaxed) {
             return;

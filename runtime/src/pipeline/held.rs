@@ -235,12 +235,19 @@ impl Held {
             .or_insert_with(Instant::now);
     }
 
-    /// When `next` (behind `user`'s oldest, which waits for a retry since `since`) has
-    /// waited `hold_max` behind it: from its arrival, or from the failure where it
-    /// arrived before (a backlog read at start-up, hand-offs written during an outage,
-    /// whose arrival lies in the past).
-    fn skip_at(next: &Item, since: Instant, hold_max: Duration) -> Instant {
-        next.arrived.max(since) + hold_max
+    /// When `q`'s second transaction has waited `hold_max` behind its oldest, which
+    /// waits for a retry since `since` (or its first attempt, if earlier: a reload hands
+    /// the attempts on, not this lane's note): from its arrival, or from that failure
+    /// where it arrived before (a backlog read at start-up, hand-offs written during an
+    /// outage, whose arrival lies in the past).
+    fn skip_at(q: &VecDeque<Item>, since: Instant, hold_max: Duration) -> Option<Instant> {
+        let next = q.get(1)?;
+        let first_attempt = q
+            .front()
+            .and_then(|f| f.attempts.first())
+            .map(|a| super::queued::arrived_at(SystemTime::UNIX_EPOCH + Duration::from_secs(a.at)));
+        let since = first_attempt.map_or(since, |f| f.min(since));
+        Some(next.arrived.max(since) + hold_max)
     }
 
     /// Removes, from each user whose oldest transaction waits for a retry while a later
@@ -258,9 +265,7 @@ impl Held {
                 self.retrying.remove(&user);
                 continue;
             };
-            if q.get(1)
-                .is_some_and(|next| Self::skip_at(next, since, hold_max) <= now)
-            {
+            if Self::skip_at(q, since, hold_max).is_some_and(|at| at <= now) {
                 if let Some(item) = q.pop_front() {
                     out.push(item);
                     self.count -= 1;
@@ -280,10 +285,7 @@ impl Held {
         self.retrying
             .iter()
             .filter(|(u, _)| !self.in_flight.contains(*u))
-            .filter_map(|(u, since)| {
-                let next = self.users.get(u).and_then(|q| q.get(1))?;
-                Some(Self::skip_at(next, *since, hold_max))
-            })
+            .filter_map(|(u, since)| Self::skip_at(self.users.get(u)?, *since, hold_max))
             .min()
     }
 
@@ -496,7 +498,7 @@ mod tests {
         let (_, a1) = h.next_due(Instant::now(), |_| true).unwrap();
         assert_eq!(a1.id, "a1");
         h.front_mut("a").unwrap().attempts.push(Attempt {
-            at: 0,
+            at: crate::spool::now(),
             error: "timeout".into(),
         });
         let failed = Instant::now();
@@ -504,7 +506,12 @@ mod tests {
         h.requeue("a".into());
         assert!(h.skip_ahead(failed, hold).is_empty(), "not at once");
         let at = h.next_skip(hold).unwrap();
-        assert!(at >= failed + hold, "{:?}", at - failed);
+        // (The attempt's time is in whole seconds.)
+        assert!(
+            at + Duration::from_secs(1) >= failed + hold,
+            "{:?}",
+            at - failed
+        );
         let skipped: Vec<String> = h
             .skip_ahead(at, hold)
             .into_iter()

@@ -92,10 +92,13 @@ pub struct SqliteSpool {
     set_aside_tally: Tally,
 }
 
-/// The index of owed pairs a replay marked (see [`SqliteSpool::owed`]): only those are in
-/// it, so ingest's inserts and deletes of unmarked pairs never touch it.
-const MARKED_INDEX: &str =
-    "CREATE INDEX IF NOT EXISTS owed_marked ON owed (replayed) WHERE replayed != 0;";
+/// Indexes outside the schema's version (a mailpush without them keeps them up to date
+/// all the same): the owed pairs a replay marked (see [`SqliteSpool::owed`]; only those
+/// are in it, so ingest's inserts and deletes of unmarked pairs never touch it), and the
+/// dead letters by age (`dead_letter_max_age`, looked at every minute).
+const EXTRA_INDEXES: &str =
+    "CREATE INDEX IF NOT EXISTS owed_marked ON owed (replayed) WHERE replayed != 0;
+CREATE INDEX IF NOT EXISTS dead_at ON dead (at);";
 
 /// The spool's schema ([`crate::schema`]); WAL mode is set on open.
 const SCHEMA: Schema = Schema {
@@ -154,10 +157,9 @@ impl SqliteSpool {
             .apply(&mut writer_conn)
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
         // The pairs a replay marked, found without reading every owed pair (the daemon
-        // asks every second). Not part of the schema's version: a mailpush without it
-        // keeps it up to date all the same.
+        // asks every second); old dead letters, without reading every one.
         writer_conn
-            .execute_batch(MARKED_INDEX)
+            .execute_batch(EXTRA_INDEXES)
             .map_err(|e| SpoolError::Storage(format!("{}: {e}", path.display())))?;
         let used: u64 = writer_conn
             .query_row("SELECT COALESCE(SUM(size), 0) FROM txns", [], |r| {
@@ -310,30 +312,60 @@ impl SqliteSpool {
         Ok(pending)
     }
 
-    /// Deletes the dead letters `clause` picks, and the transactions nothing holds any
-    /// more; how many dead letters. One transaction: what is freed is exactly what is
-    /// deleted, whatever the writer commits meanwhile.
-    fn delete_dead(&self, clause: &str, args: impl rusqlite::Params) -> Result<usize, SpoolError> {
+    /// Deletes the dead letters `clause` picks, and their transactions where nothing else
+    /// holds them (`sweep`: any transaction nothing holds, a full scan); how many dead
+    /// letters. One transaction: what is freed is exactly what is deleted, whatever the
+    /// writer commits meanwhile.
+    fn delete_dead(
+        &self,
+        clause: &str,
+        args: impl rusqlite::Params,
+        sweep: bool,
+    ) -> Result<usize, SpoolError> {
         let mut conn = self.reader.lock();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(storage)?;
-        let n = tx
-            .execute(&format!("DELETE FROM dead WHERE {clause}"), args)
-            .map_err(storage)?;
-        let freed: i64 = tx
-            .prepare(
-                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
-            )
+        let seqs: Vec<i64> = tx
+            .prepare(&format!("DELETE FROM dead WHERE {clause} RETURNING seq"))
             .map_err(storage)?
-            .query_map([], |r| r.get::<_, i64>(0))
+            .query_map(args, |r| r.get::<_, i64>(0))
             .map_err(storage)?
-            .sum::<Result<i64, _>>()
+            .collect::<Result<_, _>>()
             .map_err(storage)?;
+        let mut freed: i64 = 0;
+        if sweep {
+            freed = tx
+                .prepare(
+                    "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
+                )
+                .map_err(storage)?
+                .query_map([], |r| r.get::<_, i64>(0))
+                .map_err(storage)?
+                .sum::<Result<i64, _>>()
+                .map_err(storage)?;
+        } else {
+            let mut gc = tx
+                .prepare_cached(
+                    "DELETE FROM txns WHERE seq = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM owed WHERE owed.seq = txns.seq) \
+                     AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.seq = txns.seq) RETURNING size",
+                )
+                .map_err(storage)?;
+            for seq in &seqs {
+                if let Some(size) = gc
+                    .query_row(params![seq], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(storage)?
+                {
+                    freed += size;
+                }
+            }
+        }
         tx.commit().map_err(storage)?;
         self.used
             .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
-        Ok(n)
+        Ok(seqs.len())
     }
 
     /// The dead letters `clause` (over `dead d`, with `?1`) picks, in id order.
@@ -807,14 +839,17 @@ impl Spool for SqliteSpool {
     }
 
     fn purge(&self, id: Option<i64>, driver: Option<u32>) -> Result<usize, SpoolError> {
+        // An operator's command: also any transaction nothing holds any more.
         self.delete_dead(
             "(?1 IS NULL OR id = ?1) AND (?2 IS NULL OR driver = ?2)",
             params![id, driver],
+            true,
         )
     }
 
     fn expire_dead_letters(&self, before: u64) -> Result<usize, SpoolError> {
-        self.delete_dead("at < ?1", params![before as i64])
+        // Every minute: only the transactions of the letters deleted.
+        self.delete_dead("at < ?1", params![before as i64], false)
     }
 }
 
@@ -1104,8 +1139,6 @@ mod tests {
         s.append(&[txn("c", "u")], &[1]).unwrap();
     }
 
-    /// `mailpush dlq purge` frees space through a spool of its own, next to a running
-    /// instance's: the instance sees it before refusing a write.
     /// A flush is a barrier even when the spool is over its quota (a smaller quota
     /// than what it holds): it was refused as "full" at once, without waiting for the
     /// progress records written before it.
@@ -1130,6 +1163,8 @@ mod tests {
         ));
     }
 
+    /// `mailpush dlq purge` frees space through a spool of its own, next to a running
+    /// instance's: the instance sees it before refusing a write.
     #[test]
     fn space_freed_by_another_process_is_seen_before_refusing() {
         let dir = tempfile::tempdir().unwrap();
