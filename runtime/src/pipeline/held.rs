@@ -19,6 +19,9 @@ pub struct Item {
     /// Not to be started before this (a retry or a deferral).
     pub not_before: Option<Instant>,
     pub arrived: Instant,
+    /// When it first failed ([`Held::retrying`]; for one a reload handed on, its first
+    /// attempt's time): what waits behind it waits from then at the earliest.
+    pub first_failed: Option<Instant>,
 }
 
 /// Whose share of the room a transaction counts against ([`Held::counting_by`]).
@@ -38,8 +41,8 @@ pub struct Held {
     /// No transaction held is too old before this.
     next_expiry: Option<Instant>,
     /// Users whose oldest transaction failed and waits for a retry (it may be skipped:
-    /// [`Held::skip_ahead`]), and since when.
-    retrying: HashMap<String, Instant>,
+    /// [`Held::skip_ahead`]).
+    retrying: HashSet<String>,
     /// How many transactions are held per key of [`Held::counting_by`] (none without).
     per_key: HashMap<String, usize>,
     key_of: Option<KeyOf>,
@@ -109,6 +112,9 @@ impl Held {
         let user = txn.user.clone();
         self.push_at(txn, arrived);
         if let Some(item) = self.users.get_mut(&user).and_then(|q| q.back_mut()) {
+            item.first_failed = attempts.first().map(|a| {
+                super::queued::arrived_at(SystemTime::UNIX_EPOCH + Duration::from_secs(a.at))
+            });
             item.attempts = attempts;
         }
     }
@@ -134,6 +140,7 @@ impl Held {
             attempts: Vec::new(),
             not_before: None,
             arrived,
+            first_failed: None,
         });
         self.count += 1;
     }
@@ -230,24 +237,23 @@ impl Held {
 
     /// Notes that the oldest transaction of `user` failed and waits for a retry.
     pub fn retrying(&mut self, user: &str) {
-        self.retrying
-            .entry(user.to_string())
-            .or_insert_with(Instant::now);
+        self.retrying.insert(user.to_string());
+        if let Some(oldest) = self.users.get_mut(user).and_then(|q| q.front_mut()) {
+            oldest.first_failed.get_or_insert_with(Instant::now);
+        }
     }
 
     /// When `q`'s second transaction has waited `hold_max` behind its oldest, which
-    /// waits for a retry since `since` (or its first attempt, if earlier: a reload hands
-    /// the attempts on, not this lane's note): from its arrival, or from that failure
-    /// where it arrived before (a backlog read at start-up, hand-offs written during an
+    /// waits for a retry: from its arrival, or from the oldest's first failure where it
+    /// arrived before that (a backlog read at start-up, hand-offs written during an
     /// outage, whose arrival lies in the past).
-    fn skip_at(q: &VecDeque<Item>, since: Instant, hold_max: Duration) -> Option<Instant> {
+    fn skip_at(q: &VecDeque<Item>, hold_max: Duration) -> Option<Instant> {
         let next = q.get(1)?;
-        let first_attempt = q
-            .front()
-            .and_then(|f| f.attempts.first())
-            .map(|a| super::queued::arrived_at(SystemTime::UNIX_EPOCH + Duration::from_secs(a.at)));
-        let since = first_attempt.map_or(since, |f| f.min(since));
-        Some(next.arrived.max(since) + hold_max)
+        let waits_from = match q.front().and_then(|f| f.first_failed) {
+            Some(failed) => next.arrived.max(failed),
+            None => next.arrived,
+        };
+        Some(waits_from + hold_max)
     }
 
     /// Removes, from each user whose oldest transaction waits for a retry while a later
@@ -255,9 +261,8 @@ impl Held {
     /// due). A transaction being delivered is never skipped.
     pub fn skip_ahead(&mut self, now: Instant, hold_max: Duration) -> Vec<Item> {
         let mut out = Vec::new();
-        let users: Vec<(String, Instant)> =
-            self.retrying.iter().map(|(u, t)| (u.clone(), *t)).collect();
-        for (user, since) in users {
+        let users: Vec<String> = self.retrying.iter().cloned().collect();
+        for user in users {
             if self.in_flight.contains(&user) {
                 continue;
             }
@@ -265,7 +270,7 @@ impl Held {
                 self.retrying.remove(&user);
                 continue;
             };
-            if Self::skip_at(q, since, hold_max).is_some_and(|at| at <= now) {
+            if Self::skip_at(q, hold_max).is_some_and(|at| at <= now) {
                 if let Some(item) = q.pop_front() {
                     out.push(item);
                     self.count -= 1;
@@ -284,8 +289,8 @@ impl Held {
     pub fn next_skip(&self, hold_max: Duration) -> Option<Instant> {
         self.retrying
             .iter()
-            .filter(|(u, _)| !self.in_flight.contains(*u))
-            .filter_map(|(u, since)| Self::skip_at(self.users.get(u)?, *since, hold_max))
+            .filter(|u| !self.in_flight.contains(*u))
+            .filter_map(|u| Self::skip_at(self.users.get(u)?, hold_max))
             .min()
     }
 
@@ -345,7 +350,7 @@ impl Held {
         self.ring
             .retain(|u| users.get(u).is_some_and(|q| !q.is_empty()));
         // A user whose oldest was dropped is not waiting for a retry any more.
-        self.retrying.retain(|u, _| {
+        self.retrying.retain(|u| {
             users
                 .get(u)
                 .and_then(|q| q.front())
@@ -506,18 +511,40 @@ mod tests {
         h.requeue("a".into());
         assert!(h.skip_ahead(failed, hold).is_empty(), "not at once");
         let at = h.next_skip(hold).unwrap();
-        // (The attempt's time is in whole seconds.)
-        assert!(
-            at + Duration::from_secs(1) >= failed + hold,
-            "{:?}",
-            at - failed
-        );
+        assert!(at >= failed + hold, "{:?}", at - failed);
         let skipped: Vec<String> = h
             .skip_ahead(at, hold)
             .into_iter()
             .map(|i| i.txn.id.clone())
             .collect();
         assert_eq!(skipped, ["a1"]);
+    }
+
+    /// After a reload the first failure's time comes from the attempts handed on: the
+    /// later transaction's wait goes on from then, not from the new lane's first note.
+    #[test]
+    fn hold_max_goes_on_across_a_reload() {
+        let mut h = Held::default();
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let attempts = vec![Attempt {
+            at: crate::spool::now() - 100,
+            error: "timeout".into(),
+        }];
+        h.push_carried(
+            txn("a", "a1"),
+            attempts,
+            super::super::queued::arrived_at(hour_ago),
+        );
+        h.push_stored(txn("a", "a2"), hour_ago);
+        let now = Instant::now();
+        h.retrying("a");
+        let hold = Duration::from_secs(300);
+        let at = h.next_skip(hold).unwrap();
+        // 300 s from the failure 100 s ago (whole seconds): about 200 s from now.
+        assert!(at > now + Duration::from_secs(195), "{:?}", at - now);
+        assert!(at < now + Duration::from_secs(205), "{:?}", at - now);
+        assert!(h.skip_ahead(now, hold).is_empty());
+        assert_eq!(h.skip_ahead(at, hold).len(), 1);
     }
 
     /// A user's oldest transaction waiting for a retry is skipped once a later one has
