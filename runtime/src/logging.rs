@@ -29,6 +29,12 @@ impl Tally {
         }
     }
 
+    /// One more of something logged at most once per [`Tally::EVERY`]: calls `report`
+    /// when it is time, with how many went unlogged since the last report.
+    pub fn report(&self, report: impl FnOnce(u64)) {
+        self.add(1, |n| report(n - 1));
+    }
+
     /// What was not reported yet (at the end), counted as reported.
     pub fn take_rest(&self) -> u64 {
         std::mem::take(&mut self.0.lock().0)

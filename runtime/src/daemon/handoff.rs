@@ -35,6 +35,7 @@ use mailpush_core::Transaction;
 use tokio::sync::watch;
 
 use super::Daemon;
+use crate::logging::Tally;
 use crate::pipeline::{Backpressure, Refused};
 use crate::spool::SpoolError;
 
@@ -59,9 +60,6 @@ const UNREADABLE_RETRY: Duration = Duration::from_secs(60);
 
 /// The most unreadable files remembered to pass over.
 const UNREADABLE_KEPT: usize = 100_000;
-
-/// How often, at most, the same kind of problem is logged.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How often an idle directory whose modification time has not changed is listed all
 /// the same (files passed over for a while are tried again).
@@ -549,31 +547,6 @@ fn read_published(path: &Path, owners: &Owners, max_size: u64) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-/// Logs at most once per [`REPORT_EVERY`], counting what it did not log.
-struct Reporter {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Reporter {
-    fn new() -> Self {
-        Reporter {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    fn report(&mut self, f: impl FnOnce(u64)) {
-        if self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
-            f(self.suppressed);
-            self.last = Some(Instant::now());
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 /// How much the hand-off reads: the largest file, and the bytes of one batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -623,11 +596,12 @@ pub async fn consume(
     mut stop: watch::Receiver<bool>,
 ) {
     let max_size = limits.max_file;
-    let (mut problems, mut refusals, mut set_aside, mut kept_reports) = (
-        Reporter::new(),
-        Reporter::new(),
-        Reporter::new(),
-        Reporter::new(),
+    // Each problem logged at most once per 10 s, with how many went unlogged.
+    let (problems, refusals, set_aside, kept_reports) = (
+        Tally::default(),
+        Tally::default(),
+        Tally::default(),
+        Tally::default(),
     );
     let mut complained: HashSet<String> = HashSet::new();
     // Files that could not be read, until when they are passed over.

@@ -378,24 +378,23 @@ pub async fn serve(
         tracing::info!("reading hand-offs from {}", dir.display());
         // The most the spool holds, where a bound applies: the SQLite spool's quota, or
         // in cluster mode NATS's max_payload (the most one transaction may take).
-        let (limits, bound, what) = match max_payload {
+        let (limits, what) = match max_payload {
             Some(m) => (
                 handoff::Limits::new(config.settings.max_body, None).bounded_by(m),
-                Some(m),
                 "NATS max_payload",
             ),
-            None => {
-                let quota = spool.is_some().then_some(config.settings.spool_quota);
-                (
-                    handoff::Limits::new(config.settings.max_body, quota),
-                    quota,
-                    "spool_quota",
-                )
-            }
+            None => (
+                handoff::Limits::new(
+                    config.settings.max_body,
+                    spool.is_some().then_some(config.settings.spool_quota),
+                ),
+                "spool_quota",
+            ),
         };
-        if let Some(bound) = bound.filter(|b| *b < config.settings.max_body as u64) {
+        if limits.max_file < config.settings.max_body as u64 {
             tracing::warn!(
-                "{what} ({bound} bytes) is less than max_body ({} bytes): hand-off files larger than {what} are set aside, as the spool could never hold them",
+                "{what} ({} bytes) is less than max_body ({} bytes): hand-off files larger than {what} are set aside, as the spool could never hold them",
+                limits.max_file,
                 config.settings.max_body
             );
         }

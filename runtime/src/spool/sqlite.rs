@@ -32,6 +32,30 @@ fn decode(json: &str) -> Result<Transaction, String> {
     })
 }
 
+/// Deletes the transactions `keys` name (by `column`: `id` or `seq`) that nothing holds
+/// any more (no driver owes them, no dead letter keeps them); the bytes freed.
+fn delete_unheld<K: rusqlite::ToSql>(
+    conn: &Connection,
+    column: &str,
+    keys: impl IntoIterator<Item = K>,
+) -> rusqlite::Result<i64> {
+    let mut gc = conn.prepare_cached(&format!(
+        "DELETE FROM txns WHERE {column} = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM owed WHERE owed.seq = txns.seq) \
+         AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.seq = txns.seq) RETURNING size"
+    ))?;
+    let mut freed = 0;
+    for key in keys {
+        if let Some(size) = gc
+            .query_row(params![key], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            freed += size;
+        }
+    }
+    Ok(freed)
+}
+
 /// Rows whose JSON cannot be read ([`decode`]): position and why.
 type Unreadable = Vec<(i64, String)>;
 
@@ -333,35 +357,18 @@ impl SqliteSpool {
             .map_err(storage)?
             .collect::<Result<_, _>>()
             .map_err(storage)?;
-        let mut freed: i64 = 0;
-        if sweep {
-            freed = tx
-                .prepare(
-                    "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
-                )
-                .map_err(storage)?
-                .query_map([], |r| r.get::<_, i64>(0))
-                .map_err(storage)?
-                .sum::<Result<i64, _>>()
-                .map_err(storage)?;
+        let freed: i64 = if sweep {
+            tx.prepare(
+                "DELETE FROM txns WHERE seq NOT IN (SELECT seq FROM owed) AND seq NOT IN (SELECT seq FROM dead) RETURNING size",
+            )
+            .map_err(storage)?
+            .query_map([], |r| r.get::<_, i64>(0))
+            .map_err(storage)?
+            .sum::<Result<i64, _>>()
+            .map_err(storage)?
         } else {
-            let mut gc = tx
-                .prepare_cached(
-                    "DELETE FROM txns WHERE seq = ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM owed WHERE owed.seq = txns.seq) \
-                     AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.seq = txns.seq) RETURNING size",
-                )
-                .map_err(storage)?;
-            for seq in &seqs {
-                if let Some(size) = gc
-                    .query_row(params![seq], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map_err(storage)?
-                {
-                    freed += size;
-                }
-            }
-        }
+            delete_unheld(&tx, "seq", &seqs).map_err(storage)?
+        };
         tx.commit().map_err(storage)?;
         self.used
             .fetch_sub((freed as u64).min(self.used()), Ordering::Relaxed);
@@ -415,7 +422,7 @@ impl SqliteSpool {
 
     /// The rows as transactions and the drivers owed each; and the rows that cannot be
     /// read ([`set_aside`]), each once, with why.
-    fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> (Vec<Pending>, Vec<(i64, String)>) {
+    fn rows_to_pending(rows: Vec<(i64, String, u32)>) -> (Vec<Pending>, Unreadable) {
         let mut out: Vec<Pending> = Vec::new();
         let mut unreadable = Vec::new();
         let mut last_seq = None;
@@ -533,22 +540,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
                 }
             }
             // Touched transactions nobody owes anything any more, and not dead-lettered: gone.
-            let mut freed: i64 = 0;
-            {
-                let mut gc = tx.prepare_cached(
-                    "DELETE FROM txns WHERE id = ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM owed WHERE owed.seq = txns.seq) \
-                     AND NOT EXISTS (SELECT 1 FROM dead WHERE dead.seq = txns.seq) RETURNING size",
-                )?;
-                for id in touched {
-                    if let Some(size) = gc
-                        .query_row(params![id], |r| r.get::<_, i64>(0))
-                        .optional()?
-                    {
-                        freed += size;
-                    }
-                }
-            }
+            let freed = delete_unheld(&tx, "id", touched)?;
             tx.commit()?;
             used.fetch_sub(
                 (freed as u64).min(used.load(Ordering::Relaxed)),
