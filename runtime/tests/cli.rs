@@ -748,6 +748,57 @@ fn check_writes_nothing_to_a_dlog_file() {
     assert!(!ok && all.contains("cannot open"), "{all}");
 }
 
+/// `check` shows the `mailpush { }` settings the config sets, with their lines and as
+/// they take effect (a size in its unit, credentials masked); `--settings` lists every
+/// one, defaults marked, like `doveconf`.
+#[test]
+fn check_shows_the_settings_as_they_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        "mailpush {\n state_dir = state\n spool_quota = 524288K\n dead_letter_max_age = 0\n}\nplugin {\n push_notification_driver = dlog\n}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = output(&["check"], &conf);
+    assert!(ok, "{stdout}{stderr}");
+    let line = |out: &str, key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .to_string()
+    };
+    let quota = line(&stdout, "spool_quota");
+    assert!(
+        quota.contains("= 512M") && quota.contains("mailpush.conf:3"),
+        "{quota}"
+    );
+    assert!(
+        line(&stdout, "dead_letter_max_age").contains("= 0 "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("more at their defaults"), "{stdout}");
+    assert!(
+        !stdout.contains("queue_capacity"),
+        "defaults only with --settings: {stdout}"
+    );
+
+    let (ok, stdout, stderr) = output(&["check", "--settings"], &conf);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        line(&stdout, "queue_capacity").contains("= 1024  (default)"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, "spool_quota").contains("mailpush.conf:3"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("cluster_lease"),
+        "cluster keys only in cluster mode: {stdout}"
+    );
+}
+
 /// In a Dovecot 2.4 block every argument has a line of its own: a driver's error about
 /// one points at that line and quotes it (password hidden), not the block's first line.
 #[test]

@@ -124,6 +124,36 @@ pub fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
+/// Publishes `payload` on `subject` over the plain NATS protocol (what any client, not
+/// only mailpush, may put on a stream's subjects), to the server at `port` without
+/// credentials; returns once the server answered the PING after it.
+pub fn publish_raw(port: u16, subject: &str, payload: &[u8]) -> io::Result<()> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n",
+        payload.len()
+    )?;
+    stream.write_all(payload)?;
+    stream.write_all(b"\r\nPING\r\n")?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    if text.contains("-ERR") || !text.contains("PONG") {
+        return Err(io::Error::other(format!("NATS answered: {text}")));
+    }
+    Ok(())
+}
+
 /// `n` distinct ports that were free on 127.0.0.1 a moment ago (all held until every
 /// one is picked, so they differ).
 fn free_ports(n: usize) -> Vec<u16> {

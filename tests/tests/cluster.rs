@@ -804,3 +804,76 @@ async fn a_transaction_larger_than_max_payload_is_refused_not_retried() {
     let log = node.wait_for_log("set aside", Duration::from_secs(10));
     assert!(log.contains("NATS max_payload"), "{log}");
 }
+
+/// A message on the transaction stream this node cannot read (here a transaction with a
+/// field a later mailpush might add, as during a rolling upgrade; then bytes that are
+/// not JSON at all) was acknowledged and skipped: lost. Now it is a dead letter of the
+/// driver, listed by its id and user with why; the user's next transaction is delivered;
+/// a replay publishes it again as it came (so a node that can read it would deliver it),
+/// and here it is a dead letter again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_this_node_cannot_read_is_a_dead_letter_not_lost() {
+    if !nats_or_skip() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let server = RecordingServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = node_config(dir.path(), "solo", &nats.url(), &[server.url("/h")], "");
+    let node = RunningDaemon::start(&conf);
+    let user = "later@example.com";
+    let subject = format!("mailpush.txn.{}", mailpush::cluster::partition_of(user, 32));
+    let later = format!(
+        "{{\"id\":\"later-1\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"M\"}}],\"priority\":\"high\"}}"
+    );
+    mailpush_e2e::nats::publish_raw(nats.port(), &subject, later.as_bytes()).unwrap();
+    mailpush_e2e::nats::publish_raw(nats.port(), &subject, b"\xff not json").unwrap();
+    post(node.addr, &txn_line(user, "after-1")).await;
+    let mut sent = BTreeMap::new();
+    sent.insert(user.to_string(), vec!["after-1".to_string()]);
+    all_delivered(
+        &server,
+        &sent,
+        Duration::from_secs(60),
+        "after the unreadable",
+    )
+    .await;
+    assert_eq!(server.requests().len(), 1, "only the readable one was sent");
+
+    let conf_arg = conf.to_str().unwrap();
+    let listed = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+            assert!(ok, "{out}");
+            if count(&out, "cannot read this message") >= want {
+                break out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{out}\n{}",
+                node.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let out = listed(2);
+    assert!(out.contains("later-1") && out.contains(user), "{out}");
+    assert!(
+        out.contains("unknown field") || out.contains("priority"),
+        "{out}"
+    );
+    assert!(out.contains("not UTF-8"), "{out}");
+    node.wait_for_log(
+        "is now a dead letter of the driver",
+        Duration::from_secs(10),
+    );
+
+    // Replayed, it goes out as it came (its unknown field too): a dead letter again,
+    // not a transaction without events delivered.
+    let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
+    assert!(ok && out.starts_with("2 dead letter(s)"), "{out}");
+    let out = listed(2);
+    assert!(out.contains("later-1"), "{out}");
+    assert_eq!(server.requests().len(), 1, "nothing unreadable was sent");
+}

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning, Location};
 pub use numbering::{ArgLine, DovecotSyntax, DriverSetting};
-pub use settings::{ClusterSettings, ConnectionLimits, RuntimeSettings};
+pub use settings::{ClusterSettings, ConnectionLimits, EffectiveSetting, RuntimeSettings};
 
 /// A config that does not load: its errors, with the warnings and the driver settings
 /// found despite them ([`Config::load_for_check`]).

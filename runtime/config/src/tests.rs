@@ -1246,6 +1246,54 @@ fn dead_letter_max_age_is_a_duration_or_0() {
     assert_eq!(default_of("dead_letter_max_age"), "30d");
 }
 
+/// What `check` prints: every key with the value it takes. With nothing set, each is
+/// its documented default (the table README.md and `check` show), from nowhere; the
+/// `cluster_*` keys only in cluster mode.
+#[test]
+fn effective_settings_are_the_documented_defaults_unless_set() {
+    let c = parse("");
+    let shown = c.settings.effective();
+    let keys: Vec<&str> = shown.iter().map(|e| e.key).collect();
+    let documented: Vec<&str> = SETTINGS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .filter(|k| !k.starts_with("cluster_"))
+        .collect();
+    assert_eq!(keys, documented);
+    for e in &shown {
+        let default = SETTINGS.iter().find(|(k, _, _)| *k == e.key).unwrap().1;
+        assert_eq!(e.value, default, "{}", e.key);
+        assert_eq!(e.at, None, "{}", e.key);
+    }
+
+    let c = parse(
+        "mailpush {\n\
+         \x20 spool_quota = 512M\n\
+         \x20 dead_letter_max_age = 0\n\
+         \x20 cluster = nats://u:secret@127.0.0.1:4222\n\
+         \x20 cluster_lease_msecs = 9000\n\
+         \x20 max_body = 1536K\n\
+         }\n",
+    );
+    let shown = c.settings.effective();
+    let of = |key: &str| shown.iter().find(|e| e.key == key).unwrap().clone();
+    assert_eq!(of("spool_quota").value, "512M");
+    assert_eq!(of("spool_quota").at.unwrap().line, 2);
+    assert_eq!(of("dead_letter_max_age").value, "0");
+    assert_eq!(of("max_body").value, "1536K");
+    assert_eq!(of("cluster_lease_msecs").value, "9000");
+    assert_eq!(of("cluster_lease_msecs").at.unwrap().line, 5);
+    assert_eq!(of("cluster_partitions").value, "32");
+    assert_eq!(of("cluster_partitions").at, None);
+    let cluster = of("cluster").value;
+    assert!(
+        !cluster.contains("secret") && cluster.contains("127.0.0.1:4222"),
+        "{cluster}"
+    );
+    assert_eq!(shown.len(), SETTINGS.len(), "every key in cluster mode");
+    assert!(shown.iter().all(|e| e.value != "?"), "{shown:?}");
+}
+
 #[test]
 fn relative_state_dir_resolves_against_the_config_dir() {
     let c = parse("mailpush {\n  state_dir = state\n}\n");

@@ -68,6 +68,38 @@ pub fn parse_size(v: &str) -> Option<u64> {
         .map(|b| b.as_u64())
 }
 
+/// Writes a size the way [`parse_size`] reads it back, in the largest binary unit that
+/// divides it (`10M`, `1G`, `1536K`, `7`).
+pub fn format_size(n: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// Writes a duration the way [`parse_duration`] reads it back, in the largest unit that
+/// divides it (`30d`, `2m`, `1500ms`; `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (per, unit) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ] {
+        if ms != 0 && ms.is_multiple_of(per) {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    if ms == 0 {
+        "0s".into()
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +147,29 @@ mod tests {
         for bad in ["", "lots", "M", "1G5", "-1M", "10Q"] {
             assert_eq!(parse_size(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn sizes_and_durations_are_written_as_they_are_read() {
+        for n in [
+            0,
+            7,
+            1 << 10,
+            1536 << 10,
+            10 << 20,
+            1 << 30,
+            3 << 40,
+            1_000_000,
+        ] {
+            assert_eq!(parse_size(&format_size(n)), Some(n), "{n}");
+        }
+        assert_eq!(format_size(10 << 20), "10M");
+        assert_eq!(format_size(1536 << 10), "1536K");
+        for ms in [0, 250, 1_500, 120_000, 5_400_000, 30 * 86_400_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(d)), Some(d), "{ms}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(format_duration(Duration::from_millis(1_500)), "1500ms");
     }
 }

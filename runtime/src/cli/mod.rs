@@ -71,7 +71,7 @@ pub enum Command {
     /// Compiles wasm drivers into the AOT cache (state_dir/wasm-cache), so `mailpush run`
     /// starts without compiling them: run it before deploying a new driver.
     #[command(
-        after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  # also delete compiled artifacts no driver of this config uses:\n  mailpush check --prune-cache"
+        after_help = "Examples:\n  mailpush check -c /etc/mailpush/mailpush.conf\n  # every setting as it takes effect, defaults too:\n  mailpush check --settings\n  # also delete compiled artifacts no driver of this config uses:\n  mailpush check --prune-cache"
     )]
     Check {
         /// After a successful check, delete the compiled artifacts in the AOT cache that
@@ -80,6 +80,10 @@ pub enum Command {
         /// has; kept if a tenant handler failed to load).
         #[arg(long)]
         prune_cache: bool,
+        /// Print every `mailpush { }` setting with the value it takes and where it was
+        /// set, or `(default)` (like `doveconf`); without it, only those the config sets.
+        #[arg(long)]
+        settings: bool,
     },
     /// Read canonical transactions (NDJSON, or JSON objects one after another) and
     /// dispatch them through every driver in-process; print per-driver counts.
@@ -397,7 +401,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Check { prune_cache } => run_check(&cli.global, *prune_cache).await,
+            Command::Check {
+                prune_cache,
+                settings,
+            } => run_check(&cli.global, *prune_cache, *settings).await,
             Command::Send(args) => run_send(&cli.global, args).await,
             Command::Run => {
                 let registry: crate::daemon::RegistryFn = Arc::new(DriverRegistry::default);
@@ -501,13 +508,17 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn run_check(global: &GlobalArgs, prune_cache: bool) -> anyhow::Result<ExitCode> {
+async fn run_check(
+    global: &GlobalArgs,
+    prune_cache: bool,
+    all_settings: bool,
+) -> anyhow::Result<ExitCode> {
     let mut registry = DriverRegistry::default();
     registry.only_check(true);
     let report = check(&global.config, &registry)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    print::check(&global.config, &report);
+    print::check(&global.config, &report, all_settings);
     if prune_cache {
         match crate::commands::check::prune_cache(&report) {
             Some((dir, deleted, freed)) => println!(

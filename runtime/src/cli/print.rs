@@ -7,8 +7,9 @@ use crate::commands::send::SendReport;
 use crate::spool::DeadLetter;
 use crate::status::Status;
 
-/// `mailpush check`: the driver table and warnings on stdout, errors on stderr.
-pub fn check(path: &Path, report: &CheckReport) {
+/// `mailpush check`: the settings set in the config (`all_settings`: every one, like
+/// `doveconf`), the driver table and warnings on stdout, errors on stderr.
+pub fn check(path: &Path, report: &CheckReport, all_settings: bool) {
     match report {
         CheckReport::Invalid { errors, warnings } => {
             eprintln!("{}: configuration is invalid:", path.display());
@@ -28,6 +29,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             state_dir,
             listen,
             cluster,
+            settings,
             drivers,
             warnings,
             errors,
@@ -41,6 +43,7 @@ pub fn check(path: &Path, report: &CheckReport) {
             if let Some(c) = cluster {
                 println!("cluster: {c}");
             }
+            print_settings(settings, all_settings);
             println!();
             if !drivers.is_empty() {
                 println!("{:<4} {:<12} {:<7} ARGS", "#", "NAME", "KIND");
@@ -102,6 +105,36 @@ pub fn check(path: &Path, report: &CheckReport) {
                 );
             }
         }
+    }
+}
+
+/// The `mailpush { }` settings as they take effect: those the config sets, with where;
+/// with `all`, every key (the others marked as defaults).
+fn print_settings(settings: &[mailpush_config::EffectiveSetting], all: bool) {
+    let shown: Vec<_> = settings.iter().filter(|s| all || s.at.is_some()).collect();
+    let defaults = settings.len() - settings.iter().filter(|s| s.at.is_some()).count();
+    if shown.is_empty() && !all {
+        println!("settings: all at their defaults (`mailpush check --settings` lists them)");
+        return;
+    }
+    println!();
+    println!(
+        "{}",
+        if all {
+            "settings (mailpush { } block, as they take effect):"
+        } else {
+            "settings the config sets (mailpush { } block):"
+        }
+    );
+    let width = shown.iter().map(|s| s.key.len()).max().unwrap_or(0);
+    for s in &shown {
+        let at =
+            s.at.as_ref()
+                .map_or_else(|| "(default)".to_string(), |l| format!("({l})"));
+        println!("  {:<width$} = {}  {at}", s.key, s.value);
+    }
+    if !all && defaults > 0 {
+        println!("  ({defaults} more at their defaults: `mailpush check --settings` lists them)");
     }
 }
 

@@ -34,12 +34,6 @@ pub async fn record(
     driver: u32,
     attempts: &[Attempt],
 ) {
-    let mut record = Record {
-        driver,
-        at: now(),
-        attempts: attempts.to_vec(),
-        txn: txn.to_json(),
-    };
     // One id per recording (its retries below are stored once), never the same for two:
     // a transaction replayed and dead-lettered again within the de-duplication window
     // must be stored again, not taken for a duplicate and lost.
@@ -48,6 +42,50 @@ pub async fn record(
         .unwrap_or_default()
         .as_nanos();
     let id = format!("dlq/{driver}/{}/{}/{unique}", txn.id, attempts.len());
+    let record = Record {
+        driver,
+        at: now(),
+        attempts: attempts.to_vec(),
+        txn: txn.to_json(),
+    };
+    store(js, names, record, &id, &txn.id).await;
+}
+
+/// Records a message of the transaction stream this mailpush cannot read as a dead
+/// letter of `driver` (a transaction from a later mailpush with a field this one does
+/// not know, during a rolling upgrade; or one nothing of mailpush published), kept as it
+/// came (text that is not UTF-8 with replacement characters), with `why` as its attempt:
+/// `mailpush dlq list` shows it, and a replay publishes it again as it is (a mailpush
+/// that can read it delivers it; this one makes it a dead letter again). Retries until
+/// JetStream stored it, like [`record`]; the message's stream sequence `seq` is its id
+/// there, so a message read again before its acknowledgement is stored once.
+pub async fn record_unreadable(
+    js: &Context,
+    names: &Names,
+    driver: u32,
+    seq: u64,
+    payload: &[u8],
+    why: &str,
+) {
+    let record = Record {
+        driver,
+        at: now(),
+        attempts: vec![Attempt {
+            at: now(),
+            error: format!(
+                "this mailpush cannot read this message of the transaction stream: {why}"
+            ),
+        }],
+        txn: String::from_utf8_lossy(payload).into_owned(),
+    };
+    let id = format!("dlq/{driver}/unreadable/{seq}");
+    store(js, names, record, &id, &format!("stream message {seq}")).await;
+}
+
+/// Publishes `record` with message id `id` until JetStream stored it (`what` names it in
+/// the log).
+async fn store(js: &Context, names: &Names, mut record: Record, id: &str, what: &str) {
+    let driver = record.driver;
     let mut pause = Duration::from_millis(100);
     loop {
         let Ok(payload) = serde_json::to_vec(&record) else {
@@ -58,7 +96,7 @@ pub async fn record(
                 names.dlq_subject(driver),
                 PublishMessage::build()
                     .payload(payload.clone().into())
-                    .message_id(&id),
+                    .message_id(id),
             )
             .await?
             .await
@@ -77,12 +115,49 @@ pub async fn record(
                 let keep = record.attempts.len() / 2;
                 record.attempts.drain(..record.attempts.len() - keep);
             }
+            // One attempt left and still too big (the record's JSON escapes the
+            // transaction's quotes): retrying would hold the partition's
+            // acknowledgements for ever.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                ) =>
+            {
+                tracing::error!(txn = %what, driver, "NATS: the dead letter is larger than the server's max_payload ({} bytes) and cannot be kept; it is dropped (raise max_payload in nats-server's configuration to keep such dead letters)", payload.len());
+                return;
+            }
             Err(e) => {
-                tracing::warn!(txn = %txn.id, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
+                tracing::warn!(txn = %what, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A dead letter as listed, with the transaction's text as stored (what a replay
+/// publishes: for one this mailpush cannot read, not its stand-in).
+struct Listed {
+    letter: DeadLetter,
+    text: String,
+}
+
+/// The transaction a dead letter holds; for one this mailpush cannot read, a stand-in
+/// with its id and user where its JSON has them (else the dead letter's id), without
+/// events: its attempt says why.
+fn letter_txn(text: &str, seq: u64) -> Transaction {
+    if let Ok(txn) = Transaction::from_json(text) {
+        return txn;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Transaction {
+        id: field("id").unwrap_or_else(|| format!("(unreadable message {seq})")),
+        user: field("user").unwrap_or_default(),
+        events: Vec::new(),
+        metadata: Default::default(),
+        encoded: Default::default(),
     }
 }
 
@@ -92,6 +167,19 @@ pub async fn list(
     names: &Names,
     driver: Option<u32>,
 ) -> Result<Vec<DeadLetter>, SpoolError> {
+    Ok(listed(js, names, driver)
+        .await?
+        .into_iter()
+        .map(|l| l.letter)
+        .collect())
+}
+
+/// [`list`], with each transaction's text.
+async fn listed(
+    js: &Context,
+    names: &Names,
+    driver: Option<u32>,
+) -> Result<Vec<Listed>, SpoolError> {
     let mut stream = js
         .get_stream(names.dlq_stream())
         .await
@@ -115,15 +203,15 @@ pub async fn list(
         if driver.is_some_and(|d| d != r.driver) {
             continue;
         }
-        let Ok(txn) = Transaction::from_json(&r.txn) else {
-            continue;
-        };
-        out.push(DeadLetter {
-            id: seq as i64,
-            driver: r.driver,
-            txn,
-            attempts: r.attempts,
-            at: r.at,
+        out.push(Listed {
+            letter: DeadLetter {
+                id: seq as i64,
+                driver: r.driver,
+                txn: letter_txn(&r.txn, seq),
+                attempts: r.attempts,
+                at: r.at,
+            },
+            text: r.txn,
         });
     }
     Ok(out)
@@ -136,15 +224,15 @@ async fn selected(
     names: &Names,
     id: Option<i64>,
     driver: Option<u32>,
-) -> Result<(async_nats::jetstream::stream::Stream, Vec<DeadLetter>), SpoolError> {
-    let letters = list(js, names, driver).await?;
+) -> Result<(async_nats::jetstream::stream::Stream, Vec<Listed>), SpoolError> {
+    let letters = listed(js, names, driver).await?;
     let stream = js
         .get_stream(names.dlq_stream())
         .await
         .map_err(|e| storage("cannot read the dead letters", e))?;
     let letters = letters
         .into_iter()
-        .filter(|d| id.is_none_or(|i| i == d.id))
+        .filter(|l| id.is_none_or(|i| i == l.letter.id))
         .collect();
     Ok((stream, letters))
 }
@@ -160,12 +248,14 @@ pub async fn replay(
 ) -> Result<usize, SpoolError> {
     let (stream, letters) = selected(js, names, id, driver).await?;
     let mut n = 0;
-    for d in letters {
+    for Listed { letter: d, text } in letters {
         let subject = names.replay_subject(d.driver, partition_of(&d.txn.user, partitions));
+        // As stored: one this mailpush cannot read goes out as it came, not as its
+        // stand-in without events.
         js.send_publish(
             subject,
             PublishMessage::build()
-                .payload(d.txn.to_json().into())
+                .payload(text.into())
                 .message_id(format!("replay/{}/{}", d.driver, d.id)),
         )
         .await
@@ -190,9 +280,9 @@ pub async fn purge(
 ) -> Result<usize, SpoolError> {
     let (stream, letters) = selected(js, names, id, driver).await?;
     let mut n = 0;
-    for d in letters {
+    for l in letters {
         stream
-            .delete_message(d.id as u64)
+            .delete_message(l.letter.id as u64)
             .await
             .map_err(|e| storage("cannot purge", e))?;
         n += 1;

@@ -4,7 +4,7 @@
 //! queue bound what one node holds). The message's acknowledgement handle waits in
 //! [`Acks`] until the lane is done with the transaction ([`super::spool`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -15,7 +15,12 @@ use tokio::sync::watch;
 
 use super::nats::Names;
 use super::spool::{Acks, Arrival};
+use crate::logging::Tally;
 use crate::pipeline::Dispatcher;
+
+/// Messages made dead letters because they could not be read, logged at most once per
+/// [`Tally::EVERY`] (a rolling upgrade may bring many).
+static UNREADABLE: LazyLock<Tally> = LazyLock::new(Tally::default);
 
 /// What a feeder needs.
 pub struct Feeder {
@@ -138,18 +143,35 @@ impl Feeder {
                 last = Some(dseq);
                 let (message, acker) = msg.split();
                 let txn = match std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|s| Transaction::from_json(s).ok())
+                    .map_err(|e| format!("not UTF-8 ({e})"))
+                    .and_then(|s| Transaction::from_json(s).map_err(|e| e.to_string()))
                 {
-                    Some(t) => t,
-                    None => {
-                        // Not ours to deliver (nothing mailpush published): skip it.
-                        tracing::error!(
-                            driver = self.driver,
-                            partition = self.partition,
-                            "NATS: a message on {} is not a transaction; acknowledged and skipped",
-                            message.subject
-                        );
+                    Ok(t) => t,
+                    Err(why) => {
+                        // A transaction from a later mailpush (a rolling upgrade), or
+                        // something nothing of mailpush published: a dead letter of
+                        // this driver, kept as it came, then acknowledged. Not before it
+                        // is stored: if this feeder stops first, the partition's next
+                        // reader meets it again.
+                        let recorded = tokio::select! {
+                            biased;
+                            _ = stop.changed() => false,
+                            _ = super::dlq::record_unreadable(
+                                &self.js, &self.names, self.driver, sseq, &message.payload, &why,
+                            ) => true,
+                        };
+                        if !recorded {
+                            return;
+                        }
+                        UNREADABLE.report(|unlogged| {
+                            tracing::error!(
+                                driver = self.driver,
+                                partition = self.partition,
+                                "NATS: message {sseq} on {} is not a transaction this mailpush can read ({why}); it is now a dead letter of the driver (mailpush dlq list), and the partition's deliveries go on{}",
+                                message.subject,
+                                if unlogged > 0 { format!(" ({unlogged} more since the last report)") } else { String::new() }
+                            )
+                        });
                         let _ = tokio::time::timeout(super::spool::ACK_DEADLINE, acker.ack()).await;
                         continue;
                     }

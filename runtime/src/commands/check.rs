@@ -27,6 +27,8 @@ pub struct CheckedDriver {
 
 /// What `check` found.
 #[derive(Debug, Clone)]
+// (One per `mailpush check`: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum CheckReport {
     /// The file does not parse: every error, with the warnings found beside them.
     Invalid {
@@ -41,6 +43,8 @@ pub enum CheckReport {
         listen: SocketAddr,
         /// Cluster mode, as its keys resolve (servers without credentials).
         cluster: Option<String>,
+        /// Every `mailpush { }` key with the value it takes and where it was set.
+        settings: Vec<mailpush_config::EffectiveSetting>,
         drivers: Vec<CheckedDriver>,
         /// The AOT cache's artifacts and records the drivers loaded or wrote; `None`
         /// when a tenant handler failed to load (what it would use is unknown).
@@ -154,7 +158,9 @@ pub async fn check(path: &Path, registry: &DriverRegistry) -> Result<CheckReport
         .sum();
     let cache_in_use = (tenants_failed == 0).then(|| engines.in_use());
     shutdown_drivers(loaded).await;
+    let settings = config.settings.effective();
     Ok(CheckReport::Loaded {
+        settings,
         config: config.path,
         state_dir: config.settings.state_dir,
         listen: config.settings.listen,
@@ -338,6 +344,7 @@ mod tests {
             state_dir: state.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             cluster: None,
+            settings: Vec::new(),
             drivers: Vec::new(),
             cache_in_use,
             warnings: Vec::new(),

@@ -448,8 +448,37 @@ impl SqliteSpool {
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    // Progress records (deliveries done, dead letters) of a batch whose commit failed (a
+    // full disk, a lock held too long): written again first in the next batch, tried at
+    // least every second; dropped, they would be delivered again only after a restart,
+    // while the lanes count them done.
+    let mut redo: Vec<Write> = Vec::new();
+    let mut closed = false;
+    loop {
+        let first = if redo.is_empty() {
+            match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => return,
+            }
+        } else if closed {
+            tracing::error!(
+                "the spool could not record {} delivery result(s) before it closed; those transactions are delivered again at the next start",
+                redo.len()
+            );
+            return;
+        } else {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(w) => Some(w),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                // One last try below.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    None
+                }
+            }
+        };
+        let mut batch = std::mem::take(&mut redo);
+        batch.extend(first);
         while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
@@ -555,8 +584,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
             Err(e) => tracing::error!("spool commit failed: {e}"),
         }
         for w in batch {
-            if let Write::Append { reply, .. } = w {
-                replies.push(reply);
+            match w {
+                Write::Append { reply, .. } => replies.push(reply),
+                progress if result.is_err() => redo.push(progress),
+                _ => {}
             }
         }
         let mut positions = positions.into_iter();
@@ -1153,6 +1184,38 @@ mod tests {
             s.append(&[txn("c", "u")], &[1]),
             Err(SpoolError::Full { .. })
         ));
+    }
+
+    /// A commit that fails (here: another connection holds the write lock past the busy
+    /// timeout; a full disk likewise) fails the appends of its batch, whose senders
+    /// hear of it, but its delivery results are written again with the next batch:
+    /// dropped, the delivered transaction stayed owed and went out again at the next
+    /// start, the dead letter too.
+    #[test]
+    fn delivery_results_of_a_failed_commit_are_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        let s = SqliteSpool::open(&path, 1 << 30).unwrap();
+        s.append(&[txn("a", "u"), txn("b", "u"), txn("c", "u")], &[1])
+            .unwrap();
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        s.complete("a", 1).unwrap();
+        s.dead_letter(&txn("b", "u"), 1, &[]).unwrap();
+        // The barrier behind them fails with their batch.
+        assert!(s.flush().is_err());
+        blocker.execute_batch("ROLLBACK").unwrap();
+        drop(blocker);
+        s.flush().unwrap();
+        let owed: Vec<String> = s.pending().unwrap().into_iter().map(|p| p.txn.id).collect();
+        assert_eq!(owed, ["c"]);
+        let dead: Vec<String> = s
+            .dead_letters(None)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.txn.id)
+            .collect();
+        assert_eq!(dead, ["b"], "recorded once");
     }
 
     /// `mailpush dlq purge` frees space through a spool of its own, next to a running
