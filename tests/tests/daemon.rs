@@ -1043,6 +1043,22 @@ async fn a_batch_is_charged_for_what_it_takes_parsed() {
     )
     .await;
     assert_eq!(s, 202, "{b}");
+    // One transaction (not NDJSON) of many tiny JSON values: some 60 bytes each once
+    // parsed into a tree, 30 times its bytes, which alone were charged (the tree was
+    // built, then refused as a bad event). Refused before it is parsed.
+    let values = format!(
+        "{{\"id\":\"v\",\"user\":\"a@b\",\"events\":[{}0]}}",
+        "0,".repeat(400_000)
+    );
+    assert!(values.len() < 1 << 20, "under max_body");
+    let json = [("content-type", "application/json")];
+    let (s, _, b) =
+        http_request(d.addr, "POST", "/v1/transactions", &json, values.as_bytes()).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(
+        b.contains("JSON values") && b.contains("max_inflight"),
+        "{b}"
+    );
 }
 
 /// One `mailpush run` per state_dir: a second one (another port, the same spool) is

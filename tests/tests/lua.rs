@@ -497,6 +497,25 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "",
             "exceeded timeout_msecs=300",
         ),
+        // gsub reads a replacement string whole at each match (here 100,001 empty
+        // matches of a 2 MB replacement: 2·10¹¹ bytes in C, nothing in memory): refused.
+        (
+            "local r = string.gsub(('x'):rep(1e5), '', ('%0'):rep(1e6)) error('gsub returned')",
+            "",
+            "replacement too costly for the mailpush sandbox",
+        ),
+        // table.sort of huge equal strings compared in C (minutes): its comparisons are
+        // seen by the hook now.
+        (
+            "local s = ('x'):rep(1 << 20) local t = {} for i = 1, 2e5 do t[i] = s end table.sort(t)",
+            "",
+            "exceeded timeout_msecs=300",
+        ),
+        (
+            "local t = {3, 1, 2} table.sort(t) error('sorted ' .. table.concat(t, ','))",
+            "",
+            "sorted 1,2,3",
+        ),
         // The rebuilt coroutine.wrap and table.insert/remove answer as Lua's do.
         (
             "local f f = coroutine.wrap(function() f() end) f()",
@@ -2154,6 +2173,8 @@ async fn metadata_writes_are_bounded() {
          function dovecot_lua_notify_event_mailbox_create(ctx, e)\n\
            local ok, err = pcall(function() ctx.user:metadata_set('/private/' .. ('k'):rep(1e6), 'v') end)\n\
            if ok then error('a 1 MB key was stored') end\n\
+           ok, err = pcall(function() ctx.user:mailbox(('m'):rep(1e6)):metadata_set('/private/k', 'v') end)\n\
+           if ok then error('an entry under a 1 MB mailbox name was stored') end\n\
            ctx.user:metadata_set('/private/flood/1', 'changed')\n\
            for i = 1, 10 do ctx.user:metadata_set('/private/more/' .. i, 'x') end\n\
          end\n\

@@ -73,6 +73,59 @@ fn unauthorised() -> Response {
 /// memory, not only bytes (a body of many tiny transactions takes some 35 times its size).
 const PARSED_TXN_COST: usize = 2048;
 
+/// What one JSON value costs in memory once parsed into a tree (the value, its place in
+/// its array's or object's storage with room to grow, an object's key), counted per
+/// `,` `:` `[` `{` of the body: a body of 10 MiB of `[0,0,0,…]` takes some 270 MiB as a
+/// tree, which its bytes alone did not charge.
+const PARSED_VALUE_COST: usize = 64;
+
+/// What parsing a body (and queueing what it holds) will take beyond its bytes, charged
+/// to `max_inflight` before it is parsed: for NDJSON its bytes twice and
+/// [`PARSED_TXN_COST`] per line, and for any body [`PARSED_VALUE_COST`] per JSON value
+/// if that is more. A body that could never fit gets 413; one that does not fit now, 503
+/// (the answer returned).
+fn charge_parsing(
+    daemon: &Daemon,
+    bytes: &[u8],
+    ndjson: bool,
+    in_flight: &mut BodyCharge<'_>,
+) -> Option<Response> {
+    let lines = memchr::memchr_iter(b'\n', bytes).count() + 1;
+    let values = bytes
+        .iter()
+        .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
+        .count()
+        + 1;
+    let per_line = if ndjson {
+        bytes
+            .len()
+            .saturating_mul(2)
+            .saturating_add(lines.saturating_mul(PARSED_TXN_COST))
+    } else {
+        bytes.len()
+    };
+    let need = per_line.max(
+        bytes
+            .len()
+            .saturating_add(values.saturating_mul(PARSED_VALUE_COST)),
+    );
+    if need.div_ceil(1024) > daemon.body_budget_units {
+        daemon.ingest.reject("too_large", 1);
+        return Some(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({"error": format!(
+                "a body of {lines} line(s) and {values} JSON values needs about {} MiB to parse and queue ({PARSED_TXN_COST} bytes per NDJSON line and its bytes twice, or {PARSED_VALUE_COST} bytes per value), more than max_inflight allows ({} MiB); send smaller batches",
+                need >> 20,
+                daemon.body_budget_units >> 10
+            )}),
+        ));
+    }
+    if !in_flight.cover(need) {
+        return Some(over_budget(daemon, error));
+    }
+    None
+}
+
 /// Request-body bytes held of the `max_inflight` budget (in KiB units), charged as they
 /// arrive and returned when the request is answered.
 struct BodyCharge<'a> {
@@ -158,7 +211,11 @@ async fn read_body<'a>(
     let limits = daemon.connections.limits();
     let deadline = tokio::time::Instant::now() + limits.body_timeout;
     let mut body = body;
-    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    // Each frame is copied into one buffer and let go at once: kept as they came, a body
+    // of a million 1-byte chunks held a handle (and the connection's read buffer behind
+    // it) per byte, far more than the bytes charged. The buffer's capacity is charged.
+    let announced_len = announced.map_or(0, |n| n as usize);
+    let mut all = bytes::BytesMut::with_capacity(announced_len.min(daemon.max_body));
     let mut total = 0usize;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -189,25 +246,22 @@ async fn read_body<'a>(
         if total > daemon.max_body {
             return Err(too_large());
         }
-        if !charge.cover(total) {
+        if all.capacity() - all.len() < data.len() {
+            // Grown here, by doubling up to max_body, so the charge is what it holds.
+            let want = total
+                .max(all.capacity().saturating_mul(2))
+                .min(daemon.max_body);
+            if !charge.cover(want) {
+                return Err(over_budget(daemon, error_closing));
+            }
+            all.reserve(want - all.len());
+        }
+        if !charge.cover(all.capacity().max(total)) {
             return Err(over_budget(daemon, error_closing));
         }
-        if !data.is_empty() {
-            chunks.push(data);
-        }
+        all.extend_from_slice(&data);
     }
-    let bytes = match chunks.len() {
-        0 => bytes::Bytes::new(),
-        1 => chunks.swap_remove(0),
-        _ => {
-            let mut all = bytes::BytesMut::with_capacity(total);
-            for c in &chunks {
-                all.extend_from_slice(c);
-            }
-            all.freeze()
-        }
-    };
-    Ok((bytes, charge))
+    Ok((all.freeze(), charge))
 }
 
 /// Queues parsed transactions: 202 with ids, or 503 when queues are full.
@@ -305,27 +359,8 @@ async fn transactions(
             let v = v.to_ascii_lowercase();
             v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
         });
-    if ndjson {
-        // What parsing and queueing the batch will hold, charged before it is parsed.
-        let lines = memchr::memchr_iter(b'\n', &bytes).count() + 1;
-        let need = bytes
-            .len()
-            .saturating_mul(2)
-            .saturating_add(lines.saturating_mul(PARSED_TXN_COST));
-        if need.div_ceil(1024) > daemon.body_budget_units {
-            daemon.ingest.reject("too_large", 1);
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": format!(
-                    "a batch of {lines} lines needs about {} MiB to parse and queue (its bytes twice and {PARSED_TXN_COST} bytes per transaction), more than max_inflight allows ({} MiB); send smaller batches",
-                    need >> 20,
-                    daemon.body_budget_units >> 10
-                )}),
-            );
-        }
-        if !in_flight.cover(need) {
-            return over_budget(&daemon, error);
-        }
+    if let Some(r) = charge_parsing(&daemon, &bytes, ndjson, &mut in_flight) {
+        return r;
     }
     let parsed = if ndjson {
         mailpush_core::parse_ndjson(text).map_err(|e| {
@@ -358,10 +393,13 @@ async fn ox_notify(State(daemon): State<Arc<Daemon>>, headers: HeaderMap, body: 
         daemon.ingest.reject("unauthorized", 1);
         return unauthorised();
     }
-    let (bytes, _in_flight) = match read_body(&daemon, &headers, body).await {
+    let (bytes, mut in_flight) = match read_body(&daemon, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(r) = charge_parsing(&daemon, &bytes, false, &mut in_flight) {
+        return r;
+    }
     let parsed = serde_json::from_slice::<Value>(&bytes)
         .map_err(|e| format!("invalid JSON: {e}"))
         .and_then(|v| ox_transaction(&v));

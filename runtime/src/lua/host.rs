@@ -38,6 +38,9 @@ const MAX_EVENT_NAME: usize = 256;
 /// The longest METADATA value a script may write.
 pub const MAX_METADATA_VALUE: usize = 64 << 10;
 
+/// The longest mailbox name a script's METADATA call may name.
+pub const MAX_MAILBOX_NAME: usize = 1024;
+
 /// The most METADATA entries a script may leave its user with (it may still change
 /// those there are).
 pub const MAX_METADATA_ENTRIES: usize = 100;
@@ -200,6 +203,14 @@ impl Context {
                 "METADATA needs a user: call it on the user of begin_txn".to_string()
             })?;
         let user = match mailbox {
+            // Entries are stored under the user and the mailbox name: the name counts
+            // toward what a script may make the store hold, as the key does.
+            Some(m) if m.len() > MAX_MAILBOX_NAME => {
+                return Err(format!(
+                    "mailbox name of {} bytes, more than the sandbox's {MAX_MAILBOX_NAME}",
+                    m.len()
+                ))
+            }
             Some(m) => format!("{}#{m}", txn.user),
             None => txn.user.clone(),
         };
@@ -251,14 +262,21 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
     h.set(
         "pattern_ok",
         lua.create_function(
-            move |_, (function, s, p): (String, mlua::LuaString, mlua::LuaString)| {
+            move |_,
+                  (function, s, p, replacement): (
+                String,
+                mlua::LuaString,
+                mlua::LuaString,
+                Option<usize>,
+            )| {
                 if budget.tripped() {
                     return Err(mlua::Error::external(super::budget::Deadline));
                 }
-                Ok(pattern::refusal(
+                Ok(pattern::refusal_replacing(
                     &function,
                     &s.as_bytes(),
                     &p.as_bytes(),
+                    replacement.unwrap_or(0),
                     pattern::allowed_steps(budget.remaining(), rate),
                 ))
             },

@@ -127,6 +127,27 @@ fn skip_set(p: &[u8], mut i: usize) -> usize {
 /// refused when `allowed` steps may be risked ([`allowed_steps`]), or `None` when its
 /// worst case is bounded.
 pub fn refusal(function: &str, s: &[u8], p: &[u8], allowed: f64) -> Option<String> {
+    refusal_replacing(function, s, p, 0, allowed)
+}
+
+/// [`refusal`] for `gsub` with a replacement string of `replacement` bytes: Lua reads the
+/// whole replacement at each match (and a pattern that matches the empty string matches
+/// at every position), even where it adds nothing to the result, so `gsub(s, '',
+/// ('%0'):rep(1e6))` walked 10¹¹ bytes in C with no memory to show for it.
+pub fn refusal_replacing(
+    function: &str,
+    s: &[u8],
+    p: &[u8],
+    replacement: usize,
+    allowed: f64,
+) -> Option<String> {
+    let replacing = (s.len() as f64 + 1.0) * replacement as f64;
+    if replacing > allowed {
+        return Some(format!(
+            "replacement too costly for the mailpush sandbox: a {replacement}-byte replacement read at each of up to {} matches could take {replacing:.1e} steps, more than {allowed:.1e}; use a shorter replacement or subject, or a function as the replacement",
+            s.len() + 1
+        ));
+    }
     let n = s.len().max(1) as f64;
     let shape = shape(p);
     // gmatch takes a leading `^` literally (Lua 5.4): every position is a start.

@@ -29,6 +29,15 @@ pub const REUSE_FUNCTIONS_FROM: u64 = SLOW_COMPILE_BYTES;
 
 /// Concurrent instances the pooling allocator has slots for (per engine).
 const POOL_INSTANCES: u32 = 1000;
+
+/// The most linear memories one driver's instance may have (its pool slots).
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+
+/// The most tables one driver's instance may have.
+const MAX_TABLES_PER_COMPONENT: u32 = 64;
+
+/// The most core instances one driver's instance may have.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Per pool slot, at most this much linear memory stays resident between instances
 /// (only pages a guest touched; reset with memset instead of madvise).
 const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
@@ -175,6 +184,14 @@ impl WasmEngine {
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
+            // Per component, what the drivers built with Rust, JavaScript
+            // (StarlingMonkey) and Python (componentize-py, its libraries each a core
+            // instance) use, with room: without caps one component of a thousand core
+            // instances, each with its memory, took half the pool's slots, and every
+            // other driver's instance was refused.
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
             .max_memory_size(MAX_MEMORY);
         // A fresh instance per transaction reuses pool slots constantly. By default each
         // slot is reset with madvise, so the next instance page-faults its memory back in

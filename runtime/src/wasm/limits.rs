@@ -224,13 +224,18 @@ pub fn default_host_memory() -> usize {
     }
 }
 
-/// Linear-memory cap; records whether a growth was refused (reported as "memory limit").
+/// Linear-memory cap, for all of an instance's memories together (a component may hold
+/// many core instances, each with a memory of its own: a cap per memory would let it
+/// hold that many times `memory=`); records whether a growth was refused (reported as
+/// "memory limit").
 pub struct MemoryLimiter {
     pub limit: usize,
     pub hit: bool,
     /// The size a memory asked for when it was created, if that alone was over the
     /// limit (the component's *initial* memory, not a growth).
     pub initial_over: Option<usize>,
+    /// The bytes of every memory of the store, as grown so far.
+    total: usize,
 }
 
 impl MemoryLimiter {
@@ -239,6 +244,7 @@ impl MemoryLimiter {
             limit,
             hit: false,
             initial_over: None,
+            total: 0,
         }
     }
 }
@@ -250,13 +256,16 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        let growth = desired.saturating_sub(current);
+        let total = self.total.saturating_add(growth);
+        if total > self.limit {
             self.hit = true;
-            if current == 0 {
+            if current == 0 && desired > self.limit {
                 self.initial_over = Some(desired);
             }
             return Ok(false);
         }
+        self.total = total;
         Ok(true)
     }
 
@@ -400,6 +409,36 @@ mod tests {
         let _b = budget.reserve(2 << 20).unwrap();
         budget.set_total(8 << 20);
         let _c = budget.reserve(5 << 20).unwrap();
+    }
+
+    /// `memory=` bounds an instance's memories together: a component of several core
+    /// instances, each with a memory growing to just under the limit, is refused once
+    /// their sum would pass it (each alone was allowed before).
+    #[test]
+    fn the_memory_limit_counts_every_memory_of_the_instance() {
+        let mut l = MemoryLimiter::new(10 << 20);
+        assert!(l.memory_growing(0, 6 << 20, None).unwrap(), "one memory");
+        assert!(
+            !l.memory_growing(0, 6 << 20, None).unwrap(),
+            "a second memory"
+        );
+        assert!(l.hit);
+        assert_eq!(l.initial_over, None, "neither alone is over");
+        assert!(
+            l.memory_growing(0, 3 << 20, None).unwrap(),
+            "within the rest"
+        );
+        assert!(
+            !l.memory_growing(3 << 20, 5 << 20, None).unwrap(),
+            "grown past it"
+        );
+        assert!(
+            l.memory_growing(6 << 20, 7 << 20, None).unwrap(),
+            "the last MiB"
+        );
+        let mut l = MemoryLimiter::new(10 << 20);
+        assert!(!l.memory_growing(0, 11 << 20, None).unwrap());
+        assert_eq!(l.initial_over, Some(11 << 20));
     }
 
     #[test]

@@ -63,6 +63,80 @@ pub fn link<T: wasmtime_wasi_http::WasiHttpView + 'static>(
             HostOutgoingRequest::set_method(&mut http, request, method).map(|r| (r,))
         },
     )?;
+    link_fields(&mut types)?;
     linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// `fields.from-list` and `fields.set`, shadowed: wasmtime's bindings copy every entry
+/// of the list out of the guest's memory before the fields' size limit is looked at,
+/// and entries may all point at the same bytes, so a guest of 32 MiB could make the host
+/// copy a thousand times that in one call. Here the lengths are added up first, from
+/// the guest's memory, and only what fits [`super::limits::FIELD_SIZE_LIMIT`] is copied;
+/// more traps the guest, as `wasi:http` does for fields over the limit.
+fn link_fields<T: wasmtime_wasi_http::WasiHttpView + 'static>(
+    types: &mut wasmtime::component::LinkerInstance<'_, T>,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::{Resource, WasmList, WasmStr};
+    use wasmtime_wasi_http::p2::bindings::http::types::HostFields;
+    use wasmtime_wasi_http::FieldMap;
+    types.func_wrap(
+        "[static]fields.from-list",
+        |mut store, (entries,): (WasmList<(WasmStr, WasmList<u8>)>,)| {
+            let mut copied = Vec::new();
+            let mut total = 0usize;
+            for i in 0..entries.len() {
+                let Some(entry) = entries.get(&mut store, i) else {
+                    break;
+                };
+                let (name, value) = entry?;
+                total = total.saturating_add(value.len());
+                check_fields_size(total)?;
+                let name = name.to_str(&store)?;
+                total = total.saturating_add(name.len());
+                check_fields_size(total)?;
+                copied.push((name.into_owned(), value.as_le_slice(&store).to_vec()));
+            }
+            let mut http = T::http(store.data_mut());
+            match HostFields::from_list(&mut http, copied) {
+                Ok(fields) => Ok((Ok(fields),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    types.func_wrap(
+        "[method]fields.set",
+        |mut store,
+         (fields, name, values): (Resource<FieldMap>, WasmStr, WasmList<WasmList<u8>>)| {
+            let mut copied = Vec::new();
+            let mut total = 0usize;
+            for i in 0..values.len() {
+                let Some(value) = values.get(&mut store, i) else {
+                    break;
+                };
+                let value = value?;
+                total = total.saturating_add(value.len());
+                check_fields_size(total)?;
+                copied.push(value.as_le_slice(&store).to_vec());
+            }
+            let name = name.to_str(&store)?.into_owned();
+            let mut http = T::http(store.data_mut());
+            match HostFields::set(&mut http, fields, name, copied) {
+                Ok(()) => Ok((Ok(()),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Traps once fields being copied from the guest exceed the fields' size limit.
+fn check_fields_size(total: usize) -> wasmtime::Result<()> {
+    if total > super::limits::FIELD_SIZE_LIMIT {
+        wasmtime::bail!(
+            "HTTP fields larger than {} bytes",
+            super::limits::FIELD_SIZE_LIMIT
+        );
+    }
     Ok(())
 }

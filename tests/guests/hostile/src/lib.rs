@@ -460,6 +460,53 @@ impl Driver for Hostile {
                 }
                 Err(Failure::permanent("never refused"))
             }
+            // One call whose entries all point at the same `bytes` of memory: lifted
+            // entry by entry, the host would copy 200 × `bytes`.
+            #[cfg(feature = "waits")]
+            "fields-alias" | "set-alias" => {
+                #[link(wasm_import_module = "wasi:http/types@0.2.12")]
+                extern "C" {
+                    #[link_name = "[static]fields.from-list"]
+                    fn from_list(ptr: i32, len: i32, ret: i32);
+                    #[link_name = "[method]fields.set"]
+                    fn set(fields: i32, name: i32, name_len: i32, ptr: i32, len: i32, ret: i32);
+                }
+                let value = vec![b'v'; self.bytes];
+                let name = b"x-a";
+                let mut ret = [0u32; 2];
+                if self.mode == "fields-alias" {
+                    let entries: Vec<[u32; 4]> = (0..200)
+                        .map(|_| {
+                            [
+                                name.as_ptr() as u32,
+                                name.len() as u32,
+                                value.as_ptr() as u32,
+                                value.len() as u32,
+                            ]
+                        })
+                        .collect();
+                    // SAFETY: the canonical ABI's layout of list<tuple<string, list<u8>>>.
+                    unsafe { from_list(entries.as_ptr() as i32, 200, ret.as_mut_ptr() as i32) };
+                } else {
+                    let fields = Fields::new();
+                    let values: Vec<[u32; 2]> = (0..200)
+                        .map(|_| [value.as_ptr() as u32, value.len() as u32])
+                        .collect();
+                    // SAFETY: the canonical ABI's layout of list<list<u8>>; the handle
+                    // is borrowed for the call.
+                    unsafe {
+                        set(
+                            fields.handle() as i32,
+                            name.as_ptr() as i32,
+                            name.len() as i32,
+                            values.as_ptr() as i32,
+                            200,
+                            ret.as_mut_ptr() as i32,
+                        )
+                    };
+                }
+                Err(Failure::permanent(format!("{} returned {ret:?}", self.mode)))
+            }
             #[cfg(feature = "waits")]
             "fields-loop" => loop {
                 let f = Fields::new();
