@@ -41,6 +41,20 @@ fn host_resources_are_bounded_by_memory() {
             &log[..log.len().min(4000)]
         );
     }
+    // One poll naming one pollable 100,000 times: refused before it is lifted, on the
+    // async path and on the synchronous one.
+    for guest in ["hostile", "hostile-no-wait"] {
+        let (ok, log) = send_guest(guest, "mode=poll-dup memory=32M", 1);
+        assert!(!ok, "{guest}: the transaction fails");
+        assert!(
+            count(
+                &log,
+                "poll over 100000 pollables, more than the sandbox's 4096"
+            ) >= 1,
+            "{guest}:\n{}",
+            &log[..log.len().min(4000)]
+        );
+    }
     let peak = children_peak_rss();
     // The guest's 32 MiB, its host share (16 MiB), and some slack for the allocator.
     let bound = baseline + (32 << 20) + (16 << 20) + (32 << 20);

@@ -695,3 +695,47 @@ impl Engines {
         Ok(cell.get_or_init(|| e).clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component of `n` core instances of one module with a memory of its own.
+    fn memories(n: u32) -> Vec<u8> {
+        let mut module = wasm_encoder::Module::new();
+        let mut mems = wasm_encoder::MemorySection::new();
+        mems.memory(wasm_encoder::MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        module.section(&mems);
+        let mut component = wasm_encoder::Component::new();
+        component.section(&wasm_encoder::ModuleSection(&module));
+        let mut instances = wasm_encoder::InstanceSection::new();
+        for _ in 0..n {
+            instances.instantiate(0, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+        }
+        component.section(&instances);
+        component.finish()
+    }
+
+    /// A component of many core instances, each with a memory, took as many of the
+    /// pool's slots as it had (a thousand: half the pool, every other driver refused):
+    /// more than the caps per component is refused when it loads, naming why.
+    #[test]
+    fn a_component_with_more_memories_than_the_cap_is_refused() {
+        let engine = WasmEngine::new(false, None, u64::MAX).unwrap();
+        let path = Path::new("memories.wasm");
+        assert!(engine
+            .compile(path, &memories(MAX_MEMORIES_PER_COMPONENT))
+            .is_ok());
+        let e = engine
+            .compile(path, &memories(MAX_MEMORIES_PER_COMPONENT + 1))
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("memories"), "{e}");
+    }
+}

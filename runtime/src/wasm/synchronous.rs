@@ -62,6 +62,15 @@ pub fn link_wasi<T: wasmtime_wasi::WasiView + 'static>(
     linker.allow_shadowing(true);
     poll::add_to_linker::<T, ImmediateIo>(linker, io)?;
     streams::add_to_linker::<T, ImmediateIo>(linker, io)?;
+    // `poll` bounded as on the async path (super::wasi::MAX_POLL_LIST).
+    linker.instance(super::wasi::POLL)?.func_wrap(
+        "poll",
+        move |mut store, (list,): (wasmtime::component::WasmList<Resource<DynPollable>>,)| {
+            let pollables = super::wasi::poll_list(&mut store, &list)?;
+            let table = io(store.data_mut()).table;
+            immediate("poll", async_poll::Host::poll(table, pollables))?.map(|r| (r,))
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }

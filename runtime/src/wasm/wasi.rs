@@ -29,7 +29,57 @@ pub fn ctx(output: &super::stdio::SharedOutput) -> WasiCtx {
         .build()
 }
 
-/// Links WASI 0.2 (async) into a driver's linker.
+/// The most pollables one `wasi:io/poll.poll` call may name. The list is a guest's 4
+/// bytes per entry; lifted, each entry costs the host some 40 (the handle, its borrow,
+/// its place in the ready list), and entries may repeat one pollable: without a bound a
+/// guest of 64 MiB made the host hold gigabytes for one call.
+pub const MAX_POLL_LIST: usize = 4096;
+
+/// Links WASI 0.2 (async) into a driver's linker (`poll` bounded: [`MAX_POLL_LIST`]).
 pub fn link<T: WasiView + 'static>(linker: &mut Linker<T>) -> Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)
+    use wasmtime::component::{Resource, WasmList};
+    use wasmtime_wasi_io::poll::DynPollable;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    linker.allow_shadowing(true);
+    linker.instance(POLL)?.func_wrap_async(
+        "poll",
+        |mut store, (list,): (WasmList<Resource<DynPollable>>,)| {
+            Box::new(async move {
+                let pollables = poll_list(&mut store, &list)?;
+                let table = store.data_mut().ctx().table;
+                let ready =
+                    wasmtime_wasi_io::bindings::wasi::io::poll::Host::poll(table, pollables)
+                        .await?;
+                Ok((ready,))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The instance `poll` is linked in.
+pub const POLL: &str = "wasi:io/poll@0.2.12";
+
+/// The pollables of a `poll` call, lifted one by one once the list is known to be at
+/// most [`MAX_POLL_LIST`] long (longer traps the guest).
+pub fn poll_list<T: 'static>(
+    store: &mut wasmtime::StoreContextMut<'_, T>,
+    list: &wasmtime::component::WasmList<
+        wasmtime::component::Resource<wasmtime_wasi_io::poll::DynPollable>,
+    >,
+) -> Result<Vec<wasmtime::component::Resource<wasmtime_wasi_io::poll::DynPollable>>> {
+    if list.len() > MAX_POLL_LIST {
+        wasmtime::bail!(
+            "poll over {} pollables, more than the sandbox's {MAX_POLL_LIST}",
+            list.len()
+        );
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for i in 0..list.len() {
+        if let Some(p) = list.get(&mut *store, i) {
+            out.push(p?);
+        }
+    }
+    Ok(out)
 }

@@ -460,6 +460,39 @@ impl Driver for Hostile {
                 }
                 Err(Failure::permanent("never refused"))
             }
+            // One poll naming one pollable 100,000 times: 400 KB of the guest's, lifted
+            // some 4 MB of the host's (on both paths: built with and without waits).
+            "poll-dup" => {
+                #[link(wasm_import_module = "wasi:cli/stdout@0.2.0")]
+                extern "C" {
+                    #[link_name = "get-stdout"]
+                    fn get_stdout() -> i32;
+                }
+                #[link(wasm_import_module = "wasi:io/poll@0.2.0")]
+                extern "C" {
+                    #[link_name = "poll"]
+                    fn poll(ptr: i32, len: i32, ret: i32);
+                }
+                // SAFETY: get-stdout returns a fresh output-stream handle the guest owns.
+                let out = unsafe {
+                    mailpush_driver_sdk::bindings::wasi::io::streams::OutputStream::from_handle(
+                        get_stdout() as u32,
+                    )
+                };
+                let pollable = out.subscribe();
+                let handles = vec![pollable.handle(); 100_000];
+                let mut ret = [0u32; 2];
+                // SAFETY: list<borrow<pollable>> is a list of handles; the result, a
+                // list<u32>, is written to `ret`.
+                unsafe {
+                    poll(
+                        handles.as_ptr() as i32,
+                        handles.len() as i32,
+                        ret.as_mut_ptr() as i32,
+                    )
+                };
+                Err(Failure::permanent(format!("poll answered {} ready", ret[1])))
+            }
             // One call whose entries all point at the same `bytes` of memory: lifted
             // entry by entry, the host would copy 200 × `bytes`.
             #[cfg(feature = "waits")]
