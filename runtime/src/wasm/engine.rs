@@ -734,8 +734,7 @@ mod tests {
             .is_ok());
         let e = engine
             .compile(path, &memories(MAX_MEMORIES_PER_COMPONENT + 1))
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(e.to_string().contains("memories"), "{e}");
     }
 }
