@@ -516,6 +516,31 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "",
             "sorted 1,2,3",
         ),
+        // load parses labels in quadratic time in C: a chunk over 64 KiB is refused
+        // (as text, and through a reader function); a loop of full collections stops
+        // at the deadline.
+        (
+            "local t = {} for i = 1, 20000 do t[i] = '::l' .. i .. '::' end \
+             local f, err = load(table.concat(t, ' ')) error('load: ' .. tostring(err))",
+            "",
+            "larger than the mailpush sandbox's 65536 for load",
+        ),
+        (
+            "local n = 0 local f, err = load(function() n = n + 1 if n < 20000 then return '::l' .. n .. ':: ' end end) \
+             error('load: ' .. tostring(err))",
+            "",
+            "larger than the mailpush sandbox's 65536 for load",
+        ),
+        (
+            "local f = load('return 1 + 1') error('loaded ' .. f())",
+            "",
+            "loaded 2",
+        ),
+        (
+            "local t = {} for i = 1, 2e5 do t[i] = {} end while true do collectgarbage() end",
+            "timeout_msecs=300",
+            "exceeded timeout_msecs=300",
+        ),
         // The rebuilt coroutine.wrap and table.insert/remove answer as Lua's do.
         (
             "local f f = coroutine.wrap(function() f() end) f()",

@@ -176,23 +176,80 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     }
     let string: Table = g.get("string")?;
     string.raw_set("dump", Value::Nil)?;
-    // load(chunk [, name [, mode [, env]]]): text only.
+    // load(chunk [, name [, mode [, env]]]): text only, at most MAX_CHUNK bytes (Lua's
+    // parser checks labels and gotos in quadratic time, in C, where the hook does not
+    // look: a generated chunk of a few MiB of `::l1:: ::l2:: …` took minutes), and not
+    // once the time budget is spent.
     let raw_load: Function = g.get("load")?;
+    let budget = ctx.budget.clone();
     g.raw_set(
         "load",
         lua.create_function(move |lua, args: MultiValue| {
+            if budget.tripped() {
+                return Err(mlua::Error::external(super::budget::Deadline));
+            }
             let mut args = args.into_vec();
             let n = args.len();
             args.resize(n.max(3), Value::Nil);
             args[2] = Value::String(lua.create_string("t")?);
+            let too_big = |len: usize| {
+                Ok(MultiValue::from_vec(vec![
+                    Value::Nil,
+                    Value::String(lua.create_string(format!(
+                        "chunk of {len} bytes or more, larger than the mailpush sandbox's {MAX_CHUNK} for load"
+                    ))?),
+                ]))
+            };
+            match &args[0] {
+                Value::String(text) if text.as_bytes().len() > MAX_CHUNK => {
+                    return too_big(text.as_bytes().len());
+                }
+                // A reader function: its pieces are read here first (as load would, up to
+                // an empty or nil one), counted as they come, and the text loaded.
+                Value::Function(reader) => {
+                    let mut text = Vec::new();
+                    loop {
+                        match reader.call::<Value>(())? {
+                            Value::Nil => break,
+                            Value::String(piece) if piece.as_bytes().is_empty() => break,
+                            Value::String(piece) => {
+                                text.extend_from_slice(&piece.as_bytes());
+                                if text.len() > MAX_CHUNK {
+                                    return too_big(text.len());
+                                }
+                            }
+                            _ => {
+                                return Ok(MultiValue::from_vec(vec![
+                                    Value::Nil,
+                                    Value::String(
+                                        lua.create_string("reader function must return a string")?,
+                                    ),
+                                ]))
+                            }
+                        }
+                    }
+                    args[0] = Value::String(lua.create_string(&text)?);
+                    // (The name load gives a reader's chunk, not the text's.)
+                    if args[1].is_nil() {
+                        args[1] = Value::String(lua.create_string("=(load)")?);
+                    }
+                }
+                _ => {}
+            }
             raw_load.call::<MultiValue>(MultiValue::from_vec(args))
         })?,
     )?;
-    // collectgarbage: only what cannot change how the collector runs.
+    // collectgarbage: only what cannot change how the collector runs, and not once the
+    // time budget is spent (a full collection of a full heap is one C call the hook
+    // does not see; a loop of them ran past the deadline by seconds).
     let raw_cg: Function = g.get("collectgarbage")?;
+    let budget = ctx.budget.clone();
     g.raw_set(
         "collectgarbage",
         lua.create_function(move |_, (opt, arg): (Option<String>, Value)| {
+            if budget.tripped() {
+                return Err(mlua::Error::external(super::budget::Deadline));
+            }
             let opt = opt.unwrap_or_else(|| "collect".into());
             match opt.as_str() {
                 "collect" | "count" | "step" | "isrunning" => raw_cg.call::<MultiValue>((opt, arg)),
@@ -220,6 +277,9 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     let new_user: Function = api.get("new_user")?;
     Ok((lua, new_user))
 }
+
+/// The longest chunk a script may `load` (its own source is not bound by this).
+pub const MAX_CHUNK: usize = 64 << 10;
 
 /// The script as read at load.
 pub struct Source {
