@@ -460,6 +460,32 @@ async fn egress_is_budgeted_per_transaction() {
     );
 }
 
+/// A request's head counts against `max_egress_bytes` too: requests with empty bodies
+/// and 30 KB of headers each, without end, stop at the budget (they were not counted at
+/// all: a thousand of them sent 30 MB past a 1 MiB budget).
+#[tokio::test(flavor = "multi_thread")]
+async fn request_heads_count_against_the_egress_budget() {
+    let server = RecordingServer::start().await;
+    let (out, _) = run_hostile(
+        &format!(
+            "mode=head-flood bytes=30000 url={} allow_hosts=127.0.0.1 allow_private max_egress_bytes=1M timeout_msecs=10000",
+            server.url("/x")
+        ),
+        1,
+    )
+    .await;
+    let r = &reasons(&out)[0];
+    assert!(
+        r.contains("max_egress_bytes=1048576 bytes of requests (heads and bodies)"),
+        "{r}"
+    );
+    let sent = server.requests().len();
+    assert!(
+        (30..=35).contains(&sent),
+        "{sent} requests reached the server"
+    );
+}
+
 // ------------------------------------------------------------------------- SSRF
 
 /// The host's own interface addresses are refused with `allow_hosts=*`, also those

@@ -373,6 +373,17 @@ impl WasiHttpHooks for OutboundHttp {
                     _ => return drained(request, Error::ConnectionLimitReached).await,
                 };
                 wire_headers(&mut request);
+                // The request's head counts too: a transaction of many requests with
+                // empty bodies and 32 KiB of headers each sent far past the budget.
+                let head = head_bytes(&request);
+                let limit = settings.max_egress_bytes;
+                if egress.fetch_add(head, Ordering::Relaxed) + head > limit {
+                    record_refusal(
+                        &refused,
+                        format!("more than max_egress_bytes={limit} bytes of requests (heads and bodies) in one transaction"),
+                    );
+                    return drained(request, Error::HttpRequestBodySize(Some(limit))).await;
+                }
                 let request = request.map(|body| {
                     EgressBody {
                         inner: body,
@@ -431,6 +442,20 @@ impl WasiHttpHooks for OutboundHttp {
     }
 }
 
+/// What a request's head takes on the wire, about: its method, target, and header lines.
+fn head_bytes(request: &http::Request<WasiBody>) -> u64 {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (request.method().as_str().len() + target + 12 + headers) as u64
+}
+
 /// A request body counted against the transaction's egress budget
 /// (`max_egress_bytes`): past it, the body ends with an error and the request fails.
 struct EgressBody {
@@ -457,7 +482,7 @@ impl http_body::Body for EgressBody {
                     record_refusal(
                         &self.refused,
                         format!(
-                            "more than max_egress_bytes={} request-body bytes in one transaction",
+                            "more than max_egress_bytes={} bytes of requests (heads and bodies) in one transaction",
                             self.limit
                         ),
                     );

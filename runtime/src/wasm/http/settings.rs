@@ -4,7 +4,7 @@
 //! - `allow_private` — also loopback, private, link-local and metadata addresses;
 //! - `max_connections=16` — concurrent outbound connections;
 //! - `connect_timeout_msecs=5000`, `first_byte_timeout_msecs=10000`;
-//! - `max_egress_bytes=16M` — request-body bytes one transaction may send.
+//! - `max_egress_bytes=16M` — bytes of requests (heads and bodies) one transaction may send.
 //!
 //! The endpoint breakers' thresholds come from the driver's `breaker_*` keys, read by
 //! the runtime's delivery policy and handed over through `DriverInit`.
@@ -28,7 +28,8 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Key `first_byte_timeout_msecs`.
     pub first_byte_timeout: Duration,
-    /// Request-body bytes one transaction may send in all. Key `max_egress_bytes`.
+    /// Bytes of requests (heads and bodies) one transaction may send in all. Key
+    /// `max_egress_bytes`.
     pub max_egress_bytes: u64,
     /// Answer every outbound request with an empty 200 without touching the network.
     /// Not settable from config: benchmarks use it to measure the host alone.

@@ -593,6 +593,19 @@ impl Driver for Hostile {
                     Err(e) => Err(Failure::permanent(format!("egress failed: {e}"))),
                 }
             }
+            // Requests with empty bodies and `bytes` of headers each, without end.
+            #[cfg(feature = "waits")]
+            "head-flood" => {
+                let big = "h".repeat(self.bytes);
+                for i in 0..1000u32 {
+                    if let Err(e) =
+                        http::send("GET", &self.url, &[("x-big", big.as_str())], b"", Some(10_000))
+                    {
+                        return Err(Failure::permanent(format!("request {i} failed: {e}")));
+                    }
+                }
+                Err(Failure::permanent("1000 requests sent"))
+            }
             #[cfg(feature = "waits")]
             "post-streamed" => Err(Failure::permanent(post_streamed(&self.url, self.bytes))),
             #[cfg(feature = "waits")]
