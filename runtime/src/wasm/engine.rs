@@ -30,6 +30,10 @@ pub const REUSE_FUNCTIONS_FROM: u64 = SLOW_COMPILE_BYTES;
 /// Concurrent instances the pooling allocator has slots for (per engine).
 const POOL_INSTANCES: u32 = 1000;
 
+/// The largest component file a driver may be (a tenant handler is anyone's file: read
+/// whole and compiled, a huge one held memory and the compile lock for minutes).
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
 /// The most linear memories one driver's instance may have (its pool slots).
 const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
 
@@ -57,6 +61,8 @@ pub enum LoadError {
     CoreModule { path: PathBuf },
     #[error("{path} is not a WebAssembly component (bad magic number)")]
     NotWasm { path: PathBuf },
+    #[error("{path} is {size} bytes, larger than the {} MiB a driver's component may be (JavaScript and Python components are 13–20 MiB): a bigger one would take minutes of compiling, holding up other drivers' compiles", MAX_COMPONENT_BYTES >> 20)]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{path} failed to compile: {message}")]
     Compile { path: PathBuf, message: String },
     #[error("cannot start the wasm engine: {0}")]
@@ -283,12 +289,31 @@ impl WasmEngine {
         &self.engine
     }
 
-    /// Reads a component's file and checks that it is a component.
+    /// Reads a component's file (at most [`MAX_COMPONENT_BYTES`]) and checks that it is
+    /// a component.
     pub fn read(path: &Path) -> Result<Source, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        use std::io::Read as _;
+        let read_error = |source| LoadError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let too_large = |size| LoadError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        };
+        let file = std::fs::File::open(path).map_err(read_error)?;
+        let size = file.metadata().map_err(read_error)?.len();
+        if size > MAX_COMPONENT_BYTES {
+            return Err(too_large(size));
+        }
+        // (Read up to one byte past the bound: a file that grew meanwhile is refused too.)
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(MAX_COMPONENT_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(too_large(bytes.len() as u64));
+        }
         check_header(path, &bytes)?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         Ok(Source { bytes, sha256 })
@@ -736,5 +761,24 @@ mod tests {
             .compile(path, &memories(MAX_MEMORIES_PER_COMPONENT + 1))
             .expect_err("refused");
         assert!(e.to_string().contains("memories"), "{e}");
+    }
+
+    /// A component file over the size bound is refused before it is read, naming both
+    /// sizes.
+    #[test]
+    fn a_component_file_over_the_size_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.wasm");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(MAX_COMPONENT_BYTES + 1).unwrap();
+        let e = WasmEngine::read(&path).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("is 67108865 bytes, larger than the 64 MiB")),
+            "{e:?}"
+        );
+        f.set_len(1024).unwrap();
+        let e = WasmEngine::read(&path).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("bad magic number")));
     }
 }
