@@ -876,4 +876,30 @@ async fn a_message_this_node_cannot_read_is_a_dead_letter_not_lost() {
     let out = listed(2);
     assert!(out.contains("later-1"), "{out}");
     assert_eq!(server.requests().len(), 1, "nothing unreadable was sent");
+
+    // A dead letter whose record would not fit max_payload (the record escapes the
+    // transaction's JSON again: 300,000 quotes) is kept in its raw form, not dropped.
+    // (The driver gives up on it at once: more than its max_event_bytes.)
+    let quotes = format!(
+        "{{\"id\":\"quotes-1\",\"user\":\"{user}\",\"events\":[{{\"name\":\"MailboxCreate\",\"mailbox\":\"{}\"}}]}}\n",
+        "\\\"".repeat(300_000)
+    );
+    post(node.addr, &quotes).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
+        assert!(ok, "{out}");
+        if out.contains("quotes-1") {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{out}\n{}",
+            node.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.contains("max_event_bytes"), "{out}");
+    // The not-UTF-8 message was replayed byte for byte: the same reason again.
+    assert!(out.contains("not UTF-8"), "{out}");
 }

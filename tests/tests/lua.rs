@@ -523,18 +523,27 @@ async fn c_functions_that_would_run_unbounded_are_refused_or_bounded() {
             "local t = {} for i = 1, 20000 do t[i] = '::l' .. i .. '::' end \
              local f, err = load(table.concat(t, ' ')) error('load: ' .. tostring(err))",
             "",
-            "larger than the mailpush sandbox's 65536 for load",
+            "larger than the mailpush sandbox's 131072 for load",
         ),
         (
             "local n = 0 local f, err = load(function() n = n + 1 if n < 20000 then return '::l' .. n .. ':: ' end end) \
              error('load: ' .. tostring(err))",
             "",
-            "larger than the mailpush sandbox's 65536 for load",
+            "larger than the mailpush sandbox's 131072 for load",
         ),
         (
             "local f = load('return 1 + 1') error('loaded ' .. f())",
             "",
             "loaded 2",
+        ),
+        // A reader's error is load's answer (nil and the message), as in Lua; numbers
+        // are text to it.
+        (
+            "local f, err = load(function() error('reader broke') end) \
+             local n = 0 local g = load(function() n = n + 1 if n == 1 then return 'return ' elseif n == 2 then return 42 end end) \
+             error((f == nil and 'nil' or 'f') .. ' ' .. (err:find('reader broke') and 'msg' or 'nomsg') .. ' ' .. g())",
+            "",
+            "nil msg 42",
         ),
         (
             "local t = {} for i = 1, 2e5 do t[i] = {} end while true do collectgarbage() end",

@@ -54,7 +54,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "max_inflight",
         "256M",
-        "most memory ingest holds for requests at once: body bytes as they arrive, and before an NDJSON batch is parsed its bytes again plus 2 KiB per line; beyond it 503 with Retry-After: 1 (413 for a batch that could never fit: send smaller ones)",
+        "most memory ingest holds for requests at once: body bytes as they arrive, and before a body is parsed what parsing takes (an NDJSON batch: its bytes again plus 2 KiB per line; any body: 64 bytes per JSON value if more); beyond it 503 with Retry-After: 1 (413 for a body that could never fit: send smaller ones)",
     ),
     (
         "header_timeout_msecs",

@@ -121,7 +121,7 @@ fn print_settings(settings: &[mailpush_config::EffectiveSetting], all: bool) {
     println!(
         "{}",
         if all {
-            "settings (mailpush { } block, as they take effect):"
+            "settings (mailpush { } block: each as set, or its default):"
         } else {
             "settings the config sets (mailpush { } block):"
         }

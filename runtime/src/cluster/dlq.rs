@@ -54,11 +54,12 @@ pub async fn record(
 /// Records a message of the transaction stream this mailpush cannot read as a dead
 /// letter of `driver` (a transaction from a later mailpush with a field this one does
 /// not know, during a rolling upgrade; or one nothing of mailpush published), kept as it
-/// came (text that is not UTF-8 with replacement characters), with `why` as its attempt:
-/// `mailpush dlq list` shows it, and a replay publishes it again as it is (a mailpush
-/// that can read it delivers it; this one makes it a dead letter again). Retries until
-/// JetStream stored it, like [`record`]; the message's stream sequence `seq` is its id
-/// there, so a message read again before its acknowledgement is stored once.
+/// came, byte for byte ([`store_raw`]: it fits, as it fitted the transaction stream), with
+/// `why` as its attempt: `mailpush dlq list` shows it, and a replay publishes it again as
+/// it is (a mailpush that can read it delivers it; this one makes it a dead letter
+/// again). Retries until JetStream stored it, like [`record`]; the message's stream
+/// sequence `seq` is its id there, so a message read again before its acknowledgement is
+/// stored once.
 pub async fn record_unreadable(
     js: &Context,
     names: &Names,
@@ -67,19 +68,79 @@ pub async fn record_unreadable(
     payload: &[u8],
     why: &str,
 ) {
-    let record = Record {
-        driver,
+    let attempt = Attempt {
         at: now(),
-        attempts: vec![Attempt {
-            at: now(),
-            error: format!(
-                "this mailpush cannot read this message of the transaction stream: {why}"
-            ),
-        }],
-        txn: String::from_utf8_lossy(payload).into_owned(),
+        error: format!("this mailpush cannot read this message of the transaction stream: {why}"),
     };
     let id = format!("dlq/{driver}/unreadable/{seq}");
-    store(js, names, record, &id, &format!("stream message {seq}")).await;
+    store_raw(
+        js,
+        names,
+        driver,
+        &attempt,
+        bytes::Bytes::copy_from_slice(payload),
+        &id,
+        &format!("stream message {seq}"),
+    )
+    .await;
+}
+
+/// Headers of a dead letter kept in its raw form ([`store_raw`]).
+const RAW_DRIVER: &str = "Mailpush-Dlq-Driver";
+const RAW_AT: &str = "Mailpush-Dlq-At";
+const RAW_ERROR: &str = "Mailpush-Dlq-Error";
+
+/// Stores a dead letter in its raw form: the transaction's bytes as the message, the
+/// driver, the time and the last attempt's error (one line, at most 1 KiB) as headers.
+/// For one whose JSON record would not fit `max_payload` (the record escapes the
+/// transaction's quotes), and for messages this mailpush cannot read: either fits, since
+/// the transaction's own message fitted. Retries until stored.
+async fn store_raw(
+    js: &Context,
+    names: &Names,
+    driver: u32,
+    attempt: &Attempt,
+    payload: bytes::Bytes,
+    id: &str,
+    what: &str,
+) {
+    let mut error: String = attempt
+        .error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if error.len() > 1024 {
+        let mut cut = 1024;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+    }
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let sent = async {
+            js.send_publish(
+                names.dlq_subject(driver),
+                PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(id)
+                    .header(RAW_DRIVER, driver.to_string())
+                    .header(RAW_AT, attempt.at.to_string())
+                    .header(RAW_ERROR, error.as_str()),
+            )
+            .await?
+            .await
+        }
+        .await;
+        match sent {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(txn = %what, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Publishes `record` with message id `id` until JetStream stored it (`what` names it in
@@ -116,16 +177,19 @@ async fn store(js: &Context, names: &Names, mut record: Record, id: &str, what: 
                 record.attempts.drain(..record.attempts.len() - keep);
             }
             // One attempt left and still too big (the record's JSON escapes the
-            // transaction's quotes): retrying would hold the partition's
-            // acknowledgements for ever.
+            // transaction's quotes): kept in the raw form, which fits.
             Err(e)
                 if matches!(
                     e.kind(),
                     async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
                 ) =>
             {
-                tracing::error!(txn = %what, driver, "NATS: the dead letter is larger than the server's max_payload ({} bytes) and cannot be kept; it is dropped (raise max_payload in nats-server's configuration to keep such dead letters)", payload.len());
-                return;
+                let attempt = record.attempts.pop().unwrap_or(Attempt {
+                    at: record.at,
+                    error: String::new(),
+                });
+                let txn = bytes::Bytes::from(std::mem::take(&mut record.txn).into_bytes());
+                return store_raw(js, names, driver, &attempt, txn, id, what).await;
             }
             Err(e) => {
                 tracing::warn!(txn = %what, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
@@ -140,7 +204,7 @@ async fn store(js: &Context, names: &Names, mut record: Record, id: &str, what: 
 /// publishes: for one this mailpush cannot read, not its stand-in).
 struct Listed {
     letter: DeadLetter,
-    text: String,
+    text: bytes::Bytes,
 }
 
 /// The transaction a dead letter holds; for one this mailpush cannot read, a stand-in
@@ -197,21 +261,43 @@ async fn listed(
         let Ok(msg) = stream.get_raw_message(seq).await else {
             continue; // purged
         };
-        let Ok(r) = serde_json::from_slice::<Record>(&msg.payload) else {
-            continue;
+        let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+        let r = match header(RAW_DRIVER).and_then(|d| d.parse::<u32>().ok()) {
+            // The raw form ([`store_raw`]).
+            Some(driver) => {
+                let at = header(RAW_AT).and_then(|a| a.parse().ok()).unwrap_or(0);
+                Record {
+                    driver,
+                    at,
+                    attempts: vec![Attempt {
+                        at,
+                        error: header(RAW_ERROR).unwrap_or_default(),
+                    }],
+                    txn: String::new(),
+                }
+            }
+            None => match serde_json::from_slice::<Record>(&msg.payload) {
+                Ok(r) => r,
+                Err(_) => continue,
+            },
         };
         if driver.is_some_and(|d| d != r.driver) {
             continue;
         }
+        let text = if r.txn.is_empty() {
+            msg.payload.clone()
+        } else {
+            bytes::Bytes::from(r.txn.into_bytes())
+        };
         out.push(Listed {
             letter: DeadLetter {
                 id: seq as i64,
                 driver: r.driver,
-                txn: letter_txn(&r.txn, seq),
+                txn: letter_txn(&String::from_utf8_lossy(&text), seq),
                 attempts: r.attempts,
                 at: r.at,
             },
-            text: r.txn,
+            text,
         });
     }
     Ok(out)
@@ -255,7 +341,7 @@ pub async fn replay(
         js.send_publish(
             subject,
             PublishMessage::build()
-                .payload(text.into())
+                .payload(text)
                 .message_id(format!("replay/{}/{}", d.driver, d.id)),
         )
         .await

@@ -96,19 +96,19 @@ fn charge_parsing(
         .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
         .count()
         + 1;
+    // Beyond the body's buffer (charged as it was read): for NDJSON its bytes again and
+    // a cost per line; for any body a cost per JSON value, if that is more.
     let per_line = if ndjson {
         bytes
             .len()
-            .saturating_mul(2)
             .saturating_add(lines.saturating_mul(PARSED_TXN_COST))
     } else {
-        bytes.len()
+        0
     };
-    let need = per_line.max(
-        bytes
-            .len()
-            .saturating_add(values.saturating_mul(PARSED_VALUE_COST)),
-    );
+    let need = in_flight
+        .bytes()
+        .max(bytes.len())
+        .saturating_add(per_line.max(values.saturating_mul(PARSED_VALUE_COST)));
     if need.div_ceil(1024) > daemon.body_budget_units {
         daemon.ingest.reject("too_large", 1);
         return Some(error(
@@ -134,6 +134,11 @@ struct BodyCharge<'a> {
 }
 
 impl BodyCharge<'_> {
+    /// The bytes charged so far.
+    fn bytes(&self) -> usize {
+        self.units as usize * 1024
+    }
+
     /// Charges for `total` bytes received so far; false when the budget cannot cover them.
     fn cover(&mut self, total: usize) -> bool {
         let need = u32::try_from(total.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
@@ -180,10 +185,11 @@ fn error_closing(status: StatusCode, body: Value) -> Response {
     r
 }
 
-/// Reads a request body within `max_body` and `body_timeout`, charging the bytes as they
-/// arrive to the `max_inflight` budget until the request is answered: overload gets 503,
-/// a body that arrives too slowly 408 — never unbounded memory, never a budget held by
-/// bytes that have not come.
+/// Reads a request body within `max_body` and `body_timeout`, charging its buffer as it
+/// grows with the bytes that arrive (at most twice them, never past `max_body`) to the
+/// `max_inflight` budget until the request is answered: overload gets 503, a body that
+/// arrives too slowly 408 — never unbounded memory, never a budget held by bytes that
+/// have not come (a Content-Length is not taken on trust).
 async fn read_body<'a>(
     daemon: &'a Daemon,
     headers: &HeaderMap,
@@ -213,9 +219,9 @@ async fn read_body<'a>(
     let mut body = body;
     // Each frame is copied into one buffer and let go at once: kept as they came, a body
     // of a million 1-byte chunks held a handle (and the connection's read buffer behind
-    // it) per byte, far more than the bytes charged. The buffer's capacity is charged.
-    let announced_len = announced.map_or(0, |n| n as usize);
-    let mut all = bytes::BytesMut::with_capacity(announced_len.min(daemon.max_body));
+    // it) per byte, far more than the bytes charged. The buffer grows as bytes arrive
+    // (doubling, at most to max_body), each growth charged before it is made.
+    let mut all: Vec<u8> = Vec::new();
     let mut total = 0usize;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -247,21 +253,21 @@ async fn read_body<'a>(
             return Err(too_large());
         }
         if all.capacity() - all.len() < data.len() {
-            // Grown here, by doubling up to max_body, so the charge is what it holds.
             let want = total
                 .max(all.capacity().saturating_mul(2))
                 .min(daemon.max_body);
             if !charge.cover(want) {
                 return Err(over_budget(daemon, error_closing));
             }
-            all.reserve(want - all.len());
-        }
-        if !charge.cover(all.capacity().max(total)) {
-            return Err(over_budget(daemon, error_closing));
+            all.reserve_exact(want - all.len());
+            // (The allocator's answer is what is held.)
+            if !charge.cover(all.capacity()) {
+                return Err(over_budget(daemon, error_closing));
+            }
         }
         all.extend_from_slice(&data);
     }
-    Ok((all.freeze(), charge))
+    Ok((bytes::Bytes::from(all), charge))
 }
 
 /// Queues parsed transactions: 202 with ids, or 503 when queues are full.

@@ -38,8 +38,9 @@ const MAX_EVENT_NAME: usize = 256;
 /// The longest METADATA value a script may write.
 pub const MAX_METADATA_VALUE: usize = 64 << 10;
 
-/// The longest mailbox name a script's METADATA call may name.
-pub const MAX_MAILBOX_NAME: usize = 1024;
+/// The longest mailbox name a script's METADATA write may name (Dovecot's own limit on
+/// a mailbox name is 4 KiB).
+pub const MAX_MAILBOX_NAME: usize = 4096;
 
 /// The most METADATA entries a script may leave its user with (it may still change
 /// those there are).
@@ -203,14 +204,6 @@ impl Context {
                 "METADATA needs a user: call it on the user of begin_txn".to_string()
             })?;
         let user = match mailbox {
-            // Entries are stored under the user and the mailbox name: the name counts
-            // toward what a script may make the store hold, as the key does.
-            Some(m) if m.len() > MAX_MAILBOX_NAME => {
-                return Err(format!(
-                    "mailbox name of {} bytes, more than the sandbox's {MAX_MAILBOX_NAME}",
-                    m.len()
-                ))
-            }
             Some(m) => format!("{}#{m}", txn.user),
             None => txn.user.clone(),
         };
@@ -263,22 +256,27 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
         "pattern_ok",
         lua.create_function(
             move |_,
-                  (function, s, p, replacement): (
+                  (function, s, p, repl, n): (
                 String,
                 mlua::LuaString,
                 mlua::LuaString,
-                Option<usize>,
+                Option<mlua::LuaString>,
+                Option<i64>,
             )| {
                 if budget.tripped() {
                     return Err(mlua::Error::external(super::budget::Deadline));
                 }
-                Ok(pattern::refusal_replacing(
-                    &function,
-                    &s.as_bytes(),
-                    &p.as_bytes(),
-                    replacement.unwrap_or(0),
-                    pattern::allowed_steps(budget.remaining(), rate),
-                ))
+                let allowed = pattern::allowed_steps(budget.remaining(), rate);
+                let s = s.as_bytes();
+                // gsub's replacement first: its own argument number.
+                if let Some(repl) = &repl {
+                    if let Some(why) =
+                        pattern::replacement_refusal(s.len(), &repl.as_bytes(), n, allowed)
+                    {
+                        return Ok((Some(why), 3));
+                    }
+                }
+                Ok((pattern::refusal(&function, &s, &p.as_bytes(), allowed), 2))
             },
         )?,
     )?;
@@ -408,6 +406,15 @@ pub fn primitives(lua: &Lua, ctx: &Arc<Context>) -> mlua::Result<Table> {
                             return Err(format!(
                                 "METADATA value of {} bytes, more than the sandbox's {MAX_METADATA_VALUE}",
                                 value.len()
+                            ));
+                        }
+                        // Entries are stored under the user and the mailbox name: the
+                        // name counts toward what a script may make the store hold, as
+                        // the key does. (Only writes: what is stored stays readable.)
+                        if let Some(m) = mailbox.as_deref().filter(|m| m.len() > MAX_MAILBOX_NAME) {
+                            return Err(format!(
+                                "mailbox name of {} bytes, more than the sandbox's {MAX_MAILBOX_NAME} for METADATA writes",
+                                m.len()
                             ));
                         }
                         c.metadata_user(mailbox.as_deref())

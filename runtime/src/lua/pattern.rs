@@ -127,27 +127,6 @@ fn skip_set(p: &[u8], mut i: usize) -> usize {
 /// refused when `allowed` steps may be risked ([`allowed_steps`]), or `None` when its
 /// worst case is bounded.
 pub fn refusal(function: &str, s: &[u8], p: &[u8], allowed: f64) -> Option<String> {
-    refusal_replacing(function, s, p, 0, allowed)
-}
-
-/// [`refusal`] for `gsub` with a replacement string of `replacement` bytes: Lua reads the
-/// whole replacement at each match (and a pattern that matches the empty string matches
-/// at every position), even where it adds nothing to the result, so `gsub(s, '',
-/// ('%0'):rep(1e6))` walked 10¹¹ bytes in C with no memory to show for it.
-pub fn refusal_replacing(
-    function: &str,
-    s: &[u8],
-    p: &[u8],
-    replacement: usize,
-    allowed: f64,
-) -> Option<String> {
-    let replacing = (s.len() as f64 + 1.0) * replacement as f64;
-    if replacing > allowed {
-        return Some(format!(
-            "replacement too costly for the mailpush sandbox: a {replacement}-byte replacement read at each of up to {} matches could take {replacing:.1e} steps, more than {allowed:.1e}; use a shorter replacement or subject, or a function as the replacement",
-            s.len() + 1
-        ));
-    }
     let n = s.len().max(1) as f64;
     let shape = shape(p);
     // gmatch takes a leading `^` literally (Lua 5.4): every position is a start.
@@ -171,6 +150,32 @@ pub fn refusal_replacing(
             shape.optionals,
             shape.weight,
             s.len()
+        )
+    })
+}
+
+/// Why `gsub` over a subject of `subject_len` bytes with the replacement string `repl`
+/// (at most `n` replacements) is refused, or `None`. Lua works through the replacement's
+/// escapes (`%0`…`%9`, `%%`) at each match, even where they add nothing to the result (a
+/// capture that is empty), and a pattern that matches the empty string matches at every
+/// position: `gsub(s, '', ('%0'):rep(1e6))` took 10¹¹ steps in C with no memory to show
+/// for it. Plain bytes of the replacement are copied to the result, which the memory
+/// limit bounds.
+pub fn replacement_refusal(
+    subject_len: usize,
+    repl: &[u8],
+    n: Option<i64>,
+    allowed: f64,
+) -> Option<String> {
+    let escapes = memchr::memchr_iter(b'%', repl).count();
+    let mut matches = subject_len as f64 + 1.0;
+    if let Some(n) = n {
+        matches = matches.min(n.max(0) as f64);
+    }
+    let cost = matches * escapes as f64;
+    (cost > allowed).then(|| {
+        format!(
+            "replacement too costly for the mailpush sandbox: its {escapes} escapes (%) worked through at each of up to {matches:.0} matches could take {cost:.1e} steps, more than {allowed:.1e}; use fewer escapes, a shorter subject, a limit on replacements, or a function as the replacement"
         )
     })
 }

@@ -160,7 +160,8 @@ end
 local tsort = table.sort
 local function less(a, b) return a < b end
 function table.sort(t, comp)
-  return tsort(t, comp or less)
+  if comp ~= nil then return tsort(t, comp) end
+  return tsort(t, less)
 end
 
 -- Lua patterns run in C and backtrack: their cost grows as the subject length to the
@@ -168,10 +169,10 @@ end
 -- sandbox's bound; plain searches go to a linear-time search.
 local H_pattern_ok, H_plain_find = H.pattern_ok, H.plain_find
 local sfind, smatch, sgmatch, sgsub = string.find, string.match, string.gmatch, string.gsub
-local function guard(name, s, p, replacement)
+local function guard(name, s, p, repl, n)
   if type(s) == "string" and type(p) == "string" then
-    local why = H_pattern_ok(name, s, p, replacement)
-    if why then error("bad argument #2 to '" .. name .. "' (" .. why .. ")", 3) end
+    local why, arg = H_pattern_ok(name, s, p, repl, n)
+    if why then error("bad argument #" .. arg .. " to '" .. name .. "' (" .. why .. ")", 3) end
   end
 end
 function string.find(s, p, init, plain)
@@ -191,11 +192,10 @@ function string.gmatch(s, p, init)
   guard("gmatch", s, p)
   return sgmatch(s, p, init)
 end
--- (A replacement string is read whole at each match: its length counts too.)
+-- (A replacement string's escapes are worked through at each match, even where they add
+-- nothing to the result: they count too.)
 function string.gsub(s, p, repl, n)
-  local rlen
-  if type(repl) == "string" then rlen = #repl elseif type(repl) == "number" then rlen = #tostring(repl) end
-  guard("gsub", s, p, rlen)
+  guard("gsub", s, p, type(repl) == "string" and repl or nil, math_tointeger(n))
   return sgsub(s, p, repl, n)
 end
 

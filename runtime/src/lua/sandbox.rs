@@ -208,24 +208,32 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
                 // an empty or nil one), counted as they come, and the text loaded.
                 Value::Function(reader) => {
                     let mut text = Vec::new();
+                    let failed = |msg: String| -> mlua::Result<MultiValue> {
+                        Ok(MultiValue::from_vec(vec![
+                            Value::Nil,
+                            Value::String(lua.create_string(msg)?),
+                        ]))
+                    };
                     loop {
-                        match reader.call::<Value>(())? {
+                        // As load does: a reader's error is load's answer, not raised.
+                        let piece = match reader.call::<Value>(()) {
+                            Ok(v) => v,
+                            Err(e) if super::budget::is_deadline(&e) => return Err(e),
+                            Err(e) => return failed(e.to_string()),
+                        };
+                        match piece {
                             Value::Nil => break,
                             Value::String(piece) if piece.as_bytes().is_empty() => break,
-                            Value::String(piece) => {
-                                text.extend_from_slice(&piece.as_bytes());
-                                if text.len() > MAX_CHUNK {
-                                    return too_big(text.len());
-                                }
+                            Value::String(piece) => text.extend_from_slice(&piece.as_bytes()),
+                            // (Numbers are strings to load.)
+                            Value::Integer(_) | Value::Number(_) => {
+                                let piece = lua.coerce_string(piece)?.map(|s| s.as_bytes().to_vec());
+                                text.extend_from_slice(&piece.unwrap_or_default());
                             }
-                            _ => {
-                                return Ok(MultiValue::from_vec(vec![
-                                    Value::Nil,
-                                    Value::String(
-                                        lua.create_string("reader function must return a string")?,
-                                    ),
-                                ]))
-                            }
+                            _ => return failed("reader function must return a string".into()),
+                        }
+                        if text.len() > MAX_CHUNK {
+                            return too_big(text.len());
                         }
                     }
                     args[0] = Value::String(lua.create_string(&text)?);
@@ -279,7 +287,7 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
 }
 
 /// The longest chunk a script may `load` (its own source is not bound by this).
-pub const MAX_CHUNK: usize = 64 << 10;
+pub const MAX_CHUNK: usize = 128 << 10;
 
 /// The script as read at load.
 pub struct Source {

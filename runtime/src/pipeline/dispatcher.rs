@@ -180,6 +180,10 @@ pub struct Dispatcher {
     capacity: usize,
     observer: Option<Arc<dyn DeliveryObserver>>,
     spool: Option<Arc<dyn Spool>>,
+    /// Shut down ([`Dispatcher::shutdown_shared`]; set under the lanes' lock as they are
+    /// taken): a batch accepted afterwards would be owed to no driver, and the spool
+    /// drops what no driver is owed.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 /// Starts a lane; `overflow` is the backlog state of the lane it replaces, if any (the
@@ -285,6 +289,7 @@ impl Dispatcher {
             capacity,
             observer,
             spool,
+            shut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -320,6 +325,11 @@ impl Dispatcher {
         backpressure: Backpressure,
     ) -> Result<usize, Refused> {
         let lanes = self.snapshot();
+        // (After the snapshot: a shutdown that took the lanes before it is seen here, and
+        // what a shutdown after it leaves owed is delivered at the next start.)
+        if self.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refused::ShutDown);
+        }
         if let Some(spool) = &self.spool {
             let spool = spool.clone();
             let numbers: Vec<u32> = lanes.iter().map(|l| l.number).collect();
@@ -673,7 +683,11 @@ impl Dispatcher {
     /// [`Dispatcher::shutdown`] through a shared reference: afterwards the dispatcher
     /// has no drivers.
     pub async fn shutdown_shared(&self) -> Vec<DriverReport> {
-        let lanes = std::mem::take(&mut *self.lanes.write());
+        let lanes = {
+            let mut lanes = self.lanes.write();
+            self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::mem::take(&mut *lanes)
+        };
         let mut reports = Vec::new();
         for lane in lanes {
             // What a lane still had stays in the spool for the next start.

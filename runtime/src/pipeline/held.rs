@@ -170,8 +170,13 @@ impl Held {
                 if i >= skip && item.arrived + max <= now {
                     out.push(item);
                 } else {
-                    let at = item.arrived + max;
-                    next_expiry = Some(next_expiry.map_or(at, |e| e.min(at)));
+                    // (Not the one being delivered: its time may be past already, and
+                    // waking for it would spin the lane until its delivery ends. Its
+                    // delivery ending puts it back: `requeue`.)
+                    if i >= skip {
+                        let at = item.arrived + max;
+                        next_expiry = Some(next_expiry.map_or(at, |e| e.min(at)));
+                    }
                     kept.push_back(item);
                 }
             }
@@ -297,6 +302,13 @@ impl Held {
     /// Puts `user` back in the ring if more of theirs wait, else forgets them.
     pub fn requeue(&mut self, user: String) {
         self.in_flight.remove(&user);
+        // Its oldest, no longer being delivered, may expire again ([`Held::expire`]).
+        if let (Some(max), Some(front)) =
+            (self.max_age, self.users.get(&user).and_then(|q| q.front()))
+        {
+            let at = front.arrived + max;
+            self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
+        }
         if self.users.get(&user).is_some_and(|q| !q.is_empty()) {
             self.ring.push_back(user);
         } else {
@@ -545,6 +557,30 @@ mod tests {
         assert!(at < now + Duration::from_secs(205), "{:?}", at - now);
         assert!(h.skip_ahead(now, hold).is_empty());
         assert_eq!(h.skip_ahead(at, hold).len(), 1);
+    }
+
+    /// A transaction being delivered while it grows too old is not a time to wake at:
+    /// its expiry, already past, made the lane wake at once on every turn (a busy loop)
+    /// until the delivery ended. Once it ends (a retry), the expiry counts again.
+    #[test]
+    fn a_delivery_in_flight_is_no_time_to_wake_at() {
+        let max = Duration::from_secs(60);
+        let mut h = Held::with_max_age(Some(max));
+        let t0 = Instant::now();
+        h.push_arrived(txn("a", "a1"), t0);
+        assert_eq!(h.next_due(t0, |_| true).map(|(u, _)| u), Some("a".into()));
+        // Past its age while delivered: not expired, and no wake-up at a past time.
+        assert!(h.expire(t0 + max * 2).is_empty());
+        assert_eq!(h.next_expiry(), None);
+        // Delivered with a retryable failure: it may expire now.
+        h.requeue("a".into());
+        assert_eq!(h.next_expiry(), Some(t0 + max));
+        let expired: Vec<String> = h
+            .expire(t0 + max * 2)
+            .into_iter()
+            .map(|i| i.txn.id.clone())
+            .collect();
+        assert_eq!(expired, ["a1"]);
     }
 
     /// A user's oldest transaction waiting for a retry is skipped once a later one has

@@ -129,7 +129,12 @@ pub async fn run(ctx: LaneContext, mut rx: mpsc::Receiver<Queued>) -> Vec<Arc<Tr
             !closed && !ctx.overflow.handing_over() && read_back(&ctx, &mut held, capacity);
         // The queue is drained: read the backlog the spool keeps, if the queue overflowed
         // (in batches, once at least half the room is free).
-        if let (true, Some(spool)) = (drained && held.count <= capacity / 2, &ctx.spool) {
+        // (Not while a reload hands over: the replaced lane would deliver, with the old
+        // driver, what the new lane's users have older transactions of queued.)
+        if let (true, Some(spool)) = (
+            drained && held.count <= capacity / 2 && !ctx.overflow.handing_over(),
+            &ctx.spool,
+        ) {
             for (t, stored, position) in
                 ctx.overflow
                     .take(spool.as_ref(), ctx.number, capacity - held.count, || {
@@ -420,12 +425,24 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
     let share = room_share(capacity);
     let reserve = room_reserve(capacity);
     let mut failed = false;
-    for key in ctx.overflow.diverting() {
-        let free = capacity.saturating_sub(held.count).saturating_sub(reserve);
-        if free == 0 {
-            break;
+    // Keys in turn, from the one after the key served first last time: the first keys
+    // in order do not always take the room that frees up.
+    for key in ctx.overflow.diverting_in_turn() {
+        let room_left = capacity.saturating_sub(held.count);
+        let holds = held.held_for(&key);
+        let room = if room_left > reserve {
+            share.saturating_sub(holds).min(room_left - reserve)
+        } else if holds == 0 && room_left > 0 {
+            // As `take_in` lets in a key that holds nothing: one of it, from the reserve.
+            // (Without it, a user whose second transaction was left in the spool while
+            // others' retries filled all but the reserve waited for them, hours.)
+            1
+        } else {
+            0
+        };
+        if room == 0 {
+            continue;
         }
-        let room = share.saturating_sub(held.held_for(&key)).min(free);
         let mut positions = ctx.overflow.take_diverted(&key, room).into_iter();
         while let Some(position) = positions.next() {
             match spool.owed_at(ctx.number, position) {

@@ -44,6 +44,8 @@ pub struct Overflow {
     /// share of the lane's room, by that key: spool positions, read back in order as
     /// its room frees up (see `lane::take_in`).
     diverted: Mutex<BTreeMap<String, BTreeSet<i64>>>,
+    /// The key [`Overflow::diverting_in_turn`] gave first last time.
+    served_first: Mutex<Option<String>>,
     /// A reload is handing the lane what its predecessor held: until it is done, the
     /// lane reads nothing back (those transactions are older); with the spool it takes
     /// and starts nothing at all.
@@ -225,6 +227,27 @@ impl Overflow {
     /// The keys with transactions left in the spool.
     pub fn diverting(&self) -> Vec<String> {
         self.diverted.lock().keys().cloned().collect()
+    }
+
+    /// [`Overflow::diverting`], starting after the key it started with last time (and
+    /// wrapping around), so that each key in turn is first to the room that frees up.
+    pub fn diverting_in_turn(&self) -> Vec<String> {
+        let diverted = self.diverted.lock();
+        let mut last = self.served_first.lock();
+        let mut keys: Vec<String> = match last.as_deref() {
+            Some(after) => diverted
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .chain(diverted.range::<str, _>((
+                    std::ops::Bound::Unbounded,
+                    std::ops::Bound::Included(after),
+                )))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => diverted.keys().cloned().collect(),
+        };
+        keys.dedup();
+        *last = keys.first().cloned();
+        keys
     }
 
     /// Takes up to `n` of `key`'s positions left in the spool, oldest first.

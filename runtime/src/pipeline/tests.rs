@@ -634,6 +634,74 @@ async fn users_waiting_for_retries_leave_room_for_a_new_user() {
     assert!(spool.pending().unwrap().is_empty());
 }
 
+/// A user whose second transaction was left in the spool (only the reserve of the room
+/// was free, the rest held by other users' transactions waiting an hour for retries) gets
+/// it read back once its first is delivered, as a user holding nothing is let in: it
+/// waited behind the others' retries, an hour, because the read-back never used the
+/// reserve.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_left_in_the_spool_is_read_back_from_the_reserve() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let outcomes = Arc::new(Outcomes::default());
+    let driver = Arc::new(Script::default());
+    for u in ["a", "b", "c"] {
+        driver.fail.lock().insert(format!("{u}1"), 100);
+    }
+    let mut args = mailpush_core::DriverArgs::parse("retry=1h breaker_min=1000");
+    let policy = DeliveryPolicy::from_args(&mut args).unwrap();
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver.clone(), "s", policy)],
+        8,
+        Some(outcomes.clone() as Arc<dyn DeliveryObserver>),
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.accept(
+        vec![txn("a", "a1"), txn("b", "b1"), txn("c", "c1")],
+        Backpressure::Refuse,
+    )
+    .await
+    .unwrap();
+    driver.wait_calls(3).await;
+    d.accept(
+        vec![txn("a", "a2"), txn("b", "b2"), txn("c", "c2")],
+        Backpressure::Refuse,
+    )
+    .await
+    .unwrap();
+    // Six held; e1 gets in, e2 (only the reserve left) stays in the spool.
+    d.accept(vec![txn("e", "e1"), txn("e", "e2")], Backpressure::Refuse)
+        .await
+        .unwrap();
+    assert!(
+        eventually(|| outcomes.delivered_at("e2").is_some()).await,
+        "e2 read back and delivered: {:?}",
+        outcomes.seen.lock()
+    );
+    assert!(outcomes.delivered_at("e1") < outcomes.delivered_at("e2"));
+    d.shutdown().await;
+}
+
+/// A batch that comes after the dispatcher shut down (a hand-off read while a stop took
+/// the lanes) is refused, not accepted: owed to no driver, the spool dropped it, and the
+/// hand-off removed its files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_after_shutdown_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool(&dir);
+    let driver = Arc::new(Script::default());
+    let d = Dispatcher::start_with_spool(
+        vec![loaded(driver, "s", DeliveryPolicy::default())],
+        8,
+        None,
+        Some(spool.clone() as Arc<dyn Spool>),
+    );
+    d.shutdown_shared().await;
+    let r = d.accept(vec![txn("u", "late")], Backpressure::Refuse).await;
+    assert!(matches!(r, Err(super::Refused::ShutDown)), "{r:?}");
+    assert!(spool.position("late").unwrap().is_none());
+}
+
 /// A reload while a user has transactions left in the spool: the new lane delivers
 /// what the old one held (older) before it reads back the rest, so the user's order
 /// holds across the reload.

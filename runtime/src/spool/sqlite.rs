@@ -454,6 +454,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
     // while the lanes count them done.
     let mut redo: Vec<Write> = Vec::new();
     let mut closed = false;
+    // A failure that lasts (a full disk) fails a batch every second: logged once per
+    // 10 s with how many.
+    let failures = crate::logging::Tally::default();
     loop {
         let first = if redo.is_empty() {
             match rx.recv() {
@@ -581,7 +584,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
             Ok(added) => {
                 used.fetch_add(*added, Ordering::Relaxed);
             }
-            Err(e) => tracing::error!("spool commit failed: {e}"),
+            Err(e) => failures.report(|more| {
+                tracing::error!(
+                    "spool commit failed: {e}{}",
+                    if more > 0 {
+                        format!(" (+{more} more failed commits since the last report)")
+                    } else {
+                        String::new()
+                    }
+                )
+            }),
         }
         for w in batch {
             match w {

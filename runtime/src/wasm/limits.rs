@@ -236,6 +236,9 @@ pub struct MemoryLimiter {
     pub initial_over: Option<usize>,
     /// The bytes of every memory of the store, as grown so far.
     total: usize,
+    /// The growth last allowed, taken back if it then fails (past the memory's own
+    /// maximum, or the pool's).
+    pending: usize,
 }
 
 impl MemoryLimiter {
@@ -245,6 +248,7 @@ impl MemoryLimiter {
             hit: false,
             initial_over: None,
             total: 0,
+            pending: 0,
         }
     }
 }
@@ -260,13 +264,20 @@ impl ResourceLimiter for MemoryLimiter {
         let total = self.total.saturating_add(growth);
         if total > self.limit {
             self.hit = true;
+            self.pending = 0;
             if current == 0 && desired > self.limit {
                 self.initial_over = Some(desired);
             }
             return Ok(false);
         }
         self.total = total;
+        self.pending = growth;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.total = self.total.saturating_sub(std::mem::take(&mut self.pending));
+        Ok(())
     }
 
     fn table_growing(

@@ -72,8 +72,9 @@ pub fn link<T: wasmtime_wasi_http::WasiHttpView + 'static>(
 /// of the list out of the guest's memory before the fields' size limit is looked at,
 /// and entries may all point at the same bytes, so a guest of 32 MiB could make the host
 /// copy a thousand times that in one call. Here the lengths are added up first, from
-/// the guest's memory, and only what fits [`super::limits::FIELD_SIZE_LIMIT`] is copied;
-/// more traps the guest, as `wasi:http` does for fields over the limit.
+/// the guest's memory, each entry with [`FIELD_ENTRY_COST`] more, and only what fits
+/// [`super::limits::FIELD_SIZE_LIMIT`] is copied; more traps the guest, as `wasi:http`
+/// does for fields over the limit.
 fn link_fields<T: wasmtime_wasi_http::WasiHttpView + 'static>(
     types: &mut wasmtime::component::LinkerInstance<'_, T>,
 ) -> wasmtime::Result<()> {
@@ -90,7 +91,7 @@ fn link_fields<T: wasmtime_wasi_http::WasiHttpView + 'static>(
                     break;
                 };
                 let (name, value) = entry?;
-                total = total.saturating_add(value.len());
+                total = total.saturating_add(value.len() + FIELD_ENTRY_COST);
                 check_fields_size(total)?;
                 let name = name.to_str(&store)?;
                 total = total.saturating_add(name.len());
@@ -115,7 +116,7 @@ fn link_fields<T: wasmtime_wasi_http::WasiHttpView + 'static>(
                     break;
                 };
                 let value = value?;
-                total = total.saturating_add(value.len());
+                total = total.saturating_add(value.len() + FIELD_ENTRY_COST);
                 check_fields_size(total)?;
                 copied.push(value.as_le_slice(&store).to_vec());
             }
@@ -129,6 +130,11 @@ fn link_fields<T: wasmtime_wasi_http::WasiHttpView + 'static>(
     )?;
     Ok(())
 }
+
+/// What one entry of a fields list costs the host beyond its bytes (its name and value
+/// allocations, the header value wasmtime makes of it): counted, so a list of a million
+/// empty entries is refused like one of long ones.
+const FIELD_ENTRY_COST: usize = 64;
 
 /// Traps once fields being copied from the guest exceed the fields' size limit.
 fn check_fields_size(total: usize) -> wasmtime::Result<()> {

@@ -99,6 +99,12 @@ impl Resolver {
             .acquire_owned()
             .await
             .map_err(std::io::Error::other)?;
+        // Another request may have looked it up while this one waited for its turn.
+        if let Some(a) = self.answers.lock().get(&key) {
+            if a.at.elapsed() < self.ttl {
+                return Ok(at(&a.ips));
+            }
+        }
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let (lookup, name) = (self.lookup, host.to_string());
         let ips = tokio::task::spawn_blocking(move || {
