@@ -131,6 +131,20 @@ fn cli(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// `mailpush dlq list -c conf` once its output satisfies `done` (within 30 s).
+async fn dlq_list_until(conf: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = cli(&["dlq", "list", "-c", conf]);
+        assert!(ok, "{out}");
+        if done(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One node on one NATS server: ingest stores in JetStream and the node delivers, in
 /// order per user; a transaction given up on is a dead letter in JetStream, listed and
 /// replayed by `mailpush dlq`; a client's retry of an id is stored once.
@@ -165,18 +179,7 @@ async fn one_node_delivers_through_jetstream() {
     server.script([Reply::status(400), Reply::status(400)]);
     post(node.addr, &txn_line("dl@example.com", "dead-1")).await;
     let conf_arg = conf.to_str().unwrap();
-    let dead_letter_listed = || async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
-            assert!(ok, "{out}");
-            if out.contains("dead-1") {
-                break out;
-            }
-            assert!(Instant::now() < deadline, "{out}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let dead_letter_listed = || dlq_list_until(conf_arg, |out| out.contains("dead-1"));
     let listed = dead_letter_listed().await;
     assert!(listed.contains("webhook answered 400"), "{listed}");
     let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
@@ -841,23 +844,8 @@ async fn a_message_this_node_cannot_read_is_a_dead_letter_not_lost() {
     assert_eq!(server.requests().len(), 1, "only the readable one was sent");
 
     let conf_arg = conf.to_str().unwrap();
-    let listed = |want: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
-            assert!(ok, "{out}");
-            if count(&out, "cannot read this message") >= want {
-                break out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{out}\n{}",
-                node.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let out = listed(2);
+    let listed = || dlq_list_until(conf_arg, |out| count(out, "cannot read this message") >= 2);
+    let out = listed().await;
     assert!(out.contains("later-1") && out.contains(user), "{out}");
     assert!(
         out.contains("unknown field") || out.contains("priority"),
@@ -873,7 +861,7 @@ async fn a_message_this_node_cannot_read_is_a_dead_letter_not_lost() {
     // not a transaction without events delivered.
     let (ok, out) = cli(&["dlq", "replay", "--all", "-c", conf_arg]);
     assert!(ok && out.starts_with("2 dead letter(s)"), "{out}");
-    let out = listed(2);
+    let out = listed().await;
     assert!(out.contains("later-1"), "{out}");
     assert_eq!(server.requests().len(), 1, "nothing unreadable was sent");
 
@@ -885,20 +873,7 @@ async fn a_message_this_node_cannot_read_is_a_dead_letter_not_lost() {
         "\\\"".repeat(300_000)
     );
     post(node.addr, &quotes).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let out = loop {
-        let (ok, out) = cli(&["dlq", "list", "-c", conf_arg]);
-        assert!(ok, "{out}");
-        if out.contains("quotes-1") {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{out}\n{}",
-            node.log.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let out = dlq_list_until(conf_arg, |out| out.contains("quotes-1")).await;
     assert!(out.contains("max_event_bytes"), "{out}");
     // The not-UTF-8 message was replayed byte for byte: the same reason again.
     assert!(out.contains("not UTF-8"), "{out}");
