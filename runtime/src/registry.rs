@@ -204,10 +204,10 @@ impl DriverRegistry {
             args_display: setting.args.redacted(),
             location: setting.location.clone(),
             fingerprint: format!(
-                "{}|{}|{:?}|{}",
+                "{}|{}|{}|{}",
                 setting.number,
                 setting.name.to_ascii_lowercase(),
-                setting.raw,
+                args_digest(&setting.args),
                 hashes.join(",")
             ),
             policy: policy.with_driver_defaults(initialised.driver.freshness()),
@@ -338,6 +338,22 @@ fn display_value(setting: &DriverSetting) -> String {
     }
 }
 
+/// A digest of a driver's arguments as they take effect, for its fingerprint: a reload
+/// keeps a running driver whose fingerprint is unchanged. (The line's text was used: a
+/// Dovecot 2.4 block has none, so no change in one, `ox_url` included, restarted its
+/// driver; nor did `push_notification_lua_script_file`, which sets an argument.)
+fn args_digest(args: &mailpush_core::DriverArgs) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (k, v) in args.iter() {
+        h.update(k.as_bytes());
+        h.update(b"\0");
+        h.update(v.as_bytes());
+        h.update(b"\0");
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
 #[cfg(test)]
 mod tests {
     //! Initialising the configured drivers: unknown names, case, init failures.
@@ -414,6 +430,61 @@ mod tests {
             };
             assert!(errs[0].message.contains(hint), "{line}: {}", errs[0]);
         }
+    }
+
+    /// A reload keeps a driver whose fingerprint is unchanged: a change of its arguments
+    /// changes it, in a Dovecot 2.4 block too (whose line has no text of arguments: an
+    /// `ox_url` changed there kept the old driver, pushing to the old URL); the same
+    /// arguments written otherwise do not.
+    #[tokio::test]
+    async fn a_changed_argument_changes_the_fingerprint_in_24_blocks_too() {
+        let registry = DriverRegistry::default();
+        let fingerprint = |text: String| {
+            let registry = &registry;
+            async move {
+                let c = parse(&text);
+                let Ok(loaded) = registry.init_all(&c, Arc::new(NoMetadata)).await else {
+                    panic!("refused: {text}");
+                };
+                loaded[0].fingerprint.clone()
+            }
+        };
+        let block =
+            |url: &str| format!("push_notification ox {{\n  driver = ox\n  ox_url = {url}\n}}\n");
+        let old = fingerprint(block("http://user@old.example/push")).await;
+        let new = fingerprint(block("http://user@new.example/push")).await;
+        assert_ne!(old, new, "a 2.4 block's changed ox_url");
+        assert_eq!(
+            old,
+            fingerprint(block("http://user@old.example/push")).await
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let line = |args: String| plugin(&format!("push_notification_driver = {args}"));
+        let log = |name: &str| format!("dlog:file={}", dir.path().join(name).display());
+        assert_ne!(
+            fingerprint(line(log("a.log"))).await,
+            fingerprint(line(log("b.log"))).await
+        );
+        assert!(
+            !old.contains("old.example"),
+            "a digest, not the arguments: {old}"
+        );
+        // A Lua script's text counts as the arguments do (a reload after editing it
+        // kept the old script).
+        let script = dir.path().join("s.lua");
+        let lua = line(format!("lua:file={}", script.display()));
+        std::fs::write(
+            &script,
+            "function dovecot_lua_notify_begin_txn(u) return {} end\n",
+        )
+        .unwrap();
+        let before = fingerprint(lua.clone()).await;
+        std::fs::write(
+            &script,
+            "function dovecot_lua_notify_begin_txn(u) return {1} end\n",
+        )
+        .unwrap();
+        assert_ne!(before, fingerprint(lua).await, "the script changed");
     }
 
     #[tokio::test]

@@ -614,13 +614,19 @@ async fn reload_swaps_drivers_while_transactions_flow() {
         .await;
         assert_eq!(s, 202);
     }
+    // A SIGHUP with a config that does not parse has no one to answer: it is logged.
+    std::fs::write(&conf, "mailpush {\n state_dir = state\n").unwrap();
+    d.signal("HUP");
+    let log = d.wait_for_log(
+        "reload refused, keeping the running configuration",
+        Duration::from_secs(20),
+    );
+    assert!(log.contains("reload refused"), "{log}");
     std::fs::write(&conf, with_port("")).unwrap();
     d.signal("HUP");
-    let log = d.log.clone();
     // Wait for the reload to be logged.
-    while !log.lock().unwrap().contains("stopped=[2]") {
-        tokio::task::yield_now().await;
-    }
+    let log = d.wait_for_log("stopped=[2]", Duration::from_secs(30));
+    assert!(log.contains("stopped=[2]"), "{log}");
     assert!(d.stop().success());
     // Driver 1 was kept throughout: it saw every transaction exactly once.
     assert_eq!(count(&dir.path().join("one.log"), "Called begin_txn"), 205);

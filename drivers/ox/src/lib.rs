@@ -94,6 +94,14 @@ impl DriverFactory for OxFactory {
         ];
         if let Some(ca) = &config.ssl_ca_file {
             details.push(format!("ssl_ca_file: {}", ca.display()));
+            // (A reload compares it: a renewed CA bundle restarts the driver.)
+            if let Some(pem) = &ca_pem {
+                use sha2::Digest;
+                details.push(format!(
+                    "sha256: {} (ssl_ca_file)",
+                    hex::encode(sha2::Sha256::digest(pem))
+                ));
+            }
         }
         let inner = OxInner {
             number: init.number,

@@ -90,6 +90,10 @@ const RAW_DRIVER: &str = "Mailpush-Dlq-Driver";
 const RAW_AT: &str = "Mailpush-Dlq-At";
 const RAW_ERROR: &str = "Mailpush-Dlq-Error";
 
+/// What the raw form's headers take besides the id and the error: `NATS/1.0`, the
+/// header names, the driver and the time, line ends; rounded up.
+const RAW_HEADERS_FIXED: usize = 160;
+
 /// Stores a dead letter in its raw form: the transaction's bytes as the message, the
 /// driver, the time and the last attempt's error (one line, at most 1 KiB) as headers.
 /// For one whose JSON record would not fit `max_payload` (the record escapes the
@@ -104,13 +108,24 @@ async fn store_raw(
     id: &str,
     what: &str,
 ) {
+    // The headers take what the message leaves of max_payload: the error is cut to fit
+    // (1 KiB at most). The transaction's own message fitted with the room ingest keeps
+    // for headers ([`super::spool::HEADER_ROOM_MIN`]), which the driver, the time and
+    // this longer id take; one that does not fit even so is not kept.
+    let fixed = RAW_HEADERS_FIXED + id.len();
+    let max = js.client().max_payload();
+    let Some(room) = max.checked_sub(payload.len() + fixed) else {
+        tracing::error!(txn = %what, driver, "NATS: the dead letter ({} bytes) does not fit the server's max_payload ({max} bytes) and cannot be kept; it is dropped", payload.len());
+        return;
+    };
     let mut error: String = attempt
         .error
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if error.len() > 1024 {
-        let mut cut = 1024;
+    let keep = room.min(1024);
+    if error.len() > keep {
+        let mut cut = keep;
         while !error.is_char_boundary(cut) {
             cut -= 1;
         }

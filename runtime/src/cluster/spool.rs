@@ -411,8 +411,14 @@ pub const HEADER_ROOM: u64 = 1024;
 /// A transaction's message size as NATS counts it against `max_payload`: its payload and
 /// its headers (`NATS/1.0`, `Nats-Msg-Id: ID`, their line ends), rounded up.
 fn message_size(id: &str, payload: usize) -> u64 {
-    (payload + id.len() + 64) as u64
+    (payload + id.len() + HEADER_ROOM_MIN) as u64
 }
+
+/// What a transaction's message leaves of `max_payload` besides its id, for headers:
+/// its own (`NATS/1.0`, `Nats-Msg-Id`), and room for a dead letter's raw form, which
+/// stores the same bytes with a longer id, the driver and the time as headers
+/// ([`super::dlq`]).
+pub const HEADER_ROOM_MIN: usize = 256;
 
 /// Publishes a batch (each transaction on its partition's subject, its id as the
 /// de-duplication id) and waits until JetStream stored all of it; retries what failed

@@ -810,6 +810,8 @@ pub async fn consume(
                     listing.push_front(f);
                 }
             }
+            // Stopping: the files stay for the next start.
+            Err(Refused::ShutDown) => return,
             Err(refused) => {
                 // Nothing is lost: the files stay and are read again, from a new
                 // listing (they are the oldest).

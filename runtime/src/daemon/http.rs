@@ -96,8 +96,8 @@ fn charge_parsing(
         .filter(|b| matches!(b, b',' | b':' | b'[' | b'{'))
         .count()
         + 1;
-    // Beyond the body's buffer (charged as it was read): for NDJSON its bytes again and
-    // a cost per line; for any body a cost per JSON value, if that is more.
+    // Beyond the body (charged as it was read, its buffer fitted to it since): for NDJSON
+    // its bytes again and a cost per line; for any body a cost per JSON value, if more.
     let per_line = if ndjson {
         bytes
             .len()
@@ -105,9 +105,8 @@ fn charge_parsing(
     } else {
         0
     };
-    let need = in_flight
-        .bytes()
-        .max(bytes.len())
+    let need = bytes
+        .len()
         .saturating_add(per_line.max(values.saturating_mul(PARSED_VALUE_COST)));
     if need.div_ceil(1024) > daemon.body_budget_units {
         daemon.ingest.reject("too_large", 1);
@@ -134,9 +133,13 @@ struct BodyCharge<'a> {
 }
 
 impl BodyCharge<'_> {
-    /// The bytes charged so far.
-    fn bytes(&self) -> usize {
-        self.units as usize * 1024
+    /// Gives back what is charged beyond `total` bytes.
+    fn release_to(&mut self, total: usize) {
+        let keep = u32::try_from(total.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        if keep < self.units {
+            self.budget.add_permits((self.units - keep) as usize);
+            self.units = keep;
+        }
     }
 
     /// Charges for `total` bytes received so far; false when the budget cannot cover them.
@@ -253,9 +256,12 @@ async fn read_body<'a>(
             return Err(too_large());
         }
         if all.capacity() - all.len() < data.len() {
+            // (Not past a Content-Length: hyper holds the body to it.)
             let want = total
                 .max(all.capacity().saturating_mul(2))
-                .min(daemon.max_body);
+                .min(announced.map_or(daemon.max_body, |n| n as usize))
+                .min(daemon.max_body)
+                .max(total);
             if !charge.cover(want) {
                 return Err(over_budget(daemon, error_closing));
             }
@@ -267,6 +273,9 @@ async fn read_body<'a>(
         }
         all.extend_from_slice(&data);
     }
+    // What doubling left unused goes back to the budget.
+    all.shrink_to_fit();
+    charge.release_to(all.capacity());
     Ok((bytes::Bytes::from(all), charge))
 }
 

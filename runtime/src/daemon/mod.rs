@@ -111,8 +111,18 @@ impl Daemon {
     }
 
     async fn reload_now(&self) -> Result<Reconfigured, Vec<String>> {
-        let config = Config::load(&self.config_path)
-            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let config = Config::load(&self.config_path).map_err(|e| {
+            let errors: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+            // (A SIGHUP has no one to answer: the log is where this is said.)
+            tracing::error!(
+                "reload refused, keeping the running configuration: {}",
+                errors.join("; ")
+            );
+            errors
+        })?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         // Everything loads before the switch, big components included: the running
         // drivers deliver meanwhile, and a driver that fails to load refuses the reload
         // (the running configuration is kept) instead of replacing a working driver.

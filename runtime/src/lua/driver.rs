@@ -102,6 +102,20 @@ impl DriverFactory for LuaFactory {
                 ),
             )
         })?;
+        // What a reload compares (with the arguments): the script, and the plugin { }
+        // settings it may read (plugin_getenv).
+        let digest = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(&text);
+            for (k, v) in init.plugin_env.iter() {
+                h.update(b"\0");
+                h.update(k.as_bytes());
+                h.update(b"=");
+                h.update(v.as_bytes());
+            }
+            hex::encode(h.finalize())
+        };
         let source = Arc::new(Source::new(text, format!("@{}", settings.file.display())));
         let tag = Arc::new(DriverTag {
             number: init.number,
@@ -141,6 +155,7 @@ impl DriverFactory for LuaFactory {
             probe.map_err(|e| InitError::new(format!("{}: {e}", settings.file.display())))?;
         let mut details = vec![
             format!("file: {}", settings.file.display()),
+            format!("sha256: {digest} (the script and the plugin settings)"),
             format!(
                 "events: {}",
                 if handlers.is_empty() {

@@ -38,9 +38,10 @@ const MAX_EVENT_NAME: usize = 256;
 /// The longest METADATA value a script may write.
 pub const MAX_METADATA_VALUE: usize = 64 << 10;
 
-/// The longest mailbox name a script's METADATA write may name (Dovecot's own limit on
-/// a mailbox name is 4 KiB).
-pub const MAX_MAILBOX_NAME: usize = 4096;
+/// The longest mailbox name a script's METADATA write may name. (In cluster mode the
+/// entry's key is a NATS subject holding the user, the mailbox name and the key, base64:
+/// nats-server cuts a client whose line passes 4 KiB.)
+pub const MAX_MAILBOX_NAME: usize = 1024;
 
 /// The most METADATA entries a script may leave its user with (it may still change
 /// those there are).

@@ -154,6 +154,39 @@ function table.remove(t, pos)
   return tremove(t, pos)
 end
 
+-- load of a reader function: its pieces are read here, as Lua's load reads them (an
+-- error in the reader is load's answer, nil and the error as raised; numbers are text),
+-- so the chunk's size is known before it is parsed (the `load` below takes text only,
+-- at most H.max_chunk bytes: Lua checks labels in quadratic time, in C).
+local raw_load, concat, max_chunk = load, table.concat, H.max_chunk
+function load(chunk, ...)
+  if type(chunk) == "function" then
+    local parts, n = {}, 0
+    while true do
+      local ok, piece = pcall(chunk)
+      if not ok then return nil, piece end
+      if piece == nil or piece == "" then break end
+      if type(piece) == "number" then
+        piece = tostring(piece)
+      elseif type(piece) ~= "string" then
+        return nil, "reader function must return a string"
+      end
+      n = n + #piece
+      if n > max_chunk then
+        return nil, "chunk of " .. n .. " bytes or more, larger than the mailpush sandbox's " .. max_chunk .. " for load"
+      end
+      parts[#parts + 1] = piece
+    end
+    chunk = concat(parts)
+    -- (The name Lua gives a reader's chunk; an env is passed on only if given: a nil
+    -- given is an env of nil.)
+    local name = ...
+    if name == nil then name = "=(load)" end
+    return raw_load(chunk, name, select(2, ...))
+  end
+  return raw_load(chunk, ...)
+end
+
 -- table.sort without a comparator compares in C, where the hook does not look: a table
 -- of huge equal strings (each comparison reads them whole) ran for many minutes. With a
 -- Lua comparator each comparison is seen; the order is the same (Lua's `<`).

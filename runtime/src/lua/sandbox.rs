@@ -204,43 +204,13 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
                 Value::String(text) if text.as_bytes().len() > MAX_CHUNK => {
                     return too_big(text.as_bytes().len());
                 }
-                // A reader function: its pieces are read here first (as load would, up to
-                // an empty or nil one), counted as they come, and the text loaded.
-                Value::Function(reader) => {
-                    let mut text = Vec::new();
-                    let failed = |msg: String| -> mlua::Result<MultiValue> {
-                        Ok(MultiValue::from_vec(vec![
-                            Value::Nil,
-                            Value::String(lua.create_string(msg)?),
-                        ]))
-                    };
-                    loop {
-                        // As load does: a reader's error is load's answer, not raised.
-                        let piece = match reader.call::<Value>(()) {
-                            Ok(v) => v,
-                            Err(e) if super::budget::is_deadline(&e) => return Err(e),
-                            Err(e) => return failed(e.to_string()),
-                        };
-                        match piece {
-                            Value::Nil => break,
-                            Value::String(piece) if piece.as_bytes().is_empty() => break,
-                            Value::String(piece) => text.extend_from_slice(&piece.as_bytes()),
-                            // (Numbers are strings to load.)
-                            Value::Integer(_) | Value::Number(_) => {
-                                let piece = lua.coerce_string(piece)?.map(|s| s.as_bytes().to_vec());
-                                text.extend_from_slice(&piece.unwrap_or_default());
-                            }
-                            _ => return failed("reader function must return a string".into()),
-                        }
-                        if text.len() > MAX_CHUNK {
-                            return too_big(text.len());
-                        }
-                    }
-                    args[0] = Value::String(lua.create_string(&text)?);
-                    // (The name load gives a reader's chunk, not the text's.)
-                    if args[1].is_nil() {
-                        args[1] = Value::String(lua.create_string("=(load)")?);
-                    }
+                // (A reader function's pieces are read by the prelude's `load`, which
+                // passes their text: one here would be parsed unbounded.)
+                Value::Function(_) => {
+                    return Ok(MultiValue::from_vec(vec![
+                        Value::Nil,
+                        Value::String(lua.create_string("load takes text here")?),
+                    ]));
                 }
                 _ => {}
             }
@@ -267,6 +237,7 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
     )?;
     let code = compiled().map_err(mlua::Error::runtime)?;
     let h = super::host::primitives(&lua, ctx)?;
+    h.set("max_chunk", MAX_CHUNK)?;
     binary(&lua, "=mailpush-prelude", &code.prelude).call::<()>(h.clone())?;
     let sources = lua.create_table()?;
     for ((name, _, mode), bytecode) in MODULES.iter().zip(&code.modules) {

@@ -427,15 +427,18 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
     let mut failed = false;
     // Keys in turn, from the one after the key served first last time: the first keys
     // in order do not always take the room that frees up.
+    // One key per pass may take from the reserve, so it is not all taken at once.
+    let mut took_reserve = false;
     for key in ctx.overflow.diverting_in_turn() {
         let room_left = capacity.saturating_sub(held.count);
         let holds = held.held_for(&key);
         let room = if room_left > reserve {
             share.saturating_sub(holds).min(room_left - reserve)
-        } else if holds == 0 && room_left > 0 {
+        } else if holds == 0 && room_left > 0 && !took_reserve {
             // As `take_in` lets in a key that holds nothing: one of it, from the reserve.
             // (Without it, a user whose second transaction was left in the spool while
             // others' retries filled all but the reserve waited for them, hours.)
+            took_reserve = true;
             1
         } else {
             0
@@ -443,6 +446,7 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
         if room == 0 {
             continue;
         }
+        ctx.overflow.served(&key);
         let mut positions = ctx.overflow.take_diverted(&key, room).into_iter();
         while let Some(position) = positions.next() {
             match spool.owed_at(ctx.number, position) {

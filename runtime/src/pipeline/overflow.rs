@@ -44,7 +44,7 @@ pub struct Overflow {
     /// share of the lane's room, by that key: spool positions, read back in order as
     /// its room frees up (see `lane::take_in`).
     diverted: Mutex<BTreeMap<String, BTreeSet<i64>>>,
-    /// The key [`Overflow::diverting_in_turn`] gave first last time.
+    /// The key last given room ([`Overflow::served`]).
     served_first: Mutex<Option<String>>,
     /// A reload is handing the lane what its predecessor held: until it is done, the
     /// lane reads nothing back (those transactions are older); with the spool it takes
@@ -229,11 +229,11 @@ impl Overflow {
         self.diverted.lock().keys().cloned().collect()
     }
 
-    /// [`Overflow::diverting`], starting after the key it started with last time (and
-    /// wrapping around), so that each key in turn is first to the room that frees up.
+    /// [`Overflow::diverting`], starting after the key last served ([`Overflow::served`])
+    /// and wrapping around, so that each key in turn is first to the room that frees up.
     pub fn diverting_in_turn(&self) -> Vec<String> {
         let diverted = self.diverted.lock();
-        let mut last = self.served_first.lock();
+        let last = self.served_first.lock();
         let mut keys: Vec<String> = match last.as_deref() {
             Some(after) => diverted
                 .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
@@ -246,8 +246,12 @@ impl Overflow {
             None => diverted.keys().cloned().collect(),
         };
         keys.dedup();
-        *last = keys.first().cloned();
         keys
+    }
+
+    /// Notes that `key` was given room ([`Overflow::diverting_in_turn`] starts after it).
+    pub fn served(&self, key: &str) {
+        *self.served_first.lock() = Some(key.to_string());
     }
 
     /// Takes up to `n` of `key`'s positions left in the spool, oldest first.

@@ -234,11 +234,10 @@ pub struct MemoryLimiter {
     /// The size a memory asked for when it was created, if that alone was over the
     /// limit (the component's *initial* memory, not a growth).
     pub initial_over: Option<usize>,
-    /// The bytes of every memory of the store, as grown so far.
+    /// The bytes of every memory of the store, as grown so far (a growth allowed here
+    /// that then fails stays counted: wasmtime reports failures this limiter did not
+    /// allow too, so giving back would let a guest grow past the limit).
     total: usize,
-    /// The growth last allowed, taken back if it then fails (past the memory's own
-    /// maximum, or the pool's).
-    pending: usize,
 }
 
 impl MemoryLimiter {
@@ -248,7 +247,6 @@ impl MemoryLimiter {
             hit: false,
             initial_over: None,
             total: 0,
-            pending: 0,
         }
     }
 }
@@ -258,26 +256,23 @@ impl ResourceLimiter for MemoryLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own maximum the growth fails anyway: not charged.
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
         let growth = desired.saturating_sub(current);
         let total = self.total.saturating_add(growth);
         if total > self.limit {
             self.hit = true;
-            self.pending = 0;
             if current == 0 && desired > self.limit {
                 self.initial_over = Some(desired);
             }
             return Ok(false);
         }
         self.total = total;
-        self.pending = growth;
         Ok(true)
-    }
-
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.total = self.total.saturating_sub(std::mem::take(&mut self.pending));
-        Ok(())
     }
 
     fn table_growing(
@@ -446,6 +441,14 @@ mod tests {
         assert!(
             l.memory_growing(6 << 20, 7 << 20, None).unwrap(),
             "the last MiB"
+        );
+        // Past a memory's own maximum: refused, not charged (and not the limit's doing).
+        let mut l = MemoryLimiter::new(10 << 20);
+        assert!(!l.memory_growing(0, 6 << 20, Some(1 << 20)).unwrap());
+        assert!(!l.hit);
+        assert!(
+            l.memory_growing(0, 6 << 20, None).unwrap(),
+            "nothing was charged"
         );
         let mut l = MemoryLimiter::new(10 << 20);
         assert!(!l.memory_growing(0, 11 << 20, None).unwrap());
