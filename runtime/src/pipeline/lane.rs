@@ -425,8 +425,8 @@ fn read_back(ctx: &LaneContext, held: &mut Held, capacity: usize) -> bool {
     let share = room_share(capacity);
     let reserve = room_reserve(capacity);
     let mut failed = false;
-    // Keys in turn, from the one after the key served first last time: the first keys
-    // in order do not always take the room that frees up.
+    // Keys in turn, from the one after the key last served: the first keys in order do
+    // not always take the room that frees up.
     // One key per pass may take from the reserve, so it is not all taken at once.
     let mut took_reserve = false;
     for key in ctx.overflow.diverting_in_turn() {
