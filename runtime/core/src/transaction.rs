@@ -143,6 +143,18 @@ impl Transaction {
         }
     }
 
+    /// What stands for a stored transaction this mailpush cannot read (a dead letter's,
+    /// written by a later version or damaged): its id and user, no events.
+    pub fn unreadable(id: impl Into<String>, user: impl Into<String>) -> Self {
+        Transaction {
+            id: id.into(),
+            user: user.into(),
+            events: Vec::new(),
+            metadata: BTreeMap::new(),
+            encoded: Encoded::default(),
+        }
+    }
+
     /// Parses one transaction from canonical JSON.
     pub fn from_json(text: &str) -> Result<Transaction, ParseError> {
         let value: Value = serde_json::from_str(text).map_err(|e| {

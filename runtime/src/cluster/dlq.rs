@@ -231,13 +231,10 @@ fn letter_txn(text: &str, seq: u64) -> Transaction {
     }
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    Transaction {
-        id: field("id").unwrap_or_else(|| format!("(unreadable message {seq})")),
-        user: field("user").unwrap_or_default(),
-        events: Vec::new(),
-        metadata: Default::default(),
-        encoded: Default::default(),
-    }
+    Transaction::unreadable(
+        field("id").unwrap_or_else(|| format!("(unreadable message {seq})")),
+        field("user").unwrap_or_default(),
+    )
 }
 
 /// Every dead letter (of one driver), oldest first.

@@ -406,13 +406,7 @@ impl SqliteSpool {
                     // One this mailpush cannot read shows as its id and user, without
                     // events; its attempts say why ([`set_aside`]). A replay of it
                     // makes it a dead letter again.
-                    txn: decode(&json).unwrap_or_else(|_| Transaction {
-                        id: txn_id,
-                        user,
-                        events: Vec::new(),
-                        metadata: Default::default(),
-                        encoded: Default::default(),
-                    }),
+                    txn: decode(&json).unwrap_or_else(|_| Transaction::unreadable(txn_id, user)),
                     attempts: serde_json::from_str(&attempts).unwrap_or_default(),
                     at: at as u64,
                 }
