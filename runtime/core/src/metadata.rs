@@ -60,13 +60,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub fn normalize_key(key: &str) -> Result<String, MetadataError> {
     if key.len() > MAX_KEY_BYTES {
         // Its beginning only: the key may be megabytes long.
-        let mut end = 64;
-        while !key.is_char_boundary(end) {
-            end -= 1;
-        }
         return Err(MetadataError(format!(
             "Invalid metadata key '{}…': {} bytes, more than {MAX_KEY_BYTES}",
-            &key[..end],
+            &key[..crate::text::prefix_len(key, 64)],
             key.len()
         )));
     }

@@ -28,14 +28,20 @@ fn needs_escape(c: char) -> bool {
 /// Cuts `text` to `max` bytes (on a character boundary), marking the cut.
 pub fn cap(mut text: String, max: usize) -> String {
     if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+        text.truncate(prefix_len(&text, max));
         text.push_str("…[truncated]");
     }
     text
+}
+
+/// How many bytes of `text` its longest prefix of at most `max` bytes takes (a cut on a
+/// character boundary).
+pub fn prefix_len(text: &str, max: usize) -> usize {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
 }
 
 #[cfg(test)]
@@ -55,5 +61,7 @@ mod tests {
     fn cuts_on_a_character_boundary() {
         assert_eq!(cap("äää".into(), 3), "ä…[truncated]");
         assert_eq!(cap("abc".into(), 3), "abc");
+        assert_eq!(prefix_len("äää", 3), 2);
+        assert_eq!(prefix_len("abc", 9), 3);
     }
 }

@@ -123,14 +123,7 @@ async fn store_raw(
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    let keep = room.min(1024);
-    if error.len() > keep {
-        let mut cut = keep;
-        while !error.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        error.truncate(cut);
-    }
+    error.truncate(mailpush_core::text::prefix_len(&error, room.min(1024)));
     let mut pause = Duration::from_millis(100);
     loop {
         let sent = async {
