@@ -192,26 +192,23 @@ fn new_sandbox(ctx: &Arc<Context>, version: DovecotVersion) -> mlua::Result<(Lua
             let n = args.len();
             args.resize(n.max(3), Value::Nil);
             args[2] = Value::String(lua.create_string("t")?);
-            let too_big = |len: usize| {
+            // Refused as load refuses: nil and why.
+            let refused = |why: String| {
                 Ok(MultiValue::from_vec(vec![
                     Value::Nil,
-                    Value::String(lua.create_string(format!(
-                        "chunk of {len} bytes or more, larger than the mailpush sandbox's {MAX_CHUNK} for load"
-                    ))?),
+                    Value::String(lua.create_string(why)?),
                 ]))
             };
             match &args[0] {
                 Value::String(text) if text.as_bytes().len() > MAX_CHUNK => {
-                    return too_big(text.as_bytes().len());
+                    return refused(format!(
+                        "chunk of {} bytes or more, larger than the mailpush sandbox's {MAX_CHUNK} for load",
+                        text.as_bytes().len()
+                    ));
                 }
                 // (A reader function's pieces are read by the prelude's `load`, which
                 // passes their text: one here would be parsed unbounded.)
-                Value::Function(_) => {
-                    return Ok(MultiValue::from_vec(vec![
-                        Value::Nil,
-                        Value::String(lua.create_string("load takes text here")?),
-                    ]));
-                }
+                Value::Function(_) => return refused("load takes text here".into()),
                 _ => {}
             }
             raw_load.call::<MultiValue>(MultiValue::from_vec(args))
