@@ -147,17 +147,36 @@ async fn log_flood_is_capped() {
 }
 
 /// The drop reports are bounded too: 30 flooding transactions give one host warning at
-/// the first drop and one summing the rest (at shutdown, within 10 s), not 30.
+/// the first drop, then at most one per 10 s summing the drops since, and one at shutdown
+/// for the rest — not 30. (On an idle machine the run takes under 10 s: two reports.)
 #[tokio::test(flavor = "multi_thread")]
 async fn log_drop_reports_are_rate_limited() {
+    let started = std::time::Instant::now();
     let log = send_logged("mode=logflood max_log_lines=10 timeout_msecs=5000", 30);
+    let took = started.elapsed();
     assert_eq!(count(&log, "flood line"), 300, "{log}");
-    assert_eq!(count(&log, "log lines dropped"), 2, "{log}");
-    assert_eq!(count(&log, "99990 log lines dropped"), 1, "{log}");
+    let reported: Vec<u64> = log
+        .lines()
+        .filter_map(|l| {
+            let (before, _) = l.split_once(" log lines dropped")?;
+            before.rsplit(' ').next()?.parse().ok()
+        })
+        .collect();
     assert_eq!(
-        count(&log, &format!("{} log lines dropped", 29 * 99990)),
-        1,
-        "{log}"
+        reported.first(),
+        Some(&99990),
+        "the first drop at once: {log}"
+    );
+    assert_eq!(
+        reported.iter().sum::<u64>(),
+        30 * 99990,
+        "every drop counted: {log}"
+    );
+    let bound = 2 + (took.as_secs() / 10) as usize;
+    assert!(
+        (2..=bound).contains(&reported.len()),
+        "{} reports in {took:?}: {log}",
+        reported.len()
     );
 }
 
@@ -254,7 +273,10 @@ async fn opening_a_file_is_denied() {
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_returned_string_is_truncated() {
     for g in BOTH {
-        let (out, _) = run_guest(g, "mode=huge", 1).await;
+        // Building and lifting 8 MiB takes ~10 ms; on a loaded machine that can pass the
+        // default 100 ms (the deadline counts time the OS gives other processes while the
+        // call runs). The deadline is not what this test is about.
+        let (out, _) = run_guest(g, "mode=huge timeout_msecs=5000", 1).await;
         let r = &reasons(&out)[0];
         assert!(
             r.len() < 2048 && r.ends_with("[truncated]"),
