@@ -530,6 +530,24 @@ async fn metadata_set_on_one_node_reaches_another_nodes_ox() {
         assert!(body.contains(&expect), "{body}");
         assert!(body.contains(&format!("\"imap-uid\":{uid}")), "{body}");
     }
+    // A user too long for a NATS subject is refused with why (not a closed connection).
+    let long = format!("{}@example.com", "x".repeat(4000));
+    let (ok, out) = cli(&[
+        "metadata",
+        "set",
+        "-u",
+        &long,
+        "-s",
+        "",
+        key,
+        "user=1@1",
+        "-c",
+        conf_a.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("is too long for METADATA in cluster mode"),
+        "{out}"
+    );
     // The value reads back from node B's config too.
     let out = std::process::Command::new(mailpush_bin())
         .args(["metadata", "get", "-u", &user, "-s", "", key, "-c"])

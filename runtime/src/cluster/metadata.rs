@@ -29,8 +29,22 @@ fn unb64(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn kv_key(user: &str, key: &str) -> String {
-    format!("u.{}.{}", b64(&user.to_lowercase()), b64(key))
+/// The longest bucket key: it goes into a NATS subject, and a protocol line longer than
+/// the server's `max_control_line` (4 KiB by default) closes the connection.
+const MAX_KV_KEY: usize = 3072;
+
+fn kv_key(user: &str, key: &str) -> Result<String, MetadataError> {
+    let k = format!("u.{}.{}", b64(&user.to_lowercase()), b64(key));
+    if k.len() > MAX_KV_KEY {
+        return Err(MetadataError(format!(
+            "user '{}…' ({} bytes) is too long for METADATA in cluster mode: with the entry name, \
+             at most {} bytes fit a NATS subject (base64url-encoded)",
+            &user[..mailpush_core::text::prefix_len(user, 64)],
+            user.len(),
+            (MAX_KV_KEY - 3) / 4 * 3
+        )));
+    }
+    Ok(k)
 }
 
 fn parse_key(k: &str) -> Option<(String, String)> {
@@ -59,7 +73,7 @@ impl KvMetadata {
         }
         let key = normalize_key(key)?;
         self.store
-            .put(kv_key(user, &key), value.to_string().into())
+            .put(kv_key(user, &key)?, value.to_string().into())
             .await
             .map_err(err)?;
         Ok(())
@@ -67,7 +81,7 @@ impl KvMetadata {
 
     pub async fn unset(&self, user: &str, key: &str) -> Result<bool, MetadataError> {
         let key = normalize_key(key)?;
-        let k = kv_key(user, &key);
+        let k = kv_key(user, &key)?;
         let existed = self.store.get(&k).await.map_err(err)?.is_some();
         if existed {
             self.store.delete(&k).await.map_err(err)?;
@@ -77,7 +91,7 @@ impl KvMetadata {
 
     pub async fn get(&self, user: &str, key: &str) -> Result<Option<String>, MetadataError> {
         let key = normalize_key(key)?;
-        let v = self.store.get(kv_key(user, &key)).await.map_err(err)?;
+        let v = self.store.get(kv_key(user, &key)?).await.map_err(err)?;
         Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
@@ -325,7 +339,8 @@ mod tests {
         let k = kv_key(
             "Alice@Example.com",
             "/private/vendor/vendor.dovecot/http-notify",
-        );
+        )
+        .unwrap();
         assert!(k
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)));
@@ -337,5 +352,23 @@ mod tests {
             ))
         );
         assert_eq!(parse_key("other"), None);
+    }
+
+    /// A user too long for a NATS subject is refused with the reason, before anything is
+    /// sent (the server would close the connection on the long protocol line); the
+    /// longest key allowed is accepted.
+    #[test]
+    fn a_key_too_long_for_a_subject_is_refused() {
+        let key = format!("/private/{}", "k".repeat(1015));
+        assert_eq!(key.len(), 1024);
+        let e = kv_key(&"u".repeat(2000), &key).unwrap_err().to_string();
+        assert!(
+            e.contains("(2000 bytes) is too long for METADATA in cluster mode")
+                && e.contains(&format!("at most {} bytes", (MAX_KV_KEY - 3) / 4 * 3)),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{e}");
+        let fits = kv_key(&"u".repeat(1000), &key).unwrap();
+        assert!(fits.len() <= MAX_KV_KEY, "{}", fits.len());
     }
 }
