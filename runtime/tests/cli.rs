@@ -914,6 +914,49 @@ fn status_without_a_running_instance_says_so_once() {
     );
 }
 
+/// `status` where nothing answers at `listen` but a process holds the config's state_dir
+/// (an instance started before `listen` was edited) names that process and what to do,
+/// rather than saying nothing runs.
+#[test]
+fn status_names_the_instance_holding_the_state_dir_when_listen_moved() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mailpush.conf");
+    std::fs::write(
+        &conf,
+        format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n"),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    // No holder: the plain message.
+    let (ok, _, stderr) = output(&["status"], &conf);
+    assert!(
+        !ok && !stderr.contains("holds this config's state_dir"),
+        "{stderr}"
+    );
+    // This test process is the instance holding the state_dir.
+    let _held = mailpush::spool::lock::DeliveryLock::take(&state, "start").unwrap();
+    assert_eq!(
+        mailpush::spool::lock::DeliveryLock::holder(&state),
+        Some(std::process::id().to_string())
+    );
+    for command in ["status", "reload"] {
+        let (ok, _, stderr) = output(&[command], &conf);
+        assert!(!ok, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "a mailpush (pid {}) holds this config's state_dir",
+                std::process::id()
+            )) && stderr.contains("kill -HUP")
+                && stderr.matches("cannot reach mailpush at").count() == 1,
+            "{command}: {stderr}"
+        );
+    }
+}
+
 /// With `--log-format json`, `run` refusing a config says so as a JSON line like every
 /// other line it logs (a log shipper must not meet plain text).
 #[test]

@@ -22,6 +22,15 @@ pub enum ControlError {
         #[source]
         source: reqwest::Error,
     },
+    /// Nothing answers at `listen`, yet a process holds the config's state_dir: most
+    /// likely `listen` was edited since that instance started.
+    #[error("cannot reach mailpush at {url}, but a mailpush (pid {pid}) holds this config's state_dir: if `listen` changed since it started, it still listens at its old address — reload it with `kill -HUP {pid}` (or `systemctl reload mailpush`); a new listen address takes a restart")]
+    ElsewhereRunning {
+        url: String,
+        pid: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The instance answered with an error (and, for a refused reload, the config's
     /// errors).
     #[error("mailpush answered {status}: {message}")]
@@ -73,9 +82,16 @@ async fn request<T: DeserializeOwned>(
                 secs: timeout.as_secs(),
             }
         } else {
-            ControlError::Unreachable {
-                url: url.clone(),
-                source,
+            match crate::spool::lock::DeliveryLock::holder(&config.settings.state_dir) {
+                Some(pid) if !pid.is_empty() => ControlError::ElsewhereRunning {
+                    url: url.clone(),
+                    pid,
+                    source,
+                },
+                _ => ControlError::Unreachable {
+                    url: url.clone(),
+                    source,
+                },
             }
         }
     };

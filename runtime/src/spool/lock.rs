@@ -45,6 +45,23 @@ impl DeliveryLock {
         }
     }
 
+    /// The pid of the process holding `state_dir`'s lock, if one does (`None` also when
+    /// there is no lock file or it cannot be read). It only looks: the lock is not
+    /// taken.
+    pub fn holder(state_dir: &Path) -> Option<String> {
+        use std::io::Read;
+        use std::os::unix::io::AsRawFd;
+        let mut file = std::fs::File::open(state_dir.join("run.lock")).ok()?;
+        // SAFETY: flock on a descriptor this function owns; a shared lock taken here is
+        // released when the file closes, at the end of this function.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return None;
+        }
+        let mut pid = String::new();
+        file.read_to_string(&mut pid).ok()?;
+        Some(pid.trim().to_string())
+    }
+
     /// Takes the lock for a process about to `what` ("start", "send"), or says which
     /// process has it.
     pub fn take(state_dir: &Path, what: &'static str) -> Result<DeliveryLock, LockError> {
