@@ -124,24 +124,48 @@ async fn store_raw(
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     error.truncate(mailpush_core::text::prefix_len(&error, room.min(1024)));
+    let stored = publish_until_stored(js, names, driver, what, || {
+        PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id)
+            .header(RAW_DRIVER, driver.to_string())
+            .header(RAW_AT, attempt.at.to_string())
+            .header(RAW_ERROR, error.as_str())
+    })
+    .await;
+    if let Err(e) = stored {
+        tracing::error!(txn = %what, driver, "NATS: the dead letter ({} bytes) cannot be kept ({e}); it is dropped", payload.len());
+    }
+}
+
+/// Publishes what `message` builds to `driver`'s dead-letter subject until JetStream
+/// stored it, retrying every error but one: a message too big for the server, returned
+/// (the caller makes it smaller or gives up). `what` names it in the log.
+async fn publish_until_stored(
+    js: &Context,
+    names: &Names,
+    driver: u32,
+    what: &str,
+    message: impl Fn() -> PublishMessage,
+) -> Result<(), async_nats::jetstream::context::PublishError> {
     let mut pause = Duration::from_millis(100);
     loop {
         let sent = async {
-            js.send_publish(
-                names.dlq_subject(driver),
-                PublishMessage::build()
-                    .payload(payload.clone())
-                    .message_id(id)
-                    .header(RAW_DRIVER, driver.to_string())
-                    .header(RAW_AT, attempt.at.to_string())
-                    .header(RAW_ERROR, error.as_str()),
-            )
-            .await?
-            .await
+            js.send_publish(names.dlq_subject(driver), message())
+                .await?
+                .await
         }
         .await;
         match sent {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
+                ) =>
+            {
+                return Err(e)
+            }
             Err(e) => {
                 tracing::warn!(txn = %what, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
                 tokio::time::sleep(pause).await;
@@ -155,56 +179,35 @@ async fn store_raw(
 /// the log).
 async fn store(js: &Context, names: &Names, mut record: Record, id: &str, what: &str) {
     let driver = record.driver;
-    let mut pause = Duration::from_millis(100);
     loop {
         let Ok(payload) = serde_json::to_vec(&record) else {
             return;
         };
-        let sent = async {
-            js.send_publish(
-                names.dlq_subject(driver),
-                PublishMessage::build()
-                    .payload(payload.clone().into())
-                    .message_id(id),
-            )
-            .await?
-            .await
-        }
+        let payload = bytes::Bytes::from(payload);
+        let stored = publish_until_stored(js, names, driver, what, || {
+            PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(id)
+        })
         .await;
-        match sent {
-            Ok(_) => return,
-            // Too big for NATS: the oldest attempts go (the transaction itself was
-            // stored, so it fits).
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
-                ) && record.attempts.len() > 1 =>
-            {
-                let keep = record.attempts.len() / 2;
-                record.attempts.drain(..record.attempts.len() - keep);
-            }
-            // One attempt left and still too big (the record's JSON escapes the
-            // transaction's quotes): kept in the raw form, which fits.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded
-                ) =>
-            {
-                let attempt = record.attempts.pop().unwrap_or(Attempt {
-                    at: record.at,
-                    error: String::new(),
-                });
-                let txn = bytes::Bytes::from(std::mem::take(&mut record.txn).into_bytes());
-                return store_raw(js, names, driver, &attempt, txn, id, what).await;
-            }
-            Err(e) => {
-                tracing::warn!(txn = %what, driver, "NATS: cannot record the dead letter yet ({e}); retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
+        if stored.is_ok() {
+            return;
         }
+        // Too big for NATS: the oldest attempts go (the transaction itself was stored,
+        // so it fits) ...
+        if record.attempts.len() > 1 {
+            let keep = record.attempts.len() / 2;
+            record.attempts.drain(..record.attempts.len() - keep);
+            continue;
+        }
+        // ... and with one attempt left and still too big (the record's JSON escapes the
+        // transaction's quotes), it is kept in the raw form, which fits.
+        let attempt = record.attempts.pop().unwrap_or(Attempt {
+            at: record.at,
+            error: String::new(),
+        });
+        let txn = bytes::Bytes::from(std::mem::take(&mut record.txn).into_bytes());
+        return store_raw(js, names, driver, &attempt, txn, id, what).await;
     }
 }
 
