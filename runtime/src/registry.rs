@@ -504,6 +504,7 @@ mod tests {
         assert_eq!(loaded[0].name, "DLOG");
         assert_eq!(loaded[0].kind, "native");
         assert_eq!(loaded[0].args_display, format!("file={}", file.display()));
+        loaded[0].driver.started();
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
             format!(

@@ -628,8 +628,11 @@ async fn reload_swaps_drivers_while_transactions_flow() {
     let log = d.wait_for_log("stopped=[2]", Duration::from_secs(30));
     assert!(log.contains("stopped=[2]"), "{log}");
     assert!(d.stop().success());
-    // Driver 1 was kept throughout: it saw every transaction exactly once.
+    // Driver 1 was kept throughout: it saw every transaction exactly once, and the
+    // reloads' duplicates of it wrote nothing to its file (one init, one deinit).
     assert_eq!(count(&dir.path().join("one.log"), "Called begin_txn"), 205);
+    assert_eq!(count(&dir.path().join("one.log"), "Called init"), 1);
+    assert_eq!(count(&dir.path().join("one.log"), "Called deinit"), 1);
     // Driver 2 saw a suffix (at least the last 5), and finished everything it had queued
     // before it stopped.
     let two = count(&dir.path().join("two.log"), "Called begin_txn");

@@ -7,6 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -56,22 +57,21 @@ impl DriverFactory for DlogFactory {
                 Some((path, Mutex::new(out)))
             }
         };
-        let output = Arc::new(DlogOutput {
-            number: init.number,
-            sink: sink.map(|(path, file)| DlogFile { path, file }),
-            check_only: init.check_only,
-        });
-        let mut lines = vec!["Called init push_notification plugin hook.".to_string()];
+        let mut init_lines = vec!["Called init push_notification plugin hook.".to_string()];
         if let Some(raw) = &init.raw {
-            lines.push(format!(
+            init_lines.push(format!(
                 "Config string for dlog push_notification driver: {raw}"
             ));
         }
-        // `mailpush check` opens the file (so it fails as `run` would) but writes
-        // nothing to it: checking a config must not add lines to the operator's log.
-        if !init.check_only {
-            output.write(&lines).map_err(|f| InitError::new(f.reason))?;
-        }
+        // The init lines are written when the driver starts (`started`): `mailpush
+        // check` opens the file (so it fails as `run` would) but writes nothing to it,
+        // and a reload that keeps the running driver adds nothing to its file.
+        let output = Arc::new(DlogOutput {
+            number: init.number,
+            sink: sink.map(|(path, file)| DlogFile { path, file }),
+            init_lines,
+            started: AtomicBool::new(false),
+        });
         let mut out = Initialised::new(Arc::new(DlogDriver(output.clone())));
         if let Some(f) = &output.sink {
             out.details.push(format!("file: {}", f.path.display()));
@@ -101,8 +101,11 @@ struct DlogFile {
 struct DlogOutput {
     number: u32,
     sink: Option<DlogFile>,
-    /// Initialised by `mailpush check`: the init and deinit lines are not written.
-    check_only: bool,
+    /// Written when the driver starts.
+    init_lines: Vec<String>,
+    /// Whether it started: one that never did (checked, or a reload's duplicate of the
+    /// running driver) writes neither init nor deinit lines.
+    started: AtomicBool,
 }
 
 /// The dlog driver.
@@ -157,8 +160,17 @@ impl Driver for DlogDriver {
         })
     }
 
+    fn started(&self) {
+        if self.0.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(e) = self.0.write(&self.0.init_lines) {
+            tracing::warn!(driver = self.0.number, "dlog: {e}");
+        }
+    }
+
     async fn deinit(&self) {
-        if self.0.check_only {
+        if !self.0.started.load(Ordering::Acquire) {
             return;
         }
         // Shutdown-time lines; a write error here has nobody left to report to but the log.

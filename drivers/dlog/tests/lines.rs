@@ -58,6 +58,7 @@ async fn dlog(raw: Option<&str>) -> Dlog {
             .as_deref(),
     );
     let initialised = DlogFactory.init(&init).await.expect("dlog init");
+    initialised.driver.started();
     Dlog {
         _dir: dir,
         path,
@@ -232,7 +233,7 @@ async fn deinit_prints_deinit_then_cleanup() {
 async fn relative_file_resolves_against_config_dir() {
     let dir = tempfile::tempdir().unwrap();
     let init = driver_init(dir.path(), "file=rel.log", Some("file=rel.log"));
-    DlogFactory.init(&init).await.unwrap();
+    DlogFactory.init(&init).await.unwrap().driver.started();
     let text = std::fs::read_to_string(dir.path().join("rel.log")).unwrap();
     assert_eq!(
         text,
@@ -246,10 +247,31 @@ async fn file_is_appended_to_not_truncated() {
     let path = dir.path().join("dlog.log");
     std::fs::write(&path, "earlier line\n").unwrap();
     let init = driver_init(dir.path(), &format!("file={}", path.display()), None);
-    DlogFactory.init(&init).await.unwrap();
+    DlogFactory.init(&init).await.unwrap().driver.started();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         format!("earlier line\n{INIT}\n")
+    );
+}
+
+/// The init lines are written when the driver starts, once; a driver initialised but
+/// never started (a reload's duplicate of the running driver, dropped) writes nothing,
+/// not even at its deinit: a reload that keeps dlog adds no lines to its file.
+#[tokio::test]
+async fn a_driver_never_started_writes_no_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dlog.log");
+    let init = driver_init(dir.path(), &format!("file={}", path.display()), None);
+    let running = DlogFactory.init(&init).await.unwrap().driver;
+    running.started();
+    running.started();
+    let duplicate = DlogFactory.init(&init).await.unwrap().driver;
+    duplicate.deinit().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{INIT}\n"));
+    running.deinit().await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{INIT}\n{DEINIT}\n{CLEANUP}\n")
     );
 }
 

@@ -211,7 +211,13 @@ pub enum Begin {
 pub trait Driver: Send + Sync {
     /// Dovecot's begin_txn: decide whether to take part and which events to receive.
     async fn begin_txn(&self, txn: &Arc<Transaction>) -> Result<Begin, Failure>;
-    /// Dovecot's deinit (and cleanup): called once when the runtime shuts down.
+    /// Deliveries to this driver begin (its lane starts): called once, before the first
+    /// `begin_txn`. A driver initialised only to be checked (`mailpush check`), or as the
+    /// duplicate of a running one that a reload keeps, is never started: output that
+    /// marks a driver's start (dlog's init lines) belongs here, not in `init`.
+    fn started(&self) {}
+    /// Dovecot's deinit (and cleanup): called once when the runtime shuts down, or when a
+    /// driver initialised but not started (a reload's duplicate) is dropped.
     async fn deinit(&self) {}
     /// The runtime stops this driver (shutdown, or a reload replaces it): called before
     /// it waits for the deliveries in progress. A driver waiting on something long (a

@@ -195,6 +195,7 @@ fn start_lane(
     spool: Option<Arc<dyn Spool>>,
     overflow: Option<Arc<Overflow>>,
 ) -> Lane {
+    d.driver.started();
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let stats = Arc::new(DriverStats::default());
     let overflow = overflow.unwrap_or_default();
