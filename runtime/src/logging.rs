@@ -35,6 +35,16 @@ impl Tally {
         self.add(1, |n| report(n - 1));
     }
 
+    /// The suffix of a report saying how many went unlogged since the last one
+    /// (` (+3 more since the last report)`); empty for none.
+    pub fn more(unlogged: u64) -> String {
+        if unlogged > 0 {
+            format!(" (+{unlogged} more since the last report)")
+        } else {
+            String::new()
+        }
+    }
+
     /// What was not reported yet (at the end), counted as reported.
     pub fn take_rest(&self) -> u64 {
         std::mem::take(&mut self.0.lock().0)

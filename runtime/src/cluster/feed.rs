@@ -169,7 +169,7 @@ impl Feeder {
                                 partition = self.partition,
                                 "NATS: message {sseq} on {} is not a transaction this mailpush can read ({why}); it is now a dead letter of the driver (mailpush dlq list), and the partition's deliveries go on{}",
                                 message.subject,
-                                if unlogged > 0 { format!(" ({unlogged} more since the last report)") } else { String::new() }
+                                crate::logging::Tally::more(unlogged)
                             )
                         });
                         let _ = tokio::time::timeout(super::spool::ACK_DEADLINE, acker.ack()).await;

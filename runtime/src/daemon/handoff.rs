@@ -668,8 +668,9 @@ pub async fn consume(
             Ok(Err(e)) => {
                 problems.report(|more| {
                     tracing::error!(
-                        "cannot read handoff_dir {}: {e} (+{more} more)",
-                        dir.display()
+                        "cannot read handoff_dir {}: {e}{}",
+                        dir.display(),
+                        Tally::more(more)
                     )
                 });
                 Batch::default()
@@ -695,9 +696,10 @@ pub async fn consume(
                 Some(e) => {
                     let say = |more: u64| {
                         tracing::error!(
-                            "hand-off file {name} refused: {}; it cannot be renamed {name}.rejected ({e}) and is passed over until mailpush restarts (mailpush needs write access to {}) (+{more} more)",
+                            "hand-off file {name} refused: {}; it cannot be renamed {name}.rejected ({e}) and is passed over until mailpush restarts (mailpush needs write access to {}){}",
                             escape(&r.why),
-                            dir.display()
+                            dir.display(),
+                            Tally::more(more)
                         )
                     };
                     // Once per file while they can be remembered; then (each is read
@@ -763,9 +765,10 @@ pub async fn consume(
                 for (f, e) in kept {
                     let say = |more: u64| {
                         tracing::error!(
-                            "cannot remove hand-off file {}: {e}; its transaction is stored, and the file is passed over until mailpush restarts (which reads it again: delivered again if its transaction has left the spool by then). mailpush needs write access to {} (+{more} more)",
+                            "cannot remove hand-off file {}: {e}; its transaction is stored, and the file is passed over until mailpush restarts (which reads it again: delivered again if its transaction has left the spool by then). mailpush needs write access to {}{}",
                             escape(&f.display().to_string()),
-                            dir.display()
+                            dir.display(),
+                            Tally::more(more)
                         )
                     };
                     match f.file_name() {
@@ -817,7 +820,10 @@ pub async fn consume(
                 // listing (they are the oldest).
                 listing.clear();
                 refusals.report(|more| {
-                    tracing::warn!("hand-off of {n} transaction(s) waits: {refused} (+{more} more)")
+                    tracing::warn!(
+                        "hand-off of {n} transaction(s) waits: {refused}{}",
+                        Tally::more(more)
+                    )
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -578,16 +578,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>, used: Arc<AtomicU64>)
             Ok(added) => {
                 used.fetch_add(*added, Ordering::Relaxed);
             }
-            Err(e) => failures.report(|more| {
-                tracing::error!(
-                    "spool commit failed: {e}{}",
-                    if more > 0 {
-                        format!(" (+{more} more failed commits since the last report)")
-                    } else {
-                        String::new()
-                    }
-                )
-            }),
+            Err(e) => failures
+                .report(|more| tracing::error!("spool commit failed: {e}{}", Tally::more(more))),
         }
         for w in batch {
             match w {
