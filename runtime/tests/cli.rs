@@ -885,10 +885,8 @@ fn check_fails_on_a_state_dir_that_cannot_be_made() {
     );
 }
 
-/// `status` with nothing listening says so once, with its cause once (the cause used to
-/// be printed twice: in the message and again as its source).
-#[test]
-fn status_without_a_running_instance_says_so_once() {
+/// A config (in a new temp dir) whose `listen` is a free port nothing listens on.
+fn config_listening_nowhere() -> (tempfile::TempDir, std::path::PathBuf) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -900,6 +898,14 @@ fn status_without_a_running_instance_says_so_once() {
         format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n"),
     )
     .unwrap();
+    (dir, conf)
+}
+
+/// `status` with nothing listening says so once, with its cause once (the cause used to
+/// be printed twice: in the message and again as its source).
+#[test]
+fn status_without_a_running_instance_says_so_once() {
+    let (_dir, conf) = config_listening_nowhere();
     let (ok, _, stderr) = output(&["status"], &conf);
     assert!(!ok, "{stderr}");
     assert_eq!(
@@ -919,17 +925,7 @@ fn status_without_a_running_instance_says_so_once() {
 /// rather than saying nothing runs.
 #[test]
 fn status_names_the_instance_holding_the_state_dir_when_listen_moved() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("mailpush.conf");
-    std::fs::write(
-        &conf,
-        format!("mailpush {{\n state_dir = state\n listen = 127.0.0.1:{port}\n}}\nplugin {{\n push_notification_driver = dlog\n}}\n"),
-    )
-    .unwrap();
+    let (dir, conf) = config_listening_nowhere();
     let state = dir.path().join("state");
     // No holder: the plain message.
     let (ok, _, stderr) = output(&["status"], &conf);
