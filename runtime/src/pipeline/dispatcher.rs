@@ -114,6 +114,12 @@ impl Lane {
     /// Closes the queue, waits for the task to finish what was due, calls deinit;
     /// returns the counters and what the lane still had.
     async fn finish(self) -> (DriverReport, Vec<Arc<Transaction>>) {
+        self.stop().await.deinit().await
+    }
+
+    /// Closes the queue and waits for the task to finish what was due (the driver is
+    /// told it is stopping); the driver's deinit is left to [`Stopped::deinit`].
+    async fn stop(self) -> Stopped {
         let Lane {
             number,
             name,
@@ -133,6 +139,40 @@ impl Lane {
                 Vec::new()
             }
         };
+        Stopped {
+            number,
+            name,
+            driver,
+            stats,
+            capacity,
+            left,
+        }
+    }
+}
+
+/// A lane whose task has ended ([`Lane::stop`]): its driver is still to be deinitialised.
+struct Stopped {
+    number: u32,
+    name: String,
+    driver: Arc<dyn Driver>,
+    stats: Arc<DriverStats>,
+    capacity: usize,
+    /// What the lane still had.
+    left: Vec<Arc<Transaction>>,
+}
+
+impl Stopped {
+    /// Calls the driver's deinit (a panic in it is logged); returns the counters and
+    /// what the lane still had.
+    async fn deinit(self) -> (DriverReport, Vec<Arc<Transaction>>) {
+        let Stopped {
+            number,
+            name,
+            driver,
+            stats,
+            capacity,
+            left,
+        } = self;
         if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
             .catch_unwind()
             .await
@@ -594,10 +634,7 @@ impl Dispatcher {
         let finishing = retired.into_iter().map(|lane| async move {
             let number = lane.number;
             let overflow = lane.overflow.clone();
-            let Some((_, left)) = finish_shared(lane).await else {
-                overflow.set_handing_over(false);
-                return;
-            };
+            let (_, left) = unshared(lane).await.finish().await;
             // The old lane may have taken the wake-up of an overflow it then left: the
             // new one (sharing the overflow) looks again.
             overflow.wake_lane();
@@ -689,12 +726,19 @@ impl Dispatcher {
             self.shut.store(true, std::sync::atomic::Ordering::SeqCst);
             std::mem::take(&mut *lanes)
         };
+        // Every lane stops at once (one finishing a slow delivery in flight does not keep
+        // the others taking more from their queues meanwhile); then the drivers are
+        // deinitialised in number order, as Dovecot does. What a lane still had stays in
+        // the spool for the next start.
+        let stopped = futures::future::join_all(
+            lanes
+                .into_iter()
+                .map(|l| async { unshared(l).await.stop().await }),
+        )
+        .await;
         let mut reports = Vec::new();
-        for lane in lanes {
-            // What a lane still had stays in the spool for the next start.
-            if let Some((r, _)) = finish_shared(lane).await {
-                reports.push(r);
-            }
+        for lane in stopped {
+            reports.push(lane.deinit().await.0);
         }
         // Every progress record committed: a later start does not deliver these again.
         if let Some(spool) = self.spool.clone() {
@@ -707,14 +751,14 @@ impl Dispatcher {
     }
 }
 
-/// Finishes a lane (already out of the running set) once no in-flight dispatch holds
-/// it any more.
-async fn finish_shared(mut lane: Arc<Lane>) -> Option<(DriverReport, Vec<Arc<Transaction>>)> {
+/// A lane (already out of the running set) once no in-flight dispatch holds it any
+/// more.
+async fn unshared(mut lane: Arc<Lane>) -> Lane {
     // A dispatch waiting for room in its queue lets go of it now.
     lane.stopping.send_replace(true);
     loop {
         match Arc::try_unwrap(lane) {
-            Ok(l) => return Some(l.finish().await),
+            Ok(l) => return l,
             Err(shared) => {
                 // A dispatch call still holds a snapshot: storing a batch in the spool,
                 // or giving up its wait. Look again shortly, without spinning.

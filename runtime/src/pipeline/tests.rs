@@ -702,6 +702,86 @@ async fn a_batch_after_shutdown_is_refused_not_dropped() {
     assert!(spool.position("late").unwrap().is_none());
 }
 
+/// A driver for the shutdown test: driver 1's delivery in flight waits (at most 20 s)
+/// for driver 2 to be told it is stopping; each records its deinit.
+struct StopOrder {
+    number: u32,
+    /// Driver 1: woken when its delivery began. Driver 2: woken by its `stopping`.
+    signal: Arc<Notify>,
+    /// Driver 1 waits on this (driver 2's `signal`).
+    wait_for: Option<Arc<Notify>>,
+    saw_the_other_stop: Arc<AtomicBool>,
+    deinits: Arc<Mutex<Vec<u32>>>,
+}
+
+#[async_trait]
+impl Driver for StopOrder {
+    async fn begin_txn(&self, _txn: &Arc<Transaction>) -> Result<Begin, Failure> {
+        if let Some(other) = &self.wait_for {
+            self.signal.notify_one();
+            let saw = tokio::time::timeout(Duration::from_secs(20), other.notified()).await;
+            self.saw_the_other_stop.store(saw.is_ok(), Ordering::SeqCst);
+        }
+        Ok(Begin::Skip)
+    }
+
+    fn stopping(&self) {
+        if self.wait_for.is_none() {
+            self.signal.notify_one();
+        }
+    }
+
+    async fn deinit(&self) {
+        self.deinits.lock().push(self.number);
+    }
+}
+
+/// A stop tells every driver at once: driver 1 finishing a delivery in flight does not
+/// keep driver 2 from hearing it (it used to, lane after lane: a stop took the sum of
+/// the lanes' times, each going on taking from its queue meanwhile). The drivers are
+/// still deinitialised in number order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_tells_every_driver_at_once_and_deinits_in_order() {
+    let began = Arc::new(Notify::new());
+    let two_stopping = Arc::new(Notify::new());
+    let saw = Arc::new(AtomicBool::new(false));
+    let deinits = Arc::new(Mutex::new(Vec::new()));
+    let one = StopOrder {
+        number: 1,
+        signal: began.clone(),
+        wait_for: Some(two_stopping.clone()),
+        saw_the_other_stop: saw.clone(),
+        deinits: deinits.clone(),
+    };
+    let two = StopOrder {
+        number: 2,
+        signal: two_stopping,
+        wait_for: None,
+        saw_the_other_stop: Arc::new(AtomicBool::new(false)),
+        deinits: deinits.clone(),
+    };
+    let mut second = loaded(Arc::new(two), "two", DeliveryPolicy::default());
+    second.number = 2;
+    let d = Dispatcher::start(
+        vec![
+            loaded(Arc::new(one), "one", DeliveryPolicy::default()),
+            second,
+        ],
+        8,
+        None,
+    );
+    d.accept(vec![txn("u", "t1")], Backpressure::Wait)
+        .await
+        .unwrap();
+    began.notified().await;
+    d.shutdown().await;
+    assert!(
+        saw.load(Ordering::SeqCst),
+        "driver 2 was told to stop only after driver 1 finished"
+    );
+    assert_eq!(*deinits.lock(), [1, 2]);
+}
+
 /// A reload while a user has transactions left in the spool: the new lane delivers
 /// what the old one held (older) before it reads back the rest, so the user's order
 /// holds across the reload.
