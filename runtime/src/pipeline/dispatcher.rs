@@ -165,28 +165,25 @@ impl Stopped {
     /// Calls the driver's deinit (a panic in it is logged); returns the counters and
     /// what the lane still had.
     async fn deinit(self) -> (DriverReport, Vec<Arc<Transaction>>) {
-        let Stopped {
-            number,
-            name,
-            driver,
-            stats,
-            capacity,
-            left,
-        } = self;
-        if let Err(p) = std::panic::AssertUnwindSafe(driver.deinit())
+        if let Err(p) = std::panic::AssertUnwindSafe(self.driver.deinit())
             .catch_unwind()
             .await
         {
             tracing::error!(
-                driver = number,
+                driver = self.number,
                 "driver panicked in deinit: {}",
                 panic_message(&p)
             );
         }
-        (
-            DriverReport::new(number, name, (0, false), capacity, driver.as_ref(), &stats),
-            left,
-        )
+        let report = DriverReport::new(
+            self.number,
+            self.name,
+            (0, false),
+            self.capacity,
+            self.driver.as_ref(),
+            &self.stats,
+        );
+        (report, self.left)
     }
 }
 
