@@ -804,10 +804,21 @@ impl RunningDaemon {
     /// Waits (at most `within`) until the process has logged `text`; returns the log.
     /// A driver's line can reach the log after what it sent reached a server.
     pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        self.wait_for_logged_times(text, 1, within)
+    }
+
+    /// How many times the process has logged `text` so far.
+    pub fn logged_times(&self, text: &str) -> usize {
+        self.log.lock().unwrap().matches(text).count()
+    }
+
+    /// Waits (at most `within`) until the process has logged `text` `times` times (a
+    /// line logged again, not the earlier one); returns the log.
+    pub fn wait_for_logged_times(&self, text: &str, times: usize, within: Duration) -> String {
         let log = self.log.lock().unwrap();
         let (log, _) = self
             .logged
-            .wait_timeout_while(log, within, |l| !l.contains(text))
+            .wait_timeout_while(log, within, |l| l.matches(text).count() < times)
             .unwrap();
         log.clone()
     }

@@ -83,7 +83,8 @@ async fn request<T: DeserializeOwned>(
             }
         } else {
             match crate::spool::lock::DeliveryLock::holder(&config.settings.state_dir) {
-                Some(pid) if !pid.is_empty() => ControlError::ElsewhereRunning {
+                // (A pid, or nothing said: the lock file is not trusted to hold one.)
+                Some(pid) if pid.parse::<u32>().is_ok() => ControlError::ElsewhereRunning {
                     url: url.clone(),
                     pid,
                     source,

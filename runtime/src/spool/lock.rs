@@ -53,7 +53,8 @@ impl DeliveryLock {
         use std::os::unix::io::AsRawFd;
         let mut file = std::fs::File::open(state_dir.join("run.lock")).ok()?;
         // SAFETY: flock on a descriptor this function owns; a shared lock taken here is
-        // released when the file closes, at the end of this function.
+        // released when the file closes, at the end of this function (`take` tries
+        // again for a moment, so a process starting meanwhile does not fail).
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
             return None;
         }
@@ -82,8 +83,16 @@ impl DeliveryLock {
                 path: path.clone(),
                 source,
             })?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // SAFETY: flock on a descriptor this function owns. A few tries: `status` or
+        // `reload` probing whether the lock is held ([`DeliveryLock::holder`]) holds it
+        // shared for an instant, which must not make a start fail.
+        let locked = (0..5).any(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) == 0
+        });
+        if !locked {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             return Err(LockError::Held {
