@@ -937,7 +937,7 @@ fn status_names_the_instance_holding_the_state_dir_when_listen_moved() {
     let _held = mailpush::spool::lock::DeliveryLock::take(&state, "start").unwrap();
     assert_eq!(
         mailpush::spool::lock::DeliveryLock::holder(&state),
-        Some(std::process::id().to_string())
+        Some(std::process::id())
     );
     for command in ["status", "reload"] {
         let (ok, _, stderr) = output(&[command], &conf);

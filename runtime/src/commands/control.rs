@@ -27,7 +27,7 @@ pub enum ControlError {
     #[error("cannot reach mailpush at {url}, but a mailpush (pid {pid}) holds this config's state_dir: if `listen` changed since it started, it still listens at its old address — reload it with `kill -HUP {pid}` (or `systemctl reload mailpush`); a new listen address takes a restart")]
     ElsewhereRunning {
         url: String,
-        pid: String,
+        pid: u32,
         #[source]
         source: reqwest::Error,
     },
@@ -83,13 +83,12 @@ async fn request<T: DeserializeOwned>(
             }
         } else {
             match crate::spool::lock::DeliveryLock::holder(&config.settings.state_dir) {
-                // (A pid, or nothing said: the lock file is not trusted to hold one.)
-                Some(pid) if pid.parse::<u32>().is_ok() => ControlError::ElsewhereRunning {
+                Some(pid) => ControlError::ElsewhereRunning {
                     url: url.clone(),
                     pid,
                     source,
                 },
-                _ => ControlError::Unreachable {
+                None => ControlError::Unreachable {
                     url: url.clone(),
                     source,
                 },

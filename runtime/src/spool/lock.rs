@@ -48,8 +48,7 @@ impl DeliveryLock {
     /// The pid of the process holding `state_dir`'s lock, if one does (`None` also when
     /// there is no lock file or it cannot be read). It only looks: the lock is not
     /// taken.
-    pub fn holder(state_dir: &Path) -> Option<String> {
-        use std::io::Read;
+    pub fn holder(state_dir: &Path) -> Option<u32> {
         use std::os::unix::io::AsRawFd;
         let mut file = std::fs::File::open(state_dir.join("run.lock")).ok()?;
         // SAFETY: flock on a descriptor this function owns; a shared lock taken here is
@@ -58,15 +57,14 @@ impl DeliveryLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
             return None;
         }
-        let mut pid = String::new();
-        file.read_to_string(&mut pid).ok()?;
-        Some(pid.trim().to_string())
+        // Only a number: the lock file is not trusted to hold one.
+        recorded_pid(&mut file).parse().ok()
     }
 
     /// Takes the lock for a process about to `what` ("start", "send"), or says which
     /// process has it.
     pub fn take(state_dir: &Path, what: &'static str) -> Result<DeliveryLock, LockError> {
-        use std::io::{Read, Seek, Write};
+        use std::io::{Seek, Write};
         use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(state_dir).map_err(|source| LockError::Create {
             path: state_dir.to_path_buf(),
@@ -93,11 +91,9 @@ impl DeliveryLock {
             (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) == 0
         });
         if !locked {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
             return Err(LockError::Held {
                 what,
-                pid: pid.trim().to_string(),
+                pid: recorded_pid(&mut file),
                 state_dir: state_dir.to_path_buf(),
             });
         }
@@ -106,4 +102,12 @@ impl DeliveryLock {
         let _ = writeln!(file, "{}", std::process::id());
         Ok(DeliveryLock(file))
     }
+}
+
+/// The pid the lock's holder wrote into the lock file (empty if it cannot be read).
+fn recorded_pid(file: &mut std::fs::File) -> String {
+    use std::io::Read;
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    pid.trim().to_string()
 }
